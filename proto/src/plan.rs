@@ -1,0 +1,290 @@
+//! The endpoint plan: validated links grouped into listening endpoints
+//! (SPEC §4). One endpoint = (consumer namespace, listen address); it gets
+//! one worker. The plan is what the supervisor reconciles against.
+
+use crate::graph::{Backend, Link, LinkType, Listen, ProxyProtocol, Refusal};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Which worker serves an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Tcp,
+    Http,
+    Unix,
+    Rest,
+}
+
+impl Kind {
+    pub fn of(ty: LinkType) -> Kind {
+        match ty {
+            LinkType::Tcp => Kind::Tcp,
+            LinkType::Http => Kind::Http,
+            LinkType::Unix => Kind::Unix,
+            LinkType::Rest => Kind::Rest,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Tcp => "tcp",
+            Kind::Http => "http",
+            Kind::Unix => "unix",
+            Kind::Rest => "rest",
+        }
+    }
+    /// The worker binary that serves this kind (http and rest share one).
+    pub fn worker_binary(self) -> &'static str {
+        match self {
+            Kind::Tcp => "pvx-worker-tcp",
+            Kind::Http | Kind::Rest => "pvx-worker-http",
+            Kind::Unix => "pvx-worker-unix",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Identity of an endpoint: the consumer's namespace (its init pid, 0 =
+/// the supervisor's own) and the address inside it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct EndpointKey {
+    pub consumer_pid: u32,
+    pub listen: Listen,
+}
+
+impl fmt::Display for EndpointKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.consumer_pid == 0 {
+            write!(f, "{} (host)", self.listen)
+        } else {
+            write!(f, "{} (ns of pid {})", self.listen, self.consumer_pid)
+        }
+    }
+}
+
+/// One link as a worker sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    /// Index of the link in the graph it came from (for messages only).
+    pub link: usize,
+    pub name: String,
+    pub consumer: String,
+    pub provider: String,
+    pub provider_pid: u32,
+    pub role: String,
+    pub backend: Backend,
+    /// http: normalised path prefix.
+    pub prefix: String,
+    pub strip_prefix: bool,
+    pub host: Option<String>,
+    pub sni: Option<String>,
+    pub proxy_protocol: Option<ProxyProtocol>,
+}
+
+impl Route {
+    /// Equal apart from where the link sat in the graph array.
+    pub fn same_as(&self, other: &Route) -> bool {
+        Route {
+            link: other.link,
+            ..self.clone()
+        } == *other
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub key: EndpointKey,
+    pub kind: Kind,
+    pub consumer: String,
+    pub routes: Vec<Route>,
+}
+
+impl Endpoint {
+    /// Routes equal apart from graph positions (order matters not).
+    pub fn same_routes(&self, other: &Endpoint) -> bool {
+        self.routes.len() == other.routes.len()
+            && self
+                .routes
+                .iter()
+                .all(|r| other.routes.iter().any(|o| o.same_as(r)))
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    pub endpoints: Vec<Endpoint>,
+    pub refused: Vec<Refusal>,
+}
+
+fn route_of(l: &Link) -> Route {
+    Route {
+        link: l.index,
+        name: l.name.clone(),
+        consumer: l.consumer.clone(),
+        provider: l.provider.clone(),
+        provider_pid: l.provider_pid,
+        role: l.role.clone(),
+        backend: l.backend.clone(),
+        prefix: l.prefix.clone(),
+        strip_prefix: l.strip_prefix,
+        host: l.host.clone(),
+        sni: l.sni.clone(),
+        proxy_protocol: l.proxy_protocol,
+    }
+}
+
+/// Why `l` cannot join the endpoint `ep` that earlier links already hold.
+fn clash(ep: &Endpoint, l: &Link) -> Option<String> {
+    let holder = &ep.routes[0];
+    let held = format!(
+        "endpoint {} is held by link #{} '{}'",
+        ep.key, holder.link, holder.name
+    );
+    let kind = Kind::of(l.ty);
+    if ep.kind != kind {
+        return Some(format!(
+            "type clash: {held} of type {}, this link is {}",
+            ep.kind, kind
+        ));
+    }
+    if ep.consumer != l.consumer {
+        return Some(format!(
+            "{held} for consumer '{}', this link is for '{}'",
+            ep.consumer, l.consumer
+        ));
+    }
+    match kind {
+        Kind::Http => ep
+            .routes
+            .iter()
+            .find(|r| r.prefix == l.prefix && r.host == l.host)
+            .map(|r| {
+                format!(
+                    "link #{} '{}' already routes prefix '{}' on {}",
+                    r.link, r.name, r.prefix, ep.key
+                )
+            }),
+        // Several tcp links may share an address only when each has its
+        // own TLS server name to route on.
+        Kind::Tcp => {
+            if l.sni.is_none() || ep.routes.iter().any(|r| r.sni.is_none()) {
+                Some(format!(
+                    "{held}; tcp links share an address only when each has a distinct 'sni'"
+                ))
+            } else {
+                ep.routes.iter().find(|r| r.sni == l.sni).map(|r| {
+                    format!(
+                        "link #{} '{}' already has sni '{}' on {}",
+                        r.link,
+                        r.name,
+                        l.sni.as_deref().unwrap_or(""),
+                        ep.key
+                    )
+                })
+            }
+        }
+        Kind::Unix | Kind::Rest => Some(held),
+    }
+}
+
+/// Group links into endpoints. Earlier links win: a later link that clashes
+/// with an endpoint is refused, never the running holder.
+pub fn build(links: &[Link], mut refused: Vec<Refusal>) -> Plan {
+    let mut eps: BTreeMap<EndpointKey, Endpoint> = BTreeMap::new();
+    for l in links {
+        let key = EndpointKey {
+            consumer_pid: l.consumer_pid,
+            listen: l.listen.clone(),
+        };
+        match eps.get_mut(&key) {
+            None => {
+                eps.insert(
+                    key.clone(),
+                    Endpoint {
+                        key,
+                        kind: Kind::of(l.ty),
+                        consumer: l.consumer.clone(),
+                        routes: vec![route_of(l)],
+                    },
+                );
+            }
+            Some(ep) => match clash(ep, l) {
+                Some(reason) => refused.push(Refusal {
+                    index: l.index,
+                    name: l.name.clone(),
+                    reason,
+                }),
+                None => ep.routes.push(route_of(l)),
+            },
+        }
+    }
+    refused.sort_by_key(|r| r.index);
+    Plan {
+        endpoints: eps.into_values().collect(),
+        refused,
+    }
+}
+
+/// Parse and plan in one step (what `check` and the supervisor use).
+pub fn from_graph(text: &str) -> Result<Plan, crate::graph::GraphError> {
+    let (links, refused) = crate::graph::parse(text)?;
+    Ok(build(&links, refused))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_links_share_an_endpoint_tcp_links_do_not() {
+        let p = from_graph(
+            r#"[
+            {"type":"http","name":"a","consumer":"EXTERNAL","target":"0.0.0.0:80/a","socket":"127.0.0.1:1"},
+            {"type":"http","name":"b","consumer":"EXTERNAL","target":"0.0.0.0:80/b","socket":"127.0.0.1:2"},
+            {"type":"http","name":"b2","consumer":"EXTERNAL","target":"0.0.0.0:80/b/","socket":"127.0.0.1:2"},
+            {"type":"tcp","name":"t","consumer":"EXTERNAL","target":"0.0.0.0:81","socket":"127.0.0.1:3"},
+            {"type":"tcp","name":"t2","consumer":"EXTERNAL","target":"0.0.0.0:81","socket":"127.0.0.1:4"},
+            {"type":"tcp","name":"clash","consumer":"EXTERNAL","target":"0.0.0.0:80","socket":"127.0.0.1:4"},
+            {"type":"tcp","name":"other-ns","consumer":"c","consumer_pid":5,"target":"0.0.0.0:81","socket":"127.0.0.1:4"}
+        ]"#,
+        )
+        .unwrap();
+        assert_eq!(p.endpoints.len(), 3);
+        let http = p.endpoints.iter().find(|e| e.kind == Kind::Http).unwrap();
+        assert_eq!(http.routes.len(), 2);
+        let idx: Vec<usize> = p.refused.iter().map(|r| r.index).collect();
+        assert_eq!(idx, vec![2, 4, 5]);
+        assert!(
+            p.refused[2].reason.contains("type clash"),
+            "{}",
+            p.refused[2].reason
+        );
+    }
+
+    #[test]
+    fn sni_allows_shared_tcp_address() {
+        let p = from_graph(
+            r#"[
+            {"type":"tcp","name":"a","consumer":"E","target":"0.0.0.0:443","socket":"127.0.0.1:1","sni":"a.example"},
+            {"type":"tcp","name":"b","consumer":"E","target":"0.0.0.0:443","socket":"127.0.0.1:2","sni":"b.example"},
+            {"type":"tcp","name":"c","consumer":"E","target":"0.0.0.0:443","socket":"127.0.0.1:2","sni":"b.example"}
+        ]"#,
+        )
+        .unwrap();
+        assert_eq!(p.endpoints[0].routes.len(), 2);
+        assert_eq!(p.refused.len(), 1);
+    }
+
+    #[test]
+    fn same_routes_ignores_graph_position() {
+        let a = from_graph(r#"[{"type":"tcp","name":"a","consumer":"E","target":"0.0.0.0:1","socket":"127.0.0.1:1"}]"#).unwrap();
+        let b = from_graph(r#"[{"type":"dbus","name":"x"},{"type":"tcp","name":"a","consumer":"E","target":"0.0.0.0:1","socket":"127.0.0.1:1"}]"#).unwrap();
+        assert!(a.endpoints[0].same_routes(&b.endpoints[0]));
+    }
+}

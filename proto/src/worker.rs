@@ -1,0 +1,210 @@
+//! Worker start-up and its side of the control channel, shared by every
+//! worker binary: take fd 3 from the supervisor, receive the listener and
+//! configuration, shed what the worker must not hold (stray fds,
+//! capabilities), then report counters and answer control messages.
+
+use crate::ctl::{self, CtlError, FromWorker, Stats, ToWorker, WorkerConfig, WORKER_CTL_FD};
+use crate::graph::Backend;
+use crate::log::{self, Level};
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+pub struct Started {
+    pub ctl: WorkerCtl,
+    pub listener: OwnedFd,
+    pub config: WorkerConfig,
+}
+
+/// Worker start-up. On failure the reason is returned for the caller to
+/// print before exiting non-zero.
+pub fn start(kind: &str) -> Result<Started, String> {
+    let ident = format!("pvx-worker-{kind}");
+    // fd 3 must be the SEQPACKET socket the supervisor gave us.
+    let st = nix::sys::stat::fstat(WORKER_CTL_FD).map_err(|e| {
+        format!("{ident}: fd {WORKER_CTL_FD} is not open ({e}); workers are started by pv-xconnect")
+    })?;
+    if st.st_mode & nix::libc::S_IFMT != nix::libc::S_IFSOCK {
+        return Err(format!(
+            "{ident}: fd {WORKER_CTL_FD} is not a socket; workers are started by pv-xconnect"
+        ));
+    }
+    // SAFETY: fd 3 was inherited for us alone; from here on we own it.
+    let ctl = unsafe { OwnedFd::from_raw_fd(WORKER_CTL_FD) };
+    fcntl(ctl.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
+        .map_err(|e| format!("fcntl(F_SETFD) on fd 3: {e}"))?;
+
+    let ready = {
+        let mut pfd = [PollFd::new(ctl.as_fd(), PollFlags::POLLIN)];
+        poll(&mut pfd, PollTimeout::from(10_000u16))
+            .map_err(|e| format!("poll on control socket: {e}"))?
+    };
+    if ready == 0 {
+        return Err(format!(
+            "{ident}: no configuration from the supervisor within 10 s"
+        ));
+    }
+    let (msg, mut fds) = ctl::recv::<ToWorker>(ctl.as_fd()).map_err(|e| format!("{ident}: {e}"))?;
+    let (seq, config) = match msg {
+        ToWorker::Init { seq, config } => (seq, config),
+        other => {
+            return Err(format!(
+                "{ident}: first control message must be init, got {other:?}"
+            ))
+        }
+    };
+    let listener = fds.pop().ok_or("init without listener")?;
+
+    log::init(
+        &ident,
+        &config.log_target,
+        Level::parse(&config.log_level).unwrap_or(Level::Info),
+    );
+    let ctl = WorkerCtl::new(ctl);
+
+    let setup = (|| -> Result<(), String> {
+        raise_nofile();
+        close_stray_fds(&[ctl.fd.as_raw_fd(), listener.as_raw_fd()])?;
+        drop_privileges(needs_dac_override(&config))
+    })();
+    ctl.ack(seq, setup.as_ref().err().cloned());
+    setup?;
+    Ok(Started {
+        ctl,
+        listener,
+        config,
+    })
+}
+
+/// Use the hard limit: connections are bounded by `max_conns`, not by a
+/// default of 1024 fds that a busy endpoint reaches with ~200 spliced
+/// connections (client, backend, two pipes).
+fn raise_nofile() {
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
+}
+
+/// Close every fd but stdio and `keep`: a worker holds only what it was
+/// given on purpose, whatever its parent leaked.
+pub fn close_stray_fds(keep: &[RawFd]) -> Result<(), String> {
+    let dir =
+        std::fs::read_dir("/proc/self/fd").map_err(|e| format!("reading /proc/self/fd: {e}"))?;
+    let fds: Vec<RawFd> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2 && !keep.contains(fd))
+        .collect();
+    for fd in fds {
+        // The read_dir fd itself is gone by now; EBADF for it is expected.
+        let _ = nix::unistd::close(fd);
+    }
+    Ok(())
+}
+
+/// A worker needs CAP_DAC_OVERRIDE only to connect to a provider's unix
+/// socket that root does not own (under `/proc/<pid>/root`).
+fn needs_dac_override(c: &WorkerConfig) -> bool {
+    c.endpoint
+        .routes
+        .iter()
+        .any(|r| matches!(r.backend, Backend::Unix(_)))
+}
+
+/// Drop every capability except, where needed, CAP_DAC_OVERRIDE; empty the
+/// bounding and ambient sets; set no_new_privs.
+pub fn drop_privileges(keep_dac_override: bool) -> Result<(), String> {
+    use caps::{CapSet, Capability};
+    let keep: caps::CapsHashSet = if keep_dac_override {
+        [Capability::CAP_DAC_OVERRIDE].into_iter().collect()
+    } else {
+        Default::default()
+    };
+    // The bounding set can only shrink while CAP_SETPCAP is effective, so
+    // it goes first. Not being allowed to (already unprivileged) is fine.
+    if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false) {
+        for c in caps::all() {
+            if !keep.contains(&c) {
+                let _ = caps::drop(None, CapSet::Bounding, c);
+            }
+        }
+    }
+    let _ = caps::clear(None, CapSet::Ambient);
+    let _ = caps::clear(None, CapSet::Inheritable);
+    let perm = caps::read(None, CapSet::Permitted).map_err(|e| format!("capget: {e}"))?;
+    let kept: caps::CapsHashSet = perm.intersection(&keep).copied().collect();
+    caps::set(None, CapSet::Effective, &kept).map_err(|e| format!("capset(effective): {e}"))?;
+    caps::set(None, CapSet::Permitted, &kept).map_err(|e| format!("capset(permitted): {e}"))?;
+    nix::sys::prctl::set_no_new_privs().map_err(|e| format!("prctl(PR_SET_NO_NEW_PRIVS): {e}"))?;
+    Ok(())
+}
+
+/// The worker's end of the control socket.
+pub struct WorkerCtl {
+    pub fd: OwnedFd,
+    last_stats: Option<Instant>,
+    sent: Stats,
+}
+
+/// At most one stats report per this interval; none while nothing changes.
+pub const STATS_INTERVAL: Duration = Duration::from_millis(500);
+
+impl WorkerCtl {
+    pub fn new(fd: OwnedFd) -> WorkerCtl {
+        WorkerCtl {
+            fd,
+            last_stats: None,
+            sent: Stats::default(),
+        }
+    }
+
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    pub fn ack(&self, seq: u64, error: Option<String>) {
+        if let Err(e) = ctl::send(self.fd.as_fd(), &FromWorker::Ack { seq, error }, &[]) {
+            crate::warn!("ack {seq}: {e}");
+        }
+    }
+
+    /// Next control message. `Ok(None)`: nothing more now. `Err(Eof)`: the
+    /// supervisor is gone and the worker must exit. A malformed message is
+    /// logged and skipped; it never ends the worker.
+    pub fn recv(&self) -> Result<Option<ToWorker>, CtlError> {
+        loop {
+            match ctl::recv::<ToWorker>(self.fd.as_fd()) {
+                Ok((msg, _)) => return Ok(Some(msg)),
+                Err(CtlError::WouldBlock) => return Ok(None),
+                Err(CtlError::Eof) => return Err(CtlError::Eof),
+                Err(e @ CtlError::Sys(..)) => return Err(e),
+                Err(e) => crate::warn!("ignoring control message: {e}"),
+            }
+        }
+    }
+
+    /// Send `stats` if they changed and the interval has passed. Returns
+    /// how long until a report may be sent, when one is still pending.
+    pub fn report(&mut self, now: Instant, stats: Stats) -> Option<Duration> {
+        if stats == self.sent {
+            return None;
+        }
+        if let Some(last) = self.last_stats {
+            let due = last + STATS_INTERVAL;
+            if now < due {
+                return Some(due - now);
+            }
+        }
+        match ctl::send(self.fd.as_fd(), &FromWorker::Stats { stats }, &[]) {
+            Ok(()) => {
+                self.sent = stats;
+                self.last_stats = Some(now);
+                None
+            }
+            Err(_) => Some(STATS_INTERVAL),
+        }
+    }
+}
