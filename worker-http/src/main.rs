@@ -1,0 +1,5 @@
+mod errors;
+mod framing;
+mod head;
+mod route;
+fn main() {}
