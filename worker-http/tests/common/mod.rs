@@ -1,0 +1,3 @@
+pub mod client;
+pub mod direct;
+pub mod http_backend;
