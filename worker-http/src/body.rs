@@ -109,6 +109,41 @@ impl Pump {
         self.splice.as_ref().is_some_and(|s| !s.is_idle())
     }
 
+    /// How many bytes at the front of `buf` are body bytes that may be
+    /// written right now (so a head and the start of its body can leave in
+    /// one `writev`). Scans chunked bytes as needed.
+    pub fn buffered(&mut self, buf: &Buf) -> Result<usize, BodyError> {
+        if self.done || self.splice.is_some() {
+            return Ok(0);
+        }
+        Ok(match &mut self.mode {
+            Mode::Length(rem) => (*rem).min(buf.len() as u64) as usize,
+            Mode::Close => buf.len(),
+            Mode::Chunked { parser, pending } => {
+                if *pending == 0 && !parser.is_done() && !buf.is_empty() {
+                    *pending = parser.feed(buf.bytes()).map_err(BodyError::Framing)?;
+                }
+                *pending
+            }
+        })
+    }
+
+    /// `n` of the bytes [`Pump::buffered`] offered were written (and
+    /// consumed from the buffer by the caller).
+    pub fn advance(&mut self, n: usize) {
+        match &mut self.mode {
+            Mode::Length(rem) => {
+                *rem -= n as u64;
+                self.done = *rem == 0;
+            }
+            Mode::Close => {}
+            Mode::Chunked { parser, pending } => {
+                *pending -= n;
+                self.done = *pending == 0 && parser.is_done();
+            }
+        }
+    }
+
     /// Move what can be moved now; returns the bytes delivered to `dst`.
     pub fn pump(
         &mut self,

@@ -62,7 +62,7 @@ impl Buf {
     /// Give the memory back when nothing is buffered.
     pub fn release(&mut self) {
         if self.is_empty() && self.data.capacity() > 0 {
-            self.data = Vec::new();
+            give_spare(std::mem::take(&mut self.data));
         }
     }
 
@@ -71,7 +71,7 @@ impl Buf {
     pub fn read_from(&mut self, src: &Stream, ready: &mut Ready) -> io::Result<Got> {
         let mut got = Got::default();
         if self.data.len() < self.cap {
-            self.data.resize(self.cap, 0);
+            self.data = take_spare(self.cap);
         }
         loop {
             if self.end == self.cap && self.start > 0 {
@@ -107,6 +107,42 @@ impl Buf {
         let n = write_nb(dst, ready, &self.data[self.start..self.start + want])?;
         self.consume(n);
         Ok(n)
+    }
+}
+
+/// Most released buffers kept for reuse (64 x 16 KiB = 1 MiB at most):
+/// a busy keep-alive worker then neither mallocs nor zeroes a buffer per
+/// request, and an idle one still holds none per connection.
+const SPARES: usize = 64;
+
+thread_local! {
+    static SPARE: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn take_spare(cap: usize) -> Vec<u8> {
+    SPARE
+        .with(|s| {
+            let mut s = s.borrow_mut();
+            let i = s.iter().position(|v| v.len() == cap)?;
+            Some(s.swap_remove(i))
+        })
+        .unwrap_or_else(|| vec![0; cap])
+}
+
+fn give_spare(v: Vec<u8>) {
+    SPARE.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < SPARES {
+            s.push(v);
+        }
+    });
+}
+
+impl Drop for Buf {
+    fn drop(&mut self) {
+        if self.data.len() == self.cap && self.cap > 0 {
+            give_spare(std::mem::take(&mut self.data));
+        }
     }
 }
 
@@ -151,6 +187,41 @@ impl Out {
     pub fn clear(&mut self) {
         self.data = Vec::new();
         self.pos = 0;
+    }
+
+    /// Send the queued bytes and then up to `extra.len()` bytes of `buf`
+    /// (a body's start) in as few `writev` calls as the socket allows.
+    /// Returns (queued bytes sent, buffer bytes sent); the buffer bytes are
+    /// consumed from `buf`.
+    pub fn flush_with(
+        &mut self,
+        dst: &Stream,
+        ready: &mut Ready,
+        buf: &mut Buf,
+        extra: usize,
+    ) -> io::Result<(usize, usize)> {
+        let (mut head, mut body) = (0, 0);
+        while ready.writable && (!self.is_empty() || body < extra) {
+            let tail = &buf.bytes()[..extra - body];
+            let iov = [
+                io::IoSlice::new(&self.data[self.pos..]),
+                io::IoSlice::new(tail),
+            ];
+            match (&*dst).write_vectored(&iov) {
+                Ok(0) => return Err(io::Error::new(ErrorKind::WriteZero, "socket took 0 bytes")),
+                Ok(n) => {
+                    let h = n.min(self.data.len() - self.pos);
+                    self.pos += h;
+                    head += h;
+                    buf.consume(n - h);
+                    body += n - h;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => ready.writable = false,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((head, body))
     }
 
     /// Send what the socket takes; memory is kept until `clear`, so a

@@ -18,13 +18,13 @@ use crate::buf::{Buf, Out};
 use crate::errors;
 use crate::exchange::{Exchange, Tunnel};
 use crate::head::{self, Parsed};
+use crate::keys::Owners;
 use crate::pool::Pool;
 use crate::route::Table;
 use mio::{Interest, Registry, Token};
 use proto::ctl::{Limits, Stats};
 use proto::relay::Ready;
 use proto::stream::Stream;
-use proto::timer::Timers;
 use std::io::{self, ErrorKind, Read};
 use std::net::{IpAddr, Shutdown};
 use std::time::{Duration, Instant};
@@ -41,12 +41,13 @@ pub struct Ctx<'a> {
     pub routes: &'a Table,
     pub limits: &'a Limits,
     pub pool: &'a mut Pool,
-    pub timers: &'a mut Timers,
     pub registry: &'a Registry,
     pub stats: &'a mut Stats,
     pub draining: bool,
-    /// The token this connection's backend socket is registered with.
-    pub backend_token: Token,
+    /// Who holds which backend socket (see `keys.rs`).
+    pub owners: &'a mut Owners,
+    /// This connection's slot, recorded as the owner of its backend socket.
+    pub slot: usize,
 }
 
 /// The backend side of a connection.
@@ -286,6 +287,11 @@ impl Conn {
                     Some(Fail::Status(504, "backend connect timed out".into()))
                 }
                 Phase::Exchange => match self.ex.as_ref() {
+                    // The request body stalled (the client stopped sending).
+                    Some(ex) if !ex.responded() && !ex.request_sent() => Some(Fail::Status(
+                        408,
+                        "request body stalled for the idle timeout".into(),
+                    )),
                     Some(ex) if !ex.responded() => {
                         Some(Fail::Status(504, "backend did not answer in time".into()))
                     }

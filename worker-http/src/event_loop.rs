@@ -9,7 +9,7 @@
 
 use crate::accept::Acceptor;
 use crate::conn::{Conn, Ctx};
-use crate::keys::{self, Timer, Tok};
+use crate::keys::{self, Owner, Owners, Timer, Tok};
 use crate::pool::Pool;
 use crate::route::Table;
 use crate::slab::Slab;
@@ -38,6 +38,10 @@ pub struct Worker {
     drain_deadline: Option<Instant>,
     /// A loop timer for a pending stats report is in the heap.
     stats_timer: bool,
+    /// Holder of each backend socket, by fd.
+    owners: Owners,
+    /// When the idle pool is next swept.
+    pool_sweep: Option<Instant>,
 }
 
 impl Worker {
@@ -68,6 +72,8 @@ impl Worker {
             stats: Stats::default(),
             drain_deadline: None,
             stats_timer: false,
+            pool_sweep: None,
+            owners: Owners::default(),
         };
         w.log_routes(&config);
         Ok(w)
@@ -113,23 +119,28 @@ impl Worker {
                             return code;
                         }
                     }
-                    Tok::Pool(slot) => self.pool.on_event(slot),
-                    Tok::Client(slot) | Tok::Backend(slot) => {
-                        let is_client = matches!(keys::decode(ev.token()), Tok::Client(_));
-                        let r = ev.is_readable() || ev.is_read_closed() || ev.is_error();
-                        let w = ev.is_writable() || ev.is_write_closed() || ev.is_error();
+                    Tok::Client(slot) => {
+                        let (r, w) = readiness(ev);
                         self.with_conn(slot, now, |c, cx| {
-                            let ready = if is_client {
-                                Some(&mut c.cr)
-                            } else {
-                                c.backend.as_mut().map(|b| &mut b.ready)
-                            };
-                            if let Some(ready) = ready {
-                                set(ready, r, w);
-                            }
+                            set(&mut c.cr, r, w);
                             c.drive(cx)
                         });
                     }
+                    Tok::Backend(fd) => match self.owners.get(fd) {
+                        Owner::Conn(slot) => {
+                            let (r, w) = readiness(ev);
+                            self.with_conn(slot, now, |c, cx| {
+                                if let Some(b) =
+                                    c.backend.as_mut().filter(|b| b.stream.as_raw_fd() == fd)
+                                {
+                                    set(&mut b.ready, r, w);
+                                }
+                                c.drive(cx)
+                            });
+                        }
+                        Owner::Pool(slot) => self.pool.on_event(slot, fd),
+                        Owner::Nobody => {}
+                    },
                 }
             }
             self.fire_timers(now);
@@ -156,11 +167,11 @@ impl Worker {
             routes: &self.routes,
             limits: &self.limits,
             pool: &mut self.pool,
-            timers: &mut self.timers,
             registry: self.poll.registry(),
             stats: &mut self.stats,
             draining: self.drain_deadline.is_some(),
-            backend_token: keys::backend(slot),
+            owners: &mut self.owners,
+            slot,
         };
         if f(conn, &mut cx) {
             if let Some(d) = conn.deadline(&self.limits) {
@@ -214,7 +225,6 @@ impl Worker {
                         c.on_timer(cx)
                     });
                 }
-                Timer::Pool { slot, gen } => self.pool.expire(slot, gen),
                 Timer::Loop => {
                     self.stats_timer = false;
                     self.resume_accepting(now);
@@ -302,6 +312,20 @@ impl Worker {
                 self.timers.add(now + d, keys::timer(Timer::Loop));
             }
         }
+        match self.pool_sweep {
+            Some(t) if t <= now => {
+                self.pool_sweep = self.pool.sweep(now);
+                if let Some(t) = self.pool_sweep {
+                    self.timers.add(t, keys::timer(Timer::Loop));
+                }
+            }
+            None if !self.pool.is_empty() => {
+                let t = now + crate::pool::IDLE;
+                self.pool_sweep = Some(t);
+                self.timers.add(t, keys::timer(Timer::Loop));
+            }
+            _ => {}
+        }
         let deadline = self.drain_deadline?;
         if self.conns.is_empty() {
             proto::info!("drained; exiting");
@@ -343,6 +367,13 @@ fn adopt(
             conns.remove(slot);
         }
     }
+}
+
+fn readiness(ev: &mio::event::Event) -> (bool, bool) {
+    (
+        ev.is_readable() || ev.is_read_closed() || ev.is_error(),
+        ev.is_writable() || ev.is_write_closed() || ev.is_error(),
+    )
 }
 
 fn set(r: &mut Ready, readable: bool, writable: bool) {

@@ -13,9 +13,11 @@ use crate::buf::{Buf, Out};
 use crate::conn::{BackendConn, Conn, Ctx, Fail, Phase};
 use crate::framing::Framing;
 use crate::head::{self, Client, Parsed, Persist, Request, Response};
+use crate::keys::{self, Owner};
 use mio::Interest;
 use proto::graph::Backend;
 use proto::relay::{Ready, Splice};
+use std::os::fd::AsRawFd;
 use std::time::Instant;
 
 enum Resp {
@@ -81,7 +83,7 @@ impl Exchange {
         self.sent_at = None;
     }
 
-    fn request_sent(&self) -> bool {
+    pub fn request_sent(&self) -> bool {
         self.head.is_empty() && self.req.is_done()
     }
 
@@ -188,25 +190,19 @@ impl Conn {
             tunnel: false,
         }));
         self.last_active = cx.now;
-        if let Some(mut s) = cx.pool.take(&addr) {
-            match cx.registry.reregister(
-                &mut s,
-                cx.backend_token,
-                Interest::READABLE | Interest::WRITABLE,
-            ) {
-                Ok(()) => {
-                    self.backend = Some(BackendConn {
-                        stream: s,
-                        ready: RW,
-                    });
-                    if let Some(ex) = self.ex.as_mut() {
-                        ex.reused = true;
-                    }
-                    self.phase = Phase::Exchange;
-                    return Ok(());
-                }
-                Err(e) => proto::debug!("pooled connection to {addr} unusable: {e}"),
+        if let Some(s) = cx.pool.take(&addr) {
+            // Registered since its connect, under its own token: only the
+            // owner changes.
+            cx.owners.set(s.as_raw_fd(), Owner::Conn(cx.slot));
+            self.backend = Some(BackendConn {
+                stream: s,
+                ready: RW,
+            });
+            if let Some(ex) = self.ex.as_mut() {
+                ex.reused = true;
             }
+            self.phase = Phase::Exchange;
+            return Ok(());
         }
         self.start_connect(cx, 0, cx.now)
     }
@@ -225,10 +221,12 @@ impl Conn {
         self.backend = None;
         match proto::backend::connect(&addr) {
             Ok(mut s) => {
+                let fd = s.as_raw_fd();
+                cx.owners.set(fd, Owner::Conn(cx.slot));
                 cx.registry
                     .register(
                         &mut s,
-                        cx.backend_token,
+                        keys::backend(fd),
                         Interest::READABLE | Interest::WRITABLE,
                     )
                     .map_err(|e| Fail::Status(502, format!("registering backend socket: {e}")))?;
@@ -319,12 +317,21 @@ impl Conn {
         };
         let mut progress = false;
         if !ex.head.is_empty() {
-            let n = ex
+            // The head and the body bytes already read leave together.
+            let extra = ex
+                .req
+                .buffered(&self.cbuf)
+                .map_err(|e| Fail::Status(400, format!("request {e}")))?;
+            let (h, n) = ex
                 .head
-                .flush(&b.stream, &mut b.ready)
+                .flush_with(&b.stream, &mut b.ready, &mut self.cbuf, extra)
                 .map_err(|e| Fail::Backend(format!("sending request to {}: {e}", ex.addr)))?;
-            cx.stats.bytes_in += n as u64;
-            progress |= n > 0;
+            ex.req.advance(n);
+            if n > 0 {
+                ex.replayable = false;
+            }
+            cx.stats.bytes_in += (h + n) as u64;
+            progress |= h + n > 0;
         }
         if ex.head.is_empty() && !ex.req.is_done() && !ex.req_broken {
             match ex.req.pump(
@@ -355,12 +362,24 @@ impl Conn {
         }
         progress |= read_response_head(ex, b, &mut self.cout, self.closing || cx.draining)?;
         if !self.cout.is_empty() {
-            let n = self
+            // The response head and the body bytes already read leave together.
+            let (extra, pump) = match &mut ex.resp {
+                Resp::Body(p) => (
+                    p.buffered(&ex.bbuf)
+                        .map_err(|e| Fail::Abort(format!("response from {}: {e}", ex.addr)))?,
+                    Some(p),
+                ),
+                _ => (0, None),
+            };
+            let (h, n) = self
                 .cout
-                .flush(&self.client, &mut self.cr)
+                .flush_with(&self.client, &mut self.cr, &mut ex.bbuf, extra)
                 .map_err(|e| Fail::Abort(format!("writing response: {e}")))?;
-            cx.stats.bytes_out += n as u64;
-            progress |= n > 0;
+            if let Some(p) = pump {
+                p.advance(n);
+            }
+            cx.stats.bytes_out += (h + n) as u64;
+            progress |= h + n > 0;
         }
         if self.cout.is_empty() {
             if let Resp::Body(p) = &mut ex.resp {
@@ -408,8 +427,7 @@ impl Conn {
                 && ex.bbuf.is_empty()
                 && !ex.req.in_flight()
             {
-                cx.pool
-                    .put(cx.registry, cx.timers, cx.now, ex.addr.clone(), b.stream);
+                cx.pool.put(cx.owners, cx.now, ex.addr.clone(), b.stream);
             }
         }
         if ex.persist == Persist::Close || self.wants_close(cx) {
