@@ -21,9 +21,19 @@ pub struct Acceptor {
 }
 
 impl Acceptor {
-    pub fn new(mut listener: Listener, registry: &Registry, token: Token, max: usize) -> io::Result<Acceptor> {
+    pub fn new(
+        mut listener: Listener,
+        registry: &Registry,
+        token: Token,
+        max: usize,
+    ) -> io::Result<Acceptor> {
         registry.register(&mut listener, token, Interest::READABLE)?;
-        Ok(Acceptor { listener: Some(listener), paused_until: None, at_cap: false, max: max.max(1) })
+        Ok(Acceptor {
+            listener: Some(listener),
+            paused_until: None,
+            at_cap: false,
+            max: max.max(1),
+        })
     }
 
     pub fn is_open(&self) -> bool {
@@ -40,8 +50,15 @@ impl Acceptor {
 
     /// Accept until EAGAIN or the cap. `take` receives each new client and
     /// returns the number of open connections after taking it.
-    pub fn burst(&mut self, now: Instant, mut active: usize, mut take: impl FnMut(Stream) -> usize) {
-        let Some(l) = self.listener.as_ref() else { return };
+    pub fn burst(
+        &mut self,
+        now: Instant,
+        mut active: usize,
+        mut take: impl FnMut(Stream) -> usize,
+    ) {
+        let Some(l) = self.listener.as_ref() else {
+            return;
+        };
         if self.paused_until.is_some_and(|t| now < t) {
             return;
         }
@@ -59,7 +76,10 @@ impl Acceptor {
                 Err(e) => {
                     use nix::libc::{EMFILE, ENFILE, ENOBUFS, ENOMEM};
                     if matches!(e.raw_os_error(), Some(EMFILE | ENFILE | ENOBUFS | ENOMEM)) {
-                        crate::warn!("accept: {e}; pausing accepts for {} ms", EMFILE_PAUSE.as_millis());
+                        crate::warn!(
+                            "accept: {e}; pausing accepts for {} ms",
+                            EMFILE_PAUSE.as_millis()
+                        );
                         self.paused_until = Some(now + EMFILE_PAUSE);
                         return;
                     }

@@ -10,7 +10,11 @@ pub struct Slab<T> {
 
 impl<T> Default for Slab<T> {
     fn default() -> Self {
-        Slab { slots: Vec::new(), free: Vec::new(), len: 0 }
+        Slab {
+            slots: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+        }
     }
 }
 
@@ -50,7 +54,10 @@ impl<T> Slab<T> {
 
     /// The entry in slot `i` if it is still generation `gen`.
     pub fn get_gen(&mut self, i: usize, gen: u32) -> Option<&mut T> {
-        self.slots.get_mut(i).filter(|s| s.0 == gen).and_then(|s| s.1.as_mut())
+        self.slots
+            .get_mut(i)
+            .filter(|s| s.0 == gen)
+            .and_then(|s| s.1.as_mut())
     }
 
     pub fn generation(&self, i: usize) -> u32 {
@@ -65,7 +72,10 @@ impl<T> Slab<T> {
     }
 
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (usize, &mut T)> {
-        self.slots.iter_mut().enumerate().filter_map(|(i, s)| s.1.as_mut().map(|v| (i, v)))
+        self.slots
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, s)| s.1.as_mut().map(|v| (i, v)))
     }
 }
 

@@ -68,18 +68,34 @@ pub struct Daemon {
 impl Daemon {
     pub fn new(opts: Options) -> Result<Daemon, String> {
         let poll = Poll::new().map_err(|e| format!("epoll_create: {e}"))?;
-        let (rx, tx) = std::os::unix::net::UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
-        rx.set_nonblocking(true).and_then(|_| tx.set_nonblocking(true)).map_err(|e| format!("O_NONBLOCK: {e}"))?;
-        let flags = Flags { chld: Arc::default(), hup: Arc::default(), term: Arc::default() };
+        let (rx, tx) =
+            std::os::unix::net::UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+        rx.set_nonblocking(true)
+            .and_then(|_| tx.set_nonblocking(true))
+            .map_err(|e| format!("O_NONBLOCK: {e}"))?;
+        let flags = Flags {
+            chld: Arc::default(),
+            hup: Arc::default(),
+            term: Arc::default(),
+        };
         use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM};
-        for (sig, flag) in [(SIGCHLD, &flags.chld), (SIGHUP, &flags.hup), (SIGTERM, &flags.term), (SIGINT, &flags.term)] {
+        for (sig, flag) in [
+            (SIGCHLD, &flags.chld),
+            (SIGHUP, &flags.hup),
+            (SIGTERM, &flags.term),
+            (SIGINT, &flags.term),
+        ] {
             // Flag first, then the wake-up byte: the loop sees the flag set.
-            signal_hook::flag::register(sig, Arc::clone(flag)).map_err(|e| format!("signal {sig}: {e}"))?;
+            signal_hook::flag::register(sig, Arc::clone(flag))
+                .map_err(|e| format!("signal {sig}: {e}"))?;
             let tx = tx.try_clone().map_err(|e| format!("dup: {e}"))?;
-            signal_hook::low_level::pipe::register(sig, tx).map_err(|e| format!("signal {sig}: {e}"))?;
+            signal_hook::low_level::pipe::register(sig, tx)
+                .map_err(|e| format!("signal {sig}: {e}"))?;
         }
         let mut sig_rx = mio::net::UnixStream::from_std(rx);
-        poll.registry().register(&mut sig_rx, SIGNALS, Interest::READABLE).map_err(|e| format!("epoll_ctl: {e}"))?;
+        poll.registry()
+            .register(&mut sig_rx, SIGNALS, Interest::READABLE)
+            .map_err(|e| format!("epoll_ctl: {e}"))?;
         Ok(Daemon {
             poll,
             opts,
@@ -101,7 +117,10 @@ impl Daemon {
         let mut events = Events::with_capacity(64);
         loop {
             let now = Instant::now();
-            let timeout = self.timers.timeout(now).map(|t| t.min(self.opts.source.poll_every()));
+            let timeout = self
+                .timers
+                .timeout(now)
+                .map(|t| t.min(self.opts.source.poll_every()));
             let timeout = timeout.or(Some(self.opts.source.poll_every()));
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
@@ -152,10 +171,18 @@ impl Daemon {
 
     /// Reconcile the running endpoints with `plan`, touching only what changed.
     pub fn apply(&mut self, plan: Plan) {
-        let mut wanted: BTreeMap<EndpointKey, Endpoint> =
-            plan.endpoints.into_iter().map(|e| (e.key.clone(), e)).collect();
+        let mut wanted: BTreeMap<EndpointKey, Endpoint> = plan
+            .endpoints
+            .into_iter()
+            .map(|e| (e.key.clone(), e))
+            .collect();
         let (mut added, mut removed, mut updated) = (0, 0, 0);
-        let gone: Vec<EndpointKey> = self.endpoints.keys().filter(|k| !wanted.contains_key(*k)).cloned().collect();
+        let gone: Vec<EndpointKey> = self
+            .endpoints
+            .keys()
+            .filter(|k| !wanted.contains_key(*k))
+            .cloned()
+            .collect();
         for key in gone {
             self.remove(&key, "no longer in the graph");
             removed += 1;
@@ -235,7 +262,9 @@ impl Daemon {
 
     /// Start the endpoint's worker now.
     fn restart_now(&mut self, key: &EndpointKey, id: u64) {
-        let Some(r) = self.endpoints.get(key) else { return };
+        let Some(r) = self.endpoints.get(key) else {
+            return;
+        };
         if r.id != id || r.worker.is_some() {
             return;
         }
@@ -245,15 +274,31 @@ impl Daemon {
         let spawned = spawn::spawn(&self.opts.worker_dir, &config, &r.listener, seq);
         let now = Instant::now();
         let token = self.next_token;
-        let Some(r) = self.endpoints.get_mut(key) else { return };
+        let Some(r) = self.endpoints.get_mut(key) else {
+            return;
+        };
         match spawned {
             Ok(s) => {
-                if let Err(e) = self.poll.registry().register(&mut SourceFd(&s.ctl.as_raw_fd()), Token(token), Interest::READABLE) {
+                if let Err(e) = self.poll.registry().register(
+                    &mut SourceFd(&s.ctl.as_raw_fd()),
+                    Token(token),
+                    Interest::READABLE,
+                ) {
                     proto::error!("endpoint {key}: epoll_ctl for worker pid {}: {e}", s.pid);
                 }
                 self.next_token += 1;
-                proto::info!("endpoint {key}: {} pid {} started", config.kind().worker_binary(), s.pid);
-                r.worker = Some(WorkerProc { pid: s.pid, ctl: s.ctl, token, started: now, pending: vec![(seq, "init")] });
+                proto::info!(
+                    "endpoint {key}: {} pid {} started",
+                    config.kind().worker_binary(),
+                    s.pid
+                );
+                r.worker = Some(WorkerProc {
+                    pid: s.pid,
+                    ctl: s.ctl,
+                    token,
+                    started: now,
+                    pending: vec![(seq, "init")],
+                });
                 r.state = State::Running;
             }
             Err(e) => {
@@ -266,7 +311,9 @@ impl Daemon {
     }
 
     fn schedule(&mut self, key: &EndpointKey, st: State) {
-        let Some(r) = self.endpoints.get(key) else { return };
+        let Some(r) = self.endpoints.get(key) else {
+            return;
+        };
         match st {
             State::Backoff { until, delay } => {
                 proto::info!("endpoint {key}: restart #{} in {} ms", r.failures, delay.as_millis());
@@ -281,11 +328,15 @@ impl Daemon {
     }
 
     fn push_update(&mut self, key: &EndpointKey) {
-        let Some(r) = self.endpoints.get(key) else { return };
+        let Some(r) = self.endpoints.get(key) else {
+            return;
+        };
         let config = self.config_for(&r.ep);
         self.seq += 1;
         let seq = self.seq;
-        let Some(r) = self.endpoints.get_mut(key) else { return };
+        let Some(r) = self.endpoints.get_mut(key) else {
+            return;
+        };
         // A worker not running gets the new routes with its next Init.
         let Some(w) = r.worker.as_mut() else { return };
         match ctl::send(w.ctl.as_fd(), &ToWorker::Update { seq, config }, &[]) {
@@ -299,21 +350,42 @@ impl Daemon {
 
     /// Stop an endpoint: its worker drains, its listener closes now.
     fn remove(&mut self, key: &EndpointKey, why: &str) {
-        let Some(r) = self.endpoints.remove(key) else { return };
+        let Some(r) = self.endpoints.remove(key) else {
+            return;
+        };
         proto::info!("endpoint {key}: removing ({why})");
         if let Some(w) = r.worker {
             self.seq += 1;
             let deadline_ms = self.opts.drain.as_millis() as u64;
-            match ctl::send(w.ctl.as_fd(), &ToWorker::Drain { seq: self.seq, deadline_ms }, &[]) {
-                Ok(()) => proto::info!("endpoint {key}: worker pid {} draining (deadline {deadline_ms} ms)", w.pid),
+            match ctl::send(
+                w.ctl.as_fd(),
+                &ToWorker::Drain {
+                    seq: self.seq,
+                    deadline_ms,
+                },
+                &[],
+            ) {
+                Ok(()) => proto::info!(
+                    "endpoint {key}: worker pid {} draining (deadline {deadline_ms} ms)",
+                    w.pid
+                ),
                 Err(e) => {
-                    proto::warn!("endpoint {key}: drain to worker pid {}: {e}; killing it", w.pid);
+                    proto::warn!(
+                        "endpoint {key}: drain to worker pid {}: {e}; killing it",
+                        w.pid
+                    );
                     let _ = kill(w.pid, Signal::SIGKILL);
                 }
             }
             // Past the deadline (plus a grace second) the worker is killed.
-            self.timers.add(Instant::now() + self.opts.drain + Duration::from_secs(1), DRAIN_KILL | w.pid.as_raw() as u64);
-            self.draining.push(Draining { worker: w, key: key.clone() });
+            self.timers.add(
+                Instant::now() + self.opts.drain + Duration::from_secs(1),
+                DRAIN_KILL | w.pid.as_raw() as u64,
+            );
+            self.draining.push(Draining {
+                worker: w,
+                key: key.clone(),
+            });
         }
         drop(r.listener);
         listener::remove_unix(key);
@@ -341,17 +413,26 @@ impl Daemon {
             let how = describe_exit(st);
             if let Some(i) = self.draining.iter().position(|d| d.worker.pid == pid) {
                 let d = self.draining.swap_remove(i);
-                let _ = self.poll.registry().deregister(&mut SourceFd(&d.worker.ctl.as_raw_fd()));
+                let _ = self
+                    .poll
+                    .registry()
+                    .deregister(&mut SourceFd(&d.worker.ctl.as_raw_fd()));
                 proto::info!("endpoint {}: draining worker pid {pid} {how}", d.key);
                 continue;
             }
-            let Some((key, r)) = self.endpoints.iter_mut().find(|(_, r)| r.worker.as_ref().is_some_and(|w| w.pid == pid))
+            let Some((key, r)) = self
+                .endpoints
+                .iter_mut()
+                .find(|(_, r)| r.worker.as_ref().is_some_and(|w| w.pid == pid))
             else {
                 continue;
             };
             let key = key.clone();
             if let Some(w) = &r.worker {
-                let _ = self.poll.registry().deregister(&mut SourceFd(&w.ctl.as_raw_fd()));
+                let _ = self
+                    .poll
+                    .registry()
+                    .deregister(&mut SourceFd(&w.ctl.as_raw_fd()));
             }
             proto::warn!("endpoint {key}: worker pid {pid} {how}");
             r.last_exit = Some(how);
@@ -364,7 +445,11 @@ impl Daemon {
     fn on_timer(&mut self, k: u64, now: Instant) {
         if k == SHUTDOWN {
             for d in &self.draining {
-                proto::warn!("endpoint {}: worker pid {} still busy at the shutdown deadline; killing it", d.key, d.worker.pid);
+                proto::warn!(
+                    "endpoint {}: worker pid {} still busy at the shutdown deadline; killing it",
+                    d.key,
+                    d.worker.pid
+                );
                 let _ = kill(d.worker.pid, Signal::SIGKILL);
             }
             self.draining.clear();
@@ -374,12 +459,17 @@ impl Daemon {
         if k & DRAIN_KILL != 0 {
             let pid = (k & !DRAIN_KILL) as i32;
             if let Some(d) = self.draining.iter().find(|d| d.worker.pid.as_raw() == pid) {
-                proto::warn!("endpoint {}: worker pid {pid} missed its drain deadline; killing it", d.key);
+                proto::warn!(
+                    "endpoint {}: worker pid {pid} missed its drain deadline; killing it",
+                    d.key
+                );
                 let _ = kill(d.worker.pid, Signal::SIGKILL);
             }
             return;
         }
-        let Some((key, r)) = self.endpoints.iter().find(|(_, r)| r.id == k) else { return };
+        let Some((key, r)) = self.endpoints.iter().find(|(_, r)| r.id == k) else {
+            return;
+        };
         if matches!(r.state, State::Backoff { until, .. } if until <= now) {
             let key = key.clone();
             self.restart_now(&key, k);
@@ -387,7 +477,11 @@ impl Daemon {
     }
 
     fn on_worker_ctl(&mut self, token: usize) {
-        let (key, w) = match self.endpoints.iter_mut().find(|(_, r)| r.worker.as_ref().is_some_and(|w| w.token == token)) {
+        let (key, w) = match self
+            .endpoints
+            .iter_mut()
+            .find(|(_, r)| r.worker.as_ref().is_some_and(|w| w.token == token))
+        {
             Some((k, r)) => (k.clone(), r.worker.as_mut()),
             None => match self.draining.iter_mut().find(|d| d.worker.token == token) {
                 Some(d) => (d.key.clone(), Some(&mut d.worker)),
@@ -400,17 +494,32 @@ impl Daemon {
             match ctl::recv::<FromWorker>(w.ctl.as_fd()) {
                 Ok((FromWorker::Stats { stats: s }, _)) => stats = Some(s),
                 Ok((FromWorker::Ack { seq, error }, _)) => {
-                    let what = w.pending.iter().position(|p| p.0 == seq).map(|i| w.pending.remove(i).1);
+                    let what = w
+                        .pending
+                        .iter()
+                        .position(|p| p.0 == seq)
+                        .map(|i| w.pending.remove(i).1);
                     match (what, error) {
-                        (Some(what), Some(e)) => proto::error!("endpoint {key}: worker pid {} refused {what}: {e}", w.pid),
-                        (Some(what), None) => proto::debug!("endpoint {key}: worker pid {} applied {what}", w.pid),
-                        (None, _) => proto::debug!("endpoint {key}: worker pid {} acked unknown seq {seq}", w.pid),
+                        (Some(what), Some(e)) => proto::error!(
+                            "endpoint {key}: worker pid {} refused {what}: {e}",
+                            w.pid
+                        ),
+                        (Some(what), None) => {
+                            proto::debug!("endpoint {key}: worker pid {} applied {what}", w.pid)
+                        }
+                        (None, _) => proto::debug!(
+                            "endpoint {key}: worker pid {} acked unknown seq {seq}",
+                            w.pid
+                        ),
                     }
                 }
                 Err(CtlError::WouldBlock) => break,
                 Err(CtlError::Eof) => {
                     // Its exit comes by SIGCHLD; stop listening to it now.
-                    let _ = self.poll.registry().deregister(&mut SourceFd(&w.ctl.as_raw_fd()));
+                    let _ = self
+                        .poll
+                        .registry()
+                        .deregister(&mut SourceFd(&w.ctl.as_raw_fd()));
                     break;
                 }
                 Err(e) => proto::warn!("endpoint {key}: worker pid {}: {e}", w.pid),
@@ -427,6 +536,10 @@ impl Daemon {
 fn refuse_all(refused: &mut Vec<Refusal>, ep: &Endpoint, reason: &str) {
     proto::error!("{reason}");
     for r in &ep.routes {
-        refused.push(Refusal { index: r.link, name: r.name.clone(), reason: reason.to_string() });
+        refused.push(Refusal {
+            index: r.link,
+            name: r.name.clone(),
+            reason: reason.to_string(),
+        });
     }
 }

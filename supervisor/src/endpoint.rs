@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 pub enum State {
     Running,
     /// Worker died; a new one starts at `until`.
-    Backoff { until: Instant, delay: Duration },
+    Backoff {
+        until: Instant,
+        delay: Duration,
+    },
     /// The restart policy gave up (max retries).
     Failed,
 }
@@ -48,17 +51,26 @@ pub struct Running {
 impl Running {
     /// The worker exited: decide when (and whether) the next one starts.
     pub fn on_exit(&mut self, policy: &RestartPolicy, now: Instant, jitter: f64) -> State {
-        let uptime = self.worker.as_ref().map_or(Duration::ZERO, |w| now - w.started);
+        let uptime = self
+            .worker
+            .as_ref()
+            .map_or(Duration::ZERO, |w| now - w.started);
         if uptime >= policy.reset_window {
             self.failures = 0;
         }
         self.failures += 1;
         self.worker = None;
         // Connections of the dead worker are gone; keep totals.
-        self.stats_base = Stats { active: 0, ..self.stats };
+        self.stats_base = Stats {
+            active: 0,
+            ..self.stats
+        };
         self.stats = self.stats_base;
         self.state = match policy.delay(self.failures, jitter) {
-            Some(delay) => State::Backoff { until: now + delay, delay },
+            Some(delay) => State::Backoff {
+                until: now + delay,
+                delay,
+            },
             None => State::Failed,
         };
         self.state
@@ -82,7 +94,10 @@ pub fn describe_exit(st: nix::sys::wait::WaitStatus) -> String {
     use nix::sys::wait::WaitStatus::*;
     match st {
         Exited(_, code) => format!("exited with status {code}"),
-        Signaled(_, sig, core) => format!("killed by {sig:?}{}", if core { " (core dumped)" } else { "" }),
+        Signaled(_, sig, core) => format!(
+            "killed by {sig:?}{}",
+            if core { " (core dumped)" } else { "" }
+        ),
         other => format!("{other:?}"),
     }
 }

@@ -12,8 +12,8 @@
 use nix::errno::Errno;
 use nix::sched::{setns, CloneFlags};
 use nix::sys::socket::{
-    bind, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, SockaddrIn6,
-    UnixAddr,
+    bind, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
+    SockaddrIn, SockaddrIn6, UnixAddr,
 };
 use nix::sys::wait::waitpid;
 use nix::unistd::{fork, ForkResult};
@@ -42,7 +42,9 @@ pub fn create(key: &EndpointKey) -> Result<OwnedFd, String> {
 /// Remove a unix listener's socket file (endpoint removed), in the
 /// consumer's mount namespace. Best effort: the container may be gone.
 pub fn remove_unix(key: &EndpointKey) {
-    let Listen::Unix(path) = &key.listen else { return };
+    let Listen::Unix(path) = &key.listen else {
+        return;
+    };
     let unlink = || {
         if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
             std::fs::remove_file(path).map_err(|e| format!("unlink {}: {e}", path.display()))?;
@@ -72,20 +74,28 @@ fn bind_here(listen: &Listen) -> Result<OwnedFd, String> {
 }
 
 fn bind_tcp(addr: &SocketAddr) -> Result<OwnedFd, String> {
-    let fam = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
-    let fd = socket(fam, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).map_err(|e| sys("socket for", addr, e))?;
+    let fam = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket(fam, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
+        .map_err(|e| sys("socket for", addr, e))?;
     // Rebinding after a supervisor restart must not wait for TIME_WAIT.
-    setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(|e| sys("setsockopt(SO_REUSEADDR) on", addr, e))?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)
+        .map_err(|e| sys("setsockopt(SO_REUSEADDR) on", addr, e))?;
     let r = match addr {
         SocketAddr::V4(a) => bind(fd.as_raw_fd(), &SockaddrIn::from(*a)),
         SocketAddr::V6(a) => {
             // [::]:80 and 0.0.0.0:80 are separate endpoints, as in nginx.
-            setsockopt(&fd, sockopt::Ipv6V6Only, &true).map_err(|e| sys("setsockopt(IPV6_V6ONLY) on", addr, e))?;
+            setsockopt(&fd, sockopt::Ipv6V6Only, &true)
+                .map_err(|e| sys("setsockopt(IPV6_V6ONLY) on", addr, e))?;
             bind(fd.as_raw_fd(), &SockaddrIn6::from(*a))
         }
     };
     r.map_err(|e| sys("bind", addr, e))?;
-    listen(&fd, Backlog::new(BACKLOG).unwrap_or(Backlog::MAXCONN)).map_err(|e| sys("listen on", addr, e))?;
+    listen(&fd, Backlog::new(BACKLOG).unwrap_or(Backlog::MAXCONN))
+        .map_err(|e| sys("listen on", addr, e))?;
     Ok(fd)
 }
 
@@ -97,19 +107,30 @@ fn bind_unix(path: &Path) -> Result<OwnedFd, String> {
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => {
             // A stale socket from an earlier run or a crashed provider.
-            std::fs::remove_file(path).map_err(|e| format!("removing stale socket {shown}: {e}"))?;
+            std::fs::remove_file(path)
+                .map_err(|e| format!("removing stale socket {shown}: {e}"))?;
         }
-        Ok(_) => return Err(format!("{shown} exists and is not a socket; not replacing it")),
+        Ok(_) => {
+            return Err(format!(
+                "{shown} exists and is not a socket; not replacing it"
+            ))
+        }
         Err(_) => {}
     }
-    let fd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
-        .map_err(|e| sys("socket for", &shown, e))?;
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| sys("socket for", &shown, e))?;
     let addr = UnixAddr::new(path).map_err(|e| sys("address", &shown, e))?;
     bind(fd.as_raw_fd(), &addr).map_err(|e| sys("bind", &shown, e))?;
     // The link is the consumer's: any user inside the container may use it.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
         .map_err(|e| format!("chmod 0666 {shown}: {e}"))?;
-    listen(&fd, Backlog::new(BACKLOG).unwrap_or(Backlog::MAXCONN)).map_err(|e| sys("listen on", &shown, e))?;
+    listen(&fd, Backlog::new(BACKLOG).unwrap_or(Backlog::MAXCONN))
+        .map_err(|e| sys("listen on", &shown, e))?;
     Ok(fd)
 }
 
@@ -122,14 +143,17 @@ fn in_namespace(
 ) -> Result<Option<OwnedFd>, String> {
     let ns_path = format!("/proc/{pid}/ns/{}", ns.0);
     // Open before forking, so a missing namespace is reported plainly.
-    let ns_file = std::fs::File::open(&ns_path).map_err(|e| format!("cannot open {ns_path}: {e}"))?;
+    let ns_file =
+        std::fs::File::open(&ns_path).map_err(|e| format!("cannot open {ns_path}: {e}"))?;
     let (ours, theirs) = proto::ctl::socketpair().map_err(|e| format!("socketpair: {e}"))?;
     // SAFETY: the supervisor is single-threaded (no signal-hook thread, no
     // runtime), so the child may allocate and run ordinary Rust code.
     match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child => {
             drop(ours);
-            let r = setns(ns_file.as_fd(), ns.1).map_err(|e| format!("setns({ns_path}): {e}")).and_then(|_| f());
+            let r = setns(ns_file.as_fd(), ns.1)
+                .map_err(|e| format!("setns({ns_path}): {e}"))
+                .and_then(|_| f());
             let _ = match r {
                 Ok(Some(fd)) => proto::ctl::send_raw(theirs.as_fd(), b"ok", &[fd.as_raw_fd()]),
                 Ok(None) => proto::ctl::send_raw(theirs.as_fd(), b"ok", &[]),
@@ -142,11 +166,23 @@ fn in_namespace(
             drop(theirs);
             drop(ns_file);
             let got = {
-                let mut pfd = [nix::poll::PollFd::new(ours.as_fd(), nix::poll::PollFlags::POLLIN)];
+                let mut pfd = [nix::poll::PollFd::new(
+                    ours.as_fd(),
+                    nix::poll::PollFlags::POLLIN,
+                )];
                 nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(5000u16))
                     .map_err(|e| format!("poll: {e}"))
-                    .and_then(|n| if n == 0 { Err("namespace helper did not answer in 5 s".into()) } else { Ok(()) })
-                    .and_then(|_| proto::ctl::recv_raw(ours.as_fd()).map_err(|e| format!("namespace helper: {e}")))
+                    .and_then(|n| {
+                        if n == 0 {
+                            Err("namespace helper did not answer in 5 s".into())
+                        } else {
+                            Ok(())
+                        }
+                    })
+                    .and_then(|_| {
+                        proto::ctl::recv_raw(ours.as_fd())
+                            .map_err(|e| format!("namespace helper: {e}"))
+                    })
             };
             if got.is_err() {
                 let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);

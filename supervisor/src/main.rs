@@ -17,7 +17,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "pv-xconnect", version, about = "Pantavisor ingress and cross-connect daemon")]
+#[command(
+    name = "pv-xconnect",
+    version,
+    about = "Pantavisor ingress and cross-connect daemon"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
@@ -114,7 +118,11 @@ fn run(a: RunArgs) -> Result<(), String> {
         log_target: target.to_string(),
         log_level: a.log_level,
     };
-    proto::info!("starting (pid {}), workers from {}", std::process::id(), opts.worker_dir.display());
+    proto::info!(
+        "starting (pid {}), workers from {}",
+        std::process::id(),
+        opts.worker_dir.display()
+    );
     daemon::Daemon::new(opts)?.run()
 }
 
@@ -134,11 +142,20 @@ fn check(file: &PathBuf) -> ExitCode {
         }
     };
     for ep in &plan.endpoints {
-        println!("endpoint {} {} consumer={} worker={}", ep.kind, ep.key, ep.consumer, ep.kind.worker_binary());
+        println!(
+            "endpoint {} {} consumer={} worker={}",
+            ep.kind,
+            ep.key,
+            ep.consumer,
+            ep.kind.worker_binary()
+        );
         for r in &ep.routes {
             let mut extra = String::new();
             if ep.kind == proto::plan::Kind::Http {
-                extra.push_str(&format!(" prefix={} strip_prefix={}", r.prefix, r.strip_prefix));
+                extra.push_str(&format!(
+                    " prefix={} strip_prefix={}",
+                    r.prefix, r.strip_prefix
+                ));
                 if let Some(h) = &r.host {
                     extra.push_str(&format!(" host={h}"));
                 }
@@ -149,13 +166,20 @@ fn check(file: &PathBuf) -> ExitCode {
             if let Some(p) = &r.proxy_protocol {
                 extra.push_str(&format!(" proxy_protocol={p:?}"));
             }
-            println!("  link #{} '{}' role={} -> {}{extra}", r.link, r.name, r.role, r.backend);
+            println!(
+                "  link #{} '{}' role={} -> {}{extra}",
+                r.link, r.name, r.role, r.backend
+            );
         }
     }
     for r in &plan.refused {
         println!("refused {r}");
     }
-    println!("{} endpoint(s), {} link(s) refused", plan.endpoints.len(), plan.refused.len());
+    println!(
+        "{} endpoint(s), {} link(s) refused",
+        plan.endpoints.len(),
+        plan.refused.len()
+    );
     if plan.refused.is_empty() {
         ExitCode::SUCCESS
     } else {

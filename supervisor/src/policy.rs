@@ -30,7 +30,10 @@ impl Default for RestartPolicy {
 impl RestartPolicy {
     pub fn validate(&self) -> Result<(), String> {
         if !(self.backoff_factor >= 1.0 && self.backoff_factor <= 100.0) {
-            return Err(format!("backoff factor must be between 1 and 100, got {}", self.backoff_factor));
+            return Err(format!(
+                "backoff factor must be between 1 and 100, got {}",
+                self.backoff_factor
+            ));
         }
         if self.max_delay < self.retry_delay {
             return Err(format!(
@@ -47,9 +50,11 @@ impl RestartPolicy {
         if self.max_retries > 0 && n > self.max_retries {
             return None;
         }
-        let base = self.retry_delay.as_secs_f64() * self.backoff_factor.powi(n.saturating_sub(1).min(64) as i32);
+        let base = self.retry_delay.as_secs_f64()
+            * self.backoff_factor.powi(n.saturating_sub(1).min(64) as i32);
         let capped = base.min(self.max_delay.as_secs_f64());
-        let with_jitter = (capped * (1.0 + 0.1 * jitter.clamp(0.0, 1.0))).min(self.max_delay.as_secs_f64());
+        let with_jitter =
+            (capped * (1.0 + 0.1 * jitter.clamp(0.0, 1.0))).min(self.max_delay.as_secs_f64());
         Some(Duration::from_secs_f64(with_jitter))
     }
 }
@@ -61,7 +66,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         Some(i) => (&s[..i], &s[i..]),
         None => (s, "s"),
     };
-    let v: f64 = num.parse().map_err(|_| format!("'{s}' is not a duration (e.g. 250ms, 5s, 2m)"))?;
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (e.g. 250ms, 5s, 2m)"))?;
     if !v.is_finite() || v < 0.0 {
         return Err(format!("'{s}' is not a duration (e.g. 250ms, 5s, 2m)"));
     }
@@ -76,7 +83,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Cheap jitter without a random-number crate: the clock's nanoseconds.
 pub fn jitter() -> f64 {
-    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
     (n % 1000) as f64 / 1000.0
 }
 
@@ -86,15 +95,23 @@ mod tests {
 
     #[test]
     fn grows_and_caps() {
-        let p = RestartPolicy { max_delay: Duration::from_millis(100), ..Default::default() };
-        let d: Vec<u128> = (1..=5).map(|n| p.delay(n, 0.0).unwrap().as_millis()).collect();
+        let p = RestartPolicy {
+            max_delay: Duration::from_millis(100),
+            ..Default::default()
+        };
+        let d: Vec<u128> = (1..=5)
+            .map(|n| p.delay(n, 0.0).unwrap().as_millis())
+            .collect();
         assert_eq!(d, vec![20, 40, 80, 100, 100]);
         assert!(p.delay(1, 0.99).unwrap() <= Duration::from_millis(22));
     }
 
     #[test]
     fn gives_up_after_max_retries() {
-        let p = RestartPolicy { max_retries: 2, ..Default::default() };
+        let p = RestartPolicy {
+            max_retries: 2,
+            ..Default::default()
+        };
         assert!(p.delay(2, 0.0).is_some());
         assert!(p.delay(3, 0.0).is_none());
     }
@@ -106,7 +123,10 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("5h").is_err());
-        let bad = RestartPolicy { backoff_factor: 0.5, ..Default::default() };
+        let bad = RestartPolicy {
+            backoff_factor: 0.5,
+            ..Default::default()
+        };
         assert!(bad.validate().is_err());
     }
 }

@@ -19,7 +19,11 @@ pub struct Source {
 
 impl Source {
     pub fn file(path: PathBuf) -> Source {
-        Source { origin: Origin::File(path), next_check: Instant::now() + FILE_CHECK, stamp: None }
+        Source {
+            origin: Origin::File(path),
+            next_check: Instant::now() + FILE_CHECK,
+            stamp: None,
+        }
     }
 
     /// How often the loop must wake to look at the source.
@@ -35,7 +39,9 @@ impl Source {
         self.next_check = now + FILE_CHECK;
         match &self.origin {
             Origin::File(p) => {
-                let stamp = std::fs::metadata(p).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
+                let stamp = std::fs::metadata(p)
+                    .ok()
+                    .and_then(|m| Some((m.modified().ok()?, m.len())));
                 stamp.is_some() && stamp != self.stamp
             }
         }
@@ -46,10 +52,14 @@ impl Source {
     pub fn read(&mut self) -> Result<Option<Plan>, String> {
         match &self.origin {
             Origin::File(p) => {
-                let meta = std::fs::metadata(p).map_err(|e| format!("graph file {}: {e}", p.display()))?;
+                let meta =
+                    std::fs::metadata(p).map_err(|e| format!("graph file {}: {e}", p.display()))?;
                 self.stamp = meta.modified().ok().map(|m| (m, meta.len()));
-                let text = std::fs::read_to_string(p).map_err(|e| format!("graph file {}: {e}", p.display()))?;
-                plan::from_graph(&text).map(Some).map_err(|e| format!("graph file {}: {e}", p.display()))
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| format!("graph file {}: {e}", p.display()))?;
+                plan::from_graph(&text)
+                    .map(Some)
+                    .map_err(|e| format!("graph file {}: {e}", p.display()))
             }
         }
     }

@@ -26,14 +26,21 @@ pub fn worker_args(config: &WorkerConfig) -> [String; 2] {
     [listen, format!("consumer={}", config.endpoint.consumer)]
 }
 
-pub fn spawn(worker_dir: &Path, config: &WorkerConfig, listener: &OwnedFd, seq: u64) -> Result<Spawned, String> {
+pub fn spawn(
+    worker_dir: &Path,
+    config: &WorkerConfig,
+    listener: &OwnedFd,
+    seq: u64,
+) -> Result<Spawned, String> {
     let name = config.kind().worker_binary();
     let path = worker_dir.join(name);
     let (ours, theirs) = ctl::socketpair().map_err(|e| format!("socketpair: {e}"))?;
     let their_fd = theirs.as_raw_fd();
     let parent = std::process::id() as i32;
     let mut cmd = Command::new(&path);
-    cmd.arg0(name).args(worker_args(config)).stdin(Stdio::null());
+    cmd.arg0(name)
+        .args(worker_args(config))
+        .stdin(Stdio::null());
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -55,12 +62,17 @@ pub fn spawn(worker_dir: &Path, config: &WorkerConfig, listener: &OwnedFd, seq: 
             Ok(())
         });
     }
-    let child = cmd.spawn().map_err(|e| format!("exec {}: {e}", path.display()))?;
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("exec {}: {e}", path.display()))?;
     drop(theirs);
     let pid = Pid::from_raw(child.id() as i32);
     // The child is reaped by the supervisor's SIGCHLD handling, not by std.
     drop(child);
-    let init = ToWorker::Init { seq, config: config.clone() };
+    let init = ToWorker::Init {
+        seq,
+        config: config.clone(),
+    };
     if let Err(e) = ctl::send(ours.as_fd(), &init, &[listener.as_raw_fd()]) {
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         return Err(format!("sending init to {name} pid {pid}: {e}"));

@@ -10,14 +10,14 @@
 //! passed on as `shutdown(SHUT_WR)` of the other (half-close), and the
 //! connection ends only when both directions are finished.
 
+use nix::sys::socket::MsgFlags;
 use proto::backend;
 use proto::ctl::Limits;
 use proto::graph::{Backend, ProxyProtocol};
+use proto::plan::Route;
 use proto::relay::{Ready, Splice};
 use proto::stream::Stream;
 use std::io::{self, Write};
-use nix::sys::socket::MsgFlags;
-use proto::plan::Route;
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
@@ -36,9 +36,15 @@ fn sni_matches(pattern: &str, name: &str) -> bool {
 
 pub enum Phase {
     /// Several routes share the address: peek the TLS ClientHello first.
-    Sniffing { until: Instant },
+    Sniffing {
+        until: Instant,
+    },
     /// `backend` is None while waiting to retry a refused connect.
-    Connecting { attempt: u32, retry_at: Option<Instant>, give_up_at: Instant },
+    Connecting {
+        attempt: u32,
+        retry_at: Option<Instant>,
+        give_up_at: Instant,
+    },
     Relaying,
 }
 
@@ -47,7 +53,9 @@ pub enum Phase {
 pub enum Next {
     Continue,
     /// Close both sides. `error`: count it as a failed connection.
-    Close { error: bool },
+    Close {
+        error: bool,
+    },
     /// A new backend socket exists and must be registered.
     RegisterBackend,
 }
@@ -69,8 +77,9 @@ pub struct Conn {
     pub moved: (u64, u64),
     /// When the connection next needs attention from a timer.
     pub deadline: Option<Instant>,
-    /// Whether a timer entry for this connection is in the heap.
-    pub armed: bool,
+    /// Earliest timer entry for this connection in the loop's heap. A new
+    /// entry is only needed when the deadline moves before it.
+    pub timer_at: Option<Instant>,
 }
 
 impl Conn {
@@ -82,7 +91,9 @@ impl Conn {
             client_ready: Ready::default(),
             backend: None,
             backend_ready: Ready::default(),
-            phase: Phase::Sniffing { until: now + Duration::from_millis(limits.head_timeout_ms) },
+            phase: Phase::Sniffing {
+                until: now + Duration::from_millis(limits.head_timeout_ms),
+            },
             target: Backend::Tcp(([0, 0, 0, 0], 0).into()),
             proxy_protocol: None,
             up: Splice::new(),
@@ -91,7 +102,7 @@ impl Conn {
             last_activity: now,
             moved: (0, 0),
             deadline: Some(now),
-            armed: false,
+            timer_at: None,
         };
         if let [r] = routes {
             if r.sni.is_none() {
@@ -117,7 +128,8 @@ impl Conn {
             return Next::Continue;
         }
         let mut buf = [0u8; sni::MAX_HELLO];
-        let n = match nix::sys::socket::recv(self.client.as_raw_fd(), &mut buf, MsgFlags::MSG_PEEK) {
+        let n = match nix::sys::socket::recv(self.client.as_raw_fd(), &mut buf, MsgFlags::MSG_PEEK)
+        {
             Ok(0) => return Next::Close { error: false },
             Ok(n) => n,
             Err(nix::errno::Errno::EAGAIN) => {
@@ -135,7 +147,10 @@ impl Conn {
                 self.client_ready.readable = false;
                 Next::Continue
             }
-            sni::Sni::Found(Some(name)) => match routes.iter().find(|r| r.sni.as_deref().is_some_and(|s| sni_matches(s, &name))) {
+            sni::Sni::Found(Some(name)) => match routes
+                .iter()
+                .find(|r| r.sni.as_deref().is_some_and(|s| sni_matches(s, &name)))
+            {
                 Some(r) => {
                     self.route_to(r, now, limits);
                     self.drive_connect(now, limits)
@@ -156,10 +171,16 @@ impl Conn {
     fn start_connect(&mut self, now: Instant, limits: &Limits) -> Next {
         if let Some(v) = self.proxy_protocol {
             if self.preamble.is_empty() {
-                self.preamble = proxy_header::build(v, self.client.peer_ip(), self.client.local_addr());
+                self.preamble =
+                    proxy_header::build(v, self.client.peer_ip(), self.client.local_addr());
             }
         }
-        let Phase::Connecting { attempt, retry_at, give_up_at } = &mut self.phase else {
+        let Phase::Connecting {
+            attempt,
+            retry_at,
+            give_up_at,
+        } = &mut self.phase
+        else {
             return Next::Continue;
         };
         match *retry_at {
@@ -175,7 +196,15 @@ impl Conn {
             }
             Err(e) => {
                 *attempt += 1;
-                retry_or_fail(attempt, retry_at, *give_up_at, now, limits, &self.target, &e)
+                retry_or_fail(
+                    attempt,
+                    retry_at,
+                    *give_up_at,
+                    now,
+                    limits,
+                    &self.target,
+                    &e,
+                )
             }
         }
     }
@@ -195,7 +224,9 @@ impl Conn {
         if self.backend.is_none() {
             return self.start_connect(now, limits);
         }
-        let Some(b) = self.backend.as_ref() else { return Next::Continue };
+        let Some(b) = self.backend.as_ref() else {
+            return Next::Continue;
+        };
         if !self.backend_ready.writable {
             return Next::Continue;
         }
@@ -214,17 +245,32 @@ impl Conn {
             }
             Err(e) => {
                 self.backend = None;
-                let Phase::Connecting { attempt, retry_at, give_up_at } = &mut self.phase else {
+                let Phase::Connecting {
+                    attempt,
+                    retry_at,
+                    give_up_at,
+                } = &mut self.phase
+                else {
                     return Next::Close { error: true };
                 };
                 *attempt += 1;
-                retry_or_fail(attempt, retry_at, *give_up_at, now, limits, &self.target, &e)
+                retry_or_fail(
+                    attempt,
+                    retry_at,
+                    *give_up_at,
+                    now,
+                    limits,
+                    &self.target,
+                    &e,
+                )
             }
         }
     }
 
     fn relay(&mut self, now: Instant) -> Next {
-        let Some(b) = self.backend.as_ref() else { return Next::Close { error: true } };
+        let Some(b) = self.backend.as_ref() else {
+            return Next::Close { error: true };
+        };
         if !self.preamble.is_empty() {
             if !self.backend_ready.writable {
                 return Next::Continue;
@@ -233,7 +279,9 @@ impl Conn {
                 Ok(n) => {
                     self.preamble.drain(..n);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.backend_ready.writable = false,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.backend_ready.writable = false
+                }
                 Err(e) => {
                     proto::debug!("write PROXY header to {}: {e}", self.target);
                     return Next::Close { error: true };
@@ -244,8 +292,20 @@ impl Conn {
             }
         }
         let (c, bfd) = (self.client.as_fd(), b.as_fd());
-        let up = self.up.pump(c, &mut self.client_ready, bfd, &mut self.backend_ready, true);
-        let down = self.down.pump(bfd, &mut self.backend_ready, c, &mut self.client_ready, true);
+        let up = self.up.pump(
+            c,
+            &mut self.client_ready,
+            bfd,
+            &mut self.backend_ready,
+            true,
+        );
+        let down = self.down.pump(
+            bfd,
+            &mut self.backend_ready,
+            c,
+            &mut self.client_ready,
+            true,
+        );
         match (up, down) {
             (Ok(u), Ok(d)) => {
                 if u.bytes + d.bytes > 0 || u.eof || d.eof {
@@ -275,11 +335,18 @@ impl Conn {
         }
         match &self.phase {
             Phase::Sniffing { .. } => {
-                proto::info!("no TLS ClientHello within {} ms; closing client", limits.head_timeout_ms);
+                proto::info!(
+                    "no TLS ClientHello within {} ms; closing client",
+                    limits.head_timeout_ms
+                );
                 Next::Close { error: true }
             }
             Phase::Connecting { give_up_at, .. } if *give_up_at <= now => {
-                proto::warn!("backend {}: connect timed out after {} ms", self.target, limits.connect_timeout_ms);
+                proto::warn!(
+                    "backend {}: connect timed out after {} ms",
+                    self.target,
+                    limits.connect_timeout_ms
+                );
                 Next::Close { error: true }
             }
             Phase::Connecting { .. } => self.drive(now, limits, routes),
@@ -293,9 +360,11 @@ impl Conn {
     fn next_deadline(&self, limits: &Limits) -> Option<Instant> {
         match &self.phase {
             Phase::Sniffing { until } => Some(*until),
-            Phase::Connecting { retry_at, give_up_at, .. } => {
-                Some(retry_at.map_or(*give_up_at, |r| r.min(*give_up_at)))
-            }
+            Phase::Connecting {
+                retry_at,
+                give_up_at,
+                ..
+            } => Some(retry_at.map_or(*give_up_at, |r| r.min(*give_up_at))),
             Phase::Relaying => {
                 let half_closed = self.up.dst_shut != self.down.dst_shut;
                 let idle_ms = match (half_closed, limits.tcp_idle_timeout_ms) {
@@ -327,6 +396,9 @@ fn retry_or_fail(
             }
         }
     }
-    proto::warn!("backend {target} unreachable: {e} (after {} attempt(s)); closing client", attempt);
+    proto::warn!(
+        "backend {target} unreachable: {e} (after {} attempt(s)); closing client",
+        attempt
+    );
     Next::Close { error: true }
 }

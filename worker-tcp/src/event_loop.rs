@@ -43,8 +43,17 @@ impl Worker {
     pub fn new(s: Started) -> io::Result<Worker> {
         let poll = Poll::new()?;
         let listener = Listener::from_fd(s.listener)?;
-        let acceptor = Acceptor::new(listener, poll.registry(), LISTENER, s.config.limits.max_conns)?;
-        poll.registry().register(&mut SourceFd(&s.ctl.as_fd().as_raw_fd()), CTL, Interest::READABLE)?;
+        let acceptor = Acceptor::new(
+            listener,
+            poll.registry(),
+            LISTENER,
+            s.config.limits.max_conns,
+        )?;
+        poll.registry().register(
+            &mut SourceFd(&s.ctl.as_fd().as_raw_fd()),
+            CTL,
+            Interest::READABLE,
+        )?;
         Ok(Worker {
             poll,
             acceptor,
@@ -84,8 +93,14 @@ impl Worker {
                     }
                     Token(t) => {
                         let slot = (t - 2) / 2;
-                        let Some(c) = self.conns.get_mut(slot) else { continue };
-                        let r = if t % 2 == 0 { &mut c.client_ready } else { &mut c.backend_ready };
+                        let Some(c) = self.conns.get_mut(slot) else {
+                            continue;
+                        };
+                        let r = if t % 2 == 0 {
+                            &mut c.client_ready
+                        } else {
+                            &mut c.backend_ready
+                        };
                         r.readable |= ev.is_readable() || ev.is_read_closed() || ev.is_error();
                         r.writable |= ev.is_writable() || ev.is_write_closed() || ev.is_error();
                         self.drive(slot, now);
@@ -102,7 +117,10 @@ impl Worker {
             stats_wait = self.ctl.report(now, self.stats);
             if let Some(until) = self.drain_until {
                 if self.conns.is_empty() || now >= until {
-                    proto::info!("drained ({} connection(s) cut at the deadline); exiting", self.conns.len());
+                    proto::info!(
+                        "drained ({} connection(s) cut at the deadline); exiting",
+                        self.conns.len()
+                    );
                     return Ok(());
                 }
             }
@@ -112,11 +130,22 @@ impl Worker {
     /// Accept a burst of clients; `closing`: the last burst before a drain
     /// closes the worker's listener.
     fn accept(&mut self, now: Instant, closing: bool) {
-        let Worker { acceptor, conns, poll, config, .. } = self;
+        let Worker {
+            acceptor,
+            conns,
+            poll,
+            config,
+            ..
+        } = self;
         let mut fresh = Vec::new();
         let active = conns.len();
         let take = |client| {
-            let (slot, _) = conns.insert(Conn::new(client, &config.endpoint.routes, &config.limits, now));
+            let (slot, _) = conns.insert(Conn::new(
+                client,
+                &config.endpoint.routes,
+                &config.limits,
+                now,
+            ));
             fresh.push(slot);
             conns.len()
         };
@@ -130,9 +159,15 @@ impl Worker {
         }
         for slot in fresh {
             self.stats.total += 1;
-            let Some(c) = self.conns.get_mut(slot) else { continue };
+            let Some(c) = self.conns.get_mut(slot) else {
+                continue;
+            };
             let interest = Interest::READABLE | Interest::WRITABLE;
-            if let Err(e) = self.poll.registry().register(&mut c.client, Token(2 + 2 * slot), interest) {
+            if let Err(e) =
+                self.poll
+                    .registry()
+                    .register(&mut c.client, Token(2 + 2 * slot), interest)
+            {
                 proto::warn!("register client: {e}");
                 self.close(slot, true);
                 continue;
@@ -143,7 +178,9 @@ impl Worker {
 
     fn drive(&mut self, slot: usize, now: Instant) {
         loop {
-            let Some(c) = self.conns.get_mut(slot) else { return };
+            let Some(c) = self.conns.get_mut(slot) else {
+                return;
+            };
             let next = c.drive(now, &self.config.limits, &self.config.endpoint.routes);
             match self.after(slot, next) {
                 Some(true) => continue,
@@ -162,8 +199,8 @@ impl Worker {
         match next {
             Next::Continue => {
                 if let Some(d) = c.deadline {
-                    if !c.armed {
-                        c.armed = true;
+                    if c.timer_at.is_none_or(|t| d < t) {
+                        c.timer_at = Some(d);
                         self.timers.add(d, key(slot, gen));
                     }
                 }
@@ -171,7 +208,11 @@ impl Worker {
             }
             Next::RegisterBackend => {
                 let b = c.backend.as_mut()?;
-                if let Err(e) = self.poll.registry().register(b, Token(3 + 2 * slot), Interest::READABLE | Interest::WRITABLE) {
+                if let Err(e) = self.poll.registry().register(
+                    b,
+                    Token(3 + 2 * slot),
+                    Interest::READABLE | Interest::WRITABLE,
+                ) {
                     proto::warn!("register backend: {e}");
                     self.close(slot, true);
                     return Some(false);
@@ -198,8 +239,12 @@ impl Worker {
             KEY_DRAIN => {}
             k => {
                 let (slot, gen) = ((k >> 32) as usize, k as u32);
-                let Some(c) = self.conns.get_gen(slot, gen) else { return };
-                c.armed = false;
+                let Some(c) = self.conns.get_gen(slot, gen) else {
+                    return;
+                };
+                if c.timer_at.is_some_and(|t| t <= now) {
+                    c.timer_at = None;
+                }
                 let next = c.on_timer(now, &self.config.limits, &self.config.endpoint.routes);
                 if self.after(slot, next) == Some(true) {
                     self.drive(slot, now);
@@ -222,10 +267,17 @@ impl Worker {
                     return false;
                 }
                 Ok(Some(ToWorker::Update { seq, config })) => {
-                    let err = (config.endpoint.kind != self.config.endpoint.kind)
-                        .then(|| format!("update changes kind {} to {}", self.config.endpoint.kind, config.endpoint.kind));
+                    let err = (config.endpoint.kind != self.config.endpoint.kind).then(|| {
+                        format!(
+                            "update changes kind {} to {}",
+                            self.config.endpoint.kind, config.endpoint.kind
+                        )
+                    });
                     if err.is_none() {
-                        proto::info!("routes updated: {} route(s); open connections keep their backend", config.endpoint.routes.len());
+                        proto::info!(
+                            "routes updated: {} route(s); open connections keep their backend",
+                            config.endpoint.routes.len()
+                        );
                         self.config = config;
                     }
                     self.ctl.ack(seq, err);
@@ -235,10 +287,15 @@ impl Worker {
                     let until = now + Duration::from_millis(deadline_ms);
                     self.drain_until = Some(until);
                     self.timers.add(until, KEY_DRAIN);
-                    proto::info!("draining {} connection(s), deadline {deadline_ms} ms", self.conns.len());
+                    proto::info!(
+                        "draining {} connection(s), deadline {deadline_ms} ms",
+                        self.conns.len()
+                    );
                     self.ctl.ack(seq, None);
                 }
-                Ok(Some(ToWorker::Init { seq, .. })) => self.ctl.ack(seq, Some("already initialised".into())),
+                Ok(Some(ToWorker::Init { seq, .. })) => {
+                    self.ctl.ack(seq, Some("already initialised".into()))
+                }
             }
         }
     }

@@ -18,7 +18,14 @@ pub fn build(v: ProxyProtocol, src: Option<SocketAddr>, dst: Option<SocketAddr>)
         ProxyProtocol::V1 => match pair {
             Some((s, d)) => {
                 let fam = if s.is_ipv4() { "TCP4" } else { "TCP6" };
-                format!("PROXY {fam} {} {} {} {}\r\n", s.ip(), d.ip(), s.port(), d.port()).into_bytes()
+                format!(
+                    "PROXY {fam} {} {} {} {}\r\n",
+                    s.ip(),
+                    d.ip(),
+                    s.port(),
+                    d.port()
+                )
+                .into_bytes()
             }
             None => b"PROXY UNKNOWN\r\n".to_vec(),
         },
@@ -53,22 +60,38 @@ mod tests {
 
     #[test]
     fn v1_tcp4_and_unknown() {
-        let h = build(ProxyProtocol::V1, "1.2.3.4:5".parse().ok(), "6.7.8.9:10".parse().ok());
+        let h = build(
+            ProxyProtocol::V1,
+            "1.2.3.4:5".parse().ok(),
+            "6.7.8.9:10".parse().ok(),
+        );
         assert_eq!(h, b"PROXY TCP4 1.2.3.4 6.7.8.9 5 10\r\n");
         assert_eq!(build(ProxyProtocol::V1, None, None), b"PROXY UNKNOWN\r\n");
-        let h6 = build(ProxyProtocol::V1, "[::1]:5".parse().ok(), "[::2]:6".parse().ok());
+        let h6 = build(
+            ProxyProtocol::V1,
+            "[::1]:5".parse().ok(),
+            "[::2]:6".parse().ok(),
+        );
         assert_eq!(h6, b"PROXY TCP6 ::1 ::2 5 6\r\n");
     }
 
     #[test]
     fn v2_layout() {
-        let h = build(ProxyProtocol::V2, "1.2.3.4:5".parse().ok(), "6.7.8.9:10".parse().ok());
+        let h = build(
+            ProxyProtocol::V2,
+            "1.2.3.4:5".parse().ok(),
+            "6.7.8.9:10".parse().ok(),
+        );
         assert_eq!(&h[..12], &V2_SIG);
         assert_eq!(&h[12..16], &[0x21, 0x11, 0, 12]);
         assert_eq!(&h[16..20], &[1, 2, 3, 4]);
         assert_eq!(&h[24..26], &5u16.to_be_bytes());
         assert_eq!(h.len(), 28);
-        let h6 = build(ProxyProtocol::V2, "[::1]:5".parse().ok(), "[::2]:6".parse().ok());
+        let h6 = build(
+            ProxyProtocol::V2,
+            "[::1]:5".parse().ok(),
+            "[::2]:6".parse().ok(),
+        );
         assert_eq!(h6.len(), 16 + 36);
         assert_eq!(build(ProxyProtocol::V2, None, None).len(), 16);
     }

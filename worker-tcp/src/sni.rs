@@ -30,23 +30,33 @@ impl<'a> Cursor<'a> {
         self.take(1).map(|s| s[0] as usize)
     }
     fn u16(&mut self) -> Option<usize> {
-        self.take(2).map(|s| u16::from_be_bytes([s[0], s[1]]) as usize)
+        self.take(2)
+            .map(|s| u16::from_be_bytes([s[0], s[1]]) as usize)
     }
     fn u24(&mut self) -> Option<usize> {
-        self.take(3).map(|s| (s[0] as usize) << 16 | (s[1] as usize) << 8 | s[2] as usize)
+        self.take(3)
+            .map(|s| (s[0] as usize) << 16 | (s[1] as usize) << 8 | s[2] as usize)
     }
 }
 
 pub fn parse(buf: &[u8]) -> Sni {
     if buf.len() < 5 {
-        return if buf.is_empty() || buf[0] == 0x16 { Sni::NeedMore } else { Sni::NotTls };
+        return if buf.is_empty() || buf[0] == 0x16 {
+            Sni::NeedMore
+        } else {
+            Sni::NotTls
+        };
     }
     if buf[0] != 0x16 || buf[1] != 3 {
         return Sni::NotTls;
     }
     let rec_len = u16::from_be_bytes([buf[3], buf[4]]) as usize;
     if buf.len() < 5 + rec_len {
-        return if 5 + rec_len > MAX_HELLO { Sni::NotTls } else { Sni::NeedMore };
+        return if 5 + rec_len > MAX_HELLO {
+            Sni::NotTls
+        } else {
+            Sni::NeedMore
+        };
     }
     match hello(&buf[5..5 + rec_len]) {
         Some(name) => Sni::Found(name),
@@ -61,7 +71,10 @@ fn hello(rec: &[u8]) -> Option<Option<String>> {
         return None;
     }
     let len = c.u24()?;
-    let mut c = Cursor { b: c.take(len)?, at: 0 };
+    let mut c = Cursor {
+        b: c.take(len)?,
+        at: 0,
+    };
     c.take(2 + 32)?; // client version, random
     let n = c.u8()?;
     c.take(n)?; // session id
@@ -73,7 +86,10 @@ fn hello(rec: &[u8]) -> Option<Option<String>> {
         return Some(None);
     }
     let n = c.u16()?;
-    let mut ext = Cursor { b: c.take(n)?, at: 0 };
+    let mut ext = Cursor {
+        b: c.take(n)?,
+        at: 0,
+    };
     while ext.at < ext.b.len() {
         let ty = ext.u16()?;
         let n = ext.u16()?;
@@ -83,7 +99,10 @@ fn hello(rec: &[u8]) -> Option<Option<String>> {
         }
         let mut l = Cursor { b: data, at: 0 };
         let n = l.u16()?;
-        let mut names = Cursor { b: l.take(n)?, at: 0 };
+        let mut names = Cursor {
+            b: l.take(n)?,
+            at: 0,
+        };
         while names.at < names.b.len() {
             let kind = names.u8()?;
             let n = names.u16()?;
