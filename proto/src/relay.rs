@@ -79,7 +79,7 @@ impl Splice {
     fn pipe(&mut self) -> io::Result<(BorrowedFd<'_>, BorrowedFd<'_>)> {
         if self.pipe.is_none() {
             let p = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
-                .map_err(|e| io::Error::new(io::ErrorKind::Other, format!("pipe2: {e}")))?;
+                .map_err(|e| io::Error::other(format!("pipe2: {e}")))?;
             self.pipe = Some(p);
         }
         let (r, w) = self

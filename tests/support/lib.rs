@@ -198,10 +198,9 @@ impl Supervisor {
     /// SIGTERM and wait for the exit status.
     pub fn stop(mut self) -> std::process::ExitStatus {
         self.signal("TERM");
-        let st = wait_for(Duration::from_secs(20), "supervisor exit", || {
+        wait_for(Duration::from_secs(20), "supervisor exit", || {
             self.child.try_wait().ok().flatten()
-        });
-        st
+        })
     }
 }
 
