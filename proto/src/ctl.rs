@@ -258,7 +258,19 @@ pub fn recv_raw(sock: BorrowedFd<'_>) -> Result<(Vec<u8>, Vec<OwnedFd>), CtlErro
         });
     }
     if n == 0 && fds.is_empty() {
-        return Err(CtlError::Eof);
+        // recvmsg returns 0 both for an empty datagram and for EOF; only a
+        // hang-up means the peer is gone.
+        let mut pfd = [nix::poll::PollFd::new(sock, nix::poll::PollFlags::POLLIN)];
+        let hup = nix::poll::poll(&mut pfd, nix::poll::PollTimeout::ZERO).is_ok_and(|_| {
+            pfd[0]
+                .revents()
+                .is_some_and(|r| r.contains(nix::poll::PollFlags::POLLHUP))
+        });
+        return Err(if hup {
+            CtlError::Eof
+        } else {
+            CtlError::Bad("empty control message".into())
+        });
     }
     if fds.len() > MAX_FDS {
         return Err(CtlError::TooManyFds);

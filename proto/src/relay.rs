@@ -84,7 +84,10 @@ impl Splice {
             let p = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
                 .map_err(|e| io::Error::other(format!("pipe2: {e}")))?;
             // Best effort: without it the pipe keeps 64 KiB and we move less per call.
-            let _ = nix::fcntl::fcntl(p.1.as_raw_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(CHUNK as i32));
+            let _ = nix::fcntl::fcntl(
+                p.1.as_raw_fd(),
+                nix::fcntl::FcntlArg::F_SETPIPE_SZ(CHUNK as i32),
+            );
             self.pipe = Some(p);
         }
         let (r, w) = self
