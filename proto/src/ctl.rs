@@ -219,8 +219,10 @@ pub fn recv<M: Message>(sock: BorrowedFd<'_>) -> Result<(M, Vec<OwnedFd>), CtlEr
 
 /// Receive one datagram and its fds without interpreting it.
 pub fn recv_raw(sock: BorrowedFd<'_>) -> Result<(Vec<u8>, Vec<OwnedFd>), CtlError> {
-    // One byte more than the cap, so an oversized datagram shows as truncated.
-    let mut buf = vec![0u8; MAX_MSG + 1];
+    // One byte more than the cap, so an oversized datagram shows as
+    // truncated. On the stack: a 64 KiB heap block per message would stay
+    // in the allocator's free lists of a process that is otherwise tiny.
+    let mut buf = [0u8; MAX_MSG + 1];
     let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
     let (n, flags, fds) = {
         let mut iov = [IoSliceMut::new(&mut buf)];
@@ -275,8 +277,7 @@ pub fn recv_raw(sock: BorrowedFd<'_>) -> Result<(Vec<u8>, Vec<OwnedFd>), CtlErro
     if fds.len() > MAX_FDS {
         return Err(CtlError::TooManyFds);
     }
-    buf.truncate(n);
-    Ok((buf, fds))
+    Ok((buf[..n].to_vec(), fds))
 }
 
 /// A close-on-exec SEQPACKET pair: (supervisor end, worker end).
