@@ -4,17 +4,20 @@
 //! - [`plan`]: links grouped into endpoints (one worker each).
 //! - [`ctl`]: supervisor <-> worker messages and fd passing.
 //! - [`worker`]: worker start-up, privilege drop, the worker's control end.
-//! - [`stream`], [`backend`], [`relay`], [`timer`]: the data path every
+//! - [`stream`], [`accept`], [`backend`], [`relay`], [`timer`], [`slab`]: the data path every
 //!   worker shares: sockets, reaching a backend, the bounded byte relay,
 //!   deadlines.
 //! - [`log`]: one-line events to syslog or stderr.
 
+pub mod accept;
 pub mod backend;
 pub mod ctl;
 pub mod graph;
 pub mod log;
+pub mod mem;
 pub mod plan;
 pub mod relay;
+pub mod slab;
 pub mod stream;
 pub mod timer;
 pub mod worker;

@@ -67,7 +67,7 @@ pub fn start(kind: &str) -> Result<Started, String> {
     let setup = (|| -> Result<(), String> {
         raise_nofile();
         close_stray_fds(&[ctl.fd.as_raw_fd(), listener.as_raw_fd()])?;
-        drop_privileges(needs_dac_override(&config))
+        drop_privileges(&kept_caps(&config))
     })();
     ctl.ack(seq, setup.as_ref().err().cloned());
     setup?;
@@ -105,27 +105,40 @@ pub fn close_stray_fds(keep: &[RawFd]) -> Result<(), String> {
     Ok(())
 }
 
-/// A worker needs CAP_DAC_OVERRIDE only to connect to a provider's unix
-/// socket that root does not own (under `/proc/<pid>/root`).
-fn needs_dac_override(c: &WorkerConfig) -> bool {
-    c.endpoint
-        .routes
-        .iter()
-        .any(|r| matches!(r.backend, Backend::Unix(_)))
+/// Capabilities a worker keeps. Only a worker with a unix backend needs
+/// any: walking `/proc/<pid>/root` of a provider whose capabilities exceed
+/// ours is a ptrace-mode access the kernel allows only with
+/// CAP_SYS_PTRACE, and the provider's socket may belong to another user
+/// (CAP_DAC_OVERRIDE). A worker with tcp backends keeps nothing.
+///
+/// An http/rest worker's routes change live (`Update`), and a route added
+/// later may point into a provider's root; capabilities dropped at start
+/// cannot come back, so such a worker keeps both from the start.
+pub fn kept_caps(c: &WorkerConfig) -> caps::CapsHashSet {
+    use caps::Capability;
+    let mut keep = caps::CapsHashSet::new();
+    if matches!(c.kind(), crate::plan::Kind::Http | crate::plan::Kind::Rest) {
+        keep.insert(Capability::CAP_DAC_OVERRIDE);
+        keep.insert(Capability::CAP_SYS_PTRACE);
+    }
+    for r in &c.endpoint.routes {
+        if let Backend::Unix(p) = &r.backend {
+            keep.insert(Capability::CAP_DAC_OVERRIDE);
+            if p.starts_with("/proc/") {
+                keep.insert(Capability::CAP_SYS_PTRACE);
+            }
+        }
+    }
+    keep
 }
 
-/// Drop every capability except, where needed, CAP_DAC_OVERRIDE; empty the
-/// bounding and ambient sets; set no_new_privs.
-pub fn drop_privileges(keep_dac_override: bool) -> Result<(), String> {
-    use caps::{CapSet, Capability};
-    let keep: caps::CapsHashSet = if keep_dac_override {
-        [Capability::CAP_DAC_OVERRIDE].into_iter().collect()
-    } else {
-        Default::default()
-    };
+/// Drop every capability except `keep`; empty the bounding (but for
+/// `keep`), inheritable and ambient sets; set no_new_privs.
+pub fn drop_privileges(keep: &caps::CapsHashSet) -> Result<(), String> {
+    use caps::CapSet;
     // The bounding set can only shrink while CAP_SETPCAP is effective, so
     // it goes first. Not being allowed to (already unprivileged) is fine.
-    if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false) {
+    if caps::has_cap(None, CapSet::Effective, caps::Capability::CAP_SETPCAP).unwrap_or(false) {
         for c in caps::all() {
             if !keep.contains(&c) {
                 let _ = caps::drop(None, CapSet::Bounding, c);
@@ -135,7 +148,7 @@ pub fn drop_privileges(keep_dac_override: bool) -> Result<(), String> {
     let _ = caps::clear(None, CapSet::Ambient);
     let _ = caps::clear(None, CapSet::Inheritable);
     let perm = caps::read(None, CapSet::Permitted).map_err(|e| format!("capget: {e}"))?;
-    let kept: caps::CapsHashSet = perm.intersection(&keep).copied().collect();
+    let kept: caps::CapsHashSet = perm.intersection(keep).copied().collect();
     caps::set(None, CapSet::Effective, &kept).map_err(|e| format!("capset(effective): {e}"))?;
     caps::set(None, CapSet::Permitted, &kept).map_err(|e| format!("capset(permitted): {e}"))?;
     nix::sys::prctl::set_no_new_privs().map_err(|e| format!("prctl(PR_SET_NO_NEW_PRIVS): {e}"))?;

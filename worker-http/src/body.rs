@@ -18,7 +18,7 @@ use proto::relay::{Ready, Splice};
 use proto::stream::Stream;
 use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::AsFd;
 
 /// Which side failed, because the caller reacts differently.
 #[derive(Debug)]
@@ -38,13 +38,6 @@ impl fmt::Display for BodyError {
             BodyError::Dst(e) => write!(f, "writing body: {e}"),
             BodyError::Framing(e) => write!(f, "chunked body: {e}"),
         }
-    }
-}
-
-pub fn fd(s: &Stream) -> BorrowedFd<'_> {
-    match s {
-        Stream::Tcp(t) => t.as_fd(),
-        Stream::Unix(u) => u.as_fd(),
     }
 }
 
@@ -176,7 +169,7 @@ impl Pump {
                         s
                     });
                     let m = sp
-                        .pump(fd(src), sr, fd(dst), dr, false)
+                        .pump(src.as_fd(), sr, dst.as_fd(), dr, false)
                         .map_err(splice_error)?;
                     *rem -= m.bytes;
                     moved += m.bytes;
@@ -198,7 +191,7 @@ impl Pump {
                 }
                 let sp = self.splice.get_or_insert_with(Splice::new);
                 moved += sp
-                    .pump(fd(src), sr, fd(dst), dr, false)
+                    .pump(src.as_fd(), sr, dst.as_fd(), dr, false)
                     .map_err(splice_error)?
                     .bytes;
                 self.done = sp.finished();

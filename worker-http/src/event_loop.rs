@@ -7,16 +7,16 @@
 //! Each connection keeps at most one live timer entry (`Conn::armed`); an
 //! entry that fires early (the deadline moved later) just re-arms.
 
-use crate::accept::Acceptor;
 use crate::conn::{Conn, Ctx};
 use crate::keys::{self, Owner, Owners, Timer, Tok};
 use crate::pool::Pool;
 use crate::route::Table;
-use crate::slab::Slab;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll};
+use proto::accept::Acceptor;
 use proto::ctl::{CtlError, Limits, Stats, ToWorker, WorkerConfig};
 use proto::relay::Ready;
+use proto::slab::Slab;
 use proto::stream::Listener;
 use proto::timer::Timers;
 use proto::worker::{Started, WorkerCtl};

@@ -8,7 +8,7 @@
 //! the whole request (then the client connection closes after the answer,
 //! as nothing says where the unread body ends).
 
-use crate::body::{fd, BodyError, Pump};
+use crate::body::{BodyError, Pump};
 use crate::buf::{Buf, Out};
 use crate::conn::{BackendConn, Conn, Ctx, Fail, Phase};
 use crate::framing::Framing;
@@ -17,7 +17,7 @@ use crate::keys::{self, Owner};
 use mio::Interest;
 use proto::graph::Backend;
 use proto::relay::{Ready, Splice};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::Instant;
 
 enum Resp {
@@ -459,9 +459,9 @@ impl Conn {
             ex.bbuf.release();
             t.down
                 .pump(
-                    fd(&b.stream),
+                    b.stream.as_fd(),
                     &mut b.ready,
-                    fd(&self.client),
+                    self.client.as_fd(),
                     &mut self.cr,
                     true,
                 )
@@ -474,9 +474,9 @@ impl Conn {
         } else {
             self.cbuf.release();
             t.up.pump(
-                fd(&self.client),
+                self.client.as_fd(),
                 &mut self.cr,
-                fd(&b.stream),
+                b.stream.as_fd(),
                 &mut b.ready,
                 true,
             )

@@ -7,8 +7,6 @@
 
 #![forbid(unsafe_code)]
 
-#[allow(dead_code)] // temporary copy of proto::accept
-mod accept;
 mod body;
 mod buf;
 mod conn;
@@ -20,7 +18,6 @@ mod head;
 mod keys;
 mod pool;
 mod route;
-mod slab;
 
 fn main() {
     let started = match proto::worker::start("http") {
@@ -45,5 +42,6 @@ fn main() {
             std::process::exit(1);
         }
     };
+    proto::mem::trim_code();
     std::process::exit(worker.run());
 }

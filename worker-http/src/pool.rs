@@ -13,8 +13,8 @@
 //! just as a request goes out) is covered by the connection's one retry.
 
 use crate::keys::{Owner, Owners};
-use crate::slab::Slab;
 use proto::graph::Backend;
+use proto::slab::Slab;
 use proto::stream::Stream;
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read};

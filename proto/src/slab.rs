@@ -1,4 +1,3 @@
-// TEMPORARY copy of proto/src/slab.rs from main (not yet committed there); replaced by proto::slab on merge.
 //! Connection storage for a worker loop: slots reused through a free list,
 //! each with a generation so a stale timer or event for a reused slot is
 //! recognised and ignored.

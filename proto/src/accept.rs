@@ -1,10 +1,9 @@
-// TEMPORARY copy of proto/src/accept.rs from main (not yet committed there); replaced by proto::accept on merge.
 //! The accepting side of a worker: accept in bursts until the kernel says
 //! EAGAIN (edge-triggered), stop at the connection cap and resume at 90 %,
 //! and pause briefly on EMFILE/ENFILE instead of spinning on `accept()`.
 
+use crate::stream::{Listener, Stream};
 use mio::{Interest, Registry, Token};
-use proto::stream::{Listener, Stream};
 use std::io;
 use std::time::{Duration, Instant};
 
@@ -77,7 +76,7 @@ impl Acceptor {
                 Err(e) => {
                     use nix::libc::{EMFILE, ENFILE, ENOBUFS, ENOMEM};
                     if matches!(e.raw_os_error(), Some(EMFILE | ENFILE | ENOBUFS | ENOMEM)) {
-                        proto::warn!(
+                        crate::warn!(
                             "accept: {e}; pausing accepts for {} ms",
                             EMFILE_PAUSE.as_millis()
                         );
@@ -85,7 +84,7 @@ impl Acceptor {
                         return;
                     }
                     // ECONNABORTED and the like concern one client only.
-                    proto::debug!("accept: {e}");
+                    crate::debug!("accept: {e}");
                 }
             }
         }

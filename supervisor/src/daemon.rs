@@ -1,0 +1,546 @@
+//! The supervisor's event loop (`pv-xconnect run`): one mio poll over the
+//! signal self-pipe and every worker's control socket, plus a deadline heap
+//! for restarts and drain deadlines. Signal handlers only set a flag and
+//! write a byte (signal-hook); all work happens here, in the loop.
+
+use crate::endpoint::{describe_exit, Running, State, WorkerProc};
+use crate::policy::{jitter, RestartPolicy};
+use crate::{listener, source, spawn};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use proto::ctl::{self, CtlError, FromWorker, Limits, ToWorker, WorkerConfig};
+use proto::graph::Refusal;
+use proto::plan::{Endpoint, EndpointKey, Plan};
+use proto::timer::Timers;
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const SIGNALS: Token = Token(0);
+const FIRST_WORKER_TOKEN: usize = 16;
+/// Timer keys: endpoint ids count up from 1; drain kills carry this bit.
+const DRAIN_KILL: u64 = 1 << 62;
+const SHUTDOWN: u64 = u64::MAX;
+
+pub struct Options {
+    pub source: source::Source,
+    pub worker_dir: PathBuf,
+    pub policy: RestartPolicy,
+    pub limits: Limits,
+    pub drain: Duration,
+    pub log_target: String,
+    pub log_level: String,
+}
+
+struct Flags {
+    chld: Arc<AtomicBool>,
+    hup: Arc<AtomicBool>,
+    term: Arc<AtomicBool>,
+}
+
+struct Draining {
+    worker: WorkerProc,
+    key: EndpointKey,
+}
+
+pub struct Daemon {
+    poll: Poll,
+    opts: Options,
+    endpoints: BTreeMap<EndpointKey, Running>,
+    draining: Vec<Draining>,
+    refused: Vec<Refusal>,
+    timers: Timers,
+    flags: Flags,
+    sig_rx: mio::net::UnixStream,
+    next_id: u64,
+    next_token: usize,
+    seq: u64,
+    shutdown_at: Option<Instant>,
+}
+
+impl Daemon {
+    pub fn new(opts: Options) -> Result<Daemon, String> {
+        let poll = Poll::new().map_err(|e| format!("epoll_create: {e}"))?;
+        let (rx, tx) =
+            std::os::unix::net::UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+        rx.set_nonblocking(true)
+            .and_then(|_| tx.set_nonblocking(true))
+            .map_err(|e| format!("O_NONBLOCK: {e}"))?;
+        let flags = Flags {
+            chld: Arc::default(),
+            hup: Arc::default(),
+            term: Arc::default(),
+        };
+        use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM};
+        for (sig, flag) in [
+            (SIGCHLD, &flags.chld),
+            (SIGHUP, &flags.hup),
+            (SIGTERM, &flags.term),
+            (SIGINT, &flags.term),
+        ] {
+            // Flag first, then the wake-up byte: the loop sees the flag set.
+            signal_hook::flag::register(sig, Arc::clone(flag))
+                .map_err(|e| format!("signal {sig}: {e}"))?;
+            let tx = tx.try_clone().map_err(|e| format!("dup: {e}"))?;
+            signal_hook::low_level::pipe::register(sig, tx)
+                .map_err(|e| format!("signal {sig}: {e}"))?;
+        }
+        let mut sig_rx = mio::net::UnixStream::from_std(rx);
+        poll.registry()
+            .register(&mut sig_rx, SIGNALS, Interest::READABLE)
+            .map_err(|e| format!("epoll_ctl: {e}"))?;
+        Ok(Daemon {
+            poll,
+            opts,
+            endpoints: BTreeMap::new(),
+            draining: Vec::new(),
+            refused: Vec::new(),
+            timers: Timers::new(),
+            flags,
+            sig_rx,
+            next_id: 1,
+            next_token: FIRST_WORKER_TOKEN,
+            seq: 0,
+            shutdown_at: None,
+        })
+    }
+
+    pub fn run(mut self) -> Result<(), String> {
+        self.reload();
+        proto::mem::trim_code();
+        let mut events = Events::with_capacity(64);
+        loop {
+            let now = Instant::now();
+            let timeout = self
+                .timers
+                .timeout(now)
+                .map(|t| t.min(self.opts.source.poll_every()));
+            let timeout = timeout.or(Some(self.opts.source.poll_every()));
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(format!("epoll_wait: {e}"));
+                }
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    SIGNALS => {
+                        let mut buf = [0u8; 64];
+                        while matches!((&self.sig_rx).read(&mut buf), Ok(n) if n > 0) {}
+                    }
+                    Token(t) => self.on_worker_ctl(t),
+                }
+            }
+            if self.flags.chld.swap(false, Ordering::SeqCst) {
+                self.reap();
+            }
+            if self.flags.term.swap(false, Ordering::SeqCst) && self.shutdown_at.is_none() {
+                self.shutdown();
+            }
+            if self.flags.hup.swap(false, Ordering::SeqCst) && self.shutdown_at.is_none() {
+                proto::info!("SIGHUP: re-reading the graph");
+                self.reload();
+            }
+            if self.shutdown_at.is_none() && self.opts.source.due(Instant::now()) {
+                self.reload();
+            }
+            let now = Instant::now();
+            while let Some(k) = self.timers.pop_due(now) {
+                self.on_timer(k, now);
+            }
+            if self.shutdown_at.is_some() && self.endpoints.is_empty() && self.draining.is_empty() {
+                proto::info!("all workers stopped; exiting");
+                return Ok(());
+            }
+        }
+    }
+
+    /// Read the graph and apply it; a source that cannot be read changes nothing.
+    fn reload(&mut self) {
+        match self.opts.source.read() {
+            Ok(Some(plan)) => self.apply(plan),
+            Ok(None) => {}
+            Err(e) => proto::error!("{e}; running configuration left as it was"),
+        }
+    }
+
+    /// Reconcile the running endpoints with `plan`, touching only what changed.
+    pub fn apply(&mut self, plan: Plan) {
+        let mut wanted: BTreeMap<EndpointKey, Endpoint> = plan
+            .endpoints
+            .into_iter()
+            .map(|e| (e.key.clone(), e))
+            .collect();
+        let (mut added, mut removed, mut updated) = (0, 0, 0);
+        let gone: Vec<EndpointKey> = self
+            .endpoints
+            .keys()
+            .filter(|k| !wanted.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.remove(&key, "no longer in the graph");
+            removed += 1;
+        }
+        let mut refused = plan.refused;
+        for (key, ep) in std::mem::take(&mut wanted) {
+            let Some(r) = self.endpoints.get_mut(&key) else {
+                if let Err(e) = self.start(ep.clone()) {
+                    refuse_all(&mut refused, &ep, &e);
+                } else {
+                    added += 1;
+                }
+                continue;
+            };
+            if r.ep.kind != ep.kind || r.ep.consumer != ep.consumer {
+                self.remove(&key, "replaced by an endpoint of another kind or consumer");
+                match self.start(ep.clone()) {
+                    Ok(()) => updated += 1,
+                    Err(e) => refuse_all(&mut refused, &ep, &e),
+                }
+                continue;
+            }
+            let changed = !r.ep.same_routes(&ep);
+            r.ep = ep;
+            if r.state == State::Failed {
+                // Re-applying the graph gives a given-up endpoint a new chance.
+                r.failures = 0;
+                let id = r.id;
+                self.restart_now(&key, id);
+            } else if changed {
+                updated += 1;
+                self.push_update(&key);
+            }
+        }
+        refused.sort_by_key(|r| r.index);
+        for r in &refused {
+            proto::warn!("refused {r}");
+        }
+        self.refused = refused;
+        proto::info!(
+            "graph applied: {} endpoint(s) ({added} added, {removed} removed, {updated} updated), {} link(s) refused",
+            self.endpoints.len(),
+            self.refused.len()
+        );
+    }
+
+    fn config_for(&self, ep: &Endpoint) -> WorkerConfig {
+        WorkerConfig {
+            endpoint: ep.clone(),
+            limits: self.opts.limits.clone(),
+            log_target: self.opts.log_target.clone(),
+            log_level: self.opts.log_level.clone(),
+        }
+    }
+
+    fn start(&mut self, ep: Endpoint) -> Result<(), String> {
+        let key = ep.key.clone();
+        let fd = listener::create(&key).map_err(|e| format!("cannot listen on {key}: {e}"))?;
+        let id = self.next_id;
+        self.next_id += 1;
+        let r = Running {
+            id,
+            ep,
+            listener: fd,
+            worker: None,
+            state: State::Running,
+            failures: 0,
+            restarts: 0,
+            stats: Default::default(),
+            stats_base: Default::default(),
+            last_exit: None,
+        };
+        self.endpoints.insert(key.clone(), r);
+        self.restart_now(&key, id);
+        Ok(())
+    }
+
+    /// Start the endpoint's worker now.
+    fn restart_now(&mut self, key: &EndpointKey, id: u64) {
+        let Some(r) = self.endpoints.get(key) else {
+            return;
+        };
+        if r.id != id || r.worker.is_some() {
+            return;
+        }
+        let config = self.config_for(&r.ep);
+        self.seq += 1;
+        let seq = self.seq;
+        let spawned = spawn::spawn(&self.opts.worker_dir, &config, &r.listener, seq);
+        let now = Instant::now();
+        let token = self.next_token;
+        let Some(r) = self.endpoints.get_mut(key) else {
+            return;
+        };
+        match spawned {
+            Ok(s) => {
+                if let Err(e) = self.poll.registry().register(
+                    &mut SourceFd(&s.ctl.as_raw_fd()),
+                    Token(token),
+                    Interest::READABLE,
+                ) {
+                    proto::error!("endpoint {key}: epoll_ctl for worker pid {}: {e}", s.pid);
+                }
+                self.next_token += 1;
+                proto::info!(
+                    "endpoint {key}: {} pid {} started",
+                    config.kind().worker_binary(),
+                    s.pid
+                );
+                r.worker = Some(WorkerProc {
+                    pid: s.pid,
+                    ctl: s.ctl,
+                    token,
+                    started: now,
+                    pending: vec![(seq, "init")],
+                });
+                r.state = State::Running;
+            }
+            Err(e) => {
+                proto::error!("endpoint {key}: {e}");
+                r.last_exit = Some(e);
+                let st = r.on_exit(&self.opts.policy, now, jitter());
+                self.schedule(key, st);
+            }
+        }
+    }
+
+    fn schedule(&mut self, key: &EndpointKey, st: State) {
+        let Some(r) = self.endpoints.get(key) else {
+            return;
+        };
+        match st {
+            State::Backoff { until, delay } => {
+                proto::info!("endpoint {key}: restart #{} in {} ms", r.failures, delay.as_millis());
+                self.timers.add(until, r.id);
+            }
+            State::Failed => proto::error!(
+                "endpoint {key}: worker failed {} times in a row; giving up until the graph is applied again",
+                r.failures
+            ),
+            State::Running => {}
+        }
+    }
+
+    fn push_update(&mut self, key: &EndpointKey) {
+        let Some(r) = self.endpoints.get(key) else {
+            return;
+        };
+        let config = self.config_for(&r.ep);
+        self.seq += 1;
+        let seq = self.seq;
+        let Some(r) = self.endpoints.get_mut(key) else {
+            return;
+        };
+        // A worker not running gets the new routes with its next Init.
+        let Some(w) = r.worker.as_mut() else { return };
+        match ctl::send(w.ctl.as_fd(), &ToWorker::Update { seq, config }, &[]) {
+            Ok(()) => {
+                w.pending.push((seq, "update"));
+                proto::info!("endpoint {key}: routes pushed to worker pid {}", w.pid);
+            }
+            Err(e) => proto::warn!("endpoint {key}: update to worker pid {}: {e}", w.pid),
+        }
+    }
+
+    /// Stop an endpoint: its worker drains, its listener closes now.
+    fn remove(&mut self, key: &EndpointKey, why: &str) {
+        let Some(r) = self.endpoints.remove(key) else {
+            return;
+        };
+        proto::info!("endpoint {key}: removing ({why})");
+        if let Some(w) = r.worker {
+            self.seq += 1;
+            let deadline_ms = self.opts.drain.as_millis() as u64;
+            match ctl::send(
+                w.ctl.as_fd(),
+                &ToWorker::Drain {
+                    seq: self.seq,
+                    deadline_ms,
+                },
+                &[],
+            ) {
+                Ok(()) => proto::info!(
+                    "endpoint {key}: worker pid {} draining (deadline {deadline_ms} ms)",
+                    w.pid
+                ),
+                Err(e) => {
+                    proto::warn!(
+                        "endpoint {key}: drain to worker pid {}: {e}; killing it",
+                        w.pid
+                    );
+                    let _ = kill(w.pid, Signal::SIGKILL);
+                }
+            }
+            // Past the deadline (plus a grace second) the worker is killed.
+            self.timers.add(
+                Instant::now() + self.opts.drain + Duration::from_secs(1),
+                DRAIN_KILL | w.pid.as_raw() as u64,
+            );
+            self.draining.push(Draining {
+                worker: w,
+                key: key.clone(),
+            });
+        }
+        drop(r.listener);
+        listener::remove_unix(key);
+    }
+
+    fn shutdown(&mut self) {
+        proto::info!("stopping: draining {} endpoint(s)", self.endpoints.len());
+        let at = Instant::now() + self.opts.drain + Duration::from_secs(2);
+        self.shutdown_at = Some(at);
+        self.timers.add(at, SHUTDOWN);
+        let keys: Vec<EndpointKey> = self.endpoints.keys().cloned().collect();
+        for k in keys {
+            self.remove(&k, "shutting down");
+        }
+    }
+
+    /// Collect every exited child; restart what should run.
+    fn reap(&mut self) {
+        loop {
+            let st = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(st) => st,
+            };
+            let Some(pid) = st.pid() else { continue };
+            let how = describe_exit(st);
+            if let Some(i) = self.draining.iter().position(|d| d.worker.pid == pid) {
+                let d = self.draining.swap_remove(i);
+                let _ = self
+                    .poll
+                    .registry()
+                    .deregister(&mut SourceFd(&d.worker.ctl.as_raw_fd()));
+                proto::info!("endpoint {}: draining worker pid {pid} {how}", d.key);
+                continue;
+            }
+            let Some((key, r)) = self
+                .endpoints
+                .iter_mut()
+                .find(|(_, r)| r.worker.as_ref().is_some_and(|w| w.pid == pid))
+            else {
+                continue;
+            };
+            let key = key.clone();
+            if let Some(w) = &r.worker {
+                let _ = self
+                    .poll
+                    .registry()
+                    .deregister(&mut SourceFd(&w.ctl.as_raw_fd()));
+            }
+            proto::warn!("endpoint {key}: worker pid {pid} {how}");
+            r.last_exit = Some(how);
+            r.restarts += 1;
+            let st = r.on_exit(&self.opts.policy, Instant::now(), jitter());
+            self.schedule(&key, st);
+        }
+    }
+
+    fn on_timer(&mut self, k: u64, now: Instant) {
+        if k == SHUTDOWN {
+            for d in &self.draining {
+                proto::warn!(
+                    "endpoint {}: worker pid {} still busy at the shutdown deadline; killing it",
+                    d.key,
+                    d.worker.pid
+                );
+                let _ = kill(d.worker.pid, Signal::SIGKILL);
+            }
+            self.draining.clear();
+            self.endpoints.clear();
+            return;
+        }
+        if k & DRAIN_KILL != 0 {
+            let pid = (k & !DRAIN_KILL) as i32;
+            if let Some(d) = self.draining.iter().find(|d| d.worker.pid.as_raw() == pid) {
+                proto::warn!(
+                    "endpoint {}: worker pid {pid} missed its drain deadline; killing it",
+                    d.key
+                );
+                let _ = kill(d.worker.pid, Signal::SIGKILL);
+            }
+            return;
+        }
+        let Some((key, r)) = self.endpoints.iter().find(|(_, r)| r.id == k) else {
+            return;
+        };
+        if matches!(r.state, State::Backoff { until, .. } if until <= now) {
+            let key = key.clone();
+            self.restart_now(&key, k);
+        }
+    }
+
+    fn on_worker_ctl(&mut self, token: usize) {
+        let (key, w) = match self
+            .endpoints
+            .iter_mut()
+            .find(|(_, r)| r.worker.as_ref().is_some_and(|w| w.token == token))
+        {
+            Some((k, r)) => (k.clone(), r.worker.as_mut()),
+            None => match self.draining.iter_mut().find(|d| d.worker.token == token) {
+                Some(d) => (d.key.clone(), Some(&mut d.worker)),
+                None => return,
+            },
+        };
+        let Some(w) = w else { return };
+        let mut stats = None;
+        loop {
+            match ctl::recv::<FromWorker>(w.ctl.as_fd()) {
+                Ok((FromWorker::Stats { stats: s }, _)) => stats = Some(s),
+                Ok((FromWorker::Ack { seq, error }, _)) => {
+                    let what = w
+                        .pending
+                        .iter()
+                        .position(|p| p.0 == seq)
+                        .map(|i| w.pending.remove(i).1);
+                    match (what, error) {
+                        (Some(what), Some(e)) => proto::error!(
+                            "endpoint {key}: worker pid {} refused {what}: {e}",
+                            w.pid
+                        ),
+                        (Some(what), None) => {
+                            proto::debug!("endpoint {key}: worker pid {} applied {what}", w.pid)
+                        }
+                        (None, _) => proto::debug!(
+                            "endpoint {key}: worker pid {} acked unknown seq {seq}",
+                            w.pid
+                        ),
+                    }
+                }
+                Err(CtlError::WouldBlock) => break,
+                Err(CtlError::Eof) => {
+                    // Its exit comes by SIGCHLD; stop listening to it now.
+                    let _ = self
+                        .poll
+                        .registry()
+                        .deregister(&mut SourceFd(&w.ctl.as_raw_fd()));
+                    break;
+                }
+                Err(e) => proto::warn!("endpoint {key}: worker pid {}: {e}", w.pid),
+            }
+        }
+        if let (Some(s), Some(r)) = (stats, self.endpoints.get_mut(&key)) {
+            if r.worker.as_ref().is_some_and(|w| w.token == token) {
+                r.set_stats(s);
+            }
+        }
+    }
+}
+
+fn refuse_all(refused: &mut Vec<Refusal>, ep: &Endpoint, reason: &str) {
+    proto::error!("{reason}");
+    for r in &ep.routes {
+        refused.push(Refusal {
+            index: r.link,
+            name: r.name.clone(),
+            reason: reason.to_string(),
+        });
+    }
+}

@@ -1,0 +1,198 @@
+//! Listening sockets, made inside the consumer's namespace.
+//!
+//! A socket keeps the namespace it was created in, so the supervisor only
+//! has to be in the consumer's network namespace (tcp) or mount namespace
+//! (unix path) for `socket()`/`bind()`. That is done in a short-lived
+//! forked child: it `setns()`es, binds, sends the fd back over a
+//! SOCK_SEQPACKET pair with SCM_RIGHTS and exits. The supervisor itself
+//! never leaves its own namespaces, whatever fails in between; and a mount
+//! namespace can only be entered by a single-threaded process, which a
+//! fresh child always is.
+
+use nix::errno::Errno;
+use nix::sched::{setns, CloneFlags};
+use nix::sys::socket::{
+    bind, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
+    SockaddrIn, SockaddrIn6, UnixAddr,
+};
+use nix::sys::wait::waitpid;
+use nix::unistd::{fork, ForkResult};
+use proto::graph::Listen;
+use proto::plan::EndpointKey;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+
+const BACKLOG: i32 = 1024;
+
+/// Create the endpoint's listening socket in its namespace.
+pub fn create(key: &EndpointKey) -> Result<OwnedFd, String> {
+    if key.consumer_pid == 0 {
+        return bind_here(&key.listen);
+    }
+    let ns = match key.listen {
+        Listen::Tcp(_) => ("net", CloneFlags::CLONE_NEWNET),
+        Listen::Unix(_) => ("mnt", CloneFlags::CLONE_NEWNS),
+    };
+    in_namespace(key.consumer_pid, ns, || bind_here(&key.listen).map(Some))?
+        .ok_or_else(|| format!("no socket came back for {key}"))
+}
+
+/// Remove a unix listener's socket file (endpoint removed), in the
+/// consumer's mount namespace. Best effort: the container may be gone.
+pub fn remove_unix(key: &EndpointKey) {
+    let Listen::Unix(path) = &key.listen else {
+        return;
+    };
+    let unlink = || {
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+            std::fs::remove_file(path).map_err(|e| format!("unlink {}: {e}", path.display()))?;
+        }
+        Ok(None)
+    };
+    let r = if key.consumer_pid == 0 {
+        unlink().map(|_: Option<OwnedFd>| ())
+    } else {
+        in_namespace(key.consumer_pid, ("mnt", CloneFlags::CLONE_NEWNS), unlink).map(|_| ())
+    };
+    if let Err(e) = r {
+        proto::debug!("removing socket of {key}: {e}");
+    }
+}
+
+fn sys(call: &str, what: &dyn std::fmt::Display, e: Errno) -> String {
+    format!("{call} {what}: {e}")
+}
+
+/// Bind and listen in the current namespaces.
+fn bind_here(listen: &Listen) -> Result<OwnedFd, String> {
+    match listen {
+        Listen::Tcp(addr) => bind_tcp(addr),
+        Listen::Unix(path) => bind_unix(path),
+    }
+}
+
+fn bind_tcp(addr: &SocketAddr) -> Result<OwnedFd, String> {
+    let fam = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket(fam, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
+        .map_err(|e| sys("socket for", addr, e))?;
+    // Rebinding after a supervisor restart must not wait for TIME_WAIT.
+    setsockopt(&fd, sockopt::ReuseAddr, &true)
+        .map_err(|e| sys("setsockopt(SO_REUSEADDR) on", addr, e))?;
+    let r = match addr {
+        SocketAddr::V4(a) => bind(fd.as_raw_fd(), &SockaddrIn::from(*a)),
+        SocketAddr::V6(a) => {
+            // [::]:80 and 0.0.0.0:80 are separate endpoints, as in nginx.
+            setsockopt(&fd, sockopt::Ipv6V6Only, &true)
+                .map_err(|e| sys("setsockopt(IPV6_V6ONLY) on", addr, e))?;
+            bind(fd.as_raw_fd(), &SockaddrIn6::from(*a))
+        }
+    };
+    r.map_err(|e| sys("bind", addr, e))?;
+    listen(&fd, Backlog::new(BACKLOG).unwrap_or(Backlog::MAXCONN))
+        .map_err(|e| sys("listen on", addr, e))?;
+    Ok(fd)
+}
+
+fn bind_unix(path: &Path) -> Result<OwnedFd, String> {
+    let shown = path.display();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("mkdir -p {}: {e}", dir.display()))?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            // A stale socket from an earlier run or a crashed provider.
+            std::fs::remove_file(path)
+                .map_err(|e| format!("removing stale socket {shown}: {e}"))?;
+        }
+        Ok(_) => {
+            return Err(format!(
+                "{shown} exists and is not a socket; not replacing it"
+            ))
+        }
+        Err(_) => {}
+    }
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| sys("socket for", &shown, e))?;
+    let addr = UnixAddr::new(path).map_err(|e| sys("address", &shown, e))?;
+    bind(fd.as_raw_fd(), &addr).map_err(|e| sys("bind", &shown, e))?;
+    // The link is the consumer's: any user inside the container may use it.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+        .map_err(|e| format!("chmod 0666 {shown}: {e}"))?;
+    listen(&fd, Backlog::new(BACKLOG).unwrap_or(Backlog::MAXCONN))
+        .map_err(|e| sys("listen on", &shown, e))?;
+    Ok(fd)
+}
+
+/// Run `f` in a forked child that has joined namespace `ns` of `pid`; the
+/// child sends back the fd `f` made (or its error text).
+fn in_namespace(
+    pid: u32,
+    ns: (&str, CloneFlags),
+    f: impl FnOnce() -> Result<Option<OwnedFd>, String>,
+) -> Result<Option<OwnedFd>, String> {
+    let ns_path = format!("/proc/{pid}/ns/{}", ns.0);
+    // Open before forking, so a missing namespace is reported plainly.
+    let ns_file =
+        std::fs::File::open(&ns_path).map_err(|e| format!("cannot open {ns_path}: {e}"))?;
+    let (ours, theirs) = proto::ctl::socketpair().map_err(|e| format!("socketpair: {e}"))?;
+    // SAFETY: the supervisor is single-threaded (no signal-hook thread, no
+    // runtime), so the child may allocate and run ordinary Rust code.
+    match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
+        ForkResult::Child => {
+            drop(ours);
+            let r = setns(ns_file.as_fd(), ns.1)
+                .map_err(|e| format!("setns({ns_path}): {e}"))
+                .and_then(|_| f());
+            let _ = match r {
+                Ok(Some(fd)) => proto::ctl::send_raw(theirs.as_fd(), b"ok", &[fd.as_raw_fd()]),
+                Ok(None) => proto::ctl::send_raw(theirs.as_fd(), b"ok", &[]),
+                Err(e) => proto::ctl::send_raw(theirs.as_fd(), e.as_bytes(), &[]),
+            };
+            // SAFETY: leave the child without running the parent's atexit/drop logic.
+            unsafe { nix::libc::_exit(0) }
+        }
+        ForkResult::Parent { child } => {
+            drop(theirs);
+            drop(ns_file);
+            let got = {
+                let mut pfd = [nix::poll::PollFd::new(
+                    ours.as_fd(),
+                    nix::poll::PollFlags::POLLIN,
+                )];
+                nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(5000u16))
+                    .map_err(|e| format!("poll: {e}"))
+                    .and_then(|n| {
+                        if n == 0 {
+                            Err("namespace helper did not answer in 5 s".into())
+                        } else {
+                            Ok(())
+                        }
+                    })
+                    .and_then(|_| {
+                        proto::ctl::recv_raw(ours.as_fd())
+                            .map_err(|e| format!("namespace helper: {e}"))
+                    })
+            };
+            if got.is_err() {
+                let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+            }
+            let _ = waitpid(child, None);
+            let (body, mut fds) = got?;
+            if body != b"ok" {
+                return Err(String::from_utf8_lossy(&body).into_owned());
+            }
+            Ok(fds.pop())
+        }
+    }
+}

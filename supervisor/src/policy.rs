@@ -1,0 +1,132 @@
+//! Worker restart policy, after Pantavisor's container auto-recovery:
+//! `retry_delay * backoff_factor^(n-1)`, capped at `max_delay`, with up to
+//! 10 % jitter so several crashing workers do not restart in lock-step;
+//! the count starts over once a worker stayed up for `reset_window`;
+//! `max_retries` consecutive failures (0 = unlimited) and it is given up.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestartPolicy {
+    pub retry_delay: Duration,
+    pub backoff_factor: f64,
+    pub max_delay: Duration,
+    pub reset_window: Duration,
+    pub max_retries: u32,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            retry_delay: Duration::from_millis(20),
+            backoff_factor: 2.0,
+            max_delay: Duration::from_secs(30),
+            reset_window: Duration::from_secs(60),
+            max_retries: 0,
+        }
+    }
+}
+
+impl RestartPolicy {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.backoff_factor >= 1.0 && self.backoff_factor <= 100.0) {
+            return Err(format!(
+                "backoff factor must be between 1 and 100, got {}",
+                self.backoff_factor
+            ));
+        }
+        if self.max_delay < self.retry_delay {
+            return Err(format!(
+                "max delay ({:?}) must not be below retry delay ({:?})",
+                self.max_delay, self.retry_delay
+            ));
+        }
+        Ok(())
+    }
+
+    /// Delay before restart number `n` (1-based count of consecutive
+    /// failures), or None when the policy gives up. `jitter` in [0, 1).
+    pub fn delay(&self, n: u32, jitter: f64) -> Option<Duration> {
+        if self.max_retries > 0 && n > self.max_retries {
+            return None;
+        }
+        let base = self.retry_delay.as_secs_f64()
+            * self.backoff_factor.powi(n.saturating_sub(1).min(64) as i32);
+        let capped = base.min(self.max_delay.as_secs_f64());
+        let with_jitter =
+            (capped * (1.0 + 0.1 * jitter.clamp(0.0, 1.0))).min(self.max_delay.as_secs_f64());
+        Some(Duration::from_secs_f64(with_jitter))
+    }
+}
+
+/// Parse `250ms`, `5s`, `1.5s`, `2m` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (e.g. 250ms, 5s, 2m)"))?;
+    if !v.is_finite() || v < 0.0 {
+        return Err(format!("'{s}' is not a duration (e.g. 250ms, 5s, 2m)"));
+    }
+    let secs = match unit {
+        "ms" => v / 1000.0,
+        "s" => v,
+        "m" => v * 60.0,
+        _ => return Err(format!("'{s}': unit must be ms, s or m")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Cheap jitter without a random-number crate: the clock's nanoseconds.
+pub fn jitter() -> f64 {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    (n % 1000) as f64 / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grows_and_caps() {
+        let p = RestartPolicy {
+            max_delay: Duration::from_millis(100),
+            ..Default::default()
+        };
+        let d: Vec<u128> = (1..=5)
+            .map(|n| p.delay(n, 0.0).unwrap().as_millis())
+            .collect();
+        assert_eq!(d, vec![20, 40, 80, 100, 100]);
+        assert!(p.delay(1, 0.99).unwrap() <= Duration::from_millis(22));
+    }
+
+    #[test]
+    fn gives_up_after_max_retries() {
+        let p = RestartPolicy {
+            max_retries: 2,
+            ..Default::default()
+        };
+        assert!(p.delay(2, 0.0).is_some());
+        assert!(p.delay(3, 0.0).is_none());
+    }
+
+    #[test]
+    fn durations_and_validation() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("5h").is_err());
+        let bad = RestartPolicy {
+            backoff_factor: 0.5,
+            ..Default::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+}

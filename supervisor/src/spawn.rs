@@ -1,0 +1,81 @@
+//! Starting a worker process: fork/exec with fd 3 = its end of a control
+//! socketpair, PDEATHSIG so it dies with the supervisor, an argv that `ps`
+//! shows as `pvx-worker-tcp 0.0.0.0:8080 consumer=EXTERNAL`, then the Init
+//! message with the listening socket attached.
+
+use nix::unistd::Pid;
+use proto::ctl::{self, ToWorker, WorkerConfig, WORKER_CTL_FD};
+use proto::graph::Listen;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+pub struct Spawned {
+    pub pid: Pid,
+    /// Supervisor's end of the control socket (non-blocking, close-on-exec).
+    pub ctl: OwnedFd,
+}
+
+/// The argv after argv[0]: the listen address and the consumer.
+pub fn worker_args(config: &WorkerConfig) -> [String; 2] {
+    let listen = match &config.endpoint.key.listen {
+        Listen::Tcp(a) => a.to_string(),
+        Listen::Unix(p) => p.display().to_string(),
+    };
+    [listen, format!("consumer={}", config.endpoint.consumer)]
+}
+
+pub fn spawn(
+    worker_dir: &Path,
+    config: &WorkerConfig,
+    listener: &OwnedFd,
+    seq: u64,
+) -> Result<Spawned, String> {
+    let name = config.kind().worker_binary();
+    let path = worker_dir.join(name);
+    let (ours, theirs) = ctl::socketpair().map_err(|e| format!("socketpair: {e}"))?;
+    let their_fd = theirs.as_raw_fd();
+    let parent = std::process::id() as i32;
+    let mut cmd = Command::new(&path);
+    cmd.arg0(name)
+        .args(worker_args(config))
+        .stdin(Stdio::null());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2 clears close-on-exec on the new fd; when the fd already
+            // is 3, clear it by hand.
+            if their_fd == WORKER_CTL_FD {
+                let fl = nix::libc::fcntl(their_fd, nix::libc::F_GETFD);
+                nix::libc::fcntl(their_fd, nix::libc::F_SETFD, fl & !nix::libc::FD_CLOEXEC);
+            } else if nix::libc::dup2(their_fd, WORKER_CTL_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, nix::libc::SIGKILL) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The supervisor may have died before PDEATHSIG was armed.
+            if nix::libc::getppid() != parent {
+                nix::libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("exec {}: {e}", path.display()))?;
+    drop(theirs);
+    let pid = Pid::from_raw(child.id() as i32);
+    // The child is reaped by the supervisor's SIGCHLD handling, not by std.
+    drop(child);
+    let init = ToWorker::Init {
+        seq,
+        config: config.clone(),
+    };
+    if let Err(e) = ctl::send(ours.as_fd(), &init, &[listener.as_raw_fd()]) {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        return Err(format!("sending init to {name} pid {pid}: {e}"));
+    }
+    Ok(Spawned { pid, ctl: ours })
+}

@@ -1,0 +1,394 @@
+//! Test support for pv-xconnect's integration tests: build and start the
+//! real binaries, real backends, real namespaces; clean up exactly what a
+//! test started (by pid and by the names it created).
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Once;
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub mod ns;
+pub use ns::{MountNsProc, Netns};
+
+/// The workspace's target/debug with every binary built (once per run).
+pub fn bin_dir() -> PathBuf {
+    static BUILD: Once = Once::new();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    BUILD.call_once(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let st = Command::new(cargo)
+            .args(["build", "--bins", "--workspace"])
+            .current_dir(&root)
+            .status()
+            .expect("running cargo build for the binaries under test");
+        assert!(st.success(), "cargo build --bins failed");
+    });
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    target.join("debug")
+}
+
+/// Root-only tests run whenever we hold CAP_SYS_ADMIN. Without it they
+/// skip, except under CI=true, where skipping would hide a failure.
+pub fn require_root(test: &str) -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = cap_eff & (1 << 21) != 0; // CAP_SYS_ADMIN
+    if !has {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{test}: needs CAP_SYS_ADMIN, and CI=true forbids skipping"
+        );
+        eprintln!("SKIP {test}: needs CAP_SYS_ADMIN");
+    }
+    has
+}
+
+/// A name unique to this test process and call, for namespaces and links.
+pub fn unique(tag: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "pvxt{}{}{}",
+        std::process::id() % 100_000,
+        tag,
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// A free loopback port (bound then released; good enough on loopback).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("ephemeral port")
+}
+
+/// Poll `f` until it returns Some or `within` passes.
+pub fn wait_for<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let until = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(unique(tag));
+        std::fs::create_dir_all(&p).expect("mkdir temp");
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `pv-xconnect run` with its graph file and log.
+pub struct Supervisor {
+    pub child: Child,
+    pub dir: TempDir,
+    pub graph: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Supervisor {
+    /// Start on `graph` (JSON text) with extra flags; waits until the graph
+    /// has been applied once.
+    pub fn start(graph: &str, extra: &[&str]) -> Supervisor {
+        let dir = TempDir::new("sup");
+        let graph_path = dir.path().join("graph.json");
+        std::fs::write(&graph_path, graph).expect("write graph");
+        let log = dir.path().join("supervisor.log");
+        let logf = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(bin_dir().join("pv-xconnect"))
+            .args(["run", "--graph"])
+            .arg(&graph_path)
+            .args(["--log-target", "stderr", "--log-level", "debug"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .spawn()
+            .expect("spawn pv-xconnect");
+        let s = Supervisor {
+            child,
+            dir,
+            graph: graph_path,
+            log,
+        };
+        s.wait_log("graph applied", 1);
+        s
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait until `needle` appears at least `n` times in the log.
+    pub fn wait_log(&self, needle: &str, n: usize) {
+        wait_for(
+            Duration::from_secs(10),
+            &format!("'{needle}' x{n} in supervisor log"),
+            || (self.log_text().matches(needle).count() >= n).then_some(()),
+        );
+    }
+
+    /// Replace the graph and send SIGHUP; waits for the next "graph applied".
+    pub fn reload(&self, graph: &str) {
+        let before = self.log_text().matches("graph applied").count();
+        std::fs::write(&self.graph, graph).expect("write graph");
+        self.signal("HUP");
+        self.wait_log("graph applied", before + 1);
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
+        assert!(st.success());
+    }
+
+    /// Live worker children: (pid, argv joined by spaces).
+    pub fn workers(&self) -> Vec<(u32, String)> {
+        children(self.pid())
+    }
+
+    /// The pid of the live worker whose argv contains `needle`.
+    pub fn worker_pid(&self, needle: &str) -> u32 {
+        wait_for(
+            Duration::from_secs(10),
+            &format!("worker '{needle}'"),
+            || {
+                self.workers()
+                    .into_iter()
+                    .find(|(_, a)| a.contains(needle))
+                    .map(|(p, _)| p)
+            },
+        )
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
+        wait_for(Duration::from_secs(20), "supervisor exit", || {
+            self.child.try_wait().ok().flatten()
+        })
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(self.pid().to_string())
+                .status();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- supervisor log ---\n{}", self.log_text());
+        }
+    }
+}
+
+/// Live (not zombie) children of `ppid`, with their argv.
+pub fn children(ppid: u32) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Some((pp, state)) = stat_ppid_state(pid) else {
+            continue;
+        };
+        if pp == ppid && state != 'Z' {
+            let argv = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let argv = String::from_utf8_lossy(&argv)
+                .replace('\0', " ")
+                .trim()
+                .to_string();
+            out.push((pid, argv));
+        }
+    }
+    out
+}
+
+/// (ppid, state) from /proc/PID/stat.
+pub fn stat_ppid_state(pid: u32) -> Option<(u32, char)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    let mut it = rest.split(' ');
+    let state = it.next()?.chars().next()?;
+    let ppid = it.next()?.parse().ok()?;
+    Some((ppid, state))
+}
+
+/// Whether a process is gone (or a zombie nobody reaped yet).
+pub fn is_dead(pid: u32) -> bool {
+    stat_ppid_state(pid).is_none_or(|(_, s)| s == 'Z' || s == 'X')
+}
+
+/// Kill a process by pid (SIGKILL).
+pub fn kill9(pid: u32) {
+    let _ = Command::new("kill")
+        .arg("-KILL")
+        .arg(pid.to_string())
+        .status();
+}
+
+// ---------------------------------------------------------------- backends
+
+/// A TCP echo backend on loopback: echoes until the client's EOF, then
+/// half-closes. Runs on threads until the test process ends.
+pub fn echo_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind echo");
+    let addr = l.local_addr().expect("addr");
+    thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            thread::spawn(move || echo(c));
+        }
+    });
+    addr
+}
+
+fn echo(mut c: TcpStream) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if c.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    let _ = c.shutdown(Shutdown::Write);
+}
+
+/// A unix-socket echo backend at `path`.
+pub fn unix_echo_server(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    let l = UnixListener::bind(path).expect("bind unix echo");
+    thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            thread::spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n) = c.read(&mut buf) {
+                    if n == 0 || c.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = c.shutdown(Shutdown::Write);
+            });
+        }
+    });
+}
+
+/// Send `data`, half-close, read everything back (concurrently, so large
+/// payloads do not deadlock on full buffers).
+pub fn roundtrip(addr: SocketAddr, data: &[u8]) -> std::io::Result<Vec<u8>> {
+    let s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    roundtrip_stream(s, data)
+}
+
+pub fn roundtrip_stream(mut s: TcpStream, data: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut w = s.try_clone()?;
+    let payload = data.to_vec();
+    let writer = thread::spawn(move || -> std::io::Result<()> {
+        w.write_all(&payload)?;
+        w.shutdown(Shutdown::Write)
+    });
+    let mut got = Vec::new();
+    s.read_to_end(&mut got)?;
+    writer
+        .join()
+        .map_err(|_| std::io::Error::other("writer panicked"))??;
+    Ok(got)
+}
+
+/// Same over a unix socket.
+pub fn roundtrip_unix(path: &Path, data: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut s = UnixStream::connect(path)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut w = s.try_clone()?;
+    let payload = data.to_vec();
+    let writer = thread::spawn(move || -> std::io::Result<()> {
+        w.write_all(&payload)?;
+        w.shutdown(Shutdown::Write)
+    });
+    let mut got = Vec::new();
+    s.read_to_end(&mut got)?;
+    writer
+        .join()
+        .map_err(|_| std::io::Error::other("writer panicked"))??;
+    Ok(got)
+}
+
+/// Deterministic pseudo-random bytes (no rand crate needed).
+pub fn pattern(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A graph link object as JSON text.
+pub fn link(
+    ty: &str,
+    name: &str,
+    consumer_pid: u32,
+    target: &str,
+    socket: &str,
+    provider_pid: u32,
+) -> String {
+    format!(
+        r#"{{"type":"{ty}","name":"{name}","consumer":"{}","consumer_pid":{consumer_pid},"provider":"prov-{name}","provider_pid":{provider_pid},"role":"any","interface":"test","target":"{target}","socket":"{socket}"}}"#,
+        if consumer_pid == 0 {
+            "EXTERNAL".to_string()
+        } else {
+            format!("c{consumer_pid}")
+        }
+    )
+}
+
+pub fn graph(links: &[String]) -> String {
+    format!("[{}]", links.join(",\n"))
+}

@@ -1,0 +1,210 @@
+//! Network and mount namespaces made by a test, removed by the same test.
+
+use crate::{unique, wait_for};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("running ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `ip netns add` with loopback up; processes started inside are killed
+/// and the namespace (and its veth) deleted on drop.
+pub struct Netns {
+    pub name: String,
+    procs: Vec<Child>,
+    veth_host: Option<String>,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let name = unique(tag);
+        ip(&["netns", "add", &name]);
+        let ns = Netns {
+            name,
+            procs: Vec::new(),
+            veth_host: None,
+        };
+        // Nothing is sent before the namespace is confirmed to exist.
+        assert!(
+            Path::new(&format!("/run/netns/{}", ns.name)).exists(),
+            "netns {} missing",
+            ns.name
+        );
+        ns.exec_ok(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn exec_ok(&self, cmd: &[&str]) {
+        let mut a = vec!["netns", "exec", &self.name];
+        a.extend_from_slice(cmd);
+        ip(&a);
+    }
+
+    /// Start a long-running process inside; returns its pid.
+    pub fn spawn(&mut self, cmd: &[&str]) -> u32 {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(cmd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ip netns exec");
+        let pid = child.id();
+        self.procs.push(child);
+        // `ip netns exec` execs the command: the pid is the command's.
+        let me = format!("net:[{}]", self.inode());
+        wait_for(Duration::from_secs(5), "process inside netns", || {
+            let l = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
+            (l.to_string_lossy() == me).then_some(())
+        });
+        pid
+    }
+
+    /// A process that only holds the namespace (a container's init).
+    pub fn holder(&mut self) -> u32 {
+        self.spawn(&["sleep", "3600"])
+    }
+
+    fn inode(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/run/netns/{}", self.name))
+            .map(|m| m.ino())
+            .unwrap_or(0)
+    }
+
+    /// Run a command inside and return its stdout (must succeed).
+    pub fn run(&self, cmd: &[&str], stdin: &[u8]) -> std::process::Output {
+        use std::io::Write;
+        let mut c = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(cmd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ip netns exec");
+        if let Some(mut i) = c.stdin.take() {
+            let _ = i.write_all(stdin);
+        }
+        c.wait_with_output().expect("wait")
+    }
+
+    /// A veth pair on a free /30 of 169.254.213.0/24; returns (host ip,
+    /// namespace ip). The /30 is chosen from this process's pid and
+    /// checked against addresses already on the host, so parallel test
+    /// runs do not collide.
+    pub fn veth_auto(&mut self) -> (String, String) {
+        let used = String::from_utf8_lossy(
+            &Command::new("ip")
+                .args(["-o", "addr"])
+                .output()
+                .expect("ip addr")
+                .stdout,
+        )
+        .into_owned();
+        let start = (std::process::id() as usize * 7 + self.name.len()) % 64;
+        for i in 0..64 {
+            let k = (start + i) % 64;
+            let (h, n) = (
+                format!("169.254.213.{}", 4 * k + 1),
+                format!("169.254.213.{}", 4 * k + 2),
+            );
+            if used.contains(&format!("{h}/")) || used.contains(&format!("{n}/")) {
+                continue;
+            }
+            self.veth(&format!("{h}/30"), &format!("{n}/30"));
+            return (h, n);
+        }
+        panic!("no free /30 in 169.254.213.0/24");
+    }
+
+    /// A veth pair: host side `host_addr/30`, inside `ns_addr/30`.
+    pub fn veth(&mut self, host_addr: &str, ns_addr: &str) {
+        let h = format!("{}h", &self.name[..self.name.len().min(13)]);
+        let n = format!("{}n", &self.name[..self.name.len().min(13)]);
+        ip(&["link", "add", &h, "type", "veth", "peer", "name", &n]);
+        self.veth_host = Some(h.clone());
+        ip(&["link", "set", &n, "netns", &self.name]);
+        ip(&["addr", "add", host_addr, "dev", &h]);
+        ip(&["link", "set", &h, "up"]);
+        self.exec_ok(&["ip", "addr", "add", ns_addr, "dev", &n]);
+        self.exec_ok(&["ip", "link", "set", &n, "up"]);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for c in &mut self.procs {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some(h) = &self.veth_host {
+            let _ = Command::new("ip").args(["link", "del", h]).status();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A process in its own private mount namespace with a tmpfs at `dir`
+/// (a path that exists on the host too): whatever it creates there is
+/// visible only through `/proc/<pid>/root<dir>`.
+pub struct MountNsProc {
+    pub child: Child,
+    pub dir: PathBuf,
+}
+
+impl MountNsProc {
+    /// `script` runs under `sh -c` after the tmpfs is mounted; it should
+    /// end by exec'ing a long-running server (or `sleep`).
+    pub fn start(dir: &Path, script: &str) -> MountNsProc {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        let full = format!("mount -t tmpfs pvxtest {} && {script}", dir.display());
+        let child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &full])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("unshare");
+        let p = MountNsProc {
+            child,
+            dir: dir.to_path_buf(),
+        };
+        // Wait until the tmpfs is mounted inside.
+        let me = std::fs::read_link("/proc/self/ns/mnt").expect("own mnt ns");
+        let pid = p.pid();
+        wait_for(Duration::from_secs(5), "private mount namespace", || {
+            let l = std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok()?;
+            (l != me).then_some(())
+        });
+        p
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Path of `inner` (absolute, inside the namespace) seen from the host.
+    pub fn host_path(&self, inner: &str) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root{inner}", self.pid()))
+    }
+}
+
+impl Drop for MountNsProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
