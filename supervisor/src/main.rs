@@ -32,7 +32,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the supervisor (the default).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Validate a graph file and print the endpoint plan; exit 1 if any link is refused.
     Check { file: PathBuf },
 }
@@ -204,7 +204,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Some(Cmd::Check { file }) => return check(&file),
-        Some(Cmd::Run(a)) => run(a),
+        Some(Cmd::Run(a)) => run(*a),
         None => run(cli.run),
     };
     match result {
