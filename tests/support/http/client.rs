@@ -1,8 +1,6 @@
 //! Raw HTTP/1.1 client helpers for what curl will not send (smuggling
 //! attempts, pipelining, trickled heads) and for reading exact bytes.
 
-#![allow(dead_code)]
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};

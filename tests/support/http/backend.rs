@@ -8,15 +8,13 @@
 //!   headers, one per line, plus `body-len` and `body-hash` of the request
 //!   body.
 //! - `/created`: 201 with `X-Custom: yes` and a chunked body of 3 chunks.
-//! - `/big/N`: 200 with N bytes of [`pattern`], Content-Length.
+//! - `/big/N`: 200 with N bytes of `pattern(N, 7)`, Content-Length.
 //! - `/slow/MS`: waits MS milliseconds, then answers like `/echo`.
 //! - `/silent`: reads the request and never answers.
 //! - `/upgrade`: 101 if asked to upgrade, then echoes bytes upper-cased
 //!   until EOF, then sends `BYE` and closes.
 //! - `/close`: 200 without length, body `until-close`, then closes.
 //! - `/nocontent`: 204. `/continue`: honours `Expect: 100-continue`.
-
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -26,21 +24,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
-
-/// FNV-1a, 64 bit: enough to compare megabytes end to end.
-pub fn hash(data: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in data {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    h
-}
-
-/// Deterministic, non-repeating-looking bytes.
-pub fn pattern(n: usize) -> Vec<u8> {
-    (0..n).map(|i| ((i * 31 + i / 7919) % 251) as u8).collect()
-}
 
 #[derive(Default)]
 pub struct Seen {
@@ -260,7 +243,7 @@ fn echo_body(req: &Req, body: &[u8]) -> String {
     s.push_str(&format!(
         "body-len: {}\nbody-hash: {:016x}\n",
         body.len(),
-        hash(body)
+        super::fnv(body)
     ));
     s
 }
@@ -286,7 +269,7 @@ fn serve<C: Conn>(c: C, seen: Arc<Seen>) -> std::io::Result<()> {
         } else if let Some(n) = path.strip_prefix("/big/") {
             let n: usize = n.parse().unwrap_or(0);
             w.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n").as_bytes())?;
-            w.write_all(&pattern(n))?;
+            w.write_all(&crate::pattern(n, 7))?;
         } else if path == "/silent" {
             thread::sleep(Duration::from_secs(30));
             return Ok(());

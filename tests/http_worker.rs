@@ -1,12 +1,13 @@
 //! pvx-worker-http run directly (no supervisor), against real backends on
 //! loopback: the state machine's edges that need short timeouts or exact
-//! bytes. The end-to-end suite through pv-xconnect is tests/http.rs.
+//! bytes, and the control messages (Update, Drain) sent by hand. The
+//! end-to-end suite through pv-xconnect is tests/http.rs.
 
-mod common;
-
-use common::client::{self, closed, connect, exchange, get, read_resp};
-use common::direct::{config, Worker};
-use common::http_backend::{self as backend, hash, pattern};
+use pvx_tests::http::backend;
+use pvx_tests::http::client::{closed, connect, exchange, get, read_resp};
+use pvx_tests::http::direct::{config, Worker};
+use pvx_tests::http::fnv as hash;
+use pvx_tests::pattern;
 use proto::ctl::{Limits, ToWorker};
 use std::io::Write;
 use std::time::Duration;
@@ -112,7 +113,7 @@ fn large_bodies_both_ways() {
     let b = backend::tcp("127.0.0.1:0");
     let w = one_route(&b, Limits::default());
     let n = 5 << 20;
-    let body = pattern(n);
+    let body = pattern(n, 7);
     let mut s = connect(w.addr);
     let head = format!("POST /api/upload HTTP/1.1\r\nHost: t\r\nContent-Length: {n}\r\n\r\n");
     let mut writer = s.try_clone().unwrap();
@@ -263,5 +264,4 @@ fn update_replaces_routes_and_drain_exits() {
     assert_eq!(r.header("connection").as_deref(), Some("close"));
     let status = w.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
-    let _ = client::get("/");
 }

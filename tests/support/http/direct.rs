@@ -3,8 +3,6 @@
 //! the supervisor does. For what the supervisor's command line does not
 //! expose (short timeouts, tiny caps) and for fast, root-free tests.
 
-#![allow(dead_code)]
-
 use proto::ctl::{self, FromWorker, Limits, ToWorker, WorkerConfig};
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -67,7 +65,7 @@ impl Worker {
         let addr = listener.local_addr().unwrap();
         let (sup, wrk) = ctl::socketpair().expect("socketpair");
         let wfd = wrk.as_raw_fd();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pvx-worker-http"));
+        let mut cmd = Command::new(crate::bin_dir().join("pvx-worker-http"));
         cmd.arg(addr.to_string()).stdin(Stdio::null());
         // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
         unsafe {

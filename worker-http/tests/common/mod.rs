@@ -1,3 +1,0 @@
-pub mod client;
-pub mod direct;
-pub mod http_backend;
