@@ -3,12 +3,12 @@
 //! bytes, and the control messages (Update, Drain) sent by hand. The
 //! end-to-end suite through pv-xconnect is tests/http.rs.
 
+use proto::ctl::{Limits, ToWorker};
 use pvx_tests::http::backend;
 use pvx_tests::http::client::{closed, connect, exchange, get, read_resp};
 use pvx_tests::http::direct::{config, Worker};
 use pvx_tests::http::fnv as hash;
 use pvx_tests::pattern;
-use proto::ctl::{Limits, ToWorker};
 use std::io::Write;
 use std::time::Duration;
 

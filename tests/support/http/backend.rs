@@ -75,7 +75,27 @@ impl Drop for Backend {
 
 /// Start a backend on `bind` (e.g. "127.0.0.1:0").
 pub fn tcp(bind: &str) -> Backend {
-    let l = TcpListener::bind(bind).expect("bind test backend");
+    from_tcp_listener(TcpListener::bind(bind).expect("bind test backend"))
+}
+
+/// Start a backend listening on `bind` inside network namespace `netns`
+/// (by name, under /run/netns). The network namespace is per thread: a
+/// short-lived thread enters it and binds; the socket stays in that
+/// namespace whichever thread serves it.
+pub fn tcp_in_netns(netns: &str, bind: &str) -> Backend {
+    let path = format!("/run/netns/{netns}");
+    let bind = bind.to_string();
+    let l = thread::spawn(move || {
+        let f = std::fs::File::open(&path).expect("open netns");
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns into test netns");
+        TcpListener::bind(&bind).expect("bind inside netns")
+    })
+    .join()
+    .expect("netns bind thread");
+    from_tcp_listener(l)
+}
+
+fn from_tcp_listener(l: TcpListener) -> Backend {
     let addr = l.local_addr().unwrap();
     let seen = Arc::new(Seen::default());
     let stop = Arc::new(AtomicBool::new(false));
