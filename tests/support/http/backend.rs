@@ -14,6 +14,9 @@
 //! - `/upgrade`: 101 if asked to upgrade, then echoes bytes upper-cased
 //!   until EOF, then sends `BYE` and closes.
 //! - `/close`: 200 without length, body `until-close`, then closes.
+//! - `/drop-next`: answers like `/echo` (keep-alive), then reads the next
+//!   request on that connection and closes without a word: what a
+//!   backend's own idle timeout does to a pooled connection.
 //! - `/nocontent`: 204. `/continue`: honours `Expect: 100-continue`.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -295,6 +298,19 @@ fn serve<C: Conn>(c: C, seen: Arc<Seen>) -> std::io::Result<()> {
             return Ok(());
         } else if path == "/nocontent" {
             w.write_all(b"HTTP/1.1 204 No Content\r\nX-Empty: 1\r\n\r\n")?;
+        } else if path == "/drop-next" {
+            let text = echo_body(&req, &body);
+            w.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{text}",
+                    text.len()
+                )
+                .as_bytes(),
+            )?;
+            if let Some((_, raw)) = read_head(&mut r)? {
+                seen.heads.lock().unwrap().push(format!("DROPPED {raw}"));
+            }
+            return Ok(());
         } else if path == "/close" {
             w.write_all(b"HTTP/1.1 200 OK\r\nX-Framing: close\r\n\r\nuntil-close")?;
             return Ok(());
