@@ -54,6 +54,8 @@ pub struct Ctx<'a> {
 pub struct BackendConn {
     pub stream: Stream,
     pub ready: Ready,
+    /// The backend's FIN was reported (EPOLLRDHUP).
+    pub hup: bool,
 }
 
 pub enum Phase {
@@ -88,6 +90,8 @@ pub enum Fail {
 pub struct Conn {
     pub(crate) client: Stream,
     pub(crate) cr: Ready,
+    /// The client's FIN was reported (EPOLLRDHUP).
+    pub(crate) c_hup: bool,
     pub(crate) ip: Option<IpAddr>,
     /// Client bytes: the request head being read, then what follows it.
     pub(crate) cbuf: Buf,
@@ -119,6 +123,7 @@ impl Conn {
                 readable: true,
                 writable: true,
             },
+            c_hup: false,
             ip,
             cbuf: Buf::new(max_head),
             cout: Out::default(),
@@ -215,7 +220,7 @@ impl Conn {
         }
         let got = self
             .cbuf
-            .read_from(&self.client, &mut self.cr)
+            .read_head(&self.client, &mut self.cr, self.c_hup)
             .map_err(|e| Fail::Abort(format!("reading request head: {e}")))?;
         if got.bytes > 0 {
             return Ok(true);

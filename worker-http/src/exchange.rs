@@ -197,6 +197,7 @@ impl Conn {
             self.backend = Some(BackendConn {
                 stream: s,
                 ready: RW,
+                hup: false,
             });
             if let Some(ex) = self.ex.as_mut() {
                 ex.reused = true;
@@ -233,6 +234,7 @@ impl Conn {
                 self.backend = Some(BackendConn {
                     stream: s,
                     ready: Ready::default(),
+                    hup: false,
                 });
                 self.phase = Phase::Connecting {
                     since,
@@ -535,7 +537,7 @@ fn read_response_head(
         }
         let got = ex
             .bbuf
-            .read_from(&b.stream, &mut b.ready)
+            .read_head(&b.stream, &mut b.ready, b.hup)
             .map_err(|e| Fail::Backend(format!("reading response from {}: {e}", ex.addr)))?;
         if got.bytes > 0 {
             ex.resp_bytes = true;
