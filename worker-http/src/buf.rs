@@ -82,7 +82,12 @@ impl Buf {
         self.read_inner(src, ready, !hup)
     }
 
-    fn read_inner(&mut self, src: &Stream, ready: &mut Ready, short_drains: bool) -> io::Result<Got> {
+    fn read_inner(
+        &mut self,
+        src: &Stream,
+        ready: &mut Ready,
+        short_drains: bool,
+    ) -> io::Result<Got> {
         let mut got = Got::default();
         if self.data.len() < self.cap {
             self.data = take_spare(self.cap);

@@ -337,7 +337,11 @@ impl Conn {
             }
             Fail::Status(status, why) => {
                 cx.stats.errors += 1;
-                let route = self.ex.as_ref().map(|e| e.route.as_str()).unwrap_or("-");
+                let route = self
+                    .ex
+                    .as_ref()
+                    .map(|e| e.route.name.as_str())
+                    .unwrap_or("-");
                 if status >= 500 {
                     proto::info!("{status} for {} (route {route}): {why}", self.peer());
                 } else {

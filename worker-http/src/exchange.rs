@@ -14,10 +14,12 @@ use crate::conn::{BackendConn, Conn, Ctx, Fail, Phase};
 use crate::framing::Framing;
 use crate::head::{self, Client, Parsed, Persist, Request, Response};
 use crate::keys::{self, Owner};
+use crate::route::Entry;
 use mio::Interest;
 use proto::graph::Backend;
 use proto::relay::{Ready, Splice};
 use std::os::fd::{AsFd, AsRawFd};
+use std::rc::Rc;
 use std::time::Instant;
 
 enum Resp {
@@ -27,9 +29,9 @@ enum Resp {
 }
 
 pub struct Exchange {
-    pub addr: Backend,
-    /// Route name, for logs.
-    pub route: String,
+    /// The route (shared with the table: no copy per request); the
+    /// connection keeps it even when an update replaces the table.
+    pub route: Rc<Entry>,
     pub is_head: bool,
     head: Out,
     req: Pump,
@@ -87,31 +89,31 @@ impl Exchange {
         self.head.is_empty() && self.req.is_done()
     }
 
-    /// A response head arrived (interim or final).
-    fn on_head(&mut self, resp: &Response, cout: &mut Out, closing: bool) -> Result<(), Fail> {
+    /// A response head arrived (interim or final); its start is already
+    /// queued for the client. Returns how to end it, or None to drop it.
+    fn on_head(&mut self, resp: &Response, closing: bool) -> Result<Option<Persist>, Fail> {
         if resp.status == 101 {
             if !self.upgrade {
                 return Err(Fail::Status(
                     502,
                     format!(
                         "101 from {} to a request that did not ask to upgrade",
-                        self.addr
+                        self.route.backend
                     ),
                 ));
             }
-            head::write_response(resp, Persist::KeepAlive11, cout.buf());
             self.sent_to_client = true;
             self.tunnel = true;
             self.resp = Resp::Done;
-            return Ok(());
+            return Ok(Some(Persist::KeepAlive11));
         }
         if resp.status < 200 {
             // 100 Continue, 103 Early Hints: an HTTP/1.0 client cannot take them.
             if self.client_minor == 1 {
-                head::write_response(resp, Persist::KeepAlive11, cout.buf());
                 self.sent_to_client = true;
+                return Ok(Some(Persist::KeepAlive11));
             }
-            return Ok(());
+            return Ok(None);
         }
         self.reusable = resp.reusable;
         // The client connection outlives a backend that closes; it cannot
@@ -126,10 +128,9 @@ impl Exchange {
             (true, 0) => Persist::KeepAlive10,
             (true, _) => Persist::KeepAlive11,
         };
-        head::write_response(resp, self.persist, cout.buf());
         self.sent_to_client = true;
         self.resp = Resp::Body(Pump::new(resp.framing));
-        Ok(())
+        Ok(Some(self.persist))
     }
 }
 
@@ -164,12 +165,17 @@ impl Conn {
             ));
         };
         let mut head_out = Out::default();
-        head::write_request(&req, route, Client { ip: self.ip }, head_out.buf());
+        head::write_request(
+            &req,
+            self.cbuf.bytes(),
+            route,
+            Client { ip: self.ip },
+            head_out.buf(),
+        );
         self.cbuf.consume(req.len);
         let addr = route.backend.clone();
         self.ex = Some(Box::new(Exchange {
-            addr: addr.clone(),
-            route: route.name.clone(),
+            route: route.clone(),
             is_head: req.method == "HEAD",
             head: head_out,
             req: Pump::new(req.framing),
@@ -216,7 +222,7 @@ impl Conn {
         attempt: u32,
         since: Instant,
     ) -> Result<(), Fail> {
-        let Some(addr) = self.ex.as_ref().map(|e| e.addr.clone()) else {
+        let Some(addr) = self.ex.as_ref().map(|e| e.route.backend.clone()) else {
             return Err(Fail::Abort("connect without a request".into()));
         };
         self.backend = None;
@@ -303,7 +309,7 @@ impl Conn {
                 Ok(false)
             }
             Err(e) => {
-                let addr = self.ex.as_ref().map(|x| x.addr.clone());
+                let addr = self.ex.as_ref().map(|x| x.route.backend.clone());
                 match addr {
                     Some(a) => self.retry_later(cx, attempt, since, &a, e)?,
                     None => return Err(Fail::Abort(format!("connect: {e}"))),
@@ -327,7 +333,9 @@ impl Conn {
             let (h, n) = ex
                 .head
                 .flush_with(&b.stream, &mut b.ready, &mut self.cbuf, extra)
-                .map_err(|e| Fail::Backend(format!("sending request to {}: {e}", ex.addr)))?;
+                .map_err(|e| {
+                    Fail::Backend(format!("sending request to {}: {e}", ex.route.backend))
+                })?;
             ex.req.advance(n);
             if n > 0 {
                 ex.replayable = false;
@@ -349,7 +357,7 @@ impl Conn {
                 }
                 Err(BodyError::Dst(e)) => {
                     // Perhaps the backend answered early and closed: read on.
-                    proto::debug!("{} stopped taking the request body: {e}", ex.addr);
+                    proto::debug!("{} stopped taking the request body: {e}", ex.route.backend);
                     ex.req_broken = true;
                     progress = true;
                 }
@@ -367,8 +375,9 @@ impl Conn {
             // The response head and the body bytes already read leave together.
             let (extra, pump) = match &mut ex.resp {
                 Resp::Body(p) => (
-                    p.buffered(&ex.bbuf)
-                        .map_err(|e| Fail::Abort(format!("response from {}: {e}", ex.addr)))?,
+                    p.buffered(&ex.bbuf).map_err(|e| {
+                        Fail::Abort(format!("response from {}: {e}", ex.route.backend))
+                    })?,
                     Some(p),
                 ),
                 _ => (0, None),
@@ -393,7 +402,7 @@ impl Conn {
                         &self.client,
                         &mut self.cr,
                     )
-                    .map_err(|e| Fail::Abort(format!("response from {}: {e}", ex.addr)))?;
+                    .map_err(|e| Fail::Abort(format!("response from {}: {e}", ex.route.backend)))?;
                 cx.stats.bytes_out += n;
                 progress |= n > 0;
                 if p.is_done() {
@@ -429,7 +438,8 @@ impl Conn {
                 && ex.bbuf.is_empty()
                 && !ex.req.in_flight()
             {
-                cx.pool.put(cx.owners, cx.now, ex.addr.clone(), b.stream);
+                cx.pool
+                    .put(cx.owners, cx.now, ex.route.backend.clone(), b.stream);
             }
         }
         if ex.persist == Persist::Close || self.wants_close(cx) {
@@ -487,7 +497,7 @@ impl Conn {
         let (d, u) = match (down, up) {
             (Ok(d), Ok(u)) => (d, u),
             (Err(e), _) | (_, Err(e)) => {
-                proto::debug!("tunnel to {} ended: {e}", ex.addr);
+                proto::debug!("tunnel to {} ended: {e}", ex.route.backend);
                 self.phase = Phase::Done;
                 return Ok(false);
             }
@@ -515,18 +525,28 @@ fn read_response_head(
     let mut progress = false;
     while matches!(ex.resp, Resp::Head) {
         if !ex.bbuf.is_empty() {
-            match head::parse_response(ex.bbuf.bytes(), ex.is_head) {
-                Err(why) => return Err(Fail::Status(502, format!("{why} from {}", ex.addr))),
+            let mark = cout.buf().len();
+            match head::parse_response(ex.bbuf.bytes(), ex.is_head, cout.buf()) {
+                Err(why) => {
+                    return Err(Fail::Status(
+                        502,
+                        format!("{why} from {}", ex.route.backend),
+                    ))
+                }
                 Ok(Parsed::Complete(resp)) => {
                     ex.bbuf.consume(resp.len);
-                    ex.on_head(&resp, cout, closing)?;
+                    match ex.on_head(&resp, closing)? {
+                        Some(persist) => head::end_response(resp.status, persist, cout.buf()),
+                        // Not for this client: take back what parse_response wrote.
+                        None => cout.buf().truncate(mark),
+                    }
                     progress = true;
                     continue;
                 }
                 Ok(Parsed::Partial) if ex.bbuf.is_full() => {
                     return Err(Fail::Status(
                         502,
-                        format!("response head from {} too large", ex.addr),
+                        format!("response head from {} too large", ex.route.backend),
                     ))
                 }
                 Ok(Parsed::Partial) => {}
@@ -538,7 +558,9 @@ fn read_response_head(
         let got = ex
             .bbuf
             .read_head(&b.stream, &mut b.ready, b.hup)
-            .map_err(|e| Fail::Backend(format!("reading response from {}: {e}", ex.addr)))?;
+            .map_err(|e| {
+                Fail::Backend(format!("reading response from {}: {e}", ex.route.backend))
+            })?;
         if got.bytes > 0 {
             ex.resp_bytes = true;
             progress = true;
@@ -547,7 +569,7 @@ fn read_response_head(
         if got.eof {
             return Err(Fail::Backend(format!(
                 "{} closed the connection without a response",
-                ex.addr
+                ex.route.backend
             )));
         }
         break;

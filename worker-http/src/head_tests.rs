@@ -30,7 +30,7 @@ fn rewritten(raw: &str, r: &Entry, ip: Option<&str>) -> String {
     let client = Client {
         ip: ip.map(|s| s.parse().unwrap()),
     };
-    write_request(&rq, r, client, &mut out);
+    write_request(&rq, raw.as_bytes(), r, client, &mut out);
     String::from_utf8(out).unwrap()
 }
 
@@ -249,10 +249,20 @@ fn absolute_form_becomes_origin_form() {
 }
 
 fn resp(raw: &str, head: bool) -> Response {
-    match parse_response(raw.as_bytes(), head).unwrap() {
-        Parsed::Complete(r) => r,
+    resp_out(raw, head).0
+}
+
+/// The response and the head the client would get with `persist`.
+fn resp_out(raw: &str, head: bool) -> (Response, Vec<u8>) {
+    let mut out = Vec::new();
+    match parse_response(raw.as_bytes(), head, &mut out).unwrap() {
+        Parsed::Complete(r) => (r, out),
         Parsed::Partial => panic!("partial"),
     }
+}
+
+fn parse_err(raw: &[u8]) -> bool {
+    parse_response(raw, false, &mut Vec::new()).is_err()
 }
 
 #[test]
@@ -288,22 +298,20 @@ fn response_framing() {
         resp("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true).framing,
         Framing::None
     );
-    assert!(parse_response(
-        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
-        false
-    )
-    .is_err());
-    assert!(parse_response(
-        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
-        false
-    )
-    .is_err());
-    assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", false).is_err());
-    assert!(parse_response(b"HTTZ/1.1 200 OK\r\n\r\n", false).is_err());
+    assert!(parse_err(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    ));
+    assert!(parse_err(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
+    ));
+    assert!(parse_err(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"));
+    assert!(parse_err(b"HTTZ/1.1 200 OK\r\n\r\n"));
+    let mut out = Vec::new();
     assert!(matches!(
-        parse_response(b"HTTP/1.1 200 OK\r\n", false),
+        parse_response(b"HTTP/1.1 200 OK\r\n", false, &mut out),
         Ok(Parsed::Partial)
     ));
+    assert!(out.is_empty(), "nothing written for a partial head");
 }
 
 #[test]
@@ -329,30 +337,33 @@ fn response_reuse() {
 
 #[test]
 fn response_rewrite_passes_status_and_headers() {
-    let r = resp(
-        "HTTP/1.1 201 Made It\r\nX-Custom: v  \r\nConnection: close, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: 5\r\nContent-Length: 2\r\n\r\nhi",
-        false,
-    );
+    let raw = "HTTP/1.1 201 Made It\r\nX-Custom: v  \r\nConnection: close, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: 5\r\nContent-Length: 2\r\n\r\nhi";
+    let (r, mut out) = resp_out(raw, false);
     assert_eq!(r.status, 201);
-    let mut out = Vec::new();
-    write_response(&r, Persist::Close, &mut out);
+    assert_eq!(r.len, raw.len() - 2);
+    let mut ka = out.clone();
+    end_response(r.status, Persist::Close, &mut out);
     assert_eq!(
         String::from_utf8(out).unwrap(),
         "HTTP/1.1 201 Made It\r\nX-Custom: v\r\nContent-Length: 2\r\nConnection: close\r\n\r\n"
     );
-    let mut out = Vec::new();
-    write_response(&r, Persist::KeepAlive10, &mut out);
-    assert!(String::from_utf8(out)
+    end_response(r.status, Persist::KeepAlive10, &mut ka);
+    assert!(String::from_utf8(ka)
         .unwrap()
-        .ends_with("Connection: keep-alive\r\n\r\n"));
-    let r = resp(
+        .ends_with("Content-Length: 2\r\nConnection: keep-alive\r\n\r\n"));
+    let (r, mut out) = resp_out(
         "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
         false,
     );
-    let mut out = Vec::new();
-    write_response(&r, Persist::Close, &mut out);
+    end_response(r.status, Persist::Close, &mut out);
     assert_eq!(
         String::from_utf8(out).unwrap(),
         "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    );
+    let (r, mut out) = resp_out("HTTP/1.1 100 Continue\r\n\r\n", false);
+    end_response(r.status, Persist::Close, &mut out);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "HTTP/1.1 100 Continue\r\n\r\n"
     );
 }
