@@ -55,7 +55,12 @@ pub fn start(kind: &str) -> Result<Started, String> {
             ))
         }
     };
-    let listener = fds.pop().ok_or("init without listener")?;
+    if fds.is_empty() {
+        return Err(format!("{ident}: init without listener"));
+    }
+    // The listener first, then one provider root per root_pids() entry.
+    let listener = fds.remove(0);
+    crate::backend::set_roots(&config.endpoint.root_pids(), fds);
 
     log::init(
         &ident,
@@ -66,7 +71,9 @@ pub fn start(kind: &str) -> Result<Started, String> {
 
     let setup = (|| -> Result<(), String> {
         raise_nofile();
-        close_stray_fds(&[ctl.fd.as_raw_fd(), listener.as_raw_fd()])?;
+        let mut keep = vec![ctl.fd.as_raw_fd(), listener.as_raw_fd()];
+        keep.extend(crate::backend::root_fds());
+        close_stray_fds(&keep)?;
         drop_privileges(needs_dac_override(&config))
     })();
     ctl.ack(seq, setup.as_ref().err().cloned());
@@ -177,7 +184,13 @@ impl WorkerCtl {
     pub fn recv(&self) -> Result<Option<ToWorker>, CtlError> {
         loop {
             match ctl::recv::<ToWorker>(self.fd.as_fd()) {
-                Ok((msg, _)) => return Ok(Some(msg)),
+                Ok((msg, fds)) => {
+                    // An Update brings the provider roots of its routes.
+                    if let ToWorker::Update { config, .. } = &msg {
+                        crate::backend::set_roots(&config.endpoint.root_pids(), fds);
+                    }
+                    return Ok(Some(msg));
+                }
                 Err(CtlError::WouldBlock) => return Ok(None),
                 Err(CtlError::Eof) => return Err(CtlError::Eof),
                 Err(e @ CtlError::Sys(..)) => return Err(e),
