@@ -39,6 +39,18 @@ pub fn create(key: &EndpointKey) -> Result<OwnedFd, String> {
         .ok_or_else(|| format!("no socket came back for {key}"))
 }
 
+/// Inode of the network namespace of `pid` (0: our own), which names the
+/// namespace while it exists.
+pub fn netns_inode(pid: u32) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let path = if pid == 0 {
+        "/proc/self/ns/net".to_string()
+    } else {
+        format!("/proc/{pid}/ns/net")
+    };
+    std::fs::metadata(path).ok().map(|m| m.ino())
+}
+
 /// Remove a unix listener's socket file (endpoint removed), in the
 /// consumer's mount namespace. Best effort: the container may be gone.
 pub fn remove_unix(key: &EndpointKey) {

@@ -6,6 +6,7 @@ mod daemon;
 mod endpoint;
 mod listener;
 mod policy;
+mod roots;
 mod source;
 mod spawn;
 
@@ -40,8 +41,15 @@ enum Cmd {
 #[derive(Args, Clone)]
 struct RunArgs {
     /// Read the graph from this JSON file (re-read on SIGHUP and when it changes).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "ctrl_socket")]
     graph: Option<PathBuf>,
+    /// Read the graph from Pantavisor's control socket (GET /xconnect-graph);
+    /// the default source when --graph is not given.
+    #[arg(long, value_name = "PATH")]
+    ctrl_socket: Option<PathBuf>,
+    /// How often the control socket is asked for the graph (also at once on SIGHUP).
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_interval)]
+    poll_interval: Duration,
     /// Where the pvx-worker-* binaries are (default: next to pv-xconnect).
     #[arg(long, value_name = "DIR")]
     worker_dir: Option<PathBuf>,
@@ -80,6 +88,16 @@ struct RunArgs {
     max_conns: usize,
 }
 
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(100) {
+        return Err(format!(
+            "'{s}' is too short a poll interval (at least 100ms)"
+        ));
+    }
+    Ok(d)
+}
+
 fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
 }
@@ -102,7 +120,13 @@ fn run(a: RunArgs) -> Result<(), String> {
             .and_then(|p| p.parent().map(PathBuf::from))
             .ok_or("cannot find the directory of pv-xconnect; use --worker-dir")?,
     };
-    let graph = a.graph.ok_or("no graph source: give --graph FILE")?;
+    let source = match (a.graph, a.ctrl_socket) {
+        (Some(file), _) => source::Source::file(file),
+        (None, sock) => source::Source::ctrl(
+            sock.unwrap_or_else(|| PathBuf::from(source::DEFAULT_CTRL_SOCKET)),
+            a.poll_interval,
+        ),
+    };
     let limits = Limits {
         connect_timeout_ms: ms(a.connect_timeout),
         tcp_idle_timeout_ms: ms(a.tcp_idle_timeout),
@@ -110,7 +134,7 @@ fn run(a: RunArgs) -> Result<(), String> {
         ..Limits::default()
     };
     let opts = daemon::Options {
-        source: source::Source::file(graph),
+        source,
         worker_dir,
         policy,
         limits,
