@@ -23,6 +23,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 const BACKLOG: i32 = 1024;
 
@@ -146,6 +147,29 @@ fn bind_unix(path: &Path) -> Result<OwnedFd, String> {
     Ok(fd)
 }
 
+/// Wait until `fd` is readable, at most `within`. A signal (SIGCHLD of a
+/// worker exiting meanwhile) interrupts poll(2); that is not a failure.
+fn wait_readable(fd: std::os::fd::BorrowedFd<'_>, within: Duration) -> Result<(), String> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let until = Instant::now() + within;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        let mut pfd = [PollFd::new(fd, PollFlags::POLLIN)];
+        match poll(&mut pfd, PollTimeout::from(ms)) {
+            Ok(0) => {
+                return Err(format!(
+                    "namespace helper did not answer in {} s",
+                    within.as_secs()
+                ))
+            }
+            Ok(_) => return Ok(()),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(format!("poll on namespace helper: {e}")),
+        }
+    }
+}
+
 /// Run `f` in a forked child that has joined namespace `ns` of `pid`; the
 /// child sends back the fd `f` made (or its error text).
 fn in_namespace(
@@ -177,29 +201,14 @@ fn in_namespace(
         ForkResult::Parent { child } => {
             drop(theirs);
             drop(ns_file);
-            let got = {
-                let mut pfd = [nix::poll::PollFd::new(
-                    ours.as_fd(),
-                    nix::poll::PollFlags::POLLIN,
-                )];
-                nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(5000u16))
-                    .map_err(|e| format!("poll: {e}"))
-                    .and_then(|n| {
-                        if n == 0 {
-                            Err("namespace helper did not answer in 5 s".into())
-                        } else {
-                            Ok(())
-                        }
-                    })
-                    .and_then(|_| {
-                        proto::ctl::recv_raw(ours.as_fd())
-                            .map_err(|e| format!("namespace helper: {e}"))
-                    })
-            };
+            let got = wait_readable(ours.as_fd(), Duration::from_secs(5)).and_then(|_| {
+                proto::ctl::recv_raw(ours.as_fd()).map_err(|e| format!("namespace helper: {e}"))
+            });
             if got.is_err() {
                 let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
             }
-            let _ = waitpid(child, None);
+            // Reaped here, not by the daemon's SIGCHLD handling.
+            while waitpid(child, None) == Err(Errno::EINTR) {}
             let (body, mut fds) = got?;
             if body != b"ok" {
                 return Err(String::from_utf8_lossy(&body).into_owned());
