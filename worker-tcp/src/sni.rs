@@ -161,7 +161,7 @@ mod tests {
         assert_eq!(parse(&h), Sni::NotTls);
         let mut h = client_hello("a");
         let n = h.len();
-        h[n - 4] = 0xff; // name length beyond the record
+        h[n - 3] = 0xff; // name length (high byte) beyond the record
         assert_eq!(parse(&h), Sni::NotTls);
     }
 }
