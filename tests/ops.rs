@@ -2,6 +2,7 @@
 //! `pv-xconnect status`, capabilities and no_new_privs of every worker
 //! kind, fd hygiene under connections of mixed fate, syslog lines.
 
+use pvx_tests::lab::Lab;
 use pvx_tests::*;
 use serde_json::Value;
 use std::io::{Read, Write};
@@ -587,4 +588,161 @@ fn syslog_lines_carry_facility_ident_and_pid() {
     assert!(l.starts_with(&format!("<28>pv-xconnect[{sup_pid}]: warn: endpoint 127.0.0.1:{port} (host): worker pid {w} killed by SIGKILL")), "{l}");
     let _ = Command::new("kill").arg(sup_pid.to_string()).status();
     let _ = child.wait();
+}
+
+// ------------------------------------------------------------ scripts
+
+fn ip_names(args: &[&str], field: usize) -> Vec<String> {
+    let out = Command::new("ip").args(args).output().expect("ip");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(field))
+        .map(|n| {
+            n.trim_end_matches(':')
+                .split('@')
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect()
+}
+
+/// (pid, start time) recorded by lab.sh up.
+fn lab_pids(made: &str) -> Vec<(u32, String)> {
+    made.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next()? == "pid").then_some(())?;
+            Some((w.next()?.parse().ok()?, w.next()?.to_string()))
+        })
+        .collect()
+}
+
+fn starttime(pid: u32) -> Option<String> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s[s.rfind(')')? + 2..].split(' ').nth(19).map(String::from)
+}
+
+/// Pids of every process whose process group is `pgid`.
+fn group_members(pgid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let rest = &s[s.rfind(')')? + 2..];
+                    rest.split(' ').nth(2)?.parse::<u32>().ok()
+                })
+                == Some(pgid)
+        })
+        .collect()
+}
+
+#[test]
+fn lab_up_down_leaves_no_namespace_link_or_process_behind() {
+    if !require_root("lab_up_down_leaves_no_namespace_link_or_process_behind") {
+        return;
+    }
+    let mut lab = Lab::up();
+    let name = lab.name.clone();
+    let ours = |v: Vec<String>| -> Vec<String> {
+        v.into_iter()
+            .filter(|n| n.starts_with(&format!("{name}-")))
+            .collect()
+    };
+    let mut netns = ours(ip_names(&["netns", "list"], 0));
+    netns.sort();
+    assert_eq!(netns, vec![format!("{name}-c"), format!("{name}-pa")]);
+    assert_eq!(
+        ours(ip_names(&["-o", "link"], 1)),
+        vec![format!("{name}-pa-h")]
+    );
+    let pids = lab_pids(&lab.made);
+    assert_eq!(pids.len(), 4, "{}", lab.made);
+    for (p, st) in &pids {
+        assert_eq!(starttime(*p).as_ref(), Some(st), "lab process {p} runs");
+    }
+    // The pieces work: provider A over its veth, provider B only through
+    // /proc/<pid>/root, the consumer in namespaces of its own.
+    let a: SocketAddr = format!("{}:7000", lab.get("PROVIDER_A_IP"))
+        .parse()
+        .unwrap();
+    assert_eq!(roundtrip(a, b"over the veth").unwrap(), b"over the veth");
+    let sock = lab.get("PROVIDER_B_SOCKET").to_string();
+    let b = lab.get("PROVIDER_B_PID").to_string();
+    assert!(std::path::Path::new(&format!("/proc/{b}/root{sock}")).exists());
+    assert!(!std::path::Path::new(&sock).exists());
+    let c = lab.get("CONSUMER_PID").to_string();
+    let ns = |p: &str, k: &str| std::fs::read_link(format!("/proc/{p}/ns/{k}")).unwrap();
+    let me = std::process::id().to_string();
+    assert_ne!(ns(&c, "net"), ns(&me, "net"));
+    assert_ne!(ns(&c, "mnt"), ns(&me, "mnt"));
+    // The graph it wrote is valid: every link planned, none refused.
+    let out = Command::new(bin_dir().join("pv-xconnect"))
+        .arg("check")
+        .arg(lab.state.join("graph.json"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("4 endpoint(s), 0 link(s) refused"), "{text}");
+
+    let out = lab.down();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(ours(ip_names(&["netns", "list"], 0)).is_empty());
+    assert!(ours(ip_names(&["-o", "link"], 1)).is_empty());
+    for (p, st) in &pids {
+        assert_ne!(
+            starttime(*p).as_ref(),
+            Some(st),
+            "lab process {p} still runs"
+        );
+        assert!(group_members(*p).is_empty(), "group {p} has members left");
+    }
+    assert!(!lab.state.exists(), "state dir removed");
+    // A second down finds nothing to do.
+    assert!(lab.run("lab.sh", &["down"]).status.success());
+}
+
+#[test]
+fn kill_workers_script_passes_with_a_small_n() {
+    if !require_root("kill_workers_script_passes_with_a_small_n") {
+        return;
+    }
+    let mut lab = Lab::up();
+    let none = TempDir::new("kwsock");
+    let out = Command::new(pvx_tests::lab::script("kill-workers.sh"))
+        .arg("4")
+        .env("PVX_LAB_NAME", &lab.name)
+        .env("PVX_LAB_STATE", &lab.state)
+        .env("PVX_BIN_DIR", bin_dir())
+        // Nobody answers here: the script starts its own supervisor.
+        .env("PVX_STATUS_SOCKET", none.path().join("status.sock"))
+        .env("PVX_KILL_INTERVAL", "0.2")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}");
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("kills: 4"), "{text}");
+    assert!(text.contains(" 0 refused, 0 lost)"), "{text}");
+    assert!(
+        text.contains("kill -> new worker accepting: median"),
+        "{text}"
+    );
+    assert!(text.contains("restarts in status: 4"), "{text}");
+    assert!(text.contains("PASS"), "{text}");
+    assert!(lab.down().status.success());
 }

@@ -12,6 +12,7 @@ use std::sync::Once;
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod lab;
 pub mod ns;
 pub use ns::{MountNsProc, Netns};
 
