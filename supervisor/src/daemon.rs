@@ -130,6 +130,7 @@ impl Daemon {
 
     pub fn run(mut self) -> Result<(), String> {
         self.reload();
+        proto::mem::trim_code();
         let mut events = Events::with_capacity(64);
         loop {
             let now = Instant::now();
