@@ -18,7 +18,9 @@
 # Environment: PVX_STATUS_SOCKET, PVX_LAB_NAME / PVX_LAB_STATE (as lab.sh),
 #   PVX_BIN_DIR (default target/release, else target/debug),
 #   PVX_KILL_INTERVAL (seconds between kills, default 0.3),
-#   PVX_KILL_CLIENTS (client threads per endpoint, default 2).
+#   PVX_KILL_CLIENTS (client threads per endpoint, default 2),
+#   PVX_KILL_SUPERVISOR_FLAGS (flags for a supervisor started here,
+#   default --reset-window 0s: every kill is a first crash).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -59,10 +61,15 @@ else
 		lab_ours=1
 	fi
 	SOCK=$work/status.sock
+	# Each kill counts as a first crash (--reset-window 0s), so the latency
+	# is one recovery: --retry-delay (20 ms) + exec + init. With the default
+	# policy, repeated kills of one endpoint back off towards 30 s, which
+	# is right for a crash loop on a device but is not what this measures.
+	# shellcheck disable=SC2086 # word splitting of the flags is wanted
 	"$BIN/pv-xconnect" run --graph "$STATE/graph.json" --status-socket "$SOCK" \
-		--log-target stderr 2>"$work/pv-xconnect.log" &
+		--log-target stderr ${PVX_KILL_SUPERVISOR_FLAGS---reset-window 0s} 2>"$work/pv-xconnect.log" &
 	sup=$!
-	echo "kill-workers: started pv-xconnect pid $sup on $STATE/graph.json (log: $work/pv-xconnect.log)"
+	echo "kill-workers: started pv-xconnect pid $sup on $STATE/graph.json ${PVX_KILL_SUPERVISOR_FLAGS---reset-window 0s} (log: $work/pv-xconnect.log)"
 	for _ in $(seq 100); do
 		"$BIN/pv-xconnect" status --json --status-socket "$SOCK" >/dev/null 2>&1 && break
 		kill -0 "$sup" 2>/dev/null || { cat "$work/pv-xconnect.log" >&2; exit 1; }

@@ -104,7 +104,9 @@ fn status_and_metrics_follow_traffic_and_a_restart() {
     assert_eq!(metric(&m, "pvx_refused_links"), Some(1));
     assert!(m.contains("# TYPE pvx_connections_total counter"), "{m}");
 
-    // A real restart: the counters survive it, the restart is counted.
+    // A real restart: the counters survive it, the restart is counted,
+    // and the supervisor holds no fd of the dead worker afterwards.
+    let sup_fds = fds(sup.pid()).len();
     kill9(first);
     let e = wait_worker(&sup, &address, "restarted worker", |w| {
         w["restarts"] == 1 && w["pid"].as_u64().is_some_and(|p| p != first as u64)
@@ -122,6 +124,9 @@ fn status_and_metrics_follow_traffic_and_a_restart() {
     }
     wait_worker(&sup, &address, "stats across the restart", |w| {
         w["total"] == 15 && w["bytes_out"] == 10_500
+    });
+    wait_for(Duration::from_secs(10), "supervisor fds back", || {
+        (fds(sup.pid()).len() == sup_fds).then_some(())
     });
     let (_, m) = sup.http_status("/metrics");
     assert_eq!(
@@ -401,6 +406,15 @@ fn tcp_worker_fds_return_to_baseline_after_500_mixed_connections() {
         base.iter().any(|(_, t)| t.contains("eventpoll")),
         "{base:?}"
     );
+    // Nothing either process holds may leak into something it execs.
+    for pid in [w, sup.pid()] {
+        for (fd, what) in fds(pid).into_iter().filter(|(fd, _)| *fd > 2) {
+            assert!(
+                is_cloexec(pid, fd),
+                "pid {pid} fd {fd} ({what}) is not close-on-exec"
+            );
+        }
+    }
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let echo = {

@@ -266,8 +266,12 @@ def main():
     load.start()
     time.sleep(0.5)
     latencies, problems = [], []
+    order = []
     for n in range(a.kills):
-        t = random.choice(targets)
+        # Random, but spread evenly: every endpoint once per round.
+        if not order:
+            order = random.sample(targets, len(targets))
+        t = order.pop()
         w = worker_of(http_unix(a.status_socket, "/status"), t.key())
         old = w and w.get("pid")
         if not old or not is_our_worker(old, sup_pid):

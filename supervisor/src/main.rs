@@ -115,6 +115,7 @@ fn run(a: RunArgs) -> Result<(), String> {
     // Before anything else is opened or started: what we drop now, no
     // worker can inherit later.
     let kept = privileges::drop_unneeded()?;
+    privileges::seal_inherited_fds()?;
     let worker_dir = match a.worker_dir {
         Some(d) => d,
         None => std::env::current_exe()

@@ -75,3 +75,26 @@ pub fn drop_unneeded() -> Result<String, String> {
         names.join(",")
     })
 }
+
+/// Mark every fd above stdio that we inherited close-on-exec. Whatever the
+/// parent (an init, a shell) leaked to us then never reaches a worker, not
+/// even for the moment between exec and the worker's own
+/// `close_stray_fds`. They are not closed: the parent may have meant
+/// something by them, and the supervisor's own fds are already
+/// close-on-exec.
+pub fn seal_inherited_fds() -> Result<(), String> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map_err(|e| format!("reading /proc/self/fd: {e}"))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // EBADF: the read_dir fd itself, closed by now.
+        if let Ok(flags) = fcntl(fd, FcntlArg::F_GETFD) {
+            let flags = FdFlag::from_bits_truncate(flags) | FdFlag::FD_CLOEXEC;
+            let _ = fcntl(fd, FcntlArg::F_SETFD(flags));
+        }
+    }
+    Ok(())
+}

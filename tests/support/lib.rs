@@ -328,6 +328,18 @@ pub fn fds(pid: u32) -> Vec<(i32, String)> {
     out
 }
 
+/// Whether fd `fd` of PID is close-on-exec (O_CLOEXEC in its fdinfo flags).
+pub fn is_cloexec(pid: u32, fd: i32) -> bool {
+    const O_CLOEXEC: u32 = 0o2000000;
+    std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
+        .ok()
+        .and_then(|s| {
+            let v = s.lines().find_map(|l| l.strip_prefix("flags:"))?;
+            u32::from_str_radix(v.trim(), 8).ok()
+        })
+        .is_some_and(|f| f & O_CLOEXEC != 0)
+}
+
 /// Live (not zombie) children of `ppid`, with their argv.
 pub fn children(ppid: u32) -> Vec<(u32, String)> {
     let mut out = Vec::new();
