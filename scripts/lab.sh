@@ -21,6 +21,7 @@
 # `up` records every namespace, link, process and directory it makes in
 # STATE/made as soon as it exists; `down` removes exactly those, newest
 # first (a process only if its start time still matches), and nothing else.
+# (/run/pvx-lab.lock, shared by all labs to pick distinct addresses, stays.)
 set -euo pipefail
 
 NAME=${PVX_LAB_NAME:-pvxlab}
@@ -86,7 +87,7 @@ on_up_exit() {
 
 up() {
 	[[ $(id -u) == 0 ]] || die "needs root (namespaces, veth)"
-	for t in ip unshare setsid socat python3 curl; do
+	for t in ip unshare setsid flock socat python3 curl; do
 		command -v $t >/dev/null || die "needs $t (scripts/setup.sh installs it)"
 	done
 	[[ ! -e $STATE ]] || die "lab '$NAME' is already up (state in $STATE); run: scripts/lab.sh down"
@@ -97,6 +98,10 @@ up() {
 	trap on_up_exit EXIT
 
 	local k pa_host pa_ip cdir pbdir cpid pbpid hport
+	# Two labs coming up at once (parallel tests) must not pick the same
+	# /30: choose and assign it under a lock.
+	exec 9>"/run/pvx-lab.lock"
+	flock 9
 	k=$(free_net)
 	pa_host=169.254.213.$((4 * k + 1))
 	pa_ip=169.254.213.$((4 * k + 2))
@@ -123,6 +128,8 @@ up() {
 	ip link set "$NAME-pa-n" netns "$NAME-pa"
 	ip addr add "$pa_host/30" dev "$NAME-pa-h"
 	ip link set "$NAME-pa-h" up
+	flock -u 9
+	exec 9>&-
 	ip -n "$NAME-pa" link set lo up
 	ip -n "$NAME-pa" addr add "$pa_ip/30" dev "$NAME-pa-n"
 	ip -n "$NAME-pa" link set "$NAME-pa-n" up
