@@ -62,11 +62,16 @@ pub fn start(kind: &str) -> Result<Started, String> {
         &config.log_target,
         Level::parse(&config.log_level).unwrap_or(Level::Info),
     );
+    // Every line this worker writes names its endpoint.
+    log::set_context(Some(format!("endpoint {}", config.endpoint.key)));
     let ctl = WorkerCtl::new(ctl);
 
     let setup = (|| -> Result<(), String> {
         raise_nofile();
-        close_stray_fds(&[ctl.fd.as_raw_fd(), listener.as_raw_fd()])?;
+        // The syslog socket was opened above, on purpose: keep it too.
+        let mut keep = vec![ctl.fd.as_raw_fd(), listener.as_raw_fd()];
+        keep.extend(log::raw_fd());
+        close_stray_fds(&keep)?;
         drop_privileges(&kept_caps(&config))
     })();
     ctl.ack(seq, setup.as_ref().err().cloned());
