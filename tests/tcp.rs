@@ -366,3 +366,173 @@ fn proxy_protocol_v1_header_reaches_backend() {
     );
     assert_eq!(String::from_utf8_lossy(&got), want);
 }
+
+/// A minimal TLS ClientHello naming `name` (enough for sni routing).
+fn client_hello(name: &str) -> Vec<u8> {
+    let mut sni = vec![0u8];
+    sni.extend((name.len() as u16).to_be_bytes());
+    sni.extend(name.as_bytes());
+    let mut ext = (sni.len() as u16).to_be_bytes().to_vec();
+    ext.extend(sni);
+    let mut exts = vec![0, 0];
+    exts.extend((ext.len() as u16).to_be_bytes());
+    exts.extend(ext);
+    let mut body = vec![3, 3];
+    body.extend([0u8; 32]);
+    body.extend([0, 0, 2, 0x13, 0x01, 1, 0]);
+    body.extend((exts.len() as u16).to_be_bytes());
+    body.extend(exts);
+    let mut hs = vec![1, 0];
+    hs.extend((body.len() as u16).to_be_bytes());
+    hs.extend(body);
+    let mut rec = vec![0x16, 3, 1];
+    rec.extend((hs.len() as u16).to_be_bytes());
+    rec.extend(hs);
+    rec
+}
+
+/// A backend that answers every connection with its own name, after
+/// reading the first bytes (the ClientHello must reach it intact).
+fn named_backend(name: &'static str, hello_len: usize) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let mut b = vec![0u8; hello_len];
+            if c.read_exact(&mut b).is_ok() && b[0] == 0x16 {
+                let _ = c.write_all(name.as_bytes());
+            }
+        }
+    });
+    a
+}
+
+#[test]
+fn sni_routes_tls_connections_on_a_shared_port() {
+    let hello_a = client_hello("a.example");
+    let hello_b = client_hello("x.wild.example");
+    let a = named_backend("backend-a", hello_a.len());
+    let b = named_backend("backend-b", hello_b.len());
+    let port = free_port();
+    let g = format!(
+        r#"[{{"type":"tcp","name":"a","consumer":"EXTERNAL","target":"127.0.0.1:{port}","socket":"{a}","sni":"a.example"}},
+            {{"type":"tcp","name":"b","consumer":"EXTERNAL","target":"127.0.0.1:{port}","socket":"{b}","sni":"*.wild.example"}}]"#
+    );
+    let sup = Supervisor::start(&g, &[]);
+    sup.worker_pid("pvx-worker-tcp");
+    for (hello, want) in [(&hello_a, "backend-a"), (&hello_b, "backend-b")] {
+        let mut s = TcpStream::connect(listen_addr(port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        // Split the hello: routing must wait for the whole record.
+        s.write_all(&hello[..7]).unwrap();
+        thread::sleep(Duration::from_millis(20));
+        s.write_all(&hello[7..]).unwrap();
+        let mut got = String::new();
+        let _ = s.read_to_string(&mut got);
+        assert_eq!(got, want);
+    }
+    // No route for the name, or not TLS at all: closed without a backend.
+    for bytes in [
+        client_hello("other.example"),
+        b"GET / HTTP/1.0\r\n\r\n".to_vec(),
+    ] {
+        let mut s = TcpStream::connect(listen_addr(port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(&bytes).unwrap();
+        let mut got = Vec::new();
+        let r = s.read_to_end(&mut got);
+        assert!(
+            r.is_err() || got.is_empty(),
+            "unrouted connection got {got:?}"
+        );
+    }
+}
+
+#[test]
+fn out_of_fds_pauses_accepting_and_recovers() {
+    let backend = echo_server();
+    let port = free_port();
+    let sup = Supervisor::start(&tcp_graph("emfile", port, &backend.to_string()), &[]);
+    let w = sup.worker_pid("pvx-worker-tcp");
+    let fds = std::fs::read_dir(format!("/proc/{w}/fd")).unwrap().count();
+    // Room for a handful of connections only (each holds client, backend
+    // and two pipe fds while relaying).
+    let limit = fds + 8;
+    let st = std::process::Command::new("prlimit")
+        .arg(format!("--pid={w}"))
+        .arg(format!("--nofile={limit}:{limit}"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let held: Vec<TcpStream> = (0..12)
+        .map(|_| {
+            let mut s = TcpStream::connect(listen_addr(port)).unwrap();
+            s.write_all(b"x").unwrap();
+            s
+        })
+        .collect();
+    sup.wait_log("pausing accepts", 1);
+    drop(held);
+    // Once fds are free again the worker accepts by itself.
+    let got = wait_for(Duration::from_secs(10), "accepting again", || {
+        roundtrip(listen_addr(port), b"back")
+            .ok()
+            .filter(|g| g == b"back")
+    });
+    assert_eq!(got, b"back");
+    assert_eq!(
+        sup.worker_pid("pvx-worker-tcp"),
+        w,
+        "the worker recovered without a restart"
+    );
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn slow_reader_keeps_worker_memory_flat() {
+    // A backend that pushes 64 MiB as fast as it can.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            thread::spawn(move || {
+                let chunk = vec![7u8; 1 << 20];
+                for _ in 0..64 {
+                    if c.write_all(&chunk).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let port = free_port();
+    let sup = Supervisor::start(&tcp_graph("slow", port, &backend.to_string()), &[]);
+    let w = sup.worker_pid("pvx-worker-tcp");
+    let before = rss_kib(w);
+    let mut s = TcpStream::connect(listen_addr(port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 4096];
+    let mut total = 0usize;
+    // Read a trickle; the rest must wait in bounded buffers, not in the worker.
+    for _ in 0..50 {
+        total += s.read(&mut buf).unwrap();
+        thread::sleep(Duration::from_millis(10));
+    }
+    let during = rss_kib(w);
+    assert!(total > 0);
+    assert!(
+        during <= before + 512,
+        "worker RSS grew from {before} KiB to {during} KiB behind a slow reader"
+    );
+    // Then everything still arrives.
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    assert_eq!(total + rest.len(), 64 << 20);
+}

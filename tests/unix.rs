@@ -179,7 +179,7 @@ fn fds_pass_both_ways_and_none_stays_in_the_worker() {
         let contents: Vec<Vec<u8>> = fds.into_iter().map(read_all_from_start).collect();
         let mut rest = Vec::new();
         (&c).read_to_end(&mut rest).unwrap();
-        (&c).shutdown(Shutdown::Write).unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
         contents
     });
 

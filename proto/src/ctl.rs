@@ -226,8 +226,10 @@ pub fn recv<M: Message>(sock: BorrowedFd<'_>) -> Result<(M, Vec<OwnedFd>), CtlEr
 
 /// Receive one datagram and its fds without interpreting it.
 pub fn recv_raw(sock: BorrowedFd<'_>) -> Result<(Vec<u8>, Vec<OwnedFd>), CtlError> {
-    // One byte more than the cap, so an oversized datagram shows as truncated.
-    let mut buf = vec![0u8; MAX_MSG + 1];
+    // One byte more than the cap, so an oversized datagram shows as
+    // truncated. On the stack: a 64 KiB heap block per message would stay
+    // in the allocator's free lists of a process that is otherwise tiny.
+    let mut buf = [0u8; MAX_MSG + 1];
     let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
     let (n, flags, fds) = {
         let mut iov = [IoSliceMut::new(&mut buf)];
@@ -265,13 +267,24 @@ pub fn recv_raw(sock: BorrowedFd<'_>) -> Result<(Vec<u8>, Vec<OwnedFd>), CtlErro
         });
     }
     if n == 0 && fds.is_empty() {
-        return Err(CtlError::Eof);
+        // recvmsg returns 0 both for an empty datagram and for EOF; only a
+        // hang-up means the peer is gone.
+        let mut pfd = [nix::poll::PollFd::new(sock, nix::poll::PollFlags::POLLIN)];
+        let hup = nix::poll::poll(&mut pfd, nix::poll::PollTimeout::ZERO).is_ok_and(|_| {
+            pfd[0]
+                .revents()
+                .is_some_and(|r| r.contains(nix::poll::PollFlags::POLLHUP))
+        });
+        return Err(if hup {
+            CtlError::Eof
+        } else {
+            CtlError::Bad("empty control message".into())
+        });
     }
     if fds.len() > MAX_FDS {
         return Err(CtlError::TooManyFds);
     }
-    buf.truncate(n);
-    Ok((buf, fds))
+    Ok((buf[..n].to_vec(), fds))
 }
 
 /// A close-on-exec SEQPACKET pair: (supervisor end, worker end).

@@ -14,6 +14,7 @@ pub mod backend;
 pub mod ctl;
 pub mod graph;
 pub mod log;
+pub mod mem;
 pub mod plan;
 pub mod relay;
 pub mod slab;

@@ -67,14 +67,19 @@ pub fn start(kind: &str) -> Result<Started, String> {
         &config.log_target,
         Level::parse(&config.log_level).unwrap_or(Level::Info),
     );
+    // Every line this worker writes names its endpoint.
+    log::set_context(Some(format!("endpoint {}", config.endpoint.key)));
     let ctl = WorkerCtl::new(ctl);
 
     let setup = (|| -> Result<(), String> {
         raise_nofile();
+        // The syslog socket was opened above, on purpose: keep it too; and
+        // the provider roots that came with init.
         let mut keep = vec![ctl.fd.as_raw_fd(), listener.as_raw_fd()];
+        keep.extend(log::raw_fd());
         keep.extend(crate::backend::root_fds());
         close_stray_fds(&keep)?;
-        drop_privileges(needs_dac_override(&config))
+        drop_privileges(&kept_caps(&config))
     })();
     ctl.ack(seq, setup.as_ref().err().cloned());
     setup?;
@@ -112,27 +117,34 @@ pub fn close_stray_fds(keep: &[RawFd]) -> Result<(), String> {
     Ok(())
 }
 
-/// A worker needs CAP_DAC_OVERRIDE only to connect to a provider's unix
-/// socket that root does not own (under `/proc/<pid>/root`).
-fn needs_dac_override(c: &WorkerConfig) -> bool {
-    c.endpoint
+/// Capabilities a worker keeps. Only a worker that may reach a unix
+/// backend keeps one: CAP_DAC_OVERRIDE, because the provider's socket may
+/// belong to another user. A unix worker keeps it whatever its backend
+/// now, since an Update may move its provider to a unix socket. Reaching
+/// into a provider container needs no CAP_SYS_PTRACE: the supervisor
+/// passes the provider's root as an fd (see `backend`, "Provider roots").
+/// A worker with tcp backends keeps nothing.
+pub fn kept_caps(c: &WorkerConfig) -> caps::CapsHashSet {
+    use caps::Capability;
+    let mut keep = caps::CapsHashSet::new();
+    let unix_backend = c
+        .endpoint
         .routes
         .iter()
-        .any(|r| matches!(r.backend, Backend::Unix(_)))
+        .any(|r| matches!(r.backend, Backend::Unix(_)));
+    if unix_backend || c.kind() == crate::plan::Kind::Unix {
+        keep.insert(Capability::CAP_DAC_OVERRIDE);
+    }
+    keep
 }
 
-/// Drop every capability except, where needed, CAP_DAC_OVERRIDE; empty the
-/// bounding and ambient sets; set no_new_privs.
-pub fn drop_privileges(keep_dac_override: bool) -> Result<(), String> {
-    use caps::{CapSet, Capability};
-    let keep: caps::CapsHashSet = if keep_dac_override {
-        [Capability::CAP_DAC_OVERRIDE].into_iter().collect()
-    } else {
-        Default::default()
-    };
+/// Drop every capability except `keep`; empty the bounding (but for
+/// `keep`), inheritable and ambient sets; set no_new_privs.
+pub fn drop_privileges(keep: &caps::CapsHashSet) -> Result<(), String> {
+    use caps::CapSet;
     // The bounding set can only shrink while CAP_SETPCAP is effective, so
     // it goes first. Not being allowed to (already unprivileged) is fine.
-    if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false) {
+    if caps::has_cap(None, CapSet::Effective, caps::Capability::CAP_SETPCAP).unwrap_or(false) {
         for c in caps::all() {
             if !keep.contains(&c) {
                 let _ = caps::drop(None, CapSet::Bounding, c);
@@ -142,7 +154,7 @@ pub fn drop_privileges(keep_dac_override: bool) -> Result<(), String> {
     let _ = caps::clear(None, CapSet::Ambient);
     let _ = caps::clear(None, CapSet::Inheritable);
     let perm = caps::read(None, CapSet::Permitted).map_err(|e| format!("capget: {e}"))?;
-    let kept: caps::CapsHashSet = perm.intersection(&keep).copied().collect();
+    let kept: caps::CapsHashSet = perm.intersection(keep).copied().collect();
     caps::set(None, CapSet::Effective, &kept).map_err(|e| format!("capset(effective): {e}"))?;
     caps::set(None, CapSet::Permitted, &kept).map_err(|e| format!("capset(permitted): {e}"))?;
     nix::sys::prctl::set_no_new_privs().map_err(|e| format!("prctl(PR_SET_NO_NEW_PRIVS): {e}"))?;

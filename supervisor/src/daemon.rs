@@ -5,7 +5,8 @@
 
 use crate::endpoint::{describe_exit, same_config, Pending, Running, State, WorkerProc};
 use crate::policy::{jitter, RestartPolicy};
-use crate::{listener, source, spawn};
+use crate::status_server::{self, StatusServer};
+use crate::{listener, source, spawn, status};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::{kill, Signal};
@@ -37,6 +38,8 @@ pub struct Options {
     pub drain: Duration,
     pub log_target: String,
     pub log_level: String,
+    /// Where to serve `GET /status` and `/metrics`; None: nowhere.
+    pub status_socket: Option<PathBuf>,
 }
 
 struct Flags {
@@ -63,6 +66,9 @@ pub struct Daemon {
     next_token: usize,
     seq: u64,
     shutdown_at: Option<Instant>,
+    // ops: status socket (status_server.rs), served from this loop.
+    status: Option<StatusServer>,
+    started: Instant,
 }
 
 impl Daemon {
@@ -96,7 +102,17 @@ impl Daemon {
         poll.registry()
             .register(&mut sig_rx, SIGNALS, Interest::READABLE)
             .map_err(|e| format!("epoll_ctl: {e}"))?;
+        // A status socket that cannot be made is reported, not fatal: the
+        // device's links matter more than their observability.
+        let status = opts.status_socket.as_deref().and_then(|p| {
+            StatusServer::bind(p, poll.registry())
+                .inspect(|_| proto::info!("status socket {}", p.display()))
+                .map_err(|e| proto::error!("{e}; running without a status socket"))
+                .ok()
+        });
         Ok(Daemon {
+            status,
+            started: Instant::now(),
             poll,
             opts,
             endpoints: BTreeMap::new(),
@@ -115,6 +131,7 @@ impl Daemon {
     pub fn run(mut self) -> Result<(), String> {
         proto::info!("graph source: {}", self.opts.source.describe());
         self.reload(true);
+        proto::mem::trim_code();
         let mut events = Events::with_capacity(64);
         loop {
             let now = Instant::now();
@@ -135,8 +152,12 @@ impl Daemon {
                         let mut buf = [0u8; 64];
                         while matches!((&self.sig_rx).read(&mut buf), Ok(n) if n > 0) {}
                     }
+                    t if status_server::owns(t) => self.on_status(t),
                     Token(t) => self.on_worker_ctl(t),
                 }
+            }
+            if let Some(s) = self.status.as_mut() {
+                s.sweep(Instant::now());
             }
             if self.flags.chld.swap(false, Ordering::SeqCst) {
                 self.reap();
@@ -160,6 +181,24 @@ impl Daemon {
                 return Ok(());
             }
         }
+    }
+
+    /// ops hook: a status socket event; the snapshot is built only when a
+    /// complete request asks for it, from what the loop already knows.
+    fn on_status(&mut self, t: Token) {
+        let Some(srv) = self.status.as_mut() else {
+            return;
+        };
+        let (started, endpoints, draining, refused) =
+            (self.started, &self.endpoints, &self.draining, &self.refused);
+        srv.on_event(self.poll.registry(), t, || {
+            status::Snapshot::build(
+                started,
+                endpoints,
+                draining.iter().map(|d| (&d.key, d.worker.pid)),
+                refused,
+            )
+        });
     }
 
     /// Read the graph and apply it; a source that cannot be read changes
@@ -374,18 +413,24 @@ impl Daemon {
                 proto::error!("endpoint {key}: {e}");
                 r.last_exit = Some(e);
                 let st = r.on_exit(&self.opts.policy, now, jitter());
-                self.schedule(key, st);
+                self.schedule(key, st, None);
             }
         }
     }
 
-    fn schedule(&mut self, key: &EndpointKey, st: State) {
+    /// `dead`: the worker that exited (None: none could be started).
+    fn schedule(&mut self, key: &EndpointKey, st: State, dead: Option<Pid>) {
         let Some(r) = self.endpoints.get(key) else {
             return;
         };
         match st {
             State::Backoff { until, delay } => {
-                proto::info!("endpoint {key}: restart #{} in {} ms", r.failures, delay.as_millis());
+                let of = dead.map_or("(worker did not start)".into(), |p| format!("of worker pid {p}"));
+                proto::info!(
+                    "endpoint {key}: restart #{} {of} in {} ms",
+                    r.failures,
+                    delay.as_millis()
+                );
                 self.timers.add(until, r.id);
             }
             State::Failed => proto::error!(
@@ -529,7 +574,7 @@ impl Daemon {
             r.last_exit = Some(how);
             r.restarts += 1;
             let st = r.on_exit(&self.opts.policy, Instant::now(), jitter());
-            self.schedule(&key, st);
+            self.schedule(&key, st, Some(pid));
         }
     }
 

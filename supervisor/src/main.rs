@@ -5,10 +5,15 @@
 mod daemon;
 mod endpoint;
 mod listener;
+mod metrics;
 mod policy;
+mod privileges;
 mod roots;
 mod source;
 mod spawn;
+mod status;
+mod status_cli;
+mod status_server;
 
 use clap::{Args, Parser, Subcommand};
 use policy::{parse_duration, RestartPolicy};
@@ -33,9 +38,18 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the supervisor (the default).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Validate a graph file and print the endpoint plan; exit 1 if any link is refused.
     Check { file: PathBuf },
+    /// Show the running supervisor's endpoints, workers and refused links.
+    Status {
+        /// Print the raw JSON of `GET /status`.
+        #[arg(long)]
+        json: bool,
+        /// The supervisor's status socket.
+        #[arg(long, value_name = "PATH", default_value = status_server::DEFAULT_PATH)]
+        status_socket: PathBuf,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -53,6 +67,9 @@ struct RunArgs {
     /// Where the pvx-worker-* binaries are (default: next to pv-xconnect).
     #[arg(long, value_name = "DIR")]
     worker_dir: Option<PathBuf>,
+    /// Serve `GET /status` and `GET /metrics` (HTTP/1.1) on this unix socket (mode 0600).
+    #[arg(long, value_name = "PATH", default_value = status_server::DEFAULT_PATH)]
+    status_socket: PathBuf,
     /// auto (syslog when /dev/log exists), syslog or stderr.
     #[arg(long, default_value = "auto", value_parser = ["auto", "syslog", "stderr"])]
     log_target: String,
@@ -113,6 +130,10 @@ fn run(a: RunArgs) -> Result<(), String> {
         max_retries: a.max_retries,
     };
     policy.validate()?;
+    // Before anything else is opened or started: what we drop now, no
+    // worker can inherit later.
+    let kept = privileges::drop_unneeded()?;
+    privileges::seal_inherited_fds()?;
     let worker_dir = match a.worker_dir {
         Some(d) => d,
         None => std::env::current_exe()
@@ -141,9 +162,10 @@ fn run(a: RunArgs) -> Result<(), String> {
         drain: a.drain_timeout,
         log_target: target.to_string(),
         log_level: a.log_level,
+        status_socket: Some(a.status_socket),
     };
     proto::info!(
-        "starting (pid {}), workers from {}",
+        "starting (pid {}), workers from {}, capabilities kept: {kept}",
         std::process::id(),
         opts.worker_dir.display()
     );
@@ -215,7 +237,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Some(Cmd::Check { file }) => return check(&file),
-        Some(Cmd::Run(a)) => run(a),
+        Some(Cmd::Status {
+            json,
+            status_socket,
+        }) => return status_cli::run(&status_socket, json),
+        Some(Cmd::Run(a)) => run(*a),
         None => run(cli.run),
     };
     match result {

@@ -98,6 +98,35 @@ impl Netns {
         c.wait_with_output().expect("wait")
     }
 
+    /// A veth pair on a free /30 of 169.254.213.0/24; returns (host ip,
+    /// namespace ip). The /30 is chosen from this process's pid and
+    /// checked against addresses already on the host, so parallel test
+    /// runs do not collide.
+    pub fn veth_auto(&mut self) -> (String, String) {
+        let used = String::from_utf8_lossy(
+            &Command::new("ip")
+                .args(["-o", "addr"])
+                .output()
+                .expect("ip addr")
+                .stdout,
+        )
+        .into_owned();
+        let start = (std::process::id() as usize * 7 + self.name.len()) % 64;
+        for i in 0..64 {
+            let k = (start + i) % 64;
+            let (h, n) = (
+                format!("169.254.213.{}", 4 * k + 1),
+                format!("169.254.213.{}", 4 * k + 2),
+            );
+            if used.contains(&format!("{h}/")) || used.contains(&format!("{n}/")) {
+                continue;
+            }
+            self.veth(&format!("{h}/30"), &format!("{n}/30"));
+            return (h, n);
+        }
+        panic!("no free /30 in 169.254.213.0/24");
+    }
+
     /// A veth pair: host side `host_addr/30`, inside `ns_addr/30`.
     pub fn veth(&mut self, host_addr: &str, ns_addr: &str) {
         let h = format!("{}h", &self.name[..self.name.len().min(13)]);

@@ -27,6 +27,7 @@ fn main() {
             std::process::exit(1);
         }
     };
+    proto::mem::trim_code();
     if let Err(e) = worker.run() {
         proto::error!("{e}");
         std::process::exit(1);

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Memory of pv-xconnect beside HAProxy, in one run, on loopback:
+#   - PSS (/proc/PID/smaps_rollup) of the supervisor plus one idle worker,
+#     against one HAProxy process with the same single tcp frontend;
+#   - the cost of each idle proxied connection (PSS growth / N);
+#   - the stripped size of the four binaries.
+#   scripts/bench-mem.sh [N_CONNECTIONS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-1000}
+scripts/setup.sh --bench
+cargo build --release -q
+ulimit -n "$(ulimit -Hn)"
+
+work=$(mktemp -d /tmp/pvx-bench-mem.XXXXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+pss() { awk '/^Pss:/ {s+=$2} END {print s}' $(for p in "$@"; do echo /proc/$p/smaps_rollup; done); }
+B=$(port); P_PVX=$(port); P_HA=$(port)
+
+# A backend that accepts and holds connections without answering.
+python3 - "$B" <<'PY' & pids+=($!)
+import socket, sys, selectors
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(4096)
+held = []
+while True:
+    c, _ = s.accept(); held.append(c)
+PY
+
+cat > "$work/graph.json" <<JSON
+[{"type":"tcp","name":"mem","consumer":"EXTERNAL","consumer_pid":0,"provider":"p","provider_pid":0,
+  "target":"127.0.0.1:$P_PVX","socket":"127.0.0.1:$B"}]
+JSON
+target/release/pv-xconnect run --graph "$work/graph.json" --log-target stderr 2>"$work/pvx.log" & sup=$!; pids+=($sup)
+cat > "$work/haproxy.cfg" <<CFG
+global
+  nbthread 1
+  maxconn 8000
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 600s
+  timeout server 600s
+frontend f
+  bind 127.0.0.1:$P_HA
+  default_backend b
+backend b
+  server s 127.0.0.1:$B
+CFG
+haproxy -f "$work/haproxy.cfg" -db >/dev/null 2>&1 & ha=$!; pids+=($ha)
+sleep 1
+worker=$(pgrep -P "$sup" -f pvx-worker-tcp)
+
+hold() { # port n -> opens n connections, holds them until stdin closes
+  python3 - "$1" "$2" >/dev/null <<'PY' &
+import socket, sys, time
+port, n = int(sys.argv[1]), int(sys.argv[2])
+conns = [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
+for c in conns: c.send(b"x")   # one byte each way of life: a real, then idle, connection
+time.sleep(3600)
+PY
+  echo $!
+}
+
+pvx_idle=$(( $(pss "$sup") + $(pss "$worker") ))
+ha_idle=$(pss "$ha")
+h1=$(hold "$P_PVX" "$N"); pids+=($h1); sleep 2
+pvx_busy=$(pss "$worker")
+h2=$(hold "$P_HA" "$N"); pids+=($h2); sleep 2
+ha_busy=$(pss "$ha")
+
+echo "idle PSS: pv-xconnect supervisor+worker $((pvx_idle)) KiB (supervisor $(pss "$sup"), worker $(pss "$worker") with $N conns)"
+echo "idle PSS: haproxy $ha_idle KiB"
+awk -v a="$pvx_idle" -v b="$ha_idle" 'BEGIN{printf "ratio pv-xconnect/haproxy idle PSS: %.2f\n", a/b}'
+awk -v w="$pvx_busy" -v i="$pvx_idle" -v s="$(pss "$sup")" -v n="$N" 'BEGIN{printf "per idle connection: pv-xconnect %.0f bytes\n", (w-(i-s))*1024/n}'
+awk -v w="$ha_busy" -v i="$ha_idle" -v n="$N" 'BEGIN{printf "per idle connection: haproxy %.0f bytes\n", (w-i)*1024/n}'
+echo "stripped binaries:"
+total=0
+for b in pv-xconnect pvx-worker-tcp pvx-worker-http pvx-worker-unix; do
+  [ -f "target/release/$b" ] || continue
+  sz=$(stat -c %s "target/release/$b"); total=$((total+sz))
+  printf '  %-16s %8d bytes\n' "$b" "$sz"
+done
+printf '  %-16s %8d bytes (%.2f MiB)\n' total "$total" "$(awk -v t=$total 'BEGIN{print t/1048576}')"

@@ -1,0 +1,139 @@
+//! The control channel under abuse: a worker started by hand, or fed
+//! garbage, short, oversized and wrong-fd-count messages, never panics and
+//! keeps serving what it was configured for.
+
+use proto::ctl::{self, Limits, ToWorker, WorkerConfig};
+use pvx_tests::*;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Start pvx-worker-tcp with fd 3 = one end of a fresh control socketpair.
+fn start_worker() -> (Child, OwnedFd) {
+    let (ours, theirs) = ctl::socketpair().unwrap();
+    let fd = theirs.as_raw_fd();
+    let mut cmd = Command::new(bin_dir().join("pvx-worker-tcp"));
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    unsafe {
+        cmd.pre_exec(move || {
+            if nix::libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    drop(theirs);
+    (child, ours)
+}
+
+fn exit_of(mut c: Child) -> (Option<i32>, String) {
+    let st = wait_for(Duration::from_secs(10), "worker exit", || {
+        c.try_wait().ok().flatten()
+    });
+    let mut err = String::new();
+    c.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    (st.code(), err)
+}
+
+#[test]
+fn worker_without_supervisor_says_so() {
+    let out = Command::new(bin_dir().join("pvx-worker-tcp"))
+        .arg("0.0.0.0:1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("workers are started by pv-xconnect"));
+}
+
+#[test]
+fn bad_first_messages_end_the_worker_cleanly() {
+    for (body, fds, says) in [
+        (
+            br#"{"msg":"drain","seq":1,"deadline_ms":1}"#.to_vec(),
+            0,
+            "first control message must be init",
+        ),
+        (b"\xffgarbage".to_vec(), 0, "malformed control message"),
+        (
+            br#"{"msg":"init","seq":1}"#.to_vec(),
+            0,
+            "malformed control message",
+        ),
+        (
+            br#"{"msg":"drain","seq":1,"deadline_ms":1}"#.to_vec(),
+            1,
+            "needs 0 fds, 1 attached",
+        ),
+    ] {
+        let (child, ctl) = start_worker();
+        let (p, _q) = nix::unistd::pipe().unwrap();
+        let attach: Vec<i32> = if fds == 1 {
+            vec![p.as_raw_fd()]
+        } else {
+            vec![]
+        };
+        ctl::send_raw(ctl.as_fd(), &body, &attach).unwrap();
+        let (code, err) = exit_of(child);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains(says), "expected '{says}' in: {err}");
+    }
+}
+
+#[test]
+fn garbage_after_init_is_ignored_and_the_worker_keeps_serving() {
+    let backend = echo_server();
+    let port = free_port();
+    let plan = proto::plan::from_graph(&graph(&[link(
+        "tcp",
+        "abuse",
+        0,
+        &format!("127.0.0.1:{port}"),
+        &backend.to_string(),
+        0,
+    )]))
+    .unwrap();
+    let config = WorkerConfig {
+        endpoint: plan.endpoints[0].clone(),
+        limits: Limits::default(),
+        log_target: "stderr".into(),
+        log_level: "debug".into(),
+    };
+    let l = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let (mut child, ctl) = start_worker();
+    ctl::send(
+        ctl.as_fd(),
+        &ToWorker::Init { seq: 1, config },
+        &[l.as_raw_fd()],
+    )
+    .unwrap();
+    let (p, _q) = nix::unistd::pipe().unwrap();
+    ctl::send_raw(ctl.as_fd(), b"", &[]).unwrap();
+    ctl::send_raw(ctl.as_fd(), b"{", &[]).unwrap();
+    ctl::send_raw(ctl.as_fd(), br#"{"msg":"nonsense"}"#, &[]).unwrap();
+    ctl::send_raw(
+        ctl.as_fd(),
+        br#"{"msg":"update","seq":2}"#,
+        &[p.as_raw_fd()],
+    )
+    .unwrap();
+    ctl::send_raw(ctl.as_fd(), &vec![b' '; ctl::MAX_MSG], &[]).unwrap();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"ping").unwrap();
+    let mut b = [0u8; 4];
+    s.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"ping");
+    assert!(child.try_wait().unwrap().is_none(), "worker must still run");
+    // Closing the control socket (the supervisor is gone) ends it.
+    drop(ctl);
+    let (code, err) = exit_of(child);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("supervisor gone"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
