@@ -295,15 +295,12 @@ impl Daemon {
 
     fn start(&mut self, ep: Endpoint) -> Result<(), String> {
         let key = ep.key.clone();
-        let netns = match key.listen {
-            Listen::Tcp(_) => listener::netns_inode(key.consumer_pid),
-            Listen::Unix(_) => None,
-        };
+        let ns_inode = listener::ns_inode(&key);
         let fd = listener::create(&key).map_err(|e| format!("cannot listen on {key}: {e}"))?;
         let id = self.next_id;
         self.next_id += 1;
         self.endpoints
-            .insert(key.clone(), Running::new(id, ep, fd, netns));
+            .insert(key.clone(), Running::new(id, ep, fd, ns_inode));
         self.restart_now(&key, id);
         Ok(())
     }
@@ -327,8 +324,10 @@ impl Daemon {
         }
         let id = self.next_id;
         self.next_id += 1;
-        self.endpoints
-            .insert(key.clone(), Running::new(id, ep, old.listener, old.netns));
+        self.endpoints.insert(
+            key.clone(),
+            Running::new(id, ep, old.listener, old.ns_inode),
+        );
         self.restart_now(key, id);
     }
 
@@ -342,13 +341,13 @@ impl Daemon {
             if self.endpoints.contains_key(key) || !matches!(key.listen, Listen::Tcp(_)) {
                 continue;
             }
-            let Some(ns) = listener::netns_inode(key.consumer_pid) else {
+            let Some(ns) = listener::ns_inode(key) else {
                 continue;
             };
             let old = self.endpoints.iter().find(|(k, r)| {
                 k.listen == key.listen
                     && !wanted.contains_key(*k)
-                    && r.netns == Some(ns)
+                    && r.ns_inode == Some(ns)
                     && r.ep.kind == ep.kind
             });
             let Some(old_key) = old.map(|(k, _)| k.clone()) else {
@@ -488,7 +487,7 @@ impl Daemon {
         // it starts draining. A unix socket file goes too, so new clients
         // are refused at once rather than queued for nobody.
         drop(r.listener);
-        listener::remove_unix(key);
+        listener::remove_unix(key, r.ns_inode);
     }
 
     /// Tell a worker to stop accepting and finish its connections by the

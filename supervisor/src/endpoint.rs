@@ -54,9 +54,10 @@ pub struct Running {
     /// The configuration the current worker has acknowledged (None until
     /// it acks its init, and after it exits).
     pub applied: Option<Endpoint>,
-    /// tcp: inode of the network namespace the listener lives in. The
-    /// listener keeps that namespace alive, so the inode stays unique.
-    pub netns: Option<u64>,
+    /// Inode of the namespace the listener was made in (network for tcp,
+    /// mount for unix; `listener::ns_inode`). A tcp listener keeps its
+    /// network namespace alive, so that inode stays unique.
+    pub ns_inode: Option<u64>,
     pub listener: OwnedFd,
     pub worker: Option<WorkerProc>,
     pub state: State,
@@ -77,12 +78,12 @@ pub fn same_config(a: &Endpoint, b: &Endpoint) -> bool {
 }
 
 impl Running {
-    pub fn new(id: u64, ep: Endpoint, listener: OwnedFd, netns: Option<u64>) -> Running {
+    pub fn new(id: u64, ep: Endpoint, listener: OwnedFd, ns_inode: Option<u64>) -> Running {
         Running {
             id,
             ep,
             applied: None,
-            netns,
+            ns_inode,
             listener,
             worker: None,
             state: State::Running,

@@ -40,24 +40,35 @@ pub fn create(key: &EndpointKey) -> Result<OwnedFd, String> {
         .ok_or_else(|| format!("no socket came back for {key}"))
 }
 
-/// Inode of the network namespace of `pid` (0: our own), which names the
-/// namespace while it exists.
-pub fn netns_inode(pid: u32) -> Option<u64> {
+/// Inode of the namespace an endpoint's listener is made in: the network
+/// namespace of `pid` for tcp, its mount namespace for unix (0: our own).
+/// It names the namespace while that exists.
+pub fn ns_inode(key: &EndpointKey) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
-    let path = if pid == 0 {
-        "/proc/self/ns/net".to_string()
+    let kind = match key.listen {
+        Listen::Tcp(_) => "net",
+        Listen::Unix(_) => "mnt",
+    };
+    let path = if key.consumer_pid == 0 {
+        format!("/proc/self/ns/{kind}")
     } else {
-        format!("/proc/{pid}/ns/net")
+        format!("/proc/{}/ns/{kind}", key.consumer_pid)
     };
     std::fs::metadata(path).ok().map(|m| m.ino())
 }
 
 /// Remove a unix listener's socket file (endpoint removed), in the
 /// consumer's mount namespace. Best effort: the container may be gone.
-pub fn remove_unix(key: &EndpointKey) {
+/// `made_in` is the namespace the socket was made in: if the consumer pid
+/// now names another namespace (the pid was reused), nothing is touched.
+pub fn remove_unix(key: &EndpointKey, made_in: Option<u64>) {
     let Listen::Unix(path) = &key.listen else {
         return;
     };
+    if ns_inode(key) != made_in {
+        proto::debug!("not removing the socket of {key}: its mount namespace is gone");
+        return;
+    }
     let unlink = || {
         if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
             std::fs::remove_file(path).map_err(|e| format!("unlink {}: {e}", path.display()))?;
