@@ -39,6 +39,15 @@ pub struct Limits {
     pub half_close_linger_ms: u64,
     pub max_conns: usize,
     pub max_head_bytes: usize,
+    /// http: a backend that has the whole request but sends no response
+    /// head for this long gets the client a 504. Defaulted when absent, so
+    /// a supervisor that does not know the field still talks to workers.
+    #[serde(default = "default_response_timeout_ms")]
+    pub response_timeout_ms: u64,
+}
+
+fn default_response_timeout_ms() -> u64 {
+    30_000
 }
 
 impl Default for Limits {
@@ -52,6 +61,7 @@ impl Default for Limits {
             half_close_linger_ms: 60_000,
             max_conns: 4096,
             max_head_bytes: 16 * 1024,
+            response_timeout_ms: default_response_timeout_ms(),
         }
     }
 }

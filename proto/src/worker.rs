@@ -119,12 +119,14 @@ pub fn close_stray_fds(keep: &[RawFd]) -> Result<(), String> {
 
 /// Capabilities a worker keeps. Only a worker that may reach a unix
 /// backend keeps one: CAP_DAC_OVERRIDE, because the provider's socket may
-/// belong to another user. A unix worker keeps it whatever its backend
-/// now, since an Update may move its provider to a unix socket. Reaching
-/// into a provider container needs no CAP_SYS_PTRACE: the supervisor
-/// passes the provider's root as an fd (see `backend`, "Provider roots").
-/// A worker with tcp backends keeps nothing.
+/// belong to another user. Routes change live (`Update`) and dropped
+/// capabilities cannot come back, so http, rest and unix workers keep it
+/// whatever their backends are now. Reaching into a provider container
+/// needs no CAP_SYS_PTRACE: the supervisor passes the provider's root as
+/// an fd (see `backend`, "Provider roots"). A tcp worker with tcp
+/// backends keeps nothing.
 pub fn kept_caps(c: &WorkerConfig) -> caps::CapsHashSet {
+    use crate::plan::Kind;
     use caps::Capability;
     let mut keep = caps::CapsHashSet::new();
     let unix_backend = c
@@ -132,7 +134,7 @@ pub fn kept_caps(c: &WorkerConfig) -> caps::CapsHashSet {
         .routes
         .iter()
         .any(|r| matches!(r.backend, Backend::Unix(_)));
-    if unix_backend || c.kind() == crate::plan::Kind::Unix {
+    if unix_backend || matches!(c.kind(), Kind::Http | Kind::Rest | Kind::Unix) {
         keep.insert(Capability::CAP_DAC_OVERRIDE);
     }
     keep

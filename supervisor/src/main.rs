@@ -97,6 +97,16 @@ struct RunArgs {
     /// Backend connect timeout.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     connect_timeout: Duration,
+    /// http: a request head must be complete within this (else 408).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    head_timeout: Duration,
+    /// http: close keep-alive client connections idle this long.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// http: a backend that got the whole request must start its response
+    /// within this (else 504).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    response_timeout: Duration,
     /// Close tcp connections idle this long (0 = never).
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     tcp_idle_timeout: Duration,
@@ -151,6 +161,9 @@ fn run(a: RunArgs) -> Result<(), String> {
     let limits = Limits {
         connect_timeout_ms: ms(a.connect_timeout),
         tcp_idle_timeout_ms: ms(a.tcp_idle_timeout),
+        head_timeout_ms: ms(a.head_timeout),
+        idle_timeout_ms: ms(a.idle_timeout),
+        response_timeout_ms: ms(a.response_timeout),
         max_conns: a.max_conns,
         ..Limits::default()
     };

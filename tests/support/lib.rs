@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 pub mod ctrl;
 pub mod fds;
+pub mod http;
 pub mod lab;
 pub mod ns;
 pub use ctrl::FakeCtrl;
