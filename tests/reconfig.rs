@@ -307,3 +307,157 @@ fn consumer_restart_in_the_same_netns_keeps_socket_and_worker() {
     let _ = second.kill();
     let _ = second.wait();
 }
+
+// ------------------------------------------------------------------ http
+
+mod http {
+    use super::*;
+    use pvx_tests::http::backend;
+    use pvx_tests::http::client::{connect, read_resp};
+
+    fn http_link(name: &str, port: u16, prefix: &str, socket: &str) -> String {
+        link(
+            "http",
+            name,
+            0,
+            &format!("127.0.0.1:{port}{prefix}"),
+            socket,
+            0,
+        )
+    }
+
+    /// FNV-1a over a stream, chunk by chunk (same as `pvx_tests::http::fnv`).
+    fn fnv_more(mut h: u64, data: &[u8]) -> u64 {
+        for b in data {
+            h ^= *b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+        h
+    }
+    const FNV_START: u64 = 0xcbf29ce484222325;
+
+    /// GET with a raw socket: (status, body).
+    fn get(port: u16, path: &str) -> (u16, String) {
+        let mut s = connect(local(port));
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+        let r = read_resp(&mut s, &mut Vec::new(), false).expect("a response");
+        (r.status, r.text())
+    }
+
+    #[test]
+    fn routes_added_and_removed_under_sighup_cut_nothing() {
+        let b1 = backend::tcp("127.0.0.1:0");
+        let b2 = backend::tcp("127.0.0.1:0");
+        let port = free_port();
+        let (one, keep, two) = (
+            http_link("one", port, "/one", &b1.socket()),
+            http_link("keep", port, "/keep", &b1.socket()),
+            http_link("two", port, "/two", &b2.socket()),
+        );
+        let sup = Supervisor::start(&graph(&[one.clone(), keep.clone()]), &[]);
+        let w = sup.worker_pid("pvx-worker-http");
+
+        // A long streaming response, read only in part before the changes:
+        // the rest waits in the backend, the worker and the kernel.
+        let n: usize = 48 * 1024 * 1024;
+        let mut stream = connect(local(port));
+        stream
+            .write_all(format!("GET /one/big/{n} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let k = stream.read(&mut chunk).unwrap();
+            assert!(k > 0, "EOF before the response head");
+            buf.extend_from_slice(&chunk[..k]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let mut hash = fnv_more(FNV_START, &buf[head_end..]);
+        let mut got = buf.len() - head_end;
+        while got < 1024 * 1024 {
+            let k = stream.read(&mut chunk).unwrap();
+            assert!(k > 0, "EOF after {got} bytes");
+            hash = fnv_more(hash, &chunk[..k]);
+            got += k;
+        }
+
+        // An idle keep-alive connection.
+        let mut idle = connect(local(port));
+        let mut ibuf = Vec::new();
+        idle.write_all(b"GET /keep/a HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        assert_eq!(read_resp(&mut idle, &mut ibuf, false).unwrap().status, 200);
+
+        // Route added, then the streaming response's own route removed.
+        let applied = sup.count_log("applied update");
+        sup.reload(&graph(&[one.clone(), keep.clone(), two.clone()]));
+        sup.wait_log("applied update", applied + 1);
+        assert_eq!(get(port, "/two/x").0, 200, "added route live");
+        sup.reload(&graph(&[keep.clone(), two.clone()]));
+        sup.wait_log("applied update", applied + 2);
+        assert_eq!(get(port, "/one/x").0, 404, "removed route gone");
+        let (code, body) = get(port, "/two/y");
+        assert_eq!(code, 200);
+        assert!(body.starts_with("GET /y\n"), "{body}");
+        assert_eq!(sup.worker_pid("pvx-worker-http"), w, "same worker");
+
+        // The stream completes intact.
+        while got < n {
+            let k = stream.read(&mut chunk).unwrap();
+            assert!(k > 0, "stream cut after {got} of {n} bytes");
+            let take = k.min(n - got);
+            hash = fnv_more(hash, &chunk[..take]);
+            got += take;
+        }
+        assert_eq!(
+            hash,
+            pvx_tests::http::fnv(&pattern(n, 7)),
+            "stream bytes differ"
+        );
+        // The idle keep-alive connection still serves.
+        idle.write_all(b"GET /keep/b HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        let r = read_resp(&mut idle, &mut ibuf, false).expect("idle connection alive");
+        assert_eq!(r.status, 200);
+        assert!(r.text().starts_with("GET /b\n"), "{}", r.text());
+        assert_eq!(sup.worker_pid("pvx-worker-http"), w);
+    }
+
+    #[test]
+    fn kind_change_replaces_the_worker_on_the_same_socket() {
+        let echo = echo_server();
+        let web = backend::tcp("127.0.0.1:0");
+        let port = free_port();
+        let sup = Supervisor::start(&graph(&[tcp_link("svc", 0, port, echo)]), &[]);
+        let w_tcp = sup.worker_pid("pvx-worker-tcp");
+        let mut open = TcpStream::connect(local(port)).unwrap();
+        open.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        assert_eq!(echo_line(&mut open, "tcp"), "tcp");
+
+        sup.reload(&graph(&[http_link("svc", port, "/api", &web.socket())]));
+        let w_http = sup.worker_pid("pvx-worker-http");
+        assert!(
+            !sup.log_text().contains("cannot listen"),
+            "{}",
+            sup.log_text()
+        );
+        let (code, body) = get(port, "/api/z");
+        assert_eq!(code, 200);
+        assert!(body.starts_with("GET /z\n"), "{body}");
+        // The tcp connection finishes on the old worker, which then exits.
+        assert_eq!(echo_line(&mut open, "still tcp"), "still tcp");
+        drop(open);
+        wait_for(Duration::from_secs(10), "old tcp worker gone", || {
+            is_dead(w_tcp).then_some(())
+        });
+        assert_eq!(sup.worker_pid("pvx-worker-http"), w_http);
+    }
+}

@@ -263,3 +263,63 @@ fn unreachable_provider_closes_client_after_retry() {
     );
     sup.wait_log("unreachable", 1);
 }
+
+#[test]
+fn rest_link_across_mount_namespaces_carries_identity_only_from_the_proxy() {
+    if !require_root("rest_link_across_mount_namespaces_carries_identity_only_from_the_proxy") {
+        return;
+    }
+    let cdir = std::env::temp_dir().join(unique("rcons"));
+    let pdir = std::env::temp_dir().join(unique("rprov"));
+    let consumer = MountNsProc::start(&cdir, "exec sleep 3600");
+    let provider = MountNsProc::start(&pdir, "exec sleep 3600");
+    // An HTTP server on a socket that exists only in the provider's namespace.
+    let inner_sock = pdir.join("api.sock");
+    let _origin =
+        pvx_tests::http::backend::unix(&provider.host_path(&inner_sock.display().to_string()));
+    let target = cdir.join("pv/api.sock");
+    let rest = format!(
+        r#"{{"type":"rest","name":"api","consumer":"app","consumer_pid":{},"provider":"svc","provider_pid":{},"role":"reader","interface":"rest","target":"{}","socket":"{}"}}"#,
+        consumer.pid(),
+        provider.pid(),
+        target.display(),
+        inner_sock.display()
+    );
+    let sup = Supervisor::start(&graph(&[rest]), &[]);
+    sup.worker_pid("pvx-worker-http");
+    let seen = consumer.host_path(&target.display().to_string());
+    wait_for(
+        Duration::from_secs(10),
+        "rest socket in the consumer",
+        || seen.exists().then_some(()),
+    );
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--unix-socket"])
+        .arg(&seen)
+        .args([
+            "-H",
+            "X-PV-Role: admin",
+            "-H",
+            "X-PV-Client: spoofed",
+            "-H",
+            "X-Pv-Anything: sneaky",
+            "http://localhost/v1/state",
+        ])
+        .output()
+        .expect("curl");
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(body.starts_with("GET /v1/state\n"), "{body}");
+    assert!(body.contains("x-pv-role: reader\n"), "{body}");
+    assert!(body.contains("x-pv-client: app\n"), "{body}");
+    for gone in ["admin", "spoofed", "sneaky", "x-pv-anything"] {
+        assert!(
+            !body.to_ascii_lowercase().contains(gone),
+            "{gone} reached the provider: {body}"
+        );
+    }
+}
