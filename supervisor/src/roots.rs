@@ -5,6 +5,7 @@
 
 use nix::fcntl::{open, OFlag};
 use nix::sys::stat::Mode;
+use proto::graph::Backend;
 use proto::plan::Endpoint;
 use std::os::fd::{FromRawFd, OwnedFd};
 
@@ -13,8 +14,25 @@ use std::os::fd::{FromRawFd, OwnedFd};
 /// because the count must match what the worker expects.
 pub fn open_roots(ep: &Endpoint) -> Result<Vec<OwnedFd>, String> {
     let flags = OFlag::O_PATH | OFlag::O_CLOEXEC;
-    ep.root_pids()
-        .into_iter()
+    let pids = ep.root_pids();
+    if pids.len() == proto::ctl::MAX_ROOTS {
+        let mut all: Vec<u32> = ep
+            .routes
+            .iter()
+            .filter(|r| r.provider_pid != 0 && matches!(r.backend, Backend::Unix(_)))
+            .map(|r| r.provider_pid)
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        if all.len() > pids.len() {
+            proto::warn!(
+                "endpoint {}: unix backends in more than {} provider containers; those past the limit are reached without a root fd and may be refused",
+                ep.key,
+                proto::ctl::MAX_ROOTS
+            );
+        }
+    }
+    pids.into_iter()
         .map(|pid| {
             let path = format!("/proc/{pid}/root");
             let fd = match open(path.as_str(), flags | OFlag::O_DIRECTORY, Mode::empty()) {
