@@ -337,18 +337,17 @@ impl Daemon {
     /// key (the update that follows tells the worker). Re-creating it would
     /// race the old worker for the address.
     fn rekey_same_netns(&mut self, wanted: &BTreeMap<EndpointKey, Endpoint>) {
-        for (key, ep) in wanted {
+        for key in wanted.keys() {
             if self.endpoints.contains_key(key) || !matches!(key.listen, Listen::Tcp(_)) {
                 continue;
             }
             let Some(ns) = listener::ns_inode(key) else {
                 continue;
             };
+            // Kind or consumer may differ too: the loop in `apply` then
+            // replaces the worker, still on this socket.
             let old = self.endpoints.iter().find(|(k, r)| {
-                k.listen == key.listen
-                    && !wanted.contains_key(*k)
-                    && r.ns_inode == Some(ns)
-                    && r.ep.kind == ep.kind
+                k.listen == key.listen && !wanted.contains_key(*k) && r.ns_inode == Some(ns)
             });
             let Some(old_key) = old.map(|(k, _)| k.clone()) else {
                 continue;
