@@ -18,8 +18,10 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// Largest control message accepted, checked before anything is parsed.
 pub const MAX_MSG: usize = 64 * 1024;
-/// Most fds one message may carry.
-pub const MAX_FDS: usize = 4;
+/// Most fds one message may carry: the listener plus provider roots.
+pub const MAX_FDS: usize = 32;
+/// Most provider roots one endpoint gets (see `Endpoint::root_pids`).
+pub const MAX_ROOTS: usize = MAX_FDS - 1;
 /// The fd number the worker finds its control socket on.
 pub const WORKER_CTL_FD: RawFd = 3;
 
@@ -37,6 +39,15 @@ pub struct Limits {
     pub half_close_linger_ms: u64,
     pub max_conns: usize,
     pub max_head_bytes: usize,
+    /// http: a backend that has the whole request but sends no response
+    /// head for this long gets the client a 504. Defaulted when absent, so
+    /// a supervisor that does not know the field still talks to workers.
+    #[serde(default = "default_response_timeout_ms")]
+    pub response_timeout_ms: u64,
+}
+
+fn default_response_timeout_ms() -> u64 {
+    30_000
 }
 
 impl Default for Limits {
@@ -50,6 +61,7 @@ impl Default for Limits {
             half_close_linger_ms: 60_000,
             max_conns: 4096,
             max_head_bytes: 16 * 1024,
+            response_timeout_ms: default_response_timeout_ms(),
         }
     }
 }
@@ -83,10 +95,15 @@ pub enum ToWorker {
 }
 
 impl ToWorker {
+    /// Init carries the listening socket; Init and Update both carry one
+    /// provider root per `config.endpoint.root_pids()`, in that order. The
+    /// count follows from the configuration, so both ends agree on it
+    /// without a field of its own.
     pub fn fds(&self) -> usize {
         match self {
-            ToWorker::Init { .. } => 1,
-            _ => 0,
+            ToWorker::Init { config, .. } => 1 + config.endpoint.root_pids().len(),
+            ToWorker::Update { config, .. } => config.endpoint.root_pids().len(),
+            ToWorker::Drain { .. } => 0,
         }
     }
 }

@@ -8,6 +8,7 @@ mod listener;
 mod metrics;
 mod policy;
 mod privileges;
+mod roots;
 mod source;
 mod spawn;
 mod status;
@@ -54,8 +55,15 @@ enum Cmd {
 #[derive(Args, Clone)]
 struct RunArgs {
     /// Read the graph from this JSON file (re-read on SIGHUP and when it changes).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "ctrl_socket")]
     graph: Option<PathBuf>,
+    /// Read the graph from Pantavisor's control socket (GET /xconnect-graph);
+    /// the default source when --graph is not given.
+    #[arg(long, value_name = "PATH")]
+    ctrl_socket: Option<PathBuf>,
+    /// How often the control socket is asked for the graph (also at once on SIGHUP).
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_interval)]
+    poll_interval: Duration,
     /// Where the pvx-worker-* binaries are (default: next to pv-xconnect).
     #[arg(long, value_name = "DIR")]
     worker_dir: Option<PathBuf>,
@@ -89,12 +97,32 @@ struct RunArgs {
     /// Backend connect timeout.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     connect_timeout: Duration,
+    /// http: a request head must be complete within this (else 408).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    head_timeout: Duration,
+    /// http: close keep-alive client connections idle this long.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// http: a backend that got the whole request must start its response
+    /// within this (else 504).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    response_timeout: Duration,
     /// Close tcp connections idle this long (0 = never).
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     tcp_idle_timeout: Duration,
     /// Most concurrent connections per worker.
     #[arg(long, default_value_t = 4096)]
     max_conns: usize,
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(100) {
+        return Err(format!(
+            "'{s}' is too short a poll interval (at least 100ms)"
+        ));
+    }
+    Ok(d)
 }
 
 fn ms(d: Duration) -> u64 {
@@ -123,15 +151,24 @@ fn run(a: RunArgs) -> Result<(), String> {
             .and_then(|p| p.parent().map(PathBuf::from))
             .ok_or("cannot find the directory of pv-xconnect; use --worker-dir")?,
     };
-    let graph = a.graph.ok_or("no graph source: give --graph FILE")?;
+    let source = match (a.graph, a.ctrl_socket) {
+        (Some(file), _) => source::Source::file(file),
+        (None, sock) => source::Source::ctrl(
+            sock.unwrap_or_else(|| PathBuf::from(source::DEFAULT_CTRL_SOCKET)),
+            a.poll_interval,
+        ),
+    };
     let limits = Limits {
         connect_timeout_ms: ms(a.connect_timeout),
         tcp_idle_timeout_ms: ms(a.tcp_idle_timeout),
+        head_timeout_ms: ms(a.head_timeout),
+        idle_timeout_ms: ms(a.idle_timeout),
+        response_timeout_ms: ms(a.response_timeout),
         max_conns: a.max_conns,
         ..Limits::default()
     };
     let opts = daemon::Options {
-        source: source::Source::file(graph),
+        source,
         worker_dir,
         policy,
         limits,

@@ -141,7 +141,7 @@ fn worker(r: &Running, now: Instant) -> WorkerStatus {
             Some(until.saturating_duration_since(now).as_millis() as u64),
         ),
         State::Failed => ("failed", None, None),
-        State::Running if w.is_some_and(|w| w.pending.iter().any(|p| p.1 == "init")) => {
+        State::Running if w.is_some_and(|w| w.pending.iter().any(|p| p.what == "init")) => {
             ("starting", None, None)
         }
         State::Running => ("running", None, None),
@@ -223,18 +223,7 @@ mod tests {
             .enumerate()
             .map(|(i, ep)| {
                 let (a, _b) = proto::ctl::socketpair().unwrap();
-                let r = Running {
-                    id: i as u64 + 1,
-                    listener: a,
-                    ep: ep.clone(),
-                    worker: None,
-                    state: State::Running,
-                    failures: 0,
-                    restarts: 0,
-                    stats: Stats::default(),
-                    stats_base: Stats::default(),
-                    last_exit: None,
-                };
+                let r = Running::new(i as u64 + 1, ep.clone(), a, None);
                 (ep.key, r)
             })
             .collect()

@@ -12,8 +12,12 @@ use std::sync::Once;
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod ctrl;
+pub mod fds;
+pub mod http;
 pub mod lab;
 pub mod ns;
+pub use ctrl::FakeCtrl;
 pub use ns::{MountNsProc, Netns};
 
 /// The workspace's target/debug with every binary built (once per run).
@@ -123,6 +127,20 @@ impl Supervisor {
         let dir = TempDir::new("sup");
         let graph_path = dir.path().join("graph.json");
         std::fs::write(&graph_path, graph).expect("write graph");
+        let source = ["--graph".to_string(), graph_path.display().to_string()];
+        Supervisor::launch(dir, graph_path, &source, extra)
+    }
+
+    /// Start reading the graph from the control socket at `ctrl`; waits
+    /// until a graph has been applied once.
+    pub fn start_ctrl(ctrl: &Path, extra: &[&str]) -> Supervisor {
+        let dir = TempDir::new("sup");
+        let graph_path = dir.path().join("unused-graph.json");
+        let source = ["--ctrl-socket".to_string(), ctrl.display().to_string()];
+        Supervisor::launch(dir, graph_path, &source, extra)
+    }
+
+    fn launch(dir: TempDir, graph_path: PathBuf, source: &[String], extra: &[&str]) -> Supervisor {
         let log = dir.path().join("supervisor.log");
         let logf = std::fs::File::create(&log).expect("log file");
         // Tests run in parallel: each supervisor gets its own status socket
@@ -132,12 +150,9 @@ impl Supervisor {
             None => dir.path().join("status.sock"),
         };
         let mut cmd = Command::new(bin_dir().join("pv-xconnect"));
-        cmd.args(["run", "--graph"]).arg(&graph_path).args([
-            "--log-target",
-            "stderr",
-            "--log-level",
-            "debug",
-        ]);
+        cmd.arg("run")
+            .args(source)
+            .args(["--log-target", "stderr", "--log-level", "debug"]);
         if !extra.contains(&"--status-socket") {
             cmd.arg("--status-socket").arg(&status_socket);
         }
@@ -165,6 +180,11 @@ impl Supervisor {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// How often `needle` appears in the log so far.
+    pub fn count_log(&self, needle: &str) -> usize {
+        self.log_text().matches(needle).count()
     }
 
     /// Wait until `needle` appears at least `n` times in the log.
@@ -416,6 +436,44 @@ fn echo(mut c: TcpStream) {
         }
     }
     let _ = c.shutdown(Shutdown::Write);
+}
+
+/// A TCP backend that greets every connection with `tag` and a newline,
+/// then echoes: a test can tell which backend a connection reached.
+pub fn tagged_echo_server(tag: &str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind tagged echo");
+    let addr = l.local_addr().expect("addr");
+    let greeting = format!("{tag}\n");
+    thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let g = greeting.clone();
+            thread::spawn(move || {
+                if c.write_all(g.as_bytes()).is_ok() {
+                    echo(c);
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Read one `\n`-terminated line (without it), byte by byte, so nothing
+/// after it is consumed.
+pub fn read_line(s: &mut impl Read) -> std::io::Result<String> {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        if s.read(&mut b)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("EOF after {:?}", String::from_utf8_lossy(&line)),
+            ));
+        }
+        if b[0] == b'\n' {
+            return Ok(String::from_utf8_lossy(&line).into_owned());
+        }
+        line.push(b[0]);
+    }
 }
 
 /// A unix-socket echo backend at `path`.

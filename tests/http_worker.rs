@@ -1,0 +1,363 @@
+//! pvx-worker-http run directly (no supervisor), against real backends on
+//! loopback: the state machine's edges that need short timeouts or exact
+//! bytes, and the control messages (Update, Drain) sent by hand. The
+//! end-to-end suite through pv-xconnect is tests/http.rs.
+
+use proto::ctl::{Limits, ToWorker};
+use pvx_tests::http::backend;
+use pvx_tests::http::client::{closed, connect, exchange, get, read_resp};
+use pvx_tests::http::direct::{config, Worker};
+use pvx_tests::http::fnv as hash;
+use pvx_tests::pattern;
+use std::io::Write;
+use std::time::Duration;
+
+fn sock(b: &backend::Backend) -> String {
+    format!(r#","socket":"{}""#, b.socket())
+}
+
+fn one_route(b: &backend::Backend, limits: Limits) -> Worker {
+    Worker::start(config(&[("/api", &sock(b))], limits))
+}
+
+#[test]
+fn routes_strips_and_adds_identity() {
+    let b = backend::tcp("127.0.0.1:0");
+    let w = one_route(&b, Limits::default());
+    let (r, _) = exchange(
+        w.addr,
+        b"GET /api/items?q=1 HTTP/1.1\r\nHost: dev\r\nX-PV-Role: admin\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n",
+    );
+    assert_eq!(r.status, 200, "{}", r.head);
+    let t = r.text();
+    assert!(t.starts_with("GET /items?q=1\n"), "{t}");
+    assert!(t.contains("x-pv-role: any\n"), "{t}");
+    assert!(!t.contains("x-pv-role: admin"), "{t}");
+    assert!(t.contains("x-pv-client: EXTERNAL\n"), "{t}");
+    assert!(t.contains("x-forwarded-for: 6.6.6.6, 127.0.0.1\n"), "{t}");
+    assert!(t.contains("x-forwarded-proto: http\n"), "{t}");
+    assert!(t.contains("x-forwarded-host: dev\n"), "{t}");
+    let (r, _) = exchange(w.addr, &get("/apix"));
+    assert_eq!(r.status, 404);
+    assert_eq!(r.header("connection").as_deref(), Some("close"));
+}
+
+#[test]
+fn keep_alive_reuses_one_backend_connection_and_pipelines_in_order() {
+    let b = backend::tcp("127.0.0.1:0");
+    let w = one_route(&b, Limits::default());
+    let mut s = connect(w.addr);
+    let mut buf = Vec::new();
+    for i in 0..3 {
+        s.write_all(&get(&format!("/api/n{i}"))).unwrap();
+        let r = read_resp(&mut s, &mut buf, false).expect("response");
+        assert!(
+            r.text().starts_with(&format!("GET /n{i}\n")),
+            "{}",
+            r.text()
+        );
+    }
+    assert_eq!(b.conns(), 1, "three requests, one backend connection");
+    // Pipelined: all at once, answered in order.
+    let mut all = Vec::new();
+    for i in 0..5 {
+        all.extend_from_slice(&get(&format!("/api/p{i}")));
+    }
+    all.extend_from_slice(b"POST /api/p5 HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc");
+    all.extend_from_slice(b"HEAD /api/p6 HTTP/1.1\r\nHost: t\r\n\r\n");
+    s.write_all(&all).unwrap();
+    for i in 0..7 {
+        let r = read_resp(&mut s, &mut buf, i == 6).expect("pipelined response");
+        assert_eq!(r.status, 200);
+        if i < 6 {
+            let want = format!("{} /p{i}\n", if i == 5 { "POST" } else { "GET" });
+            assert!(r.text().starts_with(&want), "{i}: {}", r.text());
+        } else {
+            assert!(r.body.is_empty());
+        }
+    }
+}
+
+#[test]
+fn chunked_201_and_bodyless_responses_pass_through() {
+    let b = backend::tcp("127.0.0.1:0");
+    let w = one_route(&b, Limits::default());
+    let mut s = connect(w.addr);
+    let mut buf = Vec::new();
+    s.write_all(&get("/api/created")).unwrap();
+    let r = read_resp(&mut s, &mut buf, false).unwrap();
+    assert_eq!(r.status, 201);
+    assert_eq!(r.header("x-custom").as_deref(), Some("yes"));
+    assert_eq!(r.header("transfer-encoding").as_deref(), Some("chunked"));
+    assert_eq!(r.text(), "firstsecondthird");
+    s.write_all(&get("/api/nocontent")).unwrap();
+    let r = read_resp(&mut s, &mut buf, false).unwrap();
+    assert_eq!(r.status, 204);
+    s.write_all(b"POST /api/up HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+        .unwrap();
+    let r = read_resp(&mut s, &mut buf, false).unwrap();
+    assert!(
+        r.text()
+            .contains(&format!("body-len: 5\nbody-hash: {:016x}", hash(b"abcde"))),
+        "{}",
+        r.text()
+    );
+    // A close-delimited response ends the client connection too.
+    s.write_all(&get("/api/close")).unwrap();
+    let r = read_resp(&mut s, &mut buf, false).unwrap();
+    assert_eq!(r.text(), "until-close");
+}
+
+#[test]
+fn large_bodies_both_ways() {
+    let b = backend::tcp("127.0.0.1:0");
+    let w = one_route(&b, Limits::default());
+    let n = 5 << 20;
+    let body = pattern(n, 7);
+    let mut s = connect(w.addr);
+    let head = format!("POST /api/upload HTTP/1.1\r\nHost: t\r\nContent-Length: {n}\r\n\r\n");
+    let mut writer = s.try_clone().unwrap();
+    let body2 = body.clone();
+    let t = std::thread::spawn(move || {
+        writer.write_all(head.as_bytes()).unwrap();
+        writer.write_all(&body2).unwrap();
+    });
+    let mut buf = Vec::new();
+    let r = read_resp(&mut s, &mut buf, false).unwrap();
+    t.join().unwrap();
+    assert!(
+        r.text()
+            .contains(&format!("body-len: {n}\nbody-hash: {:016x}", hash(&body))),
+        "{}",
+        r.text()
+    );
+    s.write_all(&get(&format!("/api/big/{n}"))).unwrap();
+    let r = read_resp(&mut s, &mut buf, false).unwrap();
+    assert_eq!(r.body.len(), n);
+    assert_eq!(hash(&r.body), hash(&body));
+}
+
+#[test]
+fn framing_attacks_are_refused_before_the_backend() {
+    let b = backend::tcp("127.0.0.1:0");
+    let w = one_route(&b, Limits::default());
+    let attacks: [&[u8]; 5] = [
+        b"POST /api/a HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /api/smuggled HTTP/1.1\r\nHost: t\r\n\r\n",
+        b"POST /api/a HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nContent-Length: 40\r\n\r\nabcd",
+        b"POST /api/a HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
+        b"POST /api/a HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"GET /api/a HTTP/1.1\r\nHost: t\r\nX-Folded: a\r\n b\r\n\r\n",
+    ];
+    for a in attacks {
+        let (r, mut s) = exchange(w.addr, a);
+        assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(a));
+        assert_eq!(r.header("connection").as_deref(), Some("close"));
+        assert!(
+            closed(&mut s, Duration::from_secs(5)),
+            "connection closed after 400"
+        );
+    }
+    assert!(b.heads().is_empty(), "backend saw {:?}", b.heads());
+    let (r, _) = exchange(w.addr, b"GARBAGE\r\n\r\n");
+    assert_eq!(r.status, 400);
+    let mut big = b"GET /api/ HTTP/1.1\r\nHost: t\r\nX-Big: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 20_000));
+    big.extend_from_slice(b"\r\n\r\n");
+    let (r, _) = exchange(w.addr, &big);
+    assert_eq!(r.status, 431);
+}
+
+#[test]
+fn timeouts_give_408_504_and_unreachable_502() {
+    let b = backend::tcp("127.0.0.1:0");
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let limits = Limits {
+        head_timeout_ms: 300,
+        response_timeout_ms: 300,
+        idle_timeout_ms: 300,
+        ..Limits::default()
+    };
+    let w = Worker::start(config(
+        &[
+            ("/api", &sock(&b)),
+            ("/dead", &format!(r#","socket":"{dead_addr}""#)),
+        ],
+        limits,
+    ));
+    let mut s = connect(w.addr);
+    s.write_all(b"GET /api/ HTTP/1.1\r\nHo").unwrap();
+    let r = read_resp(&mut s, &mut Vec::new(), false).unwrap();
+    assert_eq!(r.status, 408);
+    let (r, _) = exchange(w.addr, &get("/api/silent"));
+    assert_eq!(r.status, 504);
+    let (r, _) = exchange(w.addr, &get("/dead/x"));
+    assert_eq!(r.status, 502);
+    // An idle keep-alive connection is closed without a word.
+    let mut s = connect(w.addr);
+    s.write_all(&get("/api/")).unwrap();
+    let mut buf = Vec::new();
+    assert_eq!(read_resp(&mut s, &mut buf, false).unwrap().status, 200);
+    assert!(closed(&mut s, Duration::from_secs(10)));
+    assert!(buf.is_empty());
+}
+
+#[test]
+fn upgrade_becomes_a_tunnel_both_ways() {
+    let b = backend::tcp("127.0.0.1:0");
+    let w = one_route(&b, Limits::default());
+    let mut s = connect(w.addr);
+    s.write_all(
+        b"GET /api/upgrade HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    let r = read_resp(&mut s, &mut buf, false).unwrap();
+    assert_eq!(r.status, 101);
+    let heads = b.heads();
+    assert!(
+        heads[0].contains("Connection: upgrade\r\nUpgrade: echo\r\n"),
+        "{}",
+        heads[0]
+    );
+    assert!(
+        heads[0].contains("X-Forwarded-For: 127.0.0.1\r\n"),
+        "{}",
+        heads[0]
+    );
+    s.write_all(b"hello tunnel").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = buf;
+    std::io::Read::read_to_end(&mut s, &mut rest).unwrap();
+    assert_eq!(rest, b"HELLO TUNNELBYE");
+}
+
+#[test]
+fn update_replaces_routes_and_drain_exits() {
+    let b1 = backend::tcp("127.0.0.1:0");
+    let b2 = backend::tcp("127.0.0.1:0");
+    let mut w = one_route(&b1, Limits::default());
+    let (r, _) = exchange(w.addr, &get("/api/x"));
+    assert_eq!(r.status, 200);
+    let cfg = config(&[("/v2", &sock(&b2))], Limits::default());
+    assert_eq!(w.send(|seq| ToWorker::Update { seq, config: cfg }), None);
+    let (r, _) = exchange(w.addr, &get("/api/x"));
+    assert_eq!(r.status, 404);
+    let (r, _) = exchange(w.addr, &get("/v2/y"));
+    assert!(r.text().starts_with("GET /y\n"));
+    let stats = w.stats();
+    assert!(stats.total >= 3 && stats.errors >= 1, "{stats:?}");
+    // An exchange in flight during a drain still completes.
+    let mut s = connect(w.addr);
+    s.write_all(&get("/v2/slow/300")).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        w.send(|seq| ToWorker::Drain {
+            seq,
+            deadline_ms: 5000
+        }),
+        None
+    );
+    let r = read_resp(&mut s, &mut Vec::new(), false).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("connection").as_deref(), Some("close"));
+    let status = w.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn stale_pooled_connection_is_retried_on_a_fresh_one() {
+    let b = backend::tcp("127.0.0.1:0");
+    let w = one_route(&b, Limits::default());
+    let mut s = connect(w.addr);
+    let mut buf = Vec::new();
+    s.write_all(&get("/api/drop-next")).unwrap();
+    assert_eq!(read_resp(&mut s, &mut buf, false).unwrap().status, 200);
+    // The pooled connection swallows this request and closes: the worker
+    // must send it again on a new connection, not answer 502.
+    s.write_all(&get("/api/after")).unwrap();
+    let r = read_resp(&mut s, &mut buf, false).unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.text().starts_with("GET /after\n"), "{}", r.text());
+    let heads = b.heads();
+    assert!(
+        heads.iter().any(|h| h.starts_with("DROPPED GET /after ")),
+        "{heads:?}"
+    );
+    assert_eq!(b.conns(), 2);
+}
+
+#[test]
+fn connection_cap_defers_accepting() {
+    let b = backend::tcp("127.0.0.1:0");
+    let w = one_route(
+        &b,
+        Limits {
+            max_conns: 2,
+            ..Limits::default()
+        },
+    );
+    let mut held: Vec<_> = (0..2)
+        .map(|_| {
+            let mut s = connect(w.addr);
+            s.write_all(&get("/api/hold")).unwrap();
+            assert_eq!(
+                read_resp(&mut s, &mut Vec::new(), false).unwrap().status,
+                200
+            );
+            s
+        })
+        .collect();
+    // A third client waits in the kernel backlog (not refused, not served).
+    let mut third = connect(w.addr);
+    third.write_all(&get("/api/third")).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut one = [0u8; 1];
+    assert!(
+        std::io::Read::read(&mut third, &mut one).is_err(),
+        "served beyond the cap"
+    );
+    // Below 90 % of the cap, accepting resumes and the waiting request is served.
+    held.clear();
+    third
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let r = read_resp(&mut third, &mut Vec::new(), false).unwrap();
+    assert!(r.text().starts_with("GET /third\n"));
+}
+
+#[test]
+fn slow_reader_does_not_grow_worker_memory() {
+    let b = backend::tcp("127.0.0.1:0");
+    let w = one_route(&b, Limits::default());
+    let rss = |pid: u32| -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            .unwrap()
+    };
+    let before = rss(w.child.id());
+    let mut s = connect(w.addr);
+    let n = 64 << 20;
+    s.write_all(&get(&format!("/api/big/{n}"))).unwrap();
+    // Read a little, then stall: the backend must be throttled, not buffered.
+    let mut first = vec![0u8; 1 << 20];
+    std::io::Read::read_exact(&mut s, &mut first).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let during = rss(w.child.id());
+    assert!(
+        during < before + 8 * 1024,
+        "worker RSS grew from {before} kB to {during} kB"
+    );
+    // And the whole body still arrives intact.
+    let head_end = first.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let mut body = first.split_off(head_end);
+    let have = body.len();
+    body.resize(n, 0);
+    std::io::Read::read_exact(&mut s, &mut body[have..]).unwrap();
+    assert_eq!(hash(&body), hash(&pattern(n, 7)));
+}

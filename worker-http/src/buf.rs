@@ -1,0 +1,306 @@
+//! Fixed-capacity byte buffers for heads and chunked bodies, and the
+//! non-blocking read/write loops edge-triggered readiness needs (run until
+//! `WouldBlock`, then clear the flag).
+//!
+//! Memory is allocated on first use and given back by [`Buf::release`], so
+//! an idle keep-alive connection holds no buffer.
+
+use proto::relay::Ready;
+use proto::stream::Stream;
+use std::io::{self, ErrorKind, Read, Write};
+
+#[derive(Debug)]
+pub struct Buf {
+    data: Vec<u8>,
+    start: usize,
+    end: usize,
+    cap: usize,
+}
+
+/// What one `read_from` did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Got {
+    pub bytes: usize,
+    pub eof: bool,
+}
+
+impl Buf {
+    pub fn new(cap: usize) -> Buf {
+        Buf {
+            data: Vec::new(),
+            start: 0,
+            end: 0,
+            cap,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.len() >= self.cap
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.data[self.start..self.end]
+    }
+
+    pub fn consume(&mut self, n: usize) {
+        debug_assert!(n <= self.len());
+        self.start += n.min(self.len());
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Give the memory back when nothing is buffered.
+    pub fn release(&mut self) {
+        if self.is_empty() && self.data.capacity() > 0 {
+            give_spare(std::mem::take(&mut self.data));
+        }
+    }
+
+    /// Read until the source would block, reaches EOF, or the buffer is
+    /// full (then `ready.readable` stays set: there may be more).
+    pub fn read_from(&mut self, src: &Stream, ready: &mut Ready) -> io::Result<Got> {
+        let mut got = Got::default();
+        if self.data.len() < self.cap {
+            self.data = take_spare(self.cap);
+        }
+        loop {
+            if self.end == self.cap && self.start > 0 {
+                self.data.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            if self.end == self.cap || !ready.readable {
+                return Ok(got);
+            }
+            match (&*src).read(&mut self.data[self.end..]) {
+                Ok(0) => {
+                    got.eof = true;
+                    return Ok(got);
+                }
+                Ok(n) => {
+                    self.end += n;
+                    got.bytes += n;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    ready.readable = false;
+                    return Ok(got);
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Write up to `max` buffered bytes to `dst`; returns how many went.
+    pub fn write_to(&mut self, dst: &Stream, ready: &mut Ready, max: u64) -> io::Result<usize> {
+        let want = (self.len() as u64).min(max) as usize;
+        let n = write_nb(dst, ready, &self.data[self.start..self.start + want])?;
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+/// Most released buffers kept for reuse (64 x 16 KiB = 1 MiB at most):
+/// a busy keep-alive worker then neither mallocs nor zeroes a buffer per
+/// request, and an idle one still holds none per connection.
+const SPARES: usize = 64;
+
+thread_local! {
+    static SPARE: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn take_spare(cap: usize) -> Vec<u8> {
+    SPARE
+        .with(|s| {
+            let mut s = s.borrow_mut();
+            let i = s.iter().position(|v| v.len() == cap)?;
+            Some(s.swap_remove(i))
+        })
+        .unwrap_or_else(|| vec![0; cap])
+}
+
+fn give_spare(v: Vec<u8>) {
+    SPARE.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < SPARES {
+            s.push(v);
+        }
+    });
+}
+
+impl Drop for Buf {
+    fn drop(&mut self) {
+        if self.data.len() == self.cap && self.cap > 0 {
+            give_spare(std::mem::take(&mut self.data));
+        }
+    }
+}
+
+/// Write as much of `data` as the socket takes now.
+pub fn write_nb(dst: &Stream, ready: &mut Ready, data: &[u8]) -> io::Result<usize> {
+    let mut done = 0;
+    while done < data.len() && ready.writable {
+        match (&*dst).write(&data[done..]) {
+            Ok(0) => return Err(io::Error::new(ErrorKind::WriteZero, "socket took 0 bytes")),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => ready.writable = false,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// Bytes queued for one socket (a rewritten head, a canned response).
+#[derive(Debug, Default)]
+pub struct Out {
+    data: Vec<u8>,
+    pos: usize,
+}
+
+impl Out {
+    pub fn is_empty(&self) -> bool {
+        self.pos == self.data.len()
+    }
+
+    /// Append bytes to send.
+    pub fn buf(&mut self) -> &mut Vec<u8> {
+        &mut self.data
+    }
+
+    /// Forget what was queued (used when a request is replayed from the
+    /// start after a stale pooled backend).
+    pub fn rewind(&mut self) {
+        self.pos = 0;
+    }
+
+    pub fn clear(&mut self) {
+        self.data = Vec::new();
+        self.pos = 0;
+    }
+
+    /// Send the queued bytes and then up to `extra.len()` bytes of `buf`
+    /// (a body's start) in as few `writev` calls as the socket allows.
+    /// Returns (queued bytes sent, buffer bytes sent); the buffer bytes are
+    /// consumed from `buf`.
+    pub fn flush_with(
+        &mut self,
+        dst: &Stream,
+        ready: &mut Ready,
+        buf: &mut Buf,
+        extra: usize,
+    ) -> io::Result<(usize, usize)> {
+        let (mut head, mut body) = (0, 0);
+        while ready.writable && (!self.is_empty() || body < extra) {
+            let tail = &buf.bytes()[..extra - body];
+            let iov = [
+                io::IoSlice::new(&self.data[self.pos..]),
+                io::IoSlice::new(tail),
+            ];
+            match (&*dst).write_vectored(&iov) {
+                Ok(0) => return Err(io::Error::new(ErrorKind::WriteZero, "socket took 0 bytes")),
+                Ok(n) => {
+                    let h = n.min(self.data.len() - self.pos);
+                    self.pos += h;
+                    head += h;
+                    buf.consume(n - h);
+                    body += n - h;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => ready.writable = false,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((head, body))
+    }
+
+    /// Send what the socket takes; memory is kept until `clear`, so a
+    /// request head can still be replayed.
+    pub fn flush(&mut self, dst: &Stream, ready: &mut Ready) -> io::Result<usize> {
+        let n = write_nb(dst, ready, &self.data[self.pos..])?;
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mio::net::UnixStream;
+
+    fn pair() -> (Stream, Stream) {
+        let (a, b) = UnixStream::pair().unwrap();
+        (Stream::Unix(a), Stream::Unix(b))
+    }
+
+    const RW: Ready = Ready {
+        readable: true,
+        writable: true,
+    };
+
+    #[test]
+    fn reads_until_would_block_and_stops_when_full() {
+        let (a, b) = pair();
+        let mut r = RW;
+        write_nb(&a, &mut r, b"hello world").unwrap();
+        let mut buf = Buf::new(5);
+        let mut ready = RW;
+        assert_eq!(buf.read_from(&b, &mut ready).unwrap().bytes, 5);
+        assert!(ready.readable, "full, not drained: readable stays set");
+        assert_eq!(buf.bytes(), b"hello");
+        buf.consume(3);
+        assert_eq!(buf.read_from(&b, &mut ready).unwrap().bytes, 3);
+        assert_eq!(buf.bytes(), b"lo wo");
+        buf.consume(5);
+        assert_eq!(buf.read_from(&b, &mut ready).unwrap().bytes, 3);
+        assert_eq!(buf.read_from(&b, &mut ready).unwrap().bytes, 0);
+        assert!(!ready.readable);
+        buf.consume(3);
+        buf.release();
+        assert_eq!(buf.data.capacity(), 0);
+        drop(a);
+        ready.readable = true;
+        assert!(buf.read_from(&b, &mut ready).unwrap().eof);
+    }
+
+    #[test]
+    fn write_to_respects_max() {
+        let (a, b) = pair();
+        let mut buf = Buf::new(16);
+        let mut r = RW;
+        write_nb(&a, &mut r, b"abcdef").unwrap();
+        buf.read_from(&b, &mut r).unwrap();
+        let mut w = RW;
+        assert_eq!(buf.write_to(&b, &mut w, 4).unwrap(), 4);
+        assert_eq!(buf.bytes(), b"ef");
+        let mut got = Buf::new(16);
+        got.read_from(&a, &mut RW.clone()).unwrap();
+        assert_eq!(got.bytes(), b"abcd");
+    }
+
+    #[test]
+    fn out_replays_after_rewind() {
+        let (a, b) = pair();
+        let mut o = Out::default();
+        o.buf().extend_from_slice(b"head");
+        let mut w = RW;
+        assert_eq!(o.flush(&a, &mut w).unwrap(), 4);
+        assert!(o.is_empty());
+        o.rewind();
+        assert!(!o.is_empty());
+        o.flush(&a, &mut w).unwrap();
+        let mut got = Buf::new(16);
+        got.read_from(&b, &mut RW.clone()).unwrap();
+        assert_eq!(got.bytes(), b"headhead");
+    }
+}

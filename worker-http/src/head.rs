@@ -1,0 +1,429 @@
+//! Request and response heads: parse with httparse, decide framing and
+//! persistence, and write the head that goes on the wire.
+//!
+//! Pure functions over byte slices, so they are unit-tested here and easy
+//! to fuzz. Requests are validated strictly (SPEC §5): anything a backend
+//! could frame differently from us is refused before it is forwarded.
+
+use crate::framing::{parse_content_length, te_is_chunked, Framing};
+use crate::route::{normalise_host, rewrite_target, Entry};
+use std::net::IpAddr;
+
+/// Most header lines accepted in one head (HAProxy allows 101).
+pub const MAX_HEADERS: usize = 100;
+
+/// Why a request head is refused; `status` is what the client gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reject {
+    pub status: u16,
+    pub why: &'static str,
+}
+
+fn reject(status: u16, why: &'static str) -> Reject {
+    Reject { status, why }
+}
+
+/// A request head, parsed and checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Bytes the head takes in the buffer.
+    pub len: usize,
+    pub method: String,
+    /// The request-target as sent (origin-form after absolute-form is
+    /// reduced), including the query.
+    pub target: String,
+    /// The target's path, without the query, for routing.
+    pub path: String,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor: u8,
+    pub host: Option<String>,
+    pub framing: Framing,
+    /// The client wants the connection kept open after this exchange.
+    pub keep_alive: bool,
+    /// `Upgrade` value when the client asks to switch protocols.
+    pub upgrade: Option<String>,
+    /// Header lines to forward as they are, as (name, value).
+    headers: Vec<(String, Vec<u8>)>,
+    /// X-Forwarded-For values the client sent, in order.
+    forwarded_for: Vec<String>,
+    /// The raw Host header value, for X-Forwarded-Host.
+    host_raw: Option<Vec<u8>>,
+}
+
+/// Outcome of looking for a head in the bytes received so far.
+#[derive(Debug)]
+pub enum Parsed<T> {
+    Complete(T),
+    /// Need more bytes.
+    Partial,
+}
+
+/// Headers a proxy never forwards (RFC 9110 §7.6.1), besides the ones the
+/// `Connection` header names. `Upgrade` is re-added for upgrade requests.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "upgrade",
+    "proxy-authorization",
+];
+
+/// Headers a client may not make disappear by naming them in `Connection`.
+const END_TO_END: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "x-forwarded-for",
+];
+
+fn connection_tokens(headers: &[httparse::Header<'_>]) -> Vec<String> {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .flat_map(|h| h.value.split(|b| *b == b','))
+        .filter_map(|t| std::str::from_utf8(t.trim_ascii()).ok())
+        .filter(|t| !t.is_empty())
+        .map(|t| t.to_ascii_lowercase())
+        .collect()
+}
+
+/// Parse a request head at the start of `buf`. `Err` carries the status to
+/// answer with (400, 431).
+pub fn parse_request(buf: &[u8]) -> Result<Parsed<Request>, Reject> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut slots);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(httparse::Error::TooManyHeaders) => return Err(reject(431, "too many header lines")),
+        Err(_) => return Err(reject(400, "malformed request head")),
+    };
+    let method = req.method.unwrap_or_default().to_string();
+    let minor = req.version.unwrap_or(1);
+    let raw_target = req.path.unwrap_or_default();
+    let headers = &*req.headers;
+    let (target, authority) = origin_form(&method, raw_target)?;
+    let path = target.split('?').next().unwrap_or("/").to_string();
+
+    let mut cl: Option<u64> = None;
+    let mut te_seen = false;
+    let mut host_raw: Option<Vec<u8>> = None;
+    for h in headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let v = parse_content_length(h.value).ok_or(reject(400, "invalid Content-Length"))?;
+            if cl.is_some_and(|c| c != v) {
+                return Err(reject(400, "differing Content-Length values"));
+            }
+            cl = Some(v);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            te_seen = true;
+        } else if h.name.eq_ignore_ascii_case("host") {
+            if host_raw.is_some() {
+                return Err(reject(400, "more than one Host header"));
+            }
+            host_raw = Some(h.value.to_vec());
+        }
+    }
+    let framing = match (te_seen, cl) {
+        (true, Some(_)) => return Err(reject(400, "both Content-Length and Transfer-Encoding")),
+        (true, None) if minor == 0 => return Err(reject(400, "Transfer-Encoding in HTTP/1.0")),
+        (true, None) => {
+            let tes = headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
+                .map(|h| h.value);
+            if !te_is_chunked(tes) {
+                return Err(reject(400, "Transfer-Encoding not ending in chunked"));
+            }
+            Framing::Chunked
+        }
+        (false, Some(0)) | (false, None) => Framing::None,
+        (false, Some(n)) => Framing::Length(n),
+    };
+    if minor == 1 && host_raw.is_none() && authority.is_none() {
+        return Err(reject(400, "HTTP/1.1 request without Host"));
+    }
+    let host_str = match (&authority, &host_raw) {
+        // RFC 9112 §3.2.2: an absolute-form target overrides Host.
+        (Some(a), _) => Some(a.clone()),
+        (None, Some(h)) => Some(
+            std::str::from_utf8(h)
+                .map_err(|_| reject(400, "Host is not text"))?
+                .to_string(),
+        ),
+        (None, None) => None,
+    };
+    let host = host_str.as_deref().and_then(normalise_host);
+
+    let conn = connection_tokens(headers);
+    let keep_alive = if minor == 0 {
+        conn.iter().any(|t| t == "keep-alive")
+    } else {
+        !conn.iter().any(|t| t == "close")
+    };
+    let upgrade = if minor == 1 && conn.iter().any(|t| t == "upgrade") {
+        headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("upgrade"))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+            .map(str::to_string)
+    } else {
+        None
+    };
+
+    let mut forwarded_for = Vec::new();
+    let mut kept = Vec::with_capacity(headers.len());
+    let mut seen_cl = false;
+    for h in headers.iter() {
+        let name = h.name.to_ascii_lowercase();
+        if name == "x-forwarded-for" {
+            if let Ok(v) = std::str::from_utf8(h.value) {
+                forwarded_for.push(v.trim().to_string());
+            }
+            continue;
+        }
+        let dropped = HOP_BY_HOP.contains(&name.as_str())
+            || name.starts_with("x-pv-")
+            || name == "x-forwarded-proto"
+            || name == "x-forwarded-host"
+            || (name == "host" && authority.is_some())
+            || (conn.contains(&name) && !END_TO_END.contains(&name.as_str()));
+        // Identical duplicate Content-Lengths are forwarded as one.
+        let dup_cl = name == "content-length" && std::mem::replace(&mut seen_cl, true);
+        if !dropped && !dup_cl {
+            kept.push((h.name.to_string(), h.value.to_vec()));
+        }
+    }
+    if let Some(a) = &authority {
+        kept.insert(0, ("Host".to_string(), a.clone().into_bytes()));
+    }
+    Ok(Parsed::Complete(Request {
+        len,
+        method,
+        target,
+        path,
+        minor,
+        host,
+        framing,
+        keep_alive,
+        upgrade,
+        headers: kept,
+        forwarded_for,
+        host_raw: authority.map(String::into_bytes).or(host_raw),
+    }))
+}
+
+/// Reduce the request-target to origin-form. Returns the target and, for
+/// absolute-form, its authority.
+fn origin_form(method: &str, t: &str) -> Result<(String, Option<String>), Reject> {
+    if t.starts_with('/') {
+        return Ok((t.to_string(), None));
+    }
+    if t == "*" && method == "OPTIONS" {
+        return Ok(("*".to_string(), None));
+    }
+    let lower = t.to_ascii_lowercase();
+    let rest = if lower.starts_with("http://") {
+        &t[7..]
+    } else if lower.starts_with("https://") {
+        &t[8..]
+    } else {
+        return Err(reject(400, "request-target is not a path"));
+    };
+    let (auth, path) = match rest.find(['/', '?']) {
+        Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], rest[i..].to_string()),
+        Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
+        None => (rest, "/".to_string()),
+    };
+    if auth.is_empty() || auth.contains('@') {
+        return Err(reject(400, "bad authority in request-target"));
+    }
+    Ok((path, Some(auth.to_string())))
+}
+
+/// Who is asking, for the identity headers.
+#[derive(Debug, Clone, Copy)]
+pub struct Client {
+    /// None for unix-socket clients.
+    pub ip: Option<IpAddr>,
+}
+
+/// Write the head the backend gets: target rewritten for the route,
+/// hop-by-hop and client `X-PV-*` headers gone, identity headers added.
+pub fn write_request(req: &Request, route: &Entry, client: Client, out: &mut Vec<u8>) {
+    let target = if req.target == "*" {
+        "*".to_string()
+    } else {
+        rewrite_target(&req.target, &route.prefix, route.strip_prefix)
+    };
+    out.extend_from_slice(req.method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    // A 1.0 client's request stays 1.0, so the backend never answers with
+    // a chunked body that client cannot read.
+    out.extend_from_slice(if req.minor == 0 {
+        b" HTTP/1.0\r\n"
+    } else {
+        b" HTTP/1.1\r\n"
+    });
+    for (name, value) in &req.headers {
+        header(out, name.as_bytes(), value);
+    }
+    match (&req.upgrade, req.minor) {
+        (Some(u), _) => {
+            header(out, b"Connection", b"upgrade");
+            header(out, b"Upgrade", u.as_bytes());
+        }
+        // Backend connections are reused: ask a 1.0 backend to keep it.
+        (None, 0) => header(out, b"Connection", b"keep-alive"),
+        (None, _) => {}
+    }
+    header(out, b"X-PV-Role", route.role.as_bytes());
+    header(out, b"X-PV-Client", route.consumer.as_bytes());
+    // A unix client has no address: the client's own claims are dropped
+    // and nothing is added, so the last hop is never forged.
+    if let Some(ip) = client.ip {
+        let mut xff = req.forwarded_for.join(", ");
+        if !xff.is_empty() {
+            xff.push_str(", ");
+        }
+        xff.push_str(&ip.to_string());
+        header(out, b"X-Forwarded-For", xff.as_bytes());
+    }
+    header(out, b"X-Forwarded-Proto", b"http");
+    if let Some(h) = &req.host_raw {
+        header(out, b"X-Forwarded-Host", h);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A response head from the backend, parsed and checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub len: usize,
+    pub status: u16,
+    pub framing: Framing,
+    /// The backend allows reusing its connection after this response.
+    pub reusable: bool,
+    /// Status line through its CRLF, byte for byte.
+    status_line: Vec<u8>,
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Parse a response head at the start of `buf`. `head_request`: the
+/// request was HEAD (no body follows whatever the headers say).
+pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Parsed<Response>, &'static str> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut slots);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(httparse::Error::TooManyHeaders) => return Err("too many response header lines"),
+        Err(_) => return Err("malformed response head"),
+    };
+    let status = resp.code.unwrap_or(0);
+    let minor = resp.version.unwrap_or(1);
+    let headers = &*resp.headers;
+    let mut cl: Option<u64> = None;
+    let mut te = false;
+    for h in headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let v = parse_content_length(h.value).ok_or("invalid Content-Length in response")?;
+            if cl.is_some_and(|c| c != v) {
+                return Err("differing Content-Length values in response");
+            }
+            cl = Some(v);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            te = true;
+        }
+    }
+    let bodyless = head_request || (100..200).contains(&status) || status == 204 || status == 304;
+    let framing = if bodyless {
+        Framing::None
+    } else if te && cl.is_some() {
+        return Err("response has both Content-Length and Transfer-Encoding");
+    } else if te {
+        let tes = headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
+            .map(|h| h.value);
+        // RFC 9112 §6.3: chunked not last, or in HTTP/1.0: read until close.
+        if minor == 1 && te_is_chunked(tes) {
+            Framing::Chunked
+        } else {
+            Framing::Close
+        }
+    } else {
+        match cl {
+            Some(n) => Framing::Length(n),
+            None => Framing::Close,
+        }
+    };
+    let conn = connection_tokens(headers);
+    let reusable = framing != Framing::Close
+        && if minor == 0 {
+            conn.iter().any(|t| t == "keep-alive")
+        } else {
+            !conn.iter().any(|t| t == "close")
+        };
+    let line_end = buf.iter().position(|b| *b == b'\n').map_or(len, |i| i + 1);
+    let kept = headers
+        .iter()
+        .filter(|h| {
+            let n = h.name.to_ascii_lowercase();
+            status == 101
+                || !(matches!(n.as_str(), "connection" | "keep-alive" | "proxy-connection")
+                    || (conn.contains(&n) && !END_TO_END.contains(&n.as_str())))
+        })
+        .map(|h| (h.name.to_string(), h.value.to_vec()))
+        .collect();
+    Ok(Parsed::Complete(Response {
+        len,
+        status,
+        framing,
+        reusable,
+        status_line: buf[..line_end].to_vec(),
+        headers: kept,
+    }))
+}
+
+/// How the client connection continues after a final response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persist {
+    /// Close after this response: say `Connection: close`.
+    Close,
+    /// Keep open; an HTTP/1.0 client must be told `keep-alive`.
+    KeepAlive10,
+    /// Keep open, HTTP/1.1 default: nothing to add.
+    KeepAlive11,
+}
+
+/// Write the response head the client gets: status line and end-to-end
+/// headers unchanged, connection management our own. A 101's head goes
+/// through untouched (its `Connection: upgrade` is the point).
+pub fn write_response(resp: &Response, persist: Persist, out: &mut Vec<u8>) {
+    out.extend_from_slice(&resp.status_line);
+    for (name, value) in &resp.headers {
+        header(out, name.as_bytes(), value);
+    }
+    if resp.status >= 200 {
+        match persist {
+            Persist::Close => header(out, b"Connection", b"close"),
+            Persist::KeepAlive10 => header(out, b"Connection", b"keep-alive"),
+            Persist::KeepAlive11 => {}
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+#[path = "head_tests.rs"]
+mod tests;

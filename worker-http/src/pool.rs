@@ -1,0 +1,203 @@
+//! Idle backend connections kept for reuse, so a keep-alive client does
+//! not cost a backend connect per request.
+//!
+//! Idle sockets stay registered with epoll under their own token (see
+//! `keys.rs`); parking one only records the pool as its owner.
+//!
+//! Bounded: at most [`PER_BACKEND`] idle connections per backend (the
+//! oldest goes first), each closed after [`IDLE`] by a periodic sweep (one
+//! timer for the whole pool, not one per connection). An idle connection stays
+//! registered for readability: any event on it means the backend closed it
+//! (or sent bytes nobody asked for), and it is closed at once rather than
+//! handed to the next request. The race that remains (the backend closes
+//! just as a request goes out) is covered by the connection's one retry.
+
+use crate::keys::{Owner, Owners};
+use proto::graph::Backend;
+use proto::slab::Slab;
+use proto::stream::Stream;
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read};
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
+
+/// As many as nginx's usual `keepalive 64`: enough for a busy client set
+/// to find a warm connection instead of paying a connect per request.
+pub const PER_BACKEND: usize = 64;
+pub const IDLE: Duration = Duration::from_secs(15);
+
+struct Idle {
+    stream: Stream,
+    backend: Backend,
+    since: Instant,
+}
+
+#[derive(Default)]
+pub struct Pool {
+    idle: Slab<Idle>,
+    /// Slots per backend, oldest first.
+    by_backend: HashMap<Backend, Vec<usize>>,
+}
+
+impl Pool {
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.idle.len()
+    }
+
+    /// The most recently parked connection to `b` (the least likely to have
+    /// been closed by the backend's own idle timeout).
+    pub fn take(&mut self, b: &Backend) -> Option<Stream> {
+        let slots = self.by_backend.get_mut(b)?;
+        let slot = slots.pop();
+        if slots.is_empty() {
+            self.by_backend.remove(b);
+        }
+        self.idle.remove(slot?).map(|i| i.stream)
+    }
+
+    /// Park a connection whose last response ended cleanly.
+    pub fn put(&mut self, owners: &mut Owners, now: Instant, b: Backend, s: Stream) {
+        let slots = self.by_backend.entry(b.clone()).or_default();
+        if slots.len() >= PER_BACKEND {
+            let oldest = slots.remove(0);
+            self.idle.remove(oldest);
+        }
+        let fd = s.as_raw_fd();
+        let (slot, _) = self.idle.insert(Idle {
+            stream: s,
+            backend: b,
+            since: now,
+        });
+        owners.set(fd, Owner::Pool(slot));
+        slots.push(slot);
+    }
+
+    fn forget(&mut self, slot: usize) {
+        if let Some(i) = self.idle.remove(slot) {
+            if let Some(slots) = self.by_backend.get_mut(&i.backend) {
+                slots.retain(|s| *s != slot);
+                if slots.is_empty() {
+                    self.by_backend.remove(&i.backend);
+                }
+            }
+        }
+    }
+
+    /// An event on an idle connection: closed by the backend, or bytes
+    /// nobody asked for. Either way it cannot carry the next request.
+    pub fn on_event(&mut self, slot: usize, fd: RawFd) {
+        let Some(i) = self
+            .idle
+            .get_mut(slot)
+            .filter(|i| i.stream.as_raw_fd() == fd)
+        else {
+            return;
+        };
+        let mut probe = [0u8; 1];
+        match (&i.stream).read(&mut probe) {
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            _ => self.forget(slot),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.idle.is_empty()
+    }
+
+    /// Close connections idle for [`IDLE`]; returns when the next one is
+    /// due, if any is left.
+    pub fn sweep(&mut self, now: Instant) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut expired = Vec::new();
+        for slots in self.by_backend.values() {
+            for slot in slots {
+                if let Some(i) = self.idle.get_mut(*slot) {
+                    let due = i.since + IDLE;
+                    if due <= now {
+                        expired.push(*slot);
+                    } else {
+                        next = Some(next.map_or(due, |n| n.min(due)));
+                    }
+                }
+            }
+        }
+        for slot in expired {
+            self.forget(slot);
+        }
+        next
+    }
+
+    /// Close idle connections to backends no route uses any more (after a
+    /// route update, so a provider that moved is not reached at its old
+    /// address).
+    pub fn retain(&mut self, keep: impl Fn(&Backend) -> bool) {
+        let gone: Vec<Backend> = self
+            .by_backend
+            .keys()
+            .filter(|b| !keep(b))
+            .cloned()
+            .collect();
+        for b in gone {
+            for slot in self.by_backend.remove(&b).unwrap_or_default() {
+                self.idle.remove(slot);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mio::net::UnixStream;
+
+    fn fd_of(pool: &mut Pool, slot: usize) -> RawFd {
+        pool.idle
+            .get_mut(slot)
+            .map(|i| i.stream.as_raw_fd())
+            .unwrap()
+    }
+
+    #[test]
+    fn take_put_bound_retain_and_close_detection() {
+        let mut owners = Owners::default();
+        let mut pool = Pool::default();
+        let b: Backend = Backend::Unix("/x".into());
+        let mut peers = Vec::new();
+        for _ in 0..PER_BACKEND + 2 {
+            let (a, p) = UnixStream::pair().unwrap();
+            pool.put(&mut owners, Instant::now(), b.clone(), Stream::Unix(a));
+            peers.push(p);
+        }
+        assert_eq!(pool.len(), PER_BACKEND);
+        assert!(pool.take(&b).is_some());
+        assert_eq!(pool.len(), PER_BACKEND - 1);
+        // The newest went first; the two oldest were evicted. Closing the
+        // peer of a parked connection makes the probe drop it.
+        let slot = pool.by_backend[&b][0];
+        let fd = fd_of(&mut pool, slot);
+        assert_eq!(owners.get(fd), Owner::Pool(slot));
+        drop(peers.remove(2));
+        pool.on_event(slot, fd + 1000);
+        assert_eq!(pool.len(), PER_BACKEND - 1, "event for another fd: ignored");
+        pool.on_event(slot, fd);
+        assert_eq!(pool.len(), PER_BACKEND - 2);
+        let live = pool.by_backend[&b][0];
+        let fd = fd_of(&mut pool, live);
+        pool.on_event(live, fd);
+        assert_eq!(pool.len(), PER_BACKEND - 2, "still open: kept");
+        let now = Instant::now();
+        assert!(pool.sweep(now).is_some_and(|t| t > now));
+        assert_eq!(pool.len(), PER_BACKEND - 2, "not idle long enough: kept");
+        assert_eq!(pool.sweep(now + IDLE + IDLE), None);
+        assert_eq!(pool.len(), 0, "idle too long: closed");
+        for _ in 0..2 {
+            let (a, p) = UnixStream::pair().unwrap();
+            pool.put(&mut owners, Instant::now(), b.clone(), Stream::Unix(a));
+            peers.push(p);
+        }
+        pool.retain(|x| x != &b);
+        assert_eq!(pool.len(), 0);
+        assert!(pool.take(&b).is_none());
+    }
+}

@@ -1,0 +1,199 @@
+//! One proxied unix connection: client <-> provider socket, as a small
+//! state machine.
+//!
+//! ```text
+//!   accept ──> Connecting ──(connect ok)──> Relaying ──(both ways done)──> closed
+//!                 │  ▲ refused / no socket yet: retry after 25, 50, 100, 200 ms
+//!                 └──┘ timeout / other error / retries spent ──> closed (client just closed)
+//! ```
+//! In `Relaying`, each direction is an [`FdRelay`]: bytes and the fds sent
+//! with them (`SCM_RIGHTS`) go through; EOF from one side is passed on as
+//! `shutdown(SHUT_WR)` of the other (half-close), and the connection ends
+//! only when both directions are finished. A half-closed connection with
+//! no traffic for `half_close_linger_ms` is closed; an open one never idles
+//! out (display and bus protocols sit idle for hours).
+
+use crate::relay::FdRelay;
+use proto::backend::{Dial, Dialer};
+use proto::ctl::Limits;
+use proto::graph::Backend;
+use proto::plan::Route;
+use proto::relay::Ready;
+use proto::stream::Stream;
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+/// What the loop must do after driving a connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    Continue,
+    /// Close both sides. `error`: count it as a failed connection.
+    Close {
+        error: bool,
+    },
+    /// A new backend socket exists and must be registered.
+    RegisterBackend,
+}
+
+pub struct Conn {
+    pub client: Stream,
+    pub client_ready: Ready,
+    pub backend: Option<Stream>,
+    pub backend_ready: Ready,
+    dial: Dialer,
+    relaying: bool,
+    up: FdRelay,
+    down: FdRelay,
+    last_activity: Instant,
+    /// Bytes moved since the loop last collected them (up, down).
+    pub moved: (u64, u64),
+    /// When the connection next needs attention from a timer.
+    pub deadline: Option<Instant>,
+    /// Earliest timer entry for this connection in the loop's heap.
+    pub timer_at: Option<Instant>,
+}
+
+impl Conn {
+    pub fn new(client: Stream, route: &Route, limits: &Limits, now: Instant) -> Conn {
+        // fds can only travel on to a unix socket; a tcp provider gets bytes.
+        let to_unix = matches!(route.backend, Backend::Unix(_));
+        Conn {
+            client,
+            client_ready: Ready::default(),
+            backend: None,
+            backend_ready: Ready::default(),
+            dial: Dialer::new(route.backend.clone(), now, limits),
+            relaying: false,
+            up: FdRelay::new(to_unix),
+            down: FdRelay::new(true),
+            last_activity: now,
+            moved: (0, 0),
+            deadline: Some(now),
+            timer_at: None,
+        }
+    }
+
+    /// Fds passed through so far (both directions).
+    pub fn fds_passed(&self) -> u64 {
+        self.up.fds_passed + self.down.fds_passed
+    }
+
+    /// Advance the connection as far as readiness allows.
+    pub fn drive(&mut self, now: Instant, limits: &Limits) -> Next {
+        let next = if self.relaying {
+            self.relay(now)
+        } else {
+            self.connect(now, limits)
+        };
+        self.deadline = self.next_deadline(limits);
+        next
+    }
+
+    fn connect(&mut self, now: Instant, limits: &Limits) -> Next {
+        let Some(b) = self.backend.as_ref() else {
+            return match self.dial.poll(now, limits) {
+                Dial::Wait => Next::Continue,
+                Dial::Socket(s) => {
+                    self.backend = Some(s);
+                    self.backend_ready = Ready::default();
+                    Next::RegisterBackend
+                }
+                Dial::Failed(why) => {
+                    proto::warn!("{why}; closing client");
+                    Next::Close { error: true }
+                }
+            };
+        };
+        if !self.backend_ready.writable {
+            if self.dial.expired(now) {
+                proto::warn!(
+                    "backend {}: connect timed out after {} ms; closing client",
+                    self.dial.target,
+                    limits.connect_timeout_ms
+                );
+                return Next::Close { error: true };
+            }
+            return Next::Continue;
+        }
+        match self.dial.established(b) {
+            Ok(false) => {
+                self.backend_ready.writable = false;
+                Next::Continue
+            }
+            Ok(true) => {
+                self.relaying = true;
+                self.last_activity = now;
+                self.relay(now)
+            }
+            Err(e) => {
+                // Closing the socket also takes it out of epoll.
+                self.backend = None;
+                match self.dial.failed(now, limits, &e) {
+                    Dial::Failed(why) => {
+                        proto::warn!("{why}; closing client");
+                        Next::Close { error: true }
+                    }
+                    _ => Next::Continue,
+                }
+            }
+        }
+    }
+
+    fn relay(&mut self, now: Instant) -> Next {
+        let Some(b) = self.backend.as_ref() else {
+            return Next::Close { error: true };
+        };
+        let (c, bfd) = (self.client.as_fd(), b.as_fd());
+        let up = self
+            .up
+            .pump(c, &mut self.client_ready, bfd, &mut self.backend_ready);
+        let down = self
+            .down
+            .pump(bfd, &mut self.backend_ready, c, &mut self.client_ready);
+        match (up, down) {
+            (Ok(u), Ok(d)) => {
+                if u.bytes + d.bytes > 0 || u.eof || d.eof {
+                    self.last_activity = now;
+                }
+                self.moved.0 += u.bytes;
+                self.moved.1 += d.bytes;
+                if self.up.dst_shut && self.down.dst_shut {
+                    Next::Close { error: false }
+                } else {
+                    Next::Continue
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                // A peer that went away ends the connection; not a proxy fault.
+                proto::debug!("relay with {}: {e}", self.dial.target);
+                Next::Close { error: false }
+            }
+        }
+    }
+
+    /// A timer fired: retry or give up a connect, or end a lingering
+    /// half-closed connection.
+    pub fn on_timer(&mut self, now: Instant, limits: &Limits) -> Next {
+        match self.deadline {
+            Some(d) if d <= now => {}
+            _ => return Next::Continue,
+        }
+        if !self.relaying {
+            return self.drive(now, limits);
+        }
+        proto::debug!(
+            "closing half-closed connection to {} idle for {} ms",
+            self.dial.target,
+            limits.half_close_linger_ms
+        );
+        Next::Close { error: false }
+    }
+
+    fn next_deadline(&self, limits: &Limits) -> Option<Instant> {
+        if !self.relaying {
+            return Some(self.dial.deadline());
+        }
+        let half_closed = self.up.dst_shut != self.down.dst_shut;
+        half_closed.then(|| self.last_activity + Duration::from_millis(limits.half_close_linger_ms))
+    }
+}
