@@ -11,9 +11,10 @@
 //! connection ends only when both directions are finished.
 
 use nix::sys::socket::MsgFlags;
-use proto::backend;
-use proto::ctl::Limits;
-use proto::graph::{Backend, ProxyProtocol};
+use proto::backend::{Dial, Dialer};
+use proto::ctl::{Limits, WorkerConfig};
+use proto::event_loop::{Connection, Next};
+use proto::graph::ProxyProtocol;
 use proto::plan::Route;
 use proto::relay::{Ready, Splice};
 use proto::stream::Stream;
@@ -39,25 +40,9 @@ pub enum Phase {
     Sniffing {
         until: Instant,
     },
-    /// `backend` is None while waiting to retry a refused connect.
-    Connecting {
-        attempt: u32,
-        retry_at: Option<Instant>,
-        give_up_at: Instant,
-    },
+    /// Reaching the backend (with the bounded retry while it restarts).
+    Connecting(Dialer),
     Relaying,
-}
-
-/// What the loop must do after driving a connection.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Next {
-    Continue,
-    /// Close both sides. `error`: count it as a failed connection.
-    Close {
-        error: bool,
-    },
-    /// A new backend socket exists and must be registered.
-    RegisterBackend,
 }
 
 pub struct Conn {
@@ -66,7 +51,8 @@ pub struct Conn {
     pub backend: Option<Stream>,
     pub backend_ready: Ready,
     pub phase: Phase,
-    target: Backend,
+    /// The backend, for log lines (set once a route is chosen).
+    target: String,
     proxy_protocol: Option<ProxyProtocol>,
     up: Splice,
     down: Splice,
@@ -85,7 +71,7 @@ pub struct Conn {
 impl Conn {
     /// With one route without sni the backend is known at once; otherwise
     /// the ClientHello picks it.
-    pub fn new(client: Stream, routes: &[Route], limits: &Limits, now: Instant) -> Conn {
+    fn for_routes(client: Stream, routes: &[Route], limits: &Limits, now: Instant) -> Conn {
         let mut c = Conn {
             client,
             client_ready: Ready::default(),
@@ -94,7 +80,7 @@ impl Conn {
             phase: Phase::Sniffing {
                 until: now + Duration::from_millis(limits.head_timeout_ms),
             },
-            target: Backend::Tcp(([0, 0, 0, 0], 0).into()),
+            target: String::new(),
             proxy_protocol: None,
             up: Splice::new(),
             down: Splice::new(),
@@ -113,13 +99,9 @@ impl Conn {
     }
 
     fn route_to(&mut self, r: &Route, now: Instant, limits: &Limits) {
-        self.target = r.backend.clone();
+        self.target = r.backend.to_string();
         self.proxy_protocol = r.proxy_protocol;
-        self.phase = Phase::Connecting {
-            attempt: 0,
-            retry_at: Some(now),
-            give_up_at: now + Duration::from_millis(limits.connect_timeout_ms),
-        };
+        self.phase = Phase::Connecting(Dialer::new(r.backend.clone(), now, limits));
     }
 
     /// Peek at the ClientHello and pick the route whose sni it names.
@@ -167,53 +149,11 @@ impl Conn {
         }
     }
 
-    /// Start (or retry) the backend connect when it is due.
-    fn start_connect(&mut self, now: Instant, limits: &Limits) -> Next {
-        if let Some(v) = self.proxy_protocol {
-            if self.preamble.is_empty() {
-                self.preamble =
-                    proxy_header::build(v, self.client.peer_ip(), self.client.local_addr());
-            }
-        }
-        let Phase::Connecting {
-            attempt,
-            retry_at,
-            give_up_at,
-        } = &mut self.phase
-        else {
-            return Next::Continue;
-        };
-        match *retry_at {
-            Some(at) if at <= now => {}
-            _ => return Next::Continue,
-        }
-        *retry_at = None;
-        match backend::connect(&self.target) {
-            Ok(s) => {
-                self.backend = Some(s);
-                self.backend_ready = Ready::default();
-                Next::RegisterBackend
-            }
-            Err(e) => {
-                *attempt += 1;
-                retry_or_fail(
-                    attempt,
-                    retry_at,
-                    *give_up_at,
-                    now,
-                    limits,
-                    &self.target,
-                    &e,
-                )
-            }
-        }
-    }
-
     /// Advance the connection as far as readiness allows.
-    pub fn drive(&mut self, now: Instant, limits: &Limits, routes: &[Route]) -> Next {
+    fn advance(&mut self, now: Instant, limits: &Limits, routes: &[Route]) -> Next {
         let next = match self.phase {
             Phase::Sniffing { .. } => self.sniff(now, limits, routes),
-            Phase::Connecting { .. } => self.drive_connect(now, limits),
+            Phase::Connecting(_) => self.drive_connect(now, limits),
             Phase::Relaying => self.relay(now),
         };
         self.deadline = self.next_deadline(limits);
@@ -221,16 +161,38 @@ impl Conn {
     }
 
     fn drive_connect(&mut self, now: Instant, limits: &Limits) -> Next {
-        if self.backend.is_none() {
-            return self.start_connect(now, limits);
+        if let (Some(v), true) = (self.proxy_protocol, self.preamble.is_empty()) {
+            self.preamble = proxy_header::build(v, self.client.peer_ip(), self.client.local_addr());
         }
-        let Some(b) = self.backend.as_ref() else {
+        let Phase::Connecting(dial) = &mut self.phase else {
             return Next::Continue;
         };
+        let Some(b) = self.backend.as_ref() else {
+            return match dial.poll(now, limits) {
+                Dial::Wait => Next::Continue,
+                Dial::Socket(s) => {
+                    self.backend = Some(s);
+                    self.backend_ready = Ready::default();
+                    Next::RegisterBackend
+                }
+                Dial::Failed(why) => {
+                    proto::warn!("{why}; closing client");
+                    Next::Close { error: true }
+                }
+            };
+        };
         if !self.backend_ready.writable {
+            if dial.expired(now) {
+                proto::warn!(
+                    "backend {}: connect timed out after {} ms; closing client",
+                    self.target,
+                    limits.connect_timeout_ms
+                );
+                return Next::Close { error: true };
+            }
             return Next::Continue;
         }
-        match b.connect_done() {
+        match dial.established(b) {
             Ok(false) => {
                 self.backend_ready.writable = false;
                 Next::Continue
@@ -244,25 +206,15 @@ impl Conn {
                 self.relay(now)
             }
             Err(e) => {
+                // Closing the socket also takes it out of epoll.
                 self.backend = None;
-                let Phase::Connecting {
-                    attempt,
-                    retry_at,
-                    give_up_at,
-                } = &mut self.phase
-                else {
-                    return Next::Close { error: true };
-                };
-                *attempt += 1;
-                retry_or_fail(
-                    attempt,
-                    retry_at,
-                    *give_up_at,
-                    now,
-                    limits,
-                    &self.target,
-                    &e,
-                )
+                match dial.failed(now, limits, &e) {
+                    Dial::Failed(why) => {
+                        proto::warn!("{why}; closing client");
+                        Next::Close { error: true }
+                    }
+                    _ => Next::Continue,
+                }
             }
         }
     }
@@ -328,7 +280,7 @@ impl Conn {
     }
 
     /// A timer fired: retry a connect, or time the connection out.
-    pub fn on_timer(&mut self, now: Instant, limits: &Limits, routes: &[Route]) -> Next {
+    fn expire(&mut self, now: Instant, limits: &Limits, routes: &[Route]) -> Next {
         match self.deadline {
             Some(d) if d <= now => {}
             _ => return Next::Continue,
@@ -341,15 +293,7 @@ impl Conn {
                 );
                 Next::Close { error: true }
             }
-            Phase::Connecting { give_up_at, .. } if *give_up_at <= now => {
-                proto::warn!(
-                    "backend {}: connect timed out after {} ms",
-                    self.target,
-                    limits.connect_timeout_ms
-                );
-                Next::Close { error: true }
-            }
-            Phase::Connecting { .. } => self.drive(now, limits, routes),
+            Phase::Connecting(_) => self.advance(now, limits, routes),
             Phase::Relaying => {
                 proto::debug!("closing idle connection to {}", self.target);
                 Next::Close { error: false }
@@ -360,11 +304,7 @@ impl Conn {
     fn next_deadline(&self, limits: &Limits) -> Option<Instant> {
         match &self.phase {
             Phase::Sniffing { until } => Some(*until),
-            Phase::Connecting {
-                retry_at,
-                give_up_at,
-                ..
-            } => Some(retry_at.map_or(*give_up_at, |r| r.min(*give_up_at))),
+            Phase::Connecting(dial) => Some(dial.deadline()),
             Phase::Relaying => {
                 let half_closed = self.up.dst_shut != self.down.dst_shut;
                 let idle_ms = match (half_closed, limits.tcp_idle_timeout_ms) {
@@ -379,26 +319,41 @@ impl Conn {
     }
 }
 
-fn retry_or_fail(
-    attempt: &mut u32,
-    retry_at: &mut Option<Instant>,
-    give_up_at: Instant,
-    now: Instant,
-    limits: &Limits,
-    target: &Backend,
-    e: &io::Error,
-) -> Next {
-    if backend::is_retryable(e) {
-        if let Some(d) = backend::retry_delay(*attempt, limits.connect_retry_ms) {
-            if now + d < give_up_at {
-                *retry_at = Some(now + d);
-                return Next::Continue;
-            }
+impl Connection for Conn {
+    fn new(client: Stream, config: &WorkerConfig, now: Instant) -> Option<Conn> {
+        Some(Conn::for_routes(
+            client,
+            &config.endpoint.routes,
+            &config.limits,
+            now,
+        ))
+    }
+    fn drive(&mut self, now: Instant, config: &WorkerConfig) -> Next {
+        self.advance(now, &config.limits, &config.endpoint.routes)
+    }
+    fn on_timer(&mut self, now: Instant, config: &WorkerConfig) -> Next {
+        self.expire(now, &config.limits, &config.endpoint.routes)
+    }
+    fn client(&mut self) -> &mut Stream {
+        &mut self.client
+    }
+    fn backend(&mut self) -> Option<&mut Stream> {
+        self.backend.as_mut()
+    }
+    fn ready(&mut self, backend: bool) -> &mut Ready {
+        if backend {
+            &mut self.backend_ready
+        } else {
+            &mut self.client_ready
         }
     }
-    proto::warn!(
-        "backend {target} unreachable: {e} (after {} attempt(s)); closing client",
-        attempt
-    );
-    Next::Close { error: true }
+    fn take_moved(&mut self) -> (u64, u64) {
+        std::mem::take(&mut self.moved)
+    }
+    fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+    fn timer_at(&mut self) -> &mut Option<Instant> {
+        &mut self.timer_at
+    }
 }

@@ -15,25 +15,14 @@
 
 use crate::relay::FdRelay;
 use proto::backend::{Dial, Dialer};
-use proto::ctl::Limits;
+use proto::ctl::{Limits, WorkerConfig};
+use proto::event_loop::{Connection, Next};
 use proto::graph::Backend;
 use proto::plan::Route;
 use proto::relay::Ready;
 use proto::stream::Stream;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
-
-/// What the loop must do after driving a connection.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Next {
-    Continue,
-    /// Close both sides. `error`: count it as a failed connection.
-    Close {
-        error: bool,
-    },
-    /// A new backend socket exists and must be registered.
-    RegisterBackend,
-}
 
 pub struct Conn {
     pub client: Stream,
@@ -54,7 +43,7 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(client: Stream, route: &Route, limits: &Limits, now: Instant) -> Conn {
+    fn for_route(client: Stream, route: &Route, limits: &Limits, now: Instant) -> Conn {
         // fds can only travel on to a unix socket; a tcp provider gets bytes.
         let to_unix = matches!(route.backend, Backend::Unix(_));
         Conn {
@@ -74,12 +63,12 @@ impl Conn {
     }
 
     /// Fds passed through so far (both directions).
-    pub fn fds_passed(&self) -> u64 {
+    fn fds_passed(&self) -> u64 {
         self.up.fds_passed + self.down.fds_passed
     }
 
     /// Advance the connection as far as readiness allows.
-    pub fn drive(&mut self, now: Instant, limits: &Limits) -> Next {
+    fn advance(&mut self, now: Instant, limits: &Limits) -> Next {
         let next = if self.relaying {
             self.relay(now)
         } else {
@@ -173,13 +162,13 @@ impl Conn {
 
     /// A timer fired: retry or give up a connect, or end a lingering
     /// half-closed connection.
-    pub fn on_timer(&mut self, now: Instant, limits: &Limits) -> Next {
+    fn expire(&mut self, now: Instant, limits: &Limits) -> Next {
         match self.deadline {
             Some(d) if d <= now => {}
             _ => return Next::Continue,
         }
         if !self.relaying {
-            return self.drive(now, limits);
+            return self.advance(now, limits);
         }
         proto::debug!(
             "closing half-closed connection to {} idle for {} ms",
@@ -195,5 +184,62 @@ impl Conn {
         }
         let half_closed = self.up.dst_shut != self.down.dst_shut;
         half_closed.then(|| self.last_activity + Duration::from_millis(limits.half_close_linger_ms))
+    }
+}
+
+impl Connection for Conn {
+    /// A unix endpoint has exactly one route (the plan never groups two).
+    fn new(client: Stream, config: &WorkerConfig, now: Instant) -> Option<Conn> {
+        let route = config.endpoint.routes.first()?;
+        Some(Conn::for_route(client, route, &config.limits, now))
+    }
+    fn drive(&mut self, now: Instant, config: &WorkerConfig) -> Next {
+        self.advance(now, &config.limits)
+    }
+    fn on_timer(&mut self, now: Instant, config: &WorkerConfig) -> Next {
+        self.expire(now, &config.limits)
+    }
+    fn client(&mut self) -> &mut Stream {
+        &mut self.client
+    }
+    fn backend(&mut self) -> Option<&mut Stream> {
+        self.backend.as_mut()
+    }
+    fn ready(&mut self, backend: bool) -> &mut Ready {
+        if backend {
+            &mut self.backend_ready
+        } else {
+            &mut self.client_ready
+        }
+    }
+    fn take_moved(&mut self) -> (u64, u64) {
+        std::mem::take(&mut self.moved)
+    }
+    fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+    fn timer_at(&mut self) -> &mut Option<Instant> {
+        &mut self.timer_at
+    }
+    fn refuse_update(_old: &WorkerConfig, new: &WorkerConfig) -> Option<String> {
+        (new.endpoint.routes.len() != 1).then(|| {
+            format!(
+                "a unix endpoint has one route, the update has {}",
+                new.endpoint.routes.len()
+            )
+        })
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // Fds still queued are closed with the relays; say how many went through.
+        let n = self.fds_passed();
+        if n > 0 {
+            proto::debug!(
+                "connection to {} closed; {n} fd(s) passed",
+                self.dial.target
+            );
+        }
     }
 }

@@ -1,41 +1,108 @@
-//! The unix worker's event loop: one mio poll over the listener, the
-//! control socket and every connection's two sockets, plus a deadline heap.
-//! All per-connection logic lives in `conn.rs`; this file only dispatches.
-//! It has the shape of pvx-worker-tcp's loop on purpose: same tokens, same
-//! timers, same control handling.
+//! The event loop of the byte-relaying workers (pvx-worker-tcp,
+//! pvx-worker-unix): one mio poll over the listener, the control socket and
+//! every connection's two sockets, plus a deadline heap. The loop only
+//! dispatches; what a connection does lives in the worker's `conn.rs`,
+//! behind the [`Connection`] trait.
 //!
 //! Tokens: 0 = listener, 1 = control socket, 2 + 2*slot = a connection's
 //! client, 3 + 2*slot = its backend. Timer keys: slot << 32 | generation,
 //! and the reserved keys below.
 
-use crate::conn::{Conn, Next};
+use crate::accept::Acceptor;
+use crate::ctl::{CtlError, Stats, ToWorker, WorkerConfig};
+use crate::relay::Ready;
+use crate::slab::Slab;
+use crate::stream::{Listener, Stream};
+use crate::timer::Timers;
+use crate::worker::Started;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use proto::accept::Acceptor;
-use proto::ctl::{CtlError, Stats, ToWorker, WorkerConfig};
-use proto::slab::Slab;
-use proto::stream::{Listener, Stream};
-use proto::timer::Timers;
-use proto::worker::Started;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
+
+/// What the loop must do after driving a connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    Continue,
+    /// Close both sides. `error`: count it as a failed connection.
+    Close {
+        error: bool,
+    },
+    /// A new backend socket exists and must be registered.
+    RegisterBackend,
+}
+
+/// A proxied connection as the loop sees it.
+pub trait Connection: Sized {
+    /// A connection for a newly accepted client (None: close it at once).
+    fn new(client: Stream, config: &WorkerConfig, now: Instant) -> Option<Self>;
+    /// Advance as far as readiness allows.
+    fn drive(&mut self, now: Instant, config: &WorkerConfig) -> Next;
+    /// Its deadline passed (or an earlier timer entry fired).
+    fn on_timer(&mut self, now: Instant, config: &WorkerConfig) -> Next;
+    fn client(&mut self) -> &mut Stream;
+    fn backend(&mut self) -> Option<&mut Stream>;
+    /// Readiness flags of the client (false) or backend (true) socket.
+    fn ready(&mut self, backend: bool) -> &mut Ready;
+    /// Bytes moved (client->backend, backend->client) since the last call.
+    fn take_moved(&mut self) -> (u64, u64);
+    /// When the connection next needs a timer.
+    fn deadline(&self) -> Option<Instant>;
+    /// Earliest timer entry for it in the heap: a new entry is only needed
+    /// when the deadline moves before it.
+    fn timer_at(&mut self) -> &mut Option<Instant>;
+    /// Why an Update cannot be applied by this kind of worker, if it cannot.
+    fn refuse_update(_old: &WorkerConfig, _new: &WorkerConfig) -> Option<String> {
+        None
+    }
+}
 
 const LISTENER: Token = Token(0);
 const CTL: Token = Token(1);
 const KEY_ACCEPT: u64 = u64::MAX;
 const KEY_DRAIN: u64 = u64::MAX - 1;
 
-pub struct Worker {
+/// Start-up, the loop, and the exit status: a relaying worker's whole
+/// `main`. `kind` names it in logs (`pvx-worker-<kind>`).
+pub fn main<C: Connection>(kind: &str) -> ! {
+    let started = match crate::worker::start(kind) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    crate::info!(
+        "serving {} with {} route(s)",
+        started.config.endpoint.key,
+        started.config.endpoint.routes.len()
+    );
+    let worker = match Worker::<C>::new(started) {
+        Ok(w) => w,
+        Err(e) => {
+            crate::error!("cannot start event loop: {e}");
+            std::process::exit(1);
+        }
+    };
+    crate::mem::trim_code();
+    match worker.run() {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            crate::error!("{e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+pub struct Worker<C> {
     poll: Poll,
     acceptor: Acceptor,
-    ctl: proto::worker::WorkerCtl,
+    ctl: crate::worker::WorkerCtl,
     config: WorkerConfig,
-    conns: Slab<Conn>,
+    conns: Slab<C>,
     timers: Timers,
     stats: Stats,
-    /// Fds passed through by connections already closed.
-    fds_passed: u64,
     drain_until: Option<Instant>,
 }
 
@@ -43,8 +110,8 @@ fn key(slot: usize, gen: u32) -> u64 {
     (slot as u64) << 32 | gen as u64
 }
 
-impl Worker {
-    pub fn new(s: Started) -> io::Result<Worker> {
+impl<C: Connection> Worker<C> {
+    pub fn new(s: Started) -> io::Result<Worker<C>> {
         let poll = Poll::new()?;
         let listener = Listener::from_fd(s.listener)?;
         let acceptor = Acceptor::new(
@@ -66,7 +133,6 @@ impl Worker {
             conns: Slab::new(),
             timers: Timers::new(),
             stats: Stats::default(),
-            fds_passed: 0,
             drain_until: None,
         })
     }
@@ -101,11 +167,7 @@ impl Worker {
                         let Some(c) = self.conns.get_mut(slot) else {
                             continue;
                         };
-                        let r = if t % 2 == 0 {
-                            &mut c.client_ready
-                        } else {
-                            &mut c.backend_ready
-                        };
+                        let r = c.ready(t % 2 == 1);
                         r.readable |= ev.is_readable() || ev.is_read_closed() || ev.is_error();
                         r.writable |= ev.is_writable() || ev.is_write_closed() || ev.is_error();
                         self.drive(slot, now);
@@ -122,7 +184,7 @@ impl Worker {
             stats_wait = self.ctl.report(now, self.stats);
             if let Some(until) = self.drain_until {
                 if self.conns.is_empty() || now >= until {
-                    proto::info!(
+                    crate::info!(
                         "drained ({} connection(s) cut at the deadline); exiting",
                         self.conns.len()
                     );
@@ -144,11 +206,9 @@ impl Worker {
         } = self;
         let mut fresh = Vec::new();
         let active = conns.len();
-        // A unix endpoint has exactly one route (the plan never groups two).
-        let route = config.endpoint.routes.first();
-        let take = |client: Stream| {
-            if let Some(r) = route {
-                let (slot, _) = conns.insert(Conn::new(client, r, &config.limits, now));
+        let take = |client| {
+            if let Some(c) = C::new(client, config, now) {
+                let (slot, _) = conns.insert(c);
                 fresh.push(slot);
             }
             conns.len()
@@ -167,12 +227,12 @@ impl Worker {
                 continue;
             };
             let interest = Interest::READABLE | Interest::WRITABLE;
-            if let Err(e) =
-                self.poll
-                    .registry()
-                    .register(&mut c.client, Token(2 + 2 * slot), interest)
+            if let Err(e) = self
+                .poll
+                .registry()
+                .register(c.client(), Token(2 + 2 * slot), interest)
             {
-                proto::warn!("register client: {e}");
+                crate::warn!("register client: {e}");
                 self.close(slot, true);
                 continue;
             }
@@ -185,7 +245,7 @@ impl Worker {
             let Some(c) = self.conns.get_mut(slot) else {
                 return;
             };
-            let next = c.drive(now, &self.config.limits);
+            let next = c.drive(now, &self.config);
             match self.after(slot, next) {
                 Some(true) => continue,
                 _ => return,
@@ -197,27 +257,28 @@ impl Worker {
     fn after(&mut self, slot: usize, next: Next) -> Option<bool> {
         let gen = self.conns.generation(slot);
         let c = self.conns.get_mut(slot)?;
-        self.stats.bytes_in += c.moved.0;
-        self.stats.bytes_out += c.moved.1;
-        c.moved = (0, 0);
+        let (up, down) = c.take_moved();
+        self.stats.bytes_in += up;
+        self.stats.bytes_out += down;
         match next {
             Next::Continue => {
-                if let Some(d) = c.deadline {
-                    if c.timer_at.is_none_or(|t| d < t) {
-                        c.timer_at = Some(d);
+                if let Some(d) = c.deadline() {
+                    let at = c.timer_at();
+                    if at.is_none_or(|t| d < t) {
+                        *at = Some(d);
                         self.timers.add(d, key(slot, gen));
                     }
                 }
                 Some(false)
             }
             Next::RegisterBackend => {
-                let b = c.backend.as_mut()?;
+                let b = c.backend()?;
                 if let Err(e) = self.poll.registry().register(
                     b,
                     Token(3 + 2 * slot),
                     Interest::READABLE | Interest::WRITABLE,
                 ) {
-                    proto::warn!("register backend: {e}");
+                    crate::warn!("register backend: {e}");
                     self.close(slot, true);
                     return Some(false);
                 }
@@ -231,13 +292,9 @@ impl Worker {
     }
 
     fn close(&mut self, slot: usize, error: bool) {
-        // Closing the fds (sockets and any fds still in flight) removes
-        // them from epoll; no deregister needed.
-        if let Some(c) = self.conns.remove(slot) {
-            self.fds_passed += c.fds_passed();
-            if error {
-                self.stats.errors += 1;
-            }
+        // Closing the fds removes them from epoll; no deregister needed.
+        if self.conns.remove(slot).is_some() && error {
+            self.stats.errors += 1;
         }
     }
 
@@ -250,10 +307,11 @@ impl Worker {
                 let Some(c) = self.conns.get_gen(slot, gen) else {
                     return;
                 };
-                if c.timer_at.is_some_and(|t| t <= now) {
-                    c.timer_at = None;
+                let at = c.timer_at();
+                if at.is_some_and(|t| t <= now) {
+                    *at = None;
                 }
-                let next = c.on_timer(now, &self.config.limits);
+                let next = c.on_timer(now, &self.config);
                 if self.after(slot, next) == Some(true) {
                     self.drive(slot, now);
                 }
@@ -267,11 +325,11 @@ impl Worker {
             match self.ctl.recv() {
                 Ok(None) => return true,
                 Err(CtlError::Eof) => {
-                    proto::info!("supervisor gone (control socket closed); exiting");
+                    crate::info!("supervisor gone (control socket closed); exiting");
                     return false;
                 }
                 Err(e) => {
-                    proto::error!("{e}; exiting");
+                    crate::error!("{e}; exiting");
                     return false;
                 }
                 Ok(Some(ToWorker::Update { seq, config })) => {
@@ -280,18 +338,13 @@ impl Worker {
                             "update changes kind {} to {}",
                             self.config.endpoint.kind, config.endpoint.kind
                         ))
-                    } else if config.endpoint.routes.len() != 1 {
-                        Some(format!(
-                            "a unix endpoint has one route, the update has {}",
-                            config.endpoint.routes.len()
-                        ))
                     } else {
-                        None
+                        C::refuse_update(&self.config, &config)
                     };
                     if err.is_none() {
-                        proto::info!(
-                            "provider now {}; open connections keep theirs",
-                            config.endpoint.routes[0].backend
+                        crate::info!(
+                            "routes updated: {} route(s); open connections keep their backend",
+                            config.endpoint.routes.len()
                         );
                         self.config = config;
                     }
@@ -302,10 +355,9 @@ impl Worker {
                     let until = now + Duration::from_millis(deadline_ms);
                     self.drain_until = Some(until);
                     self.timers.add(until, KEY_DRAIN);
-                    proto::info!(
-                        "draining {} connection(s), deadline {deadline_ms} ms; {} fd(s) passed so far",
-                        self.conns.len(),
-                        self.fds_passed
+                    crate::info!(
+                        "draining {} connection(s), deadline {deadline_ms} ms",
+                        self.conns.len()
                     );
                     self.ctl.ack(seq, None);
                 }
