@@ -9,7 +9,8 @@
 //! and the reserved keys below.
 
 use crate::accept::Acceptor;
-use crate::ctl::{CtlError, Stats, ToWorker, WorkerConfig};
+use crate::backend::{Dial, Dialer};
+use crate::ctl::{CtlError, Limits, Stats, ToWorker, WorkerConfig};
 use crate::relay::Ready;
 use crate::slab::Slab;
 use crate::stream::{Listener, Stream};
@@ -33,6 +34,97 @@ pub enum Next {
     RegisterBackend,
 }
 
+/// The two sockets of a proxied connection and what the loop keeps for
+/// it; every [`Connection`] has one.
+pub struct Sockets {
+    pub client: Stream,
+    pub client_ready: Ready,
+    pub backend: Option<Stream>,
+    pub backend_ready: Ready,
+    /// Bytes moved since the loop last collected them (up, down).
+    pub moved: (u64, u64),
+    /// When the connection next needs attention from a timer.
+    pub deadline: Option<Instant>,
+    /// Earliest timer entry for it in the loop's heap: a new entry is only
+    /// needed when the deadline moves before it.
+    pub timer_at: Option<Instant>,
+}
+
+/// Where a backend connect stands after [`Sockets::dial`].
+pub enum Dialing {
+    /// Not connected (yet): what the loop must do.
+    Next(Next),
+    /// Connected: start relaying.
+    Connected,
+}
+
+impl Sockets {
+    pub fn new(client: Stream, now: Instant) -> Sockets {
+        Sockets {
+            client,
+            client_ready: Ready::default(),
+            backend: None,
+            backend_ready: Ready::default(),
+            moved: (0, 0),
+            deadline: Some(now),
+            timer_at: None,
+        }
+    }
+
+    /// Drive the backend connect one step: start an attempt when one is
+    /// due, finish one whose socket became writable, retry or give up.
+    pub fn dial(&mut self, dial: &mut Dialer, now: Instant, limits: &Limits) -> Dialing {
+        let Some(b) = self.backend.as_ref() else {
+            return Dialing::Next(match dial.poll(now, limits) {
+                Dial::Wait => Next::Continue,
+                Dial::Socket(s) => {
+                    self.backend = Some(s);
+                    self.backend_ready = Ready::default();
+                    Next::RegisterBackend
+                }
+                Dial::Failed(why) => {
+                    crate::warn!("{why}; closing client");
+                    Next::Close { error: true }
+                }
+            });
+        };
+        if !self.backend_ready.writable {
+            if dial.expired(now) {
+                crate::warn!(
+                    "backend {}: connect timed out after {} ms; closing client",
+                    dial.target,
+                    limits.connect_timeout_ms
+                );
+                return Dialing::Next(Next::Close { error: true });
+            }
+            return Dialing::Next(Next::Continue);
+        }
+        match dial.established(b) {
+            Ok(false) => {
+                self.backend_ready.writable = false;
+                Dialing::Next(Next::Continue)
+            }
+            Ok(true) => {
+                if let Stream::Tcp(s) = b {
+                    let _ = s.set_nodelay(true);
+                }
+                Dialing::Connected
+            }
+            Err(e) => {
+                // Closing the socket also takes it out of epoll.
+                self.backend = None;
+                match dial.failed(now, limits, &e) {
+                    Dial::Failed(why) => {
+                        crate::warn!("{why}; closing client");
+                        Dialing::Next(Next::Close { error: true })
+                    }
+                    _ => Dialing::Next(Next::Continue),
+                }
+            }
+        }
+    }
+}
+
 /// A proxied connection as the loop sees it.
 pub trait Connection: Sized {
     /// A connection for a newly accepted client (None: close it at once).
@@ -41,17 +133,7 @@ pub trait Connection: Sized {
     fn drive(&mut self, now: Instant, config: &WorkerConfig) -> Next;
     /// Its deadline passed (or an earlier timer entry fired).
     fn on_timer(&mut self, now: Instant, config: &WorkerConfig) -> Next;
-    fn client(&mut self) -> &mut Stream;
-    fn backend(&mut self) -> Option<&mut Stream>;
-    /// Readiness flags of the client (false) or backend (true) socket.
-    fn ready(&mut self, backend: bool) -> &mut Ready;
-    /// Bytes moved (client->backend, backend->client) since the last call.
-    fn take_moved(&mut self) -> (u64, u64);
-    /// When the connection next needs a timer.
-    fn deadline(&self) -> Option<Instant>;
-    /// Earliest timer entry for it in the heap: a new entry is only needed
-    /// when the deadline moves before it.
-    fn timer_at(&mut self) -> &mut Option<Instant>;
+    fn sockets(&mut self) -> &mut Sockets;
     /// Why an Update cannot be applied by this kind of worker, if it cannot.
     fn refuse_update(_old: &WorkerConfig, _new: &WorkerConfig) -> Option<String> {
         None
@@ -167,7 +249,12 @@ impl<C: Connection> Worker<C> {
                         let Some(c) = self.conns.get_mut(slot) else {
                             continue;
                         };
-                        let r = c.ready(t % 2 == 1);
+                        let io = c.sockets();
+                        let r = if t % 2 == 1 {
+                            &mut io.backend_ready
+                        } else {
+                            &mut io.client_ready
+                        };
                         r.readable |= ev.is_readable() || ev.is_read_closed() || ev.is_error();
                         r.writable |= ev.is_writable() || ev.is_write_closed() || ev.is_error();
                         self.drive(slot, now);
@@ -227,11 +314,11 @@ impl<C: Connection> Worker<C> {
                 continue;
             };
             let interest = Interest::READABLE | Interest::WRITABLE;
-            if let Err(e) = self
-                .poll
-                .registry()
-                .register(c.client(), Token(2 + 2 * slot), interest)
-            {
+            if let Err(e) = self.poll.registry().register(
+                &mut c.sockets().client,
+                Token(2 + 2 * slot),
+                interest,
+            ) {
                 crate::warn!("register client: {e}");
                 self.close(slot, true);
                 continue;
@@ -257,22 +344,22 @@ impl<C: Connection> Worker<C> {
     fn after(&mut self, slot: usize, next: Next) -> Option<bool> {
         let gen = self.conns.generation(slot);
         let c = self.conns.get_mut(slot)?;
-        let (up, down) = c.take_moved();
+        let io = c.sockets();
+        let (up, down) = std::mem::take(&mut io.moved);
         self.stats.bytes_in += up;
         self.stats.bytes_out += down;
         match next {
             Next::Continue => {
-                if let Some(d) = c.deadline() {
-                    let at = c.timer_at();
-                    if at.is_none_or(|t| d < t) {
-                        *at = Some(d);
+                if let Some(d) = io.deadline {
+                    if io.timer_at.is_none_or(|t| d < t) {
+                        io.timer_at = Some(d);
                         self.timers.add(d, key(slot, gen));
                     }
                 }
                 Some(false)
             }
             Next::RegisterBackend => {
-                let b = c.backend()?;
+                let b = io.backend.as_mut()?;
                 if let Err(e) = self.poll.registry().register(
                     b,
                     Token(3 + 2 * slot),
@@ -307,9 +394,9 @@ impl<C: Connection> Worker<C> {
                 let Some(c) = self.conns.get_gen(slot, gen) else {
                     return;
                 };
-                let at = c.timer_at();
-                if at.is_some_and(|t| t <= now) {
-                    *at = None;
+                let io = c.sockets();
+                if io.timer_at.is_some_and(|t| t <= now) {
+                    io.timer_at = None;
                 }
                 let next = c.on_timer(now, &self.config);
                 if self.after(slot, next) == Some(true) {

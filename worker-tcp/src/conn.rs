@@ -11,12 +11,12 @@
 //! connection ends only when both directions are finished.
 
 use nix::sys::socket::MsgFlags;
-use proto::backend::{Dial, Dialer};
+use proto::backend::Dialer;
 use proto::ctl::{Limits, WorkerConfig};
-use proto::event_loop::{Connection, Next};
+use proto::event_loop::{Connection, Dialing, Next, Sockets};
 use proto::graph::ProxyProtocol;
 use proto::plan::Route;
-use proto::relay::{Ready, Splice};
+use proto::relay::Splice;
 use proto::stream::Stream;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd};
@@ -46,10 +46,7 @@ pub enum Phase {
 }
 
 pub struct Conn {
-    pub client: Stream,
-    pub client_ready: Ready,
-    pub backend: Option<Stream>,
-    pub backend_ready: Ready,
+    io: Sockets,
     pub phase: Phase,
     /// The backend, for log lines (set once a route is chosen).
     target: String,
@@ -59,13 +56,6 @@ pub struct Conn {
     /// PROXY protocol header still to be written to the backend.
     preamble: Vec<u8>,
     last_activity: Instant,
-    /// Bytes moved since the loop last collected them (up, down).
-    pub moved: (u64, u64),
-    /// When the connection next needs attention from a timer.
-    pub deadline: Option<Instant>,
-    /// Earliest timer entry for this connection in the loop's heap. A new
-    /// entry is only needed when the deadline moves before it.
-    pub timer_at: Option<Instant>,
 }
 
 impl Conn {
@@ -73,10 +63,7 @@ impl Conn {
     /// the ClientHello picks it.
     fn for_routes(client: Stream, routes: &[Route], limits: &Limits, now: Instant) -> Conn {
         let mut c = Conn {
-            client,
-            client_ready: Ready::default(),
-            backend: None,
-            backend_ready: Ready::default(),
+            io: Sockets::new(client, now),
             phase: Phase::Sniffing {
                 until: now + Duration::from_millis(limits.head_timeout_ms),
             },
@@ -86,9 +73,6 @@ impl Conn {
             down: Splice::new(),
             preamble: Vec::new(),
             last_activity: now,
-            moved: (0, 0),
-            deadline: Some(now),
-            timer_at: None,
         };
         if let [r] = routes {
             if r.sni.is_none() {
@@ -106,16 +90,19 @@ impl Conn {
 
     /// Peek at the ClientHello and pick the route whose sni it names.
     fn sniff(&mut self, now: Instant, limits: &Limits, routes: &[Route]) -> Next {
-        if !self.client_ready.readable {
+        if !self.io.client_ready.readable {
             return Next::Continue;
         }
         let mut buf = [0u8; sni::MAX_HELLO];
-        let n = match nix::sys::socket::recv(self.client.as_raw_fd(), &mut buf, MsgFlags::MSG_PEEK)
-        {
+        let n = match nix::sys::socket::recv(
+            self.io.client.as_raw_fd(),
+            &mut buf,
+            MsgFlags::MSG_PEEK,
+        ) {
             Ok(0) => return Next::Close { error: false },
             Ok(n) => n,
             Err(nix::errno::Errno::EAGAIN) => {
-                self.client_ready.readable = false;
+                self.io.client_ready.readable = false;
                 return Next::Continue;
             }
             Err(e) => {
@@ -126,7 +113,7 @@ impl Conn {
         match sni::parse(&buf[..n]) {
             sni::Sni::NeedMore if n < buf.len() => {
                 // Everything available was peeked; wait for the next edge.
-                self.client_ready.readable = false;
+                self.io.client_ready.readable = false;
                 Next::Continue
             }
             sni::Sni::Found(Some(name)) => match routes
@@ -156,75 +143,34 @@ impl Conn {
             Phase::Connecting(_) => self.drive_connect(now, limits),
             Phase::Relaying => self.relay(now),
         };
-        self.deadline = self.next_deadline(limits);
+        self.io.deadline = self.next_deadline(limits);
         next
     }
 
     fn drive_connect(&mut self, now: Instant, limits: &Limits) -> Next {
         if let (Some(v), true) = (self.proxy_protocol, self.preamble.is_empty()) {
-            self.preamble = proxy_header::build(v, self.client.peer_ip(), self.client.local_addr());
+            self.preamble =
+                proxy_header::build(v, self.io.client.peer_ip(), self.io.client.local_addr());
         }
         let Phase::Connecting(dial) = &mut self.phase else {
             return Next::Continue;
         };
-        let Some(b) = self.backend.as_ref() else {
-            return match dial.poll(now, limits) {
-                Dial::Wait => Next::Continue,
-                Dial::Socket(s) => {
-                    self.backend = Some(s);
-                    self.backend_ready = Ready::default();
-                    Next::RegisterBackend
-                }
-                Dial::Failed(why) => {
-                    proto::warn!("{why}; closing client");
-                    Next::Close { error: true }
-                }
-            };
-        };
-        if !self.backend_ready.writable {
-            if dial.expired(now) {
-                proto::warn!(
-                    "backend {}: connect timed out after {} ms; closing client",
-                    self.target,
-                    limits.connect_timeout_ms
-                );
-                return Next::Close { error: true };
-            }
-            return Next::Continue;
-        }
-        match dial.established(b) {
-            Ok(false) => {
-                self.backend_ready.writable = false;
-                Next::Continue
-            }
-            Ok(true) => {
-                if let Stream::Tcp(s) = b {
-                    let _ = s.set_nodelay(true);
-                }
+        match self.io.dial(dial, now, limits) {
+            Dialing::Next(next) => next,
+            Dialing::Connected => {
                 self.phase = Phase::Relaying;
                 self.last_activity = now;
                 self.relay(now)
-            }
-            Err(e) => {
-                // Closing the socket also takes it out of epoll.
-                self.backend = None;
-                match dial.failed(now, limits, &e) {
-                    Dial::Failed(why) => {
-                        proto::warn!("{why}; closing client");
-                        Next::Close { error: true }
-                    }
-                    _ => Next::Continue,
-                }
             }
         }
     }
 
     fn relay(&mut self, now: Instant) -> Next {
-        let Some(b) = self.backend.as_ref() else {
+        let Some(b) = self.io.backend.as_ref() else {
             return Next::Close { error: true };
         };
         if !self.preamble.is_empty() {
-            if !self.backend_ready.writable {
+            if !self.io.backend_ready.writable {
                 return Next::Continue;
             }
             match (&*b).write(&self.preamble) {
@@ -232,7 +178,7 @@ impl Conn {
                     self.preamble.drain(..n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.backend_ready.writable = false
+                    self.io.backend_ready.writable = false
                 }
                 Err(e) => {
                     proto::debug!("write PROXY header to {}: {e}", self.target);
@@ -243,19 +189,19 @@ impl Conn {
                 return Next::Continue;
             }
         }
-        let (c, bfd) = (self.client.as_fd(), b.as_fd());
+        let (c, bfd) = (self.io.client.as_fd(), b.as_fd());
         let up = self.up.pump(
             c,
-            &mut self.client_ready,
+            &mut self.io.client_ready,
             bfd,
-            &mut self.backend_ready,
+            &mut self.io.backend_ready,
             true,
         );
         let down = self.down.pump(
             bfd,
-            &mut self.backend_ready,
+            &mut self.io.backend_ready,
             c,
-            &mut self.client_ready,
+            &mut self.io.client_ready,
             true,
         );
         match (up, down) {
@@ -263,8 +209,8 @@ impl Conn {
                 if u.bytes + d.bytes > 0 || u.eof || d.eof {
                     self.last_activity = now;
                 }
-                self.moved.0 += u.bytes;
-                self.moved.1 += d.bytes;
+                self.io.moved.0 += u.bytes;
+                self.io.moved.1 += d.bytes;
                 if self.up.dst_shut && self.down.dst_shut {
                     Next::Close { error: false }
                 } else {
@@ -281,7 +227,7 @@ impl Conn {
 
     /// A timer fired: retry a connect, or time the connection out.
     fn expire(&mut self, now: Instant, limits: &Limits, routes: &[Route]) -> Next {
-        match self.deadline {
+        match self.io.deadline {
             Some(d) if d <= now => {}
             _ => return Next::Continue,
         }
@@ -320,6 +266,9 @@ impl Conn {
 }
 
 impl Connection for Conn {
+    fn sockets(&mut self) -> &mut Sockets {
+        &mut self.io
+    }
     fn new(client: Stream, config: &WorkerConfig, now: Instant) -> Option<Conn> {
         Some(Conn::for_routes(
             client,
@@ -333,27 +282,5 @@ impl Connection for Conn {
     }
     fn on_timer(&mut self, now: Instant, config: &WorkerConfig) -> Next {
         self.expire(now, &config.limits, &config.endpoint.routes)
-    }
-    fn client(&mut self) -> &mut Stream {
-        &mut self.client
-    }
-    fn backend(&mut self) -> Option<&mut Stream> {
-        self.backend.as_mut()
-    }
-    fn ready(&mut self, backend: bool) -> &mut Ready {
-        if backend {
-            &mut self.backend_ready
-        } else {
-            &mut self.client_ready
-        }
-    }
-    fn take_moved(&mut self) -> (u64, u64) {
-        std::mem::take(&mut self.moved)
-    }
-    fn deadline(&self) -> Option<Instant> {
-        self.deadline
-    }
-    fn timer_at(&mut self) -> &mut Option<Instant> {
-        &mut self.timer_at
     }
 }

@@ -14,32 +14,22 @@
 //! out (display and bus protocols sit idle for hours).
 
 use crate::relay::FdRelay;
-use proto::backend::{Dial, Dialer};
+use proto::backend::Dialer;
 use proto::ctl::{Limits, WorkerConfig};
-use proto::event_loop::{Connection, Next};
+use proto::event_loop::{Connection, Dialing, Next, Sockets};
 use proto::graph::Backend;
 use proto::plan::Route;
-use proto::relay::Ready;
 use proto::stream::Stream;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 pub struct Conn {
-    pub client: Stream,
-    pub client_ready: Ready,
-    pub backend: Option<Stream>,
-    pub backend_ready: Ready,
+    io: Sockets,
     dial: Dialer,
     relaying: bool,
     up: FdRelay,
     down: FdRelay,
     last_activity: Instant,
-    /// Bytes moved since the loop last collected them (up, down).
-    pub moved: (u64, u64),
-    /// When the connection next needs attention from a timer.
-    pub deadline: Option<Instant>,
-    /// Earliest timer entry for this connection in the loop's heap.
-    pub timer_at: Option<Instant>,
 }
 
 impl Conn {
@@ -47,18 +37,12 @@ impl Conn {
         // fds can only travel on to a unix socket; a tcp provider gets bytes.
         let to_unix = matches!(route.backend, Backend::Unix(_));
         Conn {
-            client,
-            client_ready: Ready::default(),
-            backend: None,
-            backend_ready: Ready::default(),
+            io: Sockets::new(client, now),
             dial: Dialer::new(route.backend.clone(), now, limits),
             relaying: false,
             up: FdRelay::new(to_unix),
             down: FdRelay::new(true),
             last_activity: now,
-            moved: (0, 0),
-            deadline: Some(now),
-            timer_at: None,
         }
     }
 
@@ -74,78 +58,45 @@ impl Conn {
         } else {
             self.connect(now, limits)
         };
-        self.deadline = self.next_deadline(limits);
+        self.io.deadline = self.next_deadline(limits);
         next
     }
 
     fn connect(&mut self, now: Instant, limits: &Limits) -> Next {
-        let Some(b) = self.backend.as_ref() else {
-            return match self.dial.poll(now, limits) {
-                Dial::Wait => Next::Continue,
-                Dial::Socket(s) => {
-                    self.backend = Some(s);
-                    self.backend_ready = Ready::default();
-                    Next::RegisterBackend
-                }
-                Dial::Failed(why) => {
-                    proto::warn!("{why}; closing client");
-                    Next::Close { error: true }
-                }
-            };
-        };
-        if !self.backend_ready.writable {
-            if self.dial.expired(now) {
-                proto::warn!(
-                    "backend {}: connect timed out after {} ms; closing client",
-                    self.dial.target,
-                    limits.connect_timeout_ms
-                );
-                return Next::Close { error: true };
-            }
-            return Next::Continue;
-        }
-        match self.dial.established(b) {
-            Ok(false) => {
-                self.backend_ready.writable = false;
-                Next::Continue
-            }
-            Ok(true) => {
+        match self.io.dial(&mut self.dial, now, limits) {
+            Dialing::Next(next) => next,
+            Dialing::Connected => {
                 self.relaying = true;
                 self.last_activity = now;
                 self.relay(now)
-            }
-            Err(e) => {
-                // Closing the socket also takes it out of epoll.
-                self.backend = None;
-                match self.dial.failed(now, limits, &e) {
-                    Dial::Failed(why) => {
-                        proto::warn!("{why}; closing client");
-                        Next::Close { error: true }
-                    }
-                    _ => Next::Continue,
-                }
             }
         }
     }
 
     fn relay(&mut self, now: Instant) -> Next {
-        let Some(b) = self.backend.as_ref() else {
+        let Some(b) = self.io.backend.as_ref() else {
             return Next::Close { error: true };
         };
-        let (c, bfd) = (self.client.as_fd(), b.as_fd());
-        let up = self
-            .up
-            .pump(c, &mut self.client_ready, bfd, &mut self.backend_ready);
-        let down = self
-            .down
-            .pump(bfd, &mut self.backend_ready, c, &mut self.client_ready);
+        let (c, bfd) = (self.io.client.as_fd(), b.as_fd());
+        let up = self.up.pump(
+            c,
+            &mut self.io.client_ready,
+            bfd,
+            &mut self.io.backend_ready,
+        );
+        let down = self.down.pump(
+            bfd,
+            &mut self.io.backend_ready,
+            c,
+            &mut self.io.client_ready,
+        );
         match (up, down) {
             (Ok(u), Ok(d)) => {
                 if u.bytes + d.bytes > 0 || u.eof || d.eof {
                     self.last_activity = now;
                 }
-                self.moved.0 += u.bytes;
-                self.moved.1 += d.bytes;
+                self.io.moved.0 += u.bytes;
+                self.io.moved.1 += d.bytes;
                 if self.up.dst_shut && self.down.dst_shut {
                     Next::Close { error: false }
                 } else {
@@ -163,7 +114,7 @@ impl Conn {
     /// A timer fired: retry or give up a connect, or end a lingering
     /// half-closed connection.
     fn expire(&mut self, now: Instant, limits: &Limits) -> Next {
-        match self.deadline {
+        match self.io.deadline {
             Some(d) if d <= now => {}
             _ => return Next::Continue,
         }
@@ -199,27 +150,8 @@ impl Connection for Conn {
     fn on_timer(&mut self, now: Instant, config: &WorkerConfig) -> Next {
         self.expire(now, &config.limits)
     }
-    fn client(&mut self) -> &mut Stream {
-        &mut self.client
-    }
-    fn backend(&mut self) -> Option<&mut Stream> {
-        self.backend.as_mut()
-    }
-    fn ready(&mut self, backend: bool) -> &mut Ready {
-        if backend {
-            &mut self.backend_ready
-        } else {
-            &mut self.client_ready
-        }
-    }
-    fn take_moved(&mut self) -> (u64, u64) {
-        std::mem::take(&mut self.moved)
-    }
-    fn deadline(&self) -> Option<Instant> {
-        self.deadline
-    }
-    fn timer_at(&mut self) -> &mut Option<Instant> {
-        &mut self.timer_at
+    fn sockets(&mut self) -> &mut Sockets {
+        &mut self.io
     }
     fn refuse_update(_old: &WorkerConfig, new: &WorkerConfig) -> Option<String> {
         (new.endpoint.routes.len() != 1).then(|| {
