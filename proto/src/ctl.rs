@@ -236,10 +236,21 @@ pub fn recv<M: Message>(sock: BorrowedFd<'_>) -> Result<(M, Vec<OwnedFd>), CtlEr
 
 /// Receive one datagram and its fds without interpreting it.
 pub fn recv_raw(sock: BorrowedFd<'_>) -> Result<(Vec<u8>, Vec<OwnedFd>), CtlError> {
-    // One byte more than the cap, so an oversized datagram shows as
-    // truncated. On the stack: a 64 KiB heap block per message would stay
-    // in the allocator's free lists of a process that is otherwise tiny.
-    let mut buf = [0u8; MAX_MSG + 1];
+    // Peek at the datagram's real length (MSG_TRUNC) and allocate just
+    // that, one byte more than the cap at most: a fixed 64 KiB buffer
+    // would stay resident (stack) or cached (heap) in an otherwise tiny
+    // process, and an oversized datagram still shows as truncated.
+    let len = match socket::recv(
+        sock.as_raw_fd(),
+        &mut [0u8; 1],
+        MsgFlags::MSG_PEEK | MsgFlags::MSG_TRUNC | MsgFlags::MSG_DONTWAIT,
+    ) {
+        Ok(n) => n,
+        Err(Errno::EAGAIN) => return Err(CtlError::WouldBlock),
+        Err(Errno::ECONNRESET) => return Err(CtlError::Eof),
+        Err(e) => return Err(CtlError::Sys("recv(MSG_PEEK)", e)),
+    };
+    let mut buf = vec![0u8; len.min(MAX_MSG) + 1];
     let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
     let (n, flags, fds) = {
         let mut iov = [IoSliceMut::new(&mut buf)];
