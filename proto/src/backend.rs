@@ -1,12 +1,83 @@
 //! Reaching a backend: a non-blocking connect to `IP:PORT` or to a unix
 //! socket inside the provider's root, and the short retry while a provider
 //! container restarts (connect refused, socket file not there yet).
+//!
+//! ## Provider roots
+//! A unix backend in a container is `/proc/<provider_pid>/root<path>`. The
+//! kernel lets a process follow `/proc/<pid>/root` only if it may ptrace
+//! `pid`, and a worker that dropped its capabilities may not ptrace a
+//! container init that kept them. Rather than keep CAP_SYS_PTRACE in a
+//! process that parses untrusted traffic, the supervisor opens each root
+//! (O_PATH) and passes the fd along with Init and Update; [`connect`] then
+//! goes through `/proc/self/fd/<fd><path>`, which needs no privilege. A
+//! side benefit: a provider pid reused by an unrelated process after the
+//! provider died can never be reached by mistake.
 
+use crate::ctl::Limits;
 use crate::graph::Backend;
 use crate::stream::Stream;
 use mio::net::{TcpStream, UnixStream};
+use std::cell::RefCell;
 use std::io;
-use std::time::Duration;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+thread_local! {
+    // Workers are single-threaded; the roots belong to the process.
+    static ROOTS: RefCell<Vec<(u32, OwnedFd)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Replace the provider roots (`pids[i]` is reached through `fds[i]`).
+/// The previous fds are closed.
+pub fn set_roots(pids: &[u32], fds: Vec<OwnedFd>) {
+    let roots: Vec<(u32, OwnedFd)> = pids.iter().copied().zip(fds).collect();
+    ROOTS.with(|r| *r.borrow_mut() = roots);
+}
+
+/// The fds of the provider roots held now (kept across start-up clean-up).
+pub fn root_fds() -> Vec<RawFd> {
+    ROOTS.with(|r| r.borrow().iter().map(|(_, fd)| fd.as_raw_fd()).collect())
+}
+
+/// Split `/proc/<pid>/root/inner` into (pid, `/inner`).
+pub fn split_provider_path(path: &Path) -> Option<(u32, &str)> {
+    let s = path.to_str()?.strip_prefix("/proc/")?;
+    let (pid, rest) = s.split_once('/')?;
+    let inner = rest.strip_prefix("root")?;
+    if !inner.starts_with('/') {
+        return None;
+    }
+    Some((pid.parse().ok()?, inner))
+}
+
+/// Longest `sun_path` the kernel takes, without the terminating NUL.
+const SUN_PATH_MAX: usize = 107;
+
+fn connect_unix(path: &Path) -> io::Result<UnixStream> {
+    let root = split_provider_path(path).and_then(|(pid, inner)| {
+        ROOTS.with(|r| {
+            r.borrow()
+                .iter()
+                .find(|(p, _)| *p == pid)
+                .map(|(_, fd)| (fd.as_raw_fd(), inner.to_string()))
+        })
+    });
+    let Some((fd, inner)) = root else {
+        return UnixStream::connect(path);
+    };
+    let via = format!("/proc/self/fd/{fd}{inner}");
+    if via.len() <= SUN_PATH_MAX {
+        return UnixStream::connect(via);
+    }
+    // Too long for sun_path: resolve relative to the root as working
+    // directory instead (the worker never uses relative paths otherwise).
+    nix::unistd::fchdir(fd)
+        .map_err(|e| io::Error::other(format!("fchdir to provider root: {e}")))?;
+    let r = UnixStream::connect(format!(".{inner}"));
+    let _ = nix::unistd::chdir("/");
+    r
+}
 
 /// Start connecting. A tcp connect is usually still in progress on return
 /// (wait for writable, then [`Stream::connect_done`]); a unix connect has
@@ -14,7 +85,7 @@ use std::time::Duration;
 pub fn connect(b: &Backend) -> io::Result<Stream> {
     match b {
         Backend::Tcp(addr) => TcpStream::connect(*addr).map(Stream::Tcp),
-        Backend::Unix(path) => UnixStream::connect(path).map(Stream::Unix),
+        Backend::Unix(path) => connect_unix(path).map(Stream::Unix),
     }
 }
 
@@ -42,6 +113,98 @@ pub fn retry_delay(attempt: u32, budget_ms: u64) -> Option<Duration> {
     Some(Duration::from_millis(d))
 }
 
+/// One connection's way to its backend: connect, and on a refused
+/// connect retry with [`retry_delay`] until the retry budget or the
+/// connect timeout is spent.
+///
+/// ```text
+/// poll() ─ due ─> connect ─ Ok ──> Socket(s): register, wait writable, established(s)
+///                    └─ Err ──> failed(): retry later (Wait) or give up (message)
+/// ```
+#[derive(Debug)]
+pub struct Dialer {
+    pub target: Backend,
+    attempt: u32,
+    retry_at: Option<Instant>,
+    give_up_at: Instant,
+}
+
+/// What [`Dialer::poll`] asks of its caller.
+#[derive(Debug)]
+pub enum Dial {
+    /// Nothing until [`Dialer::deadline`].
+    Wait,
+    /// A socket whose connect is under way: register it for writable,
+    /// then ask [`Dialer::established`].
+    Socket(Stream),
+    /// Give up; the text says why (for the log).
+    Failed(String),
+}
+
+impl Dialer {
+    pub fn new(target: Backend, now: Instant, limits: &Limits) -> Dialer {
+        Dialer {
+            target,
+            attempt: 0,
+            retry_at: Some(now),
+            give_up_at: now + Duration::from_millis(limits.connect_timeout_ms),
+        }
+    }
+
+    /// Connect now if an attempt is due.
+    pub fn poll(&mut self, now: Instant, limits: &Limits) -> Dial {
+        if now >= self.give_up_at {
+            return Dial::Failed(format!(
+                "backend {}: connect timed out after {} attempt(s)",
+                self.target, self.attempt
+            ));
+        }
+        match self.retry_at {
+            Some(at) if at <= now => {}
+            _ => return Dial::Wait,
+        }
+        self.retry_at = None;
+        match connect(&self.target) {
+            Ok(s) => Dial::Socket(s),
+            Err(e) => self.failed(now, limits, &e),
+        }
+    }
+
+    /// The socket from [`Dial::Socket`] became writable. Ok(true): connected.
+    /// Ok(false): still in progress. Err: the attempt failed; call `failed`.
+    pub fn established(&self, s: &Stream) -> io::Result<bool> {
+        s.connect_done()
+    }
+
+    /// An attempt failed with `e`: schedule a retry (Wait) or give up.
+    pub fn failed(&mut self, now: Instant, limits: &Limits, e: &io::Error) -> Dial {
+        self.attempt += 1;
+        if is_retryable(e) {
+            if let Some(d) = retry_delay(self.attempt, limits.connect_retry_ms) {
+                if now + d < self.give_up_at {
+                    self.retry_at = Some(now + d);
+                    return Dial::Wait;
+                }
+            }
+        }
+        Dial::Failed(format!(
+            "backend {} unreachable: {e} (after {} attempt(s))",
+            self.target, self.attempt
+        ))
+    }
+
+    /// The connect timeout has passed (also for a connect still in progress).
+    pub fn expired(&self, now: Instant) -> bool {
+        now >= self.give_up_at
+    }
+
+    /// When the dialer next needs a look: the retry, or the give-up time.
+    pub fn deadline(&self) -> Instant {
+        self.retry_at
+            .map_or(self.give_up_at, |r| r.min(self.give_up_at))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,6 +217,82 @@ mod tests {
             .collect();
         assert_eq!(ds, vec![25, 50, 100, 200]);
         assert_eq!(retry_delay(1, 0), None);
+    }
+
+    #[test]
+    fn provider_paths_split() {
+        assert_eq!(
+            split_provider_path(Path::new("/proc/42/root/run/x.sock")),
+            Some((42, "/run/x.sock"))
+        );
+        assert_eq!(split_provider_path(Path::new("/run/x.sock")), None);
+        assert_eq!(split_provider_path(Path::new("/proc/42/rootx/y")), None);
+        assert_eq!(split_provider_path(Path::new("/proc/self/root/y")), None);
+    }
+
+    #[test]
+    fn connects_through_a_root_fd() {
+        // A "provider root" that is just a directory here: the path given is
+        // a /proc/<pid>/root path of a pid that does not exist, so only the
+        // root fd can make it work.
+        let dir = std::env::temp_dir().join(format!("pvx-root-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("run")).unwrap();
+        let sock = dir.join("run/b.sock");
+        let _ = std::fs::remove_file(&sock);
+        let l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let fd: OwnedFd = std::fs::File::open(&dir).unwrap().into();
+        let pid = 999_999_999u32;
+        set_roots(&[pid], vec![fd]);
+        assert_eq!(root_fds().len(), 1);
+        let b = Backend::Unix(crate::graph::provider_path(pid, "/run/b.sock"));
+        let s = connect(&b).expect("connect through root fd");
+        assert!(s.connect_done().unwrap());
+        drop(l);
+
+        // An inner path too long for sun_path behind /proc/self/fd/N.
+        let long = "d".repeat(90);
+        std::fs::create_dir_all(dir.join(&long)).unwrap();
+        let sub: OwnedFd = std::fs::File::open(dir.join(&long)).unwrap().into();
+        let l = std::os::unix::net::UnixListener::bind(format!(
+            "/proc/self/fd/{}/b.sock",
+            sub.as_raw_fd()
+        ))
+        .unwrap();
+        let b = Backend::Unix(crate::graph::provider_path(pid, &format!("/{long}/b.sock")));
+        let s = connect(&b).expect("connect through root fd, long path");
+        assert!(s.connect_done().unwrap());
+        drop(l);
+        set_roots(&[], Vec::new());
+        assert!(root_fds().is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn dialer_retries_refused_then_gives_up() {
+        let limits = Limits::default();
+        let now = Instant::now();
+        let mut d = Dialer::new(
+            Backend::Unix("/nonexistent/pvx-dial.sock".into()),
+            now,
+            &limits,
+        );
+        assert!(matches!(d.poll(now, &limits), Dial::Wait));
+        assert_eq!(d.deadline(), now + Duration::from_millis(25));
+        let mut t;
+        let mut waits = 0;
+        loop {
+            t = d.deadline();
+            match d.poll(t, &limits) {
+                Dial::Wait => waits += 1,
+                Dial::Failed(m) => {
+                    assert!(m.contains("unreachable"), "{m}");
+                    break;
+                }
+                Dial::Socket(_) => panic!("nothing listens there"),
+            }
+        }
+        assert_eq!(waits, 3);
+        assert!(t < now + Duration::from_millis(limits.connect_retry_ms));
     }
 
     #[test]

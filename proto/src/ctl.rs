@@ -18,8 +18,10 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// Largest control message accepted, checked before anything is parsed.
 pub const MAX_MSG: usize = 64 * 1024;
-/// Most fds one message may carry.
-pub const MAX_FDS: usize = 4;
+/// Most fds one message may carry: the listener plus provider roots.
+pub const MAX_FDS: usize = 32;
+/// Most provider roots one endpoint gets (see `Endpoint::root_pids`).
+pub const MAX_ROOTS: usize = MAX_FDS - 1;
 /// The fd number the worker finds its control socket on.
 pub const WORKER_CTL_FD: RawFd = 3;
 
@@ -93,10 +95,15 @@ pub enum ToWorker {
 }
 
 impl ToWorker {
+    /// Init carries the listening socket; Init and Update both carry one
+    /// provider root per `config.endpoint.root_pids()`, in that order. The
+    /// count follows from the configuration, so both ends agree on it
+    /// without a field of its own.
     pub fn fds(&self) -> usize {
         match self {
-            ToWorker::Init { .. } => 1,
-            _ => 0,
+            ToWorker::Init { config, .. } => 1 + config.endpoint.root_pids().len(),
+            ToWorker::Update { config, .. } => config.endpoint.root_pids().len(),
+            ToWorker::Drain { .. } => 0,
         }
     }
 }
@@ -229,10 +236,21 @@ pub fn recv<M: Message>(sock: BorrowedFd<'_>) -> Result<(M, Vec<OwnedFd>), CtlEr
 
 /// Receive one datagram and its fds without interpreting it.
 pub fn recv_raw(sock: BorrowedFd<'_>) -> Result<(Vec<u8>, Vec<OwnedFd>), CtlError> {
-    // One byte more than the cap, so an oversized datagram shows as
-    // truncated. On the stack: a 64 KiB heap block per message would stay
-    // in the allocator's free lists of a process that is otherwise tiny.
-    let mut buf = [0u8; MAX_MSG + 1];
+    // Peek at the datagram's real length (MSG_TRUNC) and allocate just
+    // that, one byte more than the cap at most: a fixed 64 KiB buffer
+    // would stay resident (stack) or cached (heap) in an otherwise tiny
+    // process, and an oversized datagram still shows as truncated.
+    let len = match socket::recv(
+        sock.as_raw_fd(),
+        &mut [0u8; 1],
+        MsgFlags::MSG_PEEK | MsgFlags::MSG_TRUNC | MsgFlags::MSG_DONTWAIT,
+    ) {
+        Ok(n) => n,
+        Err(Errno::EAGAIN) => return Err(CtlError::WouldBlock),
+        Err(Errno::ECONNRESET) => return Err(CtlError::Eof),
+        Err(e) => return Err(CtlError::Sys("recv(MSG_PEEK)", e)),
+    };
+    let mut buf = vec![0u8; len.min(MAX_MSG) + 1];
     let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
     let (n, flags, fds) = {
         let mut iov = [IoSliceMut::new(&mut buf)];

@@ -12,6 +12,7 @@
 pub mod accept;
 pub mod backend;
 pub mod ctl;
+pub mod event_loop;
 pub mod graph;
 pub mod log;
 pub mod mem;

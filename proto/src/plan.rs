@@ -106,6 +106,24 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// Provider containers whose root the worker must reach a unix socket
+    /// through: every `provider_pid` != 0 of a route with a unix backend,
+    /// sorted, at most [`crate::ctl::MAX_ROOTS`]. The supervisor attaches
+    /// one O_PATH fd of `/proc/<pid>/root` per entry, in this order, to
+    /// Init and Update (see [`crate::backend`] for why).
+    pub fn root_pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self
+            .routes
+            .iter()
+            .filter(|r| r.provider_pid != 0 && matches!(r.backend, Backend::Unix(_)))
+            .map(|r| r.provider_pid)
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids.truncate(crate::ctl::MAX_ROOTS);
+        pids
+    }
+
     /// Routes equal apart from graph positions (order matters not).
     pub fn same_routes(&self, other: &Endpoint) -> bool {
         self.routes.len() == other.routes.len()
@@ -231,6 +249,31 @@ pub fn build(links: &[Link], mut refused: Vec<Refusal>) -> Plan {
     }
 }
 
+/// Group links into endpoints, giving an endpoint that is already running
+/// to the links that fit it. `held(key)` names the kind and consumer of
+/// the running endpoint at `key`, if any. A link that would take a running
+/// endpoint over (another type, another consumer) is then the one refused,
+/// even if it comes first in the graph (SPEC §4: a refused link never
+/// stops a running endpoint). Among equals, graph order decides as in
+/// [`build`].
+pub fn build_preferring(
+    links: &[Link],
+    refused: Vec<Refusal>,
+    held: impl Fn(&EndpointKey) -> Option<(Kind, String)>,
+) -> Plan {
+    let fits = |l: &Link| {
+        let key = EndpointKey {
+            consumer_pid: l.consumer_pid,
+            listen: l.listen.clone(),
+        };
+        held(&key).is_none_or(|(kind, consumer)| kind == Kind::of(l.ty) && consumer == l.consumer)
+    };
+    // Stable: links that fit keep their order, then the rest keep theirs.
+    let (mut ordered, rest): (Vec<Link>, Vec<Link>) = links.iter().cloned().partition(fits);
+    ordered.extend(rest);
+    build(&ordered, refused)
+}
+
 /// Parse and plan in one step (what `check` and the supervisor use).
 pub fn from_graph(text: &str) -> Result<Plan, crate::graph::GraphError> {
     let (links, refused) = crate::graph::parse(text)?;
@@ -279,6 +322,30 @@ mod tests {
         .unwrap();
         assert_eq!(p.endpoints[0].routes.len(), 2);
         assert_eq!(p.refused.len(), 1);
+    }
+
+    #[test]
+    fn running_endpoint_wins_a_type_clash() {
+        let (links, refused) = crate::graph::parse(
+            r#"[
+            {"type":"http","name":"new","consumer":"E","target":"0.0.0.0:80/a","socket":"127.0.0.1:1"},
+            {"type":"tcp","name":"old","consumer":"E","target":"0.0.0.0:80","socket":"127.0.0.1:2"}
+        ]"#,
+        )
+        .unwrap();
+        let p = build_preferring(&links, refused.clone(), |_| Some((Kind::Tcp, "E".into())));
+        assert_eq!(p.endpoints[0].kind, Kind::Tcp);
+        assert_eq!(p.refused.len(), 1);
+        assert_eq!(p.refused[0].index, 0);
+        assert!(
+            p.refused[0].reason.contains("type clash"),
+            "{}",
+            p.refused[0].reason
+        );
+        // Nothing running: graph order decides.
+        let p = build_preferring(&links, refused, |_| None);
+        assert_eq!(p.endpoints[0].kind, Kind::Http);
+        assert_eq!(p.refused[0].index, 1);
     }
 
     #[test]

@@ -55,18 +55,30 @@ pub fn start(kind: &str) -> Result<Started, String> {
             ))
         }
     };
-    let listener = fds.pop().ok_or("init without listener")?;
+    if fds.is_empty() {
+        return Err(format!("{ident}: init without listener"));
+    }
+    // The listener first, then one provider root per root_pids() entry.
+    let listener = fds.remove(0);
+    crate::backend::set_roots(&config.endpoint.root_pids(), fds);
 
     log::init(
         &ident,
         &config.log_target,
         Level::parse(&config.log_level).unwrap_or(Level::Info),
     );
+    // Every line this worker writes names its endpoint.
+    log::set_context(Some(format!("endpoint {}", config.endpoint.key)));
     let ctl = WorkerCtl::new(ctl);
 
     let setup = (|| -> Result<(), String> {
         raise_nofile();
-        close_stray_fds(&[ctl.fd.as_raw_fd(), listener.as_raw_fd()])?;
+        // The syslog socket was opened above, on purpose: keep it too; and
+        // the provider roots that came with init.
+        let mut keep = vec![ctl.fd.as_raw_fd(), listener.as_raw_fd()];
+        keep.extend(log::raw_fd());
+        keep.extend(crate::backend::root_fds());
+        close_stray_fds(&keep)?;
         drop_privileges(&kept_caps(&config))
     })();
     ctl.ack(seq, setup.as_ref().err().cloned());
@@ -105,29 +117,25 @@ pub fn close_stray_fds(keep: &[RawFd]) -> Result<(), String> {
     Ok(())
 }
 
-/// Capabilities a worker keeps. Only a worker with a unix backend needs
-/// any: walking `/proc/<pid>/root` of a provider whose capabilities exceed
-/// ours is a ptrace-mode access the kernel allows only with
-/// CAP_SYS_PTRACE, and the provider's socket may belong to another user
-/// (CAP_DAC_OVERRIDE). A worker with tcp backends keeps nothing.
-///
-/// An http/rest worker's routes change live (`Update`), and a route added
-/// later may point into a provider's root; capabilities dropped at start
-/// cannot come back, so such a worker keeps both from the start.
+/// Capabilities a worker keeps. Only a worker that may reach a unix
+/// backend keeps one: CAP_DAC_OVERRIDE, because the provider's socket may
+/// belong to another user. Routes change live (`Update`) and dropped
+/// capabilities cannot come back, so http, rest and unix workers keep it
+/// whatever their backends are now. Reaching into a provider container
+/// needs no CAP_SYS_PTRACE: the supervisor passes the provider's root as
+/// an fd (see `backend`, "Provider roots"). A tcp worker with tcp
+/// backends keeps nothing.
 pub fn kept_caps(c: &WorkerConfig) -> caps::CapsHashSet {
+    use crate::plan::Kind;
     use caps::Capability;
     let mut keep = caps::CapsHashSet::new();
-    if matches!(c.kind(), crate::plan::Kind::Http | crate::plan::Kind::Rest) {
+    let unix_backend = c
+        .endpoint
+        .routes
+        .iter()
+        .any(|r| matches!(r.backend, Backend::Unix(_)));
+    if unix_backend || matches!(c.kind(), Kind::Http | Kind::Rest | Kind::Unix) {
         keep.insert(Capability::CAP_DAC_OVERRIDE);
-        keep.insert(Capability::CAP_SYS_PTRACE);
-    }
-    for r in &c.endpoint.routes {
-        if let Backend::Unix(p) = &r.backend {
-            keep.insert(Capability::CAP_DAC_OVERRIDE);
-            if p.starts_with("/proc/") {
-                keep.insert(Capability::CAP_SYS_PTRACE);
-            }
-        }
     }
     keep
 }
@@ -190,7 +198,13 @@ impl WorkerCtl {
     pub fn recv(&self) -> Result<Option<ToWorker>, CtlError> {
         loop {
             match ctl::recv::<ToWorker>(self.fd.as_fd()) {
-                Ok((msg, _)) => return Ok(Some(msg)),
+                Ok((msg, fds)) => {
+                    // An Update brings the provider roots of its routes.
+                    if let ToWorker::Update { config, .. } = &msg {
+                        crate::backend::set_roots(&config.endpoint.root_pids(), fds);
+                    }
+                    return Ok(Some(msg));
+                }
                 Err(CtlError::WouldBlock) => return Ok(None),
                 Err(CtlError::Eof) => return Err(CtlError::Eof),
                 Err(e @ CtlError::Sys(..)) => return Err(e),

@@ -3,17 +3,18 @@
 //! for restarts and drain deadlines. Signal handlers only set a flag and
 //! write a byte (signal-hook); all work happens here, in the loop.
 
-use crate::endpoint::{describe_exit, Running, State, WorkerProc};
+use crate::endpoint::{describe_exit, same_config, Pending, Running, State, WorkerProc};
 use crate::policy::{jitter, RestartPolicy};
-use crate::{listener, source, spawn};
+use crate::status_server::{self, StatusServer};
+use crate::{listener, source, spawn, status};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use proto::ctl::{self, CtlError, FromWorker, Limits, ToWorker, WorkerConfig};
-use proto::graph::Refusal;
-use proto::plan::{Endpoint, EndpointKey, Plan};
+use proto::graph::{Link, Listen, Refusal};
+use proto::plan::{self, Endpoint, EndpointKey};
 use proto::timer::Timers;
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -37,6 +38,8 @@ pub struct Options {
     pub drain: Duration,
     pub log_target: String,
     pub log_level: String,
+    /// Where to serve `GET /status` and `/metrics`; None: nowhere.
+    pub status_socket: Option<PathBuf>,
 }
 
 struct Flags {
@@ -63,6 +66,9 @@ pub struct Daemon {
     next_token: usize,
     seq: u64,
     shutdown_at: Option<Instant>,
+    // ops: status socket (status_server.rs), served from this loop.
+    status: Option<StatusServer>,
+    started: Instant,
 }
 
 impl Daemon {
@@ -96,7 +102,17 @@ impl Daemon {
         poll.registry()
             .register(&mut sig_rx, SIGNALS, Interest::READABLE)
             .map_err(|e| format!("epoll_ctl: {e}"))?;
+        // A status socket that cannot be made is reported, not fatal: the
+        // device's links matter more than their observability.
+        let status = opts.status_socket.as_deref().and_then(|p| {
+            StatusServer::bind(p, poll.registry())
+                .inspect(|_| proto::info!("status socket {}", p.display()))
+                .map_err(|e| proto::error!("{e}; running without a status socket"))
+                .ok()
+        });
         Ok(Daemon {
+            status,
+            started: Instant::now(),
             poll,
             opts,
             endpoints: BTreeMap::new(),
@@ -113,16 +129,18 @@ impl Daemon {
     }
 
     pub fn run(mut self) -> Result<(), String> {
-        self.reload();
+        proto::info!("graph source: {}", self.opts.source.describe());
+        self.reload(true);
         proto::mem::trim_code();
         let mut events = Events::with_capacity(64);
         loop {
             let now = Instant::now();
-            let timeout = self
-                .timers
-                .timeout(now)
-                .map(|t| t.min(self.opts.source.poll_every()));
-            let timeout = timeout.or(Some(self.opts.source.poll_every()));
+            let source_in = self.opts.source.next_check().saturating_duration_since(now);
+            let timeout = Some(
+                self.timers
+                    .timeout(now)
+                    .map_or(source_in, |t| t.min(source_in)),
+            );
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     return Err(format!("epoll_wait: {e}"));
@@ -134,8 +152,12 @@ impl Daemon {
                         let mut buf = [0u8; 64];
                         while matches!((&self.sig_rx).read(&mut buf), Ok(n) if n > 0) {}
                     }
+                    t if status_server::owns(t) => self.on_status(t),
                     Token(t) => self.on_worker_ctl(t),
                 }
+            }
+            if let Some(s) = self.status.as_mut() {
+                s.sweep(Instant::now());
             }
             if self.flags.chld.swap(false, Ordering::SeqCst) {
                 self.reap();
@@ -145,10 +167,10 @@ impl Daemon {
             }
             if self.flags.hup.swap(false, Ordering::SeqCst) && self.shutdown_at.is_none() {
                 proto::info!("SIGHUP: re-reading the graph");
-                self.reload();
+                self.reload(true);
             }
             if self.shutdown_at.is_none() && self.opts.source.due(Instant::now()) {
-                self.reload();
+                self.reload(false);
             }
             let now = Instant::now();
             while let Some(k) = self.timers.pop_due(now) {
@@ -161,23 +183,56 @@ impl Daemon {
         }
     }
 
-    /// Read the graph and apply it; a source that cannot be read changes nothing.
-    fn reload(&mut self) {
-        match self.opts.source.read() {
-            Ok(Some(plan)) => self.apply(plan),
-            Ok(None) => {}
-            Err(e) => proto::error!("{e}; running configuration left as it was"),
+    /// ops hook: a status socket event; the snapshot is built only when a
+    /// complete request asks for it, from what the loop already knows.
+    fn on_status(&mut self, t: Token) {
+        let Some(srv) = self.status.as_mut() else {
+            return;
+        };
+        let (started, endpoints, draining, refused) =
+            (self.started, &self.endpoints, &self.draining, &self.refused);
+        srv.on_event(self.poll.registry(), t, || {
+            status::Snapshot::build(
+                started,
+                endpoints,
+                draining.iter().map(|d| (&d.key, d.worker.pid)),
+                refused,
+            )
+        });
+    }
+
+    /// Read the graph and apply it; a source that cannot be read changes
+    /// nothing (the source logs why). `force`: apply even an unchanged graph.
+    fn reload(&mut self, force: bool) {
+        if let Some((links, refused)) = self.opts.source.fetch(force) {
+            self.apply(&links, refused);
         }
     }
 
-    /// Reconcile the running endpoints with `plan`, touching only what changed.
-    pub fn apply(&mut self, plan: Plan) {
+    /// Reconcile the running endpoints with the graph, touching only what
+    /// changed (SPEC §4; docs/ARCHITECTURE.md has the flow):
+    ///
+    /// - same endpoint, other routes or providers: Update to the live worker;
+    /// - endpoint gone: its worker drains, its listener closes;
+    /// - new endpoint: listener made in the consumer's namespace, worker started;
+    /// - same address, other kind or consumer: the worker is replaced on the
+    ///   same listening socket;
+    /// - new consumer pid: a new endpoint in the new namespace, unless the
+    ///   new pid lives in the very network namespace the tcp listener is in
+    ///   (a container sharing the host network), where it is the same socket.
+    pub fn apply(&mut self, links: &[Link], refused: Vec<Refusal>) {
+        let plan = plan::build_preferring(links, refused, |k| {
+            self.endpoints
+                .get(k)
+                .map(|r| (r.ep.kind, r.ep.consumer.clone()))
+        });
         let mut wanted: BTreeMap<EndpointKey, Endpoint> = plan
             .endpoints
             .into_iter()
             .map(|e| (e.key.clone(), e))
             .collect();
         let (mut added, mut removed, mut updated) = (0, 0, 0);
+        self.rekey_same_netns(&wanted);
         let gone: Vec<EndpointKey> = self
             .endpoints
             .keys()
@@ -199,21 +254,20 @@ impl Daemon {
                 continue;
             };
             if r.ep.kind != ep.kind || r.ep.consumer != ep.consumer {
-                self.remove(&key, "replaced by an endpoint of another kind or consumer");
-                match self.start(ep.clone()) {
-                    Ok(()) => updated += 1,
-                    Err(e) => refuse_all(&mut refused, &ep, &e),
-                }
+                self.replace(&key, ep);
+                updated += 1;
                 continue;
             }
-            let changed = !r.ep.same_routes(&ep);
+            let changed = !same_config(&r.ep, &ep);
             r.ep = ep;
             if r.state == State::Failed {
                 // Re-applying the graph gives a given-up endpoint a new chance.
                 r.failures = 0;
                 let id = r.id;
                 self.restart_now(&key, id);
-            } else if changed {
+            } else if changed || !r.in_sync() {
+                // Not in sync although unchanged: the worker refused the
+                // last update; offer it again.
                 updated += 1;
                 self.push_update(&key);
             }
@@ -241,24 +295,71 @@ impl Daemon {
 
     fn start(&mut self, ep: Endpoint) -> Result<(), String> {
         let key = ep.key.clone();
+        let ns_inode = listener::ns_inode(&key);
         let fd = listener::create(&key).map_err(|e| format!("cannot listen on {key}: {e}"))?;
         let id = self.next_id;
         self.next_id += 1;
-        let r = Running {
-            id,
-            ep,
-            listener: fd,
-            worker: None,
-            state: State::Running,
-            failures: 0,
-            restarts: 0,
-            stats: Default::default(),
-            stats_base: Default::default(),
-            last_exit: None,
-        };
-        self.endpoints.insert(key.clone(), r);
+        self.endpoints
+            .insert(key.clone(), Running::new(id, ep, fd, ns_inode));
         self.restart_now(&key, id);
         Ok(())
+    }
+
+    /// Same address and namespace, another kind or consumer: a new worker
+    /// on the same listening socket (no bind race with the old worker, no
+    /// window without a listener); the old worker drains.
+    fn replace(&mut self, key: &EndpointKey, ep: Endpoint) {
+        let Some(mut old) = self.endpoints.remove(key) else {
+            return;
+        };
+        proto::info!(
+            "endpoint {key}: {} for '{}' becomes {} for '{}'; new worker, same listening socket",
+            old.ep.kind,
+            old.ep.consumer,
+            ep.kind,
+            ep.consumer
+        );
+        if let Some(w) = old.worker.take() {
+            self.drain_worker(key, w);
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.endpoints.insert(
+            key.clone(),
+            Running::new(id, ep, old.listener, old.ns_inode),
+        );
+        self.restart_now(key, id);
+    }
+
+    /// A consumer that restarted (new pid) in the network namespace one of
+    /// our tcp listeners already lives in, e.g. a container on the host
+    /// network: keep socket and worker, and move the endpoint to its new
+    /// key (the update that follows tells the worker). Re-creating it would
+    /// race the old worker for the address.
+    fn rekey_same_netns(&mut self, wanted: &BTreeMap<EndpointKey, Endpoint>) {
+        for key in wanted.keys() {
+            if self.endpoints.contains_key(key) || !matches!(key.listen, Listen::Tcp(_)) {
+                continue;
+            }
+            let Some(ns) = listener::ns_inode(key) else {
+                continue;
+            };
+            // Kind or consumer may differ too: the loop in `apply` then
+            // replaces the worker, still on this socket.
+            let old = self.endpoints.iter().find(|(k, r)| {
+                k.listen == key.listen && !wanted.contains_key(*k) && r.ns_inode == Some(ns)
+            });
+            let Some(old_key) = old.map(|(k, _)| k.clone()) else {
+                continue;
+            };
+            if let Some(r) = self.endpoints.remove(&old_key) {
+                proto::info!(
+                    "endpoint {old_key}: consumer now pid {} in the same network namespace; keeping socket and worker as {key}",
+                    key.consumer_pid
+                );
+                self.endpoints.insert(key.clone(), r);
+            }
+        }
     }
 
     /// Start the endpoint's worker now.
@@ -298,7 +399,11 @@ impl Daemon {
                     ctl: s.ctl,
                     token,
                     started: now,
-                    pending: vec![(seq, "init")],
+                    pending: vec![Pending {
+                        seq,
+                        what: "init",
+                        config: Some(config.endpoint),
+                    }],
                 });
                 r.state = State::Running;
             }
@@ -306,18 +411,24 @@ impl Daemon {
                 proto::error!("endpoint {key}: {e}");
                 r.last_exit = Some(e);
                 let st = r.on_exit(&self.opts.policy, now, jitter());
-                self.schedule(key, st);
+                self.schedule(key, st, None);
             }
         }
     }
 
-    fn schedule(&mut self, key: &EndpointKey, st: State) {
+    /// `dead`: the worker that exited (None: none could be started).
+    fn schedule(&mut self, key: &EndpointKey, st: State, dead: Option<Pid>) {
         let Some(r) = self.endpoints.get(key) else {
             return;
         };
         match st {
             State::Backoff { until, delay } => {
-                proto::info!("endpoint {key}: restart #{} in {} ms", r.failures, delay.as_millis());
+                let of = dead.map_or("(worker did not start)".into(), |p| format!("of worker pid {p}"));
+                proto::info!(
+                    "endpoint {key}: restart #{} {of} in {} ms",
+                    r.failures,
+                    delay.as_millis()
+                );
                 self.timers.add(until, r.id);
             }
             State::Failed => proto::error!(
@@ -340,9 +451,22 @@ impl Daemon {
         };
         // A worker not running gets the new routes with its next Init.
         let Some(w) = r.worker.as_mut() else { return };
-        match ctl::send(w.ctl.as_fd(), &ToWorker::Update { seq, config }, &[]) {
+        let roots = match crate::roots::open_roots(&config.endpoint) {
+            Ok(r) => r,
+            Err(e) => {
+                proto::error!("endpoint {key}: update to worker pid {}: {e}", w.pid);
+                return;
+            }
+        };
+        let fds: Vec<_> = roots.iter().map(|f| f.as_raw_fd()).collect();
+        let ep = config.endpoint.clone();
+        match ctl::send(w.ctl.as_fd(), &ToWorker::Update { seq, config }, &fds) {
             Ok(()) => {
-                w.pending.push((seq, "update"));
+                w.pending.push(Pending {
+                    seq,
+                    what: "update",
+                    config: Some(ep),
+                });
                 proto::info!("endpoint {key}: routes pushed to worker pid {}", w.pid);
             }
             Err(e) => proto::warn!("endpoint {key}: update to worker pid {}: {e}", w.pid),
@@ -356,40 +480,49 @@ impl Daemon {
         };
         proto::info!("endpoint {key}: removing ({why})");
         if let Some(w) = r.worker {
-            self.seq += 1;
-            let deadline_ms = self.opts.drain.as_millis() as u64;
-            match ctl::send(
-                w.ctl.as_fd(),
-                &ToWorker::Drain {
-                    seq: self.seq,
-                    deadline_ms,
-                },
-                &[],
-            ) {
-                Ok(()) => proto::info!(
+            self.drain_worker(key, w);
+        }
+        // Our copy of the listener goes now; the worker closes its own as
+        // it starts draining. A unix socket file goes too, so new clients
+        // are refused at once rather than queued for nobody.
+        drop(r.listener);
+        listener::remove_unix(key, r.ns_inode);
+    }
+
+    /// Tell a worker to stop accepting and finish its connections by the
+    /// drain deadline; it is killed if it is still there a second later.
+    fn drain_worker(&mut self, key: &EndpointKey, mut w: WorkerProc) {
+        self.seq += 1;
+        let seq = self.seq;
+        let deadline_ms = self.opts.drain.as_millis() as u64;
+        match ctl::send(w.ctl.as_fd(), &ToWorker::Drain { seq, deadline_ms }, &[]) {
+            Ok(()) => {
+                w.pending.push(Pending {
+                    seq,
+                    what: "drain",
+                    config: None,
+                });
+                proto::info!(
                     "endpoint {key}: worker pid {} draining (deadline {deadline_ms} ms)",
                     w.pid
-                ),
-                Err(e) => {
-                    proto::warn!(
-                        "endpoint {key}: drain to worker pid {}: {e}; killing it",
-                        w.pid
-                    );
-                    let _ = kill(w.pid, Signal::SIGKILL);
-                }
+                )
             }
-            // Past the deadline (plus a grace second) the worker is killed.
-            self.timers.add(
-                Instant::now() + self.opts.drain + Duration::from_secs(1),
-                DRAIN_KILL | w.pid.as_raw() as u64,
-            );
-            self.draining.push(Draining {
-                worker: w,
-                key: key.clone(),
-            });
+            Err(e) => {
+                proto::warn!(
+                    "endpoint {key}: drain to worker pid {}: {e}; killing it",
+                    w.pid
+                );
+                let _ = kill(w.pid, Signal::SIGKILL);
+            }
         }
-        drop(r.listener);
-        listener::remove_unix(key);
+        self.timers.add(
+            Instant::now() + self.opts.drain + Duration::from_secs(1),
+            DRAIN_KILL | w.pid.as_raw() as u64,
+        );
+        self.draining.push(Draining {
+            worker: w,
+            key: key.clone(),
+        });
     }
 
     fn shutdown(&mut self) {
@@ -439,7 +572,7 @@ impl Daemon {
             r.last_exit = Some(how);
             r.restarts += 1;
             let st = r.on_exit(&self.opts.policy, Instant::now(), jitter());
-            self.schedule(&key, st);
+            self.schedule(&key, st, Some(pid));
         }
     }
 
@@ -491,27 +624,34 @@ impl Daemon {
         };
         let Some(w) = w else { return };
         let mut stats = None;
+        // The configuration the worker acknowledged last, if any.
+        let mut applied = None;
         loop {
             match ctl::recv::<FromWorker>(w.ctl.as_fd()) {
                 Ok((FromWorker::Stats { stats: s }, _)) => stats = Some(s),
                 Ok((FromWorker::Ack { seq, error }, _)) => {
-                    let what = w
-                        .pending
-                        .iter()
-                        .position(|p| p.0 == seq)
-                        .map(|i| w.pending.remove(i).1);
-                    match (what, error) {
-                        (Some(what), Some(e)) => proto::error!(
-                            "endpoint {key}: worker pid {} refused {what}: {e}",
-                            w.pid
-                        ),
-                        (Some(what), None) => {
-                            proto::debug!("endpoint {key}: worker pid {} applied {what}", w.pid)
-                        }
-                        (None, _) => proto::debug!(
+                    let Some(i) = w.pending.iter().position(|p| p.seq == seq) else {
+                        proto::debug!(
                             "endpoint {key}: worker pid {} acked unknown seq {seq}",
                             w.pid
+                        );
+                        continue;
+                    };
+                    let p = w.pending.remove(i);
+                    match error {
+                        Some(e) => proto::error!(
+                            "endpoint {key}: worker pid {} refused {}: {e}; it keeps its previous configuration",
+                            w.pid,
+                            p.what
                         ),
+                        None if p.what == "drain" => proto::info!(
+                            "endpoint {key}: worker pid {} stopped accepting, finishing its connections",
+                            w.pid
+                        ),
+                        None => {
+                            proto::info!("endpoint {key}: worker pid {} applied {}", w.pid, p.what);
+                            applied = p.config.or(applied);
+                        }
                     }
                 }
                 Err(CtlError::WouldBlock) => break,
@@ -526,9 +666,14 @@ impl Daemon {
                 Err(e) => proto::warn!("endpoint {key}: worker pid {}: {e}", w.pid),
             }
         }
-        if let (Some(s), Some(r)) = (stats, self.endpoints.get_mut(&key)) {
+        if let Some(r) = self.endpoints.get_mut(&key) {
             if r.worker.as_ref().is_some_and(|w| w.token == token) {
-                r.set_stats(s);
+                if let Some(s) = stats {
+                    r.set_stats(s);
+                }
+                if applied.is_some() {
+                    r.applied = applied;
+                }
             }
         }
     }

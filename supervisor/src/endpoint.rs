@@ -20,14 +20,30 @@ pub enum State {
     Failed,
 }
 
+/// A control message sent to a worker and not yet acknowledged.
+pub struct Pending {
+    pub seq: u64,
+    /// `init`, `update` or `drain`, for logs.
+    pub what: &'static str,
+    /// The configuration an init or update carries: it becomes the
+    /// endpoint's `applied` configuration only when the worker acks it.
+    pub config: Option<Endpoint>,
+}
+
 /// A worker process and its control socket.
 pub struct WorkerProc {
     pub pid: Pid,
     pub ctl: OwnedFd,
     pub token: usize,
     pub started: Instant,
-    /// Control messages sent and not yet acknowledged: (seq, what).
-    pub pending: Vec<(u64, &'static str)>,
+    pub pending: Vec<Pending>,
+}
+
+impl WorkerProc {
+    /// An init or update is still on its way.
+    pub fn config_pending(&self) -> bool {
+        self.pending.iter().any(|p| p.config.is_some())
+    }
 }
 
 pub struct Running {
@@ -35,6 +51,13 @@ pub struct Running {
     pub id: u64,
     /// Desired configuration (the last one sent).
     pub ep: Endpoint,
+    /// The configuration the current worker has acknowledged (None until
+    /// it acks its init, and after it exits).
+    pub applied: Option<Endpoint>,
+    /// Inode of the namespace the listener was made in (network for tcp,
+    /// mount for unix; `listener::ns_inode`). A tcp listener keeps its
+    /// network namespace alive, so that inode stays unique.
+    pub ns_inode: Option<u64>,
     pub listener: OwnedFd,
     pub worker: Option<WorkerProc>,
     pub state: State,
@@ -48,7 +71,44 @@ pub struct Running {
     pub last_exit: Option<String>,
 }
 
+/// Equal as a worker sees it: address, namespace, kind, consumer and
+/// routes (graph positions aside).
+pub fn same_config(a: &Endpoint, b: &Endpoint) -> bool {
+    a.key == b.key && a.kind == b.kind && a.consumer == b.consumer && a.same_routes(b)
+}
+
 impl Running {
+    pub fn new(id: u64, ep: Endpoint, listener: OwnedFd, ns_inode: Option<u64>) -> Running {
+        Running {
+            id,
+            ep,
+            applied: None,
+            ns_inode,
+            listener,
+            worker: None,
+            state: State::Running,
+            failures: 0,
+            restarts: 0,
+            stats: Stats::default(),
+            stats_base: Stats::default(),
+            last_exit: None,
+        }
+    }
+
+    /// The running worker has what the graph asks for (or is being sent it).
+    pub fn in_sync(&self) -> bool {
+        match &self.worker {
+            None => true,
+            Some(w) => {
+                w.config_pending()
+                    || self
+                        .applied
+                        .as_ref()
+                        .is_some_and(|a| same_config(a, &self.ep))
+            }
+        }
+    }
+
     /// The worker exited: decide when (and whether) the next one starts.
     pub fn on_exit(&mut self, policy: &RestartPolicy, now: Instant, jitter: f64) -> State {
         let uptime = self
@@ -60,6 +120,7 @@ impl Running {
         }
         self.failures += 1;
         self.worker = None;
+        self.applied = None;
         // Connections of the dead worker are gone; keep totals.
         self.stats_base = Stats {
             active: 0,

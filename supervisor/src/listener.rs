@@ -23,6 +23,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 const BACKLOG: i32 = 1024;
 
@@ -39,12 +40,35 @@ pub fn create(key: &EndpointKey) -> Result<OwnedFd, String> {
         .ok_or_else(|| format!("no socket came back for {key}"))
 }
 
+/// Inode of the namespace an endpoint's listener is made in: the network
+/// namespace of `pid` for tcp, its mount namespace for unix (0: our own).
+/// It names the namespace while that exists.
+pub fn ns_inode(key: &EndpointKey) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let kind = match key.listen {
+        Listen::Tcp(_) => "net",
+        Listen::Unix(_) => "mnt",
+    };
+    let path = if key.consumer_pid == 0 {
+        format!("/proc/self/ns/{kind}")
+    } else {
+        format!("/proc/{}/ns/{kind}", key.consumer_pid)
+    };
+    std::fs::metadata(path).ok().map(|m| m.ino())
+}
+
 /// Remove a unix listener's socket file (endpoint removed), in the
 /// consumer's mount namespace. Best effort: the container may be gone.
-pub fn remove_unix(key: &EndpointKey) {
+/// `made_in` is the namespace the socket was made in: if the consumer pid
+/// now names another namespace (the pid was reused), nothing is touched.
+pub fn remove_unix(key: &EndpointKey, made_in: Option<u64>) {
     let Listen::Unix(path) = &key.listen else {
         return;
     };
+    if ns_inode(key) != made_in {
+        proto::debug!("not removing the socket of {key}: its mount namespace is gone");
+        return;
+    }
     let unlink = || {
         if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
             std::fs::remove_file(path).map_err(|e| format!("unlink {}: {e}", path.display()))?;
@@ -134,6 +158,29 @@ fn bind_unix(path: &Path) -> Result<OwnedFd, String> {
     Ok(fd)
 }
 
+/// Wait until `fd` is readable, at most `within`. A signal (SIGCHLD of a
+/// worker exiting meanwhile) interrupts poll(2); that is not a failure.
+fn wait_readable(fd: std::os::fd::BorrowedFd<'_>, within: Duration) -> Result<(), String> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let until = Instant::now() + within;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        let mut pfd = [PollFd::new(fd, PollFlags::POLLIN)];
+        match poll(&mut pfd, PollTimeout::from(ms)) {
+            Ok(0) => {
+                return Err(format!(
+                    "namespace helper did not answer in {} s",
+                    within.as_secs()
+                ))
+            }
+            Ok(_) => return Ok(()),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(format!("poll on namespace helper: {e}")),
+        }
+    }
+}
+
 /// Run `f` in a forked child that has joined namespace `ns` of `pid`; the
 /// child sends back the fd `f` made (or its error text).
 fn in_namespace(
@@ -165,29 +212,14 @@ fn in_namespace(
         ForkResult::Parent { child } => {
             drop(theirs);
             drop(ns_file);
-            let got = {
-                let mut pfd = [nix::poll::PollFd::new(
-                    ours.as_fd(),
-                    nix::poll::PollFlags::POLLIN,
-                )];
-                nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(5000u16))
-                    .map_err(|e| format!("poll: {e}"))
-                    .and_then(|n| {
-                        if n == 0 {
-                            Err("namespace helper did not answer in 5 s".into())
-                        } else {
-                            Ok(())
-                        }
-                    })
-                    .and_then(|_| {
-                        proto::ctl::recv_raw(ours.as_fd())
-                            .map_err(|e| format!("namespace helper: {e}"))
-                    })
-            };
+            let got = wait_readable(ours.as_fd(), Duration::from_secs(5)).and_then(|_| {
+                proto::ctl::recv_raw(ours.as_fd()).map_err(|e| format!("namespace helper: {e}"))
+            });
             if got.is_err() {
                 let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
             }
-            let _ = waitpid(child, None);
+            // Reaped here, not by the daemon's SIGCHLD handling.
+            while waitpid(child, None) == Err(Errno::EINTR) {}
             let (body, mut fds) = got?;
             if body != b"ok" {
                 return Err(String::from_utf8_lossy(&body).into_owned());

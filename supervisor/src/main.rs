@@ -2,99 +2,32 @@
 //! listening socket in the right namespace, and runs one worker process per
 //! endpoint, restarting crashed workers with backoff.
 
+mod cli;
 mod daemon;
 mod endpoint;
 mod listener;
+mod metrics;
 mod policy;
+mod privileges;
+mod roots;
 mod source;
 mod spawn;
+mod status;
+mod status_cli;
+mod status_server;
 
-use clap::{Args, Parser, Subcommand};
-use policy::{parse_duration, RestartPolicy};
+use cli::{Command, RunArgs};
+use policy::RestartPolicy;
 use proto::ctl::Limits;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-#[derive(Parser)]
-#[command(
-    name = "pv-xconnect",
-    version,
-    about = "Pantavisor ingress and cross-connect daemon"
-)]
-struct Cli {
-    #[command(subcommand)]
-    cmd: Option<Cmd>,
-    #[command(flatten)]
-    run: RunArgs,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Run the supervisor (the default).
-    Run(Box<RunArgs>),
-    /// Validate a graph file and print the endpoint plan; exit 1 if any link is refused.
-    Check { file: PathBuf },
-}
-
-#[derive(Args, Clone)]
-struct RunArgs {
-    /// Read the graph from this JSON file (re-read on SIGHUP and when it changes).
-    #[arg(long, value_name = "FILE")]
-    graph: Option<PathBuf>,
-    /// Where the pvx-worker-* binaries are (default: next to pv-xconnect).
-    #[arg(long, value_name = "DIR")]
-    worker_dir: Option<PathBuf>,
-    /// auto (syslog when /dev/log exists), syslog or stderr.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "syslog", "stderr"])]
-    log_target: String,
-    /// error, warn, info or debug.
-    #[arg(long, default_value = "info", value_parser = ["error", "warn", "info", "debug"])]
-    log_level: String,
-    /// First restart delay of a crashed worker.
-    #[arg(long, default_value = "20ms", value_parser = parse_duration)]
-    retry_delay: Duration,
-    /// Each consecutive crash multiplies the delay by this.
-    #[arg(long, default_value_t = 2.0)]
-    backoff_factor: f64,
-    /// Upper bound of the restart delay.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    max_delay: Duration,
-    /// A worker up this long has its backoff start over.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
-    reset_window: Duration,
-    /// Consecutive crashes before giving up on an endpoint (0 = never).
-    #[arg(long, default_value_t = 0)]
-    max_retries: u32,
-    /// How long a removed endpoint's connections may finish.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    drain_timeout: Duration,
-    /// Backend connect timeout.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    connect_timeout: Duration,
-    /// http: a request head must be complete within this (else 408).
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    head_timeout: Duration,
-    /// http: close keep-alive client connections idle this long.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
-    idle_timeout: Duration,
-    /// http: a backend that got the whole request must start its response
-    /// within this (else 504).
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    response_timeout: Duration,
-    /// Close tcp connections idle this long (0 = never).
-    #[arg(long, default_value = "0s", value_parser = parse_duration)]
-    tcp_idle_timeout: Duration,
-    /// Most concurrent connections per worker.
-    #[arg(long, default_value_t = 4096)]
-    max_conns: usize,
-}
-
 fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
 }
 
-fn run(a: RunArgs) -> Result<(), String> {
+fn run(a: Box<RunArgs>) -> Result<(), String> {
     let level = proto::log::Level::parse(&a.log_level).unwrap_or(proto::log::Level::Info);
     let target = proto::log::init("pv-xconnect", &a.log_target, level);
     let policy = RestartPolicy {
@@ -105,6 +38,10 @@ fn run(a: RunArgs) -> Result<(), String> {
         max_retries: a.max_retries,
     };
     policy.validate()?;
+    // Before anything else is opened or started: what we drop now, no
+    // worker can inherit later.
+    let kept = privileges::drop_unneeded()?;
+    privileges::seal_inherited_fds()?;
     let worker_dir = match a.worker_dir {
         Some(d) => d,
         None => std::env::current_exe()
@@ -112,7 +49,13 @@ fn run(a: RunArgs) -> Result<(), String> {
             .and_then(|p| p.parent().map(PathBuf::from))
             .ok_or("cannot find the directory of pv-xconnect; use --worker-dir")?,
     };
-    let graph = a.graph.ok_or("no graph source: give --graph FILE")?;
+    let source = match (a.graph, a.ctrl_socket) {
+        (Some(file), _) => source::Source::file(file),
+        (None, sock) => source::Source::ctrl(
+            sock.unwrap_or_else(|| PathBuf::from(source::DEFAULT_CTRL_SOCKET)),
+            a.poll_interval,
+        ),
+    };
     let limits = Limits {
         connect_timeout_ms: ms(a.connect_timeout),
         tcp_idle_timeout_ms: ms(a.tcp_idle_timeout),
@@ -123,16 +66,17 @@ fn run(a: RunArgs) -> Result<(), String> {
         ..Limits::default()
     };
     let opts = daemon::Options {
-        source: source::Source::file(graph),
+        source,
         worker_dir,
         policy,
         limits,
         drain: a.drain_timeout,
         log_target: target.to_string(),
         log_level: a.log_level,
+        status_socket: Some(a.status_socket),
     };
     proto::info!(
-        "starting (pid {}), workers from {}",
+        "starting (pid {}), workers from {}, capabilities kept: {kept}",
         std::process::id(),
         opts.worker_dir.display()
     );
@@ -201,11 +145,26 @@ fn check(file: &PathBuf) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.cmd {
-        Some(Cmd::Check { file }) => return check(&file),
-        Some(Cmd::Run(a)) => run(*a),
-        None => run(cli.run),
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cmd = match cli::parse(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pv-xconnect: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cmd {
+        Command::Help => {
+            print!("{}", cli::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Command::Version => {
+            println!("pv-xconnect {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Command::Check(file) => return check(&file),
+        Command::Status { json, socket } => return status_cli::run(&socket, json),
+        Command::Run(a) => run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -73,7 +73,13 @@ pub fn spawn(
         seq,
         config: config.clone(),
     };
-    if let Err(e) = ctl::send(ours.as_fd(), &init, &[listener.as_raw_fd()]) {
+    // The listener, then the provider roots (see roots.rs).
+    let roots = crate::roots::open_roots(&config.endpoint).inspect_err(|_| {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    })?;
+    let mut fds = vec![listener.as_raw_fd()];
+    fds.extend(roots.iter().map(|f| f.as_raw_fd()));
+    if let Err(e) = ctl::send(ours.as_fd(), &init, &fds) {
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         return Err(format!("sending init to {name} pid {pid}: {e}"));
     }

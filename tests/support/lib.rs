@@ -12,8 +12,12 @@ use std::sync::Once;
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod ctrl;
+pub mod fds;
 pub mod http;
+pub mod lab;
 pub mod ns;
+pub use ctrl::FakeCtrl;
 pub use ns::{MountNsProc, Netns};
 
 /// The workspace's target/debug with every binary built (once per run).
@@ -112,6 +116,8 @@ pub struct Supervisor {
     pub dir: TempDir,
     pub graph: PathBuf,
     pub log: PathBuf,
+    /// Its status socket: private to the test unless `extra` named one.
+    pub status_socket: PathBuf,
 }
 
 impl Supervisor {
@@ -121,12 +127,36 @@ impl Supervisor {
         let dir = TempDir::new("sup");
         let graph_path = dir.path().join("graph.json");
         std::fs::write(&graph_path, graph).expect("write graph");
+        let source = ["--graph".to_string(), graph_path.display().to_string()];
+        Supervisor::launch(dir, graph_path, &source, extra)
+    }
+
+    /// Start reading the graph from the control socket at `ctrl`; waits
+    /// until a graph has been applied once.
+    pub fn start_ctrl(ctrl: &Path, extra: &[&str]) -> Supervisor {
+        let dir = TempDir::new("sup");
+        let graph_path = dir.path().join("unused-graph.json");
+        let source = ["--ctrl-socket".to_string(), ctrl.display().to_string()];
+        Supervisor::launch(dir, graph_path, &source, extra)
+    }
+
+    fn launch(dir: TempDir, graph_path: PathBuf, source: &[String], extra: &[&str]) -> Supervisor {
         let log = dir.path().join("supervisor.log");
         let logf = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(bin_dir().join("pv-xconnect"))
-            .args(["run", "--graph"])
-            .arg(&graph_path)
-            .args(["--log-target", "stderr", "--log-level", "debug"])
+        // Tests run in parallel: each supervisor gets its own status socket
+        // unless the test chose one.
+        let status_socket = match extra.iter().position(|a| *a == "--status-socket") {
+            Some(i) => PathBuf::from(extra.get(i + 1).expect("--status-socket PATH")),
+            None => dir.path().join("status.sock"),
+        };
+        let mut cmd = Command::new(bin_dir().join("pv-xconnect"));
+        cmd.arg("run")
+            .args(source)
+            .args(["--log-target", "stderr", "--log-level", "debug"]);
+        if !extra.contains(&"--status-socket") {
+            cmd.arg("--status-socket").arg(&status_socket);
+        }
+        let child = cmd
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -138,6 +168,7 @@ impl Supervisor {
             dir,
             graph: graph_path,
             log,
+            status_socket,
         };
         s.wait_log("graph applied", 1);
         s
@@ -149,6 +180,11 @@ impl Supervisor {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// How often `needle` appears in the log so far.
+    pub fn count_log(&self, needle: &str) -> usize {
+        self.log_text().matches(needle).count()
     }
 
     /// Wait until `needle` appears at least `n` times in the log.
@@ -196,6 +232,32 @@ impl Supervisor {
         )
     }
 
+    /// `GET path` on the status socket: (status code, body).
+    pub fn http_status(&self, path: &str) -> (u16, String) {
+        let raw = unix_request(
+            &self.status_socket,
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+        )
+        .expect("status socket request");
+        split_http(&raw)
+    }
+
+    /// The parsed `GET /status` answer.
+    pub fn status(&self) -> serde_json::Value {
+        let (code, body) = self.http_status("/status");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).expect("status is JSON")
+    }
+
+    /// The status entry of the endpoint whose address is `address`.
+    pub fn endpoint_status(&self, address: &str) -> Option<serde_json::Value> {
+        self.status()["endpoints"]
+            .as_array()?
+            .iter()
+            .find(|e| e["address"] == address)
+            .cloned()
+    }
+
     /// SIGTERM and wait for the exit status.
     pub fn stop(mut self) -> std::process::ExitStatus {
         self.signal("TERM");
@@ -218,6 +280,84 @@ impl Drop for Supervisor {
             eprintln!("--- supervisor log ---\n{}", self.log_text());
         }
     }
+}
+
+/// Send `req` on a unix stream socket, half-close, read the answer to EOF.
+pub fn unix_request(path: &Path, req: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut s = UnixStream::connect(path)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(req)?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// (status code, body) of a raw HTTP/1.x answer; code 0 if unparseable.
+pub fn split_http(raw: &[u8]) -> (u16, String) {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, body.to_string())
+}
+
+/// Close `s` with a reset instead of a FIN (SO_LINGER 0), as a client
+/// that vanishes mid-stream does.
+pub fn close_with_reset(s: TcpStream) {
+    let linger = nix::libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Linger, &linger)
+        .expect("SO_LINGER 0");
+    drop(s);
+}
+
+/// A field of /proc/PID/status (`CapEff`, `NoNewPrivs`, ...), trimmed.
+pub fn proc_status(pid: u32, field: &str) -> Option<String> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .map(|v| v.trim().to_string())
+}
+
+/// A capability set of PID as a bit mask.
+pub fn cap_mask(pid: u32, set: &str) -> u64 {
+    let v = proc_status(pid, set).unwrap_or_else(|| panic!("{set} of pid {pid}"));
+    u64::from_str_radix(&v, 16).expect("hex cap mask")
+}
+
+/// Open fds of PID with what they point at (`socket:[..]`, `pipe:[..]`,
+/// `anon_inode:[eventpoll]`, paths).
+pub fn fds(pid: u32) -> Vec<(i32, String)> {
+    let mut out: Vec<(i32, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let n = e.file_name().to_str()?.parse().ok()?;
+                    let t = std::fs::read_link(e.path()).ok()?;
+                    Some((n, t.to_string_lossy().into_owned()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// Whether fd `fd` of PID is close-on-exec (O_CLOEXEC in its fdinfo flags).
+pub fn is_cloexec(pid: u32, fd: i32) -> bool {
+    const O_CLOEXEC: u32 = 0o2000000;
+    std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
+        .ok()
+        .and_then(|s| {
+            let v = s.lines().find_map(|l| l.strip_prefix("flags:"))?;
+            u32::from_str_radix(v.trim(), 8).ok()
+        })
+        .is_some_and(|f| f & O_CLOEXEC != 0)
 }
 
 /// Live (not zombie) children of `ppid`, with their argv.
@@ -296,6 +436,44 @@ fn echo(mut c: TcpStream) {
         }
     }
     let _ = c.shutdown(Shutdown::Write);
+}
+
+/// A TCP backend that greets every connection with `tag` and a newline,
+/// then echoes: a test can tell which backend a connection reached.
+pub fn tagged_echo_server(tag: &str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind tagged echo");
+    let addr = l.local_addr().expect("addr");
+    let greeting = format!("{tag}\n");
+    thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let g = greeting.clone();
+            thread::spawn(move || {
+                if c.write_all(g.as_bytes()).is_ok() {
+                    echo(c);
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Read one `\n`-terminated line (without it), byte by byte, so nothing
+/// after it is consumed.
+pub fn read_line(s: &mut impl Read) -> std::io::Result<String> {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        if s.read(&mut b)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("EOF after {:?}", String::from_utf8_lossy(&line)),
+            ));
+        }
+        if b[0] == b'\n' {
+            return Ok(String::from_utf8_lossy(&line).into_owned());
+        }
+        line.push(b[0]);
+    }
 }
 
 /// A unix-socket echo backend at `path`.

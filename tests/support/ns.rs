@@ -188,6 +188,19 @@ impl MountNsProc {
             let l = std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok()?;
             (l != me).then_some(())
         });
+        // The namespace exists before `mount` ran in it: wait until its
+        // `dir` is the tmpfs (another device than the host's `dir`).
+        use std::os::unix::fs::MetadataExt;
+        let host_dev = std::fs::metadata(dir).expect("stat dir").dev();
+        let inner = p.host_path(&dir.display().to_string());
+        wait_for(
+            Duration::from_secs(5),
+            "tmpfs mounted in the namespace",
+            || {
+                let m = std::fs::metadata(&inner).ok()?;
+                (m.dev() != host_dev).then_some(())
+            },
+        );
         p
     }
 

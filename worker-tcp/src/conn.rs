@@ -11,11 +11,12 @@
 //! connection ends only when both directions are finished.
 
 use nix::sys::socket::MsgFlags;
-use proto::backend;
-use proto::ctl::Limits;
-use proto::graph::{Backend, ProxyProtocol};
+use proto::backend::Dialer;
+use proto::ctl::{Limits, WorkerConfig};
+use proto::event_loop::{Connection, Dialing, Next, Sockets};
+use proto::graph::ProxyProtocol;
 use proto::plan::Route;
-use proto::relay::{Ready, Splice};
+use proto::relay::Splice;
 use proto::stream::Stream;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd};
@@ -39,70 +40,39 @@ pub enum Phase {
     Sniffing {
         until: Instant,
     },
-    /// `backend` is None while waiting to retry a refused connect.
-    Connecting {
-        attempt: u32,
-        retry_at: Option<Instant>,
-        give_up_at: Instant,
-    },
+    /// Reaching the backend (with the bounded retry while it restarts).
+    Connecting(Dialer),
     Relaying,
 }
 
-/// What the loop must do after driving a connection.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Next {
-    Continue,
-    /// Close both sides. `error`: count it as a failed connection.
-    Close {
-        error: bool,
-    },
-    /// A new backend socket exists and must be registered.
-    RegisterBackend,
-}
-
 pub struct Conn {
-    pub client: Stream,
-    pub client_ready: Ready,
-    pub backend: Option<Stream>,
-    pub backend_ready: Ready,
+    io: Sockets,
     pub phase: Phase,
-    target: Backend,
+    /// The backend, for log lines (set once a route is chosen).
+    target: String,
     proxy_protocol: Option<ProxyProtocol>,
     up: Splice,
     down: Splice,
     /// PROXY protocol header still to be written to the backend.
     preamble: Vec<u8>,
     last_activity: Instant,
-    /// Bytes moved since the loop last collected them (up, down).
-    pub moved: (u64, u64),
-    /// When the connection next needs attention from a timer.
-    pub deadline: Option<Instant>,
-    /// Earliest timer entry for this connection in the loop's heap. A new
-    /// entry is only needed when the deadline moves before it.
-    pub timer_at: Option<Instant>,
 }
 
 impl Conn {
     /// With one route without sni the backend is known at once; otherwise
     /// the ClientHello picks it.
-    pub fn new(client: Stream, routes: &[Route], limits: &Limits, now: Instant) -> Conn {
+    fn for_routes(client: Stream, routes: &[Route], limits: &Limits, now: Instant) -> Conn {
         let mut c = Conn {
-            client,
-            client_ready: Ready::default(),
-            backend: None,
-            backend_ready: Ready::default(),
+            io: Sockets::new(client, now),
             phase: Phase::Sniffing {
                 until: now + Duration::from_millis(limits.head_timeout_ms),
             },
-            target: Backend::Tcp(([0, 0, 0, 0], 0).into()),
+            target: String::new(),
             proxy_protocol: None,
             up: Splice::new(),
             down: Splice::new(),
             preamble: Vec::new(),
             last_activity: now,
-            moved: (0, 0),
-            deadline: Some(now),
-            timer_at: None,
         };
         if let [r] = routes {
             if r.sni.is_none() {
@@ -113,27 +83,26 @@ impl Conn {
     }
 
     fn route_to(&mut self, r: &Route, now: Instant, limits: &Limits) {
-        self.target = r.backend.clone();
+        self.target = r.backend.to_string();
         self.proxy_protocol = r.proxy_protocol;
-        self.phase = Phase::Connecting {
-            attempt: 0,
-            retry_at: Some(now),
-            give_up_at: now + Duration::from_millis(limits.connect_timeout_ms),
-        };
+        self.phase = Phase::Connecting(Dialer::new(r.backend.clone(), now, limits));
     }
 
     /// Peek at the ClientHello and pick the route whose sni it names.
     fn sniff(&mut self, now: Instant, limits: &Limits, routes: &[Route]) -> Next {
-        if !self.client_ready.readable {
+        if !self.io.client_ready.readable {
             return Next::Continue;
         }
         let mut buf = [0u8; sni::MAX_HELLO];
-        let n = match nix::sys::socket::recv(self.client.as_raw_fd(), &mut buf, MsgFlags::MSG_PEEK)
-        {
+        let n = match nix::sys::socket::recv(
+            self.io.client.as_raw_fd(),
+            &mut buf,
+            MsgFlags::MSG_PEEK,
+        ) {
             Ok(0) => return Next::Close { error: false },
             Ok(n) => n,
             Err(nix::errno::Errno::EAGAIN) => {
-                self.client_ready.readable = false;
+                self.io.client_ready.readable = false;
                 return Next::Continue;
             }
             Err(e) => {
@@ -144,7 +113,7 @@ impl Conn {
         match sni::parse(&buf[..n]) {
             sni::Sni::NeedMore if n < buf.len() => {
                 // Everything available was peeked; wait for the next edge.
-                self.client_ready.readable = false;
+                self.io.client_ready.readable = false;
                 Next::Continue
             }
             sni::Sni::Found(Some(name)) => match routes
@@ -167,112 +136,41 @@ impl Conn {
         }
     }
 
-    /// Start (or retry) the backend connect when it is due.
-    fn start_connect(&mut self, now: Instant, limits: &Limits) -> Next {
-        if let Some(v) = self.proxy_protocol {
-            if self.preamble.is_empty() {
-                self.preamble =
-                    proxy_header::build(v, self.client.peer_ip(), self.client.local_addr());
-            }
-        }
-        let Phase::Connecting {
-            attempt,
-            retry_at,
-            give_up_at,
-        } = &mut self.phase
-        else {
-            return Next::Continue;
-        };
-        match *retry_at {
-            Some(at) if at <= now => {}
-            _ => return Next::Continue,
-        }
-        *retry_at = None;
-        match backend::connect(&self.target) {
-            Ok(s) => {
-                self.backend = Some(s);
-                self.backend_ready = Ready::default();
-                Next::RegisterBackend
-            }
-            Err(e) => {
-                *attempt += 1;
-                retry_or_fail(
-                    attempt,
-                    retry_at,
-                    *give_up_at,
-                    now,
-                    limits,
-                    &self.target,
-                    &e,
-                )
-            }
-        }
-    }
-
     /// Advance the connection as far as readiness allows.
-    pub fn drive(&mut self, now: Instant, limits: &Limits, routes: &[Route]) -> Next {
+    fn advance(&mut self, now: Instant, limits: &Limits, routes: &[Route]) -> Next {
         let next = match self.phase {
             Phase::Sniffing { .. } => self.sniff(now, limits, routes),
-            Phase::Connecting { .. } => self.drive_connect(now, limits),
+            Phase::Connecting(_) => self.drive_connect(now, limits),
             Phase::Relaying => self.relay(now),
         };
-        self.deadline = self.next_deadline(limits);
+        self.io.deadline = self.next_deadline(limits);
         next
     }
 
     fn drive_connect(&mut self, now: Instant, limits: &Limits) -> Next {
-        if self.backend.is_none() {
-            return self.start_connect(now, limits);
+        if let (Some(v), true) = (self.proxy_protocol, self.preamble.is_empty()) {
+            self.preamble =
+                proxy_header::build(v, self.io.client.peer_ip(), self.io.client.local_addr());
         }
-        let Some(b) = self.backend.as_ref() else {
+        let Phase::Connecting(dial) = &mut self.phase else {
             return Next::Continue;
         };
-        if !self.backend_ready.writable {
-            return Next::Continue;
-        }
-        match b.connect_done() {
-            Ok(false) => {
-                self.backend_ready.writable = false;
-                Next::Continue
-            }
-            Ok(true) => {
-                if let Stream::Tcp(s) = b {
-                    let _ = s.set_nodelay(true);
-                }
+        match self.io.dial(dial, now, limits) {
+            Dialing::Next(next) => next,
+            Dialing::Connected => {
                 self.phase = Phase::Relaying;
                 self.last_activity = now;
                 self.relay(now)
-            }
-            Err(e) => {
-                self.backend = None;
-                let Phase::Connecting {
-                    attempt,
-                    retry_at,
-                    give_up_at,
-                } = &mut self.phase
-                else {
-                    return Next::Close { error: true };
-                };
-                *attempt += 1;
-                retry_or_fail(
-                    attempt,
-                    retry_at,
-                    *give_up_at,
-                    now,
-                    limits,
-                    &self.target,
-                    &e,
-                )
             }
         }
     }
 
     fn relay(&mut self, now: Instant) -> Next {
-        let Some(b) = self.backend.as_ref() else {
+        let Some(b) = self.io.backend.as_ref() else {
             return Next::Close { error: true };
         };
         if !self.preamble.is_empty() {
-            if !self.backend_ready.writable {
+            if !self.io.backend_ready.writable {
                 return Next::Continue;
             }
             match (&*b).write(&self.preamble) {
@@ -280,7 +178,7 @@ impl Conn {
                     self.preamble.drain(..n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.backend_ready.writable = false
+                    self.io.backend_ready.writable = false
                 }
                 Err(e) => {
                     proto::debug!("write PROXY header to {}: {e}", self.target);
@@ -291,19 +189,19 @@ impl Conn {
                 return Next::Continue;
             }
         }
-        let (c, bfd) = (self.client.as_fd(), b.as_fd());
+        let (c, bfd) = (self.io.client.as_fd(), b.as_fd());
         let up = self.up.pump(
             c,
-            &mut self.client_ready,
+            &mut self.io.client_ready,
             bfd,
-            &mut self.backend_ready,
+            &mut self.io.backend_ready,
             true,
         );
         let down = self.down.pump(
             bfd,
-            &mut self.backend_ready,
+            &mut self.io.backend_ready,
             c,
-            &mut self.client_ready,
+            &mut self.io.client_ready,
             true,
         );
         match (up, down) {
@@ -311,8 +209,8 @@ impl Conn {
                 if u.bytes + d.bytes > 0 || u.eof || d.eof {
                     self.last_activity = now;
                 }
-                self.moved.0 += u.bytes;
-                self.moved.1 += d.bytes;
+                self.io.moved.0 += u.bytes;
+                self.io.moved.1 += d.bytes;
                 if self.up.dst_shut && self.down.dst_shut {
                     Next::Close { error: false }
                 } else {
@@ -328,8 +226,8 @@ impl Conn {
     }
 
     /// A timer fired: retry a connect, or time the connection out.
-    pub fn on_timer(&mut self, now: Instant, limits: &Limits, routes: &[Route]) -> Next {
-        match self.deadline {
+    fn expire(&mut self, now: Instant, limits: &Limits, routes: &[Route]) -> Next {
+        match self.io.deadline {
             Some(d) if d <= now => {}
             _ => return Next::Continue,
         }
@@ -341,15 +239,7 @@ impl Conn {
                 );
                 Next::Close { error: true }
             }
-            Phase::Connecting { give_up_at, .. } if *give_up_at <= now => {
-                proto::warn!(
-                    "backend {}: connect timed out after {} ms",
-                    self.target,
-                    limits.connect_timeout_ms
-                );
-                Next::Close { error: true }
-            }
-            Phase::Connecting { .. } => self.drive(now, limits, routes),
+            Phase::Connecting(_) => self.advance(now, limits, routes),
             Phase::Relaying => {
                 proto::debug!("closing idle connection to {}", self.target);
                 Next::Close { error: false }
@@ -360,11 +250,7 @@ impl Conn {
     fn next_deadline(&self, limits: &Limits) -> Option<Instant> {
         match &self.phase {
             Phase::Sniffing { until } => Some(*until),
-            Phase::Connecting {
-                retry_at,
-                give_up_at,
-                ..
-            } => Some(retry_at.map_or(*give_up_at, |r| r.min(*give_up_at))),
+            Phase::Connecting(dial) => Some(dial.deadline()),
             Phase::Relaying => {
                 let half_closed = self.up.dst_shut != self.down.dst_shut;
                 let idle_ms = match (half_closed, limits.tcp_idle_timeout_ms) {
@@ -379,26 +265,22 @@ impl Conn {
     }
 }
 
-fn retry_or_fail(
-    attempt: &mut u32,
-    retry_at: &mut Option<Instant>,
-    give_up_at: Instant,
-    now: Instant,
-    limits: &Limits,
-    target: &Backend,
-    e: &io::Error,
-) -> Next {
-    if backend::is_retryable(e) {
-        if let Some(d) = backend::retry_delay(*attempt, limits.connect_retry_ms) {
-            if now + d < give_up_at {
-                *retry_at = Some(now + d);
-                return Next::Continue;
-            }
-        }
+impl Connection for Conn {
+    fn sockets(&mut self) -> &mut Sockets {
+        &mut self.io
     }
-    proto::warn!(
-        "backend {target} unreachable: {e} (after {} attempt(s)); closing client",
-        attempt
-    );
-    Next::Close { error: true }
+    fn new(client: Stream, config: &WorkerConfig, now: Instant) -> Option<Conn> {
+        Some(Conn::for_routes(
+            client,
+            &config.endpoint.routes,
+            &config.limits,
+            now,
+        ))
+    }
+    fn drive(&mut self, now: Instant, config: &WorkerConfig) -> Next {
+        self.advance(now, &config.limits, &config.endpoint.routes)
+    }
+    fn on_timer(&mut self, now: Instant, config: &WorkerConfig) -> Next {
+        self.expire(now, &config.limits, &config.endpoint.routes)
+    }
 }

@@ -1,35 +1,188 @@
-//! The tcp worker's event loop: one mio poll over the listener, the control
-//! socket and every connection's two sockets, plus a deadline heap. All
-//! per-connection logic lives in `conn.rs`; this file only dispatches.
+//! The event loop of the byte-relaying workers (pvx-worker-tcp,
+//! pvx-worker-unix): one mio poll over the listener, the control socket and
+//! every connection's two sockets, plus a deadline heap. The loop only
+//! dispatches; what a connection does lives in the worker's `conn.rs`,
+//! behind the [`Connection`] trait.
 //!
 //! Tokens: 0 = listener, 1 = control socket, 2 + 2*slot = a connection's
 //! client, 3 + 2*slot = its backend. Timer keys: slot << 32 | generation,
 //! and the reserved keys below.
 
-use crate::conn::{Conn, Next};
+use crate::accept::Acceptor;
+use crate::backend::{Dial, Dialer};
+use crate::ctl::{CtlError, Limits, Stats, ToWorker, WorkerConfig};
+use crate::relay::Ready;
+use crate::slab::Slab;
+use crate::stream::{Listener, Stream};
+use crate::timer::Timers;
+use crate::worker::Started;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use proto::accept::Acceptor;
-use proto::ctl::{CtlError, Stats, ToWorker, WorkerConfig};
-use proto::slab::Slab;
-use proto::stream::Listener;
-use proto::timer::Timers;
-use proto::worker::Started;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
+
+/// What the loop must do after driving a connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    Continue,
+    /// Close both sides. `error`: count it as a failed connection.
+    Close {
+        error: bool,
+    },
+    /// A new backend socket exists and must be registered.
+    RegisterBackend,
+}
+
+/// The two sockets of a proxied connection and what the loop keeps for
+/// it; every [`Connection`] has one.
+pub struct Sockets {
+    pub client: Stream,
+    pub client_ready: Ready,
+    pub backend: Option<Stream>,
+    pub backend_ready: Ready,
+    /// Bytes moved since the loop last collected them (up, down).
+    pub moved: (u64, u64),
+    /// When the connection next needs attention from a timer.
+    pub deadline: Option<Instant>,
+    /// Earliest timer entry for it in the loop's heap: a new entry is only
+    /// needed when the deadline moves before it.
+    pub timer_at: Option<Instant>,
+}
+
+/// Where a backend connect stands after [`Sockets::dial`].
+pub enum Dialing {
+    /// Not connected (yet): what the loop must do.
+    Next(Next),
+    /// Connected: start relaying.
+    Connected,
+}
+
+impl Sockets {
+    pub fn new(client: Stream, now: Instant) -> Sockets {
+        Sockets {
+            client,
+            client_ready: Ready::default(),
+            backend: None,
+            backend_ready: Ready::default(),
+            moved: (0, 0),
+            deadline: Some(now),
+            timer_at: None,
+        }
+    }
+
+    /// Drive the backend connect one step: start an attempt when one is
+    /// due, finish one whose socket became writable, retry or give up.
+    pub fn dial(&mut self, dial: &mut Dialer, now: Instant, limits: &Limits) -> Dialing {
+        let Some(b) = self.backend.as_ref() else {
+            return Dialing::Next(match dial.poll(now, limits) {
+                Dial::Wait => Next::Continue,
+                Dial::Socket(s) => {
+                    self.backend = Some(s);
+                    self.backend_ready = Ready::default();
+                    Next::RegisterBackend
+                }
+                Dial::Failed(why) => {
+                    crate::warn!("{why}; closing client");
+                    Next::Close { error: true }
+                }
+            });
+        };
+        if !self.backend_ready.writable {
+            if dial.expired(now) {
+                crate::warn!(
+                    "backend {}: connect timed out after {} ms; closing client",
+                    dial.target,
+                    limits.connect_timeout_ms
+                );
+                return Dialing::Next(Next::Close { error: true });
+            }
+            return Dialing::Next(Next::Continue);
+        }
+        match dial.established(b) {
+            Ok(false) => {
+                self.backend_ready.writable = false;
+                Dialing::Next(Next::Continue)
+            }
+            Ok(true) => {
+                if let Stream::Tcp(s) = b {
+                    let _ = s.set_nodelay(true);
+                }
+                Dialing::Connected
+            }
+            Err(e) => {
+                // Closing the socket also takes it out of epoll.
+                self.backend = None;
+                match dial.failed(now, limits, &e) {
+                    Dial::Failed(why) => {
+                        crate::warn!("{why}; closing client");
+                        Dialing::Next(Next::Close { error: true })
+                    }
+                    _ => Dialing::Next(Next::Continue),
+                }
+            }
+        }
+    }
+}
+
+/// A proxied connection as the loop sees it.
+pub trait Connection: Sized {
+    /// A connection for a newly accepted client (None: close it at once).
+    fn new(client: Stream, config: &WorkerConfig, now: Instant) -> Option<Self>;
+    /// Advance as far as readiness allows.
+    fn drive(&mut self, now: Instant, config: &WorkerConfig) -> Next;
+    /// Its deadline passed (or an earlier timer entry fired).
+    fn on_timer(&mut self, now: Instant, config: &WorkerConfig) -> Next;
+    fn sockets(&mut self) -> &mut Sockets;
+    /// Why an Update cannot be applied by this kind of worker, if it cannot.
+    fn refuse_update(_old: &WorkerConfig, _new: &WorkerConfig) -> Option<String> {
+        None
+    }
+}
 
 const LISTENER: Token = Token(0);
 const CTL: Token = Token(1);
 const KEY_ACCEPT: u64 = u64::MAX;
 const KEY_DRAIN: u64 = u64::MAX - 1;
 
-pub struct Worker {
+/// Start-up, the loop, and the exit status: a relaying worker's whole
+/// `main`. `kind` names it in logs (`pvx-worker-<kind>`).
+pub fn main<C: Connection>(kind: &str) -> ! {
+    let started = match crate::worker::start(kind) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    crate::info!(
+        "serving {} with {} route(s)",
+        started.config.endpoint.key,
+        started.config.endpoint.routes.len()
+    );
+    let worker = match Worker::<C>::new(started) {
+        Ok(w) => w,
+        Err(e) => {
+            crate::error!("cannot start event loop: {e}");
+            std::process::exit(1);
+        }
+    };
+    crate::mem::trim_code();
+    match worker.run() {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            crate::error!("{e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+pub struct Worker<C> {
     poll: Poll,
     acceptor: Acceptor,
-    ctl: proto::worker::WorkerCtl,
+    ctl: crate::worker::WorkerCtl,
     config: WorkerConfig,
-    conns: Slab<Conn>,
+    conns: Slab<C>,
     timers: Timers,
     stats: Stats,
     drain_until: Option<Instant>,
@@ -39,8 +192,8 @@ fn key(slot: usize, gen: u32) -> u64 {
     (slot as u64) << 32 | gen as u64
 }
 
-impl Worker {
-    pub fn new(s: Started) -> io::Result<Worker> {
+impl<C: Connection> Worker<C> {
+    pub fn new(s: Started) -> io::Result<Worker<C>> {
         let poll = Poll::new()?;
         let listener = Listener::from_fd(s.listener)?;
         let acceptor = Acceptor::new(
@@ -96,10 +249,11 @@ impl Worker {
                         let Some(c) = self.conns.get_mut(slot) else {
                             continue;
                         };
-                        let r = if t % 2 == 0 {
-                            &mut c.client_ready
+                        let io = c.sockets();
+                        let r = if t % 2 == 1 {
+                            &mut io.backend_ready
                         } else {
-                            &mut c.backend_ready
+                            &mut io.client_ready
                         };
                         r.readable |= ev.is_readable() || ev.is_read_closed() || ev.is_error();
                         r.writable |= ev.is_writable() || ev.is_write_closed() || ev.is_error();
@@ -117,7 +271,7 @@ impl Worker {
             stats_wait = self.ctl.report(now, self.stats);
             if let Some(until) = self.drain_until {
                 if self.conns.is_empty() || now >= until {
-                    proto::info!(
+                    crate::info!(
                         "drained ({} connection(s) cut at the deadline); exiting",
                         self.conns.len()
                     );
@@ -140,13 +294,10 @@ impl Worker {
         let mut fresh = Vec::new();
         let active = conns.len();
         let take = |client| {
-            let (slot, _) = conns.insert(Conn::new(
-                client,
-                &config.endpoint.routes,
-                &config.limits,
-                now,
-            ));
-            fresh.push(slot);
+            if let Some(c) = C::new(client, config, now) {
+                let (slot, _) = conns.insert(c);
+                fresh.push(slot);
+            }
             conns.len()
         };
         if closing {
@@ -163,12 +314,12 @@ impl Worker {
                 continue;
             };
             let interest = Interest::READABLE | Interest::WRITABLE;
-            if let Err(e) =
-                self.poll
-                    .registry()
-                    .register(&mut c.client, Token(2 + 2 * slot), interest)
-            {
-                proto::warn!("register client: {e}");
+            if let Err(e) = self.poll.registry().register(
+                &mut c.sockets().client,
+                Token(2 + 2 * slot),
+                interest,
+            ) {
+                crate::warn!("register client: {e}");
                 self.close(slot, true);
                 continue;
             }
@@ -181,7 +332,7 @@ impl Worker {
             let Some(c) = self.conns.get_mut(slot) else {
                 return;
             };
-            let next = c.drive(now, &self.config.limits, &self.config.endpoint.routes);
+            let next = c.drive(now, &self.config);
             match self.after(slot, next) {
                 Some(true) => continue,
                 _ => return,
@@ -193,27 +344,28 @@ impl Worker {
     fn after(&mut self, slot: usize, next: Next) -> Option<bool> {
         let gen = self.conns.generation(slot);
         let c = self.conns.get_mut(slot)?;
-        self.stats.bytes_in += c.moved.0;
-        self.stats.bytes_out += c.moved.1;
-        c.moved = (0, 0);
+        let io = c.sockets();
+        let (up, down) = std::mem::take(&mut io.moved);
+        self.stats.bytes_in += up;
+        self.stats.bytes_out += down;
         match next {
             Next::Continue => {
-                if let Some(d) = c.deadline {
-                    if c.timer_at.is_none_or(|t| d < t) {
-                        c.timer_at = Some(d);
+                if let Some(d) = io.deadline {
+                    if io.timer_at.is_none_or(|t| d < t) {
+                        io.timer_at = Some(d);
                         self.timers.add(d, key(slot, gen));
                     }
                 }
                 Some(false)
             }
             Next::RegisterBackend => {
-                let b = c.backend.as_mut()?;
+                let b = io.backend.as_mut()?;
                 if let Err(e) = self.poll.registry().register(
                     b,
                     Token(3 + 2 * slot),
                     Interest::READABLE | Interest::WRITABLE,
                 ) {
-                    proto::warn!("register backend: {e}");
+                    crate::warn!("register backend: {e}");
                     self.close(slot, true);
                     return Some(false);
                 }
@@ -242,10 +394,11 @@ impl Worker {
                 let Some(c) = self.conns.get_gen(slot, gen) else {
                     return;
                 };
-                if c.timer_at.is_some_and(|t| t <= now) {
-                    c.timer_at = None;
+                let io = c.sockets();
+                if io.timer_at.is_some_and(|t| t <= now) {
+                    io.timer_at = None;
                 }
-                let next = c.on_timer(now, &self.config.limits, &self.config.endpoint.routes);
+                let next = c.on_timer(now, &self.config);
                 if self.after(slot, next) == Some(true) {
                     self.drive(slot, now);
                 }
@@ -259,22 +412,24 @@ impl Worker {
             match self.ctl.recv() {
                 Ok(None) => return true,
                 Err(CtlError::Eof) => {
-                    proto::info!("supervisor gone (control socket closed); exiting");
+                    crate::info!("supervisor gone (control socket closed); exiting");
                     return false;
                 }
                 Err(e) => {
-                    proto::error!("{e}; exiting");
+                    crate::error!("{e}; exiting");
                     return false;
                 }
                 Ok(Some(ToWorker::Update { seq, config })) => {
-                    let err = (config.endpoint.kind != self.config.endpoint.kind).then(|| {
-                        format!(
+                    let err = if config.endpoint.kind != self.config.endpoint.kind {
+                        Some(format!(
                             "update changes kind {} to {}",
                             self.config.endpoint.kind, config.endpoint.kind
-                        )
-                    });
+                        ))
+                    } else {
+                        C::refuse_update(&self.config, &config)
+                    };
                     if err.is_none() {
-                        proto::info!(
+                        crate::info!(
                             "routes updated: {} route(s); open connections keep their backend",
                             config.endpoint.routes.len()
                         );
@@ -287,7 +442,7 @@ impl Worker {
                     let until = now + Duration::from_millis(deadline_ms);
                     self.drain_until = Some(until);
                     self.timers.add(until, KEY_DRAIN);
-                    proto::info!(
+                    crate::info!(
                         "draining {} connection(s), deadline {deadline_ms} ms",
                         self.conns.len()
                     );

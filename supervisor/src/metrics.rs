@@ -1,0 +1,225 @@
+//! `GET /metrics`: the status snapshot in the Prometheus text exposition
+//! format (version 0.0.4): a `# HELP` and `# TYPE` line per family, then
+//! one sample per endpoint labelled with what identifies it.
+
+use crate::status::{EndpointStatus, Snapshot};
+use std::fmt::Write;
+
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Label values escape `\`, `"` and newlines (the format's only rules).
+fn escape(v: &str) -> String {
+    v.replace('\\', r"\\")
+        .replace('"', "\\\"")
+        .replace('\n', r"\n")
+}
+
+fn labels(e: &EndpointStatus) -> String {
+    format!(
+        r#"endpoint="{}",namespace="{}",kind="{}",consumer="{}""#,
+        escape(&e.address),
+        escape(&e.namespace),
+        e.kind,
+        escape(&e.consumer)
+    )
+}
+
+struct Family<'a> {
+    name: &'a str,
+    ty: &'a str,
+    help: &'a str,
+}
+
+fn family(out: &mut String, f: Family<'_>, samples: impl Iterator<Item = (String, u64)>) {
+    let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
+    let _ = writeln!(out, "# TYPE {} {}", f.name, f.ty);
+    for (labels, v) in samples {
+        let _ = writeln!(out, "{}{{{labels}}} {v}", f.name);
+    }
+}
+
+fn plain(out: &mut String, name: &str, ty: &str, help: &str, v: u64) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {ty}");
+    let _ = writeln!(out, "{name} {v}");
+}
+
+pub fn render(s: &Snapshot) -> String {
+    let mut out = String::with_capacity(1024 + 600 * s.endpoints.len());
+    let eps = &s.endpoints;
+    let per = |f: fn(&EndpointStatus) -> u64| eps.iter().map(move |e| (labels(e), f(e)));
+    family(
+        &mut out,
+        Family {
+            name: "pvx_connections_active",
+            ty: "gauge",
+            help: "Connections open through the endpoint's worker.",
+        },
+        per(|e| e.worker.active),
+    );
+    family(
+        &mut out,
+        Family {
+            name: "pvx_connections_total",
+            ty: "counter",
+            help: "Connections accepted on the endpoint, over all its workers.",
+        },
+        per(|e| e.worker.total),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP pvx_bytes_total Bytes relayed: in = client to backend, out = backend to client."
+    );
+    let _ = writeln!(out, "# TYPE pvx_bytes_total counter");
+    for e in eps {
+        let l = labels(e);
+        let _ = writeln!(
+            out,
+            "pvx_bytes_total{{{l},direction=\"in\"}} {}",
+            e.worker.bytes_in
+        );
+        let _ = writeln!(
+            out,
+            "pvx_bytes_total{{{l},direction=\"out\"}} {}",
+            e.worker.bytes_out
+        );
+    }
+    family(
+        &mut out,
+        Family {
+            name: "pvx_errors_total",
+            ty: "counter",
+            help: "Connections that ended in an error (backend unreachable, timeout, bad request).",
+        },
+        per(|e| e.worker.errors),
+    );
+    family(
+        &mut out,
+        Family {
+            name: "pvx_worker_restarts_total",
+            ty: "counter",
+            help: "Worker processes of the endpoint that died and were (or will be) replaced.",
+        },
+        per(|e| e.worker.restarts),
+    );
+    family(
+        &mut out,
+        Family {
+            name: "pvx_worker_up",
+            ty: "gauge",
+            help: "1 when a worker process serves the endpoint, 0 while backing off or failed.",
+        },
+        per(|e| u64::from(e.worker.pid.is_some())),
+    );
+    family(
+        &mut out,
+        Family {
+            name: "pvx_worker_uptime_seconds",
+            ty: "gauge",
+            help: "Seconds since the endpoint's current worker started.",
+        },
+        eps.iter()
+            .filter_map(|e| Some((labels(e), e.worker.uptime_s?))),
+    );
+    plain(
+        &mut out,
+        "pvx_endpoints",
+        "gauge",
+        "Endpoints of the applied graph.",
+        eps.len() as u64,
+    );
+    plain(
+        &mut out,
+        "pvx_draining_workers",
+        "gauge",
+        "Workers of removed endpoints still finishing their connections.",
+        s.draining.len() as u64,
+    );
+    plain(
+        &mut out,
+        "pvx_refused_links",
+        "gauge",
+        "Links of the applied graph that were refused.",
+        s.refused.len() as u64,
+    );
+    plain(
+        &mut out,
+        "pvx_supervisor_uptime_seconds",
+        "gauge",
+        "Seconds since pv-xconnect started.",
+        s.supervisor.uptime_s,
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{SupervisorInfo, WorkerStatus};
+    use proto::plan::Kind;
+
+    fn ep(address: &str, consumer: &str, pid: Option<i32>) -> EndpointStatus {
+        EndpointStatus {
+            kind: Kind::Tcp,
+            address: address.into(),
+            namespace: "host".into(),
+            consumer: consumer.into(),
+            routes: vec![],
+            worker: WorkerStatus {
+                binary: "pvx-worker-tcp",
+                pid,
+                state: "running",
+                restarts: 2,
+                failures: 0,
+                uptime_s: pid.map(|_| 9),
+                active: 1,
+                total: 7,
+                bytes_in: 100,
+                bytes_out: 200,
+                errors: 3,
+                backoff_delay_ms: None,
+                restart_in_ms: None,
+                last_exit: None,
+            },
+        }
+    }
+
+    #[test]
+    fn exposition_format() {
+        let s = Snapshot {
+            supervisor: SupervisorInfo {
+                pid: 1,
+                version: "0",
+                uptime_s: 5,
+            },
+            endpoints: vec![
+                ep("127.0.0.1:8080", "EXTERNAL", Some(10)),
+                ep("/run/a \"b\".sock", "we\\ird", None),
+            ],
+            draining: vec![],
+            refused: vec![],
+        };
+        let m = render(&s);
+        let l = r#"endpoint="127.0.0.1:8080",namespace="host",kind="tcp",consumer="EXTERNAL""#;
+        for want in [
+            "# TYPE pvx_connections_active gauge".to_string(),
+            "# TYPE pvx_connections_total counter".to_string(),
+            format!("pvx_connections_total{{{l}}} 7"),
+            format!("pvx_bytes_total{{{l},direction=\"in\"}} 100"),
+            format!("pvx_bytes_total{{{l},direction=\"out\"}} 200"),
+            format!("pvx_errors_total{{{l}}} 3"),
+            format!("pvx_worker_restarts_total{{{l}}} 2"),
+            format!("pvx_worker_up{{{l}}} 1"),
+            "pvx_refused_links 0".to_string(),
+            r#"pvx_worker_up{endpoint="/run/a \"b\".sock",namespace="host",kind="tcp",consumer="we\\ird"} 0"#.to_string(),
+        ] {
+            assert!(m.lines().any(|x| x == want), "missing {want}\n{m}");
+        }
+        // Every sample's family has HELP and TYPE lines before it.
+        for line in m.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            assert!(m.contains(&format!("# HELP {name} ")), "{name}");
+            assert!(m.contains(&format!("# TYPE {name} ")), "{name}");
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! The supervisor's own capabilities: it keeps what creating listeners in
+//! other containers and starting workers needs, and drops the rest from
+//! every set (bounding included, so nothing it execs can get more back).
+//! See docs/ARCHITECTURE.md, "Privileges", for the reasoning per cap.
+
+use caps::{CapSet, Capability, CapsHashSet};
+
+/// What the supervisor keeps, and why.
+pub const KEEP: [(Capability, &str); 7] = [
+    (
+        Capability::CAP_SYS_ADMIN,
+        "setns() into a consumer's network or mount namespace",
+    ),
+    (
+        Capability::CAP_SYS_CHROOT,
+        "setns() into a mount namespace also needs it",
+    ),
+    (
+        Capability::CAP_SYS_PTRACE,
+        "open /proc/<pid>/ns/* of containers with more caps than ours; workers with unix backends under /proc/<pid>/root need it after exec",
+    ),
+    (
+        Capability::CAP_NET_BIND_SERVICE,
+        "listen on ports below 1024 (http on :80)",
+    ),
+    (
+        Capability::CAP_DAC_OVERRIDE,
+        "create the consumer's socket directory and file whoever owns it; workers reaching a provider's socket inherit it",
+    ),
+    (
+        Capability::CAP_FOWNER,
+        "replace a stale socket another user left in a sticky directory (/tmp)",
+    ),
+    (
+        Capability::CAP_SETPCAP,
+        "workers shrink their bounding set after exec; without it they could not",
+    ),
+];
+
+pub fn kept() -> CapsHashSet {
+    KEEP.iter().map(|(c, _)| *c).collect()
+}
+
+/// Drop every capability not in [`KEEP`] from the bounding, permitted,
+/// effective, inheritable and ambient sets, and set no_new_privs.
+///
+/// Workers are exec'd by uid 0, so they start with (bounding ∩ file caps
+/// of root) = our bounding set, then drop to their own few; no_new_privs
+/// here cannot make them gain more than that, and our permitted set equals
+/// that bounding set, so exec grants nothing NNP would have to refuse.
+/// Returns a description of what was kept, for the start-up log line.
+pub fn drop_unneeded() -> Result<String, String> {
+    let keep = kept();
+    if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false) {
+        for c in caps::all() {
+            if !keep.contains(&c) {
+                caps::drop(None, CapSet::Bounding, c)
+                    .map_err(|e| format!("dropping {c} from the bounding set: {e}"))?;
+            }
+        }
+    }
+    caps::clear(None, CapSet::Ambient).map_err(|e| format!("clearing ambient caps: {e}"))?;
+    caps::clear(None, CapSet::Inheritable)
+        .map_err(|e| format!("clearing inheritable caps: {e}"))?;
+    let perm = caps::read(None, CapSet::Permitted).map_err(|e| format!("capget: {e}"))?;
+    let now: CapsHashSet = perm.intersection(&keep).copied().collect();
+    caps::set(None, CapSet::Effective, &now).map_err(|e| format!("capset(effective): {e}"))?;
+    caps::set(None, CapSet::Permitted, &now).map_err(|e| format!("capset(permitted): {e}"))?;
+    nix::sys::prctl::set_no_new_privs().map_err(|e| format!("prctl(PR_SET_NO_NEW_PRIVS): {e}"))?;
+    let mut names: Vec<String> = now.iter().map(|c| c.to_string()).collect();
+    names.sort();
+    Ok(if names.is_empty() {
+        "none (not started as root: namespaces and ports < 1024 will fail)".into()
+    } else {
+        names.join(",")
+    })
+}
+
+/// Mark every fd above stdio that we inherited close-on-exec. Whatever the
+/// parent (an init, a shell) leaked to us then never reaches a worker, not
+/// even for the moment between exec and the worker's own
+/// `close_stray_fds`. They are not closed: the parent may have meant
+/// something by them, and the supervisor's own fds are already
+/// close-on-exec.
+pub fn seal_inherited_fds() -> Result<(), String> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map_err(|e| format!("reading /proc/self/fd: {e}"))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // EBADF: the read_dir fd itself, closed by now.
+        if let Ok(flags) = fcntl(fd, FcntlArg::F_GETFD) {
+            let flags = FdFlag::from_bits_truncate(flags) | FdFlag::FD_CLOEXEC;
+            let _ = fcntl(fd, FcntlArg::F_SETFD(flags));
+        }
+    }
+    Ok(())
+}

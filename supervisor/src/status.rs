@@ -1,0 +1,292 @@
+//! What `GET /status` reports (SPEC §6): a snapshot of the supervisor's own
+//! bookkeeping, built on request from what it already holds. Counters are
+//! the ones workers pushed over their control sockets (at most every
+//! 500 ms); building a snapshot never talks to a worker, so a slow or
+//! wedged worker cannot stall a status request or the loop.
+//!
+//! The same snapshot feeds `/metrics` (metrics.rs) and the table of
+//! `pv-xconnect status` (status_cli.rs reads the JSON back, loosely).
+
+use crate::endpoint::{Running, State};
+use nix::unistd::Pid;
+use proto::graph::{Backend, Listen, Refusal};
+use proto::plan::{EndpointKey, Kind, Route};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+#[derive(Debug, Serialize)]
+pub struct Snapshot {
+    pub supervisor: SupervisorInfo,
+    pub endpoints: Vec<EndpointStatus>,
+    /// Workers of removed endpoints still finishing their connections.
+    pub draining: Vec<DrainingStatus>,
+    /// Every link of the last applied graph that was not made real.
+    pub refused: Vec<Refusal>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SupervisorInfo {
+    pub pid: u32,
+    pub version: &'static str,
+    pub uptime_s: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EndpointStatus {
+    pub kind: Kind,
+    /// `IP:PORT`, or the socket path for unix/rest endpoints.
+    pub address: String,
+    /// `host`, or `pid:<consumer_pid>` (the namespace of that process).
+    pub namespace: String,
+    pub consumer: String,
+    pub routes: Vec<RouteStatus>,
+    pub worker: WorkerStatus,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RouteStatus {
+    /// The link's index in the graph array.
+    pub link: usize,
+    pub name: String,
+    pub provider: String,
+    pub role: String,
+    pub backend: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strip_prefix: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct WorkerStatus {
+    pub binary: &'static str,
+    /// None while no worker process exists (backing off, failed).
+    pub pid: Option<i32>,
+    /// `starting` (init not yet acknowledged), `running`, `backoff`, `failed`.
+    pub state: &'static str,
+    /// Workers that died over the endpoint's life.
+    pub restarts: u64,
+    /// Consecutive failures (the backoff exponent).
+    pub failures: u32,
+    pub uptime_s: Option<u64>,
+    /// Counters over the endpoint's life (all its workers).
+    pub active: u64,
+    pub total: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub errors: u64,
+    /// When backing off: the delay chosen, and what is left of it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backoff_delay_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restart_in_ms: Option<u64>,
+    pub last_exit: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DrainingStatus {
+    pub address: String,
+    pub namespace: String,
+    pub pid: i32,
+}
+
+pub fn address(l: &Listen) -> String {
+    match l {
+        Listen::Tcp(a) => a.to_string(),
+        Listen::Unix(p) => p.display().to_string(),
+    }
+}
+
+pub fn namespace(key: &EndpointKey) -> String {
+    match key.consumer_pid {
+        0 => "host".to_string(),
+        pid => format!("pid:{pid}"),
+    }
+}
+
+fn route(kind: Kind, r: &Route) -> RouteStatus {
+    let http = matches!(kind, Kind::Http);
+    RouteStatus {
+        link: r.link,
+        name: r.name.clone(),
+        provider: r.provider.clone(),
+        role: r.role.clone(),
+        backend: match &r.backend {
+            Backend::Tcp(a) => a.to_string(),
+            Backend::Unix(p) => format!("unix:{}", p.display()),
+        },
+        prefix: http.then(|| r.prefix.clone()),
+        strip_prefix: http.then_some(r.strip_prefix),
+        host: r.host.clone(),
+        sni: r.sni.clone(),
+        proxy_protocol: r
+            .proxy_protocol
+            .map(|p| format!("{p:?}").to_ascii_lowercase()),
+    }
+}
+
+fn worker(r: &Running, now: Instant) -> WorkerStatus {
+    let w = r.worker.as_ref();
+    let (state, backoff_delay_ms, restart_in_ms) = match r.state {
+        State::Backoff { until, delay } => (
+            "backoff",
+            Some(delay.as_millis() as u64),
+            Some(until.saturating_duration_since(now).as_millis() as u64),
+        ),
+        State::Failed => ("failed", None, None),
+        State::Running if w.is_some_and(|w| w.pending.iter().any(|p| p.what == "init")) => {
+            ("starting", None, None)
+        }
+        State::Running => ("running", None, None),
+    };
+    WorkerStatus {
+        binary: r.ep.kind.worker_binary(),
+        pid: w.map(|w| w.pid.as_raw()),
+        state,
+        restarts: r.restarts,
+        failures: r.failures,
+        uptime_s: w.map(|w| now.saturating_duration_since(w.started).as_secs()),
+        active: r.stats.active,
+        total: r.stats.total,
+        bytes_in: r.stats.bytes_in,
+        bytes_out: r.stats.bytes_out,
+        errors: r.stats.errors,
+        backoff_delay_ms,
+        restart_in_ms,
+        last_exit: r.last_exit.clone(),
+    }
+}
+
+impl Snapshot {
+    pub fn build<'a>(
+        started: Instant,
+        endpoints: &BTreeMap<EndpointKey, Running>,
+        draining: impl Iterator<Item = (&'a EndpointKey, Pid)>,
+        refused: &[Refusal],
+    ) -> Snapshot {
+        let now = Instant::now();
+        Snapshot {
+            supervisor: SupervisorInfo {
+                pid: std::process::id(),
+                version: env!("CARGO_PKG_VERSION"),
+                uptime_s: now.saturating_duration_since(started).as_secs(),
+            },
+            endpoints: endpoints
+                .iter()
+                .map(|(key, r)| EndpointStatus {
+                    kind: r.ep.kind,
+                    address: address(&key.listen),
+                    namespace: namespace(key),
+                    consumer: r.ep.consumer.clone(),
+                    routes: r.ep.routes.iter().map(|x| route(r.ep.kind, x)).collect(),
+                    worker: worker(r, now),
+                })
+                .collect(),
+            draining: draining
+                .map(|(key, pid)| DrainingStatus {
+                    address: address(&key.listen),
+                    namespace: namespace(key),
+                    pid: pid.as_raw(),
+                })
+                .collect(),
+            refused: refused.to_vec(),
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serialising plain structs of strings and numbers cannot fail;
+        // an empty object is still valid JSON if it somehow did.
+        let mut v = serde_json::to_vec_pretty(self).unwrap_or_else(|_| b"{}".to_vec());
+        v.push(b'\n');
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoint::WorkerProc;
+    use proto::ctl::Stats;
+    use std::time::Duration;
+
+    pub fn running(graph: &str) -> BTreeMap<EndpointKey, Running> {
+        let plan = proto::plan::from_graph(graph).unwrap();
+        plan.endpoints
+            .into_iter()
+            .enumerate()
+            .map(|(i, ep)| {
+                let (a, _b) = proto::ctl::socketpair().unwrap();
+                let r = Running::new(i as u64 + 1, ep.clone(), a, None);
+                (ep.key, r)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn snapshot_reports_workers_backoff_and_refusals() {
+        let mut eps = running(
+            r#"[{"type":"tcp","name":"t","consumer":"EXTERNAL","target":"127.0.0.1:81","socket":"127.0.0.1:1","sni":"a.example"},
+                {"type":"http","name":"h","consumer":"app","consumer_pid":42,"target":"0.0.0.0:80/api","socket":"/run/x.sock","provider_pid":7}]"#,
+        );
+        let now = Instant::now();
+        let mut it = eps.values_mut();
+        let tcp = it.next().unwrap();
+        let (ctl, _peer) = proto::ctl::socketpair().unwrap();
+        tcp.worker = Some(WorkerProc {
+            pid: Pid::from_raw(1234),
+            ctl,
+            token: 16,
+            started: now,
+            pending: vec![],
+        });
+        tcp.set_stats(Stats {
+            active: 2,
+            total: 5,
+            bytes_in: 10,
+            bytes_out: 20,
+            errors: 1,
+        });
+        let http = it.next().unwrap();
+        http.restarts = 3;
+        http.last_exit = Some("killed by SIGKILL".into());
+        http.state = State::Backoff {
+            until: now + Duration::from_secs(5),
+            delay: Duration::from_secs(8),
+        };
+        let refused = vec![Refusal {
+            index: 2,
+            name: "bad".into(),
+            reason: "missing field 'socket'".into(),
+        }];
+        let s = Snapshot::build(now, &eps, std::iter::empty(), &refused);
+        let v: serde_json::Value = serde_json::from_slice(&s.to_json()).unwrap();
+        let e = &v["endpoints"];
+        assert_eq!(e[0]["kind"], "tcp");
+        assert_eq!(e[0]["address"], "127.0.0.1:81");
+        assert_eq!(e[0]["namespace"], "host");
+        assert_eq!(e[0]["routes"][0]["sni"], "a.example");
+        assert!(e[0]["routes"][0].get("prefix").is_none());
+        assert_eq!(e[0]["worker"]["pid"], 1234);
+        assert_eq!(e[0]["worker"]["state"], "running");
+        assert_eq!(e[0]["worker"]["total"], 5);
+        assert_eq!(e[0]["worker"]["bytes_out"], 20);
+        assert_eq!(e[1]["kind"], "http");
+        assert_eq!(e[1]["namespace"], "pid:42");
+        assert_eq!(e[1]["routes"][0]["prefix"], "/api");
+        assert_eq!(e[1]["routes"][0]["backend"], "unix:/proc/7/root/run/x.sock");
+        assert_eq!(e[1]["worker"]["state"], "backoff");
+        assert_eq!(e[1]["worker"]["pid"], serde_json::Value::Null);
+        assert_eq!(e[1]["worker"]["backoff_delay_ms"], 8000);
+        assert!(e[1]["worker"]["restart_in_ms"].as_u64().unwrap() <= 5000);
+        assert_eq!(e[1]["worker"]["last_exit"], "killed by SIGKILL");
+        assert_eq!(v["refused"][0]["index"], 2);
+        assert_eq!(v["refused"][0]["reason"], "missing field 'socket'");
+    }
+}

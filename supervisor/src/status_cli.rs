@@ -1,0 +1,235 @@
+//! `pv-xconnect status [--json] [--status-socket PATH]`: ask the running
+//! supervisor over its status socket and print a table (or the raw JSON).
+//! The table is read loosely from the JSON (a missing field shows as `-`),
+//! so an older or newer supervisor still gets a useful answer.
+
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+const TIMEOUT: Duration = Duration::from_secs(3);
+/// Far above any real answer; a runaway peer cannot fill our memory.
+const MAX_ANSWER: u64 = 16 * 1024 * 1024;
+
+/// GET `path` on the status socket; returns the body of a 200 answer.
+pub fn fetch(socket: &Path, path: &str) -> Result<String, String> {
+    let shown = socket.display();
+    let mut s = UnixStream::connect(socket).map_err(|e| {
+        format!("no pv-xconnect supervisor answers on {shown} ({e}); is it running? (--status-socket PATH)")
+    })?;
+    s.set_read_timeout(Some(TIMEOUT))
+        .and_then(|_| s.set_write_timeout(Some(TIMEOUT)))
+        .map_err(|e| format!("{shown}: setting timeouts: {e}"))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: pv-xconnect\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("{shown}: sending request: {e}"))?;
+    let mut raw = Vec::new();
+    s.take(MAX_ANSWER)
+        .read_to_end(&mut raw)
+        .map_err(|e| format!("{shown}: no answer from the supervisor: {e}"))?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("{shown}: incomplete answer from the supervisor"))?;
+    let status = head.lines().next().unwrap_or("");
+    if status.split(' ').nth(1) != Some("200") {
+        return Err(format!("{shown}: supervisor answered '{status}'"));
+    }
+    Ok(body.to_string())
+}
+
+pub fn run(socket: &Path, json: bool) -> ExitCode {
+    let body = match fetch(socket, "/status") {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("pv-xconnect status: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        print!("{body}");
+        return ExitCode::SUCCESS;
+    }
+    match serde_json::from_str::<Value>(&body) {
+        Ok(v) => {
+            print!("{}", table(&v));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pv-xconnect status: answer is not JSON: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// 1234567 -> 1.2M; exact below 10k so small tests read easily.
+fn human(v: &Value) -> String {
+    let Some(n) = v.as_u64() else {
+        return "-".into();
+    };
+    const UNITS: [&str; 5] = ["", "k", "M", "G", "T"];
+    let mut f = n as f64;
+    let mut i = 0;
+    while f >= 10_000.0 && i < UNITS.len() - 1 {
+        f /= 1000.0;
+        i += 1;
+    }
+    if i == 0 {
+        n.to_string()
+    } else {
+        format!("{f:.1}{}", UNITS[i])
+    }
+}
+
+pub fn table(v: &Value) -> String {
+    let mut rows = vec![[
+        "ENDPOINT",
+        "KIND",
+        "CONSUMER",
+        "PID",
+        "STATE",
+        "RESTARTS",
+        "CONNS",
+        "BYTES IN",
+        "BYTES OUT",
+        "ERRORS",
+    ]
+    .map(String::from)
+    .to_vec()];
+    let mut notes: Vec<(usize, String)> = Vec::new();
+    let empty = Vec::new();
+    let eps = v["endpoints"].as_array().unwrap_or(&empty);
+    for e in eps {
+        let w = &e["worker"];
+        let mut ep = s(&e["address"]);
+        if e["namespace"] != "host" {
+            ep.push_str(&format!(" [{}]", s(&e["namespace"])));
+        }
+        let mut state = s(&w["state"]);
+        if let Some(ms) = w["restart_in_ms"].as_u64() {
+            state.push_str(&format!(" ({ms} ms)"));
+        }
+        rows.push(vec![
+            ep,
+            s(&e["kind"]),
+            s(&e["consumer"]),
+            s(&w["pid"]),
+            state,
+            s(&w["restarts"]),
+            format!("{}/{}", s(&w["active"]), s(&w["total"])),
+            human(&w["bytes_in"]),
+            human(&w["bytes_out"]),
+            s(&w["errors"]),
+        ]);
+        let row = rows.len() - 1;
+        for r in e["routes"].as_array().unwrap_or(&empty) {
+            let mut what = format!("  link #{} '{}'", s(&r["link"]), s(&r["name"]));
+            for k in ["host", "prefix", "sni"] {
+                if let Some(x) = r[k].as_str() {
+                    what.push_str(&format!(" {k}={x}"));
+                }
+            }
+            what.push_str(&format!(" -> {}", s(&r["backend"])));
+            notes.push((row, what));
+        }
+        if let Some(x) = w["last_exit"].as_str() {
+            notes.push((row, format!("  last worker {x}")));
+        }
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for (i, r) in rows.iter().enumerate() {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+        for (_, n) in notes.iter().filter(|(row, _)| *row == i) {
+            out.push_str(n);
+            out.push('\n');
+        }
+    }
+    if eps.is_empty() {
+        out.push_str("(no endpoints)\n");
+    }
+    if let Some(d) = v["draining"].as_array().filter(|d| !d.is_empty()) {
+        out.push_str("\ndraining workers:\n");
+        for x in d {
+            out.push_str(&format!(
+                "  {} [{}] pid {}\n",
+                s(&x["address"]),
+                s(&x["namespace"]),
+                s(&x["pid"])
+            ));
+        }
+    }
+    let refused = v["refused"].as_array().unwrap_or(&empty);
+    if refused.is_empty() {
+        out.push_str("\nno refused links\n");
+    } else {
+        out.push_str(&format!("\nrefused links ({}):\n", refused.len()));
+        for r in refused {
+            out.push_str(&format!(
+                "  #{} '{}': {}\n",
+                s(&r["index"]),
+                s(&r["name"]),
+                s(&r["reason"])
+            ));
+        }
+    }
+    if let Some(p) = v["supervisor"]["pid"].as_u64() {
+        out.push_str(&format!(
+            "supervisor pid {p}, up {} s\n",
+            s(&v["supervisor"]["uptime_s"])
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_shows_endpoints_routes_and_refusals() {
+        let v: Value = serde_json::from_str(
+            r#"{"supervisor":{"pid":9,"uptime_s":3},
+                "endpoints":[{"kind":"tcp","address":"127.0.0.1:8080","namespace":"pid:42","consumer":"app",
+                  "routes":[{"link":0,"name":"db","backend":"10.0.0.2:5432"}],
+                  "worker":{"pid":null,"state":"backoff","restart_in_ms":40,"restarts":3,"active":0,"total":12345678,
+                            "bytes_in":5,"bytes_out":12000,"errors":1,"last_exit":"killed by SIGKILL"}}],
+                "refused":[{"index":2,"name":"x","reason":"missing field 'socket'"}]}"#,
+        )
+        .unwrap();
+        let t = table(&v);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("ENDPOINT"), "{t}");
+        assert!(
+            lines[1].contains("127.0.0.1:8080 [pid:42]")
+                && lines[1].contains("backoff (40 ms)")
+                && lines[1].contains("0/12345678")
+                && lines[1].contains("12.0k"),
+            "{t}"
+        );
+        assert!(t.contains("  link #0 'db' -> 10.0.0.2:5432"), "{t}");
+        assert!(t.contains("last worker killed by SIGKILL"), "{t}");
+        assert!(t.contains("#2 'x': missing field 'socket'"), "{t}");
+    }
+}

@@ -1,0 +1,325 @@
+//! unix links through the real supervisor and pvx-worker-unix: sockets
+//! planted in a consumer's private mount namespace, providers reached in
+//! theirs, bytes and file descriptors both ways.
+
+use pvx_tests::fds::{
+    fd_count, fd_list, memfd_with, read_all_from_start, recv_exact_fds, recv_fds, send_fds,
+};
+use pvx_tests::*;
+use std::io::{Read, Write};
+use std::net::Shutdown;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::thread;
+use std::time::Duration;
+
+fn unix_link(
+    name: &str,
+    consumer_pid: u32,
+    target: &Path,
+    socket: &Path,
+    provider_pid: u32,
+) -> String {
+    link(
+        "unix",
+        name,
+        consumer_pid,
+        &target.display().to_string(),
+        &socket.display().to_string(),
+        provider_pid,
+    )
+}
+
+#[test]
+fn injected_into_consumer_mount_ns_reaches_provider_in_its_own() {
+    if !require_root("injected_into_consumer_mount_ns_reaches_provider_in_its_own") {
+        return;
+    }
+    let cdir = std::env::temp_dir().join(unique("cons"));
+    let pdir = std::env::temp_dir().join(unique("prov"));
+    let consumer = MountNsProc::start(&cdir, "exec sleep 3600");
+    let provider = MountNsProc::start(&pdir, "exec sleep 3600");
+    // The provider's socket exists only inside its namespace: bound through
+    // /proc/<pid>/root, served by this test.
+    let inner_sock = pdir.join("prov.sock");
+    unix_echo_server(&provider.host_path(&inner_sock.display().to_string()));
+    assert!(
+        !inner_sock.exists(),
+        "provider socket must not be visible on the host"
+    );
+
+    // A missing parent directory is created in the consumer's namespace.
+    let target = cdir.join("run/app/link.sock");
+    let g = graph(&[unix_link(
+        "inj",
+        consumer.pid(),
+        &target,
+        &inner_sock,
+        provider.pid(),
+    )]);
+    let sup = Supervisor::start(&g, &[]);
+    let w = sup.worker_pid("pvx-worker-unix");
+    let (_, argv) = sup
+        .workers()
+        .into_iter()
+        .find(|(p, _)| *p == w)
+        .expect("worker argv");
+    assert_eq!(
+        argv,
+        format!(
+            "pvx-worker-unix {} consumer=c{}",
+            target.display(),
+            consumer.pid()
+        )
+    );
+
+    let seen = consumer.host_path(&target.display().to_string());
+    let meta = std::fs::symlink_metadata(&seen).expect("socket inside the consumer");
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o666);
+    assert!(
+        !target.exists(),
+        "the socket must exist only in the consumer's namespace"
+    );
+
+    let data = pattern(3 * 1024 * 1024, 11);
+    let got = roundtrip_unix(&seen, &data).expect("roundtrip through the unix link");
+    assert!(
+        got == data,
+        "bytes differ after the relay ({} of {})",
+        got.len(),
+        data.len()
+    );
+
+    // The consumer restarts (new pid, new mount namespace): the socket is
+    // planted in the new namespace and the worker replaced.
+    let c2dir = std::env::temp_dir().join(unique("cons2"));
+    let consumer2 = MountNsProc::start(&c2dir, "exec sleep 3600");
+    let target2 = c2dir.join("link.sock");
+    sup.reload(&graph(&[unix_link(
+        "inj",
+        consumer2.pid(),
+        &target2,
+        &inner_sock,
+        provider.pid(),
+    )]));
+    let w2 = sup.worker_pid(&format!("consumer=c{}", consumer2.pid()));
+    assert_ne!(w2, w);
+    let seen2 = consumer2.host_path(&target2.display().to_string());
+    assert_eq!(roundtrip_unix(&seen2, b"again").unwrap(), b"again");
+    wait_for(Duration::from_secs(10), "old worker gone", || {
+        is_dead(w).then_some(())
+    });
+    assert!(
+        std::fs::symlink_metadata(&seen).is_err(),
+        "the old consumer's socket is removed"
+    );
+
+    // Removing the link removes the socket from the consumer's namespace.
+    sup.reload("[]");
+    wait_for(Duration::from_secs(10), "socket file removed", || {
+        std::fs::symlink_metadata(&seen2).is_err().then_some(())
+    });
+    wait_for(Duration::from_secs(10), "worker exit after drain", || {
+        is_dead(w2).then_some(())
+    });
+}
+
+#[test]
+fn host_link_half_close_and_stale_socket_replaced() {
+    let dir = TempDir::new("uhost");
+    let prov = dir.path().join("prov.sock");
+    // The backend reads to EOF, then answers: only a relay that passes
+    // the client's half-close on works.
+    let _ = std::fs::remove_file(&prov);
+    let l = UnixListener::bind(&prov).unwrap();
+    thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let mut got = Vec::new();
+            let _ = c.read_to_end(&mut got);
+            let _ = c.write_all(format!("{} bytes, then EOF", got.len()).as_bytes());
+        }
+    });
+    let target = dir.path().join("link.sock");
+    // A stale socket from an earlier run is replaced.
+    drop(UnixListener::bind(&target).unwrap());
+    let sup = Supervisor::start(&graph(&[unix_link("half", 0, &target, &prov, 0)]), &[]);
+    sup.worker_pid("pvx-worker-unix");
+    let mut s = UnixStream::connect(&target).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"1234567").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert_eq!(reply, "7 bytes, then EOF");
+}
+
+#[test]
+fn fds_pass_both_ways_and_none_stays_in_the_worker() {
+    let dir = TempDir::new("ufd");
+    let prov = dir.path().join("prov.sock");
+    let l = UnixListener::bind(&prov).unwrap();
+    // Provider: takes the pipe it is sent and writes into it, then sends a
+    // memfd of its own back; then a batch of three fds in one message.
+    let provider = thread::spawn(move || {
+        let (c, _) = l.accept().unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let (bytes, fds) = recv_exact_fds(&c, 4);
+        assert_eq!(bytes, b"up!\n");
+        assert_eq!(fds.len(), 1, "the pipe came with its bytes");
+        nix::unistd::write(&fds[0], b"written by the provider").unwrap();
+        drop(fds);
+        let m = memfd_with(b"provider memory");
+        send_fds(&c, b"down\n", &[m.as_raw_fd()]);
+        drop(m);
+        let (bytes, fds) = recv_exact_fds(&c, 6);
+        assert_eq!(bytes, b"three\n");
+        let contents: Vec<Vec<u8>> = fds.into_iter().map(read_all_from_start).collect();
+        let mut rest = Vec::new();
+        (&c).read_to_end(&mut rest).unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        contents
+    });
+
+    let target = dir.path().join("link.sock");
+    let sup = Supervisor::start(&graph(&[unix_link("fds", 0, &target, &prov, 0)]), &[]);
+    let w = sup.worker_pid("pvx-worker-unix");
+    // The idle worker's fds (stdio, control socket, listener, epoll),
+    // counted once its event loop exists.
+    wait_for(Duration::from_secs(10), "worker event loop", || {
+        fd_list(w)
+            .iter()
+            .any(|f| f.contains("eventpoll"))
+            .then_some(())
+    });
+    let base = fd_count(w);
+
+    let c = UnixStream::connect(&target).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (pipe_r, pipe_w) = nix::unistd::pipe().unwrap();
+    send_fds(&c, b"up!\n", &[pipe_w.as_raw_fd()]);
+    drop(pipe_w);
+    // EOF on the pipe proves every copy of its write end is closed: the
+    // provider's and the worker's.
+    let mut from_provider = String::new();
+    std::fs::File::from(pipe_r)
+        .read_to_string(&mut from_provider)
+        .unwrap();
+    assert_eq!(from_provider, "written by the provider");
+
+    let (bytes, fds) = recv_exact_fds(&c, 5);
+    assert_eq!(bytes, b"down\n");
+    assert_eq!(fds.len(), 1, "the memfd came with its bytes");
+    let mut fds = fds;
+    assert_eq!(read_all_from_start(fds.remove(0)), b"provider memory");
+
+    let batch: Vec<_> = (0..3u8)
+        .map(|i| memfd_with(format!("memfd #{i}").as_bytes()))
+        .collect();
+    let raw: Vec<_> = batch.iter().map(|f| f.as_raw_fd()).collect();
+    send_fds(&c, b"three\n", &raw);
+    drop(batch);
+    c.shutdown(Shutdown::Write).unwrap();
+    let (rest, none) = recv_fds(&c, 64);
+    assert!(
+        rest.is_empty() && none.is_empty(),
+        "EOF after the provider closed"
+    );
+    let contents = provider.join().expect("provider thread");
+    assert_eq!(
+        contents,
+        vec![
+            b"memfd #0".to_vec(),
+            b"memfd #1".to_vec(),
+            b"memfd #2".to_vec()
+        ]
+    );
+    drop(c);
+
+    wait_for(
+        Duration::from_secs(10),
+        "worker back to its idle fd count",
+        || (fd_count(w) == base).then_some(()),
+    );
+    assert_eq!(fd_count(w), base, "worker fds now: {:?}", fd_list(w));
+}
+
+#[test]
+fn unreachable_provider_closes_client_after_retry() {
+    let dir = TempDir::new("udead");
+    let target = dir.path().join("link.sock");
+    let missing = dir.path().join("nobody.sock");
+    let sup = Supervisor::start(&graph(&[unix_link("dead", 0, &target, &missing, 0)]), &[]);
+    sup.worker_pid("pvx-worker-unix");
+    let mut s = UnixStream::connect(&target).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut b = [0u8; 8];
+    let r = s.read(&mut b);
+    assert!(
+        matches!(r, Ok(0)) || r.is_err(),
+        "expected close, got {r:?}"
+    );
+    sup.wait_log("unreachable", 1);
+}
+
+#[test]
+fn rest_link_across_mount_namespaces_carries_identity_only_from_the_proxy() {
+    if !require_root("rest_link_across_mount_namespaces_carries_identity_only_from_the_proxy") {
+        return;
+    }
+    let cdir = std::env::temp_dir().join(unique("rcons"));
+    let pdir = std::env::temp_dir().join(unique("rprov"));
+    let consumer = MountNsProc::start(&cdir, "exec sleep 3600");
+    let provider = MountNsProc::start(&pdir, "exec sleep 3600");
+    // An HTTP server on a socket that exists only in the provider's namespace.
+    let inner_sock = pdir.join("api.sock");
+    let _origin =
+        pvx_tests::http::backend::unix(&provider.host_path(&inner_sock.display().to_string()));
+    let target = cdir.join("pv/api.sock");
+    let rest = format!(
+        r#"{{"type":"rest","name":"api","consumer":"app","consumer_pid":{},"provider":"svc","provider_pid":{},"role":"reader","interface":"rest","target":"{}","socket":"{}"}}"#,
+        consumer.pid(),
+        provider.pid(),
+        target.display(),
+        inner_sock.display()
+    );
+    let sup = Supervisor::start(&graph(&[rest]), &[]);
+    sup.worker_pid("pvx-worker-http");
+    let seen = consumer.host_path(&target.display().to_string());
+    wait_for(
+        Duration::from_secs(10),
+        "rest socket in the consumer",
+        || seen.exists().then_some(()),
+    );
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--unix-socket"])
+        .arg(&seen)
+        .args([
+            "-H",
+            "X-PV-Role: admin",
+            "-H",
+            "X-PV-Client: spoofed",
+            "-H",
+            "X-Pv-Anything: sneaky",
+            "http://localhost/v1/state",
+        ])
+        .output()
+        .expect("curl");
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(body.starts_with("GET /v1/state\n"), "{body}");
+    assert!(body.contains("x-pv-role: reader\n"), "{body}");
+    assert!(body.contains("x-pv-client: app\n"), "{body}");
+    for gone in ["admin", "spoofed", "sneaky", "x-pv-anything"] {
+        assert!(
+            !body.to_ascii_lowercase().contains(gone),
+            "{gone} reached the provider: {body}"
+        );
+    }
+}
