@@ -565,3 +565,22 @@ fn unix_backend_inside_provider_mount_namespace() {
     );
     assert_eq!(b.conns(), 1, "one pooled unix backend connection");
 }
+
+#[test]
+fn ipv6_listener_and_backend() {
+    let b = backend::tcp("[::1]:0");
+    let port = std::net::TcpListener::bind("[::1]:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("v6 port");
+    let link = format!(
+        r#"{{"type":"http","name":"v6","consumer":"EXTERNAL","consumer_pid":0,"provider":"p","provider_pid":0,"role":"any","target":"[::1]:{port}/six","socket":"{}"}}"#,
+        b.socket()
+    );
+    let _sup = start(&[link], &[]);
+    let (code, body, err) = curl(&["-g", &format!("http://[::1]:{port}/six/x")]);
+    assert_eq!(code, 200, "{err}");
+    assert!(body.starts_with("GET /x\n"), "{body}");
+    assert!(body.contains("x-forwarded-for: ::1\n"), "{body}");
+    assert!(body.contains(&format!("host: [::1]:{port}\n")), "{body}");
+}

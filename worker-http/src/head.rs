@@ -408,8 +408,16 @@ pub fn parse_response(
         } else {
             !conn.iter().any(|t| t == "close")
         };
-    let line_end = buf.iter().position(|b| *b == b'\n').map_or(len, |i| i + 1);
-    out.extend_from_slice(&buf[..line_end]);
+    // httparse skips empty lines before the status line; so do we.
+    let start = buf
+        .iter()
+        .position(|b| !matches!(b, b'\r' | b'\n'))
+        .unwrap_or(0);
+    let line_end = buf[start..]
+        .iter()
+        .position(|b| *b == b'\n')
+        .map_or(len, |i| start + i + 1);
+    out.extend_from_slice(&buf[start..line_end]);
     for h in headers.iter() {
         let hop = eq_any(h.name, &["connection", "keep-alive", "proxy-connection"])
             || (conn.iter().any(|t| h.name.eq_ignore_ascii_case(t)) && !eq_any(h.name, END_TO_END));

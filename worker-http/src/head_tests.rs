@@ -367,3 +367,71 @@ fn response_rewrite_passes_status_and_headers() {
         "HTTP/1.1 100 Continue\r\n\r\n"
     );
 }
+
+/// Poor man's fuzzing: mutated and random heads never panic, and what is
+/// accepted always rewrites to a head httparse accepts again.
+#[test]
+fn mutated_heads_never_panic() {
+    let seeds: [&[u8]; 4] = [
+        b"POST /api/x?y=1 HTTP/1.1\r\nHost: a.example:80\r\nContent-Length: 5\r\nConnection: keep-alive, X-A\r\nX-A: 1\r\nX-Forwarded-For: 1.2.3.4\r\n\r\nhello",
+        b"GET http://h.example/p HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close, X-B\r\nX-B: 2\r\n\r\nabc",
+        b"HTTP/1.0 101 Switching\r\nTransfer-Encoding: chunked\r\nKeep-Alive: 5\r\n\r\n",
+    ];
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let interesting = b"\r\n:; ,\t\x00\x7f\xffHTTP/1.1chunkedcontent-length0123456789/?*[]";
+    for i in 0..20_000 {
+        let mut m = seeds[i % seeds.len()].to_vec();
+        for _ in 0..(rnd() % 6 + 1) {
+            let pos = (rnd() as usize) % (m.len() + 1);
+            match rnd() % 3 {
+                0 if pos < m.len() => {
+                    m[pos] = interesting[(rnd() as usize) % interesting.len()];
+                }
+                1 => m.insert(pos, interesting[(rnd() as usize) % interesting.len()]),
+                _ if pos < m.len() => {
+                    m.remove(pos);
+                }
+                _ => {}
+            }
+        }
+        if let Ok(Parsed::Complete(req)) = parse_request(&m) {
+            let mut out = Vec::new();
+            write_request(
+                &req,
+                &m,
+                &route("/api", true),
+                Client { ip: None },
+                &mut out,
+            );
+            let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS + 8];
+            let again = httparse::Request::new(&mut hs).parse(&out);
+            assert!(
+                matches!(again, Ok(httparse::Status::Complete(_))),
+                "{:?} -> {:?}",
+                String::from_utf8_lossy(&m),
+                String::from_utf8_lossy(&out)
+            );
+        }
+        let mut out = Vec::new();
+        if let Ok(Parsed::Complete(r)) = parse_response(&m, i % 2 == 0, &mut out) {
+            end_response(r.status, Persist::Close, &mut out);
+            let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS + 8];
+            let again = httparse::Response::new(&mut hs).parse(&out);
+            assert!(
+                matches!(again, Ok(httparse::Status::Complete(_))),
+                "{:?} -> {:?}: {again:?}",
+                String::from_utf8_lossy(&m),
+                String::from_utf8_lossy(&out)
+            );
+        }
+        let mut c = crate::framing::Chunked::new();
+        let _ = c.feed(&m);
+    }
+}
