@@ -16,11 +16,12 @@
 
 use crate::buf::{Buf, Out};
 use crate::errors;
-use crate::exchange::{Exchange, Tunnel};
+use crate::exchange::Exchange;
 use crate::head::{self, Parsed};
 use crate::keys::Owners;
 use crate::pool::Pool;
 use crate::route::Table;
+use crate::tunnel::Tunnel;
 use mio::{Interest, Registry, Token};
 use proto::ctl::{Limits, Stats};
 use proto::relay::Ready;

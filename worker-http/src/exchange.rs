@@ -2,7 +2,8 @@
 //! reach the backend (idle pool or connect with bounded retry), send the
 //! rewritten head and stream the body, read the response head(s), stream
 //! the response body, and hand the backend connection back to the pool.
-//! A `101` turns the connection into a byte tunnel.
+//! A `101` turns the connection into a byte tunnel (`tunnel.rs`); a new
+//! backend connection is made in `dial.rs`.
 //!
 //! Both directions run at once: a backend may answer before it has read
 //! the whole request (then the client connection closes after the answer,
@@ -13,12 +14,10 @@ use crate::buf::{Buf, Out};
 use crate::conn::{BackendConn, Conn, Ctx, Fail, Phase};
 use crate::framing::Framing;
 use crate::head::{self, Client, Parsed, Persist, Request, Response};
-use crate::keys::{self, Owner};
+use crate::keys::Owner;
 use crate::route::Entry;
-use mio::Interest;
-use proto::graph::Backend;
-use proto::relay::{Ready, Splice};
-use std::os::fd::{AsFd, AsRawFd};
+use proto::relay::Ready;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -45,7 +44,8 @@ pub struct Exchange {
     client_minor: u8,
     client_keep: bool,
     resp: Resp,
-    bbuf: Buf,
+    /// Backend bytes: response heads, then what follows them.
+    pub(crate) bbuf: Buf,
     /// Some byte came from the backend.
     resp_bytes: bool,
     /// Some response head was queued for the client.
@@ -134,19 +134,6 @@ impl Exchange {
     }
 }
 
-/// The two directions of an upgraded connection.
-#[derive(Default)]
-pub struct Tunnel {
-    up: Splice,
-    down: Splice,
-}
-
-impl Tunnel {
-    pub fn half_closed(&self) -> bool {
-        self.up.dst_shut != self.down.dst_shut
-    }
-}
-
 const RW: Ready = Ready {
     readable: true,
     writable: true,
@@ -212,111 +199,6 @@ impl Conn {
             return Ok(());
         }
         self.start_connect(cx, 0, cx.now)
-    }
-
-    /// Connect (again) to the exchange's backend; `since` is when the
-    /// first attempt started, for the connect timeout.
-    pub(crate) fn start_connect(
-        &mut self,
-        cx: &mut Ctx,
-        attempt: u32,
-        since: Instant,
-    ) -> Result<(), Fail> {
-        let Some(addr) = self.ex.as_ref().map(|e| e.route.backend.clone()) else {
-            return Err(Fail::Abort("connect without a request".into()));
-        };
-        self.backend = None;
-        match proto::backend::connect(&addr) {
-            Ok(mut s) => {
-                let fd = s.as_raw_fd();
-                cx.owners.set(fd, Owner::Conn(cx.slot));
-                cx.registry
-                    .register(
-                        &mut s,
-                        keys::backend(fd),
-                        Interest::READABLE | Interest::WRITABLE,
-                    )
-                    .map_err(|e| Fail::Status(502, format!("registering backend socket: {e}")))?;
-                self.backend = Some(BackendConn {
-                    stream: s,
-                    ready: Ready::default(),
-                    hup: false,
-                });
-                self.phase = Phase::Connecting {
-                    since,
-                    attempt,
-                    retry_at: None,
-                };
-                Ok(())
-            }
-            Err(e) => self.retry_later(cx, attempt, since, &addr, e),
-        }
-    }
-
-    /// A refused connect while a provider restarts is retried, a few
-    /// hundred milliseconds in all (SPEC §5); anything else is a 502.
-    fn retry_later(
-        &mut self,
-        cx: &Ctx,
-        attempt: u32,
-        since: Instant,
-        addr: &Backend,
-        e: std::io::Error,
-    ) -> Result<(), Fail> {
-        self.backend = None;
-        if proto::backend::is_retryable(&e) {
-            if let Some(d) = proto::backend::retry_delay(attempt + 1, cx.limits.connect_retry_ms) {
-                self.phase = Phase::Connecting {
-                    since,
-                    attempt: attempt + 1,
-                    retry_at: Some(cx.now + d),
-                };
-                return Ok(());
-            }
-        }
-        Err(Fail::Status(502, format!("connect to {addr}: {e}")))
-    }
-
-    pub(crate) fn connecting(&mut self, cx: &mut Ctx) -> Result<bool, Fail> {
-        let Phase::Connecting {
-            since,
-            attempt,
-            retry_at,
-        } = self.phase
-        else {
-            return Ok(false);
-        };
-        if let Some(at) = retry_at {
-            if cx.now < at {
-                return Ok(false);
-            }
-            self.start_connect(cx, attempt, since)?;
-            return Ok(true);
-        }
-        let Some(b) = self.backend.as_mut() else {
-            return Err(Fail::Abort("connecting without a socket".into()));
-        };
-        if !b.ready.writable && !b.ready.readable {
-            return Ok(false);
-        }
-        match b.stream.connect_done() {
-            Ok(true) => {
-                self.phase = Phase::Exchange;
-                Ok(true)
-            }
-            Ok(false) => {
-                b.ready = Ready::default();
-                Ok(false)
-            }
-            Err(e) => {
-                let addr = self.ex.as_ref().map(|x| x.route.backend.clone());
-                match addr {
-                    Some(a) => self.retry_later(cx, attempt, since, &a, e)?,
-                    None => return Err(Fail::Abort(format!("connect: {e}"))),
-                }
-                Ok(true)
-            }
-        }
     }
 
     pub(crate) fn exchange(&mut self, cx: &mut Ctx) -> Result<bool, Fail> {
@@ -451,67 +333,6 @@ impl Conn {
         } else {
             self.next_request(cx.now);
         }
-    }
-
-    /// After a 101: bytes either side already read go first, then both
-    /// directions are spliced; EOF on one side shuts the other's write side.
-    pub(crate) fn tunnel(&mut self, cx: &mut Ctx) -> Result<bool, Fail> {
-        let (Phase::Tunnel(t), Some(ex), Some(b)) = (
-            &mut self.phase,
-            self.ex.as_deref_mut(),
-            self.backend.as_mut(),
-        ) else {
-            return Err(Fail::Abort("tunnel without both sides".into()));
-        };
-        let down = if !ex.bbuf.is_empty() {
-            ex.bbuf
-                .write_to(&self.client, &mut self.cr, u64::MAX)
-                .map(|n| n as u64)
-        } else {
-            ex.bbuf.release();
-            t.down
-                .pump(
-                    b.stream.as_fd(),
-                    &mut b.ready,
-                    self.client.as_fd(),
-                    &mut self.cr,
-                    true,
-                )
-                .map(|m| m.bytes)
-        };
-        let up = if !self.cbuf.is_empty() {
-            self.cbuf
-                .write_to(&b.stream, &mut b.ready, u64::MAX)
-                .map(|n| n as u64)
-        } else {
-            self.cbuf.release();
-            t.up.pump(
-                self.client.as_fd(),
-                &mut self.cr,
-                b.stream.as_fd(),
-                &mut b.ready,
-                true,
-            )
-            .map(|m| m.bytes)
-        };
-        let (d, u) = match (down, up) {
-            (Ok(d), Ok(u)) => (d, u),
-            (Err(e), _) | (_, Err(e)) => {
-                proto::debug!("tunnel to {} ended: {e}", ex.route.backend);
-                self.phase = Phase::Done;
-                return Ok(false);
-            }
-        };
-        cx.stats.bytes_out += d;
-        cx.stats.bytes_in += u;
-        if t.up.dst_shut && t.down.dst_shut {
-            self.phase = Phase::Done;
-            return Ok(false);
-        }
-        if d + u > 0 {
-            self.last_active = cx.now;
-        }
-        Ok(d + u > 0)
     }
 }
 
