@@ -345,6 +345,15 @@ fn error_statuses_404_400_431_502_504_408() {
     );
     let (code, _, _) = curl(&[&url(port, "/nothing-here")]);
     assert_eq!(code, 404);
+    let (r, mut s) = exchange(
+        addr(port),
+        b"HEAD /nothing-here HTTP/1.1\r\nHost: t\r\n\r\n",
+    );
+    assert_eq!(r.status, 404);
+    assert!(
+        closed(&mut s, Duration::from_secs(5)),
+        "no body after a HEAD's 404"
+    );
     let (code, _, _) = curl(&[&url(port, "/dead/x")]);
     assert_eq!(code, 502);
     let (code, _, _) = curl(&[&url(port, "/ok/silent")]);

@@ -354,7 +354,12 @@ impl Conn {
                     self.phase = Phase::Done;
                     return;
                 }
-                let head_only = self.ex.as_ref().is_some_and(|ex| ex.is_head);
+                // A HEAD refused before its exchange began (404) is still
+                // at the front of the client buffer.
+                let head_only = match self.ex.as_ref() {
+                    Some(ex) => ex.is_head,
+                    None => self.cbuf.bytes().starts_with(b"HEAD "),
+                };
                 self.ex = None;
                 self.cout.clear();
                 self.cout
