@@ -345,6 +345,15 @@ fn error_statuses_404_400_431_502_504_408() {
     );
     let (code, _, _) = curl(&[&url(port, "/nothing-here")]);
     assert_eq!(code, 404);
+    let (r, mut s) = exchange(
+        addr(port),
+        b"HEAD /nothing-here HTTP/1.1\r\nHost: t\r\n\r\n",
+    );
+    assert_eq!(r.status, 404);
+    assert!(
+        closed(&mut s, Duration::from_secs(5)),
+        "no body after a HEAD's 404"
+    );
     let (code, _, _) = curl(&[&url(port, "/dead/x")]);
     assert_eq!(code, 502);
     let (code, _, _) = curl(&[&url(port, "/ok/silent")]);
@@ -564,4 +573,23 @@ fn unix_backend_inside_provider_mount_namespace() {
         "{body}"
     );
     assert_eq!(b.conns(), 1, "one pooled unix backend connection");
+}
+
+#[test]
+fn ipv6_listener_and_backend() {
+    let b = backend::tcp("[::1]:0");
+    let port = std::net::TcpListener::bind("[::1]:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("v6 port");
+    let link = format!(
+        r#"{{"type":"http","name":"v6","consumer":"EXTERNAL","consumer_pid":0,"provider":"p","provider_pid":0,"role":"any","target":"[::1]:{port}/six","socket":"{}"}}"#,
+        b.socket()
+    );
+    let _sup = start(&[link], &[]);
+    let (code, body, err) = curl(&["-g", &format!("http://[::1]:{port}/six/x")]);
+    assert_eq!(code, 200, "{err}");
+    assert!(body.starts_with("GET /x\n"), "{body}");
+    assert!(body.contains("x-forwarded-for: ::1\n"), "{body}");
+    assert!(body.contains(&format!("host: [::1]:{port}\n")), "{body}");
 }

@@ -69,6 +69,25 @@ impl Buf {
     /// Read until the source would block, reaches EOF, or the buffer is
     /// full (then `ready.readable` stays set: there may be more).
     pub fn read_from(&mut self, src: &Stream, ready: &mut Ready) -> io::Result<Got> {
+        self.read_inner(src, ready, false)
+    }
+
+    /// Like [`Buf::read_from`], but a read that returns less than it asked
+    /// for counts as having drained the socket, saving the `read` that
+    /// would only say EAGAIN (as nginx does with EPOLLRDHUP). Safe under
+    /// edge-triggered epoll: bytes arriving later raise a new edge. Not
+    /// when `hup` (the peer's FIN was already reported): its EOF raises no
+    /// new edge, so then the socket is read until EAGAIN or EOF.
+    pub fn read_head(&mut self, src: &Stream, ready: &mut Ready, hup: bool) -> io::Result<Got> {
+        self.read_inner(src, ready, !hup)
+    }
+
+    fn read_inner(
+        &mut self,
+        src: &Stream,
+        ready: &mut Ready,
+        short_drains: bool,
+    ) -> io::Result<Got> {
         let mut got = Got::default();
         if self.data.len() < self.cap {
             self.data = take_spare(self.cap);
@@ -88,8 +107,13 @@ impl Buf {
                     return Ok(got);
                 }
                 Ok(n) => {
+                    let asked = self.cap - self.end;
                     self.end += n;
                     got.bytes += n;
+                    if short_drains && n < asked {
+                        ready.readable = false;
+                        return Ok(got);
+                    }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     ready.readable = false;
@@ -271,6 +295,20 @@ mod tests {
         drop(a);
         ready.readable = true;
         assert!(buf.read_from(&b, &mut ready).unwrap().eof);
+    }
+
+    #[test]
+    fn short_read_counts_as_drained_unless_hup() {
+        let (a, b) = pair();
+        write_nb(&a, &mut RW.clone(), b"abc").unwrap();
+        let mut buf = Buf::new(16);
+        let mut ready = RW;
+        assert_eq!(buf.read_head(&b, &mut ready, false).unwrap().bytes, 3);
+        assert!(!ready.readable, "short read: drained");
+        drop(a);
+        let mut ready = RW;
+        let got = buf.read_head(&b, &mut ready, true).unwrap();
+        assert!(got.eof, "after a hup the EOF is read, not assumed away");
     }
 
     #[test]

@@ -16,11 +16,12 @@
 
 use crate::buf::{Buf, Out};
 use crate::errors;
-use crate::exchange::{Exchange, Tunnel};
+use crate::exchange::Exchange;
 use crate::head::{self, Parsed};
 use crate::keys::Owners;
 use crate::pool::Pool;
 use crate::route::Table;
+use crate::tunnel::Tunnel;
 use mio::{Interest, Registry, Token};
 use proto::ctl::{Limits, Stats};
 use proto::relay::Ready;
@@ -54,6 +55,8 @@ pub struct Ctx<'a> {
 pub struct BackendConn {
     pub stream: Stream,
     pub ready: Ready,
+    /// The backend's FIN was reported (EPOLLRDHUP).
+    pub hup: bool,
 }
 
 pub enum Phase {
@@ -88,6 +91,8 @@ pub enum Fail {
 pub struct Conn {
     pub(crate) client: Stream,
     pub(crate) cr: Ready,
+    /// The client's FIN was reported (EPOLLRDHUP).
+    pub(crate) c_hup: bool,
     pub(crate) ip: Option<IpAddr>,
     /// Client bytes: the request head being read, then what follows it.
     pub(crate) cbuf: Buf,
@@ -119,6 +124,7 @@ impl Conn {
                 readable: true,
                 writable: true,
             },
+            c_hup: false,
             ip,
             cbuf: Buf::new(max_head),
             cout: Out::default(),
@@ -215,7 +221,7 @@ impl Conn {
         }
         let got = self
             .cbuf
-            .read_from(&self.client, &mut self.cr)
+            .read_head(&self.client, &mut self.cr, self.c_hup)
             .map_err(|e| Fail::Abort(format!("reading request head: {e}")))?;
         if got.bytes > 0 {
             return Ok(true);
@@ -332,7 +338,11 @@ impl Conn {
             }
             Fail::Status(status, why) => {
                 cx.stats.errors += 1;
-                let route = self.ex.as_ref().map(|e| e.route.as_str()).unwrap_or("-");
+                let route = self
+                    .ex
+                    .as_ref()
+                    .map(|e| e.route.name.as_str())
+                    .unwrap_or("-");
                 if status >= 500 {
                     proto::info!("{status} for {} (route {route}): {why}", self.peer());
                 } else {
@@ -344,7 +354,12 @@ impl Conn {
                     self.phase = Phase::Done;
                     return;
                 }
-                let head_only = self.ex.as_ref().is_some_and(|ex| ex.is_head);
+                // A HEAD refused before its exchange began (404) is still
+                // at the front of the client buffer.
+                let head_only = match self.ex.as_ref() {
+                    Some(ex) => ex.is_head,
+                    None => self.cbuf.bytes().starts_with(b"HEAD "),
+                };
                 self.ex = None;
                 self.cout.clear();
                 self.cout

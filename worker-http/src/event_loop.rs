@@ -121,19 +121,23 @@ impl Worker {
                     }
                     Tok::Client(slot) => {
                         let (r, w) = readiness(ev);
+                        let hup = ev.is_read_closed();
                         self.with_conn(slot, now, |c, cx| {
                             set(&mut c.cr, r, w);
+                            c.c_hup |= hup;
                             c.drive(cx)
                         });
                     }
                     Tok::Backend(fd) => match self.owners.get(fd) {
                         Owner::Conn(slot) => {
                             let (r, w) = readiness(ev);
+                            let hup = ev.is_read_closed();
                             self.with_conn(slot, now, |c, cx| {
                                 if let Some(b) =
                                     c.backend.as_mut().filter(|b| b.stream.as_raw_fd() == fd)
                                 {
                                     set(&mut b.ready, r, w);
+                                    b.hup |= hup;
                                 }
                                 c.drive(cx)
                             });

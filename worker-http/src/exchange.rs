@@ -2,7 +2,8 @@
 //! reach the backend (idle pool or connect with bounded retry), send the
 //! rewritten head and stream the body, read the response head(s), stream
 //! the response body, and hand the backend connection back to the pool.
-//! A `101` turns the connection into a byte tunnel.
+//! A `101` turns the connection into a byte tunnel (`tunnel.rs`); a new
+//! backend connection is made in `dial.rs`.
 //!
 //! Both directions run at once: a backend may answer before it has read
 //! the whole request (then the client connection closes after the answer,
@@ -13,11 +14,11 @@ use crate::buf::{Buf, Out};
 use crate::conn::{BackendConn, Conn, Ctx, Fail, Phase};
 use crate::framing::Framing;
 use crate::head::{self, Client, Parsed, Persist, Request, Response};
-use crate::keys::{self, Owner};
-use mio::Interest;
-use proto::graph::Backend;
-use proto::relay::{Ready, Splice};
-use std::os::fd::{AsFd, AsRawFd};
+use crate::keys::Owner;
+use crate::route::Entry;
+use proto::relay::Ready;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
 use std::time::Instant;
 
 enum Resp {
@@ -27,9 +28,9 @@ enum Resp {
 }
 
 pub struct Exchange {
-    pub addr: Backend,
-    /// Route name, for logs.
-    pub route: String,
+    /// The route (shared with the table: no copy per request); the
+    /// connection keeps it even when an update replaces the table.
+    pub route: Rc<Entry>,
     pub is_head: bool,
     head: Out,
     req: Pump,
@@ -43,7 +44,8 @@ pub struct Exchange {
     client_minor: u8,
     client_keep: bool,
     resp: Resp,
-    bbuf: Buf,
+    /// Backend bytes: response heads, then what follows them.
+    pub(crate) bbuf: Buf,
     /// Some byte came from the backend.
     resp_bytes: bool,
     /// Some response head was queued for the client.
@@ -87,31 +89,31 @@ impl Exchange {
         self.head.is_empty() && self.req.is_done()
     }
 
-    /// A response head arrived (interim or final).
-    fn on_head(&mut self, resp: &Response, cout: &mut Out, closing: bool) -> Result<(), Fail> {
+    /// A response head arrived (interim or final); its start is already
+    /// queued for the client. Returns how to end it, or None to drop it.
+    fn on_head(&mut self, resp: &Response, closing: bool) -> Result<Option<Persist>, Fail> {
         if resp.status == 101 {
             if !self.upgrade {
                 return Err(Fail::Status(
                     502,
                     format!(
                         "101 from {} to a request that did not ask to upgrade",
-                        self.addr
+                        self.route.backend
                     ),
                 ));
             }
-            head::write_response(resp, Persist::KeepAlive11, cout.buf());
             self.sent_to_client = true;
             self.tunnel = true;
             self.resp = Resp::Done;
-            return Ok(());
+            return Ok(Some(Persist::KeepAlive11));
         }
         if resp.status < 200 {
             // 100 Continue, 103 Early Hints: an HTTP/1.0 client cannot take them.
             if self.client_minor == 1 {
-                head::write_response(resp, Persist::KeepAlive11, cout.buf());
                 self.sent_to_client = true;
+                return Ok(Some(Persist::KeepAlive11));
             }
-            return Ok(());
+            return Ok(None);
         }
         self.reusable = resp.reusable;
         // The client connection outlives a backend that closes; it cannot
@@ -126,23 +128,9 @@ impl Exchange {
             (true, 0) => Persist::KeepAlive10,
             (true, _) => Persist::KeepAlive11,
         };
-        head::write_response(resp, self.persist, cout.buf());
         self.sent_to_client = true;
         self.resp = Resp::Body(Pump::new(resp.framing));
-        Ok(())
-    }
-}
-
-/// The two directions of an upgraded connection.
-#[derive(Default)]
-pub struct Tunnel {
-    up: Splice,
-    down: Splice,
-}
-
-impl Tunnel {
-    pub fn half_closed(&self) -> bool {
-        self.up.dst_shut != self.down.dst_shut
+        Ok(Some(self.persist))
     }
 }
 
@@ -164,12 +152,17 @@ impl Conn {
             ));
         };
         let mut head_out = Out::default();
-        head::write_request(&req, route, Client { ip: self.ip }, head_out.buf());
+        head::write_request(
+            &req,
+            self.cbuf.bytes(),
+            route,
+            Client { ip: self.ip },
+            head_out.buf(),
+        );
         self.cbuf.consume(req.len);
         let addr = route.backend.clone();
         self.ex = Some(Box::new(Exchange {
-            addr: addr.clone(),
-            route: route.name.clone(),
+            route: route.clone(),
             is_head: req.method == "HEAD",
             head: head_out,
             req: Pump::new(req.framing),
@@ -197,6 +190,7 @@ impl Conn {
             self.backend = Some(BackendConn {
                 stream: s,
                 ready: RW,
+                hup: false,
             });
             if let Some(ex) = self.ex.as_mut() {
                 ex.reused = true;
@@ -205,110 +199,6 @@ impl Conn {
             return Ok(());
         }
         self.start_connect(cx, 0, cx.now)
-    }
-
-    /// Connect (again) to the exchange's backend; `since` is when the
-    /// first attempt started, for the connect timeout.
-    pub(crate) fn start_connect(
-        &mut self,
-        cx: &mut Ctx,
-        attempt: u32,
-        since: Instant,
-    ) -> Result<(), Fail> {
-        let Some(addr) = self.ex.as_ref().map(|e| e.addr.clone()) else {
-            return Err(Fail::Abort("connect without a request".into()));
-        };
-        self.backend = None;
-        match proto::backend::connect(&addr) {
-            Ok(mut s) => {
-                let fd = s.as_raw_fd();
-                cx.owners.set(fd, Owner::Conn(cx.slot));
-                cx.registry
-                    .register(
-                        &mut s,
-                        keys::backend(fd),
-                        Interest::READABLE | Interest::WRITABLE,
-                    )
-                    .map_err(|e| Fail::Status(502, format!("registering backend socket: {e}")))?;
-                self.backend = Some(BackendConn {
-                    stream: s,
-                    ready: Ready::default(),
-                });
-                self.phase = Phase::Connecting {
-                    since,
-                    attempt,
-                    retry_at: None,
-                };
-                Ok(())
-            }
-            Err(e) => self.retry_later(cx, attempt, since, &addr, e),
-        }
-    }
-
-    /// A refused connect while a provider restarts is retried, a few
-    /// hundred milliseconds in all (SPEC §5); anything else is a 502.
-    fn retry_later(
-        &mut self,
-        cx: &Ctx,
-        attempt: u32,
-        since: Instant,
-        addr: &Backend,
-        e: std::io::Error,
-    ) -> Result<(), Fail> {
-        self.backend = None;
-        if proto::backend::is_retryable(&e) {
-            if let Some(d) = proto::backend::retry_delay(attempt + 1, cx.limits.connect_retry_ms) {
-                self.phase = Phase::Connecting {
-                    since,
-                    attempt: attempt + 1,
-                    retry_at: Some(cx.now + d),
-                };
-                return Ok(());
-            }
-        }
-        Err(Fail::Status(502, format!("connect to {addr}: {e}")))
-    }
-
-    pub(crate) fn connecting(&mut self, cx: &mut Ctx) -> Result<bool, Fail> {
-        let Phase::Connecting {
-            since,
-            attempt,
-            retry_at,
-        } = self.phase
-        else {
-            return Ok(false);
-        };
-        if let Some(at) = retry_at {
-            if cx.now < at {
-                return Ok(false);
-            }
-            self.start_connect(cx, attempt, since)?;
-            return Ok(true);
-        }
-        let Some(b) = self.backend.as_mut() else {
-            return Err(Fail::Abort("connecting without a socket".into()));
-        };
-        if !b.ready.writable && !b.ready.readable {
-            return Ok(false);
-        }
-        match b.stream.connect_done() {
-            Ok(true) => {
-                self.phase = Phase::Exchange;
-                Ok(true)
-            }
-            Ok(false) => {
-                b.ready = Ready::default();
-                Ok(false)
-            }
-            Err(e) => {
-                let addr = self.ex.as_ref().map(|x| x.addr.clone());
-                match addr {
-                    Some(a) => self.retry_later(cx, attempt, since, &a, e)?,
-                    None => return Err(Fail::Abort(format!("connect: {e}"))),
-                }
-                Ok(true)
-            }
-        }
     }
 
     pub(crate) fn exchange(&mut self, cx: &mut Ctx) -> Result<bool, Fail> {
@@ -325,7 +215,9 @@ impl Conn {
             let (h, n) = ex
                 .head
                 .flush_with(&b.stream, &mut b.ready, &mut self.cbuf, extra)
-                .map_err(|e| Fail::Backend(format!("sending request to {}: {e}", ex.addr)))?;
+                .map_err(|e| {
+                    Fail::Backend(format!("sending request to {}: {e}", ex.route.backend))
+                })?;
             ex.req.advance(n);
             if n > 0 {
                 ex.replayable = false;
@@ -347,7 +239,7 @@ impl Conn {
                 }
                 Err(BodyError::Dst(e)) => {
                     // Perhaps the backend answered early and closed: read on.
-                    proto::debug!("{} stopped taking the request body: {e}", ex.addr);
+                    proto::debug!("{} stopped taking the request body: {e}", ex.route.backend);
                     ex.req_broken = true;
                     progress = true;
                 }
@@ -365,8 +257,9 @@ impl Conn {
             // The response head and the body bytes already read leave together.
             let (extra, pump) = match &mut ex.resp {
                 Resp::Body(p) => (
-                    p.buffered(&ex.bbuf)
-                        .map_err(|e| Fail::Abort(format!("response from {}: {e}", ex.addr)))?,
+                    p.buffered(&ex.bbuf).map_err(|e| {
+                        Fail::Abort(format!("response from {}: {e}", ex.route.backend))
+                    })?,
                     Some(p),
                 ),
                 _ => (0, None),
@@ -391,7 +284,7 @@ impl Conn {
                         &self.client,
                         &mut self.cr,
                     )
-                    .map_err(|e| Fail::Abort(format!("response from {}: {e}", ex.addr)))?;
+                    .map_err(|e| Fail::Abort(format!("response from {}: {e}", ex.route.backend)))?;
                 cx.stats.bytes_out += n;
                 progress |= n > 0;
                 if p.is_done() {
@@ -427,7 +320,8 @@ impl Conn {
                 && ex.bbuf.is_empty()
                 && !ex.req.in_flight()
             {
-                cx.pool.put(cx.owners, cx.now, ex.addr.clone(), b.stream);
+                cx.pool
+                    .put(cx.owners, cx.now, ex.route.backend.clone(), b.stream);
             }
         }
         if ex.persist == Persist::Close || self.wants_close(cx) {
@@ -439,67 +333,6 @@ impl Conn {
         } else {
             self.next_request(cx.now);
         }
-    }
-
-    /// After a 101: bytes either side already read go first, then both
-    /// directions are spliced; EOF on one side shuts the other's write side.
-    pub(crate) fn tunnel(&mut self, cx: &mut Ctx) -> Result<bool, Fail> {
-        let (Phase::Tunnel(t), Some(ex), Some(b)) = (
-            &mut self.phase,
-            self.ex.as_deref_mut(),
-            self.backend.as_mut(),
-        ) else {
-            return Err(Fail::Abort("tunnel without both sides".into()));
-        };
-        let down = if !ex.bbuf.is_empty() {
-            ex.bbuf
-                .write_to(&self.client, &mut self.cr, u64::MAX)
-                .map(|n| n as u64)
-        } else {
-            ex.bbuf.release();
-            t.down
-                .pump(
-                    b.stream.as_fd(),
-                    &mut b.ready,
-                    self.client.as_fd(),
-                    &mut self.cr,
-                    true,
-                )
-                .map(|m| m.bytes)
-        };
-        let up = if !self.cbuf.is_empty() {
-            self.cbuf
-                .write_to(&b.stream, &mut b.ready, u64::MAX)
-                .map(|n| n as u64)
-        } else {
-            self.cbuf.release();
-            t.up.pump(
-                self.client.as_fd(),
-                &mut self.cr,
-                b.stream.as_fd(),
-                &mut b.ready,
-                true,
-            )
-            .map(|m| m.bytes)
-        };
-        let (d, u) = match (down, up) {
-            (Ok(d), Ok(u)) => (d, u),
-            (Err(e), _) | (_, Err(e)) => {
-                proto::debug!("tunnel to {} ended: {e}", ex.addr);
-                self.phase = Phase::Done;
-                return Ok(false);
-            }
-        };
-        cx.stats.bytes_out += d;
-        cx.stats.bytes_in += u;
-        if t.up.dst_shut && t.down.dst_shut {
-            self.phase = Phase::Done;
-            return Ok(false);
-        }
-        if d + u > 0 {
-            self.last_active = cx.now;
-        }
-        Ok(d + u > 0)
     }
 }
 
@@ -513,18 +346,28 @@ fn read_response_head(
     let mut progress = false;
     while matches!(ex.resp, Resp::Head) {
         if !ex.bbuf.is_empty() {
-            match head::parse_response(ex.bbuf.bytes(), ex.is_head) {
-                Err(why) => return Err(Fail::Status(502, format!("{why} from {}", ex.addr))),
+            let mark = cout.buf().len();
+            match head::parse_response(ex.bbuf.bytes(), ex.is_head, cout.buf()) {
+                Err(why) => {
+                    return Err(Fail::Status(
+                        502,
+                        format!("{why} from {}", ex.route.backend),
+                    ))
+                }
                 Ok(Parsed::Complete(resp)) => {
                     ex.bbuf.consume(resp.len);
-                    ex.on_head(&resp, cout, closing)?;
+                    match ex.on_head(&resp, closing)? {
+                        Some(persist) => head::end_response(resp.status, persist, cout.buf()),
+                        // Not for this client: take back what parse_response wrote.
+                        None => cout.buf().truncate(mark),
+                    }
                     progress = true;
                     continue;
                 }
                 Ok(Parsed::Partial) if ex.bbuf.is_full() => {
                     return Err(Fail::Status(
                         502,
-                        format!("response head from {} too large", ex.addr),
+                        format!("response head from {} too large", ex.route.backend),
                     ))
                 }
                 Ok(Parsed::Partial) => {}
@@ -535,8 +378,10 @@ fn read_response_head(
         }
         let got = ex
             .bbuf
-            .read_from(&b.stream, &mut b.ready)
-            .map_err(|e| Fail::Backend(format!("reading response from {}: {e}", ex.addr)))?;
+            .read_head(&b.stream, &mut b.ready, b.hup)
+            .map_err(|e| {
+                Fail::Backend(format!("reading response from {}: {e}", ex.route.backend))
+            })?;
         if got.bytes > 0 {
             ex.resp_bytes = true;
             progress = true;
@@ -545,7 +390,7 @@ fn read_response_head(
         if got.eof {
             return Err(Fail::Backend(format!(
                 "{} closed the connection without a response",
-                ex.addr
+                ex.route.backend
             )));
         }
         break;

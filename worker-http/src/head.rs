@@ -7,6 +7,7 @@
 
 use crate::framing::{parse_content_length, te_is_chunked, Framing};
 use crate::route::{normalise_host, rewrite_target, Entry};
+use std::mem::MaybeUninit;
 use std::net::IpAddr;
 
 /// Most header lines accepted in one head (HAProxy allows 101).
@@ -42,12 +43,32 @@ pub struct Request {
     pub keep_alive: bool,
     /// `Upgrade` value when the client asks to switch protocols.
     pub upgrade: Option<String>,
-    /// Header lines to forward as they are, as (name, value).
-    headers: Vec<(String, Vec<u8>)>,
+    /// Header lines to forward as they are: (name, value) spans into the
+    /// head's bytes (no copy per header; the head stays in the client
+    /// buffer until [`write_request`] has run).
+    headers: Vec<(Span, Span)>,
     /// X-Forwarded-For values the client sent, in order.
-    forwarded_for: Vec<String>,
-    /// The raw Host header value, for X-Forwarded-Host.
-    host_raw: Option<Vec<u8>>,
+    forwarded_for: Vec<Span>,
+    /// The Host header value, for X-Forwarded-Host.
+    host_hdr: Option<Span>,
+    /// The authority of an absolute-form target (it replaces Host).
+    authority: Option<String>,
+}
+
+/// A byte range of a head: (start, end).
+type Span = (usize, usize);
+
+fn span(buf: &[u8], part: &[u8]) -> Span {
+    let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+    (start, start + part.len())
+}
+
+fn at(buf: &[u8], s: Span) -> &[u8] {
+    &buf[s.0..s.1]
+}
+
+fn eq_any(name: &str, list: &[&str]) -> bool {
+    list.iter().any(|l| name.eq_ignore_ascii_case(l))
 }
 
 /// Outcome of looking for a head in the bytes received so far.
@@ -91,9 +112,10 @@ fn connection_tokens(headers: &[httparse::Header<'_>]) -> Vec<String> {
 /// Parse a request head at the start of `buf`. `Err` carries the status to
 /// answer with (400, 431).
 pub fn parse_request(buf: &[u8]) -> Result<Parsed<Request>, Reject> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut slots);
-    let len = match req.parse(buf) {
+    // Uninitialised slots: no 3 KiB memset per parse attempt.
+    let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut slots) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
         Err(httparse::Error::TooManyHeaders) => return Err(reject(431, "too many header lines")),
@@ -108,7 +130,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed<Request>, Reject> {
 
     let mut cl: Option<u64> = None;
     let mut te_seen = false;
-    let mut host_raw: Option<Vec<u8>> = None;
+    let mut host_raw: Option<&[u8]> = None;
     for h in headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
             let v = parse_content_length(h.value).ok_or(reject(400, "invalid Content-Length"))?;
@@ -122,7 +144,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed<Request>, Reject> {
             if host_raw.is_some() {
                 return Err(reject(400, "more than one Host header"));
             }
-            host_raw = Some(h.value.to_vec());
+            host_raw = Some(h.value);
         }
     }
     let framing = match (te_seen, cl) {
@@ -176,28 +198,24 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed<Request>, Reject> {
     let mut kept = Vec::with_capacity(headers.len());
     let mut seen_cl = false;
     for h in headers.iter() {
-        let name = h.name.to_ascii_lowercase();
-        if name == "x-forwarded-for" {
-            if let Ok(v) = std::str::from_utf8(h.value) {
-                forwarded_for.push(v.trim().to_string());
-            }
+        let name = h.name;
+        if name.eq_ignore_ascii_case("x-forwarded-for") {
+            forwarded_for.push(span(buf, h.value.trim_ascii()));
             continue;
         }
-        let dropped = HOP_BY_HOP.contains(&name.as_str())
-            || name.starts_with("x-pv-")
-            || name == "x-forwarded-proto"
-            || name == "x-forwarded-host"
-            || (name == "host" && authority.is_some())
-            || (conn.contains(&name) && !END_TO_END.contains(&name.as_str()));
+        let dropped = eq_any(name, HOP_BY_HOP)
+            || name.len() >= 5 && name[..5].eq_ignore_ascii_case("x-pv-")
+            || eq_any(name, &["x-forwarded-proto", "x-forwarded-host"])
+            || (authority.is_some() && name.eq_ignore_ascii_case("host"))
+            || (conn.iter().any(|t| name.eq_ignore_ascii_case(t)) && !eq_any(name, END_TO_END));
         // Identical duplicate Content-Lengths are forwarded as one.
-        let dup_cl = name == "content-length" && std::mem::replace(&mut seen_cl, true);
+        let dup_cl =
+            name.eq_ignore_ascii_case("content-length") && std::mem::replace(&mut seen_cl, true);
         if !dropped && !dup_cl {
-            kept.push((h.name.to_string(), h.value.to_vec()));
+            kept.push((span(buf, name.as_bytes()), span(buf, h.value)));
         }
     }
-    if let Some(a) = &authority {
-        kept.insert(0, ("Host".to_string(), a.clone().into_bytes()));
-    }
+    let host_hdr = host_raw.map(|h| span(buf, h));
     Ok(Parsed::Complete(Request {
         len,
         method,
@@ -210,7 +228,8 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed<Request>, Reject> {
         upgrade,
         headers: kept,
         forwarded_for,
-        host_raw: authority.map(String::into_bytes).or(host_raw),
+        host_hdr,
+        authority,
     }))
 }
 
@@ -251,7 +270,8 @@ pub struct Client {
 
 /// Write the head the backend gets: target rewritten for the route,
 /// hop-by-hop and client `X-PV-*` headers gone, identity headers added.
-pub fn write_request(req: &Request, route: &Entry, client: Client, out: &mut Vec<u8>) {
+/// `head`: the bytes [`parse_request`] parsed (its spans point there).
+pub fn write_request(req: &Request, head: &[u8], route: &Entry, client: Client, out: &mut Vec<u8>) {
     let target = if req.target == "*" {
         "*".to_string()
     } else {
@@ -267,8 +287,11 @@ pub fn write_request(req: &Request, route: &Entry, client: Client, out: &mut Vec
     } else {
         b" HTTP/1.1\r\n"
     });
+    if let Some(a) = &req.authority {
+        header(out, b"Host", a.as_bytes());
+    }
     for (name, value) in &req.headers {
-        header(out, name.as_bytes(), value);
+        header(out, at(head, *name), at(head, *value));
     }
     match (&req.upgrade, req.minor) {
         (Some(u), _) => {
@@ -284,16 +307,19 @@ pub fn write_request(req: &Request, route: &Entry, client: Client, out: &mut Vec
     // A unix client has no address: the client's own claims are dropped
     // and nothing is added, so the last hop is never forged.
     if let Some(ip) = client.ip {
-        let mut xff = req.forwarded_for.join(", ");
-        if !xff.is_empty() {
-            xff.push_str(", ");
+        out.extend_from_slice(b"X-Forwarded-For: ");
+        for v in &req.forwarded_for {
+            out.extend_from_slice(at(head, *v));
+            out.extend_from_slice(b", ");
         }
-        xff.push_str(&ip.to_string());
-        header(out, b"X-Forwarded-For", xff.as_bytes());
+        use std::io::Write;
+        let _ = write!(out, "{ip}\r\n");
     }
     header(out, b"X-Forwarded-Proto", b"http");
-    if let Some(h) = &req.host_raw {
-        header(out, b"X-Forwarded-Host", h);
+    match (&req.authority, req.host_hdr) {
+        (Some(a), _) => header(out, b"X-Forwarded-Host", a.as_bytes()),
+        (None, Some(h)) => header(out, b"X-Forwarded-Host", at(head, h)),
+        (None, None) => {}
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -313,17 +339,25 @@ pub struct Response {
     pub framing: Framing,
     /// The backend allows reusing its connection after this response.
     pub reusable: bool,
-    /// Status line through its CRLF, byte for byte.
-    status_line: Vec<u8>,
-    headers: Vec<(String, Vec<u8>)>,
 }
 
 /// Parse a response head at the start of `buf`. `head_request`: the
 /// request was HEAD (no body follows whatever the headers say).
-pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Parsed<Response>, &'static str> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut slots);
-    let len = match resp.parse(buf) {
+///
+/// When complete, the head the client gets is appended to `out`: the
+/// status line byte for byte and every end-to-end header, without the
+/// final CRLF; [`end_response`] adds our connection management and ends
+/// it. (A 101's head keeps its `Connection: upgrade`: that is the point.)
+pub fn parse_response(
+    buf: &[u8],
+    head_request: bool,
+    out: &mut Vec<u8>,
+) -> Result<Parsed<Response>, &'static str> {
+    let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut slots)
+    {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
         Err(httparse::Error::TooManyHeaders) => return Err("too many response header lines"),
@@ -374,24 +408,28 @@ pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Parsed<Response>
         } else {
             !conn.iter().any(|t| t == "close")
         };
-    let line_end = buf.iter().position(|b| *b == b'\n').map_or(len, |i| i + 1);
-    let kept = headers
+    // httparse skips empty lines before the status line; so do we.
+    let start = buf
         .iter()
-        .filter(|h| {
-            let n = h.name.to_ascii_lowercase();
-            status == 101
-                || !(matches!(n.as_str(), "connection" | "keep-alive" | "proxy-connection")
-                    || (conn.contains(&n) && !END_TO_END.contains(&n.as_str())))
-        })
-        .map(|h| (h.name.to_string(), h.value.to_vec()))
-        .collect();
+        .position(|b| !matches!(b, b'\r' | b'\n'))
+        .unwrap_or(0);
+    let line_end = buf[start..]
+        .iter()
+        .position(|b| *b == b'\n')
+        .map_or(len, |i| start + i + 1);
+    out.extend_from_slice(&buf[start..line_end]);
+    for h in headers.iter() {
+        let hop = eq_any(h.name, &["connection", "keep-alive", "proxy-connection"])
+            || (conn.iter().any(|t| h.name.eq_ignore_ascii_case(t)) && !eq_any(h.name, END_TO_END));
+        if status == 101 || !hop {
+            header(out, h.name.as_bytes(), h.value);
+        }
+    }
     Ok(Parsed::Complete(Response {
         len,
         status,
         framing,
         reusable,
-        status_line: buf[..line_end].to_vec(),
-        headers: kept,
     }))
 }
 
@@ -406,15 +444,10 @@ pub enum Persist {
     KeepAlive11,
 }
 
-/// Write the response head the client gets: status line and end-to-end
-/// headers unchanged, connection management our own. A 101's head goes
-/// through untouched (its `Connection: upgrade` is the point).
-pub fn write_response(resp: &Response, persist: Persist, out: &mut Vec<u8>) {
-    out.extend_from_slice(&resp.status_line);
-    for (name, value) in &resp.headers {
-        header(out, name.as_bytes(), value);
-    }
-    if resp.status >= 200 {
+/// End the response head [`parse_response`] started in `out`: our own
+/// `Connection` header on a final response, then the blank line.
+pub fn end_response(status: u16, persist: Persist, out: &mut Vec<u8>) {
+    if status >= 200 {
         match persist {
             Persist::Close => header(out, b"Connection", b"close"),
             Persist::KeepAlive10 => header(out, b"Connection", b"keep-alive"),

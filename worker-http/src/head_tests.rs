@@ -30,7 +30,7 @@ fn rewritten(raw: &str, r: &Entry, ip: Option<&str>) -> String {
     let client = Client {
         ip: ip.map(|s| s.parse().unwrap()),
     };
-    write_request(&rq, r, client, &mut out);
+    write_request(&rq, raw.as_bytes(), r, client, &mut out);
     String::from_utf8(out).unwrap()
 }
 
@@ -249,10 +249,20 @@ fn absolute_form_becomes_origin_form() {
 }
 
 fn resp(raw: &str, head: bool) -> Response {
-    match parse_response(raw.as_bytes(), head).unwrap() {
-        Parsed::Complete(r) => r,
+    resp_out(raw, head).0
+}
+
+/// The response and the head the client would get with `persist`.
+fn resp_out(raw: &str, head: bool) -> (Response, Vec<u8>) {
+    let mut out = Vec::new();
+    match parse_response(raw.as_bytes(), head, &mut out).unwrap() {
+        Parsed::Complete(r) => (r, out),
         Parsed::Partial => panic!("partial"),
     }
+}
+
+fn parse_err(raw: &[u8]) -> bool {
+    parse_response(raw, false, &mut Vec::new()).is_err()
 }
 
 #[test]
@@ -288,22 +298,20 @@ fn response_framing() {
         resp("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true).framing,
         Framing::None
     );
-    assert!(parse_response(
-        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
-        false
-    )
-    .is_err());
-    assert!(parse_response(
-        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
-        false
-    )
-    .is_err());
-    assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", false).is_err());
-    assert!(parse_response(b"HTTZ/1.1 200 OK\r\n\r\n", false).is_err());
+    assert!(parse_err(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    ));
+    assert!(parse_err(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
+    ));
+    assert!(parse_err(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"));
+    assert!(parse_err(b"HTTZ/1.1 200 OK\r\n\r\n"));
+    let mut out = Vec::new();
     assert!(matches!(
-        parse_response(b"HTTP/1.1 200 OK\r\n", false),
+        parse_response(b"HTTP/1.1 200 OK\r\n", false, &mut out),
         Ok(Parsed::Partial)
     ));
+    assert!(out.is_empty(), "nothing written for a partial head");
 }
 
 #[test]
@@ -329,30 +337,101 @@ fn response_reuse() {
 
 #[test]
 fn response_rewrite_passes_status_and_headers() {
-    let r = resp(
-        "HTTP/1.1 201 Made It\r\nX-Custom: v  \r\nConnection: close, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: 5\r\nContent-Length: 2\r\n\r\nhi",
-        false,
-    );
+    let raw = "HTTP/1.1 201 Made It\r\nX-Custom: v  \r\nConnection: close, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: 5\r\nContent-Length: 2\r\n\r\nhi";
+    let (r, mut out) = resp_out(raw, false);
     assert_eq!(r.status, 201);
-    let mut out = Vec::new();
-    write_response(&r, Persist::Close, &mut out);
+    assert_eq!(r.len, raw.len() - 2);
+    let mut ka = out.clone();
+    end_response(r.status, Persist::Close, &mut out);
     assert_eq!(
         String::from_utf8(out).unwrap(),
         "HTTP/1.1 201 Made It\r\nX-Custom: v\r\nContent-Length: 2\r\nConnection: close\r\n\r\n"
     );
-    let mut out = Vec::new();
-    write_response(&r, Persist::KeepAlive10, &mut out);
-    assert!(String::from_utf8(out)
+    end_response(r.status, Persist::KeepAlive10, &mut ka);
+    assert!(String::from_utf8(ka)
         .unwrap()
-        .ends_with("Connection: keep-alive\r\n\r\n"));
-    let r = resp(
+        .ends_with("Content-Length: 2\r\nConnection: keep-alive\r\n\r\n"));
+    let (r, mut out) = resp_out(
         "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
         false,
     );
-    let mut out = Vec::new();
-    write_response(&r, Persist::Close, &mut out);
+    end_response(r.status, Persist::Close, &mut out);
     assert_eq!(
         String::from_utf8(out).unwrap(),
         "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
     );
+    let (r, mut out) = resp_out("HTTP/1.1 100 Continue\r\n\r\n", false);
+    end_response(r.status, Persist::Close, &mut out);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "HTTP/1.1 100 Continue\r\n\r\n"
+    );
+}
+
+/// Poor man's fuzzing: mutated and random heads never panic, and what is
+/// accepted always rewrites to a head httparse accepts again.
+#[test]
+fn mutated_heads_never_panic() {
+    let seeds: [&[u8]; 4] = [
+        b"POST /api/x?y=1 HTTP/1.1\r\nHost: a.example:80\r\nContent-Length: 5\r\nConnection: keep-alive, X-A\r\nX-A: 1\r\nX-Forwarded-For: 1.2.3.4\r\n\r\nhello",
+        b"GET http://h.example/p HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close, X-B\r\nX-B: 2\r\n\r\nabc",
+        b"HTTP/1.0 101 Switching\r\nTransfer-Encoding: chunked\r\nKeep-Alive: 5\r\n\r\n",
+    ];
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let interesting = b"\r\n:; ,\t\x00\x7f\xffHTTP/1.1chunkedcontent-length0123456789/?*[]";
+    for i in 0..20_000 {
+        let mut m = seeds[i % seeds.len()].to_vec();
+        for _ in 0..(rnd() % 6 + 1) {
+            let pos = (rnd() as usize) % (m.len() + 1);
+            match rnd() % 3 {
+                0 if pos < m.len() => {
+                    m[pos] = interesting[(rnd() as usize) % interesting.len()];
+                }
+                1 => m.insert(pos, interesting[(rnd() as usize) % interesting.len()]),
+                _ if pos < m.len() => {
+                    m.remove(pos);
+                }
+                _ => {}
+            }
+        }
+        if let Ok(Parsed::Complete(req)) = parse_request(&m) {
+            let mut out = Vec::new();
+            write_request(
+                &req,
+                &m,
+                &route("/api", true),
+                Client { ip: None },
+                &mut out,
+            );
+            let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS + 8];
+            let again = httparse::Request::new(&mut hs).parse(&out);
+            assert!(
+                matches!(again, Ok(httparse::Status::Complete(_))),
+                "{:?} -> {:?}",
+                String::from_utf8_lossy(&m),
+                String::from_utf8_lossy(&out)
+            );
+        }
+        let mut out = Vec::new();
+        if let Ok(Parsed::Complete(r)) = parse_response(&m, i % 2 == 0, &mut out) {
+            end_response(r.status, Persist::Close, &mut out);
+            let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS + 8];
+            let again = httparse::Response::new(&mut hs).parse(&out);
+            assert!(
+                matches!(again, Ok(httparse::Status::Complete(_))),
+                "{:?} -> {:?}: {again:?}",
+                String::from_utf8_lossy(&m),
+                String::from_utf8_lossy(&out)
+            );
+        }
+        let mut c = crate::framing::Chunked::new();
+        let _ = c.feed(&m);
+    }
 }

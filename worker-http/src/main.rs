@@ -10,6 +10,7 @@
 mod body;
 mod buf;
 mod conn;
+mod dial;
 mod errors;
 mod event_loop;
 mod exchange;
@@ -18,6 +19,7 @@ mod head;
 mod keys;
 mod pool;
 mod route;
+mod tunnel;
 
 fn main() {
     let started = match proto::worker::start("http") {

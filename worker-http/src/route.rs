@@ -16,6 +16,7 @@
 
 use proto::graph::Backend;
 use proto::plan::Route;
+use std::rc::Rc;
 
 /// One route, reduced to what the data path needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,7 +32,7 @@ pub struct Entry {
 
 #[derive(Debug, Default, Clone)]
 pub struct Table {
-    entries: Vec<Entry>,
+    entries: Vec<Rc<Entry>>,
 }
 
 /// How specifically a route's host matched: higher wins.
@@ -98,14 +99,16 @@ impl Table {
     pub fn new(routes: &[Route]) -> Table {
         let entries = routes
             .iter()
-            .map(|r| Entry {
-                name: r.name.clone(),
-                prefix: r.prefix.clone(),
-                host: r.host.clone(),
-                strip_prefix: r.strip_prefix,
-                backend: r.backend.clone(),
-                role: r.role.clone(),
-                consumer: r.consumer.clone(),
+            .map(|r| {
+                Rc::new(Entry {
+                    name: r.name.clone(),
+                    prefix: r.prefix.clone(),
+                    host: r.host.clone(),
+                    strip_prefix: r.strip_prefix,
+                    backend: r.backend.clone(),
+                    role: r.role.clone(),
+                    consumer: r.consumer.clone(),
+                })
             })
             .collect();
         Table { entries }
@@ -123,7 +126,7 @@ impl Table {
 
     /// The route for a request. `host`: the normalised `Host` (see
     /// [`normalise_host`]); `path`: the request path without the query.
-    pub fn lookup(&self, host: Option<&str>, path: &str) -> Option<&Entry> {
+    pub fn lookup(&self, host: Option<&str>, path: &str) -> Option<&Rc<Entry>> {
         self.entries
             .iter()
             .filter(|e| prefix_matches(&e.prefix, path))
@@ -150,7 +153,9 @@ mod tests {
     }
 
     fn table(es: Vec<Entry>) -> Table {
-        Table { entries: es }
+        Table {
+            entries: es.into_iter().map(Rc::new).collect(),
+        }
     }
 
     fn pick<'a>(t: &'a Table, host: Option<&str>, path: &str) -> Option<&'a str> {
