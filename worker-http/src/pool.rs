@@ -28,6 +28,10 @@ pub const IDLE: Duration = Duration::from_secs(15);
 
 struct Idle {
     stream: Stream,
+    /// Its last read drained the socket (a later byte or FIN raises a new
+    /// edge, which the pool sees): the next user need not try a read that
+    /// would only say EAGAIN.
+    drained: bool,
     backend: Backend,
     since: Instant,
 }
@@ -46,18 +50,20 @@ impl Pool {
     }
 
     /// The most recently parked connection to `b` (the least likely to have
-    /// been closed by the backend's own idle timeout).
-    pub fn take(&mut self, b: &Backend) -> Option<Stream> {
+    /// been closed by the backend's own idle timeout), and whether its
+    /// socket was drained when parked.
+    pub fn take(&mut self, b: &Backend) -> Option<(Stream, bool)> {
         let slots = self.by_backend.get_mut(b)?;
         let slot = slots.pop();
         if slots.is_empty() {
             self.by_backend.remove(b);
         }
-        self.idle.remove(slot?).map(|i| i.stream)
+        self.idle.remove(slot?).map(|i| (i.stream, i.drained))
     }
 
-    /// Park a connection whose last response ended cleanly.
-    pub fn put(&mut self, owners: &mut Owners, now: Instant, b: Backend, s: Stream) {
+    /// Park a connection whose last response ended cleanly; `drained`: its
+    /// last read left nothing unread.
+    pub fn put(&mut self, owners: &mut Owners, now: Instant, b: Backend, s: Stream, drained: bool) {
         let slots = self.by_backend.entry(b.clone()).or_default();
         if slots.len() >= PER_BACKEND {
             let oldest = slots.remove(0);
@@ -66,6 +72,7 @@ impl Pool {
         let fd = s.as_raw_fd();
         let (slot, _) = self.idle.insert(Idle {
             stream: s,
+            drained,
             backend: b,
             since: now,
         });
@@ -166,7 +173,13 @@ mod tests {
         let mut peers = Vec::new();
         for _ in 0..PER_BACKEND + 2 {
             let (a, p) = UnixStream::pair().unwrap();
-            pool.put(&mut owners, Instant::now(), b.clone(), Stream::Unix(a));
+            pool.put(
+                &mut owners,
+                Instant::now(),
+                b.clone(),
+                Stream::Unix(a),
+                true,
+            );
             peers.push(p);
         }
         assert_eq!(pool.len(), PER_BACKEND);
@@ -193,7 +206,13 @@ mod tests {
         assert_eq!(pool.len(), 0, "idle too long: closed");
         for _ in 0..2 {
             let (a, p) = UnixStream::pair().unwrap();
-            pool.put(&mut owners, Instant::now(), b.clone(), Stream::Unix(a));
+            pool.put(
+                &mut owners,
+                Instant::now(),
+                b.clone(),
+                Stream::Unix(a),
+                true,
+            );
             peers.push(p);
         }
         pool.retain(|x| x != &b);
