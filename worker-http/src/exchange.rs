@@ -323,13 +323,8 @@ impl Conn {
                 && !ex.req.in_flight()
             {
                 let drained = !b.ready.readable;
-                cx.pool.put(
-                    cx.owners,
-                    cx.now,
-                    ex.route.backend.clone(),
-                    b.stream,
-                    drained,
-                );
+                cx.pool
+                    .put(cx.owners, cx.now, &ex.route.backend, b.stream, drained);
             }
         }
         if ex.persist == Persist::Close || self.wants_close(cx) {

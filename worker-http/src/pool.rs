@@ -53,18 +53,28 @@ impl Pool {
     /// been closed by the backend's own idle timeout), and whether its
     /// socket was drained when parked.
     pub fn take(&mut self, b: &Backend) -> Option<(Stream, bool)> {
-        let slots = self.by_backend.get_mut(b)?;
-        let slot = slots.pop();
-        if slots.is_empty() {
-            self.by_backend.remove(b);
-        }
-        self.idle.remove(slot?).map(|i| (i.stream, i.drained))
+        // An emptied list stays (no allocation per take and put); `retain`
+        // drops the lists of backends no route uses any more.
+        let slot = self.by_backend.get_mut(b)?.pop()?;
+        self.idle.remove(slot).map(|i| (i.stream, i.drained))
     }
 
     /// Park a connection whose last response ended cleanly; `drained`: its
     /// last read left nothing unread.
-    pub fn put(&mut self, owners: &mut Owners, now: Instant, b: Backend, s: Stream, drained: bool) {
-        let slots = self.by_backend.entry(b.clone()).or_default();
+    pub fn put(
+        &mut self,
+        owners: &mut Owners,
+        now: Instant,
+        b: &Backend,
+        s: Stream,
+        drained: bool,
+    ) {
+        if !self.by_backend.contains_key(b) {
+            self.by_backend.insert(b.clone(), Vec::new());
+        }
+        let Some(slots) = self.by_backend.get_mut(b) else {
+            return;
+        };
         if slots.len() >= PER_BACKEND {
             let oldest = slots.remove(0);
             self.idle.remove(oldest);
@@ -73,7 +83,7 @@ impl Pool {
         let (slot, _) = self.idle.insert(Idle {
             stream: s,
             drained,
-            backend: b,
+            backend: b.clone(),
             since: now,
         });
         owners.set(fd, Owner::Pool(slot));
@@ -173,13 +183,7 @@ mod tests {
         let mut peers = Vec::new();
         for _ in 0..PER_BACKEND + 2 {
             let (a, p) = UnixStream::pair().unwrap();
-            pool.put(
-                &mut owners,
-                Instant::now(),
-                b.clone(),
-                Stream::Unix(a),
-                true,
-            );
+            pool.put(&mut owners, Instant::now(), &b, Stream::Unix(a), true);
             peers.push(p);
         }
         assert_eq!(pool.len(), PER_BACKEND);
@@ -206,13 +210,7 @@ mod tests {
         assert_eq!(pool.len(), 0, "idle too long: closed");
         for _ in 0..2 {
             let (a, p) = UnixStream::pair().unwrap();
-            pool.put(
-                &mut owners,
-                Instant::now(),
-                b.clone(),
-                Stream::Unix(a),
-                true,
-            );
+            pool.put(&mut owners, Instant::now(), &b, Stream::Unix(a), true);
             peers.push(p);
         }
         pool.retain(|x| x != &b);
