@@ -134,11 +134,6 @@ impl Exchange {
     }
 }
 
-const RW: Ready = Ready {
-    readable: true,
-    writable: true,
-};
-
 impl Conn {
     pub(crate) fn start_exchange(&mut self, cx: &mut Ctx, req: Request) -> Result<(), Fail> {
         let Some(route) = cx.routes.lookup(req.host.as_deref(), &req.path) else {
@@ -183,13 +178,17 @@ impl Conn {
             tunnel: false,
         }));
         self.last_active = cx.now;
-        if let Some(s) = cx.pool.take(&addr) {
+        if let Some((s, drained)) = cx.pool.take(&addr) {
             // Registered since its connect, under its own token: only the
-            // owner changes.
+            // owner changes. A socket drained when parked gets a new edge
+            // for the response: no read before then (it would say EAGAIN).
             cx.owners.set(s.as_raw_fd(), Owner::Conn(cx.slot));
             self.backend = Some(BackendConn {
                 stream: s,
-                ready: RW,
+                ready: Ready {
+                    readable: !drained,
+                    writable: true,
+                },
                 hup: false,
             });
             if let Some(ex) = self.ex.as_mut() {
@@ -314,14 +313,18 @@ impl Conn {
     fn finish(&mut self, cx: &mut Ctx) {
         let Some(ex) = self.ex.take() else { return };
         if let Some(b) = self.backend.take() {
+            // A backend whose FIN was already reported is not parked: the
+            // pool would never hear of it again.
             if ex.reusable
+                && !b.hup
                 && ex.request_sent()
                 && !ex.req_broken
                 && ex.bbuf.is_empty()
                 && !ex.req.in_flight()
             {
+                let drained = !b.ready.readable;
                 cx.pool
-                    .put(cx.owners, cx.now, ex.route.backend.clone(), b.stream);
+                    .put(cx.owners, cx.now, &ex.route.backend, b.stream, drained);
             }
         }
         if ex.persist == Persist::Close || self.wants_close(cx) {

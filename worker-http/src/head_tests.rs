@@ -435,3 +435,20 @@ fn mutated_heads_never_panic() {
         let _ = c.feed(&m);
     }
 }
+
+#[test]
+fn ip_written_as_display_writes_it() {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    let mut ips: Vec<IpAddr> = vec![
+        Ipv6Addr::LOCALHOST.into(),
+        "2001:db8::1".parse::<Ipv6Addr>().unwrap().into(),
+    ];
+    for a in [0u8, 1, 9, 10, 42, 99, 100, 109, 110, 199, 200, 255] {
+        ips.push(Ipv4Addr::new(a, 255 - a, a / 2, 7).into());
+    }
+    for ip in ips {
+        let mut out = Vec::new();
+        write_ip(&mut out, ip);
+        assert_eq!(String::from_utf8(out).unwrap(), ip.to_string());
+    }
+}

@@ -28,6 +28,10 @@ pub const IDLE: Duration = Duration::from_secs(15);
 
 struct Idle {
     stream: Stream,
+    /// Its last read drained the socket (a later byte or FIN raises a new
+    /// edge, which the pool sees): the next user need not try a read that
+    /// would only say EAGAIN.
+    drained: bool,
     backend: Backend,
     since: Instant,
 }
@@ -46,19 +50,31 @@ impl Pool {
     }
 
     /// The most recently parked connection to `b` (the least likely to have
-    /// been closed by the backend's own idle timeout).
-    pub fn take(&mut self, b: &Backend) -> Option<Stream> {
-        let slots = self.by_backend.get_mut(b)?;
-        let slot = slots.pop();
-        if slots.is_empty() {
-            self.by_backend.remove(b);
-        }
-        self.idle.remove(slot?).map(|i| i.stream)
+    /// been closed by the backend's own idle timeout), and whether its
+    /// socket was drained when parked.
+    pub fn take(&mut self, b: &Backend) -> Option<(Stream, bool)> {
+        // An emptied list stays (no allocation per take and put); `retain`
+        // drops the lists of backends no route uses any more.
+        let slot = self.by_backend.get_mut(b)?.pop()?;
+        self.idle.remove(slot).map(|i| (i.stream, i.drained))
     }
 
-    /// Park a connection whose last response ended cleanly.
-    pub fn put(&mut self, owners: &mut Owners, now: Instant, b: Backend, s: Stream) {
-        let slots = self.by_backend.entry(b.clone()).or_default();
+    /// Park a connection whose last response ended cleanly; `drained`: its
+    /// last read left nothing unread.
+    pub fn put(
+        &mut self,
+        owners: &mut Owners,
+        now: Instant,
+        b: &Backend,
+        s: Stream,
+        drained: bool,
+    ) {
+        if !self.by_backend.contains_key(b) {
+            self.by_backend.insert(b.clone(), Vec::new());
+        }
+        let Some(slots) = self.by_backend.get_mut(b) else {
+            return;
+        };
         if slots.len() >= PER_BACKEND {
             let oldest = slots.remove(0);
             self.idle.remove(oldest);
@@ -66,7 +82,8 @@ impl Pool {
         let fd = s.as_raw_fd();
         let (slot, _) = self.idle.insert(Idle {
             stream: s,
-            backend: b,
+            drained,
+            backend: b.clone(),
             since: now,
         });
         owners.set(fd, Owner::Pool(slot));
@@ -166,7 +183,7 @@ mod tests {
         let mut peers = Vec::new();
         for _ in 0..PER_BACKEND + 2 {
             let (a, p) = UnixStream::pair().unwrap();
-            pool.put(&mut owners, Instant::now(), b.clone(), Stream::Unix(a));
+            pool.put(&mut owners, Instant::now(), &b, Stream::Unix(a), true);
             peers.push(p);
         }
         assert_eq!(pool.len(), PER_BACKEND);
@@ -193,7 +210,7 @@ mod tests {
         assert_eq!(pool.len(), 0, "idle too long: closed");
         for _ in 0..2 {
             let (a, p) = UnixStream::pair().unwrap();
-            pool.put(&mut owners, Instant::now(), b.clone(), Stream::Unix(a));
+            pool.put(&mut owners, Instant::now(), &b, Stream::Unix(a), true);
             peers.push(p);
         }
         pool.retain(|x| x != &b);

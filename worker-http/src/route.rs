@@ -16,6 +16,7 @@
 
 use proto::graph::Backend;
 use proto::plan::Route;
+use std::borrow::Cow;
 use std::rc::Rc;
 
 /// One route, reduced to what the data path needs.
@@ -82,9 +83,9 @@ pub fn normalise_host(h: &str) -> Option<String> {
 }
 
 /// The target's path with `prefix` removed (when `strip`), query kept.
-pub fn rewrite_target(target: &str, prefix: &str, strip: bool) -> String {
+pub fn rewrite_target<'a>(target: &'a str, prefix: &str, strip: bool) -> Cow<'a, str> {
     if !strip || prefix == "/" {
-        return target.to_string();
+        return Cow::Borrowed(target);
     }
     let (path, query) = match target.find('?') {
         Some(i) => (&target[..i], &target[i..]),
@@ -92,7 +93,7 @@ pub fn rewrite_target(target: &str, prefix: &str, strip: bool) -> String {
     };
     let rest = path.strip_prefix(prefix).unwrap_or(path);
     let rest = if rest.is_empty() { "/" } else { rest };
-    format!("{rest}{query}")
+    Cow::Owned(format!("{rest}{query}"))
 }
 
 impl Table {
