@@ -140,7 +140,7 @@ impl Splice {
                     // keep `readable` so we come back after draining.
                     Err(Errno::EAGAIN) if self.queued > 0 => {}
                     Err(Errno::EAGAIN) => src_ready.readable = false,
-                    Err(e) => return Err(sys("splice from source", e)),
+                    Err(e) => return Err(splice_failed(Side::Source, e)),
                 }
             }
             if self.queued > 0 && dst_ready.writable {
@@ -153,7 +153,7 @@ impl Splice {
                         progress = n > 0;
                     }
                     Err(Errno::EAGAIN) => dst_ready.writable = false,
-                    Err(e) => return Err(sys("splice to destination", e)),
+                    Err(e) => return Err(splice_failed(Side::Destination, e)),
                 }
             }
             if !progress {
@@ -166,6 +166,43 @@ impl Splice {
         }
         Ok(moved)
     }
+}
+
+/// Which end of a relayed direction a syscall failed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Source,
+    Destination,
+}
+
+/// A failed splice, carried inside the `io::Error` that `pump` returns so
+/// callers can tell a reader's fault from a writer's without reading text.
+#[derive(Debug)]
+pub struct SpliceError {
+    pub side: Side,
+    pub errno: Errno,
+}
+
+impl std::fmt::Display for SpliceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.side {
+            Side::Source => write!(f, "splice from source: {}", self.errno),
+            Side::Destination => write!(f, "splice to destination: {}", self.errno),
+        }
+    }
+}
+
+impl std::error::Error for SpliceError {}
+
+impl SpliceError {
+    /// The side an error from [`Splice::pump`] failed on, if it was a splice.
+    pub fn side_of(e: &io::Error) -> Option<Side> {
+        e.get_ref()?.downcast_ref::<SpliceError>().map(|s| s.side)
+    }
+}
+
+fn splice_failed(side: Side, errno: Errno) -> io::Error {
+    io::Error::new(io::Error::from(errno).kind(), SpliceError { side, errno })
 }
 
 fn sys(what: &str, e: Errno) -> io::Error {
@@ -262,5 +299,32 @@ mod tests {
         let mut rest = [0u8; 5];
         (&a_in).read_exact(&mut rest).unwrap();
         assert_eq!(&rest, b"EXTRA");
+    }
+
+    #[test]
+    fn errors_say_which_side_failed() {
+        let (a_out, a_in) = UnixStream::pair().unwrap();
+        let (b_in, b_out) = UnixStream::pair().unwrap();
+        a_in.set_nonblocking(true).unwrap();
+        b_in.set_nonblocking(true).unwrap();
+        (&a_out).write_all(b"data").unwrap();
+        drop(b_out); // the destination's peer is gone: EPIPE on write
+        let mut s = Splice::new();
+        let (mut sr, mut dr) = (
+            Ready {
+                readable: true,
+                writable: true,
+            },
+            Ready {
+                readable: true,
+                writable: true,
+            },
+        );
+        let e = s
+            .pump(a_in.as_fd(), &mut sr, b_in.as_fd(), &mut dr, false)
+            .unwrap_err();
+        assert_eq!(SpliceError::side_of(&e), Some(Side::Destination));
+        assert!(e.to_string().starts_with("splice to destination"), "{e}");
+        assert_eq!(SpliceError::side_of(&io::Error::other("x")), None);
     }
 }

@@ -41,13 +41,12 @@ impl fmt::Display for BodyError {
     }
 }
 
-/// proto's relay names the failing side in its error text; an error that
-/// does not say "from source" is the destination's.
+/// proto's relay says which side a splice failed on; anything else
+/// (pipe creation, shutdown of the destination) is the destination's.
 fn splice_error(e: io::Error) -> BodyError {
-    if e.to_string().starts_with("splice from source") {
-        BodyError::Src(e)
-    } else {
-        BodyError::Dst(e)
+    match proto::relay::SpliceError::side_of(&e) {
+        Some(proto::relay::Side::Source) => BodyError::Src(e),
+        _ => BodyError::Dst(e),
     }
 }
 
