@@ -503,33 +503,34 @@ pub fn roundtrip(addr: SocketAddr, data: &[u8]) -> std::io::Result<Vec<u8>> {
     roundtrip_stream(s, data)
 }
 
-pub fn roundtrip_stream(mut s: TcpStream, data: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut w = s.try_clone()?;
-    let payload = data.to_vec();
-    let writer = thread::spawn(move || -> std::io::Result<()> {
-        w.write_all(&payload)?;
-        w.shutdown(Shutdown::Write)
-    });
-    let mut got = Vec::new();
-    s.read_to_end(&mut got)?;
-    writer
-        .join()
-        .map_err(|_| std::io::Error::other("writer panicked"))??;
-    Ok(got)
+pub fn roundtrip_stream(s: TcpStream, data: &[u8]) -> std::io::Result<Vec<u8>> {
+    let w = s.try_clone()?;
+    exchange(s, w, data, |w: &TcpStream| w.shutdown(Shutdown::Write))
 }
 
 /// Same over a unix socket.
 pub fn roundtrip_unix(path: &Path, data: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut s = UnixStream::connect(path)?;
+    let s = UnixStream::connect(path)?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut w = s.try_clone()?;
+    let w = s.try_clone()?;
+    exchange(s, w, data, |w: &UnixStream| w.shutdown(Shutdown::Write))
+}
+
+/// Write `data` on `w` (then half-close it) from a thread while reading `r`
+/// to EOF.
+fn exchange<S: Read + Write + Send + 'static>(
+    mut r: S,
+    mut w: S,
+    data: &[u8],
+    half_close: fn(&S) -> std::io::Result<()>,
+) -> std::io::Result<Vec<u8>> {
     let payload = data.to_vec();
     let writer = thread::spawn(move || -> std::io::Result<()> {
         w.write_all(&payload)?;
-        w.shutdown(Shutdown::Write)
+        half_close(&w)
     });
     let mut got = Vec::new();
-    s.read_to_end(&mut got)?;
+    r.read_to_end(&mut got)?;
     writer
         .join()
         .map_err(|_| std::io::Error::other("writer panicked"))??;
