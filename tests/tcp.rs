@@ -536,3 +536,43 @@ fn slow_reader_keeps_worker_memory_flat() {
     s.read_to_end(&mut rest).unwrap();
     assert_eq!(total + rest.len(), 64 << 20);
 }
+
+#[test]
+fn restarted_worker_runs_the_binary_the_supervisor_started_with() {
+    // Workers are exec'd through an fd the supervisor holds: an update that
+    // replaces the file on disk does not change what a restart runs.
+    let dir = TempDir::new("bins");
+    for b in ["pvx-worker-tcp", "pvx-worker-http", "pvx-worker-unix"] {
+        std::fs::copy(bin_dir().join(b), dir.path().join(b)).unwrap();
+    }
+    let backend = echo_server();
+    let port = free_port();
+    let wd = dir.path().to_str().unwrap().to_string();
+    let sup = Supervisor::start(
+        &tcp_graph("swap", port, &backend.to_string()),
+        &["--worker-dir", &wd],
+    );
+    let first = sup.worker_pid("pvx-worker-tcp");
+    // Replace the file (new inode, as a package update does) with a broken one.
+    let tmp = dir.path().join("pvx-worker-tcp.new");
+    std::fs::write(&tmp, "#!/bin/sh\nexit 7\n").unwrap();
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::rename(&tmp, dir.path().join("pvx-worker-tcp")).unwrap();
+    kill9(first);
+    let second = wait_for(Duration::from_secs(10), "replacement worker", || {
+        sup.workers()
+            .into_iter()
+            .find(|(p, a)| *p != first && a.contains("pvx-worker-tcp"))
+            .map(|(p, _)| p)
+    });
+    assert_eq!(
+        roundtrip(listen_addr(port), b"same binary").unwrap(),
+        b"same binary"
+    );
+    let comm = std::fs::read_to_string(format!("/proc/{second}/comm")).unwrap();
+    assert_eq!(
+        comm.trim(),
+        "pvx-worker-tcp",
+        "ps and pidof see the worker's name"
+    );
+}

@@ -22,6 +22,11 @@ pub struct Started {
 /// print before exiting non-zero.
 pub fn start(kind: &str) -> Result<Started, String> {
     let ident = format!("pvx-worker-{kind}");
+    // The supervisor execs us through an fd (/proc/self/fd/N), which names
+    // the process "N" for `ps -e`, `top` and `pidof`; give it its name back.
+    if let Ok(name) = std::ffi::CString::new(ident.as_str()) {
+        let _ = nix::sys::prctl::set_name(&name);
+    }
     // fd 3 must be the SEQPACKET socket the supervisor gave us.
     let st = nix::sys::stat::fstat(WORKER_CTL_FD).map_err(|e| {
         format!("{ident}: fd {WORKER_CTL_FD} is not open ({e}); workers are started by pv-xconnect")

@@ -32,7 +32,7 @@ const SHUTDOWN: u64 = u64::MAX;
 
 pub struct Options {
     pub source: source::Source,
-    pub worker_dir: PathBuf,
+    pub binaries: spawn::Binaries,
     pub policy: RestartPolicy,
     pub limits: Limits,
     pub drain: Duration,
@@ -373,7 +373,7 @@ impl Daemon {
         let config = self.config_for(&r.ep);
         self.seq += 1;
         let seq = self.seq;
-        let spawned = spawn::spawn(&self.opts.worker_dir, &config, &r.listener, seq);
+        let spawned = spawn::spawn(&mut self.opts.binaries, &config, &r.listener, seq);
         let now = Instant::now();
         let token = self.next_token;
         let Some(r) = self.endpoints.get_mut(key) else {

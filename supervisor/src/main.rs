@@ -67,7 +67,7 @@ fn run(a: Box<RunArgs>) -> Result<(), String> {
     };
     let opts = daemon::Options {
         source,
-        worker_dir,
+        binaries: spawn::Binaries::new(worker_dir),
         policy,
         limits,
         drain: a.drain_timeout,
@@ -78,7 +78,7 @@ fn run(a: Box<RunArgs>) -> Result<(), String> {
     proto::info!(
         "starting (pid {}), workers from {}, capabilities kept: {kept}",
         std::process::id(),
-        opts.worker_dir.display()
+        opts.binaries.dir().display()
     );
     daemon::Daemon::new(opts)?.run()
 }
