@@ -16,13 +16,10 @@ SECS=${2:-5}
 scripts/setup.sh --bench
 cargo build --release -q
 
-work=$(mktemp -d /tmp/pvx-bench-http.XXXXXX)
+. scripts/lib/common.sh
+scratch bench-http
 chmod 755 "$work"  # nginx workers (www-data) read the file
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 B=$(port); P_PVX=$(port); P_NGX=$(port); P_HA=$(port)
 
 mkdir -p "$work/html"

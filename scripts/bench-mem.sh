@@ -12,11 +12,8 @@ scripts/setup.sh --bench
 cargo build --release -q
 ulimit -n "$(ulimit -Hn)"
 
-work=$(mktemp -d /tmp/pvx-bench-mem.XXXXXX)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. scripts/lib/common.sh
+scratch bench-mem
 pss() { awk '/^Pss:/ {s+=$2} END {print s}' $(for p in "$@"; do echo /proc/$p/smaps_rollup; done); }
 B=$(port); P_PVX=$(port); P_HA=$(port)
 

@@ -11,12 +11,9 @@ SECS=${2:-3}
 scripts/setup.sh --bench
 cargo build --release -q
 
-work=$(mktemp -d /tmp/pvx-bench-tcp.XXXXXX)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+. scripts/lib/common.sh
+scratch bench-tcp
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 B=$(port); P_PVX=$(port); P_HA=$(port); P_NGX=$(port); P_SOCAT=$(port)
 
 iperf3 -s -p "$B" >/dev/null 2>&1 & pids+=($!)

@@ -11,11 +11,8 @@ scripts/setup.sh
 echo "== building (release)"
 cargo build --release -q
 
-work=$(mktemp -d /tmp/pvx-demo.XXXXXX)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. scripts/lib/common.sh
+scratch demo
 WEB=$(port); API=$(port); TCP=$(port); HTTP=$(port)
 
 # Provider "webapp": a static site. Provider "sensors": an API that shows

@@ -1,0 +1,19 @@
+# Shared by the demo and the benchmarks: a scratch directory and the
+# processes a script starts, both removed on exit, and free loopback ports.
+#   . scripts/lib/common.sh; scratch NAME   -> $work, pids=() ; trap on EXIT
+# Append every background pid to `pids`.
+
+scratch() {
+  work=$(mktemp -d "/tmp/pvx-$1.XXXXXX")
+  pids=()
+  trap cleanup EXIT
+}
+
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+
+# A free loopback port (bound, then released).
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
