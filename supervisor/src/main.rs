@@ -2,19 +2,7 @@
 //! listening socket in the right namespace, and runs one worker process per
 //! endpoint, restarting crashed workers with backoff.
 
-mod cli;
-mod daemon;
-mod endpoint;
-mod listener;
-mod metrics;
-mod policy;
-mod privileges;
-mod roots;
-mod source;
-mod spawn;
-mod status;
-mod status_cli;
-mod status_server;
+use supervisor::{cli, daemon, policy, privileges, source, spawn, status_cli};
 
 use cli::{Command, RunArgs};
 use policy::RestartPolicy;

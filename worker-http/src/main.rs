@@ -7,19 +7,7 @@
 
 #![forbid(unsafe_code)]
 
-mod body;
-mod buf;
-mod conn;
-mod dial;
-mod errors;
-mod event_loop;
-mod exchange;
-mod framing;
-mod head;
-mod keys;
-mod pool;
-mod route;
-mod tunnel;
+use worker_http::event_loop;
 
 fn main() {
     let started = match proto::worker::start("http") {

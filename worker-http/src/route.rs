@@ -119,6 +119,10 @@ impl Table {
         self.entries.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// Whether any route still sends traffic to `b` (the pool keeps idle
     /// connections only to backends that are still in use).
     pub fn uses(&self, b: &Backend) -> bool {

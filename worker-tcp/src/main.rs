@@ -5,9 +5,7 @@
 //! The loop is proto's (`proto::event_loop`); this worker brings the
 //! connection: `conn.rs` (states), `sni.rs`, `proxy_header.rs`.
 
-mod conn;
-mod proxy_header;
-mod sni;
+use worker_tcp::conn;
 
 fn main() {
     proto::event_loop::main::<conn::Conn>("tcp")

@@ -7,8 +7,7 @@
 //! The loop is proto's (`proto::event_loop`); this worker brings the
 //! connection (`conn.rs`) and its fd-carrying relay (`relay.rs`).
 
-mod conn;
-mod relay;
+use worker_unix::conn;
 
 fn main() {
     proto::event_loop::main::<conn::Conn>("unix")

@@ -1,0 +1,16 @@
+//! The supervisor library: its modules, reachable from the binary in
+//! `main.rs`, the fuzz targets in `fuzz/` and unit tests.
+
+pub mod cli;
+pub mod daemon;
+pub mod endpoint;
+pub mod listener;
+pub mod metrics;
+pub mod policy;
+pub mod privileges;
+pub mod roots;
+pub mod source;
+pub mod spawn;
+pub mod status;
+pub mod status_cli;
+pub mod status_server;
