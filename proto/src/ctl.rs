@@ -8,13 +8,14 @@
 //! truncated control message is an error and every fd that did arrive is
 //! closed. See docs/ARCHITECTURE.md for the message table.
 
+use crate::fdpass;
 use crate::plan::{Endpoint, Kind};
 use nix::errno::Errno;
-use nix::sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags};
+use nix::sys::socket::{self, MsgFlags};
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 /// Largest control message accepted, checked before anything is parsed.
 pub const MAX_MSG: usize = 64 * 1024;
@@ -202,16 +203,7 @@ pub fn send_raw(sock: BorrowedFd<'_>, body: &[u8], fds: &[RawFd]) -> Result<(), 
     if body.len() > MAX_MSG {
         return Err(CtlError::TooLarge(body.len()));
     }
-    let iov = [IoSlice::new(body)];
-    let cmsg = [ControlMessage::ScmRights(fds)];
-    let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
-    match socket::sendmsg::<()>(
-        sock.as_raw_fd(),
-        &iov,
-        cmsgs,
-        MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
-        None,
-    ) {
+    match fdpass::send_with_fds(sock.as_raw_fd(), &[IoSlice::new(body)], fds) {
         Ok(_) => Ok(()),
         Err(Errno::EAGAIN) => Err(CtlError::WouldBlock),
         Err(Errno::EPIPE) | Err(Errno::ECONNRESET) => Err(CtlError::Eof),
@@ -251,36 +243,15 @@ pub fn recv_raw(sock: BorrowedFd<'_>) -> Result<(Vec<u8>, Vec<OwnedFd>), CtlErro
         Err(e) => return Err(CtlError::Sys("recv(MSG_PEEK)", e)),
     };
     let mut buf = vec![0u8; len.min(MAX_MSG) + 1];
-    let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
-    let (n, flags, fds) = {
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        let r = socket::recvmsg::<()>(
-            sock.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
-        );
-        let r = match r {
-            Ok(r) => r,
-            Err(Errno::EAGAIN) => return Err(CtlError::WouldBlock),
-            Err(Errno::ECONNRESET) => return Err(CtlError::Eof),
-            Err(e) => return Err(CtlError::Sys("recvmsg", e)),
-        };
-        let mut fds = Vec::new();
-        if let Ok(cmsgs) = r.cmsgs() {
-            for c in cmsgs {
-                if let ControlMessageOwned::ScmRights(raw) = c {
-                    // SAFETY: the kernel just installed these fds for us; we are their only owner.
-                    fds.extend(
-                        raw.into_iter()
-                            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                    );
-                }
-            }
-        }
-        (r.bytes, r.flags, fds)
+    let r = match fdpass::recv_with_fds(sock.as_raw_fd(), &mut buf) {
+        Ok(r) => r,
+        Err(fdpass::RecvError::Sys(Errno::EAGAIN)) => return Err(CtlError::WouldBlock),
+        Err(fdpass::RecvError::Sys(Errno::ECONNRESET)) => return Err(CtlError::Eof),
+        Err(fdpass::RecvError::Sys(e)) => return Err(CtlError::Sys("recvmsg", e)),
+        Err(fdpass::RecvError::ControlTruncated { .. }) => return Err(CtlError::Truncated),
     };
-    if flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC) || n > MAX_MSG {
+    let (n, fds) = (r.bytes, r.fds);
+    if r.truncated || n > MAX_MSG {
         return Err(if n > MAX_MSG {
             CtlError::TooLarge(n)
         } else {

@@ -2,7 +2,8 @@
 //!
 //! - [`graph`]: the Pantavisor xconnect graph and its validation.
 //! - [`plan`]: links grouped into endpoints (one worker each).
-//! - [`ctl`]: supervisor <-> worker messages and fd passing.
+//! - [`ctl`]: supervisor <-> worker messages.
+//! - [`fdpass`]: the one `SCM_RIGHTS` send and receive (control channel, unix relay).
 //! - [`worker`]: worker start-up, privilege drop, the worker's control end.
 //! - [`stream`], [`accept`], [`backend`], [`relay`], [`timer`], [`slab`]: the data path every
 //!   worker shares: sockets, reaching a backend, the bounded byte relay,
@@ -13,6 +14,7 @@ pub mod accept;
 pub mod backend;
 pub mod ctl;
 pub mod event_loop;
+pub mod fdpass;
 pub mod graph;
 pub mod log;
 pub mod mem;

@@ -21,16 +21,13 @@
 //! EAGAIN.
 
 use nix::errno::Errno;
-use nix::sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags};
+use proto::fdpass;
 use proto::relay::{shutdown_write, Moved, Ready};
-use std::io::{self, IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::io::{self, IoSlice};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 /// Bytes moved by one read, and the buffer's size while in flight.
 pub const CHUNK: usize = 16 * 1024;
-/// Most fds one `recvmsg` can return (the kernel's SCM_MAX_FD); room for
-/// them all means MSG_CTRUNC only shows a real fault.
-const MAX_FDS_PER_READ: usize = 253;
 
 #[derive(Debug, Default)]
 pub struct FdRelay {
@@ -86,49 +83,20 @@ impl FdRelay {
         if self.buf.is_empty() {
             self.buf = vec![0u8; CHUNK];
         }
-        let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS_PER_READ]);
-        let (n, truncated, fds) = {
-            let mut iov = [IoSliceMut::new(&mut self.buf)];
-            let r = socket::recvmsg::<()>(
-                src,
-                &mut iov,
-                Some(&mut cmsg),
-                MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
-            );
-            let r = match r {
-                Ok(r) => r,
-                Err(Errno::EAGAIN) => {
-                    src_ready.readable = false;
-                    // Nothing in flight: give the buffer back while idle.
-                    self.buf = Vec::new();
-                    return Ok(false);
-                }
-                Err(Errno::EINTR) => return Ok(true),
-                Err(e) => return Err(sys("recvmsg from source", e)),
-            };
-            let mut fds = Vec::new();
-            if let Ok(cmsgs) = r.cmsgs() {
-                for c in cmsgs {
-                    if let ControlMessageOwned::ScmRights(raw) = c {
-                        // SAFETY: the kernel just installed these fds for us;
-                        // from here they are owned and closed on drop.
-                        fds.extend(
-                            raw.into_iter()
-                                .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                        );
-                    }
-                }
+        let (n, fds) = match fdpass::recv_with_fds(src, &mut self.buf) {
+            Ok(r) => (r.bytes, r.fds),
+            Err(fdpass::RecvError::Sys(Errno::EAGAIN)) => {
+                src_ready.readable = false;
+                // Nothing in flight: give the buffer back while idle.
+                self.buf = Vec::new();
+                return Ok(false);
             }
-            (r.bytes, r.flags.contains(MsgFlags::MSG_CTRUNC), fds)
+            Err(fdpass::RecvError::Sys(e)) => return Err(sys("recvmsg from source", e)),
+            // Some fds were lost in the kernel (fdpass closed the rest): the
+            // byte stream and its fds no longer match, which the peers
+            // cannot recover from.
+            Err(e) => return Err(io::Error::other(format!("from source: {e}"))),
         };
-        if truncated {
-            // Some fds were lost in the kernel: the byte stream and its fds
-            // no longer match, which the peers cannot recover from.
-            return Err(io::Error::other(format!(
-                "recvmsg from source: control data truncated (MSG_CTRUNC) with {} fd(s)",
-                fds.len()
-            )));
-        }
         if n == 0 {
             // A stream socket delivers fds only with at least one byte.
             self.src_done = true;
@@ -153,20 +121,7 @@ impl FdRelay {
     fn write(&mut self, dst: RawFd, dst_ready: &mut Ready) -> io::Result<usize> {
         let iov = [IoSlice::new(&self.buf[self.sent..self.len])];
         let raw: Vec<RawFd> = self.fds.iter().map(|f| f.as_raw_fd()).collect();
-        let cmsg = [ControlMessage::ScmRights(&raw)];
-        let cmsgs: &[ControlMessage] = if raw.is_empty() { &[] } else { &cmsg };
-        let r = loop {
-            match socket::sendmsg::<()>(
-                dst,
-                &iov,
-                cmsgs,
-                MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
-                None,
-            ) {
-                Err(Errno::EINTR) => continue,
-                r => break r,
-            }
-        };
+        let r = fdpass::send_with_fds(dst, &iov, &raw);
         match r {
             Ok(n) => {
                 self.sent += n;
@@ -226,7 +181,6 @@ impl FdRelay {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nix::sys::socket::{recvmsg, sendmsg};
     use std::io::{Read, Write};
     use std::os::fd::AsFd;
     use std::os::unix::net::UnixStream;
@@ -240,42 +194,16 @@ mod tests {
 
     /// Send `data` with `fds` attached in one sendmsg.
     fn send_with(s: &UnixStream, data: &[u8], fds: &[RawFd]) {
-        let cmsg = [ControlMessage::ScmRights(fds)];
-        let n = sendmsg::<()>(
-            s.as_raw_fd(),
-            &[IoSlice::new(data)],
-            if fds.is_empty() { &[] } else { &cmsg },
-            MsgFlags::empty(),
-            None,
-        )
-        .unwrap();
+        let n = fdpass::send_with_fds(s.as_raw_fd(), &[IoSlice::new(data)], fds).unwrap();
         assert_eq!(n, data.len());
     }
 
-    /// Receive up to `max` bytes and the fds that came with them.
+    /// Receive up to `max` bytes (already waiting) and the fds that came with them.
     fn recv_with(s: &UnixStream, max: usize) -> (Vec<u8>, Vec<OwnedFd>) {
         let mut buf = vec![0u8; max];
-        let mut cmsg = nix::cmsg_space!([RawFd; 8]);
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        let r = recvmsg::<()>(
-            s.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )
-        .unwrap();
-        let mut fds = Vec::new();
-        for c in r.cmsgs().unwrap() {
-            if let ControlMessageOwned::ScmRights(raw) = c {
-                fds.extend(
-                    raw.into_iter()
-                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                );
-            }
-        }
-        let n = r.bytes;
-        buf.truncate(n);
-        (buf, fds)
+        let r = fdpass::recv_with_fds(s.as_raw_fd(), &mut buf).unwrap();
+        buf.truncate(r.bytes);
+        (buf, r.fds)
     }
 
     #[test]
