@@ -535,6 +535,30 @@ mod tests {
         let _ = std::fs::remove_file(&p);
     }
 
+    /// The deadline covers the whole exchange: an answer dribbled a byte
+    /// at a time does not extend it.
+    #[test]
+    fn a_dribbled_answer_times_out() {
+        let p = sock_path("dribble");
+        let l = UnixListener::bind(&p).unwrap();
+        let h = std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            for b in b"HTTP/1.0 200 OK\r\nX-Slow: ".iter().cycle() {
+                if c.write_all(&[*b]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let e = get_graph(&p, Duration::from_millis(300)).unwrap_err();
+        assert!(
+            e.contains("no answer within deadline (reading the answer)"),
+            "{e}"
+        );
+        h.join().unwrap();
+        let _ = std::fs::remove_file(&p);
+    }
+
     /// A Pantavisor that takes the request and never answers: the source
     /// asks once however often the poll comes round, and reports the
     /// silence as an outage at the deadline, all without blocking.
