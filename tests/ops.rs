@@ -225,6 +225,46 @@ fn status_socket_is_private_replaces_stale_and_stays_responsive() {
 }
 
 #[test]
+fn idle_status_clients_cannot_lock_the_operator_out() {
+    let backend = echo_server();
+    let g = graph(&[tcp_link("idle", free_port(), &backend.to_string())]);
+    let sup = Supervisor::start(&g, &[]);
+    let path = sup.status_socket.clone();
+    // More idle clients than the supervisor serves at once: silent ones
+    // and ones that sent half a head.
+    let mut idle: Vec<UnixStream> = Vec::new();
+    for i in 0..200 {
+        let mut c = UnixStream::connect(&path).expect("connect to the status socket");
+        if i % 2 == 1 {
+            c.write_all(b"GET /sta").expect("half a head");
+        }
+        idle.push(c);
+    }
+    let sock = path.to_str().unwrap();
+    let out = pvx(&["status", "--status-socket", sock]);
+    assert!(
+        out.status.success(),
+        "status with 200 idle clients: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sup.http_status("/metrics").0, 200);
+    // The supervisor holds a bounded number of them, not all.
+    let held = fds(sup.pid())
+        .iter()
+        .filter(|(_, t)| t.starts_with("socket:"))
+        .count();
+    assert!(held < 200, "supervisor holds {held} sockets");
+    // An idle client is closed by the supervisor, not kept for ever.
+    let mut last = idle.pop().unwrap();
+    last.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut b = [0u8; 64];
+    assert!(matches!(last.read(&mut b), Ok(0)), "idle client closed");
+    drop(idle);
+    assert!(sup.stop().success());
+}
+
+#[test]
 fn status_without_a_supervisor_says_so_and_exits_1() {
     let dir = TempDir::new("nosup");
     let sock = dir.path().join("status.sock");

@@ -461,3 +461,68 @@ mod http {
         assert_eq!(sup.worker_pid("pvx-worker-http"), w_http);
     }
 }
+
+#[test]
+fn a_stalled_control_socket_delays_neither_restarts_nor_status() {
+    let dir = TempDir::new("stall");
+    let sock = dir.path().join("pv-ctrl");
+    let backend = echo_server();
+    let port = free_port();
+    let ctrl = FakeCtrl::start(&sock, &graph(&[tcp_link("st", 0, port, backend)]));
+    let sup = Supervisor::start_ctrl(&sock, &["--poll-interval", "100ms"]);
+    let needle = format!("127.0.0.1:{port} ");
+    let mut worker = sup.worker_pid(&needle);
+    assert_eq!(roundtrip(local(port), b"before").unwrap(), b"before");
+
+    // From now on Pantavisor takes each request and never answers: the
+    // supervisor gives up on a request only after its 2 s deadline. Every
+    // check below must be done while the request taken last is still
+    // open, i.e. while the supervisor is waiting for that answer. A loop
+    // that blocked on the request could do none of it before closing it.
+    // A machine too loaded to restart a worker within that deadline gets
+    // another try.
+    ctrl.set_stall(true);
+    let mut done_in_flight = false;
+    for _ in 0..3 {
+        let n = ctrl.stalled();
+        wait_for(
+            Duration::from_secs(10),
+            "a request taken and stalled",
+            || (ctrl.stalled() > n).then_some(()),
+        );
+        let in_flight = ctrl.stalled() - 1;
+
+        kill9(worker);
+        let new = wait_for(Duration::from_secs(10), "a new worker", || {
+            sup.workers()
+                .into_iter()
+                .find(|(p, a)| *p != worker && a.contains(&needle))
+                .map(|(p, _)| p)
+        });
+        worker = new;
+        assert_eq!(roundtrip(local(port), b"after").unwrap(), b"after");
+        let out = std::process::Command::new(bin_dir().join("pv-xconnect"))
+            .args(["status", "--status-socket"])
+            .arg(&sup.status_socket)
+            .output()
+            .expect("run pv-xconnect status");
+        assert!(
+            out.status.success(),
+            "status while pv-ctrl stalls: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if ctrl.stalled_is_open(in_flight) {
+            done_in_flight = true;
+            break;
+        }
+    }
+    assert!(
+        done_in_flight,
+        "the restart and the status answer waited for the stalled graph request\n{}",
+        sup.log_text()
+    );
+    // The stall is an outage like any other: said once, nothing changed.
+    sup.wait_log("no answer within", 1);
+    assert_eq!(sup.count_log("graph applied"), 1);
+    assert_eq!(roundtrip(local(port), b"still").unwrap(), b"still");
+}

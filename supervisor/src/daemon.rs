@@ -135,12 +135,12 @@ impl Daemon {
         let mut events = Events::with_capacity(64);
         loop {
             let now = Instant::now();
-            let source_in = self.opts.source.next_check().saturating_duration_since(now);
-            let timeout = Some(
-                self.timers
-                    .timeout(now)
-                    .map_or(source_in, |t| t.min(source_in)),
-            );
+            let mut wake = self.opts.source.next_wake();
+            if let Some(at) = self.status.as_ref().and_then(|s| s.next_deadline()) {
+                wake = wake.min(at);
+            }
+            let wake_in = wake.saturating_duration_since(now);
+            let timeout = Some(self.timers.timeout(now).map_or(wake_in, |t| t.min(wake_in)));
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     return Err(format!("epoll_wait: {e}"));
@@ -153,6 +153,10 @@ impl Daemon {
                         while matches!((&self.sig_rx).read(&mut buf), Ok(n) if n > 0) {}
                     }
                     t if status_server::owns(t) => self.on_status(t),
+                    source::TOKEN => {
+                        let got = self.opts.source.on_ready(self.poll.registry());
+                        self.apply_fetched(got);
+                    }
                     Token(t) => self.on_worker_ctl(t),
                 }
             }
@@ -169,8 +173,12 @@ impl Daemon {
                 proto::info!("SIGHUP: re-reading the graph");
                 self.reload(true);
             }
-            if self.shutdown_at.is_none() && self.opts.source.due(Instant::now()) {
-                self.reload(false);
+            if self.shutdown_at.is_none() {
+                let got = self
+                    .opts
+                    .source
+                    .on_time(Instant::now(), self.poll.registry());
+                self.apply_fetched(got);
             }
             let now = Instant::now();
             while let Some(k) = self.timers.pop_due(now) {
@@ -201,11 +209,20 @@ impl Daemon {
         });
     }
 
-    /// Read the graph and apply it; a source that cannot be read changes
-    /// nothing (the source logs why). `force`: apply even an unchanged graph.
+    /// Ask the source for the graph (a file answers at once, the control
+    /// socket later, through the loop); a source that cannot be read
+    /// changes nothing (the source logs why). `force`: apply even an
+    /// unchanged graph.
     fn reload(&mut self, force: bool) {
-        if let Some((links, refused)) = self.opts.source.fetch(force) {
-            self.apply(&links, refused);
+        let got = self.opts.source.request(force, self.poll.registry());
+        self.apply_fetched(got);
+    }
+
+    fn apply_fetched(&mut self, got: Option<source::Parsed>) {
+        if let Some((links, refused)) = got {
+            if self.shutdown_at.is_none() {
+                self.apply(&links, refused);
+            }
         }
     }
 

@@ -12,22 +12,28 @@
 //! is logged too. A graph is handed on only when its text changed since
 //! the last one applied, unless the read was forced (start, SIGHUP).
 
+use mio::net::UnixStream;
+use mio::{Interest, Registry, Token};
 use proto::graph::{self, Link, Refusal};
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 /// Pantavisor's control socket.
 pub const DEFAULT_CTRL_SOCKET: &str = "/run/pantavisor/pv/pv-ctrl";
+/// The supervisor loop's token for the control-socket exchange in flight.
+pub const TOKEN: Token = Token(2);
 const FILE_CHECK: Duration = Duration::from_secs(1);
-/// The whole control-socket exchange must finish within this. It is a
-/// local socket; a Pantavisor that does not answer in time is an outage,
-/// and the supervisor loop is not held up for longer.
+/// The whole control-socket exchange must finish within this. A
+/// Pantavisor that does not answer in time is an outage; the exchange
+/// runs inside the supervisor loop without ever blocking it.
 const CTRL_TIMEOUT: Duration = Duration::from_secs(2);
-/// Largest graph body accepted (a graph is a few KiB).
+/// Largest graph answer accepted (a graph is a few KiB).
 const MAX_BODY: usize = 4 * 1024 * 1024;
+/// Largest answer head accepted.
+const MAX_HEAD: usize = 64 * 1024;
+const REQUEST: &[u8] = b"GET /xconnect-graph HTTP/1.0\r\nHost: localhost\r\n\r\n";
 
 enum Origin {
     File {
@@ -37,6 +43,8 @@ enum Origin {
     },
     Ctrl {
         path: PathBuf,
+        /// The one exchange in flight, if any.
+        inflight: Option<Exchange>,
     },
 }
 
@@ -59,7 +67,13 @@ impl Source {
     }
 
     pub fn ctrl(path: PathBuf, every: Duration) -> Source {
-        Source::new(Origin::Ctrl { path }, every)
+        Source::new(
+            Origin::Ctrl {
+                path,
+                inflight: None,
+            },
+            every,
+        )
     }
 
     fn new(origin: Origin, every: Duration) -> Source {
@@ -76,37 +90,112 @@ impl Source {
     pub fn describe(&self) -> String {
         match &self.origin {
             Origin::File { path, .. } => format!("graph file {}", path.display()),
-            Origin::Ctrl { path } => format!("control socket {}", path.display()),
+            Origin::Ctrl { path, .. } => format!("control socket {}", path.display()),
         }
     }
 
-    /// When the loop must next look at the source.
-    pub fn next_check(&self) -> Instant {
-        self.next_check
+    /// When the loop must next call [`Source::on_time`]: the next poll or
+    /// the deadline of the exchange in flight.
+    pub fn next_wake(&self) -> Instant {
+        match &self.origin {
+            Origin::Ctrl {
+                inflight: Some(x), ..
+            } => x.deadline.min(self.next_check),
+            _ => self.next_check,
+        }
     }
 
-    /// Whether the source should be read now: the poll interval passed
-    /// (control socket) or the file changed.
-    pub fn due(&mut self, now: Instant) -> bool {
+    /// Read the graph now (start, SIGHUP). `force`: hand it on even if its
+    /// text did not change, and log a failure even in a known outage.
+    /// A file is read at once; the control socket starts an exchange whose
+    /// graph comes later from [`Source::on_ready`] or [`Source::on_time`]
+    /// (an exchange already in flight is abandoned: its answer may predate
+    /// the SIGHUP). None: nothing to apply now.
+    pub fn request(&mut self, force: bool, registry: &Registry) -> Option<Parsed> {
+        self.next_check = Instant::now() + self.every;
+        match &mut self.origin {
+            Origin::File { path, stamp } => {
+                *stamp = file_stamp(path);
+                let text = std::fs::read_to_string(&*path)
+                    .map_err(|e| format!("graph file {}: {e}", path.display()));
+                self.finish(text, force)
+            }
+            Origin::Ctrl { path, inflight } => {
+                if let Some(old) = inflight.take() {
+                    proto::debug!("control socket: abandoning the request in flight");
+                    old.close(registry);
+                }
+                match Exchange::start(path, registry, CTRL_TIMEOUT, force) {
+                    Ok(x) => {
+                        *inflight = Some(x);
+                        self.on_ready(registry)
+                    }
+                    Err(e) => {
+                        let e = format!("control socket {}: {e}", path.display());
+                        self.finish(Err(e), force)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Readiness of the exchange in flight ([`TOKEN`]): send, read, and
+    /// once the answer is complete, the graph if it is to be applied.
+    pub fn on_ready(&mut self, registry: &Registry) -> Option<Parsed> {
+        let Origin::Ctrl { path, inflight } = &mut self.origin else {
+            return None;
+        };
+        let x = inflight.as_mut()?;
+        let result = x.advance()?;
+        let force = x.force;
+        if let Some(x) = inflight.take() {
+            x.close(registry);
+        }
+        let result = result.map_err(|e| format!("control socket {}: {e}", path.display()));
+        self.finish(result, force)
+    }
+
+    /// Called every loop turn: an exchange past its deadline fails; a due
+    /// poll starts an exchange (skipped while one is in flight) or reads
+    /// a file that changed.
+    pub fn on_time(&mut self, now: Instant, registry: &Registry) -> Option<Parsed> {
+        if let Origin::Ctrl { path, inflight } = &mut self.origin {
+            if let Some(x) = inflight.take_if(|x| now >= x.deadline) {
+                let force = x.force;
+                let e = format!(
+                    "control socket {}: no answer within {} ms ({})",
+                    path.display(),
+                    CTRL_TIMEOUT.as_millis(),
+                    x.stage()
+                );
+                x.close(registry);
+                return self.finish(Err(e), force);
+            }
+        }
         if now < self.next_check {
-            return false;
+            return None;
         }
         self.next_check = now + self.every;
         match &self.origin {
             Origin::File { path, stamp } => {
                 let now_stamp = file_stamp(path);
-                now_stamp.is_some() && now_stamp != *stamp
+                if now_stamp.is_some() && now_stamp != *stamp {
+                    return self.request(false, registry);
+                }
+                None
             }
-            Origin::Ctrl { .. } => true,
+            // One exchange at a time: a Pantavisor slower than the poll
+            // interval is asked again only once it answered or timed out.
+            Origin::Ctrl {
+                inflight: Some(_), ..
+            } => None,
+            Origin::Ctrl { inflight: None, .. } => self.request(false, registry),
         }
     }
 
-    /// Read the graph. `force` (start, SIGHUP): hand it on even if its text
-    /// did not change, and log a failure even in a known outage. None: the
-    /// running state stays as it is (unchanged, or the source failed).
-    pub fn fetch(&mut self, force: bool) -> Option<Parsed> {
-        self.next_check = Instant::now() + self.every;
-        let text = match self.read_text() {
+    /// The text read (or why not) becomes a graph to apply, or nothing.
+    fn finish(&mut self, text: Result<String, String>, force: bool) -> Option<Parsed> {
+        let text = match text {
             Ok(t) => t,
             Err(e) => return self.failed(e, force),
         };
@@ -133,18 +222,6 @@ impl Source {
         self.outage = Some(e);
         None
     }
-
-    fn read_text(&mut self) -> Result<String, String> {
-        match &mut self.origin {
-            Origin::File { path, stamp } => {
-                let shown = path.display();
-                *stamp = file_stamp(path);
-                std::fs::read_to_string(&*path).map_err(|e| format!("graph file {shown}: {e}"))
-            }
-            Origin::Ctrl { path } => get_graph(path, CTRL_TIMEOUT)
-                .map_err(|e| format!("control socket {}: {e}", path.display())),
-        }
-    }
 }
 
 fn file_stamp(p: &Path) -> Option<(SystemTime, u64)> {
@@ -152,75 +229,132 @@ fn file_stamp(p: &Path) -> Option<(SystemTime, u64)> {
     Some((m.modified().ok()?, m.len()))
 }
 
-/// Connect without blocking: a control socket whose backlog is full (a
-/// hung Pantavisor) must not hang the supervisor in connect().
-fn connect_nonblocking(path: &Path) -> Result<UnixStream, String> {
-    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
-    let fd = socket(
-        AddressFamily::Unix,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        None,
-    )
-    .map_err(|e| format!("socket: {e}"))?;
-    let addr = UnixAddr::new(path).map_err(|e| format!("address: {e}"))?;
-    match connect(fd.as_raw_fd(), &addr) {
-        Ok(()) => {}
-        Err(nix::errno::Errno::EAGAIN) => {
-            return Err("connect: backlog full (not accepting)".into())
-        }
-        Err(e) => return Err(format!("connect: {e}")),
-    }
-    let s = UnixStream::from(fd);
-    s.set_nonblocking(false)
-        .map_err(|e| format!("clearing O_NONBLOCK: {e}"))?;
-    Ok(s)
+/// One `GET /xconnect-graph HTTP/1.0` on the control socket, driven by
+/// readiness: the request is written and the answer read as far as the
+/// socket allows, never waiting.
+struct Exchange {
+    sock: UnixStream,
+    deadline: Instant,
+    /// Request bytes sent so far.
+    sent: usize,
+    buf: Vec<u8>,
+    /// Status, body offset and Content-Length, once the head is in.
+    head: Option<Head>,
+    /// Started by start-up or SIGHUP: applied even if unchanged.
+    force: bool,
 }
 
-/// `GET /xconnect-graph HTTP/1.0` on the unix socket at `path`; the body
-/// of a 200 answer. The whole exchange is bounded by `timeout`.
-pub fn get_graph(path: &Path, timeout: Duration) -> Result<String, String> {
-    let deadline = Instant::now() + timeout;
-    let mut s = connect_nonblocking(path)?;
-    let left = |what: &str| {
-        deadline
-            .checked_duration_since(Instant::now())
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| format!("no answer within {} ms ({what})", timeout.as_millis()))
-    };
-    s.set_write_timeout(Some(left("sending")?))
-        .map_err(|e| format!("SO_SNDTIMEO: {e}"))?;
-    s.write_all(b"GET /xconnect-graph HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .map_err(|e| format!("sending request: {e}"))?;
-    let mut buf = Vec::with_capacity(8 * 1024);
-    let mut chunk = [0u8; 8 * 1024];
-    loop {
-        // Done as soon as the head and a Content-Length body are in; an
-        // answer without length ends at EOF (HTTP/1.0).
-        if let Some(body) = complete_body(&buf)? {
-            return Ok(body);
-        }
-        s.set_read_timeout(Some(left("reading")?))
-            .map_err(|e| format!("SO_RCVTIMEO: {e}"))?;
-        match s.read(&mut chunk) {
-            Ok(0) => return eof_body(&buf),
-            Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
-                if buf.len() > MAX_BODY {
-                    return Err(format!("answer larger than {MAX_BODY} bytes"));
-                }
+type Head = (u16, usize, Option<usize>);
+
+impl Exchange {
+    /// Connect without blocking (a Pantavisor whose backlog is full fails
+    /// at once) and register for readiness under [`TOKEN`].
+    fn start(
+        path: &Path,
+        registry: &Registry,
+        timeout: Duration,
+        force: bool,
+    ) -> Result<Exchange, String> {
+        use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+        let fd = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        )
+        .map_err(|e| format!("socket: {e}"))?;
+        let addr = UnixAddr::new(path).map_err(|e| format!("address: {e}"))?;
+        match connect(fd.as_raw_fd(), &addr) {
+            Ok(()) => {}
+            Err(nix::errno::Errno::EAGAIN) => {
+                return Err("connect: backlog full (not accepting)".into())
             }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                return Err(format!("no answer within {} ms", timeout.as_millis()))
-            }
-            Err(e) => return Err(format!("reading answer: {e}")),
+            Err(e) => return Err(format!("connect: {e}")),
         }
+        let mut sock = UnixStream::from_std(std::os::unix::net::UnixStream::from(fd));
+        registry
+            .register(&mut sock, TOKEN, Interest::READABLE | Interest::WRITABLE)
+            .map_err(|e| format!("epoll_ctl: {e}"))?;
+        Ok(Exchange {
+            sock,
+            deadline: Instant::now() + timeout,
+            sent: 0,
+            buf: Vec::new(),
+            head: None,
+            force,
+        })
+    }
+
+    /// What it was waiting for, for a timeout's message.
+    fn stage(&self) -> &'static str {
+        match (self.sent < REQUEST.len(), self.buf.is_empty()) {
+            (true, _) => "sending",
+            (false, true) => "waiting for the answer",
+            (false, false) => "reading the answer",
+        }
+    }
+
+    /// Progress as far as the socket allows. None: not finished yet;
+    /// otherwise the body of a 200 answer or why there is none.
+    fn advance(&mut self) -> Option<Result<String, String>> {
+        while self.sent < REQUEST.len() {
+            match self.sock.write(&REQUEST[self.sent..]) {
+                Ok(0) => return Some(Err("sending request: socket closed".into())),
+                Ok(n) => self.sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Some(Err(format!("sending request: {e}"))),
+            }
+        }
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            match self.framed() {
+                Ok(Some(body)) => return Some(Ok(body)),
+                Ok(None) => {}
+                Err(e) => return Some(Err(e)),
+            }
+            match self.sock.read(&mut chunk) {
+                Ok(0) => return Some(eof_body(self.head, &self.buf)),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Some(Err(format!("reading answer: {e}"))),
+            }
+        }
+    }
+
+    /// The body once the head and a Content-Length body are in (an answer
+    /// without a length ends at EOF, HTTP/1.0); errors for what is too big
+    /// or malformed.
+    fn framed(&mut self) -> Result<Option<String>, String> {
+        if self.head.is_none() {
+            self.head = parse_head(&self.buf)?;
+            if self.head.is_none() && self.buf.len() > MAX_HEAD {
+                return Err(format!("answer head larger than {MAX_HEAD} bytes"));
+            }
+        }
+        match self.head {
+            Some((_, _, Some(len))) if len > MAX_BODY => {
+                Err(format!("answer larger than {MAX_BODY} bytes"))
+            }
+            Some((code, at, Some(len))) if self.buf.len() >= at + len => {
+                check_status(code, &self.buf[at..at + len]).map(Some)
+            }
+            Some((_, at, _)) if self.buf.len() - at > MAX_BODY => {
+                Err(format!("answer larger than {MAX_BODY} bytes"))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn close(mut self, registry: &Registry) {
+        let _ = registry.deregister(&mut self.sock);
     }
 }
 
-/// Status and body offset of a complete head, with its Content-Length.
-fn parse_head(buf: &[u8]) -> Result<Option<(u16, usize, Option<usize>)>, String> {
+/// Status, body offset and Content-Length of a complete head (httparse,
+/// SPEC §1). A chunked answer is refused: pv-ctrl speaks HTTP/1.0.
+fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut resp = httparse::Response::new(&mut headers);
     let at = match resp.parse(buf) {
@@ -236,7 +370,12 @@ fn parse_head(buf: &[u8]) -> Result<Option<(u16, usize, Option<usize>)>, String>
                 .ok()
                 .and_then(|v| v.trim().parse::<usize>().ok())
                 .ok_or("malformed Content-Length")?;
+            if len.is_some_and(|l| l != v) {
+                return Err("conflicting Content-Length".into());
+            }
             len = Some(v);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err("Transfer-Encoding in an HTTP/1.0 answer".into());
         }
     }
     Ok(Some((code, at, len)))
@@ -251,17 +390,8 @@ fn check_status(code: u16, body: &[u8]) -> Result<String, String> {
     String::from_utf8(body.to_vec()).map_err(|_| "graph is not UTF-8".to_string())
 }
 
-fn complete_body(buf: &[u8]) -> Result<Option<String>, String> {
-    match parse_head(buf)? {
-        Some((code, at, Some(len))) if buf.len() >= at + len => {
-            check_status(code, &buf[at..at + len]).map(Some)
-        }
-        _ => Ok(None),
-    }
-}
-
-fn eof_body(buf: &[u8]) -> Result<String, String> {
-    match parse_head(buf)? {
+fn eof_body(head: Option<Head>, buf: &[u8]) -> Result<String, String> {
+    match head {
         None if buf.is_empty() => Err("closed without answering".into()),
         None => Err("closed in the middle of the answer head".into()),
         Some((_, at, Some(len))) if buf.len() < at + len => Err(format!(
@@ -276,14 +406,18 @@ fn eof_body(buf: &[u8]) -> Result<String, String> {
 mod tests {
     use super::*;
     use std::os::unix::net::UnixListener;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
-    fn serve_once(answer: &'static [u8]) -> (PathBuf, std::thread::JoinHandle<String>) {
-        let p = std::env::temp_dir().join(format!(
-            "pvx-src-{}-{}.sock",
-            std::process::id(),
-            answer.len()
-        ));
+    fn sock_path(tag: &str) -> PathBuf {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let p = std::env::temp_dir().join(format!("pvx-src-{}-{tag}{n}.sock", std::process::id()));
         let _ = std::fs::remove_file(&p);
+        p
+    }
+
+    fn serve_once(answer: Vec<u8>) -> (PathBuf, std::thread::JoinHandle<String>) {
+        let p = sock_path("once");
         let l = UnixListener::bind(&p).unwrap();
         let h = std::thread::spawn(move || {
             let (mut c, _) = l.accept().unwrap();
@@ -296,22 +430,47 @@ mod tests {
                 }
                 req.extend_from_slice(&b[..n]);
             }
-            c.write_all(answer).unwrap();
+            // The client may give up before reading it all.
+            let _ = c.write_all(&answer);
             String::from_utf8_lossy(&req).into_owned()
         });
         (p, h)
     }
 
+    /// One exchange driven to its end by a poll of its own.
+    fn get_graph(p: &Path, timeout: Duration) -> Result<String, String> {
+        let mut poll = mio::Poll::new().unwrap();
+        let mut x = Exchange::start(p, poll.registry(), timeout, false)?;
+        let mut events = mio::Events::with_capacity(4);
+        loop {
+            if let Some(r) = x.advance() {
+                x.close(poll.registry());
+                return r;
+            }
+            let left = x.deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!("no answer within deadline ({})", x.stage()));
+            }
+            poll.poll(&mut events, Some(left)).unwrap();
+        }
+    }
+
+    fn answer(s: &str) -> Vec<u8> {
+        s.as_bytes().to_vec()
+    }
+
     #[test]
     fn reads_a_200_with_and_without_length() {
-        let (p, h) = serve_once(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n[]");
+        let (p, h) = serve_once(answer("HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n[]"));
         assert_eq!(get_graph(&p, CTRL_TIMEOUT).unwrap(), "[]");
         assert!(h
             .join()
             .unwrap()
             .starts_with("GET /xconnect-graph HTTP/1.0\r\n"));
         let _ = std::fs::remove_file(&p);
-        let (p, h) = serve_once(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n[ ]");
+        let (p, h) = serve_once(answer(
+            "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n[ ]",
+        ));
         assert_eq!(get_graph(&p, CTRL_TIMEOUT).unwrap(), "[ ]");
         h.join().unwrap();
         let _ = std::fs::remove_file(&p);
@@ -319,45 +478,139 @@ mod tests {
 
     #[test]
     fn errors_say_what_went_wrong() {
-        let (p, h) = serve_once(b"HTTP/1.0 404 Not Found\r\n\r\nno such endpoint");
-        let e = get_graph(&p, CTRL_TIMEOUT).unwrap_err();
-        assert!(e.contains("answered 404: no such endpoint"), "{e}");
-        h.join().unwrap();
-        let _ = std::fs::remove_file(&p);
-        let (p, h) = serve_once(b"garbage\r\n\r\n");
-        let e = get_graph(&p, CTRL_TIMEOUT).unwrap_err();
-        assert!(e.contains("malformed"), "{e}");
-        h.join().unwrap();
-        let _ = std::fs::remove_file(&p);
+        let cases = [
+            (
+                "HTTP/1.0 404 Not Found\r\n\r\nno such endpoint",
+                "answered 404: no such endpoint",
+            ),
+            ("garbage\r\n\r\n", "malformed"),
+            (
+                "HTTP/1.0 200 OK\r\nContent-Length: 10\r\n\r\n[]",
+                "closed after 2 of 10",
+            ),
+            (
+                "HTTP/1.0 200 OK\r\nContent-Le",
+                "closed in the middle of the answer head",
+            ),
+            ("", "closed without answering"),
+            (
+                "HTTP/1.0 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n[]",
+                "conflicting Content-Length",
+            ),
+            (
+                "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n[]\r\n0\r\n\r\n",
+                "Transfer-Encoding",
+            ),
+            (
+                "HTTP/1.0 200 OK\r\nContent-Length: 99999999\r\n\r\n[]",
+                "answer larger than",
+            ),
+        ];
+        for (a, want) in cases {
+            let (p, h) = serve_once(answer(a));
+            let e = get_graph(&p, CTRL_TIMEOUT).unwrap_err();
+            assert!(e.contains(want), "{a:?}: {e}");
+            h.join().unwrap();
+            let _ = std::fs::remove_file(&p);
+        }
         let e = get_graph(Path::new("/nonexistent/pv-ctrl"), CTRL_TIMEOUT).unwrap_err();
         assert!(e.contains("connect"), "{e}");
     }
 
     #[test]
-    fn a_silent_server_times_out() {
-        let p = std::env::temp_dir().join(format!("pvx-src-{}-silent.sock", std::process::id()));
+    fn oversized_answers_are_cut_short() {
+        let mut body = answer("HTTP/1.0 200 OK\r\n\r\n");
+        body.resize(MAX_BODY + 64 * 1024, b' ');
+        let (p, h) = serve_once(body);
+        let e = get_graph(&p, CTRL_TIMEOUT).unwrap_err();
+        assert!(e.contains("answer larger than"), "{e}");
+        h.join().unwrap();
         let _ = std::fs::remove_file(&p);
-        let _l = UnixListener::bind(&p).unwrap();
-        let e = get_graph(&p, Duration::from_millis(100)).unwrap_err();
-        assert!(e.contains("no answer within"), "{e}");
+        let mut head = answer("HTTP/1.0 200 OK\r\nX-Pad: ");
+        head.resize(MAX_HEAD + 1024, b'a');
+        let (p, h) = serve_once(head);
+        let e = get_graph(&p, CTRL_TIMEOUT).unwrap_err();
+        assert!(e.contains("answer head larger than"), "{e}");
+        h.join().unwrap();
+        let _ = std::fs::remove_file(&p);
+    }
+
+    /// The deadline covers the whole exchange: an answer dribbled a byte
+    /// at a time does not extend it.
+    #[test]
+    fn a_dribbled_answer_times_out() {
+        let p = sock_path("dribble");
+        let l = UnixListener::bind(&p).unwrap();
+        let h = std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            for b in b"HTTP/1.0 200 OK\r\nX-Slow: ".iter().cycle() {
+                if c.write_all(&[*b]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let e = get_graph(&p, Duration::from_millis(300)).unwrap_err();
+        assert!(
+            e.contains("no answer within deadline (reading the answer)"),
+            "{e}"
+        );
+        h.join().unwrap();
+        let _ = std::fs::remove_file(&p);
+    }
+
+    /// A Pantavisor that takes the request and never answers: the source
+    /// asks once however often the poll comes round, and reports the
+    /// silence as an outage at the deadline, all without blocking.
+    #[test]
+    fn a_silent_server_is_asked_once_and_times_out() {
+        let p = sock_path("silent");
+        let l = UnixListener::bind(&p).unwrap();
+        l.set_nonblocking(true).unwrap();
+        let mut poll = mio::Poll::new().unwrap();
+        let mut events = mio::Events::with_capacity(4);
+        let mut s = Source::ctrl(p.clone(), Duration::from_millis(10));
+        let mut held = Vec::new();
+        let started = Instant::now();
+        assert!(s.request(true, poll.registry()).is_none());
+        while s.outage.is_none() {
+            let now = Instant::now();
+            assert!(now < started + 4 * CTRL_TIMEOUT, "no timeout reported");
+            let wait = s.next_wake().saturating_duration_since(now);
+            poll.poll(&mut events, Some(wait.min(Duration::from_millis(50))))
+                .unwrap();
+            for ev in events.iter() {
+                assert_eq!(ev.token(), TOKEN);
+                assert!(s.on_ready(poll.registry()).is_none());
+            }
+            assert!(s.on_time(Instant::now(), poll.registry()).is_none());
+            while let Ok((c, _)) = l.accept() {
+                held.push(c);
+            }
+        }
+        assert_eq!(held.len(), 1, "one request in flight at a time");
+        let e = s.outage.clone().unwrap();
+        assert!(e.contains("no answer within 2000 ms"), "{e}");
         let _ = std::fs::remove_file(&p);
     }
 
     #[test]
     fn unchanged_text_is_not_handed_on_unless_forced() {
+        let poll = mio::Poll::new().unwrap();
+        let r = poll.registry();
         let dir = std::env::temp_dir().join(format!("pvx-src-{}-file", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("g.json");
         std::fs::write(&f, "[]").unwrap();
         let mut s = Source::file(f.clone());
-        assert!(s.fetch(false).is_some());
-        assert!(s.fetch(false).is_none());
-        assert!(s.fetch(true).is_some());
+        assert!(s.request(false, r).is_some());
+        assert!(s.request(false, r).is_none());
+        assert!(s.request(true, r).is_some());
         std::fs::write(&f, "{").unwrap();
-        assert!(s.fetch(false).is_none());
+        assert!(s.request(false, r).is_none());
         assert!(s.outage.is_some());
         std::fs::write(&f, "[ ]").unwrap();
-        assert!(s.fetch(false).is_some());
+        assert!(s.request(false, r).is_some());
         assert!(s.outage.is_none());
         let _ = std::fs::remove_dir_all(&dir);
     }

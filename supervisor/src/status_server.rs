@@ -4,9 +4,12 @@
 //!
 //! Nothing here may block or grow without bound: sockets are
 //! non-blocking, a request head is at most [`MAX_REQUEST`] bytes, at most
-//! [`MAX_CLIENTS`] clients are served at once, a client has
-//! [`CLIENT_TIMEOUT`] to send its request and read the answer, and each
-//! answer ends the connection (`Connection: close`).
+//! [`MAX_CLIENTS`] clients are held at once, a client has
+//! [`HEAD_TIMEOUT`] to send its request head and then [`WRITE_TIMEOUT`]
+//! to take the answer, and each answer ends the connection
+//! (`Connection: close`). When all places are taken, a new client pushes
+//! out the oldest one still without a complete request, so idle
+//! connections cannot lock the operator out.
 //!
 //! `GET /status` -> JSON, `GET /metrics` -> Prometheus text, any other
 //! path 404, any other method 405.
@@ -23,8 +26,11 @@ use std::time::{Duration, Instant};
 
 pub const DEFAULT_PATH: &str = "/run/pv-xconnect/status.sock";
 pub const MAX_REQUEST: usize = 8 * 1024;
-pub const MAX_CLIENTS: usize = 16;
-pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const MAX_CLIENTS: usize = 128;
+/// From accept to a complete request head.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// From the answer being ready to its last byte taken by the client.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The listener's token; clients use the top of the token space, far from
 /// the worker tokens that count up from 16.
@@ -35,9 +41,52 @@ pub fn owns(t: Token) -> bool {
     t == LISTENER || t.0 >= CLIENT_BASE
 }
 
+/// What a request head asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// The head is not complete yet (and not over [`MAX_REQUEST`]).
+    Incomplete,
+    /// Not HTTP (400).
+    Malformed,
+    /// A head over [`MAX_REQUEST`] bytes (431).
+    TooLarge,
+    /// `GET /status`.
+    Status,
+    /// `GET /metrics`.
+    Metrics,
+    /// `GET` of another path (404).
+    NotFound,
+    /// Another method (405).
+    NotAllowed,
+}
+
+/// Read the bytes a client sent so far: the request they make, if they
+/// make one yet. Pure; the status socket's only parser of client bytes.
+pub fn parse_request(req: &[u8]) -> Request {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut r = httparse::Request::new(&mut headers);
+    match r.parse(req) {
+        Ok(httparse::Status::Partial) if req.len() > MAX_REQUEST => return Request::TooLarge,
+        Ok(httparse::Status::Partial) => return Request::Incomplete,
+        Ok(httparse::Status::Complete(n)) if n > MAX_REQUEST => return Request::TooLarge,
+        Ok(httparse::Status::Complete(_)) => {}
+        Err(_) => return Request::Malformed,
+    }
+    let path = r.path.unwrap_or("/");
+    let path = path.split('?').next().unwrap_or(path);
+    match (r.method, path) {
+        (Some("GET"), "/status") => Request::Status,
+        (Some("GET"), "/metrics") => Request::Metrics,
+        (Some("GET"), _) => Request::NotFound,
+        _ => Request::NotAllowed,
+    }
+}
+
 struct Client {
     sock: UnixStream,
-    since: Instant,
+    accepted: Instant,
+    /// HEAD_TIMEOUT after accept, then WRITE_TIMEOUT after the answer.
+    deadline: Instant,
     req: Vec<u8>,
     /// The answer, once the request is complete; `sent` bytes are out.
     resp: Option<Vec<u8>>,
@@ -50,6 +99,9 @@ pub struct StatusServer {
     /// The socket file's inode, to remove it at exit only if still ours.
     ino: u64,
     clients: BTreeMap<usize, Client>,
+    /// Where the search for a free client slot starts: slots go round, so
+    /// a slot just freed is not reused at once.
+    next_slot: usize,
 }
 
 impl StatusServer {
@@ -96,6 +148,7 @@ impl StatusServer {
             path: path.to_path_buf(),
             ino,
             clients: BTreeMap::new(),
+            next_slot: CLIENT_BASE,
         })
     }
 
@@ -103,7 +156,7 @@ impl StatusServer {
     /// only when a complete request needs it.
     pub fn on_event(&mut self, registry: &Registry, t: Token, snapshot: impl Fn() -> Snapshot) {
         if t == LISTENER {
-            self.accept(registry);
+            self.accept(registry, &snapshot);
             return;
         }
         let slot = t.0;
@@ -115,13 +168,17 @@ impl StatusServer {
         }
     }
 
-    /// Drop clients that had their time (called every loop turn).
+    /// Drop clients whose time is up (called every loop turn).
     pub fn sweep(&mut self, now: Instant) {
-        self.clients
-            .retain(|_, c| now.saturating_duration_since(c.since) < CLIENT_TIMEOUT);
+        self.clients.retain(|_, c| now < c.deadline);
     }
 
-    fn accept(&mut self, registry: &Registry) {
+    /// The earliest client deadline: the loop must wake for it.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.clients.values().map(|c| c.deadline).min()
+    }
+
+    fn accept(&mut self, registry: &Registry, snapshot: &impl Fn() -> Snapshot) {
         loop {
             let (mut sock, _) = match self.listener.accept() {
                 Ok(s) => s,
@@ -134,11 +191,8 @@ impl StatusServer {
                     return;
                 }
             };
-            let Some(slot) = (CLIENT_BASE..usize::MAX).find(|s| !self.clients.contains_key(s))
-            else {
-                // Full: this client is closed at once (dropped) rather than
-                // queued, so a flood cannot grow the supervisor.
-                proto::debug!("status socket: {MAX_CLIENTS} clients busy; closing a new one");
+            self.make_room(snapshot);
+            let Some(slot) = self.free_slot() else {
                 continue;
             };
             if let Err(e) = registry.register(
@@ -149,17 +203,74 @@ impl StatusServer {
                 proto::warn!("status socket: epoll_ctl: {e}");
                 continue;
             }
+            let now = Instant::now();
             self.clients.insert(
                 slot,
                 Client {
                     sock,
-                    since: Instant::now(),
+                    accepted: now,
+                    deadline: now + HEAD_TIMEOUT,
                     req: Vec::new(),
                     resp: None,
                     sent: 0,
                 },
             );
         }
+    }
+
+    /// With every place taken, push out the client that waited longest
+    /// without a complete request (after one last look at what it sent:
+    /// a request that arrived is answered rather than lost). Only when all
+    /// of them are taking answers does the oldest of those go.
+    fn make_room(&mut self, snapshot: &impl Fn() -> Snapshot) {
+        while self.clients.len() >= MAX_CLIENTS {
+            let idle = self
+                .clients
+                .iter()
+                .filter(|(_, c)| c.resp.is_none())
+                .min_by_key(|(_, c)| c.accepted)
+                .map(|(s, _)| *s);
+            let Some(slot) = idle else {
+                let oldest = self
+                    .clients
+                    .iter()
+                    .min_by_key(|(_, c)| c.accepted)
+                    .map(|(s, _)| *s);
+                if let Some(s) = oldest {
+                    proto::debug!(
+                        "status socket: {MAX_CLIENTS} clients taking answers; closing the oldest"
+                    );
+                    self.clients.remove(&s);
+                }
+                continue;
+            };
+            let Some(c) = self.clients.get_mut(&slot) else {
+                return;
+            };
+            if serve(c, snapshot) {
+                self.clients.remove(&slot);
+            } else if c.resp.is_none() {
+                proto::debug!(
+                    "status socket: {MAX_CLIENTS} clients held; closing the oldest idle one"
+                );
+                self.clients.remove(&slot);
+            }
+        }
+    }
+
+    fn free_slot(&mut self) -> Option<usize> {
+        for _ in 0..MAX_CLIENTS {
+            let slot = self.next_slot;
+            self.next_slot = if slot == usize::MAX - 1 {
+                CLIENT_BASE
+            } else {
+                slot + 1
+            };
+            if !self.clients.contains_key(&slot) {
+                return Some(slot);
+            }
+        }
+        None
     }
 }
 
@@ -182,12 +293,9 @@ fn serve(c: &mut Client, snapshot: &impl Fn() -> Snapshot) -> bool {
                 Ok(0) => return true,
                 Ok(n) => {
                     c.req.extend_from_slice(&buf[..n]);
-                    if c.req.len() > MAX_REQUEST {
-                        c.resp = Some(response(431, "text/plain", b"request too large\n"));
-                        break;
-                    }
                     if let Some(r) = answer(&c.req, snapshot) {
                         c.resp = Some(r);
+                        c.deadline = Instant::now() + WRITE_TIMEOUT;
                         break;
                     }
                 }
@@ -213,24 +321,18 @@ fn serve(c: &mut Client, snapshot: &impl Fn() -> Snapshot) -> bool {
 
 /// The answer to a complete request head, or None while it is incomplete.
 pub fn answer(req: &[u8], snapshot: &impl Fn() -> Snapshot) -> Option<Vec<u8>> {
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut r = httparse::Request::new(&mut headers);
-    match r.parse(req) {
-        Ok(httparse::Status::Partial) => return None,
-        Ok(httparse::Status::Complete(_)) => {}
-        Err(_) => return Some(response(400, "text/plain", b"bad request\n")),
-    }
-    let path = r.path.unwrap_or("/");
-    let path = path.split('?').next().unwrap_or(path);
-    Some(match (r.method, path) {
-        (Some("GET"), "/status") => response(200, "application/json", &snapshot().to_json()),
-        (Some("GET"), "/metrics") => response(
+    Some(match parse_request(req) {
+        Request::Incomplete => return None,
+        Request::Malformed => response(400, "text/plain", b"bad request\n"),
+        Request::TooLarge => response(431, "text/plain", b"request too large\n"),
+        Request::Status => response(200, "application/json", &snapshot().to_json()),
+        Request::Metrics => response(
             200,
             metrics::CONTENT_TYPE,
             metrics::render(&snapshot()).as_bytes(),
         ),
-        (Some("GET"), _) => response(404, "text/plain", b"not found; try /status or /metrics\n"),
-        _ => response(405, "text/plain", b"method not allowed; use GET\n"),
+        Request::NotFound => response(404, "text/plain", b"not found; try /status or /metrics\n"),
+        Request::NotAllowed => response(405, "text/plain", b"method not allowed; use GET\n"),
     })
 }
 
@@ -310,5 +412,27 @@ mod tests {
         assert!(head.contains("Connection: close"));
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
         assert!(v["endpoints"].as_array().unwrap().is_empty());
+    }
+
+    #[test]
+    fn parse_request_bounds_the_head() {
+        assert_eq!(parse_request(b""), Request::Incomplete);
+        assert_eq!(parse_request(b"GET /sta"), Request::Incomplete);
+        assert_eq!(
+            parse_request(b"GET /status?x HTTP/1.1\r\n\r\n"),
+            Request::Status
+        );
+        assert_eq!(
+            parse_request(b"HEAD / HTTP/1.1\r\n\r\n"),
+            Request::NotAllowed
+        );
+        let mut big = b"GET /status HTTP/1.1\r\nX-Pad: ".to_vec();
+        big.resize(MAX_REQUEST + 1, b'a');
+        assert_eq!(parse_request(&big), Request::TooLarge);
+        big.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(parse_request(&big), Request::TooLarge);
+        let many: String = (0..40).map(|i| format!("H{i}: v\r\n")).collect();
+        let req = format!("GET /status HTTP/1.1\r\n{many}\r\n");
+        assert_eq!(parse_request(req.as_bytes()), Request::Malformed);
     }
 }

@@ -1,9 +1,10 @@
 //! A stand-in for Pantavisor's control socket: a small HTTP/1.0 server on
 //! a unix socket answering `GET /xconnect-graph` with whatever graph the
-//! test sets, or with the status the test sets.
+//! test sets, or with the status the test sets; or, stalled, a
+//! Pantavisor that accepts, reads the request and never answers.
 
 use std::io::{Read, Write};
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,6 +17,9 @@ struct Shared {
     status: AtomicU16,
     hits: AtomicUsize,
     stop: AtomicBool,
+    stall: AtomicBool,
+    /// Connections taken while stalled, held open and never answered.
+    held: Mutex<Vec<UnixStream>>,
 }
 
 pub struct FakeCtrl {
@@ -49,6 +53,33 @@ impl FakeCtrl {
     /// Answer with this status (200 = the graph).
     pub fn set_status(&self, code: u16) {
         self.shared.status.store(code, Ordering::SeqCst);
+    }
+
+    /// From now on accept and read requests but never answer them.
+    pub fn set_stall(&self, on: bool) {
+        self.shared.stall.store(on, Ordering::SeqCst);
+    }
+
+    /// How many connections were taken stalled so far; the index of each
+    /// is its order of arrival.
+    pub fn stalled(&self) -> usize {
+        self.shared.held.lock().unwrap().len()
+    }
+
+    /// Whether the client (the supervisor) still holds stalled connection
+    /// `i` open: it has not given up on that request yet.
+    pub fn stalled_is_open(&self, i: usize) -> bool {
+        let held = self.shared.held.lock().unwrap();
+        let Some(mut c) = held.get(i) else {
+            return false;
+        };
+        let _ = c.set_nonblocking(true);
+        let mut b = [0u8; 64];
+        match c.read(&mut b) {
+            Ok(0) => false,
+            Ok(_) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+        }
     }
 
     /// Requests answered so far.
@@ -90,6 +121,10 @@ fn serve(l: UnixListener, sh: Arc<Shared>) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => req.extend_from_slice(&b[..n]),
             }
+        }
+        if sh.stall.load(Ordering::SeqCst) {
+            sh.held.lock().unwrap().push(c);
+            continue;
         }
         let head = String::from_utf8_lossy(&req);
         let code = sh.status.load(Ordering::SeqCst);
