@@ -178,15 +178,15 @@ impl Conn {
             tunnel: false,
         }));
         self.last_active = cx.now;
-        if let Some((s, drained)) = cx.pool.take(&addr) {
+        if let Some(s) = cx.pool.take(&addr) {
             // Registered since its connect, under its own token: only the
-            // owner changes. A socket drained when parked gets a new edge
-            // for the response: no read before then (it would say EAGAIN).
+            // owner changes. The pool found it empty: the response raises a
+            // new edge, no read before then (it would say EAGAIN).
             cx.owners.set(s.as_raw_fd(), Owner::Conn(cx.slot));
             self.backend = Some(BackendConn {
                 stream: s,
                 ready: Ready {
-                    readable: !drained,
+                    readable: false,
                     writable: true,
                 },
                 hup: false,
@@ -314,7 +314,9 @@ impl Conn {
         let Some(ex) = self.ex.take() else { return };
         if let Some(b) = self.backend.take() {
             // A backend whose FIN was already reported is not parked: the
-            // pool would never hear of it again.
+            // pool would never hear of it again. The response must have
+            // ended exactly at the bytes read (nothing left in the buffer);
+            // the pool then checks the socket itself holds nothing more.
             if ex.reusable
                 && !b.hup
                 && ex.request_sent()
@@ -322,9 +324,7 @@ impl Conn {
                 && ex.bbuf.is_empty()
                 && !ex.req.in_flight()
             {
-                let drained = !b.ready.readable;
-                cx.pool
-                    .put(cx.owners, cx.now, &ex.route.backend, b.stream, drained);
+                cx.pool.put(cx.owners, cx.now, &ex.route.backend, b.stream);
             }
         }
         if ex.persist == Persist::Close || self.wants_close(cx) {
