@@ -6,7 +6,7 @@
 use proto::ctl::Limits;
 use pvx_tests::http::client::{connect, exchange, get, read_resp};
 use pvx_tests::http::direct::{config, Worker};
-use pvx_tests::http::scripted;
+use pvx_tests::http::scripted::{self, Scripted};
 use std::io::Write;
 
 fn route_to(socket: &str) -> Worker {
@@ -55,4 +55,46 @@ fn extra_bytes_after_a_response_never_reach_the_next_client() {
         let r = read_resp(&mut s, &mut buf, false).expect("a response");
         check(&r, &format!("/kept{i}"));
     }
+}
+
+/// Answers the first request of each backend connection; reads the second
+/// one and closes without a word (what a backend's idle timeout does).
+fn drops_second() -> Scripted {
+    scripted::start(|r| (r.nth == 0).then(|| scripted::ok(format!("ok {}", r.target).as_bytes())))
+}
+
+#[test]
+fn a_request_not_safe_to_repeat_is_never_sent_twice() {
+    let b = drops_second();
+    let w = route_to(&b.socket());
+    let unsafe_requests: [&[u8]; 5] = [
+        b"POST /api/post-empty HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
+        b"POST /api/post-nolen HTTP/1.1\r\nHost: t\r\n\r\n",
+        b"PATCH /api/patch-empty HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
+        b"POST /api/post-body HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc",
+        b"PUT /api/put-body HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc",
+    ];
+    for raw in unsafe_requests {
+        // A GET first, so a backend connection is parked in the pool.
+        let mut s = connect(w.addr);
+        let mut buf = Vec::new();
+        s.write_all(&get("/api/warm")).unwrap();
+        assert_eq!(read_resp(&mut s, &mut buf, false).unwrap().status, 200);
+        s.write_all(raw).unwrap();
+        let r = read_resp(&mut s, &mut buf, false).expect("a response");
+        let line = String::from_utf8_lossy(raw.split(|b| *b == b'\r').next().unwrap()).to_string();
+        // Not on the pooled connection: on a fresh one, answered.
+        assert_eq!(r.status, 200, "{line}: {}", r.head);
+        let target = line.split(' ').nth(1).unwrap().trim_start_matches("/api");
+        let seen = b.reqs().iter().filter(|q| q.target == target).count();
+        assert_eq!(seen, 1, "{line} reached the backend {seen} times");
+    }
+    // A GET on a stale pooled connection is still retried, once.
+    let mut s = connect(w.addr);
+    let mut buf = Vec::new();
+    s.write_all(&get("/api/warm2")).unwrap();
+    assert_eq!(read_resp(&mut s, &mut buf, false).unwrap().status, 200);
+    s.write_all(&get("/api/again")).unwrap();
+    let r = read_resp(&mut s, &mut buf, false).unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "ok /again"));
 }
