@@ -4,10 +4,12 @@
 //! request that is not safe to repeat never runs twice.
 
 use proto::ctl::Limits;
-use pvx_tests::http::client::{connect, exchange, get, read_resp};
+use pvx_tests::http::backend;
+use pvx_tests::http::client::{closed, connect, exchange, get, read_resp};
 use pvx_tests::http::direct::{config, Worker};
 use pvx_tests::http::scripted::{self, Scripted};
 use std::io::Write;
+use std::time::Duration;
 
 fn route_to(socket: &str) -> Worker {
     Worker::start(config(
@@ -97,4 +99,90 @@ fn a_request_not_safe_to_repeat_is_never_sent_twice() {
     s.write_all(&get("/api/again")).unwrap();
     let r = read_resp(&mut s, &mut buf, false).unwrap();
     assert_eq!((r.status, r.text().as_str()), (200, "ok /again"));
+}
+
+#[test]
+fn client_headers_that_look_like_ours_are_removed() {
+    let b = backend::tcp("127.0.0.1:0");
+    let w = route_to(&b.socket());
+    let (r, _s) = exchange(
+        w.addr,
+        b"GET /api/x HTTP/1.1\r\nHost: h\r\nX_PV_Role: admin\r\nx_pv_client: me\r\nX-PV_Role: admin\r\nx_forwarded_for: 6.6.6.6\r\nX_Forwarded_Host: evil\r\nX-Forwarded-Port: 6\r\nX-Forwarded-Proto: https\r\nForwarded: for=6.6.6.6\r\nforwarded: by=6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nX_Real_Ip: 6.6.6.6\r\nX-Kept_Header: yes\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    let t = r.text();
+    for gone in [
+        "admin",
+        "x_pv",
+        "x-pv-client: me",
+        "6.6.6.6",
+        "evil",
+        "x-forwarded-port",
+        "https",
+        "forwarded: ",
+        "x-real-ip",
+        "x_real_ip",
+    ] {
+        assert!(!t.contains(gone), "{gone} reached the backend:\n{t}");
+    }
+    assert!(t.contains("x-pv-role: any\n"), "{t}");
+    assert!(t.contains("x-forwarded-for: 127.0.0.1\n"), "{t}");
+    assert!(t.contains("x-forwarded-host: h\n"), "{t}");
+    assert!(t.contains("x-kept_header: yes\n"), "{t}");
+}
+
+#[test]
+fn only_websocket_upgrades_become_tunnels() {
+    // The test backend answers 101 to /upgrade whenever it sees Upgrade.
+    let b = backend::tcp("127.0.0.1:0");
+    let w = route_to(&b.socket());
+    let mut s = connect(w.addr);
+    let mut buf = Vec::new();
+    s.write_all(b"GET /api/upgrade HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n").unwrap();
+    let r = read_resp(&mut s, &mut buf, false).expect("a response");
+    assert_eq!(r.status, 200, "{}", r.head);
+    let t = r.text();
+    assert!(
+        !t.contains("upgrade:") && !t.contains("http2-settings"),
+        "{t}"
+    );
+    // The connection is still HTTP: the next request carries our identity.
+    s.write_all(b"GET /api/next HTTP/1.1\r\nHost: t\r\nX-PV-Role: admin\r\n\r\n")
+        .unwrap();
+    let r = read_resp(&mut s, &mut buf, false).expect("a response");
+    assert_eq!(r.status, 200, "{}", r.head);
+    let t = r.text();
+    assert!(t.starts_with("GET /next\n"), "{t}");
+    assert!(
+        t.contains("x-pv-role: any\n") && !t.contains("admin"),
+        "{t}"
+    );
+
+    // A list with websocket in it upgrades; only websocket goes on.
+    let mut s = connect(w.addr);
+    s.write_all(b"GET /api/upgrade HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: h2c, WebSocket\r\n\r\n").unwrap();
+    let r = read_resp(&mut s, &mut Vec::new(), false).expect("a response");
+    assert_eq!(r.status, 101, "{}", r.head);
+    let last = b.heads().pop().unwrap();
+    assert!(last.contains("\r\nUpgrade: WebSocket\r\n"), "{last}");
+    assert!(!last.contains("h2c"), "{last}");
+}
+
+#[test]
+fn a_101_nobody_asked_for_is_a_502_not_a_tunnel() {
+    let b = scripted::start(|_| {
+        Some(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n"
+                .to_vec(),
+        )
+    });
+    let w = route_to(&b.socket());
+    let mut s = connect(w.addr);
+    s.write_all(b"GET /api/x HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+        .unwrap();
+    let r = read_resp(&mut s, &mut Vec::new(), false).expect("a response");
+    assert_eq!(r.status, 502, "{}", r.head);
+    assert!(closed(&mut s, Duration::from_secs(10)));
+    let head = &b.reqs()[0].head;
+    assert!(!head.to_ascii_lowercase().contains("upgrade"), "{head}");
 }
