@@ -8,6 +8,7 @@ use pvx_tests::http::backend;
 use pvx_tests::http::client::{closed, connect, exchange, get, read_resp};
 use pvx_tests::http::direct::{config, Worker};
 use pvx_tests::http::scripted::{self, Scripted};
+use pvx_tests::wait_for;
 use std::io::Write;
 use std::time::Duration;
 
@@ -99,6 +100,56 @@ fn a_request_not_safe_to_repeat_is_never_sent_twice() {
     s.write_all(&get("/api/again")).unwrap();
     let r = read_resp(&mut s, &mut buf, false).unwrap();
     assert_eq!((r.status, r.text().as_str()), (200, "ok /again"));
+}
+
+/// A chunked POST with these trailer lines (each ending in CRLF).
+fn chunked_with_trailers(trailers: &str) -> Vec<u8> {
+    format!(
+        "POST /api/up HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n{trailers}\r\n"
+    )
+    .into_bytes()
+}
+
+#[test]
+fn trailers_are_filtered_and_malformed_ones_refused() {
+    let b = scripted::start(|_| Some(scripted::ok(b"ok")));
+    let w = route_to(&b.socket());
+    let forged = "X-PV-Role: admin\r\nX_PV_Role: admin\r\nx-pv-client: me\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\nHost: evil\r\nConnection: close\r\nTE: trailers\r\nX-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\nX-Ok: yes\r\nX-Sum: 1234\r\n";
+    let (r, _s) = exchange(w.addr, &chunked_with_trailers(forged));
+    assert_eq!(r.status, 200, "{}", r.head);
+    let reqs = b.reqs();
+    let body = String::from_utf8_lossy(&reqs[0].body).to_string();
+    assert_eq!(body, "5\r\nhello\r\n0\r\nX-Ok: yes\r\nX-Sum: 1234\r\n\r\n");
+    // No trailers at all still ends the body.
+    let (r, _s) = exchange(w.addr, &chunked_with_trailers(""));
+    assert_eq!(r.status, 200);
+
+    let big = "X-Big: ".to_string() + &"a".repeat(20_000) + "\r\n";
+    for bad in [
+        "no colon here\r\n",
+        "Bad Name: x\r\n",
+        "X-A: 1\r\n folded: y\r\n",
+        ": empty name\r\n",
+        big.as_str(),
+    ] {
+        let before = b.ended();
+        let mut s = connect(w.addr);
+        s.write_all(&chunked_with_trailers(bad)).unwrap();
+        let r = read_resp(&mut s, &mut Vec::new(), false).expect("a response");
+        assert_eq!(r.status, 400, "{bad:.40}: {}", r.head);
+        assert!(closed(&mut s, Duration::from_secs(10)), "{bad:.40}");
+        // The backend connection ended without the trailer reaching it.
+        wait_for(Duration::from_secs(10), "backend connection end", || {
+            (b.ended() > before).then_some(())
+        });
+        for i in 0..b.conns() {
+            let raw = String::from_utf8_lossy(&b.raw(i)).to_string();
+            assert!(
+                !raw.contains(&bad[..6]),
+                "{bad:.40} reached the backend: {raw:.200}"
+            );
+        }
+    }
 }
 
 #[test]
