@@ -133,7 +133,8 @@ impl Chunked {
     }
 
     /// Parse the trailer section at the start of `input` (see
-    /// [`parse_trailers`]); once it is complete the body is done.
+    /// [`parse_trailers`]); once it is complete the body is done. Outside
+    /// the trailer section there is nothing to parse: `Ok(Some(0))`.
     pub fn trailers(
         &mut self,
         input: &[u8],
