@@ -209,7 +209,7 @@ fn upgrade_becomes_a_tunnel_both_ways() {
     let w = one_route(&b, Limits::default());
     let mut s = connect(w.addr);
     s.write_all(
-        b"GET /api/upgrade HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+        b"GET /api/upgrade HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
     )
     .unwrap();
     let mut buf = Vec::new();
@@ -217,7 +217,7 @@ fn upgrade_becomes_a_tunnel_both_ways() {
     assert_eq!(r.status, 101);
     let heads = b.heads();
     assert!(
-        heads[0].contains("Connection: upgrade\r\nUpgrade: echo\r\n"),
+        heads[0].contains("Connection: upgrade\r\nUpgrade: websocket\r\n"),
         "{}",
         heads[0]
     );

@@ -6,13 +6,16 @@
 //!   write(2), then `splice(2)` through a pipe (proto's relay) with the
 //!   exact byte limit, so a pipelined next request is never read.
 //! - Chunked bodies: read into the fixed buffer, scanned by the chunked
-//!   parser to find the end, written out unchanged. What follows the end
-//!   stays in `buf` for the next message.
+//!   parser to find the end, chunks written out unchanged. The trailer
+//!   section is gathered in the buffer (so it must fit, as a head must),
+//!   parsed whole, and what may be forwarded of it is written from a small
+//!   queue of its own. What follows the end stays in `buf` for the next
+//!   message.
 //!
 //! Backpressure: nothing is read while the buffer or pipe still holds
 //! bytes the destination has not taken.
 
-use crate::buf::Buf;
+use crate::buf::{Buf, Out};
 use crate::framing::{ChunkError, Chunked, Framing};
 use proto::relay::{Ready, Splice};
 use proto::stream::Stream;
@@ -60,7 +63,13 @@ fn premature() -> BodyError {
 #[derive(Debug)]
 enum Mode {
     Length(u64),
-    Chunked { parser: Chunked, pending: usize },
+    Chunked {
+        parser: Chunked,
+        /// Chunk bytes at the front of the buffer, scanned, not yet written.
+        pending: usize,
+        /// The trailer section to forward, once parsed.
+        trailers: Out,
+    },
     Close,
 }
 
@@ -80,6 +89,7 @@ impl Pump {
                 Mode::Chunked {
                     parser: Chunked::new(),
                     pending: 0,
+                    trailers: Out::default(),
                 },
                 false,
             ),
@@ -111,7 +121,9 @@ impl Pump {
         Ok(match &mut self.mode {
             Mode::Length(rem) => (*rem).min(buf.len() as u64) as usize,
             Mode::Close => buf.len(),
-            Mode::Chunked { parser, pending } => {
+            Mode::Chunked {
+                parser, pending, ..
+            } => {
                 if *pending == 0 && !parser.is_done() && !buf.is_empty() {
                     *pending = parser.feed(buf.bytes()).map_err(BodyError::Framing)?;
                 }
@@ -129,7 +141,9 @@ impl Pump {
                 self.done = *rem == 0;
             }
             Mode::Close => {}
-            Mode::Chunked { parser, pending } => {
+            Mode::Chunked {
+                parser, pending, ..
+            } => {
                 *pending -= n;
                 self.done = *pending == 0 && parser.is_done();
             }
@@ -196,8 +210,12 @@ impl Pump {
                 self.done = sp.finished();
                 moved
             }
-            Mode::Chunked { parser, pending } => {
-                let (moved, done) = pump_chunked(parser, pending, src, sr, buf, dst, dr)?;
+            Mode::Chunked {
+                parser,
+                pending,
+                trailers,
+            } => {
+                let (moved, done) = pump_chunked(parser, pending, trailers, src, sr, buf, dst, dr)?;
                 self.done = done;
                 moved
             }
@@ -207,10 +225,14 @@ impl Pump {
 }
 
 /// Chunked: write the scanned part (`pending` bytes at the front of
-/// `buf`), scan more, read more, until blocked or the body ended.
+/// `buf`), scan more, read more, until blocked or the body ended. The
+/// trailer section waits in `buf` until it is whole, then leaves, filtered,
+/// through `trailers`.
+#[allow(clippy::too_many_arguments)]
 fn pump_chunked(
     parser: &mut Chunked,
     pending: &mut usize,
+    trailers: &mut Out,
     src: &Stream,
     sr: &mut Ready,
     buf: &mut Buf,
@@ -229,10 +251,27 @@ fn pump_chunked(
                 return Ok((moved, false));
             }
         }
+        if !trailers.is_empty() {
+            moved += trailers.flush(dst, dr).map_err(BodyError::Dst)? as u64;
+            if !trailers.is_empty() {
+                return Ok((moved, false));
+            }
+        }
         if parser.is_done() {
             return Ok((moved, true));
         }
-        if !buf.is_empty() {
+        if parser.in_trailers() {
+            let section = parser
+                .trailers(buf.bytes(), trailers.buf())
+                .map_err(BodyError::Framing)?;
+            if let Some(n) = section {
+                buf.consume(n);
+                continue;
+            }
+            if buf.is_full() {
+                return Err(BodyError::Framing(ChunkError::TrailersTooLarge));
+            }
+        } else if !buf.is_empty() {
             *pending = parser.feed(buf.bytes()).map_err(BodyError::Framing)?;
             continue;
         }
@@ -268,13 +307,24 @@ mod tests {
     /// Send `pre` as already-buffered bytes and `wire` on the socket; run the
     /// pump until done; return (delivered, bytes left in buf + socket).
     fn run(framing: Framing, pre: &[u8], wire: &[u8], close: bool) -> (Vec<u8>, Vec<u8>) {
+        run_with(8, framing, pre, wire, close)
+    }
+
+    /// [`run`] with a buffer of `cap` bytes.
+    fn run_with(
+        cap: usize,
+        framing: Framing,
+        pre: &[u8],
+        wire: &[u8],
+        close: bool,
+    ) -> (Vec<u8>, Vec<u8>) {
         let (src_w, src) = pair();
         let (dst, dst_r) = pair();
         write_nb(&src_w, &mut RW.clone(), wire).unwrap();
         if close {
             drop(src_w);
         }
-        let mut buf = Buf::new(8);
+        let mut buf = Buf::new(cap);
         // Pre-load the buffer the way the head parser leaves it.
         let (pw, pr) = pair();
         write_nb(&pw, &mut RW.clone(), pre).unwrap();
@@ -327,6 +377,33 @@ mod tests {
         let (out, rest) = run(Framing::Chunked, &body[..3], &wire, false);
         assert_eq!(out, body);
         assert_eq!(rest, b"NEXT");
+    }
+
+    #[test]
+    fn chunked_trailers_are_filtered_and_must_fit_the_buffer() {
+        let wire = b"3\r\nabc\r\n0\r\nX-PV-Role: admin\r\nX-Ok: 1\r\n\r\nNEXT";
+        let (out, rest) = run_with(64, Framing::Chunked, b"", wire, false);
+        assert_eq!(out, b"3\r\nabc\r\n0\r\nX-Ok: 1\r\n\r\n");
+        assert_eq!(rest, b"NEXT");
+
+        // Run's buffer holds 8 bytes: a longer trailer section cannot be
+        // gathered, and is refused rather than passed on unread.
+        let (w, src) = pair();
+        let (dst, _r) = pair();
+        write_nb(&w, &mut RW.clone(), b"0\r\nX-Long: 123456\r\n\r\n").unwrap();
+        let mut p = Pump::new(Framing::Chunked);
+        let mut buf = Buf::new(8);
+        let mut e = Ok(0);
+        for _ in 0..10 {
+            e = p.pump(&src, &mut RW.clone(), &mut buf, &dst, &mut RW.clone());
+            if e.is_err() {
+                break;
+            }
+        }
+        assert!(
+            matches!(e, Err(BodyError::Framing(ChunkError::TrailersTooLarge))),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! One request/response exchange with a backend, driven from `Conn`:
-//! reach the backend (idle pool or connect with bounded retry), send the
-//! rewritten head and stream the body, read the response head(s), stream
-//! the response body, and hand the backend connection back to the pool.
+//! reach the backend (the idle pool, for requests safe to repeat, or a
+//! connect with bounded retry), send the rewritten head and stream the
+//! body, read the response head(s), stream the response body, and hand
+//! the backend connection back to the pool.
 //! A `101` turns the connection into a byte tunnel (`tunnel.rs`); a new
 //! backend connection is made in `dial.rs`.
 //!
@@ -34,7 +35,8 @@ pub struct Exchange {
     pub is_head: bool,
     head: Out,
     req: Pump,
-    /// No request body: the head alone can be sent again.
+    /// Safe to send again on another connection: an idempotent method
+    /// (RFC 9110 §9.2.2) and no body, so the head alone is the request.
     replayable: bool,
     /// The backend stopped taking the request body.
     req_broken: bool,
@@ -71,8 +73,8 @@ impl Exchange {
         self.sent_to_client
     }
 
-    /// A pooled connection that failed before answering a request without
-    /// body: the backend had likely closed it just before; one more try.
+    /// A pooled connection that failed before answering a request safe to
+    /// repeat: the backend had likely closed it just before; one more try.
     pub fn can_retry(&self) -> bool {
         self.reused && !self.retried && self.replayable && !self.resp_bytes
     }
@@ -161,7 +163,7 @@ impl Conn {
             is_head: req.method == "HEAD",
             head: head_out,
             req: Pump::new(req.framing),
-            replayable: req.framing == Framing::None,
+            replayable: replayable(&req),
             req_broken: false,
             sent_at: None,
             upgrade: req.upgrade.is_some(),
@@ -178,15 +180,22 @@ impl Conn {
             tunnel: false,
         }));
         self.last_active = cx.now;
-        if let Some((s, drained)) = cx.pool.take(&addr) {
+        // A request that must not run twice never goes on a reused
+        // connection: were that one stale, the request could neither be
+        // repeated nor told apart from one the backend ran and dropped.
+        let pooled = match self.ex.as_ref() {
+            Some(ex) if ex.replayable => cx.pool.take(&addr),
+            _ => None,
+        };
+        if let Some(s) = pooled {
             // Registered since its connect, under its own token: only the
-            // owner changes. A socket drained when parked gets a new edge
-            // for the response: no read before then (it would say EAGAIN).
+            // owner changes. The pool found it empty: the response raises a
+            // new edge, no read before then (it would say EAGAIN).
             cx.owners.set(s.as_raw_fd(), Owner::Conn(cx.slot));
             self.backend = Some(BackendConn {
                 stream: s,
                 ready: Ready {
-                    readable: !drained,
+                    readable: false,
                     writable: true,
                 },
                 hup: false,
@@ -314,7 +323,9 @@ impl Conn {
         let Some(ex) = self.ex.take() else { return };
         if let Some(b) = self.backend.take() {
             // A backend whose FIN was already reported is not parked: the
-            // pool would never hear of it again.
+            // pool would never hear of it again. The response must have
+            // ended exactly at the bytes read (nothing left in the buffer);
+            // the pool then checks the socket itself holds nothing more.
             if ex.reusable
                 && !b.hup
                 && ex.request_sent()
@@ -322,9 +333,7 @@ impl Conn {
                 && ex.bbuf.is_empty()
                 && !ex.req.in_flight()
             {
-                let drained = !b.ready.readable;
-                cx.pool
-                    .put(cx.owners, cx.now, &ex.route.backend, b.stream, drained);
+                cx.pool.put(cx.owners, cx.now, &ex.route.backend, b.stream);
             }
         }
         if ex.persist == Persist::Close || self.wants_close(cx) {
@@ -337,6 +346,18 @@ impl Conn {
             self.next_request(cx.now);
         }
     }
+}
+
+/// Whether a request may be sent a second time after a reused backend
+/// connection closed without answering: idempotent methods (RFC 9110
+/// §9.2.2; names are case-sensitive) without a body. A POST or PATCH,
+/// even with `Content-Length: 0`, is not: the backend may have run it.
+pub fn replayable(req: &Request) -> bool {
+    req.framing == Framing::None
+        && matches!(
+            req.method.as_str(),
+            "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+        )
 }
 
 /// Read and parse response heads until the final one (or a 101) is in.

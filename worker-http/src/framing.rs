@@ -1,12 +1,17 @@
 //! Message framing (RFC 9112 §6): how long a body is, and a passthrough
-//! parser for chunked bodies that only finds where the body ends. Bytes are
-//! forwarded unchanged; the parser never copies or buffers them.
+//! parser for chunked bodies that only finds where the body ends. Chunk
+//! bytes are forwarded unchanged; the parser never copies or buffers them.
+//! The trailer section is the exception: it is parsed like a head's field
+//! lines ([`parse_trailers`]) and forwarded without the fields a client may
+//! not send through us (identity, framing, hop-by-hop: `fields.rs`).
 //!
 //! Strict on purpose: a proxy that reads framing more leniently than its
 //! backend lets a client smuggle a second request past it. So sizes are
 //! hex digits only (no sign, no `0x`, no overflow), every line ends in CRLF
 //! (no bare LF), and data is followed by exactly CRLF.
 
+use crate::fields::forbidden_in_trailers;
+use crate::head::MAX_HEADERS;
 use std::fmt;
 
 /// How a message body is delimited.
@@ -31,6 +36,8 @@ pub enum ChunkError {
     BadExtension,
     LineTooLong,
     TrailersTooLarge,
+    /// A trailer line that is not a field line (no colon, bad name, folded).
+    BadTrailer,
 }
 
 impl fmt::Display for ChunkError {
@@ -42,6 +49,7 @@ impl fmt::Display for ChunkError {
             ChunkError::BadExtension => "invalid byte in chunk extension",
             ChunkError::LineTooLong => "chunk size line too long",
             ChunkError::TrailersTooLarge => "chunked trailers too large",
+            ChunkError::BadTrailer => "malformed trailer field",
         };
         f.write_str(s)
     }
@@ -49,8 +57,9 @@ impl fmt::Display for ChunkError {
 
 /// Longest chunk-size line (size and extensions) accepted.
 const MAX_SIZE_LINE: usize = 4096;
-/// Most trailer bytes accepted after the last chunk.
-const MAX_TRAILERS: usize = 16 * 1024;
+/// Most trailer bytes accepted after the last chunk: as for a head (and
+/// never more than the buffer they must fit in).
+pub const MAX_TRAILERS: usize = 16 * 1024;
 /// A chunk larger than this is refused (no real sender needs 2^60).
 const MAX_CHUNK: u64 = 1 << 60;
 
@@ -75,14 +84,9 @@ enum State {
     DataCr,
     /// After data CR, want LF.
     DataLf,
-    /// At the start of a trailer line (or the final empty line).
-    TrailerStart,
-    /// Inside a trailer field line.
-    Trailer,
-    /// Saw CR inside/after a trailer line, want LF.
-    TrailerLf,
-    /// Saw CR on an empty line: the final CRLF, want LF.
-    EndLf,
+    /// After the last chunk: the trailer section, which `feed` does not
+    /// pass; [`Chunked::trailers`] parses it whole.
+    Trailers,
     Done,
 }
 
@@ -90,7 +94,7 @@ enum State {
 #[derive(Debug, Clone)]
 pub struct Chunked {
     state: State,
-    /// Bytes in the current size line, or all trailer bytes so far.
+    /// Bytes in the current size line.
     line: usize,
 }
 
@@ -122,15 +126,40 @@ impl Chunked {
         self.state == State::Done
     }
 
-    /// Scan `input`; return how many of its bytes belong to the body. Less
-    /// than `input.len()` only once the body ended: the rest is the next
-    /// message.
+    /// The chunks are through: the trailer section is next, to be given
+    /// to [`Chunked::trailers`] (`feed` consumes none of it).
+    pub fn in_trailers(&self) -> bool {
+        self.state == State::Trailers
+    }
+
+    /// Parse the trailer section at the start of `input` (see
+    /// [`parse_trailers`]); once it is complete the body is done. Outside
+    /// the trailer section there is nothing to parse: `Ok(Some(0))`.
+    pub fn trailers(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<Option<usize>, ChunkError> {
+        if self.state != State::Trailers {
+            return Ok(Some(0));
+        }
+        let n = parse_trailers(input, out)?;
+        if n.is_some() {
+            self.state = State::Done;
+        }
+        Ok(n)
+    }
+
+    /// Scan `input`; return how many of its bytes belong to the chunks.
+    /// Less than `input.len()` once the chunks are through: then the
+    /// trailer section follows ([`Chunked::in_trailers`]), or, after it,
+    /// the next message.
     pub fn feed(&mut self, input: &[u8]) -> Result<usize, ChunkError> {
         let mut i = 0;
         while i < input.len() {
             let b = input[i];
             self.state = match self.state {
-                State::Done => return Ok(i),
+                State::Done | State::Trailers => return Ok(i),
                 State::Data(n) => {
                     // Skip the data in one step; it is never inspected.
                     let take = n.min((input.len() - i) as u64);
@@ -169,7 +198,8 @@ impl Chunked {
                     }
                     self.line = 0;
                     if size == 0 {
-                        State::TrailerStart
+                        self.state = State::Trailers;
+                        return Ok(i + 1);
                     } else {
                         State::Data(size)
                     }
@@ -180,30 +210,6 @@ impl Chunked {
                 },
                 State::DataLf => match b {
                     b'\n' => State::Size { size: 0, digits: 0 },
-                    _ => return Err(ChunkError::BadLineEnd),
-                },
-                State::TrailerStart => {
-                    self.count_trailer()?;
-                    match b {
-                        b'\r' => State::EndLf,
-                        b'\n' => return Err(ChunkError::BadLineEnd),
-                        _ => State::Trailer,
-                    }
-                }
-                State::Trailer => {
-                    self.count_trailer()?;
-                    match b {
-                        b'\r' => State::TrailerLf,
-                        b'\n' => return Err(ChunkError::BadLineEnd),
-                        _ => State::Trailer,
-                    }
-                }
-                State::TrailerLf => match b {
-                    b'\n' => State::TrailerStart,
-                    _ => return Err(ChunkError::BadLineEnd),
-                },
-                State::EndLf => match b {
-                    b'\n' => State::Done,
                     _ => return Err(ChunkError::BadLineEnd),
                 },
             };
@@ -237,14 +243,66 @@ impl Chunked {
         }
         Ok(())
     }
+}
 
-    fn count_trailer(&mut self) -> Result<(), ChunkError> {
-        self.line += 1;
-        if self.line > MAX_TRAILERS {
+/// Every LF follows a CR and every CR is followed by an LF (a CR at the
+/// very end may still get its LF).
+fn crlf_only(b: &[u8]) -> bool {
+    b.iter().enumerate().all(|(i, c)| match c {
+        b'\n' => i > 0 && b[i - 1] == b'\r',
+        b'\r' => b.get(i + 1).is_none_or(|n| *n == b'\n'),
+        _ => true,
+    })
+}
+
+/// The trailer section of a chunked body (RFC 9112 §7.1.2) at the start
+/// of `input`: field lines after the last chunk, through the empty line.
+/// Parsed like a head's field lines (httparse's field syntax, at most
+/// [`MAX_HEADERS`] lines and [`MAX_TRAILERS`] bytes, CRLF only).
+///
+/// `Ok(None)`: not complete yet. `Ok(Some(n))`: the section is the first
+/// `n` bytes, and `out` got what to forward in its place: the fields a
+/// client may send (identity, framing, `Host` and hop-by-hop fields are
+/// left out, see `fields.rs`), then the empty line.
+pub fn parse_trailers(input: &[u8], out: &mut Vec<u8>) -> Result<Option<usize>, ChunkError> {
+    let end = if input.starts_with(b"\r\n") {
+        Some(2)
+    } else {
+        input
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|i| i + 4)
+    };
+    let Some(end) = end else {
+        if !crlf_only(input) {
+            return Err(ChunkError::BadLineEnd);
+        }
+        if input.len() >= MAX_TRAILERS {
             return Err(ChunkError::TrailersTooLarge);
         }
-        Ok(())
+        return Ok(None);
+    };
+    if end > MAX_TRAILERS {
+        return Err(ChunkError::TrailersTooLarge);
     }
+    let section = &input[..end];
+    if !crlf_only(section) {
+        return Err(ChunkError::BadLineEnd);
+    }
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let fields = match httparse::parse_headers(section, &mut slots) {
+        Ok(httparse::Status::Complete((n, fields))) if n == end => fields,
+        Err(httparse::Error::TooManyHeaders) => return Err(ChunkError::TrailersTooLarge),
+        _ => return Err(ChunkError::BadTrailer),
+    };
+    for f in fields.iter().filter(|f| !forbidden_in_trailers(f.name)) {
+        out.extend_from_slice(f.name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(f.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(Some(end))
 }
 
 /// Parse one `Content-Length` value: decimal digits only.
@@ -277,17 +335,29 @@ pub fn te_is_chunked<'a>(values: impl Iterator<Item = &'a [u8]>) -> bool {
 mod tests {
     use super::*;
 
+    /// The chunks, then the trailer section as the pump does it: returns
+    /// (bytes of the body, done); the forwarded trailers are dropped.
     fn scan(input: &[u8]) -> Result<(usize, bool), ChunkError> {
         let mut c = Chunked::new();
-        let n = c.feed(input)?;
+        let mut n = c.feed(input)?;
+        if c.in_trailers() {
+            n += c.trailers(&input[n..], &mut Vec::new())?.unwrap_or(0);
+        }
         Ok((n, c.is_done()))
     }
 
-    /// Feed one byte at a time: every state must survive a split anywhere.
+    /// Feed one byte at a time: every state must survive a split anywhere
+    /// (the trailer section is given whole bytes-so-far, as the pump does).
     fn scan_bytewise(input: &[u8]) -> Result<(usize, bool), ChunkError> {
         let mut c = Chunked::new();
         let mut total = 0;
-        for b in input {
+        for (i, b) in input.iter().enumerate() {
+            if c.in_trailers() {
+                if let Some(n) = c.trailers(&input[total..=i], &mut Vec::new())? {
+                    total += n;
+                }
+                continue;
+            }
             let n = c.feed(std::slice::from_ref(b))?;
             total += n;
             if n == 0 {
@@ -295,6 +365,11 @@ mod tests {
             }
         }
         Ok((total, c.is_done()))
+    }
+
+    fn forwarded_trailers(section: &[u8]) -> Result<Option<(usize, String)>, ChunkError> {
+        let mut out = Vec::new();
+        Ok(parse_trailers(section, &mut out)?.map(|n| (n, String::from_utf8(out).unwrap())))
     }
 
     #[test]
@@ -321,8 +396,8 @@ mod tests {
     fn partial_input_is_all_body() {
         assert_eq!(scan(b"5\r\nhel"), Ok((6, false)));
         assert_eq!(scan(b"0\r\n"), Ok((3, false)));
-        assert_eq!(scan(b"0\r\n\r"), Ok((4, false)));
-        assert_eq!(scan(b"0\r\nX: y\r\n"), Ok((9, false)));
+        assert_eq!(scan(b"0\r\n\r"), Ok((3, false)));
+        assert_eq!(scan(b"0\r\nX: y\r\n"), Ok((3, false)));
     }
 
     #[test]
@@ -366,6 +441,62 @@ mod tests {
             trailers.extend_from_slice(b"X-Trailer: 123\r\n");
         }
         assert_eq!(scan(&trailers), Err(ChunkError::TrailersTooLarge));
+        let mut many = b"0\r\n".to_vec();
+        for i in 0..=MAX_HEADERS {
+            many.extend_from_slice(format!("X-{i}: 1\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert_eq!(scan(&many), Err(ChunkError::TrailersTooLarge));
+    }
+
+    #[test]
+    fn trailers_are_fields_and_ours_are_left_out() {
+        assert_eq!(
+            forwarded_trailers(b"\r\nNEXT"),
+            Ok(Some((2, "\r\n".into())))
+        );
+        assert_eq!(forwarded_trailers(b""), Ok(None));
+        assert_eq!(forwarded_trailers(b"X-Ok: 1\r\n\r"), Ok(None));
+        let section = b"X-Ok: 1\r\nX-PV-Role: admin\r\nx_pv_client: me\r\nContent-Length: 5\r\n\
+            Transfer_Encoding: chunked\r\nHost: evil\r\nConnection: close\r\nTE: trailers\r\n\
+            Keep-Alive: 1\r\nUpgrade: h2c\r\nX-Forwarded-For: 6.6.6.6\r\nForwarded: for=x\r\n\
+            X-Real-IP: 6.6.6.6\r\nServer-Timing: db;dur=5\r\n\r\nGET / HTTP/1.1\r\n";
+        let end = section.len() - b"GET / HTTP/1.1\r\n".len();
+        assert_eq!(
+            forwarded_trailers(section),
+            Ok(Some((
+                end,
+                "X-Ok: 1\r\nServer-Timing: db;dur=5\r\n\r\n".into()
+            )))
+        );
+    }
+
+    #[test]
+    fn malformed_trailers_are_refused() {
+        for bad in [
+            &b"no colon\r\n\r\n"[..],
+            b"Bad Name: x\r\n\r\n",
+            b"X-A: 1\r\n folded\r\n\r\n",
+            b": empty\r\n\r\n",
+            b"X-A: a\x00b\r\n\r\n",
+            b"X-A:\x7fb\r\n\r\n",
+        ] {
+            assert_eq!(
+                forwarded_trailers(bad),
+                Err(ChunkError::BadTrailer),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        for bad in [&b"X: 1\nY: 2\r\n\r\n"[..], b"X: 1\rY", b"\n", b"X: 1\r\n\n"] {
+            assert_eq!(
+                forwarded_trailers(bad),
+                Err(ChunkError::BadLineEnd),
+                "{bad:?}"
+            );
+        }
+        let big = vec![b'a'; MAX_TRAILERS];
+        assert_eq!(forwarded_trailers(&big), Err(ChunkError::TrailersTooLarge));
     }
 
     #[test]
@@ -377,11 +508,14 @@ mod tests {
     }
 
     #[test]
-    fn feeding_after_done_consumes_nothing() {
+    fn feeding_trailers_or_after_done_consumes_nothing() {
         let mut c = Chunked::new();
-        assert_eq!(c.feed(b"0\r\n\r\n"), Ok(5));
+        assert_eq!(c.feed(b"0\r\n\r\n"), Ok(3));
+        assert!(c.in_trailers());
+        assert_eq!(c.feed(b"\r\n"), Ok(0));
+        assert_eq!(c.trailers(b"\r\nmore", &mut Vec::new()), Ok(Some(2)));
         assert_eq!(c.feed(b"more"), Ok(0));
-        assert!(c.is_done());
+        assert!(c.is_done() && !c.in_trailers());
     }
 
     #[test]

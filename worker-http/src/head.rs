@@ -5,6 +5,7 @@
 //! to fuzz. Requests are validated strictly (SPEC §5): anything a backend
 //! could frame differently from us is refused before it is forwarded.
 
+use crate::fields::{is_identity, HOP_BY_HOP};
 use crate::framing::{parse_content_length, te_is_chunked, Framing};
 use crate::route::{normalise_host, rewrite_target, Entry};
 use std::borrow::Cow;
@@ -42,7 +43,8 @@ pub struct Request {
     pub framing: Framing,
     /// The client wants the connection kept open after this exchange.
     pub keep_alive: bool,
-    /// `Upgrade` value when the client asks to switch protocols.
+    /// The `websocket` token of `Upgrade` when the client asks to switch to
+    /// WebSocket (the only upgrade tunnelled).
     pub upgrade: Option<String>,
     /// Header lines to forward as they are: (name, value) spans into the
     /// head's bytes (no copy per header; the head stays in the client
@@ -79,17 +81,6 @@ pub enum Parsed<T> {
     /// Need more bytes.
     Partial,
 }
-
-/// Headers a proxy never forwards (RFC 9110 §7.6.1), besides the ones the
-/// `Connection` header names. `Upgrade` is re-added for upgrade requests.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "upgrade",
-    "proxy-authorization",
-];
 
 /// Headers a client may not make disappear by naming them in `Connection`.
 const END_TO_END: &[&str] = &[
@@ -185,11 +176,17 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed<Request>, Reject> {
     } else {
         !conn.iter().any(|t| t == "close")
     };
+    // Only a WebSocket upgrade is tunnelled: after any other (h2c above
+    // all) the backend would read requests we never see, with the
+    // client's own identity headers. Its other tokens are dropped.
     let upgrade = if minor == 1 && conn.iter().any(|t| t == "upgrade") {
         headers
             .iter()
-            .find(|h| h.name.eq_ignore_ascii_case("upgrade"))
-            .and_then(|h| std::str::from_utf8(h.value).ok())
+            .filter(|h| h.name.eq_ignore_ascii_case("upgrade"))
+            .flat_map(|h| h.value.split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+            .find(|t| t.eq_ignore_ascii_case(b"websocket"))
+            .and_then(|t| std::str::from_utf8(t).ok())
             .map(str::to_string)
     } else {
         None
@@ -205,8 +202,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed<Request>, Reject> {
             continue;
         }
         let dropped = eq_any(name, HOP_BY_HOP)
-            || name.len() >= 5 && name[..5].eq_ignore_ascii_case("x-pv-")
-            || eq_any(name, &["x-forwarded-proto", "x-forwarded-host"])
+            || is_identity(name)
             || (authority.is_some() && name.eq_ignore_ascii_case("host"))
             || (conn.iter().any(|t| name.eq_ignore_ascii_case(t)) && !eq_any(name, END_TO_END));
         // Identical duplicate Content-Lengths are forwarded as one.

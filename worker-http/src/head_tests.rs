@@ -156,6 +156,47 @@ fn upgrade_needs_connection_token_and_http11() {
 }
 
 #[test]
+fn only_websocket_is_an_upgrade() {
+    let raw = "GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n";
+    assert_eq!(req(raw).unwrap().upgrade, None);
+    let out = rewritten(raw, &route("/", true), None);
+    let lower = out.to_ascii_lowercase();
+    assert!(
+        !lower.contains("upgrade") && !lower.contains("http2-settings") && !lower.contains("h2c"),
+        "{out}"
+    );
+    let r =
+        req("GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: h2c, WebSocket\r\n\r\n")
+            .unwrap();
+    assert_eq!(r.upgrade.as_deref(), Some("WebSocket"));
+    let r = req("GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: h2c\r\nUpgrade: websocket\r\n\r\n").unwrap();
+    assert_eq!(r.upgrade.as_deref(), Some("websocket"));
+    for other in ["TLS/1.2", "websocketx", "web socket", ""] {
+        let r = req(&format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: {other}\r\n\r\n"
+        ))
+        .unwrap();
+        assert_eq!(r.upgrade, None, "{other}");
+    }
+}
+
+#[test]
+fn identity_lookalikes_are_dropped() {
+    let out = rewritten(
+        "GET / HTTP/1.1\r\nHost: h\r\nX_PV_Role: admin\r\nx-pv_client: me\r\nx_forwarded_for: 6.6.6.6\r\n\
+         X_Forwarded_Proto: https\r\nX-Forwarded-Port: 1\r\nForwarded: for=6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\n\
+         x_real_ip: 6.6.6.6\r\nX-Forwarded-For: 1.1.1.1\r\nX_Custom: kept\r\n\r\n",
+        &route("/", true),
+        Some("127.0.0.1"),
+    );
+    assert_eq!(
+        out,
+        "GET / HTTP/1.1\r\nHost: h\r\nX_Custom: kept\r\nX-PV-Role: admin\r\nX-PV-Client: EXTERNAL\r\n\
+         X-Forwarded-For: 1.1.1.1, 127.0.0.1\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\n\r\n"
+    );
+}
+
+#[test]
 fn rewrite_strips_prefix_drops_hop_by_hop_and_client_identity() {
     let out = rewritten(
         "POST /api/v1/items?x=1 HTTP/1.1\r\nHost: dev.local:8080\r\nConnection: keep-alive, X-Secret\r\n\

@@ -10,6 +10,7 @@ pub mod dial;
 pub mod errors;
 pub mod event_loop;
 pub mod exchange;
+pub mod fields;
 pub mod framing;
 pub mod head;
 pub mod keys;

@@ -10,14 +10,23 @@
 //! registered for readability: any event on it means the backend closed it
 //! (or sent bytes nobody asked for), and it is closed at once rather than
 //! handed to the next request. The race that remains (the backend closes
-//! just as a request goes out) is covered by the connection's one retry.
+//! just as a request goes out) is covered by the connection's one retry of
+//! a request safe to repeat.
+//!
+//! No byte of one exchange may reach another client (SPEC §5), and
+//! readiness flags cannot prove a socket empty (an exact-length splice
+//! leaves `readable` set with bytes behind, or clear with bytes arriving):
+//! so a connection is parked, and handed out, only when a non-blocking
+//! `MSG_PEEK` finds neither a byte nor EOF on it ([`is_quiet`]). Bytes
+//! that arrive later raise a new edge, which `on_event` sees.
 
 use crate::keys::{Owner, Owners};
+use nix::errno::Errno;
+use nix::sys::socket::{recv, MsgFlags};
 use proto::graph::Backend;
 use proto::slab::Slab;
 use proto::stream::Stream;
 use std::collections::HashMap;
-use std::io::{ErrorKind, Read};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
@@ -28,10 +37,6 @@ pub const IDLE: Duration = Duration::from_secs(15);
 
 struct Idle {
     stream: Stream,
-    /// Its last read drained the socket (a later byte or FIN raises a new
-    /// edge, which the pool sees): the next user need not try a read that
-    /// would only say EAGAIN.
-    drained: bool,
     backend: Backend,
     since: Instant,
 }
@@ -43,6 +48,24 @@ pub struct Pool {
     by_backend: HashMap<Backend, Vec<usize>>,
 }
 
+/// Nothing to read on `s` and no EOF: `recv(MSG_PEEK | MSG_DONTWAIT)` says
+/// EAGAIN. Bytes, EOF or an error (a reset) all mean the connection cannot
+/// carry the next request.
+pub fn is_quiet(s: &Stream) -> bool {
+    let mut probe = [0u8; 1];
+    loop {
+        match recv(
+            s.as_raw_fd(),
+            &mut probe,
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+        ) {
+            Err(Errno::EAGAIN) => return true,
+            Err(Errno::EINTR) => continue,
+            _ => return false,
+        }
+    }
+}
+
 impl Pool {
     #[cfg(test)]
     pub fn len(&self) -> usize {
@@ -50,30 +73,34 @@ impl Pool {
     }
 
     /// The most recently parked connection to `b` (the least likely to have
-    /// been closed by the backend's own idle timeout), and whether its
-    /// socket was drained when parked.
-    pub fn take(&mut self, b: &Backend) -> Option<(Stream, bool)> {
+    /// been closed by the backend's own idle timeout) that is still quiet:
+    /// one that got a byte or EOF since it was parked, whose event is not
+    /// handled yet, is closed instead of handed out.
+    pub fn take(&mut self, b: &Backend) -> Option<Stream> {
         // An emptied list stays (no allocation per take and put); `retain`
         // drops the lists of backends no route uses any more.
-        let slot = self.by_backend.get_mut(b)?.pop()?;
-        self.idle.remove(slot).map(|i| (i.stream, i.drained))
+        loop {
+            let slot = self.by_backend.get_mut(b)?.pop()?;
+            if let Some(i) = self.idle.remove(slot) {
+                if is_quiet(&i.stream) {
+                    return Some(i.stream);
+                }
+            }
+        }
     }
 
-    /// Park a connection whose last response ended cleanly; `drained`: its
-    /// last read left nothing unread.
-    pub fn put(
-        &mut self,
-        owners: &mut Owners,
-        now: Instant,
-        b: &Backend,
-        s: Stream,
-        drained: bool,
-    ) {
+    /// Park a connection whose last response ended exactly where the bytes
+    /// read ended; it is closed instead if the socket holds anything more.
+    /// Returns whether it was parked.
+    pub fn put(&mut self, owners: &mut Owners, now: Instant, b: &Backend, s: Stream) -> bool {
+        if !is_quiet(&s) {
+            return false;
+        }
         if !self.by_backend.contains_key(b) {
             self.by_backend.insert(b.clone(), Vec::new());
         }
         let Some(slots) = self.by_backend.get_mut(b) else {
-            return;
+            return false;
         };
         if slots.len() >= PER_BACKEND {
             let oldest = slots.remove(0);
@@ -82,12 +109,12 @@ impl Pool {
         let fd = s.as_raw_fd();
         let (slot, _) = self.idle.insert(Idle {
             stream: s,
-            drained,
             backend: b.clone(),
             since: now,
         });
         owners.set(fd, Owner::Pool(slot));
         slots.push(slot);
+        true
     }
 
     fn forget(&mut self, slot: usize) {
@@ -111,10 +138,8 @@ impl Pool {
         else {
             return;
         };
-        let mut probe = [0u8; 1];
-        match (&i.stream).read(&mut probe) {
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-            _ => self.forget(slot),
+        if !is_quiet(&i.stream) {
+            self.forget(slot);
         }
     }
 
@@ -183,7 +208,7 @@ mod tests {
         let mut peers = Vec::new();
         for _ in 0..PER_BACKEND + 2 {
             let (a, p) = UnixStream::pair().unwrap();
-            pool.put(&mut owners, Instant::now(), &b, Stream::Unix(a), true);
+            assert!(pool.put(&mut owners, Instant::now(), &b, Stream::Unix(a)));
             peers.push(p);
         }
         assert_eq!(pool.len(), PER_BACKEND);
@@ -210,11 +235,40 @@ mod tests {
         assert_eq!(pool.len(), 0, "idle too long: closed");
         for _ in 0..2 {
             let (a, p) = UnixStream::pair().unwrap();
-            pool.put(&mut owners, Instant::now(), &b, Stream::Unix(a), true);
+            assert!(pool.put(&mut owners, Instant::now(), &b, Stream::Unix(a)));
             peers.push(p);
         }
         pool.retain(|x| x != &b);
         assert_eq!(pool.len(), 0);
         assert!(pool.take(&b).is_none());
+    }
+
+    #[test]
+    fn only_quiet_sockets_are_parked_or_handed_out() {
+        use std::io::Write;
+        let mut owners = Owners::default();
+        let mut pool = Pool::default();
+        let b: Backend = Backend::Unix("/x".into());
+        let (a, mut p) = UnixStream::pair().unwrap();
+        p.write_all(b"HTTP/1.1 200 OK\r\n").unwrap();
+        assert!(!pool.put(&mut owners, Instant::now(), &b, Stream::Unix(a)));
+        let (a, p) = UnixStream::pair().unwrap();
+        drop(p);
+        assert!(
+            !pool.put(&mut owners, Instant::now(), &b, Stream::Unix(a)),
+            "EOF"
+        );
+        assert_eq!(pool.len(), 0);
+        // Bytes that arrive while parked, before their event is handled:
+        // take skips that one and hands out the older, quiet one.
+        let (quiet, _q) = UnixStream::pair().unwrap();
+        let quiet_fd = quiet.as_raw_fd();
+        assert!(pool.put(&mut owners, Instant::now(), &b, Stream::Unix(quiet)));
+        let (a, mut p) = UnixStream::pair().unwrap();
+        assert!(pool.put(&mut owners, Instant::now(), &b, Stream::Unix(a)));
+        p.write_all(b"POISON").unwrap();
+        let got = pool.take(&b).map(|s| s.as_raw_fd());
+        assert_eq!(got, Some(quiet_fd));
+        assert_eq!(pool.len(), 0);
     }
 }

@@ -1,10 +1,12 @@
 //! HTTP test support: a real origin server ([`backend`]), a raw client for
-//! what curl will not send ([`client`]), and a way to run pvx-worker-http
-//! without the supervisor ([`direct`]).
+//! what curl will not send ([`client`]), a way to run pvx-worker-http
+//! without the supervisor ([`direct`]), and a backend that misbehaves on
+//! purpose, byte for byte ([`scripted`]).
 
 pub mod backend;
 pub mod client;
 pub mod direct;
+pub mod scripted;
 
 /// FNV-1a, 64 bit: enough to compare megabytes end to end.
 pub fn fnv(data: &[u8]) -> u64 {
