@@ -27,7 +27,7 @@ use nix::sys::socket::{
 use nix::sys::stat::{fstatat, mkdirat, umask, FileStat, Mode, SFlag};
 use nix::unistd::{fchdir, unlinkat, UnlinkatFlags};
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -68,7 +68,7 @@ pub fn make(path: &Path, ours: &[i32], backlog: i32) -> Result<OwnedFd, String> 
     match stat_at(&dir, name) {
         Err(Errno::ENOENT) => {}
         Err(e) => return Err(format!("fstatat {shown}: {e}")),
-        Ok(st) if is(&st, SFlag::S_IFSOCK) => match probe(&dir, name)? {
+        Ok(st) if is(&st, SFlag::S_IFSOCK) => match probe(&dir, name, path)? {
             Existing::Nothing => {}
             Existing::Live(Some(pid)) if ours.contains(&pid) => {
                 proto::debug!("{shown}: replacing our own earlier socket (listener pid {pid})");
@@ -122,7 +122,7 @@ pub fn remove(path: &Path, made_by: Option<i32>) -> Result<bool, String> {
         Ok(_) | Err(Errno::ENOENT) => return Ok(false),
         Err(e) => return Err(format!("fstatat {}: {e}", path.display())),
     }
-    match probe(&dir, name)? {
+    match probe(&dir, name, path)? {
         Existing::Stale => {}
         Existing::Live(Some(pid)) if Some(pid) == made_by => {}
         Existing::Nothing | Existing::Live(_) => return Ok(false),
@@ -227,10 +227,12 @@ fn unlink_at(dir: &OwnedFd, name: &OsStr, path: &Path) -> Result<(), String> {
     }
 }
 
-/// Connect to the socket `name` in `dir` without blocking, with each socket
-/// type until one fits (EPROTOTYPE: another type).
-fn probe(dir: &OwnedFd, name: &OsStr) -> Result<Existing, String> {
-    let addr = UnixAddr::new(name).map_err(|e| format!("address {name:?}: {e}"))?;
+/// Connect to the socket `name` in `dir` (`path`, for messages) without
+/// blocking, with each socket type until one fits (EPROTOTYPE: another
+/// type). A live peer sees one connection that closes at once.
+fn probe(dir: &OwnedFd, name: &OsStr, path: &Path) -> Result<Existing, String> {
+    let shown = path.display();
+    let addr = UnixAddr::new(name).map_err(|e| format!("address {shown}: {e}"))?;
     for ty in [SockType::Stream, SockType::SeqPacket, SockType::Datagram] {
         let s = socket(
             AddressFamily::Unix,
@@ -238,7 +240,7 @@ fn probe(dir: &OwnedFd, name: &OsStr) -> Result<Existing, String> {
             SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
             None,
         )
-        .map_err(|e| format!("socket for probing {name:?}: {e}"))?;
+        .map_err(|e| format!("socket for probing {shown}: {e}"))?;
         match in_dir(dir, || connect(s.as_raw_fd(), &addr)) {
             Ok(()) => return Ok(Existing::Live(listen_pid(&s))),
             // A full backlog: something listens but does not keep up.
@@ -246,19 +248,19 @@ fn probe(dir: &OwnedFd, name: &OsStr) -> Result<Existing, String> {
             Err(Errno::ECONNREFUSED) => return Ok(Existing::Stale),
             Err(Errno::ENOENT) => return Ok(Existing::Nothing),
             Err(Errno::EPROTOTYPE) => continue,
-            Err(e) => return Err(format!("probing socket {name:?}: connect: {e}")),
+            Err(e) => return Err(format!("probing socket {shown}: connect: {e}")),
         }
     }
-    Err(format!("probing socket {name:?}: no socket type fits"))
+    Err(format!("probing socket {shown}: no socket type fits"))
 }
 
 /// Run `f` with `dir` as the working directory, then go back. The
 /// supervisor is single-threaded, so nothing else sees the change.
 fn in_dir<T>(dir: &OwnedFd, f: impl FnOnce() -> Result<T, Errno>) -> Result<T, Errno> {
     let back = open_nofollow(None, OsStr::new("."))?;
-    fchdir(dir.as_fd().as_raw_fd())?;
+    fchdir(dir.as_raw_fd())?;
     let r = f();
-    let _ = fchdir(back.as_raw_fd() as RawFd);
+    let _ = fchdir(back.as_raw_fd());
     r
 }
 
