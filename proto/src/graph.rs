@@ -234,7 +234,10 @@ impl Fields<'_> {
 }
 
 /// Parse `IP:PORT` or `[IPv6]:PORT`. Port 0 is refused: a listener on an
-/// ephemeral port could never be found by the consumer.
+/// ephemeral port could never be found by the consumer. So are addresses
+/// the kernel refuses for a tcp socket whatever the network looks like
+/// (bind and connect fail with EINVAL): IPv6 multicast, and IPv6
+/// link-local without a scope (`[fe80::1%2]:80` names interface 2).
 pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     let a: SocketAddr = s
         .parse()
@@ -242,8 +245,22 @@ pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     if a.port() == 0 {
         return Err(format!("'{s}' has port 0"));
     }
+    if let SocketAddr::V6(v6) = a {
+        if v6.ip().is_multicast() {
+            return Err(format!("'{s}' is a multicast address"));
+        }
+        let link_local = v6.ip().segments()[0] & 0xffc0 == 0xfe80;
+        if link_local && v6.scope_id() == 0 {
+            return Err(format!(
+                "'{s}' is link-local and names no interface (as in [fe80::1%2]:80)"
+            ));
+        }
+    }
     Ok(a)
 }
+
+/// Longest unix socket path, in bytes: `sun_path` holds 108 with its NUL.
+pub const SUN_PATH_MAX: usize = 107;
 
 /// Resolve a provider socket path to where the supervisor and workers
 /// reach it: through the provider's root when it runs in a container.
@@ -255,7 +272,15 @@ pub fn provider_path(provider_pid: u32, path: &str) -> PathBuf {
     }
 }
 
-fn check_abs_path(field: &str, p: &str) -> Result<(), String> {
+/// A unix socket path as `run` can make (target) or reach (socket) it; the
+/// one check `check` and `run` share, so `check` accepts nothing `run`
+/// refuses later. `max`: the longest path that fits `sun_path` as it is
+/// used (see [`SUN_PATH_MAX`]).
+fn check_abs_path(field: &str, p: &str, max: usize) -> Result<(), String> {
+    // No C string, hence no path, can hold a NUL.
+    if p.contains('\0') {
+        return Err(format!("field '{field}' must not contain a NUL byte"));
+    }
     if !p.starts_with('/') {
         return Err(format!(
             "field '{field}' must be an absolute path, found '{p}'"
@@ -266,9 +291,14 @@ fn check_abs_path(field: &str, p: &str) -> Result<(), String> {
             "field '{field}' must not contain '..', found '{p}'"
         ));
     }
-    if p.len() > 100 {
+    if p.ends_with('/') || p.ends_with("/.") {
         return Err(format!(
-            "field '{field}' path is too long for a unix socket ({} bytes, max 100)",
+            "field '{field}' must name a socket file, not a directory, found '{p}'"
+        ));
+    }
+    if p.len() > max {
+        return Err(format!(
+            "field '{field}' path is too long for a unix socket ({} bytes, max {max})",
             p.len()
         ));
     }
@@ -332,7 +362,14 @@ fn validate(index: usize, item: &Value) -> Result<Link, Refusal> {
     let socket = f.req_str("socket")?;
 
     let backend = if socket.starts_with('/') {
-        check_abs_path("socket", socket).map_err(|e| f.refuse(e))?;
+        // In a provider container the worker may reach it as `./<path>`
+        // relative to the container's root (backend.rs): one byte more.
+        let max = if provider_pid == 0 {
+            SUN_PATH_MAX
+        } else {
+            SUN_PATH_MAX - 1
+        };
+        check_abs_path("socket", socket, max).map_err(|e| f.refuse(e))?;
         Backend::Unix(provider_path(provider_pid, socket))
     } else {
         Backend::Tcp(parse_addr(socket).map_err(|e| f.refuse(format!("field 'socket': {e}")))?)
@@ -353,7 +390,7 @@ fn validate(index: usize, item: &Value) -> Result<Link, Refusal> {
             Listen::Tcp(parse_addr(addr).map_err(|e| f.refuse(format!("field 'target': {e}")))?)
         }
         LinkType::Unix | LinkType::Rest => {
-            check_abs_path("target", target).map_err(|e| f.refuse(e))?;
+            check_abs_path("target", target, SUN_PATH_MAX).map_err(|e| f.refuse(e))?;
             Listen::Unix(PathBuf::from(target))
         }
     };
@@ -500,6 +537,45 @@ mod tests {
             "{}",
             msgs[5]
         );
+    }
+
+    #[test]
+    fn unix_paths_refused_as_run_would() {
+        let unix = |target: &str, socket: &str, ppid: u32| {
+            let g = serde_json::json!([{"type":"unix","name":"u","consumer":"c",
+                "provider_pid":ppid,"target":target,"socket":socket}]);
+            one(&g.to_string()).map(|_| ()).map_err(|r| r.reason)
+        };
+        let e = unix("/run/a\0b.sock", "/p.sock", 0).unwrap_err();
+        assert_eq!(e, "field 'target' must not contain a NUL byte");
+        let e = unix("/run/a.sock", "/p\0.sock", 0).unwrap_err();
+        assert_eq!(e, "field 'socket' must not contain a NUL byte");
+        for dir in ["/run/", "/", "/run/."] {
+            let e = unix(dir, "/p.sock", 0).unwrap_err();
+            assert!(e.contains("must name a socket file"), "{dir}: {e}");
+        }
+        // sun_path: 107 bytes and its NUL.
+        let at = |n: usize| format!("/{}", "x".repeat(n - 1));
+        assert!(unix(&at(107), "/p.sock", 0).is_ok());
+        let e = unix(&at(108), "/p.sock", 0).unwrap_err();
+        assert!(e.contains("too long") && e.contains("max 107"), "{e}");
+        assert!(unix("/t.sock", &at(107), 0).is_ok());
+        assert!(unix("/t.sock", &at(106), 42).is_ok());
+        assert!(unix("/t.sock", &at(107), 42).is_err());
+    }
+
+    #[test]
+    fn addresses_no_tcp_socket_can_use_are_refused() {
+        assert!(parse_addr("[ff02::1]:80")
+            .unwrap_err()
+            .contains("multicast"));
+        assert!(parse_addr("[fe80::1]:80")
+            .unwrap_err()
+            .contains("link-local"));
+        assert!(parse_addr("[febf::1]:80").is_err());
+        assert!(parse_addr("[fe80::1%2]:80").is_ok());
+        assert!(parse_addr("[fec0::1]:80").is_ok());
+        assert!(parse_addr("[fd00:213::1]:80").is_ok());
     }
 
     #[test]

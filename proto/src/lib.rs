@@ -9,6 +9,7 @@
 //!   worker shares: sockets, reaching a backend, the bounded byte relay,
 //!   deadlines.
 //! - [`log`]: one-line events to syslog or stderr.
+//! - [`text`]: escaping of outside text wherever it is printed or logged.
 
 pub mod accept;
 pub mod backend;
@@ -22,5 +23,6 @@ pub mod plan;
 pub mod relay;
 pub mod slab;
 pub mod stream;
+pub mod text;
 pub mod timer;
 pub mod worker;

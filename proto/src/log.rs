@@ -156,9 +156,10 @@ pub fn enabled(level: Level) -> bool {
     level as u8 <= LEVEL.load(Ordering::Relaxed)
 }
 
-/// One log line, without a trailing newline. Newlines and other control
-/// characters in the message become spaces, so one event is one line
-/// whatever it quotes; the message is cut at [`MAX_MSG`] bytes.
+/// One log line, without a trailing newline. Context and message are
+/// escaped with [`crate::text`] (a newline shows as `\n`, ESC as `\x1b`),
+/// so one event is one line whatever it quotes and a quoted text cannot
+/// forge a line; each is cut at [`MAX_MSG`] bytes.
 pub fn format_line(
     target: Target,
     ident: &str,
@@ -173,23 +174,11 @@ pub fn format_line(
     }
     line.push_str(&format!("{ident}[{pid}]: {}: ", level.as_str()));
     if let Some(c) = context {
-        push_clean(&mut line, c, MAX_MSG);
+        crate::text::push_escaped(&mut line, c, MAX_MSG);
         line.push_str(": ");
     }
-    push_clean(&mut line, msg, MAX_MSG);
+    crate::text::push_escaped(&mut line, msg, MAX_MSG);
     line
-}
-
-fn push_clean(out: &mut String, s: &str, max: usize) {
-    let mut used = 0;
-    for ch in s.chars() {
-        if used + ch.len_utf8() > max {
-            out.push_str("...");
-            return;
-        }
-        used += ch.len_utf8();
-        out.push(if ch.is_control() { ' ' } else { ch });
-    }
 }
 
 pub fn write(level: Level, msg: std::fmt::Arguments<'_>) {
@@ -281,7 +270,7 @@ mod tests {
             None,
             "a\nb\r\nc\td\u{7f}",
         );
-        assert_eq!(l, "x[1]: info: a b  c d ");
+        assert_eq!(l, r"x[1]: info: a\nb\r\nc\td\x7f");
         let long = "é".repeat(MAX_MSG);
         let l = format_line(Target::Stderr, "x", 1, Level::Info, None, &long);
         assert!(l.ends_with("..."));

@@ -68,6 +68,10 @@ pub struct Daemon {
     shutdown_at: Option<Instant>,
     // ops: status socket (status_server.rs), served from this loop.
     status: Option<StatusServer>,
+    /// Unix listeners of removed endpoints whose workers may still hold
+    /// them while draining: (worker pid, listen pid). Their socket files
+    /// are ours to replace (`sockfile.rs`) while that worker drains.
+    retired_unix: Vec<(nix::unistd::Pid, i32)>,
     started: Instant,
 }
 
@@ -112,6 +116,7 @@ impl Daemon {
         });
         Ok(Daemon {
             status,
+            retired_unix: Vec::new(),
             started: Instant::now(),
             poll,
             opts,
@@ -313,7 +318,12 @@ impl Daemon {
     fn start(&mut self, ep: Endpoint) -> Result<(), String> {
         let key = ep.key.clone();
         let ns_inode = listener::ns_inode(&key);
-        let fd = listener::create(&key).map_err(|e| format!("cannot listen on {key}: {e}"))?;
+        let draining = &self.draining;
+        self.retired_unix
+            .retain(|(w, _)| draining.iter().any(|d| d.worker.pid == *w));
+        let ours: Vec<i32> = self.retired_unix.iter().map(|(_, p)| *p).collect();
+        let fd =
+            listener::create(&key, &ours).map_err(|e| format!("cannot listen on {key}: {e}"))?;
         let id = self.next_id;
         self.next_id += 1;
         self.endpoints
@@ -496,14 +506,21 @@ impl Daemon {
             return;
         };
         proto::info!("endpoint {key}: removing ({why})");
+        let made_by = match key.listen {
+            Listen::Unix(_) => crate::sockfile::listen_pid(&r.listener),
+            Listen::Tcp(_) => None,
+        };
         if let Some(w) = r.worker {
+            if let Some(p) = made_by {
+                self.retired_unix.push((w.pid, p));
+            }
             self.drain_worker(key, w);
         }
         // Our copy of the listener goes now; the worker closes its own as
         // it starts draining. A unix socket file goes too, so new clients
         // are refused at once rather than queued for nobody.
         drop(r.listener);
-        listener::remove_unix(key, r.ns_inode);
+        listener::remove_unix(key, r.ns_inode, made_by);
     }
 
     /// Tell a worker to stop accepting and finish its connections by the

@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod policy;
 pub mod privileges;
 pub mod roots;
+pub mod sockfile;
 pub mod source;
 pub mod spawn;
 pub mod status;

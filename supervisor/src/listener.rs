@@ -7,13 +7,15 @@
 //! SOCK_SEQPACKET pair with SCM_RIGHTS and exits. The supervisor itself
 //! never leaves its own namespaces, whatever fails in between; and a mount
 //! namespace can only be entered by a single-threaded process, which a
-//! fresh child always is.
+//! fresh child always is. A unix socket's path is walked there without
+//! following symlinks (`sockfile.rs`).
 
+use crate::sockfile;
 use nix::errno::Errno;
 use nix::sched::{setns, CloneFlags};
 use nix::sys::socket::{
     bind, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
-    SockaddrIn, SockaddrIn6, UnixAddr,
+    SockaddrIn, SockaddrIn6,
 };
 use nix::sys::wait::waitpid;
 use nix::unistd::{fork, ForkResult};
@@ -21,23 +23,25 @@ use proto::graph::Listen;
 use proto::plan::EndpointKey;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 const BACKLOG: i32 = 1024;
 
-/// Create the endpoint's listening socket in its namespace.
-pub fn create(key: &EndpointKey) -> Result<OwnedFd, String> {
+/// Create the endpoint's listening socket in its namespace. `ours`: the
+/// listen pids (`sockfile::listen_pid`) of unix sockets we made that may
+/// be replaced although they still answer (see `sockfile.rs`).
+pub fn create(key: &EndpointKey, ours: &[i32]) -> Result<OwnedFd, String> {
     if key.consumer_pid == 0 {
-        return bind_here(&key.listen);
+        return bind_here(&key.listen, ours);
     }
     let ns = match key.listen {
         Listen::Tcp(_) => ("net", CloneFlags::CLONE_NEWNET),
         Listen::Unix(_) => ("mnt", CloneFlags::CLONE_NEWNS),
     };
-    in_namespace(key.consumer_pid, ns, || bind_here(&key.listen).map(Some))?
-        .ok_or_else(|| format!("no socket came back for {key}"))
+    in_namespace(key.consumer_pid, ns, || {
+        bind_here(&key.listen, ours).map(Some)
+    })?
+    .ok_or_else(|| format!("no socket came back for {key}"))
 }
 
 /// Inode of the namespace an endpoint's listener is made in: the network
@@ -61,7 +65,9 @@ pub fn ns_inode(key: &EndpointKey) -> Option<u64> {
 /// consumer's mount namespace. Best effort: the container may be gone.
 /// `made_in` is the namespace the socket was made in: if the consumer pid
 /// now names another namespace (the pid was reused), nothing is touched.
-pub fn remove_unix(key: &EndpointKey, made_in: Option<u64>) {
+/// `made_by`: the listen pid of our listener (`sockfile::listen_pid`); a
+/// socket someone else listens on now stays, and no symlink is followed.
+pub fn remove_unix(key: &EndpointKey, made_in: Option<u64>, made_by: Option<i32>) {
     let Listen::Unix(path) = &key.listen else {
         return;
     };
@@ -70,8 +76,8 @@ pub fn remove_unix(key: &EndpointKey, made_in: Option<u64>) {
         return;
     }
     let unlink = || {
-        if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
-            std::fs::remove_file(path).map_err(|e| format!("unlink {}: {e}", path.display()))?;
+        if !sockfile::remove(path, made_by)? {
+            proto::debug!("{key}: no socket of ours to remove");
         }
         Ok(None)
     };
@@ -90,10 +96,10 @@ fn sys(call: &str, what: &dyn std::fmt::Display, e: Errno) -> String {
 }
 
 /// Bind and listen in the current namespaces.
-fn bind_here(listen: &Listen) -> Result<OwnedFd, String> {
+fn bind_here(listen: &Listen, ours: &[i32]) -> Result<OwnedFd, String> {
     match listen {
         Listen::Tcp(addr) => bind_tcp(addr),
-        Listen::Unix(path) => bind_unix(path),
+        Listen::Unix(path) => sockfile::make(path, ours, BACKLOG),
     }
 }
 
@@ -120,41 +126,6 @@ fn bind_tcp(addr: &SocketAddr) -> Result<OwnedFd, String> {
     r.map_err(|e| sys("bind", addr, e))?;
     listen(&fd, Backlog::new(BACKLOG).unwrap_or(Backlog::MAXCONN))
         .map_err(|e| sys("listen on", addr, e))?;
-    Ok(fd)
-}
-
-fn bind_unix(path: &Path) -> Result<OwnedFd, String> {
-    let shown = path.display();
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("mkdir -p {}: {e}", dir.display()))?;
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => {
-            // A stale socket from an earlier run or a crashed provider.
-            std::fs::remove_file(path)
-                .map_err(|e| format!("removing stale socket {shown}: {e}"))?;
-        }
-        Ok(_) => {
-            return Err(format!(
-                "{shown} exists and is not a socket; not replacing it"
-            ))
-        }
-        Err(_) => {}
-    }
-    let fd = socket(
-        AddressFamily::Unix,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .map_err(|e| sys("socket for", &shown, e))?;
-    let addr = UnixAddr::new(path).map_err(|e| sys("address", &shown, e))?;
-    bind(fd.as_raw_fd(), &addr).map_err(|e| sys("bind", &shown, e))?;
-    // The link is the consumer's: any user inside the container may use it.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
-        .map_err(|e| format!("chmod 0666 {shown}: {e}"))?;
-    listen(&fd, Backlog::new(BACKLOG).unwrap_or(Backlog::MAXCONN))
-        .map_err(|e| sys("listen on", &shown, e))?;
     Ok(fd)
 }
 

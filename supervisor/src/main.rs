@@ -86,14 +86,17 @@ fn check(file: &PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Names, paths and reasons come from the graph: each line is printed
+    // escaped, so none of them can add a line or a control byte.
+    let line = |l: String| println!("{}", proto::text::escape(&l));
     for ep in &plan.endpoints {
-        println!(
+        line(format!(
             "endpoint {} {} consumer={} worker={}",
             ep.kind,
             ep.key,
             ep.consumer,
             ep.kind.worker_binary()
-        );
+        ));
         for r in &ep.routes {
             let mut extra = String::new();
             if ep.kind == proto::plan::Kind::Http {
@@ -111,14 +114,14 @@ fn check(file: &PathBuf) -> ExitCode {
             if let Some(p) = &r.proxy_protocol {
                 extra.push_str(&format!(" proxy_protocol={p:?}"));
             }
-            println!(
+            line(format!(
                 "  link #{} '{}' role={} -> {}{extra}",
                 r.link, r.name, r.role, r.backend
-            );
+            ));
         }
     }
     for r in &plan.refused {
-        println!("refused {r}");
+        line(format!("refused {r}"));
     }
     println!(
         "{} endpoint(s), {} link(s) refused",

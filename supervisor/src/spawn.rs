@@ -73,13 +73,19 @@ pub struct Spawned {
     pub ctl: OwnedFd,
 }
 
-/// The argv after argv[0]: the listen address and the consumer.
+/// The argv after argv[0]: the listen address and the consumer, escaped
+/// (`proto::text`): for `ps`, and because an argument cannot hold a NUL.
+/// Workers never read their argv (the configuration comes in init).
 pub fn worker_args(config: &WorkerConfig) -> [String; 2] {
     let listen = match &config.endpoint.key.listen {
         Listen::Tcp(a) => a.to_string(),
         Listen::Unix(p) => p.display().to_string(),
     };
-    [listen, format!("consumer={}", config.endpoint.consumer)]
+    let consumer = proto::text::escape(&config.endpoint.consumer);
+    [
+        proto::text::escape(&listen).into_owned(),
+        format!("consumer={consumer}"),
+    ]
 }
 
 pub fn spawn(

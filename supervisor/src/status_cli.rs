@@ -67,10 +67,12 @@ pub fn run(socket: &Path, json: bool) -> ExitCode {
     }
 }
 
+/// A cell of the table. Strings (names, paths, reasons: text from the
+/// graph) are escaped, so none can add a line or a control byte.
 fn s(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
+        Value::String(s) => proto::text::escape(s).into_owned(),
         other => other.to_string(),
     }
 }
@@ -138,15 +140,15 @@ pub fn table(v: &Value) -> String {
         for r in e["routes"].as_array().unwrap_or(&empty) {
             let mut what = format!("  link #{} '{}'", s(&r["link"]), s(&r["name"]));
             for k in ["host", "prefix", "sni"] {
-                if let Some(x) = r[k].as_str() {
-                    what.push_str(&format!(" {k}={x}"));
+                if r[k].is_string() {
+                    what.push_str(&format!(" {k}={}", s(&r[k])));
                 }
             }
             what.push_str(&format!(" -> {}", s(&r["backend"])));
             notes.push((row, what));
         }
-        if let Some(x) = w["last_exit"].as_str() {
-            notes.push((row, format!("  last worker {x}")));
+        if w["last_exit"].is_string() {
+            notes.push((row, format!("  last worker {}", s(&w["last_exit"]))));
         }
     }
     let widths: Vec<usize> = (0..rows[0].len())
@@ -231,5 +233,32 @@ mod tests {
         assert!(t.contains("  link #0 'db' -> 10.0.0.2:5432"), "{t}");
         assert!(t.contains("last worker killed by SIGKILL"), "{t}");
         assert!(t.contains("#2 'x': missing field 'socket'"), "{t}");
+    }
+
+    #[test]
+    fn table_escapes_text_from_the_graph() {
+        let v = serde_json::json!({
+            "endpoints":[{"kind":"unix","address":"unix:/run/a\nb","namespace":"host","consumer":"c\u{1b}[2J",
+              "routes":[{"link":0,"name":"n\nrefused link #9","prefix":"/p\r","backend":"unix:/x"}],
+              "worker":{"last_exit":"exec /x\n: gone"}}],
+            "refused":[{"index":1,"name":"r\n#9 'f'","reason":"found 'a\u{0}'"}]});
+        let t = table(&v);
+        assert!(!t.chars().any(|c| c.is_control() && c != '\n'), "{t:?}");
+        for l in t.lines() {
+            assert!(
+                !l.starts_with("refused link #9") && !l.starts_with("#9"),
+                "{t}"
+            );
+        }
+        assert!(
+            t.contains(r"unix:/run/a\nb") && t.contains(r"c\x1b[2J"),
+            "{t}"
+        );
+        assert!(
+            t.contains(r"link #0 'n\nrefused link #9' prefix=/p\r"),
+            "{t}"
+        );
+        assert!(t.contains(r"#1 'r\n#9 'f'': found 'a\0'"), "{t}");
+        assert!(t.contains(r"last worker exec /x\n: gone"), "{t}");
     }
 }
