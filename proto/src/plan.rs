@@ -108,7 +108,8 @@ pub struct Endpoint {
 impl Endpoint {
     /// Provider containers whose root the worker must reach a unix socket
     /// through: every `provider_pid` != 0 of a route with a unix backend,
-    /// sorted, at most [`crate::ctl::MAX_ROOTS`]. The supervisor attaches
+    /// sorted, at most [`crate::ctl::MAX_ROOTS`] (the planner refuses links
+    /// past it; the cut here only guards hand-made endpoints). The supervisor attaches
     /// one O_PATH fd of `/proc/<pid>/root` per entry, in this order, to
     /// Init and Update (see [`crate::backend`] for why).
     pub fn root_pids(&self) -> Vec<u32> {
@@ -242,10 +243,83 @@ pub fn build(links: &[Link], mut refused: Vec<Refusal>) -> Plan {
             },
         }
     }
+    let endpoints = eps
+        .into_values()
+        .filter_map(|ep| fit_control_channel(ep, &mut refused))
+        .collect();
     refused.sort_by_key(|r| r.index);
-    Plan {
-        endpoints: eps.into_values().collect(),
-        refused,
+    Plan { endpoints, refused }
+}
+
+/// Keep an endpoint within what one control message can carry to its
+/// worker: at most [`crate::ctl::MAX_ROOTS`] provider containers with unix
+/// backends (one root fd each) and at most [`crate::ctl::MAX_CONFIG`]
+/// bytes of routes. Earlier links win, as for clashes: a link that would
+/// go past either limit is refused with the reason, so `check` and
+/// `status` show it and the worker never misses a route the supervisor
+/// counts as served. None: no route of the endpoint fits.
+fn fit_control_channel(mut ep: Endpoint, refused: &mut Vec<Refusal>) -> Option<Endpoint> {
+    use crate::ctl::{MAX_CONFIG, MAX_ROOTS};
+    let mut roots: Vec<u32> = Vec::new();
+    let mut size = 0usize;
+    let mut kept = Vec::with_capacity(ep.routes.len());
+    for r in std::mem::take(&mut ep.routes) {
+        let new_root = r.provider_pid != 0
+            && matches!(r.backend, Backend::Unix(_))
+            && !roots.contains(&r.provider_pid);
+        // Its JSON in the worker configuration, and the comma before it.
+        let len = json_len(&r) + 1;
+        let reason = if new_root && roots.len() >= MAX_ROOTS {
+            Some(format!(
+                "endpoint {} already reaches unix sockets in {MAX_ROOTS} provider containers, the most one control message carries",
+                ep.key
+            ))
+        } else if size + len > MAX_CONFIG {
+            Some(format!(
+                "the configuration of endpoint {} would be over {} MiB with this link",
+                ep.key,
+                MAX_CONFIG >> 20
+            ))
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => refused.push(Refusal {
+                index: r.link,
+                name: r.name.clone(),
+                reason,
+            }),
+            None => {
+                if new_root {
+                    roots.push(r.provider_pid);
+                }
+                size += len;
+                kept.push(r);
+            }
+        }
+    }
+    ep.routes = kept;
+    (!ep.routes.is_empty()).then_some(ep)
+}
+
+/// Bytes of `v` as JSON, without building the text.
+fn json_len(v: &impl Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    // Plain data of strings and numbers: serialising cannot fail; if it
+    // somehow did, an over-long count refuses the link rather than hiding it.
+    match serde_json::to_writer(&mut c, v) {
+        Ok(()) => c.0,
+        Err(_) => usize::MAX / 2,
     }
 }
 
@@ -308,6 +382,63 @@ mod tests {
             "{}",
             p.refused[2].reason
         );
+    }
+
+    fn unix_http_link(i: usize, provider_pid: u32, name: &str) -> String {
+        format!(
+            r#"{{"type":"http","name":"{name}","consumer":"E","target":"0.0.0.0:80/r{i}","socket":"/run/s.sock","provider_pid":{provider_pid}}}"#
+        )
+    }
+
+    #[test]
+    fn links_past_the_provider_roots_one_message_carries_are_refused() {
+        use crate::ctl::MAX_ROOTS;
+        // MAX_ROOTS + 2 providers; a later link to an early provider still fits.
+        let mut links: Vec<String> = (0..MAX_ROOTS + 2)
+            .map(|i| unix_http_link(i, 100 + i as u32, &format!("l{i}")))
+            .collect();
+        links.push(unix_http_link(9999, 100, "again"));
+        let p = from_graph(&format!("[{}]", links.join(","))).unwrap();
+        assert_eq!(p.endpoints.len(), 1);
+        let ep = &p.endpoints[0];
+        assert_eq!(ep.routes.len(), MAX_ROOTS + 1);
+        assert_eq!(ep.root_pids().len(), MAX_ROOTS);
+        let idx: Vec<usize> = p.refused.iter().map(|r| r.index).collect();
+        assert_eq!(idx, vec![MAX_ROOTS, MAX_ROOTS + 1]);
+        assert!(
+            p.refused[0].reason.contains("provider containers"),
+            "{}",
+            p.refused[0].reason
+        );
+    }
+
+    #[test]
+    fn links_past_the_configuration_cap_are_refused() {
+        let huge = "n".repeat(crate::ctl::MAX_CONFIG);
+        let p = from_graph(&format!(
+            "[{},{},{}]",
+            unix_http_link(0, 0, "small"),
+            unix_http_link(1, 0, &huge),
+            unix_http_link(2, 0, "after")
+        ))
+        .unwrap();
+        let names: Vec<&str> = p.endpoints[0]
+            .routes
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect();
+        assert_eq!(names, ["small", "after"]);
+        assert_eq!(p.refused.len(), 1);
+        assert_eq!(p.refused[0].index, 1);
+        assert!(
+            p.refused[0].reason.contains("MiB"),
+            "{}",
+            p.refused[0].reason
+        );
+        // Alone on its endpoint: no endpoint at all.
+        let p = from_graph(&format!("[{}]", unix_http_link(0, 0, &huge))).unwrap();
+        assert!(p.endpoints.is_empty());
+        assert_eq!(p.refused.len(), 1);
     }
 
     #[test]
