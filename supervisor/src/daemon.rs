@@ -29,6 +29,8 @@ const FIRST_WORKER_TOKEN: usize = 16;
 /// Timer keys: endpoint ids count up from 1; drain kills carry this bit.
 const DRAIN_KILL: u64 = 1 << 62;
 const SHUTDOWN: u64 = u64::MAX;
+/// An update the worker's socket did not take is offered again after this.
+const UPDATE_RETRY: Duration = Duration::from_secs(1);
 
 pub struct Options {
     pub source: source::Source,
@@ -451,10 +453,15 @@ impl Daemon {
         };
         // A worker not running gets the new routes with its next Init.
         let Some(w) = r.worker.as_mut() else { return };
+        let (id, pid) = (r.id, w.pid);
+        // An update that cannot go now is offered again shortly (on_timer);
+        // meanwhile status lists its routes as pending, not served.
+        let retry = Instant::now() + UPDATE_RETRY;
         let roots = match crate::roots::open_roots(&config.endpoint) {
             Ok(r) => r,
             Err(e) => {
-                proto::error!("endpoint {key}: update to worker pid {}: {e}", w.pid);
+                proto::error!("endpoint {key}: update to worker pid {pid}: {e}; retrying");
+                self.timers.add(retry, id);
                 return;
             }
         };
@@ -469,7 +476,10 @@ impl Daemon {
                 });
                 proto::info!("endpoint {key}: routes pushed to worker pid {}", w.pid);
             }
-            Err(e) => proto::warn!("endpoint {key}: update to worker pid {}: {e}", w.pid),
+            Err(e) => {
+                proto::warn!("endpoint {key}: update to worker pid {pid}: {e}; retrying");
+                self.timers.add(retry, id);
+            }
         }
     }
 
@@ -607,6 +617,10 @@ impl Daemon {
         if matches!(r.state, State::Backoff { until, .. } if until <= now) {
             let key = key.clone();
             self.restart_now(&key, k);
+        } else if r.state == State::Running && !r.in_sync() {
+            // An update that could not be sent (push_update).
+            let key = key.clone();
+            self.push_update(&key);
         }
     }
 
