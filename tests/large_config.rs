@@ -106,3 +106,39 @@ fn live_update_from_10_to_400_routes_reaches_the_worker() {
     assert_eq!(route_count(&sup, port), Some(400));
     assert_eq!(sup.worker_pid("pvx-worker-http"), pid, "same worker");
 }
+
+#[test]
+fn a_graph_of_almost_4_mib_from_the_control_socket_reaches_the_worker() {
+    let dir = TempDir::new("ctl4m");
+    let sock = dir.path().join("pv-ctrl");
+    let b = backend::tcp("127.0.0.1:0");
+    let port = free_port();
+    // 400 routes of ~10 kB each: just under the 4 MiB a graph may have;
+    // the worker configuration (every route repeats the consumer, the
+    // defaults) is larger still.
+    let links: Vec<String> = (0..400)
+        .map(|i| {
+            format!(
+                r#"{{"type":"http","name":"big-{i}","consumer":"EXTERNAL","role":"{}","target":"127.0.0.1:{port}/r{i}","socket":"{}"}}"#,
+                "x".repeat(10_300),
+                b.socket()
+            )
+        })
+        .collect();
+    let g = graph(&links);
+    assert!(
+        g.len() > 4_100_000 && g.len() <= 4 * 1024 * 1024,
+        "{} bytes",
+        g.len()
+    );
+    let _ctrl = FakeCtrl::start(&sock, &g);
+    let sup = Supervisor::start_ctrl(&sock, &[]);
+    let pid = sup.worker_pid("pvx-worker-http");
+    wait_for(Duration::from_secs(20), "init acked", || {
+        (route_count(&sup, port)? == 400).then_some(())
+    });
+    for i in [0, 200, 399] {
+        assert!(answers(port, i), "route /r{i} did not answer");
+    }
+    assert_eq!(sup.worker_pid("pvx-worker-http"), pid, "never respawned");
+}

@@ -4,7 +4,7 @@
 
 use crate::graph::{Backend, Link, LinkType, Listen, ProxyProtocol, Refusal};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 /// Which worker serves an endpoint.
@@ -90,10 +90,54 @@ pub struct Route {
 impl Route {
     /// Equal apart from where the link sat in the graph array.
     pub fn same_as(&self, other: &Route) -> bool {
-        Route {
-            link: other.link,
-            ..self.clone()
-        } == *other
+        self.content() == other.content()
+    }
+
+    /// Every field but `link`, by reference: what `same_as` compares,
+    /// hashable (a destructuring, so a new field cannot be forgotten).
+    #[allow(clippy::type_complexity)]
+    fn content(
+        &self,
+    ) -> (
+        &str,
+        &str,
+        &str,
+        u32,
+        &str,
+        &Backend,
+        &str,
+        bool,
+        &Option<String>,
+        &Option<String>,
+        &Option<ProxyProtocol>,
+    ) {
+        let Route {
+            link: _,
+            name,
+            consumer,
+            provider,
+            provider_pid,
+            role,
+            backend,
+            prefix,
+            strip_prefix,
+            host,
+            sni,
+            proxy_protocol,
+        } = self;
+        (
+            name,
+            consumer,
+            provider,
+            *provider_pid,
+            role,
+            backend,
+            prefix,
+            *strip_prefix,
+            host,
+            sni,
+            proxy_protocol,
+        )
     }
 }
 
@@ -126,12 +170,32 @@ impl Endpoint {
     }
 
     /// Routes equal apart from graph positions (order matters not).
+    /// Linear: an endpoint may hold tens of thousands of routes (a 4 MiB
+    /// graph), and this runs on every apply.
     pub fn same_routes(&self, other: &Endpoint) -> bool {
-        self.routes.len() == other.routes.len()
-            && self
-                .routes
-                .iter()
-                .all(|r| other.routes.iter().any(|o| o.same_as(r)))
+        if self.routes.len() != other.routes.len() {
+            return false;
+        }
+        // The common case: same routes in the same order.
+        if self
+            .routes
+            .iter()
+            .zip(&other.routes)
+            .all(|(a, b)| a.same_as(b))
+        {
+            return true;
+        }
+        let mut count: HashMap<_, isize> = HashMap::with_capacity(self.routes.len());
+        for r in &self.routes {
+            *count.entry(r.content()).or_default() += 1;
+        }
+        for r in &other.routes {
+            match count.get_mut(&r.content()) {
+                Some(n) if *n > 0 => *n -= 1,
+                _ => return false,
+            }
+        }
+        true
     }
 }
 
@@ -158,8 +222,22 @@ fn route_of(l: &Link) -> Route {
     }
 }
 
+/// What two routes of one endpoint must not share: (prefix, host) on http,
+/// the sni on tcp (the prefix is always `/` there).
+type Selector = (String, Option<String>);
+
+fn selector(kind: Kind, prefix: &str, host: &Option<String>, sni: &Option<String>) -> Selector {
+    match kind {
+        Kind::Http => (prefix.to_string(), host.clone()),
+        _ => (String::new(), sni.clone()),
+    }
+}
+
 /// Why `l` cannot join the endpoint `ep` that earlier links already hold.
-fn clash(ep: &Endpoint, l: &Link) -> Option<String> {
+/// `taken`: the selectors of `ep`'s routes, with their positions (a map,
+/// so a graph of thousands of routes on one port is planned in linear
+/// time).
+fn clash(ep: &Endpoint, taken: &HashMap<Selector, usize>, l: &Link) -> Option<String> {
     let holder = &ep.routes[0];
     let held = format!(
         "endpoint {} is held by link #{} '{}'",
@@ -179,10 +257,9 @@ fn clash(ep: &Endpoint, l: &Link) -> Option<String> {
         ));
     }
     match kind {
-        Kind::Http => ep
-            .routes
-            .iter()
-            .find(|r| r.prefix == l.prefix && r.host == l.host)
+        Kind::Http => taken
+            .get(&selector(kind, &l.prefix, &l.host, &l.sni))
+            .map(|&i| &ep.routes[i])
             .map(|r| {
                 format!(
                     "link #{} '{}' already routes prefix '{}' on {}",
@@ -192,12 +269,13 @@ fn clash(ep: &Endpoint, l: &Link) -> Option<String> {
         // Several tcp links may share an address only when each has its
         // own TLS server name to route on.
         Kind::Tcp => {
-            if l.sni.is_none() || ep.routes.iter().any(|r| r.sni.is_none()) {
+            if l.sni.is_none() || taken.contains_key(&(String::new(), None)) {
                 Some(format!(
                     "{held}; tcp links share an address only when each has a distinct 'sni'"
                 ))
             } else {
-                ep.routes.iter().find(|r| r.sni == l.sni).map(|r| {
+                let sel = selector(kind, &l.prefix, &l.host, &l.sni);
+                taken.get(&sel).map(|&i| &ep.routes[i]).map(|r| {
                     format!(
                         "link #{} '{}' already has sni '{}' on {}",
                         r.link,
@@ -215,37 +293,40 @@ fn clash(ep: &Endpoint, l: &Link) -> Option<String> {
 /// Group links into endpoints. Earlier links win: a later link that clashes
 /// with an endpoint is refused, never the running holder.
 pub fn build(links: &[Link], mut refused: Vec<Refusal>) -> Plan {
-    let mut eps: BTreeMap<EndpointKey, Endpoint> = BTreeMap::new();
+    let mut eps: BTreeMap<EndpointKey, (Endpoint, HashMap<Selector, usize>)> = BTreeMap::new();
     for l in links {
         let key = EndpointKey {
             consumer_pid: l.consumer_pid,
             listen: l.listen.clone(),
         };
+        let kind = Kind::of(l.ty);
+        let sel = selector(kind, &l.prefix, &l.host, &l.sni);
         match eps.get_mut(&key) {
             None => {
-                eps.insert(
-                    key.clone(),
-                    Endpoint {
-                        key,
-                        kind: Kind::of(l.ty),
-                        consumer: l.consumer.clone(),
-                        routes: vec![route_of(l)],
-                    },
-                );
+                let ep = Endpoint {
+                    key: key.clone(),
+                    kind,
+                    consumer: l.consumer.clone(),
+                    routes: vec![route_of(l)],
+                };
+                eps.insert(key, (ep, HashMap::from([(sel, 0)])));
             }
-            Some(ep) => match clash(ep, l) {
+            Some((ep, taken)) => match clash(ep, taken, l) {
                 Some(reason) => refused.push(Refusal {
                     index: l.index,
                     name: l.name.clone(),
                     reason,
                 }),
-                None => ep.routes.push(route_of(l)),
+                None => {
+                    taken.insert(sel, ep.routes.len());
+                    ep.routes.push(route_of(l));
+                }
             },
         }
     }
     let endpoints = eps
         .into_values()
-        .filter_map(|ep| fit_control_channel(ep, &mut refused))
+        .filter_map(|(ep, _)| fit_control_channel(ep, &mut refused))
         .collect();
     refused.sort_by_key(|r| r.index);
     Plan { endpoints, refused }
@@ -484,5 +565,27 @@ mod tests {
         let a = from_graph(r#"[{"type":"tcp","name":"a","consumer":"E","target":"0.0.0.0:1","socket":"127.0.0.1:1"}]"#).unwrap();
         let b = from_graph(r#"[{"type":"dbus","name":"x"},{"type":"tcp","name":"a","consumer":"E","target":"0.0.0.0:1","socket":"127.0.0.1:1"}]"#).unwrap();
         assert!(a.endpoints[0].same_routes(&b.endpoints[0]));
+    }
+
+    #[test]
+    fn same_routes_in_any_order_counts_each_route() {
+        let l = |n: &str, p: &str| {
+            format!(
+                r#"{{"type":"http","name":"{n}","consumer":"E","target":"0.0.0.0:80/{p}","socket":"127.0.0.1:1"}}"#
+            )
+        };
+        let ep = |links: &[String]| {
+            let mut p = from_graph(&format!("[{}]", links.join(","))).unwrap();
+            p.endpoints.remove(0)
+        };
+        let abc = ep(&[l("a", "a"), l("b", "b"), l("c", "c")]);
+        assert!(abc.same_routes(&ep(&[l("c", "c"), l("a", "a"), l("b", "b")])));
+        assert!(!abc.same_routes(&ep(&[l("c", "c"), l("a", "a"), l("b", "x")])));
+        assert!(!abc.same_routes(&ep(&[l("c", "c"), l("a", "a")])));
+        // Same length, but one route twice and another not at all.
+        let mut twice = abc.clone();
+        twice.routes[2] = twice.routes[0].clone();
+        assert!(!abc.same_routes(&twice));
+        assert!(!twice.same_routes(&abc));
     }
 }
