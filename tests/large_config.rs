@@ -142,3 +142,37 @@ fn a_graph_of_almost_4_mib_from_the_control_socket_reaches_the_worker() {
     }
     assert_eq!(sup.worker_pid("pvx-worker-http"), pid, "never respawned");
 }
+
+#[test]
+fn a_stalled_worker_gets_one_configuration_at_a_time_then_the_newest() {
+    let b = backend::tcp("127.0.0.1:0");
+    let port = free_port();
+    let sup = Supervisor::start(&graph(&routes(10, port, &b.socket())), &[]);
+    let pid = sup.worker_pid("pvx-worker-http");
+    wait_for(Duration::from_secs(10), "10 routes applied", || {
+        (route_count(&sup, port)? == 10).then_some(())
+    });
+    // A stopped worker reads nothing: every update sent now would wait in
+    // its socket, each with its own blob. Only the first goes; the others
+    // are folded into the newest, sent once the first is acknowledged.
+    let stop = |sig: &str| {
+        let st = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    stop("-STOP");
+    for n in [200, 300, 400] {
+        sup.reload(&graph(&routes(n, port, &b.socket())));
+    }
+    let pushed = sup.count_log("routes pushed");
+    stop("-CONT");
+    assert_eq!(pushed, 1, "{}", sup.log_text());
+    wait_for(Duration::from_secs(10), "400 routes applied", || {
+        (route_count(&sup, port)? == 400).then_some(())
+    });
+    assert!(answers(port, 399));
+    assert_eq!(sup.count_log("routes pushed"), 2, "{}", sup.log_text());
+    assert_eq!(sup.worker_pid("pvx-worker-http"), pid, "same worker");
+}

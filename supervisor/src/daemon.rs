@@ -453,6 +453,16 @@ impl Daemon {
         };
         // A worker not running gets the new routes with its next Init.
         let Some(w) = r.worker.as_mut() else { return };
+        if w.config_pending() {
+            // One configuration in flight per worker: the newest goes when
+            // the worker acks this one (on_worker_ctl), so a stalled worker
+            // never piles up configurations (and their blobs) in its socket.
+            proto::debug!(
+                "endpoint {key}: worker pid {} has not acked its last configuration; the new one follows its ack",
+                w.pid
+            );
+            return;
+        }
         let (id, pid) = (r.id, w.pid);
         // An update that cannot go now is offered again shortly (on_timer);
         // meanwhile status lists its routes as pending, not served.
@@ -638,8 +648,10 @@ impl Daemon {
         };
         let Some(w) = w else { return };
         let mut stats = None;
-        // The configuration the worker acknowledged last, if any.
+        // The configuration the worker acknowledged last, if any; and the
+        // last one it answered, applied or refused.
         let mut applied = None;
+        let mut answered = None;
         loop {
             match ctl::recv::<FromWorker>(w.ctl.as_fd()) {
                 Ok((FromWorker::Stats { stats: s }, _)) => stats = Some(s),
@@ -652,6 +664,9 @@ impl Daemon {
                         continue;
                     };
                     let p = w.pending.remove(i);
+                    if p.config.is_some() {
+                        answered.clone_from(&p.config);
+                    }
                     match error {
                         Some(e) => proto::error!(
                             "endpoint {key}: worker pid {} refused {}: {e}; it keeps its previous configuration",
@@ -687,6 +702,13 @@ impl Daemon {
                 }
                 if applied.is_some() {
                     r.applied = applied;
+                }
+                // The graph moved on while that configuration was on its
+                // way (push_update waited): send the newest now. One the
+                // worker refused as it is waits for the next apply.
+                let newer = answered.is_some_and(|a| !same_config(&a, &r.ep));
+                if newer && r.state == State::Running && !r.in_sync() {
+                    self.push_update(&key);
                 }
             }
         }
