@@ -662,15 +662,31 @@ mod tests {
     /// process but the sender's.
     fn refused(head: &str, name: &str, blob: OwnedFd, is: fn(&CtlError) -> bool) {
         let (a, b) = socketpair().unwrap();
-        send_raw(a.as_fd(), head.as_bytes(), &[blob.as_raw_fd()]).unwrap();
-        assert_eq!(fds_named(name), 1);
+        // A message fd before the blob (as an init's listener would be).
+        let (p, q) = nix::unistd::pipe().unwrap();
+        let pipe = std::fs::read_link(format!("/proc/self/fd/{}", p.as_raw_fd())).unwrap();
+        let pipes = || {
+            std::fs::read_dir("/proc/self/fd")
+                .unwrap()
+                .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter(|l| *l == pipe)
+                .count()
+        };
+        send_raw(
+            a.as_fd(),
+            head.as_bytes(),
+            &[p.as_raw_fd(), blob.as_raw_fd()],
+        )
+        .unwrap();
+        assert_eq!((fds_named(name), pipes()), (1, 2));
         let r = recv::<ToWorker>(b.as_fd());
         match r {
             Err(ref e) if is(e) => {}
             other => panic!("{head}: unexpected {other:?}"),
         }
         assert_eq!(fds_named(name), 1, "{head}: the received memfd leaked");
-        drop(blob);
+        assert_eq!(pipes(), 2, "{head}: the message's other fd leaked");
+        drop((blob, p, q));
         assert_eq!(fds_named(name), 0);
     }
 
