@@ -123,6 +123,15 @@ fn garbage_after_init_is_ignored_and_the_worker_keeps_serving() {
     )
     .unwrap();
     ctl::send_raw(ctl.as_fd(), &vec![b' '; ctl::MAX_MSG], &[]).unwrap();
+    // Blobs that lie: a pipe, and a memfd nobody sealed (its sender could
+    // change it after the worker checked it).
+    let head = br#"{"msg":"blob","len":2}"#;
+    ctl::send_raw(ctl.as_fd(), head, &[p.as_raw_fd()]).unwrap();
+    let unsealed =
+        nix::sys::memfd::memfd_create(c"unsealed", nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC)
+            .unwrap();
+    nix::unistd::write(&unsealed, b"{}").unwrap();
+    ctl::send_raw(ctl.as_fd(), head, &[unsealed.as_raw_fd()]).unwrap();
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(b"ping").unwrap();
@@ -130,10 +139,22 @@ fn garbage_after_init_is_ignored_and_the_worker_keeps_serving() {
     s.read_exact(&mut b).unwrap();
     assert_eq!(&b, b"ping");
     assert!(child.try_wait().unwrap().is_none(), "worker must still run");
+    let our_pipe = std::fs::read_link(format!("/proc/self/fd/{}", p.as_raw_fd()))
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let fds = pvx_tests::fds(child.id());
+    assert!(
+        !fds.iter()
+            .any(|(_, l)| l.contains("memfd:unsealed") || *l == our_pipe),
+        "the worker kept a refused fd: {fds:?}"
+    );
     // Closing the control socket (the supervisor is gone) ends it.
     drop(ctl);
     let (code, err) = exit_of(child);
     assert_eq!(code, Some(0), "{err}");
     assert!(err.contains("supervisor gone"), "{err}");
+    assert!(err.contains("not sealed against changes"), "{err}");
+    assert!(err.contains("not a memfd"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }

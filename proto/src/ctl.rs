@@ -6,25 +6,57 @@
 //! file descriptors attached by `SCM_RIGHTS`. Every message says how many
 //! fds it carries; a count that does not match, a truncated datagram or a
 //! truncated control message is an error and every fd that did arrive is
-//! closed. See docs/ARCHITECTURE.md for the message table.
+//! closed.
+//!
+//! A message whose JSON is over [`INLINE_MAX`] bytes (hundreds of routes,
+//! a huge link name) travels as a *blob*: its JSON is written to a sealed
+//! memfd, and the datagram is only `{"msg":"blob","len":N}` with that memfd
+//! attached after the message's own fds. The receiver takes the memfd only
+//! when it is sealed against every change (the sender can no longer alter
+//! what we validated), holds exactly `len` bytes and `len` is within the
+//! message type's cap, then decodes it like an inline message. So no valid
+//! configuration is too large for the channel (docs/ARCHITECTURE.md,
+//! "Control messages").
 
 use crate::fdpass;
 use crate::plan::{Endpoint, Kind};
 use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
 use nix::sys::socket::{self, MsgFlags};
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::io::IoSlice;
+use std::io::{IoSlice, Write};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileExt;
 
-/// Largest control message accepted, checked before anything is parsed.
+/// Largest datagram accepted, checked before anything is parsed.
 pub const MAX_MSG: usize = 64 * 1024;
-/// Most fds one message may carry: the listener plus provider roots.
-pub const MAX_FDS: usize = 32;
-/// Most provider roots one endpoint gets (see `Endpoint::root_pids`).
-pub const MAX_ROOTS: usize = MAX_FDS - 1;
+/// Message bodies larger than this go in a sealed memfd (a blob). Half a
+/// datagram: small enough that a socket buffer holding a few stats
+/// reports still takes the datagram.
+pub const INLINE_MAX: usize = 32 * 1024;
+/// Largest body a blob may carry. A graph is at most 4 MiB (source.rs);
+/// its worker configuration is larger (every route repeats fields the
+/// link left out), so the planner refuses the links of an endpoint past
+/// [`MAX_CONFIG`] and nothing the graph allows reaches this cap.
+pub const MAX_BLOB: usize = 16 * 1024 * 1024;
+/// Routes of one endpoint may take this much of a blob (its JSON); the
+/// rest is room for the limits, log settings and the envelope.
+pub const MAX_CONFIG: usize = MAX_BLOB - 64 * 1024;
+/// Most fds one message may carry: the kernel's limit per `SCM_RIGHTS`.
+pub const MAX_FDS: usize = fdpass::MAX_FDS;
+/// Most provider roots one endpoint gets (see `Endpoint::root_pids`): what
+/// is left of [`MAX_FDS`] after the listener and a blob's memfd. The
+/// planner refuses a link that would bring one more.
+pub const MAX_ROOTS: usize = MAX_FDS - 2;
 /// The fd number the worker finds its control socket on.
 pub const WORKER_CTL_FD: RawFd = 3;
+/// The seals a blob must carry: size and content fixed for good.
+const BLOB_SEALS: SealFlag = SealFlag::F_SEAL_SHRINK
+    .union(SealFlag::F_SEAL_GROW)
+    .union(SealFlag::F_SEAL_WRITE)
+    .union(SealFlag::F_SEAL_SEAL);
 
 /// Timeouts and limits a worker runs with (SPEC §5 defaults).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,6 +176,8 @@ impl FromWorker {
 /// A message type that knows how many fds it must arrive with.
 pub trait Message: Serialize + for<'de> Deserialize<'de> {
     fn fd_count(&self) -> usize;
+    /// Largest JSON body of this type a receiver takes (inline or blob).
+    const MAX_BODY: usize = MAX_BLOB;
 }
 impl Message for ToWorker {
     fn fd_count(&self) -> usize {
@@ -154,6 +188,9 @@ impl Message for FromWorker {
     fn fd_count(&self) -> usize {
         self.fds()
     }
+    /// Acks and counters are small; a worker cannot make the supervisor
+    /// read and parse megabytes.
+    const MAX_BODY: usize = 1024 * 1024;
 }
 
 #[derive(Debug)]
@@ -163,6 +200,7 @@ pub enum CtlError {
     /// Non-blocking socket has nothing (recv) or no room (send).
     WouldBlock,
     Sys(&'static str, Errno),
+    /// A message body (or datagram) of this many bytes is over its cap.
     TooLarge(usize),
     Truncated,
     TooManyFds,
@@ -171,6 +209,8 @@ pub enum CtlError {
         got: usize,
     },
     Bad(String),
+    /// A blob whose memfd is refused (unsealed, not a memfd, wrong size).
+    Blob(String),
 }
 
 impl fmt::Display for CtlError {
@@ -179,23 +219,174 @@ impl fmt::Display for CtlError {
             CtlError::Eof => write!(f, "control socket closed"),
             CtlError::WouldBlock => write!(f, "control socket would block"),
             CtlError::Sys(call, e) => write!(f, "{call} on control socket: {e}"),
-            CtlError::TooLarge(n) => write!(f, "control message of {n} bytes exceeds {MAX_MSG}"),
+            CtlError::TooLarge(n) => write!(f, "control message of {n} bytes is over its cap"),
             CtlError::Truncated => write!(f, "control message truncated (MSG_TRUNC/MSG_CTRUNC)"),
             CtlError::TooManyFds => write!(f, "more than {MAX_FDS} fds attached"),
             CtlError::FdCount { expected, got } => {
                 write!(f, "message needs {expected} fds, {got} attached")
             }
             CtlError::Bad(e) => write!(f, "malformed control message: {e}"),
+            CtlError::Blob(e) => write!(f, "control message blob refused: {e}"),
         }
     }
 }
 
 impl std::error::Error for CtlError {}
 
-/// Send one message with `fds` attached.
+/// What one datagram says: a whole message, or that the message is in the
+/// blob (the last fd attached) of `len` bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame<M> {
+    Message(M),
+    Blob { len: usize },
+}
+
+/// The datagram of a blob: `{"msg":"blob","len":N}`, nothing else.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BlobHead {
+    msg: BlobTag,
+    len: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum BlobTag {
+    Blob,
+}
+
+/// Decode one message body (an inline datagram or a blob's contents) that
+/// arrived with `fd_count` fds. Pure: no I/O, no fds touched (the fuzz
+/// target's entry point, with [`decode_frame`]).
+pub fn decode<M: Message>(body: &[u8], fd_count: usize) -> Result<M, CtlError> {
+    if body.len() > M::MAX_BODY {
+        return Err(CtlError::TooLarge(body.len()));
+    }
+    if fd_count > MAX_FDS {
+        return Err(CtlError::TooManyFds);
+    }
+    let msg: M = serde_json::from_slice(body).map_err(|e| CtlError::Bad(e.to_string()))?;
+    let expected = msg.fd_count();
+    if expected != fd_count {
+        return Err(CtlError::FdCount {
+            expected,
+            got: fd_count,
+        });
+    }
+    Ok(msg)
+}
+
+/// Decode one datagram that arrived with `fd_count` fds: a message, or a
+/// blob header (then the last fd is the blob and the message's own fds
+/// are the others). Pure, like [`decode`].
+pub fn decode_frame<M: Message>(datagram: &[u8], fd_count: usize) -> Result<Frame<M>, CtlError> {
+    if datagram.len() > MAX_MSG {
+        return Err(CtlError::TooLarge(datagram.len()));
+    }
+    // Tried first: a message is never a blob header (no type has a
+    // "blob" variant), and serde stops at the first field that is not
+    // the header's, so an ordinary message costs next to nothing here.
+    if let Ok(h) = serde_json::from_slice::<BlobHead>(datagram) {
+        let BlobTag::Blob = h.msg;
+        if fd_count == 0 {
+            return Err(CtlError::Blob("blob header without its memfd".into()));
+        }
+        if fd_count > MAX_FDS {
+            return Err(CtlError::TooManyFds);
+        }
+        let len = usize::try_from(h.len).unwrap_or(usize::MAX);
+        if len > M::MAX_BODY {
+            return Err(CtlError::TooLarge(len));
+        }
+        return Ok(Frame::Blob { len });
+    }
+    decode(datagram, fd_count).map(Frame::Message)
+}
+
+/// Send one message with `fds` attached; a body over [`INLINE_MAX`] goes
+/// as a blob.
 pub fn send<M: Message>(sock: BorrowedFd<'_>, msg: &M, fds: &[RawFd]) -> Result<(), CtlError> {
     let body = serde_json::to_vec(msg).map_err(|e| CtlError::Bad(e.to_string()))?;
-    send_raw(sock, &body, fds)
+    if body.len() <= INLINE_MAX {
+        return send_raw(sock, &body, fds);
+    }
+    send_blob(sock, &body, fds)
+}
+
+/// Send `body` in a sealed memfd, attached after `fds`, with a blob
+/// header as the datagram.
+pub fn send_blob(sock: BorrowedFd<'_>, body: &[u8], fds: &[RawFd]) -> Result<(), CtlError> {
+    if body.len() > MAX_BLOB {
+        return Err(CtlError::TooLarge(body.len()));
+    }
+    if fds.len() + 1 > MAX_FDS {
+        return Err(CtlError::TooManyFds);
+    }
+    let blob = sealed_memfd(body)?;
+    let mut all = fds.to_vec();
+    all.push(blob.as_raw_fd());
+    let head = format!(r#"{{"msg":"blob","len":{}}}"#, body.len());
+    // Our copy of the memfd closes on return; the datagram holds its own
+    // reference until the peer receives (or the socket closes).
+    send_raw(sock, head.as_bytes(), &all)
+}
+
+/// A memfd holding `body`, sealed against any change (`BLOB_SEALS`).
+pub fn sealed_memfd(body: &[u8]) -> Result<OwnedFd, CtlError> {
+    let fd = memfd_with_seals()?;
+    let mut f = std::fs::File::from(fd);
+    f.write_all(body).map_err(|e| {
+        CtlError::Sys(
+            "write(memfd)",
+            Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+        )
+    })?;
+    let fd = OwnedFd::from(f);
+    fcntl(fd.as_raw_fd(), FcntlArg::F_ADD_SEALS(BLOB_SEALS))
+        .map_err(|e| CtlError::Sys("fcntl(F_ADD_SEALS)", e))?;
+    Ok(fd)
+}
+
+fn memfd_with_seals() -> Result<OwnedFd, CtlError> {
+    let flags = MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING;
+    // MFD_NOEXEC_SEAL (Linux 6.3): the blob can never be made executable,
+    // and a kernel with vm.memfd_noexec=2 refuses memfds without it. An
+    // older kernel does not know the flag (EINVAL): then without it.
+    let noexec = MemFdCreateFlag::from_bits_retain(nix::libc::MFD_NOEXEC_SEAL);
+    match memfd_create(c"pvx-ctl-blob", flags | noexec) {
+        Err(Errno::EINVAL) => memfd_create(c"pvx-ctl-blob", flags),
+        r => r,
+    }
+    .map_err(|e| CtlError::Sys("memfd_create", e))
+}
+
+/// The contents of a received blob: `len` bytes from a memfd sealed with
+/// `BLOB_SEALS`. The memfd is closed whatever happens.
+pub fn read_blob(blob: OwnedFd, len: usize) -> Result<Vec<u8>, CtlError> {
+    let seals = fcntl(blob.as_raw_fd(), FcntlArg::F_GET_SEALS)
+        .map_err(|e| CtlError::Blob(format!("not a memfd (F_GET_SEALS: {e})")))?;
+    let seals = SealFlag::from_bits_truncate(seals);
+    if !seals.contains(BLOB_SEALS) {
+        return Err(CtlError::Blob(format!(
+            "memfd not sealed against changes (seals {seals:?})"
+        )));
+    }
+    let st =
+        nix::sys::stat::fstat(blob.as_raw_fd()).map_err(|e| CtlError::Sys("fstat(blob)", e))?;
+    if st.st_mode & nix::libc::S_IFMT != nix::libc::S_IFREG {
+        return Err(CtlError::Blob("not a regular file".into()));
+    }
+    if u64::try_from(st.st_size).ok() != Some(len as u64) {
+        return Err(CtlError::Blob(format!(
+            "memfd holds {} bytes, its header says {len}",
+            st.st_size
+        )));
+    }
+    let f = std::fs::File::from(blob);
+    let mut body = vec![0u8; len];
+    f.read_exact_at(&mut body, 0)
+        .map_err(|e| CtlError::Blob(format!("reading the memfd: {e}")))?;
+    Ok(body)
 }
 
 /// Send raw bytes as one datagram (also used by tests to send garbage).
@@ -211,19 +402,21 @@ pub fn send_raw(sock: BorrowedFd<'_>, body: &[u8], fds: &[RawFd]) -> Result<(), 
     }
 }
 
-/// Receive one message. Fds arrive close-on-exec; on any error every fd that
-/// arrived is closed (they are owned, and dropped).
+/// Receive one message (inline or blob). Fds arrive close-on-exec; on any
+/// error every fd that arrived is closed (they are owned, and dropped).
 pub fn recv<M: Message>(sock: BorrowedFd<'_>) -> Result<(M, Vec<OwnedFd>), CtlError> {
-    let (body, fds) = recv_raw(sock)?;
-    let msg: M = serde_json::from_slice(&body).map_err(|e| CtlError::Bad(e.to_string()))?;
-    let expected = msg.fd_count();
-    if expected != fds.len() {
-        return Err(CtlError::FdCount {
-            expected,
-            got: fds.len(),
-        });
+    let (datagram, mut fds) = recv_raw(sock)?;
+    match decode_frame::<M>(&datagram, fds.len())? {
+        Frame::Message(m) => Ok((m, fds)),
+        Frame::Blob { len } => {
+            let blob = fds
+                .pop()
+                .ok_or_else(|| CtlError::Blob("blob header without its memfd".into()))?;
+            let body = read_blob(blob, len)?;
+            let m = decode::<M>(&body, fds.len())?;
+            Ok((m, fds))
+        }
     }
-    Ok((msg, fds))
 }
 
 /// Receive one datagram and its fds without interpreting it.
@@ -373,5 +566,247 @@ mod tests {
             .collect();
         send_raw(a.as_fd(), b"{}", &raw).unwrap();
         assert!(recv::<ToWorker>(b.as_fd()).is_err());
+    }
+
+    fn config_with_routes(n: usize, name_len: usize) -> WorkerConfig {
+        let links: Vec<String> = (0..n)
+            .map(|i| {
+                format!(
+                    r#"{{"type":"http","name":"{i}-{}","consumer":"E","target":"127.0.0.1:80/r{i}","socket":"127.0.0.1:1"}}"#,
+                    "n".repeat(name_len)
+                )
+            })
+            .collect();
+        WorkerConfig {
+            endpoint: crate::plan::from_graph(&format!("[{}]", links.join(",")))
+                .unwrap()
+                .endpoints
+                .remove(0),
+            limits: Limits::default(),
+            log_target: "stderr".into(),
+            log_level: "info".into(),
+        }
+    }
+
+    /// How many of our fds are the memfd named `name`: a leak check that
+    /// other tests running in parallel threads cannot disturb.
+    fn fds_named(name: &str) -> usize {
+        let want = format!("/memfd:{name} (deleted)");
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|l| l.to_str() == Some(want.as_str()))
+            .count()
+    }
+
+    fn memfd_named(name: &str, body: &[u8], seals: SealFlag) -> OwnedFd {
+        let cname = std::ffi::CString::new(name).unwrap();
+        let fd = memfd_create(
+            &cname,
+            MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING,
+        )
+        .unwrap();
+        let mut f = std::fs::File::from(fd);
+        f.write_all(body).unwrap();
+        let fd = OwnedFd::from(f);
+        if !seals.is_empty() {
+            fcntl(fd.as_raw_fd(), FcntlArg::F_ADD_SEALS(seals)).unwrap();
+        }
+        fd
+    }
+
+    #[test]
+    fn a_large_init_travels_as_a_sealed_blob_with_its_fds() {
+        let (a, b) = socketpair().unwrap();
+        let (p, _q) = nix::unistd::pipe().unwrap();
+        let config = config_with_routes(400, 200);
+        let m = ToWorker::Init { seq: 7, config };
+        let body = serde_json::to_vec(&m).unwrap();
+        assert!(body.len() > MAX_MSG, "{} bytes", body.len());
+        send(a.as_fd(), &m, &[p.as_raw_fd()]).unwrap();
+        // On the wire: a short header and one more fd than the message's.
+        let (head, fds) = recv_raw(b.as_fd()).unwrap();
+        assert_eq!(
+            String::from_utf8(head.clone()).unwrap(),
+            format!(r#"{{"msg":"blob","len":{}}}"#, body.len())
+        );
+        assert_eq!(fds.len(), 2);
+        drop((head, fds));
+        send(a.as_fd(), &m, &[p.as_raw_fd()]).unwrap();
+        let (got, fds): (ToWorker, _) = recv(b.as_fd()).unwrap();
+        assert_eq!(got, m);
+        assert_eq!(fds.len(), 1, "the blob's memfd is not handed out");
+        assert_eq!(
+            nix::sys::stat::fstat(fds[0].as_raw_fd()).unwrap().st_mode & nix::libc::S_IFMT,
+            nix::libc::S_IFIFO,
+            "the listener slot holds the pipe, not the blob"
+        );
+        assert_eq!(fds_named("pvx-ctl-blob"), 0, "no blob memfd left open");
+    }
+
+    #[test]
+    fn small_messages_stay_inline() {
+        let (a, b) = socketpair().unwrap();
+        let m = ToWorker::Drain {
+            seq: 1,
+            deadline_ms: 5,
+        };
+        send(a.as_fd(), &m, &[]).unwrap();
+        let (head, fds) = recv_raw(b.as_fd()).unwrap();
+        assert_eq!(head, serde_json::to_vec(&m).unwrap());
+        assert!(fds.is_empty());
+    }
+
+    /// Send `head` with `blob` (after `extra`), expect `recv` to refuse it
+    /// with an error matching `is`, and no copy of the blob left in this
+    /// process but the sender's.
+    fn refused(head: &str, name: &str, blob: OwnedFd, is: fn(&CtlError) -> bool) {
+        let (a, b) = socketpair().unwrap();
+        // A message fd before the blob (as an init's listener would be).
+        let (p, q) = nix::unistd::pipe().unwrap();
+        let pipe = std::fs::read_link(format!("/proc/self/fd/{}", p.as_raw_fd())).unwrap();
+        let pipes = || {
+            std::fs::read_dir("/proc/self/fd")
+                .unwrap()
+                .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter(|l| *l == pipe)
+                .count()
+        };
+        send_raw(
+            a.as_fd(),
+            head.as_bytes(),
+            &[p.as_raw_fd(), blob.as_raw_fd()],
+        )
+        .unwrap();
+        assert_eq!((fds_named(name), pipes()), (1, 2));
+        let r = recv::<ToWorker>(b.as_fd());
+        match r {
+            Err(ref e) if is(e) => {}
+            other => panic!("{head}: unexpected {other:?}"),
+        }
+        assert_eq!(fds_named(name), 1, "{head}: the received memfd leaked");
+        assert_eq!(pipes(), 2, "{head}: the message's other fd leaked");
+        drop((blob, p, q));
+        assert_eq!(fds_named(name), 0);
+    }
+
+    fn drain_json() -> Vec<u8> {
+        br#"{"msg":"drain","seq":1,"deadline_ms":5}"#.to_vec()
+    }
+
+    #[test]
+    fn an_unsealed_memfd_is_refused() {
+        let body = drain_json();
+        let head = format!(r#"{{"msg":"blob","len":{}}}"#, body.len());
+        refused(
+            &head,
+            "unsealed",
+            memfd_named("unsealed", &body, SealFlag::empty()),
+            |e| matches!(e, CtlError::Blob(m) if m.contains("not sealed")),
+        );
+        // Sealed for size but still writable: the sender could rewrite it.
+        refused(
+            &head,
+            "writable",
+            memfd_named(
+                "writable",
+                &body,
+                SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL,
+            ),
+            |e| matches!(e, CtlError::Blob(m) if m.contains("not sealed")),
+        );
+    }
+
+    #[test]
+    fn a_size_mismatch_is_refused() {
+        let body = drain_json();
+        for len in [body.len() - 1, body.len() + 1, 0] {
+            refused(
+                &format!(r#"{{"msg":"blob","len":{len}}}"#),
+                "mismatch",
+                memfd_named("mismatch", &body, BLOB_SEALS),
+                |e| matches!(e, CtlError::Blob(m) if m.contains("header says")),
+            );
+        }
+    }
+
+    #[test]
+    fn an_oversized_blob_is_refused_before_reading() {
+        // The header alone decides: nothing of 17 MiB is allocated.
+        refused(
+            &format!(r#"{{"msg":"blob","len":{}}}"#, MAX_BLOB + 1),
+            "oversized",
+            memfd_named("oversized", b"{}", BLOB_SEALS),
+            |e| matches!(e, CtlError::TooLarge(n) if *n == MAX_BLOB + 1),
+        );
+        refused(
+            r#"{"msg":"blob","len":18446744073709551615}"#,
+            "oversized",
+            memfd_named("oversized", b"{}", BLOB_SEALS),
+            |e| matches!(e, CtlError::TooLarge(_)),
+        );
+        assert!(matches!(
+            send_blob(
+                socketpair().unwrap().0.as_fd(),
+                &vec![b' '; MAX_BLOB + 1],
+                &[]
+            ),
+            Err(CtlError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn a_blob_that_is_not_a_memfd_or_lies_inside_is_refused() {
+        let (a, b) = socketpair().unwrap();
+        let (p, _q) = nix::unistd::pipe().unwrap();
+        send_raw(a.as_fd(), br#"{"msg":"blob","len":2}"#, &[p.as_raw_fd()]).unwrap();
+        assert!(matches!(
+            recv::<ToWorker>(b.as_fd()),
+            Err(CtlError::Blob(m)) if m.contains("not a memfd")
+        ));
+        // Sealed and sized right, but its message needs an fd it lacks,
+        // or is itself another blob header.
+        for body in [
+            br#"{"msg":"update","seq":1,"config":null}"#.to_vec(),
+            br#"{"msg":"blob","len":2}"#.to_vec(),
+        ] {
+            let head = format!(r#"{{"msg":"blob","len":{}}}"#, body.len());
+            refused(
+                &head,
+                "inner",
+                memfd_named("inner", &body, BLOB_SEALS),
+                |e| matches!(e, CtlError::Bad(_)),
+            );
+        }
+        // A header without any fd, or with extra fields.
+        assert!(matches!(
+            decode_frame::<ToWorker>(br#"{"msg":"blob","len":2}"#, 0),
+            Err(CtlError::Blob(_))
+        ));
+        assert!(matches!(
+            decode_frame::<ToWorker>(br#"{"msg":"blob","len":2,"x":1}"#, 1),
+            Err(CtlError::Bad(_))
+        ));
+    }
+
+    #[test]
+    fn worker_messages_have_a_smaller_cap() {
+        assert!(matches!(
+            decode_frame::<FromWorker>(
+                format!(r#"{{"msg":"blob","len":{}}}"#, 2 * 1024 * 1024).as_bytes(),
+                1
+            ),
+            Err(CtlError::TooLarge(_))
+        ));
+        assert_eq!(
+            decode_frame::<ToWorker>(
+                format!(r#"{{"msg":"blob","len":{}}}"#, 2 * 1024 * 1024).as_bytes(),
+                1
+            )
+            .unwrap(),
+            Frame::Blob {
+                len: 2 * 1024 * 1024
+            }
+        );
     }
 }

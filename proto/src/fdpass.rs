@@ -152,8 +152,15 @@ mod tests {
     use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
     use std::os::fd::AsRawFd;
 
-    fn open_fds() -> usize {
-        std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+    /// Our fds that are the memfd named `name`: a leak count that tests
+    /// running in parallel threads (opening and closing fds) cannot skew.
+    fn fds_named(name: &str) -> usize {
+        let want = format!("/memfd:{name} (deleted)");
+        std::fs::read_dir("/proc/self/fd").map_or(0, |d| {
+            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter(|l| l.to_str() == Some(want.as_str()))
+                .count()
+        })
     }
 
     fn pair() -> (OwnedFd, OwnedFd) {
@@ -167,13 +174,14 @@ mod tests {
     }
 
     fn memfds(n: usize) -> Vec<OwnedFd> {
+        named_memfds(n, c"fdpass-test")
+    }
+
+    fn named_memfds(n: usize, name: &std::ffi::CStr) -> Vec<OwnedFd> {
         (0..n)
             .map(|_| {
-                nix::sys::memfd::memfd_create(
-                    c"fdpass-test",
-                    nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
-                )
-                .expect("memfd")
+                nix::sys::memfd::memfd_create(name, nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC)
+                    .expect("memfd")
             })
             .collect()
     }
@@ -220,16 +228,21 @@ mod tests {
     #[test]
     fn ctrunc_closes_every_fd_that_arrived_and_refuses() {
         let (a, b) = pair();
-        let sent = memfds(8);
+        let sent = named_memfds(8, c"fdpass-ctrunc");
         let raw: Vec<RawFd> = sent.iter().map(|f| f.as_raw_fd()).collect();
         send_with_fds(a.as_raw_fd(), &[IoSlice::new(b"x")], &raw).expect("send");
         drop(sent);
-        let before = open_fds();
+        // In flight only: none of them in our fd table.
+        assert_eq!(fds_named("fdpass-ctrunc"), 0);
         let mut buf = [0u8; 8];
         // Room for 4 of the 8: the kernel installs 4 and sets MSG_CTRUNC.
         let r = recv_with_room::<4>(b.as_raw_fd(), &mut buf);
         assert_eq!(r.err(), Some(RecvError::ControlTruncated { closed: 4 }));
-        assert_eq!(open_fds(), before, "the fds that arrived were not closed");
+        assert_eq!(
+            fds_named("fdpass-ctrunc"),
+            0,
+            "the fds that arrived were not closed"
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use crate::graph::{Backend, Link, LinkType, Listen, ProxyProtocol, Refusal};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 /// Which worker serves an endpoint.
@@ -90,10 +90,54 @@ pub struct Route {
 impl Route {
     /// Equal apart from where the link sat in the graph array.
     pub fn same_as(&self, other: &Route) -> bool {
-        Route {
-            link: other.link,
-            ..self.clone()
-        } == *other
+        self.content() == other.content()
+    }
+
+    /// Every field but `link`, by reference: what `same_as` compares,
+    /// hashable (a destructuring, so a new field cannot be forgotten).
+    #[allow(clippy::type_complexity)]
+    fn content(
+        &self,
+    ) -> (
+        &str,
+        &str,
+        &str,
+        u32,
+        &str,
+        &Backend,
+        &str,
+        bool,
+        &Option<String>,
+        &Option<String>,
+        &Option<ProxyProtocol>,
+    ) {
+        let Route {
+            link: _,
+            name,
+            consumer,
+            provider,
+            provider_pid,
+            role,
+            backend,
+            prefix,
+            strip_prefix,
+            host,
+            sni,
+            proxy_protocol,
+        } = self;
+        (
+            name,
+            consumer,
+            provider,
+            *provider_pid,
+            role,
+            backend,
+            prefix,
+            *strip_prefix,
+            host,
+            sni,
+            proxy_protocol,
+        )
     }
 }
 
@@ -108,7 +152,8 @@ pub struct Endpoint {
 impl Endpoint {
     /// Provider containers whose root the worker must reach a unix socket
     /// through: every `provider_pid` != 0 of a route with a unix backend,
-    /// sorted, at most [`crate::ctl::MAX_ROOTS`]. The supervisor attaches
+    /// sorted, at most [`crate::ctl::MAX_ROOTS`] (the planner refuses links
+    /// past it; the cut here only guards hand-made endpoints). The supervisor attaches
     /// one O_PATH fd of `/proc/<pid>/root` per entry, in this order, to
     /// Init and Update (see [`crate::backend`] for why).
     pub fn root_pids(&self) -> Vec<u32> {
@@ -125,12 +170,32 @@ impl Endpoint {
     }
 
     /// Routes equal apart from graph positions (order matters not).
+    /// Linear: an endpoint may hold tens of thousands of routes (a 4 MiB
+    /// graph), and this runs on every apply.
     pub fn same_routes(&self, other: &Endpoint) -> bool {
-        self.routes.len() == other.routes.len()
-            && self
-                .routes
-                .iter()
-                .all(|r| other.routes.iter().any(|o| o.same_as(r)))
+        if self.routes.len() != other.routes.len() {
+            return false;
+        }
+        // The common case: same routes in the same order.
+        if self
+            .routes
+            .iter()
+            .zip(&other.routes)
+            .all(|(a, b)| a.same_as(b))
+        {
+            return true;
+        }
+        let mut count: HashMap<_, isize> = HashMap::with_capacity(self.routes.len());
+        for r in &self.routes {
+            *count.entry(r.content()).or_default() += 1;
+        }
+        for r in &other.routes {
+            match count.get_mut(&r.content()) {
+                Some(n) if *n > 0 => *n -= 1,
+                _ => return false,
+            }
+        }
+        true
     }
 }
 
@@ -157,8 +222,22 @@ fn route_of(l: &Link) -> Route {
     }
 }
 
+/// What two routes of one endpoint must not share: (prefix, host) on http,
+/// the sni on tcp (the prefix is always `/` there).
+type Selector = (String, Option<String>);
+
+fn selector(kind: Kind, prefix: &str, host: &Option<String>, sni: &Option<String>) -> Selector {
+    match kind {
+        Kind::Http => (prefix.to_string(), host.clone()),
+        _ => (String::new(), sni.clone()),
+    }
+}
+
 /// Why `l` cannot join the endpoint `ep` that earlier links already hold.
-fn clash(ep: &Endpoint, l: &Link) -> Option<String> {
+/// `taken`: the selectors of `ep`'s routes, with their positions (a map,
+/// so a graph of thousands of routes on one port is planned in linear
+/// time).
+fn clash(ep: &Endpoint, taken: &HashMap<Selector, usize>, l: &Link) -> Option<String> {
     let holder = &ep.routes[0];
     let held = format!(
         "endpoint {} is held by link #{} '{}'",
@@ -178,10 +257,9 @@ fn clash(ep: &Endpoint, l: &Link) -> Option<String> {
         ));
     }
     match kind {
-        Kind::Http => ep
-            .routes
-            .iter()
-            .find(|r| r.prefix == l.prefix && r.host == l.host)
+        Kind::Http => taken
+            .get(&selector(kind, &l.prefix, &l.host, &l.sni))
+            .map(|&i| &ep.routes[i])
             .map(|r| {
                 format!(
                     "link #{} '{}' already routes prefix '{}' on {}",
@@ -191,12 +269,13 @@ fn clash(ep: &Endpoint, l: &Link) -> Option<String> {
         // Several tcp links may share an address only when each has its
         // own TLS server name to route on.
         Kind::Tcp => {
-            if l.sni.is_none() || ep.routes.iter().any(|r| r.sni.is_none()) {
+            if l.sni.is_none() || taken.contains_key(&(String::new(), None)) {
                 Some(format!(
                     "{held}; tcp links share an address only when each has a distinct 'sni'"
                 ))
             } else {
-                ep.routes.iter().find(|r| r.sni == l.sni).map(|r| {
+                let sel = selector(kind, &l.prefix, &l.host, &l.sni);
+                taken.get(&sel).map(|&i| &ep.routes[i]).map(|r| {
                     format!(
                         "link #{} '{}' already has sni '{}' on {}",
                         r.link,
@@ -214,38 +293,114 @@ fn clash(ep: &Endpoint, l: &Link) -> Option<String> {
 /// Group links into endpoints. Earlier links win: a later link that clashes
 /// with an endpoint is refused, never the running holder.
 pub fn build(links: &[Link], mut refused: Vec<Refusal>) -> Plan {
-    let mut eps: BTreeMap<EndpointKey, Endpoint> = BTreeMap::new();
+    let mut eps: BTreeMap<EndpointKey, (Endpoint, HashMap<Selector, usize>)> = BTreeMap::new();
     for l in links {
         let key = EndpointKey {
             consumer_pid: l.consumer_pid,
             listen: l.listen.clone(),
         };
+        let kind = Kind::of(l.ty);
+        let sel = selector(kind, &l.prefix, &l.host, &l.sni);
         match eps.get_mut(&key) {
             None => {
-                eps.insert(
-                    key.clone(),
-                    Endpoint {
-                        key,
-                        kind: Kind::of(l.ty),
-                        consumer: l.consumer.clone(),
-                        routes: vec![route_of(l)],
-                    },
-                );
+                let ep = Endpoint {
+                    key: key.clone(),
+                    kind,
+                    consumer: l.consumer.clone(),
+                    routes: vec![route_of(l)],
+                };
+                eps.insert(key, (ep, HashMap::from([(sel, 0)])));
             }
-            Some(ep) => match clash(ep, l) {
+            Some((ep, taken)) => match clash(ep, taken, l) {
                 Some(reason) => refused.push(Refusal {
                     index: l.index,
                     name: l.name.clone(),
                     reason,
                 }),
-                None => ep.routes.push(route_of(l)),
+                None => {
+                    taken.insert(sel, ep.routes.len());
+                    ep.routes.push(route_of(l));
+                }
             },
         }
     }
+    let endpoints = eps
+        .into_values()
+        .filter_map(|(ep, _)| fit_control_channel(ep, &mut refused))
+        .collect();
     refused.sort_by_key(|r| r.index);
-    Plan {
-        endpoints: eps.into_values().collect(),
-        refused,
+    Plan { endpoints, refused }
+}
+
+/// Keep an endpoint within what one control message can carry to its
+/// worker: at most [`crate::ctl::MAX_ROOTS`] provider containers with unix
+/// backends (one root fd each) and at most [`crate::ctl::MAX_CONFIG`]
+/// bytes of routes. Earlier links win, as for clashes: a link that would
+/// go past either limit is refused with the reason, so `check` and
+/// `status` show it and the worker never misses a route the supervisor
+/// counts as served. None: no route of the endpoint fits.
+fn fit_control_channel(mut ep: Endpoint, refused: &mut Vec<Refusal>) -> Option<Endpoint> {
+    use crate::ctl::{MAX_CONFIG, MAX_ROOTS};
+    let mut roots: Vec<u32> = Vec::new();
+    let mut size = 0usize;
+    let mut kept = Vec::with_capacity(ep.routes.len());
+    for r in std::mem::take(&mut ep.routes) {
+        let new_root = r.provider_pid != 0
+            && matches!(r.backend, Backend::Unix(_))
+            && !roots.contains(&r.provider_pid);
+        // Its JSON in the worker configuration, and the comma before it.
+        let len = json_len(&r) + 1;
+        let reason = if new_root && roots.len() >= MAX_ROOTS {
+            Some(format!(
+                "endpoint {} already reaches unix sockets in {MAX_ROOTS} provider containers, the most one control message carries",
+                ep.key
+            ))
+        } else if size + len > MAX_CONFIG {
+            Some(format!(
+                "the configuration of endpoint {} would be over {} MiB with this link",
+                ep.key,
+                MAX_CONFIG >> 20
+            ))
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => refused.push(Refusal {
+                index: r.link,
+                name: r.name.clone(),
+                reason,
+            }),
+            None => {
+                if new_root {
+                    roots.push(r.provider_pid);
+                }
+                size += len;
+                kept.push(r);
+            }
+        }
+    }
+    ep.routes = kept;
+    (!ep.routes.is_empty()).then_some(ep)
+}
+
+/// Bytes of `v` as JSON, without building the text.
+fn json_len(v: &impl Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    // Plain data of strings and numbers: serialising cannot fail; if it
+    // somehow did, an over-long count refuses the link rather than hiding it.
+    match serde_json::to_writer(&mut c, v) {
+        Ok(()) => c.0,
+        Err(_) => usize::MAX / 2,
     }
 }
 
@@ -310,6 +465,63 @@ mod tests {
         );
     }
 
+    fn unix_http_link(i: usize, provider_pid: u32, name: &str) -> String {
+        format!(
+            r#"{{"type":"http","name":"{name}","consumer":"E","target":"0.0.0.0:80/r{i}","socket":"/run/s.sock","provider_pid":{provider_pid}}}"#
+        )
+    }
+
+    #[test]
+    fn links_past_the_provider_roots_one_message_carries_are_refused() {
+        use crate::ctl::MAX_ROOTS;
+        // MAX_ROOTS + 2 providers; a later link to an early provider still fits.
+        let mut links: Vec<String> = (0..MAX_ROOTS + 2)
+            .map(|i| unix_http_link(i, 100 + i as u32, &format!("l{i}")))
+            .collect();
+        links.push(unix_http_link(9999, 100, "again"));
+        let p = from_graph(&format!("[{}]", links.join(","))).unwrap();
+        assert_eq!(p.endpoints.len(), 1);
+        let ep = &p.endpoints[0];
+        assert_eq!(ep.routes.len(), MAX_ROOTS + 1);
+        assert_eq!(ep.root_pids().len(), MAX_ROOTS);
+        let idx: Vec<usize> = p.refused.iter().map(|r| r.index).collect();
+        assert_eq!(idx, vec![MAX_ROOTS, MAX_ROOTS + 1]);
+        assert!(
+            p.refused[0].reason.contains("provider containers"),
+            "{}",
+            p.refused[0].reason
+        );
+    }
+
+    #[test]
+    fn links_past_the_configuration_cap_are_refused() {
+        let huge = "n".repeat(crate::ctl::MAX_CONFIG);
+        let p = from_graph(&format!(
+            "[{},{},{}]",
+            unix_http_link(0, 0, "small"),
+            unix_http_link(1, 0, &huge),
+            unix_http_link(2, 0, "after")
+        ))
+        .unwrap();
+        let names: Vec<&str> = p.endpoints[0]
+            .routes
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect();
+        assert_eq!(names, ["small", "after"]);
+        assert_eq!(p.refused.len(), 1);
+        assert_eq!(p.refused[0].index, 1);
+        assert!(
+            p.refused[0].reason.contains("MiB"),
+            "{}",
+            p.refused[0].reason
+        );
+        // Alone on its endpoint: no endpoint at all.
+        let p = from_graph(&format!("[{}]", unix_http_link(0, 0, &huge))).unwrap();
+        assert!(p.endpoints.is_empty());
+        assert_eq!(p.refused.len(), 1);
+    }
+
     #[test]
     fn sni_allows_shared_tcp_address() {
         let p = from_graph(
@@ -353,5 +565,27 @@ mod tests {
         let a = from_graph(r#"[{"type":"tcp","name":"a","consumer":"E","target":"0.0.0.0:1","socket":"127.0.0.1:1"}]"#).unwrap();
         let b = from_graph(r#"[{"type":"dbus","name":"x"},{"type":"tcp","name":"a","consumer":"E","target":"0.0.0.0:1","socket":"127.0.0.1:1"}]"#).unwrap();
         assert!(a.endpoints[0].same_routes(&b.endpoints[0]));
+    }
+
+    #[test]
+    fn same_routes_in_any_order_counts_each_route() {
+        let l = |n: &str, p: &str| {
+            format!(
+                r#"{{"type":"http","name":"{n}","consumer":"E","target":"0.0.0.0:80/{p}","socket":"127.0.0.1:1"}}"#
+            )
+        };
+        let ep = |links: &[String]| {
+            let mut p = from_graph(&format!("[{}]", links.join(","))).unwrap();
+            p.endpoints.remove(0)
+        };
+        let abc = ep(&[l("a", "a"), l("b", "b"), l("c", "c")]);
+        assert!(abc.same_routes(&ep(&[l("c", "c"), l("a", "a"), l("b", "b")])));
+        assert!(!abc.same_routes(&ep(&[l("c", "c"), l("a", "a"), l("b", "x")])));
+        assert!(!abc.same_routes(&ep(&[l("c", "c"), l("a", "a")])));
+        // Same length, but one route twice and another not at all.
+        let mut twice = abc.clone();
+        twice.routes[2] = twice.routes[0].clone();
+        assert!(!abc.same_routes(&twice));
+        assert!(!twice.same_routes(&abc));
     }
 }

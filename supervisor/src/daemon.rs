@@ -29,6 +29,8 @@ const FIRST_WORKER_TOKEN: usize = 16;
 /// Timer keys: endpoint ids count up from 1; drain kills carry this bit.
 const DRAIN_KILL: u64 = 1 << 62;
 const SHUTDOWN: u64 = u64::MAX;
+/// An update the worker's socket did not take is offered again after this.
+const UPDATE_RETRY: Duration = Duration::from_secs(1);
 
 pub struct Options {
     pub source: source::Source,
@@ -478,10 +480,25 @@ impl Daemon {
         };
         // A worker not running gets the new routes with its next Init.
         let Some(w) = r.worker.as_mut() else { return };
+        if w.config_pending() {
+            // One configuration in flight per worker: the newest goes when
+            // the worker acks this one (on_worker_ctl), so a stalled worker
+            // never piles up configurations (and their blobs) in its socket.
+            proto::debug!(
+                "endpoint {key}: worker pid {} has not acked its last configuration; the new one follows its ack",
+                w.pid
+            );
+            return;
+        }
+        let (id, pid) = (r.id, w.pid);
+        // An update that cannot go now is offered again shortly (on_timer);
+        // meanwhile status lists its routes as pending, not served.
+        let retry = Instant::now() + UPDATE_RETRY;
         let roots = match crate::roots::open_roots(&config.endpoint) {
             Ok(r) => r,
             Err(e) => {
-                proto::error!("endpoint {key}: update to worker pid {}: {e}", w.pid);
+                proto::error!("endpoint {key}: update to worker pid {pid}: {e}; retrying");
+                self.timers.add(retry, id);
                 return;
             }
         };
@@ -496,7 +513,10 @@ impl Daemon {
                 });
                 proto::info!("endpoint {key}: routes pushed to worker pid {}", w.pid);
             }
-            Err(e) => proto::warn!("endpoint {key}: update to worker pid {}: {e}", w.pid),
+            Err(e) => {
+                proto::warn!("endpoint {key}: update to worker pid {pid}: {e}; retrying");
+                self.timers.add(retry, id);
+            }
         }
     }
 
@@ -641,6 +661,10 @@ impl Daemon {
         if matches!(r.state, State::Backoff { until, .. } if until <= now) {
             let key = key.clone();
             self.restart_now(&key, k);
+        } else if r.state == State::Running && !r.in_sync() {
+            // An update that could not be sent (push_update).
+            let key = key.clone();
+            self.push_update(&key);
         }
     }
 
@@ -658,8 +682,10 @@ impl Daemon {
         };
         let Some(w) = w else { return };
         let mut stats = None;
-        // The configuration the worker acknowledged last, if any.
+        // The configuration the worker acknowledged last, if any; and the
+        // last one it answered, applied or refused.
         let mut applied = None;
+        let mut answered = None;
         loop {
             match ctl::recv::<FromWorker>(w.ctl.as_fd()) {
                 Ok((FromWorker::Stats { stats: s }, _)) => stats = Some(s),
@@ -672,6 +698,9 @@ impl Daemon {
                         continue;
                     };
                     let p = w.pending.remove(i);
+                    if p.config.is_some() {
+                        answered.clone_from(&p.config);
+                    }
                     match error {
                         Some(e) => proto::error!(
                             "endpoint {key}: worker pid {} refused {}: {e}; it keeps its previous configuration",
@@ -707,6 +736,13 @@ impl Daemon {
                 }
                 if applied.is_some() {
                     r.applied = applied;
+                }
+                // The graph moved on while that configuration was on its
+                // way (push_update waited): send the newest now. One the
+                // worker refused as it is waits for the next apply.
+                let newer = answered.is_some_and(|a| !same_config(&a, &r.ep));
+                if newer && r.state == State::Running && !r.in_sync() {
+                    self.push_update(&key);
                 }
             }
         }

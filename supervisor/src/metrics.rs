@@ -165,6 +165,7 @@ mod tests {
             namespace: "host".into(),
             consumer: consumer.into(),
             routes: vec![],
+            pending_routes: None,
             worker: WorkerStatus {
                 binary: "pvx-worker-tcp",
                 pid,

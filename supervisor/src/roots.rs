@@ -5,7 +5,6 @@
 
 use nix::fcntl::{open, OFlag};
 use nix::sys::stat::Mode;
-use proto::graph::Backend;
 use proto::plan::Endpoint;
 use std::os::fd::{FromRawFd, OwnedFd};
 
@@ -14,24 +13,9 @@ use std::os::fd::{FromRawFd, OwnedFd};
 /// because the count must match what the worker expects.
 pub fn open_roots(ep: &Endpoint) -> Result<Vec<OwnedFd>, String> {
     let flags = OFlag::O_PATH | OFlag::O_CLOEXEC;
+    // The planner refused every link past ctl::MAX_ROOTS providers, so
+    // this is every provider the endpoint's unix backends live in.
     let pids = ep.root_pids();
-    if pids.len() == proto::ctl::MAX_ROOTS {
-        let mut all: Vec<u32> = ep
-            .routes
-            .iter()
-            .filter(|r| r.provider_pid != 0 && matches!(r.backend, Backend::Unix(_)))
-            .map(|r| r.provider_pid)
-            .collect();
-        all.sort_unstable();
-        all.dedup();
-        if all.len() > pids.len() {
-            proto::warn!(
-                "endpoint {}: unix backends in more than {} provider containers; those past the limit are reached without a root fd and may be refused",
-                ep.key,
-                proto::ctl::MAX_ROOTS
-            );
-        }
-    }
     pids.into_iter()
         .map(|pid| {
             let path = format!("/proc/{pid}/root");

@@ -7,7 +7,7 @@
 //! The same snapshot feeds `/metrics` (metrics.rs) and the table of
 //! `pv-xconnect status` (status_cli.rs reads the JSON back, loosely).
 
-use crate::endpoint::{Running, State};
+use crate::endpoint::{same_config, Running, State};
 use nix::unistd::Pid;
 use proto::graph::{Backend, Listen, Refusal};
 use proto::plan::{EndpointKey, Kind, Route};
@@ -40,7 +40,14 @@ pub struct EndpointStatus {
     /// `host`, or `pid:<consumer_pid>` (the namespace of that process).
     pub namespace: String,
     pub consumer: String,
+    /// The routes the current worker acknowledged: what it serves now
+    /// (none while no worker has acked its init).
     pub routes: Vec<RouteStatus>,
+    /// The graph's routes for this endpoint when the worker has not
+    /// acknowledged them (yet): starting, backing off, or an update on
+    /// its way or refused. Absent when the worker serves the graph.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_routes: Option<Vec<RouteStatus>>,
     pub worker: WorkerStatus,
 }
 
@@ -185,7 +192,11 @@ impl Snapshot {
                     address: address(&key.listen),
                     namespace: namespace(key),
                     consumer: r.ep.consumer.clone(),
-                    routes: r.ep.routes.iter().map(|x| route(r.ep.kind, x)).collect(),
+                    routes: r.applied.as_ref().map_or_else(Vec::new, |a| {
+                        a.routes.iter().map(|x| route(a.kind, x)).collect()
+                    }),
+                    pending_routes: (!r.applied.as_ref().is_some_and(|a| same_config(a, &r.ep)))
+                        .then(|| r.ep.routes.iter().map(|x| route(r.ep.kind, x)).collect()),
                     worker: worker(r, now),
                 })
                 .collect(),
@@ -238,6 +249,7 @@ mod tests {
         let now = Instant::now();
         let mut it = eps.values_mut();
         let tcp = it.next().unwrap();
+        tcp.applied = Some(tcp.ep.clone());
         let (ctl, _peer) = proto::ctl::socketpair().unwrap();
         tcp.worker = Some(WorkerProc {
             pid: Pid::from_raw(1234),
@@ -279,8 +291,12 @@ mod tests {
         assert_eq!(e[0]["worker"]["bytes_out"], 20);
         assert_eq!(e[1]["kind"], "http");
         assert_eq!(e[1]["namespace"], "pid:42");
-        assert_eq!(e[1]["routes"][0]["prefix"], "/api");
-        assert_eq!(e[1]["routes"][0]["backend"], "unix:/proc/7/root/run/x.sock");
+        assert!(e[0].get("pending_routes").is_none(), "{}", e[0]);
+        // Backing off: nothing served, the graph's routes pending.
+        assert_eq!(e[1]["routes"], serde_json::json!([]));
+        let pending = &e[1]["pending_routes"];
+        assert_eq!(pending[0]["prefix"], "/api");
+        assert_eq!(pending[0]["backend"], "unix:/proc/7/root/run/x.sock");
         assert_eq!(e[1]["worker"]["state"], "backoff");
         assert_eq!(e[1]["worker"]["pid"], serde_json::Value::Null);
         assert_eq!(e[1]["worker"]["backoff_delay_ms"], 8000);
@@ -288,5 +304,39 @@ mod tests {
         assert_eq!(e[1]["worker"]["last_exit"], "killed by SIGKILL");
         assert_eq!(v["refused"][0]["index"], 2);
         assert_eq!(v["refused"][0]["reason"], "missing field 'socket'");
+    }
+
+    #[test]
+    fn routes_are_shown_as_served_only_once_the_worker_acked_them() {
+        let one = r#"[{"type":"http","name":"a","consumer":"E","target":"127.0.0.1:80/a","socket":"127.0.0.1:1"}]"#;
+        let two = r#"[{"type":"http","name":"a","consumer":"E","target":"127.0.0.1:80/a","socket":"127.0.0.1:1"},
+                      {"type":"http","name":"b","consumer":"E","target":"127.0.0.1:80/b","socket":"127.0.0.1:1"}]"#;
+        let mut eps = running(one);
+        let r = eps.values_mut().next().unwrap();
+        let (ctl, _peer) = proto::ctl::socketpair().unwrap();
+        r.worker = Some(WorkerProc {
+            pid: Pid::from_raw(1234),
+            ctl,
+            token: 16,
+            started: Instant::now(),
+            pending: vec![],
+        });
+        // The worker acked the one-route table; the graph now has two and
+        // the update has not been acked (or could not be sent).
+        r.applied = Some(r.ep.clone());
+        r.ep = proto::plan::from_graph(two).unwrap().endpoints.remove(0);
+        let s = Snapshot::build(Instant::now(), &eps, std::iter::empty(), &[]);
+        let v: serde_json::Value = serde_json::from_slice(&s.to_json()).unwrap();
+        let e = &v["endpoints"][0];
+        assert_eq!(e["routes"].as_array().unwrap().len(), 1, "{e}");
+        assert_eq!(e["pending_routes"].as_array().unwrap().len(), 2, "{e}");
+        // Acked: served, nothing pending.
+        let r = eps.values_mut().next().unwrap();
+        r.applied = Some(r.ep.clone());
+        let s = Snapshot::build(Instant::now(), &eps, std::iter::empty(), &[]);
+        let v: serde_json::Value = serde_json::from_slice(&s.to_json()).unwrap();
+        let e = &v["endpoints"][0];
+        assert_eq!(e["routes"].as_array().unwrap().len(), 2, "{e}");
+        assert!(e.get("pending_routes").is_none(), "{e}");
     }
 }

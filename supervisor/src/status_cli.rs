@@ -137,7 +137,12 @@ pub fn table(v: &Value) -> String {
             s(&w["errors"]),
         ]);
         let row = rows.len() - 1;
-        for r in e["routes"].as_array().unwrap_or(&empty) {
+        // Served routes; then the graph's, when the worker has not
+        // acknowledged them (starting, backing off, update refused).
+        let pending = e["pending_routes"].as_array();
+        let served = e["routes"].as_array().unwrap_or(&empty).iter();
+        let wanted = pending.into_iter().flatten();
+        for (r, pend) in served.map(|r| (r, false)).chain(wanted.map(|r| (r, true))) {
             let mut what = format!("  link #{} '{}'", s(&r["link"]), s(&r["name"]));
             for k in ["host", "prefix", "sni"] {
                 if r[k].is_string() {
@@ -145,6 +150,9 @@ pub fn table(v: &Value) -> String {
                 }
             }
             what.push_str(&format!(" -> {}", s(&r["backend"])));
+            if pend {
+                what.push_str(" (pending: not acknowledged by the worker)");
+            }
             notes.push((row, what));
         }
         if w["last_exit"].is_string() {
@@ -215,6 +223,7 @@ mod tests {
             r#"{"supervisor":{"pid":9,"uptime_s":3},
                 "endpoints":[{"kind":"tcp","address":"127.0.0.1:8080","namespace":"pid:42","consumer":"app",
                   "routes":[{"link":0,"name":"db","backend":"10.0.0.2:5432"}],
+                  "pending_routes":[{"link":1,"name":"db2","backend":"10.0.0.3:5432"}],
                   "worker":{"pid":null,"state":"backoff","restart_in_ms":40,"restarts":3,"active":0,"total":12345678,
                             "bytes_in":5,"bytes_out":12000,"errors":1,"last_exit":"killed by SIGKILL"}}],
                 "refused":[{"index":2,"name":"x","reason":"missing field 'socket'"}]}"#,
@@ -230,7 +239,13 @@ mod tests {
                 && lines[1].contains("12.0k"),
             "{t}"
         );
-        assert!(t.contains("  link #0 'db' -> 10.0.0.2:5432"), "{t}");
+        assert!(t.contains("  link #0 'db' -> 10.0.0.2:5432\n"), "{t}");
+        assert!(
+            t.contains(
+                "  link #1 'db2' -> 10.0.0.3:5432 (pending: not acknowledged by the worker)"
+            ),
+            "{t}"
+        );
         assert!(t.contains("last worker killed by SIGKILL"), "{t}");
         assert!(t.contains("#2 'x': missing field 'socket'"), "{t}");
     }
