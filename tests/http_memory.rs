@@ -243,3 +243,118 @@ fn pipelined_requests_split_across_reads_answer_in_order() {
     }
     writer.join().unwrap();
 }
+
+/// A body in chunks of sizes 1 .. ~20,000 bytes, as sent.
+fn chunked_body(total: usize) -> Vec<u8> {
+    let plain = pvx_tests::pattern(total, 11);
+    let (mut wire, mut at, mut n) = (Vec::new(), 0, 1usize);
+    while at < plain.len() {
+        let len = n.min(plain.len() - at);
+        wire.extend_from_slice(format!("{len:x}\r\n").as_bytes());
+        wire.extend_from_slice(&plain[at..at + len]);
+        wire.extend_from_slice(b"\r\n");
+        at += len;
+        n = (n * 7 + 13) % 20_011 + 1;
+    }
+    wire.extend_from_slice(b"0\r\n\r\n");
+    wire
+}
+
+/// A slow reader: stop for a moment at the start and every ~2 MiB.
+fn pause_now_and_then(read: usize) {
+    static LAST: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(usize::MAX);
+    let step = read >> 21;
+    if LAST.swap(step, std::sync::atomic::Ordering::Relaxed) != step {
+        std::thread::sleep(Duration::from_millis(150));
+    }
+}
+
+fn small_rcvbuf(s: &impl std::os::fd::AsFd) {
+    use nix::sys::socket::{setsockopt, sockopt::RcvBuf};
+    setsockopt(s, RcvBuf, &65536).expect("SO_RCVBUF");
+}
+
+/// Read one request head from a raw socket, byte by byte.
+fn raw_head(s: &mut TcpStream) -> String {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).expect("request head"), 1, "head cut short");
+        head.push(b[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// Chunked bodies copied to a peer slower than their source: the bytes a
+/// connection keeps between events (a right-sized copy, or the whole
+/// buffer) must come out whole and in order, both ways.
+#[test]
+fn chunked_bodies_to_slow_peers_arrive_whole() {
+    use std::io::Read;
+    let wire = chunked_body(10 << 20);
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // Fixed receive buffers (no autotuning up to 32 MiB) and bodies over
+    // the sender's 4 MiB socket buffer, read with pauses: the kernel cannot
+    // absorb them, so the worker holds bytes back between events.
+    small_rcvbuf(&backend);
+    let route = format!(r#","socket":"{}""#, backend.local_addr().unwrap());
+    let w = Worker::start(config(&[("/api", &route)], Limits::default()));
+    let wire2 = wire.clone();
+    let origin = std::thread::spawn(move || {
+        // Upload: read slowly, then check what arrived.
+        let (mut s, _) = backend.accept().unwrap();
+        let head = raw_head(&mut s);
+        assert!(head.contains("chunked"), "{head}");
+        let mut got = Vec::new();
+        let mut piece = vec![0u8; 1 << 16];
+        while !got.ends_with(b"0\r\n\r\n") || got.len() < wire2.len() {
+            pause_now_and_then(got.len());
+            let n = s.read(&mut piece).unwrap();
+            assert!(n > 0, "request body cut short at {}", got.len());
+            got.extend_from_slice(&piece[..n]);
+        }
+        assert!(got == wire2, "chunked upload altered ({} bytes)", got.len());
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            .unwrap();
+        // Download: the whole chunked response at once, to a slow reader.
+        let head = raw_head(&mut s);
+        assert!(head.starts_with("GET /down "), "{head}");
+        s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .unwrap();
+        s.write_all(&wire2).unwrap();
+    });
+    let mut c = connect(w.addr);
+    small_rcvbuf(&c);
+    c.write_all(b"POST /api/up HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .unwrap();
+    c.write_all(&wire).unwrap();
+    let mut buf = Vec::new();
+    let r = read_resp(&mut c, &mut buf, false).expect("upload answered");
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    c.write_all(&get("/api/down")).unwrap();
+    // Read slowly: the worker keeps what the client does not take yet.
+    let mut raw = std::mem::take(&mut buf);
+    let mut piece = vec![0u8; 1 << 16];
+    let head_end = loop {
+        if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = c.read(&mut piece).unwrap();
+        assert!(n > 0);
+        raw.extend_from_slice(&piece[..n]);
+    };
+    let mut body = raw.split_off(head_end);
+    while !body.ends_with(b"0\r\n\r\n") || body.len() < wire.len() {
+        pause_now_and_then(body.len());
+        let n = c.read(&mut piece).unwrap();
+        assert!(n > 0, "response cut short at {}", body.len());
+        body.extend_from_slice(&piece[..n]);
+    }
+    assert!(
+        body == wire,
+        "chunked response altered ({} bytes)",
+        body.len()
+    );
+    origin.join().unwrap();
+}
