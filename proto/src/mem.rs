@@ -90,9 +90,10 @@ const SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
 pub struct AfterBurst {
     peak: usize,
     due: Option<std::time::Instant>,
-    /// Connections left at the last give-back: while the count keeps
-    /// falling below it, the burst is still ending (what the last of its
-    /// connections held is given back too, one give-back per `SETTLE`).
+    /// Connections left at the last give-back: when half of them have gone
+    /// too, the burst was still ending and its last connections' memory is
+    /// given back as well (a few give-backs at most, one per `SETTLE`;
+    /// steady churn after a burst does not keep trimming).
     left: Option<usize>,
 }
 
@@ -102,7 +103,7 @@ impl AfterBurst {
     /// has just ended: the caller sets a timer for it.
     pub fn observe(&mut self, now: std::time::Instant, live: usize) -> Option<std::time::Instant> {
         self.peak = self.peak.max(live);
-        let falling = self.left.is_some_and(|left| live < left);
+        let falling = self.left.is_some_and(|left| live <= left / 2);
         if self.due.is_none() && (self.peak >= live + BURST || falling) {
             let at = now + SETTLE;
             self.due = Some(at);
@@ -145,7 +146,8 @@ mod tests {
         assert!(!b.due(t + Duration::from_secs(9), 250));
         // The last connections of the burst leave: given back again.
         assert_eq!(b.observe(t, 250), None);
-        assert!(b.observe(t, 249).is_some(), "still falling");
+        assert_eq!(b.observe(t, 200), None, "churn, not the burst's end");
+        assert!(b.observe(t, 125).is_some(), "half gone: still falling");
         assert!(b.due(t + SETTLE, 0));
         assert_eq!(b.observe(t, 0), None, "all gone: the burst is over");
         assert_eq!(b.observe(t, 100), None, "counted from 0 again");
