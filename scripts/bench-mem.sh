@@ -3,6 +3,8 @@
 #   - PSS (/proc/PID/smaps_rollup) of the supervisor plus one idle worker,
 #     against one HAProxy process with the same single tcp frontend;
 #   - the cost of each idle proxied connection (PSS growth / N);
+#   - an http worker with N clients that each sent one byte of a request
+#     head, and its RSS once they closed (the burst given back);
 #   - the stripped size of the four binaries.
 #   scripts/bench-mem.sh [N_CONNECTIONS]
 set -euo pipefail
@@ -15,7 +17,7 @@ ulimit -n "$(ulimit -Hn)"
 . scripts/lib/common.sh
 scratch bench-mem
 pss() { awk '/^Pss:/ {s+=$2} END {print s}' $(for p in "$@"; do echo /proc/$p/smaps_rollup; done); }
-B=$(port); P_PVX=$(port); P_HA=$(port)
+B=$(port); P_PVX=$(port); P_HA=$(port); P_HTTP=$(port)
 
 # A backend that accepts and holds connections without answering.
 python3 - "$B" <<'PY' & pids+=($!)
@@ -29,7 +31,9 @@ PY
 
 cat > "$work/graph.json" <<JSON
 [{"type":"tcp","name":"mem","consumer":"EXTERNAL","consumer_pid":0,"provider":"p","provider_pid":0,
-  "target":"127.0.0.1:$P_PVX","socket":"127.0.0.1:$B"}]
+  "target":"127.0.0.1:$P_PVX","socket":"127.0.0.1:$B"},
+ {"type":"http","name":"memh","consumer":"EXTERNAL","consumer_pid":0,"provider":"p","provider_pid":0,
+  "target":"127.0.0.1:$P_HTTP","socket":"127.0.0.1:$B"}]
 JSON
 target/release/pv-xconnect run --graph "$work/graph.json" --log-target stderr 2>"$work/pvx.log" & sup=$!; pids+=($sup)
 cat > "$work/haproxy.cfg" <<CFG
@@ -50,6 +54,8 @@ CFG
 haproxy -f "$work/haproxy.cfg" -db >/dev/null 2>&1 & ha=$!; pids+=($ha)
 sleep 1
 worker=$(pgrep -P "$sup" -f pvx-worker-tcp)
+hworker=$(pgrep -P "$sup" -f pvx-worker-http)
+kib() { awk -v f="$2:" '$1 == f {print $2}' "/proc/$1/status"; } # pid field -> KiB
 
 hold() { # port n -> opens n connections, holds them until stdin closes
   python3 - "$1" "$2" >/dev/null <<'PY' &
@@ -74,6 +80,16 @@ echo "idle PSS: haproxy $ha_idle KiB"
 awk -v a="$pvx_idle" -v b="$ha_idle" 'BEGIN{printf "ratio pv-xconnect/haproxy idle PSS: %.2f\n", a/b}'
 awk -v w="$pvx_busy" -v i="$pvx_idle" -v s="$(pss "$sup")" -v n="$N" 'BEGIN{printf "per idle connection: pv-xconnect %.0f bytes\n", (w-(i-s))*1024/n}'
 awk -v w="$ha_busy" -v i="$ha_idle" -v n="$N" 'BEGIN{printf "per idle connection: haproxy %.0f bytes\n", (w-i)*1024/n}'
+# http: N clients that each sent one byte of a head, then closed.
+h_rest=$(kib "$hworker" VmRSS); h_rest_anon=$(kib "$hworker" RssAnon)
+h3=$(hold "$P_HTTP" "$N"); pids+=($h3); sleep 2
+h_busy=$(kib "$hworker" VmRSS); h_busy_anon=$(kib "$hworker" RssAnon)
+kill "$h3"; t0=$SECONDS
+until [ "$(kib "$hworker" VmRSS)" -le $((h_rest + 2048)) ] || [ $((SECONDS - t0)) -ge 30 ]; do sleep 0.5; done
+sleep 3 # the give-back after the burst settles
+h_after=$(kib "$hworker" VmRSS)
+echo "http worker RSS: resting $h_rest KiB, with $N one-byte clients $h_busy KiB, after they closed $h_after KiB (back within 2 MiB in $((SECONDS - t0 - 3)) s)"
+awk -v b="$h_busy_anon" -v r="$h_rest_anon" -v n="$N" 'BEGIN{printf "per idle http client: %.0f bytes of heap\n", (b-r)*1024/n}'
 echo "stripped binaries:"
 total=0
 for b in pv-xconnect pvx-worker-tcp pvx-worker-http pvx-worker-unix; do

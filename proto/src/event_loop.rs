@@ -144,6 +144,8 @@ const LISTENER: Token = Token(0);
 const CTL: Token = Token(1);
 const KEY_ACCEPT: u64 = u64::MAX;
 const KEY_DRAIN: u64 = u64::MAX - 1;
+/// Wake up to give memory back after a burst (`mem::AfterBurst`).
+const KEY_SHRINK: u64 = u64::MAX - 2;
 
 /// Start-up, the loop, and the exit status: a relaying worker's whole
 /// `main`. `kind` names it in logs (`pvx-worker-<kind>`).
@@ -186,6 +188,7 @@ pub struct Worker<C> {
     timers: Timers,
     stats: Stats,
     drain_until: Option<Instant>,
+    after_burst: crate::mem::AfterBurst,
 }
 
 fn key(slot: usize, gen: u32) -> u64 {
@@ -216,6 +219,7 @@ impl<C: Connection> Worker<C> {
             timers: Timers::new(),
             stats: Stats::default(),
             drain_until: None,
+            after_burst: crate::mem::AfterBurst::default(),
         })
     }
 
@@ -269,6 +273,7 @@ impl<C: Connection> Worker<C> {
             }
             self.stats.active = self.conns.len() as u64;
             stats_wait = self.ctl.report(now, self.stats);
+            self.after_burst(now);
             if let Some(until) = self.drain_until {
                 if self.conns.is_empty() || now >= until {
                     crate::info!(
@@ -378,6 +383,22 @@ impl<C: Connection> Worker<C> {
         }
     }
 
+    /// After a burst: connection slots, stale timer entries and the
+    /// heap's free memory go back (see `mem::AfterBurst`).
+    fn after_burst(&mut self, now: Instant) {
+        let live = self.conns.len();
+        if let Some(at) = self.after_burst.observe(now, live) {
+            self.timers.add(at, KEY_SHRINK);
+        }
+        if self.after_burst.due(now, live) {
+            self.conns.shrink();
+            let conns = &self.conns;
+            self.timers
+                .shrink(|k| k >= KEY_SHRINK || conns.is_live((k >> 32) as usize, k as u32));
+            crate::mem::give_back_heap();
+        }
+    }
+
     fn close(&mut self, slot: usize, error: bool) {
         // Closing the fds removes them from epoll; no deregister needed.
         if self.conns.remove(slot).is_some() && error {
@@ -388,7 +409,7 @@ impl<C: Connection> Worker<C> {
     fn on_timer(&mut self, k: u64, now: Instant) {
         match k {
             KEY_ACCEPT => self.accept(now, false),
-            KEY_DRAIN => {}
+            KEY_DRAIN | KEY_SHRINK => {}
             k => {
                 let (slot, gen) = ((k >> 32) as usize, k as u32);
                 let Some(c) = self.conns.get_gen(slot, gen) else {

@@ -6,6 +6,9 @@ pub struct Slab<T> {
     slots: Vec<(u32, Option<T>)>,
     free: Vec<usize>,
     len: usize,
+    /// Generation of a slot made anew: above every generation a slot
+    /// dropped by `shrink` had, so stale keys for it never match.
+    fresh: u32,
 }
 
 impl<T> Default for Slab<T> {
@@ -14,6 +17,7 @@ impl<T> Default for Slab<T> {
             slots: Vec::new(),
             free: Vec::new(),
             len: 0,
+            fresh: 0,
         }
     }
 }
@@ -42,8 +46,8 @@ impl<T> Slab<T> {
                 (i, s.0)
             }
             None => {
-                self.slots.push((0, Some(v)));
-                (self.slots.len() - 1, 0)
+                self.slots.push((self.fresh, Some(v)));
+                (self.slots.len() - 1, self.fresh)
             }
         }
     }
@@ -71,6 +75,26 @@ impl<T> Slab<T> {
         Some(v)
     }
 
+    /// Whether slot `i` holds an entry of generation `gen`.
+    pub fn is_live(&self, i: usize, gen: u32) -> bool {
+        self.slots
+            .get(i)
+            .is_some_and(|s| s.0 == gen && s.1.is_some())
+    }
+
+    /// Give back the memory of the free slots at the end (after a burst of
+    /// connections). Slots in use keep their index.
+    pub fn shrink(&mut self) {
+        while let Some((gen, None)) = self.slots.last() {
+            self.fresh = self.fresh.max(gen.wrapping_add(1));
+            self.slots.pop();
+        }
+        let n = self.slots.len();
+        self.free.retain(|&i| i < n);
+        self.slots.shrink_to_fit();
+        self.free.shrink_to_fit();
+    }
+
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (usize, &mut T)> {
         self.slots
             .iter_mut()
@@ -94,5 +118,26 @@ mod tests {
         assert!(s.get_gen(a, g).is_none());
         assert_eq!(s.get_gen(b, g2), Some(&mut 2));
         assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn shrink_drops_free_tail_and_never_reissues_a_generation() {
+        let mut s = Slab::new();
+        let keys: Vec<_> = (0..4).map(|i| s.insert(i)).collect();
+        s.remove(keys[1].0);
+        s.remove(keys[3].0);
+        s.remove(keys[2].0);
+        s.shrink();
+        assert_eq!(s.slots.len(), 1, "slots 1..3 were free at the end");
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.get_gen(keys[0].0, keys[0].1), Some(&mut 0));
+        let again: Vec<_> = (0..3).map(|i| s.insert(10 + i)).collect();
+        for (i, g) in &again {
+            assert!(*i >= 1);
+            let old = keys.iter().find(|k| k.0 == *i).unwrap();
+            assert_ne!(old.1, *g, "a stale key for slot {i} must not match");
+            assert!(!s.is_live(old.0, old.1));
+            assert!(s.is_live(*i, *g));
+        }
     }
 }

@@ -35,6 +35,13 @@ impl Timers {
         }
     }
 
+    /// Drop the entries `live` says are stale and give back the room a
+    /// burst took (entries otherwise stay until they fire).
+    pub fn shrink(&mut self, live: impl Fn(u64) -> bool) {
+        self.heap.retain(|Reverse((_, k))| live(*k));
+        self.heap.shrink_to_fit();
+    }
+
     pub fn len(&self) -> usize {
         self.heap.len()
     }

@@ -1,14 +1,29 @@
-//! Fixed-capacity byte buffers for heads and chunked bodies, and the
-//! non-blocking read/write loops edge-triggered readiness needs (run until
+//! Byte buffers for heads and chunked bodies, and the non-blocking
+//! read/write loops edge-triggered readiness needs (run until
 //! `WouldBlock`, then clear the flag).
 //!
-//! Memory is allocated on first use and given back by [`Buf::release`], so
-//! an idle keep-alive connection holds no buffer.
+//! MEMORY: a connection owns no full-size buffer between events. A read
+//! takes a full-size (`max_head_bytes`) buffer from the worker's spare
+//! list — in a busy worker the same one or two, warm in cache, act as the
+//! loop's scratch. When the loop is done with the connection for this
+//! event, [`Buf::settle`] hands the buffer back: nothing left in it (a
+//! whole head parsed, a chunk written out), the buffer goes back as it is;
+//! a few bytes left (a partial head, pipelined bytes), they are copied into
+//! an allocation of their own size first; over half the buffer in use (a
+//! chunk the peer is slow to take, a large partial head), the connection
+//! keeps it. So an idle or trickling client costs the bytes it sent, not
+//! 16 KiB, and the spare list is bounded ([`SPARES`]): a burst's buffers
+//! go back to the allocator, which `proto::mem::give_back_heap` then
+//! returns to the system.
 
 use proto::relay::Ready;
 use proto::stream::Stream;
 use std::io::{self, ErrorKind, Read, Write};
 
+/// Bytes held for one socket: none (no memory), a full-size buffer while
+/// the loop works on the connection, or between events a right-sized copy
+/// of what is held (`data.len() < cap`) or a full-size buffer over half
+/// in use.
 #[derive(Debug)]
 pub struct Buf {
     data: Vec<u8>,
@@ -50,6 +65,11 @@ impl Buf {
         &self.data[self.start..self.end]
     }
 
+    /// Bytes of memory this buffer holds (for tests and accounting).
+    pub fn held(&self) -> usize {
+        self.data.len()
+    }
+
     pub fn consume(&mut self, n: usize) {
         debug_assert!(n <= self.len());
         self.start += n.min(self.len());
@@ -61,9 +81,48 @@ impl Buf {
 
     /// Give the memory back when nothing is buffered.
     pub fn release(&mut self) {
-        if self.is_empty() && self.data.capacity() > 0 {
-            give_spare(std::mem::take(&mut self.data));
+        if self.is_empty() {
+            self.start = 0;
+            self.end = 0;
+            self.give_back();
         }
+    }
+
+    /// The loop is done with this connection for now: keep no full-size
+    /// buffer that is not worth keeping (see the module comment).
+    pub fn settle(&mut self) {
+        if self.data.len() != self.cap || self.cap == 0 {
+            return;
+        }
+        if self.is_empty() {
+            self.release();
+        } else if self.len() <= self.cap / 2 {
+            let small = self.bytes().to_vec();
+            self.end = small.len();
+            self.start = 0;
+            give_spare(std::mem::replace(&mut self.data, small));
+        }
+    }
+
+    fn give_back(&mut self) {
+        let v = std::mem::take(&mut self.data);
+        if v.len() == self.cap && self.cap > 0 {
+            give_spare(v);
+        }
+    }
+
+    /// Before a read: a full-size buffer, holding what was held, at its
+    /// start.
+    fn enlarge(&mut self) {
+        if self.data.len() == self.cap {
+            return;
+        }
+        let mut big = take_spare(self.cap);
+        let n = self.len();
+        big[..n].copy_from_slice(self.bytes());
+        self.data = big;
+        self.start = 0;
+        self.end = n;
     }
 
     /// Read until the source would block, reaches EOF, or the buffer is
@@ -89,9 +148,10 @@ impl Buf {
         short_drains: bool,
     ) -> io::Result<Got> {
         let mut got = Got::default();
-        if self.data.len() < self.cap {
-            self.data = take_spare(self.cap);
+        if !ready.readable || self.is_full() {
+            return Ok(got);
         }
+        self.enlarge();
         loop {
             if self.end == self.cap && self.start > 0 {
                 self.data.copy_within(self.start..self.end, 0);
@@ -134,10 +194,10 @@ impl Buf {
     }
 }
 
-/// Most released buffers kept for reuse (64 x 16 KiB = 1 MiB at most):
-/// a busy keep-alive worker then neither mallocs nor zeroes a buffer per
-/// request, and an idle one still holds none per connection.
-const SPARES: usize = 64;
+/// Most full-size buffers kept for reuse (16 x 16 KiB = 256 KiB at most):
+/// a busy worker then neither mallocs nor zeroes a buffer per request,
+/// and after a burst the rest go back to the allocator.
+pub const SPARES: usize = 16;
 
 thread_local! {
     static SPARE: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -147,7 +207,7 @@ fn take_spare(cap: usize) -> Vec<u8> {
     SPARE
         .with(|s| {
             let mut s = s.borrow_mut();
-            let i = s.iter().position(|v| v.len() == cap)?;
+            let i = s.iter().rposition(|v| v.len() == cap)?;
             Some(s.swap_remove(i))
         })
         .unwrap_or_else(|| vec![0; cap])
@@ -162,11 +222,19 @@ fn give_spare(v: Vec<u8>) {
     });
 }
 
+/// Keep at most `n` spare buffers (after a burst, before the heap is
+/// trimmed).
+pub fn trim_spares(n: usize) {
+    SPARE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.truncate(n);
+        s.shrink_to_fit();
+    });
+}
+
 impl Drop for Buf {
     fn drop(&mut self) {
-        if self.data.len() == self.cap && self.cap > 0 {
-            give_spare(std::mem::take(&mut self.data));
-        }
+        self.give_back();
     }
 }
 
@@ -295,6 +363,61 @@ mod tests {
         drop(a);
         ready.readable = true;
         assert!(buf.read_from(&b, &mut ready).unwrap().eof);
+    }
+
+    #[test]
+    fn settle_keeps_only_what_is_worth_keeping() {
+        let (a, b) = pair();
+        let mut r = RW;
+        let mut buf = Buf::new(64);
+        // Nothing read: no memory.
+        buf.settle();
+        assert_eq!(buf.held(), 0);
+        // A few bytes: a right-sized copy, the full buffer goes back.
+        write_nb(&a, &mut r, b"GET / HT").unwrap();
+        buf.read_head(&b, &mut RW.clone(), false).unwrap();
+        assert_eq!(buf.held(), 64, "a read works in a full-size buffer");
+        buf.settle();
+        assert_eq!(buf.held(), 8);
+        assert_eq!(buf.bytes(), b"GET / HT");
+        // The next read continues after them, in a full buffer again.
+        write_nb(&a, &mut r, b"TP/1.1\r\n").unwrap();
+        buf.read_head(&b, &mut RW.clone(), false).unwrap();
+        assert_eq!(buf.bytes(), b"GET / HTTP/1.1\r\n");
+        assert_eq!(buf.held(), 64);
+        buf.consume(4);
+        buf.settle();
+        assert_eq!(buf.bytes(), b"/ HTTP/1.1\r\n");
+        assert_eq!(buf.held(), 12);
+        // Over half the buffer in use: kept as it is.
+        write_nb(&a, &mut r, &[b'x'; 40]).unwrap();
+        buf.read_from(&b, &mut RW.clone()).unwrap();
+        assert_eq!(buf.len(), 52);
+        buf.settle();
+        assert_eq!(buf.held(), 64);
+        // Emptied: given back.
+        let n = buf.len();
+        buf.consume(n);
+        buf.settle();
+        assert_eq!(buf.held(), 0);
+    }
+
+    #[test]
+    fn no_buffer_is_taken_when_nothing_can_be_read() {
+        let (_a, b) = pair();
+        let mut buf = Buf::new(64);
+        let mut ready = Ready {
+            readable: false,
+            writable: true,
+        };
+        assert_eq!(buf.read_from(&b, &mut ready).unwrap(), Got::default());
+        assert_eq!(buf.held(), 0);
+        // Readable but nothing there: the buffer used goes back on settle.
+        let mut ready = RW;
+        assert_eq!(buf.read_head(&b, &mut ready, false).unwrap().bytes, 0);
+        assert!(!ready.readable);
+        buf.settle();
+        assert_eq!(buf.held(), 0);
     }
 
     #[test]

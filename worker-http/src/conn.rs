@@ -423,6 +423,16 @@ impl Conn {
         false
     }
 
+    /// The loop is done with this connection until its next event or
+    /// timer: give back the full-size buffers it does not need to keep
+    /// (`Buf::settle`), so an idle or trickling client holds only its bytes.
+    pub fn settle(&mut self) {
+        self.cbuf.settle();
+        if let Some(ex) = self.ex.as_mut() {
+            ex.bbuf.settle();
+        }
+    }
+
     /// Back to waiting for the next request on a kept-alive connection.
     pub fn next_request(&mut self, now: Instant) {
         self.phase = Phase::ReadHead;

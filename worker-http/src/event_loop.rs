@@ -15,6 +15,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll};
 use proto::accept::Acceptor;
 use proto::ctl::{CtlError, Limits, Stats, ToWorker, WorkerConfig};
+use proto::mem::AfterBurst;
 use proto::relay::Ready;
 use proto::slab::Slab;
 use proto::stream::Listener;
@@ -42,6 +43,8 @@ pub struct Worker {
     owners: Owners,
     /// When the idle pool is next swept.
     pool_sweep: Option<Instant>,
+    /// When a burst of connections has ended, to give its memory back.
+    after_burst: AfterBurst,
 }
 
 impl Worker {
@@ -74,6 +77,7 @@ impl Worker {
             stats_timer: false,
             pool_sweep: None,
             owners: Owners::default(),
+            after_burst: AfterBurst::default(),
         };
         w.log_routes(&config);
         Ok(w)
@@ -178,6 +182,7 @@ impl Worker {
             slot,
         };
         if f(conn, &mut cx) {
+            conn.settle();
             if let Some(d) = conn.deadline(&self.limits) {
                 if conn.armed.is_none_or(|a| d < a) {
                     conn.armed = Some(d);
@@ -330,6 +335,13 @@ impl Worker {
             }
             _ => {}
         }
+        let live = self.conns.len();
+        if let Some(t) = self.after_burst.observe(now, live) {
+            self.timers.add(t, keys::timer(Timer::Loop));
+        }
+        if self.after_burst.due(now, live) {
+            self.give_back_memory();
+        }
         let deadline = self.drain_deadline?;
         if self.conns.is_empty() {
             proto::info!("drained; exiting");
@@ -343,6 +355,29 @@ impl Worker {
             return Some(0);
         }
         None
+    }
+}
+
+impl Worker {
+    /// After a burst: what the burst's connections made the worker grow
+    /// (slots, timer entries, spare buffers) shrinks, and the allocator
+    /// returns the free memory to the system.
+    fn give_back_memory(&mut self) {
+        let before = proto::mem::resident_kib();
+        self.conns.shrink();
+        let conns = &self.conns;
+        self.timers.shrink(|k| match keys::decode_timer(k) {
+            Timer::Conn { slot, gen } => conns.is_live(slot, gen),
+            Timer::Loop => true,
+        });
+        crate::buf::trim_spares(2);
+        proto::mem::give_back_heap();
+        proto::debug!(
+            "burst over ({} connection(s) left): resident {} KiB -> {} KiB",
+            self.conns.len(),
+            before,
+            proto::mem::resident_kib()
+        );
     }
 }
 
