@@ -439,8 +439,15 @@ fn tcp_worker_fds_return_to_baseline_after_500_mixed_connections() {
         &["--connect-timeout", "2s"],
     );
     let w = sup.worker_pid("pvx-worker-tcp");
+    // NoNewPrivs is inherited from the supervisor at birth, so it cannot
+    // tell that start-up is over; the fd table can: the event loop's epoll
+    // is made after start-up closed the stray fds (while it does, the worker
+    // holds its own listing of /proc/self/fd).
     wait_for(Duration::from_secs(10), "worker set up", || {
-        (proc_status(w, "NoNewPrivs").as_deref() == Some("1")).then_some(())
+        let f = fds(w);
+        (f.iter().any(|(_, t)| t.contains("eventpoll"))
+            && !f.iter().any(|(_, t)| t.starts_with("/proc/")))
+        .then_some(())
     });
     let base = fds(w);
     let kinds: Vec<&str> = base
