@@ -600,4 +600,13 @@ mod tests {
         set_pipe_size(DEFAULT_PIPE_SIZE);
         assert_eq!(size_of(&t), 128 * 1024);
     }
+
+    #[test]
+    fn limits_without_pipe_size_parse_to_the_default() {
+        // A configuration from a supervisor that predates `--pipe-size`.
+        let mut v = serde_json::to_value(crate::ctl::Limits::default()).unwrap();
+        v.as_object_mut().unwrap().remove("pipe_size");
+        let l: crate::ctl::Limits = serde_json::from_value(v).unwrap();
+        assert_eq!(l.pipe_size, DEFAULT_PIPE_SIZE);
+    }
 }
