@@ -77,10 +77,19 @@ pub struct Limits {
     /// a supervisor that does not know the field still talks to workers.
     #[serde(default = "default_response_timeout_ms")]
     pub response_timeout_ms: u64,
+    /// Size of each relay pipe (`--pipe-size`): a spliced connection holds
+    /// at most two, so 2 × this is its kernel memory bound. Defaulted when
+    /// absent, as above.
+    #[serde(default = "default_pipe_size")]
+    pub pipe_size: usize,
 }
 
 fn default_response_timeout_ms() -> u64 {
     30_000
+}
+
+fn default_pipe_size() -> usize {
+    crate::relay::DEFAULT_PIPE_SIZE
 }
 
 impl Default for Limits {
@@ -95,6 +104,7 @@ impl Default for Limits {
             max_conns: 4096,
             max_head_bytes: 16 * 1024,
             response_timeout_ms: default_response_timeout_ms(),
+            pipe_size: default_pipe_size(),
         }
     }
 }

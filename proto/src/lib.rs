@@ -5,17 +5,21 @@
 //! - [`ctl`]: supervisor <-> worker messages.
 //! - [`fdpass`]: the one `SCM_RIGHTS` send and receive (control channel, unix relay).
 //! - [`worker`]: worker start-up, privilege drop, the worker's control end.
-//! - [`stream`], [`accept`], [`backend`], [`relay`], [`timer`], [`slab`]: the data path every
-//!   worker shares: sockets, reaching a backend, the bounded byte relay,
-//!   deadlines.
+//! - [`stream`], [`accept`], [`backend`], [`timer`], [`slab`]: the data path every
+//!   worker shares: sockets, reaching a backend, deadlines.
+//! - [`duplex`]: the one duplex relay (half-close and failure rules) over
+//!   [`relay`] (splice, with a read/write fallback) and [`fdrelay`] (bytes
+//!   and fds of a unix link).
 //! - [`log`]: one-line events to syslog or stderr.
 //! - [`text`]: escaping of outside text wherever it is printed or logged.
 
 pub mod accept;
 pub mod backend;
 pub mod ctl;
+pub mod duplex;
 pub mod event_loop;
 pub mod fdpass;
+pub mod fdrelay;
 pub mod graph;
 pub mod log;
 pub mod mem;

@@ -1,27 +1,50 @@
-//! The bounded byte relay: moves one direction of a proxied connection
-//! (source socket -> destination socket) with `splice(2)` through a pipe,
-//! so bytes never enter user space. The pipe is the only buffer (64 KiB,
-//! kernel memory, created on first use): when the destination is slow the
-//! pipe fills, the source is no longer read, and TCP flow control pushes
-//! back on the sender. An idle connection holds no pipe until data flows.
+//! One direction of a proxied connection (source socket -> destination
+//! socket) with `splice(2)` through a pipe, so bytes never enter user
+//! space. The pipe is the buffer: when the destination is slow the pipe
+//! fills, the source is no longer read, and TCP flow control pushes back
+//! on the sender. It is made on first data (an idle connection holds
+//! none) and sized by [`set_pipe_size`] (`--pipe-size`, 64 KiB by
+//! default): 2 pipes × that size is the kernel memory one connection can
+//! hold.
 //!
-//! Readiness is edge-triggered (mio): the caller keeps a `readable` /
-//! `writable` flag per socket, sets it on events, and `pump` clears it when
-//! the kernel says EAGAIN. `pump` always runs until no more progress is
-//! possible, as edge-triggered readiness requires.
+//! Where `splice` is refused (`EINVAL`: an fd type without splice support,
+//! e.g. an `O_APPEND` file as destination or an eventfd as source), the
+//! direction falls back to `read`/`write` through a small user-space
+//! buffer ([`COPY_CHUNK`], allocated only while bytes are in flight) for
+//! the rest of its life. The same buffer carries a prefix: bytes that must
+//! go out before what the pipe holds (a PROXY protocol header, bytes read
+//! before a tunnel started).
+//!
+//! [`Splice`] is a [`Direction`] of [`crate::duplex::Duplex`]; `pump` moves
+//! one direction alone (http bodies with a known length).
 
+use crate::duplex::{transfer, Direction};
 use nix::errno::Errno;
 use nix::fcntl::{splice, OFlag, SpliceFFlags};
 use std::io;
 #[cfg(test)]
 use std::net::Shutdown;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// Pipe capacity asked for, and most bytes moved by one splice call. Larger
-/// than the 64 KiB default: fewer syscalls per byte on bulk transfers. It
-/// bounds the kernel memory one direction can hold; pages are only
-/// allocated while bytes are queued.
-const CHUNK: usize = 256 * 1024;
+/// Default pipe size: the kernel's own default on 4 KiB pages.
+pub const DEFAULT_PIPE_SIZE: usize = 64 * 1024;
+/// Largest `--pipe-size` accepted (also bounded by /proc/sys/fs/pipe-max-size).
+pub const MAX_PIPE_SIZE: usize = 1024 * 1024;
+/// The read/write fallback's buffer, and the most one `read` takes.
+pub const COPY_CHUNK: usize = 16 * 1024;
+
+static PIPE_SIZE: AtomicUsize = AtomicUsize::new(DEFAULT_PIPE_SIZE);
+
+/// Size of the pipes made from now on (a worker sets it once at start from
+/// its `Limits`). The kernel rounds it up to a power of two pages.
+pub fn set_pipe_size(bytes: usize) {
+    PIPE_SIZE.store(bytes.clamp(1, MAX_PIPE_SIZE), Ordering::Relaxed);
+}
+
+pub fn pipe_size() -> usize {
+    PIPE_SIZE.load(Ordering::Relaxed)
+}
 
 /// Edge-triggered readiness of one socket, as seen by its connection.
 #[derive(Debug, Default, Clone, Copy)]
@@ -39,23 +62,55 @@ pub struct Moved {
     pub eof: bool,
 }
 
-/// One direction of a relay.
+/// User-space bytes waiting for the destination: `buf[sent..]`.
+#[derive(Debug)]
+struct Chunk {
+    buf: Vec<u8>,
+    sent: usize,
+}
+
+/// One direction: a pipe (made on first use), and a small buffer for a
+/// prefix or the copy fallback, whose bytes always go out first.
 #[derive(Debug, Default)]
 pub struct Splice {
     pipe: Option<(OwnedFd, OwnedFd)>,
     /// Bytes sitting in the pipe.
     queued: usize,
-    /// Source reported EOF (or the limit was reached).
-    pub src_done: bool,
-    /// Destination's write side has been shut down.
-    pub dst_shut: bool,
-    /// Remaining bytes this direction may move (None = until EOF).
+    copy: Option<Box<Chunk>>,
+    /// Remaining bytes this direction may read (None = until EOF).
     limit: Option<u64>,
+    /// `splice` was refused for these fds: read/write from now on.
+    copying: bool,
+    /// Source reported EOF (or the limit was reached). For `pump`.
+    pub src_done: bool,
+    /// Destination's write side has been shut down. For `pump`.
+    pub dst_shut: bool,
+}
+
+fn sys(what: &str, e: Errno) -> io::Error {
+    io::Error::new(io::Error::from(e).kind(), format!("{what}: {e}"))
 }
 
 impl Splice {
     pub fn new() -> Splice {
         Splice::default()
+    }
+
+    /// Bytes that go to the destination before anything read from the
+    /// source (a PROXY header, bytes read before a tunnel started).
+    pub fn prefix(&mut self, bytes: Vec<u8>) {
+        if bytes.is_empty() {
+            return;
+        }
+        match self.copy.as_mut() {
+            Some(c) => c.buf.extend_from_slice(&bytes),
+            None => {
+                self.copy = Some(Box::new(Chunk {
+                    buf: bytes,
+                    sent: 0,
+                }))
+            }
+        }
     }
 
     /// Move at most `n` more bytes, then stop as if the source ended
@@ -67,26 +122,41 @@ impl Splice {
 
     /// Everything read has been written and the source is finished.
     pub fn finished(&self) -> bool {
-        self.src_done && self.queued == 0
+        self.src_done && self.held() == 0
     }
 
     pub fn is_idle(&self) -> bool {
-        self.queued == 0
+        self.held() == 0
     }
 
-    /// Bytes waiting in the pipe for the destination.
+    /// Bytes waiting for the destination.
     pub fn queued(&self) -> usize {
-        self.queued
+        self.held()
+    }
+
+    /// Whether splice was refused and the direction copies instead.
+    pub fn is_copying(&self) -> bool {
+        self.copying
+    }
+
+    /// The pipe's read end, if one was made (tests check its size).
+    pub fn pipe_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.pipe.as_ref().map(|(r, _)| r.as_fd())
+    }
+
+    fn copy_left(&self) -> usize {
+        self.copy.as_ref().map_or(0, |c| c.buf.len() - c.sent)
     }
 
     fn pipe(&mut self) -> io::Result<(BorrowedFd<'_>, BorrowedFd<'_>)> {
         if self.pipe.is_none() {
             let p = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
-                .map_err(|e| io::Error::other(format!("pipe2: {e}")))?;
-            // Best effort: without it the pipe keeps 64 KiB and we move less per call.
+                .map_err(|e| sys("pipe2", e))?;
+            // Always set: the default is 16 pages, 1 MiB on 64 KiB-page
+            // kernels. Best effort: without it we move less per call.
             let _ = nix::fcntl::fcntl(
                 p.1.as_raw_fd(),
-                nix::fcntl::FcntlArg::F_SETPIPE_SZ(CHUNK as i32),
+                nix::fcntl::FcntlArg::F_SETPIPE_SZ(pipe_size() as i32),
             );
             self.pipe = Some(p);
         }
@@ -94,13 +164,71 @@ impl Splice {
             .pipe
             .as_ref()
             .map(|(r, w)| (r.as_fd(), w.as_fd()))
-            .expect("pipe just made");
+            .ok_or_else(|| io::Error::other("pipe just made is gone"))?;
         Ok((r, w))
+    }
+
+    /// Most bytes the next read may take.
+    fn want(&self, room: usize) -> usize {
+        match self.limit {
+            Some(l) => room.min(usize::try_from(l).unwrap_or(usize::MAX)),
+            None => room,
+        }
+    }
+
+    fn took(&mut self, n: usize) {
+        if let Some(l) = self.limit.as_mut() {
+            *l = l.saturating_sub(n as u64);
+        }
+    }
+
+    /// splice(2) said EINVAL: these fds cannot be spliced.
+    fn fall_back(&mut self, which: &str) {
+        if !self.copying {
+            crate::debug!("splice {which} refused (EINVAL); copying through a buffer instead");
+            self.copying = true;
+        }
+    }
+
+    fn read_copy(&mut self, src: BorrowedFd<'_>) -> io::Result<usize> {
+        let mut buf = vec![0u8; self.want(COPY_CHUNK)];
+        let n = loop {
+            match nix::unistd::read(src.as_raw_fd(), &mut buf) {
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(sys("read from source", e)),
+                Ok(n) => break n,
+            }
+        };
+        if n > 0 {
+            buf.truncate(n);
+            self.copy = Some(Box::new(Chunk { buf, sent: 0 }));
+            self.took(n);
+        }
+        Ok(n)
+    }
+
+    /// Copy fallback with bytes still in the pipe: take a chunk of them
+    /// into the (empty) buffer, so the order holds.
+    fn unpipe(&mut self) -> io::Result<()> {
+        let mut buf = vec![0u8; self.queued.min(COPY_CHUNK)];
+        let (pr, _) = self.pipe()?;
+        let n = loop {
+            match nix::unistd::read(pr.as_raw_fd(), &mut buf) {
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(sys("read from pipe", e)),
+                Ok(n) => break n,
+            }
+        };
+        buf.truncate(n);
+        self.queued -= n;
+        self.copy = Some(Box::new(Chunk { buf, sent: 0 }));
+        Ok(())
     }
 
     /// Move bytes src -> dst until neither side can make progress.
     /// `shut_on_eof`: shut down dst's write side once the source ended and
-    /// the pipe drained (half-close); callers relaying a framed body pass false.
+    /// everything was written (half-close); callers relaying a framed body
+    /// pass false. Errors carry a [`SpliceError`] naming the failed side.
     pub fn pump(
         &mut self,
         src: BorrowedFd<'_>,
@@ -109,62 +237,108 @@ impl Splice {
         dst_ready: &mut Ready,
         shut_on_eof: bool,
     ) -> io::Result<Moved> {
-        let mut moved = Moved::default();
-        let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
-        loop {
-            let mut progress = false;
-            if !self.src_done && src_ready.readable && self.queued < CHUNK {
-                let want = match self.limit {
-                    Some(l) => (CHUNK - self.queued).min(l as usize),
-                    None => CHUNK - self.queued,
-                };
-                let (_, pw) = self.pipe()?;
-                match splice(src, None, pw, None, want, flags) {
-                    Ok(0) => {
-                        self.src_done = true;
-                        moved.eof = true;
-                        progress = true;
-                    }
-                    Ok(n) => {
-                        self.queued += n;
-                        if let Some(l) = self.limit.as_mut() {
-                            *l -= n as u64;
-                            if *l == 0 {
-                                self.src_done = true;
-                            }
-                        }
-                        progress = true;
-                    }
-                    // With bytes queued, EAGAIN may mean the pipe's slots are
-                    // full (partial pages), not that the source is empty:
-                    // keep `readable` so we come back after draining.
-                    Err(Errno::EAGAIN) if self.queued > 0 => {}
-                    Err(Errno::EAGAIN) => src_ready.readable = false,
-                    Err(e) => return Err(splice_failed(Side::Source, e)),
-                }
-            }
-            if self.queued > 0 && dst_ready.writable {
-                let queued = self.queued;
-                let (pr, _) = self.pipe()?;
-                match splice(pr, None, dst, None, queued, flags) {
-                    Ok(n) => {
-                        self.queued -= n;
-                        moved.bytes += n as u64;
-                        progress = n > 0;
-                    }
-                    Err(Errno::EAGAIN) => dst_ready.writable = false,
-                    Err(e) => return Err(splice_failed(Side::Destination, e)),
-                }
-            }
-            if !progress {
-                break;
-            }
+        let read = !self.src_done;
+        let t = transfer(self, src, src_ready, dst, dst_ready, read);
+        if t.eof || self.limit == Some(0) {
+            self.src_done = true;
+        }
+        if let Some((side, e)) = t.fault {
+            return Err(failed(side, e));
         }
         if shut_on_eof && self.finished() && !self.dst_shut {
             self.dst_shut = true;
             shutdown_write(dst)?;
         }
-        Ok(moved)
+        Ok(Moved {
+            bytes: t.bytes,
+            eof: t.eof,
+        })
+    }
+}
+
+impl Direction for Splice {
+    fn can_read(&self) -> bool {
+        if self.limit == Some(0) {
+            return false;
+        }
+        if self.copying {
+            // One chunk at a time, after whatever the pipe still holds.
+            return self.held() == 0;
+        }
+        self.queued < pipe_size()
+    }
+
+    fn read(&mut self, src: BorrowedFd<'_>) -> io::Result<usize> {
+        if self.copying {
+            return self.read_copy(src);
+        }
+        let want = self.want(pipe_size() - self.queued);
+        let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+        let (_, pw) = self.pipe()?;
+        match splice(src, None, pw, None, want, flags) {
+            Ok(n) => {
+                self.queued += n;
+                self.took(n);
+                Ok(n)
+            }
+            Err(Errno::EINVAL) => {
+                self.fall_back("from the source");
+                if self.held() > 0 {
+                    // Read again once what is held has gone out.
+                    return Err(io::Error::from(io::ErrorKind::WouldBlock));
+                }
+                self.read_copy(src)
+            }
+            Err(e) => Err(sys("splice from source", e)),
+        }
+    }
+
+    fn held(&self) -> usize {
+        self.copy_left() + self.queued
+    }
+
+    fn write(&mut self, dst: BorrowedFd<'_>) -> io::Result<usize> {
+        if self.copy.is_none() && self.queued > 0 && !self.copying {
+            let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+            let queued = self.queued;
+            let (pr, _) = self.pipe()?;
+            match splice(pr, None, dst, None, queued, flags) {
+                Ok(n) => {
+                    self.queued -= n;
+                    return Ok(n);
+                }
+                Err(Errno::EINVAL) => self.fall_back("to the destination"),
+                Err(e) => return Err(sys("splice to destination", e)),
+            }
+        }
+        if self.copy.is_none() {
+            if self.queued == 0 {
+                return Ok(0);
+            }
+            self.unpipe()?;
+        }
+        let Some(c) = self.copy.as_mut() else {
+            return Ok(0);
+        };
+        let n = loop {
+            match nix::unistd::write(dst, &c.buf[c.sent..]) {
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(sys("write to destination", e)),
+                Ok(n) => break n,
+            }
+        };
+        c.sent += n;
+        if c.sent == c.buf.len() {
+            // Nothing in flight here: give the buffer back.
+            self.copy = None;
+        }
+        Ok(n)
+    }
+
+    fn discard(&mut self) {
+        self.pipe = None;
+        self.queued = 0;
+        self.copy = None;
     }
 }
 
@@ -175,20 +349,19 @@ pub enum Side {
     Destination,
 }
 
-/// A failed splice, carried inside the `io::Error` that `pump` returns so
-/// callers can tell a reader's fault from a writer's without reading text.
+/// A failed syscall of a direction, carried inside the `io::Error` that
+/// `pump` returns so callers can tell a reader's fault from a writer's
+/// without reading text.
 #[derive(Debug)]
 pub struct SpliceError {
     pub side: Side,
-    pub errno: Errno,
+    pub error: io::Error,
 }
 
 impl std::fmt::Display for SpliceError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.side {
-            Side::Source => write!(f, "splice from source: {}", self.errno),
-            Side::Destination => write!(f, "splice to destination: {}", self.errno),
-        }
+        // The error names its syscall ("splice to destination: EPIPE").
+        write!(f, "{}", self.error)
     }
 }
 
@@ -201,12 +374,8 @@ impl SpliceError {
     }
 }
 
-fn splice_failed(side: Side, errno: Errno) -> io::Error {
-    io::Error::new(io::Error::from(errno).kind(), SpliceError { side, errno })
-}
-
-fn sys(what: &str, e: Errno) -> io::Error {
-    io::Error::new(io::Error::from(e).kind(), format!("{what}: {e}"))
+fn failed(side: Side, error: io::Error) -> io::Error {
+    io::Error::new(error.kind(), SpliceError { side, error })
 }
 
 /// `shutdown(fd, SHUT_WR)`; ENOTCONN (peer already gone) is not an error.
@@ -326,5 +495,118 @@ mod tests {
         assert_eq!(SpliceError::side_of(&e), Some(Side::Destination));
         assert!(e.to_string().starts_with("splice to destination"), "{e}");
         assert_eq!(SpliceError::side_of(&io::Error::other("x")), None);
+    }
+
+    fn ready() -> Ready {
+        Ready {
+            readable: true,
+            writable: true,
+        }
+    }
+
+    #[test]
+    fn eventfd_source_is_refused_by_splice_and_copied() {
+        // An eventfd has no splice_read: splice(2) says EINVAL (checked on
+        // Linux 6.18), a read gives its 8-byte counter.
+        // SAFETY: eventfd returns a new fd we own, or -1.
+        let raw =
+            unsafe { nix::libc::eventfd(5, nix::libc::EFD_NONBLOCK | nix::libc::EFD_CLOEXEC) };
+        assert!(raw >= 0);
+        let efd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+        let (b_in, mut b_out) = UnixStream::pair().unwrap();
+        b_in.set_nonblocking(true).unwrap();
+        let mut s = Splice::new();
+        let (mut sr, mut dr) = (ready(), ready());
+        let m = s
+            .pump(efd.as_fd(), &mut sr, b_in.as_fd(), &mut dr, false)
+            .unwrap();
+        assert!(s.is_copying(), "fell back to read/write");
+        assert_eq!(m.bytes, 8);
+        assert!(!sr.readable, "the counter is spent: EAGAIN");
+        let mut got = [0u8; 8];
+        b_out.read_exact(&mut got).unwrap();
+        assert_eq!(u64::from_ne_bytes(got), 5);
+        assert!(s.is_idle());
+    }
+
+    #[test]
+    fn append_only_destination_is_refused_by_splice_and_written() {
+        // splice(2) into an O_APPEND file says EINVAL; the bytes already in
+        // the pipe and the prefix must still arrive, in order.
+        let path = std::env::temp_dir().join(format!("pvx-append-{}", std::process::id()));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        drop(file);
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        let (mut a_out, a_in) = UnixStream::pair().unwrap();
+        a_in.set_nonblocking(true).unwrap();
+        a_out.write_all(b"hello, ").unwrap();
+        let mut s = Splice::new();
+        s.prefix(b"HDR:".to_vec());
+        let (mut sr, mut dr) = (ready(), ready());
+        s.pump(a_in.as_fd(), &mut sr, file.as_fd(), &mut dr, false)
+            .unwrap();
+        assert!(s.is_copying());
+        a_out.write_all(b"world").unwrap();
+        a_out.shutdown(Shutdown::Write).unwrap();
+        sr.readable = true;
+        let m = s
+            .pump(a_in.as_fd(), &mut sr, file.as_fd(), &mut dr, false)
+            .unwrap();
+        assert!(m.eof && s.finished());
+        let text = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(text, "HDR:hello, world");
+    }
+
+    #[test]
+    fn pipes_take_the_configured_size() {
+        let size_of = |s: &Splice| {
+            nix::fcntl::fcntl(
+                s.pipe_fd().expect("pipe made").as_raw_fd(),
+                nix::fcntl::FcntlArg::F_GETPIPE_SZ,
+            )
+            .unwrap() as usize
+        };
+        let moved = |s: &mut Splice| {
+            let (mut a_out, a_in) = UnixStream::pair().unwrap();
+            let (b_in, _b_out) = UnixStream::pair().unwrap();
+            a_in.set_nonblocking(true).unwrap();
+            b_in.set_nonblocking(true).unwrap();
+            a_out.write_all(b"x").unwrap();
+            s.pump(
+                a_in.as_fd(),
+                &mut ready(),
+                b_in.as_fd(),
+                &mut ready(),
+                false,
+            )
+            .unwrap();
+        };
+        let mut s = Splice::new();
+        assert!(s.pipe_fd().is_none(), "no pipe before data");
+        moved(&mut s);
+        assert_eq!(size_of(&s), DEFAULT_PIPE_SIZE);
+        set_pipe_size(128 * 1024);
+        let mut t = Splice::new();
+        moved(&mut t);
+        set_pipe_size(DEFAULT_PIPE_SIZE);
+        assert_eq!(size_of(&t), 128 * 1024);
+    }
+
+    #[test]
+    fn limits_without_pipe_size_parse_to_the_default() {
+        // A configuration from a supervisor that predates `--pipe-size`.
+        let mut v = serde_json::to_value(crate::ctl::Limits::default()).unwrap();
+        v.as_object_mut().unwrap().remove("pipe_size");
+        let l: crate::ctl::Limits = serde_json::from_value(v).unwrap();
+        assert_eq!(l.pipe_size, DEFAULT_PIPE_SIZE);
     }
 }

@@ -74,6 +74,7 @@ pub fn start(kind: &str) -> Result<Started, String> {
     );
     // Every line this worker writes names its endpoint.
     log::set_context(Some(format!("endpoint {}", config.endpoint.key)));
+    crate::relay::set_pipe_size(config.limits.pipe_size);
     let ctl = WorkerCtl::new(ctl);
 
     let setup = (|| -> Result<(), String> {

@@ -36,6 +36,9 @@ run options (default in brackets):
   --response-timeout D      http: a backend must start its response within, else 504 [30s]
   --tcp-idle-timeout D      tcp: close connections idle this long (0 = never) [0s]
   --max-conns N             most concurrent connections per worker [4096]
+  --pipe-size BYTES         size of each relay pipe; a connection holds at most 2, so
+                            2 x BYTES bounds its kernel memory (page size .. 1 MiB,
+                            at most /proc/sys/fs/pipe-max-size) [65536]
 durations: 250ms, 5s, 1.5s, 2m (a bare number is seconds)
 ";
 
@@ -60,6 +63,7 @@ pub struct RunArgs {
     pub response_timeout: Duration,
     pub tcp_idle_timeout: Duration,
     pub max_conns: usize,
+    pub pipe_size: usize,
 }
 
 impl Default for RunArgs {
@@ -84,6 +88,7 @@ impl Default for RunArgs {
             response_timeout: Duration::from_secs(30),
             tcp_idle_timeout: Duration::ZERO,
             max_conns: 4096,
+            pipe_size: proto::relay::DEFAULT_PIPE_SIZE,
         }
     }
 }
@@ -117,6 +122,33 @@ fn duration(flag: &str, v: &str) -> Result<Duration, String> {
     parse_duration(v).map_err(|e| format!("{flag}: {e}"))
 }
 
+/// What `--pipe-size` accepts here: a page (a pipe's smallest size) to
+/// 1 MiB, and no more than an unprivileged process may ask for
+/// (`/proc/sys/fs/pipe-max-size`; workers run without CAP_SYS_RESOURCE).
+fn pipe_size_range() -> (usize, usize) {
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .map_or(4096, |p| p as usize);
+    let max = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .map_or(proto::relay::MAX_PIPE_SIZE, |m| {
+            m.min(proto::relay::MAX_PIPE_SIZE)
+        });
+    (page, max.max(page))
+}
+
+fn pipe_size(flag: &str, v: &str, (min, max): (usize, usize)) -> Result<usize, String> {
+    let n: usize = number(flag, v)?;
+    if !(min..=max).contains(&n) {
+        return Err(format!(
+            "{flag}: {n} is out of range ({min} to {max} bytes: a page to the pipe maximum)"
+        ));
+    }
+    Ok(n)
+}
+
 /// Apply `--flag value` to the run options.
 fn set(a: &mut RunArgs, flag: &str, v: &str) -> Result<(), String> {
     match flag {
@@ -144,6 +176,7 @@ fn set(a: &mut RunArgs, flag: &str, v: &str) -> Result<(), String> {
         "--response-timeout" => a.response_timeout = duration(flag, v)?,
         "--tcp-idle-timeout" => a.tcp_idle_timeout = duration(flag, v)?,
         "--max-conns" => a.max_conns = number(flag, v)?,
+        "--pipe-size" => a.pipe_size = pipe_size(flag, v, pipe_size_range())?,
         _ => return Err(format!("unknown option '{flag}' (see --help)")),
     }
     Ok(())
@@ -170,6 +203,7 @@ const RUN_FLAGS: &[&str] = &[
     "--response-timeout",
     "--tcp-idle-timeout",
     "--max-conns",
+    "--pipe-size",
 ];
 
 /// Split `--flag=value` / `--flag value` pairs.
@@ -290,6 +324,20 @@ mod tests {
             .contains("--log-target: 'file' is not one of"));
         assert!(p("--max-conns many").unwrap_err().contains("--max-conns"));
         assert!(p("--retry-delay 5h").unwrap_err().contains("--retry-delay"));
+        assert!(p("--pipe-size 100")
+            .unwrap_err()
+            .contains("--pipe-size: 100 is out of range"));
+        assert!(p("--pipe-size 2MiB").unwrap_err().contains("--pipe-size"));
+        assert!(pipe_size("--pipe-size", "4194304", (4096, 1 << 20)).is_err());
+        assert_eq!(
+            pipe_size("--pipe-size", "131072", (4096, 1 << 20)),
+            Ok(131072)
+        );
+        let Command::Run(a) = p("--pipe-size=131072").unwrap() else {
+            panic!()
+        };
+        assert_eq!(a.pipe_size, 131072);
+        assert_eq!(RunArgs::default().pipe_size, 65536);
         assert!(p("check").is_err());
         assert!(p("stray")
             .unwrap_err()

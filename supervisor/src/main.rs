@@ -51,6 +51,7 @@ fn run(a: Box<RunArgs>) -> Result<(), String> {
         idle_timeout_ms: ms(a.idle_timeout),
         response_timeout_ms: ms(a.response_timeout),
         max_conns: a.max_conns,
+        pipe_size: a.pipe_size,
         ..Limits::default()
     };
     let opts = daemon::Options {

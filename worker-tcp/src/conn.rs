@@ -6,19 +6,21 @@
 //!                 │  ▲ refused: retry after 25, 50, 100, 200 ms
 //!                 └──┘ timeout / other error / retries spent ──> closed (client just closed)
 //! ```
-//! In `Relaying`, each direction is a [`Splice`]: EOF from one side is
-//! passed on as `shutdown(SHUT_WR)` of the other (half-close), and the
-//! connection ends only when both directions are finished.
+//! In `Relaying`, the connection is a [`Duplex`] of two [`Splice`]s: EOF
+//! (or a reset) from one side is passed on as `shutdown(SHUT_WR)` of the
+//! other once what was read is delivered, a failed destination ends only
+//! its own direction (`proto::duplex`), and the connection ends when both
+//! directions have. A PROXY protocol header is the up direction's prefix.
 
 use nix::sys::socket::MsgFlags;
 use proto::backend::Dialer;
 use proto::ctl::{Limits, WorkerConfig};
+use proto::duplex::Duplex;
 use proto::event_loop::{Connection, Dialing, Next, Sockets};
 use proto::graph::ProxyProtocol;
 use proto::plan::Route;
 use proto::relay::Splice;
 use proto::stream::Stream;
-use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
@@ -51,10 +53,7 @@ pub struct Conn {
     /// The backend, for log lines (set once a route is chosen).
     target: String,
     proxy_protocol: Option<ProxyProtocol>,
-    up: Splice,
-    down: Splice,
-    /// PROXY protocol header still to be written to the backend.
-    preamble: Vec<u8>,
+    relay: Duplex<Splice>,
     last_activity: Instant,
 }
 
@@ -69,9 +68,7 @@ impl Conn {
             },
             target: String::new(),
             proxy_protocol: None,
-            up: Splice::new(),
-            down: Splice::new(),
-            preamble: Vec::new(),
+            relay: Duplex::default(),
             last_activity: now,
         };
         if let [r] = routes {
@@ -148,16 +145,20 @@ impl Conn {
     }
 
     fn drive_connect(&mut self, now: Instant, limits: &Limits) -> Next {
-        if let (Some(v), true) = (self.proxy_protocol, self.preamble.is_empty()) {
-            self.preamble =
-                proxy_header::build(v, self.io.client.peer_ip(), self.io.client.local_addr());
-        }
         let Phase::Connecting(dial) = &mut self.phase else {
             return Next::Continue;
         };
         match self.io.dial(dial, now, limits) {
             Dialing::Next(next) => next,
             Dialing::Connected => {
+                if let Some(v) = self.proxy_protocol {
+                    // Goes out before any client byte.
+                    self.relay.up.prefix(proxy_header::build(
+                        v,
+                        self.io.client.peer_ip(),
+                        self.io.client.local_addr(),
+                    ));
+                }
                 self.phase = Phase::Relaying;
                 self.last_activity = now;
                 self.relay(now)
@@ -169,59 +170,22 @@ impl Conn {
         let Some(b) = self.io.backend.as_ref() else {
             return Next::Close { error: true };
         };
-        if !self.preamble.is_empty() {
-            if !self.io.backend_ready.writable {
-                return Next::Continue;
-            }
-            match (&*b).write(&self.preamble) {
-                Ok(n) => {
-                    self.preamble.drain(..n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.io.backend_ready.writable = false
-                }
-                Err(e) => {
-                    proto::debug!("write PROXY header to {}: {e}", self.target);
-                    return Next::Close { error: true };
-                }
-            }
-            if !self.preamble.is_empty() {
-                return Next::Continue;
-            }
+        let p = self.relay.pump(
+            self.io.client.as_fd(),
+            &mut self.io.client_ready,
+            b.as_fd(),
+            &mut self.io.backend_ready,
+            &self.target,
+        );
+        if p.active() {
+            self.last_activity = now;
         }
-        let (c, bfd) = (self.io.client.as_fd(), b.as_fd());
-        let up = self.up.pump(
-            c,
-            &mut self.io.client_ready,
-            bfd,
-            &mut self.io.backend_ready,
-            true,
-        );
-        let down = self.down.pump(
-            bfd,
-            &mut self.io.backend_ready,
-            c,
-            &mut self.io.client_ready,
-            true,
-        );
-        match (up, down) {
-            (Ok(u), Ok(d)) => {
-                if u.bytes + d.bytes > 0 || u.eof || d.eof {
-                    self.last_activity = now;
-                }
-                self.io.moved.0 += u.bytes;
-                self.io.moved.1 += d.bytes;
-                if self.up.dst_shut && self.down.dst_shut {
-                    Next::Close { error: false }
-                } else {
-                    Next::Continue
-                }
-            }
-            (Err(e), _) | (_, Err(e)) => {
-                // A reset from either peer ends the connection; not a proxy fault.
-                proto::debug!("relay with {}: {e}", self.target);
-                Next::Close { error: false }
-            }
+        self.io.moved.0 += p.up;
+        self.io.moved.1 += p.down;
+        if self.relay.done() {
+            Next::Close { error: false }
+        } else {
+            Next::Continue
         }
     }
 
@@ -252,8 +216,7 @@ impl Conn {
             Phase::Sniffing { until } => Some(*until),
             Phase::Connecting(dial) => Some(dial.deadline()),
             Phase::Relaying => {
-                let half_closed = self.up.dst_shut != self.down.dst_shut;
-                let idle_ms = match (half_closed, limits.tcp_idle_timeout_ms) {
+                let idle_ms = match (self.relay.lingering(), limits.tcp_idle_timeout_ms) {
                     (true, 0) => limits.half_close_linger_ms,
                     (true, t) => t.min(limits.half_close_linger_ms),
                     (false, 0) => return None,

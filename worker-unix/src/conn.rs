@@ -6,17 +6,19 @@
 //!                 │  ▲ refused / no socket yet: retry after 25, 50, 100, 200 ms
 //!                 └──┘ timeout / other error / retries spent ──> closed (client just closed)
 //! ```
-//! In `Relaying`, each direction is an [`FdRelay`]: bytes and the fds sent
-//! with them (`SCM_RIGHTS`) go through; EOF from one side is passed on as
-//! `shutdown(SHUT_WR)` of the other (half-close), and the connection ends
-//! only when both directions are finished. A half-closed connection with
-//! no traffic for `half_close_linger_ms` is closed; an open one never idles
-//! out (display and bus protocols sit idle for hours).
+//! In `Relaying`, the connection is a [`Duplex`] of two [`FdRelay`]s:
+//! bytes and the fds sent with them (`SCM_RIGHTS`) go through; an end or
+//! a failure of one direction is handled by `proto::duplex` (EOF passed on
+//! as half-close, a failed destination ends only its own direction), and
+//! the connection ends when both directions have. A connection with one
+//! direction ended and no traffic for `half_close_linger_ms` is closed; an
+//! open one never idles out (display and bus protocols sit idle for hours).
 
-use crate::relay::FdRelay;
 use proto::backend::Dialer;
 use proto::ctl::{Limits, WorkerConfig};
+use proto::duplex::Duplex;
 use proto::event_loop::{Connection, Dialing, Next, Sockets};
+use proto::fdrelay::FdRelay;
 use proto::graph::Backend;
 use proto::plan::Route;
 use proto::stream::Stream;
@@ -27,8 +29,7 @@ pub struct Conn {
     io: Sockets,
     dial: Dialer,
     relaying: bool,
-    up: FdRelay,
-    down: FdRelay,
+    relay: Duplex<FdRelay>,
     last_activity: Instant,
 }
 
@@ -40,15 +41,14 @@ impl Conn {
             io: Sockets::new(client, now),
             dial: Dialer::new(route.backend.clone(), now, limits),
             relaying: false,
-            up: FdRelay::new(to_unix),
-            down: FdRelay::new(true),
+            relay: Duplex::new(FdRelay::new(to_unix), FdRelay::new(true)),
             last_activity: now,
         }
     }
 
     /// Fds passed through so far (both directions).
     fn fds_passed(&self) -> u64 {
-        self.up.fds_passed + self.down.fds_passed
+        self.relay.up.fds_passed + self.relay.down.fds_passed
     }
 
     /// Advance the connection as far as readiness allows.
@@ -77,37 +77,22 @@ impl Conn {
         let Some(b) = self.io.backend.as_ref() else {
             return Next::Close { error: true };
         };
-        let (c, bfd) = (self.io.client.as_fd(), b.as_fd());
-        let up = self.up.pump(
-            c,
+        let p = self.relay.pump(
+            self.io.client.as_fd(),
             &mut self.io.client_ready,
-            bfd,
+            b.as_fd(),
             &mut self.io.backend_ready,
+            &self.dial.target,
         );
-        let down = self.down.pump(
-            bfd,
-            &mut self.io.backend_ready,
-            c,
-            &mut self.io.client_ready,
-        );
-        match (up, down) {
-            (Ok(u), Ok(d)) => {
-                if u.bytes + d.bytes > 0 || u.eof || d.eof {
-                    self.last_activity = now;
-                }
-                self.io.moved.0 += u.bytes;
-                self.io.moved.1 += d.bytes;
-                if self.up.dst_shut && self.down.dst_shut {
-                    Next::Close { error: false }
-                } else {
-                    Next::Continue
-                }
-            }
-            (Err(e), _) | (_, Err(e)) => {
-                // A peer that went away ends the connection; not a proxy fault.
-                proto::debug!("relay with {}: {e}", self.dial.target);
-                Next::Close { error: false }
-            }
+        if p.active() {
+            self.last_activity = now;
+        }
+        self.io.moved.0 += p.up;
+        self.io.moved.1 += p.down;
+        if self.relay.done() {
+            Next::Close { error: false }
+        } else {
+            Next::Continue
         }
     }
 
@@ -133,8 +118,9 @@ impl Conn {
         if !self.relaying {
             return Some(self.dial.deadline());
         }
-        let half_closed = self.up.dst_shut != self.down.dst_shut;
-        half_closed.then(|| self.last_activity + Duration::from_millis(limits.half_close_linger_ms))
+        self.relay
+            .lingering()
+            .then(|| self.last_activity + Duration::from_millis(limits.half_close_linger_ms))
     }
 }
 

@@ -2,4 +2,3 @@
 //! `main.rs`, the fuzz targets in `fuzz/` and unit tests.
 
 pub mod conn;
-pub mod relay;

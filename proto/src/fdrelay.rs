@@ -1,11 +1,12 @@
 //! One direction of a unix link (source socket -> destination socket) that
-//! carries file descriptors as well as bytes.
+//! carries file descriptors as well as bytes: a [`Direction`] of
+//! [`crate::duplex::Duplex`].
 //!
-//! `splice(2)` cannot carry `SCM_RIGHTS`, so this relay uses
-//! `recvmsg`/`sendmsg` through a user-space buffer of [`CHUNK`] bytes. The
-//! buffer exists only while bytes are in flight: it is allocated for a
-//! read and freed once it has been written out and the source has nothing
-//! more, so an idle connection holds no buffer.
+//! `splice(2)` cannot carry `SCM_RIGHTS`, so this direction uses
+//! `recvmsg`/`sendmsg` (through [`crate::fdpass`]) and a user-space buffer
+//! of [`CHUNK`] bytes. The buffer exists only while bytes are in flight:
+//! it is allocated for a read and freed once the source has nothing more,
+//! so an idle connection holds no buffer.
 //!
 //! One chunk at a time: the source is read only when the previous chunk
 //! has been written completely. That is the backpressure (a slow reader
@@ -14,15 +15,11 @@
 //! attached to the first `sendmsg` of that same chunk, so the peer receives
 //! them with the bytes they came with, never later. Our copy of every fd
 //! is closed as soon as `sendmsg` has handed it to the kernel (or when the
-//! connection ends without delivering it); none is kept.
-//!
-//! Readiness is edge-triggered, as in `proto::relay::Splice`: `pump` runs
-//! until neither side can make progress and clears the `Ready` flags on
-//! EAGAIN.
+//! chunk is dropped); none is kept.
 
+use crate::duplex::Direction;
+use crate::fdpass;
 use nix::errno::Errno;
-use proto::fdpass;
-use proto::relay::{shutdown_write, Moved, Ready};
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
@@ -38,10 +35,6 @@ pub struct FdRelay {
     sent: usize,
     /// Fds that arrived with the chunk; they go with its first sendmsg.
     fds: Vec<OwnedFd>,
-    /// Source reported EOF.
-    pub src_done: bool,
-    /// Destination's write side has been shut down.
-    pub dst_shut: bool,
     /// The destination can take fds (a unix socket, not tcp).
     dst_takes_fds: bool,
     /// Fds passed on so far, and fds dropped (destination cannot take them).
@@ -61,129 +54,128 @@ impl FdRelay {
         }
     }
 
-    /// Everything read has been written and the source is finished.
-    pub fn finished(&self) -> bool {
-        self.src_done && self.sent == self.len
-    }
-
     /// Bytes (and fds) held for the destination.
-    #[cfg(test)]
     pub fn in_flight(&self) -> (usize, usize) {
         (self.len - self.sent, self.fds.len())
     }
 
     /// Whether a buffer is allocated (for tests of the idle footprint).
-    #[cfg(test)]
     pub fn holds_buffer(&self) -> bool {
         self.buf.capacity() > 0
     }
 
-    /// Read one chunk. Ok(true): progress (bytes, fds or EOF).
-    fn read(&mut self, src: RawFd, src_ready: &mut Ready) -> io::Result<bool> {
+    fn release(&mut self) {
+        self.buf = Vec::new();
+        self.len = 0;
+        self.sent = 0;
+    }
+}
+
+impl Direction for FdRelay {
+    fn can_read(&self) -> bool {
+        self.len == 0
+    }
+
+    fn read(&mut self, src: BorrowedFd<'_>) -> io::Result<usize> {
         if self.buf.is_empty() {
             self.buf = vec![0u8; CHUNK];
         }
-        let (n, fds) = match fdpass::recv_with_fds(src, &mut self.buf) {
+        let (n, fds) = match fdpass::recv_with_fds(src.as_raw_fd(), &mut self.buf) {
             Ok(r) => (r.bytes, r.fds),
-            Err(fdpass::RecvError::Sys(Errno::EAGAIN)) => {
-                src_ready.readable = false;
+            Err(e) => {
                 // Nothing in flight: give the buffer back while idle.
-                self.buf = Vec::new();
-                return Ok(false);
+                self.release();
+                return Err(match e {
+                    fdpass::RecvError::Sys(e) => sys("recvmsg from source", e),
+                    // Some fds were lost in the kernel (fdpass closed the
+                    // rest): the byte stream and its fds no longer match,
+                    // which the peers cannot recover from.
+                    e => io::Error::other(format!("from source: {e}")),
+                });
             }
-            Err(fdpass::RecvError::Sys(e)) => return Err(sys("recvmsg from source", e)),
-            // Some fds were lost in the kernel (fdpass closed the rest): the
-            // byte stream and its fds no longer match, which the peers
-            // cannot recover from.
-            Err(e) => return Err(io::Error::other(format!("from source: {e}"))),
         };
         if n == 0 {
             // A stream socket delivers fds only with at least one byte.
-            self.src_done = true;
-            self.buf = Vec::new();
-            return Ok(true);
+            self.release();
+            return Ok(0);
         }
         self.len = n;
         self.sent = 0;
         if !fds.is_empty() && !self.dst_takes_fds {
             self.fds_dropped += fds.len() as u64;
-            proto::debug!(
+            crate::debug!(
                 "dropping {} fd(s): the backend is not a unix socket",
                 fds.len()
             );
         } else {
             self.fds = fds;
         }
-        Ok(true)
+        Ok(n)
     }
 
-    /// Write what is left of the chunk; returns the bytes written.
-    fn write(&mut self, dst: RawFd, dst_ready: &mut Ready) -> io::Result<usize> {
+    fn held(&self) -> usize {
+        self.len - self.sent
+    }
+
+    fn write(&mut self, dst: BorrowedFd<'_>) -> io::Result<usize> {
         let iov = [IoSlice::new(&self.buf[self.sent..self.len])];
         let raw: Vec<RawFd> = self.fds.iter().map(|f| f.as_raw_fd()).collect();
-        let r = fdpass::send_with_fds(dst, &iov, &raw);
-        match r {
-            Ok(n) => {
-                self.sent += n;
-                if n > 0 && !self.fds.is_empty() {
-                    // The kernel holds its own references now; ours go.
-                    self.fds_passed += self.fds.len() as u64;
-                    self.fds.clear();
-                }
-                if self.sent == self.len {
-                    self.sent = 0;
-                    self.len = 0;
-                }
-                Ok(n)
-            }
-            Err(Errno::EAGAIN) => {
-                dst_ready.writable = false;
-                Ok(0)
-            }
-            Err(e) => Err(sys("sendmsg to destination", e)),
+        let n = fdpass::send_with_fds(dst.as_raw_fd(), &iov, &raw)
+            .map_err(|e| sys("sendmsg to destination", e))?;
+        self.sent += n;
+        if n > 0 && !self.fds.is_empty() {
+            // The kernel holds its own references now; ours go.
+            self.fds_passed += self.fds.len() as u64;
+            self.fds.clear();
         }
+        if self.sent == self.len {
+            // Keep the buffer for the next read; it goes on EAGAIN or EOF.
+            self.sent = 0;
+            self.len = 0;
+        }
+        Ok(n)
     }
 
-    /// Move bytes and fds src -> dst until neither side can make progress.
-    /// On the source's EOF, once everything is written, the destination's
-    /// write side is shut down (half-close).
-    pub fn pump(
-        &mut self,
-        src: BorrowedFd<'_>,
-        src_ready: &mut Ready,
-        dst: BorrowedFd<'_>,
-        dst_ready: &mut Ready,
-    ) -> io::Result<Moved> {
-        let mut moved = Moved::default();
-        loop {
-            let mut progress = false;
-            if self.len > self.sent && dst_ready.writable {
-                let n = self.write(dst.as_raw_fd(), dst_ready)?;
-                moved.bytes += n as u64;
-                progress |= n > 0;
-            }
-            if self.len == 0 && !self.src_done && src_ready.readable {
-                progress |= self.read(src.as_raw_fd(), src_ready)?;
-                moved.eof |= self.src_done;
-            }
-            if !progress {
-                break;
-            }
+    fn discard(&mut self) {
+        self.release();
+        self.fds.clear();
+    }
+
+    fn drain(&mut self, src: BorrowedFd<'_>) -> io::Result<usize> {
+        let mut scratch = [0u8; 4096];
+        // Fds that arrive are closed with the Received.
+        match fdpass::recv_with_fds(src.as_raw_fd(), &mut scratch) {
+            Ok(r) => Ok(r.bytes),
+            Err(fdpass::RecvError::Sys(e)) => Err(sys("recvmsg from source", e)),
+            Err(e) => Err(io::Error::other(format!("from source: {e}"))),
         }
-        if self.finished() && !self.dst_shut {
-            self.dst_shut = true;
-            shutdown_write(dst)?;
-        }
-        Ok(moved)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::duplex::{transfer, Transfer};
+    use crate::relay::{shutdown_write, Ready};
     use std::io::{Read, Write};
     use std::os::fd::AsFd;
     use std::os::unix::net::UnixStream;
+
+    /// One direction alone: transfer, then pass the source's EOF on.
+    fn pump(
+        r: &mut FdRelay,
+        a: &UnixStream,
+        ar: &mut Ready,
+        b: &UnixStream,
+        br: &mut Ready,
+    ) -> Transfer {
+        let t = transfer(r, a.as_fd(), ar, b.as_fd(), br, true);
+        assert!(t.fault.is_none(), "{:?}", t.fault);
+        if t.eof {
+            shutdown_write(b.as_fd()).unwrap();
+        }
+        t
+    }
 
     fn ready() -> Ready {
         Ready {
@@ -219,7 +211,7 @@ mod tests {
         let (pr, pw) = nix::unistd::pipe().unwrap();
         send_with(&peer_a, b"take this pipe", &[pw.as_raw_fd()]);
         drop(pw);
-        let m = r.pump(a.as_fd(), &mut ar, b.as_fd(), &mut br).unwrap();
+        let m = pump(&mut r, &a, &mut ar, &b, &mut br);
         assert_eq!(m.bytes, 14);
         assert_eq!(r.fds_passed, 1);
         assert!(!r.holds_buffer(), "idle relay keeps no buffer");
@@ -243,8 +235,8 @@ mod tests {
         // Half-close passes on.
         peer_a.shutdown(std::net::Shutdown::Write).unwrap();
         ar.readable = true;
-        let m = r.pump(a.as_fd(), &mut ar, b.as_fd(), &mut br).unwrap();
-        assert!(m.eof && r.dst_shut);
+        let m = pump(&mut r, &a, &mut ar, &b, &mut br);
+        assert!(m.eof);
         let mut rest = Vec::new();
         (&peer_b).read_to_end(&mut rest).unwrap();
         assert!(rest.is_empty());
@@ -268,7 +260,7 @@ mod tests {
             }
             ar.readable = true;
             br.writable = true;
-            r.pump(a.as_fd(), &mut ar, b.as_fd(), &mut br).unwrap();
+            pump(&mut r, &a, &mut ar, &b, &mut br);
         }
         assert!(written < data.len(), "the writer was pushed back");
         assert!(r.in_flight().0 <= CHUNK);
@@ -281,7 +273,8 @@ mod tests {
         let total = written;
         let mut rest = written;
         let mut closed = false;
-        while !r.dst_shut {
+        let mut shut = false;
+        while !shut {
             if rest < data.len() {
                 if let Ok(n) = peer_a.write(&data[rest..]) {
                     rest += n;
@@ -292,7 +285,7 @@ mod tests {
             }
             ar.readable = true;
             br.writable = true;
-            r.pump(a.as_fd(), &mut ar, b.as_fd(), &mut br).unwrap();
+            shut = pump(&mut r, &a, &mut ar, &b, &mut br).eof;
         }
         assert!(total > 0);
         assert_eq!(h.join().unwrap(), data.len());
@@ -308,7 +301,7 @@ mod tests {
         let (pr, pw) = nix::unistd::pipe().unwrap();
         send_with(&peer_a, b"x", &[pw.as_raw_fd()]);
         drop(pw);
-        r.pump(a.as_fd(), &mut ar, b.as_fd(), &mut br).unwrap();
+        pump(&mut r, &a, &mut ar, &b, &mut br);
         assert_eq!((r.fds_passed, r.fds_dropped), (0, 1));
         let (bytes, fds) = recv_with(&peer_b, 8);
         assert_eq!((bytes.as_slice(), fds.len()), (&b"x"[..], 0));

@@ -1,0 +1,503 @@
+//! The one duplex relay of pv-xconnect: the tcp worker, the unix worker
+//! and the http worker's tunnel (after a `101`) all move a connection's
+//! two directions through [`Duplex`], so what happens when one side ends or
+//! fails is decided here, once.
+//!
+//! A direction is a [`Direction`]: how bytes get from a source socket to a
+//! destination socket ([`crate::relay::Splice`]: `splice(2)` through a pipe,
+//! with a read/write fallback; [`crate::fdrelay::FdRelay`]: `recvmsg` and
+//! `sendmsg` through a buffer, carrying fds). The driver gives each
+//! direction a [`Flow`]:
+//!
+//! ```text
+//!  Open ──source EOF or read error──> Flushing ──held bytes written──> shutdown(dst, SHUT_WR) ─> Ended
+//!    │                                   │
+//!    └──────write to dst failed──────────┴──> Draining (held bytes dropped) ──source EOF/error,
+//!                                                  or other direction over and SIOCOUTQ(src) = 0──> Ended
+//! ```
+//!
+//! - A failure writing towards side X ends only the direction whose
+//!   destination is X: X cannot take the bytes held for it, so they are
+//!   dropped. Its source is then still read, and what arrives is thrown
+//!   away (not counted): leaving it unread would make the kernel answer our
+//!   final `close` of that socket with a reset, and a reset destroys what
+//!   our send queue still holds for that same peer — the bytes of the
+//!   other direction this relay exists to deliver. (`shutdown(SHUT_RD)`
+//!   does not help on TCP: Linux aborts a connection that receives data
+//!   after it, once our FIN is out.) The drain stops at the source's EOF,
+//!   or as soon as nothing is at stake: the other direction is over and
+//!   that peer has taken all we sent it (`SIOCOUTQ` 0). The close may then
+//!   reset it, which is the truth: what it sent was not delivered.
+//! - A read error (`ECONNRESET`) from source S is an end of S's stream:
+//!   what was already read still goes out, then the destination gets a FIN
+//!   (`shutdown(SHUT_WR)`), not a reset: a reset would destroy bytes still
+//!   queued towards it. The other direction is not ended by this; writes
+//!   towards S fail by themselves if S is really gone.
+//! - The connection is done when both directions have ended. While one has
+//!   left `Open` it is lingering: the caller closes it after
+//!   `half_close_linger_ms` without traffic (drained bytes are not
+//!   traffic), so a half-open peer cannot keep it for ever.
+//!
+//! Readiness is edge-triggered: every step runs until the kernel says
+//! EAGAIN, which clears the matching [`Ready`] flag.
+
+use crate::relay::{shutdown_write, Ready, Side};
+use std::fmt;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+/// One direction's way of moving bytes from a source to a destination.
+/// Calls are single non-blocking syscalls (or a few); `EAGAIN` comes back
+/// as `ErrorKind::WouldBlock`. Errors carry their syscall and side.
+pub trait Direction {
+    /// A read may be tried now (there is room to hold what it brings).
+    fn can_read(&self) -> bool;
+    /// One read from `src` into what the direction holds; Ok(0) = EOF.
+    fn read(&mut self, src: BorrowedFd<'_>) -> io::Result<usize>;
+    /// Bytes read and not yet written.
+    fn held(&self) -> usize;
+    /// One write of held bytes to `dst`; returns how many it took.
+    fn write(&mut self, dst: BorrowedFd<'_>) -> io::Result<usize>;
+    /// Drop (and free) everything held: its destination cannot take it.
+    fn discard(&mut self);
+    /// Read from `src` and throw it away; Ok(0) = EOF.
+    fn drain(&mut self, src: BorrowedFd<'_>) -> io::Result<usize> {
+        let mut scratch = [0u8; 16 * 1024];
+        loop {
+            match nix::unistd::read(src.as_raw_fd(), &mut scratch) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                r => return r.map_err(io::Error::from),
+            }
+        }
+    }
+}
+
+/// What one [`transfer`] did.
+#[derive(Debug, Default)]
+pub struct Transfer {
+    /// Bytes that reached the destination.
+    pub bytes: u64,
+    /// The source reported EOF.
+    pub eof: bool,
+    /// The syscall that failed, and on which side; the transfer stopped there.
+    pub fault: Option<(Side, io::Error)>,
+}
+
+fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+/// Move src -> dst until neither side can make progress (`read`: the
+/// source may still be read). Stops at the first error, leaving what is
+/// held in place for the caller to decide about.
+pub fn transfer<D: Direction + ?Sized>(
+    d: &mut D,
+    src: BorrowedFd<'_>,
+    sr: &mut Ready,
+    dst: BorrowedFd<'_>,
+    dr: &mut Ready,
+    mut read: bool,
+) -> Transfer {
+    let mut t = Transfer::default();
+    loop {
+        let mut progress = false;
+        if read && sr.readable && d.can_read() {
+            match d.read(src) {
+                Ok(0) => {
+                    t.eof = true;
+                    read = false;
+                    progress = true;
+                }
+                Ok(_) => progress = true,
+                // With bytes held, EAGAIN may mean "no room" (a pipe's
+                // slots full of partial pages), not "nothing there": keep
+                // `readable` and come back once the bytes are written.
+                Err(e) if would_block(&e) => sr.readable = d.held() > 0,
+                Err(e) => {
+                    t.fault = Some((Side::Source, e));
+                    return t;
+                }
+            }
+        }
+        if d.held() > 0 && dr.writable {
+            match d.write(dst) {
+                Ok(n) => {
+                    t.bytes += n as u64;
+                    progress |= n > 0;
+                }
+                Err(e) if would_block(&e) => dr.writable = false,
+                Err(e) => {
+                    t.fault = Some((Side::Destination, e));
+                    return t;
+                }
+            }
+        }
+        if !progress {
+            return t;
+        }
+    }
+}
+
+/// Where one direction of a [`Duplex`] stands (see the module docs).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    #[default]
+    Open,
+    /// The source ended: deliver what is held, then shut the destination.
+    Flushing,
+    /// The destination failed: read the source and throw it away.
+    Draining,
+    Ended,
+}
+
+/// What one [`Duplex::pump`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pumped {
+    /// Bytes delivered client -> backend and backend -> client.
+    pub up: u64,
+    pub down: u64,
+    /// A direction changed its [`Flow`].
+    pub changed: bool,
+}
+
+impl Pumped {
+    /// Traffic, for idle and linger clocks.
+    pub fn active(&self) -> bool {
+        self.up + self.down > 0 || self.changed
+    }
+}
+
+/// Both directions of a proxied connection: `up` = client -> backend,
+/// `down` = backend -> client.
+#[derive(Debug, Default)]
+pub struct Duplex<D> {
+    pub up: D,
+    pub down: D,
+    flow: [Flow; 2],
+}
+
+impl<D: Direction> Duplex<D> {
+    pub fn new(up: D, down: D) -> Duplex<D> {
+        Duplex {
+            up,
+            down,
+            flow: [Flow::Open; 2],
+        }
+    }
+
+    /// Move both directions as far as readiness allows. `peer` names the
+    /// backend in log lines.
+    pub fn pump(
+        &mut self,
+        client: BorrowedFd<'_>,
+        cr: &mut Ready,
+        backend: BorrowedFd<'_>,
+        br: &mut Ready,
+        peer: &dyn fmt::Display,
+    ) -> Pumped {
+        let (up, c1) = step(
+            &mut self.up,
+            &mut self.flow[0],
+            (client, &mut *cr),
+            (backend, &mut *br),
+            &|| format!("client -> {peer}"),
+        );
+        let (down, c2) = step(
+            &mut self.down,
+            &mut self.flow[1],
+            (backend, br),
+            (client, cr),
+            &|| format!("{peer} -> client"),
+        );
+        let c3 = self.stop_draining(client, backend);
+        Pumped {
+            up,
+            down,
+            changed: c1 || c2 || c3,
+        }
+    }
+
+    /// A direction drains its source only so that our final close does not
+    /// reset bytes still on their way to that same peer. Once nothing more
+    /// will be sent to it (the other direction is over) and our send queue
+    /// to it is empty, the drain stops: a peer streaming to a client that
+    /// is gone is not read for nothing until the linger deadline.
+    fn stop_draining(&mut self, client: BorrowedFd<'_>, backend: BorrowedFd<'_>) -> bool {
+        let mut changed = false;
+        for (i, src) in [(0, client), (1, backend)] {
+            let over = matches!(self.flow[1 - i], Flow::Ended | Flow::Draining);
+            if self.flow[i] == Flow::Draining && over && unsent(src) == 0 {
+                self.flow[i] = Flow::Ended;
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// Both directions have ended: the connection can be closed.
+    pub fn done(&self) -> bool {
+        self.flow == [Flow::Ended; 2]
+    }
+
+    /// One direction has left `Open` and the connection is not done: the
+    /// half-close linger applies.
+    pub fn lingering(&self) -> bool {
+        self.flow != [Flow::Open; 2] && !self.done()
+    }
+
+    /// (up, down).
+    pub fn flows(&self) -> (Flow, Flow) {
+        (self.flow[0], self.flow[1])
+    }
+}
+
+/// Bytes we wrote on `fd` that its peer has not taken yet (`SIOCOUTQ`:
+/// TCP not acknowledged, unix not read); 0 when the fd cannot say.
+fn unsent(fd: BorrowedFd<'_>) -> i32 {
+    let mut n: nix::libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int.
+    let r = unsafe { nix::libc::ioctl(fd.as_raw_fd(), nix::libc::TIOCOUTQ, &mut n) };
+    if r < 0 {
+        0
+    } else {
+        n
+    }
+}
+
+/// One direction's turn: transfer, then apply the end rules. Returns the
+/// bytes delivered and whether its flow changed.
+fn step<D: Direction>(
+    d: &mut D,
+    flow: &mut Flow,
+    (src, sr): (BorrowedFd<'_>, &mut Ready),
+    (dst, dr): (BorrowedFd<'_>, &mut Ready),
+    what: &dyn Fn() -> String,
+) -> (u64, bool) {
+    let before = *flow;
+    let mut bytes = 0;
+    if matches!(*flow, Flow::Open | Flow::Flushing) {
+        let mut t = transfer(d, src, sr, dst, dr, *flow == Flow::Open);
+        bytes += t.bytes;
+        if t.eof {
+            *flow = Flow::Flushing;
+        }
+        if let Some((Side::Source, e)) = &t.fault {
+            crate::debug!(
+                "{}: {e}; delivering what was read, then passing on the end",
+                what()
+            );
+            *flow = Flow::Flushing;
+            // The transfer stopped at the error: write out what is held.
+            t = transfer(d, src, sr, dst, dr, false);
+            bytes += t.bytes;
+        }
+        if let Some((Side::Destination, e)) = &t.fault {
+            crate::debug!(
+                "{}: {e}; dropping {} byte(s) held for it, ending this direction only",
+                what(),
+                d.held()
+            );
+            d.discard();
+            *flow = Flow::Draining;
+        }
+        if *flow == Flow::Flushing && d.held() == 0 {
+            if let Err(e) = shutdown_write(dst) {
+                crate::debug!("{}: {e}", what());
+            }
+            // Frees the pipe or buffer now, not when the connection ends.
+            d.discard();
+            *flow = Flow::Ended;
+        }
+    }
+    if *flow == Flow::Draining {
+        while sr.readable {
+            match d.drain(src) {
+                Ok(0) => *flow = Flow::Ended,
+                Ok(_) => continue,
+                Err(e) if would_block(&e) => sr.readable = false,
+                Err(_) => *flow = Flow::Ended,
+            }
+            if *flow == Flow::Ended {
+                break;
+            }
+        }
+    }
+    (bytes, *flow != before)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fdrelay::FdRelay;
+    use crate::relay::Splice;
+    use std::io::{Read, Write};
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixStream;
+
+    /// (peer, ours): the test plays the peer, the relay holds ours.
+    fn pair() -> (UnixStream, UnixStream) {
+        let (peer, ours) = UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        peer.set_nonblocking(true).unwrap();
+        (peer, ours)
+    }
+
+    fn ready() -> Ready {
+        Ready {
+            readable: true,
+            writable: true,
+        }
+    }
+
+    struct Rig<D> {
+        relay: Duplex<D>,
+        client_peer: UnixStream,
+        client: UnixStream,
+        backend: UnixStream,
+        backend_peer: UnixStream,
+        got: Vec<u8>,
+        client_eof: bool,
+    }
+
+    impl<D: Direction> Rig<D> {
+        fn new(relay: Duplex<D>) -> Rig<D> {
+            let (client_peer, client) = pair();
+            let (backend_peer, backend) = pair();
+            Rig {
+                relay,
+                client_peer,
+                client,
+                backend,
+                backend_peer,
+                got: Vec::new(),
+                client_eof: false,
+            }
+        }
+
+        /// Every socket reported ready, as after an event on each.
+        fn pump(&mut self) -> Pumped {
+            let (mut cr, mut br) = (ready(), ready());
+            self.relay.pump(
+                self.client.as_fd(),
+                &mut cr,
+                self.backend.as_fd(),
+                &mut br,
+                &"backend",
+            )
+        }
+
+        /// What the client peer can read now.
+        fn client_reads(&mut self) {
+            let mut buf = [0u8; 65536];
+            loop {
+                match self.client_peer.read(&mut buf) {
+                    Ok(0) => {
+                        self.client_eof = true;
+                        return;
+                    }
+                    Ok(n) => self.got.extend_from_slice(&buf[..n]),
+                    Err(_) => return,
+                }
+            }
+        }
+    }
+
+    /// The backend peer writes as much as its socket takes, then closes
+    /// with our upload unread: our reads get the data, then ECONNRESET;
+    /// our writes get EPIPE.
+    fn backend_answers_and_resets<D: Direction>(rig: &mut Rig<D>) -> Vec<u8> {
+        let mut answer = Vec::new();
+        let block: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+        while let Ok(n) = rig.backend_peer.write(&block) {
+            answer.extend_from_slice(&block[..n]);
+        }
+        let peer = std::mem::replace(&mut rig.backend_peer, pair().0);
+        drop(peer);
+        answer
+    }
+
+    fn reset_keeps_the_other_direction<D: Direction>(relay: Duplex<D>) {
+        let mut rig = Rig::new(relay);
+        rig.client_peer
+            .write_all(b"upload the backend never reads")
+            .unwrap();
+        rig.pump();
+        let answer = backend_answers_and_resets(&mut rig);
+        assert!(answer.len() > 64 * 1024, "more than one pipe's worth");
+        // The client keeps uploading and reads only later.
+        rig.client_peer.write_all(b"more upload").unwrap();
+        for _ in 0..10_000 {
+            rig.pump();
+            rig.client_reads();
+            if rig.client_eof {
+                break;
+            }
+        }
+        assert!(rig.client_eof, "the client gets EOF after the answer");
+        assert_eq!(rig.got.len(), answer.len());
+        assert!(rig.got == answer, "the answer arrives intact");
+        // Upload after the backend died is read and dropped, not counted.
+        rig.client_peer.write_all(b"still uploading").unwrap();
+        assert_eq!(rig.pump().up, 0);
+        rig.client_peer.shutdown(std::net::Shutdown::Write).unwrap();
+        rig.pump();
+        assert!(rig.relay.done(), "{:?}", rig.relay.flows());
+    }
+
+    #[test]
+    fn splice_reset_from_backend_still_delivers_its_answer() {
+        reset_keeps_the_other_direction(Duplex::<Splice>::default());
+    }
+
+    #[test]
+    fn fd_relay_reset_from_backend_still_delivers_its_answer() {
+        reset_keeps_the_other_direction(Duplex::new(FdRelay::new(true), FdRelay::new(true)));
+    }
+
+    #[test]
+    fn half_close_passes_on_and_both_ends_close_the_connection() {
+        let mut rig = Rig::new(Duplex::<Splice>::default());
+        rig.client_peer.write_all(b"question").unwrap();
+        rig.client_peer.shutdown(std::net::Shutdown::Write).unwrap();
+        let p = rig.pump();
+        assert_eq!((p.up, p.changed), (8, true));
+        assert_eq!(rig.relay.flows(), (Flow::Ended, Flow::Open));
+        assert!(rig.relay.lingering());
+        let mut q = Vec::new();
+        rig.backend_peer.set_nonblocking(false).unwrap();
+        rig.backend_peer.read_to_end(&mut q).unwrap();
+        assert_eq!(q, b"question", "then EOF");
+        // The other direction is still open: the answer comes after.
+        rig.backend_peer.write_all(b"answer").unwrap();
+        rig.backend_peer
+            .shutdown(std::net::Shutdown::Write)
+            .unwrap();
+        assert_eq!(rig.pump().down, 6);
+        rig.client_reads();
+        assert_eq!((rig.got.as_slice(), rig.client_eof), (&b"answer"[..], true));
+        assert!(rig.relay.done());
+    }
+
+    #[test]
+    fn a_client_gone_mid_answer_ends_the_answer_only() {
+        let mut rig = Rig::new(Duplex::<Splice>::default());
+        // The backend still has a request to read when the client vanishes.
+        rig.client_peer.write_all(b"request").unwrap();
+        rig.backend_peer.write_all(b"partial answer").unwrap();
+        let client_peer = std::mem::replace(&mut rig.client_peer, pair().0);
+        drop(client_peer); // unread answer: our writes to it fail
+        rig.pump();
+        rig.pump();
+        // What the client sent before it went is still delivered, then EOF.
+        let mut q = Vec::new();
+        rig.backend_peer.set_nonblocking(false).unwrap();
+        rig.backend_peer.read_to_end(&mut q).unwrap();
+        assert_eq!(q, b"request");
+        assert_eq!(rig.relay.flows(), (Flow::Ended, Flow::Draining));
+        // The backend keeps its stream open; the request was taken, the
+        // client is gone: nothing is at stake any more, the drain stops.
+        rig.backend_peer.write_all(b" and the rest").unwrap();
+        let p = rig.pump();
+        assert!(p.changed && rig.relay.done(), "{:?}", rig.relay.flows());
+    }
+}
