@@ -397,10 +397,8 @@ fn every_worker_keeps_only_its_capabilities_and_sets_no_new_privs() {
     let sup = Supervisor::start(&g, &[]);
     for (needle, _, want) in &cases {
         let pid = sup.worker_pid(needle);
-        // Caps are dropped right after init; wait for the worker to ack it.
-        wait_for(Duration::from_secs(10), "worker past start-up", || {
-            (proc_status(pid, "NoNewPrivs").as_deref() == Some("1")).then_some(())
-        });
+        // Caps are dropped right after init, before the loop starts.
+        wait_worker_started(pid);
         assert_caps(pid, needle, *want);
     }
     // The worker that reaches into the provider's mount namespace works.
@@ -439,16 +437,7 @@ fn tcp_worker_fds_return_to_baseline_after_500_mixed_connections() {
         &["--connect-timeout", "2s"],
     );
     let w = sup.worker_pid("pvx-worker-tcp");
-    // NoNewPrivs is inherited from the supervisor at birth, so it cannot
-    // tell that start-up is over; the fd table can: the event loop's epoll
-    // is made after start-up closed the stray fds (while it does, the worker
-    // holds its own listing of /proc/self/fd).
-    wait_for(Duration::from_secs(10), "worker set up", || {
-        let f = fds(w);
-        (f.iter().any(|(_, t)| t.contains("eventpoll"))
-            && !f.iter().any(|(_, t)| t.starts_with("/proc/")))
-        .then_some(())
-    });
+    wait_worker_started(w);
     let base = fds(w);
     let kinds: Vec<&str> = base
         .iter()

@@ -330,6 +330,18 @@ pub fn cap_mask(pid: u32, set: &str) -> u64 {
     u64::from_str_radix(&v, 16).expect("hex cap mask")
 }
 
+/// Wait until worker PID is past its start-up (init received, stray fds
+/// closed, privileges dropped): its event loop's epoll exists only then.
+/// (NoNewPrivs cannot tell: a worker inherits it from the supervisor.)
+pub fn wait_worker_started(pid: u32) {
+    wait_for(Duration::from_secs(10), "worker past start-up", || {
+        let f = fds(pid);
+        (f.iter().any(|(_, t)| t.contains("eventpoll"))
+            && !f.iter().any(|(_, t)| t.starts_with("/proc/")))
+        .then_some(())
+    });
+}
+
 /// Open fds of PID with what they point at (`socket:[..]`, `pipe:[..]`,
 /// `anon_inode:[eventpoll]`, paths).
 pub fn fds(pid: u32) -> Vec<(i32, String)> {
