@@ -325,10 +325,13 @@ impl Daemon {
             proto::warn!("refused {r}");
         }
         self.refused = refused;
+        let pending = match self.pending.len() {
+            0 => String::new(),
+            n => format!(", {n} pending (tried again on the backoff)"),
+        };
         proto::info!(
-            "graph applied: {} endpoint(s) ({added} added, {removed} removed, {updated} updated), {} pending, {} link(s) refused",
+            "graph applied: {} endpoint(s) ({added} added, {removed} removed, {updated} updated), {} link(s) refused{pending}",
             self.endpoints.len(),
-            self.pending.len(),
             self.refused.len()
         );
     }
