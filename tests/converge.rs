@@ -175,7 +175,9 @@ fn backoff_policy_never_leaves_a_crashing_endpoint_failed() {
     thread::sleep(Duration::from_secs(3));
     let e = sup.endpoint_status(&addr).unwrap();
     assert_eq!(e["worker"]["state"], "failed", "{e}");
-    assert!(sup.workers().is_empty(), "{:?}", sup.workers());
+    // (A namespace helper of a retry may be forked just now; no worker.)
+    let w = sup.workers();
+    assert!(w.iter().all(|(_, a)| !a.contains("pvx-worker")), "{w:?}");
     // A graph applied again is a new chance.
     sup.reload(&graph(&[tcp_link("never", 0, &addr, echo)]));
     wait_served(addr.parse().unwrap(), Duration::from_secs(20));

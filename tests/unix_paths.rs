@@ -121,7 +121,9 @@ fn symlinked_directory_in_the_consumer_is_not_followed() {
         r[0].contains(&format!("'{}' is a symbolic link", run.display())),
         "{r:?}"
     );
-    assert!(sup.workers().is_empty(), "{:?}", sup.workers());
+    // (A namespace helper of a retry may be forked just now; no worker.)
+    let w = sup.workers();
+    assert!(w.iter().all(|(_, a)| !a.contains("pvx-worker")), "{w:?}");
 }
 
 #[test]
@@ -151,7 +153,9 @@ fn live_socket_of_another_service_stays_and_the_link_waits_until_it_goes() {
     sup.wait_log("is in use", 3);
     assert_eq!(std::fs::symlink_metadata(&seen).unwrap().ino(), ino);
     assert_eq!(read_answer(&seen).unwrap(), "the consumer's own");
-    assert!(sup.workers().is_empty(), "{:?}", sup.workers());
+    // (A namespace helper of a retry may be forked just now; no worker.)
+    let w = sup.workers();
+    assert!(w.iter().all(|(_, a)| !a.contains("pvx-worker")), "{w:?}");
     // The other service goes away (its socket stale): the link is made.
     other.store(true, Ordering::SeqCst);
     sup.worker_pid("pvx-worker-unix");
