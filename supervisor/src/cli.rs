@@ -2,7 +2,7 @@
 //! their defaults and help. (clap did this in 200 KiB of code; on a device
 //! the supervisor's whole text is resident, so it matters.)
 
-use crate::policy::parse_duration;
+use crate::policy::{parse_backoff_policy, parse_duration, BackoffPolicy};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -28,7 +28,9 @@ run options (default in brackets):
   --backoff-factor F        each consecutive crash multiplies the delay [2]
   --max-delay D             upper bound of the restart delay [30s]
   --reset-window D          a worker up this long has its backoff start over [60s]
-  --max-retries N           consecutive crashes before giving up (0 = never) [0]
+  --max-retries N           consecutive failures before giving up (0 = never) [0]
+  --backoff-policy P        after --max-retries: never (stay failed until the graph is applied
+                            again) or a duration to wait, then start over [5m]
   --drain-timeout D         how long a removed endpoint's connections may finish [10s]
   --connect-timeout D       backend connect timeout [5s]
   --head-timeout D          http: the whole request head must arrive within, else 408 [30s]
@@ -56,6 +58,7 @@ pub struct RunArgs {
     pub max_delay: Duration,
     pub reset_window: Duration,
     pub max_retries: u32,
+    pub backoff_policy: BackoffPolicy,
     pub drain_timeout: Duration,
     pub connect_timeout: Duration,
     pub head_timeout: Duration,
@@ -81,6 +84,7 @@ impl Default for RunArgs {
             max_delay: Duration::from_secs(30),
             reset_window: Duration::from_secs(60),
             max_retries: 0,
+            backoff_policy: crate::policy::DEFAULT_BACKOFF_POLICY,
             drain_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             head_timeout: Duration::from_secs(30),
@@ -169,6 +173,9 @@ fn set(a: &mut RunArgs, flag: &str, v: &str) -> Result<(), String> {
         "--max-delay" => a.max_delay = duration(flag, v)?,
         "--reset-window" => a.reset_window = duration(flag, v)?,
         "--max-retries" => a.max_retries = number(flag, v)?,
+        "--backoff-policy" => {
+            a.backoff_policy = parse_backoff_policy(v).map_err(|e| format!("{flag}: {e}"))?
+        }
         "--drain-timeout" => a.drain_timeout = duration(flag, v)?,
         "--connect-timeout" => a.connect_timeout = duration(flag, v)?,
         "--head-timeout" => a.head_timeout = duration(flag, v)?,
@@ -196,6 +203,7 @@ const RUN_FLAGS: &[&str] = &[
     "--max-delay",
     "--reset-window",
     "--max-retries",
+    "--backoff-policy",
     "--drain-timeout",
     "--connect-timeout",
     "--head-timeout",

@@ -4,6 +4,7 @@
 //! write a byte (signal-hook); all work happens here, in the loop.
 
 use crate::endpoint::{describe_exit, same_config, Pending, Running, State, WorkerProc};
+use crate::pending::PendingEndpoint;
 use crate::policy::{jitter, RestartPolicy};
 use crate::status_server::{self, StatusServer};
 use crate::{listener, source, spawn, status};
@@ -24,13 +25,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod converge;
+
 const SIGNALS: Token = Token(0);
 const FIRST_WORKER_TOKEN: usize = 16;
-/// Timer keys: endpoint ids count up from 1; drain kills carry this bit.
+/// Timer keys: endpoint ids count up from 1; drain kills carry this bit,
+/// answer checks (`check_answer`) that one.
 const DRAIN_KILL: u64 = 1 << 62;
+const ACK_CHECK: u64 = 1 << 61;
 const SHUTDOWN: u64 = u64::MAX;
 /// An update the worker's socket did not take is offered again after this.
 const UPDATE_RETRY: Duration = Duration::from_secs(1);
+/// A configuration not acknowledged within this is sent again (an update;
+/// an init cannot be); a worker that lets `MAX_UNANSWERED` such periods
+/// pass in a row is replaced.
+const ACK_TIMEOUT: Duration = Duration::from_secs(3);
+const MAX_UNANSWERED: u32 = 3;
 
 pub struct Options {
     pub source: source::Source,
@@ -59,6 +69,8 @@ pub struct Daemon {
     poll: Poll,
     opts: Options,
     endpoints: BTreeMap<EndpointKey, Running>,
+    /// Endpoints of the graph whose listener could not be made yet.
+    pending: BTreeMap<EndpointKey, PendingEndpoint>,
     draining: Vec<Draining>,
     refused: Vec<Refusal>,
     timers: Timers,
@@ -123,6 +135,7 @@ impl Daemon {
             poll,
             opts,
             endpoints: BTreeMap::new(),
+            pending: BTreeMap::new(),
             draining: Vec::new(),
             refused: Vec::new(),
             timers: Timers::new(),
@@ -204,12 +217,18 @@ impl Daemon {
         let Some(srv) = self.status.as_mut() else {
             return;
         };
-        let (started, endpoints, draining, refused) =
-            (self.started, &self.endpoints, &self.draining, &self.refused);
+        let (started, endpoints, pending, draining, refused) = (
+            self.started,
+            &self.endpoints,
+            &self.pending,
+            &self.draining,
+            &self.refused,
+        );
         srv.on_event(self.poll.registry(), t, || {
             status::Snapshot::build(
                 started,
                 endpoints,
+                pending,
                 draining.iter().map(|d| (&d.key, d.worker.pid)),
                 refused,
             )
@@ -267,12 +286,25 @@ impl Daemon {
             self.remove(&key, "no longer in the graph");
             removed += 1;
         }
+        let running = &self.endpoints;
+        self.pending.retain(|k, _| {
+            // Running under this key already: a consumer restarted in the
+            // netns our socket is in took its key over (rekey_same_netns).
+            if running.contains_key(k) {
+                return false;
+            }
+            let keep = wanted.contains_key(k);
+            if !keep {
+                proto::info!("endpoint {k}: no longer in the graph; no more tries");
+            }
+            keep
+        });
         let mut refused = plan.refused;
         for (key, ep) in std::mem::take(&mut wanted) {
             let Some(r) = self.endpoints.get_mut(&key) else {
-                if let Err(e) = self.start(ep.clone()) {
-                    refuse_all(&mut refused, &ep, &e);
-                } else {
+                // New, or pending: a new graph is a try now (a given-up
+                // one with a fresh count); a failure stays pending.
+                if self.try_make(ep) {
                     added += 1;
                 }
                 continue;
@@ -284,7 +316,7 @@ impl Daemon {
             }
             let changed = !same_config(&r.ep, &ep);
             r.ep = ep;
-            if r.state == State::Failed {
+            if matches!(r.state, State::Failed { .. }) {
                 // Re-applying the graph gives a given-up endpoint a new chance.
                 r.failures = 0;
                 let id = r.id;
@@ -301,8 +333,12 @@ impl Daemon {
             proto::warn!("refused {r}");
         }
         self.refused = refused;
+        let pending = match self.pending.len() {
+            0 => String::new(),
+            n => format!(", {n} pending (tried again on the backoff)"),
+        };
         proto::info!(
-            "graph applied: {} endpoint(s) ({added} added, {removed} removed, {updated} updated), {} link(s) refused",
+            "graph applied: {} endpoint(s) ({added} added, {removed} removed, {updated} updated), {} link(s) refused{pending}",
             self.endpoints.len(),
             self.refused.len()
         );
@@ -317,19 +353,18 @@ impl Daemon {
         }
     }
 
-    fn start(&mut self, ep: Endpoint) -> Result<(), String> {
+    /// `retries`: attempts it took before (carried into its counters).
+    fn start(&mut self, ep: Endpoint, id: u64, retries: u64) -> Result<(), String> {
         let key = ep.key.clone();
         let ns_inode = listener::ns_inode(&key);
         let draining = &self.draining;
         self.retired_unix
             .retain(|(w, _)| draining.iter().any(|d| d.worker.pid == *w));
         let ours: Vec<i32> = self.retired_unix.iter().map(|(_, p)| *p).collect();
-        let fd =
-            listener::create(&key, &ours).map_err(|e| format!("cannot listen on {key}: {e}"))?;
-        let id = self.next_id;
-        self.next_id += 1;
-        self.endpoints
-            .insert(key.clone(), Running::new(id, ep, fd, ns_inode));
+        let fd = listener::create(&key, &ours).map_err(|e| format!("cannot listen: {e}"))?;
+        let mut r = Running::new(id, ep, fd, ns_inode);
+        r.retries = retries;
+        self.endpoints.insert(key.clone(), r);
         self.restart_now(&key, id);
         Ok(())
     }
@@ -423,18 +458,14 @@ impl Daemon {
                     config.kind().worker_binary(),
                     s.pid
                 );
-                r.worker = Some(WorkerProc {
-                    pid: s.pid,
-                    ctl: s.ctl,
-                    token,
-                    started: now,
-                    pending: vec![Pending {
-                        seq,
-                        what: "init",
-                        config: Some(config.endpoint),
-                    }],
-                });
+                let init = Pending {
+                    seq,
+                    what: "init",
+                    config: Some(config.endpoint),
+                };
+                r.worker = Some(WorkerProc::new(s.pid, s.ctl, token, now, init));
                 r.state = State::Running;
+                self.timers.add(now + ACK_TIMEOUT, ACK_CHECK | id);
             }
             Err(e) => {
                 proto::error!("endpoint {key}: {e}");
@@ -460,15 +491,29 @@ impl Daemon {
                 );
                 self.timers.add(until, r.id);
             }
-            State::Failed => proto::error!(
-                "endpoint {key}: worker failed {} times in a row; giving up until the graph is applied again",
+            State::Failed { retry_at: None } => proto::error!(
+                "endpoint {key}: worker failed {} times in a row; giving up until the graph is applied again (--backoff-policy never)",
                 r.failures
             ),
+            State::Failed { retry_at: Some(at) } => {
+                proto::error!(
+                    "endpoint {key}: worker failed {} times in a row; giving up, starting over in {} s (--backoff-policy)",
+                    r.failures,
+                    at.saturating_duration_since(Instant::now()).as_secs()
+                );
+                self.timers.add(at, r.id);
+            }
             State::Running => {}
         }
     }
 
     fn push_update(&mut self, key: &EndpointKey) {
+        self.send_update(key, false);
+    }
+
+    /// Send the graph's configuration as an update. `again`: the worker has
+    /// not answered the one(s) on their way; send the newest once more.
+    fn send_update(&mut self, key: &EndpointKey, again: bool) {
         let Some(r) = self.endpoints.get(key) else {
             return;
         };
@@ -480,7 +525,7 @@ impl Daemon {
         };
         // A worker not running gets the new routes with its next Init.
         let Some(w) = r.worker.as_mut() else { return };
-        if w.config_pending() {
+        if w.config_pending() && !again {
             // One configuration in flight per worker: the newest goes when
             // the worker acks this one (on_worker_ctl), so a stalled worker
             // never piles up configurations (and their blobs) in its socket.
@@ -493,7 +538,8 @@ impl Daemon {
         let (id, pid) = (r.id, w.pid);
         // An update that cannot go now is offered again shortly (on_timer);
         // meanwhile status lists its routes as pending, not served.
-        let retry = Instant::now() + UPDATE_RETRY;
+        let now = Instant::now();
+        let retry = now + UPDATE_RETRY;
         let roots = match crate::roots::open_roots(&config.endpoint) {
             Ok(r) => r,
             Err(e) => {
@@ -504,6 +550,12 @@ impl Daemon {
         };
         let fds: Vec<_> = roots.iter().map(|f| f.as_raw_fd()).collect();
         let ep = config.endpoint.clone();
+        // Sent or not, the worker owes an answer: a socket it does not
+        // read counts against it as much as a message it does not answer.
+        if !w.overdue(now, Duration::ZERO) {
+            self.timers.add(now + ACK_TIMEOUT, ACK_CHECK | id);
+        }
+        w.owe_answer(now);
         match ctl::send(w.ctl.as_fd(), &ToWorker::Update { seq, config }, &fds) {
             Ok(()) => {
                 w.pending.push(Pending {
@@ -511,7 +563,14 @@ impl Daemon {
                     what: "update",
                     config: Some(ep),
                 });
-                proto::info!("endpoint {key}: routes pushed to worker pid {}", w.pid);
+                if again {
+                    r.resends += 1;
+                }
+                proto::info!(
+                    "endpoint {key}: routes {} to worker pid {}",
+                    if again { "sent again" } else { "pushed" },
+                    w.pid
+                );
             }
             Err(e) => {
                 proto::warn!("endpoint {key}: update to worker pid {pid}: {e}; retrying");
@@ -588,6 +647,7 @@ impl Daemon {
         for k in keys {
             self.remove(&k, "shutting down");
         }
+        self.pending.clear();
     }
 
     /// Collect every exited child; restart what should run.
@@ -644,6 +704,10 @@ impl Daemon {
             self.endpoints.clear();
             return;
         }
+        if k & DRAIN_KILL == 0 && k & ACK_CHECK != 0 {
+            self.check_answer(k & !ACK_CHECK, now);
+            return;
+        }
         if k & DRAIN_KILL != 0 {
             let pid = (k & !DRAIN_KILL) as i32;
             if let Some(d) = self.draining.iter().find(|d| d.worker.pid.as_raw() == pid) {
@@ -655,10 +719,19 @@ impl Daemon {
             }
             return;
         }
-        let Some((key, r)) = self.endpoints.iter().find(|(_, r)| r.id == k) else {
+        if self.retry_pending(k, now) {
+            return;
+        }
+        let Some((key, r)) = self.endpoints.iter_mut().find(|(_, r)| r.id == k) else {
             return;
         };
         if matches!(r.state, State::Backoff { until, .. } if until <= now) {
+            let key = key.clone();
+            self.restart_now(&key, k);
+        } else if matches!(r.state, State::Failed { retry_at: Some(at) } if at <= now) {
+            // The backoff policy's wait is over: a fresh count.
+            proto::info!("endpoint {key}: starting over after the backoff policy's wait");
+            r.failures = 0;
             let key = key.clone();
             self.restart_now(&key, k);
         } else if r.state == State::Running && !r.in_sync() {
@@ -700,6 +773,7 @@ impl Daemon {
                     let p = w.pending.remove(i);
                     if p.config.is_some() {
                         answered.clone_from(&p.config);
+                        w.answered(Instant::now());
                     }
                     match error {
                         Some(e) => proto::error!(
@@ -746,16 +820,5 @@ impl Daemon {
                 }
             }
         }
-    }
-}
-
-fn refuse_all(refused: &mut Vec<Refusal>, ep: &Endpoint, reason: &str) {
-    proto::error!("{reason}");
-    for r in &ep.routes {
-        refused.push(Refusal {
-            index: r.link,
-            name: r.name.clone(),
-            reason: reason.to_string(),
-        });
     }
 }

@@ -1,7 +1,7 @@
 //! One running endpoint as the supervisor tracks it: its plan entry, the
 //! supervisor's own copy of the listener, and its current worker process.
 
-use crate::policy::RestartPolicy;
+use crate::policy::{Next, RestartPolicy};
 use nix::unistd::Pid;
 use proto::ctl::Stats;
 use proto::plan::Endpoint;
@@ -16,8 +16,12 @@ pub enum State {
         until: Instant,
         delay: Duration,
     },
-    /// The restart policy gave up (max retries).
-    Failed,
+    /// The restart policy gave up (max retries); `retry_at`: when the
+    /// backoff policy starts over with a fresh count (None: never, until
+    /// the graph is applied again).
+    Failed {
+        retry_at: Option<Instant>,
+    },
 }
 
 /// A control message sent to a worker and not yet acknowledged.
@@ -37,12 +41,47 @@ pub struct WorkerProc {
     pub token: usize,
     pub started: Instant,
     pub pending: Vec<Pending>,
+    /// Since when the worker owes an answer to a configuration (init or
+    /// update sent, or an update its socket would not take): None while
+    /// it owes none.
+    pub awaiting_since: Option<Instant>,
+    /// Answer periods (`ACK_TIMEOUT` each) it let pass in a row.
+    pub unanswered: u32,
 }
 
 impl WorkerProc {
+    pub fn new(pid: Pid, ctl: OwnedFd, token: usize, now: Instant, init: Pending) -> WorkerProc {
+        WorkerProc {
+            pid,
+            ctl,
+            token,
+            started: now,
+            pending: vec![init],
+            awaiting_since: Some(now),
+            unanswered: 0,
+        }
+    }
+
     /// An init or update is still on its way.
     pub fn config_pending(&self) -> bool {
         self.pending.iter().any(|p| p.config.is_some())
+    }
+
+    /// A configuration was sent (or offered to a full socket): the answer
+    /// clock runs from the first one not answered.
+    pub fn owe_answer(&mut self, now: Instant) {
+        self.awaiting_since.get_or_insert(now);
+    }
+
+    /// The worker answered a configuration: it is alive and reading.
+    pub fn answered(&mut self, now: Instant) {
+        self.unanswered = 0;
+        self.awaiting_since = self.config_pending().then_some(now);
+    }
+
+    /// It has owed an answer for `within` or longer.
+    pub fn overdue(&self, now: Instant, within: Duration) -> bool {
+        self.awaiting_since.is_some_and(|t| now >= t + within)
     }
 }
 
@@ -65,6 +104,10 @@ pub struct Running {
     pub failures: u32,
     /// Restarts over the endpoint's life.
     pub restarts: u64,
+    /// Attempts to make its listener again, before it was made (`pending.rs`).
+    pub retries: u64,
+    /// Updates sent again to a worker that had not acknowledged them.
+    pub resends: u64,
     /// Counters of the current worker plus those of its predecessors.
     pub stats: Stats,
     pub stats_base: Stats,
@@ -89,6 +132,8 @@ impl Running {
             state: State::Running,
             failures: 0,
             restarts: 0,
+            retries: 0,
+            resends: 0,
             stats: Stats::default(),
             stats_base: Stats::default(),
             last_exit: None,
@@ -127,12 +172,14 @@ impl Running {
             ..self.stats
         };
         self.stats = self.stats_base;
-        self.state = match policy.delay(self.failures, jitter) {
-            Some(delay) => State::Backoff {
+        self.state = match policy.after_failure(self.failures, jitter) {
+            Next::Retry(delay) => State::Backoff {
                 until: now + delay,
                 delay,
             },
-            None => State::Failed,
+            Next::GiveUp { again_in } => State::Failed {
+                retry_at: again_in.map(|d| now + d),
+            },
         };
         self.state
     }

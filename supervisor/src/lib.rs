@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod endpoint;
 pub mod listener;
 pub mod metrics;
+pub mod pending;
 pub mod policy;
 pub mod privileges;
 pub mod roots;

@@ -114,12 +114,20 @@ fn bind_tcp(addr: &SocketAddr) -> Result<OwnedFd, String> {
     // Rebinding after a supervisor restart must not wait for TIME_WAIT.
     setsockopt(&fd, sockopt::ReuseAddr, &true)
         .map_err(|e| sys("setsockopt(SO_REUSEADDR) on", addr, e))?;
+    // FREEBIND: an address that is not (yet) on an interface (DHCP, Wi-Fi,
+    // a bridge brought up after us) binds now and is served once it
+    // appears, instead of failing with EADDRNOTAVAIL.
     let r = match addr {
-        SocketAddr::V4(a) => bind(fd.as_raw_fd(), &SockaddrIn::from(*a)),
+        SocketAddr::V4(a) => {
+            setsockopt(&fd, sockopt::IpFreebind, &true)
+                .map_err(|e| sys("setsockopt(IP_FREEBIND) on", addr, e))?;
+            bind(fd.as_raw_fd(), &SockaddrIn::from(*a))
+        }
         SocketAddr::V6(a) => {
             // [::]:80 and 0.0.0.0:80 are separate endpoints, as in nginx.
             setsockopt(&fd, sockopt::Ipv6V6Only, &true)
                 .map_err(|e| sys("setsockopt(IPV6_V6ONLY) on", addr, e))?;
+            ipv6_freebind(&fd).map_err(|e| sys("setsockopt(IPV6_FREEBIND) on", addr, e))?;
             bind(fd.as_raw_fd(), &SockaddrIn6::from(*a))
         }
     };
@@ -127,6 +135,23 @@ fn bind_tcp(addr: &SocketAddr) -> Result<OwnedFd, String> {
     listen(&fd, Backlog::new(BACKLOG).unwrap_or(Backlog::MAXCONN))
         .map_err(|e| sys("listen on", addr, e))?;
     Ok(fd)
+}
+
+/// `IPV6_FREEBIND` (Linux 4.15), which nix has no wrapper for.
+fn ipv6_freebind(fd: &OwnedFd) -> nix::Result<()> {
+    use nix::libc::{c_int, c_void, socklen_t};
+    let on: c_int = 1;
+    // SAFETY: `on` outlives the call and its size is passed with it.
+    let r = unsafe {
+        nix::libc::setsockopt(
+            fd.as_raw_fd(),
+            nix::libc::IPPROTO_IPV6,
+            nix::libc::IPV6_FREEBIND,
+            (&on as *const c_int).cast::<c_void>(),
+            std::mem::size_of::<c_int>() as socklen_t,
+        )
+    };
+    Errno::result(r).map(drop)
 }
 
 /// Wait until `fd` is readable, at most `within`. A signal (SIGCHLD of a
@@ -196,6 +221,21 @@ fn in_namespace(
                 return Err(String::from_utf8_lossy(&body).into_owned());
             }
             Ok(fds.pop())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// FREEBIND: an address on no interface (documentation prefixes) binds
+    /// now and would be served once it appears.
+    #[test]
+    fn an_address_on_no_interface_binds() {
+        bind_tcp(&"192.0.2.1:0".parse().unwrap()).unwrap();
+        if std::path::Path::new("/proc/net/if_inet6").exists() {
+            bind_tcp(&"[2001:db8::1]:0".parse().unwrap()).unwrap();
         }
     }
 }

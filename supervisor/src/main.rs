@@ -24,6 +24,7 @@ fn run(a: Box<RunArgs>) -> Result<(), String> {
         max_delay: a.max_delay,
         reset_window: a.reset_window,
         max_retries: a.max_retries,
+        backoff_policy: a.backoff_policy,
     };
     policy.validate()?;
     // Before anything else is opened or started: what we drop now, no

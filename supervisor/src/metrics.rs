@@ -105,6 +105,24 @@ pub fn render(s: &Snapshot) -> String {
     family(
         &mut out,
         Family {
+            name: "pvx_endpoint_retries_total",
+            ty: "counter",
+            help: "Attempts to make the endpoint's listener again after it failed (port busy, namespace or address missing).",
+        },
+        per(|e| e.retries),
+    );
+    family(
+        &mut out,
+        Family {
+            name: "pvx_update_resends_total",
+            ty: "counter",
+            help: "Updates sent again because the endpoint's worker had not acknowledged them.",
+        },
+        per(|e| e.worker.update_resends),
+    );
+    family(
+        &mut out,
+        Family {
             name: "pvx_worker_up",
             ty: "gauge",
             help: "1 when a worker process serves the endpoint, 0 while backing off or failed.",
@@ -127,6 +145,13 @@ pub fn render(s: &Snapshot) -> String {
         "gauge",
         "Endpoints of the applied graph.",
         eps.len() as u64,
+    );
+    plain(
+        &mut out,
+        "pvx_pending_endpoints",
+        "gauge",
+        "Endpoints of the graph whose listener could not be made yet (tried again on the backoff).",
+        eps.iter().filter(|e| e.pending.is_some()).count() as u64,
     );
     plain(
         &mut out,
@@ -166,6 +191,8 @@ mod tests {
             consumer: consumer.into(),
             routes: vec![],
             pending_routes: None,
+            pending: None,
+            retries: 4,
             worker: WorkerStatus {
                 binary: "pvx-worker-tcp",
                 pid,
@@ -178,6 +205,7 @@ mod tests {
                 bytes_in: 100,
                 bytes_out: 200,
                 errors: 3,
+                update_resends: 1,
                 backoff_delay_ms: None,
                 restart_in_ms: None,
                 last_exit: None,
@@ -212,6 +240,9 @@ mod tests {
             format!("pvx_worker_restarts_total{{{l}}} 2"),
             format!("pvx_worker_up{{{l}}} 1"),
             "pvx_refused_links 0".to_string(),
+            "pvx_pending_endpoints 0".to_string(),
+            format!("pvx_endpoint_retries_total{{{l}}} 4"),
+            format!("pvx_update_resends_total{{{l}}} 1"),
             r#"pvx_worker_up{endpoint="/run/a \"b\".sock",namespace="host",kind="tcp",consumer="we\\ird"} 0"#.to_string(),
         ] {
             assert!(m.lines().any(|x| x == want), "missing {want}\n{m}");

@@ -2,9 +2,29 @@
 //! `retry_delay * backoff_factor^(n-1)`, capped at `max_delay`, with up to
 //! 10 % jitter so several crashing workers do not restart in lock-step;
 //! the count starts over once a worker stayed up for `reset_window`;
-//! `max_retries` consecutive failures (0 = unlimited) and it is given up.
+//! `max_retries` consecutive failures (0 = unlimited) and it is given up,
+//! then `backoff_policy` says whether it stays failed or starts over.
+//!
+//! The same policy paces every retry of an endpoint: a worker that died,
+//! a worker that could not be started, and a listener (or namespace entry)
+//! that could not be made (`pending.rs`).
 
 use std::time::Duration;
+
+/// Pantavisor's `backoff_policy`: what happens after `max_retries`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum BackoffPolicy {
+    /// Stay failed until the graph is applied again.
+    Never,
+    /// Wait this long, then start over with a fresh retry count.
+    After(std::time::Duration),
+}
+
+/// The default `backoff_policy`: a device nobody watches must come back
+/// by itself, so a given-up endpoint starts over after five minutes
+/// (Pantavisor's own default, `reboot`, is not ours to take). It matters
+/// only when `max_retries` is set: 0 retries for ever.
+pub const DEFAULT_BACKOFF_POLICY: BackoffPolicy = BackoffPolicy::After(Duration::from_secs(300));
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RestartPolicy {
@@ -13,6 +33,15 @@ pub struct RestartPolicy {
     pub max_delay: Duration,
     pub reset_window: Duration,
     pub max_retries: u32,
+    pub backoff_policy: BackoffPolicy,
+}
+
+/// What follows a failure: try again after a delay, or give up (for good,
+/// or until `again_in` has passed, then with a fresh count).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Next {
+    Retry(Duration),
+    GiveUp { again_in: Option<Duration> },
 }
 
 impl Default for RestartPolicy {
@@ -23,6 +52,7 @@ impl Default for RestartPolicy {
             max_delay: Duration::from_secs(30),
             reset_window: Duration::from_secs(60),
             max_retries: 0,
+            backoff_policy: DEFAULT_BACKOFF_POLICY,
         }
     }
 }
@@ -56,6 +86,33 @@ impl RestartPolicy {
         let with_jitter =
             (capped * (1.0 + 0.1 * jitter.clamp(0.0, 1.0))).min(self.max_delay.as_secs_f64());
         Some(Duration::from_secs_f64(with_jitter))
+    }
+
+    /// After failure number `n` (1-based, consecutive): the next delay, or
+    /// what `backoff_policy` says once `max_retries` are spent.
+    pub fn after_failure(&self, n: u32, jitter: f64) -> Next {
+        match self.delay(n, jitter) {
+            Some(d) => Next::Retry(d),
+            None => Next::GiveUp {
+                again_in: match self.backoff_policy {
+                    BackoffPolicy::Never => None,
+                    BackoffPolicy::After(d) => Some(d),
+                },
+            },
+        }
+    }
+}
+
+/// `never` or a duration (`parse_duration`), for `--backoff-policy`.
+pub fn parse_backoff_policy(s: &str) -> Result<BackoffPolicy, String> {
+    if s.trim() == "never" {
+        return Ok(BackoffPolicy::Never);
+    }
+    match parse_duration(s) {
+        Ok(d) if !d.is_zero() => Ok(BackoffPolicy::After(d)),
+        _ => Err(format!(
+            "'{s}' is neither 'never' nor a duration above zero (e.g. 30s, 10m)"
+        )),
     }
 }
 
@@ -114,6 +171,37 @@ mod tests {
         };
         assert!(p.delay(2, 0.0).is_some());
         assert!(p.delay(3, 0.0).is_none());
+    }
+
+    #[test]
+    fn backoff_policy_decides_after_the_last_retry() {
+        let mut p = RestartPolicy {
+            max_retries: 1,
+            backoff_policy: BackoffPolicy::Never,
+            ..Default::default()
+        };
+        assert_eq!(
+            p.after_failure(1, 0.0),
+            Next::Retry(Duration::from_millis(20))
+        );
+        assert_eq!(p.after_failure(2, 0.0), Next::GiveUp { again_in: None });
+        p.backoff_policy = BackoffPolicy::After(Duration::from_secs(2));
+        assert_eq!(
+            p.after_failure(2, 0.0),
+            Next::GiveUp {
+                again_in: Some(Duration::from_secs(2))
+            }
+        );
+        // Unlimited retries never reach the policy.
+        p.max_retries = 0;
+        assert!(matches!(p.after_failure(1000, 0.0), Next::Retry(_)));
+        assert_eq!(parse_backoff_policy("never"), Ok(BackoffPolicy::Never));
+        assert_eq!(
+            parse_backoff_policy("2s"),
+            Ok(BackoffPolicy::After(Duration::from_secs(2)))
+        );
+        assert!(parse_backoff_policy("0s").is_err());
+        assert!(parse_backoff_policy("reboot").is_err());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! `pv-xconnect status` (status_cli.rs reads the JSON back, loosely).
 
 use crate::endpoint::{same_config, Running, State};
+use crate::pending::PendingEndpoint;
 use nix::unistd::Pid;
 use proto::graph::{Backend, Listen, Refusal};
 use proto::plan::{EndpointKey, Kind, Route};
@@ -48,7 +49,25 @@ pub struct EndpointStatus {
     /// its way or refused. Absent when the worker serves the graph.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pending_routes: Option<Vec<RouteStatus>>,
+    /// Present while the endpoint could not be made (its listener or the
+    /// namespace entry failed): why, and when it is tried again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending: Option<PendingStatus>,
+    /// Attempts to make it again after a failure, over its life.
+    pub retries: u64,
     pub worker: WorkerStatus,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PendingStatus {
+    pub reason: String,
+    /// Consecutive failed attempts.
+    pub attempts: u32,
+    /// Milliseconds until the next try; null when given up for good
+    /// (`--backoff-policy never`) until the graph is applied again.
+    pub next_try_ms: Option<u64>,
+    /// `--max-retries` were spent (`next_try_ms` then starts a fresh count).
+    pub given_up: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -76,7 +95,10 @@ pub struct WorkerStatus {
     pub binary: &'static str,
     /// None while no worker process exists (backing off, failed).
     pub pid: Option<i32>,
-    /// `starting` (init not yet acknowledged), `running`, `backoff`, `failed`.
+    /// `starting` (init not yet acknowledged), `running`, `backoff`,
+    /// `failed` (given up: `restart_in_ms` says when the backoff policy
+    /// starts over, if ever), or `pending` (no listener yet; see the
+    /// endpoint's `pending`).
     pub state: &'static str,
     /// Workers that died over the endpoint's life.
     pub restarts: u64,
@@ -89,6 +111,8 @@ pub struct WorkerStatus {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub errors: u64,
+    /// Updates sent again because the worker had not acknowledged them.
+    pub update_resends: u64,
     /// When backing off: the delay chosen, and what is left of it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backoff_delay_ms: Option<u64>,
@@ -147,7 +171,11 @@ fn worker(r: &Running, now: Instant) -> WorkerStatus {
             Some(delay.as_millis() as u64),
             Some(until.saturating_duration_since(now).as_millis() as u64),
         ),
-        State::Failed => ("failed", None, None),
+        State::Failed { retry_at } => (
+            "failed",
+            None,
+            retry_at.map(|t| t.saturating_duration_since(now).as_millis() as u64),
+        ),
         State::Running if w.is_some_and(|w| w.pending.iter().any(|p| p.what == "init")) => {
             ("starting", None, None)
         }
@@ -165,9 +193,50 @@ fn worker(r: &Running, now: Instant) -> WorkerStatus {
         bytes_in: r.stats.bytes_in,
         bytes_out: r.stats.bytes_out,
         errors: r.stats.errors,
+        update_resends: r.resends,
         backoff_delay_ms,
         restart_in_ms,
         last_exit: r.last_exit.clone(),
+    }
+}
+
+/// An endpoint whose listener could not be made: nothing served, the
+/// graph's routes pending, no worker.
+fn pending(key: &EndpointKey, p: &PendingEndpoint, now: Instant) -> EndpointStatus {
+    let next_try_ms = p
+        .next_try
+        .map(|t| t.saturating_duration_since(now).as_millis() as u64);
+    EndpointStatus {
+        kind: p.ep.kind,
+        address: address(&key.listen),
+        namespace: namespace(key),
+        consumer: p.ep.consumer.clone(),
+        routes: Vec::new(),
+        pending_routes: Some(p.ep.routes.iter().map(|x| route(p.ep.kind, x)).collect()),
+        pending: Some(PendingStatus {
+            reason: p.reason.clone(),
+            attempts: p.failures,
+            next_try_ms,
+            given_up: p.given_up,
+        }),
+        retries: p.retries,
+        worker: WorkerStatus {
+            binary: p.ep.kind.worker_binary(),
+            pid: None,
+            state: if p.given_up { "failed" } else { "pending" },
+            restarts: 0,
+            failures: p.failures,
+            uptime_s: None,
+            active: 0,
+            total: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            errors: 0,
+            update_resends: 0,
+            backoff_delay_ms: None,
+            restart_in_ms: next_try_ms,
+            last_exit: None,
+        },
     }
 }
 
@@ -175,19 +244,15 @@ impl Snapshot {
     pub fn build<'a>(
         started: Instant,
         endpoints: &BTreeMap<EndpointKey, Running>,
+        pending_eps: &BTreeMap<EndpointKey, PendingEndpoint>,
         draining: impl Iterator<Item = (&'a EndpointKey, Pid)>,
         refused: &[Refusal],
     ) -> Snapshot {
         let now = Instant::now();
-        Snapshot {
-            supervisor: SupervisorInfo {
-                pid: std::process::id(),
-                version: env!("CARGO_PKG_VERSION"),
-                uptime_s: now.saturating_duration_since(started).as_secs(),
-            },
-            endpoints: endpoints
-                .iter()
-                .map(|(key, r)| EndpointStatus {
+        let mut all: Vec<(&EndpointKey, EndpointStatus)> = endpoints
+            .iter()
+            .map(|(key, r)| {
+                let st = EndpointStatus {
                     kind: r.ep.kind,
                     address: address(&key.listen),
                     namespace: namespace(key),
@@ -197,9 +262,22 @@ impl Snapshot {
                     }),
                     pending_routes: (!r.applied.as_ref().is_some_and(|a| same_config(a, &r.ep)))
                         .then(|| r.ep.routes.iter().map(|x| route(r.ep.kind, x)).collect()),
+                    pending: None,
+                    retries: r.retries,
                     worker: worker(r, now),
-                })
-                .collect(),
+                };
+                (key, st)
+            })
+            .chain(pending_eps.iter().map(|(k, p)| (k, pending(k, p, now))))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(b.0));
+        Snapshot {
+            supervisor: SupervisorInfo {
+                pid: std::process::id(),
+                version: env!("CARGO_PKG_VERSION"),
+                uptime_s: now.saturating_duration_since(started).as_secs(),
+            },
+            endpoints: all.into_iter().map(|(_, e)| e).collect(),
             draining: draining
                 .map(|(key, pid)| DrainingStatus {
                     address: address(&key.listen),
@@ -223,9 +301,17 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::endpoint::WorkerProc;
+    use crate::endpoint::{Pending, WorkerProc};
     use proto::ctl::Stats;
     use std::time::Duration;
+
+    fn init() -> Pending {
+        Pending {
+            seq: 1,
+            what: "init",
+            config: None,
+        }
+    }
 
     pub fn running(graph: &str) -> BTreeMap<EndpointKey, Running> {
         let plan = proto::plan::from_graph(graph).unwrap();
@@ -251,13 +337,9 @@ mod tests {
         let tcp = it.next().unwrap();
         tcp.applied = Some(tcp.ep.clone());
         let (ctl, _peer) = proto::ctl::socketpair().unwrap();
-        tcp.worker = Some(WorkerProc {
-            pid: Pid::from_raw(1234),
-            ctl,
-            token: 16,
-            started: now,
-            pending: vec![],
-        });
+        let mut w = WorkerProc::new(Pid::from_raw(1234), ctl, 16, now, init());
+        w.pending.clear();
+        tcp.worker = Some(w);
         tcp.set_stats(Stats {
             active: 2,
             total: 5,
@@ -277,7 +359,7 @@ mod tests {
             name: "bad".into(),
             reason: "missing field 'socket'".into(),
         }];
-        let s = Snapshot::build(now, &eps, std::iter::empty(), &refused);
+        let s = Snapshot::build(now, &eps, &BTreeMap::new(), std::iter::empty(), &refused);
         let v: serde_json::Value = serde_json::from_slice(&s.to_json()).unwrap();
         let e = &v["endpoints"];
         assert_eq!(e[0]["kind"], "tcp");
@@ -314,18 +396,20 @@ mod tests {
         let mut eps = running(one);
         let r = eps.values_mut().next().unwrap();
         let (ctl, _peer) = proto::ctl::socketpair().unwrap();
-        r.worker = Some(WorkerProc {
-            pid: Pid::from_raw(1234),
-            ctl,
-            token: 16,
-            started: Instant::now(),
-            pending: vec![],
-        });
+        let mut w = WorkerProc::new(Pid::from_raw(1234), ctl, 16, Instant::now(), init());
+        w.pending.clear();
+        r.worker = Some(w);
         // The worker acked the one-route table; the graph now has two and
         // the update has not been acked (or could not be sent).
         r.applied = Some(r.ep.clone());
         r.ep = proto::plan::from_graph(two).unwrap().endpoints.remove(0);
-        let s = Snapshot::build(Instant::now(), &eps, std::iter::empty(), &[]);
+        let s = Snapshot::build(
+            Instant::now(),
+            &eps,
+            &BTreeMap::new(),
+            std::iter::empty(),
+            &[],
+        );
         let v: serde_json::Value = serde_json::from_slice(&s.to_json()).unwrap();
         let e = &v["endpoints"][0];
         assert_eq!(e["routes"].as_array().unwrap().len(), 1, "{e}");
@@ -333,10 +417,75 @@ mod tests {
         // Acked: served, nothing pending.
         let r = eps.values_mut().next().unwrap();
         r.applied = Some(r.ep.clone());
-        let s = Snapshot::build(Instant::now(), &eps, std::iter::empty(), &[]);
+        let s = Snapshot::build(
+            Instant::now(),
+            &eps,
+            &BTreeMap::new(),
+            std::iter::empty(),
+            &[],
+        );
         let v: serde_json::Value = serde_json::from_slice(&s.to_json()).unwrap();
         let e = &v["endpoints"][0];
         assert_eq!(e["routes"].as_array().unwrap().len(), 2, "{e}");
         assert!(e.get("pending_routes").is_none(), "{e}");
+    }
+
+    #[test]
+    fn a_pending_endpoint_shows_its_reason_and_next_try_in_key_order() {
+        use crate::pending::PendingEndpoint;
+        use crate::policy::{BackoffPolicy, RestartPolicy};
+        let g = r#"[{"type":"tcp","name":"a","consumer":"E","target":"127.0.0.1:81","socket":"127.0.0.1:1"},
+                    {"type":"tcp","name":"b","consumer":"E","target":"127.0.0.1:82","socket":"127.0.0.1:1"}]"#;
+        let mut eps = running(g);
+        let (key, r) = eps.pop_first().unwrap();
+        let now = Instant::now();
+        let mut policy = RestartPolicy::default();
+        let p = PendingEndpoint::failed(
+            9,
+            r.ep,
+            "cannot listen: bind: EADDRINUSE".into(),
+            None,
+            &policy,
+            now,
+            0.0,
+        );
+        let mut pend = BTreeMap::new();
+        pend.insert(key.clone(), p);
+        let v: serde_json::Value = serde_json::from_slice(
+            &Snapshot::build(now, &eps, &pend, std::iter::empty(), &[]).to_json(),
+        )
+        .unwrap();
+        let e = &v["endpoints"];
+        // 127.0.0.1:81 sorts before :82, pending or not.
+        assert_eq!(e[0]["address"], "127.0.0.1:81", "{v}");
+        assert_eq!(e[0]["worker"]["state"], "pending");
+        assert_eq!(e[0]["pending"]["reason"], "cannot listen: bind: EADDRINUSE");
+        assert!(e[0]["pending"]["next_try_ms"].as_u64().unwrap() <= 20);
+        assert_eq!(e[0]["pending_routes"][0]["name"], "a");
+        assert_eq!(e[0]["routes"], serde_json::json!([]));
+        assert!(e[1].get("pending").is_none(), "{v}");
+        // Given up for good: failed, no next try.
+        policy.max_retries = 1;
+        policy.backoff_policy = BackoffPolicy::Never;
+        let first = pend.remove(&key).unwrap();
+        let p = PendingEndpoint::failed(
+            9,
+            first.ep.clone(),
+            "x".into(),
+            Some(&first),
+            &policy,
+            now,
+            0.0,
+        );
+        pend.insert(key, p);
+        let v: serde_json::Value = serde_json::from_slice(
+            &Snapshot::build(now, &eps, &pend, std::iter::empty(), &[]).to_json(),
+        )
+        .unwrap();
+        let e = &v["endpoints"][0];
+        assert_eq!(e["worker"]["state"], "failed");
+        assert_eq!(e["pending"]["given_up"], true);
+        assert_eq!(e["pending"]["next_try_ms"], serde_json::Value::Null);
+        assert_eq!(e["retries"], 1);
     }
 }

@@ -155,6 +155,23 @@ pub fn table(v: &Value) -> String {
             }
             notes.push((row, what));
         }
+        // An endpoint whose listener could not be made yet: why, and what next.
+        let p = &e["pending"];
+        if p.is_object() {
+            let next = match (p["next_try_ms"].as_u64(), p["given_up"].as_bool()) {
+                (Some(ms), Some(true)) => format!("given up; starting over in {ms} ms"),
+                (Some(ms), _) => format!("next try in {ms} ms"),
+                (None, _) => "given up until the graph is applied again".into(),
+            };
+            notes.push((
+                row,
+                format!(
+                    "  pending: {} (attempt {}; {next})",
+                    s(&p["reason"]),
+                    s(&p["attempts"])
+                ),
+            ));
+        }
         if w["last_exit"].is_string() {
             notes.push((row, format!("  last worker {}", s(&w["last_exit"]))));
         }
@@ -248,6 +265,28 @@ mod tests {
         );
         assert!(t.contains("last worker killed by SIGKILL"), "{t}");
         assert!(t.contains("#2 'x': missing field 'socket'"), "{t}");
+    }
+
+    #[test]
+    fn table_shows_a_pending_endpoint_with_its_reason_and_next_try() {
+        let v = serde_json::json!({
+            "endpoints":[{"kind":"tcp","address":"127.0.0.1:81","namespace":"host","consumer":"E",
+              "routes":[],"pending_routes":[{"link":0,"name":"a","backend":"127.0.0.1:1"}],
+              "pending":{"reason":"cannot listen: bind 127.0.0.1:81: EADDRINUSE","attempts":3,"next_try_ms":160,"given_up":false},
+              "worker":{"pid":null,"state":"pending","restart_in_ms":160}}]});
+        let t = table(&v);
+        assert!(
+            t.lines().nth(1).unwrap().contains("pending (160 ms)"),
+            "{t}"
+        );
+        assert!(
+            t.contains("  pending: cannot listen: bind 127.0.0.1:81: EADDRINUSE (attempt 3; next try in 160 ms)"),
+            "{t}"
+        );
+        let mut v = v;
+        v["endpoints"][0]["pending"]["given_up"] = true.into();
+        v["endpoints"][0]["pending"]["next_try_ms"] = serde_json::Value::Null;
+        assert!(table(&v).contains("given up until the graph is applied again"));
     }
 
     #[test]

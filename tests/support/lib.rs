@@ -18,7 +18,7 @@ pub mod http;
 pub mod lab;
 pub mod ns;
 pub use ctrl::FakeCtrl;
-pub use ns::{MountNsProc, Netns};
+pub use ns::{free_pid, MountNsProc, Netns};
 
 /// The workspace's target/debug with every binary built (once per run).
 pub fn bin_dir() -> PathBuf {

@@ -20,6 +20,9 @@ fn ip(args: &[&str]) {
 pub struct Netns {
     pub name: String,
     procs: Vec<Child>,
+    /// Processes started with a chosen pid (`spawn_as`): killed and
+    /// reaped on drop like `procs`.
+    raw: Vec<u32>,
     veth_host: Option<String>,
 }
 
@@ -30,6 +33,7 @@ impl Netns {
         let ns = Netns {
             name,
             procs: Vec::new(),
+            raw: Vec::new(),
             veth_host: None,
         };
         // Nothing is sent before the namespace is confirmed to exist.
@@ -72,6 +76,89 @@ impl Netns {
     /// A process that only holds the namespace (a container's init).
     pub fn holder(&mut self) -> u32 {
         self.spawn(&["sleep", "3600"])
+    }
+
+    /// Start `cmd` inside as process `pid` (`clone3` with `set_tid`), so a
+    /// graph can name a consumer pid before that process and its
+    /// namespace exist. `pid` should come from `free_pid`.
+    pub fn spawn_as(&mut self, pid: u32, cmd: &[&str]) {
+        use nix::libc;
+        use std::ffi::CString;
+        // Everything the child needs is made before the clone: after it,
+        // the child of a multi-threaded process may only exec.
+        let exe = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("ip(8)");
+        let exe = CString::new(exe).expect("path");
+        let args: Vec<CString> = ["ip", "netns", "exec", &self.name]
+            .iter()
+            .chain(cmd)
+            .map(|a| CString::new(*a).expect("argument without NUL"))
+            .collect();
+        let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+        argv.push(std::ptr::null());
+        let tid = [pid as libc::pid_t];
+        // struct clone_args (linux/sched.h), up to `set_tid_size`.
+        let mut ca = [0u64; 11];
+        ca[4] = libc::SIGCHLD as u64; // exit_signal
+        ca[8] = tid.as_ptr() as u64; // set_tid
+        ca[9] = 1; // set_tid_size
+                   // SAFETY: a fork-like clone3 (no CLONE_VM, no new stack); the
+                   // child only calls execv and _exit, which are async-signal-safe.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                ca.as_mut_ptr(),
+                std::mem::size_of_val(&ca),
+            )
+        };
+        if r == 0 {
+            unsafe {
+                libc::execv(exe.as_ptr(), argv.as_ptr());
+                libc::_exit(127);
+            }
+        }
+        assert!(
+            r == pid as libc::c_long,
+            "clone3 with set_tid {pid}: {}",
+            std::io::Error::last_os_error()
+        );
+        self.raw.push(pid);
+        let me = format!("net:[{}]", self.inode());
+        wait_for(Duration::from_secs(5), "process inside netns", || {
+            let l = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
+            (l.to_string_lossy() == me).then_some(())
+        });
+    }
+
+    /// The veth end inside (made by `veth`/`veth_auto`).
+    fn ns_if(&self) -> String {
+        format!("{}n", &self.name[..self.name.len().min(13)])
+    }
+
+    /// Remove `addr/30` from the veth end inside.
+    pub fn del_addr(&self, addr: &str) {
+        self.exec_ok(&[
+            "ip",
+            "addr",
+            "del",
+            &format!("{addr}/30"),
+            "dev",
+            &self.ns_if(),
+        ]);
+    }
+
+    /// Put `addr/30` on the veth end inside.
+    pub fn add_addr(&self, addr: &str) {
+        self.exec_ok(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{addr}/30"),
+            "dev",
+            &self.ns_if(),
+        ]);
     }
 
     fn inode(&self) -> u64 {
@@ -147,6 +234,11 @@ impl Drop for Netns {
             let _ = c.kill();
             let _ = c.wait();
         }
+        for &pid in &self.raw {
+            let pid = nix::unistd::Pid::from_raw(pid as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(pid, None);
+        }
         if let Some(h) = &self.veth_host {
             let _ = Command::new("ip").args(["link", "del", h]).status();
         }
@@ -220,4 +312,24 @@ impl Drop for MountNsProc {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir(&self.dir);
     }
+}
+
+/// A pid no process has and none will get soon: free, and below the last
+/// pid handed out (pids are handed out upwards and wrap only at
+/// `pid_max`), so it stays free until a test claims it with `spawn_as`.
+pub fn free_pid() -> u32 {
+    let last: u32 = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .expect("ns_last_pid");
+    let max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .expect("pid_max");
+    let below = (301..last.saturating_sub(1000)).rev();
+    let above = (last + 20_000).min(max - 1)..max;
+    below
+        .chain(above)
+        .find(|p| !Path::new(&format!("/proc/{p}")).exists())
+        .expect("a free pid")
 }
