@@ -254,6 +254,7 @@ class Soak:
         self.bad = {k: 0 for k in BAD}
         self.bad_outcomes = {}  # "kind: outcome" -> count
         self.bad_failures = []  # (kind, endpoint name, t_conn, t_fail, detail)
+        self.bad_odd = []  # (t, duration, detail): errors no kill explains
         self.kills = []  # (endpoint name, t_before, t_after, t_back, old, new)
         self.reloads = 0
         self.switches = 0
@@ -289,6 +290,8 @@ class Soak:
         names = (ep_name,) if ep_name else ("tcp", "http", "unix")
         if any(self.killed(n, t_conn, t) for n in names):
             return f"{type(e).__name__} (a worker was killed meanwhile)"
+        with self.lock:
+            self.bad_odd.append((t - self.t_start, t - t_conn, f"{type(e).__name__}: {e}"))
         return type(e).__name__
 
     def killed(self, ep_name, t_conn, t_fail):
@@ -711,7 +714,7 @@ class Soak:
                 with self.lock:
                     print(
                         f"  {(now() - self.t_start) / 60:4.1f} min: ok {sum(self.ok.values())}, "
-                        f"failed {len(self.failures)}, misbehaving {sum(self.bad.values())}, "
+                        f"failed {len(self.failures)} (incl. with killed workers), misbehaving {sum(self.bad.values())}, "
                         f"kills {len(self.kills)}, reloads {self.reloads}",
                         flush=True,
                     )
@@ -779,6 +782,8 @@ class Soak:
         print(f"misbehaving clients: {sum(self.bad.values())} ({', '.join(f'{k} {v}' for k, v in self.bad.items())})")
         for k in sorted(self.bad_outcomes):
             print(f"    {k}: {self.bad_outcomes[k]}")
+        for t, d, detail in self.bad_odd[:10]:
+            print(f"    (at {t:.1f} s, after {d:.1f} s: {detail})")
         print(
             f"kills: {len(self.kills)}"
             + (f" (kill -> new worker in status: median {recover[len(recover) // 2]:.0f} ms, max {recover[-1]:.0f} ms)" if recover else "")
