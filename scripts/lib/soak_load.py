@@ -59,6 +59,8 @@ RSS_SLACK_KB = 2048
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 WELL = ("tcp", "unix", "get", "pipelined", "chunked", "websocket")
 BAD = ("slowloris", "half-close", "rst", "oversized", "abrupt")
+CLIENTS = {"tcp": 2, "unix": 2, "get": 1, "pipelined": 1, "chunked": 1, "websocket": 1}
+THREADS = {"tcp": 2, "unix": 2, "http": 4}  # well-behaved clients per endpoint
 now = time.monotonic
 
 
@@ -295,10 +297,14 @@ class Soak:
         return type(e).__name__
 
     def killed(self, ep_name, t_conn, t_fail):
-        for name, t_before, t_after, *_ in self.kills:
+        return self.kill_of(ep_name, t_conn, t_fail) is not None
+
+    def kill_of(self, ep_name, t_conn, t_fail):
+        """The index of the first kill that may explain a failure, or None."""
+        for i, (name, t_before, t_after, *_) in enumerate(self.kills):
             if name == ep_name and t_conn < t_after and t_fail >= t_before:
-                return True
-        return False
+                return i
+        return None
 
     # ---- well-behaved clients
 
@@ -691,7 +697,7 @@ class Soak:
         until = end - calm
         threads = [threading.Thread(target=self.run_sampler, daemon=True)]
         seeds = iter(range(a.seed * 100, a.seed * 100 + 100))
-        for kind, n in (("tcp", 2), ("unix", 2), ("get", 1), ("pipelined", 1), ("chunked", 1), ("websocket", 1)):
+        for kind, n in CLIENTS.items():
             threads += [threading.Thread(target=self.run_well, args=(kind, next(seeds)), daemon=True) for _ in range(n)]
         threads += [threading.Thread(target=self.run_slowloris, args=(next(seeds),), daemon=True) for _ in range(2)]
         threads.append(threading.Thread(target=self.run_bad, args=(next(seeds),), daemon=True))
@@ -779,6 +785,23 @@ class Soak:
         for k in WELL:
             print(f"  {k:10} {self.ok[k]:8} / {fails_by[k]} / {cas_by[k]}")
         print(f"  {'total':10} {sum(self.ok.values()):8} / {len(real)} / {len(casualties)}")
+        # Each client thread has one connection at a time, so one kill can
+        # take at most as many well-behaved connections as the endpoint has
+        # threads; more would mean the attribution hides real failures.
+        per_kill = {}
+        for f in casualties:
+            i = self.kill_of(f[1], f[2], f[3])
+            per_kill[i] = per_kill.get(i, 0) + 1
+        for i, n in per_kill.items():
+            name = self.kills[i][0]
+            if n > THREADS[name]:
+                self.problems.append(f"kill {i + 1} ({name}) took {n} requests; its endpoint has {THREADS[name]} clients")
+        if casualties:
+            print(
+                f"  lost with a killed worker: {len(casualties)} in {len(per_kill)} of {len(self.kills)} kills, "
+                f"at most {max(per_kill.values())} in one (clients per endpoint: "
+                + ", ".join(f"{k} {v}" for k, v in THREADS.items()) + ")"
+            )
         print(f"misbehaving clients: {sum(self.bad.values())} ({', '.join(f'{k} {v}' for k, v in self.bad.items())})")
         for k in sorted(self.bad_outcomes):
             print(f"    {k}: {self.bad_outcomes[k]}")
