@@ -43,6 +43,9 @@ fi
 
 . scripts/lib/common.sh
 scratch soak
+# Not in pids: once reaped below, their pids must not be signalled again.
+sup=""
+load=""
 if [[ -n ${PVX_SOAK_KEEP:-} ]]; then
 	# shellcheck disable=SC2329 # called by the EXIT trap
 	cleanup() {
@@ -51,7 +54,17 @@ if [[ -n ${PVX_SOAK_KEEP:-} ]]; then
 		echo "soak: kept $work"
 	}
 fi
-sup=""
+# shellcheck disable=SC2329 # called by the EXIT trap
+soak_cleanup() {
+	[[ -z $load ]] || kill -TERM "$load" 2>/dev/null || true
+	[[ -z $sup ]] || kill -TERM "$sup" 2>/dev/null || true
+	cleanup
+}
+trap soak_cleanup EXIT
+# A signal ends the run through the EXIT trap at once (the load runs in the
+# background so that `wait` is interrupted rather than the signal deferred).
+trap 'exit 130' INT
+trap 'exit 143' TERM
 BE_TCP=$(port); BE_H1=$(port); BE_H2=$(port); TCP=$(port); TCP2=$(port); HTTP=$(port)
 BE_UNIX=$work/backend.sock
 LINK=$work/link.sock
@@ -86,7 +99,6 @@ ST=$work/status.sock
 "$BIN/pv-xconnect" run --graph "$work/graph.json" --status-socket "$ST" \
 	--log-target stderr --reset-window 0s 2>"$work/pv-xconnect.log" &
 sup=$!
-pids+=("$sup")
 up=""
 for _ in $(seq 100); do
 	if "$BIN/pv-xconnect" status --json --status-socket "$ST" 2>/dev/null |
@@ -109,7 +121,10 @@ python3 -u scripts/lib/soak_load.py --status-socket "$ST" --sup-pid "$sup" \
 	--graph "$work/graph.json" --graph-a "$work/graph-a.json" --graph-b "$work/graph-b.json" \
 	--tcp "127.0.0.1:$TCP" --http "127.0.0.1:$HTTP" --unix "$LINK" \
 	--seconds "$(python3 -c "print($MINUTES * 60)")" --settle "${PVX_SOAK_SETTLE:-45}" \
-	--csv "$work/samples.csv" ${PVX_SOAK_SEED:+--seed "$PVX_SOAK_SEED"} || rc=$?
+	--csv "$work/samples.csv" ${PVX_SOAK_SEED:+--seed "$PVX_SOAK_SEED"} &
+load=$!
+wait "$load" || rc=$?
+load=""
 
 echo
 "$BIN/pv-xconnect" status --status-socket "$ST" || true
@@ -119,8 +134,6 @@ if [[ $rc != 0 ]]; then
 fi
 # A clean stop is part of the check: SIGTERM, everything exits 0.
 kill -TERM "$sup"
-if ! wait "$sup"; then
-	echo "soak: pv-xconnect did not exit 0 on SIGTERM" >&2
-	rc=1
-fi
+wait "$sup" || { echo "soak: pv-xconnect did not exit 0 on SIGTERM" >&2; rc=1; }
+sup=""
 exit $rc
