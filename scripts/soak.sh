@@ -24,7 +24,8 @@
 #
 # Environment: PVX_BIN_DIR (binaries to use instead of building release),
 #   PVX_SOAK_SETTLE (seconds allowed to return to baseline, default 45),
-#   PVX_SOAK_SEED (random seed), PVX_SOAK_KEEP=1 (keep the scratch dir).
+#   PVX_SOAK_SEED (random seed), PVX_SOAK_KEEP=1 (keep the scratch dir),
+#   PVX_SOAK_FLOOD (connections per burst, default 300; 0: no bursts).
 # Exit 0 on PASS, 1 on FAIL, 2 on usage or setup errors.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -121,7 +122,7 @@ python3 -u scripts/lib/soak_load.py --status-socket "$ST" --sup-pid "$sup" \
 	--graph "$work/graph.json" --graph-a "$work/graph-a.json" --graph-b "$work/graph-b.json" \
 	--tcp "127.0.0.1:$TCP" --http "127.0.0.1:$HTTP" --unix "$LINK" \
 	--seconds "$(python3 -c "print($MINUTES * 60)")" --settle "${PVX_SOAK_SETTLE:-45}" \
-	--csv "$work/samples.csv" ${PVX_SOAK_SEED:+--seed "$PVX_SOAK_SEED"} &
+	--csv "$work/samples.csv" --flood "${PVX_SOAK_FLOOD:-300}" ${PVX_SOAK_SEED:+--seed "$PVX_SOAK_SEED"} &
 load=$!
 wait "$load" || rc=$?
 load=""

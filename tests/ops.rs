@@ -784,6 +784,9 @@ fn soak_script_passes_a_short_run() {
         .arg("0.5")
         .env("PVX_BIN_DIR", bin_dir())
         .env_remove("PVX_SOAK_KEEP")
+        // Memory after connection bursts is issue 8 A's own test; here the
+        // script's machinery and the fds.
+        .env("PVX_SOAK_FLOOD", "0")
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);

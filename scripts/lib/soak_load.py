@@ -18,6 +18,9 @@ backends from soak_backend.py):
     rst         SO_LINGER 0 close mid-body (http) or mid-echo (tcp, unix)
     oversized   a 20 KiB head or 150 header lines: must be answered 431
     abrupt      connect and close, or close after half a head
+    flood       --flood connections (300) that send one byte each, held
+                1-3 s, then closed: every 20-60 s while kills go on, then once
+                at each endpoint when they stop
   kills         kill -9 of a random worker every 2-6 s, until the last
                 quarter of the run (at most 60 s, at least 15 s) so that the
                 workers measured at the end have carried load
@@ -58,7 +61,7 @@ OP_TIMEOUT = 20.0
 RSS_SLACK_KB = 2048
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 WELL = ("tcp", "unix", "get", "pipelined", "chunked", "websocket")
-BAD = ("slowloris", "half-close", "rst", "oversized", "abrupt")
+BAD = ("slowloris", "half-close", "rst", "oversized", "abrupt", "flood")
 CLIENTS = {"tcp": 2, "unix": 2, "get": 1, "pipelined": 1, "chunked": 1, "websocket": 1}
 THREADS = {"tcp": 2, "unix": 2, "http": 4}  # well-behaved clients per endpoint
 now = time.monotonic
@@ -485,6 +488,35 @@ class Soak:
         finally:
             c.close()
 
+    def run_flood(self, seed, until):
+        """Bursts of --flood connections that each send one byte (of a head,
+        for http), held 1-3 s, then closed: every 20-60 s at a random
+        endpoint while kills go on, then once at each endpoint when they
+        stop, so that the workers measured at the end have taken one."""
+        rnd = random.Random(seed)
+        while not self.stop.wait(min(rnd.uniform(20, 60), max(0, until - now()))) and now() < until:
+            self.flood(rnd, rnd.choice((self.http, self.http, self.tcp, self.unix)))
+        for ep in (self.http, self.tcp, self.unix):
+            if self.stop.is_set():
+                break
+            self.flood(rnd, ep)
+
+    def flood(self, rnd, ep):
+        conns, t0 = [], now()
+        try:
+            for _ in range(self.a.flood):
+                c = Conn(ep)
+                conns.append(c)
+                c.send(b"G")
+            self.stop.wait(rnd.uniform(1, 3))
+            outcome = f"{ep.kind} {len(conns)} connections"
+        except (OSError, Fail) as e:
+            outcome = f"{ep.kind} {self.why(e, ep.name, t0)} after {len(conns)}"
+        finally:
+            for c in conns:
+                c.close()
+        self.bad_done("flood", outcome)
+
     def run_bad(self, seed):
         rnd = random.Random(seed)
         acts = (self.half_close, self.rst, self.oversized, self.abrupt)
@@ -700,6 +732,8 @@ class Soak:
             threads += [threading.Thread(target=self.run_well, args=(kind, next(seeds)), daemon=True) for _ in range(n)]
         threads += [threading.Thread(target=self.run_slowloris, args=(next(seeds),), daemon=True) for _ in range(2)]
         threads.append(threading.Thread(target=self.run_bad, args=(next(seeds),), daemon=True))
+        if a.flood:
+            threads.append(threading.Thread(target=self.run_flood, args=(next(seeds), until), daemon=True))
         control = [
             threading.Thread(target=self.run_kills, args=(until,), daemon=True),
             threading.Thread(target=self.run_reloads, args=(until,), daemon=True),
@@ -903,6 +937,7 @@ def main():
     ap.add_argument("--seconds", type=float, required=True)
     ap.add_argument("--settle", type=float, default=45)
     ap.add_argument("--csv", required=True)
+    ap.add_argument("--flood", type=int, default=300, help="connections per burst (0: none)")
     ap.add_argument("--seed", type=int, default=int(time.time()) % 100000)
     a = ap.parse_args()
     print(f"soak: seed {a.seed}")
