@@ -723,7 +723,7 @@ class Soak:
             print(f"soak: expected the supervisor and 3 workers at rest, found {sorted(base)}")
             return 1
         self.base = base
-        end = self.t_start + a.seconds
+        end = now() + a.seconds
         calm = max(15, min(60, a.seconds / 4))
         until = end - calm
         threads = [threading.Thread(target=self.run_sampler, daemon=True)]
@@ -739,7 +739,7 @@ class Soak:
             threading.Thread(target=self.run_reloads, args=(until,), daemon=True),
         ]
         print(
-            f"soak: {a.seconds / 60:g} min; kills and reloads for the first {(until - self.t_start) / 60:.1f} min; "
+            f"soak: {a.seconds / 60:g} min; kills and reloads for the first {(until - end + a.seconds) / 60:.1f} min; "
             f"samples in {a.csv}",
             flush=True,
         )
