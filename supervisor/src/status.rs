@@ -30,6 +30,8 @@ pub struct SupervisorInfo {
     pub pid: u32,
     pub version: &'static str,
     pub uptime_s: u64,
+    /// The supervisor's own log lines syslog did not take.
+    pub log_dropped: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -89,6 +91,8 @@ pub struct WorkerStatus {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub errors: u64,
+    /// Log lines the endpoint's workers could not hand to syslog.
+    pub log_dropped: u64,
     /// When backing off: the delay chosen, and what is left of it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backoff_delay_ms: Option<u64>,
@@ -165,6 +169,7 @@ fn worker(r: &Running, now: Instant) -> WorkerStatus {
         bytes_in: r.stats.bytes_in,
         bytes_out: r.stats.bytes_out,
         errors: r.stats.errors,
+        log_dropped: r.stats.log_dropped,
         backoff_delay_ms,
         restart_in_ms,
         last_exit: r.last_exit.clone(),
@@ -184,6 +189,7 @@ impl Snapshot {
                 pid: std::process::id(),
                 version: env!("CARGO_PKG_VERSION"),
                 uptime_s: now.saturating_duration_since(started).as_secs(),
+                log_dropped: proto::log::dropped(),
             },
             endpoints: endpoints
                 .iter()
@@ -264,6 +270,7 @@ mod tests {
             bytes_in: 10,
             bytes_out: 20,
             errors: 1,
+            log_dropped: 4,
         });
         let http = it.next().unwrap();
         http.restarts = 3;
@@ -289,6 +296,8 @@ mod tests {
         assert_eq!(e[0]["worker"]["state"], "running");
         assert_eq!(e[0]["worker"]["total"], 5);
         assert_eq!(e[0]["worker"]["bytes_out"], 20);
+        assert_eq!(e[0]["worker"]["log_dropped"], 4);
+        assert!(v["supervisor"]["log_dropped"].is_u64());
         assert_eq!(e[1]["kind"], "http");
         assert_eq!(e[1]["namespace"], "pid:42");
         assert!(e[0].get("pending_routes").is_none(), "{}", e[0]);
