@@ -568,10 +568,115 @@ fn serve_echo_until(l: TcpListener, stop: &std::sync::atomic::AtomicBool) -> Tcp
 
 // ------------------------------------------------------------ syslog
 
+/// A supervisor logging to the datagram socket `sock` (PVX_SYSLOG_PATH),
+/// its stderr to `dir/stderr.log`, serving one tcp link on `port`.
+struct SyslogRun {
+    child: std::process::Child,
+    status: std::path::PathBuf,
+    _graph: TempDir,
+}
+
+impl SyslogRun {
+    fn start(dir: &TempDir, sock: &std::path::Path, port: u16, level: &str) -> SyslogRun {
+        let backend = echo_server();
+        let graph_dir = TempDir::new("sysg");
+        let gpath = graph_dir.path().join("g.json");
+        std::fs::write(
+            &gpath,
+            graph(&[tcp_link("sys", port, &backend.to_string())]),
+        )
+        .unwrap();
+        let status = dir.path().join("status.sock");
+        let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+        let child = Command::new(bin_dir().join("pv-xconnect"))
+            .args([
+                "run",
+                "--log-target",
+                "syslog",
+                "--log-level",
+                level,
+                "--graph",
+            ])
+            .arg(&gpath)
+            .arg("--status-socket")
+            .arg(&status)
+            .env("PVX_SYSLOG_PATH", sock)
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        SyslogRun {
+            child,
+            status,
+            _graph: graph_dir,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn get(&self, path: &str) -> Option<String> {
+        let raw = unix_request(
+            &self.status,
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+        )
+        .ok()?;
+        let (code, body) = split_http(&raw);
+        (code == 200).then_some(body)
+    }
+
+    /// The worker object of the one endpoint, once `ok` holds for it.
+    fn wait_worker(&self, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+        wait_for(Duration::from_secs(10), what, || {
+            let v: Value = serde_json::from_str(&self.get("/status")?).ok()?;
+            let w = v["endpoints"][0]["worker"].clone();
+            ok(&w).then_some(w)
+        })
+    }
+}
+
+impl Drop for SyslogRun {
+    fn drop(&mut self) {
+        // SIGTERM: the workers drain (nothing is open) and exit with it.
+        let _ = Command::new("kill").arg(self.pid().to_string()).status();
+        let _ = self.child.wait();
+    }
+}
+
+/// `<PRI>Mmm dd hh:mm:ss rest` (RFC 3164 header) -> `<PRI>rest`; None for
+/// a line without that shape.
+fn untimed(line: &str) -> Option<String> {
+    let end = line.find('>')? + 1;
+    let (pri, rest) = line.split_at(end);
+    let b = rest.as_bytes();
+    let shaped = pri.starts_with('<')
+        && b.len() > 16
+        && b[..3].iter().all(u8::is_ascii_alphabetic)
+        && b[3] == b' '
+        && b[6] == b' '
+        && b[9] == b':'
+        && b[12] == b':'
+        && b[15] == b' ';
+    shaped.then(|| format!("{pri}{}", &rest[16..]))
+}
+
+/// Receive datagrams into `lines` (timestamps cut) until one contains
+/// `needle`.
+fn recv_until(rx: &UnixDatagram, lines: &mut Vec<String>, needle: &str) {
+    wait_for(Duration::from_secs(10), needle, || {
+        let mut b = [0u8; 4096];
+        if let Ok(n) = rx.recv(&mut b) {
+            let raw = String::from_utf8_lossy(&b[..n]).into_owned();
+            lines.push(untimed(&raw).unwrap_or_else(|| panic!("not RFC 3164: {raw:?}")));
+        }
+        lines.iter().any(|l| l.contains(needle)).then_some(())
+    })
+}
+
 /// With `--log-target syslog` and PVX_SYSLOG_PATH pointing at a datagram
-/// socket of ours, supervisor and worker lines arrive with facility daemon,
-/// their idents and pids; the worker keeps exactly one more fd (its syslog
-/// socket) and no log line ever reaches a client.
+/// socket of ours, supervisor and worker lines arrive in RFC 3164 shape
+/// with facility daemon, their idents and pids; the worker keeps exactly
+/// one more fd (its syslog socket) and no log line ever reaches a client.
 #[test]
 fn syslog_lines_carry_facility_ident_and_pid() {
     let dir = TempDir::new("syslog");
@@ -579,44 +684,11 @@ fn syslog_lines_carry_facility_ident_and_pid() {
     let rx = UnixDatagram::bind(&sock).unwrap();
     rx.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
-    let backend = echo_server();
     let port = free_port();
-    let graph_dir = TempDir::new("sysg");
-    let gpath = graph_dir.path().join("g.json");
-    std::fs::write(
-        &gpath,
-        graph(&[tcp_link("sys", port, &backend.to_string())]),
-    )
-    .unwrap();
-    let status = dir.path().join("status.sock");
-    let mut child = Command::new(bin_dir().join("pv-xconnect"))
-        .args([
-            "run",
-            "--log-target",
-            "syslog",
-            "--log-level",
-            "info",
-            "--graph",
-        ])
-        .arg(&gpath)
-        .arg("--status-socket")
-        .arg(&status)
-        .env("PVX_SYSLOG_PATH", &sock)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let sup_pid = child.id();
+    let run = SyslogRun::start(&dir, &sock, port, "info");
+    let sup_pid = run.pid();
     let mut lines: Vec<String> = Vec::new();
-    let recv_until = |lines: &mut Vec<String>, needle: &str| {
-        wait_for(Duration::from_secs(10), needle, || {
-            let mut b = [0u8; 4096];
-            if let Ok(n) = rx.recv(&mut b) {
-                lines.push(String::from_utf8_lossy(&b[..n]).into_owned());
-            }
-            lines.iter().any(|l| l.contains(needle)).then_some(())
-        })
-    };
-    recv_until(&mut lines, "serving");
+    recv_until(&rx, &mut lines, "serving");
     let w = children(sup_pid)
         .into_iter()
         .find(|(_, a)| a.starts_with("pvx-worker-tcp"))
@@ -640,14 +712,101 @@ fn syslog_lines_carry_facility_ident_and_pid() {
         assert_eq!(got, b"hello");
     }
     kill9(w);
-    recv_until(&mut lines, "killed by SIGKILL");
+    recv_until(&rx, &mut lines, "killed by SIGKILL");
     let l = lines
         .iter()
         .find(|l| l.contains("killed by SIGKILL"))
         .unwrap();
     assert!(l.starts_with(&format!("<28>pv-xconnect[{sup_pid}]: warn: endpoint 127.0.0.1:{port} (host): worker pid {w} killed by SIGKILL")), "{l}");
-    let _ = Command::new("kill").arg(sup_pid.to_string()).status();
-    let _ = child.wait();
+}
+
+/// A syslogd that stops reading (its socket bound, never read: the queue
+/// fills after a few datagrams) never stalls a worker: with the worker
+/// logging every connection at debug level, traffic flows, the lines it
+/// could not send are dropped, not written elsewhere, and counted in
+/// status and metrics.
+#[test]
+fn a_syslog_that_stops_reading_never_stalls_traffic() {
+    let dir = TempDir::new("syslog-full");
+    let sock = dir.path().join("log.sock");
+    let _rx = UnixDatagram::bind(&sock).unwrap();
+    let port = free_port();
+    let run = SyslogRun::start(&dir, &sock, port, "debug");
+    let w = run.wait_worker("worker running", |w| w["state"] == "running");
+    let pid = w["pid"].as_u64().unwrap();
+    for i in 0..300 {
+        let got = roundtrip(addr(port), b"hello").unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        assert_eq!(got, b"hello", "connection {i}");
+    }
+    let w = run.wait_worker("dropped log lines reported", |w| {
+        w["log_dropped"].as_u64().is_some_and(|n| n > 0) && w["total"] == 300
+    });
+    assert_eq!(
+        w["pid"].as_u64(),
+        Some(pid),
+        "the worker was never replaced"
+    );
+    let m = run.get("/metrics").unwrap();
+    let l = format!(
+        r#"pvx_log_lines_dropped_total{{endpoint="127.0.0.1:{port}",namespace="host",kind="tcp",consumer="EXTERNAL"}}"#
+    );
+    assert!(metric(&m, &l).is_some_and(|n| n > 0), "{m}");
+    assert!(
+        metric(&m, r#"pvx_log_lines_dropped_total{process="supervisor"}"#).is_some(),
+        "{m}"
+    );
+    // Dropped means dropped: a full syslog does not divert lines to stderr.
+    let err = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    assert!(!err.contains("connection closed"), "{err}");
+}
+
+/// syslogd restarted (its socket removed and bound anew): the supervisor
+/// and a worker that was already running connect again, and their lines
+/// arrive at the new socket.
+#[test]
+fn syslog_lines_arrive_again_after_a_syslogd_restart() {
+    let dir = TempDir::new("syslog-restart");
+    let sock = dir.path().join("log.sock");
+    let rx = UnixDatagram::bind(&sock).unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let port = free_port();
+    let run = SyslogRun::start(&dir, &sock, port, "debug");
+    let sup_pid = run.pid();
+    let mut lines = Vec::new();
+    recv_until(&rx, &mut lines, "serving");
+    let w = run.wait_worker("worker running", |w| w["state"] == "running");
+    let w = w["pid"].as_u64().unwrap();
+
+    drop(rx);
+    std::fs::remove_file(&sock).unwrap();
+    let rx = UnixDatagram::bind(&sock).unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut lines = Vec::new();
+    assert_eq!(roundtrip(addr(port), b"hi").unwrap(), b"hi");
+    recv_until(&rx, &mut lines, "connection closed");
+    let l = lines
+        .iter()
+        .find(|l| l.contains("connection closed"))
+        .unwrap();
+    assert!(
+        l.starts_with(&format!(
+            "<31>pvx-worker-tcp[{w}]: debug: endpoint 127.0.0.1:{port} (host): connection closed"
+        )),
+        "{l}"
+    );
+
+    kill9(w as u32);
+    recv_until(&rx, &mut lines, "killed by SIGKILL");
+    let l = lines
+        .iter()
+        .find(|l| l.contains("killed by SIGKILL"))
+        .unwrap();
+    assert!(
+        l.starts_with(&format!("<28>pv-xconnect[{sup_pid}]: warn: ")),
+        "{l}"
+    );
 }
 
 // ------------------------------------------------------------ scripts

@@ -161,6 +161,10 @@ pub struct Stats {
     /// Bytes from backends towards clients.
     pub bytes_out: u64,
     pub errors: u64,
+    /// Log lines syslog did not take (`log::dropped`). Defaults to 0 so
+    /// that either side may be older.
+    #[serde(default)]
+    pub log_dropped: u64,
 }
 
 /// Worker -> supervisor.

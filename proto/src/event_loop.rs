@@ -401,8 +401,13 @@ impl<C: Connection> Worker<C> {
 
     fn close(&mut self, slot: usize, error: bool) {
         // Closing the fds removes them from epoll; no deregister needed.
-        if self.conns.remove(slot).is_some() && error {
-            self.stats.errors += 1;
+        if self.conns.remove(slot).is_some() {
+            self.stats.errors += u64::from(error);
+            crate::debug!(
+                "connection closed{} ({} open)",
+                if error { " on an error" } else { "" },
+                self.conns.len()
+            );
         }
     }
 

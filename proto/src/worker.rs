@@ -221,7 +221,8 @@ impl WorkerCtl {
 
     /// Send `stats` if they changed and the interval has passed. Returns
     /// how long until a report may be sent, when one is still pending.
-    pub fn report(&mut self, now: Instant, stats: Stats) -> Option<Duration> {
+    pub fn report(&mut self, now: Instant, mut stats: Stats) -> Option<Duration> {
+        stats.log_dropped = log::dropped();
         if stats == self.sent {
             return None;
         }

@@ -193,6 +193,7 @@ impl Running {
             bytes_in: b.bytes_in + s.bytes_in,
             bytes_out: b.bytes_out + s.bytes_out,
             errors: b.errors + s.errors,
+            log_dropped: b.log_dropped + s.log_dropped,
         };
     }
 }

@@ -139,6 +139,19 @@ pub fn render(s: &Snapshot) -> String {
         eps.iter()
             .filter_map(|e| Some((labels(e), e.worker.uptime_s?))),
     );
+    family(
+        &mut out,
+        Family {
+            name: "pvx_log_lines_dropped_total",
+            ty: "counter",
+            help: "Log lines syslog did not take (its socket full or gone): the supervisor's own (process=\"supervisor\") and each endpoint's workers'.",
+        },
+        std::iter::once((
+            r#"process="supervisor""#.to_string(),
+            s.supervisor.log_dropped,
+        ))
+        .chain(per(|e| e.worker.log_dropped)),
+    );
     plain(
         &mut out,
         "pvx_endpoints",
@@ -206,6 +219,7 @@ mod tests {
                 bytes_out: 200,
                 errors: 3,
                 update_resends: 1,
+                log_dropped: 6,
                 backoff_delay_ms: None,
                 restart_in_ms: None,
                 last_exit: None,
@@ -220,6 +234,7 @@ mod tests {
                 pid: 1,
                 version: "0",
                 uptime_s: 5,
+                log_dropped: 8,
             },
             endpoints: vec![
                 ep("127.0.0.1:8080", "EXTERNAL", Some(10)),
@@ -237,6 +252,8 @@ mod tests {
             format!("pvx_bytes_total{{{l},direction=\"in\"}} 100"),
             format!("pvx_bytes_total{{{l},direction=\"out\"}} 200"),
             format!("pvx_errors_total{{{l}}} 3"),
+            format!("pvx_log_lines_dropped_total{{{l}}} 6"),
+            r#"pvx_log_lines_dropped_total{process="supervisor"} 8"#.to_string(),
             format!("pvx_worker_restarts_total{{{l}}} 2"),
             format!("pvx_worker_up{{{l}}} 1"),
             "pvx_refused_links 0".to_string(),

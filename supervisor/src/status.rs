@@ -31,6 +31,8 @@ pub struct SupervisorInfo {
     pub pid: u32,
     pub version: &'static str,
     pub uptime_s: u64,
+    /// The supervisor's own log lines syslog did not take.
+    pub log_dropped: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -113,6 +115,8 @@ pub struct WorkerStatus {
     pub errors: u64,
     /// Updates sent again because the worker had not acknowledged them.
     pub update_resends: u64,
+    /// Log lines the endpoint's workers could not hand to syslog.
+    pub log_dropped: u64,
     /// When backing off: the delay chosen, and what is left of it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backoff_delay_ms: Option<u64>,
@@ -194,6 +198,7 @@ fn worker(r: &Running, now: Instant) -> WorkerStatus {
         bytes_out: r.stats.bytes_out,
         errors: r.stats.errors,
         update_resends: r.resends,
+        log_dropped: r.stats.log_dropped,
         backoff_delay_ms,
         restart_in_ms,
         last_exit: r.last_exit.clone(),
@@ -233,6 +238,7 @@ fn pending(key: &EndpointKey, p: &PendingEndpoint, now: Instant) -> EndpointStat
             bytes_out: 0,
             errors: 0,
             update_resends: 0,
+            log_dropped: 0,
             backoff_delay_ms: None,
             restart_in_ms: next_try_ms,
             last_exit: None,
@@ -276,6 +282,7 @@ impl Snapshot {
                 pid: std::process::id(),
                 version: env!("CARGO_PKG_VERSION"),
                 uptime_s: now.saturating_duration_since(started).as_secs(),
+                log_dropped: proto::log::dropped(),
             },
             endpoints: all.into_iter().map(|(_, e)| e).collect(),
             draining: draining
@@ -346,6 +353,7 @@ mod tests {
             bytes_in: 10,
             bytes_out: 20,
             errors: 1,
+            log_dropped: 4,
         });
         let http = it.next().unwrap();
         http.restarts = 3;
@@ -371,6 +379,8 @@ mod tests {
         assert_eq!(e[0]["worker"]["state"], "running");
         assert_eq!(e[0]["worker"]["total"], 5);
         assert_eq!(e[0]["worker"]["bytes_out"], 20);
+        assert_eq!(e[0]["worker"]["log_dropped"], 4);
+        assert!(v["supervisor"]["log_dropped"].is_u64());
         assert_eq!(e[1]["kind"], "http");
         assert_eq!(e[1]["namespace"], "pid:42");
         assert!(e[0].get("pending_routes").is_none(), "{}", e[0]);

@@ -366,6 +366,7 @@ mod tests {
                 pid: 1,
                 version: "0",
                 uptime_s: 0,
+                log_dropped: 0,
             },
             endpoints: vec![],
             draining: vec![],
