@@ -6,6 +6,21 @@
 
 use std::time::Duration;
 
+/// Pantavisor's `backoff_policy`: what happens after `max_retries`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum BackoffPolicy {
+    /// Stay failed until the graph is applied again.
+    Never,
+    /// Wait this long, then start over with a fresh retry count.
+    After(std::time::Duration),
+}
+
+/// The default `backoff_policy`: a device nobody watches must come back
+/// by itself, so a given-up endpoint starts over after five minutes
+/// (Pantavisor's own default, `reboot`, is not ours to take). It matters
+/// only when `max_retries` is set: 0 retries for ever.
+pub const DEFAULT_BACKOFF_POLICY: BackoffPolicy = BackoffPolicy::After(Duration::from_secs(300));
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct RestartPolicy {
     pub retry_delay: Duration,
@@ -13,6 +28,7 @@ pub struct RestartPolicy {
     pub max_delay: Duration,
     pub reset_window: Duration,
     pub max_retries: u32,
+    pub backoff_policy: BackoffPolicy,
 }
 
 impl Default for RestartPolicy {
@@ -23,6 +39,7 @@ impl Default for RestartPolicy {
             max_delay: Duration::from_secs(30),
             reset_window: Duration::from_secs(60),
             max_retries: 0,
+            backoff_policy: DEFAULT_BACKOFF_POLICY,
         }
     }
 }
@@ -59,26 +76,28 @@ impl RestartPolicy {
     }
 }
 
-/// Parse `250ms`, `5s`, `1.5s`, `2m` or a bare number of seconds.
+/// Parse `250ms`, `5s`, `1.5s`, `2m`, `1h` or a bare number of seconds.
+/// Never panics: a value too large for a `Duration` is an error (ranges
+/// are the caller's, see cli.rs).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
         Some(i) => (&s[..i], &s[i..]),
         None => (s, "s"),
     };
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration (e.g. 250ms, 5s, 2m)"))?;
+    let not_a_duration = || format!("'{s}' is not a duration (e.g. 250ms, 5s, 1.5s, 2m, 1h)");
+    let v: f64 = num.trim().parse().map_err(|_| not_a_duration())?;
     if !v.is_finite() || v < 0.0 {
-        return Err(format!("'{s}' is not a duration (e.g. 250ms, 5s, 2m)"));
+        return Err(not_a_duration());
     }
     let secs = match unit {
         "ms" => v / 1000.0,
         "s" => v,
         "m" => v * 60.0,
-        _ => return Err(format!("'{s}': unit must be ms, s or m")),
+        "h" => v * 3600.0,
+        _ => return Err(format!("'{s}': the unit must be ms, s, m or h")),
     };
-    Ok(Duration::from_secs_f64(secs))
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("'{s}' is too long a duration"))
 }
 
 /// Cheap jitter without a random-number crate: the clock's nanoseconds.
@@ -122,7 +141,16 @@ mod tests {
         assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("-1s").is_err());
-        assert!(parse_duration("5h").is_err());
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert!(parse_duration("5d").is_err());
+        assert!(parse_duration("nan").is_err());
+        assert!(parse_duration("inf").is_err());
+        assert!(parse_duration("1e400").is_err());
+        // Used to abort the supervisor (Duration::from_secs_f64 panics).
+        assert!(parse_duration("99999999999999999999")
+            .unwrap_err()
+            .contains("too long"));
+        assert!(parse_duration("99999999999999999999m").is_err());
         let bad = RestartPolicy {
             backoff_factor: 0.5,
             ..Default::default()
