@@ -1,23 +1,98 @@
-//! `pv-xconnect check FILE`: validate a graph and print the endpoint plan.
+//! `pv-xconnect check [--json] FILE`: validate a graph the way `run` would
+//! and print the endpoint plan, for a device image's CI (SPEC §6).
+//!
+//! Exit status: 0 when every link is applied or skipped (a type we do not
+//! make real: dbus, drm, wayland, ... which every Pantavisor graph may
+//! hold), 1 when a link is refused, 2 when FILE is not a graph at all
+//! (unreadable, not JSON, not an array). `--json` prints the plan for
+//! tools: endpoints with their routes (as `status` shows them), refused
+//! links and skipped links, each with its reason.
 
+use crate::status::{self, RouteStatus};
+use proto::graph::Refusal;
+use proto::plan::{Kind, Plan};
+use serde::Serialize;
 use std::path::Path;
 use std::process::ExitCode;
 
-pub fn run(file: &Path, _json: bool) -> ExitCode {
+/// Exit status for a file that is not a graph.
+pub const NOT_A_GRAPH: u8 = 2;
+
+#[derive(Serialize)]
+struct JsonPlan<'a> {
+    endpoints: Vec<JsonEndpoint<'a>>,
+    refused: &'a [Refusal],
+    skipped: &'a [Refusal],
+}
+
+#[derive(Serialize)]
+struct JsonEndpoint<'a> {
+    kind: Kind,
+    /// `IP:PORT`, or the socket path for unix/rest endpoints.
+    address: String,
+    /// `host`, or `pid:<consumer_pid>`.
+    namespace: String,
+    consumer: &'a str,
+    worker: &'static str,
+    routes: Vec<RouteStatus>,
+}
+
+pub fn run(file: &Path, json: bool) -> ExitCode {
     let text = match std::fs::read_to_string(file) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("pv-xconnect check: cannot read {}: {e}", file.display());
-            return ExitCode::FAILURE;
+            return ExitCode::from(NOT_A_GRAPH);
         }
     };
     let plan = match proto::plan::from_graph(&text) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("pv-xconnect check: {}: {e}", file.display());
-            return ExitCode::FAILURE;
+            return ExitCode::from(NOT_A_GRAPH);
         }
     };
+    if json {
+        print_json(&plan);
+    } else {
+        print_text(&plan);
+    }
+    if plan.refused.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn print_json(plan: &Plan) {
+    let doc = JsonPlan {
+        endpoints: plan
+            .endpoints
+            .iter()
+            .map(|ep| JsonEndpoint {
+                kind: ep.kind,
+                address: status::address(&ep.key.listen),
+                namespace: status::namespace(&ep.key),
+                consumer: &ep.consumer,
+                worker: ep.kind.worker_binary(),
+                routes: ep
+                    .routes
+                    .iter()
+                    .map(|r| status::route(ep.kind, r))
+                    .collect(),
+            })
+            .collect(),
+        refused: &plan.refused,
+        skipped: &plan.skipped,
+    };
+    // Strings and numbers only: serialising cannot fail.
+    match serde_json::to_string_pretty(&doc) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("pv-xconnect check: {e}"),
+    }
+}
+
+fn print_text(plan: &Plan) {
     // Names, paths and reasons come from the graph: each line is printed
     // escaped, so none of them can add a line or a control byte.
     let line = |l: String| println!("{}", proto::text::escape(&l));
@@ -31,7 +106,7 @@ pub fn run(file: &Path, _json: bool) -> ExitCode {
         ));
         for r in &ep.routes {
             let mut extra = String::new();
-            if ep.kind == proto::plan::Kind::Http {
+            if ep.kind == Kind::Http {
                 extra.push_str(&format!(
                     " prefix={} strip_prefix={}",
                     r.prefix, r.strip_prefix
@@ -55,14 +130,13 @@ pub fn run(file: &Path, _json: bool) -> ExitCode {
     for r in &plan.refused {
         line(format!("refused {r}"));
     }
-    println!(
-        "{} endpoint(s), {} link(s) refused",
-        plan.endpoints.len(),
-        plan.refused.len()
-    );
-    if plan.refused.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+    for r in &plan.skipped {
+        line(format!("skipped {r}"));
     }
+    println!(
+        "{} endpoint(s), {} link(s) refused, {} skipped",
+        plan.endpoints.len(),
+        plan.refused.len(),
+        plan.skipped.len()
+    );
 }
