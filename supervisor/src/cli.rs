@@ -57,14 +57,20 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Sub {
     /// Run the supervisor (the default command)
-    #[command(after_help = AFTER_HELP)]
+    #[command(
+        override_usage = "pv-xconnect [run] [--graph FILE | --ctrl-socket PATH] [OPTIONS]",
+        after_help = AFTER_HELP
+    )]
     Run(Box<RunArgs>),
     /// Validate a graph and print the endpoint plan (exit 0, 1 or 2)
     ///
     /// Exit status 0 when every link is applied or skipped as unsupported (dbus,
     /// drm, wayland, ...), 1 when a link is refused, 2 when FILE is not a graph
     /// (unreadable, not JSON, not an array).
-    #[command(verbatim_doc_comment)]
+    #[command(
+        verbatim_doc_comment,
+        override_usage = "pv-xconnect check [--json] FILE"
+    )]
     Check {
         /// Print the plan as JSON (endpoints with routes, refused and skipped links)
         #[arg(long)]
@@ -74,6 +80,7 @@ enum Sub {
         file: PathBuf,
     },
     /// Show the running supervisor's endpoints, workers and refused links
+    #[command(override_usage = "pv-xconnect status [--json] [--status-socket PATH]")]
     Status {
         /// Print the status document as JSON
         #[arg(long)]
