@@ -79,6 +79,9 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
+    // clap's model of the command line is gone: hand its heap back
+    // before the daemon settles on top of it.
+    proto::mem::give_back_heap();
     let result = match cmd {
         Command::Check { file, json } => return check::run(&file, json),
         Command::Status { json, socket } => return status_cli::run(&socket, json),
