@@ -107,6 +107,21 @@ fn every_flag_refuses_bad_values_with_exit_2_naming_flag_value_and_range() {
         ("--log-target", "file", "auto, syslog, stderr"),
         ("--log-level", "trace", "error, warn, info, debug"),
     ];
+    // Every flag of `run` that takes a value other than a path is in the
+    // table: a flag added later cannot skip its range.
+    let (_, help, _) = pvx(&["run", "--help"]);
+    for l in help.lines() {
+        let Some((flag, value)) = l.trim().split_once(' ') else {
+            continue;
+        };
+        let path = ["<FILE>", "<PATH>", "<DIR>"].contains(&value);
+        if flag.starts_with("--") && value.starts_with('<') && !path {
+            assert!(
+                table.iter().any(|(f, _, _)| *f == flag),
+                "{flag} {value} has no bad value in the table"
+            );
+        }
+    }
     let mut failures = Vec::new();
     for &(flag, value, range) in table {
         for args in [
