@@ -95,6 +95,6 @@ fn bad_pipe_size_exits_2_naming_the_flag() {
             .expect("run pv-xconnect");
         assert_eq!(out.status.code(), Some(2), "--pipe-size {bad:?}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("--pipe-size: "), "{err}");
+        assert!(err.contains("--pipe-size"), "{err}");
     }
 }

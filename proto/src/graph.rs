@@ -146,22 +146,52 @@ fn json_kind(v: &Value) -> &'static str {
     }
 }
 
-/// Parse a graph document into validated links and refusals.
-pub fn parse(text: &str) -> Result<(Vec<Link>, Vec<Refusal>), GraphError> {
+/// A graph document, read: the links to make real, the links refused (with
+/// why) and the links skipped because their type is not ours (dbus, drm,
+/// wayland, ...: Pantavisor's other link types, not errors).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Graph {
+    pub links: Vec<Link>,
+    pub refused: Vec<Refusal>,
+    pub skipped: Vec<Refusal>,
+}
+
+/// Parse a graph document into validated links, refusals and skipped links.
+pub fn parse_graph(text: &str) -> Result<Graph, GraphError> {
     let doc: Value = serde_json::from_str(text).map_err(|e| GraphError::NotJson(e.to_string()))?;
     let items = match doc {
         Value::Array(items) => items,
         other => return Err(GraphError::NotArray(json_kind(&other))),
     };
-    let mut links = Vec::new();
-    let mut refused = Vec::new();
+    let mut g = Graph::default();
     for (index, item) in items.iter().enumerate() {
         match validate(index, item) {
-            Ok(link) => links.push(link),
-            Err(r) => refused.push(r),
+            Verdict::Link(link) => g.links.push(link),
+            Verdict::Refused(r) => g.refused.push(r),
+            Verdict::Skipped(r) => g.skipped.push(r),
         }
     }
-    Ok((links, refused))
+    Ok(g)
+}
+
+/// Parse a graph document into validated links and the links not made
+/// real: refused and skipped together, in graph order, each with its
+/// reason (what `run` reports in its log and status).
+pub fn parse(text: &str) -> Result<(Vec<Link>, Vec<Refusal>), GraphError> {
+    let g = parse_graph(text)?;
+    let mut not_applied = g.refused;
+    not_applied.extend(g.skipped);
+    not_applied.sort_by_key(|r| r.index);
+    Ok((g.links, not_applied))
+}
+
+/// What became of one element of the graph array (lives for one step of
+/// the loop in [`parse_graph`]: its size does not matter).
+#[allow(clippy::large_enum_variant)]
+enum Verdict {
+    Link(Link),
+    Refused(Refusal),
+    Skipped(Refusal),
 }
 
 struct Fields<'a> {
@@ -170,7 +200,7 @@ struct Fields<'a> {
     obj: &'a serde_json::Map<String, Value>,
 }
 
-impl Fields<'_> {
+impl<'a> Fields<'a> {
     fn refuse(&self, reason: impl Into<String>) -> Refusal {
         Refusal {
             index: self.index,
@@ -221,15 +251,82 @@ impl Fields<'_> {
         }
     }
 
-    fn opt_bool(&self, key: &str) -> Result<Option<bool>, Refusal> {
-        match self.obj.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Bool(b)) => Ok(Some(*b)),
+    /// Extension field `key` of a `ty` link: its value when the field acts
+    /// on `ty`; None when it is absent, or does not act on `ty` and its
+    /// value would change nothing there ([`changes_nothing`]); a refusal,
+    /// with the reason, when it does not act on `ty` but says something.
+    fn ext(&self, key: &str, ty: LinkType) -> Result<Option<&'a Value>, Refusal> {
+        let Some(v) = self.obj.get(key) else {
+            return Ok(None);
+        };
+        let on = EXTENSIONS
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map_or(&[][..], |(_, on)| on);
+        if on.contains(&ty) {
+            return Ok(Some(v));
+        }
+        if changes_nothing(key, v) {
+            return Ok(None);
+        }
+        let on: Vec<&str> = on.iter().map(|t| t.as_str()).collect();
+        Err(self.refuse(format!(
+            "field '{key}' applies to {} links, not {ty}; here only null, false or an empty value is accepted, found {}",
+            on.join(" and "),
+            json_snippet(v)
+        )))
+    }
+
+    /// A text extension: null, false and "" say "none" (a producer that
+    /// writes every field for every link writes one of them for a field
+    /// it does not use).
+    fn ext_str(&self, key: &str, ty: LinkType) -> Result<Option<&'a str>, Refusal> {
+        match self.ext(key, ty)? {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => Ok(None),
+            Some(Value::String(s)) if s.is_empty() => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.as_str())),
             Some(v) => Err(self.refuse(format!(
-                "field '{key}' must be true or false, found {}",
+                "field '{key}' must be a string, found {}",
                 json_kind(v)
             ))),
         }
+    }
+}
+
+/// The extension fields (SPEC §3) and the link types they act on. On any
+/// other type a field is accepted only when it would change nothing there.
+const EXTENSIONS: &[(&str, &[LinkType])] = &[
+    ("strip_prefix", &[LinkType::Http]),
+    ("host", &[LinkType::Http]),
+    ("sni", &[LinkType::Tcp]),
+    ("proxy_protocol", &[LinkType::Tcp]),
+];
+
+/// Whether extension `key` holding `v` on a link type it does not act on
+/// changes nothing: null, false and empty values (a producer that writes
+/// every field for every link writes those). `strip_prefix` also with
+/// `true`: it strips an http path prefix, and tcp, unix and rest links
+/// have none (`true` is moreover its default, the value such a producer
+/// writes). A non-empty `host`, `sni` or `proxy_protocol` asks for
+/// routing or a header the link's worker would not do: refused, so the
+/// author learns it instead of believing it applied.
+fn changes_nothing(key: &str, v: &Value) -> bool {
+    match v {
+        Value::Null | Value::Bool(false) => true,
+        Value::Bool(true) => key == "strip_prefix",
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        Value::Number(_) => false,
+    }
+}
+
+/// A value as JSON, cut short for a message.
+fn json_snippet(v: &Value) -> String {
+    let s = v.to_string();
+    match s.char_indices().nth(60) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s,
     }
 }
 
@@ -318,9 +415,9 @@ fn normalise_prefix(p: &str) -> Result<String, String> {
     }
 }
 
-fn validate(index: usize, item: &Value) -> Result<Link, Refusal> {
+fn validate(index: usize, item: &Value) -> Verdict {
     let Value::Object(obj) = item else {
-        return Err(Refusal {
+        return Verdict::Refused(Refusal {
             index,
             name: String::new(),
             reason: format!("link must be a JSON object, found {}", json_kind(item)),
@@ -335,19 +432,39 @@ fn validate(index: usize, item: &Value) -> Result<Link, Refusal> {
     if let Ok(Some(n)) = f.opt_str("name") {
         f.name = n.to_string();
     }
-    let name = f.req_str("name")?.to_string();
-    let ty_s = f.req_str("type")?;
-    let ty = match ty_s {
-        "tcp" => LinkType::Tcp,
-        "http" => LinkType::Http,
-        "unix" => LinkType::Unix,
-        "rest" => LinkType::Rest,
-        other => {
-            return Err(f.refuse(format!(
-                "unsupported link type '{other}' (supported: tcp, http, unix, rest)"
-            )))
+    // Then the type: a link of a type we do not make real is skipped
+    // whatever its other fields hold (they follow that type's rules, not
+    // ours).
+    let ty = match f.req_str("type") {
+        Err(r) => return Verdict::Refused(r),
+        Ok("tcp") => LinkType::Tcp,
+        Ok("http") => LinkType::Http,
+        Ok("unix") => LinkType::Unix,
+        Ok("rest") => LinkType::Rest,
+        Ok(other) => {
+            let ours = ["tcp", "http", "unix", "rest"];
+            // `TCP` is a slip of ours, not another type: refuse it, or
+            // `check` would pass a link that is never made.
+            return match ours.iter().find(|t| t.eq_ignore_ascii_case(other)) {
+                Some(t) => Verdict::Refused(f.refuse(format!(
+                    "link type '{other}' must be written in lower case ('{t}')"
+                ))),
+                None => Verdict::Skipped(f.refuse(format!(
+                    "unsupported link type '{other}' (supported: tcp, http, unix, rest)"
+                ))),
+            };
         }
     };
+    match validate_ours(&f, ty) {
+        Ok(link) => Verdict::Link(link),
+        Err(r) => Verdict::Refused(r),
+    }
+}
+
+/// The rest of [`validate`], for a link of one of our types.
+fn validate_ours(f: &Fields, ty: LinkType) -> Result<Link, Refusal> {
+    let index = f.index;
+    let name = f.req_str("name")?.to_string();
     let consumer = f.req_str("consumer")?.to_string();
     let consumer_pid = f.pid("consumer_pid")?;
     let provider = f.opt_str("provider")?.unwrap_or("").to_string();
@@ -395,10 +512,19 @@ fn validate(index: usize, item: &Value) -> Result<Link, Refusal> {
         }
     };
 
-    let strip_prefix = f.opt_bool("strip_prefix")?;
-    let host = f.opt_str("host")?.map(|h| h.to_ascii_lowercase());
-    let sni = f.opt_str("sni")?.map(|h| h.to_ascii_lowercase());
-    let proxy_protocol = match f.opt_str("proxy_protocol")? {
+    let strip_prefix = match f.ext("strip_prefix", ty)? {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(b)) => Some(*b),
+        Some(v) => {
+            return Err(f.refuse(format!(
+                "field 'strip_prefix' must be true or false, found {}",
+                json_kind(v)
+            )))
+        }
+    };
+    let host = f.ext_str("host", ty)?.map(|h| h.to_ascii_lowercase());
+    let sni = f.ext_str("sni", ty)?.map(|h| h.to_ascii_lowercase());
+    let proxy_protocol = match f.ext_str("proxy_protocol", ty)? {
         None => None,
         Some("v1") => Some(ProxyProtocol::V1),
         Some("v2") => Some(ProxyProtocol::V2),
@@ -408,19 +534,8 @@ fn validate(index: usize, item: &Value) -> Result<Link, Refusal> {
             )))
         }
     };
-    // Extensions only make sense on one type; saying so beats ignoring them.
-    if ty != LinkType::Http && (strip_prefix.is_some() || host.is_some()) {
-        return Err(f.refuse(format!(
-            "fields 'strip_prefix' and 'host' apply to http links, not {ty}"
-        )));
-    }
-    if ty != LinkType::Tcp && (sni.is_some() || proxy_protocol.is_some()) {
-        return Err(f.refuse(format!(
-            "fields 'sni' and 'proxy_protocol' apply to tcp links, not {ty}"
-        )));
-    }
     if let Some(h) = &host {
-        if h.is_empty() || h.contains(['/', ' ', ':']) {
+        if h.contains(['/', ' ', ':']) {
             return Err(f.refuse(format!("field 'host': '{h}' is not a host name")));
         }
     }
@@ -576,6 +691,193 @@ mod tests {
         assert!(parse_addr("[fe80::1%2]:80").is_ok());
         assert!(parse_addr("[fec0::1]:80").is_ok());
         assert!(parse_addr("[fd00:213::1]:80").is_ok());
+    }
+
+    #[test]
+    fn links_of_other_types_are_skipped_not_refused() {
+        let g = parse_graph(
+            r#"[{"type":"dbus","name":"bus","consumer":"c","target":"x","socket":"y"},
+                {"type":"drm","name":"gpu"},
+                {"type":"wayland"},
+                {"type":"TCP","name":"slip","consumer":"c","target":"1.2.3.4:1","socket":"1.2.3.4:2"},
+                {"name":"untyped","consumer":"c","target":"1.2.3.4:1","socket":"1.2.3.4:2"},
+                {"type":"","name":"empty"},
+                {"type":7,"name":"number"},
+                {"type":"tcp","name":"ok","consumer":"c","target":"1.2.3.4:1","socket":"1.2.3.4:2"}]"#,
+        )
+        .unwrap();
+        assert_eq!(g.links.len(), 1);
+        let skipped: Vec<String> = g.skipped.iter().map(|r| r.to_string()).collect();
+        assert_eq!(
+            skipped,
+            [
+                "link #0 'bus': unsupported link type 'dbus' (supported: tcp, http, unix, rest)",
+                "link #1 'gpu': unsupported link type 'drm' (supported: tcp, http, unix, rest)",
+                "link #2 '': unsupported link type 'wayland' (supported: tcp, http, unix, rest)",
+            ]
+        );
+        let refused: Vec<(usize, &str)> = g
+            .refused
+            .iter()
+            .map(|r| (r.index, r.reason.as_str()))
+            .collect();
+        assert_eq!(
+            refused,
+            [
+                (3, "link type 'TCP' must be written in lower case ('tcp')"),
+                (4, "missing field 'type'"),
+                (5, "field 'type' is empty"),
+                (6, "field 'type' must be a string, found a number"),
+            ]
+        );
+        // `parse` (run) reports both, in graph order.
+        let (_, all) = parse(
+            &serde_json::to_string(&serde_json::json!([
+                {"type":"tcp","name":"a"},{"type":"dbus","name":"b"}
+            ]))
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(all.iter().map(|r| r.index).collect::<Vec<_>>(), [0, 1]);
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        let l = one(
+            r#"[{"type":"tcp","name":"t","consumer":"c","target":"1.2.3.4:1","socket":"1.2.3.4:2",
+            "future_field":{"x":[1,2]},"weight":5,"sni_fallback":"yes"}]"#,
+        )
+        .unwrap();
+        assert_eq!(l.name, "t");
+    }
+
+    /// SPEC §3: an extension on a link type it does not act on is accepted
+    /// when its value would change nothing there, refused when it would.
+    #[test]
+    fn foreign_extensions_accepted_only_when_harmless() {
+        let base = |ty: &str| -> serde_json::Value {
+            let (target, socket) = match ty {
+                "tcp" | "http" => ("127.0.0.1:80", "127.0.0.1:81"),
+                _ => ("/run/t.sock", "/run/s.sock"),
+            };
+            serde_json::json!({"type":ty,"name":"l","consumer":"c","target":target,"socket":socket})
+        };
+        let try_link = |ty: &str, key: &str, v: serde_json::Value| {
+            let mut link = base(ty);
+            link[key] = v;
+            one(&serde_json::json!([link]).to_string())
+        };
+        use serde_json::json;
+        let harmless = [json!(null), json!(false), json!(""), json!([]), json!({})];
+        for (key, on) in [
+            ("strip_prefix", "http"),
+            ("host", "http"),
+            ("sni", "tcp"),
+            ("proxy_protocol", "tcp"),
+        ] {
+            for ty in ["tcp", "http", "unix", "rest"]
+                .into_iter()
+                .filter(|t| *t != on)
+            {
+                for v in &harmless {
+                    let l = try_link(ty, key, v.clone());
+                    let l = l.unwrap_or_else(|r| panic!("{ty} {key}={v}: {r}"));
+                    // ... and it changed nothing.
+                    assert_eq!(l, one(&json!([base(ty)]).to_string()).unwrap());
+                }
+            }
+        }
+        // strip_prefix acts on an http path prefix: tcp, unix and rest
+        // links have none, so `true` (its default) changes nothing either.
+        for ty in ["tcp", "unix", "rest"] {
+            assert!(try_link(ty, "strip_prefix", json!(true)).is_ok(), "{ty}");
+            let e = try_link(ty, "strip_prefix", json!("no")).unwrap_err();
+            assert!(
+                e.reason
+                    .contains("'strip_prefix' applies to http links, not"),
+                "{e}"
+            );
+        }
+        // The issue's example: a tool that writes every field.
+        assert!(try_link("tcp", "strip_prefix", json!(false)).is_ok());
+        // Values that would change something are refused with the reason.
+        for (ty, key, v, on) in [
+            ("http", "sni", json!("a.example"), "tcp"),
+            ("unix", "sni", json!("a.example"), "tcp"),
+            ("http", "proxy_protocol", json!("v1"), "tcp"),
+            ("rest", "proxy_protocol", json!("v2"), "tcp"),
+            ("tcp", "host", json!("a.example"), "http"),
+            ("unix", "host", json!("a.example"), "http"),
+            ("tcp", "sni", json!(5), "tcp"),
+            ("http", "sni", json!(true), "tcp"),
+            ("tcp", "host", json!(["a"]), "http"),
+        ] {
+            if ty == on {
+                continue;
+            }
+            let e = try_link(ty, key, v.clone()).unwrap_err();
+            assert_eq!(
+                e.reason,
+                format!("field '{key}' applies to {on} links, not {ty}; here only null, false or an empty value is accepted, found {v}")
+            );
+        }
+        let e = try_link("tcp", "host", json!("x".repeat(200))).unwrap_err();
+        assert!(e.reason.ends_with("xxx..."), "{}", e.reason);
+    }
+
+    /// On the type they act on, null, false and "" mean "none" for the
+    /// text extensions; a wrong JSON type is still refused.
+    #[test]
+    fn empty_text_extensions_mean_none() {
+        use serde_json::json;
+        let http = |host: serde_json::Value| {
+            one(
+                &json!([{"type":"http","name":"h","consumer":"c","target":"127.0.0.1:80",
+                "socket":"127.0.0.1:81","host":host}])
+                .to_string(),
+            )
+        };
+        for v in [json!(null), json!(""), json!(false)] {
+            assert_eq!(http(v.clone()).unwrap().host, None, "{v}");
+        }
+        assert_eq!(
+            http(json!("A.example")).unwrap().host.as_deref(),
+            Some("a.example")
+        );
+        assert!(http(json!(7))
+            .unwrap_err()
+            .reason
+            .contains("must be a string"));
+        assert!(http(json!("a/b"))
+            .unwrap_err()
+            .reason
+            .contains("not a host name"));
+        let tcp = |key: &str, v: serde_json::Value| {
+            let mut l = json!({"type":"tcp","name":"t","consumer":"c","target":"127.0.0.1:80",
+                "socket":"127.0.0.1:81"});
+            l[key] = v;
+            one(&json!([l]).to_string())
+        };
+        for v in [json!(null), json!(""), json!(false)] {
+            assert_eq!(tcp("sni", v.clone()).unwrap().sni, None, "{v}");
+            assert_eq!(
+                tcp("proxy_protocol", v.clone()).unwrap().proxy_protocol,
+                None,
+                "{v}"
+            );
+        }
+        assert_eq!(
+            tcp("proxy_protocol", json!("v2")).unwrap().proxy_protocol,
+            Some(ProxyProtocol::V2)
+        );
+        assert!(tcp("proxy_protocol", json!("v3")).is_err());
+        let e = one(
+            &json!([{"type":"http","name":"h","consumer":"c","target":"127.0.0.1:80",
+            "socket":"127.0.0.1:81","strip_prefix":"no"}])
+            .to_string(),
+        )
+        .unwrap_err();
+        assert!(e.reason.contains("must be true or false"), "{e}");
     }
 
     #[test]

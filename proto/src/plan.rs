@@ -203,6 +203,9 @@ impl Endpoint {
 pub struct Plan {
     pub endpoints: Vec<Endpoint>,
     pub refused: Vec<Refusal>,
+    /// Links of types we do not make real (dbus, drm, ...): not errors.
+    /// Filled by [`from_graph`] only; [`build`] takes them as refusals.
+    pub skipped: Vec<Refusal>,
 }
 
 fn route_of(l: &Link) -> Route {
@@ -329,7 +332,11 @@ pub fn build(links: &[Link], mut refused: Vec<Refusal>) -> Plan {
         .filter_map(|(ep, _)| fit_control_channel(ep, &mut refused))
         .collect();
     refused.sort_by_key(|r| r.index);
-    Plan { endpoints, refused }
+    Plan {
+        endpoints,
+        refused,
+        skipped: Vec::new(),
+    }
 }
 
 /// Keep an endpoint within what one control message can carry to its
@@ -429,10 +436,13 @@ pub fn build_preferring(
     build(&ordered, refused)
 }
 
-/// Parse and plan in one step (what `check` and the supervisor use).
+/// Parse and plan in one step (what `check` uses), keeping links of
+/// types we do not make real apart from the refused ones.
 pub fn from_graph(text: &str) -> Result<Plan, crate::graph::GraphError> {
-    let (links, refused) = crate::graph::parse(text)?;
-    Ok(build(&links, refused))
+    let g = crate::graph::parse_graph(text)?;
+    let mut plan = build(&g.links, g.refused);
+    plan.skipped = g.skipped;
+    Ok(plan)
 }
 
 #[cfg(test)]

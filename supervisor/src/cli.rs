@@ -1,313 +1,445 @@
-//! Command line of `pv-xconnect`, parsed by hand: a table of flags with
-//! their defaults and help. (clap did this in 200 KiB of code; on a device
-//! the supervisor's whole text is resident, so it matters.)
+//! Command line of `pv-xconnect` (clap derive, SPEC §1 and §6).
+//!
+//! Every value is checked here, against a range written in its help, by a
+//! value parser that cannot panic; a bad one is a clap error (exit 2)
+//! naming the flag, the value and the range. Nothing past this module sees
+//! a value it would have to refuse, or one that overflows a deadline
+//! (`Instant + Duration` panics) in the supervisor or a worker.
 
-use crate::policy::{parse_backoff_policy, parse_duration, BackoffPolicy};
+use crate::policy::{parse_duration, BackoffPolicy};
+use clap::error::ErrorKind;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub const USAGE: &str = "\
-pv-xconnect: Pantavisor ingress and cross-connect daemon
+const DAY: Duration = Duration::from_secs(24 * 3600);
+/// The shortest delay or timeout we take. A shorter restart delay is a
+/// crash loop (`--retry-delay 0` with `--max-delay 0` restarted a dying
+/// worker with no pause at all); a shorter timeout fails every request.
+const FLOOR: Duration = Duration::from_millis(10);
 
-usage:
-  pv-xconnect [run] [--graph FILE | --ctrl-socket PATH] [options]
-  pv-xconnect check FILE         validate a graph, print the endpoint plan; exit 1 on any refused link
-  pv-xconnect status [--json] [--status-socket PATH]
-  pv-xconnect --help | --version
+/// Relay pipe sizes (`--pipe-size`): default 64 KiB, at most 1 MiB.
+pub const DEFAULT_PIPE_SIZE: usize = 64 * 1024;
+pub const MAX_PIPE_SIZE: usize = 1024 * 1024;
 
-run options (default in brackets):
-  --graph FILE              read the graph from FILE (re-read on SIGHUP and when it changes)
-  --ctrl-socket PATH        read it from Pantavisor's control socket, GET /xconnect-graph
-                            (the default source) [/run/pantavisor/pv/pv-ctrl]
-  --poll-interval SECS      control socket poll interval [5s]
-  --status-socket PATH      status socket [/run/pv-xconnect/status.sock]
-  --worker-dir DIR          where the pvx-worker-* binaries are [next to pv-xconnect]
-  --log-target T            auto (syslog when /dev/log exists), syslog or stderr [auto]
-  --log-level L             error, warn, info or debug [info]
-  --retry-delay D           first restart delay of a crashed worker [20ms]
-  --backoff-factor F        each consecutive crash multiplies the delay [2]
-  --max-delay D             upper bound of the restart delay [30s]
-  --reset-window D          a worker up this long has its backoff start over [60s]
-  --max-retries N           consecutive failures before giving up (0 = never) [0]
-  --backoff-policy P        after --max-retries: never (stay failed until the graph is applied
-                            again) or a duration to wait, then start over [5m]
-  --drain-timeout D         how long a removed endpoint's connections may finish [10s]
-  --connect-timeout D       backend connect timeout [5s]
-  --head-timeout D          http: the whole request head must arrive within, else 408 [30s]
-  --idle-timeout D          http: idle keep-alive connections close after [60s]
-  --response-timeout D      http: a backend must start its response within, else 504 [30s]
-  --tcp-idle-timeout D      tcp: close connections idle this long (0 = never) [0s]
-  --max-conns N             most concurrent connections per worker [4096]
-  --pipe-size BYTES         size of each relay pipe; a connection holds at most 2, so
-                            2 x BYTES bounds its kernel memory (page size .. 1 MiB,
-                            at most /proc/sys/fs/pipe-max-size) [65536]
-durations: 250ms, 5s, 1.5s, 2m (a bare number is seconds)
-";
+const AFTER_HELP: &str = "\
+Durations: 250ms, 5s, 1.5s, 2m, 1h; a bare number is seconds.
+A value out of its range, or not a value of its kind, is refused with exit status 2.
+The restart policy follows Pantavisor's auto-recovery (retry_delay, backoff_factor,
+max_delay, reset_window, max_retries, backoff_policy): a crashed worker, or an
+endpoint that could not be made, is retried after retry-delay * backoff-factor^(n-1),
+at most max-delay; after max-retries failures in a row (0 = never give up),
+backoff-policy says: `never` (stay failed until the next graph) or DURATION (wait,
+then start over with a fresh count).";
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct RunArgs {
-    pub graph: Option<PathBuf>,
-    pub ctrl_socket: Option<PathBuf>,
-    pub poll_interval: Duration,
-    pub status_socket: PathBuf,
-    pub worker_dir: Option<PathBuf>,
-    pub log_target: String,
-    pub log_level: String,
-    pub retry_delay: Duration,
-    pub backoff_factor: f64,
-    pub max_delay: Duration,
-    pub reset_window: Duration,
-    pub max_retries: u32,
-    pub backoff_policy: BackoffPolicy,
-    pub drain_timeout: Duration,
-    pub connect_timeout: Duration,
-    pub head_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub response_timeout: Duration,
-    pub tcp_idle_timeout: Duration,
-    pub max_conns: usize,
-    pub pipe_size: usize,
+#[derive(Parser, Debug)]
+#[command(
+    name = "pv-xconnect",
+    version,
+    about = "Pantavisor ingress and cross-connect daemon",
+    override_usage = "\
+pv-xconnect [run] [--graph FILE | --ctrl-socket PATH] [OPTIONS]
+       pv-xconnect check [--json] FILE
+       pv-xconnect status [--json] [--status-socket PATH]",
+    after_help = AFTER_HELP,
+    args_conflicts_with_subcommands = true,
+    disable_help_subcommand = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Sub>,
+    /// `run`'s options, also taken without the word `run`.
+    #[command(flatten)]
+    run: RunArgs,
 }
 
-impl Default for RunArgs {
-    fn default() -> Self {
-        RunArgs {
-            graph: None,
-            ctrl_socket: None,
-            poll_interval: Duration::from_secs(5),
-            status_socket: PathBuf::from(crate::status_server::DEFAULT_PATH),
-            worker_dir: None,
-            log_target: "auto".into(),
-            log_level: "info".into(),
-            retry_delay: Duration::from_millis(20),
-            backoff_factor: 2.0,
-            max_delay: Duration::from_secs(30),
-            reset_window: Duration::from_secs(60),
-            max_retries: 0,
-            backoff_policy: crate::policy::DEFAULT_BACKOFF_POLICY,
-            drain_timeout: Duration::from_secs(10),
-            connect_timeout: Duration::from_secs(5),
-            head_timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(60),
-            response_timeout: Duration::from_secs(30),
-            tcp_idle_timeout: Duration::ZERO,
-            max_conns: 4096,
-            pipe_size: proto::relay::DEFAULT_PIPE_SIZE,
-        }
-    }
+#[derive(Subcommand, Debug)]
+enum Sub {
+    /// Run the supervisor (the default command)
+    #[command(
+        override_usage = "pv-xconnect [run] [--graph FILE | --ctrl-socket PATH] [OPTIONS]",
+        after_help = AFTER_HELP
+    )]
+    Run(Box<RunArgs>),
+    /// Validate a graph and print the endpoint plan (exit 0, 1 or 2)
+    ///
+    /// Exit status 0 when every link is applied or skipped as unsupported (dbus,
+    /// drm, wayland, ...), 1 when a link is refused, 2 when FILE is not a graph
+    /// (unreadable, not JSON, not an array).
+    #[command(
+        verbatim_doc_comment,
+        override_usage = "pv-xconnect check [--json] FILE"
+    )]
+    Check {
+        /// Print the plan as JSON (endpoints with routes, refused and skipped links)
+        #[arg(long)]
+        json: bool,
+        /// The graph: a JSON array of links, as GET /xconnect-graph serves it
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Show the running supervisor's endpoints, workers and refused links
+    #[command(override_usage = "pv-xconnect status [--json] [--status-socket PATH]")]
+    Status {
+        /// Print the status document as JSON
+        #[arg(long)]
+        json: bool,
+        /// Status socket of the supervisor to ask
+        #[arg(long, value_name = "PATH", default_value = crate::status_server::DEFAULT_PATH)]
+        status_socket: PathBuf,
+    },
+}
+
+/// Options of `run`.
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct RunArgs {
+    /// Read the graph from FILE (re-read on SIGHUP and when it changes)
+    #[arg(long, value_name = "FILE", conflicts_with = "ctrl_socket")]
+    pub graph: Option<PathBuf>,
+    /// Read the graph from Pantavisor's control socket, GET /xconnect-graph
+    /// (the default source) [default: /run/pantavisor/pv/pv-ctrl]
+    #[arg(long, value_name = "PATH", verbatim_doc_comment)]
+    pub ctrl_socket: Option<PathBuf>,
+    /// Control socket poll interval; 100ms to 24h
+    #[arg(long, allow_hyphen_values = true, value_name = "SECS", default_value = "5s",
+          value_parser = duration_in(Duration::from_millis(100), DAY, None))]
+    pub poll_interval: Duration,
+    /// Status socket (mode 0600)
+    #[arg(long, value_name = "PATH", default_value = crate::status_server::DEFAULT_PATH)]
+    pub status_socket: PathBuf,
+    /// Where the pvx-worker-* binaries are [default: next to pv-xconnect]
+    #[arg(long, value_name = "DIR")]
+    pub worker_dir: Option<PathBuf>,
+    /// Where logs go: auto (syslog when /dev/log exists, else stderr),
+    /// syslog or stderr
+    #[arg(long, value_name = "T", default_value = "auto", verbatim_doc_comment,
+          value_parser = ["auto", "syslog", "stderr"])]
+    pub log_target: String,
+    /// Least severe level logged
+    #[arg(long, value_name = "L", default_value = "info",
+          value_parser = ["error", "warn", "info", "debug"])]
+    pub log_level: String,
+    /// First restart delay of a crashed worker; 10ms to 24h
+    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = "20ms",
+          value_parser = duration_in(FLOOR, DAY, None))]
+    pub retry_delay: Duration,
+    /// Each consecutive failure multiplies the delay by F; 1 to 100
+    #[arg(long, allow_hyphen_values = true, value_name = "F", default_value = "2", value_parser = backoff_factor)]
+    pub backoff_factor: f64,
+    /// Upper bound of the restart delay; 10ms to 24h, not below --retry-delay
+    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = "30s",
+          value_parser = duration_in(FLOOR, DAY, None))]
+    pub max_delay: Duration,
+    /// A worker up this long has its backoff start over; 0 to 24h
+    /// (0: every failure counts as a first one)
+    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = "60s", verbatim_doc_comment,
+          value_parser = duration_in(Duration::ZERO, DAY, None))]
+    pub reset_window: Duration,
+    /// Failures in a row before --backoff-policy applies; 0 to 1000000
+    /// (0: retry for ever)
+    #[arg(long, allow_hyphen_values = true, value_name = "N", default_value = "0", verbatim_doc_comment,
+          value_parser = count::<u32>(0, 1_000_000, ""))]
+    pub max_retries: u32,
+    /// After --max-retries failures in a row: `never` (stay failed until the
+    /// graph is applied again) or a DURATION of 10ms to 24h (wait that long,
+    /// then start over with a fresh count)
+    #[arg(long, allow_hyphen_values = true, value_name = "never|DURATION", default_value = "5m", verbatim_doc_comment,
+          value_parser = backoff_policy)]
+    pub backoff_policy: BackoffPolicy,
+    /// How long a removed endpoint's connections may finish; 0 to 24h
+    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = "10s",
+          value_parser = duration_in(Duration::ZERO, DAY, None))]
+    pub drain_timeout: Duration,
+    /// Backend connect timeout; 10ms to 24h
+    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = "5s",
+          value_parser = duration_in(FLOOR, DAY, None))]
+    pub connect_timeout: Duration,
+    /// http: the whole request head must arrive within D, else 408; 10ms to 24h
+    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = "30s",
+          value_parser = duration_in(FLOOR, DAY, None))]
+    pub head_timeout: Duration,
+    /// http: idle keep-alive connections close after D; 10ms to 24h
+    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = "60s",
+          value_parser = duration_in(FLOOR, DAY, None))]
+    pub idle_timeout: Duration,
+    /// http: a backend must start its response within D, else 504; 10ms to 24h
+    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = "30s",
+          value_parser = duration_in(FLOOR, DAY, None))]
+    pub response_timeout: Duration,
+    /// tcp: close connections idle this long; 0 (never) or 10ms to 24h
+    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = "0s",
+          value_parser = duration_in(FLOOR, DAY, Some("never")))]
+    pub tcp_idle_timeout: Duration,
+    /// Most concurrent connections per worker; 1 to 1000000
+    #[arg(long, allow_hyphen_values = true, value_name = "N", default_value = "4096",
+          value_parser = count::<usize>(1, 1_000_000, ""))]
+    pub max_conns: usize,
+    /// Size of each relay pipe; a connection holds at most 2, so 2 x BYTES
+    /// bounds its kernel memory; a page to 1 MiB (at most fs.pipe-max-size)
+    #[arg(long, allow_hyphen_values = true, value_name = "BYTES", default_value = "65536", verbatim_doc_comment,
+          value_parser = count::<usize>(page_size(), pipe_max(), " bytes"))]
+    pub pipe_size: usize,
 }
 
 #[derive(Debug, PartialEq)]
 pub enum Command {
     Run(Box<RunArgs>),
-    Check(PathBuf),
+    Check { file: PathBuf, json: bool },
     Status { json: bool, socket: PathBuf },
-    Help,
-    Version,
 }
 
-fn one_of(flag: &str, v: &str, allowed: &[&str]) -> Result<String, String> {
-    if allowed.contains(&v) {
-        Ok(v.to_string())
+/// Parse the whole argv (argv[0] first). `--help` and `--version` come
+/// back as errors of their kind: `Error::exit` prints them on stdout with
+/// status 0, and real errors on stderr with status 2.
+pub fn parse<I, T>(args: I) -> Result<Command, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let mut cmd = Cli::command();
+    let matches = cmd.try_get_matches_from_mut(args)?;
+    let cli = Cli::from_arg_matches(&matches).map_err(|e| e.with_cmd(&cmd))?;
+    let run = match cli.command {
+        None => Box::new(cli.run),
+        Some(Sub::Run(a)) => a,
+        Some(Sub::Check { file, json }) => return Ok(Command::Check { file, json }),
+        Some(Sub::Status {
+            json,
+            status_socket,
+        }) => {
+            return Ok(Command::Status {
+                json,
+                socket: status_socket,
+            })
+        }
+    };
+    // The one rule between two flags (RestartPolicy::validate says it too,
+    // but by then it is too late for exit status 2).
+    if run.max_delay < run.retry_delay {
+        return Err(cmd.error(
+            ErrorKind::ArgumentConflict,
+            format!(
+                "--max-delay ({}) must not be below --retry-delay ({})",
+                show(run.max_delay),
+                show(run.retry_delay)
+            ),
+        ));
+    }
+    Ok(Command::Run(run))
+}
+
+/// A duration as the user would write it: `10ms`, `1.5s`, `5m`, `24h`.
+pub fn show(d: Duration) -> String {
+    let (s, ns) = (d.as_secs(), d.subsec_nanos());
+    if d.is_zero() {
+        "0".into()
+    } else if ns == 0 && s % 3600 == 0 {
+        format!("{}h", s / 3600)
+    } else if ns == 0 && s % 60 == 0 {
+        format!("{}m", s / 60)
+    } else if ns % 1_000_000 == 0 && s == 0 {
+        format!("{}ms", ns / 1_000_000)
+    } else if d >= Duration::from_secs(1) || ns % 1_000_000 == 0 {
+        format!("{}s", d.as_secs_f64())
+    } else {
+        format!("{d:?}")
+    }
+}
+
+fn range_text(min: Duration, max: Duration, zero: Option<&str>) -> String {
+    match zero {
+        Some(z) => format!("0 ({z}) or {} to {}", show(min), show(max)),
+        None => format!("{} to {}", show(min), show(max)),
+    }
+}
+
+/// A value parser for a duration in `min..=max`; with `zero`, 0 is also
+/// taken and means what `zero` says.
+fn duration_in(
+    min: Duration,
+    max: Duration,
+    zero: Option<&'static str>,
+) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
+    move |v| {
+        let range = range_text(min, max, zero);
+        let d = parse_duration(v).map_err(|e| format!("{e} (the range is {range})"))?;
+        if (zero.is_some() && d.is_zero()) || (min..=max).contains(&d) {
+            Ok(d)
+        } else {
+            Err(format!("out of range: {} (the range is {range})", show(d)))
+        }
+    }
+}
+
+fn backoff_factor(v: &str) -> Result<f64, String> {
+    let f: f64 = v
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{v}' is not a number (the range is 1 to 100)"))?;
+    // NaN fails both comparisons, so it is refused here too.
+    if (1.0..=100.0).contains(&f) {
+        Ok(f)
+    } else {
+        Err(format!("out of range: {v} (the range is 1 to 100)"))
+    }
+}
+
+/// `never`, or a duration of 10ms to 24h.
+fn backoff_policy(v: &str) -> Result<BackoffPolicy, String> {
+    if v.trim() == "never" {
+        return Ok(BackoffPolicy::Never);
+    }
+    let range = range_text(FLOOR, DAY, None);
+    let d = parse_duration(v).map_err(|e| format!("{e} (give `never` or {range})"))?;
+    if (FLOOR..=DAY).contains(&d) {
+        Ok(BackoffPolicy::After(d))
     } else {
         Err(format!(
-            "{flag}: '{v}' is not one of {}",
-            allowed.join(", ")
+            "out of range: {} (give `never` or {range})",
+            show(d)
         ))
     }
 }
 
-fn number<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String> {
-    v.parse()
-        .map_err(|_| format!("{flag}: '{v}' is not a valid number"))
+/// A value parser for a whole number in `min..=max` (`unit` follows the
+/// range in messages).
+fn count<T>(
+    min: u64,
+    max: u64,
+    unit: &'static str,
+) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static
+where
+    T: TryFrom<u64> + Clone + Send + Sync + 'static,
+{
+    move |v| {
+        let s = v.trim();
+        let range = format!("the range is {min} to {max}{unit}");
+        let n: u64 = match s.parse() {
+            Ok(n) => n,
+            Err(_) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+                return Err(format!("'{v}' is out of range ({range})"))
+            }
+            Err(_) => return Err(format!("'{v}' is not a whole number ({range})")),
+        };
+        if !(min..=max).contains(&n) {
+            return Err(format!("{n} is out of range ({range})"));
+        }
+        T::try_from(n).map_err(|_| format!("{n} is out of range ({range})"))
+    }
 }
 
-fn duration(flag: &str, v: &str) -> Result<Duration, String> {
-    parse_duration(v).map_err(|e| format!("{flag}: {e}"))
-}
-
-/// What `--pipe-size` accepts here: a page (a pipe's smallest size) to
-/// 1 MiB, and no more than an unprivileged process may ask for
-/// (`/proc/sys/fs/pipe-max-size`; workers run without CAP_SYS_RESOURCE).
-fn pipe_size_range() -> (usize, usize) {
-    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+fn page_size() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
         .ok()
         .flatten()
-        .map_or(4096, |p| p as usize);
-    let max = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+        .and_then(|p| u64::try_from(p).ok())
+        .unwrap_or(4096)
+}
+
+/// The largest `--pipe-size`: 1 MiB, and no more than an unprivileged
+/// process may ask for (`/proc/sys/fs/pipe-max-size`; workers run without
+/// CAP_SYS_RESOURCE), but never below the default, so that a host with a
+/// small pipe-max-size still starts with no flag given.
+fn pipe_max() -> u64 {
+    let max = MAX_PIPE_SIZE as u64;
+    std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
         .ok()
-        .and_then(|s| s.trim().parse::<usize>().ok())
-        .map_or(proto::relay::MAX_PIPE_SIZE, |m| {
-            m.min(proto::relay::MAX_PIPE_SIZE)
-        });
-    (page, max.max(page))
-}
-
-fn pipe_size(flag: &str, v: &str, (min, max): (usize, usize)) -> Result<usize, String> {
-    let n: usize = number(flag, v)?;
-    if !(min..=max).contains(&n) {
-        return Err(format!(
-            "{flag}: {n} is out of range ({min} to {max} bytes: a page to the pipe maximum)"
-        ));
-    }
-    Ok(n)
-}
-
-/// Apply `--flag value` to the run options.
-fn set(a: &mut RunArgs, flag: &str, v: &str) -> Result<(), String> {
-    match flag {
-        "--graph" => a.graph = Some(PathBuf::from(v)),
-        "--ctrl-socket" => a.ctrl_socket = Some(PathBuf::from(v)),
-        "--poll-interval" => {
-            a.poll_interval = duration(flag, v)?;
-            if a.poll_interval < Duration::from_millis(100) {
-                return Err(format!("{flag}: '{v}' is too short (at least 100ms)"));
-            }
-        }
-        "--status-socket" => a.status_socket = PathBuf::from(v),
-        "--worker-dir" => a.worker_dir = Some(PathBuf::from(v)),
-        "--log-target" => a.log_target = one_of(flag, v, &["auto", "syslog", "stderr"])?,
-        "--log-level" => a.log_level = one_of(flag, v, &["error", "warn", "info", "debug"])?,
-        "--retry-delay" => a.retry_delay = duration(flag, v)?,
-        "--backoff-factor" => a.backoff_factor = number(flag, v)?,
-        "--max-delay" => a.max_delay = duration(flag, v)?,
-        "--reset-window" => a.reset_window = duration(flag, v)?,
-        "--max-retries" => a.max_retries = number(flag, v)?,
-        "--backoff-policy" => {
-            a.backoff_policy = parse_backoff_policy(v).map_err(|e| format!("{flag}: {e}"))?
-        }
-        "--drain-timeout" => a.drain_timeout = duration(flag, v)?,
-        "--connect-timeout" => a.connect_timeout = duration(flag, v)?,
-        "--head-timeout" => a.head_timeout = duration(flag, v)?,
-        "--idle-timeout" => a.idle_timeout = duration(flag, v)?,
-        "--response-timeout" => a.response_timeout = duration(flag, v)?,
-        "--tcp-idle-timeout" => a.tcp_idle_timeout = duration(flag, v)?,
-        "--max-conns" => a.max_conns = number(flag, v)?,
-        "--pipe-size" => a.pipe_size = pipe_size(flag, v, pipe_size_range())?,
-        _ => return Err(format!("unknown option '{flag}' (see --help)")),
-    }
-    Ok(())
-}
-
-/// Options of `run` (all take a value).
-const RUN_FLAGS: &[&str] = &[
-    "--graph",
-    "--ctrl-socket",
-    "--poll-interval",
-    "--status-socket",
-    "--worker-dir",
-    "--log-target",
-    "--log-level",
-    "--retry-delay",
-    "--backoff-factor",
-    "--max-delay",
-    "--reset-window",
-    "--max-retries",
-    "--backoff-policy",
-    "--drain-timeout",
-    "--connect-timeout",
-    "--head-timeout",
-    "--idle-timeout",
-    "--response-timeout",
-    "--tcp-idle-timeout",
-    "--max-conns",
-    "--pipe-size",
-];
-
-/// Split `--flag=value` / `--flag value` pairs.
-fn pairs(args: &[String]) -> Result<Vec<(String, Option<String>)>, String> {
-    let mut out = Vec::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        if !a.starts_with("--") {
-            return Err(format!("unexpected argument '{a}' (see --help)"));
-        }
-        match a.split_once('=') {
-            Some((f, v)) => out.push((f.to_string(), Some(v.to_string()))),
-            None if !RUN_FLAGS.contains(&a.as_str()) && a != "--status-socket" => {
-                out.push((a.clone(), None))
-            }
-            None => {
-                let v = it.next().ok_or_else(|| format!("{a} needs a value"))?;
-                out.push((a.clone(), Some(v.clone())));
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Parse the arguments after argv[0].
-pub fn parse(args: &[String]) -> Result<Command, String> {
-    if args.iter().any(|a| a == "--help" || a == "-h") {
-        return Ok(Command::Help);
-    }
-    if args.iter().any(|a| a == "--version" || a == "-V") {
-        return Ok(Command::Version);
-    }
-    match args.first().map(String::as_str) {
-        Some("check") => match &args[1..] {
-            [file] => Ok(Command::Check(PathBuf::from(file))),
-            _ => Err("usage: pv-xconnect check FILE".into()),
-        },
-        Some("status") => {
-            let mut json = false;
-            let mut socket = RunArgs::default().status_socket;
-            for (f, v) in pairs(&args[1..])? {
-                match (f.as_str(), v) {
-                    ("--json", None) => json = true,
-                    ("--status-socket", Some(v)) => socket = PathBuf::from(v),
-                    (f, _) => return Err(format!("status: unknown option '{f}'")),
-                }
-            }
-            Ok(Command::Status { json, socket })
-        }
-        first => {
-            let rest = if first == Some("run") {
-                &args[1..]
-            } else {
-                args
-            };
-            let mut a = RunArgs::default();
-            for (f, v) in pairs(rest)? {
-                let v = v.ok_or_else(|| format!("unknown option '{f}' (see --help)"))?;
-                set(&mut a, &f, &v)?;
-            }
-            if a.graph.is_some() && a.ctrl_socket.is_some() {
-                return Err("--graph and --ctrl-socket are two graph sources; give one".into());
-            }
-            Ok(Command::Run(Box::new(a)))
-        }
-    }
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map_or(max, |m| m.min(max))
+        .max(DEFAULT_PIPE_SIZE as u64)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn p(s: &str) -> Result<Command, String> {
-        parse(&s.split_whitespace().map(String::from).collect::<Vec<_>>())
+    const MS: Duration = Duration::from_millis(1);
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn p(s: &str) -> Result<Command, clap::Error> {
+        parse(std::iter::once("pv-xconnect").chain(s.split_whitespace()))
+    }
+
+    fn run(s: &str) -> RunArgs {
+        match p(s) {
+            Ok(Command::Run(a)) => *a,
+            other => panic!("{s}: {other:?}"),
+        }
+    }
+
+    fn err(s: &str) -> String {
+        match p(s) {
+            Err(e) => {
+                assert_eq!(e.exit_code(), 2, "{s}: {e}");
+                e.to_string()
+            }
+            Ok(c) => panic!("{s}: accepted as {c:?}"),
+        }
     }
 
     #[test]
     fn run_is_the_default_and_flags_take_both_forms() {
-        let Command::Run(a) = p("--graph g.json --retry-delay=50ms --max-retries 3").unwrap()
-        else {
-            panic!()
-        };
+        let a = run("--graph g.json --retry-delay=50ms --max-retries 3");
         assert_eq!(a.graph, Some(PathBuf::from("g.json")));
         assert_eq!(a.retry_delay, Duration::from_millis(50));
         assert_eq!(a.max_retries, 3);
         assert_eq!(a.max_delay, Duration::from_secs(30));
-        assert_eq!(p("run").unwrap(), Command::Run(Box::default()));
-        assert!(p("--graph g --ctrl-socket s")
-            .unwrap_err()
-            .contains("give one"));
-        assert!(p("--poll-interval 10ms").unwrap_err().contains("too short"));
+        assert_eq!(run("run"), run(""));
+        assert_eq!(run("run --max-conns 7").max_conns, 7);
+        assert!(err("--graph g --ctrl-socket s").contains("cannot be used with"));
+        assert!(err("--poll-interval 10ms").contains("100ms to 24h"));
+    }
+
+    /// The defaults the help shows are the ones documented in the README
+    /// and the ones the rest of the code assumes.
+    #[test]
+    fn defaults() {
+        let a = run("");
+        assert_eq!(a.poll_interval, Duration::from_secs(5));
+        assert_eq!(
+            a.status_socket,
+            PathBuf::from(crate::status_server::DEFAULT_PATH)
+        );
+        assert_eq!(
+            (a.log_target.as_str(), a.log_level.as_str()),
+            ("auto", "info")
+        );
+        let policy = crate::policy::RestartPolicy::default();
+        assert_eq!(a.retry_delay, policy.retry_delay);
+        assert_eq!(a.backoff_factor, policy.backoff_factor);
+        assert_eq!(a.max_delay, policy.max_delay);
+        assert_eq!(a.reset_window, policy.reset_window);
+        assert_eq!(a.max_retries, policy.max_retries);
+        assert_eq!(a.backoff_policy, crate::policy::DEFAULT_BACKOFF_POLICY);
+        let limits = proto::ctl::Limits::default();
+        let ms = |d: Duration| d.as_millis() as u64;
+        assert_eq!(ms(a.connect_timeout), limits.connect_timeout_ms);
+        assert_eq!(ms(a.head_timeout), limits.head_timeout_ms);
+        assert_eq!(ms(a.idle_timeout), limits.idle_timeout_ms);
+        assert_eq!(ms(a.response_timeout), limits.response_timeout_ms);
+        assert_eq!(ms(a.tcp_idle_timeout), limits.tcp_idle_timeout_ms);
+        assert_eq!(a.max_conns, limits.max_conns);
+        assert_eq!(a.drain_timeout, Duration::from_secs(10));
+        assert_eq!(a.pipe_size, DEFAULT_PIPE_SIZE);
     }
 
     #[test]
     fn subcommands() {
-        assert_eq!(p("check g.json").unwrap(), Command::Check("g.json".into()));
+        assert_eq!(
+            p("check g.json").unwrap(),
+            Command::Check {
+                file: "g.json".into(),
+                json: false
+            }
+        );
+        assert_eq!(
+            p("check --json g.json").unwrap(),
+            Command::Check {
+                file: "g.json".into(),
+                json: true
+            }
+        );
         assert_eq!(
             p("status --json --status-socket /tmp/s").unwrap(),
             Command::Status {
@@ -315,40 +447,175 @@ mod tests {
                 socket: "/tmp/s".into()
             }
         );
-        assert_eq!(p("--help").unwrap(), Command::Help);
+        let e = p("--help").unwrap_err();
+        assert_eq!((e.kind(), e.exit_code()), (ErrorKind::DisplayHelp, 0));
+        let e = p("--version").unwrap_err();
+        assert_eq!((e.kind(), e.exit_code()), (ErrorKind::DisplayVersion, 0));
+        // Run options belong to run: not before another command.
+        err("--graph g check g.json");
+        err("check");
+        err("check a b");
+        err("status --graph g");
     }
 
     #[test]
     fn errors_name_the_flag() {
-        assert!(p("--graph").unwrap_err().contains("--graph needs a value"));
-        assert!(p("--bogus")
-            .unwrap_err()
-            .contains("unknown option '--bogus'"));
-        assert!(p("--bogus=1")
-            .unwrap_err()
-            .contains("unknown option '--bogus'"));
-        assert!(p("--log-target file")
-            .unwrap_err()
-            .contains("--log-target: 'file' is not one of"));
-        assert!(p("--max-conns many").unwrap_err().contains("--max-conns"));
-        assert!(p("--retry-delay 5h").unwrap_err().contains("--retry-delay"));
-        assert!(p("--pipe-size 100")
-            .unwrap_err()
-            .contains("--pipe-size: 100 is out of range"));
-        assert!(p("--pipe-size 2MiB").unwrap_err().contains("--pipe-size"));
-        assert!(pipe_size("--pipe-size", "4194304", (4096, 1 << 20)).is_err());
-        assert_eq!(
-            pipe_size("--pipe-size", "131072", (4096, 1 << 20)),
-            Ok(131072)
+        // A negative value is a value (refused with its range), not a flag.
+        assert!(err("--retry-delay -1s").contains("10ms to 24h"));
+        assert!(err("--max-retries -1").contains("0 to 1000000"));
+        assert!(err("--graph").contains("--graph"));
+        assert!(err("--bogus").contains("'--bogus'"));
+        assert!(err("--bogus=1").contains("'--bogus'"));
+        let e = err("--log-target file");
+        assert!(e.contains("--log-target") && e.contains("'file'"), "{e}");
+        assert!(e.contains("auto, syslog, stderr"), "{e}");
+        assert!(err("--log-level trace").contains("--log-level"));
+        assert!(err("--max-conns many").contains("--max-conns"));
+        assert!(err("--retry-delay 5d").contains("--retry-delay"));
+        assert!(err("stray").contains("'stray'"));
+    }
+
+    #[test]
+    fn durations_have_ranges_and_never_overflow() {
+        let e = err("--max-delay 99999999999999999999");
+        assert!(
+            e.contains("--max-delay") && e.contains("99999999999999999999"),
+            "{e}"
         );
-        let Command::Run(a) = p("--pipe-size=131072").unwrap() else {
-            panic!()
-        };
-        assert_eq!(a.pipe_size, 131072);
-        assert_eq!(RunArgs::default().pipe_size, 65536);
-        assert!(p("check").is_err());
-        assert!(p("stray")
+        assert!(e.contains("too long"), "{e}");
+        let e = err("--max-delay 25h");
+        assert!(
+            e.contains("out of range: 25h") && e.contains("10ms to 24h"),
+            "{e}"
+        );
+        // The crash loop of issue 9: no zero restart delay.
+        let e = err("--retry-delay 0 --max-delay 0");
+        assert!(
+            e.contains("--retry-delay") && e.contains("10ms to 24h"),
+            "{e}"
+        );
+        let e = err("--retry-delay 9ms");
+        assert!(e.contains("out of range: 9ms"), "{e}");
+        assert_eq!(run("--retry-delay 10ms").retry_delay, FLOOR);
+        let e = err("--retry-delay 2s --max-delay 1s");
+        assert!(
+            e.contains("--max-delay (1s) must not be below --retry-delay (2s)"),
+            "{e}"
+        );
+        // 0 where it means something, and only there.
+        assert_eq!(run("--tcp-idle-timeout 0").tcp_idle_timeout, Duration::ZERO);
+        assert!(err("--tcp-idle-timeout 1ms").contains("0 (never) or 10ms to 24h"));
+        assert_eq!(run("--reset-window 0s").reset_window, Duration::ZERO);
+        assert_eq!(run("--drain-timeout 0").drain_timeout, Duration::ZERO);
+        for flag in [
+            "--connect-timeout",
+            "--head-timeout",
+            "--idle-timeout",
+            "--response-timeout",
+        ] {
+            assert!(err(&format!("{flag} 0")).contains(flag), "{flag}");
+            assert!(err(&format!("{flag} 1e9h")).contains(flag), "{flag}");
+        }
+        assert_eq!(
+            run("--head-timeout 1.5").head_timeout,
+            Duration::from_millis(1500)
+        );
+        assert_eq!(run("--idle-timeout 1h").idle_timeout, HOUR);
+        assert_eq!(run("--connect-timeout 24h").connect_timeout, DAY);
+    }
+
+    #[test]
+    fn backoff_factor_range() {
+        assert_eq!(backoff_factor("1.5"), Ok(1.5));
+        assert_eq!(backoff_factor("100"), Ok(100.0));
+        for bad in ["0.5", "101", "NaN", "inf", "-2", "x", ""] {
+            let e = backoff_factor(bad).unwrap_err();
+            assert!(e.contains("1 to 100"), "{bad}: {e}");
+        }
+        assert!(err("--backoff-factor 1e308").contains("--backoff-factor"));
+    }
+
+    #[test]
+    fn backoff_policy_values() {
+        assert_eq!(backoff_policy("never"), Ok(BackoffPolicy::Never));
+        assert_eq!(
+            backoff_policy("2s"),
+            Ok(BackoffPolicy::After(Duration::from_secs(2)))
+        );
+        assert_eq!(
+            backoff_policy("5m"),
+            Ok(crate::policy::DEFAULT_BACKOFF_POLICY)
+        );
+        assert!(backoff_policy("0").unwrap_err().contains("never"));
+        assert!(backoff_policy("25h").unwrap_err().contains("10ms to 24h"));
+        assert!(backoff_policy("reboot").unwrap_err().contains("never"));
+        assert!(backoff_policy("99999999999999999999").is_err());
+        assert_eq!(
+            run("--backoff-policy never").backoff_policy,
+            BackoffPolicy::Never
+        );
+    }
+
+    #[test]
+    fn counts_have_ranges_and_never_overflow() {
+        let c = count::<u32>(0, 1_000_000, "");
+        assert_eq!(c("0"), Ok(0));
+        assert_eq!(c("1000000"), Ok(1_000_000));
+        assert!(c("1000001").unwrap_err().contains("0 to 1000000"));
+        assert!(c("99999999999999999999")
             .unwrap_err()
-            .contains("unexpected argument 'stray'"));
+            .contains("out of range"));
+        assert!(c("-1").unwrap_err().contains("not a whole number"));
+        assert!(c("1.5").unwrap_err().contains("not a whole number"));
+        let e = err("--max-conns 0");
+        assert!(
+            e.contains("--max-conns") && e.contains("1 to 1000000"),
+            "{e}"
+        );
+        let e = err("--max-retries 99999999999999999999");
+        assert!(
+            e.contains("--max-retries") && e.contains("out of range"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn pipe_size_range() {
+        let page = page_size();
+        assert_eq!(run(&format!("--pipe-size {page}")).pipe_size as u64, page);
+        let e = err(&format!("--pipe-size {}", page - 1));
+        assert!(e.contains("--pipe-size") && e.contains(" bytes"), "{e}");
+        let e = err(&format!("--pipe-size {}", MAX_PIPE_SIZE + 1));
+        assert!(e.contains("--pipe-size"), "{e}");
+        assert!(pipe_max() >= DEFAULT_PIPE_SIZE as u64 && pipe_max() <= MAX_PIPE_SIZE as u64);
+    }
+
+    #[test]
+    fn show_durations() {
+        assert_eq!(show(FLOOR), "10ms");
+        assert_eq!(show(DAY), "24h");
+        assert_eq!(show(Duration::from_secs(300)), "5m");
+        assert_eq!(show(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(show(Duration::from_secs(2)), "2s");
+        assert_eq!(show(Duration::ZERO), "0");
+        assert_eq!(show(MS / 2), "500µs");
+    }
+
+    #[test]
+    fn help_shows_defaults_ranges_and_the_duration_format() {
+        let help = Cli::command().render_help().to_string();
+        for want in [
+            "--retry-delay <D>",
+            "[default: 20ms]",
+            "10ms to 24h",
+            "--backoff-policy <never|DURATION>",
+            "[default: 5m]",
+            "--pipe-size <BYTES>",
+            "[default: 65536]",
+            "Durations: 250ms, 5s, 1.5s, 2m, 1h",
+            "check [--json] FILE",
+        ] {
+            assert!(help.contains(want), "{want} missing from:\n{help}");
+        }
     }
 }

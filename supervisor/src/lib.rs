@@ -1,6 +1,7 @@
 //! The supervisor library: its modules, reachable from the binary in
 //! `main.rs`, the fuzz targets in `fuzz/` and unit tests.
 
+pub mod check;
 pub mod cli;
 pub mod daemon;
 pub mod endpoint;

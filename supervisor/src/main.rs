@@ -2,7 +2,7 @@
 //! listening socket in the right namespace, and runs one worker process per
 //! endpoint, restarting crashed workers with backoff.
 
-use supervisor::{cli, daemon, policy, privileges, source, spawn, status_cli};
+use supervisor::{check, cli, daemon, policy, privileges, source, spawn, status_cli};
 
 use cli::{Command, RunArgs};
 use policy::RestartPolicy;
@@ -73,89 +73,18 @@ fn run(a: Box<RunArgs>) -> Result<(), String> {
     daemon::Daemon::new(opts)?.run()
 }
 
-fn check(file: &PathBuf) -> ExitCode {
-    let text = match std::fs::read_to_string(file) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("pv-xconnect check: cannot read {}: {e}", file.display());
-            return ExitCode::FAILURE;
-        }
-    };
-    let plan = match proto::plan::from_graph(&text) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("pv-xconnect check: {}: {e}", file.display());
-            return ExitCode::FAILURE;
-        }
-    };
-    // Names, paths and reasons come from the graph: each line is printed
-    // escaped, so none of them can add a line or a control byte.
-    let line = |l: String| println!("{}", proto::text::escape(&l));
-    for ep in &plan.endpoints {
-        line(format!(
-            "endpoint {} {} consumer={} worker={}",
-            ep.kind,
-            ep.key,
-            ep.consumer,
-            ep.kind.worker_binary()
-        ));
-        for r in &ep.routes {
-            let mut extra = String::new();
-            if ep.kind == proto::plan::Kind::Http {
-                extra.push_str(&format!(
-                    " prefix={} strip_prefix={}",
-                    r.prefix, r.strip_prefix
-                ));
-                if let Some(h) = &r.host {
-                    extra.push_str(&format!(" host={h}"));
-                }
-            }
-            if let Some(s) = &r.sni {
-                extra.push_str(&format!(" sni={s}"));
-            }
-            if let Some(p) = &r.proxy_protocol {
-                extra.push_str(&format!(" proxy_protocol={p:?}"));
-            }
-            line(format!(
-                "  link #{} '{}' role={} -> {}{extra}",
-                r.link, r.name, r.role, r.backend
-            ));
-        }
-    }
-    for r in &plan.refused {
-        line(format!("refused {r}"));
-    }
-    println!(
-        "{} endpoint(s), {} link(s) refused",
-        plan.endpoints.len(),
-        plan.refused.len()
-    );
-    if plan.refused.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
-}
-
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let cmd = match cli::parse(&args) {
+    // A bad flag: clap's message on stderr, exit 2; --help and --version:
+    // stdout, exit 0.
+    let cmd = match cli::parse(std::env::args_os()) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("pv-xconnect: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => e.exit(),
     };
+    // clap's model of the command line is gone: hand its heap back
+    // before the daemon settles on top of it.
+    proto::mem::give_back_heap();
     let result = match cmd {
-        Command::Help => {
-            print!("{}", cli::USAGE);
-            return ExitCode::SUCCESS;
-        }
-        Command::Version => {
-            println!("pv-xconnect {}", env!("CARGO_PKG_VERSION"));
-            return ExitCode::SUCCESS;
-        }
-        Command::Check(file) => return check(&file),
+        Command::Check { file, json } => return check::run(&file, json),
         Command::Status { json, socket } => return status_cli::run(&socket, json),
         Command::Run(a) => run(a),
     };

@@ -103,39 +103,28 @@ impl RestartPolicy {
     }
 }
 
-/// `never` or a duration (`parse_duration`), for `--backoff-policy`.
-pub fn parse_backoff_policy(s: &str) -> Result<BackoffPolicy, String> {
-    if s.trim() == "never" {
-        return Ok(BackoffPolicy::Never);
-    }
-    match parse_duration(s) {
-        Ok(d) if !d.is_zero() => Ok(BackoffPolicy::After(d)),
-        _ => Err(format!(
-            "'{s}' is neither 'never' nor a duration above zero (e.g. 30s, 10m)"
-        )),
-    }
-}
-
-/// Parse `250ms`, `5s`, `1.5s`, `2m` or a bare number of seconds.
+/// Parse `250ms`, `5s`, `1.5s`, `2m`, `1h` or a bare number of seconds.
+/// Never panics: a value too large for a `Duration` is an error (ranges
+/// are the caller's, see cli.rs).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
         Some(i) => (&s[..i], &s[i..]),
         None => (s, "s"),
     };
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration (e.g. 250ms, 5s, 2m)"))?;
+    let not_a_duration = || format!("'{s}' is not a duration (e.g. 250ms, 5s, 1.5s, 2m, 1h)");
+    let v: f64 = num.trim().parse().map_err(|_| not_a_duration())?;
     if !v.is_finite() || v < 0.0 {
-        return Err(format!("'{s}' is not a duration (e.g. 250ms, 5s, 2m)"));
+        return Err(not_a_duration());
     }
     let secs = match unit {
         "ms" => v / 1000.0,
         "s" => v,
         "m" => v * 60.0,
-        _ => return Err(format!("'{s}': unit must be ms, s or m")),
+        "h" => v * 3600.0,
+        _ => return Err(format!("'{s}': the unit must be ms, s, m or h")),
     };
-    Ok(Duration::from_secs_f64(secs))
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("'{s}' is too long a duration"))
 }
 
 /// Cheap jitter without a random-number crate: the clock's nanoseconds.
@@ -174,6 +163,29 @@ mod tests {
     }
 
     #[test]
+    fn durations_and_validation() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("-1s").is_err());
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert!(parse_duration("5d").is_err());
+        assert!(parse_duration("nan").is_err());
+        assert!(parse_duration("inf").is_err());
+        assert!(parse_duration("1e400").is_err());
+        // Used to abort the supervisor (Duration::from_secs_f64 panics).
+        assert!(parse_duration("99999999999999999999")
+            .unwrap_err()
+            .contains("too long"));
+        assert!(parse_duration("99999999999999999999m").is_err());
+        let bad = RestartPolicy {
+            backoff_factor: 0.5,
+            ..Default::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+
+    #[test]
     fn backoff_policy_decides_after_the_last_retry() {
         let mut p = RestartPolicy {
             max_retries: 1,
@@ -195,26 +207,5 @@ mod tests {
         // Unlimited retries never reach the policy.
         p.max_retries = 0;
         assert!(matches!(p.after_failure(1000, 0.0), Next::Retry(_)));
-        assert_eq!(parse_backoff_policy("never"), Ok(BackoffPolicy::Never));
-        assert_eq!(
-            parse_backoff_policy("2s"),
-            Ok(BackoffPolicy::After(Duration::from_secs(2)))
-        );
-        assert!(parse_backoff_policy("0s").is_err());
-        assert!(parse_backoff_policy("reboot").is_err());
-    }
-
-    #[test]
-    fn durations_and_validation() {
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert!(parse_duration("-1s").is_err());
-        assert!(parse_duration("5h").is_err());
-        let bad = RestartPolicy {
-            backoff_factor: 0.5,
-            ..Default::default()
-        };
-        assert!(bad.validate().is_err());
     }
 }

@@ -146,7 +146,8 @@ pub fn namespace(key: &EndpointKey) -> String {
     }
 }
 
-fn route(kind: Kind, r: &Route) -> RouteStatus {
+/// A route as status (and `check --json`) shows it.
+pub fn route(kind: Kind, r: &Route) -> RouteStatus {
     let http = matches!(kind, Kind::Http);
     RouteStatus {
         link: r.link,
