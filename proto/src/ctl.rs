@@ -223,15 +223,19 @@ pub fn send_raw(sock: BorrowedFd<'_>, body: &[u8], fds: &[RawFd]) -> Result<(), 
 /// arrived is closed (they are owned, and dropped).
 pub fn recv<M: Message>(sock: BorrowedFd<'_>) -> Result<(M, Vec<OwnedFd>), CtlError> {
     let (body, fds) = recv_raw(sock)?;
-    let msg: M = serde_json::from_slice(&body).map_err(|e| CtlError::Bad(e.to_string()))?;
-    let expected = msg.fd_count();
-    if expected != fds.len() {
-        return Err(CtlError::FdCount {
-            expected,
-            got: fds.len(),
-        });
-    }
+    let msg = decode(&body, fds.len())?;
     Ok((msg, fds))
+}
+
+/// Interpret one received datagram that arrived with `fds` fds: the pure
+/// half of [`recv`] (no socket), also what the fuzz target drives.
+pub fn decode<M: Message>(body: &[u8], fds: usize) -> Result<M, CtlError> {
+    let msg: M = serde_json::from_slice(body).map_err(|e| CtlError::Bad(e.to_string()))?;
+    let expected = msg.fd_count();
+    if expected != fds {
+        return Err(CtlError::FdCount { expected, got: fds });
+    }
+    Ok(msg)
 }
 
 /// Receive one datagram and its fds without interpreting it.
@@ -390,6 +394,26 @@ mod tests {
         ));
         drop(a);
         assert!(matches!(recv::<ToWorker>(b.as_fd()), Err(CtlError::Eof)));
+    }
+
+    #[test]
+    fn decode_checks_the_fd_count_without_a_socket() {
+        let drain = br#"{"msg":"drain","seq":2,"deadline_ms":1}"#;
+        assert!(matches!(
+            decode::<ToWorker>(drain, 0),
+            Ok(ToWorker::Drain { seq: 2, .. })
+        ));
+        assert!(matches!(
+            decode::<ToWorker>(drain, 1),
+            Err(CtlError::FdCount {
+                expected: 0,
+                got: 1
+            })
+        ));
+        assert!(matches!(
+            decode::<FromWorker>(b"\xff", 0),
+            Err(CtlError::Bad(_))
+        ));
     }
 
     #[test]
