@@ -10,26 +10,28 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use proto::graph::Backend;
 use std::net::IpAddr;
 use worker_http::head::{parse_request, write_request, Client, Parsed};
-use worker_http::route::Entry;
+use worker_http::route::Table;
 
 const ROLE: &str = "fuzz-role";
-const CONSUMER: &str = "fuzz-consumer";
+const CONSUMER: &str = "EXTERNAL";
 
-fn entry(variant: usize) -> Entry {
-    let (prefix, strip) =
-        [("/", false), ("/api", true), ("/api/", true), ("/a", false)][variant % 4];
-    Entry {
-        name: "fuzz".into(),
-        prefix: prefix.into(),
-        host: None,
-        strip_prefix: strip,
-        backend: Backend::Tcp("127.0.0.1:1".parse().expect("literal address")),
-        role: ROLE.into(),
-        consumer: CONSUMER.into(),
-    }
+/// Routes as the worker gets them, from a graph: prefixes with and
+/// without stripping, and host routes.
+const GRAPH: &str = r#"[
+ {"type":"http","name":"root","consumer":"EXTERNAL","role":"fuzz-role","target":"0.0.0.0:80","socket":"127.0.0.1:1"},
+ {"type":"http","name":"api","consumer":"EXTERNAL","role":"fuzz-role","target":"0.0.0.0:80/api/","socket":"127.0.0.1:2"},
+ {"type":"http","name":"v1","consumer":"EXTERNAL","role":"fuzz-role","target":"0.0.0.0:80/api/v1","socket":"127.0.0.1:3"},
+ {"type":"http","name":"host","consumer":"EXTERNAL","role":"fuzz-role","target":"0.0.0.0:80/x/","socket":"127.0.0.1:4","host":"*.example.com"}
+]"#;
+
+thread_local! {
+    static TABLE: Table = {
+        let plan = proto::plan::from_graph(GRAPH).expect("the fuzz graph parses");
+        assert!(plan.refused.is_empty(), "{:?}", plan.refused);
+        Table::new(&plan.endpoints[0].routes)
+    };
 }
 
 fn client(variant: usize) -> Client {
@@ -54,18 +56,14 @@ fuzz_target!(|data: &[u8]| {
         Ok(Parsed::Partial) | Err(_) => return,
     };
     assert!(req.len <= data.len(), "head longer than its input");
-    // The route and client vary with the input's length: every seed keeps
-    // all its bytes for the head.
-    let variant = data.len();
-    let route = entry(variant);
+    // The route the worker would pick; none: it answers 404 itself. The
+    // client varies with the input's length: every seed keeps all its
+    // bytes for the head.
+    let Some(route) = TABLE.with(|t| t.lookup(req.host.as_deref(), &req.path).cloned()) else {
+        return;
+    };
     let mut out = Vec::new();
-    write_request(
-        &req,
-        &data[..req.len],
-        &route,
-        client(variant / 4),
-        &mut out,
-    );
+    write_request(&req, &data[..req.len], &route, client(data.len()), &mut out);
 
     // What the backend reads, first as a plain HTTP parser ...
     let mut slots = [httparse::EMPTY_HEADER; 256];
