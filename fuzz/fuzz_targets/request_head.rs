@@ -11,7 +11,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use std::net::IpAddr;
-use worker_http::head::{parse_request, write_request, Client, Parsed};
+use worker_http::head::{parse_request, write_request, Client, Parsed, MAX_HEADERS};
 use worker_http::route::Table;
 
 const ROLE: &str = "fuzz-role";
@@ -66,7 +66,8 @@ fuzz_target!(|data: &[u8]| {
     write_request(&req, &data[..req.len], &route, client(data.len()), &mut out);
 
     // What the backend reads, first as a plain HTTP parser ...
-    let mut slots = [httparse::EMPTY_HEADER; 256];
+    // At most MAX_HEADERS lines: what we forward passes our own limit.
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut back = httparse::Request::new(&mut slots);
     match back.parse(&out) {
         Ok(httparse::Status::Complete(n)) => {
@@ -107,6 +108,9 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(again.host, req.host);
             assert_eq!(again.upgrade, req.upgrade);
         }
+        // Our own parser leaves room for lines it would add: a forwarded
+        // head near the limit is refused with 431, framing not read.
+        Err(r) if r.status == 431 => {}
         other => panic!(
             "forwarded head refused by our own parser: {other:?}\n{}",
             String::from_utf8_lossy(&out)
