@@ -571,6 +571,26 @@ mod tests {
     }
 
     #[test]
+    fn decode_checks_the_fd_count_without_a_socket() {
+        let drain = br#"{"msg":"drain","seq":2,"deadline_ms":1}"#;
+        assert!(matches!(
+            decode::<ToWorker>(drain, 0),
+            Ok(ToWorker::Drain { seq: 2, .. })
+        ));
+        assert!(matches!(
+            decode::<ToWorker>(drain, 1),
+            Err(CtlError::FdCount {
+                expected: 0,
+                got: 1
+            })
+        ));
+        assert!(matches!(
+            decode::<FromWorker>(b"\xff", 0),
+            Err(CtlError::Bad(_))
+        ));
+    }
+
+    #[test]
     fn too_many_fds_are_closed() {
         let (a, b) = socketpair().unwrap();
         let pipes: Vec<_> = (0..3).map(|_| nix::unistd::pipe().unwrap()).collect();

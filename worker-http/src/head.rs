@@ -12,8 +12,15 @@ use std::borrow::Cow;
 use std::mem::MaybeUninit;
 use std::net::IpAddr;
 
-/// Most header lines accepted in one head (HAProxy allows 101).
+/// Most header lines accepted in one head (HAProxy allows 101), and most
+/// we forward: a head leaves room for the lines we add to it, so what the
+/// other side gets passes the same limit (Python's http.client, for one,
+/// refuses more than 100).
 pub const MAX_HEADERS: usize = 100;
+
+/// Lines [`write_request`] adds at most: Host (absolute-form), Connection,
+/// Upgrade, X-PV-Role, X-PV-Client, X-Forwarded-For, -Proto, -Host.
+const ADDED_TO_REQUEST: usize = 8;
 
 /// Why a request head is refused; `status` is what the client gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -211,6 +218,9 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed<Request>, Reject> {
         if !dropped && !dup_cl {
             kept.push((span(buf, name.as_bytes()), span(buf, h.value)));
         }
+    }
+    if kept.len() + ADDED_TO_REQUEST > MAX_HEADERS {
+        return Err(reject(431, "too many header lines"));
     }
     let host_hdr = host_raw.map(|h| span(buf, h));
     Ok(Parsed::Complete(Request {
@@ -442,15 +452,20 @@ pub fn parse_response(
         .iter()
         .position(|b| *b == b'\n')
         .map_or(len, |i| start + i + 1);
+    let forwarded = |h: &httparse::Header<'_>| {
+        let hop = eq_any(h.name, &["connection", "keep-alive", "proxy-connection"])
+            || (conn.iter().any(|t| h.name.eq_ignore_ascii_case(t)) && !eq_any(h.name, END_TO_END));
+        status == 101 || !hop
+    };
+    // Room for our own Connection line on a final response.
+    if headers.iter().filter(|h| forwarded(h)).count() + usize::from(status >= 200) > MAX_HEADERS {
+        return Err("too many response header lines");
+    }
     // One allocation for the head the client gets.
     out.reserve(len + 64);
     out.extend_from_slice(&buf[start..line_end]);
-    for h in headers.iter() {
-        let hop = eq_any(h.name, &["connection", "keep-alive", "proxy-connection"])
-            || (conn.iter().any(|t| h.name.eq_ignore_ascii_case(t)) && !eq_any(h.name, END_TO_END));
-        if status == 101 || !hop {
-            header(out, h.name.as_bytes(), h.value);
-        }
+    for h in headers.iter().filter(|h| forwarded(h)) {
+        header(out, h.name.as_bytes(), h.value);
     }
     Ok(Parsed::Complete(Response {
         len,

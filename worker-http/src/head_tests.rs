@@ -79,6 +79,59 @@ fn too_many_headers_is_431() {
     assert_eq!(status(&raw), 431);
 }
 
+/// Found by fuzz/response_head: a backend's 100 header lines plus our
+/// `Connection` made 101, more than we accept ourselves (and more than
+/// Python's http.client reads). What we forward stays within
+/// MAX_HEADERS, both ways.
+#[test]
+fn forwarded_heads_stay_within_max_headers() {
+    let resp_with = |n: usize| {
+        let mut r = String::from("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n");
+        for i in 1..n {
+            r.push_str(&format!("X-{i}: v\r\n"));
+        }
+        r + "\r\n"
+    };
+    let mut out = Vec::new();
+    let r = parse_response(resp_with(MAX_HEADERS).as_bytes(), false, &mut out);
+    assert!(r.is_err(), "{r:?}");
+    out.clear();
+    let Ok(Parsed::Complete(r)) =
+        parse_response(resp_with(MAX_HEADERS - 1).as_bytes(), false, &mut out)
+    else {
+        panic!("99 header lines are fine");
+    };
+    end_response(r.status, Persist::Close, &mut out);
+    let again = parse_response(&out, false, &mut Vec::new());
+    assert!(matches!(again, Ok(Parsed::Complete(_))), "{again:?}");
+
+    // A request that makes write_request add the most lines: absolute
+    // form (Host, X-Forwarded-Host), an upgrade, a client address.
+    let req_with = |n: usize| {
+        let mut r =
+            String::from("GET http://a/ HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n");
+        for i in 0..n {
+            r.push_str(&format!("X-{i}: v\r\n"));
+        }
+        r + "\r\n"
+    };
+    assert_eq!(status(&req_with(MAX_HEADERS - 7)), 431);
+    let raw = req_with(MAX_HEADERS - 8);
+    let rq = req(&raw).expect("room left for our own lines");
+    let mut out = Vec::new();
+    let client = Client {
+        ip: Some("127.0.0.1".parse().unwrap()),
+    };
+    write_request(&rq, raw.as_bytes(), &route("/", false), client, &mut out);
+    let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let again = httparse::Request::new(&mut hs).parse(&out);
+    assert!(
+        matches!(again, Ok(httparse::Status::Complete(_))),
+        "{again:?}: {}",
+        String::from_utf8_lossy(&out)
+    );
+}
+
 #[test]
 fn ambiguous_framing_is_400() {
     assert_eq!(
