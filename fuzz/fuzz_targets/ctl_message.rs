@@ -11,32 +11,40 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use proto::ctl::{self, CtlError, FromWorker, Message, ToWorker, MAX_FDS, MAX_MSG};
+use proto::ctl::{self, CtlError, Frame, FromWorker, Message, ToWorker, MAX_FDS, MAX_MSG};
 use std::fmt::Debug;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::OnceLock;
 
-/// The most fds sent through the real socket. At MAX_FDS, not above: a
-/// message with more fds than the receive buffer has room for is issue 8's
-/// MSG_CTRUNC case, which the ctl rework handles; raise this to 253 (the
-/// kernel's SCM_MAX_FD) once it has landed.
+/// The most fds sent through the real socket: the kernel's SCM_MAX_FD,
+/// which is also what the receive has room for (proto::fdpass).
 const SOCKET_FDS: usize = MAX_FDS;
 
+/// The pure decode of one datagram. true: the socket path must accept it
+/// too. A blob header is never accepted here: the fds this target sends
+/// are /dev/null, never the sealed memfd a blob needs.
 fn roundtrip<M: Message + PartialEq + Debug>(body: &[u8], fds: usize) -> bool {
-    match ctl::decode::<M>(body, fds) {
-        Ok(m) => {
+    match ctl::decode_frame::<M>(body, fds) {
+        Ok(Frame::Message(m)) => {
             assert_eq!(m.fd_count(), fds);
             let again = serde_json::to_vec(&m).expect("a decoded message serializes");
             let back = ctl::decode::<M>(&again, fds).expect("a written message reads back");
             assert_eq!(back, m);
             true
         }
+        Ok(Frame::Blob { len }) => {
+            assert!(fds >= 1 && len <= M::MAX_BODY);
+            false
+        }
         Err(CtlError::FdCount { expected, got }) => {
             assert_ne!(expected, got);
             assert_eq!(got, fds);
             false
         }
-        Err(CtlError::Bad(_)) => false,
+        Err(CtlError::Bad(_))
+        | Err(CtlError::Blob(_))
+        | Err(CtlError::TooLarge(_))
+        | Err(CtlError::TooManyFds) => false,
         Err(e) => panic!("decode gave a transport error: {e}"),
     }
 }
