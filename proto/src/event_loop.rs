@@ -11,6 +11,7 @@
 use crate::accept::Acceptor;
 use crate::backend::{Dialer, Step};
 use crate::ctl::{CtlError, Limits, Stats, ToWorker, WorkerConfig};
+use crate::duplex::{Direction, Duplex};
 use crate::relay::Ready;
 use crate::slab::Slab;
 use crate::stream::{Listener, Stream};
@@ -19,7 +20,7 @@ use crate::worker::Started;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
 /// What the loop must do after driving a connection.
@@ -95,6 +96,40 @@ impl Sockets {
                 Next::Close { error: true }
             }
         })
+    }
+}
+
+impl Sockets {
+    /// Relay both ways as far as readiness allows once connected (tcp and
+    /// unix alike): count the bytes, note activity in `last_activity`,
+    /// close when both directions ended.
+    pub fn relay<D: Direction>(
+        &mut self,
+        relay: &mut Duplex<D>,
+        peer: &dyn std::fmt::Display,
+        last_activity: &mut Instant,
+        now: Instant,
+    ) -> Next {
+        let Some(b) = self.backend.as_ref() else {
+            return Next::Close { error: true };
+        };
+        let p = relay.pump(
+            self.client.as_fd(),
+            &mut self.client_ready,
+            b.as_fd(),
+            &mut self.backend_ready,
+            peer,
+        );
+        if p.active() {
+            *last_activity = now;
+        }
+        self.moved.0 += p.up;
+        self.moved.1 += p.down;
+        if relay.done() {
+            Next::Close { error: false }
+        } else {
+            Next::Continue
+        }
     }
 }
 
