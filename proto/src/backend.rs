@@ -141,6 +141,24 @@ pub enum Dial {
     Failed(String),
 }
 
+/// What [`Dialer::step`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing to do until the socket reports or [`Dialer::deadline`].
+    Wait,
+    /// The socket reported but the connect is still under way: clear its
+    /// readiness and wait again.
+    Pending,
+    /// A new socket is in the caller's slot: register it (writable).
+    Register,
+    /// Connected.
+    Connected,
+    /// Refused (or failed) beyond the retry budget: the text says why.
+    Failed(String),
+    /// The connect timeout passed.
+    TimedOut(String),
+}
+
 impl Dialer {
     pub fn new(target: Backend, now: Instant, limits: &Limits) -> Dialer {
         Dialer {
@@ -196,6 +214,50 @@ impl Dialer {
     /// The connect timeout has passed (also for a connect still in progress).
     pub fn expired(&self, now: Instant) -> bool {
         now >= self.give_up_at
+    }
+
+    /// Drive the connect one step. `socket` is the attempt in flight (None:
+    /// none); `ready` says its socket reported writable (or an error) since
+    /// the last step. A new socket is put in `socket` ([`Step::Register`]);
+    /// a failed one is taken out (closing it also takes it out of epoll).
+    pub fn step(
+        &mut self,
+        socket: &mut Option<Stream>,
+        ready: bool,
+        now: Instant,
+        limits: &Limits,
+    ) -> Step {
+        let in_flight = socket.as_ref().filter(|_| ready);
+        let Some(s) = in_flight else {
+            if self.expired(now) {
+                return Step::TimedOut(format!(
+                    "backend {}: connect timed out after {} ms",
+                    self.target, limits.connect_timeout_ms
+                ));
+            }
+            if socket.is_some() {
+                return Step::Wait;
+            }
+            return match self.poll(now, limits) {
+                Dial::Wait => Step::Wait,
+                Dial::Socket(s) => {
+                    *socket = Some(s);
+                    Step::Register
+                }
+                Dial::Failed(why) => Step::Failed(why),
+            };
+        };
+        match self.established(s) {
+            Ok(false) => Step::Pending,
+            Ok(true) => Step::Connected,
+            Err(e) => {
+                *socket = None;
+                match self.failed(now, limits, &e) {
+                    Dial::Failed(why) => Step::Failed(why),
+                    _ => Step::Wait,
+                }
+            }
+        }
     }
 
     /// When the dialer next needs a look: the retry, or the give-up time.
@@ -293,6 +355,32 @@ mod tests {
         }
         assert_eq!(waits, 3);
         assert!(t < now + Duration::from_millis(limits.connect_retry_ms));
+    }
+
+    #[test]
+    fn step_registers_connects_and_times_out() {
+        let limits = Limits::default();
+        let now = Instant::now();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut d = Dialer::new(Backend::Tcp(l.local_addr().unwrap()), now, &limits);
+        let mut socket = None;
+        assert_eq!(d.step(&mut socket, false, now, &limits), Step::Register);
+        assert!(socket.is_some());
+        let mut step = Step::Pending;
+        for _ in 0..1000 {
+            step = d.step(&mut socket, true, now, &limits);
+            if step != Step::Pending {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(step, Step::Connected);
+        // A socket that never reports is given up at the connect timeout.
+        let late = now + Duration::from_millis(limits.connect_timeout_ms);
+        assert!(matches!(
+            d.step(&mut socket, false, late, &limits),
+            Step::TimedOut(_)
+        ));
     }
 
     #[test]

@@ -9,8 +9,9 @@
 //! and the reserved keys below.
 
 use crate::accept::Acceptor;
-use crate::backend::{Dial, Dialer};
+use crate::backend::{Dialer, Step};
 use crate::ctl::{CtlError, Limits, Stats, ToWorker, WorkerConfig};
+use crate::duplex::{Direction, Duplex};
 use crate::relay::Ready;
 use crate::slab::Slab;
 use crate::stream::{Listener, Stream};
@@ -19,7 +20,7 @@ use crate::worker::Started;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
 /// What the loop must do after driving a connection.
@@ -71,56 +72,63 @@ impl Sockets {
         }
     }
 
-    /// Drive the backend connect one step: start an attempt when one is
-    /// due, finish one whose socket became writable, retry or give up.
+    /// Drive the backend connect one step (see [`Dialer::step`]).
     pub fn dial(&mut self, dial: &mut Dialer, now: Instant, limits: &Limits) -> Dialing {
-        let Some(b) = self.backend.as_ref() else {
-            return Dialing::Next(match dial.poll(now, limits) {
-                Dial::Wait => Next::Continue,
-                Dial::Socket(s) => {
-                    self.backend = Some(s);
-                    self.backend_ready = Ready::default();
-                    Next::RegisterBackend
-                }
-                Dial::Failed(why) => {
-                    crate::warn!("{why}; closing client");
-                    Next::Close { error: true }
-                }
-            });
-        };
-        if !self.backend_ready.writable {
-            if dial.expired(now) {
-                crate::warn!(
-                    "backend {}: connect timed out after {} ms; closing client",
-                    dial.target,
-                    limits.connect_timeout_ms
-                );
-                return Dialing::Next(Next::Close { error: true });
-            }
-            return Dialing::Next(Next::Continue);
-        }
-        match dial.established(b) {
-            Ok(false) => {
+        let ready = self.backend_ready.writable;
+        Dialing::Next(match dial.step(&mut self.backend, ready, now, limits) {
+            Step::Wait => Next::Continue,
+            Step::Pending => {
                 self.backend_ready.writable = false;
-                Dialing::Next(Next::Continue)
+                Next::Continue
             }
-            Ok(true) => {
-                if let Stream::Tcp(s) = b {
+            Step::Register => {
+                self.backend_ready = Ready::default();
+                Next::RegisterBackend
+            }
+            Step::Connected => {
+                if let Some(Stream::Tcp(s)) = &self.backend {
                     let _ = s.set_nodelay(true);
                 }
-                Dialing::Connected
+                return Dialing::Connected;
             }
-            Err(e) => {
-                // Closing the socket also takes it out of epoll.
-                self.backend = None;
-                match dial.failed(now, limits, &e) {
-                    Dial::Failed(why) => {
-                        crate::warn!("{why}; closing client");
-                        Dialing::Next(Next::Close { error: true })
-                    }
-                    _ => Dialing::Next(Next::Continue),
-                }
+            Step::Failed(why) | Step::TimedOut(why) => {
+                crate::warn!("{why}; closing client");
+                Next::Close { error: true }
             }
+        })
+    }
+}
+
+impl Sockets {
+    /// Relay both ways as far as readiness allows once connected (tcp and
+    /// unix alike): count the bytes, note activity in `last_activity`,
+    /// close when both directions ended.
+    pub fn relay<D: Direction>(
+        &mut self,
+        relay: &mut Duplex<D>,
+        peer: &dyn std::fmt::Display,
+        last_activity: &mut Instant,
+        now: Instant,
+    ) -> Next {
+        let Some(b) = self.backend.as_ref() else {
+            return Next::Close { error: true };
+        };
+        let p = relay.pump(
+            self.client.as_fd(),
+            &mut self.client_ready,
+            b.as_fd(),
+            &mut self.backend_ready,
+            peer,
+        );
+        if p.active() {
+            *last_activity = now;
+        }
+        self.moved.0 += p.up;
+        self.moved.1 += p.down;
+        if relay.done() {
+            Next::Close { error: false }
+        } else {
+            Next::Continue
         }
     }
 }

@@ -4,7 +4,8 @@
 //! - [`plan`]: links grouped into endpoints (one worker each).
 //! - [`ctl`]: supervisor <-> worker messages.
 //! - [`fdpass`]: the one `SCM_RIGHTS` send and receive (control channel, unix relay).
-//! - [`worker`]: worker start-up, privilege drop, the worker's control end.
+//! - [`worker`]: worker start-up, the worker's control end.
+//! - [`privs`]: the one capability drop (supervisor and workers).
 //! - [`stream`], [`accept`], [`backend`], [`timer`], [`slab`]: the data path every
 //!   worker shares: sockets, reaching a backend, deadlines.
 //! - [`duplex`]: the one duplex relay (half-close and failure rules) over
@@ -24,6 +25,7 @@ pub mod graph;
 pub mod log;
 pub mod mem;
 pub mod plan;
+pub mod privs;
 pub mod relay;
 pub mod slab;
 pub mod stream;

@@ -85,7 +85,7 @@ pub fn start(kind: &str) -> Result<Started, String> {
         keep.extend(log::raw_fd());
         keep.extend(crate::backend::root_fds());
         close_stray_fds(&keep)?;
-        drop_privileges(&kept_caps(&config))
+        crate::privs::keep_only(&kept_caps(&config)).map(|_| ())
     })();
     ctl.ack(seq, setup.as_ref().err().cloned());
     setup?;
@@ -131,42 +131,19 @@ pub fn close_stray_fds(keep: &[RawFd]) -> Result<(), String> {
 /// needs no CAP_SYS_PTRACE: the supervisor passes the provider's root as
 /// an fd (see `backend`, "Provider roots"). A tcp worker with tcp
 /// backends keeps nothing.
-pub fn kept_caps(c: &WorkerConfig) -> caps::CapsHashSet {
+pub fn kept_caps(c: &WorkerConfig) -> Vec<caps::Capability> {
     use crate::plan::Kind;
     use caps::Capability;
-    let mut keep = caps::CapsHashSet::new();
+    let mut keep = Vec::new();
     let unix_backend = c
         .endpoint
         .routes
         .iter()
         .any(|r| matches!(r.backend, Backend::Unix(_)));
     if unix_backend || matches!(c.kind(), Kind::Http | Kind::Rest | Kind::Unix) {
-        keep.insert(Capability::CAP_DAC_OVERRIDE);
+        keep.push(Capability::CAP_DAC_OVERRIDE);
     }
     keep
-}
-
-/// Drop every capability except `keep`; empty the bounding (but for
-/// `keep`), inheritable and ambient sets; set no_new_privs.
-pub fn drop_privileges(keep: &caps::CapsHashSet) -> Result<(), String> {
-    use caps::CapSet;
-    // The bounding set can only shrink while CAP_SETPCAP is effective, so
-    // it goes first. Not being allowed to (already unprivileged) is fine.
-    if caps::has_cap(None, CapSet::Effective, caps::Capability::CAP_SETPCAP).unwrap_or(false) {
-        for c in caps::all() {
-            if !keep.contains(&c) {
-                let _ = caps::drop(None, CapSet::Bounding, c);
-            }
-        }
-    }
-    let _ = caps::clear(None, CapSet::Ambient);
-    let _ = caps::clear(None, CapSet::Inheritable);
-    let perm = caps::read(None, CapSet::Permitted).map_err(|e| format!("capget: {e}"))?;
-    let kept: caps::CapsHashSet = perm.intersection(keep).copied().collect();
-    caps::set(None, CapSet::Effective, &kept).map_err(|e| format!("capset(effective): {e}"))?;
-    caps::set(None, CapSet::Permitted, &kept).map_err(|e| format!("capset(permitted): {e}"))?;
-    nix::sys::prctl::set_no_new_privs().map_err(|e| format!("prctl(PR_SET_NO_NEW_PRIVS): {e}"))?;
-    Ok(())
 }
 
 /// The worker's end of the control socket.

@@ -5,6 +5,7 @@ pub mod check;
 pub mod cli;
 pub mod daemon;
 pub mod endpoint;
+pub mod http_client;
 pub mod listener;
 pub mod metrics;
 pub mod pending;

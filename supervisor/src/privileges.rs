@@ -3,7 +3,7 @@
 //! every set (bounding included, so nothing it execs can get more back).
 //! See docs/ARCHITECTURE.md, "Privileges", for the reasoning per cap.
 
-use caps::{CapSet, Capability, CapsHashSet};
+use caps::Capability;
 
 /// What the supervisor keeps, and why.
 pub const KEEP: [(Capability, &str); 7] = [
@@ -37,12 +37,7 @@ pub const KEEP: [(Capability, &str); 7] = [
     ),
 ];
 
-pub fn kept() -> CapsHashSet {
-    KEEP.iter().map(|(c, _)| *c).collect()
-}
-
-/// Drop every capability not in [`KEEP`] from the bounding, permitted,
-/// effective, inheritable and ambient sets, and set no_new_privs.
+/// Keep only [`KEEP`] (see [`proto::privs::keep_only`]).
 ///
 /// Workers are exec'd by uid 0, so they start with (bounding ∩ file caps
 /// of root) = our bounding set, then drop to their own few; no_new_privs
@@ -50,23 +45,8 @@ pub fn kept() -> CapsHashSet {
 /// that bounding set, so exec grants nothing NNP would have to refuse.
 /// Returns a description of what was kept, for the start-up log line.
 pub fn drop_unneeded() -> Result<String, String> {
-    let keep = kept();
-    if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false) {
-        for c in caps::all() {
-            if !keep.contains(&c) {
-                caps::drop(None, CapSet::Bounding, c)
-                    .map_err(|e| format!("dropping {c} from the bounding set: {e}"))?;
-            }
-        }
-    }
-    caps::clear(None, CapSet::Ambient).map_err(|e| format!("clearing ambient caps: {e}"))?;
-    caps::clear(None, CapSet::Inheritable)
-        .map_err(|e| format!("clearing inheritable caps: {e}"))?;
-    let perm = caps::read(None, CapSet::Permitted).map_err(|e| format!("capget: {e}"))?;
-    let now: CapsHashSet = perm.intersection(&keep).copied().collect();
-    caps::set(None, CapSet::Effective, &now).map_err(|e| format!("capset(effective): {e}"))?;
-    caps::set(None, CapSet::Permitted, &now).map_err(|e| format!("capset(permitted): {e}"))?;
-    nix::sys::prctl::set_no_new_privs().map_err(|e| format!("prctl(PR_SET_NO_NEW_PRIVS): {e}"))?;
+    let keep: Vec<Capability> = KEEP.iter().map(|(c, _)| *c).collect();
+    let now = proto::privs::keep_only(&keep)?;
     let mut names: Vec<String> = now.iter().map(|c| c.to_string()).collect();
     names.sort();
     Ok(if names.is_empty() {

@@ -12,10 +12,11 @@
 //! is logged too. A graph is handed on only when its text changed since
 //! the last one applied, unless the read was forced (start, SIGHUP).
 
+use crate::http_client::{Answer, Reader};
 use mio::net::UnixStream;
 use mio::{Interest, Registry, Token};
 use proto::graph::{self, Link, Refusal};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -31,8 +32,6 @@ const FILE_CHECK: Duration = Duration::from_secs(1);
 const CTRL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest graph answer accepted (a graph is a few KiB).
 const MAX_BODY: usize = 4 * 1024 * 1024;
-/// Largest answer head accepted.
-const MAX_HEAD: usize = 64 * 1024;
 const REQUEST: &[u8] = b"GET /xconnect-graph HTTP/1.0\r\nHost: localhost\r\n\r\n";
 
 enum Origin {
@@ -237,14 +236,11 @@ struct Exchange {
     deadline: Instant,
     /// Request bytes sent so far.
     sent: usize,
-    buf: Vec<u8>,
-    /// Status, body offset and Content-Length, once the head is in.
-    head: Option<Head>,
+    /// The answer, as far as it came.
+    answer: Reader,
     /// Started by start-up or SIGHUP: applied even if unchanged.
     force: bool,
 }
-
-type Head = (u16, usize, Option<usize>);
 
 impl Exchange {
     /// Connect without blocking (a Pantavisor whose backlog is full fails
@@ -279,15 +275,14 @@ impl Exchange {
             sock,
             deadline: Instant::now() + timeout,
             sent: 0,
-            buf: Vec::new(),
-            head: None,
+            answer: Reader::new(MAX_BODY),
             force,
         })
     }
 
     /// What it was waiting for, for a timeout's message.
     fn stage(&self) -> &'static str {
-        match (self.sent < REQUEST.len(), self.buf.is_empty()) {
+        match (self.sent < REQUEST.len(), self.answer.is_empty()) {
             (true, _) => "sending",
             (false, true) => "waiting for the answer",
             (false, false) => "reading the answer",
@@ -306,45 +301,8 @@ impl Exchange {
                 Err(e) => return Some(Err(format!("sending request: {e}"))),
             }
         }
-        let mut chunk = [0u8; 16 * 1024];
-        loop {
-            match self.framed() {
-                Ok(Some(body)) => return Some(Ok(body)),
-                Ok(None) => {}
-                Err(e) => return Some(Err(e)),
-            }
-            match self.sock.read(&mut chunk) {
-                Ok(0) => return Some(eof_body(self.head, &self.buf)),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Some(Err(format!("reading answer: {e}"))),
-            }
-        }
-    }
-
-    /// The body once the head and a Content-Length body are in (an answer
-    /// without a length ends at EOF, HTTP/1.0); errors for what is too big
-    /// or malformed.
-    fn framed(&mut self) -> Result<Option<String>, String> {
-        if self.head.is_none() {
-            self.head = parse_head(&self.buf)?;
-            if self.head.is_none() && self.buf.len() > MAX_HEAD {
-                return Err(format!("answer head larger than {MAX_HEAD} bytes"));
-            }
-        }
-        match self.head {
-            Some((_, _, Some(len))) if len > MAX_BODY => {
-                Err(format!("answer larger than {MAX_BODY} bytes"))
-            }
-            Some((code, at, Some(len))) if self.buf.len() >= at + len => {
-                check_status(code, &self.buf[at..at + len]).map(Some)
-            }
-            Some((_, at, _)) if self.buf.len() - at > MAX_BODY => {
-                Err(format!("answer larger than {MAX_BODY} bytes"))
-            }
-            _ => Ok(None),
-        }
+        let got = self.answer.read_from(&mut self.sock)?;
+        Some(got.and_then(check_status))
     }
 
     fn close(mut self, registry: &Registry) {
@@ -352,59 +310,21 @@ impl Exchange {
     }
 }
 
-/// Status, body offset and Content-Length of a complete head (httparse,
-/// SPEC §1). A chunked answer is refused: pv-ctrl speaks HTTP/1.0.
-fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut resp = httparse::Response::new(&mut headers);
-    let at = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(at)) => at,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(format!("malformed HTTP answer: {e}")),
-    };
-    let code = resp.code.unwrap_or(0);
-    let mut len = None;
-    for h in resp.headers.iter() {
-        if h.name.eq_ignore_ascii_case("content-length") {
-            let v = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .ok_or("malformed Content-Length")?;
-            if len.is_some_and(|l| l != v) {
-                return Err("conflicting Content-Length".into());
-            }
-            len = Some(v);
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err("Transfer-Encoding in an HTTP/1.0 answer".into());
-        }
-    }
-    Ok(Some((code, at, len)))
-}
-
-fn check_status(code: u16, body: &[u8]) -> Result<String, String> {
-    let text = String::from_utf8_lossy(body);
-    if code != 200 {
+/// The graph in a 200 answer, or why there is none.
+fn check_status(a: Answer) -> Result<String, String> {
+    if a.code != 200 {
+        let text = String::from_utf8_lossy(&a.body);
         let snippet: String = text.chars().take(120).collect();
-        return Err(format!("answered {code}: {}", snippet.trim()));
+        return Err(format!("answered {}: {}", a.code, snippet.trim()));
     }
-    String::from_utf8(body.to_vec()).map_err(|_| "graph is not UTF-8".to_string())
-}
-
-fn eof_body(head: Option<Head>, buf: &[u8]) -> Result<String, String> {
-    match head {
-        None if buf.is_empty() => Err("closed without answering".into()),
-        None => Err("closed in the middle of the answer head".into()),
-        Some((_, at, Some(len))) if buf.len() < at + len => Err(format!(
-            "closed after {} of {len} body bytes",
-            buf.len() - at
-        )),
-        Some((code, at, _)) => check_status(code, &buf[at..]),
-    }
+    String::from_utf8(a.body).map_err(|_| "graph is not UTF-8".to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http_client::MAX_HEAD;
+    use std::io::Read;
     use std::os::unix::net::UnixListener;
     use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -3,8 +3,9 @@
 //! The table is read loosely from the JSON (a missing field shows as `-`),
 //! so an older or newer supervisor still gets a useful answer.
 
+use crate::http_client;
 use serde_json::Value;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::ExitCode;
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 /// Far above any real answer; a runaway peer cannot fill our memory.
-const MAX_ANSWER: u64 = 16 * 1024 * 1024;
+const MAX_ANSWER: usize = 16 * 1024 * 1024;
 
 /// GET `path` on the status socket; returns the body of a 200 answer.
 pub fn fetch(socket: &Path, path: &str) -> Result<String, String> {
@@ -23,24 +24,19 @@ pub fn fetch(socket: &Path, path: &str) -> Result<String, String> {
     s.set_read_timeout(Some(TIMEOUT))
         .and_then(|_| s.set_write_timeout(Some(TIMEOUT)))
         .map_err(|e| format!("{shown}: setting timeouts: {e}"))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: pv-xconnect\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("{shown}: sending request: {e}"))?;
-    let mut raw = Vec::new();
-    s.take(MAX_ANSWER)
-        .read_to_end(&mut raw)
+    s.write_all(&http_client::get(path, "pv-xconnect"))
+        .map_err(|e| format!("{shown}: sending request: {e}"))?;
+    let answer = http_client::Reader::new(MAX_ANSWER)
+        .read_from(&mut s)
+        .unwrap_or_else(|| Err(format!("no answer within {} s", TIMEOUT.as_secs())))
         .map_err(|e| format!("{shown}: no answer from the supervisor: {e}"))?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("{shown}: incomplete answer from the supervisor"))?;
-    let status = head.lines().next().unwrap_or("");
-    if status.split(' ').nth(1) != Some("200") {
-        return Err(format!("{shown}: supervisor answered '{status}'"));
+    if answer.code != 200 {
+        return Err(format!(
+            "{shown}: supervisor answered {} {}",
+            answer.code, answer.reason
+        ));
     }
-    Ok(body.to_string())
+    String::from_utf8(answer.body).map_err(|_| format!("{shown}: answer is not UTF-8"))
 }
 
 pub fn run(socket: &Path, json: bool) -> ExitCode {

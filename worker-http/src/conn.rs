@@ -23,6 +23,7 @@ use crate::pool::Pool;
 use crate::route::Table;
 use crate::tunnel::Tunnel;
 use mio::{Interest, Registry, Token};
+use proto::backend::Dialer;
 use proto::ctl::{Limits, Stats};
 use proto::relay::Ready;
 use proto::stream::Stream;
@@ -61,11 +62,7 @@ pub struct BackendConn {
 
 pub enum Phase {
     ReadHead,
-    Connecting {
-        since: Instant,
-        attempt: u32,
-        retry_at: Option<Instant>,
-    },
+    Connecting(Dialer),
     Exchange,
     Tunnel(Box<Tunnel>),
     Closing {
@@ -183,7 +180,7 @@ impl Conn {
     fn step(&mut self, cx: &mut Ctx) -> Result<bool, Fail> {
         match self.phase {
             Phase::ReadHead => self.read_head(cx),
-            Phase::Connecting { .. } => self.connecting(cx),
+            Phase::Connecting(_) => self.connecting(cx),
             Phase::Exchange => self.exchange(cx),
             Phase::Tunnel(_) => self.tunnel(cx),
             Phase::Closing { .. } => Ok(self.closing_step()),
@@ -250,12 +247,7 @@ impl Conn {
                 None if self.first => self.wait_since + ms(l.head_timeout_ms),
                 None => self.wait_since + ms(l.idle_timeout_ms),
             }),
-            Phase::Connecting {
-                since, retry_at, ..
-            } => {
-                let t = *since + ms(l.connect_timeout_ms);
-                Some(retry_at.map_or(t, |r| r.min(t)))
-            }
+            Phase::Connecting(dial) => Some(dial.deadline()),
             Phase::Exchange => self.ex.as_ref().map(|ex| match ex.waiting_since() {
                 Some(sent) => sent + ms(l.response_timeout_ms),
                 None => self.last_active + ms(l.idle_timeout_ms),
@@ -286,12 +278,8 @@ impl Conn {
                     self.phase = Phase::Done;
                     None
                 }
-                Phase::Connecting {
-                    retry_at: Some(r), ..
-                } if *r <= cx.now => None,
-                Phase::Connecting { .. } => {
-                    Some(Fail::Status(504, "backend connect timed out".into()))
-                }
+                // A retry is due, or the timeout passed: the dialer knows.
+                Phase::Connecting(_) => None,
                 Phase::Exchange => match self.ex.as_ref() {
                     // The request body stalled (the client stopped sending).
                     Some(ex) if !ex.responded() && !ex.request_sent() => Some(Fail::Status(
@@ -329,7 +317,7 @@ impl Conn {
                     if let Some(ex) = self.ex.as_mut() {
                         ex.rewind();
                     }
-                    if let Err(f) = self.start_connect(cx, 0, cx.now) {
+                    if let Err(f) = self.start_connect(cx) {
                         self.fail(cx, f);
                     }
                     return;

@@ -18,7 +18,7 @@ use proto::ctl::{CtlError, Limits, Stats, ToWorker, WorkerConfig};
 use proto::mem::AfterBurst;
 use proto::relay::Ready;
 use proto::slab::Slab;
-use proto::stream::Listener;
+use proto::stream::{Listener, Stream};
 use proto::timer::Timers;
 use proto::worker::{Started, WorkerCtl};
 use std::io;
@@ -195,7 +195,18 @@ impl Worker {
         }
     }
 
-    fn accept(&mut self, now: Instant) {
+    /// The acceptor, the poll, the number of connections, and what adopts
+    /// an accepted client (returning the new number): the worker split so
+    /// that the acceptor can call back into the rest of it.
+    fn adopter(
+        &mut self,
+        now: Instant,
+    ) -> (
+        &mut Acceptor,
+        &Poll,
+        usize,
+        impl FnMut(Stream) -> usize + '_,
+    ) {
         let Worker {
             acceptor,
             conns,
@@ -205,10 +216,18 @@ impl Worker {
             stats,
             ..
         } = self;
-        acceptor.burst(now, conns.len(), |s| {
+        let poll: &Poll = poll;
+        let active = conns.len();
+        let take = move |s| {
             adopt(conns, poll, timers, limits, stats, s, now);
             conns.len()
-        });
+        };
+        (acceptor, poll, active, take)
+    }
+
+    fn accept(&mut self, now: Instant) {
+        let (acceptor, _, active, take) = self.adopter(now);
+        acceptor.burst(now, active, take);
         if let Some(t) = self.acceptor.paused_until {
             self.timers.add(t, keys::timer(Timer::Loop));
         }
@@ -288,20 +307,9 @@ impl Worker {
             self.conns.len(),
             within.as_millis()
         );
-        let Worker {
-            acceptor,
-            conns,
-            poll,
-            timers,
-            limits,
-            stats,
-            ..
-        } = self;
+        let (acceptor, poll, active, take) = self.adopter(now);
         // What is already in the backlog is served; then our copy closes.
-        acceptor.close(poll.registry(), conns.len(), |s| {
-            adopt(conns, poll, timers, limits, stats, s, now);
-            conns.len()
-        });
+        acceptor.close(poll.registry(), active, take);
         self.timers.add(deadline, keys::timer(Timer::Loop));
         let slots: Vec<usize> = self.conns.iter_mut().map(|(i, _)| i).collect();
         for slot in slots {
@@ -388,7 +396,7 @@ fn adopt(
     timers: &mut Timers,
     limits: &Limits,
     stats: &mut Stats,
-    s: proto::stream::Stream,
+    s: Stream,
     now: Instant,
 ) {
     let (slot, gen) = conns.insert(Conn::new(s, now, limits.max_head_bytes));

@@ -206,7 +206,7 @@ impl Conn {
             self.phase = Phase::Exchange;
             return Ok(());
         }
-        self.start_connect(cx, 0, cx.now)
+        self.start_connect(cx)
     }
 
     pub(crate) fn exchange(&mut self, cx: &mut Ctx) -> Result<bool, Fail> {

@@ -21,7 +21,7 @@ use proto::graph::ProxyProtocol;
 use proto::plan::Route;
 use proto::relay::Splice;
 use proto::stream::Stream;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use crate::{proxy_header, sni};
@@ -167,26 +167,8 @@ impl Conn {
     }
 
     fn relay(&mut self, now: Instant) -> Next {
-        let Some(b) = self.io.backend.as_ref() else {
-            return Next::Close { error: true };
-        };
-        let p = self.relay.pump(
-            self.io.client.as_fd(),
-            &mut self.io.client_ready,
-            b.as_fd(),
-            &mut self.io.backend_ready,
-            &self.target,
-        );
-        if p.active() {
-            self.last_activity = now;
-        }
-        self.io.moved.0 += p.up;
-        self.io.moved.1 += p.down;
-        if self.relay.done() {
-            Next::Close { error: false }
-        } else {
-            Next::Continue
-        }
+        self.io
+            .relay(&mut self.relay, &self.target, &mut self.last_activity, now)
     }
 
     /// A timer fired: retry a connect, or time the connection out.

@@ -22,7 +22,6 @@ use proto::fdrelay::FdRelay;
 use proto::graph::Backend;
 use proto::plan::Route;
 use proto::stream::Stream;
-use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 pub struct Conn {
@@ -74,26 +73,12 @@ impl Conn {
     }
 
     fn relay(&mut self, now: Instant) -> Next {
-        let Some(b) = self.io.backend.as_ref() else {
-            return Next::Close { error: true };
-        };
-        let p = self.relay.pump(
-            self.io.client.as_fd(),
-            &mut self.io.client_ready,
-            b.as_fd(),
-            &mut self.io.backend_ready,
+        self.io.relay(
+            &mut self.relay,
             &self.dial.target,
-        );
-        if p.active() {
-            self.last_activity = now;
-        }
-        self.io.moved.0 += p.up;
-        self.io.moved.1 += p.down;
-        if self.relay.done() {
-            Next::Close { error: false }
-        } else {
-            Next::Continue
-        }
+            &mut self.last_activity,
+            now,
+        )
     }
 
     /// A timer fired: retry or give up a connect, or end a lingering
