@@ -5,19 +5,64 @@
 #   - the cost of each idle proxied connection (PSS growth / N);
 #   - an http worker with N clients that each sent one byte of a request
 #     head, and its RSS once they closed (the burst given back);
-#   - the stripped size of the four binaries.
+#   - idle PSS by graph size: the supervisor with one tcp worker, then
+#     with 10 tcp, 1 http and 1 unix endpoints (the cost of each further
+#     worker, all running the one shared executable);
+#   - the stripped size of the executable.
 #   scripts/bench-mem.sh [N_CONNECTIONS]
+#   scripts/bench-mem.sh idle        (idle PSS and size only; no HAProxy)
+# Environment: PVX_BIN (the executable; default target/release/pv-xconnect,
+#   built here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+MODE=all
+[ "${1:-}" = idle ] && { MODE=idle; shift; }
 N=${1:-1000}
-scripts/setup.sh --bench
-cargo build --release -q
+[ "$MODE" = idle ] || scripts/setup.sh --bench
+if [ -z "${PVX_BIN:-}" ]; then
+  cargo build --release -q
+  PVX_BIN=target/release/pv-xconnect
+fi
 ulimit -n "$(ulimit -Hn)"
 
 . scripts/lib/common.sh
 scratch bench-mem
 pss() { awk '/^Pss:/ {s+=$2} END {print s}' $(for p in "$@"; do echo /proc/$p/smaps_rollup; done); }
 B=$(port); P_PVX=$(port); P_HA=$(port); P_HTTP=$(port)
+
+# Idle PSS of a supervisor on graph $1 once $2 workers run: sets
+# idle_sup (the supervisor's) and idle_workers (all workers' together).
+idle_pss() {
+  "$PVX_BIN" run --graph "$1" --status-socket "$work/idle.sock" --log-target stderr 2>>"$work/idle.log" &
+  local s=$! t0=$SECONDS ws
+  pids+=("$s")
+  until [ "$(pgrep -c -P "$s" || true)" -ge "$2" ] || [ $((SECONDS - t0)) -ge 20 ]; do sleep 0.2; done
+  sleep 3 # start-up settles (workers trim their code after init)
+  ws=$(pgrep -P "$s" | tr '\n' ' ')
+  idle_sup=$(pss "$s")
+  # shellcheck disable=SC2086 # one pid a word
+  idle_workers=$(pss $ws)
+  kill "$s"; wait "$s" 2>/dev/null || true
+}
+tcp_link() { # name port
+  printf '{"type":"tcp","name":"%s","consumer":"EXTERNAL","consumer_pid":0,"provider":"p","provider_pid":0,"target":"127.0.0.1:%s","socket":"127.0.0.1:%s"}' "$1" "$2" "$B"
+}
+echo "[$(tcp_link t0 "$(port)")]" > "$work/one.json"
+{
+  echo "["
+  for i in $(seq 1 10); do echo "$(tcp_link "t$i" "$(port)"),"; done
+  echo '{"type":"http","name":"h","consumer":"EXTERNAL","consumer_pid":0,"provider":"p","provider_pid":0,"target":"127.0.0.1:'"$(port)"'","socket":"127.0.0.1:'"$B"'"},'
+  echo '{"type":"unix","name":"u","consumer":"EXTERNAL","consumer_pid":0,"provider":"p","provider_pid":0,"target":"'"$work"'/u.sock","socket":"'"$work"'/b.sock"}'
+  echo "]"
+} > "$work/twelve.json"
+idle_pss "$work/one.json" 1; s1=$idle_sup w1=$idle_workers
+idle_pss "$work/twelve.json" 12; s12=$idle_sup w12=$idle_workers
+echo "idle PSS, supervisor + 1 tcp worker: $((s1 + w1)) KiB (supervisor $s1, worker $w1)"
+echo "idle PSS, supervisor + 10 tcp + 1 http + 1 unix workers: $((s12 + w12)) KiB (supervisor $s12, workers $w12)"
+awk -v a="$((s1 + w1))" -v b="$((s12 + w12))" 'BEGIN{printf "idle PSS per further worker: %.0f KiB\n", (b-a)/11}'
+sz=$(stat -c %s "$PVX_BIN")
+printf 'stripped executable: %d bytes (%.2f MiB)\n' "$sz" "$(awk -v t="$sz" 'BEGIN{print t/1048576}')"
+[ "$MODE" = idle ] && exit 0
 
 # A backend that accepts and holds connections without answering.
 python3 - "$B" <<'PY' & pids+=($!)
@@ -35,7 +80,7 @@ cat > "$work/graph.json" <<JSON
  {"type":"http","name":"memh","consumer":"EXTERNAL","consumer_pid":0,"provider":"p","provider_pid":0,
   "target":"127.0.0.1:$P_HTTP","socket":"127.0.0.1:$B"}]
 JSON
-target/release/pv-xconnect run --graph "$work/graph.json" --log-target stderr 2>"$work/pvx.log" & sup=$!; pids+=($sup)
+"$PVX_BIN" run --graph "$work/graph.json" --log-target stderr 2>"$work/pvx.log" & sup=$!; pids+=($sup)
 cat > "$work/haproxy.cfg" <<CFG
 global
   nbthread 1
@@ -90,11 +135,3 @@ sleep 3 # the give-back after the burst settles
 h_after=$(kib "$hworker" VmRSS)
 echo "http worker RSS: resting $h_rest KiB, with $N one-byte clients $h_busy KiB, after they closed $h_after KiB (back within 2 MiB in $((SECONDS - t0 - 3)) s)"
 awk -v b="$h_busy_anon" -v r="$h_rest_anon" -v n="$N" 'BEGIN{printf "per idle http client: %.0f bytes of heap\n", (b-r)*1024/n}'
-echo "stripped binaries:"
-total=0
-for b in pv-xconnect pvx-worker-tcp pvx-worker-http pvx-worker-unix; do
-  [ -f "target/release/$b" ] || continue
-  sz=$(stat -c %s "target/release/$b"); total=$((total+sz))
-  printf '  %-16s %8d bytes\n' "$b" "$sz"
-done
-printf '  %-16s %8d bytes (%.2f MiB)\n' total "$total" "$(awk -v t=$total 'BEGIN{print t/1048576}')"

@@ -16,7 +16,8 @@
 # links, an HTTP server behind http links.
 #
 # Environment: PVX_STATUS_SOCKET, PVX_LAB_NAME / PVX_LAB_STATE (as lab.sh),
-#   PVX_BIN_DIR (default target/release, else target/debug),
+#   PVX_BIN_DIR (the directory of pv-xconnect; default target/release,
+#   else target/debug),
 #   PVX_KILL_INTERVAL (seconds between kills, default 0.3),
 #   PVX_KILL_CLIENTS (client threads per endpoint, default 2),
 #   PVX_KILL_SUPERVISOR_FLAGS (flags for a supervisor started here,

@@ -22,7 +22,8 @@
 # checks and the summary. What passes and how failures inside a killed
 # worker are counted apart: see that file's docstring.
 #
-# Environment: PVX_BIN_DIR (binaries to use instead of building release),
+# Environment: PVX_BIN_DIR (the directory of a pv-xconnect to use instead
+#   of building release),
 #   PVX_SOAK_SETTLE (seconds allowed to return to baseline, default 45),
 #   PVX_SOAK_SEED (random seed), PVX_SOAK_KEEP=1 (keep the scratch dir),
 #   PVX_SOAK_FLOOD (connections per burst, default 300; 0: no bursts).

@@ -15,7 +15,7 @@ use std::time::Duration;
 fn start_worker() -> (Child, OwnedFd) {
     let (ours, theirs) = ctl::socketpair().unwrap();
     let fd = theirs.as_raw_fd();
-    let mut cmd = Command::new(bin_dir().join("pvx-worker-tcp"));
+    let mut cmd = worker_command("pvx-worker-tcp");
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -43,12 +43,67 @@ fn exit_of(mut c: Child) -> (Option<i32>, String) {
 
 #[test]
 fn worker_without_supervisor_says_so() {
-    let out = Command::new(bin_dir().join("pvx-worker-tcp"))
+    let out = worker_command("pvx-worker-tcp")
         .arg("0.0.0.0:1")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("workers are started by pv-xconnect"));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("pvx-worker-tcp: started by pv-xconnect only (no control socket on fd 3)"));
+}
+
+/// Run by hand under a worker's name, with `fd3` (if any) on fd 3: every
+/// worker refuses, exit 2, naming itself.
+fn run_by_hand(name: &str, fd3: Option<std::os::fd::RawFd>) -> (Option<i32>, String) {
+    let mut cmd = worker_command(name);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(fd) = fd3 {
+        unsafe {
+            cmd.pre_exec(move || {
+                // dup2 clears close-on-exec, except when fd already is 3.
+                if fd == 3 {
+                    nix::libc::fcntl(3, nix::libc::F_SETFD, 0);
+                } else if nix::libc::dup2(fd, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    exit_of(cmd.spawn().unwrap())
+}
+
+#[test]
+fn workers_run_by_hand_refuse_without_a_seqpacket_socket_on_fd_3() {
+    // A stream socket, a file and nothing at all: none is the supervisor's
+    // control socket.
+    let (stream, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+    let file = std::fs::File::open("/proc/self/exe").unwrap();
+    for name in ["pvx-worker-tcp", "pvx-worker-http", "pvx-worker-unix"] {
+        for fd3 in [Some(stream.as_raw_fd()), Some(file.as_raw_fd()), None] {
+            let (code, err) = run_by_hand(name, fd3);
+            assert_eq!(code, Some(2), "{name} with {fd3:?}: {err}");
+            assert!(
+                err.contains(&format!(
+                    "{name}: started by pv-xconnect only (no control socket on fd 3)"
+                )),
+                "{name} with {fd3:?}: {err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_symlink_named_like_a_worker_runs_that_worker() {
+    let dir = TempDir::new("link");
+    let link = dir.path().join("pvx-worker-unix");
+    std::os::unix::fs::symlink(bin_dir().join("pv-xconnect"), &link).unwrap();
+    let out = Command::new(&link).stdin(Stdio::null()).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("pvx-worker-unix: started by pv-xconnect only (no control socket on fd 3)"));
 }
 
 #[test]

@@ -488,10 +488,14 @@ fn out_of_fds_pauses_accepting_and_recovers() {
     );
 }
 
+/// Resident anonymous memory (heap, stacks, buffers): what data held in the
+/// worker would grow. Code pages faulted in from the executable (which the
+/// workers share with the supervisor, a large file in a debug build) are
+/// not the worker holding bytes.
 fn rss_kib(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix("RssAnon:"))
         .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
         .unwrap()
 }
@@ -547,25 +551,21 @@ fn slow_reader_keeps_worker_memory_flat() {
 
 #[test]
 fn restarted_worker_runs_the_binary_the_supervisor_started_with() {
-    // Workers are exec'd through an fd the supervisor holds: an update that
-    // replaces the file on disk does not change what a restart runs.
+    // Workers are exec'd through an fd the supervisor holds on its own
+    // executable: an update that replaces the file on disk does not change
+    // what a restart runs.
     let dir = TempDir::new("bins");
-    for b in ["pvx-worker-tcp", "pvx-worker-http", "pvx-worker-unix"] {
-        std::fs::copy(bin_dir().join(b), dir.path().join(b)).unwrap();
-    }
+    let exe = dir.path().join("pv-xconnect");
+    std::fs::copy(bin_dir().join("pv-xconnect"), &exe).unwrap();
     let backend = echo_server();
     let port = free_port();
-    let wd = dir.path().to_str().unwrap().to_string();
-    let sup = Supervisor::start(
-        &tcp_graph("swap", port, &backend.to_string()),
-        &["--worker-dir", &wd],
-    );
+    let sup = Supervisor::start_from(&exe, &tcp_graph("swap", port, &backend.to_string()), &[]);
     let first = sup.worker_pid("pvx-worker-tcp");
     // Replace the file (new inode, as a package update does) with a broken one.
-    let tmp = dir.path().join("pvx-worker-tcp.new");
+    let tmp = dir.path().join("pv-xconnect.new");
     std::fs::write(&tmp, "#!/bin/sh\nexit 7\n").unwrap();
     std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    std::fs::rename(&tmp, dir.path().join("pvx-worker-tcp")).unwrap();
+    std::fs::rename(&tmp, &exe).unwrap();
     kill9(first);
     let second = wait_for(Duration::from_secs(10), "replacement worker", || {
         sup.workers()

@@ -18,6 +18,25 @@ pub struct Started {
     pub config: WorkerConfig,
 }
 
+/// Whether `fd` is open and a SOCK_SEQPACKET socket.
+fn is_seqpacket(fd: std::os::fd::RawFd) -> bool {
+    use nix::libc;
+    let mut ty: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: SO_TYPE writes one c_int into `ty`, whose size `len` gives;
+    // an fd that is not open or not a socket fails (EBADF, ENOTSOCK).
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&mut ty as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    r == 0 && ty == libc::SOCK_SEQPACKET
+}
+
 /// Worker start-up. On failure the reason is returned for the caller to
 /// print before exiting non-zero.
 pub fn start(kind: &str) -> Result<Started, String> {
@@ -27,13 +46,11 @@ pub fn start(kind: &str) -> Result<Started, String> {
     if let Ok(name) = std::ffi::CString::new(ident.as_str()) {
         let _ = nix::sys::prctl::set_name(&name);
     }
-    // fd 3 must be the SEQPACKET socket the supervisor gave us.
-    let st = nix::sys::stat::fstat(WORKER_CTL_FD).map_err(|e| {
-        format!("{ident}: fd {WORKER_CTL_FD} is not open ({e}); workers are started by pv-xconnect")
-    })?;
-    if st.st_mode & nix::libc::S_IFMT != nix::libc::S_IFSOCK {
+    // fd 3 must be the SEQPACKET socket the supervisor gave us: anything
+    // else means we were run by hand (a symlink, `exec -a`).
+    if !is_seqpacket(WORKER_CTL_FD) {
         return Err(format!(
-            "{ident}: fd {WORKER_CTL_FD} is not a socket; workers are started by pv-xconnect"
+            "{ident}: started by pv-xconnect only (no control socket on fd {WORKER_CTL_FD})"
         ));
     }
     // SAFETY: fd 3 was inherited for us alone; from here on we own it.

@@ -108,9 +108,6 @@ pub struct RunArgs {
     /// Status socket (mode 0600)
     #[arg(long, value_name = "PATH", default_value = crate::status_server::DEFAULT_PATH)]
     pub status_socket: PathBuf,
-    /// Where the pvx-worker-* binaries are [default: next to pv-xconnect]
-    #[arg(long, value_name = "DIR")]
-    pub worker_dir: Option<PathBuf>,
     /// Where logs go: auto (syslog when /dev/log exists, else stderr),
     /// syslog or stderr
     #[arg(long, value_name = "T", default_value = "auto", verbatim_doc_comment,

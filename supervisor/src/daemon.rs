@@ -44,7 +44,7 @@ const MAX_UNANSWERED: u32 = 3;
 
 pub struct Options {
     pub source: source::Source,
-    pub binaries: spawn::Binaries,
+    pub binary: spawn::Binary,
     pub policy: RestartPolicy,
     pub limits: Limits,
     pub drain: Duration,
@@ -437,7 +437,7 @@ impl Daemon {
         let config = self.config_for(&r.ep);
         self.seq += 1;
         let seq = self.seq;
-        let spawned = spawn::spawn(&mut self.opts.binaries, &config, &r.listener, seq);
+        let spawned = spawn::spawn(&self.opts.binary, &config, &r.listener, seq);
         let now = Instant::now();
         let token = self.next_token;
         let Some(r) = self.endpoints.get_mut(key) else {

@@ -1,10 +1,12 @@
-//! The supervisor library: its modules, reachable from the binary in
-//! `main.rs`, the fuzz targets in `fuzz/` and unit tests.
+//! The supervisor library: the `pv-xconnect` process ([`entry::main`],
+//! which the one binary runs under any name but a worker's), its modules,
+//! reachable from the fuzz targets in `fuzz/` and unit tests.
 
 pub mod check;
 pub mod cli;
 pub mod daemon;
 pub mod endpoint;
+pub mod entry;
 pub mod http_client;
 pub mod listener;
 pub mod metrics;

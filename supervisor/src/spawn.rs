@@ -3,67 +3,52 @@
 //! shows as `pvx-worker-tcp 0.0.0.0:8080 consumer=EXTERNAL`, then the Init
 //! message with the listening socket attached.
 //!
-//! Each worker binary is opened once (`O_PATH`) the first time it is
-//! needed, and every later worker of that kind is exec'd through that fd
-//! (`/proc/self/fd/N`). A binary replaced on disk by an update therefore
-//! does not change what a restarted worker runs behind the supervisor's
-//! back: a supervisor runs the workers it started with until it is itself
-//! restarted.
+//! A worker is this same executable (SPEC §2), exec'd under the worker's
+//! name (`pvx-worker-tcp`), which picks the worker's code (the binary
+//! target's dispatch on argv[0]). The supervisor opens its own executable
+//! once (`O_PATH`, from `/proc/self/exe`) at start and execs every worker
+//! through that fd (`/proc/self/fd/N`). A binary replaced on disk by an
+//! update therefore does not change what a restarted worker runs behind
+//! the supervisor's back: a supervisor runs the workers it started with
+//! until it is itself restarted.
 
 use nix::unistd::Pid;
 use proto::ctl::{self, ToWorker, WorkerConfig, WORKER_CTL_FD};
 use proto::graph::Listen;
-use std::collections::HashMap;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-/// The worker binaries, held open from first use.
-pub struct Binaries {
-    dir: PathBuf,
-    open: HashMap<&'static str, OwnedFd>,
+/// The executable the supervisor started as, held open.
+pub struct Binary {
+    fd: OwnedFd,
 }
 
-impl Binaries {
-    pub fn new(dir: PathBuf) -> Binaries {
-        Binaries {
-            dir,
-            open: HashMap::new(),
-        }
+impl Binary {
+    /// Open `/proc/self/exe`: the file this process was exec'd from, even
+    /// if it has since been replaced or removed.
+    pub fn open_self() -> Result<Binary, String> {
+        use nix::fcntl::{fcntl, open, FcntlArg, OFlag};
+        let fd = open(
+            "/proc/self/exe",
+            OFlag::O_PATH | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| format!("open /proc/self/exe: {e}"))?;
+        // SAFETY: open just returned this fd; we own it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // Above fd 3, which the child's dup2 of the control socket takes.
+        let high = fcntl(fd.as_raw_fd(), FcntlArg::F_DUPFD_CLOEXEC(10))
+            .map_err(|e| format!("fcntl(F_DUPFD_CLOEXEC) on /proc/self/exe: {e}"))?;
+        // SAFETY: fcntl just returned this new fd; we own it.
+        let fd = unsafe { OwnedFd::from_raw_fd(high) };
+        proto::debug!("holding our executable as fd {}", fd.as_raw_fd());
+        Ok(Binary { fd })
     }
 
-    pub fn dir(&self) -> &std::path::Path {
-        &self.dir
-    }
-
-    /// The exec path of worker `name`: `/proc/self/fd/N` of its held fd.
-    fn exec_path(&mut self, name: &'static str) -> Result<String, String> {
-        if !self.open.contains_key(name) {
-            use nix::fcntl::{fcntl, open, FcntlArg, OFlag};
-            let path = self.dir.join(name);
-            let fd = open(
-                &path,
-                OFlag::O_PATH | OFlag::O_CLOEXEC,
-                nix::sys::stat::Mode::empty(),
-            )
-            .map_err(|e| format!("open {}: {e}", path.display()))?;
-            // SAFETY: open just returned this fd; we own it.
-            let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-            // Above fd 3, which the child's dup2 of the control socket takes.
-            let high = fcntl(fd.as_raw_fd(), FcntlArg::F_DUPFD_CLOEXEC(10))
-                .map_err(|e| format!("fcntl(F_DUPFD_CLOEXEC) on {}: {e}", path.display()))?;
-            // SAFETY: fcntl just returned this new fd; we own it.
-            let high = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(high) };
-            proto::debug!("holding {} as fd {}", path.display(), high.as_raw_fd());
-            self.open.insert(name, high);
-        }
-        let fd = self
-            .open
-            .get(name)
-            .map(|f| f.as_raw_fd())
-            .ok_or("worker binary not held")?;
-        Ok(format!("/proc/self/fd/{fd}"))
+    /// The exec path: `/proc/self/fd/N` of the held fd.
+    fn exec_path(&self) -> String {
+        format!("/proc/self/fd/{}", self.fd.as_raw_fd())
     }
 }
 
@@ -89,13 +74,13 @@ pub fn worker_args(config: &WorkerConfig) -> [String; 2] {
 }
 
 pub fn spawn(
-    bins: &mut Binaries,
+    bin: &Binary,
     config: &WorkerConfig,
     listener: &OwnedFd,
     seq: u64,
 ) -> Result<Spawned, String> {
     let name = config.kind().worker_binary();
-    let path = bins.exec_path(name)?;
+    let path = bin.exec_path();
     let (ours, theirs) = ctl::socketpair().map_err(|e| format!("socketpair: {e}"))?;
     let their_fd = theirs.as_raw_fd();
     let parent = std::process::id() as i32;
@@ -126,7 +111,7 @@ pub fn spawn(
     }
     let child = cmd
         .spawn()
-        .map_err(|e| format!("exec {} ({path}): {e}", bins.dir().join(name).display()))?;
+        .map_err(|e| format!("exec {name} ({path}): {e}"))?;
     drop(theirs);
     let pid = Pid::from_raw(child.id() as i32);
     // The child is reaped by the supervisor's SIGCHLD handling, not by std.

@@ -20,7 +20,8 @@ pub mod ns;
 pub use ctrl::FakeCtrl;
 pub use ns::{free_pid, MountNsProc, Netns};
 
-/// The workspace's target/debug with every binary built (once per run).
+/// The workspace's target/debug with the binary, `pv-xconnect`, built
+/// (once per run).
 pub fn bin_dir() -> PathBuf {
     static BUILD: Once = Once::new();
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -37,6 +38,15 @@ pub fn bin_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|_| root.join("target"));
     target.join("debug")
+}
+
+/// The one executable run as worker `name` (`pvx-worker-tcp`...), as the
+/// supervisor runs it: the name in argv[0] picks the worker.
+pub fn worker_command(name: &str) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(bin_dir().join("pv-xconnect"));
+    cmd.arg0(name);
+    cmd
 }
 
 /// Root-only tests run whenever we hold CAP_SYS_ADMIN. Without it they
@@ -128,7 +138,23 @@ impl Supervisor {
         let graph_path = dir.path().join("graph.json");
         std::fs::write(&graph_path, graph).expect("write graph");
         let source = ["--graph".to_string(), graph_path.display().to_string()];
-        Supervisor::launch(dir, graph_path, &source, extra)
+        Supervisor::launch(
+            &bin_dir().join("pv-xconnect"),
+            dir,
+            graph_path,
+            &source,
+            extra,
+        )
+    }
+
+    /// [`Supervisor::start`], running the executable at `binary` (a copy
+    /// of pv-xconnect the test can replace).
+    pub fn start_from(binary: &Path, graph: &str, extra: &[&str]) -> Supervisor {
+        let dir = TempDir::new("sup");
+        let graph_path = dir.path().join("graph.json");
+        std::fs::write(&graph_path, graph).expect("write graph");
+        let source = ["--graph".to_string(), graph_path.display().to_string()];
+        Supervisor::launch(binary, dir, graph_path, &source, extra)
     }
 
     /// Start reading the graph from the control socket at `ctrl`; waits
@@ -137,10 +163,22 @@ impl Supervisor {
         let dir = TempDir::new("sup");
         let graph_path = dir.path().join("unused-graph.json");
         let source = ["--ctrl-socket".to_string(), ctrl.display().to_string()];
-        Supervisor::launch(dir, graph_path, &source, extra)
+        Supervisor::launch(
+            &bin_dir().join("pv-xconnect"),
+            dir,
+            graph_path,
+            &source,
+            extra,
+        )
     }
 
-    fn launch(dir: TempDir, graph_path: PathBuf, source: &[String], extra: &[&str]) -> Supervisor {
+    fn launch(
+        binary: &Path,
+        dir: TempDir,
+        graph_path: PathBuf,
+        source: &[String],
+        extra: &[&str],
+    ) -> Supervisor {
         let log = dir.path().join("supervisor.log");
         let logf = std::fs::File::create(&log).expect("log file");
         // Tests run in parallel: each supervisor gets its own status socket
@@ -149,7 +187,7 @@ impl Supervisor {
             Some(i) => PathBuf::from(extra.get(i + 1).expect("--status-socket PATH")),
             None => dir.path().join("status.sock"),
         };
-        let mut cmd = Command::new(bin_dir().join("pv-xconnect"));
+        let mut cmd = Command::new(binary);
         cmd.arg("run")
             .args(source)
             .args(["--log-target", "stderr", "--log-level", "debug"]);

@@ -1,5 +1,6 @@
-//! The worker-http library: its modules, reachable from the binary in
-//! `main.rs`, the fuzz targets in `fuzz/` and unit tests.
+//! The worker-http library: the `pvx-worker-http` process ([`main`], which
+//! the one `pv-xconnect` binary runs when started under that name), its
+//! modules, reachable from the fuzz targets in `fuzz/` and unit tests.
 
 #![forbid(unsafe_code)]
 
@@ -17,3 +18,34 @@ pub mod keys;
 pub mod pool;
 pub mod route;
 pub mod tunnel;
+
+/// The worker's process: serves one http or rest endpoint and all the
+/// http links (routes) on it (docs/HTTP.md). Runs as `pvx-worker-http
+/// 0.0.0.0:80 consumer=EXTERNAL`, started by the supervisor only (fd 3 =
+/// control socket; argv is just for `ps`).
+pub fn main() -> ! {
+    let started = match proto::worker::start("http") {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    let ep = &started.config.endpoint;
+    proto::info!(
+        "serving {} endpoint {} for {} with {} route(s)",
+        ep.kind,
+        ep.key,
+        ep.consumer,
+        ep.routes.len()
+    );
+    let worker = match event_loop::Worker::new(started) {
+        Ok(w) => w,
+        Err(e) => {
+            proto::error!("cannot set up the event loop: {e}");
+            std::process::exit(1);
+        }
+    };
+    proto::mem::trim_code();
+    std::process::exit(worker.run());
+}

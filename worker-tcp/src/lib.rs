@@ -1,6 +1,15 @@
-//! The worker-tcp library: its modules, reachable from the binary in
-//! `main.rs`, the fuzz targets in `fuzz/` and unit tests.
+//! The worker-tcp library: the `pvx-worker-tcp` process ([`main`], which
+//! the one `pv-xconnect` binary runs when started under that name), its
+//! modules, reachable from the fuzz targets in `fuzz/` and unit tests.
 
 pub mod conn;
 pub mod proxy_header;
 pub mod sni;
+
+/// The worker's process: runs as `pvx-worker-tcp <listen> consumer=<name>`,
+/// started by the supervisor only (fd 3 = control socket; argv is just for
+/// `ps`). The loop is proto's (`proto::event_loop`); this crate brings the
+/// connection: `conn.rs` (states), `sni.rs`, `proxy_header.rs`.
+pub fn main() -> ! {
+    proto::event_loop::main::<conn::Conn>("tcp")
+}

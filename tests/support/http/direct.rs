@@ -7,7 +7,7 @@ use proto::ctl::{self, FromWorker, Limits, ToWorker, WorkerConfig};
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct Worker {
@@ -65,7 +65,7 @@ impl Worker {
         let addr = listener.local_addr().unwrap();
         let (sup, wrk) = ctl::socketpair().expect("socketpair");
         let wfd = wrk.as_raw_fd();
-        let mut cmd = Command::new(crate::bin_dir().join("pvx-worker-http"));
+        let mut cmd = crate::worker_command("pvx-worker-http");
         cmd.arg(addr.to_string()).stdin(Stdio::null());
         // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
         unsafe {

@@ -1,8 +1,9 @@
 //! pv-xconnect: the supervisor. Reads the xconnect graph, creates every
 //! listening socket in the right namespace, and runs one worker process per
-//! endpoint, restarting crashed workers with backoff.
+//! endpoint, restarting crashed workers with backoff. The workers are this
+//! same executable, exec'd under their own names (`spawn.rs`).
 
-use supervisor::{check, cli, daemon, policy, privileges, source, spawn, status_cli};
+use crate::{check, cli, daemon, policy, privileges, source, spawn, status_cli};
 
 use cli::{Command, RunArgs};
 use policy::RestartPolicy;
@@ -31,13 +32,9 @@ fn run(a: Box<RunArgs>) -> Result<(), String> {
     // worker can inherit later.
     let kept = privileges::drop_unneeded()?;
     privileges::seal_inherited_fds()?;
-    let worker_dir = match a.worker_dir {
-        Some(d) => d,
-        None => std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(PathBuf::from))
-            .ok_or("cannot find the directory of pv-xconnect; use --worker-dir")?,
-    };
+    // Held from now on: the workers run the executable this supervisor
+    // started as, even after an update replaces it on disk.
+    let binary = spawn::Binary::open_self()?;
     let source = match (a.graph, a.ctrl_socket) {
         (Some(file), _) => source::Source::file(file),
         (None, sock) => source::Source::ctrl(
@@ -57,7 +54,7 @@ fn run(a: Box<RunArgs>) -> Result<(), String> {
     };
     let opts = daemon::Options {
         source,
-        binaries: spawn::Binaries::new(worker_dir),
+        binary,
         policy,
         limits,
         drain: a.drain_timeout,
@@ -66,14 +63,14 @@ fn run(a: Box<RunArgs>) -> Result<(), String> {
         status_socket: Some(a.status_socket),
     };
     proto::info!(
-        "starting (pid {}), workers from {}, capabilities kept: {kept}",
-        std::process::id(),
-        opts.binaries.dir().display()
+        "starting (pid {}), capabilities kept: {kept}",
+        std::process::id()
     );
     daemon::Daemon::new(opts)?.run()
 }
 
-fn main() -> ExitCode {
+/// The supervisor's process: `pv-xconnect run|check|status ...`.
+pub fn main() -> ExitCode {
     // A bad flag: clap's message on stderr, exit 2; --help and --version:
     // stdout, exit 0.
     let cmd = match cli::parse(std::env::args_os()) {
