@@ -133,14 +133,17 @@ up() {
 	ip -n "$NAME-pa" link set lo up
 	ip -n "$NAME-pa" addr add "$pa_ip/30" dev "$NAME-pa-n"
 	ip -n "$NAME-pa" link set "$NAME-pa-n" up
+	# socat -t 30: after the client's EOF, socat waits only -t (0.5 s by
+	# default) for cat's echo before it closes; on a loaded machine that
+	# cut echoes short, a loss that was the backend's, not ours.
 	start prov-a-echo ip netns exec "$NAME-pa" \
-		socat "TCP-LISTEN:7000,bind=$pa_ip,fork,reuseaddr,backlog=512" EXEC:cat >/dev/null
+		socat -t 30 "TCP-LISTEN:7000,bind=$pa_ip,fork,reuseaddr,backlog=512" EXEC:cat >/dev/null
 	start prov-a-http ip netns exec "$NAME-pa" \
 		python3 -m http.server 8000 --bind "$pa_ip" --directory "$STATE/www" >/dev/null
 
 	# Provider B: a unix socket only its own mount namespace can see.
 	pbpid=$(start prov-b-unix unshare --mount --propagation private \
-		sh -c "mount -t tmpfs pvxlab-prov-b '$pbdir' && exec socat 'UNIX-LISTEN:$pbdir/echo.sock,fork,mode=666,backlog=512' EXEC:cat")
+		sh -c "mount -t tmpfs pvxlab-prov-b '$pbdir' && exec socat -t 30 'UNIX-LISTEN:$pbdir/echo.sock,fork,mode=666,backlog=512' EXEC:cat")
 
 	wait_until 10 "provider A echo" tcp_open "$pa_ip" 7000
 	wait_until 10 "provider A http" curl -sf "http://$pa_ip:8000/hello.txt"
