@@ -15,17 +15,46 @@ use worker_http::framing::{ChunkError, Chunked};
 
 type Outcome = Result<(usize, bool), ChunkError>;
 
-/// Feed `input` in the pieces `cuts` delimits.
+/// Feed `input` in the pieces `cuts` delimits, as the worker does: the
+/// chunks through `feed`; once they are through, the trailer section is
+/// gathered and parsed again on every new piece (`trailers`), until
+/// complete. Returns (bytes of the body, done) and checks that no field we
+/// own or frame by reaches the forwarded trailers.
 fn feed_pieces(input: &[u8], cuts: &[usize]) -> Outcome {
     let mut c = Chunked::new();
     let mut total = 0;
     let mut start = 0;
+    let mut trailers_at = None;
     for &end in cuts.iter().chain(std::iter::once(&input.len())) {
+        if let Some(at) = trailers_at {
+            let mut out = Vec::new();
+            match c.trailers(&input[at..end], &mut out)? {
+                None => {
+                    start = end;
+                    continue;
+                }
+                Some(k) => {
+                    assert!(at + k <= end, "trailers claimed bytes not given");
+                    check_forwarded(&out);
+                    total = at + k;
+                    break;
+                }
+            }
+        }
         let piece = &input[start..end];
         let n = c.feed(piece)?;
         assert!(n <= piece.len(), "claimed {n} of {} bytes", piece.len());
         total += n;
-        if n < piece.len() {
+        if c.in_trailers() {
+            trailers_at = Some(total);
+            // The rest of this piece starts the trailer section.
+            let mut out = Vec::new();
+            if let Some(k) = c.trailers(&input[total..end], &mut out)? {
+                check_forwarded(&out);
+                total += k;
+                break;
+            }
+        } else if n < piece.len() {
             assert!(c.is_done(), "stopped short of its input before the end");
             break;
         }
@@ -36,6 +65,28 @@ fn feed_pieces(input: &[u8], cuts: &[usize]) -> Outcome {
         assert_eq!(c.feed(b"GET / HTTP/1.1\r\n"), Ok(0));
     }
     Ok((total, c.is_done()))
+}
+
+/// Forwarded trailers: well-formed field lines and the empty line, none of
+/// them a field a provider trusts us for or that frames the message.
+fn check_forwarded(out: &[u8]) {
+    assert!(out.ends_with(b"\r\n"), "forwarded trailers end with the empty line");
+    for line in out.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let name: String = line[..colon]
+            .iter()
+            .map(|&b| if b == b'_' { '-' } else { (b as char).to_ascii_lowercase() })
+            .collect();
+        assert!(
+            !name.starts_with("x-pv-")
+                && !name.starts_with("x-forwarded-")
+                && !matches!(name.as_str(), "content-length" | "transfer-encoding" | "host"),
+            "forwarded trailer {name:?}"
+        );
+    }
 }
 
 /// Cut points from a xorshift seeded by the input, so a crash replays.
