@@ -60,6 +60,10 @@ fn feed_pieces(input: &[u8], cuts: &[usize]) -> Outcome {
         }
         start = end;
     }
+    if trailers_at.is_some() && !c.is_done() {
+        // An incomplete trailer section is held whole, waiting for more.
+        total = input.len();
+    }
     if c.is_done() {
         // Whatever follows the body belongs to the next message.
         assert_eq!(c.feed(b"GET / HTTP/1.1\r\n"), Ok(0));
