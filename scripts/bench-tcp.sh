@@ -4,6 +4,7 @@
 # loopback against one iperf3 server. Prints the median of RUNS runs each
 # and the ratio to direct.
 #   scripts/bench-tcp.sh [RUNS] [SECONDS]
+#   PVX_BENCH_FLAGS="--pipe-size 262144" scripts/bench-tcp.sh   (extra supervisor flags)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-5}
@@ -22,7 +23,7 @@ cat > "$work/graph.json" <<JSON
 [{"type":"tcp","name":"bench","consumer":"EXTERNAL","consumer_pid":0,"provider":"iperf","provider_pid":0,
   "target":"127.0.0.1:$P_PVX","socket":"127.0.0.1:$B"}]
 JSON
-target/release/pv-xconnect run --graph "$work/graph.json" --log-target stderr 2>"$work/pvx.log" & pids+=($!)
+target/release/pv-xconnect run --graph "$work/graph.json" --log-target stderr ${PVX_BENCH_FLAGS:-} 2>"$work/pvx.log" & pids+=($!)
 
 cat > "$work/haproxy.cfg" <<CFG
 global
