@@ -151,3 +151,20 @@ fn json_prints_the_plan_for_tools() {
         .collect();
     assert_eq!(skipped, [(0, "system-bus"), (2, "gpu"), (4, "display")]);
 }
+
+/// A mistaken path (a log, an image) is refused by size, naming the cap,
+/// without reading it whole; `/dev/zero` would never end otherwise.
+#[test]
+fn a_file_past_the_cap_is_not_a_graph() {
+    let dir = TempDir::new("chkbig");
+    let f = dir.path().join("huge.json");
+    // Sparse: 33 MiB on the file system costs nothing.
+    let file = std::fs::File::create(&f).unwrap();
+    file.set_len(33 << 20).unwrap();
+    let (code, out, err) = check(&[], &f);
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(err.contains("longer than 32 MiB"), "{err}");
+    let (code, _, err) = check(&[], Path::new("/dev/zero"));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("longer than 32 MiB"), "{err}");
+}

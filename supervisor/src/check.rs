@@ -38,7 +38,7 @@ struct JsonEndpoint<'a> {
 }
 
 pub fn run(file: &Path, json: bool) -> ExitCode {
-    let text = match std::fs::read_to_string(file) {
+    let text = match crate::source::read_graph_file(file) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("pv-xconnect check: cannot read {}: {e}", file.display());

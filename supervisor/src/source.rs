@@ -32,6 +32,11 @@ const FILE_CHECK: Duration = Duration::from_secs(1);
 const CTRL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest graph answer accepted (a graph is a few KiB).
 const MAX_BODY: usize = 4 * 1024 * 1024;
+/// Largest graph file read (`--graph`, `check`): a file may carry more
+/// than the control socket (an endpoint's routes may reach
+/// `proto::ctl::MAX_CONFIG`, 16 MiB), but a mistaken path (a log, a disk
+/// image, `/dev/zero`) must not make the supervisor read it all.
+pub const MAX_FILE: u64 = 32 * 1024 * 1024;
 const REQUEST: &[u8] = b"GET /xconnect-graph HTTP/1.0\r\nHost: localhost\r\n\r\n";
 
 enum Origin {
@@ -115,7 +120,7 @@ impl Source {
         match &mut self.origin {
             Origin::File { path, stamp } => {
                 *stamp = file_stamp(path);
-                let text = std::fs::read_to_string(&*path)
+                let text = read_graph_file(path)
                     .map_err(|e| format!("graph file {}: {e}", path.display()));
                 self.finish(text, force)
             }
@@ -221,6 +226,26 @@ impl Source {
         self.outage = Some(e);
         None
     }
+}
+
+/// Read a graph file of at most [`MAX_FILE`] bytes; a longer one is an
+/// error naming the cap, and is not read past it.
+pub fn read_graph_file(p: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(p)?
+        .take(MAX_FILE + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_FILE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "longer than {} MiB, the cap for a graph file",
+                MAX_FILE >> 20
+            ),
+        ));
+    }
+    Ok(text)
 }
 
 fn file_stamp(p: &Path) -> Option<(SystemTime, u64)> {
