@@ -1,12 +1,9 @@
 //! Converging without help (SPEC §4): endpoints that could not be made
-//! are tried again on the backoff (`pending.rs` keeps their record), and a
-//! worker that does not answer its configuration is sent it again, then
-//! replaced.
+//! are tried again on the backoff (`pending.rs` keeps their record).
 
-use super::{Daemon, ACK_CHECK, ACK_TIMEOUT, MAX_UNANSWERED};
+use super::Daemon;
 use crate::pending::PendingEndpoint;
 use crate::policy::jitter;
-use nix::sys::signal::{kill, Signal};
 use proto::plan::Endpoint;
 use std::time::Instant;
 
@@ -75,49 +72,5 @@ impl Daemon {
             self.try_make(ep);
         }
         true
-    }
-
-    /// An answer check (`ACK_CHECK`): a worker that owes an answer for
-    /// `ACK_TIMEOUT` gets its update again; one that lets
-    /// `MAX_UNANSWERED` periods pass in a row is killed, and restarted on
-    /// the backoff like any worker that died (its successor gets the
-    /// graph's configuration with its init).
-    pub(super) fn check_answer(&mut self, id: u64, now: Instant) {
-        let Some((key, r)) = self.endpoints.iter_mut().find(|(_, r)| r.id == id) else {
-            return;
-        };
-        let Some(w) = r.worker.as_mut() else { return };
-        if !w.overdue(now, ACK_TIMEOUT) {
-            return;
-        }
-        w.unanswered += 1;
-        let key = key.clone();
-        let what = if w.pending.iter().any(|p| p.what == "init") {
-            "init"
-        } else {
-            "update"
-        };
-        if w.unanswered >= MAX_UNANSWERED {
-            proto::error!(
-                "endpoint {key}: worker pid {} did not answer its {what} in {} s; replacing it",
-                w.pid,
-                (ACK_TIMEOUT * w.unanswered).as_secs()
-            );
-            w.awaiting_since = None;
-            let _ = kill(w.pid, Signal::SIGKILL);
-            return;
-        }
-        proto::warn!(
-            "endpoint {key}: worker pid {} has not answered its {what} in {} s",
-            w.pid,
-            (ACK_TIMEOUT * w.unanswered).as_secs()
-        );
-        w.awaiting_since = Some(now);
-        self.timers.add(now + ACK_TIMEOUT, ACK_CHECK | id);
-        // An init cannot be sent twice (it carries the listener and comes
-        // first); an update can: the newest configuration, a new seq.
-        if what == "update" {
-            self.send_update(&key, true);
-        }
     }
 }
