@@ -22,8 +22,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod control;
-mod converge;
 mod processes;
+mod reconcile;
 
 const SIGNALS: Token = Token(0);
 const FIRST_WORKER_TOKEN: usize = 16;
