@@ -2,6 +2,17 @@
 //! signal self-pipe and every worker's control socket, plus a deadline heap
 //! for restarts and drain deadlines. Signal handlers only set a flag and
 //! write a byte (signal-hook); all work happens here, in the loop.
+//!
+//! This file only dispatches: tokens, signals, timer keys. The work is in
+//! the stages of the pipeline, each a file:
+//!
+//! ```text
+//! source.rs ──graph──> proto::plan ──endpoints──> daemon/reconcile.rs
+//!   (file or pv-ctrl)     (grouping, refusals)       (diff with what runs)
+//!                                                      │           │
+//!                              daemon/processes.rs <───┘           └───> daemon/control.rs
+//!                              (start, reap, restart, drain)             (update, ack, stats)
+//! ```
 
 use crate::endpoint::{Running, State, WorkerProc};
 use crate::pending::PendingEndpoint;
@@ -255,6 +266,9 @@ impl Daemon {
         self.pending.clear();
     }
 
+    /// A due timer: its key says whose it is (see `DRAIN_KILL`); an
+    /// endpoint id is a pending endpoint's try, a restart on the backoff,
+    /// or an update to offer again.
     fn on_timer(&mut self, k: u64, now: Instant) {
         if k == SHUTDOWN {
             for d in &self.draining {

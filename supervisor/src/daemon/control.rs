@@ -20,6 +20,7 @@ pub(super) const ACK_TIMEOUT: Duration = Duration::from_secs(3);
 const MAX_UNANSWERED: u32 = 3;
 
 impl Daemon {
+    /// Offer the graph's configuration to the endpoint's live worker.
     pub(super) fn push_update(&mut self, key: &EndpointKey) {
         self.send_update(key, false);
     }
