@@ -3,8 +3,9 @@
 //! for restarts and drain deadlines. Signal handlers only set a flag and
 //! write a byte (signal-hook); all work happens here, in the loop.
 //!
-//! This file only dispatches: tokens, signals, timer keys. The work is in
-//! the stages of the pipeline, each a file:
+//! This file is the loop alone (tokens, signals, timer keys, the status
+//! socket, shutdown); the work is in the stages of the pipeline, a file
+//! each:
 //!
 //! ```text
 //! source.rs ──graph──> proto::plan ──endpoints──> daemon/reconcile.rs

@@ -18,6 +18,8 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
 impl Daemon {
+    /// What a worker is sent with its init and every update: the endpoint
+    /// and this run's limits and log settings.
     pub(super) fn config_for(&self, ep: &Endpoint) -> WorkerConfig {
         WorkerConfig {
             endpoint: ep.clone(),
