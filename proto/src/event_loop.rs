@@ -24,6 +24,7 @@
 
 use crate::accept::Acceptor;
 use crate::ctl::{CtlError, Stats, ToWorker, WorkerConfig};
+use crate::plan::Endpoint;
 use crate::stream::{Listener, Stream};
 use crate::timer::Timers;
 use crate::worker::{Started, WorkerCtl};
@@ -95,6 +96,34 @@ const KEY_ACCEPT: u64 = u64::MAX;
 const KEY_DRAIN: u64 = u64::MAX - 1;
 /// Wake up to give memory back after a burst (`mem::AfterBurst`).
 const KEY_SHRINK: u64 = u64::MAX - 2;
+
+/// Why `new` is not an update of the running endpoint `old`, if it is
+/// not: the supervisor starts a new worker for another kind, listen
+/// address or consumer, so such a config is never applied in place. (The
+/// key's `consumer_pid` may change: a consumer restarted in the network
+/// namespace the listener is in keeps socket and worker.)
+pub fn other_endpoint(old: &Endpoint, new: &Endpoint) -> Option<String> {
+    if new.kind != old.kind {
+        return Some(format!(
+            "an update cannot change the endpoint's kind ({} to {})",
+            old.kind, new.kind
+        ));
+    }
+    if new.key.listen != old.key.listen {
+        return Some(format!(
+            "an update cannot change the listen address ({} to {})",
+            old.key.listen, new.key.listen
+        ));
+    }
+    if new.consumer != old.consumer {
+        return Some(format!(
+            "an update cannot change the consumer ({} to {})",
+            crate::text::escape(&old.consumer),
+            crate::text::escape(&new.consumer)
+        ));
+    }
+    None
+}
 
 /// Start-up, the loop, and the exit status: a worker's whole `main`.
 /// `kind` names it in logs (`pvx-worker-<kind>`).
@@ -318,25 +347,8 @@ impl<H: Handler> Loop<H> {
         config: WorkerConfig,
         roots: Vec<std::os::fd::OwnedFd>,
     ) -> Option<String> {
-        let (old, new) = (&self.config.endpoint, &config.endpoint);
-        if new.kind != old.kind {
-            return Some(format!(
-                "an update cannot change the endpoint's kind ({} to {})",
-                old.kind, new.kind
-            ));
-        }
-        if new.key.listen != old.key.listen {
-            return Some(format!(
-                "an update cannot change the listen address ({} to {})",
-                old.key.listen, new.key.listen
-            ));
-        }
-        if new.consumer != old.consumer {
-            return Some(format!(
-                "an update cannot change the consumer ({} to {})",
-                crate::text::escape(&old.consumer),
-                crate::text::escape(&new.consumer)
-            ));
+        if let Some(why) = other_endpoint(&self.config.endpoint, &config.endpoint) {
+            return Some(why);
         }
         if let Err(why) = self.handler.update(&mut cx!(self, now), &config) {
             return Some(why);
@@ -371,5 +383,37 @@ impl<H: Handler> Loop<H> {
             within.as_millis()
         );
         self.handler.drain(&mut cx!(self, now));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::Listen;
+    use crate::plan::{EndpointKey, Kind};
+
+    #[test]
+    fn an_update_is_for_the_same_endpoint_only() {
+        let old = Endpoint {
+            key: EndpointKey {
+                consumer_pid: 7,
+                listen: Listen::Tcp("127.0.0.1:80".parse().unwrap()),
+            },
+            kind: Kind::Http,
+            consumer: "app".into(),
+            routes: Vec::new(),
+        };
+        let mut same = old.clone();
+        same.key.consumer_pid = 8;
+        assert_eq!(other_endpoint(&old, &same), None, "consumer restarted");
+        let mut e = old.clone();
+        e.kind = Kind::Rest;
+        assert!(other_endpoint(&old, &e).is_some_and(|w| w.contains("kind (http to rest)")));
+        let mut e = old.clone();
+        e.key.listen = Listen::Tcp("127.0.0.1:81".parse().unwrap());
+        assert!(other_endpoint(&old, &e).is_some_and(|w| w.contains("listen address")));
+        let mut e = old.clone();
+        e.consumer = "other\n".into();
+        assert!(other_endpoint(&old, &e).is_some_and(|w| w.contains("consumer (app to other\\n)")));
     }
 }
