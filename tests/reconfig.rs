@@ -68,52 +68,147 @@ fn provider_move_keeps_worker_and_open_connection() {
     assert!(rest.is_empty());
 }
 
+/// A client of the endpoint that goes away, in the middle of something:
+/// a relay that carried a line (tcp, unix), a request whose body is half
+/// sent (http).
+enum Busy {
+    Tcp(TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+    Http(TcpStream),
+}
+
+impl Busy {
+    /// Finish it as its kind finishes: the relay echoes once more and
+    /// ends at our half-close; the request is answered, the connection
+    /// closed after it (the worker drains).
+    fn finish(self, kind: &str) {
+        fn relay(mut s: impl Read + Write, shut: impl FnOnce()) {
+            s.write_all(b"still here\n").unwrap();
+            assert_eq!(read_line(&mut s).unwrap(), "still here");
+            shut();
+            let mut rest = Vec::new();
+            s.read_to_end(&mut rest).unwrap();
+            assert!(rest.is_empty());
+        }
+        match self {
+            Busy::Tcp(s) => {
+                let shut = s.try_clone().unwrap();
+                relay(s, || shut.shutdown(Shutdown::Write).unwrap())
+            }
+            Busy::Unix(s) => {
+                let shut = s.try_clone().unwrap();
+                relay(s, || shut.shutdown(Shutdown::Write).unwrap())
+            }
+            Busy::Http(mut s) => {
+                s.write_all(b"56789").unwrap();
+                let mut all = Vec::new();
+                s.read_to_end(&mut all).unwrap();
+                let text = String::from_utf8_lossy(&all);
+                assert!(text.starts_with("HTTP/1.1 200 "), "{kind}: {text}");
+                assert!(
+                    text.to_ascii_lowercase().contains("connection: close\r\n"),
+                    "{kind}: {text}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn removed_endpoint_drains_then_refuses() {
-    let backend = echo_server();
-    let (keep, gone) = (free_port(), free_port());
-    let g = graph(&[
-        tcp_link("keep", 0, keep, backend),
-        tcp_link("gone", 0, gone, backend),
-    ]);
-    let sup = Supervisor::start(&g, &["--drain-timeout", "60s"]);
-    let w_keep = sup.worker_pid(&format!("127.0.0.1:{keep} "));
-    let w_gone = sup.worker_pid(&format!("127.0.0.1:{gone} "));
-    let mut open = TcpStream::connect(local(gone)).unwrap();
-    open.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    open.write_all(b"in flight\n").unwrap();
-    assert_eq!(read_line(&mut open).unwrap(), "in flight");
+    // The same drain for every kind (docs/ARCHITECTURE.md, "Update and
+    // drain"): the worker stops accepting, its busy connection finishes,
+    // then it exits 0; the endpoint next to it never notices.
+    for kind in ["tcp", "http", "unix"] {
+        let dir = TempDir::new(&format!("drain-{kind}"));
+        let backend = echo_server();
+        let http_backend = pvx_tests::http::backend::tcp("127.0.0.1:0");
+        let unix_backend = dir.path().join("b.sock");
+        unix_echo_server(&unix_backend);
+        let (keep, gone) = (free_port(), free_port());
+        let gone_path = dir.path().join("gone.sock");
+        let gone_link = match kind {
+            "tcp" => tcp_link("gone", 0, gone, backend),
+            "http" => link(
+                "http",
+                "gone",
+                0,
+                &format!("127.0.0.1:{gone}/api"),
+                &http_backend.socket(),
+                0,
+            ),
+            _ => link(
+                "unix",
+                "gone",
+                0,
+                &gone_path.display().to_string(),
+                &unix_backend.display().to_string(),
+                0,
+            ),
+        };
+        let g = graph(&[tcp_link("keep", 0, keep, backend), gone_link]);
+        let sup = Supervisor::start(&g, &["--drain-timeout", "60s"]);
+        let w_keep = sup.worker_pid(&format!("127.0.0.1:{keep} "));
+        let w_gone = match kind {
+            "unix" => sup.worker_pid(&format!("{} ", gone_path.display())),
+            _ => sup.worker_pid(&format!("127.0.0.1:{gone} ")),
+        };
+        let t = Some(Duration::from_secs(10));
+        let busy = match kind {
+            "tcp" => {
+                let mut s = TcpStream::connect(local(gone)).unwrap();
+                s.set_read_timeout(t).unwrap();
+                s.write_all(b"in flight\n").unwrap();
+                assert_eq!(read_line(&mut s).unwrap(), "in flight");
+                Busy::Tcp(s)
+            }
+            "http" => {
+                let mut s = TcpStream::connect(local(gone)).unwrap();
+                s.set_read_timeout(t).unwrap();
+                s.write_all(b"POST /api/x HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n01234")
+                    .unwrap();
+                Busy::Http(s)
+            }
+            _ => {
+                let mut s = std::os::unix::net::UnixStream::connect(&gone_path).unwrap();
+                s.set_read_timeout(t).unwrap();
+                s.write_all(b"in flight\n").unwrap();
+                assert_eq!(read_line(&mut s).unwrap(), "in flight");
+                Busy::Unix(s)
+            }
+        };
 
-    sup.reload(&graph(&[tcp_link("keep", 0, keep, backend)]));
-    sup.wait_log("stopped accepting", 1);
-    // New connections are refused; the one in flight goes on.
-    let refused = TcpStream::connect(local(gone));
-    assert!(
-        matches!(&refused, Err(e) if e.kind() == ErrorKind::ConnectionRefused),
-        "expected refused, got {refused:?}"
-    );
-    assert!(
-        !is_dead(w_gone),
-        "the draining worker waits for its connection"
-    );
-    assert_eq!(echo_line(&mut open, "still here"), "still here");
-    open.shutdown(Shutdown::Write).unwrap();
-    let mut rest = Vec::new();
-    open.read_to_end(&mut rest).unwrap();
-    assert!(rest.is_empty());
-    drop(open);
-    // Its last connection done, the worker exits well before the deadline.
-    wait_for(Duration::from_secs(10), "drained worker exit", || {
-        is_dead(w_gone).then_some(())
-    });
-    sup.wait_log(
-        &format!("draining worker pid {w_gone} exited with status 0"),
-        1,
-    );
-    // The other endpoint never noticed.
-    assert_eq!(sup.worker_pid(&format!("127.0.0.1:{keep} ")), w_keep);
-    assert_eq!(roundtrip(local(keep), b"fine").unwrap(), b"fine");
+        sup.reload(&graph(&[tcp_link("keep", 0, keep, backend)]));
+        sup.wait_log("stopped accepting", 1);
+        // New connections are refused (a unix socket file is removed too);
+        // the busy one goes on.
+        let refused = match kind {
+            "unix" => std::os::unix::net::UnixStream::connect(&gone_path).map(|_| ()),
+            _ => TcpStream::connect(local(gone)).map(|_| ()),
+        };
+        assert!(
+            matches!(&refused, Err(e) if matches!(e.kind(), ErrorKind::ConnectionRefused | ErrorKind::NotFound)),
+            "{kind}: expected refused, got {refused:?}"
+        );
+        assert!(
+            !is_dead(w_gone),
+            "{kind}: the draining worker waits for its connection"
+        );
+        busy.finish(kind);
+        // Its last connection done, the worker exits well before the deadline.
+        wait_for(
+            Duration::from_secs(10),
+            &format!("{kind}: drained worker exit"),
+            || is_dead(w_gone).then_some(()),
+        );
+        sup.wait_log(
+            &format!("draining worker pid {w_gone} exited with status 0"),
+            1,
+        );
+        // The other endpoint never noticed.
+        assert_eq!(sup.worker_pid(&format!("127.0.0.1:{keep} ")), w_keep);
+        assert_eq!(roundtrip(local(keep), b"fine").unwrap(), b"fine");
+    }
 }
 
 #[test]

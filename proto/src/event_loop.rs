@@ -1,163 +1,133 @@
-//! The event loop of the byte-relaying workers (pvx-worker-tcp,
-//! pvx-worker-unix): one mio poll over the listener, the control socket and
-//! every connection's two sockets, plus a deadline heap. The loop only
-//! dispatches; what a connection does lives in the worker's `conn.rs`,
-//! behind the [`Connection`] trait.
+//! The one event loop of every worker (tcp, unix, http): a mio poll over
+//! the listener, the control socket and the worker's own sockets, plus a
+//! deadline heap. The loop owns what all workers share — accepting
+//! (`accept.rs`), control messages (init, update, drain, ack), the drain
+//! deadline, stats reports, giving memory back after a burst, the exit —
+//! and hands everything else to the worker's [`Handler`]: its connections.
+//! tcp and unix plug in `conns::Conns` (one client, one backend each); the
+//! http worker its client connections and backend pool.
 //!
-//! Tokens: 0 = listener, 1 = control socket, 2 + 2*slot = a connection's
-//! client, 3 + 2*slot = its backend. Timer keys: slot << 32 | generation,
-//! and the reserved keys below.
+//! Tokens: 0 = listener, 1 = control socket; every other token is the
+//! handler's. Timer keys: at or above [`LOOP_KEYS`] the loop's; below, the
+//! handler's.
+//!
+//! One meaning of update and drain for every kind (docs/ARCHITECTURE.md,
+//! "Update and drain"):
+//! - Update: a config for another endpoint (kind, listen address or
+//!   consumer differ; the supervisor starts a new worker for those) is
+//!   refused with an error ack, as is one the handler refuses; the worker
+//!   keeps what it had, provider roots included. An applied one reaches
+//!   new connections; open ones keep their routes.
+//! - Drain: accept what is queued, close the listener, let the handler
+//!   finish its connections, exit when none is left or at the deadline. A
+//!   later drain only brings the deadline forward.
 
 use crate::accept::Acceptor;
-use crate::backend::{Dialer, Step};
-use crate::ctl::{CtlError, Limits, Stats, ToWorker, WorkerConfig};
-use crate::duplex::{Direction, Duplex};
-use crate::relay::Ready;
-use crate::slab::Slab;
+use crate::ctl::{CtlError, Stats, ToWorker, WorkerConfig};
+use crate::plan::Endpoint;
 use crate::stream::{Listener, Stream};
 use crate::timer::Timers;
-use crate::worker::Started;
+use crate::worker::{Started, WorkerCtl};
+use mio::event::Event;
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Registry, Token};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-/// What the loop must do after driving a connection.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Next {
-    Continue,
-    /// Close both sides. `error`: count it as a failed connection.
-    Close {
-        error: bool,
-    },
-    /// A new backend socket exists and must be registered.
-    RegisterBackend,
-}
-
-/// The two sockets of a proxied connection and what the loop keeps for
-/// it; every [`Connection`] has one.
-pub struct Sockets {
-    pub client: Stream,
-    pub client_ready: Ready,
-    pub backend: Option<Stream>,
-    pub backend_ready: Ready,
-    /// Bytes moved since the loop last collected them (up, down).
-    pub moved: (u64, u64),
-    /// When the connection next needs attention from a timer.
-    pub deadline: Option<Instant>,
-    /// Earliest timer entry for it in the loop's heap: a new entry is only
-    /// needed when the deadline moves before it.
-    pub timer_at: Option<Instant>,
-}
-
-/// Where a backend connect stands after [`Sockets::dial`].
-pub enum Dialing {
-    /// Not connected (yet): what the loop must do.
-    Next(Next),
-    /// Connected: start relaying.
-    Connected,
-}
-
-impl Sockets {
-    pub fn new(client: Stream, now: Instant) -> Sockets {
-        Sockets {
-            client,
-            client_ready: Ready::default(),
-            backend: None,
-            backend_ready: Ready::default(),
-            moved: (0, 0),
-            deadline: Some(now),
-            timer_at: None,
-        }
+/// What a worker plugs into the loop: its connections. Every call gets a
+/// [`Cx`] with the time of this loop turn, the poll's registry, the timer
+/// heap, the counters and the running configuration.
+pub trait Handler: Sized {
+    /// The handler for the endpoint of the first config (Init).
+    fn new(config: &WorkerConfig) -> Self;
+    /// A client the listener gave us: register it (on a token of ours) and
+    /// start it; dropping it closes it.
+    fn accept(&mut self, cx: &mut Cx, client: Stream);
+    /// Readiness on one of our tokens (any but 0 and 1).
+    fn event(&mut self, cx: &mut Cx, token: Token, ev: &Event);
+    /// One of our timer keys (added with [`Cx::wake`]) came due.
+    fn timer(&mut self, cx: &mut Cx, key: u64);
+    /// Open client connections: the connection cap, stats, drain's end.
+    fn active(&self) -> usize;
+    /// An update for the same endpoint: refuse it (nothing changed), or
+    /// take what the handler keeps of it. `cx.config` is still the old
+    /// config; the loop swaps it after.
+    fn update(&mut self, _cx: &mut Cx, _new: &WorkerConfig) -> Result<(), String> {
+        Ok(())
     }
-
-    /// Drive the backend connect one step (see [`Dialer::step`]).
-    pub fn dial(&mut self, dial: &mut Dialer, now: Instant, limits: &Limits) -> Dialing {
-        let ready = self.backend_ready.writable;
-        Dialing::Next(match dial.step(&mut self.backend, ready, now, limits) {
-            Step::Wait => Next::Continue,
-            Step::Pending => {
-                self.backend_ready.writable = false;
-                Next::Continue
-            }
-            Step::Register => {
-                self.backend_ready = Ready::default();
-                Next::RegisterBackend
-            }
-            Step::Connected => {
-                if let Some(Stream::Tcp(s)) = &self.backend {
-                    let _ = s.set_nodelay(true);
-                }
-                return Dialing::Connected;
-            }
-            Step::Failed(why) | Step::TimedOut(why) => {
-                crate::warn!("{why}; closing client");
-                Next::Close { error: true }
-            }
-        })
-    }
+    /// A drain began (`cx.draining`): finish connections at their next
+    /// boundary. The listener is closed already.
+    fn drain(&mut self, _cx: &mut Cx) {}
+    /// End of each loop turn: the handler's own housekeeping.
+    fn turn(&mut self, _cx: &mut Cx) {}
+    /// After a burst of connections: give back what it made us grow.
+    fn shrink(&mut self) {}
+    /// Whether a timer entry of ours still matters (stale ones are dropped
+    /// when the heap shrinks).
+    fn timer_live(&self, key: u64) -> bool;
 }
 
-impl Sockets {
-    /// Relay both ways as far as readiness allows once connected (tcp and
-    /// unix alike): count the bytes, note activity in `last_activity`,
-    /// close when both directions ended.
-    pub fn relay<D: Direction>(
-        &mut self,
-        relay: &mut Duplex<D>,
-        peer: &dyn std::fmt::Display,
-        last_activity: &mut Instant,
-        now: Instant,
-    ) -> Next {
-        let Some(b) = self.backend.as_ref() else {
-            return Next::Close { error: true };
-        };
-        let p = relay.pump(
-            self.client.as_fd(),
-            &mut self.client_ready,
-            b.as_fd(),
-            &mut self.backend_ready,
-            peer,
-        );
-        if p.active() {
-            *last_activity = now;
-        }
-        self.moved.0 += p.up;
-        self.moved.1 += p.down;
-        if relay.done() {
-            Next::Close { error: false }
-        } else {
-            Next::Continue
-        }
-    }
+/// What the loop lends its handler for one call.
+pub struct Cx<'a> {
+    pub now: Instant,
+    pub registry: &'a Registry,
+    pub stats: &'a mut Stats,
+    pub config: &'a WorkerConfig,
+    /// A drain has begun: finish what is open, start nothing new.
+    pub draining: bool,
+    timers: &'a mut Timers,
 }
 
-/// A proxied connection as the loop sees it.
-pub trait Connection: Sized {
-    /// A connection for a newly accepted client (None: close it at once).
-    fn new(client: Stream, config: &WorkerConfig, now: Instant) -> Option<Self>;
-    /// Advance as far as readiness allows.
-    fn drive(&mut self, now: Instant, config: &WorkerConfig) -> Next;
-    /// Its deadline passed (or an earlier timer entry fired).
-    fn on_timer(&mut self, now: Instant, config: &WorkerConfig) -> Next;
-    fn sockets(&mut self) -> &mut Sockets;
-    /// Why an Update cannot be applied by this kind of worker, if it cannot.
-    fn refuse_update(_old: &WorkerConfig, _new: &WorkerConfig) -> Option<String> {
-        None
+impl Cx<'_> {
+    /// Call the handler's `timer(key)` at `at` (or later).
+    pub fn wake(&mut self, at: Instant, key: u64) {
+        debug_assert!(key < LOOP_KEYS, "timer key {key:#x} is the loop's");
+        self.timers.add(at, key);
     }
 }
 
 const LISTENER: Token = Token(0);
 const CTL: Token = Token(1);
+/// Timer keys from here up are the loop's own.
+pub const LOOP_KEYS: u64 = u64::MAX - 2;
+/// Accepting paused (out of fds) until then.
 const KEY_ACCEPT: u64 = u64::MAX;
 const KEY_DRAIN: u64 = u64::MAX - 1;
 /// Wake up to give memory back after a burst (`mem::AfterBurst`).
 const KEY_SHRINK: u64 = u64::MAX - 2;
 
-/// Start-up, the loop, and the exit status: a relaying worker's whole
-/// `main`. `kind` names it in logs (`pvx-worker-<kind>`).
-pub fn main<C: Connection>(kind: &str) -> ! {
+/// Why `new` is not an update of the running endpoint `old`, if it is
+/// not: the supervisor starts a new worker for another kind, listen
+/// address or consumer, so such a config is never applied in place. (The
+/// key's `consumer_pid` may change: a consumer restarted in the network
+/// namespace the listener is in keeps socket and worker.)
+pub fn other_endpoint(old: &Endpoint, new: &Endpoint) -> Option<String> {
+    if new.kind != old.kind {
+        return Some(format!(
+            "an update cannot change the endpoint's kind ({} to {})",
+            old.kind, new.kind
+        ));
+    }
+    if new.key.listen != old.key.listen {
+        return Some(format!(
+            "an update cannot change the listen address ({} to {})",
+            old.key.listen, new.key.listen
+        ));
+    }
+    if new.consumer != old.consumer {
+        return Some(format!(
+            "an update cannot change the consumer ({} to {})",
+            crate::text::escape(&old.consumer),
+            crate::text::escape(&new.consumer)
+        ));
+    }
+    None
+}
+
+/// Start-up, the loop, and the exit status: a worker's whole `main`.
+/// `kind` names it in logs (`pvx-worker-<kind>`).
+pub fn main<H: Handler>(kind: &str) -> ! {
     let started = match crate::worker::start(kind) {
         Ok(s) => s,
         Err(e) => {
@@ -165,12 +135,15 @@ pub fn main<C: Connection>(kind: &str) -> ! {
             std::process::exit(2);
         }
     };
+    let ep = &started.config.endpoint;
     crate::info!(
-        "serving {} with {} route(s)",
-        started.config.endpoint.key,
-        started.config.endpoint.routes.len()
+        "serving {} endpoint {} for {} with {} route(s)",
+        ep.kind,
+        ep.key,
+        ep.consumer,
+        ep.routes.len()
     );
-    let worker = match Worker::<C>::new(started) {
+    let worker = match Loop::<H>::new(started) {
         Ok(w) => w,
         Err(e) => {
             crate::error!("cannot start event loop: {e}");
@@ -178,33 +151,38 @@ pub fn main<C: Connection>(kind: &str) -> ! {
         }
     };
     crate::mem::trim_code();
-    match worker.run() {
-        Ok(()) => std::process::exit(0),
-        Err(e) => {
-            crate::error!("{e}");
-            std::process::exit(1);
-        }
-    }
+    std::process::exit(worker.run())
 }
 
-pub struct Worker<C> {
+pub struct Loop<H> {
     poll: Poll,
     acceptor: Acceptor,
-    ctl: crate::worker::WorkerCtl,
+    ctl: WorkerCtl,
     config: WorkerConfig,
-    conns: Slab<C>,
     timers: Timers,
     stats: Stats,
     drain_until: Option<Instant>,
     after_burst: crate::mem::AfterBurst,
+    handler: H,
 }
 
-fn key(slot: usize, gen: u32) -> u64 {
-    (slot as u64) << 32 | gen as u64
+/// A [`Cx`] from the loop's fields, leaving `acceptor`, `ctl` and
+/// `handler` free to borrow beside it.
+macro_rules! cx {
+    ($l:expr, $now:expr) => {
+        Cx {
+            now: $now,
+            registry: $l.poll.registry(),
+            stats: &mut $l.stats,
+            config: &$l.config,
+            draining: $l.drain_until.is_some(),
+            timers: &mut $l.timers,
+        }
+    };
 }
 
-impl<C: Connection> Worker<C> {
-    pub fn new(s: Started) -> io::Result<Worker<C>> {
+impl<H: Handler> Loop<H> {
+    pub fn new(s: Started) -> io::Result<Loop<H>> {
         let poll = Poll::new()?;
         let listener = Listener::from_fd(s.listener)?;
         let acceptor = Acceptor::new(
@@ -218,12 +196,12 @@ impl<C: Connection> Worker<C> {
             CTL,
             Interest::READABLE,
         )?;
-        Ok(Worker {
+        Ok(Loop {
             poll,
             acceptor,
             ctl: s.ctl,
+            handler: H::new(&s.config),
             config: s.config,
-            conns: Slab::new(),
             timers: Timers::new(),
             stats: Stats::default(),
             drain_until: None,
@@ -231,8 +209,9 @@ impl<C: Connection> Worker<C> {
         })
     }
 
-    /// Run until the supervisor goes away or a drain completes.
-    pub fn run(mut self) -> io::Result<()> {
+    /// Run until the supervisor goes away or a drain completes; returns the
+    /// process's exit status.
+    pub fn run(mut self) -> i32 {
         let mut events = Events::with_capacity(256);
         let mut stats_wait: Option<Duration> = None;
         loop {
@@ -245,50 +224,41 @@ impl<C: Connection> Worker<C> {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                return Err(io::Error::new(e.kind(), format!("epoll_wait: {e}")));
+                crate::error!("epoll_wait: {e}");
+                return 1;
             }
             let now = Instant::now();
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept(now, false),
                     CTL => {
-                        if !self.control(now) {
-                            return Ok(());
+                        if let Some(code) = self.control(now) {
+                            return code;
                         }
                     }
-                    Token(t) => {
-                        let slot = (t - 2) / 2;
-                        let Some(c) = self.conns.get_mut(slot) else {
-                            continue;
-                        };
-                        let io = c.sockets();
-                        let r = if t % 2 == 1 {
-                            &mut io.backend_ready
-                        } else {
-                            &mut io.client_ready
-                        };
-                        r.readable |= ev.is_readable() || ev.is_read_closed() || ev.is_error();
-                        r.writable |= ev.is_writable() || ev.is_write_closed() || ev.is_error();
-                        self.drive(slot, now);
-                    }
+                    t => self.handler.event(&mut cx!(self, now), t, ev),
                 }
             }
             while let Some(k) = self.timers.pop_due(now) {
-                self.on_timer(k, now);
+                match k {
+                    KEY_ACCEPT => self.accept(now, false),
+                    KEY_DRAIN | KEY_SHRINK => {}
+                    k => self.handler.timer(&mut cx!(self, now), k),
+                }
             }
-            if self.acceptor.should_resume(self.conns.len(), now) {
+            self.handler.turn(&mut cx!(self, now));
+            let active = self.handler.active();
+            if self.acceptor.should_resume(active, now) {
                 self.accept(now, false);
             }
-            self.stats.active = self.conns.len() as u64;
+            self.stats.active = self.handler.active() as u64;
             stats_wait = self.ctl.report(now, self.stats);
             self.after_burst(now);
             if let Some(until) = self.drain_until {
-                if self.conns.is_empty() || now >= until {
-                    crate::info!(
-                        "drained ({} connection(s) cut at the deadline); exiting",
-                        self.conns.len()
-                    );
-                    return Ok(());
+                let left = self.handler.active();
+                if left == 0 || now >= until {
+                    crate::info!("drained ({left} connection(s) cut at the deadline); exiting");
+                    return 0;
                 }
             }
         }
@@ -297,195 +267,153 @@ impl<C: Connection> Worker<C> {
     /// Accept a burst of clients; `closing`: the last burst before a drain
     /// closes the worker's listener.
     fn accept(&mut self, now: Instant, closing: bool) {
-        let Worker {
-            acceptor,
-            conns,
-            poll,
-            config,
-            ..
-        } = self;
-        let mut fresh = Vec::new();
-        let active = conns.len();
+        let mut cx = cx!(self, now);
+        let handler = &mut self.handler;
+        let active = handler.active();
         let take = |client| {
-            if let Some(c) = C::new(client, config, now) {
-                let (slot, _) = conns.insert(c);
-                fresh.push(slot);
-            }
-            conns.len()
+            cx.stats.total += 1;
+            handler.accept(&mut cx, client);
+            handler.active()
         };
         if closing {
-            acceptor.close(poll.registry(), active, take);
+            self.acceptor.close(self.poll.registry(), active, take);
         } else {
-            acceptor.burst(now, active, take);
+            self.acceptor.burst(now, active, take);
         }
-        if let Some(until) = acceptor.paused_until {
+        if let Some(until) = self.acceptor.paused_until {
             self.timers.add(until, KEY_ACCEPT);
         }
-        for slot in fresh {
-            self.stats.total += 1;
-            let Some(c) = self.conns.get_mut(slot) else {
-                continue;
-            };
-            let interest = Interest::READABLE | Interest::WRITABLE;
-            if let Err(e) = self.poll.registry().register(
-                &mut c.sockets().client,
-                Token(2 + 2 * slot),
-                interest,
-            ) {
-                crate::warn!("register client: {e}");
-                self.close(slot, true);
-                continue;
-            }
-            self.drive(slot, now);
-        }
     }
 
-    fn drive(&mut self, slot: usize, now: Instant) {
-        loop {
-            let Some(c) = self.conns.get_mut(slot) else {
-                return;
-            };
-            let next = c.drive(now, &self.config);
-            match self.after(slot, next) {
-                Some(true) => continue,
-                _ => return,
-            }
-        }
-    }
-
-    /// Apply what a connection asked for. Some(true): drive it again.
-    fn after(&mut self, slot: usize, next: Next) -> Option<bool> {
-        let gen = self.conns.generation(slot);
-        let c = self.conns.get_mut(slot)?;
-        let io = c.sockets();
-        let (up, down) = std::mem::take(&mut io.moved);
-        self.stats.bytes_in += up;
-        self.stats.bytes_out += down;
-        match next {
-            Next::Continue => {
-                if let Some(d) = io.deadline {
-                    if io.timer_at.is_none_or(|t| d < t) {
-                        io.timer_at = Some(d);
-                        self.timers.add(d, key(slot, gen));
-                    }
-                }
-                Some(false)
-            }
-            Next::RegisterBackend => {
-                let b = io.backend.as_mut()?;
-                if let Err(e) = self.poll.registry().register(
-                    b,
-                    Token(3 + 2 * slot),
-                    Interest::READABLE | Interest::WRITABLE,
-                ) {
-                    crate::warn!("register backend: {e}");
-                    self.close(slot, true);
-                    return Some(false);
-                }
-                Some(true)
-            }
-            Next::Close { error } => {
-                self.close(slot, error);
-                Some(false)
-            }
-        }
-    }
-
-    /// After a burst: connection slots, stale timer entries and the
+    /// After a burst: the handler's slots, stale timer entries and the
     /// heap's free memory go back (see `mem::AfterBurst`).
     fn after_burst(&mut self, now: Instant) {
-        let live = self.conns.len();
+        let live = self.handler.active();
         if let Some(at) = self.after_burst.observe(now, live) {
             self.timers.add(at, KEY_SHRINK);
         }
         if self.after_burst.due(now, live) {
-            self.conns.shrink();
-            let conns = &self.conns;
-            self.timers
-                .shrink(|k| k >= KEY_SHRINK || conns.is_live((k >> 32) as usize, k as u32));
+            // Reading /proc/self/statm is only worth it for the debug line.
+            let log = ::log::log_enabled!(::log::Level::Debug);
+            let before = if log { crate::mem::resident_kib() } else { 0 };
+            self.handler.shrink();
+            let h = &self.handler;
+            self.timers.shrink(|k| k >= LOOP_KEYS || h.timer_live(k));
             crate::mem::give_back_heap();
-        }
-    }
-
-    fn close(&mut self, slot: usize, error: bool) {
-        // Closing the fds removes them from epoll; no deregister needed.
-        if self.conns.remove(slot).is_some() {
-            self.stats.errors += u64::from(error);
-            crate::debug!(
-                "connection closed{} ({} open)",
-                if error { " on an error" } else { "" },
-                self.conns.len()
-            );
-        }
-    }
-
-    fn on_timer(&mut self, k: u64, now: Instant) {
-        match k {
-            KEY_ACCEPT => self.accept(now, false),
-            KEY_DRAIN | KEY_SHRINK => {}
-            k => {
-                let (slot, gen) = ((k >> 32) as usize, k as u32);
-                let Some(c) = self.conns.get_gen(slot, gen) else {
-                    return;
-                };
-                let io = c.sockets();
-                if io.timer_at.is_some_and(|t| t <= now) {
-                    io.timer_at = None;
-                }
-                let next = c.on_timer(now, &self.config);
-                if self.after(slot, next) == Some(true) {
-                    self.drive(slot, now);
-                }
+            if log {
+                crate::debug!(
+                    "burst over ({live} connection(s) left): resident {before} KiB -> {} KiB",
+                    crate::mem::resident_kib()
+                );
             }
         }
     }
 
-    /// Handle control messages. false: the supervisor is gone, exit.
-    fn control(&mut self, now: Instant) -> bool {
+    /// Handle control messages. Some(status): exit with it.
+    fn control(&mut self, now: Instant) -> Option<i32> {
         loop {
             match self.ctl.recv() {
-                Ok(None) => return true,
+                Ok(None) => return None,
                 Err(CtlError::Eof) => {
                     crate::info!("supervisor gone (control socket closed); exiting");
-                    return false;
+                    return Some(0);
                 }
                 Err(e) => {
-                    crate::error!("{e}; exiting");
-                    return false;
+                    crate::error!("control socket: {e}; exiting");
+                    return Some(1);
                 }
-                Ok(Some(ToWorker::Update { seq, config })) => {
-                    let err = if config.endpoint.kind != self.config.endpoint.kind {
-                        Some(format!(
-                            "update changes kind {} to {}",
-                            self.config.endpoint.kind, config.endpoint.kind
-                        ))
-                    } else {
-                        C::refuse_update(&self.config, &config)
-                    };
-                    if err.is_none() {
-                        crate::info!(
-                            "routes updated: {} route(s); open connections keep their backend",
-                            config.endpoint.routes.len()
-                        );
-                        self.config = config;
+                Ok(Some((ToWorker::Update { seq, config }, roots))) => {
+                    let err = self.update(now, config, roots);
+                    if let Some(why) = &err {
+                        crate::warn!("update refused: {why}; keeping the running config");
                     }
                     self.ctl.ack(seq, err);
                 }
-                Ok(Some(ToWorker::Drain { seq, deadline_ms })) => {
-                    self.accept(now, true);
-                    let until = now + Duration::from_millis(deadline_ms);
-                    self.drain_until = Some(until);
-                    self.timers.add(until, KEY_DRAIN);
-                    crate::info!(
-                        "draining {} connection(s), deadline {deadline_ms} ms",
-                        self.conns.len()
-                    );
+                Ok(Some((ToWorker::Drain { seq, deadline_ms }, _))) => {
+                    self.drain(now, Duration::from_millis(deadline_ms));
                     self.ctl.ack(seq, None);
                 }
-                Ok(Some(ToWorker::Init { seq, .. })) => {
+                Ok(Some((ToWorker::Init { seq, .. }, _))) => {
                     self.ctl.ack(seq, Some("already initialised".into()))
                 }
             }
         }
+    }
+
+    /// Apply an update, or say why not (then nothing changed).
+    fn update(
+        &mut self,
+        now: Instant,
+        config: WorkerConfig,
+        roots: Vec<std::os::fd::OwnedFd>,
+    ) -> Option<String> {
+        if let Some(why) = other_endpoint(&self.config.endpoint, &config.endpoint) {
+            return Some(why);
+        }
+        if let Err(why) = self.handler.update(&mut cx!(self, now), &config) {
+            return Some(why);
+        }
+        crate::backend::set_roots(&config.endpoint.root_pids(), roots);
+        crate::info!(
+            "routes updated: {} route(s); open connections keep theirs",
+            config.endpoint.routes.len()
+        );
+        self.config = config;
+        None
+    }
+
+    /// Accept what is queued, close the listener, let connections finish;
+    /// `run` exits when none is left or at the deadline. A later drain only
+    /// brings the deadline forward.
+    fn drain(&mut self, now: Instant, within: Duration) {
+        let until = now + within;
+        if let Some(was) = self.drain_until {
+            if until < was {
+                self.drain_until = Some(until);
+                self.timers.add(until, KEY_DRAIN);
+            }
+            return;
+        }
+        self.drain_until = Some(until);
+        self.timers.add(until, KEY_DRAIN);
+        self.accept(now, true);
+        crate::info!(
+            "draining {} connection(s), deadline {} ms",
+            self.handler.active(),
+            within.as_millis()
+        );
+        self.handler.drain(&mut cx!(self, now));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::Listen;
+    use crate::plan::{EndpointKey, Kind};
+
+    #[test]
+    fn an_update_is_for_the_same_endpoint_only() {
+        let old = Endpoint {
+            key: EndpointKey {
+                consumer_pid: 7,
+                listen: Listen::Tcp("127.0.0.1:80".parse().unwrap()),
+            },
+            kind: Kind::Http,
+            consumer: "app".into(),
+            routes: Vec::new(),
+        };
+        let mut same = old.clone();
+        same.key.consumer_pid = 8;
+        assert_eq!(other_endpoint(&old, &same), None, "consumer restarted");
+        let mut e = old.clone();
+        e.kind = Kind::Rest;
+        assert!(other_endpoint(&old, &e).is_some_and(|w| w.contains("kind (http to rest)")));
+        let mut e = old.clone();
+        e.key.listen = Listen::Tcp("127.0.0.1:81".parse().unwrap());
+        assert!(other_endpoint(&old, &e).is_some_and(|w| w.contains("listen address")));
+        let mut e = old.clone();
+        e.consumer = "other\n".into();
+        assert!(other_endpoint(&old, &e).is_some_and(|w| w.contains("consumer (app to other\\n)")));
     }
 }

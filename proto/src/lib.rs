@@ -11,11 +11,15 @@
 //! - [`duplex`]: the one duplex relay (half-close and failure rules) over
 //!   [`relay`] (splice, with a read/write fallback) and [`fdrelay`] (bytes
 //!   and fds of a unix link).
+//! - [`event_loop`]: the one worker loop (listener, control messages,
+//!   timers, stats, drain); [`conns`]: the tcp and unix workers'
+//!   connections plugged into it.
 //! - [`log`]: one-line events to syslog or stderr.
 //! - [`text`]: escaping of outside text wherever it is printed or logged.
 
 pub mod accept;
 pub mod backend;
+pub mod conns;
 pub mod ctl;
 pub mod duplex;
 pub mod event_loop;

@@ -192,19 +192,15 @@ impl WorkerCtl {
         }
     }
 
-    /// Next control message. `Ok(None)`: nothing more now. `Err(Eof)`: the
-    /// supervisor is gone and the worker must exit. A malformed message is
-    /// logged and skipped; it never ends the worker.
-    pub fn recv(&self) -> Result<Option<ToWorker>, CtlError> {
+    /// Next control message and its fds (an Update brings the provider
+    /// roots of its routes, installed only if the update is applied).
+    /// `Ok(None)`: nothing more now. `Err(Eof)`: the supervisor is gone
+    /// and the worker must exit. A malformed message is logged and
+    /// skipped; it never ends the worker.
+    pub fn recv(&self) -> Result<Option<(ToWorker, Vec<OwnedFd>)>, CtlError> {
         loop {
             match ctl::recv::<ToWorker>(self.fd.as_fd()) {
-                Ok((msg, fds)) => {
-                    // An Update brings the provider roots of its routes.
-                    if let ToWorker::Update { config, .. } = &msg {
-                        crate::backend::set_roots(&config.endpoint.root_pids(), fds);
-                    }
-                    return Ok(Some(msg));
-                }
+                Ok(m) => return Ok(Some(m)),
                 Err(CtlError::WouldBlock) => return Ok(None),
                 Err(CtlError::Eof) => return Err(CtlError::Eof),
                 Err(e @ CtlError::Sys(..)) => return Err(e),

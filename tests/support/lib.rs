@@ -13,6 +13,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 pub mod ctrl;
+pub mod direct;
 pub mod fds;
 pub mod http;
 pub mod lab;

@@ -1,28 +1,26 @@
 //! mio tokens and timer keys: which socket an event is for, and which
 //! deadline a timer entry belongs to.
 //!
-//! Tokens: 0 listener, 1 control socket, `2 + slot` for a client socket.
-//! A backend socket's token is its fd (with the top bit set), registered
-//! once for the socket's life: it moves between a connection and the idle
-//! pool by updating [`Owners`], with no `epoll_ctl` per request. An fd is
-//! only reused by the kernel after its socket closed, which also removed it
-//! from epoll, so the table needs no clean-up; an event whose owner no
-//! longer holds that fd is a leftover and is ignored.
+//! Tokens (0 and 1 are proto's loop's: listener, control socket):
+//! `2 + slot` for a client socket. A backend socket's token is its fd
+//! (with the top bit set), registered once for the socket's life: it moves
+//! between a connection and the idle pool by updating [`Owners`], with no
+//! `epoll_ctl` per request. An fd is only reused by the kernel after its
+//! socket closed, which also removed it from epoll, so the table needs no
+//! clean-up; an event whose owner no longer holds that fd is a leftover
+//! and is ignored.
 //!
 //! Timer keys: 2-bit kind, 30-bit slot, 32-bit slot generation, so an
-//! entry for a slot that was reused is recognised as stale.
+//! entry for a slot that was reused is recognised as stale. Every key is
+//! below `proto::event_loop::LOOP_KEYS` (kind 3 is never used).
 
 use mio::Token;
 use std::os::fd::RawFd;
 
-pub const LISTENER: Token = Token(0);
-pub const CTL: Token = Token(1);
 const BACKEND_BIT: usize = 1 << 62;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tok {
-    Listener,
-    Ctl,
     Client(usize),
     Backend(RawFd),
 }
@@ -37,8 +35,6 @@ pub fn backend(fd: RawFd) -> Token {
 
 pub fn decode(t: Token) -> Tok {
     match t.0 {
-        0 => Tok::Listener,
-        1 => Tok::Ctl,
         n if n & BACKEND_BIT != 0 => Tok::Backend((n & !BACKEND_BIT) as RawFd),
         n => Tok::Client(n - 2),
     }
@@ -77,9 +73,8 @@ pub enum Timer {
         slot: usize,
         gen: u32,
     },
-    /// Loop housekeeping: accept pause over, stats due, pool sweep, drain
-    /// deadline.
-    Loop,
+    /// The idle pool's sweep is due.
+    Sweep,
 }
 
 const SLOT_MASK: u64 = (1 << 30) - 1;
@@ -87,7 +82,7 @@ const SLOT_MASK: u64 = (1 << 30) - 1;
 pub fn timer(t: Timer) -> u64 {
     let (kind, slot, gen) = match t {
         Timer::Conn { slot, gen } => (0u64, slot as u64, gen),
-        Timer::Loop => (2, 0, 0),
+        Timer::Sweep => (1, 0, 0),
     };
     (kind << 62) | ((slot & SLOT_MASK) << 32) | gen as u64
 }
@@ -97,7 +92,7 @@ pub fn decode_timer(k: u64) -> Timer {
     let gen = k as u32;
     match k >> 62 {
         0 => Timer::Conn { slot, gen },
-        _ => Timer::Loop,
+        _ => Timer::Sweep,
     }
 }
 
@@ -115,9 +110,13 @@ mod tests {
                 assert_eq!(decode_timer(timer(t)), t);
             }
         }
-        assert_eq!(decode(LISTENER), Tok::Listener);
-        assert_eq!(decode(CTL), Tok::Ctl);
-        assert_eq!(decode_timer(timer(Timer::Loop)), Timer::Loop);
+        assert_eq!(decode_timer(timer(Timer::Sweep)), Timer::Sweep);
+        let top = timer(Timer::Conn {
+            slot: usize::MAX,
+            gen: u32::MAX,
+        })
+        .max(timer(Timer::Sweep));
+        assert!(top < proto::event_loop::LOOP_KEYS);
         let mut o = Owners::default();
         assert_eq!(o.get(7), Owner::Nobody);
         o.set(7, Owner::Pool(3));

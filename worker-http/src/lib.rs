@@ -7,9 +7,9 @@
 pub mod body;
 pub mod buf;
 pub mod conn;
+pub mod conns;
 pub mod dial;
 pub mod errors;
-pub mod event_loop;
 pub mod exchange;
 pub mod fields;
 pub mod framing;
@@ -22,30 +22,8 @@ pub mod tunnel;
 /// The worker's process: serves one http or rest endpoint and all the
 /// http links (routes) on it (docs/HTTP.md). Runs as `pvx-worker-http
 /// 0.0.0.0:80 consumer=EXTERNAL`, started by the supervisor only (fd 3 =
-/// control socket; argv is just for `ps`).
+/// control socket; argv is just for `ps`). The loop is proto's
+/// (`proto::event_loop`); `conns.rs` plugs this worker's connections in.
 pub fn main() -> ! {
-    let started = match proto::worker::start("http") {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("{e}");
-            std::process::exit(2);
-        }
-    };
-    let ep = &started.config.endpoint;
-    proto::info!(
-        "serving {} endpoint {} for {} with {} route(s)",
-        ep.kind,
-        ep.key,
-        ep.consumer,
-        ep.routes.len()
-    );
-    let worker = match event_loop::Worker::new(started) {
-        Ok(w) => w,
-        Err(e) => {
-            proto::error!("cannot set up the event loop: {e}");
-            std::process::exit(1);
-        }
-    };
-    proto::mem::trim_code();
-    std::process::exit(worker.run());
+    proto::event_loop::main::<conns::Conns>("http")
 }

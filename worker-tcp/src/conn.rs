@@ -14,9 +14,9 @@
 
 use nix::sys::socket::MsgFlags;
 use proto::backend::Dialer;
+use proto::conns::{Connection, Dialing, Next, Sockets};
 use proto::ctl::{Limits, WorkerConfig};
 use proto::duplex::Duplex;
-use proto::event_loop::{Connection, Dialing, Next, Sockets};
 use proto::graph::ProxyProtocol;
 use proto::plan::Route;
 use proto::relay::Splice;

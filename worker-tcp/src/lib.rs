@@ -8,8 +8,9 @@ pub mod sni;
 
 /// The worker's process: runs as `pvx-worker-tcp <listen> consumer=<name>`,
 /// started by the supervisor only (fd 3 = control socket; argv is just for
-/// `ps`). The loop is proto's (`proto::event_loop`); this crate brings the
-/// connection: `conn.rs` (states), `sni.rs`, `proxy_header.rs`.
+/// `ps`). The loop is proto's (`proto::event_loop`, connections plugged in
+/// through `proto::conns`); this crate brings the connection: `conn.rs`
+/// (states), `sni.rs`, `proxy_header.rs`.
 pub fn main() -> ! {
-    proto::event_loop::main::<conn::Conn>("tcp")
+    proto::event_loop::main::<proto::conns::Conns<conn::Conn>>("tcp")
 }

@@ -15,9 +15,9 @@
 //! open one never idles out (display and bus protocols sit idle for hours).
 
 use proto::backend::Dialer;
+use proto::conns::{Connection, Dialing, Next, Sockets};
 use proto::ctl::{Limits, WorkerConfig};
 use proto::duplex::Duplex;
-use proto::event_loop::{Connection, Dialing, Next, Sockets};
 use proto::fdrelay::FdRelay;
 use proto::graph::Backend;
 use proto::plan::Route;

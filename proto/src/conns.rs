@@ -1,0 +1,298 @@
+//! The connections of the byte-relaying workers (pvx-worker-tcp,
+//! pvx-worker-unix), as they plug into the one worker loop
+//! (`event_loop.rs`): [`Conns`] is their [`Handler`]. What one connection
+//! does lives in the worker's `conn.rs`, behind the [`Connection`] trait;
+//! [`Sockets`] holds its two sockets, their readiness flags and its timer
+//! state.
+//!
+//! Tokens: 2 + 2*slot = a connection's client, 3 + 2*slot = its backend
+//! (0 and 1 are the loop's). Timer keys: slot << 32 | generation.
+
+use crate::backend::{Dialer, Step};
+use crate::ctl::{Limits, WorkerConfig};
+use crate::duplex::{Direction, Duplex};
+use crate::event_loop::{Cx, Handler};
+use crate::relay::Ready;
+use crate::slab::Slab;
+use crate::stream::Stream;
+use mio::event::Event;
+use mio::{Interest, Token};
+use std::os::fd::AsFd;
+use std::time::Instant;
+
+/// What the loop must do after driving a connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    Continue,
+    /// Close both sides. `error`: count it as a failed connection.
+    Close {
+        error: bool,
+    },
+    /// A new backend socket exists and must be registered.
+    RegisterBackend,
+}
+
+/// The two sockets of a proxied connection and what the loop keeps for
+/// it; every [`Connection`] has one.
+pub struct Sockets {
+    pub client: Stream,
+    pub client_ready: Ready,
+    pub backend: Option<Stream>,
+    pub backend_ready: Ready,
+    /// Bytes moved since the loop last collected them (up, down).
+    pub moved: (u64, u64),
+    /// When the connection next needs attention from a timer.
+    pub deadline: Option<Instant>,
+    /// Earliest timer entry for it in the loop's heap: a new entry is only
+    /// needed when the deadline moves before it.
+    pub timer_at: Option<Instant>,
+}
+
+/// Where a backend connect stands after [`Sockets::dial`].
+pub enum Dialing {
+    /// Not connected (yet): what the loop must do.
+    Next(Next),
+    /// Connected: start relaying.
+    Connected,
+}
+
+impl Sockets {
+    pub fn new(client: Stream, now: Instant) -> Sockets {
+        Sockets {
+            client,
+            client_ready: Ready::default(),
+            backend: None,
+            backend_ready: Ready::default(),
+            moved: (0, 0),
+            deadline: Some(now),
+            timer_at: None,
+        }
+    }
+
+    /// Drive the backend connect one step (see [`Dialer::step`]).
+    pub fn dial(&mut self, dial: &mut Dialer, now: Instant, limits: &Limits) -> Dialing {
+        let ready = self.backend_ready.writable;
+        Dialing::Next(match dial.step(&mut self.backend, ready, now, limits) {
+            Step::Wait => Next::Continue,
+            Step::Pending => {
+                self.backend_ready.writable = false;
+                Next::Continue
+            }
+            Step::Register => {
+                self.backend_ready = Ready::default();
+                Next::RegisterBackend
+            }
+            Step::Connected => {
+                if let Some(Stream::Tcp(s)) = &self.backend {
+                    let _ = s.set_nodelay(true);
+                }
+                return Dialing::Connected;
+            }
+            Step::Failed(why) | Step::TimedOut(why) => {
+                crate::warn!("{why}; closing client");
+                Next::Close { error: true }
+            }
+        })
+    }
+}
+
+impl Sockets {
+    /// Relay both ways as far as readiness allows once connected (tcp and
+    /// unix alike): count the bytes, note activity in `last_activity`,
+    /// close when both directions ended.
+    pub fn relay<D: Direction>(
+        &mut self,
+        relay: &mut Duplex<D>,
+        peer: &dyn std::fmt::Display,
+        last_activity: &mut Instant,
+        now: Instant,
+    ) -> Next {
+        let Some(b) = self.backend.as_ref() else {
+            return Next::Close { error: true };
+        };
+        let p = relay.pump(
+            self.client.as_fd(),
+            &mut self.client_ready,
+            b.as_fd(),
+            &mut self.backend_ready,
+            peer,
+        );
+        if p.active() {
+            *last_activity = now;
+        }
+        self.moved.0 += p.up;
+        self.moved.1 += p.down;
+        if relay.done() {
+            Next::Close { error: false }
+        } else {
+            Next::Continue
+        }
+    }
+}
+
+/// A proxied connection as the loop sees it.
+pub trait Connection: Sized {
+    /// A connection for a newly accepted client (None: close it at once).
+    fn new(client: Stream, config: &WorkerConfig, now: Instant) -> Option<Self>;
+    /// Advance as far as readiness allows.
+    fn drive(&mut self, now: Instant, config: &WorkerConfig) -> Next;
+    /// Its deadline passed (or an earlier timer entry fired).
+    fn on_timer(&mut self, now: Instant, config: &WorkerConfig) -> Next;
+    fn sockets(&mut self) -> &mut Sockets;
+    /// Why an Update cannot be applied by this kind of worker, if it cannot.
+    fn refuse_update(_old: &WorkerConfig, _new: &WorkerConfig) -> Option<String> {
+        None
+    }
+}
+
+/// Every open connection of a tcp or unix worker: the [`Handler`] their
+/// `main` gives the loop (`event_loop::main::<Conns<Conn>>`).
+pub struct Conns<C> {
+    conns: Slab<C>,
+}
+
+fn key(slot: usize, gen: u32) -> u64 {
+    (slot as u64) << 32 | gen as u64
+}
+
+impl<C: Connection> Handler for Conns<C> {
+    fn new(_config: &WorkerConfig) -> Self {
+        Conns { conns: Slab::new() }
+    }
+
+    fn accept(&mut self, cx: &mut Cx, client: Stream) {
+        let Some(c) = C::new(client, cx.config, cx.now) else {
+            return;
+        };
+        let (slot, _) = self.conns.insert(c);
+        let Some(c) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if let Err(e) = cx
+            .registry
+            .register(&mut c.sockets().client, Token(2 + 2 * slot), interest)
+        {
+            crate::warn!("register client: {e}");
+            self.close(cx, slot, true);
+            return;
+        }
+        self.drive(cx, slot);
+    }
+
+    fn event(&mut self, cx: &mut Cx, token: Token, ev: &Event) {
+        let t = token.0;
+        let slot = (t - 2) / 2;
+        let Some(c) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let io = c.sockets();
+        let r = if t % 2 == 1 {
+            &mut io.backend_ready
+        } else {
+            &mut io.client_ready
+        };
+        r.readable |= ev.is_readable() || ev.is_read_closed() || ev.is_error();
+        r.writable |= ev.is_writable() || ev.is_write_closed() || ev.is_error();
+        self.drive(cx, slot);
+    }
+
+    fn timer(&mut self, cx: &mut Cx, k: u64) {
+        let (slot, gen) = ((k >> 32) as usize, k as u32);
+        let Some(c) = self.conns.get_gen(slot, gen) else {
+            return;
+        };
+        let io = c.sockets();
+        if io.timer_at.is_some_and(|t| t <= cx.now) {
+            io.timer_at = None;
+        }
+        let next = c.on_timer(cx.now, cx.config);
+        if self.after(cx, slot, next) == Some(true) {
+            self.drive(cx, slot);
+        }
+    }
+
+    fn active(&self) -> usize {
+        self.conns.len()
+    }
+
+    fn update(&mut self, cx: &mut Cx, new: &WorkerConfig) -> Result<(), String> {
+        match C::refuse_update(cx.config, new) {
+            Some(why) => Err(why),
+            None => Ok(()),
+        }
+    }
+
+    fn shrink(&mut self) {
+        self.conns.shrink();
+    }
+
+    fn timer_live(&self, k: u64) -> bool {
+        self.conns.is_live((k >> 32) as usize, k as u32)
+    }
+}
+
+impl<C: Connection> Conns<C> {
+    fn drive(&mut self, cx: &mut Cx, slot: usize) {
+        loop {
+            let Some(c) = self.conns.get_mut(slot) else {
+                return;
+            };
+            let next = c.drive(cx.now, cx.config);
+            match self.after(cx, slot, next) {
+                Some(true) => continue,
+                _ => return,
+            }
+        }
+    }
+
+    /// Apply what a connection asked for. Some(true): drive it again.
+    fn after(&mut self, cx: &mut Cx, slot: usize, next: Next) -> Option<bool> {
+        let gen = self.conns.generation(slot);
+        let c = self.conns.get_mut(slot)?;
+        let io = c.sockets();
+        let (up, down) = std::mem::take(&mut io.moved);
+        cx.stats.bytes_in += up;
+        cx.stats.bytes_out += down;
+        match next {
+            Next::Continue => {
+                if let Some(d) = io.deadline {
+                    if io.timer_at.is_none_or(|t| d < t) {
+                        io.timer_at = Some(d);
+                        cx.wake(d, key(slot, gen));
+                    }
+                }
+                Some(false)
+            }
+            Next::RegisterBackend => {
+                let b = io.backend.as_mut()?;
+                if let Err(e) = cx.registry.register(
+                    b,
+                    Token(3 + 2 * slot),
+                    Interest::READABLE | Interest::WRITABLE,
+                ) {
+                    crate::warn!("register backend: {e}");
+                    self.close(cx, slot, true);
+                    return Some(false);
+                }
+                Some(true)
+            }
+            Next::Close { error } => {
+                self.close(cx, slot, error);
+                Some(false)
+            }
+        }
+    }
+
+    fn close(&mut self, cx: &mut Cx, slot: usize, error: bool) {
+        // Closing the fds removes them from epoll; no deregister needed.
+        if self.conns.remove(slot).is_some() {
+            cx.stats.errors += u64::from(error);
+            crate::debug!(
+                "connection closed{} ({} open)",
+                if error { " on an error" } else { "" },
+                self.conns.len()
+            );
+        }
+    }
+}

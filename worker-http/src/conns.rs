@@ -1,0 +1,232 @@
+//! The http worker's connections as they plug into proto's worker loop
+//! (`proto::event_loop`): [`Conns`] is its `Handler`. It holds the client
+//! connections (`conn.rs`), the idle backend pool (`pool.rs`), the owner of
+//! each backend socket (`keys.rs`) and the route table, and maps events and
+//! timers onto them.
+//!
+//! Edge-triggered throughout: an event only sets a readiness flag; the
+//! connection then runs until its sockets would block (`Conn::drive`).
+//! Each connection keeps at most one live timer entry (`Conn::armed`); an
+//! entry that fires early (the deadline moved later) just re-arms.
+
+use crate::conn::{Conn, Ctx};
+use crate::keys::{self, Owner, Owners, Timer, Tok};
+use crate::pool::Pool;
+use crate::route::Table;
+use mio::event::Event;
+use mio::Token;
+use proto::ctl::WorkerConfig;
+use proto::event_loop::{Cx, Handler};
+use proto::relay::Ready;
+use proto::slab::Slab;
+use proto::stream::Stream;
+use std::os::fd::AsRawFd;
+use std::time::Instant;
+
+pub struct Conns {
+    conns: Slab<Conn>,
+    pool: Pool,
+    routes: Table,
+    /// Holder of each backend socket, by fd.
+    owners: Owners,
+    /// When the idle pool is next swept.
+    pool_sweep: Option<Instant>,
+}
+
+fn log_routes(c: &WorkerConfig) {
+    for r in &c.endpoint.routes {
+        let host = r
+            .host
+            .as_deref()
+            .map(|h| format!(" host {h}"))
+            .unwrap_or_default();
+        proto::info!(
+            "route '{}': {}{host}{} -> {}",
+            r.name,
+            r.prefix,
+            if r.strip_prefix { " (stripped)" } else { "" },
+            r.backend
+        );
+    }
+}
+
+impl Handler for Conns {
+    fn new(config: &WorkerConfig) -> Conns {
+        log_routes(config);
+        Conns {
+            conns: Slab::new(),
+            pool: Pool::default(),
+            routes: Table::new(&config.endpoint.routes),
+            owners: Owners::default(),
+            pool_sweep: None,
+        }
+    }
+
+    /// Take a new client: register it and arm its first deadline. It is
+    /// driven by its first event (registering a socket with bytes waiting
+    /// raises one).
+    fn accept(&mut self, cx: &mut Cx, s: Stream) {
+        let config: &WorkerConfig = cx.config;
+        let limits = &config.limits;
+        let (slot, gen) = self
+            .conns
+            .insert(Conn::new(s, cx.now, limits.max_head_bytes));
+        let Some(c) = self.conns.get_mut(slot) else {
+            return;
+        };
+        match c.register(cx.registry, keys::client(slot)) {
+            Ok(()) => {
+                if let Some(d) = c.deadline(limits) {
+                    c.armed = Some(d);
+                    cx.wake(d, keys::timer(Timer::Conn { slot, gen }));
+                }
+            }
+            Err(e) => {
+                proto::warn!("registering client socket: {e}");
+                self.conns.remove(slot);
+            }
+        }
+    }
+
+    fn event(&mut self, cx: &mut Cx, token: Token, ev: &Event) {
+        let (r, w) = (
+            ev.is_readable() || ev.is_read_closed() || ev.is_error(),
+            ev.is_writable() || ev.is_write_closed() || ev.is_error(),
+        );
+        let hup = ev.is_read_closed();
+        match keys::decode(token) {
+            Tok::Client(slot) => self.with_conn(cx, slot, |c, cx| {
+                set(&mut c.cr, r, w);
+                c.c_hup |= hup;
+                c.drive(cx)
+            }),
+            Tok::Backend(fd) => match self.owners.get(fd) {
+                Owner::Conn(slot) => self.with_conn(cx, slot, |c, cx| {
+                    if let Some(b) = c.backend.as_mut().filter(|b| b.stream.as_raw_fd() == fd) {
+                        set(&mut b.ready, r, w);
+                        b.hup |= hup;
+                    }
+                    c.drive(cx)
+                }),
+                Owner::Pool(slot) => self.pool.on_event(slot, fd),
+                Owner::Nobody => {}
+            },
+        }
+    }
+
+    fn timer(&mut self, cx: &mut Cx, k: u64) {
+        match keys::decode_timer(k) {
+            Timer::Conn { slot, gen } => {
+                if self.conns.get_gen(slot, gen).is_none() {
+                    return;
+                }
+                let now = cx.now;
+                self.with_conn(cx, slot, |c, cx| {
+                    if c.armed.is_some_and(|a| a <= now) {
+                        c.armed = None;
+                    }
+                    c.on_timer(cx)
+                });
+            }
+            // Acted on in `turn`.
+            Timer::Sweep => {}
+        }
+    }
+
+    fn active(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// New routes for new requests; a request in flight keeps its route.
+    /// Parked connections to backends no route uses any more close.
+    fn update(&mut self, _cx: &mut Cx, new: &WorkerConfig) -> Result<(), String> {
+        self.routes = Table::new(&new.endpoint.routes);
+        let routes = &self.routes;
+        self.pool.retain(|b| routes.uses(b));
+        log_routes(new);
+        Ok(())
+    }
+
+    /// Idle connections close now, busy ones after their exchange.
+    fn drain(&mut self, cx: &mut Cx) {
+        let slots: Vec<usize> = self.conns.iter_mut().map(|(i, _)| i).collect();
+        for slot in slots {
+            self.with_conn(cx, slot, |c, cx| {
+                c.drain();
+                c.drive(cx)
+            });
+        }
+    }
+
+    /// The pool's sweep: one timer for all parked connections.
+    fn turn(&mut self, cx: &mut Cx) {
+        let now = cx.now;
+        match self.pool_sweep {
+            Some(t) if t <= now => {
+                self.pool_sweep = self.pool.sweep(now);
+                if let Some(t) = self.pool_sweep {
+                    cx.wake(t, keys::timer(Timer::Sweep));
+                }
+            }
+            None if !self.pool.is_empty() => {
+                let t = now + crate::pool::IDLE;
+                self.pool_sweep = Some(t);
+                cx.wake(t, keys::timer(Timer::Sweep));
+            }
+            _ => {}
+        }
+    }
+
+    /// What a burst made the worker grow: slots and spare buffers.
+    fn shrink(&mut self) {
+        self.conns.shrink();
+        crate::buf::trim_spares(2);
+    }
+
+    fn timer_live(&self, k: u64) -> bool {
+        match keys::decode_timer(k) {
+            Timer::Conn { slot, gen } => self.conns.is_live(slot, gen),
+            Timer::Sweep => true,
+        }
+    }
+}
+
+impl Conns {
+    /// Run `f` on the connection in `slot`, then remove it if it finished or
+    /// re-arm its deadline.
+    fn with_conn(&mut self, cx: &mut Cx, slot: usize, f: impl FnOnce(&mut Conn, &mut Ctx) -> bool) {
+        let gen = self.conns.generation(slot);
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let config: &WorkerConfig = cx.config;
+        let limits = &config.limits;
+        let mut ctx = Ctx {
+            now: cx.now,
+            routes: &self.routes,
+            limits,
+            pool: &mut self.pool,
+            registry: cx.registry,
+            stats: &mut *cx.stats,
+            draining: cx.draining,
+            owners: &mut self.owners,
+            slot,
+        };
+        if f(conn, &mut ctx) {
+            conn.settle();
+            if let Some(d) = conn.deadline(limits) {
+                if conn.armed.is_none_or(|a| d < a) {
+                    conn.armed = Some(d);
+                    cx.wake(d, keys::timer(Timer::Conn { slot, gen }));
+                }
+            }
+        } else {
+            self.conns.remove(slot);
+        }
+    }
+}
+
+fn set(r: &mut Ready, readable: bool, writable: bool) {
+    r.readable |= readable;
+    r.writable |= writable;
+}
