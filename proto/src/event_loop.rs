@@ -42,6 +42,16 @@ pub struct Sockets {
     pub client_ready: Ready,
     pub backend: Option<Stream>,
     pub backend_ready: Ready,
+    /// The client's address as `accept4` returned it (None for unix).
+    pub peer: Option<std::net::SocketAddr>,
+    /// An event reported a hang-up, an error or urgent data on the
+    /// (client, backend) socket: a short read no longer proves it empty
+    /// (`Duplex::trust_short_reads`), nor a writable backend connected.
+    pub troubled: [bool; 2],
+    /// The poll round in which the backend socket was registered: events
+    /// of that round were gathered before it existed (an fd closed in the
+    /// round had its token), so they are not about it.
+    backend_round: u64,
     /// Bytes moved since the loop last collected them (up, down).
     pub moved: (u64, u64),
     /// When the connection next needs attention from a timer.
@@ -66,16 +76,45 @@ impl Sockets {
             client_ready: Ready::default(),
             backend: None,
             backend_ready: Ready::default(),
+            peer: None,
+            troubled: [false; 2],
+            backend_round: 0,
             moved: (0, 0),
             deadline: Some(now),
             timer_at: None,
         }
     }
 
+    /// Record an event on the client or (`backend`) the backend socket,
+    /// gathered in poll round `round`.
+    pub fn on_event(&mut self, backend: bool, ev: &mio::event::Event, round: u64) {
+        if backend && round == self.backend_round {
+            return;
+        }
+        let r = if backend {
+            &mut self.backend_ready
+        } else {
+            &mut self.client_ready
+        };
+        r.readable |= ev.is_readable() || ev.is_read_closed() || ev.is_error();
+        r.writable |= ev.is_writable() || ev.is_write_closed() || ev.is_error();
+        if ev.is_read_closed() || ev.is_write_closed() || ev.is_error() || ev.is_priority() {
+            self.troubled[usize::from(backend)] = true;
+        }
+    }
+
     /// Drive the backend connect one step (see [`Dialer::step`]).
     pub fn dial(&mut self, dial: &mut Dialer, now: Instant, limits: &Limits) -> Dialing {
         let ready = self.backend_ready.writable;
-        Dialing::Next(match dial.step(&mut self.backend, ready, now, limits) {
+        // Writable with no error or hang-up reported: the connect has
+        // succeeded, and SO_ERROR (with getpeername) would only say so.
+        let known = ready && self.backend.is_some() && !self.troubled[1];
+        let step = if known {
+            Step::Connected
+        } else {
+            dial.step(&mut self.backend, ready, now, limits)
+        };
+        Dialing::Next(match step {
             Step::Wait => Next::Continue,
             Step::Pending => {
                 self.backend_ready.writable = false;
@@ -83,6 +122,7 @@ impl Sockets {
             }
             Step::Register => {
                 self.backend_ready = Ready::default();
+                self.troubled[1] = false;
                 Next::RegisterBackend
             }
             Step::Connected => {
@@ -113,6 +153,10 @@ impl Sockets {
         let Some(b) = self.backend.as_ref() else {
             return Next::Close { error: true };
         };
+        relay.trust_short_reads(
+            matches!(self.client, Stream::Tcp(_)) && !self.troubled[0],
+            matches!(b, Stream::Tcp(_)) && !self.troubled[1],
+        );
         let p = relay.pump(
             self.client.as_fd(),
             &mut self.client_ready,
@@ -197,6 +241,14 @@ pub struct Worker<C> {
     stats: Stats,
     drain_until: Option<Instant>,
     after_burst: crate::mem::AfterBurst,
+    /// Poll rounds so far (see `Sockets::on_event`).
+    round: u64,
+}
+
+/// Interest in a connection's sockets: `PRIORITY` too, so urgent data is
+/// reported (it stops a read short; see `Duplex::trust_short_reads`).
+fn conn_interest() -> Interest {
+    Interest::READABLE | Interest::WRITABLE | Interest::PRIORITY
 }
 
 fn key(slot: usize, gen: u32) -> u64 {
@@ -228,6 +280,7 @@ impl<C: Connection> Worker<C> {
             stats: Stats::default(),
             drain_until: None,
             after_burst: crate::mem::AfterBurst::default(),
+            round: 0,
         })
     }
 
@@ -248,6 +301,7 @@ impl<C: Connection> Worker<C> {
                 return Err(io::Error::new(e.kind(), format!("epoll_wait: {e}")));
             }
             let now = Instant::now();
+            self.round += 1;
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept(now, false),
@@ -261,14 +315,7 @@ impl<C: Connection> Worker<C> {
                         let Some(c) = self.conns.get_mut(slot) else {
                             continue;
                         };
-                        let io = c.sockets();
-                        let r = if t % 2 == 1 {
-                            &mut io.backend_ready
-                        } else {
-                            &mut io.client_ready
-                        };
-                        r.readable |= ev.is_readable() || ev.is_read_closed() || ev.is_error();
-                        r.writable |= ev.is_writable() || ev.is_write_closed() || ev.is_error();
+                        c.sockets().on_event(t % 2 == 1, ev, self.round);
                         self.drive(slot, now);
                     }
                 }
@@ -306,17 +353,18 @@ impl<C: Connection> Worker<C> {
         } = self;
         let mut fresh = Vec::new();
         let active = conns.len();
-        let take = |client| {
-            if let Some(c) = C::new(client, config, now) {
+        let take = |client, peer| {
+            if let Some(mut c) = C::new(client, config, now) {
+                c.sockets().peer = peer;
                 let (slot, _) = conns.insert(c);
                 fresh.push(slot);
             }
             conns.len()
         };
         if closing {
-            acceptor.close(poll.registry(), active, take);
+            acceptor.close_with_peer(poll.registry(), active, take);
         } else {
-            acceptor.burst(now, active, take);
+            acceptor.burst_with_peer(now, active, take);
         }
         if let Some(until) = acceptor.paused_until {
             self.timers.add(until, KEY_ACCEPT);
@@ -326,11 +374,10 @@ impl<C: Connection> Worker<C> {
             let Some(c) = self.conns.get_mut(slot) else {
                 continue;
             };
-            let interest = Interest::READABLE | Interest::WRITABLE;
             if let Err(e) = self.poll.registry().register(
                 &mut c.sockets().client,
                 Token(2 + 2 * slot),
-                interest,
+                conn_interest(),
             ) {
                 crate::warn!("register client: {e}");
                 self.close(slot, true);
@@ -372,12 +419,13 @@ impl<C: Connection> Worker<C> {
                 Some(false)
             }
             Next::RegisterBackend => {
+                io.backend_round = self.round;
                 let b = io.backend.as_mut()?;
-                if let Err(e) = self.poll.registry().register(
-                    b,
-                    Token(3 + 2 * slot),
-                    Interest::READABLE | Interest::WRITABLE,
-                ) {
+                if let Err(e) =
+                    self.poll
+                        .registry()
+                        .register(b, Token(3 + 2 * slot), conn_interest())
+                {
                     crate::warn!("register backend: {e}");
                     self.close(slot, true);
                     return Some(false);
