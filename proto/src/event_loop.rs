@@ -20,6 +20,7 @@ use crate::worker::Started;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use std::io;
+use std::num::NonZeroU32;
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
@@ -42,16 +43,15 @@ pub struct Sockets {
     pub client_ready: Ready,
     pub backend: Option<Stream>,
     pub backend_ready: Ready,
-    /// The client's address as `accept4` returned it (None for unix).
-    pub peer: Option<std::net::SocketAddr>,
     /// An event reported a hang-up, an error or urgent data on the
     /// (client, backend) socket: a short read no longer proves it empty
     /// (`Duplex::trust_short_reads`), nor a writable backend connected.
     pub troubled: [bool; 2],
-    /// The poll round in which the backend socket was registered: events
-    /// of that round were gathered before it existed (an fd closed in the
-    /// round had its token), so they are not about it.
-    backend_round: u64,
+    /// The poll round in which the backend socket was registered, until
+    /// its first event: events of that round were gathered before it
+    /// existed (an fd closed in the round had its token), so they are not
+    /// about it.
+    backend_round: Option<NonZeroU32>,
     /// Bytes moved since the loop last collected them (up, down).
     pub moved: (u64, u64),
     /// When the connection next needs attention from a timer.
@@ -76,9 +76,8 @@ impl Sockets {
             client_ready: Ready::default(),
             backend: None,
             backend_ready: Ready::default(),
-            peer: None,
             troubled: [false; 2],
-            backend_round: 0,
+            backend_round: None,
             moved: (0, 0),
             deadline: Some(now),
             timer_at: None,
@@ -87,9 +86,12 @@ impl Sockets {
 
     /// Record an event on the client or (`backend`) the backend socket,
     /// gathered in poll round `round`.
-    pub fn on_event(&mut self, backend: bool, ev: &mio::event::Event, round: u64) {
-        if backend && round == self.backend_round {
-            return;
+    pub fn on_event(&mut self, backend: bool, ev: &mio::event::Event, round: NonZeroU32) {
+        if backend {
+            if self.backend_round == Some(round) {
+                return;
+            }
+            self.backend_round = None;
         }
         let r = if backend {
             &mut self.backend_ready
@@ -241,8 +243,8 @@ pub struct Worker<C> {
     stats: Stats,
     drain_until: Option<Instant>,
     after_burst: crate::mem::AfterBurst,
-    /// Poll rounds so far (see `Sockets::on_event`).
-    round: u64,
+    /// Poll rounds so far, wrapping (see `Sockets::on_event`).
+    round: NonZeroU32,
 }
 
 /// Interest in a connection's sockets: `PRIORITY` too, so urgent data is
@@ -280,7 +282,7 @@ impl<C: Connection> Worker<C> {
             stats: Stats::default(),
             drain_until: None,
             after_burst: crate::mem::AfterBurst::default(),
-            round: 0,
+            round: NonZeroU32::MIN,
         })
     }
 
@@ -301,7 +303,7 @@ impl<C: Connection> Worker<C> {
                 return Err(io::Error::new(e.kind(), format!("epoll_wait: {e}")));
             }
             let now = Instant::now();
-            self.round += 1;
+            self.round = self.round.checked_add(1).unwrap_or(NonZeroU32::MIN);
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept(now, false),
@@ -353,18 +355,17 @@ impl<C: Connection> Worker<C> {
         } = self;
         let mut fresh = Vec::new();
         let active = conns.len();
-        let take = |client, peer| {
-            if let Some(mut c) = C::new(client, config, now) {
-                c.sockets().peer = peer;
+        let take = |client| {
+            if let Some(c) = C::new(client, config, now) {
                 let (slot, _) = conns.insert(c);
                 fresh.push(slot);
             }
             conns.len()
         };
         if closing {
-            acceptor.close_with_peer(poll.registry(), active, take);
+            acceptor.close(poll.registry(), active, take);
         } else {
-            acceptor.burst_with_peer(now, active, take);
+            acceptor.burst(now, active, take);
         }
         if let Some(until) = acceptor.paused_until {
             self.timers.add(until, KEY_ACCEPT);
@@ -419,7 +420,7 @@ impl<C: Connection> Worker<C> {
                 Some(false)
             }
             Next::RegisterBackend => {
-                io.backend_round = self.round;
+                io.backend_round = Some(self.round);
                 let b = io.backend.as_mut()?;
                 if let Err(e) =
                     self.poll

@@ -25,7 +25,8 @@ pub const SPARES: usize = 32;
 struct Ends {
     r: OwnedFd,
     w: OwnedFd,
-    size: usize,
+    /// At most `relay::MAX_PIPE_SIZE`; small, as every connection has two.
+    size: u32,
 }
 
 thread_local! {
@@ -40,13 +41,14 @@ pub struct Pipe {
     ends: Option<Ends>,
     /// Bytes sitting in the pipe: every byte in or out goes through the
     /// direction that holds it, which counts them here.
-    pub queued: usize,
+    queued: u32,
 }
 
 impl Pipe {
     /// A pipe of `size` bytes: a spare one if there is one of that size,
     /// else a new one (`O_NONBLOCK | O_CLOEXEC`).
     pub fn take(size: usize) -> io::Result<Pipe> {
+        let size = u32::try_from(size).unwrap_or(u32::MAX);
         let spare = SPARE.with(|s| {
             let mut s = s.borrow_mut();
             // A spare of another size (the size changed since) is closed.
@@ -73,6 +75,25 @@ impl Pipe {
             ends: Some(ends),
             queued: 0,
         })
+    }
+
+    /// Bytes in the pipe.
+    pub fn queued(&self) -> usize {
+        self.queued as usize
+    }
+
+    /// `n` bytes went in (at most the pipe's size, so they fit).
+    pub fn filled(&mut self, n: usize) {
+        self.queued = self
+            .queued
+            .saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
+    }
+
+    /// `n` bytes came out.
+    pub fn drained(&mut self, n: usize) {
+        self.queued = self
+            .queued
+            .saturating_sub(u32::try_from(n).unwrap_or(u32::MAX));
     }
 
     /// (read end, write end).
@@ -133,7 +154,7 @@ mod tests {
 
     fn fill(p: &mut Pipe, bytes: &[u8]) {
         let n = nix::unistd::write(p.fds().unwrap().1, bytes).unwrap();
-        p.queued += n;
+        p.filled(n);
     }
 
     #[test]

@@ -118,16 +118,20 @@ struct Chunk {
     end: usize,
 }
 
+/// `Splice::left` of a direction without a limit.
+const NO_LIMIT: u64 = u64::MAX;
+
 /// One direction: copy first, then a pipe (see the module docs); the
 /// user-space chunk (a prefix, copied bytes) always goes out first.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Splice {
     pipe: Option<Pipe>,
     copy: Option<Box<Chunk>>,
-    /// Remaining bytes this direction may read (None = until EOF).
-    limit: Option<u64>,
-    /// Bytes read from the source so far (up to [`SPLICE_AFTER`] + 1).
-    read: u64,
+    /// Remaining bytes this direction may read ([`NO_LIMIT`]: until EOF).
+    /// Not an `Option`: every connection has two of these, 8 bytes count.
+    left: u64,
+    /// Bytes read from the source so far, counted up to past [`SPLICE_AFTER`].
+    read: u32,
     /// `splice` was refused for these fds: read/write from now on.
     copying: bool,
     /// Known to be bulk: splice from the first byte.
@@ -151,6 +155,22 @@ fn read_fd(fd: BorrowedFd<'_>, buf: &mut [u8], what: &str) -> io::Result<usize> 
             Err(Errno::EINTR) => continue,
             Err(e) => return Err(sys(what, e)),
             Ok(n) => return Ok(n),
+        }
+    }
+}
+
+impl Default for Splice {
+    fn default() -> Splice {
+        Splice {
+            pipe: None,
+            copy: None,
+            left: NO_LIMIT,
+            read: 0,
+            copying: false,
+            bulk: false,
+            short: false,
+            src_done: false,
+            dst_shut: false,
         }
     }
 }
@@ -186,7 +206,7 @@ impl Splice {
     /// Move at most `n` more bytes, then stop as if the source ended
     /// (used for bodies with a known length). Does not shut the destination.
     pub fn set_limit(&mut self, n: Option<u64>) {
-        self.limit = n;
+        self.left = n.unwrap_or(NO_LIMIT);
         self.src_done = n == Some(0);
     }
 
@@ -211,7 +231,7 @@ impl Splice {
 
     /// Whether reads go through a pipe now (the flow passed [`SPLICE_AFTER`]).
     pub fn is_splicing(&self) -> bool {
-        !self.copying && (self.bulk || self.read > SPLICE_AFTER)
+        !self.copying && (self.bulk || u64::from(self.read) > SPLICE_AFTER)
     }
 
     /// The flow is known to be bulk (e.g. a body longer than
@@ -233,7 +253,7 @@ impl Splice {
     }
 
     fn in_pipe(&self) -> usize {
-        self.pipe.as_ref().map_or(0, |p| p.queued)
+        self.pipe.as_ref().map_or(0, Pipe::queued)
     }
 
     fn pipe(&mut self) -> io::Result<&mut Pipe> {
@@ -247,17 +267,18 @@ impl Splice {
 
     /// Most bytes the next read may take.
     fn want(&self, room: usize) -> usize {
-        match self.limit {
-            Some(l) => room.min(usize::try_from(l).unwrap_or(usize::MAX)),
-            None => room,
-        }
+        room.min(usize::try_from(self.left).unwrap_or(usize::MAX))
     }
 
     fn took(&mut self, n: usize) {
-        if let Some(l) = self.limit.as_mut() {
-            *l = l.saturating_sub(n as u64);
+        if self.left != NO_LIMIT {
+            self.left = self.left.saturating_sub(n as u64);
         }
-        self.read = self.read.saturating_add(n as u64);
+        if u64::from(self.read) <= SPLICE_AFTER {
+            self.read = self
+                .read
+                .saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
+        }
     }
 
     /// splice(2) said EINVAL: these fds cannot be spliced.
@@ -306,7 +327,7 @@ impl Splice {
                 return Err(e);
             }
         };
-        pipe.queued -= n;
+        pipe.drained(n);
         self.copy = Some(Box::new(Chunk {
             buf,
             sent: 0,
@@ -329,7 +350,7 @@ impl Splice {
     ) -> io::Result<Moved> {
         let read = !self.src_done;
         let t = transfer(self, src, src_ready, dst, dst_ready, read);
-        if t.eof || self.limit == Some(0) {
+        if t.eof || self.left == 0 {
             self.src_done = true;
         }
         if let Some((side, e)) = t.fault {
@@ -352,7 +373,7 @@ impl Splice {
 
 impl Direction for Splice {
     fn can_read(&self) -> bool {
-        if self.limit == Some(0) {
+        if self.left == 0 {
             return false;
         }
         if !self.is_splicing() {
@@ -373,7 +394,7 @@ impl Direction for Splice {
         let (_, pw) = pipe.fds()?;
         match splice(src, None, pw, None, want, flags) {
             Ok(n) => {
-                pipe.queued += n;
+                pipe.filled(n);
                 self.took(n);
                 Ok(n)
             }
@@ -401,11 +422,11 @@ impl Direction for Splice {
         if self.copy.is_none() && self.in_pipe() > 0 && !self.copying {
             let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
             let pipe = self.pipe()?;
-            let queued = pipe.queued;
+            let queued = pipe.queued();
             let (pr, _) = pipe.fds()?;
             match splice(pr, None, dst, None, queued, flags) {
                 Ok(n) => {
-                    pipe.queued -= n;
+                    pipe.drained(n);
                     return Ok(n);
                 }
                 Err(Errno::EINVAL) => self.fall_back("to the destination"),

@@ -155,8 +155,7 @@ impl Conn {
                     // Goes out before any client byte.
                     self.relay.up.prefix(proxy_header::build(
                         v,
-                        // From accept4; asked only if not known.
-                        self.io.peer.or_else(|| self.io.client.peer_ip()),
+                        self.io.client.peer_ip(),
                         self.io.client.local_addr(),
                     ));
                 }
