@@ -88,17 +88,44 @@ fn urgent_data_does_not_stall_the_bytes_behind_it() {
     for _ in 0..20 {
         let mut c = TcpStream::connect(a).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        c.write_all(b"abc").unwrap();
-        // SAFETY: send(2) of one byte from a valid buffer on our socket.
-        let r =
-            unsafe { nix::libc::send(c.as_raw_fd(), b"!".as_ptr().cast(), 1, nix::libc::MSG_OOB) };
-        assert_eq!(r, 1);
-        c.write_all(b"defg").unwrap();
-        // The urgent byte is out of band: the stream is the rest.
-        let mut got = [0u8; 7];
-        c.read_exact(&mut got)
-            .expect("the bytes after the urgent one arrive without more traffic");
-        assert_eq!(&got, b"abcdefg");
+        urgent_round(&mut c);
+    }
+    drop(sup);
+}
+
+/// "abc", an urgent "!", "defg"; the echo of the stream must come back
+/// whole without more traffic (the urgent byte is out of band).
+fn urgent_round(c: &mut TcpStream) {
+    c.write_all(b"abc").unwrap();
+    // SAFETY: send(2) of one byte from a valid buffer on our socket.
+    let r = unsafe { nix::libc::send(c.as_raw_fd(), b"!".as_ptr().cast(), 1, nix::libc::MSG_OOB) };
+    assert_eq!(r, 1);
+    c.write_all(b"defg").unwrap();
+    let mut got = [0u8; 7];
+    c.read_exact(&mut got)
+        .expect("the bytes after the urgent one arrive without more traffic");
+    assert_eq!(&got, b"abcdefg");
+}
+
+#[test]
+fn urgent_data_does_not_stall_a_spliced_flow() {
+    // splice(2) stops at an urgent byte and says EAGAIN from then on:
+    // a direction that sees urgent data goes on by copying.
+    let (sup, a) = start("urgent-bulk", echo_server());
+    let mut c = TcpStream::connect(a).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let bulk = pattern(256 * 1024, 5);
+    let writer = {
+        let mut w = c.try_clone().unwrap();
+        let bulk = bulk.clone();
+        thread::spawn(move || w.write_all(&bulk).unwrap())
+    };
+    let mut back = vec![0u8; bulk.len()];
+    c.read_exact(&mut back).unwrap();
+    writer.join().unwrap();
+    assert!(back == bulk, "bulk echo intact (spliced both ways)");
+    for _ in 0..3 {
+        urgent_round(&mut c);
     }
     drop(sup);
 }

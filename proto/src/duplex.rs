@@ -65,6 +65,10 @@ pub trait Direction {
     fn write(&mut self, dst: BorrowedFd<'_>) -> io::Result<usize>;
     /// Drop (and free) everything held: its destination cannot take it.
     fn discard(&mut self);
+    /// The source reported urgent (TCP out-of-band) data. `splice(2)`
+    /// stops at an urgent byte and says EAGAIN from then on; `read(2)`
+    /// steps over it.
+    fn urgent_seen(&mut self) {}
     /// Read from `src` and throw it away; Ok(0) = EOF.
     fn drain(&mut self, src: BorrowedFd<'_>) -> io::Result<usize> {
         let mut scratch = [0u8; 16 * 1024];
@@ -286,6 +290,17 @@ impl<D: Direction> Duplex<D> {
     /// half-close linger applies.
     pub fn lingering(&self) -> bool {
         self.flow != [Flow::Open; 2] && !self.done()
+    }
+
+    /// The (client, backend) socket reported urgent data: its direction
+    /// reads with `read(2)` from now on ([`Direction::urgent_seen`]).
+    pub fn urgent_data(&mut self, client: bool, backend: bool) {
+        if client {
+            self.up.urgent_seen();
+        }
+        if backend {
+            self.down.urgent_seen();
+        }
     }
 
     /// (up, down).

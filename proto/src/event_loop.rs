@@ -47,6 +47,8 @@ pub struct Sockets {
     /// (client, backend) socket: a short read no longer proves it empty
     /// (`Duplex::trust_short_reads`), nor a writable backend connected.
     pub troubled: [bool; 2],
+    /// Urgent data was reported on (client, backend) (`Duplex::urgent_data`).
+    pub urgent: [bool; 2],
     /// The poll round in which the backend socket was registered, until
     /// its first event: events of that round were gathered before it
     /// existed (an fd closed in the round had its token), so they are not
@@ -77,6 +79,7 @@ impl Sockets {
             backend: None,
             backend_ready: Ready::default(),
             troubled: [false; 2],
+            urgent: [false; 2],
             backend_round: None,
             moved: (0, 0),
             deadline: Some(now),
@@ -103,6 +106,9 @@ impl Sockets {
         if ev.is_read_closed() || ev.is_write_closed() || ev.is_error() || ev.is_priority() {
             self.troubled[usize::from(backend)] = true;
         }
+        if ev.is_priority() {
+            self.urgent[usize::from(backend)] = true;
+        }
     }
 
     /// Drive the backend connect one step (see [`Dialer::step`]).
@@ -125,6 +131,7 @@ impl Sockets {
             Step::Register => {
                 self.backend_ready = Ready::default();
                 self.troubled[1] = false;
+                self.urgent[1] = false;
                 Next::RegisterBackend
             }
             Step::Connected => {
@@ -159,6 +166,7 @@ impl Sockets {
             matches!(self.client, Stream::Tcp(_)) && !self.troubled[0],
             matches!(b, Stream::Tcp(_)) && !self.troubled[1],
         );
+        relay.urgent_data(self.urgent[0], self.urgent[1]);
         let p = relay.pump(
             self.client.as_fd(),
             &mut self.client_ready,

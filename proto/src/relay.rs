@@ -459,6 +459,14 @@ impl Direction for Splice {
         Ok(n)
     }
 
+    fn urgent_seen(&mut self) {
+        if !self.copying {
+            crate::debug!("urgent data from the source; copying instead of splicing from now on");
+            // What the pipe holds still goes out first (`unpipe`).
+            self.copying = true;
+        }
+    }
+
     fn discard(&mut self) {
         // A pipe with bytes left is closed by its drop, never reused.
         self.pipe = None;
