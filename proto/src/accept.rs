@@ -5,6 +5,7 @@
 use crate::stream::{Listener, Stream};
 use mio::{Interest, Registry, Token};
 use std::io;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// How long accepting pauses when the process or system is out of fds.
@@ -50,11 +51,17 @@ impl Acceptor {
 
     /// Accept until EAGAIN or the cap. `take` receives each new client and
     /// returns the number of open connections after taking it.
-    pub fn burst(
+    pub fn burst(&mut self, now: Instant, active: usize, mut take: impl FnMut(Stream) -> usize) {
+        self.burst_with_peer(now, active, |s, _| take(s))
+    }
+
+    /// [`Acceptor::burst`], giving `take` the client's address as `accept4`
+    /// returned it (None for unix clients), so nobody asks `getpeername`.
+    pub fn burst_with_peer(
         &mut self,
         now: Instant,
         mut active: usize,
-        mut take: impl FnMut(Stream) -> usize,
+        mut take: impl FnMut(Stream, Option<SocketAddr>) -> usize,
     ) {
         let Some(l) = self.listener.as_ref() else {
             return;
@@ -69,8 +76,8 @@ impl Acceptor {
                 self.at_cap = true;
                 return;
             }
-            match l.accept() {
-                Ok(s) => active = take(s),
+            match l.accept_from() {
+                Ok((s, peer)) => active = take(s, peer),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -91,10 +98,25 @@ impl Acceptor {
     }
 
     /// Drain: take what is already in the backlog, then close our copy.
-    pub fn close(&mut self, registry: &Registry, active: usize, take: impl FnMut(Stream) -> usize) {
+    pub fn close(
+        &mut self,
+        registry: &Registry,
+        active: usize,
+        mut take: impl FnMut(Stream) -> usize,
+    ) {
+        self.close_with_peer(registry, active, |s, _| take(s))
+    }
+
+    /// [`Acceptor::close`], with the clients' addresses.
+    pub fn close_with_peer(
+        &mut self,
+        registry: &Registry,
+        active: usize,
+        take: impl FnMut(Stream, Option<SocketAddr>) -> usize,
+    ) {
         self.max = usize::MAX;
         self.paused_until = None;
-        self.burst(Instant::now(), active, take);
+        self.burst_with_peer(Instant::now(), active, take);
         if let Some(mut l) = self.listener.take() {
             let _ = registry.deregister(&mut l);
         }

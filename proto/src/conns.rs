@@ -17,6 +17,7 @@ use crate::slab::Slab;
 use crate::stream::Stream;
 use mio::event::Event;
 use mio::{Interest, Token};
+use std::num::NonZeroU32;
 use std::os::fd::AsFd;
 use std::time::Instant;
 
@@ -39,6 +40,17 @@ pub struct Sockets {
     pub client_ready: Ready,
     pub backend: Option<Stream>,
     pub backend_ready: Ready,
+    /// An event reported a hang-up, an error or urgent data on the
+    /// (client, backend) socket: a short read no longer proves it empty
+    /// (`Duplex::trust_short_reads`), nor a writable backend connected.
+    pub troubled: [bool; 2],
+    /// Urgent data was reported on (client, backend) (`Duplex::urgent_data`).
+    pub urgent: [bool; 2],
+    /// The poll round in which the backend socket was registered, until
+    /// its first event: events of that round were gathered before it
+    /// existed (an fd closed in the round had its token), so they are not
+    /// about it.
+    backend_round: Option<NonZeroU32>,
     /// Bytes moved since the loop last collected them (up, down).
     pub moved: (u64, u64),
     /// When the connection next needs attention from a timer.
@@ -63,16 +75,51 @@ impl Sockets {
             client_ready: Ready::default(),
             backend: None,
             backend_ready: Ready::default(),
+            troubled: [false; 2],
+            urgent: [false; 2],
+            backend_round: None,
             moved: (0, 0),
             deadline: Some(now),
             timer_at: None,
         }
     }
 
+    /// Record an event on the client or (`backend`) the backend socket,
+    /// gathered in poll round `round`.
+    pub fn on_event(&mut self, backend: bool, ev: &Event, round: NonZeroU32) {
+        if backend {
+            if self.backend_round == Some(round) {
+                return;
+            }
+            self.backend_round = None;
+        }
+        let r = if backend {
+            &mut self.backend_ready
+        } else {
+            &mut self.client_ready
+        };
+        r.readable |= ev.is_readable() || ev.is_read_closed() || ev.is_error();
+        r.writable |= ev.is_writable() || ev.is_write_closed() || ev.is_error();
+        if ev.is_read_closed() || ev.is_write_closed() || ev.is_error() || ev.is_priority() {
+            self.troubled[usize::from(backend)] = true;
+        }
+        if ev.is_priority() {
+            self.urgent[usize::from(backend)] = true;
+        }
+    }
+
     /// Drive the backend connect one step (see [`Dialer::step`]).
     pub fn dial(&mut self, dial: &mut Dialer, now: Instant, limits: &Limits) -> Dialing {
         let ready = self.backend_ready.writable;
-        Dialing::Next(match dial.step(&mut self.backend, ready, now, limits) {
+        // Writable with no error or hang-up reported: the connect has
+        // succeeded, and SO_ERROR (with getpeername) would only say so.
+        let known = ready && self.backend.is_some() && !self.troubled[1];
+        let step = if known {
+            Step::Connected
+        } else {
+            dial.step(&mut self.backend, ready, now, limits)
+        };
+        Dialing::Next(match step {
             Step::Wait => Next::Continue,
             Step::Pending => {
                 self.backend_ready.writable = false;
@@ -80,6 +127,8 @@ impl Sockets {
             }
             Step::Register => {
                 self.backend_ready = Ready::default();
+                self.troubled[1] = false;
+                self.urgent[1] = false;
                 Next::RegisterBackend
             }
             Step::Connected => {
@@ -110,6 +159,11 @@ impl Sockets {
         let Some(b) = self.backend.as_ref() else {
             return Next::Close { error: true };
         };
+        relay.trust_short_reads(
+            matches!(self.client, Stream::Tcp(_)) && !self.troubled[0],
+            matches!(b, Stream::Tcp(_)) && !self.troubled[1],
+        );
+        relay.urgent_data(self.urgent[0], self.urgent[1]);
         let p = relay.pump(
             self.client.as_fd(),
             &mut self.client_ready,
@@ -151,6 +205,12 @@ pub struct Conns<C> {
     conns: Slab<C>,
 }
 
+/// Interest in a connection's sockets: `PRIORITY` too, so urgent data is
+/// reported (it stops a read short; see `Duplex::trust_short_reads`).
+fn conn_interest() -> Interest {
+    Interest::READABLE | Interest::WRITABLE | Interest::PRIORITY
+}
+
 fn key(slot: usize, gen: u32) -> u64 {
     (slot as u64) << 32 | gen as u64
 }
@@ -168,11 +228,11 @@ impl<C: Connection> Handler for Conns<C> {
         let Some(c) = self.conns.get_mut(slot) else {
             return;
         };
-        let interest = Interest::READABLE | Interest::WRITABLE;
-        if let Err(e) = cx
-            .registry
-            .register(&mut c.sockets().client, Token(2 + 2 * slot), interest)
-        {
+        if let Err(e) = cx.registry.register(
+            &mut c.sockets().client,
+            Token(2 + 2 * slot),
+            conn_interest(),
+        ) {
             crate::warn!("register client: {e}");
             self.close(cx, slot, true);
             return;
@@ -186,14 +246,7 @@ impl<C: Connection> Handler for Conns<C> {
         let Some(c) = self.conns.get_mut(slot) else {
             return;
         };
-        let io = c.sockets();
-        let r = if t % 2 == 1 {
-            &mut io.backend_ready
-        } else {
-            &mut io.client_ready
-        };
-        r.readable |= ev.is_readable() || ev.is_read_closed() || ev.is_error();
-        r.writable |= ev.is_writable() || ev.is_write_closed() || ev.is_error();
+        c.sockets().on_event(t % 2 == 1, ev, cx.round);
         self.drive(cx, slot);
     }
 
@@ -265,12 +318,12 @@ impl<C: Connection> Conns<C> {
                 Some(false)
             }
             Next::RegisterBackend => {
+                io.backend_round = Some(cx.round);
                 let b = io.backend.as_mut()?;
-                if let Err(e) = cx.registry.register(
-                    b,
-                    Token(3 + 2 * slot),
-                    Interest::READABLE | Interest::WRITABLE,
-                ) {
+                if let Err(e) = cx
+                    .registry
+                    .register(b, Token(3 + 2 * slot), conn_interest())
+                {
                     crate::warn!("register backend: {e}");
                     self.close(cx, slot, true);
                     return Some(false);

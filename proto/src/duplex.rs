@@ -54,12 +54,21 @@ pub trait Direction {
     fn can_read(&self) -> bool;
     /// One read from `src` into what the direction holds; Ok(0) = EOF.
     fn read(&mut self, src: BorrowedFd<'_>) -> io::Result<usize>;
+    /// The last read took fewer bytes than it asked for: a TCP source had
+    /// nothing more queued (see [`Duplex::trust_short_reads`]).
+    fn read_was_short(&self) -> bool {
+        false
+    }
     /// Bytes read and not yet written.
     fn held(&self) -> usize;
     /// One write of held bytes to `dst`; returns how many it took.
     fn write(&mut self, dst: BorrowedFd<'_>) -> io::Result<usize>;
     /// Drop (and free) everything held: its destination cannot take it.
     fn discard(&mut self);
+    /// The source reported urgent (TCP out-of-band) data. `splice(2)`
+    /// stops at an urgent byte and says EAGAIN from then on; `read(2)`
+    /// steps over it.
+    fn urgent_seen(&mut self) {}
     /// Read from `src` and throw it away; Ok(0) = EOF.
     fn drain(&mut self, src: BorrowedFd<'_>) -> io::Result<usize> {
         let mut scratch = [0u8; 16 * 1024];
@@ -96,7 +105,21 @@ pub fn transfer<D: Direction + ?Sized>(
     sr: &mut Ready,
     dst: BorrowedFd<'_>,
     dr: &mut Ready,
+    read: bool,
+) -> Transfer {
+    transfer_with(d, src, sr, dst, dr, read, false)
+}
+
+/// [`transfer`]; `short_empties`: a short read proves the source empty
+/// (no EAGAIN read needed to clear `readable`).
+fn transfer_with<D: Direction + ?Sized>(
+    d: &mut D,
+    src: BorrowedFd<'_>,
+    sr: &mut Ready,
+    dst: BorrowedFd<'_>,
+    dr: &mut Ready,
     mut read: bool,
+    short_empties: bool,
 ) -> Transfer {
     let mut t = Transfer::default();
     loop {
@@ -108,7 +131,12 @@ pub fn transfer<D: Direction + ?Sized>(
                     read = false;
                     progress = true;
                 }
-                Ok(_) => progress = true,
+                Ok(_) => {
+                    progress = true;
+                    if short_empties && d.read_was_short() {
+                        sr.readable = false;
+                    }
+                }
                 // With bytes held, EAGAIN may mean "no room" (a pipe's
                 // slots full of partial pages), not "nothing there": keep
                 // `readable` and come back once the bytes are written.
@@ -174,6 +202,8 @@ pub struct Duplex<D> {
     pub up: D,
     pub down: D,
     flow: [Flow; 2],
+    /// Per source (client, backend): a short read proves it empty.
+    short_empties: [bool; 2],
 }
 
 impl<D: Direction> Duplex<D> {
@@ -182,7 +212,23 @@ impl<D: Direction> Duplex<D> {
             up,
             down,
             flow: [Flow::Open; 2],
+            short_empties: [false; 2],
         }
+    }
+
+    /// Whether a read that returns fewer bytes than it asked for proves
+    /// the (client, backend) socket empty, so `readable` is cleared without
+    /// the `read` that would say EAGAIN. The caller says so only for a TCP
+    /// socket on which no event has reported a hang-up, an error or urgent
+    /// data: then a short read took everything queued, and whatever
+    /// arrives later brings an event of its own (edge-triggered epoll
+    /// reports every arrival). A FIN already queued behind the data, or an
+    /// urgent byte the read stopped at, would bring none; those come with
+    /// `EPOLLRDHUP` / `EPOLLPRI` in the event that announced them. A unix
+    /// socket may stop a read short with bytes left (at passed fds), so it
+    /// never qualifies. Default: false for both.
+    pub fn trust_short_reads(&mut self, client: bool, backend: bool) {
+        self.short_empties = [client, backend];
     }
 
     /// Move both directions as far as readiness allows. `peer` names the
@@ -195,17 +241,18 @@ impl<D: Direction> Duplex<D> {
         br: &mut Ready,
         peer: &dyn fmt::Display,
     ) -> Pumped {
+        let [up_flow, down_flow] = &mut self.flow;
         let (up, c1) = step(
             &mut self.up,
-            &mut self.flow[0],
-            (client, &mut *cr),
+            (up_flow, *down_flow),
+            (client, &mut *cr, self.short_empties[0]),
             (backend, &mut *br),
             &|| format!("client -> {peer}"),
         );
         let (down, c2) = step(
             &mut self.down,
-            &mut self.flow[1],
-            (backend, br),
+            (down_flow, *up_flow),
+            (backend, br, self.short_empties[1]),
             (client, cr),
             &|| format!("{peer} -> client"),
         );
@@ -245,6 +292,17 @@ impl<D: Direction> Duplex<D> {
         self.flow != [Flow::Open; 2] && !self.done()
     }
 
+    /// The (client, backend) socket reported urgent data: its direction
+    /// reads with `read(2)` from now on ([`Direction::urgent_seen`]).
+    pub fn urgent_data(&mut self, client: bool, backend: bool) {
+        if client {
+            self.up.urgent_seen();
+        }
+        if backend {
+            self.down.urgent_seen();
+        }
+    }
+
     /// (up, down).
     pub fn flows(&self) -> (Flow, Flow) {
         (self.flow[0], self.flow[1])
@@ -265,18 +323,19 @@ fn unsent(fd: BorrowedFd<'_>) -> i32 {
 }
 
 /// One direction's turn: transfer, then apply the end rules. Returns the
-/// bytes delivered and whether its flow changed.
+/// bytes delivered and whether its flow changed. `other`: the other
+/// direction's flow; `short`: a short read from `src` proves it empty.
 fn step<D: Direction>(
     d: &mut D,
-    flow: &mut Flow,
-    (src, sr): (BorrowedFd<'_>, &mut Ready),
+    (flow, other): (&mut Flow, Flow),
+    (src, sr, short): (BorrowedFd<'_>, &mut Ready, bool),
     (dst, dr): (BorrowedFd<'_>, &mut Ready),
     what: &dyn Fn() -> String,
 ) -> (u64, bool) {
     let before = *flow;
     let mut bytes = 0;
     if matches!(*flow, Flow::Open | Flow::Flushing) {
-        let mut t = transfer(d, src, sr, dst, dr, *flow == Flow::Open);
+        let mut t = transfer_with(d, src, sr, dst, dr, *flow == Flow::Open, short);
         bytes += t.bytes;
         if t.eof {
             *flow = Flow::Flushing;
@@ -301,8 +360,13 @@ fn step<D: Direction>(
             *flow = Flow::Draining;
         }
         if *flow == Flow::Flushing && d.held() == 0 {
-            if let Err(e) = shutdown_write(dst) {
-                crate::debug!("{}: {e}", what());
+            // With the other direction ended this one ends the connection,
+            // whose `close` sends the same FIN (dst was read to its end, so
+            // nothing unread turns it into a reset): no `shutdown` call.
+            if other != Flow::Ended {
+                if let Err(e) = shutdown_write(dst) {
+                    crate::debug!("{}: {e}", what());
+                }
             }
             // Frees the pipe or buffer now, not when the connection ends.
             d.discard();
@@ -473,9 +537,12 @@ mod tests {
             .shutdown(std::net::Shutdown::Write)
             .unwrap();
         assert_eq!(rig.pump().down, 6);
+        assert!(rig.relay.done());
+        // The last end closes the connection: its close is the client's
+        // FIN (no shutdown call first).
+        rig.client = pair().1;
         rig.client_reads();
         assert_eq!((rig.got.as_slice(), rig.client_eof), (&b"answer"[..], true));
-        assert!(rig.relay.done());
     }
 
     #[test]
@@ -499,5 +566,171 @@ mod tests {
         rig.backend_peer.write_all(b" and the rest").unwrap();
         let p = rig.pump();
         assert!(p.changed && rig.relay.done(), "{:?}", rig.relay.flows());
+    }
+
+    fn pattern(n: usize, seed: u8) -> Vec<u8> {
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    /// `n` bytes each way at once, both peers half-closing when done;
+    /// returns (what the backend got, what the client got, a pipe was
+    /// seen in either direction).
+    fn both_ways(n: usize) -> (Vec<u8>, Vec<u8>, bool) {
+        let (up, down) = (pattern(n, 1), pattern(n, 2));
+        let mut rig = Rig::new(Duplex::<Splice>::default());
+        let (mut us, mut ds) = (0, 0);
+        let (mut got_up, mut backend_eof) = (Vec::new(), false);
+        let mut pipes = false;
+        let mut buf = vec![0u8; 65536];
+        for _ in 0..100_000 {
+            if us < n {
+                if let Ok(k) = rig.client_peer.write(&up[us..]) {
+                    us += k;
+                    if us == n {
+                        rig.client_peer.shutdown(std::net::Shutdown::Write).unwrap();
+                    }
+                }
+            }
+            if ds < n {
+                if let Ok(k) = rig.backend_peer.write(&down[ds..]) {
+                    ds += k;
+                    if ds == n {
+                        rig.backend_peer
+                            .shutdown(std::net::Shutdown::Write)
+                            .unwrap();
+                    }
+                }
+            }
+            rig.pump();
+            pipes |= rig.relay.up.pipe_fd().is_some() || rig.relay.down.pipe_fd().is_some();
+            while let Ok(k) = rig.backend_peer.read(&mut buf) {
+                if k == 0 {
+                    backend_eof = true;
+                    break;
+                }
+                got_up.extend_from_slice(&buf[..k]);
+            }
+            rig.client_reads();
+            if rig.relay.done() {
+                break;
+            }
+        }
+        assert!(rig.relay.done(), "{:?}", rig.relay.flows());
+        // The connection is closed once done: the last FIN is the close.
+        rig.client = pair().1;
+        rig.backend = pair().1;
+        rig.client_reads();
+        while let Ok(k) = rig.backend_peer.read(&mut buf) {
+            if k == 0 {
+                backend_eof = true;
+                break;
+            }
+            got_up.extend_from_slice(&buf[..k]);
+        }
+        assert!(backend_eof && rig.client_eof, "both peers see the end");
+        assert_eq!(
+            crate::pipes::Pipe::in_use(),
+            0,
+            "no pipe held after the end"
+        );
+        (got_up, std::mem::take(&mut rig.got), pipes)
+    }
+
+    #[test]
+    fn a_flow_under_the_threshold_never_makes_a_pipe() {
+        let n = crate::relay::SPLICE_AFTER as usize - 1;
+        let (up, down, pipes) = both_ways(n);
+        assert!(
+            up == pattern(n, 1) && down == pattern(n, 2),
+            "intact, in order"
+        );
+        assert!(!pipes, "copied through the buffer only");
+    }
+
+    #[test]
+    fn a_bulk_flow_switches_to_splice_both_ways_and_arrives_intact() {
+        let n = 3 << 20;
+        let (up, down, pipes) = both_ways(n);
+        assert_eq!((up.len(), down.len()), (n, n));
+        assert!(
+            up == pattern(n, 1) && down == pattern(n, 2),
+            "intact, in order"
+        );
+        assert!(pipes, "spliced once past the threshold");
+    }
+
+    #[test]
+    fn a_direction_splices_only_past_the_threshold() {
+        let mut rig = Rig::new(Duplex::<Splice>::default());
+        let block = pattern(crate::relay::SPLICE_AFTER as usize, 3);
+        rig.client_peer.write_all(&block).unwrap();
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        while got.len() < block.len() {
+            rig.pump();
+            while let Ok(k) = rig.backend_peer.read(&mut buf) {
+                got.extend_from_slice(&buf[..k]);
+            }
+        }
+        assert!(!rig.relay.up.is_splicing() && rig.relay.up.pipe_fd().is_none());
+        rig.client_peer.write_all(b"one more").unwrap();
+        rig.pump();
+        assert!(rig.relay.up.is_splicing(), "past the threshold");
+        rig.client_peer.write_all(b" and more").unwrap();
+        rig.pump();
+        assert!(rig.relay.up.pipe_fd().is_some(), "reads go through a pipe");
+        while let Ok(k) = rig.backend_peer.read(&mut buf) {
+            got.extend_from_slice(&buf[..k]);
+        }
+        assert_eq!(&got[block.len()..], b"one more and more");
+    }
+
+    /// Counts the reads of the direction it wraps.
+    #[derive(Default)]
+    struct Counted(Splice, usize);
+
+    impl Direction for Counted {
+        fn can_read(&self) -> bool {
+            self.0.can_read()
+        }
+        fn read(&mut self, src: BorrowedFd<'_>) -> io::Result<usize> {
+            self.1 += 1;
+            self.0.read(src)
+        }
+        fn read_was_short(&self) -> bool {
+            self.0.read_was_short()
+        }
+        fn held(&self) -> usize {
+            self.0.held()
+        }
+        fn write(&mut self, dst: BorrowedFd<'_>) -> io::Result<usize> {
+            self.0.write(dst)
+        }
+        fn discard(&mut self) {
+            self.0.discard()
+        }
+    }
+
+    #[test]
+    fn a_trusted_short_read_ends_the_reading_without_eagain() {
+        for trust in [false, true] {
+            let mut rig = Rig::new(Duplex::<Counted>::default());
+            rig.relay.trust_short_reads(trust, trust);
+            rig.client_peer.write_all(b"request").unwrap();
+            let (mut cr, mut br) = (ready(), ready());
+            let p = rig.relay.pump(
+                rig.client.as_fd(),
+                &mut cr,
+                rig.backend.as_fd(),
+                &mut br,
+                &"backend",
+            );
+            assert_eq!(p.up, 7);
+            assert!(!cr.readable, "nothing more to read, either way");
+            let reads = rig.relay.up.1;
+            assert_eq!(reads, if trust { 1 } else { 2 }, "trust {trust}");
+        }
     }
 }

@@ -32,6 +32,7 @@ use mio::event::Event;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
 use std::io;
+use std::num::NonZeroU32;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
@@ -76,6 +77,10 @@ pub struct Cx<'a> {
     pub config: &'a WorkerConfig,
     /// A drain has begun: finish what is open, start nothing new.
     pub draining: bool,
+    /// This poll round's number, wrapping: a socket registered in a round
+    /// gets none of the events gathered for it before (see
+    /// `conns::Sockets::on_event`).
+    pub round: NonZeroU32,
     timers: &'a mut Timers,
 }
 
@@ -163,6 +168,8 @@ pub struct Loop<H> {
     stats: Stats,
     drain_until: Option<Instant>,
     after_burst: crate::mem::AfterBurst,
+    /// Poll rounds so far, wrapping (`Cx::round`).
+    round: NonZeroU32,
     handler: H,
 }
 
@@ -176,6 +183,7 @@ macro_rules! cx {
             stats: &mut $l.stats,
             config: &$l.config,
             draining: $l.drain_until.is_some(),
+            round: $l.round,
             timers: &mut $l.timers,
         }
     };
@@ -206,6 +214,7 @@ impl<H: Handler> Loop<H> {
             stats: Stats::default(),
             drain_until: None,
             after_burst: crate::mem::AfterBurst::default(),
+            round: NonZeroU32::MIN,
         })
     }
 
@@ -228,6 +237,7 @@ impl<H: Handler> Loop<H> {
                 return 1;
             }
             let now = Instant::now();
+            self.round = self.round.checked_add(1).unwrap_or(NonZeroU32::MIN);
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept(now, false),

@@ -9,8 +9,8 @@
 //! - [`stream`], [`accept`], [`backend`], [`timer`], [`slab`]: the data path every
 //!   worker shares: sockets, reaching a backend, deadlines.
 //! - [`duplex`]: the one duplex relay (half-close and failure rules) over
-//!   [`relay`] (splice, with a read/write fallback) and [`fdrelay`] (bytes
-//!   and fds of a unix link).
+//!   [`relay`] (copy, then splice once a flow is bulk, through [`pipes`])
+//!   and [`fdrelay`] (bytes and fds of a unix link).
 //! - [`event_loop`]: the one worker loop (listener, control messages,
 //!   timers, stats, drain); [`conns`]: the tcp and unix workers'
 //!   connections plugged into it.
@@ -28,6 +28,7 @@ pub mod fdrelay;
 pub mod graph;
 pub mod log;
 pub mod mem;
+pub mod pipes;
 pub mod plan;
 pub mod privs;
 pub mod relay;

@@ -1,40 +1,88 @@
 //! One direction of a proxied connection (source socket -> destination
-//! socket) with `splice(2)` through a pipe, so bytes never enter user
-//! space. The pipe is the buffer: when the destination is slow the pipe
-//! fills, the source is no longer read, and TCP flow control pushes back
-//! on the sender. It is made on first data (an idle connection holds
-//! none) and sized by [`set_pipe_size`] (`--pipe-size`, 64 KiB by
+//! socket). A direction starts by copying: `recv` into a small user-space
+//! buffer, `send` from it. Once it has read more than [`SPLICE_AFTER`]
+//! bytes it is a bulk flow and moves on with `splice(2)` through a pipe,
+//! so its bytes no longer enter user space (HAProxy's "splice-auto"). A
+//! short exchange (a request and its answer) thus makes no pipe at all:
+//! a pipe costs `pipe2`, `F_SETPIPE_SZ`, two `close` and twice the
+//! `splice` calls, more than the copy it saves on a few hundred bytes.
+//!
+//! Buffers hold bytes only while they are in flight: a read takes a
+//! [`COPY_CHUNK`] buffer from the worker's spares (at most
+//! [`SPARE_BUFFERS`] kept) and gives it back as soon as its bytes are
+//! written, so an idle connection holds none. One chunk at a time: the
+//! source is read again only once the chunk went out, which is the
+//! backpressure (a slow reader leaves the bytes in the kernel's socket
+//! buffers, not in ours).
+//!
+//! Pipes come from the worker's spares ([`crate::pipes`]) and go back
+//! there empty; a pipe with bytes left is closed. The pipe is the buffer
+//! of a spliced direction: when the destination is slow the pipe fills,
+//! the source is no longer read, and TCP flow control pushes back on the
+//! sender. Its size is [`set_pipe_size`] (`--pipe-size`, 64 KiB by
 //! default): 2 pipes × that size is the kernel memory one connection can
 //! hold.
 //!
 //! Where `splice` is refused (`EINVAL`: an fd type without splice support,
 //! e.g. an `O_APPEND` file as destination or an eventfd as source), the
-//! direction falls back to `read`/`write` through a small user-space
-//! buffer ([`COPY_CHUNK`], allocated only while bytes are in flight) for
-//! the rest of its life. The same buffer carries a prefix: bytes that must
-//! go out before what the pipe holds (a PROXY protocol header, bytes read
-//! before a tunnel started).
+//! direction copies for the rest of its life. The same buffer carries a
+//! prefix: bytes that must go out before anything read (a PROXY protocol
+//! header, bytes read before a tunnel started).
 //!
 //! [`Splice`] is a [`Direction`] of [`crate::duplex::Duplex`]; `pump` moves
 //! one direction alone (http bodies with a known length).
 
 use crate::duplex::{transfer, Direction};
+use crate::pipes::Pipe;
 use nix::errno::Errno;
-use nix::fcntl::{splice, OFlag, SpliceFFlags};
+use nix::fcntl::{splice, SpliceFFlags};
+use std::cell::RefCell;
 use std::io;
 #[cfg(test)]
 use std::net::Shutdown;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+#[cfg(test)]
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Default pipe size: the kernel's own default on 4 KiB pages.
 pub const DEFAULT_PIPE_SIZE: usize = 64 * 1024;
 /// Largest `--pipe-size` accepted (also bounded by /proc/sys/fs/pipe-max-size).
 pub const MAX_PIPE_SIZE: usize = 1024 * 1024;
-/// The read/write fallback's buffer, and the most one `read` takes.
+/// The copy buffer's size, and the most one `read` takes.
 pub const COPY_CHUNK: usize = 16 * 1024;
+/// A direction that has read more than this splices from then on. Below
+/// it a flow costs two syscalls per chunk and no pipe; above it, copying
+/// would cost more CPU than the pipe costs syscalls.
+pub const SPLICE_AFTER: u64 = 64 * 1024;
+/// Copy buffers a worker keeps between uses (one is the usual need: a
+/// chunk normally goes out in the same turn it came in).
+pub const SPARE_BUFFERS: usize = 2;
 
 static PIPE_SIZE: AtomicUsize = AtomicUsize::new(DEFAULT_PIPE_SIZE);
+
+thread_local! {
+    static BUFFERS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A [`COPY_CHUNK`] buffer, spare or new.
+fn take_buffer() -> Vec<u8> {
+    BUFFERS
+        .with(|b| b.borrow_mut().pop())
+        .unwrap_or_else(|| vec![0u8; COPY_CHUNK])
+}
+
+/// Keep a buffer for the next read (a prefix of another size is dropped).
+fn give_buffer(buf: Vec<u8>) {
+    if buf.len() == COPY_CHUNK {
+        BUFFERS.with(|b| {
+            let mut b = b.borrow_mut();
+            if b.len() < SPARE_BUFFERS {
+                b.push(buf);
+            }
+        });
+    }
+}
 
 /// Size of the pipes made from now on (a worker sets it once at start from
 /// its `Limits`). The kernel rounds it up to a power of two pages.
@@ -62,25 +110,34 @@ pub struct Moved {
     pub eof: bool,
 }
 
-/// User-space bytes waiting for the destination: `buf[sent..]`.
+/// User-space bytes waiting for the destination: `buf[sent..end]`.
 #[derive(Debug)]
 struct Chunk {
     buf: Vec<u8>,
     sent: usize,
+    end: usize,
 }
 
-/// One direction: a pipe (made on first use), and a small buffer for a
-/// prefix or the copy fallback, whose bytes always go out first.
-#[derive(Debug, Default)]
+/// `Splice::left` of a direction without a limit.
+const NO_LIMIT: u64 = u64::MAX;
+
+/// One direction: copy first, then a pipe (see the module docs); the
+/// user-space chunk (a prefix, copied bytes) always goes out first.
+#[derive(Debug)]
 pub struct Splice {
-    pipe: Option<(OwnedFd, OwnedFd)>,
-    /// Bytes sitting in the pipe.
-    queued: usize,
+    pipe: Option<Pipe>,
     copy: Option<Box<Chunk>>,
-    /// Remaining bytes this direction may read (None = until EOF).
-    limit: Option<u64>,
+    /// Remaining bytes this direction may read ([`NO_LIMIT`]: until EOF).
+    /// Not an `Option`: every connection has two of these, 8 bytes count.
+    left: u64,
+    /// Bytes read from the source so far, counted up to past [`SPLICE_AFTER`].
+    read: u32,
     /// `splice` was refused for these fds: read/write from now on.
     copying: bool,
+    /// Known to be bulk: splice from the first byte.
+    bulk: bool,
+    /// The last read took fewer bytes than it asked for.
+    short: bool,
     /// Source reported EOF (or the limit was reached). For `pump`.
     pub src_done: bool,
     /// Destination's write side has been shut down. For `pump`.
@@ -89,6 +146,33 @@ pub struct Splice {
 
 fn sys(what: &str, e: Errno) -> io::Error {
     io::Error::new(io::Error::from(e).kind(), format!("{what}: {e}"))
+}
+
+/// One `read(2)`, retried on EINTR.
+fn read_fd(fd: BorrowedFd<'_>, buf: &mut [u8], what: &str) -> io::Result<usize> {
+    loop {
+        match nix::unistd::read(fd.as_raw_fd(), buf) {
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(sys(what, e)),
+            Ok(n) => return Ok(n),
+        }
+    }
+}
+
+impl Default for Splice {
+    fn default() -> Splice {
+        Splice {
+            pipe: None,
+            copy: None,
+            left: NO_LIMIT,
+            read: 0,
+            copying: false,
+            bulk: false,
+            short: false,
+            src_done: false,
+            dst_shut: false,
+        }
+    }
 }
 
 impl Splice {
@@ -103,11 +187,17 @@ impl Splice {
             return;
         }
         match self.copy.as_mut() {
-            Some(c) => c.buf.extend_from_slice(&bytes),
+            Some(c) => {
+                c.buf.truncate(c.end);
+                c.buf.extend_from_slice(&bytes);
+                c.end = c.buf.len();
+            }
             None => {
+                let end = bytes.len();
                 self.copy = Some(Box::new(Chunk {
                     buf: bytes,
                     sent: 0,
+                    end,
                 }))
             }
         }
@@ -116,7 +206,7 @@ impl Splice {
     /// Move at most `n` more bytes, then stop as if the source ended
     /// (used for bodies with a known length). Does not shut the destination.
     pub fn set_limit(&mut self, n: Option<u64>) {
-        self.limit = n;
+        self.left = n.unwrap_or(NO_LIMIT);
         self.src_done = n == Some(0);
     }
 
@@ -139,46 +229,55 @@ impl Splice {
         self.copying
     }
 
-    /// The pipe's read end, if one was made (tests check its size).
+    /// Whether reads go through a pipe now (the flow passed [`SPLICE_AFTER`]).
+    pub fn is_splicing(&self) -> bool {
+        !self.copying && (self.bulk || u64::from(self.read) > SPLICE_AFTER)
+    }
+
+    /// The flow is known to be bulk (e.g. a body longer than
+    /// [`SPLICE_AFTER`]): splice from the first byte, no copy phase.
+    pub fn splice_now(&mut self) {
+        self.bulk = true;
+    }
+
+    /// The pipe's read end, if the direction holds one (tests check it).
     pub fn pipe_fd(&self) -> Option<BorrowedFd<'_>> {
-        self.pipe.as_ref().map(|(r, _)| r.as_fd())
+        self.pipe
+            .as_ref()
+            .and_then(|p| p.fds().ok())
+            .map(|(r, _)| r)
     }
 
     fn copy_left(&self) -> usize {
-        self.copy.as_ref().map_or(0, |c| c.buf.len() - c.sent)
+        self.copy.as_ref().map_or(0, |c| c.end - c.sent)
     }
 
-    fn pipe(&mut self) -> io::Result<(BorrowedFd<'_>, BorrowedFd<'_>)> {
+    fn in_pipe(&self) -> usize {
+        self.pipe.as_ref().map_or(0, Pipe::queued)
+    }
+
+    fn pipe(&mut self) -> io::Result<&mut Pipe> {
         if self.pipe.is_none() {
-            let p = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
-                .map_err(|e| sys("pipe2", e))?;
-            // Always set: the default is 16 pages, 1 MiB on 64 KiB-page
-            // kernels. Best effort: without it we move less per call.
-            let _ = nix::fcntl::fcntl(
-                p.1.as_raw_fd(),
-                nix::fcntl::FcntlArg::F_SETPIPE_SZ(pipe_size() as i32),
-            );
-            self.pipe = Some(p);
+            self.pipe = Some(Pipe::take(pipe_size())?);
         }
-        let (r, w) = self
-            .pipe
-            .as_ref()
-            .map(|(r, w)| (r.as_fd(), w.as_fd()))
-            .ok_or_else(|| io::Error::other("pipe just made is gone"))?;
-        Ok((r, w))
+        self.pipe
+            .as_mut()
+            .ok_or_else(|| io::Error::other("pipe just taken is gone"))
     }
 
     /// Most bytes the next read may take.
     fn want(&self, room: usize) -> usize {
-        match self.limit {
-            Some(l) => room.min(usize::try_from(l).unwrap_or(usize::MAX)),
-            None => room,
-        }
+        room.min(usize::try_from(self.left).unwrap_or(usize::MAX))
     }
 
     fn took(&mut self, n: usize) {
-        if let Some(l) = self.limit.as_mut() {
-            *l = l.saturating_sub(n as u64);
+        if self.left != NO_LIMIT {
+            self.left = self.left.saturating_sub(n as u64);
+        }
+        if u64::from(self.read) <= SPLICE_AFTER {
+            self.read = self
+                .read
+                .saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
         }
     }
 
@@ -191,17 +290,24 @@ impl Splice {
     }
 
     fn read_copy(&mut self, src: BorrowedFd<'_>) -> io::Result<usize> {
-        let mut buf = vec![0u8; self.want(COPY_CHUNK)];
-        let n = loop {
-            match nix::unistd::read(src.as_raw_fd(), &mut buf) {
-                Err(Errno::EINTR) => continue,
-                Err(e) => return Err(sys("read from source", e)),
-                Ok(n) => break n,
+        let want = self.want(COPY_CHUNK);
+        let mut buf = take_buffer();
+        let n = match read_fd(src, &mut buf[..want], "read from source") {
+            Ok(n) => n,
+            Err(e) => {
+                give_buffer(buf);
+                return Err(e);
             }
         };
-        if n > 0 {
-            buf.truncate(n);
-            self.copy = Some(Box::new(Chunk { buf, sent: 0 }));
+        self.short = n > 0 && n < want;
+        if n == 0 {
+            give_buffer(buf);
+        } else {
+            self.copy = Some(Box::new(Chunk {
+                buf,
+                sent: 0,
+                end: n,
+            }));
             self.took(n);
         }
         Ok(n)
@@ -210,18 +316,23 @@ impl Splice {
     /// Copy fallback with bytes still in the pipe: take a chunk of them
     /// into the (empty) buffer, so the order holds.
     fn unpipe(&mut self) -> io::Result<()> {
-        let mut buf = vec![0u8; self.queued.min(COPY_CHUNK)];
-        let (pr, _) = self.pipe()?;
-        let n = loop {
-            match nix::unistd::read(pr.as_raw_fd(), &mut buf) {
-                Err(Errno::EINTR) => continue,
-                Err(e) => return Err(sys("read from pipe", e)),
-                Ok(n) => break n,
+        let mut buf = take_buffer();
+        let want = self.in_pipe().min(COPY_CHUNK);
+        let pipe = self.pipe()?;
+        let (pr, _) = pipe.fds()?;
+        let n = match read_fd(pr, &mut buf[..want], "read from pipe") {
+            Ok(n) => n,
+            Err(e) => {
+                give_buffer(buf);
+                return Err(e);
             }
         };
-        buf.truncate(n);
-        self.queued -= n;
-        self.copy = Some(Box::new(Chunk { buf, sent: 0 }));
+        pipe.drained(n);
+        self.copy = Some(Box::new(Chunk {
+            buf,
+            sent: 0,
+            end: n,
+        }));
         Ok(())
     }
 
@@ -239,7 +350,7 @@ impl Splice {
     ) -> io::Result<Moved> {
         let read = !self.src_done;
         let t = transfer(self, src, src_ready, dst, dst_ready, read);
-        if t.eof || self.limit == Some(0) {
+        if t.eof || self.left == 0 {
             self.src_done = true;
         }
         if let Some((side, e)) = t.fault {
@@ -248,6 +359,10 @@ impl Splice {
         if shut_on_eof && self.finished() && !self.dst_shut {
             self.dst_shut = true;
             shutdown_write(dst)?;
+        }
+        if self.finished() {
+            // Nothing more will pass: the pipe goes back now.
+            self.pipe = None;
         }
         Ok(Moved {
             bytes: t.bytes,
@@ -258,26 +373,28 @@ impl Splice {
 
 impl Direction for Splice {
     fn can_read(&self) -> bool {
-        if self.limit == Some(0) {
+        if self.left == 0 {
             return false;
         }
-        if self.copying {
+        if !self.is_splicing() {
             // One chunk at a time, after whatever the pipe still holds.
             return self.held() == 0;
         }
-        self.queued < pipe_size()
+        self.in_pipe() < pipe_size()
     }
 
     fn read(&mut self, src: BorrowedFd<'_>) -> io::Result<usize> {
-        if self.copying {
+        if !self.is_splicing() {
             return self.read_copy(src);
         }
-        let want = self.want(pipe_size() - self.queued);
+        self.short = false;
+        let want = self.want(pipe_size() - self.in_pipe());
         let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
-        let (_, pw) = self.pipe()?;
+        let pipe = self.pipe()?;
+        let (_, pw) = pipe.fds()?;
         match splice(src, None, pw, None, want, flags) {
             Ok(n) => {
-                self.queued += n;
+                pipe.filled(n);
                 self.took(n);
                 Ok(n)
             }
@@ -293,18 +410,23 @@ impl Direction for Splice {
         }
     }
 
+    fn read_was_short(&self) -> bool {
+        self.short
+    }
+
     fn held(&self) -> usize {
-        self.copy_left() + self.queued
+        self.copy_left() + self.in_pipe()
     }
 
     fn write(&mut self, dst: BorrowedFd<'_>) -> io::Result<usize> {
-        if self.copy.is_none() && self.queued > 0 && !self.copying {
+        if self.copy.is_none() && self.in_pipe() > 0 && !self.copying {
             let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
-            let queued = self.queued;
-            let (pr, _) = self.pipe()?;
+            let pipe = self.pipe()?;
+            let queued = pipe.queued();
+            let (pr, _) = pipe.fds()?;
             match splice(pr, None, dst, None, queued, flags) {
                 Ok(n) => {
-                    self.queued -= n;
+                    pipe.drained(n);
                     return Ok(n);
                 }
                 Err(Errno::EINVAL) => self.fall_back("to the destination"),
@@ -312,7 +434,7 @@ impl Direction for Splice {
             }
         }
         if self.copy.is_none() {
-            if self.queued == 0 {
+            if self.in_pipe() == 0 {
                 return Ok(0);
             }
             self.unpipe()?;
@@ -321,24 +443,36 @@ impl Direction for Splice {
             return Ok(0);
         };
         let n = loop {
-            match nix::unistd::write(dst, &c.buf[c.sent..]) {
+            match nix::unistd::write(dst, &c.buf[c.sent..c.end]) {
                 Err(Errno::EINTR) => continue,
                 Err(e) => return Err(sys("write to destination", e)),
                 Ok(n) => break n,
             }
         };
         c.sent += n;
-        if c.sent == c.buf.len() {
-            // Nothing in flight here: give the buffer back.
-            self.copy = None;
+        if c.sent == c.end {
+            // Nothing in flight here: the buffer goes back.
+            if let Some(c) = self.copy.take() {
+                give_buffer(c.buf);
+            }
         }
         Ok(n)
     }
 
+    fn urgent_seen(&mut self) {
+        if !self.copying {
+            crate::debug!("urgent data from the source; copying instead of splicing from now on");
+            // What the pipe holds still goes out first (`unpipe`).
+            self.copying = true;
+        }
+    }
+
     fn discard(&mut self) {
+        // A pipe with bytes left is closed by its drop, never reused.
         self.pipe = None;
-        self.queued = 0;
-        self.copy = None;
+        if let Some(c) = self.copy.take() {
+            give_buffer(c.buf);
+        }
     }
 }
 
@@ -479,6 +613,7 @@ mod tests {
         (&a_out).write_all(b"data").unwrap();
         drop(b_out); // the destination's peer is gone: EPIPE on write
         let mut s = Splice::new();
+        s.splice_now();
         let (mut sr, mut dr) = (
             Ready {
                 readable: true,
@@ -495,6 +630,20 @@ mod tests {
         assert_eq!(SpliceError::side_of(&e), Some(Side::Destination));
         assert!(e.to_string().starts_with("splice to destination"), "{e}");
         assert_eq!(SpliceError::side_of(&io::Error::other("x")), None);
+        // The same through the copy path of a short flow.
+        (&a_out).write_all(b"data").unwrap();
+        let mut s = Splice::new();
+        let e = s
+            .pump(
+                a_in.as_fd(),
+                &mut ready(),
+                b_in.as_fd(),
+                &mut ready(),
+                false,
+            )
+            .unwrap_err();
+        assert_eq!(SpliceError::side_of(&e), Some(Side::Destination));
+        assert!(e.to_string().starts_with("write to destination"), "{e}");
     }
 
     fn ready() -> Ready {
@@ -516,6 +665,7 @@ mod tests {
         let (b_in, mut b_out) = UnixStream::pair().unwrap();
         b_in.set_nonblocking(true).unwrap();
         let mut s = Splice::new();
+        s.splice_now();
         let (mut sr, mut dr) = (ready(), ready());
         let m = s
             .pump(efd.as_fd(), &mut sr, b_in.as_fd(), &mut dr, false)
@@ -549,6 +699,7 @@ mod tests {
         a_in.set_nonblocking(true).unwrap();
         a_out.write_all(b"hello, ").unwrap();
         let mut s = Splice::new();
+        s.splice_now();
         s.prefix(b"HDR:".to_vec());
         let (mut sr, mut dr) = (ready(), ready());
         s.pump(a_in.as_fd(), &mut sr, file.as_fd(), &mut dr, false)
@@ -591,11 +742,13 @@ mod tests {
             .unwrap();
         };
         let mut s = Splice::new();
+        s.splice_now();
         assert!(s.pipe_fd().is_none(), "no pipe before data");
         moved(&mut s);
         assert_eq!(size_of(&s), DEFAULT_PIPE_SIZE);
         set_pipe_size(128 * 1024);
         let mut t = Splice::new();
+        t.splice_now();
         moved(&mut t);
         set_pipe_size(DEFAULT_PIPE_SIZE);
         assert_eq!(size_of(&t), 128 * 1024);

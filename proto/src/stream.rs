@@ -132,7 +132,13 @@ impl Source for Stream {
 /// A listening socket of either family, as handed over by the supervisor.
 #[derive(Debug)]
 pub enum Listener {
-    Tcp(mio::net::TcpListener),
+    /// `nodelay`: `TCP_NODELAY` is set on the listener, and Linux gives
+    /// each accepted socket the listener's options, so clients need no
+    /// `setsockopt` of their own.
+    Tcp {
+        l: mio::net::TcpListener,
+        nodelay: bool,
+    },
     Unix(mio::net::UnixListener),
 }
 
@@ -148,45 +154,92 @@ impl Listener {
                 Listener::Unix(mio::net::UnixListener::from_std(s))
             }
             _ => {
+                // Once here rather than once per client.
+                let nodelay =
+                    nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::TcpNoDelay, &true)
+                        .is_ok();
                 let s = std::net::TcpListener::from(fd);
                 s.set_nonblocking(true)?;
-                Listener::Tcp(mio::net::TcpListener::from_std(s))
+                Listener::Tcp {
+                    l: mio::net::TcpListener::from_std(s),
+                    nodelay,
+                }
             }
         };
         Ok(l)
     }
 
-    /// accept4(SOCK_NONBLOCK|SOCK_CLOEXEC); TCP_NODELAY on tcp clients, as
-    /// a proxy must not add Nagle delay to what it forwards.
-    pub fn accept(&self) -> io::Result<Stream> {
+    /// accept4(SOCK_NONBLOCK|SOCK_CLOEXEC), with the client's address as
+    /// accept4 returned it (no `getpeername` later; None for unix peers).
+    /// tcp clients get TCP_NODELAY (from the listener), as a proxy must
+    /// not add Nagle delay to what it forwards.
+    pub fn accept_from(&self) -> io::Result<(Stream, Option<std::net::SocketAddr>)> {
         match self {
-            Listener::Tcp(l) => {
-                let (s, _) = l.accept()?;
-                let _ = s.set_nodelay(true);
-                Ok(Stream::Tcp(s))
+            Listener::Tcp { l, nodelay } => {
+                let (s, peer) = l.accept()?;
+                if !nodelay {
+                    let _ = s.set_nodelay(true);
+                }
+                Ok((Stream::Tcp(s), Some(peer)))
             }
-            Listener::Unix(l) => Ok(Stream::Unix(l.accept()?.0)),
+            Listener::Unix(l) => Ok((Stream::Unix(l.accept()?.0), None)),
         }
+    }
+
+    /// [`Listener::accept_from`] without the address.
+    pub fn accept(&self) -> io::Result<Stream> {
+        self.accept_from().map(|(s, _)| s)
     }
 }
 
 impl Source for Listener {
     fn register(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
         match self {
-            Listener::Tcp(s) => s.register(r, t, i),
+            Listener::Tcp { l, .. } => l.register(r, t, i),
             Listener::Unix(s) => s.register(r, t, i),
         }
     }
     fn reregister(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
         match self {
-            Listener::Tcp(s) => s.reregister(r, t, i),
+            Listener::Tcp { l, .. } => l.reregister(r, t, i),
             Listener::Unix(s) => s.reregister(r, t, i),
         }
     }
     fn deregister(&mut self, r: &Registry) -> io::Result<()> {
         match self {
-            Listener::Tcp(s) => s.deregister(r),
+            Listener::Tcp { l, .. } => l.deregister(r),
             Listener::Unix(s) => s.deregister(r),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::OwnedFd;
+
+    #[test]
+    fn accepted_clients_have_nodelay_from_the_listener_and_their_address() {
+        let std_l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = std_l.local_addr().unwrap();
+        let l = Listener::from_fd(OwnedFd::from(std_l)).unwrap();
+        assert!(matches!(l, Listener::Tcp { nodelay: true, .. }));
+        let c = std::net::TcpStream::connect(addr).unwrap();
+        let (s, peer) = loop {
+            match l.accept_from() {
+                Ok(a) => break a,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                Err(e) => panic!("accept: {e}"),
+            }
+        };
+        assert_eq!(peer, Some(c.local_addr().unwrap()));
+        let Stream::Tcp(s) = s else {
+            panic!("a tcp client")
+        };
+        // What the relay relies on to skip a setsockopt per client.
+        assert!(
+            s.nodelay().unwrap(),
+            "TCP_NODELAY inherited from the listener"
+        );
     }
 }
