@@ -12,6 +12,7 @@ use crate::accept::Acceptor;
 use crate::backend::{Dialer, Step};
 use crate::ctl::{CtlError, Limits, Stats, ToWorker, WorkerConfig};
 use crate::duplex::{Direction, Duplex};
+use crate::health::{self, Checker};
 use crate::relay::Ready;
 use crate::slab::Slab;
 use crate::stream::{Listener, Stream};
@@ -142,6 +143,13 @@ pub trait Connection: Sized {
     /// Its deadline passed (or an earlier timer entry fired).
     fn on_timer(&mut self, now: Instant, config: &WorkerConfig) -> Next;
     fn sockets(&mut self) -> &mut Sockets;
+    /// A backend may be back (an Update, a health check saw it up): a
+    /// connection still reaching its backend retargets to its route's
+    /// backend in `config` and retries at once (`Dialer::retarget`,
+    /// `Dialer::wake`). true: it did, drive it.
+    fn wake(&mut self, _now: Instant, _config: &WorkerConfig) -> bool {
+        false
+    }
     /// Why an Update cannot be applied by this kind of worker, if it cannot.
     fn refuse_update(_old: &WorkerConfig, _new: &WorkerConfig) -> Option<String> {
         None
@@ -150,6 +158,10 @@ pub trait Connection: Sized {
 
 const LISTENER: Token = Token(0);
 const CTL: Token = Token(1);
+/// The health checker's own epoll fd (`crate::health`).
+const HEALTH: Token = Token(usize::MAX - 1);
+/// Wake up for the health checker (checks due, timeouts).
+const KEY_HEALTH: u64 = u64::MAX - 3;
 const KEY_ACCEPT: u64 = u64::MAX;
 const KEY_DRAIN: u64 = u64::MAX - 1;
 /// Wake up to give memory back after a burst (`mem::AfterBurst`).
@@ -197,6 +209,8 @@ pub struct Worker<C> {
     stats: Stats,
     drain_until: Option<Instant>,
     after_burst: crate::mem::AfterBurst,
+    /// L4 health checks of the routes' backends (None: `--health-interval 0`).
+    health: Option<Checker>,
 }
 
 fn key(slot: usize, gen: u32) -> u64 {
@@ -218,6 +232,12 @@ impl<C: Connection> Worker<C> {
             CTL,
             Interest::READABLE,
         )?;
+        let backends = health::backends_of(&s.config.endpoint.routes);
+        let health = Checker::new(&s.config.limits, &backends, Instant::now())?;
+        if let Some(h) = &health {
+            poll.registry()
+                .register(&mut SourceFd(&h.fd()), HEALTH, Interest::READABLE)?;
+        }
         Ok(Worker {
             poll,
             acceptor,
@@ -228,6 +248,7 @@ impl<C: Connection> Worker<C> {
             stats: Stats::default(),
             drain_until: None,
             after_burst: crate::mem::AfterBurst::default(),
+            health,
         })
     }
 
@@ -237,6 +258,11 @@ impl<C: Connection> Worker<C> {
         let mut stats_wait: Option<Duration> = None;
         loop {
             let now = Instant::now();
+            if let Some(h) = self.health.as_mut() {
+                if let Some(at) = h.arm() {
+                    self.timers.add(at, KEY_HEALTH);
+                }
+            }
             let timeout = match (self.timers.timeout(now), stats_wait) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -254,6 +280,11 @@ impl<C: Connection> Worker<C> {
                     CTL => {
                         if !self.control(now) {
                             return Ok(());
+                        }
+                    }
+                    HEALTH => {
+                        if let Some(h) = self.health.as_mut() {
+                            h.on_ready();
                         }
                     }
                     Token(t) => {
@@ -275,6 +306,9 @@ impl<C: Connection> Worker<C> {
             }
             while let Some(k) = self.timers.pop_due(now) {
                 self.on_timer(k, now);
+            }
+            if crate::hold::take_wake() {
+                self.wake_connecting(now);
             }
             if self.acceptor.should_resume(self.conns.len(), now) {
                 self.accept(now, false);
@@ -402,7 +436,7 @@ impl<C: Connection> Worker<C> {
             self.conns.shrink();
             let conns = &self.conns;
             self.timers
-                .shrink(|k| k >= KEY_SHRINK || conns.is_live((k >> 32) as usize, k as u32));
+                .shrink(|k| k >= KEY_HEALTH || conns.is_live((k >> 32) as usize, k as u32));
             crate::mem::give_back_heap();
         }
     }
@@ -423,6 +457,11 @@ impl<C: Connection> Worker<C> {
         match k {
             KEY_ACCEPT => self.accept(now, false),
             KEY_DRAIN | KEY_SHRINK => {}
+            KEY_HEALTH => {
+                if let Some(h) = self.health.as_mut() {
+                    h.on_time(now);
+                }
+            }
             k => {
                 let (slot, gen) = ((k >> 32) as usize, k as u32);
                 let Some(c) = self.conns.get_gen(slot, gen) else {
@@ -437,6 +476,20 @@ impl<C: Connection> Worker<C> {
                     self.drive(slot, now);
                 }
             }
+        }
+    }
+
+    /// Every connection still reaching its backend retries now (see
+    /// [`Connection::wake`] and `crate::hold`).
+    fn wake_connecting(&mut self, now: Instant) {
+        let config = &self.config;
+        let woken: Vec<usize> = self
+            .conns
+            .iter_mut()
+            .filter_map(|(slot, c)| c.wake(now, config).then_some(slot))
+            .collect();
+        for slot in woken {
+            self.drive(slot, now);
         }
     }
 
@@ -467,7 +520,13 @@ impl<C: Connection> Worker<C> {
                             "routes updated: {} route(s); open connections keep their backend",
                             config.endpoint.routes.len()
                         );
+                        if let Some(h) = self.health.as_mut() {
+                            let backends = health::backends_of(&config.endpoint.routes);
+                            h.set_backends(&backends, &config.limits, now);
+                        }
                         self.config = config;
+                        // Held connections go to the route's backend now.
+                        self.wake_connecting(now);
                     }
                     self.ctl.ack(seq, err);
                 }

@@ -11,6 +11,8 @@
 //! - [`duplex`]: the one duplex relay (half-close and failure rules) over
 //!   [`relay`] (splice, with a read/write fallback) and [`fdrelay`] (bytes
 //!   and fds of a unix link).
+//! - [`health`]: L4 health checks of each worker's backends.
+//! - [`hold`]: connections held while their provider comes back.
 //! - [`log`]: one-line events to syslog or stderr.
 //! - [`text`]: escaping of outside text wherever it is printed or logged.
 
@@ -22,6 +24,8 @@ pub mod event_loop;
 pub mod fdpass;
 pub mod fdrelay;
 pub mod graph;
+pub mod health;
+pub mod hold;
 pub mod log;
 pub mod mem;
 pub mod plan;

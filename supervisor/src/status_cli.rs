@@ -168,6 +168,40 @@ pub fn table(v: &Value) -> String {
                 ),
             ));
         }
+        let h = &w["hold"];
+        if h["total"].as_u64().is_some_and(|n| n > 0)
+            || h["over_limit"].as_u64().is_some_and(|n| n > 0)
+        {
+            notes.push((
+                row,
+                format!(
+                    "  held: {} now, {} in all ({} connected, {} failed, {} over --max-held), longest wait {} ms",
+                    s(&h["held"]),
+                    s(&h["total"]),
+                    s(&h["connected"]),
+                    s(&h["failed"]),
+                    s(&h["over_limit"]),
+                    s(&h["wait_ms_max"])
+                ),
+            ));
+        }
+        for b in e["backends"].as_array().into_iter().flatten() {
+            let last = match b["last_check_ms_ago"].as_u64() {
+                Some(ms) => format!("last check {ms} ms ago"),
+                None => "not checked yet".into(),
+            };
+            let mut line = format!(
+                "  backend {}: {} ({} checks, {} failures, {last})",
+                s(&b["backend"]),
+                s(&b["state"]),
+                s(&b["checks"]),
+                s(&b["failures"])
+            );
+            if b["last_error"].is_string() {
+                line.push_str(&format!("; last error: {}", s(&b["last_error"])));
+            }
+            notes.push((row, line));
+        }
         if w["last_exit"].is_string() {
             notes.push((row, format!("  last worker {}", s(&w["last_exit"]))));
         }

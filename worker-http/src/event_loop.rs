@@ -15,6 +15,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll};
 use proto::accept::Acceptor;
 use proto::ctl::{CtlError, Limits, Stats, ToWorker, WorkerConfig};
+use proto::health::Checker;
 use proto::mem::AfterBurst;
 use proto::relay::Ready;
 use proto::slab::Slab;
@@ -45,6 +46,8 @@ pub struct Worker {
     pool_sweep: Option<Instant>,
     /// When a burst of connections has ended, to give its memory back.
     after_burst: AfterBurst,
+    /// health hook: L4 checks of the routes' backends (`proto::health`).
+    health: Option<Checker>,
 }
 
 impl Worker {
@@ -63,6 +66,13 @@ impl Worker {
             keys::CTL,
             Interest::READABLE,
         )?;
+        // health hook: the checker's epoll fd, registered once.
+        let backends = proto::health::backends_of(&config.endpoint.routes);
+        let health = Checker::new(&limits, &backends, Instant::now())?;
+        if let Some(h) = &health {
+            poll.registry()
+                .register(&mut SourceFd(&h.fd()), keys::HEALTH, Interest::READABLE)?;
+        }
         let w = Worker {
             poll,
             ctl,
@@ -78,6 +88,7 @@ impl Worker {
             pool_sweep: None,
             owners: Owners::default(),
             after_burst: AfterBurst::default(),
+            health,
         };
         w.log_routes(&config);
         Ok(w)
@@ -106,6 +117,10 @@ impl Worker {
         let mut events = Events::with_capacity(256);
         loop {
             let now = Instant::now();
+            // health hook: a timer for the next check or check timeout.
+            if let Some(t) = self.health.as_mut().and_then(|h| h.arm()) {
+                self.timers.add(t, keys::timer(Timer::Loop));
+            }
             let timeout = self.timers.timeout(now);
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -118,6 +133,11 @@ impl Worker {
             for ev in events.iter() {
                 match keys::decode(ev.token()) {
                     Tok::Listener => self.accept(now),
+                    Tok::Health => {
+                        if let Some(h) = self.health.as_mut() {
+                            h.on_ready();
+                        }
+                    }
                     Tok::Ctl => {
                         if let Some(code) = self.control(now) {
                             return code;
@@ -152,6 +172,10 @@ impl Worker {
                 }
             }
             self.fire_timers(now);
+            // hold hook (proto::hold): a backend may be back.
+            if proto::hold::take_wake() {
+                self.wake_connecting(now);
+            }
             if let Some(code) = self.housekeeping(now) {
                 return code;
             }
@@ -256,6 +280,9 @@ impl Worker {
                 Timer::Loop => {
                     self.stats_timer = false;
                     self.resume_accepting(now);
+                    if let Some(h) = self.health.as_mut() {
+                        h.on_time(now);
+                    }
                 }
             }
         }
@@ -268,12 +295,18 @@ impl Worker {
                 Ok(None) => return None,
                 Ok(Some(ToWorker::Update { seq, config })) => {
                     self.routes = Table::new(&config.endpoint.routes);
+                    if let Some(h) = self.health.as_mut() {
+                        let backends = proto::health::backends_of(&config.endpoint.routes);
+                        h.set_backends(&backends, &config.limits, now);
+                    }
                     self.limits = config.limits.clone();
                     let routes = &self.routes;
                     self.pool.retain(|b| routes.uses(b));
                     proto::info!("routes updated: {} route(s)", self.routes.len());
                     self.log_routes(&config);
                     self.ctl.ack(seq, None);
+                    // hold hook: held requests go to the route's backend now.
+                    self.wake_connecting(now);
                 }
                 Ok(Some(ToWorker::Drain { seq, deadline_ms })) => {
                     self.drain(now, Duration::from_millis(deadline_ms));
@@ -291,6 +324,15 @@ impl Worker {
                     return Some(1);
                 }
             }
+        }
+    }
+
+    /// hold hook (proto::hold): every connection still reaching its
+    /// backend retries now, at the route's backend as the table has it.
+    fn wake_connecting(&mut self, now: Instant) {
+        let slots: Vec<usize> = self.conns.iter_mut().map(|(i, _)| i).collect();
+        for slot in slots {
+            self.with_conn(slot, now, |c, cx| !c.wake(cx) || c.drive(cx));
         }
     }
 

@@ -17,12 +17,15 @@ use std::os::fd::RawFd;
 
 pub const LISTENER: Token = Token(0);
 pub const CTL: Token = Token(1);
+/// The health checker's epoll fd (`proto::health`).
+pub const HEALTH: Token = Token(usize::MAX >> 1);
 const BACKEND_BIT: usize = 1 << 62;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tok {
     Listener,
     Ctl,
+    Health,
     Client(usize),
     Backend(RawFd),
 }
@@ -39,6 +42,7 @@ pub fn decode(t: Token) -> Tok {
     match t.0 {
         0 => Tok::Listener,
         1 => Tok::Ctl,
+        n if n == HEALTH.0 => Tok::Health,
         n if n & BACKEND_BIT != 0 => Tok::Backend((n & !BACKEND_BIT) as RawFd),
         n => Tok::Client(n - 2),
     }
@@ -117,6 +121,7 @@ mod tests {
         }
         assert_eq!(decode(LISTENER), Tok::Listener);
         assert_eq!(decode(CTL), Tok::Ctl);
+        assert_eq!(decode(HEALTH), Tok::Health);
         assert_eq!(decode_timer(timer(Timer::Loop)), Timer::Loop);
         let mut o = Owners::default();
         assert_eq!(o.get(7), Owner::Nobody);

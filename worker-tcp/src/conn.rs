@@ -52,6 +52,9 @@ pub struct Conn {
     pub phase: Phase,
     /// The backend, for log lines (set once a route is chosen).
     target: String,
+    /// The chosen route's sni (its identity among the endpoint's routes),
+    /// to find it again after an Update.
+    sni: Option<String>,
     proxy_protocol: Option<ProxyProtocol>,
     relay: Duplex<Splice>,
     last_activity: Instant,
@@ -67,6 +70,7 @@ impl Conn {
                 until: now + Duration::from_millis(limits.head_timeout_ms),
             },
             target: String::new(),
+            sni: None,
             proxy_protocol: None,
             relay: Duplex::default(),
             last_activity: now,
@@ -81,8 +85,24 @@ impl Conn {
 
     fn route_to(&mut self, r: &Route, now: Instant, limits: &Limits) {
         self.target = r.backend.to_string();
+        self.sni = r.sni.clone();
         self.proxy_protocol = r.proxy_protocol;
         self.phase = Phase::Connecting(Dialer::new(r.backend.clone(), now, limits));
+    }
+
+    /// Still connecting: dial the route's backend as `routes` has it now,
+    /// at once.
+    fn wake(&mut self, now: Instant, routes: &[Route]) -> bool {
+        let Phase::Connecting(dial) = &mut self.phase else {
+            return false;
+        };
+        if let Some(r) = routes.iter().find(|r| r.sni == self.sni) {
+            dial.retarget(&r.backend, now);
+            self.target = r.backend.to_string();
+            self.proxy_protocol = r.proxy_protocol;
+        }
+        dial.wake(now);
+        true
     }
 
     /// Peek at the ClientHello and pick the route whose sni it names.
@@ -227,5 +247,8 @@ impl Connection for Conn {
     }
     fn on_timer(&mut self, now: Instant, config: &WorkerConfig) -> Next {
         self.expire(now, &config.limits, &config.endpoint.routes)
+    }
+    fn wake(&mut self, now: Instant, config: &WorkerConfig) -> bool {
+        Conn::wake(self, now, &config.endpoint.routes)
     }
 }
