@@ -432,3 +432,57 @@ fn held_connections_follow_a_provider_that_moved() {
         },
     );
 }
+
+/// A unix provider in a container restarts: the graph's new provider pid
+/// (a new mount namespace, a new root) reaches the worker while clients
+/// are held for the old one, whose socket is gone; they reach the new one.
+#[test]
+fn held_unix_clients_follow_a_provider_restarted_with_a_new_pid() {
+    if !require_root("held_unix_clients_follow_a_provider_restarted_with_a_new_pid") {
+        return;
+    }
+    let pdir = std::env::temp_dir().join(unique("hprov"));
+    let inner = pdir.join("prov.sock");
+    // The old container: its socket never comes back.
+    let old = MountNsProc::start(&pdir, "exec sleep 3600");
+    let front = TempDir::new("hold-front");
+    let listen = front.path().join("front.sock");
+    let unix_link = |pid: u32| {
+        link(
+            "unix",
+            "moved",
+            0,
+            &listen.display().to_string(),
+            &inner.display().to_string(),
+            pid,
+        )
+    };
+    let sup = Supervisor::start(&graph(&[unix_link(old.pid())]), &[]);
+    sup.worker_pid("pvx-worker-unix");
+    let clients: Vec<_> = (0..3)
+        .map(|_| {
+            let l = listen.clone();
+            thread::spawn(move || roundtrip_unix(&l, b"hello"))
+        })
+        .collect();
+    let address = listen.display().to_string();
+    wait_held(&sup, &address, 3);
+    // The new container, same path inside, another pid.
+    let new = MountNsProc::start(&pdir, "exec sleep 3600");
+    unix_echo_server(&new.host_path(&inner.display().to_string()));
+    sup.reload(&graph(&[unix_link(new.pid())]));
+    for c in clients {
+        assert_eq!(c.join().unwrap().expect("held client served"), b"hello");
+    }
+    wait_for(
+        Duration::from_secs(5),
+        "held ones counted as connected",
+        || {
+            let h = held_status(&sup, &address);
+            (h["held"] == 0 && h["connected"].as_u64()? >= 3).then_some(())
+        },
+    );
+    drop(sup);
+    drop(new);
+    drop(old);
+}
