@@ -486,3 +486,50 @@ fn held_unix_clients_follow_a_provider_restarted_with_a_new_pid() {
     drop(new);
     drop(old);
 }
+
+/// A flood of clients while the provider is away: `--max-held` of them
+/// are held, the others get the error at once (not after the hold
+/// timeout), and a held client that sends a lot meanwhile is not read
+/// (its bytes wait in the kernel) and still gets through whole.
+#[test]
+fn max_held_bounds_the_flood_and_the_rest_fail_at_once() {
+    let dead = free_port();
+    let port = free_port();
+    let g = graph(&[link(
+        "tcp",
+        "flood",
+        0,
+        &format!("127.0.0.1:{port}"),
+        &format!("127.0.0.1:{dead}"),
+        0,
+    )]);
+    let sup = Supervisor::start(&g, &["--max-held", "2", "--hold-timeout", "60s"]);
+    sup.worker_pid("pvx-worker-tcp");
+    let address = format!("127.0.0.1:{port}");
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    // Two held clients, one of them pushing 4 MiB it cannot deliver yet.
+    let big = pattern(4 << 20, 3);
+    let b2 = big.clone();
+    let held_big = thread::spawn(move || roundtrip(addr, &b2));
+    let held_small = thread::spawn(move || roundtrip(addr, b"small"));
+    wait_held(&sup, &address, 2);
+    // The rest: the error at once, long before the 60 s hold timeout.
+    let t = Instant::now();
+    for _ in 0..5 {
+        let got = roundtrip(addr, b"x");
+        assert!(
+            matches!(&got, Ok(v) if v.is_empty()) || got.is_err(),
+            "{got:?}"
+        );
+    }
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    wait_for(Duration::from_secs(5), "over_limit counted", || {
+        (held_status(&sup, &address)["over_limit"].as_u64()? >= 5).then_some(())
+    });
+    // The provider comes up where the route points: both held clients
+    // get through, the big one whole.
+    let _p = Provider::tcp_echo(dead);
+    let got = held_big.join().unwrap().expect("held big client");
+    assert!(got == big, "{} bytes back of {}", got.len(), big.len());
+    assert_eq!(held_small.join().unwrap().unwrap(), b"small");
+}

@@ -568,6 +568,40 @@ pub fn socketpair() -> Result<(OwnedFd, OwnedFd), Errno> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A worker and a supervisor of different ages still understand each
+    /// other: the hold and health fields default to "off" and to 0.
+    #[test]
+    fn hold_and_health_fields_default_when_absent() {
+        let mut v = serde_json::to_value(Limits::default()).unwrap();
+        for k in [
+            "hold_timeout_ms",
+            "max_held",
+            "health_interval_ms",
+            "health_timeout_ms",
+            "health_fall",
+            "health_rise",
+        ] {
+            v.as_object_mut().unwrap().remove(k);
+        }
+        let l: Limits = serde_json::from_value(v).unwrap();
+        assert_eq!((l.hold_timeout_ms, l.health_interval_ms), (0, 0));
+        assert_eq!((l.max_held, l.health_fall, l.health_rise), (1024, 2, 1));
+        let old = r#"{"msg":"stats","stats":{"active":1,"total":2,"bytes_in":3,"bytes_out":4,"errors":0}}"#;
+        match serde_json::from_str::<FromWorker>(old).unwrap() {
+            FromWorker::Stats { stats, health } => {
+                assert_eq!((stats.total, stats.held, stats.held_total), (2, 0, 0));
+                assert!(health.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        // Without checks, a report carries no health field at all.
+        let msg = FromWorker::Stats {
+            stats: Stats::default(),
+            health: Vec::new(),
+        };
+        assert!(!serde_json::to_string(&msg).unwrap().contains("health"));
+    }
     use std::os::fd::AsFd;
 
     #[test]

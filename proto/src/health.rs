@@ -411,6 +411,39 @@ mod tests {
         assert!(report().is_empty());
     }
 
+    /// A listening socket with backlog 0 whose queue is filled: further
+    /// SYNs are dropped (the fds are kept alive with it).
+    fn stalled_listener() -> (Vec<std::os::fd::OwnedFd>, std::net::SocketAddr) {
+        use nix::sys::socket::*;
+        let l = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        bind(l.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, 0)).unwrap();
+        listen(&l, Backlog::new(0).unwrap()).unwrap();
+        let a: SockaddrIn = getsockname(l.as_raw_fd()).unwrap();
+        let addr: std::net::SocketAddr = std::net::SocketAddrV4::from(a).into();
+        let mut keep = vec![l];
+        // Fill the accept queue (and the SYN queue) with connections
+        // nobody accepts.
+        for _ in 0..4 {
+            let s = socket(
+                AddressFamily::Inet,
+                SockType::Stream,
+                SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+                None,
+            )
+            .unwrap();
+            let _ = connect(s.as_raw_fd(), &a);
+            keep.push(s);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        (keep, addr)
+    }
+
     /// A real listener, then none: the checker sees it up, then down after
     /// `fall` checks, with its own epoll and no loop around it.
     #[test]
@@ -446,6 +479,28 @@ mod tests {
         assert!(!r[0].up, "{r:?}");
         assert!(is_down(&b));
         track(&[], &lim);
+
+        // A peer that stalls: a listener whose accept queue is full drops
+        // the SYN, so the connect never completes; the check fails at its
+        // timeout, not before.
+        let stall = stalled_listener();
+        let b = Backend::Tcp(stall.1);
+        let mut c = Checker::new(&lim, std::slice::from_ref(&b), now)
+            .unwrap()
+            .unwrap();
+        c.on_time(now);
+        c.on_ready();
+        assert_eq!(report()[0].checks, 0, "still connecting");
+        c.on_time(now + Duration::from_millis(500));
+        let r = report();
+        assert_eq!((r[0].checks, r[0].failures), (1, 1), "{r:?}");
+        assert!(r[0]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("within 500 ms"));
+        track(&[], &lim);
+        drop(stall);
         // Off: nothing at all.
         let off = Limits {
             health_interval_ms: 0,
