@@ -165,12 +165,19 @@ pub fn version() -> u64 {
     TABLE.with(|t| t.borrow().version)
 }
 
-/// The state of every checked backend, for `stats`.
+/// Most backends a `stats` report describes: a few hundred KiB of JSON,
+/// well within what the supervisor takes from a worker (1 MiB). Checks
+/// and the down state apply to every backend; only the report stops here.
+pub const MAX_REPORTED: usize = 1024;
+
+/// The state of every checked backend (the first [`MAX_REPORTED`]), for
+/// `stats`.
 pub fn report() -> Vec<BackendHealth> {
     TABLE.with(|t| {
         t.borrow()
             .entries
             .iter()
+            .take(MAX_REPORTED)
             .map(|e| BackendHealth {
                 backend: e.backend.to_string(),
                 up: e.up,

@@ -3,8 +3,9 @@
 //! ```text
 //!   accept ─(sni routes)─> Sniffing ─(ClientHello names a route)─┐
 //!     └──────────────────────────────────────────────────────────┴─> Connecting ──(connect ok)──> Relaying ──(both ways done)──> closed
-//!                 │  ▲ refused: retry after 25, 50, 100, 200 ms
-//!                 └──┘ timeout / other error / retries spent ──> closed (client just closed)
+//!                 │  ▲ refused: retry after 25, 50, 100, 200 ms, then held (proto::hold)
+//!                 │  │ until --hold-timeout; an Update or a health check retries at once
+//!                 └──┘ timeout / other error / hold spent ──> closed (client just closed)
 //! ```
 //! In `Relaying`, the connection is a [`Duplex`] of two [`Splice`]s: EOF
 //! (or a reset) from one side is passed on as `shutdown(SHUT_WR)` of the

@@ -3,8 +3,10 @@
 //!
 //! ```text
 //!   accept ──> Connecting ──(connect ok)──> Relaying ──(both ways done)──> closed
-//!                 │  ▲ refused / no socket yet: retry after 25, 50, 100, 200 ms
-//!                 └──┘ timeout / other error / retries spent ──> closed (client just closed)
+//!                 │  ▲ refused / no socket yet: retry after 25, 50, 100, 200 ms, then
+//!                 │  │ held (proto::hold) until --hold-timeout; an Update (a provider
+//!                 │  │ with a new pid) or a health check retries at once, there
+//!                 └──┘ timeout / other error / hold spent ──> closed (client just closed)
 //! ```
 //! In `Relaying`, the connection is a [`Duplex`] of two [`FdRelay`]s:
 //! bytes and the fds sent with them (`SCM_RIGHTS`) go through; an end or
