@@ -10,6 +10,7 @@ use mio::Interest;
 use proto::backend::{Dialer, Step};
 use proto::relay::Ready;
 use std::os::fd::AsRawFd;
+use std::rc::Rc;
 
 impl Conn {
     /// Connect (again) to the exchange's backend, with a new dialer (and
@@ -65,5 +66,26 @@ impl Conn {
             Step::Failed(why) => Err(Fail::Status(502, why)),
             Step::TimedOut(why) => Err(Fail::Status(504, why)),
         }
+    }
+
+    /// Still connecting (held, or in the short retry): dial the route's
+    /// backend as the table has it now (an Update moved the provider), at
+    /// once. true: it was connecting, drive it.
+    pub(crate) fn wake(&mut self, cx: &mut Ctx) -> bool {
+        let (Phase::Connecting(dial), Some(ex)) = (&mut self.phase, self.ex.as_mut()) else {
+            return false;
+        };
+        if let Some(now) = cx.routes.same_route(&ex.route) {
+            if now.backend != ex.route.backend {
+                dial.retarget(&now.backend, cx.now);
+                // The head was written for the old entry; only the backend
+                // changes (and with it where the connection is pooled).
+                let mut e = (*ex.route).clone();
+                e.backend = now.backend.clone();
+                ex.route = Rc::new(e);
+            }
+        }
+        dial.wake(cx.now);
+        true
     }
 }

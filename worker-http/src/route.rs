@@ -129,6 +129,14 @@ impl Table {
         self.entries.iter().any(|e| &e.backend == b)
     }
 
+    /// The route with this prefix and host (a route's identity: the plan
+    /// refuses two with the same), to find a route again after an Update.
+    pub fn same_route(&self, e: &Entry) -> Option<&Rc<Entry>> {
+        self.entries
+            .iter()
+            .find(|x| x.prefix == e.prefix && x.host == e.host)
+    }
+
     /// The route for a request. `host`: the normalised `Host` (see
     /// [`normalise_host`]); `path`: the request path without the query.
     pub fn lookup(&self, host: Option<&str>, path: &str) -> Option<&Rc<Entry>> {
