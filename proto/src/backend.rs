@@ -379,19 +379,7 @@ impl Dialer {
         };
         match self.established(s) {
             Ok(false) => Step::Pending,
-            Ok(true) => {
-                crate::health::observe(&self.target, Ok(()), false);
-                if let Some(h) = self.held.take() {
-                    let waited = now.saturating_duration_since(h.since);
-                    crate::debug!(
-                        "backend {} reached after holding {} ms",
-                        self.target,
-                        waited.as_millis()
-                    );
-                    crate::hold::release(waited, Outcome::Connected);
-                }
-                Step::Connected
-            }
+            Ok(true) => self.connected(now),
             Err(e) => {
                 *socket = None;
                 match self.failed(now, limits, &e) {
@@ -400,6 +388,23 @@ impl Dialer {
                 }
             }
         }
+    }
+
+    /// The attempt in flight has connected (found by [`Dialer::step`], or
+    /// known by the caller from a clean writable event): the health table
+    /// and the hold book learn it.
+    pub fn connected(&mut self, now: Instant) -> Step {
+        crate::health::observe(&self.target, Ok(()), false);
+        if let Some(h) = self.held.take() {
+            let waited = now.saturating_duration_since(h.since);
+            crate::debug!(
+                "backend {} reached after holding {} ms",
+                self.target,
+                waited.as_millis()
+            );
+            crate::hold::release(waited, Outcome::Connected);
+        }
+        Step::Connected
     }
 
     /// When the dialer next needs a look: the retry, or the give-up time.

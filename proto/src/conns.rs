@@ -115,7 +115,7 @@ impl Sockets {
         // succeeded, and SO_ERROR (with getpeername) would only say so.
         let known = ready && self.backend.is_some() && !self.troubled[1];
         let step = if known {
-            Step::Connected
+            dial.connected(now)
         } else {
             dial.step(&mut self.backend, ready, now, limits)
         };
