@@ -1001,3 +1001,19 @@ fn soak_script_passes_a_short_run() {
     assert!(text.contains("restarts in status:"), "{text}");
     assert!(text.contains("PASS"), "{text}");
 }
+
+/// The soak's accounting (scripts/lib/test_soak_load.py): a misbehaving
+/// client's error is classified once every kill is recorded, so a slowloris
+/// that reads EOF the moment its worker is killed (before the kill is
+/// recorded) counts as the kill's, not as an unexplained close.
+#[test]
+fn soak_accounting_classifies_errors_after_the_kills() {
+    let out = Command::new("python3")
+        .args(["-B", "-m", "unittest", "-v"])
+        .arg(pvx_tests::lab::script("lib/test_soak_load.py"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("Ran 3 tests"), "{text}");
+}

@@ -61,6 +61,10 @@ pub trait Handler: Sized {
     /// A drain began (`cx.draining`): finish connections at their next
     /// boundary. The listener is closed already.
     fn drain(&mut self, _cx: &mut Cx) {}
+    /// The drain's deadline passed with connections still open: the last
+    /// word to them (without waiting) before the worker exits and the
+    /// kernel closes them.
+    fn cut(&mut self, _cx: &mut Cx) {}
     /// End of each loop turn: the handler's own housekeeping.
     fn turn(&mut self, _cx: &mut Cx) {}
     /// A backend may be back (an applied update, a health check saw one
@@ -303,6 +307,9 @@ impl<H: Handler> Loop<H> {
             if let Some(until) = self.drain_until {
                 let left = self.handler.active();
                 if left == 0 || now >= until {
+                    if left > 0 {
+                        self.handler.cut(&mut cx!(self, now));
+                    }
                     crate::info!("drained ({left} connection(s) cut at the deadline); exiting");
                     return 0;
                 }

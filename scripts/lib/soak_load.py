@@ -37,6 +37,13 @@ have been inside the killed worker. A connection opened after the kill waits
 in the kernel backlog (the supervisor owns the listener) and must succeed;
 its failure is a failure.
 
+A misbehaving client's error is classified the same way, and only in the
+report, once every kill is recorded: a kill is recorded when its new worker
+shows in `status` (tens of ms later), and a client that notices the death at
+once — a slowloris waiting for its 408 reads EOF the moment its worker
+dies — has failed by then. A slowloris error that no kill of the http
+worker explains is a failure: every slow head must end in 408 (or 200).
+
 After the load stops, resources are sampled each second for up to --settle
 seconds until every process is back at its baseline (taken before any
 traffic): fds and pipes exactly, RSS at most 2 MiB above. Exit 1 on any
@@ -257,9 +264,10 @@ class Soak:
         self.ok = {k: 0 for k in WELL}
         self.failures = []  # (kind, endpoint name, t_conn, t_fail, detail)
         self.bad = {k: 0 for k in BAD}
-        self.bad_outcomes = {}  # "kind: outcome" -> count
+        # (kind, outcome, err): err is None, or (exception, endpoint names,
+        # t_conn, t_fail) and outcome a template for its "{why}".
+        self.bad_results = []
         self.bad_failures = []  # (kind, endpoint name, t_conn, t_fail, detail)
-        self.bad_odd = []  # (t, duration, detail): errors no kill explains
         self.kills = []  # (endpoint name, t_before, t_after, t_back, old, new)
         self.reloads = 0
         self.switches = 0
@@ -283,21 +291,37 @@ class Soak:
         with self.lock:
             self.failures.append((kind, ep.name, t_conn, now(), detail))
 
-    def bad_done(self, kind, outcome):
+    def bad_done(self, kind, outcome, err=None):
+        """A misbehaving client ended with `outcome`; with `err` (from
+        `error`), `outcome` is a template whose "{why}" the report fills in."""
         with self.lock:
             self.bad[kind] += 1
-            key = f"{kind}: {outcome}"
-            self.bad_outcomes[key] = self.bad_outcomes.get(key, 0) + 1
+            self.bad_results.append((kind, outcome, err))
 
-    def why(self, e, ep_name, t_conn):
-        """A misbehaving client's error, marked when a kill may explain it."""
-        t = now()
+    def error(self, e, ep_name, t_conn):
+        """A misbehaving client's error on endpoint `ep_name` (None: any)."""
         names = (ep_name,) if ep_name else ("tcp", "http", "unix")
-        if any(self.killed(n, t_conn, t) for n in names):
-            return f"{type(e).__name__} (a worker was killed meanwhile)"
+        return (e, names, t_conn, now())
+
+    def classify_bad(self):
+        """({"kind: outcome": count}, [(t, duration, kind, detail)] of the
+        errors no kill explains). Only once every kill is recorded: see the
+        module's docstring."""
+        outcomes, odd = {}, []
         with self.lock:
-            self.bad_odd.append((t - self.t_start, t - t_conn, f"{type(e).__name__}: {e}"))
-        return type(e).__name__
+            results = list(self.bad_results)
+        for kind, outcome, err in results:
+            if err is not None:
+                e, names, t_conn, t = err
+                why = type(e).__name__
+                if any(self.killed(n, t_conn, t) for n in names):
+                    why += " (a worker was killed meanwhile)"
+                else:
+                    odd.append((t - self.t_start, t - t_conn, kind, f"{type(e).__name__}: {e}"))
+                outcome = outcome.format(why=why)
+            key = f"{kind}: {outcome}"
+            outcomes[key] = outcomes.get(key, 0) + 1
+        return outcomes, odd
 
     def killed(self, ep_name, t_conn, t_fail):
         return self.kill_of(ep_name, t_conn, t_fail) is not None
@@ -463,7 +487,7 @@ class Soak:
             try:
                 self.slowloris(rnd)
             except (OSError, Fail) as e:
-                self.bad_done("slowloris", self.why(e, "http", t_conn))
+                self.bad_done("slowloris", "{why}", self.error(e, "http", t_conn))
             self.stop.wait(rnd.uniform(0.1, 2))
 
     def slowloris(self, rnd):
@@ -510,12 +534,14 @@ class Soak:
                 c.send(b"G")
             self.stop.wait(rnd.uniform(1, 3))
             outcome = f"{ep.kind} {len(conns)} connections"
+            err = None
         except (OSError, Fail) as e:
-            outcome = f"{ep.kind} {self.why(e, ep.name, t0)} after {len(conns)}"
+            outcome = f"{ep.kind} {{why}} after {len(conns)}"
+            err = self.error(e, ep.name, t0)
         finally:
             for c in conns:
                 c.close()
-        self.bad_done("flood", outcome)
+        self.bad_done("flood", outcome, err)
 
     def run_bad(self, seed):
         rnd = random.Random(seed)
@@ -526,7 +552,7 @@ class Soak:
             try:
                 act(rnd, t_conn)
             except (OSError, Fail) as e:
-                self.bad_done(act.__name__.replace("_", "-"), self.why(e, None, t_conn))
+                self.bad_done(act.__name__.replace("_", "-"), "{why}", self.error(e, None, t_conn))
             self.stop.wait(rnd.uniform(0.05, 0.4))
 
     def half_close(self, rnd, t_conn):
@@ -836,10 +862,13 @@ class Soak:
                 + ", ".join(f"{k} {v}" for k, v in THREADS.items()) + ")"
             )
         print(f"misbehaving clients: {sum(self.bad.values())} ({', '.join(f'{k} {v}' for k, v in self.bad.items())})")
-        for k in sorted(self.bad_outcomes):
-            print(f"    {k}: {self.bad_outcomes[k]}")
-        for t, d, detail in self.bad_odd[:10]:
-            print(f"    (at {t:.1f} s, after {d:.1f} s: {detail})")
+        bad_outcomes, bad_odd = self.classify_bad()
+        for k in sorted(bad_outcomes):
+            print(f"    {k}: {bad_outcomes[k]}")
+        for t, d, kind, detail in bad_odd[:10]:
+            print(f"    ({kind} at {t:.1f} s, after {d:.1f} s, no kill explains it: {detail})")
+            if kind == "slowloris":
+                self.problems.append(f"slowloris at {t:.1f} s got no answer and no kill explains it: {detail}")
         print(
             f"kills: {len(self.kills)}"
             + (f" (kill -> new worker in status: median {recover[len(recover) // 2]:.0f} ms, max {recover[-1]:.0f} ms)" if recover else "")

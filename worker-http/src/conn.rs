@@ -27,7 +27,7 @@ use proto::backend::Dialer;
 use proto::ctl::{Limits, Stats};
 use proto::relay::Ready;
 use proto::stream::Stream;
-use std::io::{self, ErrorKind, Read};
+use std::io::{self, ErrorKind, Read, Write};
 use std::net::{IpAddr, Shutdown};
 use std::time::{Duration, Instant};
 
@@ -148,6 +148,34 @@ impl Conn {
     /// Stop after the current exchange; an idle connection closes now.
     pub fn drain(&mut self) {
         self.closing = true;
+    }
+
+    /// The worker exits now (a drain's deadline): a request head in
+    /// progress, or a request still reaching its backend (held while a
+    /// provider is away), gets `503`, written once without waiting: none
+    /// of it reached a backend. Whether it did.
+    pub fn cut(&mut self) -> bool {
+        let waiting = match self.phase {
+            Phase::ReadHead => !self.cbuf.is_empty(),
+            Phase::Connecting(_) => true,
+            _ => false,
+        };
+        if !waiting {
+            return false;
+        }
+        let head_only = self.cbuf.bytes().starts_with(b"HEAD ");
+        let _ = (&self.client).write(&errors::response(503, head_only));
+        let _ = self.client.shutdown(Shutdown::Write);
+        // Input left unread turns the close into a reset, which can
+        // destroy the answer before the client reads it.
+        let mut sink = [0u8; 4096];
+        for _ in 0..16 {
+            match (&self.client).read(&mut sink) {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
+        }
+        true
     }
 
     pub fn wants_close(&self, cx: &Ctx) -> bool {

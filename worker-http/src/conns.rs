@@ -167,6 +167,19 @@ impl Handler for Conns {
         }
     }
 
+    /// The drain's deadline: a client still sending a request head gets
+    /// `503` (none of its request reached a backend, and the endpoint is
+    /// going away); a silent close would look like a lost connection.
+    fn cut(&mut self, _cx: &mut Cx) {
+        let mut n = 0;
+        for (_, c) in self.conns.iter_mut() {
+            n += usize::from(c.cut());
+        }
+        if n > 0 {
+            proto::info!("{n} request(s) in progress (head unfinished or backend not reached) at the drain deadline answered 503");
+        }
+    }
+
     /// The pool's sweep: one timer for all parked connections.
     fn turn(&mut self, cx: &mut Cx) {
         let now = cx.now;
