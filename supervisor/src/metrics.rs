@@ -30,12 +30,21 @@ struct Family<'a> {
     help: &'a str,
 }
 
-fn family(out: &mut String, f: Family<'_>, samples: impl Iterator<Item = (String, u64)>) {
+fn family<V: std::fmt::Display>(
+    out: &mut String,
+    f: Family<'_>,
+    samples: impl Iterator<Item = (String, V)>,
+) {
     let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
     let _ = writeln!(out, "# TYPE {} {}", f.name, f.ty);
     for (labels, v) in samples {
         let _ = writeln!(out, "{}{{{labels}}} {v}", f.name);
     }
+}
+
+/// Milliseconds as the format's seconds.
+fn seconds(ms: u64) -> String {
+    format!("{}.{:03}", ms / 1000, ms % 1000)
 }
 
 fn plain(out: &mut String, name: &str, ty: &str, help: &str, v: u64) {
@@ -83,33 +92,25 @@ fn hold(out: &mut String, eps: &[EndpointStatus]) {
         },
         per(|e| e.worker.hold.over_limit),
     );
-    let seconds = |ms: u64| format!("{}.{:03}", ms / 1000, ms % 1000);
-    let _ = writeln!(
+    let secs = |f: fn(&EndpointStatus) -> u64| eps.iter().map(move |e| (labels(e), seconds(f(e))));
+    family(
         out,
-        "# HELP pvx_held_wait_seconds_total Time held connections waited for their backend, summed."
+        Family {
+            name: "pvx_held_wait_seconds_total",
+            ty: "counter",
+            help: "Time held connections waited for their backend, summed.",
+        },
+        secs(|e| e.worker.hold.wait_ms_total),
     );
-    let _ = writeln!(out, "# TYPE pvx_held_wait_seconds_total counter");
-    for e in eps {
-        let _ = writeln!(
-            out,
-            "pvx_held_wait_seconds_total{{{}}} {}",
-            labels(e),
-            seconds(e.worker.hold.wait_ms_total)
-        );
-    }
-    let _ = writeln!(
+    family(
         out,
-        "# HELP pvx_held_wait_seconds_max The longest a held connection waited for its backend."
+        Family {
+            name: "pvx_held_wait_seconds_max",
+            ty: "gauge",
+            help: "The longest a held connection waited for its backend.",
+        },
+        secs(|e| e.worker.hold.wait_ms_max),
     );
-    let _ = writeln!(out, "# TYPE pvx_held_wait_seconds_max gauge");
-    for e in eps {
-        let _ = writeln!(
-            out,
-            "pvx_held_wait_seconds_max{{{}}} {}",
-            labels(e),
-            seconds(e.worker.hold.wait_ms_max)
-        );
-    }
 }
 
 /// One backend's value in a family, as the sample shows it.
@@ -148,15 +149,15 @@ fn health(out: &mut String, eps: &[EndpointStatus]) {
             "pvx_backend_last_check_timestamp_seconds",
             "gauge",
             "When the backend's last health check ended (Unix time).",
-            |b| format!("{}.{:03}", b.last_check_unix_ms / 1000, b.last_check_unix_ms % 1000),
+            |b| seconds(b.last_check_unix_ms),
         ),
     ];
     for (name, ty, help, value) in families {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {ty}");
-        for (l, b) in rows() {
-            let _ = writeln!(out, "{name}{{{l}}} {}", value(b));
-        }
+        family(
+            out,
+            Family { name, ty, help },
+            rows().map(|(l, b)| (l, value(b))),
+        );
     }
 }
 
