@@ -361,3 +361,51 @@ fn slow_reader_does_not_grow_worker_memory() {
     std::io::Read::read_exact(&mut s, &mut body[have..]).unwrap();
     assert_eq!(hash(&body), hash(&pattern(n, 7)));
 }
+
+/// A client that asked for `Connection: close` sends nothing after its
+/// request (RFC 9112 §9.6), so once that request was read whole and
+/// nothing else came, the worker closes right after the response: no
+/// lingering close (no `shutdown`, no wait for the client's FIN, two
+/// syscalls and a wake-up per connection). The socket is gone from the
+/// worker by the time the client reads EOF, though the client keeps its
+/// side open. A client that did not ask to close still gets the lingering
+/// close, which keeps its socket until the client closes.
+#[test]
+fn a_client_that_asked_to_close_is_closed_without_lingering() {
+    use pvx_tests::fds::fd_count;
+    use pvx_tests::wait_for;
+    let b = backend::tcp("127.0.0.1:0");
+    let w = one_route(&b, Limits::default());
+    let pid = w.child.id();
+    // One exchange first, so the backend connection is parked and the
+    // count below does not change with it.
+    let (r, s) = exchange(w.addr, &get("/api/warm"));
+    assert_eq!(r.status, 200);
+    drop(s);
+    let base = wait_for(Duration::from_secs(10), "the warm client closed", || {
+        let n = fd_count(pid);
+        let (r, s) = exchange(w.addr, &get("/api/probe"));
+        assert_eq!(r.status, 200);
+        drop(s);
+        std::thread::sleep(Duration::from_millis(50));
+        (fd_count(pid) == n).then_some(n)
+    });
+    for close in [
+        &b"GET /api/c HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"[..],
+        &b"GET /api/c10 HTTP/1.0\r\n\r\n"[..],
+    ] {
+        let (r, mut s) = exchange(w.addr, close);
+        assert_eq!(r.header("connection").as_deref(), Some("close"));
+        assert!(
+            closed(&mut s, Duration::from_secs(10)),
+            "EOF after the response"
+        );
+        assert_eq!(
+            fd_count(pid),
+            base,
+            "{}: the worker still holds the client's socket",
+            String::from_utf8_lossy(close).lines().next().unwrap_or("")
+        );
+        drop(s);
+    }
+}
