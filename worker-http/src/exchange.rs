@@ -138,13 +138,13 @@ impl Exchange {
 
 impl Conn {
     pub(crate) fn start_exchange(&mut self, cx: &mut Ctx, req: Request) -> Result<(), Fail> {
-        let Some(route) = cx.routes.lookup(req.host.as_deref(), &req.path) else {
+        let Some(route) = cx.routes.lookup(req.host.as_deref(), req.path()) else {
             return Err(Fail::Status(
                 404,
                 format!(
                     "no route for host {:?} path {}",
                     req.host.as_deref().unwrap_or(""),
-                    req.path
+                    req.path()
                 ),
             ));
         };

@@ -330,10 +330,13 @@ pub fn parse_trailers(input: &[u8], out: &mut Vec<u8>) -> Result<Option<usize>, 
 
 /// Parse one `Content-Length` value: decimal digits only.
 pub fn parse_content_length(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+    // 19 digits cannot overflow a u64.
+    if v.is_empty() || v.len() > 19 {
         return None;
     }
-    std::str::from_utf8(v).ok()?.parse().ok()
+    v.iter().try_fold(0u64, |n, b| {
+        b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
+    })
 }
 
 /// Whether the last coding of the `Transfer-Encoding` values (all header
