@@ -10,6 +10,9 @@
 # MODE: close (a new connection per request, `Connection: close`; the
 #   default), keep (one kept-alive connection). Also prints the per-function
 #   profile of the last callgrind run (callgrind_annotate, top 25).
+#   idle: no profile; the worker's RssAnon per client with N clients idle
+#   on a kept-alive connection after a whole exchange, then with N more
+#   freshly accepted ones that sent nothing.
 # Environment: PVX_BIN (default: a release build that keeps its symbols,
 #   target/prof/release/pv-xconnect, built here; the same code as the
 #   stripped one, so the same counts, with function names in the profile).
@@ -53,6 +56,10 @@ drive() { # mode n wrapper... -> runs the worker through n requests
 }
 small=$((N / 5))
 for mode in "${MODES[@]}"; do
+  if [ "$mode" = idle ]; then
+    drive idle "$N"
+    continue
+  fi
   # strace -c: calls per syscall in each run; the difference per request.
   drive "$mode" "$small" strace -c -o "$work/s1" -U name,calls
   drive "$mode" "$N" strace -c -o "$work/s2" -U name,calls
