@@ -150,24 +150,19 @@ impl Listener {
             _ => {
                 let s = std::net::TcpListener::from(fd);
                 s.set_nonblocking(true)?;
-                // TCP_NODELAY once here: Linux copies it into every
-                // connection accepted from this socket, which saves a
-                // setsockopt per client (a proxy must not add Nagle delay
-                // to what it forwards). Best effort, as it was per client.
-                let _ =
-                    nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::TcpNoDelay, &true);
                 Listener::Tcp(mio::net::TcpListener::from_std(s))
             }
         };
         Ok(l)
     }
 
-    /// accept4(SOCK_NONBLOCK|SOCK_CLOEXEC); a tcp client comes with
-    /// TCP_NODELAY from the listener (see [`Listener::from_fd`]).
+    /// accept4(SOCK_NONBLOCK|SOCK_CLOEXEC); TCP_NODELAY on tcp clients, as
+    /// a proxy must not add Nagle delay to what it forwards.
     pub fn accept(&self) -> io::Result<Stream> {
         match self {
             Listener::Tcp(l) => {
                 let (s, _) = l.accept()?;
+                let _ = s.set_nodelay(true);
                 Ok(Stream::Tcp(s))
             }
             Listener::Unix(l) => Ok(Stream::Unix(l.accept()?.0)),
@@ -193,29 +188,5 @@ impl Source for Listener {
             Listener::Tcp(s) => s.deregister(r),
             Listener::Unix(s) => s.deregister(r),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn accepted_tcp_clients_have_nodelay_from_the_listener() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let l = Listener::from_fd(std::os::fd::OwnedFd::from(l)).unwrap();
-        let _c = std::net::TcpStream::connect(addr).unwrap();
-        let s = loop {
-            match l.accept() {
-                Ok(s) => break s,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
-                Err(e) => panic!("accept: {e}"),
-            }
-        };
-        let Stream::Tcp(s) = s else {
-            panic!("a tcp client")
-        };
-        assert!(s.nodelay().unwrap(), "TCP_NODELAY inherited");
     }
 }
