@@ -12,7 +12,8 @@ MODE: close  - a new connection per request (`Connection: close`)
                (keep-alive) until the end; prints the worker's RssAnon
                before and during, in KiB
 BIN is the pv-xconnect executable; it runs under the name pvx-worker-http
-(a symlink next to it in a scratch directory).
+(a symlink next to it in a scratch directory). PVX_PROF_PATH: the path
+requested (default /index.html).
 """
 import json
 import os
@@ -22,8 +23,9 @@ import sys
 import tempfile
 import time
 
-REQ_CLOSE = b"GET /index.html HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
-REQ_KEEP = b"GET /index.html HTTP/1.1\r\nHost: bench\r\n\r\n"
+PATH = os.environ.get("PVX_PROF_PATH", "/index.html").encode()
+REQ_CLOSE = b"GET " + PATH + b" HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+REQ_KEEP = b"GET " + PATH + b" HTTP/1.1\r\nHost: bench\r\n\r\n"
 
 
 def config(listen, backend_port):
