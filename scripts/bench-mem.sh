@@ -4,7 +4,8 @@
 #     against one HAProxy process with the same single tcp frontend;
 #   - the cost of each idle proxied connection (PSS growth / N);
 #   - an http worker with N clients that each sent one byte of a request
-#     head, and its RSS once they closed (the burst given back);
+#     head, and its RSS once they closed (the burst given back); then N
+#     clients idle on a kept-alive connection after a whole exchange;
 #   - idle PSS by graph size: the supervisor with one tcp worker, then
 #     with 10 tcp, 1 http and 1 unix endpoints (the cost of each further
 #     worker, all running the one shared executable);
@@ -28,7 +29,7 @@ ulimit -n "$(ulimit -Hn)"
 . scripts/lib/common.sh
 scratch bench-mem
 pss() { awk '/^Pss:/ {s+=$2} END {print s}' $(for p in "$@"; do echo /proc/$p/smaps_rollup; done); }
-B=$(port); P_PVX=$(port); P_HA=$(port); P_HTTP=$(port)
+B=$(port); P_PVX=$(port); P_HA=$(port); P_HTTP=$(port); B_HTTP=$(port)
 
 # Idle PSS of a supervisor on graph $1 once $2 workers run: sets
 # idle_sup (the supervisor's) and idle_workers (all workers' together).
@@ -74,11 +75,35 @@ while True:
     c, _ = s.accept(); held.append(c)
 PY
 
+# An http backend that answers every request with 2 bytes, keep-alive.
+python3 - "$B_HTTP" <<'PY' & pids+=($!)
+import socket, sys, selectors
+sel = selectors.DefaultSelector()
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(4096); s.setblocking(False)
+sel.register(s, selectors.EVENT_READ)
+bufs = {}
+while True:
+    for k, _ in sel.select():
+        if k.fileobj is s:
+            c, _ = s.accept(); c.setblocking(False); bufs[c] = b""
+            sel.register(c, selectors.EVENT_READ); continue
+        c = k.fileobj
+        try: d = c.recv(65536)
+        except BlockingIOError: continue
+        if not d:
+            sel.unregister(c); c.close(); bufs.pop(c, None); continue
+        bufs[c] += d
+        while b"\r\n\r\n" in bufs[c]:
+            _, bufs[c] = bufs[c].split(b"\r\n\r\n", 1)
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+PY
+
 cat > "$work/graph.json" <<JSON
 [{"type":"tcp","name":"mem","consumer":"EXTERNAL","consumer_pid":0,"provider":"p","provider_pid":0,
   "target":"127.0.0.1:$P_PVX","socket":"127.0.0.1:$B"},
  {"type":"http","name":"memh","consumer":"EXTERNAL","consumer_pid":0,"provider":"p","provider_pid":0,
-  "target":"127.0.0.1:$P_HTTP","socket":"127.0.0.1:$B"}]
+  "target":"127.0.0.1:$P_HTTP","socket":"127.0.0.1:$B_HTTP"}]
 JSON
 "$PVX_BIN" run --graph "$work/graph.json" --log-target stderr 2>"$work/pvx.log" & sup=$!; pids+=($sup)
 cat > "$work/haproxy.cfg" <<CFG
@@ -135,3 +160,29 @@ sleep 3 # the give-back after the burst settles
 h_after=$(kib "$hworker" VmRSS)
 echo "http worker RSS: resting $h_rest KiB, with $N one-byte clients $h_busy KiB, after they closed $h_after KiB (back within 2 MiB in $((SECONDS - t0 - 3)) s)"
 awk -v b="$h_busy_anon" -v r="$h_rest_anon" -v n="$N" 'BEGIN{printf "per idle http client: %.0f bytes of heap\n", (b-r)*1024/n}'
+# http: N clients that each made one whole request and stay idle on their
+# kept-alive connection.
+hold_kept() { # port n
+  python3 - "$1" "$2" >/dev/null <<'PY' &
+import socket, sys, time
+port, n = int(sys.argv[1]), int(sys.argv[2])
+conns = []
+for _ in range(n):
+    c = socket.create_connection(("127.0.0.1", port))
+    c.sendall(b"GET / HTTP/1.1\r\nHost: m\r\n\r\n")
+    got = b""
+    while not got.endswith(b"ok"):
+        got += c.recv(4096)
+    conns.append(c)
+time.sleep(3600)
+PY
+  echo $!
+}
+h_rest_anon=$(kib "$hworker" RssAnon)
+h4=$(hold_kept "$P_HTTP" "$N"); pids+=($h4)
+t0=$SECONDS
+until [ "$(ss -Htn state established "( sport = :$P_HTTP )" | wc -l)" -ge "$N" ] || [ $((SECONDS - t0)) -ge 60 ]; do sleep 0.5; done
+sleep 2
+h_kept_anon=$(kib "$hworker" RssAnon)
+awk -v b="$h_kept_anon" -v r="$h_rest_anon" -v n="$N" 'BEGIN{printf "per idle keep-alive http client (after a whole exchange): %.0f bytes of heap\n", (b-r)*1024/n}'
+kill "$h4"

@@ -60,6 +60,48 @@ fn extra_bytes_after_a_response_never_reach_the_next_client() {
     }
 }
 
+/// The same with chunked answers whose long chunks go by splice: the
+/// splice stops at each chunk's end, the parser reads the rest, and the
+/// second response after the last chunk never reaches anyone.
+#[test]
+fn extra_bytes_after_a_chunked_response_never_reach_the_next_client() {
+    let b = scripted::start(|r| {
+        let len = 20_000 + (r.target.len() * 997 + r.nth * 1_013) % 60_000;
+        let body = tagged(&r.target, len);
+        let mut out = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for c in body.chunks(17_000 + r.nth % 3 * 10_000) {
+            out.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+            out.extend_from_slice(c);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"0\r\n\r\n");
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nPOISON");
+        Some(out)
+    });
+    let w = route_to(&b.socket());
+    let check = |r: &pvx_tests::http::client::Resp, want: &str| {
+        assert_eq!(r.status, 200, "{}", r.head);
+        let text = r.text();
+        assert!(!text.contains("POISON"), "{want}: got {text:.80}");
+        assert!(
+            text.starts_with(&format!("for {want}\n")),
+            "{want}: got {text:.80}"
+        );
+        assert!(text.len() >= 20_000, "{want}: {} bytes", text.len());
+    };
+    for i in 0..10 {
+        let (r, _s) = exchange(w.addr, &get(&format!("/api/fresh{i}")));
+        check(&r, &format!("/fresh{i}"));
+    }
+    let mut s = connect(w.addr);
+    let mut buf = Vec::new();
+    for i in 0..10 {
+        s.write_all(&get(&format!("/api/kept{i}"))).unwrap();
+        let r = read_resp(&mut s, &mut buf, false).expect("a response");
+        check(&r, &format!("/kept{i}"));
+    }
+}
+
 /// Answers the first request of each backend connection; reads the second
 /// one and closes without a word (what a backend's idle timeout does).
 fn drops_second() -> Scripted {

@@ -333,6 +333,19 @@ fn connection_cap_defers_accepting() {
 
 #[test]
 fn slow_reader_does_not_grow_worker_memory() {
+    slow_reader_of("big", pattern(64 << 20, 7));
+}
+
+/// The same with a chunked body of 1 MiB chunks, whose data goes by
+/// splice: memory stays flat, and the chunks arrive exactly as sent.
+#[test]
+fn slow_reader_of_a_chunked_body_does_not_grow_worker_memory() {
+    slow_reader_of("bigchunked", backend::big_chunked(64 << 20));
+}
+
+/// GET /api/<path>/64MiB, read 1 MiB of it, stall, then check the worker
+/// did not buffer the rest and that the body is `want`.
+fn slow_reader_of(path: &str, want: Vec<u8>) {
     let b = backend::tcp("127.0.0.1:0");
     let w = one_route(&b, Limits::default());
     let rss = |pid: u32| -> u64 {
@@ -345,7 +358,7 @@ fn slow_reader_does_not_grow_worker_memory() {
     let before = rss(w.child.id());
     let mut s = connect(w.addr);
     let n = 64 << 20;
-    s.write_all(&get(&format!("/api/big/{n}"))).unwrap();
+    s.write_all(&get(&format!("/api/{path}/{n}"))).unwrap();
     // Read a little, then stall: the backend must be throttled, not buffered.
     let mut first = vec![0u8; 1 << 20];
     std::io::Read::read_exact(&mut s, &mut first).unwrap();
@@ -359,7 +372,55 @@ fn slow_reader_does_not_grow_worker_memory() {
     let head_end = first.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
     let mut body = first.split_off(head_end);
     let have = body.len();
-    body.resize(n, 0);
+    body.resize(want.len(), 0);
     std::io::Read::read_exact(&mut s, &mut body[have..]).unwrap();
-    assert_eq!(hash(&body), hash(&pattern(n, 7)));
+    assert_eq!(hash(&body), hash(&want));
+}
+
+/// A client that asked for `Connection: close` sends nothing after its
+/// request (RFC 9112 §9.6), so once that request was read whole and
+/// nothing else came, the worker closes right after the response: no
+/// lingering close (no `shutdown`, no wait for the client's FIN, two
+/// syscalls and a wake-up per connection). The socket is gone from the
+/// worker by the time the client reads EOF, though the client keeps its
+/// side open. A client that did not ask to close still gets the lingering
+/// close, which keeps its socket until the client closes.
+#[test]
+fn a_client_that_asked_to_close_is_closed_without_lingering() {
+    use pvx_tests::fds::fd_count;
+    use pvx_tests::wait_for;
+    let b = backend::tcp("127.0.0.1:0");
+    let w = one_route(&b, Limits::default());
+    let pid = w.child.id();
+    // One exchange first, so the backend connection is parked and the
+    // count below does not change with it.
+    let (r, s) = exchange(w.addr, &get("/api/warm"));
+    assert_eq!(r.status, 200);
+    drop(s);
+    let base = wait_for(Duration::from_secs(10), "the warm client closed", || {
+        let n = fd_count(pid);
+        let (r, s) = exchange(w.addr, &get("/api/probe"));
+        assert_eq!(r.status, 200);
+        drop(s);
+        std::thread::sleep(Duration::from_millis(50));
+        (fd_count(pid) == n).then_some(n)
+    });
+    for close in [
+        &b"GET /api/c HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"[..],
+        &b"GET /api/c10 HTTP/1.0\r\n\r\n"[..],
+    ] {
+        let (r, mut s) = exchange(w.addr, close);
+        assert_eq!(r.header("connection").as_deref(), Some("close"));
+        assert!(
+            closed(&mut s, Duration::from_secs(10)),
+            "EOF after the response"
+        );
+        assert_eq!(
+            fd_count(pid),
+            base,
+            "{}: the worker still holds the client's socket",
+            String::from_utf8_lossy(close).lines().next().unwrap_or("")
+        );
+        drop(s);
+    }
 }

@@ -59,7 +59,7 @@ fuzz_target!(|data: &[u8]| {
     // The route the worker would pick; none: it answers 404 itself. The
     // client varies with the input's length: every seed keeps all its
     // bytes for the head.
-    let Some(route) = TABLE.with(|t| t.lookup(req.host.as_deref(), &req.path).cloned()) else {
+    let Some(route) = TABLE.with(|t| t.lookup(req.host.as_deref(), req.path()).cloned()) else {
         return;
     };
     let mut out = Vec::new();

@@ -6,7 +6,10 @@
 //!   write(2), then `splice(2)` through a pipe (proto's relay) with the
 //!   exact byte limit, so a pipelined next request is never read.
 //! - Chunked bodies: read into the fixed buffer, scanned by the chunked
-//!   parser to find the end, chunks written out unchanged. The trailer
+//!   parser to find the end, chunks written out unchanged; the rest of a
+//!   long chunk's data (16 KiB or more still to come) by `splice` with
+//!   that exact length as the limit, so size lines, CRLFs and trailers are
+//!   all still read and checked by the parser. The trailer
 //!   section is gathered in the buffer (so it must fit, as a head must),
 //!   parsed whole, and what may be forwarded of it is written from a small
 //!   queue of its own. What follows the end stays in `buf` for the next
@@ -215,7 +218,13 @@ impl Pump {
                 pending,
                 trailers,
             } => {
-                let (moved, done) = pump_chunked(parser, pending, trailers, src, sr, buf, dst, dr)?;
+                let mut c = ChunkedPump {
+                    parser,
+                    pending,
+                    trailers,
+                    splice: &mut self.splice,
+                };
+                let (moved, done) = c.pump(src, sr, buf, dst, dr)?;
                 self.done = done;
                 moved
             }
@@ -224,66 +233,104 @@ impl Pump {
     }
 }
 
-/// Chunked: write the scanned part (`pending` bytes at the front of
-/// `buf`), scan more, read more, until blocked or the body ended. The
-/// trailer section waits in `buf` until it is whole, then leaves, filtered,
-/// through `trailers`.
-#[allow(clippy::too_many_arguments)]
-fn pump_chunked(
-    parser: &mut Chunked,
-    pending: &mut usize,
-    trailers: &mut Out,
-    src: &Stream,
-    sr: &mut Ready,
-    buf: &mut Buf,
-    dst: &Stream,
-    dr: &mut Ready,
-) -> Result<(u64, bool), BodyError> {
-    let mut moved = 0u64;
-    loop {
-        if *pending > 0 {
-            let n = buf
-                .write_to(dst, dr, *pending as u64)
-                .map_err(BodyError::Dst)?;
-            *pending -= n;
-            moved += n as u64;
-            if *pending > 0 {
-                return Ok((moved, false));
+/// The rest of a chunk's data goes by `splice` when at least this much of
+/// it is still on the socket (more than one read into the buffer takes);
+/// shorter data, and every size line, CRLF and trailer, through the buffer.
+const SPLICE_FROM: u64 = 16 * 1024;
+
+/// A chunked body's state, borrowed from its [`Pump`] for one `pump`.
+struct ChunkedPump<'a> {
+    parser: &'a mut Chunked,
+    /// Chunk bytes at the front of the buffer, scanned, not yet written.
+    pending: &'a mut usize,
+    trailers: &'a mut Out,
+    /// The payload of long chunks: its limit is the chunk's data left, so
+    /// it never reads a size line or the next message.
+    splice: &'a mut Option<Splice>,
+}
+
+impl ChunkedPump<'_> {
+    /// Write what the pipe holds and the scanned part (`pending` bytes at
+    /// the front of `buf`), scan more, read or splice more, until blocked
+    /// or the body ended. The trailer section waits in `buf` until it is
+    /// whole, then leaves, filtered, through `trailers`. The pipe is empty
+    /// whenever the buffer is read into, so bytes leave in order.
+    fn pump(
+        &mut self,
+        src: &Stream,
+        sr: &mut Ready,
+        buf: &mut Buf,
+        dst: &Stream,
+        dr: &mut Ready,
+    ) -> Result<(u64, bool), BodyError> {
+        let mut moved = 0u64;
+        loop {
+            if let Some(sp) = self.splice.as_mut().filter(|s| !s.finished()) {
+                let m = sp
+                    .pump(src.as_fd(), sr, dst.as_fd(), dr, false)
+                    .map_err(splice_error)?;
+                moved += m.bytes;
+                if m.eof {
+                    return Err(premature());
+                }
+                if !sp.finished() {
+                    return Ok((moved, false));
+                }
             }
-        }
-        if !trailers.is_empty() {
-            moved += trailers.flush(dst, dr).map_err(BodyError::Dst)? as u64;
-            if !trailers.is_empty() {
-                return Ok((moved, false));
+            if *self.pending > 0 {
+                let n = buf
+                    .write_to(dst, dr, *self.pending as u64)
+                    .map_err(BodyError::Dst)?;
+                *self.pending -= n;
+                moved += n as u64;
+                if *self.pending > 0 {
+                    return Ok((moved, false));
+                }
             }
-        }
-        if parser.is_done() {
-            return Ok((moved, true));
-        }
-        if parser.in_trailers() {
-            let section = parser
-                .trailers(buf.bytes(), trailers.buf())
-                .map_err(BodyError::Framing)?;
-            if let Some(n) = section {
-                buf.consume(n);
+            if !self.trailers.is_empty() {
+                moved += self.trailers.flush(dst, dr).map_err(BodyError::Dst)? as u64;
+                if !self.trailers.is_empty() {
+                    return Ok((moved, false));
+                }
+            }
+            if self.parser.is_done() {
+                return Ok((moved, true));
+            }
+            if self.parser.in_trailers() {
+                let section = self
+                    .parser
+                    .trailers(buf.bytes(), self.trailers.buf())
+                    .map_err(BodyError::Framing)?;
+                if let Some(n) = section {
+                    buf.consume(n);
+                    continue;
+                }
+                if buf.is_full() {
+                    return Err(BodyError::Framing(ChunkError::TrailersTooLarge));
+                }
+            } else if !buf.is_empty() {
+                *self.pending = self.parser.feed(buf.bytes()).map_err(BodyError::Framing)?;
+                continue;
+            } else if self.parser.data_left() >= SPLICE_FROM {
+                // The buffer is empty: the data left of this chunk is next
+                // on the socket, exactly that many bytes.
+                let left = self.parser.data_left();
+                self.parser.skip_data(left);
+                self.splice
+                    .get_or_insert_with(Splice::new)
+                    .set_limit(Some(left));
                 continue;
             }
-            if buf.is_full() {
-                return Err(BodyError::Framing(ChunkError::TrailersTooLarge));
+            if !sr.readable {
+                return Ok((moved, false));
             }
-        } else if !buf.is_empty() {
-            *pending = parser.feed(buf.bytes()).map_err(BodyError::Framing)?;
-            continue;
-        }
-        if !sr.readable {
-            return Ok((moved, false));
-        }
-        let got = buf.read_from(src, sr).map_err(BodyError::Src)?;
-        if got.bytes == 0 {
-            if got.eof {
-                return Err(premature());
+            let got = buf.read_from(src, sr).map_err(BodyError::Src)?;
+            if got.bytes == 0 {
+                if got.eof {
+                    return Err(premature());
+                }
+                return Ok((moved, false));
             }
-            return Ok((moved, false));
         }
     }
 }
@@ -404,6 +451,79 @@ mod tests {
             matches!(e, Err(BodyError::Framing(ChunkError::TrailersTooLarge))),
             "{e:?}"
         );
+    }
+
+    /// Long chunks' data goes by splice with the chunk's exact length as
+    /// the limit; sizes, CRLFs and trailers are still read and checked in
+    /// the buffer, and what follows the body stays on the socket.
+    #[test]
+    fn long_chunk_data_is_spliced_and_framing_still_parsed() {
+        let mut wire = Vec::new();
+        for (i, len) in [300_000usize, 5, 70_000, 16_384, 16_385]
+            .into_iter()
+            .enumerate()
+        {
+            wire.extend_from_slice(format!("{len:x}\r\n").as_bytes());
+            wire.extend(std::iter::repeat_n(b'a' + i as u8, len));
+            wire.extend_from_slice(b"\r\n");
+        }
+        wire.extend_from_slice(b"0\r\nX-PV-Role: admin\r\nX-Ok: 1\r\n\r\n");
+        let body_len = wire.len();
+        wire.extend_from_slice(b"NEXT");
+        let (w, src) = pair();
+        let (dst, dst_r) = pair();
+        let feeder = {
+            let wire = wire.clone();
+            std::thread::spawn(move || {
+                let mut at = 0;
+                while at < wire.len() {
+                    let n = write_nb(&w, &mut RW.clone(), &wire[at..]).unwrap();
+                    if n == 0 {
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                    at += n;
+                }
+                w
+            })
+        };
+        let mut buf = Buf::new(16 * 1024);
+        let mut p = Pump::new(Framing::Chunked);
+        let mut out = Vec::new();
+        let mut sink = Buf::new(1 << 16);
+        let mut spliced = false;
+        for _ in 0..100_000 {
+            let (mut sr, mut dr) = (RW, RW);
+            p.pump(&src, &mut sr, &mut buf, &dst, &mut dr).unwrap();
+            spliced |= p.splice.is_some();
+            sink.read_from(&dst_r, &mut RW.clone()).unwrap();
+            out.extend_from_slice(sink.bytes());
+            sink.consume(sink.len());
+            if p.is_done() {
+                break;
+            }
+        }
+        let _w = feeder.join().unwrap();
+        assert!(p.is_done());
+        while sink.read_from(&dst_r, &mut RW.clone()).unwrap().bytes > 0 {
+            out.extend_from_slice(sink.bytes());
+            sink.consume(sink.len());
+        }
+        assert!(spliced, "the long chunks went through the buffer");
+        let mut want = wire[..body_len].to_vec();
+        let t = b"X-PV-Role: admin\r\n";
+        let at = want.windows(t.len()).position(|x| x == t).unwrap();
+        want.drain(at..at + t.len());
+        assert!(
+            out == want,
+            "body altered ({} bytes, want {})",
+            out.len(),
+            want.len()
+        );
+        let mut rest = buf.bytes().to_vec();
+        let mut tail = Buf::new(64);
+        let _ = tail.read_from(&src, &mut RW.clone());
+        rest.extend_from_slice(tail.bytes());
+        assert_eq!(rest, b"NEXT");
     }
 
     #[test]

@@ -37,6 +37,12 @@ pub const LINGER: Duration = Duration::from_secs(2);
 /// Most bytes discarded during a lingering close.
 const LINGER_BYTES: usize = 1 << 20;
 
+thread_local! {
+    /// Where a lingering close reads what it discards: one per worker, so
+    /// no closing step zeroes a buffer of its own.
+    static SINK: std::cell::RefCell<[u8; 4096]> = const { std::cell::RefCell::new([0; 4096]) };
+}
+
 /// What a connection needs from the loop while it runs.
 pub struct Ctx<'a> {
     pub now: Instant,
@@ -427,9 +433,8 @@ impl Conn {
             *shut = true;
             let _ = self.client.shutdown(Shutdown::Write);
         }
-        let mut sink = [0u8; 4096];
         while self.cr.readable {
-            match (&self.client).read(&mut sink) {
+            match SINK.with_borrow_mut(|sink| (&self.client).read(sink)) {
                 Ok(n) if n > 0 && *discarded + n <= LINGER_BYTES => *discarded += n,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => self.cr.readable = false,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}

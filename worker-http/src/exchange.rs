@@ -141,13 +141,13 @@ impl Exchange {
 
 impl Conn {
     pub(crate) fn start_exchange(&mut self, cx: &mut Ctx, req: Request) -> Result<(), Fail> {
-        let Some(route) = cx.routes.lookup(req.host.as_deref(), &req.path) else {
+        let Some(route) = cx.routes.lookup(req.host.as_deref(), req.path()) else {
             return Err(Fail::Status(
                 404,
                 format!(
                     "no route for host {:?} path {}",
                     req.host.as_deref().unwrap_or(""),
-                    req.path
+                    req.path()
                 ),
             ));
         };
@@ -328,7 +328,7 @@ impl Conn {
             // A backend whose FIN was already reported is not parked: the
             // pool would never hear of it again. The response must have
             // ended exactly at the bytes read (nothing left in the buffer);
-            // the pool then checks the socket itself holds nothing more.
+            // the pool makes sure the socket itself holds nothing more.
             if ex.reusable
                 && !b.hup
                 && ex.request_sent()
@@ -336,10 +336,21 @@ impl Conn {
                 && ex.bbuf.is_empty()
                 && !ex.req.in_flight()
             {
-                cx.pool.put(cx.owners, cx.now, &ex.route.backend, b.stream);
+                let drained = !b.ready.readable;
+                cx.pool
+                    .put(cx.owners, cx.now, &ex.route.backend, b.stream, drained);
             }
         }
         if ex.persist == Persist::Close || self.wants_close(cx) {
+            // A client that asked to close sends nothing more (RFC 9112
+            // §9.6): with its whole request read and its socket drained,
+            // a plain close cannot reset the response away, so the
+            // lingering close (shutdown, wait for its FIN) is skipped.
+            let asked = !ex.client_keep && ex.request_sent() && !ex.req_broken;
+            if asked && self.cbuf.is_empty() && !self.cr.readable {
+                self.phase = Phase::Done;
+                return;
+            }
             self.phase = Phase::Closing {
                 since: cx.now,
                 shut: false,

@@ -132,6 +132,29 @@ impl Chunked {
         self.state == State::Trailers
     }
 
+    /// Bytes of chunk data still to come in the current chunk (0 outside
+    /// chunk data).
+    pub fn data_left(&self) -> u64 {
+        match self.state {
+            State::Data(n) => n,
+            _ => 0,
+        }
+    }
+
+    /// `n` bytes of chunk data went past without being fed (spliced with
+    /// `n` as the exact limit); at most [`Chunked::data_left`]. The CRLF
+    /// after the data is fed as usual.
+    pub fn skip_data(&mut self, n: u64) {
+        if let State::Data(left) = self.state {
+            let n = n.min(left);
+            self.state = if n == left {
+                State::DataCr
+            } else {
+                State::Data(left - n)
+            };
+        }
+    }
+
     /// Parse the trailer section at the start of `input` (see
     /// [`parse_trailers`]); once it is complete the body is done. Outside
     /// the trailer section there is nothing to parse: `Ok(Some(0))`.
@@ -307,10 +330,13 @@ pub fn parse_trailers(input: &[u8], out: &mut Vec<u8>) -> Result<Option<usize>, 
 
 /// Parse one `Content-Length` value: decimal digits only.
 pub fn parse_content_length(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+    // 19 digits cannot overflow a u64.
+    if v.is_empty() || v.len() > 19 {
         return None;
     }
-    std::str::from_utf8(v).ok()?.parse().ok()
+    v.iter().try_fold(0u64, |n, b| {
+        b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
+    })
 }
 
 /// Whether the last coding of the `Transfer-Encoding` values (all header
@@ -379,6 +405,25 @@ mod tests {
         input.extend_from_slice(b"GET / HTTP/1.1\r\n");
         assert_eq!(scan(&input), Ok((body.len(), true)));
         assert_eq!(scan_bytewise(&input), Ok((body.len(), true)));
+    }
+
+    #[test]
+    fn skipped_data_still_needs_its_crlf() {
+        let mut c = Chunked::new();
+        assert_eq!(c.feed(b"10\r\nabcd"), Ok(8));
+        assert_eq!(c.data_left(), 12);
+        c.skip_data(5);
+        assert_eq!(c.data_left(), 7);
+        c.skip_data(100);
+        assert_eq!(c.data_left(), 0, "never past the chunk's data");
+        assert_eq!(c.feed(b"XY"), Err(ChunkError::BadLineEnd));
+        let mut c = Chunked::new();
+        c.feed(b"3\r\n").unwrap();
+        c.skip_data(3);
+        assert_eq!(c.feed(b"\r\n0\r\n"), Ok(5));
+        assert!(c.in_trailers());
+        c.skip_data(1);
+        assert!(c.in_trailers(), "outside data: nothing to skip");
     }
 
     #[test]

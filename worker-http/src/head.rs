@@ -42,8 +42,8 @@ pub struct Request {
     /// The request-target as sent (origin-form after absolute-form is
     /// reduced), including the query.
     pub target: String,
-    /// The target's path, without the query, for routing.
-    pub path: String,
+    /// Where the target's path ends (its query starts): see [`Request::path`].
+    path_end: usize,
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor: u8,
     pub host: Option<String>,
@@ -63,6 +63,13 @@ pub struct Request {
     host_hdr: Option<Span>,
     /// The authority of an absolute-form target (it replaces Host).
     authority: Option<String>,
+}
+
+impl Request {
+    /// The target's path, without the query, for routing.
+    pub fn path(&self) -> &str {
+        &self.target[..self.path_end]
+    }
 }
 
 /// A byte range of a head: (start, end).
@@ -97,15 +104,48 @@ const END_TO_END: &[&str] = &[
     "x-forwarded-for",
 ];
 
-fn connection_tokens(headers: &[httparse::Header<'_>]) -> Vec<String> {
-    headers
+/// The tokens of a head's `Connection` lines, in place in the head: no
+/// copy and, for the usual one to four tokens, no allocation. Compared
+/// case-insensitively.
+struct Tokens<'h> {
+    few: [&'h [u8]; 4],
+    n: usize,
+    rest: Vec<&'h [u8]>,
+}
+
+impl<'h> Tokens<'h> {
+    fn iter(&self) -> impl Iterator<Item = &'h [u8]> + '_ {
+        self.few[..self.n].iter().chain(&self.rest).copied()
+    }
+
+    fn has(&self, token: &str) -> bool {
+        self.iter()
+            .any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
+    }
+}
+
+fn connection_tokens<'h>(headers: &[httparse::Header<'h>]) -> Tokens<'h> {
+    let mut t = Tokens {
+        few: [&[]; 4],
+        n: 0,
+        rest: Vec::new(),
+    };
+    let values = headers
         .iter()
         .filter(|h| h.name.eq_ignore_ascii_case("connection"))
         .flat_map(|h| h.value.split(|b| *b == b','))
-        .filter_map(|t| std::str::from_utf8(t.trim_ascii()).ok())
-        .filter(|t| !t.is_empty())
-        .map(|t| t.to_ascii_lowercase())
-        .collect()
+        .map(<[u8]>::trim_ascii)
+        .filter(|v| !v.is_empty());
+    for v in values {
+        match t.few.get_mut(t.n) {
+            Some(slot) => {
+                *slot = v;
+                t.n += 1;
+            }
+            None => t.rest.push(v),
+        }
+    }
+    t
 }
 
 /// Parse a request head at the start of `buf`. `Err` carries the status to
@@ -125,7 +165,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed<Request>, Reject> {
     let raw_target = req.path.unwrap_or_default();
     let headers = &*req.headers;
     let (target, authority) = origin_form(&method, raw_target)?;
-    let path = target.split('?').next().unwrap_or("/").to_string();
+    let path_end = target.find('?').unwrap_or(target.len());
 
     let mut cl: Option<u64> = None;
     let mut te_seen = false;
@@ -165,28 +205,26 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed<Request>, Reject> {
     if minor == 1 && host_raw.is_none() && authority.is_none() {
         return Err(reject(400, "HTTP/1.1 request without Host"));
     }
-    let host_str = match (&authority, &host_raw) {
+    let host_text = match (&authority, host_raw) {
         // RFC 9112 §3.2.2: an absolute-form target overrides Host.
-        (Some(a), _) => Some(a.clone()),
-        (None, Some(h)) => Some(
-            std::str::from_utf8(h)
-                .map_err(|_| reject(400, "Host is not text"))?
-                .to_string(),
-        ),
+        (Some(a), _) => Some(a.as_str()),
+        (None, Some(h)) => {
+            Some(std::str::from_utf8(h).map_err(|_| reject(400, "Host is not text"))?)
+        }
         (None, None) => None,
     };
-    let host = host_str.as_deref().and_then(normalise_host);
+    let host = host_text.and_then(normalise_host);
 
     let conn = connection_tokens(headers);
     let keep_alive = if minor == 0 {
-        conn.iter().any(|t| t == "keep-alive")
+        conn.has("keep-alive")
     } else {
-        !conn.iter().any(|t| t == "close")
+        !conn.has("close")
     };
     // Only a WebSocket upgrade is tunnelled: after any other (h2c above
     // all) the backend would read requests we never see, with the
     // client's own identity headers. Its other tokens are dropped.
-    let upgrade = if minor == 1 && conn.iter().any(|t| t == "upgrade") {
+    let upgrade = if minor == 1 && conn.has("upgrade") {
         headers
             .iter()
             .filter(|h| h.name.eq_ignore_ascii_case("upgrade"))
@@ -211,7 +249,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed<Request>, Reject> {
         let dropped = eq_any(name, HOP_BY_HOP)
             || is_identity(name)
             || (authority.is_some() && name.eq_ignore_ascii_case("host"))
-            || (conn.iter().any(|t| name.eq_ignore_ascii_case(t)) && !eq_any(name, END_TO_END));
+            || (conn.has(name) && !eq_any(name, END_TO_END));
         // Identical duplicate Content-Lengths are forwarded as one.
         let dup_cl =
             name.eq_ignore_ascii_case("content-length") && std::mem::replace(&mut seen_cl, true);
@@ -227,7 +265,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed<Request>, Reject> {
         len,
         method,
         target,
-        path,
+        path_end,
         minor,
         host,
         framing,
@@ -439,9 +477,9 @@ pub fn parse_response(
     let conn = connection_tokens(headers);
     let reusable = framing != Framing::Close
         && if minor == 0 {
-            conn.iter().any(|t| t == "keep-alive")
+            conn.has("keep-alive")
         } else {
-            !conn.iter().any(|t| t == "close")
+            !conn.has("close")
         };
     // httparse skips empty lines before the status line; so do we.
     let start = buf
@@ -454,18 +492,22 @@ pub fn parse_response(
         .map_or(len, |i| start + i + 1);
     let forwarded = |h: &httparse::Header<'_>| {
         let hop = eq_any(h.name, &["connection", "keep-alive", "proxy-connection"])
-            || (conn.iter().any(|t| h.name.eq_ignore_ascii_case(t)) && !eq_any(h.name, END_TO_END));
+            || (conn.has(h.name) && !eq_any(h.name, END_TO_END));
         status == 101 || !hop
     };
-    // Room for our own Connection line on a final response.
-    if headers.iter().filter(|h| forwarded(h)).count() + usize::from(status >= 200) > MAX_HEADERS {
-        return Err("too many response header lines");
-    }
     // One allocation for the head the client gets.
+    let mark = out.len();
     out.reserve(len + 64);
     out.extend_from_slice(&buf[start..line_end]);
+    let mut lines = 0;
     for h in headers.iter().filter(|h| forwarded(h)) {
         header(out, h.name.as_bytes(), h.value);
+        lines += 1;
+    }
+    // Room for our own Connection line on a final response.
+    if lines + usize::from(status >= 200) > MAX_HEADERS {
+        out.truncate(mark);
+        return Err("too many response header lines");
     }
     Ok(Parsed::Complete(Response {
         len,

@@ -42,7 +42,7 @@ fn partial_and_complete() {
     ));
     let r = req("GET /x?y=1 HTTP/1.1\r\nHost: A.example:80\r\n\r\nNEXT").unwrap();
     assert_eq!(r.len, 43);
-    assert_eq!(r.path, "/x");
+    assert_eq!(r.path(), "/x");
     assert_eq!(r.target, "/x?y=1");
     assert_eq!(r.host.as_deref(), Some("a.example"));
     assert_eq!(r.framing, Framing::None);
@@ -195,6 +195,29 @@ fn persistence() {
             .unwrap()
             .keep_alive
     );
+    // Tokens past the first four, over several lines, count as well.
+    assert!(
+        !req(
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: a, b,, c\r\nConnection: d , e, CLOSE\r\n\r\n"
+        )
+        .unwrap()
+        .keep_alive
+    );
+}
+
+#[test]
+fn every_header_named_in_connection_is_dropped() {
+    let out = rewritten(
+        "GET / HTTP/1.1\r\nHost: h\r\nConnection: X-A, x-b\r\nConnection: X-C,X-D,X-E, X-F\r\n\
+         X-A: 1\r\nX-B: 2\r\nX-C: 3\r\nX-D: 4\r\nX-E: 5\r\nX-F: 6\r\nX-G: 7\r\n\r\n",
+        &route("/", false),
+        None,
+    );
+    assert_eq!(
+        out,
+        "GET / HTTP/1.1\r\nHost: h\r\nX-G: 7\r\nX-PV-Role: admin\r\nX-PV-Client: EXTERNAL\r\n\
+         X-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\n\r\n"
+    );
 }
 
 #[test]
@@ -339,7 +362,7 @@ fn absolute_form_becomes_origin_form() {
     assert!(out.starts_with("GET /?q HTTP/1.1\r\nHost: h\r\n"), "{out}");
     assert!(!out.contains("other"), "{out}");
     let r = req("OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
-    assert_eq!(r.path, "*");
+    assert_eq!(r.path(), "*");
 }
 
 fn resp(raw: &str, head: bool) -> Response {

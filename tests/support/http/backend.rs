@@ -270,6 +270,20 @@ fn echo_body(req: &Req, body: &[u8]) -> String {
     s
 }
 
+/// The chunked body `/bigchunked/N` sends: `pattern(n, 7)` in chunks of
+/// 1 MiB (the last one shorter), then the last chunk.
+pub fn big_chunked(n: usize) -> Vec<u8> {
+    let plain = crate::pattern(n, 7);
+    let mut wire = Vec::with_capacity(n + 64);
+    for c in plain.chunks(1 << 20) {
+        wire.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+        wire.extend_from_slice(c);
+        wire.extend_from_slice(b"\r\n");
+    }
+    wire.extend_from_slice(b"0\r\n\r\n");
+    wire
+}
+
 fn serve<C: Conn>(c: C, seen: Arc<Seen>) -> std::io::Result<()> {
     let mut w = c.try_clone_box()?;
     let mut r = BufReader::new(c);
@@ -298,6 +312,10 @@ fn serve<C: Conn>(c: C, seen: Arc<Seen>) -> std::io::Result<()> {
             let n: usize = n.parse().unwrap_or(0);
             w.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n").as_bytes())?;
             w.write_all(&crate::pattern(n, 7))?;
+        } else if let Some(n) = path.strip_prefix("/bigchunked/") {
+            let n: usize = n.parse().unwrap_or(0);
+            w.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")?;
+            w.write_all(&big_chunked(n))?;
         } else if path == "/silent" {
             thread::sleep(Duration::from_secs(30));
             return Ok(());
