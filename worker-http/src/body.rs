@@ -182,6 +182,10 @@ impl Pump {
                     let sp = self.splice.get_or_insert_with(|| {
                         let mut s = Splice::new();
                         s.set_limit(Some(left));
+                        // Known to be bulk: no copy phase first.
+                        if left > proto::relay::SPLICE_AFTER {
+                            s.splice_now();
+                        }
                         s
                     });
                     let m = sp
@@ -316,9 +320,11 @@ impl ChunkedPump<'_> {
                 // on the socket, exactly that many bytes.
                 let left = self.parser.data_left();
                 self.parser.skip_data(left);
-                self.splice
-                    .get_or_insert_with(Splice::new)
-                    .set_limit(Some(left));
+                let sp = self.splice.get_or_insert_with(Splice::new);
+                sp.set_limit(Some(left));
+                if left > proto::relay::SPLICE_AFTER {
+                    sp.splice_now();
+                }
                 continue;
             }
             if !sr.readable {
