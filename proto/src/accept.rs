@@ -49,15 +49,11 @@ impl Acceptor {
         self.listener.is_some() && !paused && cap_ok && (self.at_cap || self.paused_until.is_some())
     }
 
-    /// Accept until EAGAIN or the cap. `take` receives each new client and
-    /// returns the number of open connections after taking it.
-    pub fn burst(&mut self, now: Instant, active: usize, mut take: impl FnMut(Stream) -> usize) {
-        self.burst_with_peer(now, active, |s, _| take(s))
-    }
-
-    /// [`Acceptor::burst`], giving `take` the client's address as `accept4`
-    /// returned it (None for unix clients), so nobody asks `getpeername`.
-    pub fn burst_with_peer(
+    /// Accept until EAGAIN or the cap. `take` receives each new client with
+    /// its address as `accept4` returned it (None for unix clients), so
+    /// nobody asks `getpeername`, and returns the number of open
+    /// connections after taking it.
+    pub fn burst(
         &mut self,
         now: Instant,
         mut active: usize,
@@ -102,21 +98,11 @@ impl Acceptor {
         &mut self,
         registry: &Registry,
         active: usize,
-        mut take: impl FnMut(Stream) -> usize,
-    ) {
-        self.close_with_peer(registry, active, |s, _| take(s))
-    }
-
-    /// [`Acceptor::close`], with the clients' addresses.
-    pub fn close_with_peer(
-        &mut self,
-        registry: &Registry,
-        active: usize,
         take: impl FnMut(Stream, Option<SocketAddr>) -> usize,
     ) {
         self.max = usize::MAX;
         self.paused_until = None;
-        self.burst_with_peer(Instant::now(), active, take);
+        self.burst(Instant::now(), active, take);
         if let Some(mut l) = self.listener.take() {
             let _ = registry.deregister(&mut l);
         }

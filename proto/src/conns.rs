@@ -227,7 +227,9 @@ impl<C: Connection> Handler for Conns<C> {
         Conns { conns: Slab::new() }
     }
 
-    fn accept(&mut self, cx: &mut Cx, client: Stream) {
+    /// tcp and unix need no address per connection (a PROXY header asks
+    /// for it when written): none is kept.
+    fn accept(&mut self, cx: &mut Cx, client: Stream, _peer: Option<std::net::SocketAddr>) {
         let Some(c) = C::new(client, cx.config, cx.now) else {
             return;
         };

@@ -33,6 +33,7 @@ use mio::event::Event;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
 use std::io;
+use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -45,7 +46,8 @@ pub trait Handler: Sized {
     fn new(config: &WorkerConfig) -> Self;
     /// A client the listener gave us: register it (on a token of ours) and
     /// start it; dropping it closes it.
-    fn accept(&mut self, cx: &mut Cx, client: Stream);
+    /// `peer`: its address from `accept4` (None for a unix client).
+    fn accept(&mut self, cx: &mut Cx, client: Stream, peer: Option<SocketAddr>);
     /// Readiness on one of our tokens (any but 0 and 1).
     fn event(&mut self, cx: &mut Cx, token: Token, ev: &Event);
     /// One of our timer keys (added with [`Cx::wake`]) came due.
@@ -323,9 +325,9 @@ impl<H: Handler> Loop<H> {
         let mut cx = cx!(self, now);
         let handler = &mut self.handler;
         let active = handler.active();
-        let take = |client| {
+        let take = |client, peer| {
             cx.stats.total += 1;
-            handler.accept(&mut cx, client);
+            handler.accept(&mut cx, client, peer);
             handler.active()
         };
         if closing {

@@ -118,8 +118,14 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(client: Stream, now: Instant, max_head: usize) -> Conn {
-        let ip = client.peer_ip().map(|a| a.ip());
+    /// `peer`: the client's address as `accept4` returned it.
+    pub fn new(
+        client: Stream,
+        peer: Option<std::net::SocketAddr>,
+        now: Instant,
+        max_head: usize,
+    ) -> Conn {
+        let ip = peer.map(|a| a.ip());
         Conn {
             client,
             // Try reading at once: the request often arrived before accept.

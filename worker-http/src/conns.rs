@@ -65,12 +65,12 @@ impl Handler for Conns {
     /// Take a new client: register it and arm its first deadline. It is
     /// driven by its first event (registering a socket with bytes waiting
     /// raises one).
-    fn accept(&mut self, cx: &mut Cx, s: Stream) {
+    fn accept(&mut self, cx: &mut Cx, s: Stream, peer: Option<std::net::SocketAddr>) {
         let config: &WorkerConfig = cx.config;
         let limits = &config.limits;
         let (slot, gen) = self
             .conns
-            .insert(Conn::new(s, cx.now, limits.max_head_bytes));
+            .insert(Conn::new(s, peer, cx.now, limits.max_head_bytes));
         let Some(c) = self.conns.get_mut(slot) else {
             return;
         };
