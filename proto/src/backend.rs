@@ -13,8 +13,10 @@
 //! side benefit: a provider pid reused by an unrelated process after the
 //! provider died can never be reached by mistake.
 
+use crate::balance::{Choice, Lease};
 use crate::ctl::Limits;
 use crate::graph::Backend;
+use crate::plan::Route;
 use crate::stream::Stream;
 use mio::net::{TcpStream, UnixStream};
 use std::cell::RefCell;
@@ -124,6 +126,9 @@ pub fn retry_delay(attempt: u32, budget_ms: u64) -> Option<Duration> {
 #[derive(Debug)]
 pub struct Dialer {
     pub target: Backend,
+    /// A route with replicas: the backend aimed at (`target`) among them,
+    /// the next to try when it fails (`balance.rs`). None: one backend.
+    choice: Option<Choice>,
     attempt: u32,
     retry_at: Option<Instant>,
     give_up_at: Instant,
@@ -163,6 +168,7 @@ impl Dialer {
     pub fn new(target: Backend, now: Instant, limits: &Limits) -> Dialer {
         Dialer {
             target,
+            choice: None,
             attempt: 0,
             retry_at: Some(now),
             give_up_at: now + Duration::from_millis(limits.connect_timeout_ms),
@@ -182,6 +188,7 @@ impl Dialer {
             _ => return Dial::Wait,
         }
         self.retry_at = None;
+        self.aim();
         match connect(&self.target) {
             Ok(s) => Dial::Socket(s),
             Err(e) => self.failed(now, limits, &e),
@@ -196,6 +203,9 @@ impl Dialer {
 
     /// An attempt failed with `e`: schedule a retry (Wait) or give up.
     pub fn failed(&mut self, now: Instant, limits: &Limits, e: &io::Error) -> Dial {
+        if self.fail_over(now, e) {
+            return Dial::Wait;
+        }
         self.attempt += 1;
         if is_retryable(e) {
             if let Some(d) = retry_delay(self.attempt, limits.connect_retry_ms) {
@@ -264,6 +274,61 @@ impl Dialer {
     pub fn deadline(&self) -> Instant {
         self.retry_at
             .map_or(self.give_up_at, |r| r.min(self.give_up_at))
+    }
+}
+
+/// Replicas: the dialer's part of `balance.rs`.
+impl Dialer {
+    /// A dialer for `r`: its one backend, or a backend of its pool picked
+    /// by its `balance` policy.
+    pub fn for_route(r: &Route, now: Instant, limits: &Limits) -> Dialer {
+        match Choice::for_route(r) {
+            Some(c) => Dialer::balanced(c, now, limits),
+            None => Dialer::new(r.backend.clone(), now, limits),
+        }
+    }
+
+    /// A dialer for a choice already made among replicas.
+    pub fn balanced(choice: Choice, now: Instant, limits: &Limits) -> Dialer {
+        let mut d = Dialer::new(choice.backend().clone(), now, limits);
+        d.choice = Some(choice);
+        d
+    }
+
+    /// Before an attempt: after a pass over every replica failed, a new
+    /// pick.
+    fn aim(&mut self) {
+        if let Some(b) = self.choice.as_mut().and_then(|c| c.attempt()) {
+            self.target = b.clone();
+        }
+    }
+
+    /// The connect to `target` failed: the next replica this pass has not
+    /// tried, at once. false: none left (or no replicas), go on as for
+    /// one backend.
+    fn fail_over(&mut self, now: Instant, e: &io::Error) -> bool {
+        let Some(next) = self.choice.as_mut().and_then(|c| c.fail_over()) else {
+            return false;
+        };
+        crate::debug!(
+            "backend {} failed ({e}); trying replica {next}",
+            self.target
+        );
+        self.target = next.clone();
+        self.retry_at = Some(now);
+        true
+    }
+
+    /// The choice among replicas, once connected (http keeps it with its
+    /// exchange).
+    pub fn take_choice(&mut self) -> Option<Choice> {
+        self.choice.take()
+    }
+
+    /// What counts this connection against its replica (least-conn), to
+    /// keep until the connection closes.
+    pub fn take_lease(&mut self) -> Option<Lease> {
+        self.choice.take().map(Choice::into_lease)
     }
 }
 
@@ -381,6 +446,61 @@ mod tests {
             d.step(&mut socket, false, late, &limits),
             Step::TimedOut(_)
         ));
+    }
+
+    /// One replica refuses: the next is dialled at once, and a pass over
+    /// every replica fails as one backend would (retried, then given up).
+    #[test]
+    fn a_failed_replica_fails_over_to_the_next() {
+        let limits = Limits::default();
+        let now = Instant::now();
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead_addr = Backend::Tcp(dead.local_addr().unwrap());
+        drop(dead);
+        let live = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let live_addr = Backend::Tcp(live.local_addr().unwrap());
+        let pool: std::rc::Rc<[Backend]> = vec![dead_addr.clone(), live_addr.clone()].into();
+        let choice = Choice::at(pool.clone(), crate::balance::Policy::RoundRobin, 0);
+        let mut d = Dialer::balanced(choice, now, &limits);
+        assert_eq!(d.target, dead_addr);
+        let mut socket = None;
+        let mut step = d.step(&mut socket, false, now, &limits);
+        for _ in 0..1000 {
+            match step {
+                Step::Connected | Step::Failed(_) | Step::TimedOut(_) => break,
+                Step::Pending => std::thread::sleep(Duration::from_millis(1)),
+                _ => {}
+            }
+            let ready = socket.is_some();
+            step = d.step(&mut socket, ready, now, &limits);
+        }
+        assert_eq!(step, Step::Connected);
+        assert_eq!(d.target, live_addr);
+        let lease = d.take_lease().expect("a lease");
+        assert_eq!(lease.backend(), &live_addr);
+        assert_eq!(crate::balance::open(&live_addr), 1);
+        assert_eq!(crate::balance::open(&dead_addr), 0);
+        drop(lease);
+        drop(live);
+
+        // Nobody listens: the whole pool fails like one backend.
+        let choice = Choice::at(pool, crate::balance::Policy::LeastConn, 0);
+        let mut d = Dialer::balanced(choice, now, &limits);
+        let mut socket = None;
+        let mut t = now;
+        let end = loop {
+            let ready = socket.is_some();
+            match d.step(&mut socket, ready, t, &limits) {
+                Step::Wait => t = d.deadline(),
+                Step::Register | Step::Pending => std::thread::sleep(Duration::from_millis(1)),
+                other => break other,
+            }
+        };
+        assert!(
+            matches!(&end, Step::Failed(m) if m.contains("unreachable")),
+            "{end:?}"
+        );
+        assert!(t < now + Duration::from_millis(limits.connect_timeout_ms));
     }
 
     #[test]

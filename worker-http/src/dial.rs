@@ -5,6 +5,7 @@
 //! (see `Conn::start_exchange`).
 
 use crate::conn::{BackendConn, Conn, Ctx, Fail, Phase};
+use crate::exchange::Exchange;
 use crate::keys::{self, Owner};
 use mio::Interest;
 use proto::backend::{Dialer, Step};
@@ -15,11 +16,16 @@ impl Conn {
     /// Connect (again) to the exchange's backend, with a new dialer (and
     /// so a new connect timeout).
     pub(crate) fn start_connect(&mut self, cx: &mut Ctx) -> Result<(), Fail> {
-        let Some(addr) = self.ex.as_ref().map(|e| e.route.backend.clone()) else {
+        let Some(ex) = self.ex.as_mut() else {
             return Err(Fail::Abort("connect without a request".into()));
         };
+        // Replicas: the dialer takes the exchange's choice to fail over.
+        let dial = match ex.choice.take() {
+            Some(c) => Dialer::balanced(c, cx.now, cx.limits),
+            None => Dialer::new(ex.route.backend.clone(), cx.now, cx.limits),
+        };
         self.backend = None;
-        self.phase = Phase::Connecting(Dialer::new(addr, cx.now, cx.limits));
+        self.phase = Phase::Connecting(dial);
         self.connecting(cx).map(|_| ())
     }
 
@@ -59,11 +65,27 @@ impl Conn {
                 Ok(true)
             }
             Step::Connected => {
+                Conn::keep_choice(self.ex.as_deref_mut(), cx, dial);
                 self.phase = Phase::Exchange;
                 Ok(true)
             }
             Step::Failed(why) => Err(Fail::Status(502, why)),
             Step::TimedOut(why) => Err(Fail::Status(504, why)),
         }
+    }
+
+    /// Connected through a route with replicas: the exchange keeps the
+    /// choice (its count) and, after a fail-over, the entry of the replica
+    /// reached (the connection is pooled under that backend).
+    fn keep_choice(ex: Option<&mut Exchange>, cx: &Ctx, dial: &mut Dialer) {
+        let (Some(ex), Some(c)) = (ex, dial.take_choice()) else {
+            return;
+        };
+        if ex.route.backend != *c.backend() {
+            if let Some(e) = cx.routes.replica(c.pool(), c.index()) {
+                ex.route = e;
+            }
+        }
+        ex.choice = Some(c);
     }
 }

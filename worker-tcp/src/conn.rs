@@ -80,9 +80,11 @@ impl Conn {
     }
 
     fn route_to(&mut self, r: &Route, now: Instant, limits: &Limits) {
-        self.target = r.backend.to_string();
         self.proxy_protocol = r.proxy_protocol;
-        self.phase = Phase::Connecting(Dialer::new(r.backend.clone(), now, limits));
+        // One backend, or one of the route's replicas by its policy.
+        let dial = Dialer::for_route(r, now, limits);
+        self.target = dial.target.to_string();
+        self.phase = Phase::Connecting(dial);
     }
 
     /// Peek at the ClientHello and pick the route whose sni it names.
@@ -151,6 +153,10 @@ impl Conn {
         match self.io.dial(dial, now, limits) {
             Dialing::Next(next) => next,
             Dialing::Connected => {
+                if self.io.lease.is_some() {
+                    // A replica failed over: name the one reached.
+                    self.target = dial.target.to_string();
+                }
                 if let Some(v) = self.proxy_protocol {
                     // Goes out before any client byte.
                     self.relay.up.prefix(proxy_header::build(
