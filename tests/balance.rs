@@ -328,6 +328,66 @@ fn http_replicas_share_fail_over_and_come_back() {
     drop(sup);
 }
 
+/// A listener whose accept queue is full: the kernel drops further SYNs,
+/// so a connect to it hangs (a replica that stalls). Returns it with the
+/// connections that fill it (kept open).
+fn stalled_listener() -> (std::os::fd::OwnedFd, SocketAddr, Vec<TcpStream>) {
+    use nix::sys::socket::{
+        bind, getsockname, listen, socket, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn,
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("socket");
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrIn::new(127, 0, 0, 1, 0),
+    )
+    .expect("bind");
+    listen(&fd, Backlog::new(0).unwrap()).expect("listen");
+    let a: SockaddrIn = getsockname(std::os::fd::AsRawFd::as_raw_fd(&fd)).expect("getsockname");
+    let addr = SocketAddr::from((a.ip(), a.port()));
+    let mut fill = Vec::new();
+    for _ in 0..4 {
+        if let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+            fill.push(s);
+        }
+    }
+    // Confirmed full: a connect now gets no answer.
+    assert!(
+        TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_err(),
+        "the accept queue should be full"
+    );
+    (fd, addr, fill)
+}
+
+/// A replica whose connects hang gives way to the next one after its share
+/// of the connect timeout (here 2 s over 2 replicas): no connection fails.
+#[test]
+fn a_stalled_replica_gives_way_to_the_next() {
+    let (_stalled, s_addr, _fill) = stalled_listener();
+    let b = Replica::start("B", Speaks::TaggedEcho);
+    let port = free_port();
+    let sup = Supervisor::start(
+        &graph(&[
+            tcp_link("s-a", port, s_addr, RR),
+            tcp_link("s-b", port, b.addr, RR),
+        ]),
+        &["--connect-timeout", "2s"],
+    );
+    let got = tcp_load(port, 4);
+    assert_eq!(count(&got, "B"), 4, "{got:?}");
+    assert!(
+        sup.log_text().contains("Connection timed out"),
+        "the stalled attempt gave way: {}",
+        sup.log_text()
+    );
+    drop(sup);
+}
+
 /// least-conn looks at the connections open from the worker; round-robin
 /// does not: with one long connection on one replica, least-conn sends
 /// the next to the other replica, round-robin takes its turn.

@@ -129,6 +129,9 @@ pub struct Dialer {
     /// A route with replicas: the backend aimed at (`target`) among them,
     /// the next to try when it fails (`balance.rs`). None: one backend.
     choice: Option<Choice>,
+    /// Replicas: an attempt still connecting then gives way to the next
+    /// replica (see [`Dialer::stalled`]).
+    attempt_until: Option<Instant>,
     attempt: u32,
     retry_at: Option<Instant>,
     give_up_at: Instant,
@@ -169,6 +172,7 @@ impl Dialer {
         Dialer {
             target,
             choice: None,
+            attempt_until: None,
             attempt: 0,
             retry_at: Some(now),
             give_up_at: now + Duration::from_millis(limits.connect_timeout_ms),
@@ -190,7 +194,10 @@ impl Dialer {
         self.retry_at = None;
         self.aim();
         match connect(&self.target) {
-            Ok(s) => Dial::Socket(s),
+            Ok(s) => {
+                self.attempt_started(now, limits);
+                Dial::Socket(s)
+            }
             Err(e) => self.failed(now, limits, &e),
         }
     }
@@ -237,6 +244,9 @@ impl Dialer {
         now: Instant,
         limits: &Limits,
     ) -> Step {
+        if self.stalled(socket, ready, now) {
+            return Step::Wait;
+        }
         let in_flight = socket.as_ref().filter(|_| ready);
         let Some(s) = in_flight else {
             if self.expired(now) {
@@ -272,8 +282,10 @@ impl Dialer {
 
     /// When the dialer next needs a look: the retry, or the give-up time.
     pub fn deadline(&self) -> Instant {
-        self.retry_at
-            .map_or(self.give_up_at, |r| r.min(self.give_up_at))
+        let d = self
+            .retry_at
+            .map_or(self.give_up_at, |r| r.min(self.give_up_at));
+        self.attempt_until.map_or(d, |a| a.min(d))
     }
 }
 
@@ -301,6 +313,38 @@ impl Dialer {
         if let Some(b) = self.choice.as_mut().and_then(|c| c.attempt()) {
             self.target = b.clone();
         }
+    }
+
+    /// A connect to a replica is under way: it has its share of the
+    /// connect timeout (the timeout over the pool's size), so a replica
+    /// whose connects hang (its address black-holed, its accept queue
+    /// full) costs a connection part of the timeout, not all of it.
+    fn attempt_started(&mut self, now: Instant, limits: &Limits) {
+        let Some(n) = self.choice.as_ref().map(|c| c.pool().len()) else {
+            return;
+        };
+        let share = limits.connect_timeout_ms / n.max(1) as u64;
+        self.attempt_until = Some(now + Duration::from_millis(share));
+    }
+
+    /// The attempt in `socket` has not connected within its share: give
+    /// way to the next replica (true; the socket is dropped and the next
+    /// attempt is due now), or, with none left this pass, let it run to
+    /// the connect timeout.
+    fn stalled(&mut self, socket: &mut Option<Stream>, ready: bool, now: Instant) -> bool {
+        match self.attempt_until {
+            Some(t) if now >= t => self.attempt_until = None,
+            _ => return false,
+        }
+        if ready || socket.is_none() {
+            return false;
+        }
+        let e = io::Error::from_raw_os_error(nix::libc::ETIMEDOUT);
+        if !self.fail_over(now, &e) {
+            return false;
+        }
+        *socket = None;
+        true
     }
 
     /// The connect to `target` failed: the next replica this pass has not
@@ -501,6 +545,52 @@ mod tests {
             "{end:?}"
         );
         assert!(t < now + Duration::from_millis(limits.connect_timeout_ms));
+    }
+
+    /// A replica whose connects hang (a full accept queue drops SYNs)
+    /// gives way to the next after its share of the connect timeout.
+    #[test]
+    fn a_stalled_replica_gives_way_after_its_share() {
+        let limits = Limits {
+            connect_timeout_ms: 2_000,
+            ..Limits::default()
+        };
+        let now = Instant::now();
+        let live = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let pool: std::rc::Rc<[Backend]> = vec![
+            Backend::Tcp("127.0.0.1:9".parse().unwrap()),
+            Backend::Tcp(live.local_addr().unwrap()),
+        ]
+        .into();
+        let choice = Choice::at(pool.clone(), crate::balance::Policy::RoundRobin, 0);
+        let mut d = Dialer::balanced(choice, now, &limits);
+        let mut socket = None;
+        // Pretend the first connect is under way and never reports.
+        assert_eq!(d.step(&mut socket, false, now, &limits), Step::Register);
+        socket = Some(crate::stream::Stream::Tcp(
+            mio::net::TcpStream::connect(live.local_addr().unwrap()).unwrap(),
+        ));
+        let share = now + Duration::from_millis(1_000);
+        assert_eq!(d.deadline(), share);
+        assert_eq!(d.step(&mut socket, false, share, &limits), Step::Wait);
+        assert!(socket.is_none(), "the stalled attempt was dropped");
+        assert_eq!(d.target, pool[1]);
+        assert_eq!(d.deadline(), share, "the next attempt is due at once");
+        assert_eq!(d.step(&mut socket, false, share, &limits), Step::Register);
+        // The last replica of the pass has no one to give way to: it runs
+        // to the connect timeout.
+        let later = now + Duration::from_millis(1_999);
+        assert_eq!(d.step(&mut socket, false, later, &limits), Step::Wait);
+        assert!(socket.is_some());
+        assert!(matches!(
+            d.step(
+                &mut socket,
+                false,
+                now + Duration::from_millis(2_000),
+                &limits
+            ),
+            Step::TimedOut(_)
+        ));
     }
 
     #[test]
