@@ -11,6 +11,7 @@ use mio::Interest;
 use proto::backend::{Dialer, Step};
 use proto::relay::Ready;
 use std::os::fd::AsRawFd;
+use std::rc::Rc;
 
 impl Conn {
     /// Connect (again) to the exchange's backend, with a new dialer (and
@@ -82,9 +83,16 @@ impl Conn {
             return;
         };
         if ex.route.backend != *c.backend() {
-            if let Some(e) = cx.routes.replica(c.pool(), c.index()) {
-                ex.route = e;
-            }
+            ex.route = match cx.routes.replica(c.pool(), c.index()) {
+                Some(e) => e,
+                // An update replaced the table meanwhile: the same route,
+                // aimed where the connection went (it is pooled there).
+                None => {
+                    let mut e = (*ex.route).clone();
+                    e.backend = c.backend().clone();
+                    Rc::new(e)
+                }
+            };
         }
         ex.choice = Some(c);
     }
