@@ -264,6 +264,24 @@ fn tcp_replicas_share_fail_over_and_come_back() {
         ]
     );
 
+    // The status table lists the pool under the route.
+    let out = Command::new(bin_dir().join("pv-xconnect"))
+        .args(["status", "--status-socket"])
+        .arg(&sup.status_socket)
+        .output()
+        .expect("run pv-xconnect status");
+    let table = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        format!(
+            "  link #0 'web-a' -> {} (least-conn of 2 replicas)\n",
+            a.addr
+        ),
+        format!("    replica link #0 'web-a' -> {}\n", a.addr),
+        format!("    replica link #1 'web-b' -> {}\n", b.addr),
+    ] {
+        assert!(table.contains(&want), "{want:?} not in:\n{table}");
+    }
+
     let got = tcp_load(port, 20);
     assert!(count(&got, "A") > 0 && count(&got, "B") > 0, "{got:?}");
 
