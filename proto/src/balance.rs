@@ -268,10 +268,11 @@ impl Choice {
         }
     }
 
-    /// Before an attempt: after a spent pass, pick anew (Some: the new
-    /// backend aimed at, which may be the same one).
+    /// Before an attempt: after a spent pass, or when the backend aimed at
+    /// is no longer [`usable`] (a later attempt of a held connection), pick
+    /// anew (Some: the new backend aimed at, which may be the same one).
     pub fn attempt(&mut self) -> Option<&Backend> {
-        if !self.spent {
+        if !self.spent && usable(self.backend()) {
             return None;
         }
         self.spent = false;
