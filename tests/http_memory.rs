@@ -299,7 +299,12 @@ fn chunked_bodies_to_slow_peers_arrive_whole() {
     // absorb them, so the worker holds bytes back between events.
     small_rcvbuf(&backend);
     let route = format!(r#","socket":"{}""#, backend.local_addr().unwrap());
-    let w = Worker::start(config(&[("/api", &route)], Limits::default()));
+    // The origin accepts one connection: no health check may be it.
+    let limits = Limits {
+        health_interval_ms: 0,
+        ..Limits::default()
+    };
+    let w = Worker::start(config(&[("/api", &route)], limits));
     let wire2 = wire.clone();
     let origin = std::thread::spawn(move || {
         // Upload: read slowly, then check what arrived.

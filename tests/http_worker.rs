@@ -177,6 +177,8 @@ fn timeouts_give_408_504_and_unreachable_502() {
         head_timeout_ms: 300,
         response_timeout_ms: 300,
         idle_timeout_ms: 300,
+        // Not held: the 502 at once (tests/hold.rs holds).
+        hold_timeout_ms: 0,
         ..Limits::default()
     };
     let w = Worker::start(config(

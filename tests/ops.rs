@@ -434,7 +434,9 @@ fn tcp_worker_fds_return_to_baseline_after_500_mixed_connections() {
     let port = free_port();
     let sup = Supervisor::start(
         &graph(&[tcp_link("fds", port, &backend.to_string())]),
-        &["--connect-timeout", "2s"],
+        // No health checker: its epoll and check sockets are not connection
+        // fds (tests/health.rs counts those).
+        &["--connect-timeout", "2s", "--health-interval", "0"],
     );
     let w = sup.worker_pid("pvx-worker-tcp");
     wait_worker_started(w);
@@ -595,6 +597,9 @@ impl SyslogRun {
                 "syslog",
                 "--log-level",
                 level,
+                // Fds are counted: no health checker's epoll.
+                "--health-interval",
+                "0",
                 "--graph",
             ])
             .arg(&gpath)

@@ -354,7 +354,8 @@ fn proxy_protocol_v1_header_reaches_backend() {
     let g = format!(
         r#"[{{"type":"tcp","name":"pp","consumer":"EXTERNAL","target":"127.0.0.1:{port}","socket":"{backend}","proxy_protocol":"v1"}}]"#
     );
-    let sup = Supervisor::start(&g, &[]);
+    // The backend takes one connection: no health check may be it.
+    let sup = Supervisor::start(&g, &["--health-interval", "0"]);
     sup.worker_pid("pvx-worker-tcp");
     let mut s = TcpStream::connect(listen_addr(port)).unwrap();
     let local = s.local_addr().unwrap();

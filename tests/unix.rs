@@ -184,7 +184,11 @@ fn fds_pass_both_ways_and_none_stays_in_the_worker() {
     });
 
     let target = dir.path().join("link.sock");
-    let sup = Supervisor::start(&graph(&[unix_link("fds", 0, &target, &prov, 0)]), &[]);
+    // The provider's first connection must be the client's: no checks.
+    let sup = Supervisor::start(
+        &graph(&[unix_link("fds", 0, &target, &prov, 0)]),
+        &["--health-interval", "0"],
+    );
     let w = sup.worker_pid("pvx-worker-unix");
     // The idle worker's fds (stdio, control socket, listener, epoll),
     // counted once its event loop exists.

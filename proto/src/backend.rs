@@ -16,6 +16,7 @@
 use crate::balance::{Choice, Lease};
 use crate::ctl::Limits;
 use crate::graph::Backend;
+use crate::hold::{Held, Outcome};
 use crate::plan::Route;
 use crate::stream::Stream;
 use mio::net::{TcpStream, UnixStream};
@@ -100,6 +101,13 @@ pub fn is_retryable(e: &io::Error) -> bool {
     )
 }
 
+/// Errors that mean "the provider is not there now" (restarting, its
+/// address not back yet): a connection is held for these.
+pub fn is_absent(e: &io::Error) -> bool {
+    use nix::libc::{EHOSTUNREACH, ENETUNREACH};
+    is_retryable(e) || matches!(e.raw_os_error(), Some(EHOSTUNREACH) | Some(ENETUNREACH))
+}
+
 /// Delay before retry number `attempt` (1-based): 25, 50, 100, 200 ms ...,
 /// or None once the delays so far would exceed `budget_ms` in all.
 pub fn retry_delay(attempt: u32, budget_ms: u64) -> Option<Duration> {
@@ -117,11 +125,13 @@ pub fn retry_delay(attempt: u32, budget_ms: u64) -> Option<Duration> {
 
 /// One connection's way to its backend: connect, and on a refused
 /// connect retry with [`retry_delay`] until the retry budget or the
-/// connect timeout is spent.
+/// connect timeout is spent; then, with `hold_timeout_ms`, hold the
+/// connection (`crate::hold`): retry with [`crate::hold::retry_delay`],
+/// and at once on [`Dialer::wake`], until the hold timeout.
 ///
 /// ```text
 /// poll() ─ due ─> connect ─ Ok ──> Socket(s): register, wait writable, established(s)
-///                    └─ Err ──> failed(): retry later (Wait) or give up (message)
+///                    └─ Err ──> failed(): retry later (Wait), hold (Wait), or give up (message)
 /// ```
 #[derive(Debug)]
 pub struct Dialer {
@@ -135,6 +145,10 @@ pub struct Dialer {
     attempt: u32,
     retry_at: Option<Instant>,
     give_up_at: Instant,
+    /// The first attempt: a hold lasts until this + the hold timeout.
+    started: Instant,
+    /// Set while the connection is held (counted in `crate::hold`).
+    held: Option<Held>,
 }
 
 /// What [`Dialer::poll`] asks of its caller.
@@ -161,7 +175,8 @@ pub enum Step {
     Register,
     /// Connected.
     Connected,
-    /// Refused (or failed) beyond the retry budget: the text says why.
+    /// Refused (or failed) beyond the retry budget and the hold: the text
+    /// says why.
     Failed(String),
     /// The connect timeout passed.
     TimedOut(String),
@@ -176,15 +191,20 @@ impl Dialer {
             attempt: 0,
             retry_at: Some(now),
             give_up_at: now + Duration::from_millis(limits.connect_timeout_ms),
+            started: now,
+            held: None,
         }
     }
 
     /// Connect now if an attempt is due.
     pub fn poll(&mut self, now: Instant, limits: &Limits) -> Dial {
         if now >= self.give_up_at {
-            return Dial::Failed(format!(
-                "backend {}: connect timed out after {} attempt(s)",
-                self.target, self.attempt
+            return Dial::Failed(self.end_hold(
+                now,
+                format!(
+                    "backend {}: connect timed out after {} attempt(s)",
+                    self.target, self.attempt
+                ),
             ));
         }
         match self.retry_at {
@@ -192,7 +212,11 @@ impl Dialer {
             _ => return Dial::Wait,
         }
         self.retry_at = None;
+        // Replicas: a new pick after a spent pass, or away from one down.
         self.aim();
+        if crate::health::is_down(&self.target) {
+            return self.down(now, limits);
+        }
         match connect(&self.target) {
             Ok(s) => {
                 self.attempt_started(now, limits);
@@ -202,30 +226,130 @@ impl Dialer {
         }
     }
 
+    /// Health checks say the backend is down: not dialled; held (waiting
+    /// for a check to see it up, which wakes it) or the error at once.
+    fn down(&mut self, now: Instant, limits: &Limits) -> Dial {
+        if let Some(h) = self.held.as_mut() {
+            h.tries += 1;
+            self.retry_at = Some((now + crate::hold::retry_delay(h.tries)).min(h.until));
+            return Dial::Wait;
+        }
+        if self.hold(now, limits) {
+            return Dial::Wait;
+        }
+        let why = format!("backend {} is down (health checks)", self.target);
+        Dial::Failed(self.end_hold(now, why))
+    }
+
     /// The socket from [`Dial::Socket`] became writable. Ok(true): connected.
     /// Ok(false): still in progress. Err: the attempt failed; call `failed`.
     pub fn established(&self, s: &Stream) -> io::Result<bool> {
         s.connect_done()
     }
 
-    /// An attempt failed with `e`: schedule a retry (Wait) or give up.
+    /// An attempt failed with `e`: schedule a retry (Wait), hold, or give up.
     pub fn failed(&mut self, now: Instant, limits: &Limits, e: &io::Error) -> Dial {
         if self.fail_over(now, e) {
             return Dial::Wait;
         }
         self.attempt += 1;
-        if is_retryable(e) {
-            if let Some(d) = retry_delay(self.attempt, limits.connect_retry_ms) {
-                if now + d < self.give_up_at {
-                    self.retry_at = Some(now + d);
-                    return Dial::Wait;
+        if let Some(h) = self.held.as_mut() {
+            if is_absent(e) && now < h.until {
+                h.tries += 1;
+                self.retry_at = Some((now + crate::hold::retry_delay(h.tries)).min(h.until));
+                return Dial::Wait;
+            }
+        } else {
+            if is_retryable(e) {
+                if let Some(d) = retry_delay(self.attempt, limits.connect_retry_ms) {
+                    if now + d < self.give_up_at {
+                        self.retry_at = Some(now + d);
+                        return Dial::Wait;
+                    }
                 }
             }
+            // The connection as a whole failed to connect: one failure for
+            // the health checks (not one per retry).
+            crate::health::observe(&self.target, Err(e.to_string()), false);
+            if is_absent(e) && self.hold(now, limits) {
+                return Dial::Wait;
+            }
         }
-        Dial::Failed(format!(
+        let why = format!(
             "backend {} unreachable: {e} (after {} attempt(s))",
             self.target, self.attempt
-        ))
+        );
+        Dial::Failed(self.end_hold(now, why))
+    }
+
+    /// Start holding, if holding is on and the worker has room.
+    fn hold(&mut self, now: Instant, limits: &Limits) -> bool {
+        if limits.hold_timeout_ms == 0 {
+            return false;
+        }
+        let until = self.started + Duration::from_millis(limits.hold_timeout_ms);
+        if now >= until {
+            return false;
+        }
+        if !crate::hold::admit(limits.max_held) {
+            crate::info!(
+                "backend {} unreachable and {} connection(s) held already (--max-held): not holding",
+                self.target,
+                limits.max_held
+            );
+            return false;
+        }
+        crate::debug!(
+            "backend {} unreachable: holding the connection for up to {} ms",
+            self.target,
+            until.saturating_duration_since(now).as_millis()
+        );
+        self.held = Some(Held {
+            since: now,
+            until,
+            tries: 1,
+        });
+        self.give_up_at = self.give_up_at.max(until);
+        self.retry_at = Some((now + crate::hold::retry_delay(1)).min(until));
+        true
+    }
+
+    /// The hold (if any) ends in failure; `why` gains how long it waited.
+    fn end_hold(&mut self, now: Instant, why: String) -> String {
+        match self.held.take() {
+            Some(h) => {
+                let waited = now.saturating_duration_since(h.since);
+                crate::hold::release(waited, Outcome::Failed);
+                format!("{why}; held {} ms", waited.as_millis())
+            }
+            None => why,
+        }
+    }
+
+    /// Whether the connection is held now.
+    pub fn is_held(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// A backend may be back (route update, health check): retry now
+    /// unless an attempt is in flight.
+    pub fn wake(&mut self, now: Instant) {
+        if self.retry_at.is_some() {
+            self.retry_at = Some(now);
+        }
+    }
+
+    /// The route now names `to` (an update moved the provider): later
+    /// attempts go there, the next one at once.
+    pub fn retarget(&mut self, to: &Backend, now: Instant) {
+        // One backend now: no replicas to choose among any more.
+        self.choice = None;
+        self.attempt_until = None;
+        if &self.target != to {
+            crate::debug!("backend {} moved to {to}: dialling there", self.target);
+            self.target = to.clone();
+            self.wake(now);
+        }
     }
 
     /// The connect timeout has passed (also for a connect still in progress).
@@ -250,10 +374,20 @@ impl Dialer {
         let in_flight = socket.as_ref().filter(|_| ready);
         let Some(s) = in_flight else {
             if self.expired(now) {
-                return Step::TimedOut(format!(
+                if socket.is_none() && self.held.is_some() {
+                    // Held to the end with no attempt under way: the
+                    // backend stayed away (502), no connect timed out.
+                    let why = format!(
+                        "backend {} still unreachable at the hold timeout ({} ms, {} attempt(s))",
+                        self.target, limits.hold_timeout_ms, self.attempt
+                    );
+                    return Step::Failed(self.end_hold(now, why));
+                }
+                let why = format!(
                     "backend {}: connect timed out after {} ms",
                     self.target, limits.connect_timeout_ms
-                ));
+                );
+                return Step::TimedOut(self.end_hold(now, why));
             }
             if socket.is_some() {
                 return Step::Wait;
@@ -269,7 +403,7 @@ impl Dialer {
         };
         match self.established(s) {
             Ok(false) => Step::Pending,
-            Ok(true) => Step::Connected,
+            Ok(true) => self.connected(now),
             Err(e) => {
                 *socket = None;
                 match self.failed(now, limits, &e) {
@@ -278,6 +412,23 @@ impl Dialer {
                 }
             }
         }
+    }
+
+    /// The attempt in flight has connected (found by [`Dialer::step`], or
+    /// known by the caller from a clean writable event): the health table
+    /// and the hold book learn it.
+    pub fn connected(&mut self, now: Instant) -> Step {
+        crate::health::observe(&self.target, Ok(()), false);
+        if let Some(h) = self.held.take() {
+            let waited = now.saturating_duration_since(h.since);
+            crate::debug!(
+                "backend {} reached after holding {} ms",
+                self.target,
+                waited.as_millis()
+            );
+            crate::hold::release(waited, Outcome::Connected);
+        }
+        Step::Connected
     }
 
     /// When the dialer next needs a look: the retry, or the give-up time.
@@ -354,6 +505,8 @@ impl Dialer {
         let Some(next) = self.choice.as_mut().and_then(|c| c.fail_over()) else {
             return false;
         };
+        // One failure of that replica for the health checks.
+        crate::health::observe(&self.target, Err(e.to_string()), false);
         crate::debug!(
             "backend {} failed ({e}); trying replica {next}",
             self.target
@@ -361,6 +514,42 @@ impl Dialer {
         self.target = next.clone();
         self.retry_at = Some(now);
         true
+    }
+
+    /// An update while connecting (hold): the route as the configuration
+    /// has it now. With replicas the dialer keeps its choice while the
+    /// route's pool is the same and takes a new one when it changed (a
+    /// replica added, removed or moved); a route with one backend is
+    /// [`Dialer::retarget`].
+    pub fn retarget_route(&mut self, r: &Route, now: Instant) {
+        match crate::balance::pool_of(r) {
+            Some((pool, policy)) => {
+                if self
+                    .choice
+                    .as_ref()
+                    .is_some_and(|c| c.pool()[..] == pool[..])
+                {
+                    return;
+                }
+                self.rechoose(Choice::new(pool, policy), now);
+            }
+            None => self.retarget(&r.backend, now),
+        }
+    }
+
+    /// Aim at a new choice among replicas (an update changed the pool), at
+    /// once.
+    pub fn rechoose(&mut self, c: Choice, now: Instant) {
+        crate::debug!("replicas changed: dialling {} now", c.backend());
+        self.target = c.backend().clone();
+        self.choice = Some(c);
+        self.attempt_until = None;
+        self.wake(now);
+    }
+
+    /// The pool of the replicas this dialer chooses among, if any.
+    pub fn pool(&self) -> Option<&std::rc::Rc<[Backend]>> {
+        self.choice.as_ref().map(|c| c.pool())
     }
 
     /// The choice among replicas, once connected (http keeps it with its
@@ -373,6 +562,15 @@ impl Dialer {
     /// keep until the connection closes.
     pub fn take_lease(&mut self) -> Option<Lease> {
         self.choice.take().map(Choice::into_lease)
+    }
+}
+
+impl Drop for Dialer {
+    /// A connection that ends while held (client gone, drain) leaves the book.
+    fn drop(&mut self) {
+        if let Some(h) = self.held.take() {
+            crate::hold::release(h.since.elapsed(), Outcome::Closed);
+        }
     }
 }
 
@@ -440,7 +638,10 @@ mod tests {
 
     #[test]
     fn dialer_retries_refused_then_gives_up() {
-        let limits = Limits::default();
+        let limits = Limits {
+            hold_timeout_ms: 0,
+            ..Limits::default()
+        };
         let now = Instant::now();
         let mut d = Dialer::new(
             Backend::Unix("/nonexistent/pvx-dial.sock".into()),
@@ -496,7 +697,10 @@ mod tests {
     /// every replica fails as one backend would (retried, then given up).
     #[test]
     fn a_failed_replica_fails_over_to_the_next() {
-        let limits = Limits::default();
+        let limits = Limits {
+            hold_timeout_ms: 0,
+            ..Limits::default()
+        };
         let now = Instant::now();
         let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let dead_addr = Backend::Tcp(dead.local_addr().unwrap());
@@ -591,6 +795,82 @@ mod tests {
             ),
             Step::TimedOut(_)
         ));
+    }
+
+    /// Refused past the short retry: held, retried, woken when told the
+    /// backend may be back, and connected once it listens; a hold that
+    /// runs out fails (502), not a timeout (504).
+    #[test]
+    fn a_held_connect_waits_for_the_backend() {
+        let limits = Limits {
+            hold_timeout_ms: 2_000,
+            ..Limits::default()
+        };
+        let dir = std::env::temp_dir().join(format!("pvx-hold-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("b.sock");
+        let _ = std::fs::remove_file(&path);
+        let now = Instant::now();
+        let mut d = Dialer::new(Backend::Unix(path.clone()), now, &limits);
+        let mut socket = None;
+        let mut t = now;
+        while !d.is_held() {
+            assert_eq!(d.step(&mut socket, false, t, &limits), Step::Wait);
+            t = d.deadline();
+        }
+        assert!(t < now + Duration::from_millis(500));
+        assert_eq!(crate::hold::held(), 1);
+        // The provider is back; a wake-up retries at once, not at the
+        // next scheduled retry.
+        let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        d.wake(t);
+        assert_eq!(d.deadline(), t);
+        assert_eq!(d.step(&mut socket, false, t, &limits), Step::Register);
+        assert_eq!(d.step(&mut socket, true, t, &limits), Step::Connected);
+        assert_eq!(crate::hold::held(), 0);
+        drop(l);
+        drop(socket.take());
+
+        // Nobody comes back: the error at the hold timeout, as a failure.
+        let _ = std::fs::remove_file(&path);
+        let mut d = Dialer::new(Backend::Unix(path.clone()), now, &limits);
+        let mut t = now;
+        let end = loop {
+            match d.step(&mut socket, false, t, &limits) {
+                Step::Wait => t = d.deadline(),
+                other => break other,
+            }
+        };
+        assert!(
+            matches!(&end, Step::Failed(m) if m.contains("held")),
+            "{end:?}"
+        );
+        assert_eq!(t, now + Duration::from_millis(2_000));
+        assert_eq!(crate::hold::held(), 0);
+
+        // Not held with --hold-timeout 0, nor beyond --max-held.
+        for limits in [
+            Limits {
+                hold_timeout_ms: 0,
+                ..limits.clone()
+            },
+            Limits {
+                max_held: 0,
+                ..limits.clone()
+            },
+        ] {
+            let mut d = Dialer::new(Backend::Unix(path.clone()), now, &limits);
+            let mut t = now;
+            let end = loop {
+                match d.step(&mut socket, false, t, &limits) {
+                    Step::Wait => t = d.deadline(),
+                    other => break other,
+                }
+            };
+            assert!(matches!(end, Step::Failed(_)), "{end:?}");
+            assert!(t < now + Duration::from_millis(500));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

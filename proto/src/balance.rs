@@ -57,13 +57,12 @@ impl fmt::Display for Policy {
     }
 }
 
-/// Whether `b` may be picked now. Every backend today; backends that
-/// health checks mark down are to be left out here (one filter, used by
-/// the first pick and by fail-over alike). When no backend of a pool is
-/// usable, the pick ignores this (the connect then fails, or is held, as
-/// for a route with one backend).
-fn usable(_b: &Backend) -> bool {
-    true
+/// Whether `b` may be picked now: not marked down by health checks (one
+/// filter, used by the first pick, fail-over and a held connection's next
+/// attempt alike). When no backend of a pool is usable, the pick ignores
+/// this (the dialer then holds, as for a route with one backend down).
+fn usable(b: &Backend) -> bool {
+    !crate::health::is_down(b)
 }
 
 /// The most round-robin turns kept; past it they start over (a turn is

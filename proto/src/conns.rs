@@ -119,7 +119,7 @@ impl Sockets {
         // succeeded, and SO_ERROR (with getpeername) would only say so.
         let known = ready && self.backend.is_some() && !self.troubled[1];
         let step = if known {
-            Step::Connected
+            dial.connected(now)
         } else {
             dial.step(&mut self.backend, ready, now, limits)
         };
@@ -198,6 +198,13 @@ pub trait Connection: Sized {
     /// Its deadline passed (or an earlier timer entry fired).
     fn on_timer(&mut self, now: Instant, config: &WorkerConfig) -> Next;
     fn sockets(&mut self) -> &mut Sockets;
+    /// A backend may be back (an Update, a health check saw it up): a
+    /// connection still reaching its backend retargets to its route's
+    /// backend in `config` and retries at once (`Dialer::retarget`,
+    /// `Dialer::wake`). true: it did, drive it.
+    fn wake(&mut self, _now: Instant, _config: &WorkerConfig) -> bool {
+        false
+    }
     /// Why an Update cannot be applied by this kind of worker, if it cannot.
     fn refuse_update(_old: &WorkerConfig, _new: &WorkerConfig) -> Option<String> {
         None
@@ -278,6 +285,17 @@ impl<C: Connection> Handler for Conns<C> {
         match C::refuse_update(cx.config, new) {
             Some(why) => Err(why),
             None => Ok(()),
+        }
+    }
+
+    fn wake(&mut self, cx: &mut Cx) {
+        let woken: Vec<usize> = self
+            .conns
+            .iter_mut()
+            .filter_map(|(slot, c)| c.wake(cx.now, cx.config).then_some(slot))
+            .collect();
+        for slot in woken {
+            self.drive(cx, slot);
         }
     }
 

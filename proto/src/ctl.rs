@@ -82,6 +82,45 @@ pub struct Limits {
     /// absent, as above.
     #[serde(default = "default_pipe_size")]
     pub pipe_size: usize,
+    /// How long a connection whose backend cannot be reached (refused,
+    /// unreachable, socket missing) is held, retried, before the error
+    /// (`--hold-timeout`; 0: not held). Absent: 0, the behaviour of a
+    /// sender that knows nothing of holding.
+    #[serde(default)]
+    pub hold_timeout_ms: u64,
+    /// Most connections one worker holds at once (`--max-held`); beyond
+    /// it, the error at once.
+    #[serde(default = "default_max_held")]
+    pub max_held: usize,
+    /// L4 health checks (`proto::health`): every backend checked with a
+    /// connect this often (`--health-interval`; 0: no checks). Absent: 0.
+    #[serde(default)]
+    pub health_interval_ms: u64,
+    /// A check not connected within this fails (`--health-timeout`).
+    #[serde(default = "default_health_timeout_ms")]
+    pub health_timeout_ms: u64,
+    /// Failures in a row that mark a backend down (`--health-fall`).
+    #[serde(default = "default_health_fall")]
+    pub health_fall: u32,
+    /// Successes in a row that mark it up again (`--health-rise`).
+    #[serde(default = "default_health_rise")]
+    pub health_rise: u32,
+}
+
+fn default_health_timeout_ms() -> u64 {
+    2_000
+}
+
+fn default_health_fall() -> u32 {
+    2
+}
+
+fn default_health_rise() -> u32 {
+    1
+}
+
+fn default_max_held() -> usize {
+    1024
 }
 
 fn default_response_timeout_ms() -> u64 {
@@ -105,6 +144,12 @@ impl Default for Limits {
             max_head_bytes: 16 * 1024,
             response_timeout_ms: default_response_timeout_ms(),
             pipe_size: default_pipe_size(),
+            hold_timeout_ms: 10_000,
+            max_held: default_max_held(),
+            health_interval_ms: 5_000,
+            health_timeout_ms: default_health_timeout_ms(),
+            health_fall: default_health_fall(),
+            health_rise: default_health_rise(),
         }
     }
 }
@@ -165,6 +210,29 @@ pub struct Stats {
     /// that either side may be older.
     #[serde(default)]
     pub log_dropped: u64,
+    /// Connections held now, waiting for their backend (`proto::hold`).
+    /// This and the `held_*` counters below default to 0 so that either
+    /// side may be older.
+    #[serde(default)]
+    pub held: u64,
+    /// Connections that were held, over the worker's life.
+    #[serde(default)]
+    pub held_total: u64,
+    /// Held connections that reached their backend in the end.
+    #[serde(default)]
+    pub held_connected: u64,
+    /// Held connections that got the error at the hold timeout.
+    #[serde(default)]
+    pub held_failed: u64,
+    /// Connections not held because `max_held` were held already.
+    #[serde(default)]
+    pub held_over_limit: u64,
+    /// Milliseconds held connections waited, summed (ended holds).
+    #[serde(default)]
+    pub held_wait_ms: u64,
+    /// The longest a held connection waited, in milliseconds.
+    #[serde(default)]
+    pub held_wait_max_ms: u64,
 }
 
 /// Worker -> supervisor.
@@ -172,12 +240,13 @@ pub struct Stats {
 #[serde(tag = "msg", rename_all = "snake_case")]
 pub enum FromWorker {
     /// Answer to Init/Update/Drain: `error` is None when applied.
-    Ack {
-        seq: u64,
-        error: Option<String>,
-    },
+    Ack { seq: u64, error: Option<String> },
     Stats {
         stats: Stats,
+        /// Each checked backend's state (`proto::health`); absent while
+        /// health checks are off, and from an older worker.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        health: Vec<crate::health::BackendHealth>,
     },
 }
 
@@ -499,6 +568,40 @@ pub fn socketpair() -> Result<(OwnedFd, OwnedFd), Errno> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A worker and a supervisor of different ages still understand each
+    /// other: the hold and health fields default to "off" and to 0.
+    #[test]
+    fn hold_and_health_fields_default_when_absent() {
+        let mut v = serde_json::to_value(Limits::default()).unwrap();
+        for k in [
+            "hold_timeout_ms",
+            "max_held",
+            "health_interval_ms",
+            "health_timeout_ms",
+            "health_fall",
+            "health_rise",
+        ] {
+            v.as_object_mut().unwrap().remove(k);
+        }
+        let l: Limits = serde_json::from_value(v).unwrap();
+        assert_eq!((l.hold_timeout_ms, l.health_interval_ms), (0, 0));
+        assert_eq!((l.max_held, l.health_fall, l.health_rise), (1024, 2, 1));
+        let old = r#"{"msg":"stats","stats":{"active":1,"total":2,"bytes_in":3,"bytes_out":4,"errors":0}}"#;
+        match serde_json::from_str::<FromWorker>(old).unwrap() {
+            FromWorker::Stats { stats, health } => {
+                assert_eq!((stats.total, stats.held, stats.held_total), (2, 0, 0));
+                assert!(health.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        // Without checks, a report carries no health field at all.
+        let msg = FromWorker::Stats {
+            stats: Stats::default(),
+            health: Vec::new(),
+        };
+        assert!(!serde_json::to_string(&msg).unwrap().contains("health"));
+    }
     use std::os::fd::AsFd;
 
     #[test]

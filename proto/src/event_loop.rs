@@ -24,6 +24,7 @@
 
 use crate::accept::Acceptor;
 use crate::ctl::{CtlError, Stats, ToWorker, WorkerConfig};
+use crate::health::{self, Checker};
 use crate::plan::Endpoint;
 use crate::stream::{Listener, Stream};
 use crate::timer::Timers;
@@ -62,6 +63,11 @@ pub trait Handler: Sized {
     fn drain(&mut self, _cx: &mut Cx) {}
     /// End of each loop turn: the handler's own housekeeping.
     fn turn(&mut self, _cx: &mut Cx) {}
+    /// A backend may be back (an applied update, a health check saw one
+    /// come up, `crate::hold`): every connection still reaching its
+    /// backend retargets to its route's backend in `cx.config` and
+    /// retries now.
+    fn wake(&mut self, _cx: &mut Cx) {}
     /// After a burst of connections: give back what it made us grow.
     fn shrink(&mut self) {}
     /// Whether a timer entry of ours still matters (stale ones are dropped
@@ -94,13 +100,18 @@ impl Cx<'_> {
 
 const LISTENER: Token = Token(0);
 const CTL: Token = Token(1);
+/// The health checker's own epoll fd (`crate::health`): the one token
+/// besides 0 and 1 that is the loop's (no handler's token comes near it).
+pub const HEALTH: Token = Token(usize::MAX - 1);
 /// Timer keys from here up are the loop's own.
-pub const LOOP_KEYS: u64 = u64::MAX - 2;
+pub const LOOP_KEYS: u64 = u64::MAX - 3;
 /// Accepting paused (out of fds) until then.
 const KEY_ACCEPT: u64 = u64::MAX;
 const KEY_DRAIN: u64 = u64::MAX - 1;
 /// Wake up to give memory back after a burst (`mem::AfterBurst`).
 const KEY_SHRINK: u64 = u64::MAX - 2;
+/// The health checker's next check or check timeout.
+const KEY_HEALTH: u64 = u64::MAX - 3;
 
 /// Why `new` is not an update of the running endpoint `old`, if it is
 /// not: the supervisor starts a new worker for another kind, listen
@@ -170,6 +181,8 @@ pub struct Loop<H> {
     after_burst: crate::mem::AfterBurst,
     /// Poll rounds so far, wrapping (`Cx::round`).
     round: NonZeroU32,
+    /// L4 health checks of the routes' backends (None: `--health-interval 0`).
+    health: Option<Checker>,
     handler: H,
 }
 
@@ -204,6 +217,12 @@ impl<H: Handler> Loop<H> {
             CTL,
             Interest::READABLE,
         )?;
+        let backends = health::backends_of(&s.config.endpoint.routes);
+        let health = Checker::new(&s.config.limits, &backends, Instant::now())?;
+        if let Some(h) = &health {
+            poll.registry()
+                .register(&mut SourceFd(&h.fd()), HEALTH, Interest::READABLE)?;
+        }
         Ok(Loop {
             poll,
             acceptor,
@@ -215,6 +234,7 @@ impl<H: Handler> Loop<H> {
             drain_until: None,
             after_burst: crate::mem::AfterBurst::default(),
             round: NonZeroU32::MIN,
+            health,
         })
     }
 
@@ -225,6 +245,9 @@ impl<H: Handler> Loop<H> {
         let mut stats_wait: Option<Duration> = None;
         loop {
             let now = Instant::now();
+            if let Some(at) = self.health.as_mut().and_then(|h| h.arm()) {
+                self.timers.add(at, KEY_HEALTH);
+            }
             let timeout = match (self.timers.timeout(now), stats_wait) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -246,6 +269,11 @@ impl<H: Handler> Loop<H> {
                             return code;
                         }
                     }
+                    HEALTH => {
+                        if let Some(h) = self.health.as_mut() {
+                            h.on_ready();
+                        }
+                    }
                     t => self.handler.event(&mut cx!(self, now), t, ev),
                 }
             }
@@ -253,8 +281,16 @@ impl<H: Handler> Loop<H> {
                 match k {
                     KEY_ACCEPT => self.accept(now, false),
                     KEY_DRAIN | KEY_SHRINK => {}
+                    KEY_HEALTH => {
+                        if let Some(h) = self.health.as_mut() {
+                            h.on_time(now);
+                        }
+                    }
                     k => self.handler.timer(&mut cx!(self, now), k),
                 }
+            }
+            if crate::hold::take_wake() {
+                self.handler.wake(&mut cx!(self, now));
             }
             self.handler.turn(&mut cx!(self, now));
             let active = self.handler.active();
@@ -368,7 +404,13 @@ impl<H: Handler> Loop<H> {
             "routes updated: {} route(s); open connections keep theirs",
             config.endpoint.routes.len()
         );
+        if let Some(h) = self.health.as_mut() {
+            let backends = health::backends_of(&config.endpoint.routes);
+            h.set_backends(&backends, &config.limits, now);
+        }
         self.config = config;
+        // Held connections go to their route's backend now.
+        self.handler.wake(&mut cx!(self, now));
         None
     }
 

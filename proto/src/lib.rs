@@ -12,8 +12,10 @@
 //!   [`relay`] (copy, then splice once a flow is bulk, through [`pipes`])
 //!   and [`fdrelay`] (bytes and fds of a unix link).
 //! - [`event_loop`]: the one worker loop (listener, control messages,
-//!   timers, stats, drain); [`conns`]: the tcp and unix workers'
-//!   connections plugged into it.
+//!   timers, stats, drain, health checks); [`conns`]: the tcp and unix
+//!   workers' connections plugged into it.
+//! - [`health`]: L4 health checks of each worker's backends.
+//! - [`hold`]: connections held while their provider comes back.
 //! - [`log`]: one-line events to syslog or stderr.
 //! - [`text`]: escaping of outside text wherever it is printed or logged.
 
@@ -27,6 +29,8 @@ pub mod event_loop;
 pub mod fdpass;
 pub mod fdrelay;
 pub mod graph;
+pub mod health;
+pub mod hold;
 pub mod log;
 pub mod mem;
 pub mod pipes;

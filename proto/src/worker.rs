@@ -169,6 +169,8 @@ pub struct WorkerCtl {
     pub fd: OwnedFd,
     last_stats: Option<Instant>,
     sent: Stats,
+    /// `health::version()` of the last report sent.
+    sent_health: u64,
 }
 
 /// At most one stats report per this interval; none while nothing changes.
@@ -180,6 +182,7 @@ impl WorkerCtl {
             fd,
             last_stats: None,
             sent: Stats::default(),
+            sent_health: 0,
         }
     }
 
@@ -214,7 +217,9 @@ impl WorkerCtl {
     /// how long until a report may be sent, when one is still pending.
     pub fn report(&mut self, now: Instant, mut stats: Stats) -> Option<Duration> {
         stats.log_dropped = log::dropped();
-        if stats == self.sent {
+        crate::hold::fill(&mut stats);
+        let health = crate::health::version();
+        if stats == self.sent && health == self.sent_health {
             return None;
         }
         if let Some(last) = self.last_stats {
@@ -223,9 +228,14 @@ impl WorkerCtl {
                 return Some(due - now);
             }
         }
-        match ctl::send(self.fd.as_fd(), &FromWorker::Stats { stats }, &[]) {
+        let msg = FromWorker::Stats {
+            stats,
+            health: crate::health::report(),
+        };
+        match ctl::send(self.fd.as_fd(), &msg, &[]) {
             Ok(()) => {
                 self.sent = stats;
+                self.sent_health = health;
                 self.last_stats = Some(now);
                 None
             }

@@ -171,6 +171,35 @@ pub struct RunArgs {
     #[arg(long, allow_hyphen_values = true, value_name = "BYTES", default_value = "65536", verbatim_doc_comment,
           value_parser = count::<usize>(page_size(), pipe_max(), " bytes"))]
     pub pipe_size: usize,
+    /// Hold a connection whose backend cannot be reached (refused,
+    /// unreachable, socket missing) and retry for up to D before the error;
+    /// 0 (never: ~375 ms of retries, then refuse or 502) or 10ms to 24h
+    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = "10s", verbatim_doc_comment,
+          value_parser = duration_in(FLOOR, DAY, Some("never")))]
+    pub hold_timeout: Duration,
+    /// Most connections one worker holds at once; beyond it, the error at
+    /// once; 0 to 1000000
+    #[arg(long, allow_hyphen_values = true, value_name = "N", default_value = "1024", verbatim_doc_comment,
+          value_parser = count::<usize>(0, 1_000_000, ""))]
+    pub max_held: usize,
+    /// L4 health checks: each backend is checked with a connect every D;
+    /// 0 (no checks) or 100ms to 24h
+    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = "5s", verbatim_doc_comment,
+          value_parser = duration_in(Duration::from_millis(100), DAY, Some("no checks")))]
+    pub health_interval: Duration,
+    /// A health check not connected within D fails; 10ms to 24h
+    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = "2s",
+          value_parser = duration_in(FLOOR, DAY, None))]
+    pub health_timeout: Duration,
+    /// Failures in a row (checks or real connections) that mark a backend
+    /// down; 1 to 1000
+    #[arg(long, allow_hyphen_values = true, value_name = "N", default_value = "2", verbatim_doc_comment,
+          value_parser = count::<u32>(1, 1000, ""))]
+    pub health_fall: u32,
+    /// Successful checks in a row that mark a down backend up; 1 to 1000
+    #[arg(long, allow_hyphen_values = true, value_name = "N", default_value = "1",
+          value_parser = count::<u32>(1, 1000, ""))]
+    pub health_rise: u32,
 }
 
 #[derive(Debug, PartialEq)]
@@ -291,6 +320,19 @@ mod tests {
         assert_eq!(a.max_conns, limits.max_conns);
         assert_eq!(a.drain_timeout, Duration::from_secs(10));
         assert_eq!(a.pipe_size, DEFAULT_PIPE_SIZE);
+        assert_eq!(ms(a.hold_timeout), limits.hold_timeout_ms);
+        assert_eq!(a.max_held, limits.max_held);
+        assert_eq!(run("--hold-timeout 0").hold_timeout, Duration::ZERO);
+        assert!(err("--hold-timeout 5ms").contains("0 (never) or 10ms to 24h"));
+        assert_eq!(run("--max-held 0").max_held, 0);
+        assert_eq!(ms(a.health_interval), limits.health_interval_ms);
+        assert_eq!(ms(a.health_timeout), limits.health_timeout_ms);
+        assert_eq!(
+            (a.health_fall, a.health_rise),
+            (limits.health_fall, limits.health_rise)
+        );
+        assert_eq!(run("--health-interval 0").health_interval, Duration::ZERO);
+        assert!(err("--health-interval 50ms").contains("0 (no checks) or 100ms to 24h"));
     }
 
     #[test]

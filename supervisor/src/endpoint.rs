@@ -111,6 +111,9 @@ pub struct Running {
     /// Counters of the current worker plus those of its predecessors.
     pub stats: Stats,
     pub stats_base: Stats,
+    /// The current worker's health checks, one entry per backend (empty
+    /// while checks are off or no worker runs).
+    pub health: Vec<proto::health::BackendHealth>,
     pub last_exit: Option<String>,
 }
 
@@ -136,6 +139,7 @@ impl Running {
             resends: 0,
             stats: Stats::default(),
             stats_base: Stats::default(),
+            health: Vec::new(),
             last_exit: None,
         }
     }
@@ -169,9 +173,11 @@ impl Running {
         // Connections of the dead worker are gone; keep totals.
         self.stats_base = Stats {
             active: 0,
+            held: 0,
             ..self.stats
         };
         self.stats = self.stats_base;
+        self.health.clear();
         self.state = match policy.after_failure(self.failures, jitter) {
             Next::Retry(delay) => State::Backoff {
                 until: now + delay,
@@ -194,6 +200,13 @@ impl Running {
             bytes_out: b.bytes_out + s.bytes_out,
             errors: b.errors + s.errors,
             log_dropped: b.log_dropped + s.log_dropped,
+            held: s.held,
+            held_total: b.held_total + s.held_total,
+            held_connected: b.held_connected + s.held_connected,
+            held_failed: b.held_failed + s.held_failed,
+            held_over_limit: b.held_over_limit + s.held_over_limit,
+            held_wait_ms: b.held_wait_ms + s.held_wait_ms,
+            held_wait_max_ms: b.held_wait_max_ms.max(s.held_wait_max_ms),
         };
     }
 }

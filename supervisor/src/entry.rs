@@ -50,6 +50,12 @@ fn run(a: Box<RunArgs>) -> Result<(), String> {
         response_timeout_ms: ms(a.response_timeout),
         max_conns: a.max_conns,
         pipe_size: a.pipe_size,
+        hold_timeout_ms: ms(a.hold_timeout),
+        max_held: a.max_held,
+        health_interval_ms: ms(a.health_interval),
+        health_timeout_ms: ms(a.health_timeout),
+        health_fall: a.health_fall,
+        health_rise: a.health_rise,
         ..Limits::default()
     };
     let opts = daemon::Options {

@@ -44,6 +44,122 @@ fn plain(out: &mut String, name: &str, ty: &str, help: &str, v: u64) {
     let _ = writeln!(out, "{name} {v}");
 }
 
+/// Held connections (`--hold-timeout`), per endpoint.
+fn hold(out: &mut String, eps: &[EndpointStatus]) {
+    let per = |f: fn(&EndpointStatus) -> u64| eps.iter().map(move |e| (labels(e), f(e)));
+    family(
+        out,
+        Family {
+            name: "pvx_connections_held",
+            ty: "gauge",
+            help: "Connections held now, waiting for a backend that cannot be reached (restarting provider).",
+        },
+        per(|e| e.worker.hold.held),
+    );
+    family(
+        out,
+        Family {
+            name: "pvx_held_total",
+            ty: "counter",
+            help: "Connections held because their backend could not be reached.",
+        },
+        per(|e| e.worker.hold.total),
+    );
+    family(
+        out,
+        Family {
+            name: "pvx_held_failed_total",
+            ty: "counter",
+            help: "Held connections whose backend stayed away for --hold-timeout (refused, or 502/504).",
+        },
+        per(|e| e.worker.hold.failed),
+    );
+    family(
+        out,
+        Family {
+            name: "pvx_held_over_limit_total",
+            ty: "counter",
+            help: "Connections not held because --max-held were held already (the error at once).",
+        },
+        per(|e| e.worker.hold.over_limit),
+    );
+    let seconds = |ms: u64| format!("{}.{:03}", ms / 1000, ms % 1000);
+    let _ = writeln!(
+        out,
+        "# HELP pvx_held_wait_seconds_total Time held connections waited for their backend, summed."
+    );
+    let _ = writeln!(out, "# TYPE pvx_held_wait_seconds_total counter");
+    for e in eps {
+        let _ = writeln!(
+            out,
+            "pvx_held_wait_seconds_total{{{}}} {}",
+            labels(e),
+            seconds(e.worker.hold.wait_ms_total)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP pvx_held_wait_seconds_max The longest a held connection waited for its backend."
+    );
+    let _ = writeln!(out, "# TYPE pvx_held_wait_seconds_max gauge");
+    for e in eps {
+        let _ = writeln!(
+            out,
+            "pvx_held_wait_seconds_max{{{}}} {}",
+            labels(e),
+            seconds(e.worker.hold.wait_ms_max)
+        );
+    }
+}
+
+/// One backend's value in a family, as the sample shows it.
+type BackendValue = fn(&crate::status::BackendStatus) -> String;
+
+/// Health checks (`--health-interval`): one sample per endpoint and backend.
+fn health(out: &mut String, eps: &[EndpointStatus]) {
+    let rows = || {
+        eps.iter().flat_map(|e| {
+            let l = labels(e);
+            e.backends
+                .iter()
+                .map(move |b| (format!("{l},backend=\"{}\"", escape(&b.backend)), b))
+        })
+    };
+    let families: [(&str, &str, &str, BackendValue); 4] = [
+        (
+            "pvx_backend_up",
+            "gauge",
+            "1 while health checks find the backend up, 0 once marked down (--health-fall failures in a row).",
+            |b| u64::from(b.state == "up").to_string(),
+        ),
+        (
+            "pvx_backend_checks_total",
+            "counter",
+            "Health checks (connects) made to the backend by the endpoint's current worker.",
+            |b| b.checks.to_string(),
+        ),
+        (
+            "pvx_backend_failures_total",
+            "counter",
+            "Failed health checks and failed real connections to the backend (current worker).",
+            |b| b.failures.to_string(),
+        ),
+        (
+            "pvx_backend_last_check_timestamp_seconds",
+            "gauge",
+            "When the backend's last health check ended (Unix time).",
+            |b| format!("{}.{:03}", b.last_check_unix_ms / 1000, b.last_check_unix_ms % 1000),
+        ),
+    ];
+    for (name, ty, help, value) in families {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {ty}");
+        for (l, b) in rows() {
+            let _ = writeln!(out, "{name}{{{l}}} {}", value(b));
+        }
+    }
+}
+
 pub fn render(s: &Snapshot) -> String {
     let mut out = String::with_capacity(1024 + 600 * s.endpoints.len());
     let eps = &s.endpoints;
@@ -152,6 +268,8 @@ pub fn render(s: &Snapshot) -> String {
         ))
         .chain(per(|e| e.worker.log_dropped)),
     );
+    hold(&mut out, eps);
+    health(&mut out, eps);
     plain(
         &mut out,
         "pvx_endpoints",
@@ -206,6 +324,16 @@ mod tests {
             pending_routes: None,
             pending: None,
             retries: 4,
+            backends: vec![crate::status::BackendStatus {
+                backend: "127.0.0.1:9".into(),
+                state: "down",
+                checks: 5,
+                failures: 3,
+                fails_in_row: 2,
+                last_check_ms_ago: Some(10),
+                last_check_unix_ms: 1_700_000_000_123,
+                last_error: None,
+            }],
             worker: WorkerStatus {
                 binary: "pvx-worker-tcp",
                 pid,
@@ -220,6 +348,11 @@ mod tests {
                 errors: 3,
                 update_resends: 1,
                 log_dropped: 6,
+                hold: crate::status::HoldStatus {
+                    held: 1,
+                    wait_ms_max: 3042,
+                    ..Default::default()
+                },
                 backoff_delay_ms: None,
                 restart_in_ms: None,
                 last_exit: None,
@@ -260,6 +393,12 @@ mod tests {
             "pvx_pending_endpoints 0".to_string(),
             format!("pvx_endpoint_retries_total{{{l}}} 4"),
             format!("pvx_update_resends_total{{{l}}} 1"),
+            format!("pvx_connections_held{{{l}}} 1"),
+            format!("pvx_backend_up{{{l},backend=\"127.0.0.1:9\"}} 0"),
+            format!("pvx_backend_checks_total{{{l},backend=\"127.0.0.1:9\"}} 5"),
+            format!("pvx_backend_failures_total{{{l},backend=\"127.0.0.1:9\"}} 3"),
+            format!("pvx_backend_last_check_timestamp_seconds{{{l},backend=\"127.0.0.1:9\"}} 1700000000.123"),
+            format!("pvx_held_wait_seconds_max{{{l}}} 3.042"),
             r#"pvx_worker_up{endpoint="/run/a \"b\".sock",namespace="host",kind="tcp",consumer="we\\ird"} 0"#.to_string(),
         ] {
             assert!(m.lines().any(|x| x == want), "missing {want}\n{m}");

@@ -58,6 +58,46 @@ pub struct EndpointStatus {
     /// Attempts to make it again after a failure, over its life.
     pub retries: u64,
     pub worker: WorkerStatus,
+    /// Health checks of its backends (`--health-interval`), as its worker
+    /// last reported them. Absent while checks are off.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<BackendStatus>,
+}
+
+/// One backend's health as the worker checks it.
+#[derive(Debug, Serialize)]
+pub struct BackendStatus {
+    pub backend: String,
+    /// `up` or `down`.
+    pub state: &'static str,
+    pub checks: u64,
+    /// Failed checks and failed real connections.
+    pub failures: u64,
+    pub fails_in_row: u32,
+    /// Milliseconds since the last check ended (None: none yet).
+    pub last_check_ms_ago: Option<u64>,
+    /// When it ended, in milliseconds since the Unix epoch (0: none yet).
+    pub last_check_unix_ms: u64,
+    pub last_error: Option<String>,
+}
+
+fn backends(r: &Running) -> Vec<BackendStatus> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    r.health
+        .iter()
+        .map(|h| BackendStatus {
+            backend: h.backend.clone(),
+            state: if h.up { "up" } else { "down" },
+            checks: h.checks,
+            failures: h.failures,
+            fails_in_row: h.fails_in_row,
+            last_check_ms_ago: (h.last_check_ms > 0).then(|| now.saturating_sub(h.last_check_ms)),
+            last_check_unix_ms: h.last_check_ms,
+            last_error: h.last_error.clone(),
+        })
+        .collect()
 }
 
 #[derive(Debug, Serialize)]
@@ -140,12 +180,46 @@ pub struct WorkerStatus {
     pub update_resends: u64,
     /// Log lines the endpoint's workers could not hand to syslog.
     pub log_dropped: u64,
+    /// Connections held while their backend could not be reached.
+    pub hold: HoldStatus,
     /// When backing off: the delay chosen, and what is left of it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backoff_delay_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restart_in_ms: Option<u64>,
     pub last_exit: Option<String>,
+}
+
+/// Held connections (`--hold-timeout`): now, and over the endpoint's life.
+#[derive(Debug, Serialize, Default)]
+pub struct HoldStatus {
+    /// Held now, waiting for their backend.
+    pub held: u64,
+    /// Ever held.
+    pub total: u64,
+    /// Held, then reached their backend.
+    pub connected: u64,
+    /// Held until the hold timeout, then given the error.
+    pub failed: u64,
+    /// Not held because `--max-held` were held already.
+    pub over_limit: u64,
+    /// Milliseconds waited by held connections, summed; and the longest.
+    pub wait_ms_total: u64,
+    pub wait_ms_max: u64,
+}
+
+impl HoldStatus {
+    fn of(s: &proto::ctl::Stats) -> HoldStatus {
+        HoldStatus {
+            held: s.held,
+            total: s.held_total,
+            connected: s.held_connected,
+            failed: s.held_failed,
+            over_limit: s.held_over_limit,
+            wait_ms_total: s.held_wait_ms,
+            wait_ms_max: s.held_wait_max_ms,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -237,6 +311,7 @@ fn worker(r: &Running, now: Instant) -> WorkerStatus {
         errors: r.stats.errors,
         update_resends: r.resends,
         log_dropped: r.stats.log_dropped,
+        hold: HoldStatus::of(&r.stats),
         backoff_delay_ms,
         restart_in_ms,
         last_exit: r.last_exit.clone(),
@@ -263,6 +338,7 @@ fn pending(key: &EndpointKey, p: &PendingEndpoint, now: Instant) -> EndpointStat
             given_up: p.given_up,
         }),
         retries: p.retries,
+        backends: Vec::new(),
         worker: WorkerStatus {
             binary: p.ep.kind.worker_binary(),
             pid: None,
@@ -277,6 +353,7 @@ fn pending(key: &EndpointKey, p: &PendingEndpoint, now: Instant) -> EndpointStat
             errors: 0,
             update_resends: 0,
             log_dropped: 0,
+            hold: HoldStatus::default(),
             backoff_delay_ms: None,
             restart_in_ms: next_try_ms,
             last_exit: None,
@@ -309,6 +386,7 @@ impl Snapshot {
                     pending: None,
                     retries: r.retries,
                     worker: worker(r, now),
+                    backends: backends(r),
                 };
                 (key, st)
             })
@@ -392,6 +470,10 @@ mod tests {
             bytes_out: 20,
             errors: 1,
             log_dropped: 4,
+            held: 2,
+            held_total: 9,
+            held_wait_max_ms: 3100,
+            ..Stats::default()
         });
         let http = it.next().unwrap();
         http.restarts = 3;
@@ -418,6 +500,9 @@ mod tests {
         assert_eq!(e[0]["worker"]["total"], 5);
         assert_eq!(e[0]["worker"]["bytes_out"], 20);
         assert_eq!(e[0]["worker"]["log_dropped"], 4);
+        assert_eq!(e[0]["worker"]["hold"]["held"], 2);
+        assert_eq!(e[0]["worker"]["hold"]["total"], 9);
+        assert_eq!(e[0]["worker"]["hold"]["wait_ms_max"], 3100);
         assert!(v["supervisor"]["log_dropped"].is_u64());
         assert_eq!(e[1]["kind"], "http");
         assert_eq!(e[1]["namespace"], "pid:42");

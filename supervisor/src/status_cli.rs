@@ -184,6 +184,40 @@ pub fn table(v: &Value) -> String {
                 ),
             ));
         }
+        let h = &w["hold"];
+        if h["total"].as_u64().is_some_and(|n| n > 0)
+            || h["over_limit"].as_u64().is_some_and(|n| n > 0)
+        {
+            notes.push((
+                row,
+                format!(
+                    "  held: {} now, {} in all ({} connected, {} failed, {} over --max-held), longest wait {} ms",
+                    s(&h["held"]),
+                    s(&h["total"]),
+                    s(&h["connected"]),
+                    s(&h["failed"]),
+                    s(&h["over_limit"]),
+                    s(&h["wait_ms_max"])
+                ),
+            ));
+        }
+        for b in e["backends"].as_array().into_iter().flatten() {
+            let last = match b["last_check_ms_ago"].as_u64() {
+                Some(ms) => format!("last check {ms} ms ago"),
+                None => "not checked yet".into(),
+            };
+            let mut line = format!(
+                "  backend {}: {} ({} checks, {} failures, {last})",
+                s(&b["backend"]),
+                s(&b["state"]),
+                s(&b["checks"]),
+                s(&b["failures"])
+            );
+            if b["last_error"].is_string() {
+                line.push_str(&format!("; last error: {}", s(&b["last_error"])));
+            }
+            notes.push((row, line));
+        }
         if w["last_exit"].is_string() {
             notes.push((row, format!("  last worker {}", s(&w["last_exit"]))));
         }
@@ -245,6 +279,38 @@ pub fn table(v: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn table_shows_held_connections_and_backend_health() {
+        let v: Value = serde_json::from_str(
+            r#"{"endpoints":[{"kind":"http","address":"0.0.0.0:80","namespace":"host","consumer":"E",
+                  "routes":[],
+                  "backends":[{"backend":"10.0.3.2:80","state":"down","checks":412,"failures":3,
+                               "fails_in_row":2,"last_check_ms_ago":140,"last_check_unix_ms":1,
+                               "last_error":"connect: Connection refused"},
+                              {"backend":"unix:/run/a.sock","state":"up","checks":0,"failures":0,
+                               "fails_in_row":0,"last_check_ms_ago":null,"last_check_unix_ms":0,"last_error":null}],
+                  "worker":{"pid":7,"state":"running","restarts":0,"active":2,"total":40,"bytes_in":0,
+                            "bytes_out":0,"errors":0,
+                            "hold":{"held":2,"total":37,"connected":35,"failed":0,"over_limit":0,
+                                    "wait_ms_total":9000,"wait_ms_max":3120}}}],
+                "refused":[]}"#,
+        )
+        .unwrap();
+        let t = table(&v);
+        assert!(
+            t.contains("  held: 2 now, 37 in all (35 connected, 0 failed, 0 over --max-held), longest wait 3120 ms\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("  backend 10.0.3.2:80: down (412 checks, 3 failures, last check 140 ms ago); last error: connect: Connection refused\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("  backend unix:/run/a.sock: up (0 checks, 0 failures, not checked yet)\n"),
+            "{t}"
+        );
+    }
 
     #[test]
     fn table_shows_endpoints_routes_and_refusals() {

@@ -115,7 +115,7 @@ impl Worker {
         let end = Instant::now() + Duration::from_secs(5);
         while Instant::now() < end {
             match ctl::recv::<FromWorker>(self.ctl.as_fd()) {
-                Ok((FromWorker::Stats { stats }, _)) => last = Some(stats),
+                Ok((FromWorker::Stats { stats, .. }, _)) => last = Some(stats),
                 Ok(_) => {}
                 Err(ctl::CtlError::WouldBlock) if last.is_some() => break,
                 Err(ctl::CtlError::WouldBlock) => std::thread::sleep(Duration::from_millis(20)),

@@ -311,8 +311,11 @@ impl Conn {
     pub fn fail(&mut self, cx: &mut Ctx, f: Fail) {
         match f {
             Fail::Backend(why) => {
-                if self.ex.as_ref().is_some_and(|ex| ex.can_retry()) {
-                    proto::debug!("stale pooled backend connection ({why}); retrying on a new one");
+                let holding = cx.limits.hold_timeout_ms > 0;
+                if self.ex.as_ref().is_some_and(|ex| ex.can_retry(holding)) {
+                    proto::debug!(
+                        "backend connection failed before answering ({why}); retrying on a new one"
+                    );
                     self.backend = None;
                     if let Some(ex) = self.ex.as_mut() {
                         ex.rewind();

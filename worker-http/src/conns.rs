@@ -158,6 +158,15 @@ impl Handler for Conns {
         }
     }
 
+    /// Every request still reaching its backend retries now, at the
+    /// route's backend as the table has it (`proto::hold`).
+    fn wake(&mut self, cx: &mut Cx) {
+        let slots: Vec<usize> = self.conns.iter_mut().map(|(i, _)| i).collect();
+        for slot in slots {
+            self.with_conn(cx, slot, |c, cx| !c.wake(cx) || c.drive(cx));
+        }
+    }
+
     /// The pool's sweep: one timer for all parked connections.
     fn turn(&mut self, cx: &mut Cx) {
         let now = cx.now;

@@ -96,4 +96,40 @@ impl Conn {
         }
         ex.choice = Some(c);
     }
+
+    /// Still connecting (held, or in the short retry): dial the route's
+    /// backend as the table has it now (an Update moved the provider), at
+    /// once. true: it was connecting, drive it.
+    pub(crate) fn wake(&mut self, cx: &mut Ctx) -> bool {
+        let (Phase::Connecting(dial), Some(ex)) = (&mut self.phase, self.ex.as_mut()) else {
+            return false;
+        };
+        if let Some(now) = cx.routes.same_route(&ex.route) {
+            // The head was written for the old entry; only the backend
+            // changes (and with it where the connection is pooled).
+            let to = match &now.replicas {
+                // Replicas: the same pool keeps its choice; a new pool
+                // (a replica added, removed or moved) is a new pick.
+                Some(r) if dial.pool().is_some_and(|p| p[..] == r.pool[..]) => None,
+                Some(r) => {
+                    let c = proto::balance::Choice::new(r.pool.clone(), r.policy);
+                    let b = c.backend().clone();
+                    dial.rechoose(c, cx.now);
+                    Some(b)
+                }
+                None if now.backend != ex.route.backend => {
+                    dial.retarget(&now.backend, cx.now);
+                    Some(now.backend.clone())
+                }
+                None => None,
+            };
+            if let Some(b) = to.filter(|b| *b != ex.route.backend) {
+                let mut e = (*ex.route).clone();
+                e.backend = b;
+                ex.route = Rc::new(e);
+            }
+        }
+        dial.wake(cx.now);
+        true
+    }
 }

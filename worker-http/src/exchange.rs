@@ -78,8 +78,11 @@ impl Exchange {
 
     /// A pooled connection that failed before answering a request safe to
     /// repeat: the backend had likely closed it just before; one more try.
-    pub fn can_retry(&self) -> bool {
-        self.reused && !self.retried && self.replayable && !self.resp_bytes
+    /// `holding` (`--hold-timeout` on): a new connection too, since a
+    /// provider going down resets the requests it had accepted; the retry
+    /// is then held until it is back.
+    pub fn can_retry(&self, holding: bool) -> bool {
+        (self.reused || holding) && !self.retried && self.replayable && !self.resp_bytes
     }
 
     /// Start over on a new backend connection.

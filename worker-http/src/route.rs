@@ -155,6 +155,14 @@ impl Table {
             .any(|e| &e.backend == b || e.replicas.as_ref().is_some_and(|r| r.pool.contains(b)))
     }
 
+    /// The route with this prefix and host (a route's identity: the plan
+    /// refuses two with the same), to find a route again after an Update.
+    pub fn same_route(&self, e: &Entry) -> Option<&Rc<Entry>> {
+        self.entries
+            .iter()
+            .find(|x| x.prefix == e.prefix && x.host == e.host)
+    }
+
     /// The route for a request. `host`: the normalised `Host` (see
     /// [`normalise_host`]); `path`: the request path without the query.
     pub fn lookup(&self, host: Option<&str>, path: &str) -> Option<&Rc<Entry>> {

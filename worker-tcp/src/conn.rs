@@ -3,8 +3,9 @@
 //! ```text
 //!   accept ─(sni routes)─> Sniffing ─(ClientHello names a route)─┐
 //!     └──────────────────────────────────────────────────────────┴─> Connecting ──(connect ok)──> Relaying ──(both ways done)──> closed
-//!                 │  ▲ refused: retry after 25, 50, 100, 200 ms
-//!                 └──┘ timeout / other error / retries spent ──> closed (client just closed)
+//!                 │  ▲ refused: retry after 25, 50, 100, 200 ms, then held (proto::hold)
+//!                 │  │ until --hold-timeout; an Update or a health check retries at once
+//!                 └──┘ timeout / other error / hold spent ──> closed (client just closed)
 //! ```
 //! In `Relaying`, the connection is a [`Duplex`] of two [`Splice`]s: EOF
 //! (or a reset) from one side is passed on as `shutdown(SHUT_WR)` of the
@@ -52,6 +53,9 @@ pub struct Conn {
     pub phase: Phase,
     /// The backend, for log lines (set once a route is chosen).
     target: String,
+    /// The chosen route's sni (its identity among the endpoint's routes),
+    /// to find it again after an Update.
+    sni: Option<String>,
     proxy_protocol: Option<ProxyProtocol>,
     relay: Duplex<Splice>,
     last_activity: Instant,
@@ -67,6 +71,7 @@ impl Conn {
                 until: now + Duration::from_millis(limits.head_timeout_ms),
             },
             target: String::new(),
+            sni: None,
             proxy_protocol: None,
             relay: Duplex::default(),
             last_activity: now,
@@ -80,11 +85,28 @@ impl Conn {
     }
 
     fn route_to(&mut self, r: &Route, now: Instant, limits: &Limits) {
+        self.sni = r.sni.clone();
         self.proxy_protocol = r.proxy_protocol;
         // One backend, or one of the route's replicas by its policy.
         let dial = Dialer::for_route(r, now, limits);
         self.target = dial.target.to_string();
         self.phase = Phase::Connecting(dial);
+    }
+
+    /// Still connecting: dial the route's backend as `routes` has it now,
+    /// at once.
+    fn wake(&mut self, now: Instant, routes: &[Route]) -> bool {
+        let Phase::Connecting(dial) = &mut self.phase else {
+            return false;
+        };
+        if let Some(r) = routes.iter().find(|r| r.sni == self.sni) {
+            // One backend moved, or the route's replicas changed.
+            dial.retarget_route(r, now);
+            self.target = dial.target.to_string();
+            self.proxy_protocol = r.proxy_protocol;
+        }
+        dial.wake(now);
+        true
     }
 
     /// Peek at the ClientHello and pick the route whose sni it names.
@@ -233,5 +255,8 @@ impl Connection for Conn {
     }
     fn on_timer(&mut self, now: Instant, config: &WorkerConfig) -> Next {
         self.expire(now, &config.limits, &config.endpoint.routes)
+    }
+    fn wake(&mut self, now: Instant, config: &WorkerConfig) -> bool {
+        Conn::wake(self, now, &config.endpoint.routes)
     }
 }

@@ -3,8 +3,10 @@
 //!
 //! ```text
 //!   accept ──> Connecting ──(connect ok)──> Relaying ──(both ways done)──> closed
-//!                 │  ▲ refused / no socket yet: retry after 25, 50, 100, 200 ms
-//!                 └──┘ timeout / other error / retries spent ──> closed (client just closed)
+//!                 │  ▲ refused / no socket yet: retry after 25, 50, 100, 200 ms, then
+//!                 │  │ held (proto::hold) until --hold-timeout; an Update (a provider
+//!                 │  │ with a new pid) or a health check retries at once, there
+//!                 └──┘ timeout / other error / hold spent ──> closed (client just closed)
 //! ```
 //! In `Relaying`, the connection is a [`Duplex`] of two [`FdRelay`]s:
 //! bytes and the fds sent with them (`SCM_RIGHTS`) go through; an end or
@@ -123,6 +125,22 @@ impl Connection for Conn {
     }
     fn sockets(&mut self) -> &mut Sockets {
         &mut self.io
+    }
+    /// Still connecting: the one route's provider as the Update has it
+    /// (a restarted provider has a new pid, so a new root), at once.
+    fn wake(&mut self, now: Instant, config: &WorkerConfig) -> bool {
+        if self.relaying {
+            return false;
+        }
+        if let Some(r) = config.endpoint.routes.first() {
+            if r.backend != self.dial.target {
+                let to_unix = matches!(r.backend, Backend::Unix(_));
+                self.relay = Duplex::new(FdRelay::new(to_unix), FdRelay::new(true));
+            }
+            self.dial.retarget(&r.backend, now);
+        }
+        self.dial.wake(now);
+        true
     }
     fn refuse_update(_old: &WorkerConfig, new: &WorkerConfig) -> Option<String> {
         (new.endpoint.routes.len() != 1).then(|| {

@@ -113,7 +113,7 @@ impl Daemon {
         let mut answered = None;
         loop {
             match ctl::recv::<FromWorker>(w.ctl.as_fd()) {
-                Ok((FromWorker::Stats { stats: s }, _)) => stats = Some(s),
+                Ok((FromWorker::Stats { stats: s, health }, _)) => stats = Some((s, health)),
                 Ok((FromWorker::Ack { seq, error }, _)) => {
                     let Some(i) = w.pending.iter().position(|p| p.seq == seq) else {
                         proto::debug!(
@@ -157,8 +157,9 @@ impl Daemon {
         }
         if let Some(r) = self.endpoints.get_mut(&key) {
             if r.worker.as_ref().is_some_and(|w| w.token == token) {
-                if let Some(s) = stats {
+                if let Some((s, health)) = stats {
                     r.set_stats(s);
+                    r.health = health;
                 }
                 if applied.is_some() {
                     r.applied = applied;

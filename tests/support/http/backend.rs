@@ -32,7 +32,7 @@ use std::time::Duration;
 pub struct Seen {
     /// Every request head received, as text.
     pub heads: Mutex<Vec<String>>,
-    /// Connections accepted.
+    /// Connections accepted that carried at least one request head.
     pub conns: AtomicUsize,
 }
 
@@ -166,7 +166,6 @@ impl Conn for UnixStream {
 }
 
 fn spawn_conn<C: Conn>(c: C, seen: Arc<Seen>) {
-    seen.conns.fetch_add(1, Ordering::SeqCst);
     thread::spawn(move || {
         let _ = serve(c, seen);
     });
@@ -274,7 +273,13 @@ fn echo_body(req: &Req, body: &[u8]) -> String {
 fn serve<C: Conn>(c: C, seen: Arc<Seen>) -> std::io::Result<()> {
     let mut w = c.try_clone_box()?;
     let mut r = BufReader::new(c);
+    let mut first = true;
     while let Some((req, raw)) = read_head(&mut r)? {
+        if std::mem::take(&mut first) {
+            // Counted once it carries a request: a health check's connect
+            // (connected, closed, nothing sent) is no backend connection.
+            seen.conns.fetch_add(1, Ordering::SeqCst);
+        }
         seen.heads.lock().unwrap().push(raw);
         if req
             .header("expect")

@@ -1,0 +1,520 @@
+//! L4 health checks, run by each worker for the backends of its own
+//! routes: a TCP connect (or a unix connect) every `--health-interval`,
+//! failed when refused, unreachable or not connected within
+//! `--health-timeout`. `--health-fall` failures in a row mark a backend
+//! down, `--health-rise` successes in a row mark it up again; a real
+//! connection the dialer gave up on counts as a failure, one it made as
+//! a success.
+//!
+//! A down backend is not dialled (`backend::Dialer` asks [`is_down`]): the
+//! connection is held (`crate::hold`) as if the backend had refused, and a
+//! check that sees it up again wakes every held connection at once
+//! (`hold::wake_all`). While connections are held and a backend is down,
+//! it is checked at the hold's retry pace (every 500 ms at most) rather
+//! than every interval, so they are released as soon as it is back.
+//!
+//! The state is kept per backend (a route names a backend; a route with
+//! several backends would share the same table). With `--health-interval
+//! 0` there is no checker, no socket, no timer and an empty table.
+//!
+//! The checker owns an epoll instance of its own for its sockets; the
+//! worker loop registers that one fd (readable) and a timer, and calls
+//! [`Checker::on_ready`] and [`Checker::on_time`]: two small hooks per
+//! loop, nothing per connection.
+
+use crate::ctl::Limits;
+use crate::graph::Backend;
+use crate::stream::Stream;
+use mio::{Events, Interest, Poll, Token};
+use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// One backend's state as a worker reports it (`stats`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendHealth {
+    pub backend: String,
+    pub up: bool,
+    /// Checks made.
+    pub checks: u64,
+    /// Failed checks and failed real connections.
+    pub failures: u64,
+    /// Failures since the last success.
+    pub fails_in_row: u32,
+    /// When the last check ended, in milliseconds since the Unix epoch
+    /// (0: none yet).
+    #[serde(default)]
+    pub last_check_ms: u64,
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    backend: Backend,
+    up: bool,
+    fails_in_row: u32,
+    oks_in_row: u32,
+    checks: u64,
+    failures: u64,
+    last_check_ms: u64,
+    last_error: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    entries: Vec<Entry>,
+    fall: u32,
+    rise: u32,
+    /// Bumped on every change, so a report is built only when needed.
+    version: u64,
+}
+
+thread_local! {
+    // Workers are single-threaded; the table belongs to the process.
+    static TABLE: RefCell<Table> = RefCell::new(Table::default());
+}
+
+/// Track exactly `backends` (state kept for those already tracked; a new
+/// one starts up). Empty: nothing tracked.
+fn track(backends: &[Backend], limits: &Limits) {
+    TABLE.with(|t| {
+        let mut t = t.borrow_mut();
+        t.version += 1;
+        t.fall = limits.health_fall.max(1);
+        t.rise = limits.health_rise.max(1);
+        let mut old = std::mem::take(&mut t.entries);
+        t.entries = backends
+            .iter()
+            .map(|b| match old.iter().position(|e| &e.backend == b) {
+                Some(i) => old.swap_remove(i),
+                None => Entry {
+                    backend: b.clone(),
+                    up: true,
+                    fails_in_row: 0,
+                    oks_in_row: 0,
+                    checks: 0,
+                    failures: 0,
+                    last_check_ms: 0,
+                    last_error: None,
+                },
+            })
+            .collect();
+    })
+}
+
+/// Whether checks marked `b` down (never, when `b` is not checked).
+pub fn is_down(b: &Backend) -> bool {
+    TABLE.with(|t| {
+        let t = t.borrow();
+        !t.entries.is_empty() && t.entries.iter().any(|e| &e.backend == b && !e.up)
+    })
+}
+
+/// Count one outcome for `b`: a check (`check`) or a real connection.
+pub fn observe(b: &Backend, outcome: Result<(), String>, check: bool) {
+    let back_up = TABLE.with(|t| {
+        let mut t = t.borrow_mut();
+        if t.entries.is_empty() {
+            return false;
+        }
+        t.version += 1;
+        let (fall, rise) = (t.fall, t.rise);
+        let Some(e) = t.entries.iter_mut().find(|e| &e.backend == b) else {
+            return false;
+        };
+        if check {
+            e.checks += 1;
+            e.last_check_ms = unix_ms();
+        }
+        match outcome {
+            Ok(()) => {
+                e.fails_in_row = 0;
+                e.oks_in_row = e.oks_in_row.saturating_add(1);
+                if !e.up && e.oks_in_row >= rise {
+                    e.up = true;
+                    crate::info!("backend {b} is up (health check)");
+                    return true;
+                }
+            }
+            Err(why) => {
+                e.failures += 1;
+                e.oks_in_row = 0;
+                e.fails_in_row = e.fails_in_row.saturating_add(1);
+                if e.up && e.fails_in_row >= fall {
+                    e.up = false;
+                    crate::warn!(
+                        "backend {b} is down after {} failure(s) in a row: {why}",
+                        e.fails_in_row
+                    );
+                }
+                e.last_error = Some(why);
+            }
+        }
+        false
+    });
+    if back_up {
+        crate::hold::wake_all();
+    }
+}
+
+/// Changes with every change of the table (see `WorkerCtl::report`).
+pub fn version() -> u64 {
+    TABLE.with(|t| t.borrow().version)
+}
+
+/// Most backends a `stats` report describes: a few hundred KiB of JSON,
+/// well within what the supervisor takes from a worker (1 MiB). Checks
+/// and the down state apply to every backend; only the report stops here.
+pub const MAX_REPORTED: usize = 1024;
+
+/// The state of every checked backend (the first [`MAX_REPORTED`]), for
+/// `stats`.
+pub fn report() -> Vec<BackendHealth> {
+    TABLE.with(|t| {
+        t.borrow()
+            .entries
+            .iter()
+            .take(MAX_REPORTED)
+            .map(|e| BackendHealth {
+                backend: e.backend.to_string(),
+                up: e.up,
+                checks: e.checks,
+                failures: e.failures,
+                fails_in_row: e.fails_in_row,
+                last_check_ms: e.last_check_ms,
+                last_error: e.last_error.clone(),
+            })
+            .collect()
+    })
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The distinct backends of `routes`, in order.
+pub fn backends_of(routes: &[crate::plan::Route]) -> Vec<Backend> {
+    let mut v: Vec<Backend> = Vec::new();
+    // Every replica of a route is checked on its own.
+    for b in routes.iter().flat_map(|r| r.backends()) {
+        if !v.contains(b) {
+            v.push(b.clone());
+        }
+    }
+    v
+}
+
+struct Probe {
+    backend: Backend,
+    /// When the next check starts.
+    next: Instant,
+    /// A check under way: its socket and deadline.
+    inflight: Option<(Stream, Instant)>,
+}
+
+/// The checks of one worker.
+pub struct Checker {
+    poll: Poll,
+    events: Events,
+    interval: Duration,
+    timeout: Duration,
+    probes: Vec<Probe>,
+    /// The loop has a timer entry for this time.
+    armed: Option<Instant>,
+}
+
+impl Checker {
+    /// None with `--health-interval 0`: no checks, nothing allocated.
+    pub fn new(limits: &Limits, backends: &[Backend], now: Instant) -> io::Result<Option<Checker>> {
+        if limits.health_interval_ms == 0 {
+            track(&[], limits);
+            return Ok(None);
+        }
+        let mut c = Checker {
+            poll: Poll::new()?,
+            events: Events::with_capacity(16),
+            interval: Duration::from_millis(limits.health_interval_ms),
+            timeout: Duration::from_millis(limits.health_timeout_ms.max(1)),
+            probes: Vec::new(),
+            armed: None,
+        };
+        c.set_backends(backends, limits, now);
+        Ok(Some(c))
+    }
+
+    /// The routes changed: check exactly `backends` from now on (a new one
+    /// at once). Checks under way are dropped (their tokens are indices).
+    pub fn set_backends(&mut self, backends: &[Backend], limits: &Limits, now: Instant) {
+        let mut old = std::mem::take(&mut self.probes);
+        self.probes = backends
+            .iter()
+            .map(|b| {
+                let next = old
+                    .iter()
+                    .position(|p| &p.backend == b)
+                    .map_or(now, |i| old.swap_remove(i).next);
+                Probe {
+                    backend: b.clone(),
+                    next: next.min(now + self.interval),
+                    inflight: None,
+                }
+            })
+            .collect();
+        track(backends, limits);
+        self.armed = None;
+    }
+
+    /// The fd the loop registers (readable: a check has an answer).
+    pub fn fd(&self) -> RawFd {
+        self.poll.as_raw_fd()
+    }
+
+    /// Its fd was readable: collect what the checks under way found.
+    pub fn on_ready(&mut self) {
+        loop {
+            if self
+                .poll
+                .poll(&mut self.events, Some(Duration::ZERO))
+                .is_err()
+            {
+                return;
+            }
+            if self.events.is_empty() {
+                return;
+            }
+            let ready: Vec<usize> = self.events.iter().map(|e| e.token().0).collect();
+            for i in ready {
+                let Some(p) = self.probes.get_mut(i) else {
+                    continue;
+                };
+                let outcome = match &p.inflight {
+                    Some((s, _)) => match s.connect_done() {
+                        Ok(true) => Ok(()),
+                        Ok(false) => continue,
+                        Err(e) => Err(format!("connect: {e}")),
+                    },
+                    None => continue,
+                };
+                p.inflight = None;
+                observe(&p.backend, outcome, true);
+            }
+        }
+    }
+
+    /// Start the checks that are due, fail those past their timeout.
+    pub fn on_time(&mut self, now: Instant) {
+        if self.armed.is_some_and(|a| a <= now) {
+            self.armed = None;
+        }
+        for i in 0..self.probes.len() {
+            let p = &mut self.probes[i];
+            if let Some((_, until)) = &p.inflight {
+                if *until <= now {
+                    p.inflight = None;
+                    let why = format!("not connected within {} ms", self.timeout.as_millis());
+                    observe(&p.backend.clone(), Err(why), true);
+                }
+                continue;
+            }
+            if p.next <= now {
+                self.start(i, now);
+            }
+        }
+    }
+
+    fn start(&mut self, i: usize, now: Instant) {
+        let held = crate::hold::held() > 0;
+        let p = &mut self.probes[i];
+        // Held connections wait for a down backend: look again soon.
+        let pace = if held && is_down(&p.backend) {
+            self.interval.min(Duration::from_millis(500))
+        } else {
+            self.interval
+        };
+        p.next = now + pace;
+        let outcome = match crate::backend::connect(&p.backend) {
+            Ok(mut s) => match s.connect_done() {
+                Ok(true) => Ok(()),
+                Ok(false) => {
+                    match self
+                        .poll
+                        .registry()
+                        .register(&mut s, Token(i), Interest::WRITABLE)
+                    {
+                        Ok(()) => {
+                            p.inflight = Some((s, now + self.timeout));
+                            return;
+                        }
+                        Err(e) => Err(format!("epoll_ctl: {e}")),
+                    }
+                }
+                Err(e) => Err(format!("connect: {e}")),
+            },
+            // A unix listener whose backlog is full is there, and busy.
+            Err(e) if e.raw_os_error() == Some(nix::libc::EAGAIN) => Ok(()),
+            Err(e) => Err(format!("connect: {e}")),
+        };
+        let b = p.backend.clone();
+        observe(&b, outcome, true);
+    }
+
+    /// When the checker next needs [`Checker::on_time`].
+    pub fn next_wake(&self) -> Option<Instant> {
+        self.probes
+            .iter()
+            .map(|p| p.inflight.as_ref().map_or(p.next, |(_, until)| *until))
+            .min()
+    }
+
+    /// A time the loop should add a timer entry for (None: the entry it
+    /// has comes first, or nothing is due).
+    pub fn arm(&mut self) -> Option<Instant> {
+        let t = self.next_wake()?;
+        if self.armed.is_some_and(|a| a <= t) {
+            return None;
+        }
+        self.armed = Some(t);
+        Some(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            health_interval_ms: 1_000,
+            health_timeout_ms: 500,
+            health_fall: 2,
+            health_rise: 1,
+            ..Limits::default()
+        }
+    }
+
+    #[test]
+    fn fall_and_rise() {
+        let b = Backend::Tcp("127.0.0.1:9".parse().unwrap());
+        let other = Backend::Tcp("127.0.0.1:10".parse().unwrap());
+        track(std::slice::from_ref(&b), &limits());
+        assert!(!is_down(&b));
+        observe(&b, Err("refused".into()), true);
+        assert!(!is_down(&b), "one failure is not down (fall 2)");
+        observe(&b, Err("refused".into()), false);
+        assert!(is_down(&b), "a real connection counts too");
+        assert!(!is_down(&other), "untracked backends are never down");
+        observe(&b, Ok(()), true);
+        assert!(!is_down(&b), "rise 1");
+        let r = report();
+        assert_eq!(r.len(), 1);
+        assert_eq!((r[0].checks, r[0].failures, r[0].fails_in_row), (2, 2, 0));
+        assert!(r[0].up && r[0].last_check_ms > 0);
+        assert_eq!(r[0].last_error.as_deref(), Some("refused"));
+        track(&[], &limits());
+        assert!(report().is_empty());
+    }
+
+    /// A listening socket with backlog 0 whose queue is filled: further
+    /// SYNs are dropped (the fds are kept alive with it).
+    fn stalled_listener() -> (Vec<std::os::fd::OwnedFd>, std::net::SocketAddr) {
+        use nix::sys::socket::*;
+        let l = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        bind(l.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, 0)).unwrap();
+        listen(&l, Backlog::new(0).unwrap()).unwrap();
+        let a: SockaddrIn = getsockname(l.as_raw_fd()).unwrap();
+        let addr: std::net::SocketAddr = std::net::SocketAddrV4::from(a).into();
+        let mut keep = vec![l];
+        // Fill the accept queue (and the SYN queue) with connections
+        // nobody accepts.
+        for _ in 0..4 {
+            let s = socket(
+                AddressFamily::Inet,
+                SockType::Stream,
+                SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+                None,
+            )
+            .unwrap();
+            let _ = connect(s.as_raw_fd(), &a);
+            keep.push(s);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        (keep, addr)
+    }
+
+    /// A real listener, then none: the checker sees it up, then down after
+    /// `fall` checks, with its own epoll and no loop around it.
+    #[test]
+    fn checker_sees_a_backend_go_down() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let b = Backend::Tcp(l.local_addr().unwrap());
+        let lim = limits();
+        let mut now = Instant::now();
+        let mut c = Checker::new(&lim, std::slice::from_ref(&b), now)
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.next_wake(), Some(now));
+        let run = |c: &mut Checker, now: Instant| {
+            c.on_time(now);
+            for _ in 0..200 {
+                c.on_ready();
+                if c.probes[0].inflight.is_none() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        run(&mut c, now);
+        assert_eq!(report()[0].checks, 1);
+        assert!(report()[0].up);
+        drop(l);
+        for _ in 0..2 {
+            now += Duration::from_millis(1_000);
+            run(&mut c, now);
+        }
+        let r = report();
+        assert_eq!(r[0].checks, 3);
+        assert!(!r[0].up, "{r:?}");
+        assert!(is_down(&b));
+        track(&[], &lim);
+
+        // A peer that stalls: a listener whose accept queue is full drops
+        // the SYN, so the connect never completes; the check fails at its
+        // timeout, not before.
+        let stall = stalled_listener();
+        let b = Backend::Tcp(stall.1);
+        let mut c = Checker::new(&lim, std::slice::from_ref(&b), now)
+            .unwrap()
+            .unwrap();
+        c.on_time(now);
+        c.on_ready();
+        assert_eq!(report()[0].checks, 0, "still connecting");
+        c.on_time(now + Duration::from_millis(500));
+        let r = report();
+        assert_eq!((r[0].checks, r[0].failures), (1, 1), "{r:?}");
+        assert!(r[0]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("within 500 ms"));
+        track(&[], &lim);
+        drop(stall);
+        // Off: nothing at all.
+        let off = Limits {
+            health_interval_ms: 0,
+            ..lim
+        };
+        assert!(Checker::new(&off, &[b], now).unwrap().is_none());
+        assert!(report().is_empty());
+    }
+}

@@ -1,0 +1,249 @@
+//! L4 health checks (issue 12): a worker checks each backend of its
+//! routes with a connect; a backend that goes away is marked down (status,
+//! metrics), connections for it are held, and the check that sees it back
+//! releases them. With `--health-interval 0` no check is ever made.
+
+use pvx_tests::*;
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+/// An echo backend on a fixed port that can be stopped (its listener
+/// closed: connects refused) and started again; it counts the
+/// connections it accepted.
+struct Backend {
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Backend {
+    fn start(port: u16, accepts: Arc<AtomicUsize>) -> Backend {
+        let l = TcpListener::bind(("127.0.0.1", port)).expect("bind backend");
+        l.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (st, acc) = (stop.clone(), accepts.clone());
+        let thread = thread::spawn(move || {
+            while !st.load(Ordering::SeqCst) {
+                match l.accept() {
+                    Ok((mut c, _)) => {
+                        acc.fetch_add(1, Ordering::SeqCst);
+                        thread::spawn(move || {
+                            let _ = c.set_nonblocking(false);
+                            let mut buf = [0u8; 4096];
+                            while let Ok(n) = c.read(&mut buf) {
+                                if n == 0 || c.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                            let _ = c.shutdown(Shutdown::Write);
+                        });
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Backend {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn tcp_graph(port: u16, backend_port: u16) -> String {
+    graph(&[link(
+        "tcp",
+        "checked",
+        0,
+        &format!("127.0.0.1:{port}"),
+        &format!("127.0.0.1:{backend_port}"),
+        0,
+    )])
+}
+
+/// `pv-xconnect status --json`, parsed.
+fn status_cli(sup: &Supervisor, json: bool) -> String {
+    let mut args = vec!["status".to_string()];
+    if json {
+        args.push("--json".into());
+    }
+    args.push("--status-socket".into());
+    args.push(sup.status_socket.display().to_string());
+    let out = std::process::Command::new(bin_dir().join("pv-xconnect"))
+        .args(&args)
+        .output()
+        .expect("pv-xconnect status");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn backend_state(sup: &Supervisor, address: &str) -> Option<Value> {
+    let v: Value = serde_json::from_str(&status_cli(sup, true)).ok()?;
+    v["endpoints"]
+        .as_array()?
+        .iter()
+        .find(|e| e["address"] == address)?["backends"]
+        .get(0)
+        .cloned()
+}
+
+fn wait_state(sup: &Supervisor, address: &str, state: &str) -> Value {
+    wait_for(Duration::from_secs(15), &format!("backend {state}"), || {
+        backend_state(sup, address).filter(|b| b["state"] == state)
+    })
+}
+
+fn metric(sup: &Supervisor, name: &str, address: &str) -> Option<String> {
+    let (_, m) = sup.http_status("/metrics");
+    m.lines()
+        .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(address))
+        .map(|l| l.rsplit(' ').next().unwrap_or("").to_string())
+}
+
+#[test]
+fn a_health_check_sees_a_backend_go_down_and_up_and_releases_held_clients() {
+    let backend_port = free_port();
+    let port = free_port();
+    let accepts = Arc::new(AtomicUsize::new(0));
+    let mut backend = Backend::start(backend_port, accepts.clone());
+    let sup = Supervisor::start(
+        &tcp_graph(port, backend_port),
+        &["--health-interval", "200ms", "--health-timeout", "500ms"],
+    );
+    sup.worker_pid("pvx-worker-tcp");
+    let address = format!("127.0.0.1:{port}");
+    let b = wait_state(&sup, &address, "up");
+    assert_eq!(b["backend"], format!("127.0.0.1:{backend_port}"));
+    wait_for(Duration::from_secs(10), "checks counted", || {
+        (backend_state(&sup, &address)?["checks"].as_u64()? >= 2).then_some(())
+    });
+    assert!(accepts.load(Ordering::SeqCst) >= 2, "checks connect");
+
+    backend.stop();
+    let b = wait_state(&sup, &address, "down");
+    assert!(b["failures"].as_u64().unwrap() >= 2, "{b}");
+    assert!(b["last_error"].as_str().unwrap().contains("refused"), "{b}");
+    assert!(b["last_check_ms_ago"].is_u64(), "{b}");
+    wait_for(Duration::from_secs(5), "pvx_backend_up 0", || {
+        (metric(&sup, "pvx_backend_up", &address)? == "0").then_some(())
+    });
+    let text = status_cli(&sup, false);
+    assert!(
+        text.contains(&format!("backend 127.0.0.1:{backend_port}: down")),
+        "{text}"
+    );
+
+    // The only backend of the route is down: a client is held (not
+    // refused), and released by the check that sees the backend back.
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let client = thread::spawn(move || roundtrip(addr, b"held while down"));
+    wait_for(Duration::from_secs(10), "a held connection", || {
+        let e = sup.endpoint_status(&address)?;
+        (e["worker"]["hold"]["held"].as_u64()? >= 1).then_some(())
+    });
+    let _backend = Backend::start(backend_port, accepts.clone());
+    let got = client.join().unwrap().expect("held client served");
+    assert_eq!(got, b"held while down");
+    wait_state(&sup, &address, "up");
+    wait_for(Duration::from_secs(5), "pvx_backend_up 1", || {
+        (metric(&sup, "pvx_backend_up", &address)? == "1").then_some(())
+    });
+    assert!(metric(&sup, "pvx_backend_checks_total", &address).is_some());
+    assert!(metric(&sup, "pvx_backend_failures_total", &address).is_some());
+}
+
+#[test]
+fn no_check_traffic_when_health_checks_are_off() {
+    let backend_port = free_port();
+    let port = free_port();
+    let accepts = Arc::new(AtomicUsize::new(0));
+    let _backend = Backend::start(backend_port, accepts.clone());
+    let sup = Supervisor::start(&tcp_graph(port, backend_port), &["--health-interval", "0"]);
+    let pid = sup.worker_pid("pvx-worker-tcp");
+    wait_worker_started(pid);
+    // Ten intervals of the fastest checks there are.
+    thread::sleep(Duration::from_millis(1000));
+    assert_eq!(
+        accepts.load(Ordering::SeqCst),
+        0,
+        "a check reached the backend"
+    );
+    let e = sup.endpoint_status(&format!("127.0.0.1:{port}")).unwrap();
+    assert!(e.get("backends").is_none(), "{e}");
+    // A real connection is the only one the backend sees.
+    let got = roundtrip(SocketAddr::from(([127, 0, 0, 1], port)), b"x").unwrap();
+    assert_eq!(got, b"x");
+    assert_eq!(accepts.load(Ordering::SeqCst), 1);
+    // The worker holds no fd beyond its baseline (no checker epoll).
+    let epolls = fds(pid)
+        .iter()
+        .filter(|(_, t)| t.contains("eventpoll"))
+        .count();
+    assert_eq!(epolls, 1, "{:?}", fds(pid));
+    drop(TcpStream::connect(("127.0.0.1", port)));
+}
+
+/// The http worker and the unix worker check theirs too (a unix backend
+/// with a unix connect).
+#[test]
+fn http_and_unix_workers_check_their_backends() {
+    let backend_port = free_port();
+    let http_port = free_port();
+    let mut backend = Backend::start(backend_port, Arc::new(AtomicUsize::new(0)));
+    let dir = TempDir::new("health-unix");
+    let provider = dir.path().join("provider.sock");
+    let listen = dir.path().join("front.sock");
+    let l = std::os::unix::net::UnixListener::bind(&provider).unwrap();
+    let g = graph(&[
+        link(
+            "http",
+            "checked-http",
+            0,
+            &format!("127.0.0.1:{http_port}/"),
+            &format!("127.0.0.1:{backend_port}"),
+            0,
+        ),
+        link(
+            "unix",
+            "checked-unix",
+            0,
+            &listen.display().to_string(),
+            &provider.display().to_string(),
+            0,
+        ),
+    ]);
+    let sup = Supervisor::start(
+        &g,
+        &["--health-interval", "200ms", "--health-timeout", "500ms"],
+    );
+    let http = format!("127.0.0.1:{http_port}");
+    let unix = listen.display().to_string();
+    wait_state(&sup, &http, "up");
+    let b = wait_state(&sup, &unix, "up");
+    assert_eq!(b["backend"], format!("unix:{}", provider.display()));
+    backend.stop();
+    drop(l);
+    std::fs::remove_file(&provider).unwrap();
+    wait_state(&sup, &http, "down");
+    let b = wait_state(&sup, &unix, "down");
+    assert!(
+        b["last_error"].as_str().unwrap().contains("No such file"),
+        "{b}"
+    );
+}
