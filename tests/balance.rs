@@ -290,8 +290,14 @@ fn tcp_replicas_share_fail_over_and_come_back() {
     assert_eq!(count(&got, "B"), 20, "{got:?}");
 
     a.restart();
-    let got = tcp_load(port, 20);
-    assert!(count(&got, "A") > 0, "A takes load again: {got:?}");
+    // Back: it takes load again (at once, or once a health check saw it
+    // up), and no connection fails meanwhile.
+    let mut i = 0;
+    wait_for(Duration::from_secs(15), "A takes load again", || {
+        i += 1;
+        let tag = tcp_once(port, i).unwrap_or_else(|e| panic!("connection {i} failed: {e}"));
+        (tag == "A").then_some(())
+    });
     assert!(
         sup.log_text().contains("trying replica"),
         "the worker logged its fail-over"
@@ -341,8 +347,10 @@ fn http_replicas_share_fail_over_and_come_back() {
     assert_eq!(count(&got, "B"), 20, "{got:?}");
 
     a.restart();
-    let (got, _) = http_load(port, "/api/x", 20);
-    assert!(count(&got, "A") > 0, "A takes load again: {got:?}");
+    wait_for(Duration::from_secs(15), "A takes load again", || {
+        let (got, _) = http_load(port, "/api/x", 4);
+        (count(&got, "A") > 0).then_some(())
+    });
     drop(sup);
 }
 
