@@ -634,3 +634,64 @@ fn a_mixed_group_is_refused_with_the_reason() {
     assert_eq!(count(&got, "C"), 0, "{got:?}");
     drop(sup);
 }
+
+/// The state of `backend` among the endpoint's checked backends.
+fn health_state(sup: &Supervisor, port: u16, backend: SocketAddr) -> Option<String> {
+    let e = sup.endpoint_status(&format!("127.0.0.1:{port}"))?;
+    e["backends"]
+        .as_array()?
+        .iter()
+        .find(|b| b["backend"] == backend.to_string())
+        .and_then(|b| b["state"].as_str().map(str::to_string))
+}
+
+fn wait_health(sup: &Supervisor, port: u16, backend: SocketAddr, state: &str) {
+    wait_for(
+        Duration::from_secs(15),
+        &format!("{backend} {state}"),
+        || (health_state(sup, port, backend)? == state).then_some(()),
+    );
+}
+
+/// Every replica is health-checked on its own; one seen down is not
+/// dialled (its connections go to the others without a failed attempt);
+/// with every replica down a client is held, and the first replica back
+/// serves it.
+#[test]
+fn replicas_are_health_checked_and_held_together() {
+    let mut a = Replica::start("A", Speaks::TaggedEcho);
+    let mut b = Replica::start("B", Speaks::TaggedEcho);
+    let port = free_port();
+    let sup = Supervisor::start(
+        &graph(&[
+            tcp_link("h-a", port, a.addr, LC),
+            tcp_link("h-b", port, b.addr, LC),
+        ]),
+        &["--health-interval", "200ms", "--health-timeout", "500ms"],
+    );
+    wait_health(&sup, port, a.addr, "up");
+    wait_health(&sup, port, b.addr, "up");
+
+    a.stop();
+    wait_health(&sup, port, a.addr, "down");
+    let attempts = sup.count_log("trying replica");
+    let got = tcp_load(port, 10);
+    assert_eq!(count(&got, "B"), 10, "{got:?}");
+    assert_eq!(
+        sup.count_log("trying replica"),
+        attempts,
+        "a replica seen down is not dialled"
+    );
+
+    b.stop();
+    wait_health(&sup, port, b.addr, "down");
+    let client = thread::spawn(move || tcp_once(port, 0));
+    wait_for(Duration::from_secs(10), "a held connection", || {
+        let e = sup.endpoint_status(&format!("127.0.0.1:{port}"))?;
+        (e["worker"]["hold"]["held"].as_u64()? >= 1).then_some(())
+    });
+    a.restart();
+    let tag = client.join().unwrap().expect("the held client is served");
+    assert_eq!(tag, "A");
+    drop(sup);
+}
