@@ -695,3 +695,43 @@ fn replicas_are_health_checked_and_held_together() {
     assert_eq!(tag, "A");
     drop(sup);
 }
+
+/// A connection held while every replica is away follows an update that
+/// changes the pool (a replica added): it is served by the new one at
+/// once, tcp and http alike.
+#[test]
+fn a_held_connection_follows_a_new_pool() {
+    for speaks in [Speaks::TaggedEcho, Speaks::Http] {
+        let mut a = Replica::start("A", speaks);
+        let mut b = Replica::start("B", speaks);
+        a.stop();
+        b.stop();
+        let c = Replica::start("C", speaks);
+        let port = free_port();
+        let link = |name: &str, addr: SocketAddr| match speaks {
+            Speaks::TaggedEcho => tcp_link(name, port, addr, LC),
+            Speaks::Http => http_link(name, port, "/", addr, LC),
+        };
+        let sup = Supervisor::start(&graph(&[link("p-a", a.addr), link("p-b", b.addr)]), &[]);
+        let client = thread::spawn(move || match speaks {
+            Speaks::TaggedEcho => tcp_once(port, 0).expect("held tcp client served"),
+            Speaks::Http => {
+                let (got, _) = http_load(port, "/x", 1);
+                got.into_keys().next().unwrap()
+            }
+        });
+        wait_for(Duration::from_secs(10), "a held connection", || {
+            let e = sup.endpoint_status(&format!("127.0.0.1:{port}"))?;
+            (e["worker"]["hold"]["held"].as_u64()? >= 1).then_some(())
+        });
+        let applied = sup.count_log("applied update");
+        sup.reload(&graph(&[
+            link("p-a", a.addr),
+            link("p-b", b.addr),
+            link("p-c", c.addr),
+        ]));
+        sup.wait_log("applied update", applied + 1);
+        assert_eq!(client.join().unwrap(), "C");
+        drop(sup);
+    }
+}
