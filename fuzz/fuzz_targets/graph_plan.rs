@@ -4,7 +4,8 @@
 //! exactly one endpoint or refused, once; endpoints have distinct keys, at
 //! least one route, and only routes of their own kind and consumer; two
 //! http routes of one endpoint never share prefix and host, two tcp routes
-//! never share an sni; a worker's configuration survives the control
+//! never share an sni (links of one route are its replicas, each planned
+//! once, each backend once in the pool); a worker's configuration survives the control
 //! message's JSON round trip, with an fd count within what one message
 //! carries; `build_preferring` keeps the same partition with any holder.
 
@@ -46,6 +47,16 @@ fn check(plan: &Plan, n_items: usize) {
             }
             if let (Backend::Unix(p), 0) = (&r.backend, r.provider_pid) {
                 assert!(p.is_absolute(), "relative unix backend {}", p.display());
+            }
+            // Replicas: links of the route, each planned once, a pool only
+            // with a policy, no backend twice in a pool.
+            assert!(r.replicas.is_empty() || r.balance.is_some());
+            let mut pool = BTreeSet::new();
+            for b in r.backends() {
+                assert!(pool.insert(b.to_string()), "backend {b} twice in a pool");
+            }
+            for x in &r.replicas {
+                assert!(seen.insert(x.link), "link #{} planned twice", x.link);
             }
         }
         let config = WorkerConfig {

@@ -13,9 +13,11 @@
 //! side benefit: a provider pid reused by an unrelated process after the
 //! provider died can never be reached by mistake.
 
+use crate::balance::{Choice, Lease};
 use crate::ctl::Limits;
 use crate::graph::Backend;
 use crate::hold::{Held, Outcome};
+use crate::plan::Route;
 use crate::stream::Stream;
 use mio::net::{TcpStream, UnixStream};
 use std::cell::RefCell;
@@ -134,6 +136,12 @@ pub fn retry_delay(attempt: u32, budget_ms: u64) -> Option<Duration> {
 #[derive(Debug)]
 pub struct Dialer {
     pub target: Backend,
+    /// A route with replicas: the backend aimed at (`target`) among them,
+    /// the next to try when it fails (`balance.rs`). None: one backend.
+    choice: Option<Choice>,
+    /// Replicas: an attempt still connecting then gives way to the next
+    /// replica (see [`Dialer::stalled`]).
+    attempt_until: Option<Instant>,
     attempt: u32,
     retry_at: Option<Instant>,
     give_up_at: Instant,
@@ -178,6 +186,8 @@ impl Dialer {
     pub fn new(target: Backend, now: Instant, limits: &Limits) -> Dialer {
         Dialer {
             target,
+            choice: None,
+            attempt_until: None,
             attempt: 0,
             retry_at: Some(now),
             give_up_at: now + Duration::from_millis(limits.connect_timeout_ms),
@@ -202,11 +212,16 @@ impl Dialer {
             _ => return Dial::Wait,
         }
         self.retry_at = None;
+        // Replicas: a new pick after a spent pass, or away from one down.
+        self.aim();
         if crate::health::is_down(&self.target) {
             return self.down(now, limits);
         }
         match connect(&self.target) {
-            Ok(s) => Dial::Socket(s),
+            Ok(s) => {
+                self.attempt_started(now, limits);
+                Dial::Socket(s)
+            }
             Err(e) => self.failed(now, limits, &e),
         }
     }
@@ -234,6 +249,9 @@ impl Dialer {
 
     /// An attempt failed with `e`: schedule a retry (Wait), hold, or give up.
     pub fn failed(&mut self, now: Instant, limits: &Limits, e: &io::Error) -> Dial {
+        if self.fail_over(now, e) {
+            return Dial::Wait;
+        }
         self.attempt += 1;
         if let Some(h) = self.held.as_mut() {
             if is_absent(e) && now < h.until {
@@ -324,6 +342,9 @@ impl Dialer {
     /// The route now names `to` (an update moved the provider): later
     /// attempts go there, the next one at once.
     pub fn retarget(&mut self, to: &Backend, now: Instant) {
+        // One backend now: no replicas to choose among any more.
+        self.choice = None;
+        self.attempt_until = None;
         if &self.target != to {
             crate::debug!("backend {} moved to {to}: dialling there", self.target);
             self.target = to.clone();
@@ -347,6 +368,9 @@ impl Dialer {
         now: Instant,
         limits: &Limits,
     ) -> Step {
+        if self.stalled(socket, ready, now) {
+            return Step::Wait;
+        }
         let in_flight = socket.as_ref().filter(|_| ready);
         let Some(s) = in_flight else {
             if self.expired(now) {
@@ -409,8 +433,135 @@ impl Dialer {
 
     /// When the dialer next needs a look: the retry, or the give-up time.
     pub fn deadline(&self) -> Instant {
-        self.retry_at
-            .map_or(self.give_up_at, |r| r.min(self.give_up_at))
+        let d = self
+            .retry_at
+            .map_or(self.give_up_at, |r| r.min(self.give_up_at));
+        self.attempt_until.map_or(d, |a| a.min(d))
+    }
+}
+
+/// Replicas: the dialer's part of `balance.rs`.
+impl Dialer {
+    /// A dialer for `r`: its one backend, or a backend of its pool picked
+    /// by its `balance` policy.
+    pub fn for_route(r: &Route, now: Instant, limits: &Limits) -> Dialer {
+        match Choice::for_route(r) {
+            Some(c) => Dialer::balanced(c, now, limits),
+            None => Dialer::new(r.backend.clone(), now, limits),
+        }
+    }
+
+    /// A dialer for a choice already made among replicas.
+    pub fn balanced(choice: Choice, now: Instant, limits: &Limits) -> Dialer {
+        let mut d = Dialer::new(choice.backend().clone(), now, limits);
+        d.choice = Some(choice);
+        d
+    }
+
+    /// Before an attempt: after a pass over every replica failed, a new
+    /// pick.
+    fn aim(&mut self) {
+        if let Some(b) = self.choice.as_mut().and_then(|c| c.attempt()) {
+            self.target = b.clone();
+        }
+    }
+
+    /// A connect to a replica is under way: it has its share of the
+    /// connect timeout (the timeout over the pool's size), so a replica
+    /// whose connects hang (its address black-holed, its accept queue
+    /// full) costs a connection part of the timeout, not all of it.
+    fn attempt_started(&mut self, now: Instant, limits: &Limits) {
+        let Some(n) = self.choice.as_ref().map(|c| c.pool().len()) else {
+            return;
+        };
+        let share = limits.connect_timeout_ms / n.max(1) as u64;
+        self.attempt_until = Some(now + Duration::from_millis(share));
+    }
+
+    /// The attempt in `socket` has not connected within its share: give
+    /// way to the next replica (true; the socket is dropped and the next
+    /// attempt is due now), or, with none left this pass, let it run to
+    /// the connect timeout.
+    fn stalled(&mut self, socket: &mut Option<Stream>, ready: bool, now: Instant) -> bool {
+        match self.attempt_until {
+            Some(t) if now >= t => self.attempt_until = None,
+            _ => return false,
+        }
+        if ready || socket.is_none() {
+            return false;
+        }
+        let e = io::Error::from_raw_os_error(nix::libc::ETIMEDOUT);
+        if !self.fail_over(now, &e) {
+            return false;
+        }
+        *socket = None;
+        true
+    }
+
+    /// The connect to `target` failed: the next replica this pass has not
+    /// tried, at once. false: none left (or no replicas), go on as for
+    /// one backend.
+    fn fail_over(&mut self, now: Instant, e: &io::Error) -> bool {
+        let Some(next) = self.choice.as_mut().and_then(|c| c.fail_over()) else {
+            return false;
+        };
+        // One failure of that replica for the health checks.
+        crate::health::observe(&self.target, Err(e.to_string()), false);
+        crate::debug!(
+            "backend {} failed ({e}); trying replica {next}",
+            self.target
+        );
+        self.target = next.clone();
+        self.retry_at = Some(now);
+        true
+    }
+
+    /// An update while connecting (hold): the route as the configuration
+    /// has it now. With replicas the dialer keeps its choice while the
+    /// route's pool is the same and takes a new one when it changed (a
+    /// replica added, removed or moved); a route with one backend is
+    /// [`Dialer::retarget`].
+    pub fn retarget_route(&mut self, r: &Route, now: Instant) {
+        match crate::balance::pool_of(r) {
+            Some((pool, policy)) => {
+                if self
+                    .choice
+                    .as_ref()
+                    .is_some_and(|c| c.pool()[..] == pool[..])
+                {
+                    return;
+                }
+                self.rechoose(Choice::new(pool, policy), now);
+            }
+            None => self.retarget(&r.backend, now),
+        }
+    }
+
+    /// Aim at a new choice among replicas (an update changed the pool), at
+    /// once.
+    pub fn rechoose(&mut self, c: Choice, now: Instant) {
+        crate::debug!("replicas changed: dialling {} now", c.backend());
+        self.target = c.backend().clone();
+        self.choice = Some(c);
+        self.attempt_until = None;
+        self.wake(now);
+    }
+
+    /// The pool of the replicas this dialer chooses among, if any.
+    pub fn pool(&self) -> Option<&std::rc::Rc<[Backend]>> {
+        self.choice.as_ref().map(|c| c.pool())
+    }
+
+    /// The choice among replicas, once connected (http keeps it with its
+    /// exchange).
+    pub fn take_choice(&mut self) -> Option<Choice> {
+        self.choice.take()
+    }
+
+    /// What counts this connection against its replica (least-conn), to
+    /// keep until the connection closes.
+    pub fn take_lease(&mut self) -> Option<Lease> {
+        self.choice.take().map(Choice::into_lease)
     }
 }
 
@@ -538,6 +689,110 @@ mod tests {
         let late = now + Duration::from_millis(limits.connect_timeout_ms);
         assert!(matches!(
             d.step(&mut socket, false, late, &limits),
+            Step::TimedOut(_)
+        ));
+    }
+
+    /// One replica refuses: the next is dialled at once, and a pass over
+    /// every replica fails as one backend would (retried, then given up).
+    #[test]
+    fn a_failed_replica_fails_over_to_the_next() {
+        let limits = Limits {
+            hold_timeout_ms: 0,
+            ..Limits::default()
+        };
+        let now = Instant::now();
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead_addr = Backend::Tcp(dead.local_addr().unwrap());
+        drop(dead);
+        let live = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let live_addr = Backend::Tcp(live.local_addr().unwrap());
+        let pool: std::rc::Rc<[Backend]> = vec![dead_addr.clone(), live_addr.clone()].into();
+        let choice = Choice::at(pool.clone(), crate::balance::Policy::RoundRobin, 0);
+        let mut d = Dialer::balanced(choice, now, &limits);
+        assert_eq!(d.target, dead_addr);
+        let mut socket = None;
+        let mut step = d.step(&mut socket, false, now, &limits);
+        for _ in 0..1000 {
+            match step {
+                Step::Connected | Step::Failed(_) | Step::TimedOut(_) => break,
+                Step::Pending => std::thread::sleep(Duration::from_millis(1)),
+                _ => {}
+            }
+            let ready = socket.is_some();
+            step = d.step(&mut socket, ready, now, &limits);
+        }
+        assert_eq!(step, Step::Connected);
+        assert_eq!(d.target, live_addr);
+        let lease = d.take_lease().expect("a lease");
+        assert_eq!(lease.backend(), &live_addr);
+        assert_eq!(crate::balance::open(&live_addr), 1);
+        assert_eq!(crate::balance::open(&dead_addr), 0);
+        drop(lease);
+        drop(live);
+
+        // Nobody listens: the whole pool fails like one backend.
+        let choice = Choice::at(pool, crate::balance::Policy::LeastConn, 0);
+        let mut d = Dialer::balanced(choice, now, &limits);
+        let mut socket = None;
+        let mut t = now;
+        let end = loop {
+            let ready = socket.is_some();
+            match d.step(&mut socket, ready, t, &limits) {
+                Step::Wait => t = d.deadline(),
+                Step::Register | Step::Pending => std::thread::sleep(Duration::from_millis(1)),
+                other => break other,
+            }
+        };
+        assert!(
+            matches!(&end, Step::Failed(m) if m.contains("unreachable")),
+            "{end:?}"
+        );
+        assert!(t < now + Duration::from_millis(limits.connect_timeout_ms));
+    }
+
+    /// A replica whose connects hang (a full accept queue drops SYNs)
+    /// gives way to the next after its share of the connect timeout.
+    #[test]
+    fn a_stalled_replica_gives_way_after_its_share() {
+        let limits = Limits {
+            connect_timeout_ms: 2_000,
+            ..Limits::default()
+        };
+        let now = Instant::now();
+        let live = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let pool: std::rc::Rc<[Backend]> = vec![
+            Backend::Tcp("127.0.0.1:9".parse().unwrap()),
+            Backend::Tcp(live.local_addr().unwrap()),
+        ]
+        .into();
+        let choice = Choice::at(pool.clone(), crate::balance::Policy::RoundRobin, 0);
+        let mut d = Dialer::balanced(choice, now, &limits);
+        let mut socket = None;
+        // Pretend the first connect is under way and never reports.
+        assert_eq!(d.step(&mut socket, false, now, &limits), Step::Register);
+        socket = Some(crate::stream::Stream::Tcp(
+            mio::net::TcpStream::connect(live.local_addr().unwrap()).unwrap(),
+        ));
+        let share = now + Duration::from_millis(1_000);
+        assert_eq!(d.deadline(), share);
+        assert_eq!(d.step(&mut socket, false, share, &limits), Step::Wait);
+        assert!(socket.is_none(), "the stalled attempt was dropped");
+        assert_eq!(d.target, pool[1]);
+        assert_eq!(d.deadline(), share, "the next attempt is due at once");
+        assert_eq!(d.step(&mut socket, false, share, &limits), Step::Register);
+        // The last replica of the pass has no one to give way to: it runs
+        // to the connect timeout.
+        let later = now + Duration::from_millis(1_999);
+        assert_eq!(d.step(&mut socket, false, later, &limits), Step::Wait);
+        assert!(socket.is_some());
+        assert!(matches!(
+            d.step(
+                &mut socket,
+                false,
+                now + Duration::from_millis(2_000),
+                &limits
+            ),
             Step::TimedOut(_)
         ));
     }

@@ -58,6 +58,9 @@ pub struct Sockets {
     /// Earliest timer entry for it in the loop's heap: a new entry is only
     /// needed when the deadline moves before it.
     pub timer_at: Option<Instant>,
+    /// A route with replicas: this connection counted against its backend
+    /// until it closes (least-conn, `balance.rs`).
+    pub lease: Option<crate::balance::Lease>,
 }
 
 /// Where a backend connect stands after [`Sockets::dial`].
@@ -81,6 +84,7 @@ impl Sockets {
             moved: (0, 0),
             deadline: Some(now),
             timer_at: None,
+            lease: None,
         }
     }
 
@@ -132,6 +136,7 @@ impl Sockets {
                 Next::RegisterBackend
             }
             Step::Connected => {
+                self.lease = dial.take_lease();
                 if let Some(Stream::Tcp(s)) = &self.backend {
                     let _ = s.set_nodelay(true);
                 }

@@ -3,6 +3,7 @@
 //! is read as loose JSON values, then each element is validated on its own,
 //! so one bad link is refused by index and name while the rest still apply.
 
+use crate::balance::Policy;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fmt;
@@ -100,6 +101,9 @@ pub struct Link {
     pub host: Option<String>,
     pub sni: Option<String>,
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// tcp and http: this link is a replica of its route (SPEC §4), its
+    /// connections shared by this policy with the route's other links.
+    pub balance: Option<Policy>,
 }
 
 /// A link that was not applied, with the reason. `index` is the 0-based
@@ -300,6 +304,7 @@ const EXTENSIONS: &[(&str, &[LinkType])] = &[
     ("host", &[LinkType::Http]),
     ("sni", &[LinkType::Tcp]),
     ("proxy_protocol", &[LinkType::Tcp]),
+    ("balance", &[LinkType::Tcp, LinkType::Http]),
 ];
 
 /// Whether extension `key` holding `v` on a link type it does not act on
@@ -534,6 +539,14 @@ fn validate_ours(f: &Fields, ty: LinkType) -> Result<Link, Refusal> {
             )))
         }
     };
+    let balance = match f.ext_str("balance", ty)? {
+        None => None,
+        Some(p) => Some(Policy::parse(p).ok_or_else(|| {
+            f.refuse(format!(
+                "field 'balance' must be \"least-conn\" or \"round-robin\", found '{p}'"
+            ))
+        })?),
+    };
     if let Some(h) = &host {
         if h.contains(['/', ' ', ':']) {
             return Err(f.refuse(format!("field 'host': '{h}' is not a host name")));
@@ -557,6 +570,7 @@ fn validate_ours(f: &Fields, ty: LinkType) -> Result<Link, Refusal> {
         host,
         sni,
         proxy_protocol,
+        balance,
     })
 }
 
@@ -823,6 +837,53 @@ mod tests {
         }
         let e = try_link("tcp", "host", json!("x".repeat(200))).unwrap_err();
         assert!(e.reason.ends_with("xxx..."), "{}", e.reason);
+    }
+
+    /// `balance` acts on tcp and http; on unix and rest only a value that
+    /// changes nothing is accepted (SPEC §3).
+    #[test]
+    fn balance_is_read_on_tcp_and_http_and_refused_elsewhere() {
+        use serde_json::json;
+        let link = |ty: &str, v: serde_json::Value| {
+            let (target, socket) = match ty {
+                "tcp" | "http" => ("127.0.0.1:80", "127.0.0.1:81"),
+                _ => ("/run/t.sock", "/run/s.sock"),
+            };
+            one(
+                &json!([{"type":ty,"name":"l","consumer":"c","target":target,
+                "socket":socket,"balance":v}])
+                .to_string(),
+            )
+        };
+        for ty in ["tcp", "http"] {
+            assert_eq!(
+                link(ty, json!("least-conn")).unwrap().balance,
+                Some(Policy::LeastConn)
+            );
+            assert_eq!(
+                link(ty, json!("round-robin")).unwrap().balance,
+                Some(Policy::RoundRobin)
+            );
+            for v in [json!(null), json!(""), json!(false)] {
+                assert_eq!(link(ty, v).unwrap().balance, None);
+            }
+            let e = link(ty, json!("random")).unwrap_err();
+            assert_eq!(
+                e.reason,
+                "field 'balance' must be \"least-conn\" or \"round-robin\", found 'random'"
+            );
+            assert!(link(ty, json!(1)).is_err());
+        }
+        for ty in ["unix", "rest"] {
+            for v in [json!(null), json!(""), json!(false)] {
+                assert_eq!(link(ty, v).unwrap().balance, None);
+            }
+            let e = link(ty, json!("least-conn")).unwrap_err();
+            assert_eq!(
+                e.reason,
+                format!("field 'balance' applies to tcp and http links, not {ty}; here only null, false or an empty value is accepted, found \"least-conn\"")
+            );
+        }
     }
 
     /// On the type they act on, null, false and "" mean "none" for the

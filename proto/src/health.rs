@@ -200,9 +200,10 @@ fn unix_ms() -> u64 {
 /// The distinct backends of `routes`, in order.
 pub fn backends_of(routes: &[crate::plan::Route]) -> Vec<Backend> {
     let mut v: Vec<Backend> = Vec::new();
-    for r in routes {
-        if !v.contains(&r.backend) {
-            v.push(r.backend.clone());
+    // Every replica of a route is checked on its own.
+    for b in routes.iter().flat_map(|r| r.backends()) {
+        if !v.contains(b) {
+            v.push(b.clone());
         }
     }
     v

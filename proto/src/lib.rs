@@ -6,7 +6,7 @@
 //! - [`fdpass`]: the one `SCM_RIGHTS` send and receive (control channel, unix relay).
 //! - [`worker`]: worker start-up, the worker's control end.
 //! - [`privs`]: the one capability drop (supervisor and workers).
-//! - [`stream`], [`accept`], [`backend`], [`timer`], [`slab`]: the data path every
+//! - [`stream`], [`accept`], [`backend`], [`balance`], [`timer`], [`slab`]: the data path every
 //!   worker shares: sockets, reaching a backend, deadlines.
 //! - [`duplex`]: the one duplex relay (half-close and failure rules) over
 //!   [`relay`] (copy, then splice once a flow is bulk, through [`pipes`])
@@ -21,6 +21,7 @@
 
 pub mod accept;
 pub mod backend;
+pub mod balance;
 pub mod conns;
 pub mod ctl;
 pub mod duplex;

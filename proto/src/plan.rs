@@ -2,9 +2,10 @@
 //! (SPEC §4). One endpoint = (consumer namespace, listen address); it gets
 //! one worker. The plan is what the supervisor reconciles against.
 
+use crate::balance::Policy;
 use crate::graph::{Backend, Link, LinkType, Listen, ProxyProtocol, Refusal};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
 /// Which worker serves an endpoint.
@@ -85,12 +86,58 @@ pub struct Route {
     pub host: Option<String>,
     pub sni: Option<String>,
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// The link's `balance`: how connections are shared among the route's
+    /// backends (its own `backend`, then each of `replicas`). Absent in
+    /// the JSON when None, as from a sender that knows nothing of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balance: Option<Policy>,
+    /// The route's other links (SPEC §4 replicas: same route, same
+    /// `balance`), in graph order; the fields above are the first link's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<Replica>,
 }
+
+/// A further link of a route with replicas: what differs from the first.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Replica {
+    /// Index of the link in the graph (for messages only).
+    pub link: usize,
+    pub name: String,
+    pub provider: String,
+    pub provider_pid: u32,
+    pub backend: Backend,
+}
+
+/// A replica's content apart from its graph position.
+type ReplicaContent<'a> = (&'a str, &'a str, u32, &'a Backend);
 
 impl Route {
     /// Equal apart from where the link sat in the graph array.
     pub fn same_as(&self, other: &Route) -> bool {
         self.content() == other.content()
+    }
+
+    /// Every backend of the route: its own, then its replicas'.
+    pub fn backends(&self) -> impl Iterator<Item = &Backend> {
+        std::iter::once(&self.backend).chain(self.replicas.iter().map(|r| &r.backend))
+    }
+
+    /// (provider_pid, backend) of every link of the route.
+    fn providers(&self) -> impl Iterator<Item = (u32, &Backend)> {
+        std::iter::once((self.provider_pid, &self.backend))
+            .chain(self.replicas.iter().map(|r| (r.provider_pid, &r.backend)))
+    }
+
+    /// The backends as a line: `A`, or `A, B (least-conn)`.
+    pub fn pool_text(&self) -> String {
+        if self.replicas.is_empty() {
+            return self.backend.to_string();
+        }
+        let all: Vec<String> = self.backends().map(|b| b.to_string()).collect();
+        match self.balance {
+            Some(p) => format!("{} ({p})", all.join(", ")),
+            None => all.join(", "),
+        }
     }
 
     /// Every field but `link`, by reference: what `same_as` compares,
@@ -110,6 +157,8 @@ impl Route {
         &Option<String>,
         &Option<String>,
         &Option<ProxyProtocol>,
+        // Nested: tuples past 12 fields are neither Eq nor Hash.
+        (Option<Policy>, Vec<ReplicaContent<'_>>),
     ) {
         let Route {
             link: _,
@@ -124,6 +173,8 @@ impl Route {
             host,
             sni,
             proxy_protocol,
+            balance,
+            replicas,
         } = self;
         (
             name,
@@ -137,6 +188,21 @@ impl Route {
             host,
             sni,
             proxy_protocol,
+            (
+                *balance,
+                // Empty (no allocation) unless the route has replicas.
+                replicas
+                    .iter()
+                    .map(|r| {
+                        (
+                            r.name.as_str(),
+                            r.provider.as_str(),
+                            r.provider_pid,
+                            &r.backend,
+                        )
+                    })
+                    .collect(),
+            ),
         )
     }
 }
@@ -160,8 +226,9 @@ impl Endpoint {
         let mut pids: Vec<u32> = self
             .routes
             .iter()
-            .filter(|r| r.provider_pid != 0 && matches!(r.backend, Backend::Unix(_)))
-            .map(|r| r.provider_pid)
+            .flat_map(|r| r.providers())
+            .filter(|(pid, b)| *pid != 0 && matches!(b, Backend::Unix(_)))
+            .map(|(pid, _)| pid)
             .collect();
         pids.sort_unstable();
         pids.dedup();
@@ -222,6 +289,8 @@ fn route_of(l: &Link) -> Route {
         host: l.host.clone(),
         sni: l.sni.clone(),
         proxy_protocol: l.proxy_protocol,
+        balance: l.balance,
+        replicas: Vec::new(),
     }
 }
 
@@ -293,10 +362,111 @@ fn clash(ep: &Endpoint, taken: &HashMap<Selector, usize>, l: &Link) -> Option<St
     }
 }
 
+/// What a route is on its endpoint, for messages: `prefix '/a' host 'h'`,
+/// `sni 'a.example'`, or `the address` (a tcp route without sni).
+fn route_words(kind: Kind, r: &Route) -> String {
+    match (kind, &r.host, &r.sni) {
+        (Kind::Http, Some(h), _) => format!("prefix '{}' host '{h}'", r.prefix),
+        (Kind::Http, None, _) => format!("prefix '{}'", r.prefix),
+        (_, _, Some(sni)) => format!("sni '{sni}'"),
+        _ => "the address".to_string(),
+    }
+}
+
+fn balance_words(b: Option<Policy>) -> String {
+    match b {
+        Some(p) => format!("\"balance\": \"{p}\""),
+        None => "no 'balance'".to_string(),
+    }
+}
+
+/// Add link `l` as a replica of route `r` (the same route on the same
+/// endpoint, SPEC §4), or say why not. `members`: the (route, backend)
+/// pairs of the endpoint's pools, so a backend named twice is found in
+/// constant time.
+fn join(
+    kind: Kind,
+    key: &EndpointKey,
+    (i, r): (usize, &mut Route),
+    l: &Link,
+    members: &mut HashSet<(usize, Backend)>,
+) -> Result<(), String> {
+    let holder = format!(
+        "link #{} '{}' routes {} on {key}",
+        r.link,
+        r.name,
+        route_words(kind, r)
+    );
+    if r.balance != l.balance {
+        let (theirs, ours) = (balance_words(r.balance), balance_words(l.balance));
+        return Err(if r.balance.is_none() {
+            // Today's duplicate, with the way out.
+            format!(
+                "{holder} already (with {theirs}); links of one route are replicas only when every one has the same 'balance', this link has {ours}"
+            )
+        } else {
+            format!(
+                "mixed replicas: {holder} with {theirs}, this link has {ours}; replicas need the same 'balance' on every link of the route"
+            )
+        });
+    }
+    let agree = |field: &str, theirs: String, ours: String| {
+        (theirs != ours).then(|| {
+            format!(
+                "{holder} with {field} {theirs}, this link has {ours}; replicas of one route must agree on '{field}'"
+            )
+        })
+    };
+    let differs = agree("role", format!("'{}'", r.role), format!("'{}'", l.role))
+        .or_else(|| {
+            agree(
+                "strip_prefix",
+                r.strip_prefix.to_string(),
+                l.strip_prefix.to_string(),
+            )
+        })
+        .or_else(|| {
+            agree(
+                "proxy_protocol",
+                format!("{:?}", r.proxy_protocol),
+                format!("{:?}", l.proxy_protocol),
+            )
+        });
+    if let Some(why) = differs {
+        return Err(why);
+    }
+    if members.is_empty() || !members.contains(&(i, r.backend.clone())) {
+        members.insert((i, r.backend.clone()));
+    }
+    if !members.insert((i, l.backend.clone())) {
+        return Err(format!(
+            "{holder} and already balances to backend {} there",
+            l.backend
+        ));
+    }
+    r.replicas.push(Replica {
+        link: l.index,
+        name: l.name.clone(),
+        provider: l.provider.clone(),
+        provider_pid: l.provider_pid,
+        backend: l.backend.clone(),
+    });
+    Ok(())
+}
+
+/// An endpoint being planned: the endpoint, the position of each route
+/// by selector, and the backends of its pools (see [`join`]).
+type Planned = (
+    Endpoint,
+    HashMap<Selector, usize>,
+    HashSet<(usize, Backend)>,
+);
+
 /// Group links into endpoints. Earlier links win: a later link that clashes
-/// with an endpoint is refused, never the running holder.
+/// with an endpoint is refused, never the running holder. Links of one
+/// route that all carry the same `balance` become that route's replicas.
 pub fn build(links: &[Link], mut refused: Vec<Refusal>) -> Plan {
-    let mut eps: BTreeMap<EndpointKey, (Endpoint, HashMap<Selector, usize>)> = BTreeMap::new();
+    let mut eps: BTreeMap<EndpointKey, Planned> = BTreeMap::new();
     for l in links {
         let key = EndpointKey {
             consumer_pid: l.consumer_pid,
@@ -312,24 +482,39 @@ pub fn build(links: &[Link], mut refused: Vec<Refusal>) -> Plan {
                     consumer: l.consumer.clone(),
                     routes: vec![route_of(l)],
                 };
-                eps.insert(key, (ep, HashMap::from([(sel, 0)])));
+                eps.insert(key, (ep, HashMap::from([(sel, 0)]), HashSet::new()));
             }
-            Some((ep, taken)) => match clash(ep, taken, l) {
-                Some(reason) => refused.push(Refusal {
-                    index: l.index,
-                    name: l.name.clone(),
-                    reason,
-                }),
-                None => {
-                    taken.insert(sel, ep.routes.len());
-                    ep.routes.push(route_of(l));
+            Some((ep, taken, members)) => {
+                // The same route of the same kind and consumer: replicas
+                // when either side asks for them (`join` refuses a mix).
+                let same = (ep.kind == kind && ep.consumer == l.consumer)
+                    .then(|| taken.get(&sel).copied())
+                    .flatten()
+                    .filter(|&i| ep.routes[i].balance.is_some() || l.balance.is_some());
+                let outcome = match same {
+                    Some(i) => join(kind, &ep.key, (i, &mut ep.routes[i]), l, members),
+                    None => match clash(ep, taken, l) {
+                        Some(reason) => Err(reason),
+                        None => {
+                            taken.insert(sel, ep.routes.len());
+                            ep.routes.push(route_of(l));
+                            Ok(())
+                        }
+                    },
+                };
+                if let Err(reason) = outcome {
+                    refused.push(Refusal {
+                        index: l.index,
+                        name: l.name.clone(),
+                        reason,
+                    });
                 }
-            },
+            }
         }
     }
     let endpoints = eps
         .into_values()
-        .filter_map(|(ep, _)| fit_control_channel(ep, &mut refused))
+        .filter_map(|(ep, _, _)| fit_control_channel(ep, &mut refused))
         .collect();
     refused.sort_by_key(|r| r.index);
     Plan {
@@ -352,12 +537,18 @@ fn fit_control_channel(mut ep: Endpoint, refused: &mut Vec<Refusal>) -> Option<E
     let mut size = 0usize;
     let mut kept = Vec::with_capacity(ep.routes.len());
     for r in std::mem::take(&mut ep.routes) {
-        let new_root = r.provider_pid != 0
-            && matches!(r.backend, Backend::Unix(_))
-            && !roots.contains(&r.provider_pid);
+        // A route with replicas fits whole or not at all.
+        let mut new_roots: Vec<u32> = r
+            .providers()
+            .filter(|(pid, b)| *pid != 0 && matches!(b, Backend::Unix(_)))
+            .map(|(pid, _)| pid)
+            .filter(|pid| !roots.contains(pid))
+            .collect();
+        new_roots.sort_unstable();
+        new_roots.dedup();
         // Its JSON in the worker configuration, and the comma before it.
         let len = json_len(&r) + 1;
-        let reason = if new_root && roots.len() >= MAX_ROOTS {
+        let reason = if !new_roots.is_empty() && roots.len() + new_roots.len() > MAX_ROOTS {
             Some(format!(
                 "endpoint {} already reaches unix sockets in {MAX_ROOTS} provider containers, the most one control message carries",
                 ep.key
@@ -372,15 +563,20 @@ fn fit_control_channel(mut ep: Endpoint, refused: &mut Vec<Refusal>) -> Option<E
             None
         };
         match reason {
-            Some(reason) => refused.push(Refusal {
-                index: r.link,
-                name: r.name.clone(),
-                reason,
-            }),
+            Some(reason) => {
+                refused.extend(r.replicas.iter().map(|x| Refusal {
+                    index: x.link,
+                    name: x.name.clone(),
+                    reason: reason.clone(),
+                }));
+                refused.push(Refusal {
+                    index: r.link,
+                    name: r.name.clone(),
+                    reason,
+                });
+            }
             None => {
-                if new_root {
-                    roots.push(r.provider_pid);
-                }
+                roots.extend(new_roots);
                 size += len;
                 kept.push(r);
             }
@@ -597,5 +793,242 @@ mod tests {
         twice.routes[2] = twice.routes[0].clone();
         assert!(!abc.same_routes(&twice));
         assert!(!twice.same_routes(&abc));
+    }
+
+    fn tcp(name: &str, socket: &str, extra: &str) -> String {
+        format!(
+            r#"{{"type":"tcp","name":"{name}","consumer":"E","target":"0.0.0.0:81","socket":"{socket}"{extra}}}"#
+        )
+    }
+
+    fn http(name: &str, prefix: &str, socket: &str, extra: &str) -> String {
+        format!(
+            r#"{{"type":"http","name":"{name}","consumer":"E","target":"0.0.0.0:80{prefix}","socket":"{socket}"{extra}}}"#
+        )
+    }
+
+    fn plan(links: &[String]) -> Plan {
+        from_graph(&format!("[{}]", links.join(","))).unwrap()
+    }
+
+    const LC: &str = r#","balance":"least-conn""#;
+    const RR: &str = r#","balance":"round-robin""#;
+
+    #[test]
+    fn links_of_one_route_with_the_same_balance_are_its_replicas() {
+        let p = plan(&[
+            tcp("a", "127.0.0.1:1", LC),
+            tcp("b", "127.0.0.1:2", LC),
+            tcp("c", "/run/c.sock", &format!(r#"{LC},"provider_pid":7"#)),
+        ]);
+        assert!(p.refused.is_empty(), "{:?}", p.refused);
+        let r = &p.endpoints[0].routes;
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].balance, Some(Policy::LeastConn));
+        let backends: Vec<String> = r[0].backends().map(|b| b.to_string()).collect();
+        assert_eq!(
+            backends,
+            ["127.0.0.1:1", "127.0.0.1:2", "unix:/proc/7/root/run/c.sock"]
+        );
+        assert_eq!(
+            r[0].replicas.iter().map(|x| x.link).collect::<Vec<_>>(),
+            [1, 2]
+        );
+        // A replica in a provider container needs its root.
+        assert_eq!(p.endpoints[0].root_pids(), [7]);
+        assert_eq!(
+            r[0].pool_text(),
+            "127.0.0.1:1, 127.0.0.1:2, unix:/proc/7/root/run/c.sock (least-conn)"
+        );
+
+        // http: per prefix and host; other routes stay single.
+        let p = plan(&[
+            http("a1", "/a", "127.0.0.1:1", RR),
+            http("b", "/b", "127.0.0.1:3", ""),
+            http("a2", "/a/", "127.0.0.1:2", RR),
+            http(
+                "h1",
+                "/a",
+                "127.0.0.1:4",
+                &format!(r#"{RR},"host":"x.example""#),
+            ),
+            http(
+                "h2",
+                "/a",
+                "127.0.0.1:5",
+                &format!(r#"{RR},"host":"x.example""#),
+            ),
+        ]);
+        assert!(p.refused.is_empty(), "{:?}", p.refused);
+        let names: Vec<(&str, usize)> = p.endpoints[0]
+            .routes
+            .iter()
+            .map(|r| (r.name.as_str(), r.replicas.len()))
+            .collect();
+        assert_eq!(names, [("a1", 1), ("b", 0), ("h1", 1)]);
+
+        // tcp with sni: replicas per server name.
+        let sni = |n: &str| format!(r#"{LC},"sni":"{n}""#);
+        let p = plan(&[
+            tcp("x1", "127.0.0.1:1", &sni("x.example")),
+            tcp("y", "127.0.0.1:3", r#","sni":"y.example""#),
+            tcp("x2", "127.0.0.1:2", &sni("x.example")),
+        ]);
+        assert!(p.refused.is_empty(), "{:?}", p.refused);
+        assert_eq!(p.endpoints[0].routes.len(), 2);
+        assert_eq!(p.endpoints[0].routes[0].replicas.len(), 1);
+    }
+
+    #[test]
+    fn duplicates_and_mixed_groups_are_refused_with_the_links_named() {
+        let reasons = |p: &Plan| -> Vec<(usize, String)> {
+            p.refused
+                .iter()
+                .map(|r| (r.index, r.reason.clone()))
+                .collect()
+        };
+        // No balance: duplicates, as before.
+        let p = plan(&[tcp("a", "127.0.0.1:1", ""), tcp("b", "127.0.0.1:2", "")]);
+        assert_eq!(p.refused.len(), 1);
+        assert!(
+            p.refused[0].reason.contains("held by link #0 'a'"),
+            "{:?}",
+            p.refused
+        );
+        let p = plan(&[
+            http("a", "/", "127.0.0.1:1", ""),
+            http("b", "/", "127.0.0.1:2", ""),
+        ]);
+        assert!(
+            p.refused[0].reason.contains("already routes prefix '/'"),
+            "{:?}",
+            p.refused
+        );
+
+        // The first without, a later one with.
+        let p = plan(&[tcp("a", "127.0.0.1:1", ""), tcp("b", "127.0.0.1:2", LC)]);
+        assert_eq!(
+            reasons(&p),
+            [(1, "link #0 'a' routes the address on 0.0.0.0:81 (host) already (with no 'balance'); links of one route are replicas only when every one has the same 'balance', this link has \"balance\": \"least-conn\"".to_string())]
+        );
+        // The first with, a later one without or with another policy; the
+        // replicas that agree stay.
+        let p = plan(&[
+            http("a", "/x", "127.0.0.1:1", LC),
+            http("b", "/x", "127.0.0.1:2", LC),
+            http("c", "/x", "127.0.0.1:3", ""),
+            http("d", "/x", "127.0.0.1:4", RR),
+        ]);
+        assert_eq!(
+            reasons(&p),
+            [
+                (2, "mixed replicas: link #0 'a' routes prefix '/x' on 0.0.0.0:80 (host) with \"balance\": \"least-conn\", this link has no 'balance'; replicas need the same 'balance' on every link of the route".to_string()),
+                (3, "mixed replicas: link #0 'a' routes prefix '/x' on 0.0.0.0:80 (host) with \"balance\": \"least-conn\", this link has \"balance\": \"round-robin\"; replicas need the same 'balance' on every link of the route".to_string()),
+            ]
+        );
+        assert_eq!(p.endpoints[0].routes[0].replicas.len(), 1);
+
+        // Replicas agree on what the route does, and name a backend once.
+        let p = plan(&[
+            http("a", "/", "127.0.0.1:1", LC),
+            http("b", "/", "127.0.0.1:2", &format!(r#"{LC},"role":"admin""#)),
+            http(
+                "c",
+                "/",
+                "127.0.0.1:3",
+                &format!(r#"{LC},"strip_prefix":false"#),
+            ),
+            http("d", "/", "127.0.0.1:1", LC),
+            tcp(
+                "t",
+                "127.0.0.1:1",
+                &format!(r#"{LC},"proxy_protocol":"v1""#),
+            ),
+            tcp("u", "127.0.0.1:2", LC),
+        ]);
+        let r = reasons(&p);
+        assert_eq!(r.len(), 4, "{r:?}");
+        assert!(r[0].1.contains("with role 'any', this link has 'admin'; replicas of one route must agree on 'role'"), "{r:?}");
+        assert!(r[1].1.contains("must agree on 'strip_prefix'"), "{r:?}");
+        assert_eq!(r[2].0, 3);
+        assert!(
+            r[2].1
+                .ends_with("already balances to backend 127.0.0.1:1 there"),
+            "{r:?}"
+        );
+        assert!(r[3].1.contains("must agree on 'proxy_protocol'"), "{r:?}");
+
+        // A tcp route without sni and sni routes still do not mix.
+        let p = plan(&[
+            tcp("a", "127.0.0.1:1", LC),
+            tcp("s", "127.0.0.1:2", &format!(r#"{LC},"sni":"s.example""#)),
+        ]);
+        assert!(
+            p.refused[0].reason.contains("distinct 'sni'"),
+            "{:?}",
+            p.refused
+        );
+    }
+
+    /// The planner stays linear with replicas: many routes, each with
+    /// replicas, and one route with very many.
+    #[test]
+    fn replicas_are_planned_in_linear_time() {
+        let mut links: Vec<String> = Vec::new();
+        for i in 0..3000 {
+            for k in 0..3 {
+                links.push(http(
+                    &format!("r{i}-{k}"),
+                    &format!("/p{i}"),
+                    &format!("127.0.0.{}:{}", k + 1, 1000 + i),
+                    LC,
+                ));
+            }
+        }
+        for i in 0..5000 {
+            links.push(http(
+                &format!("big{i}"),
+                "/big",
+                &format!("127.0.1.1:{}", 1 + i),
+                RR,
+            ));
+        }
+        let t = std::time::Instant::now();
+        let p = plan(&links);
+        assert!(p.refused.is_empty(), "{:?}", &p.refused[..1]);
+        assert_eq!(p.endpoints[0].routes.len(), 3001);
+        assert_eq!(p.endpoints[0].routes[3000].replicas.len(), 4999);
+        // Not a timing assertion of the product: a quadratic planner takes
+        // minutes here, a linear one well under this in a debug build.
+        assert!(t.elapsed() < std::time::Duration::from_secs(60));
+    }
+
+    /// Old senders' routes (no `balance`, no `replicas`) still read; the
+    /// JSON of a route without replicas is what it was.
+    #[test]
+    fn routes_without_replicas_keep_their_json() {
+        let p = plan(&[tcp("a", "127.0.0.1:1", "")]);
+        let j = serde_json::to_value(&p.endpoints[0].routes[0]).unwrap();
+        assert!(
+            j.get("balance").is_none() && j.get("replicas").is_none(),
+            "{j}"
+        );
+        let back: Route = serde_json::from_value(j).unwrap();
+        assert_eq!(back, p.endpoints[0].routes[0]);
+        let p = plan(&[tcp("a", "127.0.0.1:1", LC), tcp("b", "127.0.0.1:2", LC)]);
+        let j = serde_json::to_value(&p.endpoints[0].routes[0]).unwrap();
+        assert_eq!(j["balance"], "least-conn");
+        assert_eq!(j["replicas"][0]["backend"]["tcp"], "127.0.0.1:2");
+        let back: Route = serde_json::from_value(j).unwrap();
+        assert_eq!(back, p.endpoints[0].routes[0]);
+        // Graph positions do not count, replicas' neither.
+        let q = plan(&[
+            r#"{"type":"dbus","name":"x"}"#.to_string(),
+            tcp("a", "127.0.0.1:1", LC),
+            tcp("b", "127.0.0.1:2", LC),
+        ]);
+        assert!(p.endpoints[0].same_routes(&q.endpoints[0]));
+        let other = plan(&[tcp("a", "127.0.0.1:1", LC), tcp("b", "127.0.0.1:3", LC)]);
+        assert!(!p.endpoints[0].same_routes(&other.endpoints[0]));
     }
 }

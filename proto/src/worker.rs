@@ -156,7 +156,8 @@ pub fn kept_caps(c: &WorkerConfig) -> Vec<caps::Capability> {
         .endpoint
         .routes
         .iter()
-        .any(|r| matches!(r.backend, Backend::Unix(_)));
+        .flat_map(|r| r.backends())
+        .any(|b| matches!(b, Backend::Unix(_)));
     if unix_backend || matches!(c.kind(), Kind::Http | Kind::Rest | Kind::Unix) {
         keep.push(Capability::CAP_DAC_OVERRIDE);
     }

@@ -121,10 +121,20 @@ fn print_text(plan: &Plan) {
             if let Some(p) = &r.proxy_protocol {
                 extra.push_str(&format!(" proxy_protocol={p:?}"));
             }
+            if let Some(b) = r.balance {
+                extra.push_str(&format!(" balance={b}"));
+            }
             line(format!(
                 "  link #{} '{}' role={} -> {}{extra}",
                 r.link, r.name, r.role, r.backend
             ));
+            // The pool: the route's other links, each with its backend.
+            for x in &r.replicas {
+                line(format!(
+                    "    replica link #{} '{}' provider={} -> {}",
+                    x.link, x.name, x.provider, x.backend
+                ));
+            }
         }
     }
     for r in &plan.refused {

@@ -130,6 +130,29 @@ pub struct RouteStatus {
     pub sni: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proxy_protocol: Option<String>,
+    /// The link's `balance` policy, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub balance: Option<String>,
+    /// With `balance`: the route's pool, every replica (this link first)
+    /// with its backend.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<ReplicaStatus>,
+}
+
+/// One replica of a route's pool.
+#[derive(Debug, Serialize)]
+pub struct ReplicaStatus {
+    pub link: usize,
+    pub name: String,
+    pub provider: String,
+    pub backend: String,
+}
+
+fn backend_text(b: &Backend) -> String {
+    match b {
+        Backend::Tcp(a) => a.to_string(),
+        Backend::Unix(p) => format!("unix:{}", p.display()),
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -228,10 +251,7 @@ pub fn route(kind: Kind, r: &Route) -> RouteStatus {
         name: r.name.clone(),
         provider: r.provider.clone(),
         role: r.role.clone(),
-        backend: match &r.backend {
-            Backend::Tcp(a) => a.to_string(),
-            Backend::Unix(p) => format!("unix:{}", p.display()),
-        },
+        backend: backend_text(&r.backend),
         prefix: http.then(|| r.prefix.clone()),
         strip_prefix: http.then_some(r.strip_prefix),
         host: r.host.clone(),
@@ -239,6 +259,23 @@ pub fn route(kind: Kind, r: &Route) -> RouteStatus {
         proxy_protocol: r
             .proxy_protocol
             .map(|p| format!("{p:?}").to_ascii_lowercase()),
+        balance: r.balance.map(|p| p.as_str().to_string()),
+        replicas: match r.balance {
+            None => Vec::new(),
+            Some(_) => std::iter::once(ReplicaStatus {
+                link: r.link,
+                name: r.name.clone(),
+                provider: r.provider.clone(),
+                backend: backend_text(&r.backend),
+            })
+            .chain(r.replicas.iter().map(|x| ReplicaStatus {
+                link: x.link,
+                name: x.name.clone(),
+                provider: x.provider.clone(),
+                backend: backend_text(&x.backend),
+            }))
+            .collect(),
+        },
     }
 }
 

@@ -146,10 +146,26 @@ pub fn table(v: &Value) -> String {
                 }
             }
             what.push_str(&format!(" -> {}", s(&r["backend"])));
+            let replicas = r["replicas"].as_array().filter(|x| !x.is_empty());
+            if let Some(n) = replicas.map(Vec::len) {
+                what.push_str(&format!(" ({} of {n} replicas)", s(&r["balance"])));
+            }
             if pend {
                 what.push_str(" (pending: not acknowledged by the worker)");
             }
             notes.push((row, what));
+            // A pool: each replica and its backend.
+            for x in replicas.into_iter().flatten() {
+                notes.push((
+                    row,
+                    format!(
+                        "    replica link #{} '{}' -> {}",
+                        s(&x["link"]),
+                        s(&x["name"]),
+                        s(&x["backend"])
+                    ),
+                ));
+            }
         }
         // An endpoint whose listener could not be made yet: why, and what next.
         let p = &e["pending"];
@@ -327,6 +343,21 @@ mod tests {
         );
         assert!(t.contains("last worker killed by SIGKILL"), "{t}");
         assert!(t.contains("#2 'x': missing field 'socket'"), "{t}");
+    }
+
+    #[test]
+    fn table_shows_the_replicas_of_a_route() {
+        let v = serde_json::json!({
+            "endpoints":[{"kind":"tcp","address":"127.0.0.1:81","namespace":"host","consumer":"E",
+              "routes":[{"link":0,"name":"a","backend":"127.0.0.1:1","balance":"least-conn",
+                "replicas":[{"link":0,"name":"a","backend":"127.0.0.1:1"},
+                            {"link":3,"name":"b","backend":"unix:/run/b.sock"}]}],
+              "worker":{"pid":7,"state":"running"}}]});
+        let t = table(&v);
+        assert!(
+            t.contains("  link #0 'a' -> 127.0.0.1:1 (least-conn of 2 replicas)\n    replica link #0 'a' -> 127.0.0.1:1\n    replica link #3 'b' -> unix:/run/b.sock\n"),
+            "{t}"
+        );
     }
 
     #[test]

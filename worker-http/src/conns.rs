@@ -45,7 +45,7 @@ fn log_routes(c: &WorkerConfig) {
             r.name,
             r.prefix,
             if r.strip_prefix { " (stripped)" } else { "" },
-            r.backend
+            r.pool_text()
         );
     }
 }

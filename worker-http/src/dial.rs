@@ -5,6 +5,7 @@
 //! (see `Conn::start_exchange`).
 
 use crate::conn::{BackendConn, Conn, Ctx, Fail, Phase};
+use crate::exchange::Exchange;
 use crate::keys::{self, Owner};
 use mio::Interest;
 use proto::backend::{Dialer, Step};
@@ -16,11 +17,16 @@ impl Conn {
     /// Connect (again) to the exchange's backend, with a new dialer (and
     /// so a new connect timeout).
     pub(crate) fn start_connect(&mut self, cx: &mut Ctx) -> Result<(), Fail> {
-        let Some(addr) = self.ex.as_ref().map(|e| e.route.backend.clone()) else {
+        let Some(ex) = self.ex.as_mut() else {
             return Err(Fail::Abort("connect without a request".into()));
         };
+        // Replicas: the dialer takes the exchange's choice to fail over.
+        let dial = match ex.choice.take() {
+            Some(c) => Dialer::balanced(c, cx.now, cx.limits),
+            None => Dialer::new(ex.route.backend.clone(), cx.now, cx.limits),
+        };
         self.backend = None;
-        self.phase = Phase::Connecting(Dialer::new(addr, cx.now, cx.limits));
+        self.phase = Phase::Connecting(dial);
         self.connecting(cx).map(|_| ())
     }
 
@@ -60,12 +66,35 @@ impl Conn {
                 Ok(true)
             }
             Step::Connected => {
+                Conn::keep_choice(self.ex.as_deref_mut(), cx, dial);
                 self.phase = Phase::Exchange;
                 Ok(true)
             }
             Step::Failed(why) => Err(Fail::Status(502, why)),
             Step::TimedOut(why) => Err(Fail::Status(504, why)),
         }
+    }
+
+    /// Connected through a route with replicas: the exchange keeps the
+    /// choice (its count) and, after a fail-over, the entry of the replica
+    /// reached (the connection is pooled under that backend).
+    fn keep_choice(ex: Option<&mut Exchange>, cx: &Ctx, dial: &mut Dialer) {
+        let (Some(ex), Some(c)) = (ex, dial.take_choice()) else {
+            return;
+        };
+        if ex.route.backend != *c.backend() {
+            ex.route = match cx.routes.replica(c.pool(), c.index()) {
+                Some(e) => e,
+                // An update replaced the table meanwhile: the same route,
+                // aimed where the connection went (it is pooled there).
+                None => {
+                    let mut e = (*ex.route).clone();
+                    e.backend = c.backend().clone();
+                    Rc::new(e)
+                }
+            };
+        }
+        ex.choice = Some(c);
     }
 
     /// Still connecting (held, or in the short retry): dial the route's
@@ -76,12 +105,27 @@ impl Conn {
             return false;
         };
         if let Some(now) = cx.routes.same_route(&ex.route) {
-            if now.backend != ex.route.backend {
-                dial.retarget(&now.backend, cx.now);
-                // The head was written for the old entry; only the backend
-                // changes (and with it where the connection is pooled).
+            // The head was written for the old entry; only the backend
+            // changes (and with it where the connection is pooled).
+            let to = match &now.replicas {
+                // Replicas: the same pool keeps its choice; a new pool
+                // (a replica added, removed or moved) is a new pick.
+                Some(r) if dial.pool().is_some_and(|p| p[..] == r.pool[..]) => None,
+                Some(r) => {
+                    let c = proto::balance::Choice::new(r.pool.clone(), r.policy);
+                    let b = c.backend().clone();
+                    dial.rechoose(c, cx.now);
+                    Some(b)
+                }
+                None if now.backend != ex.route.backend => {
+                    dial.retarget(&now.backend, cx.now);
+                    Some(now.backend.clone())
+                }
+                None => None,
+            };
+            if let Some(b) = to.filter(|b| *b != ex.route.backend) {
                 let mut e = (*ex.route).clone();
-                e.backend = now.backend.clone();
+                e.backend = b;
                 ex.route = Rc::new(e);
             }
         }

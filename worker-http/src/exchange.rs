@@ -56,6 +56,9 @@ pub struct Exchange {
     persist: Persist,
     /// The backend connection came from the idle pool.
     reused: bool,
+    /// A route with replicas: the one chosen, counted while the exchange
+    /// lasts (least-conn); the dialer borrows it to fail over (`dial.rs`).
+    pub(crate) choice: Option<proto::balance::Choice>,
     retried: bool,
     tunnel: bool,
 }
@@ -160,6 +163,9 @@ impl Conn {
             head_out.buf(),
         );
         self.cbuf.consume(req.len);
+        // One replica's entry when the route has replicas.
+        let (route, choice) = crate::route::Table::pick(route);
+        let route = &route;
         let addr = route.backend.clone();
         self.ex = Some(Box::new(Exchange {
             route: route.clone(),
@@ -179,6 +185,7 @@ impl Conn {
             reusable: false,
             persist: Persist::Close,
             reused: false,
+            choice,
             retried: false,
             tunnel: false,
         }));

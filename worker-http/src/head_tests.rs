@@ -21,6 +21,7 @@ fn route(prefix: &str, strip: bool) -> Entry {
         backend: Backend::Tcp("127.0.0.1:1".parse().unwrap()),
         role: "admin".into(),
         consumer: "EXTERNAL".into(),
+        replicas: None,
     }
 }
 

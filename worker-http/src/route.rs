@@ -14,6 +14,7 @@
 //! - `strip_prefix` removes the prefix from the path (an empty remainder
 //!   becomes `/`); the query string is kept.
 
+use proto::balance::{Choice, Policy};
 use proto::graph::Backend;
 use proto::plan::Route;
 use std::borrow::Cow;
@@ -29,6 +30,20 @@ pub struct Entry {
     pub backend: Backend,
     pub role: String,
     pub consumer: String,
+    /// A route with replicas: its pool. The table's entry names the first
+    /// backend; [`Table::pick`] hands out one entry per replica, each with
+    /// its own `backend` (and no `replicas`), so an exchange's entry says
+    /// where its backend connection goes.
+    pub replicas: Option<Rc<Replicas>>,
+}
+
+/// The replicas of one route (see [`Entry::replicas`]).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Replicas {
+    pub pool: Rc<[Backend]>,
+    pub policy: Policy,
+    /// One entry per backend of `pool`, in its order.
+    pub entries: Vec<Rc<Entry>>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -98,21 +113,30 @@ pub fn rewrite_target<'a>(target: &'a str, prefix: &str, strip: bool) -> Cow<'a,
 
 impl Table {
     pub fn new(routes: &[Route]) -> Table {
-        let entries = routes
-            .iter()
-            .map(|r| {
-                Rc::new(Entry {
-                    name: r.name.clone(),
-                    prefix: r.prefix.clone(),
-                    host: r.host.clone(),
-                    strip_prefix: r.strip_prefix,
-                    backend: r.backend.clone(),
-                    role: r.role.clone(),
-                    consumer: r.consumer.clone(),
-                })
-            })
-            .collect();
+        let entries = routes.iter().map(entry_of).collect();
         Table { entries }
+    }
+
+    /// The backend for an exchange on route `e`: `e` itself, or for a
+    /// route with replicas the entry of the replica its policy picks, with
+    /// the choice (which keeps it counted, and says where to fail over).
+    pub fn pick(e: &Rc<Entry>) -> (Rc<Entry>, Option<Choice>) {
+        let Some(r) = e.replicas.as_ref() else {
+            return (e.clone(), None);
+        };
+        let c = Choice::new(r.pool.clone(), r.policy);
+        let chosen = r.entries.get(c.index()).unwrap_or(e).clone();
+        (chosen, Some(c))
+    }
+
+    /// The entry of replica `index` of the route whose pool is `pool`
+    /// (after a fail-over: the backend connection reached another one).
+    pub fn replica(&self, pool: &Rc<[Backend]>, index: usize) -> Option<Rc<Entry>> {
+        self.entries
+            .iter()
+            .filter_map(|e| e.replicas.as_ref())
+            .find(|r| Rc::ptr_eq(&r.pool, pool))
+            .and_then(|r| r.entries.get(index).cloned())
     }
 
     pub fn len(&self) -> usize {
@@ -126,7 +150,9 @@ impl Table {
     /// Whether any route still sends traffic to `b` (the pool keeps idle
     /// connections only to backends that are still in use).
     pub fn uses(&self, b: &Backend) -> bool {
-        self.entries.iter().any(|e| &e.backend == b)
+        self.entries
+            .iter()
+            .any(|e| &e.backend == b || e.replicas.as_ref().is_some_and(|r| r.pool.contains(b)))
     }
 
     /// The route with this prefix and host (a route's identity: the plan
@@ -149,6 +175,29 @@ impl Table {
     }
 }
 
+/// A route's entry, with one entry per replica when it has replicas.
+fn entry_of(r: &Route) -> Rc<Entry> {
+    let one = |backend: &Backend, replicas| Entry {
+        name: r.name.clone(),
+        prefix: r.prefix.clone(),
+        host: r.host.clone(),
+        strip_prefix: r.strip_prefix,
+        backend: backend.clone(),
+        role: r.role.clone(),
+        consumer: r.consumer.clone(),
+        replicas,
+    };
+    let replicas = proto::balance::pool_of(r).map(|(pool, policy)| {
+        let entries = pool.iter().map(|b| Rc::new(one(b, None))).collect();
+        Rc::new(Replicas {
+            pool,
+            policy,
+            entries,
+        })
+    });
+    Rc::new(one(&r.backend, replicas))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,6 +211,7 @@ mod tests {
             backend: Backend::Tcp("127.0.0.1:1".parse().unwrap()),
             role: "any".into(),
             consumer: "EXTERNAL".into(),
+            replicas: None,
         }
     }
 
@@ -262,5 +312,30 @@ mod tests {
         let b = t.lookup(Some("y.org"), "/a/b").unwrap();
         assert!(!b.strip_prefix);
         assert!(t.uses(&Backend::Unix("/run/b.sock".into())));
+    }
+
+    #[test]
+    fn replicas_are_picked_per_exchange() {
+        let p = proto::plan::from_graph(
+            r#"[{"type":"http","name":"a","consumer":"E","target":"127.0.0.1:8080/a","socket":"127.0.0.1:1","balance":"round-robin"},
+                {"type":"http","name":"b","consumer":"E","target":"127.0.0.1:8080/a","socket":"127.0.0.1:2","balance":"round-robin"}]"#,
+        )
+        .unwrap();
+        let t = Table::new(&p.endpoints[0].routes);
+        assert_eq!(t.len(), 1);
+        let e = t.lookup(None, "/a/x").unwrap();
+        let got: Vec<String> = (0..4)
+            .map(|_| Table::pick(e).0.backend.to_string())
+            .collect();
+        assert_eq!(
+            got,
+            ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:1", "127.0.0.1:2"]
+        );
+        let (chosen, c) = Table::pick(e);
+        let c = c.unwrap();
+        assert_eq!(&chosen.backend, c.backend());
+        let other = t.replica(c.pool(), 1 - c.index()).unwrap();
+        assert_ne!(other.backend, chosen.backend);
+        assert!(t.uses(&"127.0.0.1:2".parse().map(Backend::Tcp).unwrap()));
     }
 }

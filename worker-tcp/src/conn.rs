@@ -85,10 +85,12 @@ impl Conn {
     }
 
     fn route_to(&mut self, r: &Route, now: Instant, limits: &Limits) {
-        self.target = r.backend.to_string();
         self.sni = r.sni.clone();
         self.proxy_protocol = r.proxy_protocol;
-        self.phase = Phase::Connecting(Dialer::new(r.backend.clone(), now, limits));
+        // One backend, or one of the route's replicas by its policy.
+        let dial = Dialer::for_route(r, now, limits);
+        self.target = dial.target.to_string();
+        self.phase = Phase::Connecting(dial);
     }
 
     /// Still connecting: dial the route's backend as `routes` has it now,
@@ -98,8 +100,9 @@ impl Conn {
             return false;
         };
         if let Some(r) = routes.iter().find(|r| r.sni == self.sni) {
-            dial.retarget(&r.backend, now);
-            self.target = r.backend.to_string();
+            // One backend moved, or the route's replicas changed.
+            dial.retarget_route(r, now);
+            self.target = dial.target.to_string();
             self.proxy_protocol = r.proxy_protocol;
         }
         dial.wake(now);
@@ -172,6 +175,10 @@ impl Conn {
         match self.io.dial(dial, now, limits) {
             Dialing::Next(next) => next,
             Dialing::Connected => {
+                if self.io.lease.is_some() {
+                    // A replica failed over: name the one reached.
+                    self.target = dial.target.to_string();
+                }
                 if let Some(v) = self.proxy_protocol {
                     // Goes out before any client byte.
                     self.relay.up.prefix(proxy_header::build(
