@@ -19,6 +19,8 @@ if [ "${1:-}" = "--bench" ]; then
   [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
   have wrk     || need+=(wrk)
   have iperf3  || need+=(iperf3)
+  have strace  || need+=(strace)    # scripts/bench-syscalls.sh
+  have valgrind || need+=(valgrind) # callgrind: instruction counts, repeatable on a noisy machine
 fi
 
 if [ ${#need[@]} -gt 0 ]; then
