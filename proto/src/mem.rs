@@ -148,36 +148,33 @@ fn stack_mapping() -> Option<(usize, usize)> {
 }
 
 /// For a loop that wakes now and then for a burst of work (the
-/// supervisor's: graph polls, status requests, restarts): before it waits,
-/// drop the code, stack and heap that burst brought in ([`trim_code`],
-/// [`trim_stack`], [`give_back_heap`]), so an idle process keeps only what
-/// it touches between the drop and its next wait. At most once per
-/// `EVERY`: a burst that ends sooner after the last drop is dropped when
-/// that time is up (the wait is shortened to it). The cost is a few minor
-/// faults per wake-up (README, "Measured").
+/// supervisor's: graph polls, status requests, restarts): `QUIET` after a
+/// wake-up, when that burst is usually over (a local control socket's
+/// answer arrives within it: one drop per poll, not one before the answer
+/// and one after), drop the code, stack and heap it brought in
+/// ([`trim_code`], [`trim_stack`], [`give_back_heap`]), so an idle process
+/// keeps only what it touches between the drop and its next wait. At most
+/// one drop per `QUIET`; the cost is a few minor faults per wake-up
+/// (README, "Measured").
 #[derive(Debug, Default)]
 pub struct IdleTrim {
-    last: Option<Instant>,
+    due: Option<Instant>,
 }
 
 impl IdleTrim {
-    const EVERY: Duration = Duration::from_millis(250);
+    const QUIET: Duration = Duration::from_millis(25);
 
     /// Call right before waiting, after a wake-up's work; `wait` is how
     /// long the loop means to sleep at most (None: until an event).
-    /// Returns the wait to use instead. A short wait means more work soon:
-    /// nothing is dropped yet.
+    /// Returns the wait to use instead: no longer than until the drop is
+    /// due.
     pub fn before_wait(&mut self, now: Instant, wait: Option<Duration>) -> Option<Duration> {
-        if wait.is_some_and(|w| w < Self::EVERY) {
-            return wait;
+        let due = *self.due.get_or_insert(now + Self::QUIET);
+        if now < due {
+            let left = due - now;
+            return Some(wait.map_or(left, |w| w.min(left)));
         }
-        if let Some(since) = self.last.map(|t| now.saturating_duration_since(t)) {
-            if since < Self::EVERY {
-                let left = Self::EVERY - since;
-                return Some(wait.map_or(left, |w| w.min(left)));
-            }
-        }
-        self.last = Some(now);
+        self.due = None;
         trim_code();
         trim_stack();
         give_back_heap();
@@ -270,17 +267,19 @@ mod tests {
     use std::time::{Duration, Instant};
 
     #[test]
-    fn idle_trim_drops_once_per_period_and_shortens_the_wait_to_it() {
+    fn idle_trim_drops_once_a_burst_is_quiet() {
         let mut t = IdleTrim::default();
         let t0 = Instant::now();
-        let s = Duration::from_secs;
-        assert_eq!(t.before_wait(t0, Some(s(5))), Some(s(5)), "dropped");
         let ms = Duration::from_millis;
-        assert_eq!(t.before_wait(t0, Some(ms(10))), Some(ms(10)), "busy");
-        // Woken 100 ms after the drop: the next drop is due in 150 ms.
-        assert_eq!(t.before_wait(t0 + ms(100), Some(s(5))), Some(ms(150)));
-        assert_eq!(t.before_wait(t0 + ms(100), None), Some(ms(150)));
-        assert_eq!(t.before_wait(t0 + ms(250), None), None, "dropped");
+        // Woken at t0: the drop is due 25 ms later, the wait shortened.
+        assert_eq!(t.before_wait(t0, Some(ms(5000))), Some(ms(25)));
+        // More work of the same burst: still due at t0 + 25 ms.
+        assert_eq!(t.before_wait(t0 + ms(1), None), Some(ms(24)));
+        assert_eq!(t.before_wait(t0 + ms(2), Some(ms(10))), Some(ms(10)));
+        // Due: dropped, and the loop sleeps as it meant to.
+        assert_eq!(t.before_wait(t0 + ms(25), Some(ms(4975))), Some(ms(4975)));
+        // The next wake-up starts the next burst.
+        assert_eq!(t.before_wait(t0 + ms(5000), None), Some(ms(25)));
     }
 
     #[test]
