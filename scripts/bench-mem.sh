@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Memory of pv-xconnect beside HAProxy, in one run, on loopback:
+# Memory of pv-xconnect beside HAProxy and nginx, in one run, on loopback:
 #   - PSS (/proc/PID/smaps_rollup) of the supervisor plus one idle worker,
 #     against one HAProxy process with the same single tcp frontend;
-#   - the cost of each idle proxied connection (PSS growth / N);
+#   - the cost of each idle client connection (PSS growth / N of the
+#     process serving it: our worker, HAProxy, nginx's worker and master),
+#     each scenario on processes of its own: a tcp link with one byte sent
+#     (the backend holds it and never answers); an http link with
+#     connections freshly accepted, no byte sent; an http link with
+#     keep-alive connections idle after one request (100 B answer);
 #   - an http worker with N clients that each sent one byte of a request
-#     head, and its RSS once they closed (the burst given back); then N
-#     clients idle on a kept-alive connection after a whole exchange;
+#     head, and its RSS once they closed (the burst given back);
 #   - idle PSS by graph size: the supervisor with one tcp worker, then
 #     with 10 tcp, 1 http and 1 unix endpoints (the cost of each further
 #     worker, all running the one shared executable);
@@ -29,7 +33,7 @@ ulimit -n "$(ulimit -Hn)"
 . scripts/lib/common.sh
 scratch bench-mem
 pss() { awk '/^Pss:/ {s+=$2} END {print s}' $(for p in "$@"; do echo /proc/$p/smaps_rollup; done); }
-B=$(port); P_PVX=$(port); P_HA=$(port); P_HTTP=$(port); B_HTTP=$(port)
+B=$(port); P_HTTP=$(port)
 
 # Idle PSS of a supervisor on graph $1 once $2 workers run: sets
 # idle_sup (the supervisor's) and idle_workers (all workers' together).
@@ -65,124 +69,117 @@ sz=$(stat -c %s "$PVX_BIN")
 printf 'stripped executable: %d bytes (%.2f MiB)\n' "$sz" "$(awk -v t="$sz" 'BEGIN{print t/1048576}')"
 [ "$MODE" = idle ] && exit 0
 
-# A backend that accepts and holds connections without answering.
+# Backends: one that accepts and holds connections without answering (tcp),
+# and nginx serving files (http).
 python3 - "$B" <<'PY' & pids+=($!)
-import socket, sys, selectors
+import socket, sys
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(4096)
 held = []
 while True:
     c, _ = s.accept(); held.append(c)
 PY
+. scripts/lib/bench.sh
+bench_files
+W=$(port); nginx_backend web "$W"
 
-# An http backend that answers every request with 2 bytes, keep-alive.
-python3 - "$B_HTTP" <<'PY' & pids+=($!)
-import socket, sys, selectors
-sel = selectors.DefaultSelector()
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(4096); s.setblocking(False)
-sel.register(s, selectors.EVENT_READ)
-bufs = {}
-while True:
-    for k, _ in sel.select():
-        if k.fileobj is s:
-            c, _ = s.accept(); c.setblocking(False); bufs[c] = b""
-            sel.register(c, selectors.EVENT_READ); continue
-        c = k.fileobj
-        try: d = c.recv(65536)
-        except BlockingIOError: continue
-        if not d:
-            sel.unregister(c); c.close(); bufs.pop(c, None); continue
-        bufs[c] += d
-        while b"\r\n\r\n" in bufs[c]:
-            _, bufs[c] = bufs[c].split(b"\r\n\r\n", 1)
-            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-PY
-
-cat > "$work/graph.json" <<JSON
-[{"type":"tcp","name":"mem","consumer":"EXTERNAL","consumer_pid":0,"provider":"p","provider_pid":0,
-  "target":"127.0.0.1:$P_PVX","socket":"127.0.0.1:$B"},
- {"type":"http","name":"memh","consumer":"EXTERNAL","consumer_pid":0,"provider":"p","provider_pid":0,
-  "target":"127.0.0.1:$P_HTTP","socket":"127.0.0.1:$B_HTTP"}]
-JSON
-"$PVX_BIN" run --graph "$work/graph.json" --log-target stderr 2>"$work/pvx.log" & sup=$!; pids+=($sup)
-cat > "$work/haproxy.cfg" <<CFG
-global
-  nbthread 1
-  maxconn 8000
-defaults
-  mode tcp
-  timeout connect 5s
-  timeout client 600s
-  timeout server 600s
-frontend f
-  bind 127.0.0.1:$P_HA
-  default_backend b
-backend b
-  server s 127.0.0.1:$B
-CFG
-haproxy -f "$work/haproxy.cfg" -db >/dev/null 2>&1 & ha=$!; pids+=($ha)
+# Each scenario on processes of its own (an allocator's pools grown by one
+# scenario would hide the next one's cost).
+P_T=$(port) P_HF=$(port) P_HK=$(port)
+pvx_start pvx "$(pvx_link tcp mem "$P_T" "$B")" "$(pvx_link http memf "$P_HF" "$W")" \
+  "$(pvx_link http memk "$P_HK" "$W")" "$(pvx_link http memh "$P_HTTP" "$B")"
+sup=$pvx_pid
+declare -A port_of pids_of
+for s in tcp fresh keepalive; do
+  for peer in haproxy nginx; do port_of[$s.$peer]=$(port); done
+done
+haproxy_proxy ha-tcp tcp "${port_of[tcp.haproxy]}" "$B"; pids_of[tcp.haproxy]=$peer_pid
+haproxy_proxy ha-fresh http "${port_of[fresh.haproxy]}" "$W"; pids_of[fresh.haproxy]=$peer_pid
+haproxy_proxy ha-ka http "${port_of[keepalive.haproxy]}" "$W"; pids_of[keepalive.haproxy]=$peer_pid
+nginx_proxy ngx-tcp stream "${port_of[tcp.nginx]}" "$B"; pids_of[tcp.nginx]=$peer_pid
+nginx_proxy ngx-fresh http "${port_of[fresh.nginx]}" "$W"; pids_of[fresh.nginx]=$peer_pid
+nginx_proxy ngx-ka http "${port_of[keepalive.nginx]}" "$W"; pids_of[keepalive.nginx]=$peer_pid
+port_of[tcp.pv-xconnect]=$P_T; port_of[fresh.pv-xconnect]=$P_HF; port_of[keepalive.pv-xconnect]=$P_HK
+for p in $P_T $P_HF $P_HK $P_HTTP; do pids_of[$p]=$(pvx_worker "$p"); done
+pids_of[tcp.pv-xconnect]=${pids_of[$P_T]}; pids_of[fresh.pv-xconnect]=${pids_of[$P_HF]}
+pids_of[keepalive.pv-xconnect]=${pids_of[$P_HK]}; hworker=${pids_of[$P_HTTP]}
+for p in $W "${port_of[fresh.haproxy]}" "${port_of[fresh.nginx]}"; do wait_http "$p" 100; done
 sleep 1
-worker=$(pgrep -P "$sup" -f pvx-worker-tcp)
-hworker=$(pgrep -P "$sup" -f pvx-worker-http)
 kib() { awk -v f="$2:" '$1 == f {print $2}' "/proc/$1/status"; } # pid field -> KiB
+# nginx: the master and its worker.
+with_children() { for p in "$@"; do echo "$p"; pgrep -P "$p" || true; done | tr '\n' ' '; }
 
-hold() { # port n -> opens n connections, holds them until stdin closes
-  python3 - "$1" "$2" >/dev/null <<'PY' &
+# Opens N connections to PORT and holds them until killed; MODE: none (no
+# byte), byte (one byte of a request), get (one keep-alive GET /100, its
+# answer read whole). Prints its pid once every connection is in that state.
+hold() { # port n mode
+  rm -f "$work/ready.$1"
+  python3 - "$1" "$2" "$3" "$work/ready.$1" >/dev/null <<'PY' &
 import socket, sys, time
-port, n = int(sys.argv[1]), int(sys.argv[2])
+port, n, mode, ready = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 conns = [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
-for c in conns: c.send(b"x")   # one byte each way of life: a real, then idle, connection
+for c in conns:
+    if mode == "byte":
+        c.send(b"x")
+    elif mode == "get":
+        c.sendall(b"GET /100 HTTP/1.1\r\nHost: bench\r\n\r\n")
+        got = b""
+        while b"\r\n\r\n" not in got or len(got.split(b"\r\n\r\n", 1)[1]) < 100:
+            more = c.recv(4096)
+            if not more:
+                sys.exit("connection closed before the answer")
+            got += more
+open(ready, "w").close()
 time.sleep(3600)
 PY
-  echo $!
+  local h=$! t0=$SECONDS
+  until [ -e "$work/ready.$1" ] || [ $((SECONDS - t0)) -ge 120 ]; do sleep 0.2; done
+  sleep 1 # the proxy's side settles
+  echo "$h"
+}
+# PSS growth of PIDS per connection (bytes) when N clients hold PORT in MODE.
+per_conn() { # port mode pid...
+  local port=$1 mode=$2 before after h; shift 2
+  # A few connections first, so that what the first connection ever
+  # brings in (code faulted back after start-up's drop, pools) is not
+  # counted as per-connection cost.
+  h=$(N=10 hold "$port" 10 "$mode"); kill "$h"; sleep 1
+  before=$(pss "$@")
+  h=$(hold "$port" "$N" "$mode"); pids+=("$h")
+  after=$(pss "$@")
+  kill "$h"
+  awk -v a="$after" -v b="$before" -v n="$N" 'BEGIN{printf "%.0f", (a-b)*1024/n}'
 }
 
-pvx_idle=$(( $(pss "$sup") + $(pss "$worker") ))
-ha_idle=$(pss "$ha")
-h1=$(hold "$P_PVX" "$N"); pids+=($h1); sleep 2
-pvx_busy=$(pss "$worker")
-h2=$(hold "$P_HA" "$N"); pids+=($h2); sleep 2
-ha_busy=$(pss "$ha")
+pvx_idle=$(( $(pss "$sup") + $(pss "${pids_of[tcp.pv-xconnect]}") ))
+ha_idle=$(pss "${pids_of[tcp.haproxy]}")
+echo "idle PSS: pv-xconnect supervisor+tcp worker $pvx_idle KiB (4 links in this graph: supervisor $(pss "$sup")), haproxy $ha_idle KiB (one tcp frontend)"
+echo "per idle client connection (PSS growth / $N connections, bytes):"
+printf '  %-44s %12s %9s %9s\n' scenario pv-xconnect haproxy nginx
+for s in tcp fresh keepalive; do
+  case $s in
+    tcp) label="tcp link, one byte sent (backend holds)"; mode=byte ;;
+    fresh) label="http link, accepted, no byte sent"; mode=none ;;
+    keepalive) label="http link, keep-alive, idle after one request"; mode=get ;;
+  esac
+  row=()
+  for peer in pv-xconnect haproxy nginx; do
+    # shellcheck disable=SC2046 # one pid a word
+    row+=("$(per_conn "${port_of[$s.$peer]}" "$mode" $(with_children "${pids_of[$s.$peer]}"))")
+  done
+  printf '  %-44s %12s %9s %9s\n' "$label" "${row[@]}"
+done
 
-echo "idle PSS: pv-xconnect supervisor+worker $((pvx_idle)) KiB (supervisor $(pss "$sup"), worker $(pss "$worker") with $N conns)"
-echo "idle PSS: haproxy $ha_idle KiB"
-awk -v a="$pvx_idle" -v b="$ha_idle" 'BEGIN{printf "ratio pv-xconnect/haproxy idle PSS: %.2f\n", a/b}'
-awk -v w="$pvx_busy" -v i="$pvx_idle" -v s="$(pss "$sup")" -v n="$N" 'BEGIN{printf "per idle connection: pv-xconnect %.0f bytes\n", (w-(i-s))*1024/n}'
-awk -v w="$ha_busy" -v i="$ha_idle" -v n="$N" 'BEGIN{printf "per idle connection: haproxy %.0f bytes\n", (w-i)*1024/n}'
 # http: N clients that each sent one byte of a head, then closed.
 h_rest=$(kib "$hworker" VmRSS); h_rest_anon=$(kib "$hworker" RssAnon)
-h3=$(hold "$P_HTTP" "$N"); pids+=($h3); sleep 2
+h3=$(hold "$P_HTTP" "$N" byte); pids+=($h3)
 h_busy=$(kib "$hworker" VmRSS); h_busy_anon=$(kib "$hworker" RssAnon)
 kill "$h3"; t0=$SECONDS
 until [ "$(kib "$hworker" VmRSS)" -le $((h_rest + 2048)) ] || [ $((SECONDS - t0)) -ge 30 ]; do sleep 0.5; done
 sleep 3 # the give-back after the burst settles
-h_after=$(kib "$hworker" VmRSS)
+h_after=$(kib "$hworker" VmRSS); h_after_anon=$(kib "$hworker" RssAnon)
 echo "http worker RSS: resting $h_rest KiB, with $N one-byte clients $h_busy KiB, after they closed $h_after KiB (back within 2 MiB in $((SECONDS - t0 - 3)) s)"
+# RSS counts the code the burst faulted back in (shared with the other
+# workers, file pages); the anonymous part is what the burst allocated.
+echo "http worker RssAnon: resting $h_rest_anon KiB, with $N one-byte clients $h_busy_anon KiB, after they closed $h_after_anon KiB"
 awk -v b="$h_busy_anon" -v r="$h_rest_anon" -v n="$N" 'BEGIN{printf "per idle http client: %.0f bytes of heap\n", (b-r)*1024/n}'
-# http: N clients that each made one whole request and stay idle on their
-# kept-alive connection.
-hold_kept() { # port n
-  python3 - "$1" "$2" >/dev/null <<'PY' &
-import socket, sys, time
-port, n = int(sys.argv[1]), int(sys.argv[2])
-conns = []
-for _ in range(n):
-    c = socket.create_connection(("127.0.0.1", port))
-    c.sendall(b"GET / HTTP/1.1\r\nHost: m\r\n\r\n")
-    got = b""
-    while not got.endswith(b"ok"):
-        got += c.recv(4096)
-    conns.append(c)
-time.sleep(3600)
-PY
-  echo $!
-}
-h_rest_anon=$(kib "$hworker" RssAnon)
-h4=$(hold_kept "$P_HTTP" "$N"); pids+=($h4)
-t0=$SECONDS
-until [ "$(ss -Htn state established "( sport = :$P_HTTP )" | wc -l)" -ge "$N" ] || [ $((SECONDS - t0)) -ge 60 ]; do sleep 0.5; done
-sleep 2
-h_kept_anon=$(kib "$hworker" RssAnon)
-awk -v b="$h_kept_anon" -v r="$h_rest_anon" -v n="$N" 'BEGIN{printf "per idle keep-alive http client (after a whole exchange): %.0f bytes of heap\n", (b-r)*1024/n}'
-kill "$h4"

@@ -1,76 +1,62 @@
 #!/usr/bin/env bash
-# Bulk TCP throughput through one pvx-worker-tcp, side by side with direct
-# loopback, HAProxy, nginx (stream) and socat in the same run; all on
-# loopback against one iperf3 server. Prints the median of RUNS runs each
-# and the ratio to direct.
-#   scripts/bench-tcp.sh [RUNS] [SECONDS]
+# tcp links side by side with direct loopback, HAProxy (mode tcp, one
+# thread), nginx (stream, one worker) and socat, in one run, on loopback.
+# Scenarios (all by default, or those named):
+#   bulk   bulk throughput: iperf3, one stream, SECONDS per run (Gbit/s)
+#   close  a new connection per request: wrk -t1 -c20 with
+#          `Connection: close` for a 100-byte file from an nginx backend
+#          (one worker) through the tcp link (req/s; no socat)
+# Prints the median of RUNS runs of each target and the ratio to direct.
+#   scripts/bench-tcp.sh [RUNS] [SECONDS] [bulk|close ...]
 #   PVX_BENCH_FLAGS="--pipe-size 262144" scripts/bench-tcp.sh   (extra supervisor flags)
+#   PVX_BIN=path/to/pv-xconnect (default: target/release, built here)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-5}
 SECS=${2:-3}
+shift $(( $# < 2 ? $# : 2 ))
+SCENARIOS=${*:-bulk close}
 scripts/setup.sh --bench
-cargo build --release -q
+if [ -z "${PVX_BIN:-}" ]; then
+  cargo build --release -q
+  PVX_BIN=target/release/pv-xconnect
+fi
+ulimit -n "$(ulimit -Hn)"
 
 . scripts/lib/common.sh
 scratch bench-tcp
+. scripts/lib/bench.sh
+bench_files
 
 B=$(port); P_PVX=$(port); P_HA=$(port); P_NGX=$(port); P_SOCAT=$(port)
+W=$(port); W_PVX=$(port); W_HA=$(port); W_NGX=$(port)
 
 iperf3 -s -p "$B" >/dev/null 2>&1 & pids+=($!)
-
-cat > "$work/graph.json" <<JSON
-[{"type":"tcp","name":"bench","consumer":"EXTERNAL","consumer_pid":0,"provider":"iperf","provider_pid":0,
-  "target":"127.0.0.1:$P_PVX","socket":"127.0.0.1:$B"}]
-JSON
-target/release/pv-xconnect run --graph "$work/graph.json" --log-target stderr ${PVX_BENCH_FLAGS:-} 2>"$work/pvx.log" & pids+=($!)
-
-cat > "$work/haproxy.cfg" <<CFG
-global
-  nbthread 1
-defaults
-  mode tcp
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-frontend f
-  bind 127.0.0.1:$P_HA
-  default_backend b
-backend b
-  server s 127.0.0.1:$B
-CFG
-haproxy -f "$work/haproxy.cfg" -db >/dev/null 2>&1 & pids+=($!)
-
-cat > "$work/nginx.conf" <<CFG
-load_module /usr/lib/nginx/modules/ngx_stream_module.so;
-worker_processes 1;
-daemon off;
-pid $work/nginx.pid;
-error_log $work/nginx.err;
-events { worker_connections 1024; }
-stream { server { listen 127.0.0.1:$P_NGX; proxy_pass 127.0.0.1:$B; } }
-CFG
-nginx -c "$work/nginx.conf" >/dev/null 2>&1 & pids+=($!)
-
+nginx_backend web "$W"
+pvx_start pvx "$(pvx_link tcp bulk "$P_PVX" "$B")" "$(pvx_link tcp close "$W_PVX" "$W")"
+haproxy_proxy ha tcp "$P_HA" "$B"
+haproxy_proxy ha-close tcp "$W_HA" "$W"
+nginx_proxy ngx stream "$P_NGX" "$B"
+nginx_proxy ngx-close stream "$W_NGX" "$W"
 socat TCP-LISTEN:"$P_SOCAT",bind=127.0.0.1,fork,reuseaddr TCP:127.0.0.1:"$B" & pids+=($!)
-
 sleep 1
-gbps() { # port -> Gbit/s received by the server
-  iperf3 -c 127.0.0.1 -p "$1" -t "$SECS" -J 2>/dev/null |
-    python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))'
+for p in $W $W_PVX $W_HA $W_NGX; do wait_http "$p" 100; done
+
+gbps() { # port -> Gbit/s received by the server (0 and why, on stderr, when iperf3 failed)
+  iperf3 -c 127.0.0.1 -p "$1" -t "$SECS" -J 2>/dev/null | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+if "error" in r: print("iperf3 -p %s: %s" % (sys.argv[1], r["error"]), file=sys.stderr); print(0)
+else: print("%.2f" % (r["end"]["sum_received"]["bits_per_second"] / 1e9))' "$1"
 }
-declare -A res
-names=(direct pv-xconnect haproxy nginx socat)
-declare -A ports=([direct]=$B [pv-xconnect]=$P_PVX [haproxy]=$P_HA [nginx]=$P_NGX [socat]=$P_SOCAT)
-for r in $(seq "$RUNS"); do
-  for n in "${names[@]}"; do
-    res[$n]="${res[$n]:-} $(gbps "${ports[$n]}")"
-  done
-done
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2}'; }
-d=$(echo "${res[direct]}" | median)
-printf '%-12s %10s %8s   runs (Gbit/s)\n' target median ratio
-for n in "${names[@]}"; do
-  m=$(echo "${res[$n]}" | median)
-  printf '%-12s %10s %8.2f  %s\n' "$n" "$m" "$(awk -v a="$m" -v b="$d" 'BEGIN{print a/b}')" "${res[$n]}"
+close_rps() { wrk_run "$1" 100 "$SECS" -c20 -H 'Connection: close'; }
+
+for s in $SCENARIOS; do
+  case $s in
+    bulk) side_by_side "bulk tcp, iperf3 1 stream, ${SECS} s" Gbit/s gbps \
+            direct="$B" pv-xconnect="$P_PVX" haproxy="$P_HA" nginx="$P_NGX" socat="$P_SOCAT" ;;
+    close) side_by_side "new connection per request, tcp link (wrk -t1 -c20 'Connection: close', 100 B file), ${SECS} s" req/s close_rps \
+            direct="$W" pv-xconnect="$W_PVX" haproxy="$W_HA" nginx="$W_NGX" ;;
+    *) echo "bench-tcp: unknown scenario $s (bulk, close)" >&2; exit 2 ;;
+  esac
 done

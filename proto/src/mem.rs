@@ -1,50 +1,184 @@
-//! Keep resident memory small: the code (below), and the heap after a
-//! burst of connections ([`give_back_heap`], [`AfterBurst`]).
+//! Keep resident memory small: the code and read-only data (below), the
+//! stack left deep by start-up ([`trim_stack`]), and the heap after a burst
+//! of connections ([`give_back_heap`], [`AfterBurst`]).
 //!
-//! Code. By default the kernel maps up to 64 KiB
-//! of already-cached file pages around every code page fault
-//! ("fault-around"), so a daemon ends up with most of its binary in its
-//! page tables, and counted in its PSS, although it runs a small part of
-//! it. After start-up, the workers and the supervisor mark their own code
-//! `MADV_RANDOM` (no fault-around) and drop what start-up mapped
-//! (`MADV_DONTNEED` on a private file mapping only unmaps; pages come back
-//! from the page cache on the next use). Only code that runs again stays.
+//! Code. On a code page fault the kernel maps up to 64 KiB of already
+//! cached file pages around the faulting page ("fault-around",
+//! `fault_around_bytes`; `MADV_RANDOM` does not turn it off), so a daemon
+//! ends up with most of its binary and of libc in its page tables, and
+//! counted in its PSS, although it runs a small part of them. After
+//! start-up (and the supervisor after each burst of work, [`IdleTrim`]) a
+//! process drops every clean read-only file mapping it has: code and
+//! read-only data of our executable, libc, libgcc_s and the dynamic loader
+//! (`MADV_DONTNEED` on a private file mapping with no private copy only
+//! unmaps; the pages stay in the page cache, where the next use maps them
+//! again with a minor fault). Only what runs again comes back.
 
 use nix::sys::mman::{madvise, MmapAdvise};
+use std::io::BufRead;
 use std::ptr::NonNull;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
-/// Apply to every executable mapping of our own binary.
-pub fn trim_code() {
-    let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
-        return;
-    };
-    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
-        return;
-    };
-    let exe = exe.to_string_lossy();
-    for line in maps.lines() {
+/// `[start, end)` of every mapping that is file-backed, not writable and
+/// holds no private (anonymous, copied-on-write) page: unmapping its pages
+/// loses nothing. Found once: the set does not change after start-up (no
+/// `dlopen`), and a mapping that cannot be written never gains a private
+/// page.
+fn clean_mappings() -> &'static [(usize, usize)] {
+    static MAPS: OnceLock<Vec<(usize, usize)>> = OnceLock::new();
+    MAPS.get_or_init(|| {
+        // Line by line: smaps is tens of KiB, which read whole would stay
+        // on the heap's top as a free block, resident.
+        let Ok(f) = std::fs::File::open("/proc/self/smaps") else {
+            return Vec::new();
+        };
+        let mut r = std::io::BufReader::with_capacity(1024, f);
+        let mut clean = Clean::default();
+        let mut line = String::new();
+        while matches!(r.read_line(&mut line), Ok(n) if n > 0) {
+            clean.line(&line);
+            line.clear();
+        }
+        clean.found
+    })
+}
+
+/// Reads smaps line by line; `found` holds the clean mappings (see
+/// [`clean_mappings`]).
+#[derive(Default)]
+struct Clean {
+    found: Vec<(usize, usize)>,
+    cur: Option<(usize, usize)>,
+}
+
+impl Clean {
+    fn line(&mut self, line: &str) {
+        if let Some(anon) = line.strip_prefix("Anonymous:") {
+            // A mapping with a private page (relro after relocation) is
+            // never dropped: its pages hold what the file does not.
+            if let Some(r) = self.cur.take() {
+                if anon.trim() == "0 kB" {
+                    self.found.push(r);
+                }
+            }
+            return;
+        }
         let mut f = line.split_whitespace();
         let (Some(range), Some(perms)) = (f.next(), f.next()) else {
-            continue;
+            return;
         };
-        if !perms.starts_with("r-x") || !line.ends_with(exe.as_ref()) {
-            continue;
-        }
         let Some((a, b)) = range.split_once('-') else {
-            continue;
+            return;
         };
         let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) else {
-            continue;
+            return; // a field line ("Rss: ..."), not a mapping
         };
+        let path = f.nth(3).unwrap_or("");
+        self.cur = (matches!(perms, "r--p" | "r-xp") && path.starts_with('/')).then_some((a, b));
+    }
+}
+
+/// Drop the pages of every clean file mapping from this process's page
+/// tables (see the module comment). Safe to call at any time; costs one
+/// `madvise` per mapping and, afterwards, a minor fault per 64 KiB of code
+/// or data used again.
+pub fn trim_code() {
+    for &(a, b) in clean_mappings() {
         let Some(ptr) = NonNull::new(a as *mut std::ffi::c_void) else {
             continue;
         };
-        // SAFETY: advice on our own read-only code mapping; DONTNEED on a
-        // private file mapping that was never written only drops PTEs.
+        // SAFETY: a read-only private file mapping without a private page:
+        // DONTNEED only drops PTEs, the contents come back from the file.
         unsafe {
-            let _ = madvise(ptr, b - a, MmapAdvise::MADV_RANDOM);
             let _ = madvise(ptr, b - a, MmapAdvise::MADV_DONTNEED);
         }
+    }
+}
+
+/// Give back the main thread's stack pages below the caller's frame,
+/// left resident by a deeper start-up (command line parsing, the first
+/// graph): they are dead by the ABI (what a callee or a signal handler
+/// needs below the stack pointer it faults in again, zeroed). Call from a
+/// shallow frame, e.g. an event loop.
+#[inline(never)]
+pub fn trim_stack() {
+    // Room left below this frame for madvise's own frames (and the ABI's
+    // 128-byte red zone) while it runs: never dropped.
+    const MARGIN: usize = 4 * 1024;
+    let here = std::hint::black_box(0u8);
+    let sp = std::ptr::addr_of!(here) as usize;
+    let Some((start, end)) = stack_mapping() else {
+        return;
+    };
+    if !(start..end).contains(&sp) {
+        return; // not on the main thread's stack
+    }
+    let top = sp.saturating_sub(MARGIN) & !(PAGE - 1);
+    if top <= start {
+        return;
+    }
+    let Some(ptr) = NonNull::new(start as *mut std::ffi::c_void) else {
+        return;
+    };
+    // SAFETY: [start, top) lies below this frame by more than any frame
+    // madvise needs; nothing live is stored there (the stack grows down).
+    unsafe {
+        let _ = madvise(ptr, top - start, MmapAdvise::MADV_DONTNEED);
+    }
+}
+
+const PAGE: usize = 4096;
+
+/// `[start, end)` of the main thread's `[stack]` mapping, found once. Its
+/// start moves down only when the stack grows past it, which dropping
+/// pages inside it does not undo, so the first value stays a lower bound
+/// of the live mapping's start.
+fn stack_mapping() -> Option<(usize, usize)> {
+    static STACK: OnceLock<Option<(usize, usize)>> = OnceLock::new();
+    *STACK.get_or_init(|| {
+        let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+        let line = maps.lines().find(|l| l.ends_with("[stack]"))?;
+        let (a, b) = line.split_whitespace().next()?.split_once('-')?;
+        Some((
+            usize::from_str_radix(a, 16).ok()?,
+            usize::from_str_radix(b, 16).ok()?,
+        ))
+    })
+}
+
+/// For a loop that wakes now and then for a burst of work (the
+/// supervisor's: graph polls, status requests, restarts): `QUIET` after a
+/// wake-up, when that burst is usually over (a local control socket's
+/// answer arrives within it: one drop per poll, not one before the answer
+/// and one after), drop the code, stack and heap it brought in
+/// ([`trim_code`], [`trim_stack`], [`give_back_heap`]), so an idle process
+/// keeps only what it touches between the drop and its next wait. At most
+/// one drop per `QUIET`; the cost is a few minor faults per wake-up
+/// (README, "Measured").
+#[derive(Debug, Default)]
+pub struct IdleTrim {
+    due: Option<Instant>,
+}
+
+impl IdleTrim {
+    const QUIET: Duration = Duration::from_millis(25);
+
+    /// Call right before waiting, after a wake-up's work; `wait` is how
+    /// long the loop means to sleep at most (None: until an event).
+    /// Returns the wait to use instead: no longer than until the drop is
+    /// due.
+    pub fn before_wait(&mut self, now: Instant, wait: Option<Duration>) -> Option<Duration> {
+        let due = *self.due.get_or_insert(now + Self::QUIET);
+        if now < due {
+            let left = due - now;
+            return Some(wait.map_or(left, |w| w.min(left)));
+        }
+        self.due = None;
+        trim_code();
+        trim_stack();
+        give_back_heap();
+        wait
     }
 }
 
@@ -131,6 +265,74 @@ impl AfterBurst {
 mod tests {
     use super::*;
     use std::time::{Duration, Instant};
+
+    #[test]
+    fn idle_trim_drops_once_a_burst_is_quiet() {
+        let mut t = IdleTrim::default();
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // Woken at t0: the drop is due 25 ms later, the wait shortened.
+        assert_eq!(t.before_wait(t0, Some(ms(5000))), Some(ms(25)));
+        // More work of the same burst: still due at t0 + 25 ms.
+        assert_eq!(t.before_wait(t0 + ms(1), None), Some(ms(24)));
+        assert_eq!(t.before_wait(t0 + ms(2), Some(ms(10))), Some(ms(10)));
+        // Due: dropped, and the loop sleeps as it meant to.
+        assert_eq!(t.before_wait(t0 + ms(25), Some(ms(4975))), Some(ms(4975)));
+        // The next wake-up starts the next burst.
+        assert_eq!(t.before_wait(t0 + ms(5000), None), Some(ms(25)));
+    }
+
+    #[test]
+    fn clean_mappings_are_read_only_file_mappings_without_private_pages() {
+        let smaps = "\
+55d0a0000000-55d0a0045000 r--p 00000000 fe:00 64 /usr/bin/pv-xconnect
+Rss:                 172 kB
+Anonymous:             0 kB
+55d0a0045000-55d0a0171000 r-xp 00045000 fe:00 64 /usr/bin/pv-xconnect
+Anonymous:             0 kB
+55d0a0173000-55d0a017a000 r--p 00171000 fe:00 64 /usr/bin/pv-xconnect
+Anonymous:            28 kB
+55d0a017a000-55d0a017b000 rw-p 00177000 fe:00 64 /usr/bin/pv-xconnect
+Anonymous:             4 kB
+55d0a1000000-55d0a1020000 rw-p 00000000 00:00 0 [heap]
+Anonymous:            20 kB
+7f0000000000-7f0000001000 r--p 00000000 00:00 0
+Anonymous:             0 kB
+7ffd00000000-7ffd00002000 r-xp 00000000 00:00 0 [vdso]
+Anonymous:             0 kB
+";
+        let mut c = Clean::default();
+        for line in smaps.lines() {
+            c.line(line);
+        }
+        assert_eq!(
+            c.found,
+            vec![
+                (0x55d0a0000000, 0x55d0a0045000),
+                (0x55d0a0045000, 0x55d0a0171000)
+            ],
+            "code and read-only data of the file; not relro, data, heap, anonymous or vdso"
+        );
+    }
+
+    #[test]
+    fn trimming_keeps_code_data_and_stack_working() {
+        let data: Vec<u64> = (0..4096).collect();
+        fn deep(n: u32) -> u64 {
+            let pad = std::hint::black_box([n as u64; 512]);
+            if n == 0 {
+                pad[0]
+            } else {
+                deep(n - 1) + pad[511]
+            }
+        }
+        assert_eq!(deep(16), (1..=16).sum::<u64>());
+        trim_code();
+        trim_stack();
+        give_back_heap();
+        assert_eq!(deep(16), (1..=16).sum::<u64>());
+        assert_eq!(data.iter().sum::<u64>(), 4095 * 4096 / 2);
+    }
 
     #[test]
     fn a_burst_is_noticed_once_it_has_fallen() {

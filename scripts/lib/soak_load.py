@@ -27,7 +27,7 @@ backends from soak_backend.py):
   reloads       SIGHUP every 4-10 s; half of them switch the graph between
                 variant A and B (B adds route /c and a second tcp endpoint);
                 the last one restores A; each is checked in `status`
-  samples       every second: RSS, fds, pipes of the supervisor and of every
+  samples       every second: RssAnon, fds, pipes of the supervisor and of every
                 child process, into --csv
 
 A failed well-behaved request is counted apart, as a casualty of a kill,
@@ -46,8 +46,8 @@ worker explains is a failure: every slow head must end in 408 (or 200).
 
 After the load stops, resources are sampled each second for up to --settle
 seconds until every process is back at its baseline (taken before any
-traffic): fds and pipes exactly, RSS at most 2 MiB above. Exit 1 on any
-failure.
+traffic): fds and pipes exactly, anonymous RSS (RssAnon; "RSS" in the
+report) at most 2 MiB above. Exit 1 on any failure.
 """
 
 import argparse
@@ -932,12 +932,16 @@ def children(ppid):
 
 
 def proc_sample(pid):
-    """(RSS kB, fds, pipes) of pid, or None if it is gone."""
+    """(RSS kB, fds, pipes) of pid, or None if it is gone. RSS here is the
+    anonymous part (RssAnon: heap, stacks, written data), what a leak
+    grows: file pages (code, read-only data) are dropped by an idle process
+    and mapped again under load (proto/src/mem.rs), and are not memory it
+    holds."""
     try:
         rss = 0
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith("RssAnon:"):
                     rss = int(line.split()[1])
         fds = pipes = 0
         for fd in os.listdir(f"/proc/{pid}/fd"):

@@ -154,8 +154,8 @@ impl Daemon {
     pub fn run(mut self) -> Result<(), String> {
         proto::info!("graph source: {}", self.opts.source.describe());
         self.reload(true);
-        proto::mem::trim_code();
         let mut events = Events::with_capacity(64);
+        let mut idle = proto::mem::IdleTrim::default();
         loop {
             let now = Instant::now();
             let mut wake = self.opts.source.next_wake();
@@ -164,6 +164,9 @@ impl Daemon {
             }
             let wake_in = wake.saturating_duration_since(now);
             let timeout = Some(self.timers.timeout(now).map_or(wake_in, |t| t.min(wake_in)));
+            // Drop what this wake-up's work mapped before sleeping (README,
+            // "Measured": idle PSS).
+            let timeout = idle.before_wait(now, timeout);
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     return Err(format!("epoll_wait: {e}"));

@@ -1,0 +1,157 @@
+# Shared by the benchmarks (source after common.sh and `scratch`): the
+# peers each benchmark starts beside pv-xconnect, configured the same way
+# everywhere (one process or worker, one thread), wrk and the summary
+# arithmetic. Every process started is appended to `pids`.
+
+NGINX_STREAM=/usr/lib/nginx/modules/ngx_stream_module.so
+
+# Median of the numbers on stdin (space or newline separated).
+median() { tr ' ' '\n' | awk 'NF' | sort -g | awk '{a[NR]=$1} END {if (NR == 0) print 0; else print (NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2}'; }
+# a/b with two decimals ("-" when b is 0).
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b + 0 == 0) print "-"; else printf "%.2f", a/b }'; }
+
+# Files an nginx backend serves from $work/html: 100 (100 bytes), 600,
+# 1m (1 MiB). nginx's workers (www-data) must read them.
+bench_files() {
+  mkdir -p "$work/html"
+  chmod 755 "$work" "$work/html"
+  head -c 100 /dev/zero | tr '\0' x > "$work/html/100"
+  head -c 600 /dev/zero | tr '\0' x > "$work/html/600"
+  head -c 1048576 /dev/zero | tr '\0' x > "$work/html/1m"
+}
+
+# nginx (one worker) serving $work/html on 127.0.0.1:PORT, keep-alive.
+nginx_backend() { # name port
+  cat > "$work/$1.conf" <<CFG
+worker_processes 1;
+daemon off;
+pid $work/$1.pid;
+error_log $work/$1.err;
+events { worker_connections 16384; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$2 backlog=4096; root $work/html; }
+}
+CFG
+  nginx -c "$work/$1.conf" >/dev/null 2>&1 & pids+=($!)
+}
+
+# nginx (one worker) proxying 127.0.0.1:FRONT to 127.0.0.1:BACK: `stream`
+# (tcp) or `http` (proxy_pass with upstream keep-alive). Sets peer_pid.
+nginx_proxy() { # name stream|http front back
+  local body
+  if [ "$2" = stream ]; then
+    body="stream { server { listen 127.0.0.1:$3 backlog=4096; proxy_pass 127.0.0.1:$4; } }"
+  else
+    body="http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream be { server 127.0.0.1:$4; keepalive 64; }
+  server {
+    listen 127.0.0.1:$3 backlog=4096;
+    location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
+  }
+}"
+  fi
+  { [ "$2" = stream ] && echo "load_module $NGINX_STREAM;"
+    cat <<CFG
+worker_processes 1;
+daemon off;
+pid $work/$1.pid;
+error_log $work/$1.err;
+events { worker_connections 16384; }
+$body
+CFG
+  } > "$work/$1.conf"
+  nginx -c "$work/$1.conf" >/dev/null 2>&1 & peer_pid=$!; pids+=($!)
+}
+
+# HAProxy (one thread) proxying 127.0.0.1:FRONT to 127.0.0.1:BACK in mode
+# tcp or http (http: server connections reused). Sets peer_pid.
+haproxy_proxy() { # name tcp|http front back
+  cat > "$work/$1.cfg" <<CFG
+global
+  nbthread 1
+  maxconn 8000
+defaults
+  mode $2
+  timeout connect 5s
+  timeout client 600s
+  timeout server 600s
+  $([ "$2" = http ] && echo "http-reuse always")
+frontend f
+  bind 127.0.0.1:$3
+  default_backend b
+backend b
+  server s 127.0.0.1:$4
+CFG
+  haproxy -f "$work/$1.cfg" -db >/dev/null 2>&1 & peer_pid=$!; pids+=($!)
+}
+
+# A graph link from 127.0.0.1:FRONT to 127.0.0.1:BACK (JSON object).
+pvx_link() { # type name front back
+  printf '{"type":"%s","name":"%s","consumer":"EXTERNAL","consumer_pid":0,"provider":"p","provider_pid":0,"role":"any","target":"127.0.0.1:%s","socket":"127.0.0.1:%s"}' "$1" "$2" "$3" "$4"
+}
+
+# The supervisor on a graph of the given link objects. Sets pvx_pid.
+pvx_start() { # name link...
+  local name=$1; shift
+  local IFS=,
+  echo "[$*]" > "$work/$name.json"
+  "$PVX_BIN" run --graph "$work/$name.json" --status-socket "$work/$name.sock" --log-target stderr \
+    --log-level warn ${PVX_BENCH_FLAGS:-} 2>"$work/$name.log" & pvx_pid=$!; pids+=($!)
+}
+
+# The worker of pvx_pid serving 127.0.0.1:PORT (waits for it).
+pvx_worker() { # port
+  local w t0=$SECONDS
+  until w=$(pgrep -P "$pvx_pid" -f "pvx-worker-[a-z]* 127.0.0.1:$1 ") || [ $((SECONDS - t0)) -ge 20 ]; do sleep 0.2; done
+  echo "$w"
+}
+
+# Waits until GET /PATH on PORT answers 200.
+wait_http() { # port path
+  for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$1/$2" && return 0; sleep 0.1; done
+  echo "bench: 127.0.0.1:$1/$2 does not answer" >&2; tail -n 5 "$work"/*.err "$work"/*.log >&2 || true
+  return 1
+}
+
+# wrk -t1 against PORT/PATH -> "req/s p99_ms"; extra args go to wrk (e.g.
+# -c20 -H 'Connection: close'). Errors wrk reports go to stderr.
+wrk_run() { # port path secs wrk-args...
+  local port=$1 path=$2 secs=$3; shift 3
+  wrk -t1 -d"${secs}s" --latency "$@" "http://127.0.0.1:$port/$path" | awk '
+    /Requests\/sec:/ { rps = $2 }
+    /^ +99%/ { v = $2; u = v; sub(/[0-9.]+/, "", u); sub(/[a-z]+$/, "", v)
+               ms = (u == "us") ? v / 1000 : (u == "s") ? v * 1000 : v }
+    /Non-2xx|Socket errors/ { err = err " " $0 }
+    END { if (err != "") print "wrk:" err > "/dev/stderr"; printf "%.0f %.3f\n", rps, ms }'
+}
+
+# One scenario, side by side: RUNS rounds, each measuring every target
+# once (interleaved, so a noisy moment hits all of them), then the median
+# of each and its ratio to the first target (direct).
+#   side_by_side TITLE UNIT MEASURE target=arg...
+# MEASURE is a command given ARG, printing one number (and optionally a
+# second: a p99 latency in ms).
+side_by_side() {
+  local title=$1 unit=$2 measure=$3; shift 3
+  local names=() t n a v l d
+  declare -A val lat arg
+  for t in "$@"; do n=${t%%=*}; names+=("$n"); arg[$n]=${t#*=}; done
+  for _ in $(seq "$RUNS"); do
+    for n in "${names[@]}"; do
+      read -r v l < <($measure "${arg[$n]}")
+      val[$n]="${val[$n]:-} $v"; lat[$n]="${lat[$n]:-} ${l:-}"
+    done
+  done
+  echo "== $title; $RUNS runs, medians"
+  d=$(echo "${val[${names[0]}]}" | median)
+  printf '%-12s %12s %8s %10s   runs (%s)\n' target "$unit" /direct p99_ms "$unit"
+  for n in "${names[@]}"; do
+    v=$(echo "${val[$n]}" | median); l=$(echo "${lat[$n]}" | median)
+    [ -n "${lat[$n]// /}" ] || l=-
+    printf '%-12s %12s %8s %10s  %s\n' "$n" "$v" "$(ratio "$v" "$d")" "$l" "${val[$n]}"
+  done
+}
