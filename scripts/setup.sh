@@ -19,7 +19,7 @@ if [ "${1:-}" = "--bench" ]; then
   [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
   have wrk     || need+=(wrk)
   have iperf3  || need+=(iperf3)
-  have strace  || need+=(strace)    # scripts/syscalls-tcp.sh, scripts/prof-http.sh
+  have strace  || need+=(strace)    # scripts/bench-syscalls.sh, scripts/prof-http.sh
   have valgrind || need+=(valgrind) # callgrind: instruction counts, repeatable on a noisy machine
 fi
 
