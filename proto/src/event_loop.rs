@@ -249,6 +249,11 @@ impl<H: Handler> Loop<H> {
     pub fn run(mut self) -> i32 {
         let mut events = Events::with_capacity(256);
         let mut stats_wait: Option<Duration> = None;
+        // An idle worker still wakes (health checks, stats, updates) and
+        // maps code back each time; dropped again once quiet (README,
+        // "Measured": idle PSS). Never while it serves.
+        let mut idle = crate::mem::IdleTrim::default();
+        let mut seen_total = self.stats.total;
         loop {
             let now = Instant::now();
             if let Some(at) = self.health.as_mut().and_then(|h| h.arm()) {
@@ -257,6 +262,14 @@ impl<H: Handler> Loop<H> {
             let timeout = match (self.timers.timeout(now), stats_wait) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
+            };
+            let quiet = self.handler.active() == 0 && self.stats.total == seen_total;
+            seen_total = self.stats.total;
+            let timeout = if quiet {
+                idle.before_wait(now, timeout)
+            } else {
+                idle.busy();
+                timeout
             };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {

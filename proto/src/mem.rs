@@ -180,6 +180,14 @@ impl IdleTrim {
         give_back_heap();
         wait
     }
+
+    /// The process is serving (a worker with connections open, or that
+    /// accepted some since its last wait): no drop, and the quiet time
+    /// starts again at the next [`IdleTrim::before_wait`]. Under traffic
+    /// the code stays mapped; dropping it would cost faults per request.
+    pub fn busy(&mut self) {
+        self.due = None;
+    }
 }
 
 /// Hand the heap's free memory back to the system. glibc's `free` keeps

@@ -68,7 +68,9 @@ pub struct BackendConn {
 
 pub enum Phase {
     ReadHead,
-    Connecting(Dialer),
+    /// Boxed: the dialer (hold, replicas) is 192 bytes, and an idle
+    /// connection would carry it too.
+    Connecting(Box<Dialer>),
     Exchange,
     Tunnel(Box<Tunnel>),
     Closing {

@@ -26,7 +26,7 @@ impl Conn {
             None => Dialer::new(ex.route.backend.clone(), cx.now, cx.limits),
         };
         self.backend = None;
-        self.phase = Phase::Connecting(dial);
+        self.phase = Phase::Connecting(Box::new(dial));
         self.connecting(cx).map(|_| ())
     }
 

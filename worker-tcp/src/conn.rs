@@ -44,7 +44,9 @@ pub enum Phase {
         until: Instant,
     },
     /// Reaching the backend (with the bounded retry while it restarts).
-    Connecting(Dialer),
+    /// Boxed: a connection is idle far longer than it connects, and the
+    /// dialer (hold, replicas) would make every idle one 168 bytes larger.
+    Connecting(Box<Dialer>),
     Relaying,
 }
 
@@ -90,7 +92,7 @@ impl Conn {
         // One backend, or one of the route's replicas by its policy.
         let dial = Dialer::for_route(r, now, limits);
         self.target = dial.target.to_string();
-        self.phase = Phase::Connecting(dial);
+        self.phase = Phase::Connecting(Box::new(dial));
     }
 
     /// Still connecting: dial the route's backend as `routes` has it now,
