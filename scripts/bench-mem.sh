@@ -33,6 +33,10 @@ ulimit -n "$(ulimit -Hn)"
 . scripts/lib/common.sh
 scratch bench-mem
 pss() { awk '/^Pss:/ {s+=$2} END {print s}' $(for p in "$@"; do echo /proc/$p/smaps_rollup; done); }
+# Anonymous memory (heap, stacks, anonymous maps): what connections
+# allocate. Not PSS: an idle worker drops its code and a new connection
+# maps some back, file pages shared with every worker, not its cost.
+anon() { awk '/^Anonymous:/ {s+=$2} END {print s}' $(for p in "$@"; do echo /proc/$p/smaps_rollup; done); }
 B=$(port); P_HTTP=$(port)
 
 # Idle PSS of a supervisor on graph $1 once $2 workers run: sets
@@ -149,9 +153,9 @@ per_conn() { # port mode pid...
   # brings in (code faulted back after start-up's drop, pools) is not
   # counted as per-connection cost.
   h=$(N=10 hold "$port" 10 "$mode"); kill "$h"; sleep 1
-  before=$(pss "$@")
+  before=$(anon "$@")
   h=$(hold "$port" "$N" "$mode"); pids+=("$h")
-  after=$(pss "$@")
+  after=$(anon "$@")
   kill "$h"
   awk -v a="$after" -v b="$before" -v n="$N" 'BEGIN{printf "%.0f", (a-b)*1024/n}'
 }
@@ -159,7 +163,7 @@ per_conn() { # port mode pid...
 pvx_idle=$(( $(pss "$sup") + $(pss "${pids_of[tcp.pv-xconnect]}") ))
 ha_idle=$(pss "${pids_of[tcp.haproxy]}")
 echo "idle PSS: pv-xconnect supervisor+tcp worker $pvx_idle KiB (4 links in this graph: supervisor $(pss "$sup")), haproxy $ha_idle KiB (one tcp frontend)"
-echo "per idle client connection (PSS growth / $N connections, bytes):"
+echo "per idle client connection (growth of anonymous memory / $N connections, bytes):"
 printf '  %-44s %12s %9s %9s\n' scenario pv-xconnect haproxy nginx
 for s in tcp fresh keepalive; do
   case $s in

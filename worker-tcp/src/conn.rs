@@ -18,7 +18,7 @@ use proto::backend::Dialer;
 use proto::conns::{Connection, Dialing, Next, Sockets};
 use proto::ctl::{Limits, WorkerConfig};
 use proto::duplex::Duplex;
-use proto::graph::ProxyProtocol;
+use proto::graph::{Backend, ProxyProtocol};
 use proto::plan::Route;
 use proto::relay::Splice;
 use proto::stream::Stream;
@@ -50,11 +50,24 @@ pub enum Phase {
     Relaying,
 }
 
+/// The backend in log lines, "-" before a route is chosen.
+struct Shown<'a>(&'a Option<Backend>);
+
+impl std::fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(b) => b.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
 pub struct Conn {
     io: Sockets,
     pub phase: Phase,
     /// The backend, for log lines (set once a route is chosen).
-    target: String,
+    /// (A copy, not text: no allocation per connection for a tcp backend.)
+    target: Option<Backend>,
     /// The chosen route's sni (its identity among the endpoint's routes),
     /// to find it again after an Update.
     sni: Option<String>,
@@ -72,7 +85,7 @@ impl Conn {
             phase: Phase::Sniffing {
                 until: now + Duration::from_millis(limits.head_timeout_ms),
             },
-            target: String::new(),
+            target: None,
             sni: None,
             proxy_protocol: None,
             relay: Duplex::default(),
@@ -91,7 +104,7 @@ impl Conn {
         self.proxy_protocol = r.proxy_protocol;
         // One backend, or one of the route's replicas by its policy.
         let dial = Dialer::for_route(r, now, limits);
-        self.target = dial.target.to_string();
+        self.target = Some(dial.target.clone());
         self.phase = Phase::Connecting(Box::new(dial));
     }
 
@@ -104,7 +117,7 @@ impl Conn {
         if let Some(r) = routes.iter().find(|r| r.sni == self.sni) {
             // One backend moved, or the route's replicas changed.
             dial.retarget_route(r, now);
-            self.target = dial.target.to_string();
+            self.target = Some(dial.target.clone());
             self.proxy_protocol = r.proxy_protocol;
         }
         dial.wake(now);
@@ -179,7 +192,7 @@ impl Conn {
             Dialing::Connected => {
                 if self.io.lease.is_some() {
                     // A replica failed over: name the one reached.
-                    self.target = dial.target.to_string();
+                    self.target = Some(dial.target.clone());
                 }
                 if let Some(v) = self.proxy_protocol {
                     // Goes out before any client byte.
@@ -197,8 +210,12 @@ impl Conn {
     }
 
     fn relay(&mut self, now: Instant) -> Next {
-        self.io
-            .relay(&mut self.relay, &self.target, &mut self.last_activity, now)
+        self.io.relay(
+            &mut self.relay,
+            &Shown(&self.target),
+            &mut self.last_activity,
+            now,
+        )
     }
 
     /// A timer fired: retry a connect, or time the connection out.
@@ -217,7 +234,7 @@ impl Conn {
             }
             Phase::Connecting(_) => self.advance(now, limits, routes),
             Phase::Relaying => {
-                proto::debug!("closing idle connection to {}", self.target);
+                proto::debug!("closing idle connection to {}", Shown(&self.target));
                 Next::Close { error: false }
             }
         }
