@@ -127,7 +127,8 @@ fn short_exchanges_make_no_pipe_and_bulk_ones_leave_none_behind() {
             &backend.to_string(),
             0,
         )]),
-        &[],
+        // fds are counted: no health-check socket may come and go.
+        &["--health-interval", "0"],
     );
     let w = sup.worker_pid("pvx-worker-tcp");
     wait_worker_started(w);

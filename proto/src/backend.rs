@@ -270,7 +270,7 @@ impl Dialer {
             }
             // The connection as a whole failed to connect: one failure for
             // the health checks (not one per retry).
-            crate::health::observe(&self.target, Err(e.to_string()), false);
+            crate::health::observe_failure(&self.target, e, false);
             if is_absent(e) && self.hold(now, limits) {
                 return Dial::Wait;
             }
@@ -506,7 +506,7 @@ impl Dialer {
             return false;
         };
         // One failure of that replica for the health checks.
-        crate::health::observe(&self.target, Err(e.to_string()), false);
+        crate::health::observe_failure(&self.target, e, false);
         crate::debug!(
             "backend {} failed ({e}); trying replica {next}",
             self.target

@@ -114,6 +114,25 @@ pub fn is_down(b: &Backend) -> bool {
 }
 
 /// Count one outcome for `b`: a check (`check`) or a real connection.
+/// Whether a failed connect is about us, not the backend: out of fds or
+/// memory. It says nothing of the backend, so it is not counted (a worker
+/// out of fds would otherwise mark every backend down, and hold what it
+/// could still have served once fds were back).
+pub fn ours(e: &std::io::Error) -> bool {
+    use nix::libc::{EMFILE, ENFILE, ENOBUFS, ENOMEM};
+    matches!(e.raw_os_error(), Some(EMFILE | ENFILE | ENOBUFS | ENOMEM))
+}
+
+/// A failed connect to `b` (a check, or a real connection): one failure,
+/// unless the failure is [`ours`].
+pub fn observe_failure(b: &Backend, e: &std::io::Error, check: bool) {
+    if ours(e) {
+        crate::debug!("backend {b}: connect failed on our side ({e}); not counted");
+        return;
+    }
+    observe(b, Err(format!("connect: {e}")), check);
+}
+
 pub fn observe(b: &Backend, outcome: Result<(), String>, check: bool) {
     let back_up = TABLE.with(|t| {
         let mut t = t.borrow_mut();
@@ -350,17 +369,20 @@ impl Checker {
                             p.inflight = Some((s, now + self.timeout));
                             return;
                         }
-                        Err(e) => Err(format!("epoll_ctl: {e}")),
+                        Err(e) => Err(e),
                     }
                 }
-                Err(e) => Err(format!("connect: {e}")),
+                Err(e) => Err(e),
             },
             // A unix listener whose backlog is full is there, and busy.
             Err(e) if e.raw_os_error() == Some(nix::libc::EAGAIN) => Ok(()),
-            Err(e) => Err(format!("connect: {e}")),
+            Err(e) => Err(e),
         };
         let b = p.backend.clone();
-        observe(&b, outcome, true);
+        match outcome {
+            Ok(()) => observe(&b, Ok(()), true),
+            Err(e) => observe_failure(&b, &e, true),
+        }
     }
 
     /// When the checker next needs [`Checker::on_time`].
@@ -395,6 +417,30 @@ mod tests {
             health_rise: 1,
             ..Limits::default()
         }
+    }
+
+    #[test]
+    fn our_own_fd_or_memory_shortage_is_no_failure_of_the_backend() {
+        let b = Backend::Tcp("127.0.0.1:11".parse().unwrap());
+        track(std::slice::from_ref(&b), &limits());
+        for errno in [
+            nix::libc::EMFILE,
+            nix::libc::ENFILE,
+            nix::libc::ENOBUFS,
+            nix::libc::ENOMEM,
+        ] {
+            let e = std::io::Error::from_raw_os_error(errno);
+            observe_failure(&b, &e, true);
+            observe_failure(&b, &e, false);
+        }
+        assert!(
+            !is_down(&b),
+            "out of fds or memory says nothing of the backend"
+        );
+        let refused = std::io::Error::from_raw_os_error(nix::libc::ECONNREFUSED);
+        observe_failure(&b, &refused, true);
+        observe_failure(&b, &refused, false);
+        assert!(is_down(&b), "a refusal does");
     }
 
     #[test]
