@@ -454,8 +454,13 @@ fn sni_routes_tls_connections_on_a_shared_port() {
 fn out_of_fds_pauses_accepting_and_recovers() {
     let backend = echo_server();
     let port = free_port();
-    let sup = Supervisor::start(&tcp_graph("emfile", port, &backend.to_string()), &[]);
+    // fds are counted: no health-check socket may come and go.
+    let sup = Supervisor::start(
+        &tcp_graph("emfile", port, &backend.to_string()),
+        &["--health-interval", "0"],
+    );
     let w = sup.worker_pid("pvx-worker-tcp");
+    wait_worker_started(w);
     let fds = std::fs::read_dir(format!("/proc/{w}/fd")).unwrap().count();
     // Room for a handful of connections only (each holds client, backend
     // and two pipe fds while relaying).
