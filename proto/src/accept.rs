@@ -77,8 +77,7 @@ impl Acceptor {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    use nix::libc::{EMFILE, ENFILE, ENOBUFS, ENOMEM};
-                    if matches!(e.raw_os_error(), Some(EMFILE | ENFILE | ENOBUFS | ENOMEM)) {
+                    if crate::stream::out_of_resources(&e) {
                         crate::warn!(
                             "accept: {e}; pausing accepts for {} ms",
                             EMFILE_PAUSE.as_millis()

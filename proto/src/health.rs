@@ -113,26 +113,20 @@ pub fn is_down(b: &Backend) -> bool {
     })
 }
 
-/// Count one outcome for `b`: a check (`check`) or a real connection.
-/// Whether a failed connect is about us, not the backend: out of fds or
-/// memory. It says nothing of the backend, so it is not counted (a worker
-/// out of fds would otherwise mark every backend down, and hold what it
-/// could still have served once fds were back).
-pub fn ours(e: &std::io::Error) -> bool {
-    use nix::libc::{EMFILE, ENFILE, ENOBUFS, ENOMEM};
-    matches!(e.raw_os_error(), Some(EMFILE | ENFILE | ENOBUFS | ENOMEM))
-}
-
 /// A failed connect to `b` (a check, or a real connection): one failure,
-/// unless the failure is [`ours`].
+/// unless it failed on our side, out of fds or memory
+/// ([`crate::stream::out_of_resources`]): that says nothing of the
+/// backend (a worker out of fds would otherwise mark every backend down,
+/// and hold what it could still have served once fds were back).
 pub fn observe_failure(b: &Backend, e: &std::io::Error, check: bool) {
-    if ours(e) {
+    if crate::stream::out_of_resources(e) {
         crate::debug!("backend {b}: connect failed on our side ({e}); not counted");
         return;
     }
     observe(b, Err(format!("connect: {e}")), check);
 }
 
+/// Count one outcome for `b`: a check (`check`) or a real connection.
 pub fn observe(b: &Backend, outcome: Result<(), String>, check: bool) {
     let back_up = TABLE.with(|t| {
         let mut t = t.borrow_mut();

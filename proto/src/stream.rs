@@ -213,6 +213,14 @@ impl Source for Listener {
     }
 }
 
+/// The error is about this process, not the peer: out of fds (ours or the
+/// system's) or kernel memory. The accept loop pauses on it; the health
+/// checks do not count it against a backend.
+pub fn out_of_resources(e: &io::Error) -> bool {
+    use nix::libc::{EMFILE, ENFILE, ENOBUFS, ENOMEM};
+    matches!(e.raw_os_error(), Some(EMFILE | ENFILE | ENOBUFS | ENOMEM))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
