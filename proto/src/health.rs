@@ -133,11 +133,15 @@ pub fn observe(b: &Backend, outcome: Result<(), String>, check: bool) {
         if t.entries.is_empty() {
             return false;
         }
-        t.version += 1;
         let (fall, rise) = (t.fall, t.rise);
         let Some(e) = t.entries.iter_mut().find(|e| &e.backend == b) else {
             return false;
         };
+        // What `report` shows changes with a check, a failure or a state
+        // change; a real connection to a backend that is up changes none
+        // of it, and must not make every stats report carry the table.
+        let mut changed = check;
+        let mut back_up = false;
         if check {
             e.checks += 1;
             e.last_check_ms = unix_ms();
@@ -149,10 +153,12 @@ pub fn observe(b: &Backend, outcome: Result<(), String>, check: bool) {
                 if !e.up && e.oks_in_row >= rise {
                     e.up = true;
                     crate::info!("backend {b} is up (health check)");
-                    return true;
+                    back_up = true;
+                    changed = true;
                 }
             }
             Err(why) => {
+                changed = true;
                 e.failures += 1;
                 e.oks_in_row = 0;
                 e.fails_in_row = e.fails_in_row.saturating_add(1);
@@ -166,7 +172,10 @@ pub fn observe(b: &Backend, outcome: Result<(), String>, check: bool) {
                 e.last_error = Some(why);
             }
         }
-        false
+        if changed {
+            t.version += 1;
+        }
+        back_up
     });
     if back_up {
         crate::hold::wake_all();
