@@ -137,9 +137,9 @@ pub fn observe(b: &Backend, outcome: Result<(), String>, check: bool) {
         let Some(e) = t.entries.iter_mut().find(|e| &e.backend == b) else {
             return false;
         };
-        // What `report` shows changes with a check, a failure or a state
-        // change; a real connection to a backend that is up changes none
-        // of it, and must not make every stats report carry the table.
+        // What `report` shows changes with a check, a failure, the end of
+        // a run of failures or a state change; a real connection to a
+        // backend that is up changes none of it, and must not make every stats report carry the table.
         let mut changed = check;
         let mut back_up = false;
         if check {
@@ -148,6 +148,7 @@ pub fn observe(b: &Backend, outcome: Result<(), String>, check: bool) {
         }
         match outcome {
             Ok(()) => {
+                changed |= e.fails_in_row != 0;
                 e.fails_in_row = 0;
                 e.oks_in_row = e.oks_in_row.saturating_add(1);
                 if !e.up && e.oks_in_row >= rise {
