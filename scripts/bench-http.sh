@@ -13,21 +13,12 @@
 #   scripts/bench-http.sh [RUNS] [SECONDS] [keepalive|1mib|close ...]
 #   PVX_BIN=path/to/pv-xconnect (default: target/release, built here)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/lib/bench.sh"
 RUNS=${1:-5}
 SECS=${2:-5}
 shift $(( $# < 2 ? $# : 2 ))
 SCENARIOS=${*:-keepalive 1mib close}
-scripts/setup.sh --bench
-if [ -z "${PVX_BIN:-}" ]; then
-  cargo build --release -q
-  PVX_BIN=target/release/pv-xconnect
-fi
-ulimit -n "$(ulimit -Hn)"
-
-. scripts/lib/common.sh
-scratch bench-http
-. scripts/lib/bench.sh
+bench_init bench-http
 bench_files
 
 # The backend: its own nginx process, so every proxy below is one more

@@ -19,19 +19,11 @@
 # Environment: PVX_BIN (the executable; default target/release/pv-xconnect,
 #   built here).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/lib/bench.sh"
 MODE=all
 [ "${1:-}" = idle ] && { MODE=idle; shift; }
 N=${1:-1000}
-[ "$MODE" = idle ] || scripts/setup.sh --bench
-if [ -z "${PVX_BIN:-}" ]; then
-  cargo build --release -q
-  PVX_BIN=target/release/pv-xconnect
-fi
-ulimit -n "$(ulimit -Hn)"
-
-. scripts/lib/common.sh
-scratch bench-mem
+if [ "$MODE" = idle ]; then bench_init bench-mem --no-setup; else bench_init bench-mem; fi
 pss() { awk '/^Pss:/ {s+=$2} END {print s}' $(for p in "$@"; do echo /proc/$p/smaps_rollup; done); }
 # Anonymous memory (heap, stacks, anonymous maps): what connections
 # allocate. Not PSS: an idle worker drops its code and a new connection
@@ -88,7 +80,6 @@ held = []
 while True:
     c, _ = s.accept(); held.append(c)
 PY
-. scripts/lib/bench.sh
 bench_files
 W=$(port); nginx_backend web "$W"
 

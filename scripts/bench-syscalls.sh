@@ -8,19 +8,10 @@
 #   scripts/bench-syscalls.sh [N] [CONC]        (default 3000 connections, 20 at a time)
 #   PVX_BIN=path/to/pv-xconnect (default: target/release, built here)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/lib/bench.sh"
 N=${1:-3000}
 CONC=${2:-20}
-scripts/setup.sh --bench
-if [ -z "${PVX_BIN:-}" ]; then
-  cargo build --release -q
-  PVX_BIN=target/release/pv-xconnect
-fi
-ulimit -n "$(ulimit -Hn)"
-
-. scripts/lib/common.sh
-scratch bench-syscalls
-. scripts/lib/bench.sh
+bench_init bench-syscalls
 
 B=$(port); P_PVX=$(port); P_HA=$(port)
 python3 scripts/lib/short_conns.py backend "$B" & pids+=($!)

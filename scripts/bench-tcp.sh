@@ -11,21 +11,12 @@
 #   PVX_BENCH_FLAGS="--pipe-size 262144" scripts/bench-tcp.sh   (extra supervisor flags)
 #   PVX_BIN=path/to/pv-xconnect (default: target/release, built here)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/lib/bench.sh"
 RUNS=${1:-5}
 SECS=${2:-3}
 shift $(( $# < 2 ? $# : 2 ))
 SCENARIOS=${*:-bulk close}
-scripts/setup.sh --bench
-if [ -z "${PVX_BIN:-}" ]; then
-  cargo build --release -q
-  PVX_BIN=target/release/pv-xconnect
-fi
-ulimit -n "$(ulimit -Hn)"
-
-. scripts/lib/common.sh
-scratch bench-tcp
-. scripts/lib/bench.sh
+bench_init bench-tcp
 bench_files
 
 B=$(port); P_PVX=$(port); P_HA=$(port); P_NGX=$(port); P_SOCAT=$(port)

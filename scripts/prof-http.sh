@@ -17,20 +17,11 @@
 #   target/prof/release/pv-xconnect, built here; the same code as the
 #   stripped one, so the same counts, with function names in the profile).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/lib/bench.sh"
 N=${1:-2000}
 shift || true
 MODES=("${@:-close}")
-scripts/setup.sh --bench
-if [ -z "${PVX_BIN:-}" ]; then
-  CARGO_PROFILE_RELEASE_STRIP=none CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
-    cargo build --release -q --target-dir target/prof
-  PVX_BIN=target/prof/release/pv-xconnect
-fi
-ulimit -n "$(ulimit -Hn)"
-
-. scripts/lib/common.sh
-scratch prof-http
+bench_init prof-http --symbols
 chmod 755 "$work"
 B=$(port)
 mkdir -p "$work/html"

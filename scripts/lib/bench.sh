@@ -1,9 +1,45 @@
-# Shared by the benchmarks (source after common.sh and `scratch`): the
-# peers each benchmark starts beside pv-xconnect, configured the same way
+# Shared by the benchmarks: their common opening (bench_init), the peers
+# each benchmark starts beside pv-xconnect, configured the same way
 # everywhere (one process or worker, one thread), wrk and the summary
 # arithmetic. Every process started is appended to `pids`.
+#   . "$(dirname "$0")/lib/bench.sh"; bench_init NAME
 
 NGINX_STREAM=/usr/lib/nginx/modules/ngx_stream_module.so
+
+# The opening of every benchmark: run from the repository's root, install
+# the peers (scripts/setup.sh --bench), build pv-xconnect unless PVX_BIN
+# names one (a relative PVX_BIN is taken from the root), raise the fd limit
+# to its hard maximum, and make the scratch directory (common.sh: $work,
+# pids, both cleaned up on exit).
+#   --no-setup  install nothing (what runs needs none of the peers)
+#   --symbols   build with symbols and line tables, in target/prof (the
+#               same code as the stripped release build, for profiles)
+bench_init() { # name [--no-setup] [--symbols]
+  local name=$1 setup=1 symbols=0 o
+  shift
+  for o in "$@"; do
+    case $o in
+      --no-setup) setup=0 ;;
+      --symbols) symbols=1 ;;
+      *) echo "bench_init: unknown option $o" >&2; return 2 ;;
+    esac
+  done
+  cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+  [ "$setup" = 0 ] || scripts/setup.sh --bench
+  if [ -z "${PVX_BIN:-}" ]; then
+    if [ "$symbols" = 1 ]; then
+      CARGO_PROFILE_RELEASE_STRIP=none CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
+        cargo build --release -q --target-dir target/prof
+      PVX_BIN=target/prof/release/pv-xconnect
+    else
+      cargo build --release -q
+      PVX_BIN=target/release/pv-xconnect
+    fi
+  fi
+  ulimit -n "$(ulimit -Hn)"
+  . scripts/lib/common.sh
+  scratch "$name"
+}
 
 # Median of the numbers on stdin (space or newline separated).
 median() { tr ' ' '\n' | awk 'NF' | sort -g | awk '{a[NR]=$1} END {if (NR == 0) print 0; else print (NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2}'; }
