@@ -9,7 +9,9 @@
 #   1mib       1 MiB file, keep-alive, wrk -c50
 #   close      a new connection per request: 100-byte file, wrk -c20 with
 #              `Connection: close`
-# Prints the median of each target and the ratio to direct.
+# Prints the median of each target, the ratio to direct, and the CPU time
+# the relaying process spends per request and the backend's
+# (scripts/lib/bench.sh side_by_side).
 #   scripts/bench-http.sh [RUNS] [SECONDS] [keepalive|1mib|close ...]
 #   PVX_BIN=path/to/pv-xconnect (default: target/release, built here)
 set -euo pipefail

@@ -6,7 +6,9 @@
 #   close  a new connection per request: wrk -t1 -c20 with
 #          `Connection: close` for a 100-byte file from an nginx backend
 #          (one worker) through the tcp link (req/s; no socat)
-# Prints the median of RUNS runs of each target and the ratio to direct.
+# Prints the median of RUNS runs of each target, the ratio to direct, and
+# the CPU time the relaying process spends per request or per GB (socat:
+# its forks included) and the backend's (scripts/lib/bench.sh side_by_side).
 #   scripts/bench-tcp.sh [RUNS] [SECONDS] [bulk|close ...]
 #   PVX_BENCH_FLAGS="--pipe-size 262144" scripts/bench-tcp.sh   (extra supervisor flags)
 #   PVX_BIN=path/to/pv-xconnect (default: target/release, built here)
@@ -22,23 +24,25 @@ bench_files
 B=$(port); P_PVX=$(port); P_HA=$(port); P_NGX=$(port); P_SOCAT=$(port)
 W=$(port); W_PVX=$(port); W_HA=$(port); W_NGX=$(port)
 
-iperf3 -s -p "$B" >/dev/null 2>&1 & pids+=($!)
+iperf3 -s -p "$B" >/dev/null 2>&1 & pids+=($!); cpu_backend[$B]=$!
 nginx_backend web "$W"
 pvx_start pvx "$(pvx_link tcp bulk "$P_PVX" "$B")" "$(pvx_link tcp close "$W_PVX" "$W")"
 haproxy_proxy ha tcp "$P_HA" "$B"
 haproxy_proxy ha-close tcp "$W_HA" "$W"
 nginx_proxy ngx stream "$P_NGX" "$B"
 nginx_proxy ngx-close stream "$W_NGX" "$W"
-socat TCP-LISTEN:"$P_SOCAT",bind=127.0.0.1,fork,reuseaddr TCP:127.0.0.1:"$B" & pids+=($!)
+socat TCP-LISTEN:"$P_SOCAT",bind=127.0.0.1,fork,reuseaddr TCP:127.0.0.1:"$B" & pids+=($!); cpu_relay[$P_SOCAT]=$!
 sleep 1
 for p in $W $W_PVX $W_HA $W_NGX; do wait_http "$p" 100; done
 
-gbps() { # port -> Gbit/s received by the server (0 and why, on stderr, when iperf3 failed)
+# port -> "Gbit/s - bytes" received by the server ("0 - 0" and why, on
+# stderr, when iperf3 failed).
+gbps() {
   iperf3 -c 127.0.0.1 -p "$1" -t "$SECS" -J 2>/dev/null | python3 -c '
 import json, sys
 r = json.load(sys.stdin)
-if "error" in r: print("iperf3 -p %s: %s" % (sys.argv[1], r["error"]), file=sys.stderr); print(0)
-else: print("%.2f" % (r["end"]["sum_received"]["bits_per_second"] / 1e9))' "$1"
+if "error" in r: print("iperf3 -p %s: %s" % (sys.argv[1], r["error"]), file=sys.stderr); print("0 - 0")
+else: s = r["end"]["sum_received"]; print("%.2f - %d" % (s["bits_per_second"] / 1e9, s["bytes"]))' "$1"
 }
 close_rps() { wrk_run "$1" 100 "$SECS" -c20 -H 'Connection: close'; }
 

@@ -6,6 +6,14 @@
 
 NGINX_STREAM=/usr/lib/nginx/modules/ngx_stream_module.so
 
+# Which processes do the work of a target, for side_by_side's CPU columns,
+# by the port a target is measured on. cpu_relay: the process trees that
+# relay PORT (a peer proxy, socat), or "pvx:SUPERVISOR" (the supervisor's
+# worker serving PORT, looked up at each reading, so that a respawned
+# worker counts); set by the helpers that start them. cpu_backend: the
+# process tree of the backend listening on PORT.
+declare -gA cpu_relay=() cpu_backend=()
+
 # The opening of every benchmark: run from the repository's root, install
 # the peers (scripts/setup.sh --bench), build pv-xconnect unless PVX_BIN
 # names one (a relative PVX_BIN is taken from the root), raise the fd limit
@@ -71,6 +79,7 @@ http {
 }
 CFG
   nginx -c "$work/$1.conf" >/dev/null 2>&1 & pids+=($!)
+  cpu_backend[$2]=$!
 }
 
 # nginx (one worker) proxying 127.0.0.1:FRONT to 127.0.0.1:BACK: `stream`
@@ -101,6 +110,7 @@ $body
 CFG
   } > "$work/$1.conf"
   nginx -c "$work/$1.conf" >/dev/null 2>&1 & peer_pid=$!; pids+=($!)
+  cpu_relay[$3]=$peer_pid # the master: its tree holds the worker
 }
 
 # HAProxy (one thread) proxying 127.0.0.1:FRONT to 127.0.0.1:BACK in mode
@@ -123,6 +133,7 @@ backend b
   server s 127.0.0.1:$4
 CFG
   haproxy -f "$work/$1.cfg" -db >/dev/null 2>&1 & peer_pid=$!; pids+=($!)
+  cpu_relay[$3]=$peer_pid
 }
 
 # A graph link from 127.0.0.1:FRONT to 127.0.0.1:BACK (JSON object).
@@ -132,11 +143,15 @@ pvx_link() { # type name front back
 
 # The supervisor on a graph of the given link objects. Sets pvx_pid.
 pvx_start() { # name link...
-  local name=$1; shift
+  local name=$1 l; shift
   local IFS=,
   echo "[$*]" > "$work/$name.json"
   "$PVX_BIN" run --graph "$work/$name.json" --status-socket "$work/$name.sock" --log-target stderr \
     --log-level warn ${PVX_BENCH_FLAGS:-} 2>"$work/$name.log" & pvx_pid=$!; pids+=($!)
+  # A link's "target" is where its clients connect (pvx_link's FRONT).
+  for l in "$@"; do
+    if [[ $l =~ \"target\":\"127\.0\.0\.1:([0-9]+)\" ]]; then cpu_relay[${BASH_REMATCH[1]}]=pvx:$pvx_pid; fi
+  done
 }
 
 # The worker of pvx_pid serving 127.0.0.1:PORT (waits for it).
@@ -153,41 +168,133 @@ wait_http() { # port path
   return 1
 }
 
-# wrk -t1 against PORT/PATH -> "req/s p99_ms"; extra args go to wrk (e.g.
-# -c20 -H 'Connection: close'). Errors wrk reports go to stderr.
+# wrk -t1 against PORT/PATH -> "req/s p99_ms requests" (requests: how many
+# completed, the work side_by_side divides CPU time by); extra args go to
+# wrk (e.g. -c20 -H 'Connection: close'). Errors wrk reports go to stderr.
 wrk_run() { # port path secs wrk-args...
   local port=$1 path=$2 secs=$3; shift 3
   wrk -t1 -d"${secs}s" --latency "$@" "http://127.0.0.1:$port/$path" | awk '
     /Requests\/sec:/ { rps = $2 }
+    / requests in / { n = $1 }
     /^ +99%/ { v = $2; u = v; sub(/[0-9.]+/, "", u); sub(/[a-z]+$/, "", v)
                ms = (u == "us") ? v / 1000 : (u == "s") ? v * 1000 : v }
     /Non-2xx|Socket errors/ { err = err " " $0 }
-    END { if (err != "") print "wrk:" err > "/dev/stderr"; printf "%.0f %.3f\n", rps, ms }'
+    END { if (err != "") print "wrk:" err > "/dev/stderr"; printf "%.0f %.3f %d\n", rps, ms, n }'
 }
+
+# The processes relaying PORT now (cpu_relay; none: nothing).
+relay_pids() { # port
+  local r=${cpu_relay[$1]:-}
+  case $r in
+    pvx:*) pgrep -P "${r#pvx:}" -f "pvx-worker-[a-z]* 127.0.0.1:$1 " || true ;;
+    *) echo "$r" ;;
+  esac
+}
+
+# The CPU time of the process trees of PIDS (each process and all its
+# descendants): a line "pid:starttime ppid ticks" for each process, ticks
+# = utime + stime + cutime + cstime from /proc/PID/stat (cutime and cstime:
+# the children it reaped, such as socat's per-connection forks). Nothing
+# when none of PIDS runs; a process that exits while this reads is left out.
+cpu_snap() { # pid...
+  [ $# -gt 0 ] || return 0
+  { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v roots="$(printf '%s ' "$@")" '
+    { r = $0; sub(/^[^(]*\(.*\) /, "", r); n = split(r, f, " ")
+      if (n < 20) next
+      pid = $1; ppid[pid] = f[2]; key[pid] = pid ":" f[20]; t[pid] = f[12] + f[13] + f[14] + f[15]
+      kids[f[2]] = kids[f[2]] " " pid }
+    END {
+      m = split(roots, q, " ")
+      for (i = 1; i <= m; i++) {
+        p = q[i]; if (!(p in key) || (p in seen)) continue
+        seen[p] = 1; print key[p], ppid[p], t[p]
+        c = split(kids[p], k, " "); for (j = 1; j <= c; j++) q[++m] = k[j]
+      }
+    }'
+}
+
+# CPU per unit of work between two cpu_snap readings, BEFORE and AFTER:
+# seconds * SCALE / WORK, printed with FMT; "-" when either reading is
+# empty (nothing ran) or WORK is not a positive number. A process in both
+# readings counts its growth, one born since counts all of its own time;
+# one gone since counts nothing, except that when it was reaped within the
+# tree (its parent, or a parent gone too that its own parent reaped, and so
+# on up to a process still there), that process's cutime now holds its
+# whole life, so what it had at BEFORE is taken off.
+cpu_per() { # before after work scale fmt
+  [ -n "$1" ] && [ -n "$2" ] || { echo -; return 0; }
+  { sed 's/^/b /' <<<"$1"; sed 's/^/a /' <<<"$2"; } | awk -v work="$3" -v scale="$4" -v fmt="$5" -v hz="$CLK_TCK" '
+    NF < 4 { next }
+    $1 == "b" { b[$2] = $4; bp[$2] = $3; split($2, k, ":"); was[k[1]] = $2; next }
+    { a[$2] = $4; split($2, k, ":"); live[k[1]] = 1 }
+    END {
+      for (p in a) d += a[p] - ((p in b) ? b[p] : 0)
+      for (p in b) {
+        if (p in a) continue
+        q = bp[p]; h = 0 # h: a bound, should pid reuse make a loop
+        while (!(q in live) && (q in was) && h++ < 64) q = bp[was[q]]
+        if (q in live) d -= b[p]
+      }
+      if (work !~ /^[0-9.]+$/ || work + 0 <= 0) print "-"
+      else printf fmt "\n", d / hz * scale / work
+    }'
+}
+CLK_TCK=$(getconf CLK_TCK)
+
+# Median of the numbers on stdin, "-" ignored; "-" when none is left.
+median_known() { local m; m=$(tr ' ' '\n' | awk 'NF && $1 != "-"'); if [ -n "$m" ]; then median <<<"$m"; else echo -; fi; }
 
 # One scenario, side by side: RUNS rounds, each measuring every target
 # once (interleaved, so a noisy moment hits all of them), then the median
 # of each and its ratio to the first target (direct).
-#   side_by_side TITLE UNIT MEASURE target=arg...
-# MEASURE is a command given ARG, printing one number (and optionally a
-# second: a p99 latency in ms).
+#   side_by_side TITLE UNIT MEASURE target=PORT...
+# MEASURE is a command given PORT, printing one number, then optionally a
+# p99 latency in ms ("-": none) and the work done (requests, or bytes when
+# UNIT is Gbit/s).
+# Beside them, the CPU time (user + system) the target's relaying
+# processes (cpu_relay of PORT: none for direct) spent per unit of that
+# work, and the backend's (cpu_backend of the first target's PORT): per
+# run, then the median. Unlike the throughput, this hardly moves when the
+# machine is busy: it counts what each proxy does, not how soon it got a
+# core.
 side_by_side() {
   local title=$1 unit=$2 measure=$3; shift 3
-  local names=() t n a v l d
-  declare -A val lat arg
+  local names=() t n a v l w d out roots be c0 c1 b0 b1 cu bu scale fmt
+  declare -A val lat arg cpu bcpu
+  case $unit in
+    Gbit/s) cu=cpu_s/GB bu=be_s/GB scale=1e9 fmt=%.2f ;;
+    *) cu=cpu_us/req bu=be_us/req scale=1e6 fmt=%.1f ;;
+  esac
   for t in "$@"; do n=${t%%=*}; names+=("$n"); arg[$n]=${t#*=}; done
+  be=${cpu_backend[${arg[${names[0]}]}]:-}
   for _ in $(seq "$RUNS"); do
     for n in "${names[@]}"; do
-      read -r v l < <($measure "${arg[$n]}")
+      a=${arg[$n]}
+      roots=$(relay_pids "$a")
+      # shellcheck disable=SC2086 # one pid a word
+      c0=$(cpu_snap $roots); b0=$(cpu_snap $be)
+      out=$($measure "$a") || true
+      v= l= w=
+      read -r v l w <<<"$out" || true
+      [ "$l" != - ] || l=
+      # What the last connections' closes cost (socat's forks reaped).
+      [ -z "$roots$be" ] || sleep 0.2
+      roots=$(relay_pids "$a")
+      # shellcheck disable=SC2086
+      c1=$(cpu_snap $roots); b1=$(cpu_snap $be)
       val[$n]="${val[$n]:-} $v"; lat[$n]="${lat[$n]:-} ${l:-}"
+      cpu[$n]="${cpu[$n]:-} $(cpu_per "$c0" "$c1" "$w" "$scale" "$fmt")"
+      bcpu[$n]="${bcpu[$n]:-} $(cpu_per "$b0" "$b1" "$w" "$scale" "$fmt")"
     done
   done
   echo "== $title; $RUNS runs, medians"
+  echo "   $cu: CPU time (user+sys) of the relaying process(es) per ${cu#*/}; $bu: the backend's"
   d=$(echo "${val[${names[0]}]}" | median)
-  printf '%-12s %12s %8s %10s   runs (%s)\n' target "$unit" /direct p99_ms "$unit"
+  printf '%-12s %12s %8s %10s %10s %10s   runs (%s)\n' target "$unit" /direct p99_ms "$cu" "$bu" "$unit"
   for n in "${names[@]}"; do
     v=$(echo "${val[$n]}" | median); l=$(echo "${lat[$n]}" | median)
     [ -n "${lat[$n]// /}" ] || l=-
-    printf '%-12s %12s %8s %10s  %s\n' "$n" "$v" "$(ratio "$v" "$d")" "$l" "${val[$n]}"
+    printf '%-12s %12s %8s %10s %10s %10s  %s\n' "$n" "$v" "$(ratio "$v" "$d")" "$l" \
+      "$(median_known <<<"${cpu[$n]}")" "$(median_known <<<"${bcpu[$n]}")" "${val[$n]}"
   done
 }
