@@ -254,7 +254,7 @@ median_known() { local m; m=$(tr ' ' '\n' | awk 'NF && $1 != "-"'); if [ -n "$m"
 # Beside them, the CPU time (user + system) the target's relaying
 # processes (cpu_relay of PORT: none for direct) spent per unit of that
 # work, and the backend's (cpu_backend of the first target's PORT): per
-# run, then the median. Unlike the throughput, this hardly moves when the
+# run, then the median. It moves far less than the throughput when the
 # machine is busy: it counts what each proxy does, not how soon it got a
 # core.
 side_by_side() {
