@@ -3,8 +3,8 @@
 //! failed when refused, unreachable or not connected within
 //! `--health-timeout`. `--health-fall` failures in a row mark a backend
 //! down, `--health-rise` successes in a row mark it up again; a real
-//! connection the dialer gave up on counts as a failure, one it made as
-//! a success.
+//! connection the dialer gave up on (refused, unreachable, or its connect
+//! timed out) counts as a failure, one it made as a success.
 //!
 //! A down backend is not dialled (`backend::Dialer` asks [`is_down`]): the
 //! connection is held (`crate::hold`) as if the backend had refused, and a
