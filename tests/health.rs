@@ -247,3 +247,253 @@ fn http_and_unix_workers_check_their_backends() {
         "{b}"
     );
 }
+
+/// A backend on loopback that answers connects until [`Stalling::stall`],
+/// then never again: its listener (backlog 0) stops accepting and its
+/// accept queue is filled, so the kernel drops every further SYN, as a
+/// black-holed address would. Connects to it neither succeed nor fail;
+/// they time out.
+struct Stalling {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+    /// Keeps the listener and the connections that fill its queue.
+    _keep: Vec<std::os::fd::OwnedFd>,
+}
+
+impl Stalling {
+    fn start() -> Stalling {
+        use nix::sys::socket::*;
+        use std::os::fd::AsRawFd;
+        let l = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .expect("socket");
+        bind(l.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, 0)).expect("bind");
+        listen(&l, Backlog::new(0).expect("backlog")).expect("listen");
+        let a: SockaddrIn = getsockname(l.as_raw_fd()).expect("getsockname");
+        let addr = SocketAddr::V4(std::net::SocketAddrV4::from(a));
+        let listener = TcpListener::from(l.try_clone().expect("dup listener"));
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let thread = thread::spawn(move || {
+            while !st.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    // A check, or a probe: nothing to say.
+                    Ok((c, _)) => drop(c),
+                    Err(_) => thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        Stalling {
+            addr,
+            stop,
+            thread: Some(thread),
+            _keep: vec![l],
+        }
+    }
+
+    /// From now on no connect to it completes.
+    fn stall(&mut self) {
+        use nix::sys::socket::*;
+        use std::os::fd::AsRawFd;
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().expect("accept thread");
+        }
+        let SocketAddr::V4(v4) = self.addr else {
+            unreachable!()
+        };
+        let to = SockaddrIn::from(v4);
+        // Fill the queue until a connect stays in progress: that one's SYN
+        // was dropped, and so will every later one be.
+        for _ in 0..16 {
+            let s = socket(
+                AddressFamily::Inet,
+                SockType::Stream,
+                SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+                None,
+            )
+            .expect("socket");
+            let _ = connect(s.as_raw_fd(), &to);
+            let mut pfd = [nix::poll::PollFd::new(
+                std::os::fd::AsFd::as_fd(&s),
+                nix::poll::PollFlags::POLLOUT,
+            )];
+            let ready =
+                nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(300u16)).unwrap_or(0);
+            self._keep.push(s);
+            if ready == 0 {
+                return;
+            }
+        }
+        panic!("the stalled listener still completes connects");
+    }
+}
+
+impl Drop for Stalling {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A real connection whose connect times out counts as a failure of its
+/// backend, as a refused one does: after `--health-fall` of them the
+/// backend is down, in tcp and in http (504s), with no check seeing it
+/// (one check only, at start, while it still answered).
+#[test]
+fn real_connects_that_time_out_mark_a_backend_down() {
+    let mut backend = Stalling::start();
+    let (tcp_port, http_port) = (free_port(), free_port());
+    let g = graph(&[
+        link(
+            "tcp",
+            "timed-tcp",
+            0,
+            &format!("127.0.0.1:{tcp_port}"),
+            &backend.addr.to_string(),
+            0,
+        ),
+        link(
+            "http",
+            "timed-http",
+            0,
+            &format!("127.0.0.1:{http_port}/"),
+            &backend.addr.to_string(),
+            0,
+        ),
+    ]);
+    let sup = Supervisor::start(
+        &g,
+        &[
+            "--health-interval",
+            "24h",
+            "--health-fall",
+            "2",
+            "--connect-timeout",
+            "300ms",
+            "--hold-timeout",
+            "0",
+        ],
+    );
+    let (tcp, http) = (
+        format!("127.0.0.1:{tcp_port}"),
+        format!("127.0.0.1:{http_port}"),
+    );
+    for a in [&tcp, &http] {
+        wait_for(Duration::from_secs(10), "the first check", || {
+            let b = backend_state(&sup, a)?;
+            (b["checks"].as_u64()? == 1 && b["state"] == "up").then_some(())
+        });
+    }
+    backend.stall();
+
+    for i in 0..2 {
+        let mut c = TcpStream::connect(("127.0.0.1", tcp_port)).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut buf = Vec::new();
+        // Closed by the worker at the connect timeout.
+        let _ = c.read_to_end(&mut buf);
+        assert!(buf.is_empty(), "tcp client {i} got {buf:?}");
+        let (r, _) = pvx_tests::http::client::exchange(
+            SocketAddr::from(([127, 0, 0, 1], http_port)),
+            &pvx_tests::http::client::get("/x"),
+        );
+        assert_eq!(r.status, 504, "http request {i}: {}", r.head);
+    }
+    for a in [&tcp, &http] {
+        let b = wait_state(&sup, a, "down");
+        assert_eq!(b["checks"].as_u64(), Some(1), "no check saw it: {b}");
+        assert_eq!(b["failures"].as_u64(), Some(2), "{b}");
+        assert!(
+            b["last_error"].as_str().unwrap().contains("within 300 ms"),
+            "{b}"
+        );
+    }
+}
+
+/// The state of `backend` among the backends of the endpoint at `address`.
+fn replica_state(sup: &Supervisor, address: &str, backend: &str) -> Option<Value> {
+    let v: Value = serde_json::from_str(&status_cli(sup, true)).ok()?;
+    v["endpoints"]
+        .as_array()?
+        .iter()
+        .find(|e| e["address"] == address)?["backends"]
+        .as_array()?
+        .iter()
+        .find(|b| b["backend"] == backend)
+        .cloned()
+}
+
+/// Replicas: one whose connects time out is marked down by the real
+/// connections that tried it, and every client is served by the one that
+/// is up.
+#[test]
+fn a_replica_whose_connects_time_out_goes_down_and_clients_go_to_the_other() {
+    let mut stalled = Stalling::start();
+    let live = tagged_echo_server("live");
+    let port = free_port();
+    let replica = |name: &str, backend: String| {
+        let l = link("tcp", name, 0, &format!("127.0.0.1:{port}"), &backend, 0);
+        format!(r#"{},"balance":"round-robin"}}"#, &l[..l.len() - 1])
+    };
+    let g = graph(&[
+        replica("rep-stalled", stalled.addr.to_string()),
+        replica("rep-live", live.to_string()),
+    ]);
+    let sup = Supervisor::start(
+        &g,
+        &[
+            "--health-interval",
+            "24h",
+            "--health-fall",
+            "2",
+            "--connect-timeout",
+            "1s",
+            "--hold-timeout",
+            "0",
+        ],
+    );
+    let address = format!("127.0.0.1:{port}");
+    let (s, l) = (stalled.addr.to_string(), live.to_string());
+    for b in [&s, &l] {
+        wait_for(Duration::from_secs(10), "the first check", || {
+            let st = replica_state(&sup, &address, b)?;
+            (st["checks"].as_u64()? == 1 && st["state"] == "up").then_some(())
+        });
+    }
+    stalled.stall();
+    for i in 0..6 {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let tag = read_line(&mut c).unwrap_or_else(|e| panic!("client {i}: {e}"));
+        assert_eq!(tag, "live", "client {i}");
+        c.write_all(b"ping\n").unwrap();
+        assert_eq!(read_line(&mut c).unwrap(), "ping", "client {i}");
+    }
+    let st = wait_for(Duration::from_secs(10), "the stalled replica down", || {
+        replica_state(&sup, &address, &s).filter(|b| b["state"] == "down")
+    });
+    assert_eq!(st["checks"].as_u64(), Some(1), "no check saw it: {st}");
+    let up = replica_state(&sup, &address, &l).unwrap();
+    assert_eq!(
+        (&up["state"], up["failures"].as_u64()),
+        (&Value::from("up"), Some(0)),
+        "{up}"
+    );
+    // Down: not dialled any more, every client goes to the live replica.
+    for i in 0..4 {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        assert_eq!(read_line(&mut c).unwrap(), "live", "client {i} after");
+    }
+    let after = replica_state(&sup, &address, &s).unwrap();
+    assert_eq!(after["failures"], st["failures"], "{after}");
+}

@@ -533,3 +533,123 @@ fn max_held_bounds_the_flood_and_the_rest_fail_at_once() {
     assert!(got == big, "{} bytes back of {}", got.len(), big.len());
     assert_eq!(held_small.join().unwrap().unwrap(), b"small");
 }
+
+/// Wait until the endpoint at `address` holds exactly `n` connections.
+fn wait_held_exactly(sup: &Supervisor, address: &str, n: u64) {
+    wait_for(Duration::from_secs(20), &format!("{n} held"), || {
+        (held_status(sup, address)["held"].as_u64()? == n).then_some(())
+    });
+}
+
+/// A held client that hangs up is let go when it does, not when its hold
+/// ends (a long `--hold-timeout` here): its slot and fd go at once. Gone
+/// means a reset (tcp, http), a close (unix: the kernel tells it from a
+/// half-close), or a FIN from a tcp client that never sent a byte (TCP
+/// cannot tell that close from a half-close, and there is nothing to
+/// deliver). A tcp client that half-closes after sending its bytes is
+/// kept, and served when the provider is back (SPEC §5: half-close is
+/// honoured).
+#[test]
+fn a_held_client_that_hangs_up_is_let_go_at_once() {
+    use std::io::Read;
+    let (tcp_port, http_port, backend_port) = (free_port(), free_port(), free_port());
+    let dir = TempDir::new("hold-gone");
+    let front = dir.path().join("front.sock");
+    let provider = dir.path().join("provider.sock");
+    let g = graph(&[
+        link(
+            "tcp",
+            "gone-tcp",
+            0,
+            &format!("127.0.0.1:{tcp_port}"),
+            &format!("127.0.0.1:{backend_port}"),
+            0,
+        ),
+        link(
+            "http",
+            "gone-http",
+            0,
+            &format!("127.0.0.1:{http_port}/"),
+            &format!("127.0.0.1:{backend_port}"),
+            0,
+        ),
+        link(
+            "unix",
+            "gone-unix",
+            0,
+            &front.display().to_string(),
+            &provider.display().to_string(),
+            0,
+        ),
+    ]);
+    // fds are counted: no health-check socket may come and go.
+    let sup = Supervisor::start(&g, &["--hold-timeout", "60s", "--health-interval", "0"]);
+    let tcp = format!("127.0.0.1:{tcp_port}");
+    let http = format!("127.0.0.1:{http_port}");
+    let unix = front.display().to_string();
+    let pids = [
+        sup.worker_pid("pvx-worker-tcp"),
+        sup.worker_pid("pvx-worker-http"),
+        sup.worker_pid("pvx-worker-unix"),
+    ];
+    for p in pids {
+        wait_worker_started(p);
+    }
+    let base: Vec<usize> = pids.iter().map(|p| fds::fd_count(*p)).collect();
+    // Held: one fd more than before; let go: back to the count before.
+    let let_go = |k: usize, address: &str, what: &str| {
+        wait_held_exactly(&sup, address, 0);
+        wait_for(Duration::from_secs(20), what, || {
+            (fds::fd_count(pids[k]) == base[k]).then_some(())
+        });
+    };
+
+    // tcp, reset after sending.
+    let mut c = TcpStream::connect(("127.0.0.1", tcp_port)).unwrap();
+    c.write_all(b"hello").unwrap();
+    wait_held_exactly(&sup, &tcp, 1);
+    close_with_reset(c);
+    let_go(0, &tcp, "tcp client reset: let go");
+
+    // tcp, closed before sending anything.
+    let c = TcpStream::connect(("127.0.0.1", tcp_port)).unwrap();
+    wait_held_exactly(&sup, &tcp, 1);
+    drop(c);
+    let_go(0, &tcp, "tcp client closed: let go");
+
+    // http, reset while its request is held.
+    let mut c = TcpStream::connect(("127.0.0.1", http_port)).unwrap();
+    c.write_all(&get("/held")).unwrap();
+    wait_held_exactly(&sup, &http, 1);
+    close_with_reset(c);
+    let_go(1, &http, "http client reset: let go");
+
+    // unix, closed after sending.
+    let mut c = std::os::unix::net::UnixStream::connect(&front).unwrap();
+    c.write_all(b"hello").unwrap();
+    wait_held_exactly(&sup, &unix, 1);
+    drop(c);
+    let_go(2, &unix, "unix client closed: let go");
+
+    // tcp, half-closed after sending: still held, then served.
+    let mut c = TcpStream::connect(("127.0.0.1", tcp_port)).unwrap();
+    c.write_all(b"half-closed").unwrap();
+    wait_held_exactly(&sup, &tcp, 1);
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let p = Provider::tcp_echo(backend_port);
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).expect("echo after the hold");
+    assert_eq!(got, b"half-closed");
+    drop(p);
+    // Three held in all at this endpoint, the last one connected.
+    wait_for(Duration::from_secs(10), "the hold counted", || {
+        let h = held_status(&sup, &tcp);
+        let got = (
+            h["total"].as_u64()?,
+            h["connected"].as_u64()?,
+            h["held"].as_u64()?,
+        );
+        (got == (3, 1, 0)).then_some(())
+    });
+}

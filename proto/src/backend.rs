@@ -383,6 +383,15 @@ impl Dialer {
                     );
                     return Step::Failed(self.end_hold(now, why));
                 }
+                if self.held.is_none() {
+                    // A backend that never answers the SYN (its host gone,
+                    // its address black-holed, its accept queue full) is as
+                    // dead as one that refuses: one failure for the health
+                    // checks. A held connection counted its failure when
+                    // the hold began.
+                    let why = format!("not connected within {} ms", limits.connect_timeout_ms);
+                    crate::health::observe(&self.target, Err(why), false);
+                }
                 let why = format!(
                     "backend {}: connect timed out after {} ms",
                     self.target, limits.connect_timeout_ms

@@ -114,6 +114,15 @@ impl Sockets {
 
     /// Drive the backend connect one step (see [`Dialer::step`]).
     pub fn dial(&mut self, dial: &mut Dialer, now: Instant, limits: &Limits) -> Dialing {
+        // A held client reported a hang-up, an error or a FIN: if it has
+        // gone, its slot and fd are freed now, not at the hold's end.
+        if self.troubled[0] && dial.is_held() && crate::hold::client_gone(&self.client, true) {
+            crate::debug!(
+                "client gone while held for backend {}; closing",
+                dial.target
+            );
+            return Dialing::Next(Next::Close { error: false });
+        }
         let ready = self.backend_ready.writable;
         // Writable with no error or hang-up reported: the connect has
         // succeeded, and SO_ERROR (with getpeername) would only say so.

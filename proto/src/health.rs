@@ -3,8 +3,8 @@
 //! failed when refused, unreachable or not connected within
 //! `--health-timeout`. `--health-fall` failures in a row mark a backend
 //! down, `--health-rise` successes in a row mark it up again; a real
-//! connection the dialer gave up on counts as a failure, one it made as
-//! a success.
+//! connection the dialer gave up on (refused, unreachable, or its connect
+//! timed out) counts as a failure, one it made as a success.
 //!
 //! A down backend is not dialled (`backend::Dialer` asks [`is_down`]): the
 //! connection is held (`crate::hold`) as if the backend had refused, and a
@@ -23,6 +23,7 @@
 //! loop, nothing per connection.
 
 use crate::ctl::Limits;
+use crate::fnv::FnvMap;
 use crate::graph::Backend;
 use crate::stream::Stream;
 use mio::{Events, Interest, Poll, Token};
@@ -63,9 +64,16 @@ struct Entry {
     last_error: Option<String>,
 }
 
+/// The table is one entry per distinct backend of the worker's routes:
+/// a few on most devices, but an http worker may route thousands. Every
+/// dial asks [`is_down`] and every real connect [`observe`]s, so a
+/// backend's entry is found through `index` (FNV, `crate::fnv`) in O(1),
+/// not by a scan; `entries` keeps the routes' order for `report`.
 #[derive(Debug, Default)]
 struct Table {
     entries: Vec<Entry>,
+    /// Position of each backend's entry in `entries`.
+    index: FnvMap<Backend, usize>,
     fall: u32,
     rise: u32,
     /// Bumped on every change, so a report is built only when needed.
@@ -85,11 +93,23 @@ fn track(backends: &[Backend], limits: &Limits) {
         t.version += 1;
         t.fall = limits.health_fall.max(1);
         t.rise = limits.health_rise.max(1);
-        let mut old = std::mem::take(&mut t.entries);
-        t.entries = backends
-            .iter()
-            .map(|b| match old.iter().position(|e| &e.backend == b) {
-                Some(i) => old.swap_remove(i),
+        let old_index = std::mem::take(&mut t.index);
+        let mut old: Vec<Option<Entry>> = std::mem::take(&mut t.entries)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let mut index = FnvMap::default();
+        index.reserve(backends.len());
+        let mut entries = Vec::with_capacity(backends.len());
+        for b in backends {
+            // A backend named twice is tracked once.
+            if index.contains_key(b) {
+                continue;
+            }
+            let kept = old_index.get(b).and_then(|&i| old.get_mut(i)?.take());
+            index.insert(b.clone(), entries.len());
+            entries.push(match kept {
+                Some(e) => e,
                 None => Entry {
                     backend: b.clone(),
                     up: true,
@@ -100,8 +120,10 @@ fn track(backends: &[Backend], limits: &Limits) {
                     last_check_ms: 0,
                     last_error: None,
                 },
-            })
-            .collect();
+            });
+        }
+        t.entries = entries;
+        t.index = index;
     })
 }
 
@@ -109,7 +131,7 @@ fn track(backends: &[Backend], limits: &Limits) {
 pub fn is_down(b: &Backend) -> bool {
     TABLE.with(|t| {
         let t = t.borrow();
-        !t.entries.is_empty() && t.entries.iter().any(|e| &e.backend == b && !e.up)
+        !t.entries.is_empty() && t.index.get(b).is_some_and(|&i| !t.entries[i].up)
     })
 }
 
@@ -134,9 +156,10 @@ pub fn observe(b: &Backend, outcome: Result<(), String>, check: bool) {
             return false;
         }
         let (fall, rise) = (t.fall, t.rise);
-        let Some(e) = t.entries.iter_mut().find(|e| &e.backend == b) else {
+        let Some(&i) = t.index.get(b) else {
             return false;
         };
+        let e = &mut t.entries[i];
         // What `report` shows changes with a check, a failure, the end of
         // a run of failures or a state change; a real connection to a
         // backend that is up changes none of it, and must not make every stats report carry the table.
@@ -223,9 +246,10 @@ fn unix_ms() -> u64 {
 /// The distinct backends of `routes`, in order.
 pub fn backends_of(routes: &[crate::plan::Route]) -> Vec<Backend> {
     let mut v: Vec<Backend> = Vec::new();
+    let mut seen: FnvMap<&Backend, ()> = FnvMap::default();
     // Every replica of a route is checked on its own.
     for b in routes.iter().flat_map(|r| r.backends()) {
-        if !v.contains(b) {
+        if seen.insert(b, ()).is_none() {
             v.push(b.clone());
         }
     }
@@ -273,14 +297,14 @@ impl Checker {
     /// The routes changed: check exactly `backends` from now on (a new one
     /// at once). Checks under way are dropped (their tokens are indices).
     pub fn set_backends(&mut self, backends: &[Backend], limits: &Limits, now: Instant) {
-        let mut old = std::mem::take(&mut self.probes);
+        let old: FnvMap<Backend, Instant> = std::mem::take(&mut self.probes)
+            .into_iter()
+            .map(|p| (p.backend, p.next))
+            .collect();
         self.probes = backends
             .iter()
             .map(|b| {
-                let next = old
-                    .iter()
-                    .position(|p| &p.backend == b)
-                    .map_or(now, |i| old.swap_remove(i).next);
+                let next = old.get(b).copied().unwrap_or(now);
                 Probe {
                     backend: b.clone(),
                     next: next.min(now + self.interval),
@@ -467,6 +491,51 @@ mod tests {
         assert_eq!(r[0].last_error.as_deref(), Some("refused"));
         track(&[], &limits());
         assert!(report().is_empty());
+    }
+
+    /// Thousands of backends (an http worker with many routes): each is
+    /// found for its own state, and a new set of backends keeps the state
+    /// of those it keeps, in its own order, a new one up.
+    #[test]
+    fn a_large_table_keeps_each_backend_state_across_changes() {
+        let lim = limits();
+        let bs: Vec<Backend> = (0..5000u32)
+            .map(|i| {
+                let ip = std::net::Ipv4Addr::from(0x7f00_0000 + i);
+                Backend::Tcp(std::net::SocketAddr::from((ip, 1000 + (i % 7) as u16)))
+            })
+            .collect();
+        track(&bs, &lim);
+        for b in bs.iter().step_by(3) {
+            observe(b, Err("refused".into()), true);
+            observe(b, Err("refused".into()), false);
+        }
+        for (i, b) in bs.iter().enumerate() {
+            assert_eq!(is_down(b), i.is_multiple_of(3), "{b}");
+        }
+        // Every other one, the other way round, and a new one named twice.
+        let fresh = Backend::Unix("/run/pvx-fresh.sock".into());
+        let mut again: Vec<Backend> = bs.iter().rev().step_by(2).cloned().collect();
+        again.push(fresh.clone());
+        again.push(fresh.clone());
+        track(&again, &lim);
+        let r = report();
+        assert_eq!(r.len(), MAX_REPORTED);
+        for (e, b) in r.iter().zip(&again) {
+            assert_eq!(e.backend, b.to_string());
+        }
+        for (i, b) in bs.iter().enumerate() {
+            let kept = (bs.len() - 1 - i).is_multiple_of(2);
+            assert_eq!(is_down(b), kept && i.is_multiple_of(3), "{b}");
+        }
+        assert!(!is_down(&fresh), "a new backend starts up");
+        observe(&fresh, Err("refused".into()), false);
+        observe(&fresh, Err("refused".into()), false);
+        assert!(is_down(&fresh), "tracked once: both failures counted");
+        let all = TABLE.with(|t| t.borrow().entries.len());
+        assert_eq!(all, again.len() - 1);
+        track(&[], &lim);
+        assert!(!is_down(&bs[0]));
     }
 
     /// A listening socket with backlog 0 whose queue is filled: further

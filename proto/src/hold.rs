@@ -14,11 +14,15 @@
 //! A held connection costs what an idle one does: its client socket, its
 //! slot and a timer entry; nothing is read from the client meanwhile (its
 //! bytes wait in the kernel, under TCP flow control), no pipe, no buffer.
+//! A held client that hangs up is let go when its socket says so
+//! ([`client_gone`]), not when its hold ends.
 //!
 //! Workers are single-threaded; the book belongs to the process.
 
 use crate::ctl::Stats;
+use crate::stream::Stream;
 use std::cell::RefCell;
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -127,6 +131,44 @@ pub fn retry_delay(n: u32) -> Duration {
     Duration::from_millis(ms.min(500))
 }
 
+/// Whether a held client has gone away, asked when its socket reported a
+/// hang-up or an error (nothing is read from a held client, so only the
+/// socket's state can tell). Gone: an error or both directions closed (a
+/// reset; on a unix socket, the peer's close). A FIN alone is a
+/// half-close, which SPEC §5 honours: the client's bytes still go to the
+/// backend and the answer back, so it stays held; except, for a byte
+/// `tunnel` (the tcp worker), a TCP client that sent nothing at all: TCP
+/// cannot tell its `close()` from `shutdown(SHUT_WR)`, and such a client
+/// has nothing for the backend, so it is taken as gone. An http client
+/// has sent its request head before it is held: a FIN after it is a
+/// half-close after the request (some clients do it), never gone.
+pub fn client_gone(client: &Stream, tunnel: bool) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    // POLLIN only: nix knows no POLLRDHUP (a revents holding it would not
+    // convert), and readable with no byte waiting says the same: a FIN.
+    let mut pfd = [PollFd::new(client.as_fd(), PollFlags::POLLIN)];
+    if !matches!(poll(&mut pfd, PollTimeout::ZERO), Ok(n) if n > 0) {
+        return false;
+    }
+    let r = pfd[0].revents().unwrap_or(PollFlags::empty());
+    if r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP) {
+        return true;
+    }
+    tunnel
+        && matches!(client, Stream::Tcp(_))
+        && r.contains(PollFlags::POLLIN)
+        && bytes_waiting(client) == Some(0)
+}
+
+/// Bytes received on `s` and not read yet (`FIONREAD`).
+fn bytes_waiting(s: &Stream) -> Option<usize> {
+    let mut n: nix::libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer, which lives
+    // for the call.
+    let r = unsafe { nix::libc::ioctl(s.as_fd().as_raw_fd(), nix::libc::FIONREAD, &mut n) };
+    (r == 0).then_some(n.max(0) as usize)
+}
+
 /// A held connection's record, kept by its dialer.
 #[derive(Debug)]
 pub struct Held {
@@ -139,6 +181,60 @@ pub struct Held {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Loopback delivers at once; this only rides out a slow machine.
+    fn eventually(f: impl Fn() -> bool) -> bool {
+        (0..200).any(|_| {
+            let done = f();
+            if !done {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            done
+        })
+    }
+
+    /// What the kernel tells of a held client that closed, half-closed
+    /// or reset, on unix and tcp sockets.
+    #[test]
+    fn a_client_gone_is_told_from_a_half_closed_one() {
+        use std::io::Write;
+        use std::net::Shutdown;
+        // unix: a half-close is kept, a close is gone (both kinds alike).
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let ours = Stream::Unix(mio::net::UnixStream::from_std(a));
+        assert!(!client_gone(&ours, true), "nothing happened");
+        b.shutdown(Shutdown::Write).unwrap();
+        assert!(!client_gone(&ours, true), "half-closed");
+        drop(b);
+        assert!(client_gone(&ours, true) && client_gone(&ours, false));
+
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let pair = || {
+            let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let s = l.accept().unwrap().0;
+            (c, Stream::Tcp(mio::net::TcpStream::from_std(s)))
+        };
+        // tcp: bytes, then a FIN: a half-close after a request, kept.
+        let (mut c, ours) = pair();
+        c.write_all(b"request").unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        assert!(eventually(|| bytes_waiting(&ours) == Some(7)));
+        assert!(!client_gone(&ours, true) && !client_gone(&ours, false));
+        // A FIN with no byte sent: gone for a tunnel, kept for http.
+        let (c, ours) = pair();
+        drop(c);
+        assert!(eventually(|| client_gone(&ours, true)));
+        assert!(!client_gone(&ours, false));
+        // A reset: gone.
+        let (c, ours) = pair();
+        let linger = nix::libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        nix::sys::socket::setsockopt(&c, nix::sys::socket::sockopt::Linger, &linger).unwrap();
+        drop(c);
+        assert!(eventually(|| client_gone(&ours, false)));
+    }
 
     #[test]
     fn bounded_and_counted() {

@@ -18,6 +18,7 @@
 //! - [`hold`]: connections held while their provider comes back.
 //! - [`log`]: one-line events to syslog or stderr.
 //! - [`text`]: escaping of outside text wherever it is printed or logged.
+//! - [`fnv`]: the hasher of maps keyed by backend.
 
 pub mod accept;
 pub mod backend;
@@ -28,6 +29,7 @@ pub mod duplex;
 pub mod event_loop;
 pub mod fdpass;
 pub mod fdrelay;
+pub mod fnv;
 pub mod graph;
 pub mod health;
 pub mod hold;

@@ -34,6 +34,18 @@ impl Conn {
         let Phase::Connecting(dial) = &mut self.phase else {
             return Ok(false);
         };
+        // A held request whose client reported a hang-up: if the client
+        // has gone (a reset; on a unix socket, a close), the request ends
+        // now, not at the hold's end. A FIN alone is a half-close after
+        // the request: it keeps its answer.
+        if self.c_hup && dial.is_held() && proto::hold::client_gone(&self.client, false) {
+            proto::debug!(
+                "client gone while its request was held for {}; closing",
+                dial.target
+            );
+            self.phase = Phase::Done;
+            return Ok(false);
+        }
         let (mut socket, kept) = match self.backend.take() {
             Some(b) => (Some(b.stream), (b.ready, b.hup)),
             None => (None, (Ready::default(), false)),

@@ -24,11 +24,10 @@
 use crate::keys::{Owner, Owners};
 use nix::errno::Errno;
 use nix::sys::socket::{recv, MsgFlags};
+use proto::fnv::FnvMap;
 use proto::graph::Backend;
 use proto::slab::Slab;
 use proto::stream::Stream;
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
@@ -47,31 +46,8 @@ struct Idle {
 pub struct Pool {
     idle: Slab<Idle>,
     /// Slots per backend, oldest first.
-    by_backend: HashMap<Backend, Vec<usize>, BuildHasherDefault<Fnv>>,
-}
-
-/// FNV-1a: the keys are the configured backends, not what a client sends,
-/// so SipHash's defence against chosen keys buys nothing here, and it
-/// cost ~400 instructions per lookup, two or three lookups per request.
-#[derive(Clone, Copy)]
-pub struct Fnv(u64);
-
-impl Default for Fnv {
-    fn default() -> Fnv {
-        Fnv(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
+    /// (FNV: `proto::fnv`.)
+    by_backend: FnvMap<Backend, Vec<usize>>,
 }
 
 /// Nothing to read on `s` and no EOF: `recv(MSG_PEEK | MSG_DONTWAIT)` says
