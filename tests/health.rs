@@ -22,7 +22,13 @@ struct Backend {
 
 impl Backend {
     fn start(port: u16, accepts: Arc<AtomicUsize>) -> Backend {
-        let l = TcpListener::bind(("127.0.0.1", port)).expect("bind backend");
+        // A restarted backend binds its port again: a connection of another
+        // test may hold it as its ephemeral source port for a moment.
+        let l = wait_for(
+            Duration::from_secs(10),
+            "the backend's port to be free",
+            || TcpListener::bind(("127.0.0.1", port)).ok(),
+        );
         l.set_nonblocking(true).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let (st, acc) = (stop.clone(), accepts.clone());
