@@ -44,10 +44,19 @@ pub enum Phase {
         until: Instant,
     },
     /// Reaching the backend (with the bounded retry while it restarts).
-    /// Boxed: a connection is idle far longer than it connects, and the
-    /// dialer (hold, replicas) would make every idle one 168 bytes larger.
-    Connecting(Box<Dialer>),
+    /// Boxed: a connection is idle far longer than it connects, and what
+    /// connecting needs would make every idle one 200 bytes larger.
+    Connecting(Box<Connecting>),
     Relaying,
+}
+
+/// What a connection needs only until its backend is reached.
+pub struct Connecting {
+    dial: Dialer,
+    /// The chosen route's sni (its identity among the endpoint's routes),
+    /// to find it again after an Update.
+    sni: Option<String>,
+    proxy_protocol: Option<ProxyProtocol>,
 }
 
 /// The backend in log lines, "-" before a route is chosen.
@@ -62,18 +71,15 @@ impl std::fmt::Display for Shown<'_> {
     }
 }
 
+/// One slot of the worker's slab per open connection: small, since an idle
+/// one keeps it (see the size test below; README "Measured").
 pub struct Conn {
     io: Sockets,
     pub phase: Phase,
     /// The backend, for log lines (set once a route is chosen).
     /// (A copy, not text: no allocation per connection for a tcp backend.)
     target: Option<Backend>,
-    /// The chosen route's sni (its identity among the endpoint's routes),
-    /// to find it again after an Update.
-    sni: Option<String>,
-    proxy_protocol: Option<ProxyProtocol>,
     relay: Duplex<Splice>,
-    last_activity: Instant,
 }
 
 impl Conn {
@@ -86,10 +92,7 @@ impl Conn {
                 until: now + Duration::from_millis(limits.head_timeout_ms),
             },
             target: None,
-            sni: None,
-            proxy_protocol: None,
             relay: Duplex::default(),
-            last_activity: now,
         };
         if let [r] = routes {
             if r.sni.is_none() {
@@ -100,27 +103,29 @@ impl Conn {
     }
 
     fn route_to(&mut self, r: &Route, now: Instant, limits: &Limits) {
-        self.sni = r.sni.clone();
-        self.proxy_protocol = r.proxy_protocol;
         // One backend, or one of the route's replicas by its policy.
         let dial = Dialer::for_route(r, now, limits);
         self.target = Some(dial.target.clone());
-        self.phase = Phase::Connecting(Box::new(dial));
+        self.phase = Phase::Connecting(Box::new(Connecting {
+            dial,
+            sni: r.sni.clone(),
+            proxy_protocol: r.proxy_protocol,
+        }));
     }
 
     /// Still connecting: dial the route's backend as `routes` has it now,
     /// at once.
     fn wake(&mut self, now: Instant, routes: &[Route]) -> bool {
-        let Phase::Connecting(dial) = &mut self.phase else {
+        let Phase::Connecting(c) = &mut self.phase else {
             return false;
         };
-        if let Some(r) = routes.iter().find(|r| r.sni == self.sni) {
+        if let Some(r) = routes.iter().find(|r| r.sni == c.sni) {
             // One backend moved, or the route's replicas changed.
-            dial.retarget_route(r, now);
-            self.target = Some(dial.target.clone());
-            self.proxy_protocol = r.proxy_protocol;
+            c.dial.retarget_route(r, now);
+            self.target = Some(c.dial.target.clone());
+            c.proxy_protocol = r.proxy_protocol;
         }
-        dial.wake(now);
+        c.dial.wake(now);
         true
     }
 
@@ -179,22 +184,22 @@ impl Conn {
             Phase::Connecting(_) => self.drive_connect(now, limits),
             Phase::Relaying => self.relay(now),
         };
-        self.io.deadline = self.next_deadline(limits);
+        self.io.set_deadline(self.next_deadline(limits));
         next
     }
 
     fn drive_connect(&mut self, now: Instant, limits: &Limits) -> Next {
-        let Phase::Connecting(dial) = &mut self.phase else {
+        let Phase::Connecting(c) = &mut self.phase else {
             return Next::Continue;
         };
-        match self.io.dial(dial, now, limits) {
+        match self.io.dial(&mut c.dial, now, limits) {
             Dialing::Next(next) => next,
             Dialing::Connected => {
                 if self.io.lease.is_some() {
                     // A replica failed over: name the one reached.
-                    self.target = Some(dial.target.clone());
+                    self.target = Some(c.dial.target.clone());
                 }
-                if let Some(v) = self.proxy_protocol {
+                if let Some(v) = c.proxy_protocol {
                     // Goes out before any client byte.
                     self.relay.up.prefix(proxy_header::build(
                         v,
@@ -203,26 +208,20 @@ impl Conn {
                     ));
                 }
                 self.phase = Phase::Relaying;
-                self.last_activity = now;
+                self.io.touch(now);
                 self.relay(now)
             }
         }
     }
 
     fn relay(&mut self, now: Instant) -> Next {
-        self.io.relay(
-            &mut self.relay,
-            &Shown(&self.target),
-            &mut self.last_activity,
-            now,
-        )
+        self.io.relay(&mut self.relay, &Shown(&self.target), now)
     }
 
     /// A timer fired: retry a connect, or time the connection out.
     fn expire(&mut self, now: Instant, limits: &Limits, routes: &[Route]) -> Next {
-        match self.io.deadline {
-            Some(d) if d <= now => {}
-            _ => return Next::Continue,
+        if !self.io.due(now) {
+            return Next::Continue;
         }
         match &self.phase {
             Phase::Sniffing { .. } => {
@@ -243,7 +242,7 @@ impl Conn {
     fn next_deadline(&self, limits: &Limits) -> Option<Instant> {
         match &self.phase {
             Phase::Sniffing { until } => Some(*until),
-            Phase::Connecting(dial) => Some(dial.deadline()),
+            Phase::Connecting(c) => Some(c.dial.deadline()),
             Phase::Relaying => {
                 let idle_ms = match (self.relay.lingering(), limits.tcp_idle_timeout_ms) {
                     (true, 0) => limits.half_close_linger_ms,
@@ -251,7 +250,7 @@ impl Conn {
                     (false, 0) => return None,
                     (false, t) => t,
                 };
-                Some(self.last_activity + Duration::from_millis(idle_ms))
+                Some(self.io.last_activity() + Duration::from_millis(idle_ms))
             }
         }
     }
@@ -277,5 +276,27 @@ impl Connection for Conn {
     }
     fn wake(&mut self, now: Instant, config: &WorkerConfig) -> bool {
         Conn::wake(self, now, &config.endpoint.routes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::slab::Slab;
+    use std::mem::size_of;
+
+    /// An idle client connection costs the worker its slab slot and little
+    /// else (README "Measured": at most 0.5 KiB of user memory per idle
+    /// connection, with its timer entry and the allocator's share), so the
+    /// slot must stay small: what only some connections need (the dialer,
+    /// sni, PROXY version while connecting) is boxed while it is needed,
+    /// and times are 8-byte [`Tick`]s.
+    #[test]
+    fn an_idle_connection_slot_stays_small() {
+        // A release build's `Stream` is a tag and an fd; mio's debug builds
+        // (these tests) add a selector id to each of the two sockets.
+        let debug_only = 2 * (size_of::<Stream>() - 8);
+        let slot = Slab::<Conn>::SLOT_BYTES - debug_only;
+        assert!(slot <= 256, "a connection slot takes {slot} bytes");
     }
 }
