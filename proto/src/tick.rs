@@ -3,12 +3,12 @@
 //! 16 (seconds and nanoseconds apart), and a worker holds thousands of
 //! idle connections (README "Measured": user memory per idle connection).
 //!
-//! A [`Tick`] counts nanoseconds from this process's clock epoch, the first
-//! time it is asked for (584 years fit in a u64). It is never zero, so an
-//! `Option<Tick>` is 8 bytes too. An `Instant` from before the epoch maps
-//! to the epoch itself: instants converted are the loop's `now` and times
-//! after it, so at most the few microseconds between a loop turn's `now`
-//! and the very first conversion are rounded up.
+//! A [`Tick`] counts nanoseconds from this process's clock epoch (584
+//! years fit in a u64). It is never zero, so an `Option<Tick>` is 8 bytes
+//! too. The epoch is set the first time it is asked for, [`EPOCH_BACK`]
+//! before that moment (an `Instant` may lie before boot: on Linux it is a
+//! signed `timespec`), so every instant the process takes after start-up
+//! converts exactly; one from before the epoch would map to the epoch.
 
 use std::num::NonZeroU64;
 use std::sync::OnceLock;
@@ -17,9 +17,15 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Tick(NonZeroU64);
 
+/// How long before its first use the clock's epoch is put.
+const EPOCH_BACK: Duration = Duration::from_secs(1 << 20);
+
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
+    *EPOCH.get_or_init(|| {
+        let now = Instant::now();
+        now.checked_sub(EPOCH_BACK).unwrap_or(now)
+    })
 }
 
 impl Tick {
@@ -52,7 +58,7 @@ mod tests {
         let later = now + Duration::from_millis(1500);
         let (a, b) = (Tick::from(now), Tick::from(later));
         assert!(a < b);
-        assert_eq!(Tick::from(now).instant(), now.max(epoch()));
+        assert_eq!(a.instant(), now);
         assert_eq!(b.instant(), later);
         assert_eq!(std::mem::size_of::<Option<Tick>>(), 8);
     }

@@ -299,4 +299,14 @@ mod tests {
         let slot = Slab::<Conn>::SLOT_BYTES - debug_only;
         assert!(slot <= 256, "a connection slot takes {slot} bytes");
     }
+
+    /// Each connection of a burst of new ones holds its [`Connecting`]
+    /// box until its backend answers; freed, their room stays in the
+    /// worker's heap, and counts against the idle connections that follow
+    /// (hold, replicas and the sni are boxed apart, or kept as `Tick`s).
+    #[test]
+    fn what_connecting_needs_stays_small() {
+        let c = size_of::<Connecting>();
+        assert!(c <= 128, "connecting takes {c} bytes");
+    }
 }
