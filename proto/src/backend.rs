@@ -19,6 +19,7 @@ use crate::graph::Backend;
 use crate::hold::{Held, Outcome};
 use crate::plan::Route;
 use crate::stream::Stream;
+use crate::tick::Tick;
 use mio::net::{TcpStream, UnixStream};
 use std::cell::RefCell;
 use std::io;
@@ -138,17 +139,20 @@ pub struct Dialer {
     pub target: Backend,
     /// A route with replicas: the backend aimed at (`target`) among them,
     /// the next to try when it fails (`balance.rs`). None: one backend.
-    choice: Option<Choice>,
+    /// Boxed, as `held`: most connections need neither, and every
+    /// connection has a dialer while it connects (the memory a burst of
+    /// new connections leaves in the heap).
+    choice: Option<Box<Choice>>,
     /// Replicas: an attempt still connecting then gives way to the next
     /// replica (see [`Dialer::stalled`]).
-    attempt_until: Option<Instant>,
+    attempt_until: Option<Tick>,
     attempt: u32,
-    retry_at: Option<Instant>,
-    give_up_at: Instant,
+    retry_at: Option<Tick>,
+    give_up_at: Tick,
     /// The first attempt: a hold lasts until this + the hold timeout.
-    started: Instant,
+    started: Tick,
     /// Set while the connection is held (counted in `crate::hold`).
-    held: Option<Held>,
+    held: Option<Box<Held>>,
 }
 
 /// What [`Dialer::poll`] asks of its caller.
@@ -189,16 +193,16 @@ impl Dialer {
             choice: None,
             attempt_until: None,
             attempt: 0,
-            retry_at: Some(now),
-            give_up_at: now + Duration::from_millis(limits.connect_timeout_ms),
-            started: now,
+            retry_at: Some(Tick::from(now)),
+            give_up_at: Tick::from(now + Duration::from_millis(limits.connect_timeout_ms)),
+            started: Tick::from(now),
             held: None,
         }
     }
 
     /// Connect now if an attempt is due.
     pub fn poll(&mut self, now: Instant, limits: &Limits) -> Dial {
-        if now >= self.give_up_at {
+        if self.expired(now) {
             return Dial::Failed(self.end_hold(
                 now,
                 format!(
@@ -208,7 +212,7 @@ impl Dialer {
             ));
         }
         match self.retry_at {
-            Some(at) if at <= now => {}
+            Some(at) if at <= Tick::from(now) => {}
             _ => return Dial::Wait,
         }
         self.retry_at = None;
@@ -231,7 +235,9 @@ impl Dialer {
     fn down(&mut self, now: Instant, limits: &Limits) -> Dial {
         if let Some(h) = self.held.as_mut() {
             h.tries += 1;
-            self.retry_at = Some((now + crate::hold::retry_delay(h.tries)).min(h.until));
+            self.retry_at = Some(Tick::from(
+                (now + crate::hold::retry_delay(h.tries)).min(h.until),
+            ));
             return Dial::Wait;
         }
         if self.hold(now, limits) {
@@ -256,14 +262,16 @@ impl Dialer {
         if let Some(h) = self.held.as_mut() {
             if is_absent(e) && now < h.until {
                 h.tries += 1;
-                self.retry_at = Some((now + crate::hold::retry_delay(h.tries)).min(h.until));
+                self.retry_at = Some(Tick::from(
+                    (now + crate::hold::retry_delay(h.tries)).min(h.until),
+                ));
                 return Dial::Wait;
             }
         } else {
             if is_retryable(e) {
                 if let Some(d) = retry_delay(self.attempt, limits.connect_retry_ms) {
-                    if now + d < self.give_up_at {
-                        self.retry_at = Some(now + d);
+                    if Tick::from(now + d) < self.give_up_at {
+                        self.retry_at = Some(Tick::from(now + d));
                         return Dial::Wait;
                     }
                 }
@@ -287,7 +295,7 @@ impl Dialer {
         if limits.hold_timeout_ms == 0 {
             return false;
         }
-        let until = self.started + Duration::from_millis(limits.hold_timeout_ms);
+        let until = self.started.instant() + Duration::from_millis(limits.hold_timeout_ms);
         if now >= until {
             return false;
         }
@@ -304,13 +312,13 @@ impl Dialer {
             self.target,
             until.saturating_duration_since(now).as_millis()
         );
-        self.held = Some(Held {
+        self.held = Some(Box::new(Held {
             since: now,
             until,
             tries: 1,
-        });
-        self.give_up_at = self.give_up_at.max(until);
-        self.retry_at = Some((now + crate::hold::retry_delay(1)).min(until));
+        }));
+        self.give_up_at = self.give_up_at.max(Tick::from(until));
+        self.retry_at = Some(Tick::from((now + crate::hold::retry_delay(1)).min(until)));
         true
     }
 
@@ -335,7 +343,7 @@ impl Dialer {
     /// unless an attempt is in flight.
     pub fn wake(&mut self, now: Instant) {
         if self.retry_at.is_some() {
-            self.retry_at = Some(now);
+            self.retry_at = Some(Tick::from(now));
         }
     }
 
@@ -354,7 +362,7 @@ impl Dialer {
 
     /// The connect timeout has passed (also for a connect still in progress).
     pub fn expired(&self, now: Instant) -> bool {
-        now >= self.give_up_at
+        Tick::from(now) >= self.give_up_at
     }
 
     /// Drive the connect one step. `socket` is the attempt in flight (None:
@@ -445,7 +453,7 @@ impl Dialer {
         let d = self
             .retry_at
             .map_or(self.give_up_at, |r| r.min(self.give_up_at));
-        self.attempt_until.map_or(d, |a| a.min(d))
+        self.attempt_until.map_or(d, |a| a.min(d)).instant()
     }
 }
 
@@ -463,7 +471,7 @@ impl Dialer {
     /// A dialer for a choice already made among replicas.
     pub fn balanced(choice: Choice, now: Instant, limits: &Limits) -> Dialer {
         let mut d = Dialer::new(choice.backend().clone(), now, limits);
-        d.choice = Some(choice);
+        d.choice = Some(Box::new(choice));
         d
     }
 
@@ -484,7 +492,7 @@ impl Dialer {
             return;
         };
         let share = limits.connect_timeout_ms / n.max(1) as u64;
-        self.attempt_until = Some(now + Duration::from_millis(share));
+        self.attempt_until = Some(Tick::from(now + Duration::from_millis(share)));
     }
 
     /// The attempt in `socket` has not connected within its share: give
@@ -493,7 +501,7 @@ impl Dialer {
     /// the connect timeout.
     fn stalled(&mut self, socket: &mut Option<Stream>, ready: bool, now: Instant) -> bool {
         match self.attempt_until {
-            Some(t) if now >= t => self.attempt_until = None,
+            Some(t) if Tick::from(now) >= t => self.attempt_until = None,
             _ => return false,
         }
         if ready || socket.is_none() {
@@ -521,7 +529,7 @@ impl Dialer {
             self.target
         );
         self.target = next.clone();
-        self.retry_at = Some(now);
+        self.retry_at = Some(Tick::from(now));
         true
     }
 
@@ -551,7 +559,7 @@ impl Dialer {
     pub fn rechoose(&mut self, c: Choice, now: Instant) {
         crate::debug!("replicas changed: dialling {} now", c.backend());
         self.target = c.backend().clone();
-        self.choice = Some(c);
+        self.choice = Some(Box::new(c));
         self.attempt_until = None;
         self.wake(now);
     }
@@ -564,13 +572,13 @@ impl Dialer {
     /// The choice among replicas, once connected (http keeps it with its
     /// exchange).
     pub fn take_choice(&mut self) -> Option<Choice> {
-        self.choice.take()
+        self.choice.take().map(|c| *c)
     }
 
     /// What counts this connection against its replica (least-conn), to
     /// keep until the connection closes.
     pub fn take_lease(&mut self) -> Option<Lease> {
-        self.choice.take().map(Choice::into_lease)
+        self.choice.take().map(|c| c.into_lease())
     }
 }
 

@@ -125,7 +125,9 @@ pub fn pick(pool: &[Backend], policy: Policy) -> usize {
 #[derive(Debug)]
 pub struct Lease {
     pool: Rc<[Backend]>,
-    index: usize,
+    /// u32, not usize: an idle connection keeps its lease, and 8 bytes
+    /// of each count (a pool is a route's few replicas).
+    index: u32,
     /// Counted in the book (false only in passing, see [`Choice::attempt`]).
     counted: bool,
 }
@@ -143,7 +145,7 @@ impl Lease {
         });
         Lease {
             pool,
-            index,
+            index: narrow(index),
             counted: true,
         }
     }
@@ -151,14 +153,23 @@ impl Lease {
     fn uncounted(pool: Rc<[Backend]>, index: usize) -> Lease {
         Lease {
             pool,
-            index,
+            index: narrow(index),
             counted: false,
         }
     }
 
     pub fn backend(&self) -> &Backend {
-        &self.pool[self.index]
+        &self.pool[self.index()]
     }
+
+    fn index(&self) -> usize {
+        self.index as usize
+    }
+}
+
+/// A pool index as a lease keeps it (pools are far smaller than u32).
+fn narrow(index: usize) -> u32 {
+    u32::try_from(index).unwrap_or(u32::MAX)
 }
 
 impl Drop for Lease {
@@ -166,7 +177,7 @@ impl Drop for Lease {
         if !self.counted {
             return;
         }
-        let b = &self.pool[self.index];
+        let b = &self.pool[self.index()];
         // try_with: a lease dropped while the thread exits finds no book.
         let _ = BOOK.try_with(|k| {
             let mut k = k.borrow_mut();
@@ -233,7 +244,7 @@ impl Choice {
     }
 
     pub fn index(&self) -> usize {
-        self.lease.index
+        self.lease.index()
     }
 
     pub fn pool(&self) -> &Rc<[Backend]> {
@@ -241,7 +252,7 @@ impl Choice {
     }
 
     fn aim(&mut self, i: usize) {
-        if i != self.lease.index {
+        if i != self.lease.index() {
             let pool = self.lease.pool.clone();
             self.lease = Lease::new(pool, i);
         }
@@ -253,7 +264,7 @@ impl Choice {
     /// pass, see [`Choice::attempt`]).
     pub fn fail_over(&mut self) -> Option<&Backend> {
         let n = self.lease.pool.len();
-        let mut i = self.lease.index;
+        let mut i = self.lease.index();
         loop {
             i = (i + 1) % n;
             if i == self.first {
@@ -278,7 +289,7 @@ impl Choice {
         // Let go first: this connection's own count must not weigh on
         // the pick.
         let pool = self.lease.pool.clone();
-        let index = self.lease.index;
+        let index = self.lease.index();
         drop(std::mem::replace(
             &mut self.lease,
             Lease::uncounted(pool.clone(), index),

@@ -15,6 +15,7 @@ use crate::event_loop::{Cx, Handler};
 use crate::relay::Ready;
 use crate::slab::Slab;
 use crate::stream::Stream;
+use crate::tick::Tick;
 use mio::event::Event;
 use mio::{Interest, Token};
 use std::num::NonZeroU32;
@@ -34,7 +35,8 @@ pub enum Next {
 }
 
 /// The two sockets of a proxied connection and what the loop keeps for
-/// it; every [`Connection`] has one.
+/// it; every [`Connection`] has one. Kept small: thousands of idle
+/// connections each hold one (times are 8-byte [`Tick`]s).
 pub struct Sockets {
     pub client: Stream,
     pub client_ready: Ready,
@@ -53,11 +55,15 @@ pub struct Sockets {
     backend_round: Option<NonZeroU32>,
     /// Bytes moved since the loop last collected them (up, down).
     pub moved: (u64, u64),
-    /// When the connection next needs attention from a timer.
-    pub deadline: Option<Instant>,
+    /// When the connection next needs attention from a timer
+    /// ([`Sockets::set_deadline`]).
+    deadline: Option<Tick>,
     /// Earliest timer entry for it in the loop's heap: a new entry is only
     /// needed when the deadline moves before it.
-    pub timer_at: Option<Instant>,
+    timer_at: Option<Tick>,
+    /// When bytes last moved (or the relay began): the idle and linger
+    /// timeouts count from it.
+    last_activity: Tick,
     /// A route with replicas: this connection counted against its backend
     /// until it closes (least-conn, `balance.rs`).
     pub lease: Option<crate::balance::Lease>,
@@ -82,10 +88,30 @@ impl Sockets {
             urgent: [false; 2],
             backend_round: None,
             moved: (0, 0),
-            deadline: Some(now),
+            deadline: Some(Tick::from(now)),
             timer_at: None,
+            last_activity: Tick::from(now),
             lease: None,
         }
+    }
+
+    /// When the connection next needs a timer (None: never).
+    pub fn set_deadline(&mut self, at: Option<Instant>) {
+        self.deadline = at.map(Tick::from);
+    }
+
+    /// Whether the deadline has come (a timer may fire for an older one).
+    pub fn due(&self, now: Instant) -> bool {
+        self.deadline.is_some_and(|d| d <= Tick::from(now))
+    }
+
+    pub fn last_activity(&self) -> Instant {
+        self.last_activity.instant()
+    }
+
+    /// Count idle time from `now` (the relay begins).
+    pub fn touch(&mut self, now: Instant) {
+        self.last_activity = Tick::from(now);
     }
 
     /// Record an event on the client or (`backend`) the backend socket,
@@ -161,13 +187,12 @@ impl Sockets {
 
 impl Sockets {
     /// Relay both ways as far as readiness allows once connected (tcp and
-    /// unix alike): count the bytes, note activity in `last_activity`,
+    /// unix alike): count the bytes, note activity ([`Sockets::touch`]),
     /// close when both directions ended.
     pub fn relay<D: Direction>(
         &mut self,
         relay: &mut Duplex<D>,
         peer: &dyn std::fmt::Display,
-        last_activity: &mut Instant,
         now: Instant,
     ) -> Next {
         let Some(b) = self.backend.as_ref() else {
@@ -186,7 +211,7 @@ impl Sockets {
             peer,
         );
         if p.active() {
-            *last_activity = now;
+            self.touch(now);
         }
         self.moved.0 += p.up;
         self.moved.1 += p.down;
@@ -279,7 +304,7 @@ impl<C: Connection> Handler for Conns<C> {
             return;
         };
         let io = c.sockets();
-        if io.timer_at.is_some_and(|t| t <= cx.now) {
+        if io.timer_at.is_some_and(|t| t <= Tick::from(cx.now)) {
             io.timer_at = None;
         }
         let next = c.on_timer(cx.now, cx.config);
@@ -346,7 +371,7 @@ impl<C: Connection> Conns<C> {
                 if let Some(d) = io.deadline {
                     if io.timer_at.is_none_or(|t| d < t) {
                         io.timer_at = Some(d);
-                        cx.wake(d, key(slot, gen));
+                        cx.wake(d.instant(), key(slot, gen));
                     }
                 }
                 Some(false)

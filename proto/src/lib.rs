@@ -42,5 +42,6 @@ pub mod relay;
 pub mod slab;
 pub mod stream;
 pub mod text;
+pub mod tick;
 pub mod timer;
 pub mod worker;

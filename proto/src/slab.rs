@@ -23,6 +23,10 @@ impl<T> Default for Slab<T> {
 }
 
 impl<T> Slab<T> {
+    /// What one slot takes (an entry and its generation): the memory each
+    /// open connection costs a worker while it idles.
+    pub const SLOT_BYTES: usize = std::mem::size_of::<(u32, Option<T>)>();
+
     pub fn new() -> Slab<T> {
         Slab::default()
     }

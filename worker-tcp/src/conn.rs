@@ -38,20 +38,40 @@ fn sni_matches(pattern: &str, name: &str) -> bool {
     }
 }
 
+/// What a connection holds in each phase, in one place: what connecting
+/// needs and what relaying needs share the room, so an idle connection
+/// pays for neither twice, and connecting allocates nothing (a burst of
+/// new connections leaves no freed boxes behind in the heap).
 pub enum Phase {
     /// Several routes share the address: peek the TLS ClientHello first.
     Sniffing {
         until: Instant,
     },
     /// Reaching the backend (with the bounded retry while it restarts).
-    /// Boxed: a connection is idle far longer than it connects, and the
-    /// dialer (hold, replicas) would make every idle one 168 bytes larger.
-    Connecting(Box<Dialer>),
-    Relaying,
+    Connecting(Connecting),
+    Relaying(Relaying),
+}
+
+/// What a connection needs only until its backend is reached.
+pub struct Connecting {
+    /// The backend aimed at is `dial.target`.
+    dial: Dialer,
+    /// The chosen route's sni (its identity among the endpoint's routes),
+    /// to find it again after an Update.
+    sni: Option<String>,
+    proxy_protocol: Option<ProxyProtocol>,
+}
+
+/// A connected connection.
+pub struct Relaying {
+    relay: Duplex<Splice>,
+    /// The backend reached, for log lines (a copy, not text: no
+    /// allocation per connection for a tcp backend).
+    target: Backend,
 }
 
 /// The backend in log lines, "-" before a route is chosen.
-struct Shown<'a>(&'a Option<Backend>);
+struct Shown<'a>(Option<&'a Backend>);
 
 impl std::fmt::Display for Shown<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -62,18 +82,11 @@ impl std::fmt::Display for Shown<'_> {
     }
 }
 
+/// One slot of the worker's slab per open connection: small, since an idle
+/// one keeps it (see the size test below; README "Measured").
 pub struct Conn {
     io: Sockets,
     pub phase: Phase,
-    /// The backend, for log lines (set once a route is chosen).
-    /// (A copy, not text: no allocation per connection for a tcp backend.)
-    target: Option<Backend>,
-    /// The chosen route's sni (its identity among the endpoint's routes),
-    /// to find it again after an Update.
-    sni: Option<String>,
-    proxy_protocol: Option<ProxyProtocol>,
-    relay: Duplex<Splice>,
-    last_activity: Instant,
 }
 
 impl Conn {
@@ -85,11 +98,6 @@ impl Conn {
             phase: Phase::Sniffing {
                 until: now + Duration::from_millis(limits.head_timeout_ms),
             },
-            target: None,
-            sni: None,
-            proxy_protocol: None,
-            relay: Duplex::default(),
-            last_activity: now,
         };
         if let [r] = routes {
             if r.sni.is_none() {
@@ -100,27 +108,35 @@ impl Conn {
     }
 
     fn route_to(&mut self, r: &Route, now: Instant, limits: &Limits) {
-        self.sni = r.sni.clone();
-        self.proxy_protocol = r.proxy_protocol;
         // One backend, or one of the route's replicas by its policy.
-        let dial = Dialer::for_route(r, now, limits);
-        self.target = Some(dial.target.clone());
-        self.phase = Phase::Connecting(Box::new(dial));
+        self.phase = Phase::Connecting(Connecting {
+            dial: Dialer::for_route(r, now, limits),
+            sni: r.sni.clone(),
+            proxy_protocol: r.proxy_protocol,
+        });
+    }
+
+    /// The backend chosen (aimed at, or reached), for log lines.
+    fn target(&self) -> Shown<'_> {
+        Shown(match &self.phase {
+            Phase::Sniffing { .. } => None,
+            Phase::Connecting(c) => Some(&c.dial.target),
+            Phase::Relaying(r) => Some(&r.target),
+        })
     }
 
     /// Still connecting: dial the route's backend as `routes` has it now,
     /// at once.
     fn wake(&mut self, now: Instant, routes: &[Route]) -> bool {
-        let Phase::Connecting(dial) = &mut self.phase else {
+        let Phase::Connecting(c) = &mut self.phase else {
             return false;
         };
-        if let Some(r) = routes.iter().find(|r| r.sni == self.sni) {
+        if let Some(r) = routes.iter().find(|r| r.sni == c.sni) {
             // One backend moved, or the route's replicas changed.
-            dial.retarget_route(r, now);
-            self.target = Some(dial.target.clone());
-            self.proxy_protocol = r.proxy_protocol;
+            c.dial.retarget_route(r, now);
+            c.proxy_protocol = r.proxy_protocol;
         }
-        dial.wake(now);
+        c.dial.wake(now);
         true
     }
 
@@ -177,52 +193,48 @@ impl Conn {
         let next = match self.phase {
             Phase::Sniffing { .. } => self.sniff(now, limits, routes),
             Phase::Connecting(_) => self.drive_connect(now, limits),
-            Phase::Relaying => self.relay(now),
+            Phase::Relaying(_) => self.relay(now),
         };
-        self.io.deadline = self.next_deadline(limits);
+        self.io.set_deadline(self.next_deadline(limits));
         next
     }
 
     fn drive_connect(&mut self, now: Instant, limits: &Limits) -> Next {
-        let Phase::Connecting(dial) = &mut self.phase else {
+        let Phase::Connecting(c) = &mut self.phase else {
             return Next::Continue;
         };
-        match self.io.dial(dial, now, limits) {
+        match self.io.dial(&mut c.dial, now, limits) {
             Dialing::Next(next) => next,
             Dialing::Connected => {
-                if self.io.lease.is_some() {
-                    // A replica failed over: name the one reached.
-                    self.target = Some(dial.target.clone());
-                }
-                if let Some(v) = self.proxy_protocol {
+                let mut relay = Duplex::<Splice>::default();
+                if let Some(v) = c.proxy_protocol {
                     // Goes out before any client byte.
-                    self.relay.up.prefix(proxy_header::build(
+                    relay.up.prefix(proxy_header::build(
                         v,
                         self.io.client.peer_ip(),
                         self.io.client.local_addr(),
                     ));
                 }
-                self.phase = Phase::Relaying;
-                self.last_activity = now;
+                // The backend reached (a replica may have failed over).
+                let target = c.dial.target.clone();
+                self.phase = Phase::Relaying(Relaying { relay, target });
+                self.io.touch(now);
                 self.relay(now)
             }
         }
     }
 
     fn relay(&mut self, now: Instant) -> Next {
-        self.io.relay(
-            &mut self.relay,
-            &Shown(&self.target),
-            &mut self.last_activity,
-            now,
-        )
+        let Phase::Relaying(r) = &mut self.phase else {
+            return Next::Continue;
+        };
+        self.io.relay(&mut r.relay, &Shown(Some(&r.target)), now)
     }
 
     /// A timer fired: retry a connect, or time the connection out.
     fn expire(&mut self, now: Instant, limits: &Limits, routes: &[Route]) -> Next {
-        match self.io.deadline {
-            Some(d) if d <= now => {}
-            _ => return Next::Continue,
+        if !self.io.due(now) {
+            return Next::Continue;
         }
         match &self.phase {
             Phase::Sniffing { .. } => {
@@ -233,8 +245,8 @@ impl Conn {
                 Next::Close { error: true }
             }
             Phase::Connecting(_) => self.advance(now, limits, routes),
-            Phase::Relaying => {
-                proto::debug!("closing idle connection to {}", Shown(&self.target));
+            Phase::Relaying(_) => {
+                proto::debug!("closing idle connection to {}", self.target());
                 Next::Close { error: false }
             }
         }
@@ -243,15 +255,15 @@ impl Conn {
     fn next_deadline(&self, limits: &Limits) -> Option<Instant> {
         match &self.phase {
             Phase::Sniffing { until } => Some(*until),
-            Phase::Connecting(dial) => Some(dial.deadline()),
-            Phase::Relaying => {
-                let idle_ms = match (self.relay.lingering(), limits.tcp_idle_timeout_ms) {
+            Phase::Connecting(c) => Some(c.dial.deadline()),
+            Phase::Relaying(r) => {
+                let idle_ms = match (r.relay.lingering(), limits.tcp_idle_timeout_ms) {
                     (true, 0) => limits.half_close_linger_ms,
                     (true, t) => t.min(limits.half_close_linger_ms),
                     (false, 0) => return None,
                     (false, t) => t,
                 };
-                Some(self.last_activity + Duration::from_millis(idle_ms))
+                Some(self.io.last_activity() + Duration::from_millis(idle_ms))
             }
         }
     }
@@ -277,5 +289,36 @@ impl Connection for Conn {
     }
     fn wake(&mut self, now: Instant, config: &WorkerConfig) -> bool {
         Conn::wake(self, now, &config.endpoint.routes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::slab::Slab;
+    use std::mem::size_of;
+
+    /// An idle client connection costs the worker its slab slot and little
+    /// else (README "Measured": at most 0.5 KiB of user memory per idle
+    /// connection, with its timer entry and the allocator's share), so the
+    /// slot must stay small: what connecting needs and what relaying needs
+    /// share the room ([`Phase`]), what only some connections need (a hold,
+    /// replicas) is boxed apart, and times are 8-byte `Tick`s. It was 320
+    /// bytes.
+    #[test]
+    fn an_idle_connection_slot_stays_small() {
+        // A release build's `Stream` is a tag and an fd; mio's debug builds
+        // (these tests) add a selector id to each of the two sockets.
+        let debug_only = 2 * (size_of::<Stream>() - 8);
+        let slot = Slab::<Conn>::SLOT_BYTES - debug_only;
+        assert!(slot <= 248, "a connection slot takes {slot} bytes");
+    }
+
+    /// Connecting shares its room with relaying, so it must not be the
+    /// larger one: every idle (relaying) connection would pay for it.
+    #[test]
+    fn connecting_fits_in_the_room_of_relaying() {
+        let (c, r) = (size_of::<Connecting>(), size_of::<Relaying>());
+        assert!(c <= r, "connecting takes {c} bytes, relaying {r}");
     }
 }

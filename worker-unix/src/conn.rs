@@ -31,7 +31,6 @@ pub struct Conn {
     dial: Dialer,
     relaying: bool,
     relay: Duplex<FdRelay>,
-    last_activity: Instant,
 }
 
 impl Conn {
@@ -43,7 +42,6 @@ impl Conn {
             dial: Dialer::new(route.backend.clone(), now, limits),
             relaying: false,
             relay: Duplex::new(FdRelay::new(to_unix), FdRelay::new(true)),
-            last_activity: now,
         }
     }
 
@@ -59,7 +57,7 @@ impl Conn {
         } else {
             self.connect(now, limits)
         };
-        self.io.deadline = self.next_deadline(limits);
+        self.io.set_deadline(self.next_deadline(limits));
         next
     }
 
@@ -68,27 +66,21 @@ impl Conn {
             Dialing::Next(next) => next,
             Dialing::Connected => {
                 self.relaying = true;
-                self.last_activity = now;
+                self.io.touch(now);
                 self.relay(now)
             }
         }
     }
 
     fn relay(&mut self, now: Instant) -> Next {
-        self.io.relay(
-            &mut self.relay,
-            &self.dial.target,
-            &mut self.last_activity,
-            now,
-        )
+        self.io.relay(&mut self.relay, &self.dial.target, now)
     }
 
     /// A timer fired: retry or give up a connect, or end a lingering
     /// half-closed connection.
     fn expire(&mut self, now: Instant, limits: &Limits) -> Next {
-        match self.io.deadline {
-            Some(d) if d <= now => {}
-            _ => return Next::Continue,
+        if !self.io.due(now) {
+            return Next::Continue;
         }
         if !self.relaying {
             return self.advance(now, limits);
@@ -107,7 +99,7 @@ impl Conn {
         }
         self.relay
             .lingering()
-            .then(|| self.last_activity + Duration::from_millis(limits.half_close_linger_ms))
+            .then(|| self.io.last_activity() + Duration::from_millis(limits.half_close_linger_ms))
     }
 }
 
