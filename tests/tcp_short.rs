@@ -129,3 +129,114 @@ fn urgent_data_does_not_stall_a_spliced_flow() {
     }
     drop(sup);
 }
+
+/// Segments the kernel received on `s` so far (`tcpi_segs_in` of
+/// `TCP_INFO`): exact for this one socket, whatever else the machine does.
+fn segs_in(s: &impl AsRawFd) -> u32 {
+    let mut info = [0u8; 256];
+    let mut len = info.len() as nix::libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`.
+    let r = unsafe {
+        nix::libc::getsockopt(
+            s.as_raw_fd(),
+            nix::libc::IPPROTO_TCP,
+            nix::libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(r, 0, "getsockopt(TCP_INFO)");
+    // struct tcp_info: 8 bytes of u8 fields, 24 u32, 4 u64, segs_out, segs_in.
+    assert!(len >= 144, "tcp_info without tcpi_segs_in");
+    u32::from_ne_bytes(info[140..144].try_into().unwrap())
+}
+
+/// `data`, then our FIN, in one segment (`MSG_MORE` holds the data until
+/// the FIN joins it).
+fn send_with_fin(s: &TcpStream, data: &[u8]) {
+    // SAFETY: send(2) from a valid buffer on our socket.
+    let r = unsafe {
+        nix::libc::send(
+            s.as_raw_fd(),
+            data.as_ptr().cast(),
+            data.len(),
+            nix::libc::MSG_MORE,
+        )
+    };
+    assert_eq!(r, data.len() as isize);
+    s.shutdown(Shutdown::Write).unwrap();
+}
+
+/// Segments a client receives up to and with EOF from `a`, whose far end
+/// sends its answer and its FIN in one segment.
+fn segments_to_client(a: SocketAddr) -> u32 {
+    let mut c = TcpStream::connect(a).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).expect("answer, then EOF");
+    assert_eq!(got, b"answer and goodbye");
+    segs_in(&c)
+}
+
+#[test]
+fn a_last_answer_and_its_fin_reach_the_client_in_one_segment() {
+    // The backend's answer and FIN arrive together; passed on as data
+    // and then a separate FIN they would cost the client (and the loopback
+    // both sides share) a segment more, and its ACK of the data another.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            send_with_fin(&c, b"answer and goodbye");
+            let mut sink = Vec::new();
+            let _ = c.read_to_end(&mut sink);
+        }
+    });
+    let direct = segments_to_client(backend);
+    let (sup, a) = start("fin-rides", backend);
+    for _ in 0..5 {
+        let proxied = segments_to_client(a);
+        assert!(
+            proxied <= direct,
+            "through the link the client got {proxied} segments, directly {direct}"
+        );
+    }
+    drop(sup);
+}
+
+#[test]
+fn a_client_half_close_reaches_the_backend_with_its_last_bytes() {
+    // The other direction: the client's last bytes and its FIN, one
+    // segment, stay one segment towards the backend.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend = l.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let mut got = Vec::new();
+            let _ = c.read_to_end(&mut got);
+            let n = segs_in(&c);
+            let _ = c.write_all(&got);
+            let _ = tx.send(n);
+        }
+    });
+    let exchange = |a: SocketAddr| {
+        let mut c = TcpStream::connect(a).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        send_with_fin(&c, b"question");
+        let mut back = Vec::new();
+        c.read_to_end(&mut back).expect("echo, then EOF");
+        assert_eq!(back, b"question");
+        rx.recv_timeout(Duration::from_secs(10)).unwrap()
+    };
+    let direct = exchange(backend);
+    let (sup, a) = start("fin-rides-up", backend);
+    for _ in 0..5 {
+        let proxied = exchange(a);
+        assert!(
+            proxied <= direct,
+            "through the link the backend got {proxied} segments, directly {direct}"
+        );
+    }
+    drop(sup);
+}

@@ -10,7 +10,7 @@
 
 use crate::backend::{Dialer, Step};
 use crate::ctl::{Limits, WorkerConfig};
-use crate::duplex::{Direction, Duplex};
+use crate::duplex::{Direction, Duplex, ShortRead};
 use crate::event_loop::{Cx, Handler};
 use crate::relay::Ready;
 use crate::slab::Slab;
@@ -42,8 +42,12 @@ pub struct Sockets {
     pub backend_ready: Ready,
     /// An event reported a hang-up, an error or urgent data on the
     /// (client, backend) socket: a short read no longer proves it empty
-    /// (`Duplex::trust_short_reads`), nor a writable backend connected.
+    /// (`Duplex::short_reads`), nor a writable backend connected.
     pub troubled: [bool; 2],
+    /// An event reported the peer's FIN (or a reset) on the (client,
+    /// backend) socket: nothing arrives after what is queued, so a short
+    /// read proves the end (`ShortRead::End`).
+    pub hung_up: [bool; 2],
     /// Urgent data was reported on (client, backend) (`Duplex::urgent_data`).
     pub urgent: [bool; 2],
     /// The poll round in which the backend socket was registered, until
@@ -79,6 +83,7 @@ impl Sockets {
             backend: None,
             backend_ready: Ready::default(),
             troubled: [false; 2],
+            hung_up: [false; 2],
             urgent: [false; 2],
             backend_round: None,
             moved: (0, 0),
@@ -110,6 +115,9 @@ impl Sockets {
         if ev.is_priority() {
             self.urgent[usize::from(backend)] = true;
         }
+        if ev.is_read_closed() {
+            self.hung_up[usize::from(backend)] = true;
+        }
     }
 
     /// Drive the backend connect one step (see [`Dialer::step`]).
@@ -132,6 +140,7 @@ impl Sockets {
             Step::Register => {
                 self.backend_ready = Ready::default();
                 self.troubled[1] = false;
+                self.hung_up[1] = false;
                 self.urgent[1] = false;
                 Next::RegisterBackend
             }
@@ -151,6 +160,20 @@ impl Sockets {
 }
 
 impl Sockets {
+    /// What a short read from the client (0) or backend (1) socket proves
+    /// (`Duplex::short_reads`).
+    fn short_read(&self, i: usize, tcp: bool) -> ShortRead {
+        if !tcp || self.urgent[i] {
+            ShortRead::Unknown
+        } else if self.hung_up[i] {
+            ShortRead::End
+        } else if self.troubled[i] {
+            ShortRead::Unknown
+        } else {
+            ShortRead::Empty
+        }
+    }
+
     /// Relay both ways as far as readiness allows once connected (tcp and
     /// unix alike): count the bytes, note activity in `last_activity`,
     /// close when both directions ended.
@@ -164,9 +187,9 @@ impl Sockets {
         let Some(b) = self.backend.as_ref() else {
             return Next::Close { error: true };
         };
-        relay.trust_short_reads(
-            matches!(self.client, Stream::Tcp(_)) && !self.troubled[0],
-            matches!(b, Stream::Tcp(_)) && !self.troubled[1],
+        relay.short_reads(
+            self.short_read(0, matches!(self.client, Stream::Tcp(_))),
+            self.short_read(1, matches!(b, Stream::Tcp(_))),
         );
         relay.urgent_data(self.urgent[0], self.urgent[1]);
         let p = relay.pump(
@@ -218,7 +241,7 @@ pub struct Conns<C> {
 }
 
 /// Interest in a connection's sockets: `PRIORITY` too, so urgent data is
-/// reported (it stops a read short; see `Duplex::trust_short_reads`).
+/// reported (it stops a read short; see `Duplex::short_reads`).
 fn conn_interest() -> Interest {
     Interest::READABLE | Interest::WRITABLE | Interest::PRIORITY
 }
