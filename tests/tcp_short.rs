@@ -240,3 +240,71 @@ fn a_client_half_close_reaches_the_backend_with_its_last_bytes() {
     }
     drop(sup);
 }
+
+/// Segments the backend's end of a connection has received once it has
+/// read the first line (up to "\r\n") from it.
+fn segments_with_first_line(c: &mut TcpStream) -> u32 {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while !line.ends_with(b"\r\n") {
+        assert_eq!(c.read(&mut b).unwrap(), 1, "a whole line");
+        line.push(b[0]);
+    }
+    segs_in(c)
+}
+
+#[test]
+fn the_backend_handshake_ack_rides_on_our_first_bytes() {
+    // A PROXY header is ready the moment the backend connect succeeds: the
+    // handshake's last ACK goes out with it, not as a segment of its own.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend = l.local_addr().unwrap();
+    let mut d = TcpStream::connect(backend).unwrap();
+    d.write_all(b"PROXY UNKNOWN\r\n").unwrap();
+    let direct = segments_with_first_line(&mut l.accept().unwrap().0);
+    let port = free_port();
+    let g = format!(
+        r#"[{{"type":"tcp","name":"ack-rides","consumer":"EXTERNAL","target":"127.0.0.1:{port}","socket":"{backend}","proxy_protocol":"v1"}}]"#
+    );
+    // No health checks: every connection the backend sees is a client's.
+    let sup = Supervisor::start(&g, &["--health-interval", "0"]);
+    wait_worker_started(sup.worker_pid("pvx-worker-tcp"));
+    for _ in 0..5 {
+        // A silent client: only the header goes to the backend.
+        let c = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).unwrap();
+        let mut b = l.accept().unwrap().0;
+        b.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let proxied = segments_with_first_line(&mut b);
+        assert!(
+            proxied < direct,
+            "the backend got {proxied} segments with the header, {direct} from a client that ACKs at once"
+        );
+        drop(c);
+    }
+    drop(sup);
+}
+
+#[test]
+fn a_backend_that_speaks_first_greets_a_silent_client() {
+    // Nothing from the client carries the backend's handshake ACK: it
+    // goes out alone, and the backend (which sees the connection only
+    // then) says hello.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let _ = c.write_all(b"220 hello\r\n");
+            let mut sink = Vec::new();
+            let _ = c.read_to_end(&mut sink);
+        }
+    });
+    let (sup, a) = start("speaks-first", backend);
+    for _ in 0..5 {
+        let mut c = TcpStream::connect(a).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut got = [0u8; 11];
+        c.read_exact(&mut got).expect("the greeting");
+        assert_eq!(&got, b"220 hello\r\n");
+    }
+    drop(sup);
+}

@@ -10,7 +10,7 @@
 
 use crate::backend::{Dialer, Step};
 use crate::ctl::{Limits, WorkerConfig};
-use crate::duplex::{Direction, Duplex, ShortRead};
+use crate::duplex::{Direction, Duplex, Flow, ShortRead};
 use crate::event_loop::{Cx, Handler};
 use crate::relay::Ready;
 use crate::slab::Slab;
@@ -44,6 +44,9 @@ pub struct Sockets {
     /// (client, backend) socket: a short read no longer proves it empty
     /// (`Duplex::short_reads`), nor a writable backend connected.
     pub troubled: [bool; 2],
+    /// The backend's handshake ACK waits for our first bytes to carry it
+    /// (`backend::connect`); the first relay pass sends it if it has none.
+    ack_owed: bool,
     /// An event reported the peer's FIN (or a reset) on the (client,
     /// backend) socket: nothing arrives after what is queued, so a short
     /// read proves the end (`ShortRead::End`).
@@ -83,6 +86,7 @@ impl Sockets {
             backend: None,
             backend_ready: Ready::default(),
             troubled: [false; 2],
+            ack_owed: false,
             hung_up: [false; 2],
             urgent: [false; 2],
             backend_round: None,
@@ -148,6 +152,7 @@ impl Sockets {
                 self.lease = dial.take_lease();
                 if let Some(Stream::Tcp(s)) = &self.backend {
                     let _ = s.set_nodelay(true);
+                    self.ack_owed = true;
                 }
                 return Dialing::Connected;
             }
@@ -199,6 +204,12 @@ impl Sockets {
             &mut self.backend_ready,
             peer,
         );
+        if std::mem::take(&mut self.ack_owed) && p.up == 0 && relay.flows().0 == Flow::Open {
+            // Nothing went to the backend (a server that speaks first, a
+            // client that has not yet): the ACK now, or the backend would
+            // not see the connection before Linux's 200 ms timer.
+            let _ = crate::stream::set_quickack(b.as_fd(), true);
+        }
         if p.active() {
             *last_activity = now;
         }
