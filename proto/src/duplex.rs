@@ -28,6 +28,10 @@
 //!   or as soon as nothing is at stake: the other direction is over and
 //!   that peer has taken all we sent it (`SIOCOUTQ` 0). The close may then
 //!   reset it, which is the truth: what it sent was not delivered.
+//! - A short read from a TCP source whose FIN an event already reported
+//!   is its last ([`ShortRead::End`]): `Flushing` without the read that
+//!   would return 0, and the held bytes go out with the FIN joined to them
+//!   ([`Direction::write_last`]).
 //! - A read error (`ECONNRESET`) from source S is an end of S's stream:
 //!   what was already read still goes out, then the destination gets a FIN
 //!   (`shutdown(SHUT_WR)`), not a reset: a reset would destroy bytes still

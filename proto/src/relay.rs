@@ -29,6 +29,10 @@
 //! prefix: bytes that must go out before anything read (a PROXY protocol
 //! header, bytes read before a tunnel started).
 //!
+//! A direction's last bytes, when its destination is shut right after
+//! ([`Direction::write_last`]), go with `MSG_MORE` (`SPLICE_F_MORE`): the
+//! kernel keeps the partial segment and the FIN of the `shutdown` joins it.
+//!
 //! [`Splice`] is a [`Direction`] of [`crate::duplex::Duplex`]; `pump` moves
 //! one direction alone (http bodies with a known length).
 
