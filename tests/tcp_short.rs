@@ -129,3 +129,186 @@ fn urgent_data_does_not_stall_a_spliced_flow() {
     }
     drop(sup);
 }
+
+/// Segments the kernel received on `s` so far (`tcpi_segs_in` of
+/// `TCP_INFO`): exact for this one socket, whatever else the machine does.
+fn segs_in(s: &impl AsRawFd) -> u32 {
+    let mut info = [0u8; 256];
+    let mut len = info.len() as nix::libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`.
+    let r = unsafe {
+        nix::libc::getsockopt(
+            s.as_raw_fd(),
+            nix::libc::IPPROTO_TCP,
+            nix::libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(r, 0, "getsockopt(TCP_INFO)");
+    // struct tcp_info: 8 bytes of u8 fields, 24 u32, 4 u64, segs_out, segs_in.
+    assert!(len >= 144, "tcp_info without tcpi_segs_in");
+    u32::from_ne_bytes(info[140..144].try_into().unwrap())
+}
+
+/// `data`, then our FIN, in one segment (`MSG_MORE` holds the data until
+/// the FIN joins it).
+fn send_with_fin(s: &TcpStream, data: &[u8]) {
+    // SAFETY: send(2) from a valid buffer on our socket.
+    let r = unsafe {
+        nix::libc::send(
+            s.as_raw_fd(),
+            data.as_ptr().cast(),
+            data.len(),
+            nix::libc::MSG_MORE,
+        )
+    };
+    assert_eq!(r, data.len() as isize);
+    s.shutdown(Shutdown::Write).unwrap();
+}
+
+/// Segments a client receives up to and with EOF from `a`, whose far end
+/// sends its answer and its FIN in one segment.
+fn segments_to_client(a: SocketAddr) -> u32 {
+    let mut c = TcpStream::connect(a).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).expect("answer, then EOF");
+    assert_eq!(got, b"answer and goodbye");
+    segs_in(&c)
+}
+
+#[test]
+fn a_last_answer_and_its_fin_reach_the_client_in_one_segment() {
+    // The backend's answer and FIN arrive together; passed on as data
+    // and then a separate FIN they would cost the client (and the loopback
+    // both sides share) a segment more, and its ACK of the data another.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            send_with_fin(&c, b"answer and goodbye");
+            let mut sink = Vec::new();
+            let _ = c.read_to_end(&mut sink);
+        }
+    });
+    let direct = segments_to_client(backend);
+    let (sup, a) = start("fin-rides", backend);
+    for _ in 0..5 {
+        let proxied = segments_to_client(a);
+        assert!(
+            proxied <= direct,
+            "through the link the client got {proxied} segments, directly {direct}"
+        );
+    }
+    drop(sup);
+}
+
+#[test]
+fn a_client_half_close_reaches_the_backend_with_its_last_bytes() {
+    // The other direction: the client's last bytes and its FIN, one
+    // segment, stay one segment towards the backend.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend = l.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let mut got = Vec::new();
+            let _ = c.read_to_end(&mut got);
+            let n = segs_in(&c);
+            let _ = c.write_all(&got);
+            let _ = tx.send(n);
+        }
+    });
+    let exchange = |a: SocketAddr| {
+        let mut c = TcpStream::connect(a).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        send_with_fin(&c, b"question");
+        let mut back = Vec::new();
+        c.read_to_end(&mut back).expect("echo, then EOF");
+        assert_eq!(back, b"question");
+        rx.recv_timeout(Duration::from_secs(10)).unwrap()
+    };
+    let direct = exchange(backend);
+    let (sup, a) = start("fin-rides-up", backend);
+    for _ in 0..5 {
+        let proxied = exchange(a);
+        assert!(
+            proxied <= direct,
+            "through the link the backend got {proxied} segments, directly {direct}"
+        );
+    }
+    drop(sup);
+}
+
+/// Segments the backend's end of a connection has received once it has
+/// read the first line (up to "\r\n") from it.
+fn segments_with_first_line(c: &mut TcpStream) -> u32 {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while !line.ends_with(b"\r\n") {
+        assert_eq!(c.read(&mut b).unwrap(), 1, "a whole line");
+        line.push(b[0]);
+    }
+    segs_in(c)
+}
+
+#[test]
+fn the_backend_handshake_ack_rides_on_our_first_bytes() {
+    // A PROXY header is ready the moment the backend connect succeeds: the
+    // handshake's last ACK goes out with it, not as a segment of its own.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend = l.local_addr().unwrap();
+    let mut d = TcpStream::connect(backend).unwrap();
+    d.write_all(b"PROXY UNKNOWN\r\n").unwrap();
+    let direct = segments_with_first_line(&mut l.accept().unwrap().0);
+    let port = free_port();
+    let g = format!(
+        r#"[{{"type":"tcp","name":"ack-rides","consumer":"EXTERNAL","target":"127.0.0.1:{port}","socket":"{backend}","proxy_protocol":"v1"}}]"#
+    );
+    // No health checks: every connection the backend sees is a client's.
+    let sup = Supervisor::start(&g, &["--health-interval", "0"]);
+    wait_worker_started(sup.worker_pid("pvx-worker-tcp"));
+    // Linux sends a held-back handshake ACK alone after 200 ms: a worker
+    // kept off the CPU that long (a loaded machine) loses the saving for
+    // that connection, so one connection of five must show it.
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        // A silent client: only the header goes to the backend.
+        let c = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).unwrap();
+        let mut b = l.accept().unwrap().0;
+        b.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        seen.push(segments_with_first_line(&mut b));
+        drop(c);
+    }
+    assert!(
+        seen.iter().any(|&n| n < direct),
+        "the backend got {seen:?} segments with the header, {direct} from a client that ACKs at once"
+    );
+    drop(sup);
+}
+
+#[test]
+fn a_backend_that_speaks_first_greets_a_silent_client() {
+    // Nothing from the client carries the backend's handshake ACK: it
+    // goes out alone, and the backend (which sees the connection only
+    // then) says hello.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let _ = c.write_all(b"220 hello\r\n");
+            let mut sink = Vec::new();
+            let _ = c.read_to_end(&mut sink);
+        }
+    });
+    let (sup, a) = start("speaks-first", backend);
+    for _ in 0..5 {
+        let mut c = TcpStream::connect(a).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut got = [0u8; 11];
+        c.read_exact(&mut got).expect("the greeting");
+        assert_eq!(&got, b"220 hello\r\n");
+    }
+    drop(sup);
+}

@@ -10,7 +10,7 @@
 
 use crate::backend::{Dialer, Step};
 use crate::ctl::{Limits, WorkerConfig};
-use crate::duplex::{Direction, Duplex};
+use crate::duplex::{Direction, Duplex, Flow, ShortRead};
 use crate::event_loop::{Cx, Handler};
 use crate::relay::Ready;
 use crate::slab::Slab;
@@ -44,8 +44,15 @@ pub struct Sockets {
     pub backend_ready: Ready,
     /// An event reported a hang-up, an error or urgent data on the
     /// (client, backend) socket: a short read no longer proves it empty
-    /// (`Duplex::trust_short_reads`), nor a writable backend connected.
+    /// (`Duplex::short_reads`), nor a writable backend connected.
     pub troubled: [bool; 2],
+    /// The backend's handshake ACK waits for our first bytes to carry it
+    /// (`backend::connect`); the first relay pass sends it if it has none.
+    ack_owed: bool,
+    /// An event reported the peer's FIN (or a reset) on the (client,
+    /// backend) socket: nothing arrives after what is queued, so a short
+    /// read proves the end (`ShortRead::End`).
+    pub hung_up: [bool; 2],
     /// Urgent data was reported on (client, backend) (`Duplex::urgent_data`).
     pub urgent: [bool; 2],
     /// The poll round in which the backend socket was registered, until
@@ -85,6 +92,8 @@ impl Sockets {
             backend: None,
             backend_ready: Ready::default(),
             troubled: [false; 2],
+            ack_owed: false,
+            hung_up: [false; 2],
             urgent: [false; 2],
             backend_round: None,
             moved: (0, 0),
@@ -136,6 +145,9 @@ impl Sockets {
         if ev.is_priority() {
             self.urgent[usize::from(backend)] = true;
         }
+        if ev.is_read_closed() {
+            self.hung_up[usize::from(backend)] = true;
+        }
     }
 
     /// Drive the backend connect one step (see [`Dialer::step`]).
@@ -167,6 +179,7 @@ impl Sockets {
             Step::Register => {
                 self.backend_ready = Ready::default();
                 self.troubled[1] = false;
+                self.hung_up[1] = false;
                 self.urgent[1] = false;
                 Next::RegisterBackend
             }
@@ -174,6 +187,7 @@ impl Sockets {
                 self.lease = dial.take_lease();
                 if let Some(Stream::Tcp(s)) = &self.backend {
                     let _ = s.set_nodelay(true);
+                    self.ack_owed = true;
                 }
                 return Dialing::Connected;
             }
@@ -186,6 +200,20 @@ impl Sockets {
 }
 
 impl Sockets {
+    /// What a short read from the client (0) or backend (1) socket proves
+    /// (`Duplex::short_reads`).
+    fn short_read(&self, i: usize, tcp: bool) -> ShortRead {
+        if !tcp || self.urgent[i] {
+            ShortRead::Unknown
+        } else if self.hung_up[i] {
+            ShortRead::End
+        } else if self.troubled[i] {
+            ShortRead::Unknown
+        } else {
+            ShortRead::Empty
+        }
+    }
+
     /// Relay both ways as far as readiness allows once connected (tcp and
     /// unix alike): count the bytes, note activity ([`Sockets::touch`]),
     /// close when both directions ended.
@@ -198,9 +226,9 @@ impl Sockets {
         let Some(b) = self.backend.as_ref() else {
             return Next::Close { error: true };
         };
-        relay.trust_short_reads(
-            matches!(self.client, Stream::Tcp(_)) && !self.troubled[0],
-            matches!(b, Stream::Tcp(_)) && !self.troubled[1],
+        relay.short_reads(
+            self.short_read(0, matches!(self.client, Stream::Tcp(_))),
+            self.short_read(1, matches!(b, Stream::Tcp(_))),
         );
         relay.urgent_data(self.urgent[0], self.urgent[1]);
         let p = relay.pump(
@@ -210,6 +238,12 @@ impl Sockets {
             &mut self.backend_ready,
             peer,
         );
+        if std::mem::take(&mut self.ack_owed) && p.up == 0 && relay.flows().0 == Flow::Open {
+            // Nothing went to the backend (a server that speaks first, a
+            // client that has not yet): the ACK now, or the backend would
+            // not see the connection before Linux's 200 ms timer.
+            let _ = crate::stream::set_quickack(b.as_fd(), true);
+        }
         if p.active() {
             self.touch(now);
         }
@@ -252,7 +286,7 @@ pub struct Conns<C> {
 }
 
 /// Interest in a connection's sockets: `PRIORITY` too, so urgent data is
-/// reported (it stops a read short; see `Duplex::trust_short_reads`).
+/// reported (it stops a read short; see `Duplex::short_reads`).
 fn conn_interest() -> Interest {
     Interest::READABLE | Interest::WRITABLE | Interest::PRIORITY
 }

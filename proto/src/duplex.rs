@@ -28,6 +28,10 @@
 //!   or as soon as nothing is at stake: the other direction is over and
 //!   that peer has taken all we sent it (`SIOCOUTQ` 0). The close may then
 //!   reset it, which is the truth: what it sent was not delivered.
+//! - A short read from a TCP source whose FIN an event already reported
+//!   is its last ([`ShortRead::End`]): `Flushing` without the read that
+//!   would return 0, and the held bytes go out with the FIN joined to them
+//!   ([`Direction::write_last`]).
 //! - A read error (`ECONNRESET`) from source S is an end of S's stream:
 //!   what was already read still goes out, then the destination gets a FIN
 //!   (`shutdown(SHUT_WR)`), not a reset: a reset would destroy bytes still
@@ -55,7 +59,7 @@ pub trait Direction {
     /// One read from `src` into what the direction holds; Ok(0) = EOF.
     fn read(&mut self, src: BorrowedFd<'_>) -> io::Result<usize>;
     /// The last read took fewer bytes than it asked for: a TCP source had
-    /// nothing more queued (see [`Duplex::trust_short_reads`]).
+    /// nothing more queued (see [`Duplex::short_reads`]).
     fn read_was_short(&self) -> bool {
         false
     }
@@ -63,6 +67,14 @@ pub trait Direction {
     fn held(&self) -> usize;
     /// One write of held bytes to `dst`; returns how many it took.
     fn write(&mut self, dst: BorrowedFd<'_>) -> io::Result<usize>;
+    /// [`Direction::write`] of the source's last bytes, when `dst` is shut
+    /// (or closed) as soon as they are all taken: a TCP destination may
+    /// hold back a partial segment (`MSG_MORE`) so that the FIN rides on
+    /// it, one segment instead of two (the peer's ACK of the data then
+    /// also rides on its own FIN or answer).
+    fn write_last(&mut self, dst: BorrowedFd<'_>) -> io::Result<usize> {
+        self.write(dst)
+    }
     /// Drop (and free) everything held: its destination cannot take it.
     fn discard(&mut self);
     /// The source reported urgent (TCP out-of-band) data. `splice(2)`
@@ -107,19 +119,19 @@ pub fn transfer<D: Direction + ?Sized>(
     dr: &mut Ready,
     read: bool,
 ) -> Transfer {
-    transfer_with(d, src, sr, dst, dr, read, false)
+    transfer_with(d, (src, sr, ShortRead::Unknown), (dst, dr), read, false)
 }
 
-/// [`transfer`]; `short_empties`: a short read proves the source empty
-/// (no EAGAIN read needed to clear `readable`).
+/// [`transfer`]; `short`: what a short read proves about the source;
+/// `shuts`: once the source has ended, `dst` is shut (or closed) as soon
+/// as the held bytes are written, so the last write may keep its tail
+/// for the FIN ([`Direction::write_last`]).
 fn transfer_with<D: Direction + ?Sized>(
     d: &mut D,
-    src: BorrowedFd<'_>,
-    sr: &mut Ready,
-    dst: BorrowedFd<'_>,
-    dr: &mut Ready,
+    (src, sr, short): (BorrowedFd<'_>, &mut Ready, ShortRead),
+    (dst, dr): (BorrowedFd<'_>, &mut Ready),
     mut read: bool,
-    short_empties: bool,
+    shuts: bool,
 ) -> Transfer {
     let mut t = Transfer::default();
     loop {
@@ -133,8 +145,17 @@ fn transfer_with<D: Direction + ?Sized>(
                 }
                 Ok(_) => {
                     progress = true;
-                    if short_empties && d.read_was_short() {
-                        sr.readable = false;
+                    if d.read_was_short() {
+                        match short {
+                            ShortRead::Unknown => {}
+                            ShortRead::Empty => sr.readable = false,
+                            // The read that would say 0 is known: skip
+                            // it, and write what was read as the last.
+                            ShortRead::End => {
+                                t.eof = true;
+                                read = false;
+                            }
+                        }
                     }
                 }
                 // With bytes held, EAGAIN may mean "no room" (a pipe's
@@ -148,7 +169,12 @@ fn transfer_with<D: Direction + ?Sized>(
             }
         }
         if d.held() > 0 && dr.writable {
-            match d.write(dst) {
+            let w = if shuts && !read {
+                d.write_last(dst)
+            } else {
+                d.write(dst)
+            };
+            match w {
                 Ok(n) => {
                     t.bytes += n as u64;
                     progress |= n > 0;
@@ -164,6 +190,20 @@ fn transfer_with<D: Direction + ?Sized>(
             return t;
         }
     }
+}
+
+/// What a read from a source that returns fewer bytes than it asked for
+/// proves (see [`Duplex::short_reads`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum ShortRead {
+    /// Nothing: read again until EAGAIN or EOF.
+    #[default]
+    Unknown,
+    /// The source is empty now (`readable` is cleared without the read
+    /// that would say EAGAIN).
+    Empty,
+    /// The source's end follows (the read that would return 0 is skipped).
+    End,
 }
 
 /// Where one direction of a [`Duplex`] stands (see the module docs).
@@ -202,8 +242,8 @@ pub struct Duplex<D> {
     pub up: D,
     pub down: D,
     flow: [Flow; 2],
-    /// Per source (client, backend): a short read proves it empty.
-    short_empties: [bool; 2],
+    /// Per source (client, backend): what a short read proves.
+    short: [ShortRead; 2],
 }
 
 impl<D: Direction> Duplex<D> {
@@ -212,23 +252,32 @@ impl<D: Direction> Duplex<D> {
             up,
             down,
             flow: [Flow::Open; 2],
-            short_empties: [false; 2],
+            short: [ShortRead::Unknown; 2],
         }
     }
 
-    /// Whether a read that returns fewer bytes than it asked for proves
-    /// the (client, backend) socket empty, so `readable` is cleared without
-    /// the `read` that would say EAGAIN. The caller says so only for a TCP
-    /// socket on which no event has reported a hang-up, an error or urgent
-    /// data: then a short read took everything queued, and whatever
-    /// arrives later brings an event of its own (edge-triggered epoll
-    /// reports every arrival). A FIN already queued behind the data, or an
-    /// urgent byte the read stopped at, would bring none; those come with
-    /// `EPOLLRDHUP` / `EPOLLPRI` in the event that announced them. A unix
-    /// socket may stop a read short with bytes left (at passed fds), so it
-    /// never qualifies. Default: false for both.
-    pub fn trust_short_reads(&mut self, client: bool, backend: bool) {
-        self.short_empties = [client, backend];
+    /// What a read that returns fewer bytes than it asked for proves about
+    /// the (client, backend) socket. On TCP a short read took everything
+    /// queued (it stops early only at an urgent byte, reported with
+    /// `EPOLLPRI`), so:
+    /// - [`ShortRead::Empty`] for a TCP socket on which no event has
+    ///   reported a hang-up, an error or urgent data: `readable` is cleared
+    ///   without the `read` that would say EAGAIN, since whatever arrives
+    ///   later brings an event of its own (edge-triggered epoll reports
+    ///   every arrival). A FIN already queued behind the data would bring
+    ///   none; it comes with `EPOLLRDHUP` in the event that announced it.
+    /// - [`ShortRead::End`] for a TCP socket whose peer's FIN (or reset)
+    ///   an event has reported (`EPOLLRDHUP` / `EPOLLHUP`) and no urgent
+    ///   data: the FIN is in sequence after every byte the peer sent, so a
+    ///   short read took the last of them and the next read would return 0
+    ///   (or the reset's error, which ends the stream the same way). That
+    ///   read is skipped, and the bytes go out as the last before the
+    ///   destination is shut, the FIN riding on them.
+    ///
+    /// A unix socket may stop a read short with bytes left (at passed
+    /// fds): always [`ShortRead::Unknown`], the default for both.
+    pub fn short_reads(&mut self, client: ShortRead, backend: ShortRead) {
+        self.short = [client, backend];
     }
 
     /// Move both directions as far as readiness allows. `peer` names the
@@ -245,14 +294,14 @@ impl<D: Direction> Duplex<D> {
         let (up, c1) = step(
             &mut self.up,
             (up_flow, *down_flow),
-            (client, &mut *cr, self.short_empties[0]),
+            (client, &mut *cr, self.short[0]),
             (backend, &mut *br),
             &|| format!("client -> {peer}"),
         );
         let (down, c2) = step(
             &mut self.down,
             (down_flow, *up_flow),
-            (backend, br, self.short_empties[1]),
+            (backend, br, self.short[1]),
             (client, cr),
             &|| format!("{peer} -> client"),
         );
@@ -324,18 +373,19 @@ fn unsent(fd: BorrowedFd<'_>) -> i32 {
 
 /// One direction's turn: transfer, then apply the end rules. Returns the
 /// bytes delivered and whether its flow changed. `other`: the other
-/// direction's flow; `short`: a short read from `src` proves it empty.
+/// direction's flow; `short`: what a short read from `src` proves.
 fn step<D: Direction>(
     d: &mut D,
     (flow, other): (&mut Flow, Flow),
-    (src, sr, short): (BorrowedFd<'_>, &mut Ready, bool),
+    (src, sr, short): (BorrowedFd<'_>, &mut Ready, ShortRead),
     (dst, dr): (BorrowedFd<'_>, &mut Ready),
     what: &dyn Fn() -> String,
 ) -> (u64, bool) {
     let before = *flow;
     let mut bytes = 0;
     if matches!(*flow, Flow::Open | Flow::Flushing) {
-        let mut t = transfer_with(d, src, sr, dst, dr, *flow == Flow::Open, short);
+        let open = *flow == Flow::Open;
+        let mut t = transfer_with(d, (src, &mut *sr, short), (dst, &mut *dr), open, true);
         bytes += t.bytes;
         if t.eof {
             *flow = Flow::Flushing;
@@ -347,7 +397,7 @@ fn step<D: Direction>(
             );
             *flow = Flow::Flushing;
             // The transfer stopped at the error: write out what is held.
-            t = transfer(d, src, sr, dst, dr, false);
+            t = transfer_with(d, (src, &mut *sr, short), (dst, &mut *dr), false, true);
             bytes += t.bytes;
         }
         if let Some((Side::Destination, e)) = &t.fault {
@@ -708,6 +758,9 @@ mod tests {
         fn write(&mut self, dst: BorrowedFd<'_>) -> io::Result<usize> {
             self.0.write(dst)
         }
+        fn write_last(&mut self, dst: BorrowedFd<'_>) -> io::Result<usize> {
+            self.0.write_last(dst)
+        }
         fn discard(&mut self) {
             self.0.discard()
         }
@@ -717,7 +770,12 @@ mod tests {
     fn a_trusted_short_read_ends_the_reading_without_eagain() {
         for trust in [false, true] {
             let mut rig = Rig::new(Duplex::<Counted>::default());
-            rig.relay.trust_short_reads(trust, trust);
+            let s = if trust {
+                ShortRead::Empty
+            } else {
+                ShortRead::Unknown
+            };
+            rig.relay.short_reads(s, s);
             rig.client_peer.write_all(b"request").unwrap();
             let (mut cr, mut br) = (ready(), ready());
             let p = rig.relay.pump(
@@ -732,5 +790,23 @@ mod tests {
             let reads = rig.relay.up.1;
             assert_eq!(reads, if trust { 1 } else { 2 }, "trust {trust}");
         }
+    }
+
+    #[test]
+    fn a_short_read_from_a_hung_up_source_is_its_last() {
+        // The peer's FIN was reported: the read that would return 0 is
+        // skipped, the bytes go out as the last, and the destination is shut.
+        let mut rig = Rig::new(Duplex::<Counted>::default());
+        rig.relay.short_reads(ShortRead::End, ShortRead::Unknown);
+        rig.client_peer.write_all(b"request").unwrap();
+        rig.client_peer.shutdown(std::net::Shutdown::Write).unwrap();
+        let p = rig.pump();
+        assert_eq!((p.up, p.changed), (7, true));
+        assert_eq!(rig.relay.up.1, 1, "one read: no read of the EOF");
+        assert_eq!(rig.relay.flows(), (Flow::Ended, Flow::Open));
+        let mut q = Vec::new();
+        rig.backend_peer.set_nonblocking(false).unwrap();
+        rig.backend_peer.read_to_end(&mut q).unwrap();
+        assert_eq!(q, b"request", "then EOF");
     }
 }

@@ -29,6 +29,10 @@
 //! prefix: bytes that must go out before anything read (a PROXY protocol
 //! header, bytes read before a tunnel started).
 //!
+//! A direction's last bytes, when its destination is shut right after
+//! ([`Direction::write_last`]), go with `MSG_MORE` (`SPLICE_F_MORE`): the
+//! kernel keeps the partial segment and the FIN of the `shutdown` joins it.
+//!
 //! [`Splice`] is a [`Direction`] of [`crate::duplex::Duplex`]; `pump` moves
 //! one direction alone (http bodies with a known length).
 
@@ -146,6 +150,31 @@ pub struct Splice {
 
 fn sys(what: &str, e: Errno) -> io::Error {
     io::Error::new(io::Error::from(e).kind(), format!("{what}: {e}"))
+}
+
+/// One `write(2)`, retried on EINTR; `more`: `send(MSG_MORE)` (a
+/// non-socket destination falls back to `write`).
+fn write_fd(fd: BorrowedFd<'_>, buf: &[u8], more: bool) -> io::Result<usize> {
+    use nix::sys::socket::{send, MsgFlags};
+    let mut more = more;
+    loop {
+        let r = if more {
+            // nix names no MSG_MORE; the bit is the kernel's.
+            send(
+                fd.as_raw_fd(),
+                buf,
+                MsgFlags::from_bits_retain(nix::libc::MSG_MORE),
+            )
+        } else {
+            nix::unistd::write(fd, buf)
+        };
+        match r {
+            Err(Errno::EINTR) => continue,
+            Err(Errno::ENOTSOCK) if more => more = false,
+            Err(e) => return Err(sys("write to destination", e)),
+            Ok(n) => return Ok(n),
+        }
+    }
 }
 
 /// One `read(2)`, retried on EINTR.
@@ -369,6 +398,47 @@ impl Splice {
             eof: t.eof,
         })
     }
+
+    /// One write of held bytes; `last`: they end the stream and the
+    /// destination is shut right after (`Direction::write_last`): `MORE`
+    /// keeps a partial TCP segment queued for the FIN to join.
+    fn put(&mut self, dst: BorrowedFd<'_>, last: bool) -> io::Result<usize> {
+        if self.copy.is_none() && self.in_pipe() > 0 && !self.copying {
+            let mut flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+            if last {
+                flags |= SpliceFFlags::SPLICE_F_MORE;
+            }
+            let pipe = self.pipe()?;
+            let queued = pipe.queued();
+            let (pr, _) = pipe.fds()?;
+            match splice(pr, None, dst, None, queued, flags) {
+                Ok(n) => {
+                    pipe.drained(n);
+                    return Ok(n);
+                }
+                Err(Errno::EINVAL) => self.fall_back("to the destination"),
+                Err(e) => return Err(sys("splice to destination", e)),
+            }
+        }
+        if self.copy.is_none() {
+            if self.in_pipe() == 0 {
+                return Ok(0);
+            }
+            self.unpipe()?;
+        }
+        let Some(c) = self.copy.as_mut() else {
+            return Ok(0);
+        };
+        let n = write_fd(dst, &c.buf[c.sent..c.end], last)?;
+        c.sent += n;
+        if c.sent == c.end {
+            // Nothing in flight here: the buffer goes back.
+            if let Some(c) = self.copy.take() {
+                give_buffer(c.buf);
+            }
+        }
+        Ok(n)
+    }
 }
 
 impl Direction for Splice {
@@ -419,44 +489,11 @@ impl Direction for Splice {
     }
 
     fn write(&mut self, dst: BorrowedFd<'_>) -> io::Result<usize> {
-        if self.copy.is_none() && self.in_pipe() > 0 && !self.copying {
-            let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
-            let pipe = self.pipe()?;
-            let queued = pipe.queued();
-            let (pr, _) = pipe.fds()?;
-            match splice(pr, None, dst, None, queued, flags) {
-                Ok(n) => {
-                    pipe.drained(n);
-                    return Ok(n);
-                }
-                Err(Errno::EINVAL) => self.fall_back("to the destination"),
-                Err(e) => return Err(sys("splice to destination", e)),
-            }
-        }
-        if self.copy.is_none() {
-            if self.in_pipe() == 0 {
-                return Ok(0);
-            }
-            self.unpipe()?;
-        }
-        let Some(c) = self.copy.as_mut() else {
-            return Ok(0);
-        };
-        let n = loop {
-            match nix::unistd::write(dst, &c.buf[c.sent..c.end]) {
-                Err(Errno::EINTR) => continue,
-                Err(e) => return Err(sys("write to destination", e)),
-                Ok(n) => break n,
-            }
-        };
-        c.sent += n;
-        if c.sent == c.end {
-            // Nothing in flight here: the buffer goes back.
-            if let Some(c) = self.copy.take() {
-                give_buffer(c.buf);
-            }
-        }
-        Ok(n)
+        self.put(dst, false)
+    }
+
+    fn write_last(&mut self, dst: BorrowedFd<'_>) -> io::Result<usize> {
+        self.put(dst, true)
     }
 
     fn urgent_seen(&mut self) {

@@ -158,6 +158,13 @@ impl Listener {
                 let nodelay =
                     nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::TcpNoDelay, &true)
                         .is_ok();
+                // Accepted sockets inherit it too: the ACK of a client's
+                // first bytes waits for our answer to carry it (HAProxy's
+                // tcp-smart-accept), one segment less per connection. A
+                // client that waits for that ACK before sending more (Nagle,
+                // write-write-read) waits for the delayed-ACK timer once,
+                // as it would after any Linux server's first quick reply.
+                let _ = set_quickack(fd.as_fd(), false);
                 let s = std::net::TcpListener::from(fd);
                 s.set_nonblocking(true)?;
                 Listener::Tcp {
@@ -213,6 +220,32 @@ impl Source for Listener {
     }
 }
 
+/// `setsockopt(TCP_QUICKACK)`. Off: the socket is put in Linux's
+/// "interactive" mode, where an ACK waits (up to the delayed-ACK timer,
+/// 40 ms at least) for data or a FIN to ride on; on: leave it, and send an
+/// ACK that is due now. Linux leaves the mode by itself when that timer
+/// fires or more than a segment's worth arrives. (nix has no name for it.)
+pub fn set_quickack(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    let v: nix::libc::c_int = on.into();
+    // SAFETY: TCP_QUICKACK reads one int from a pointer valid for its size.
+    let r = unsafe {
+        nix::libc::setsockopt(
+            fd.as_raw_fd(),
+            nix::libc::IPPROTO_TCP,
+            nix::libc::TCP_QUICKACK,
+            std::ptr::from_ref(&v).cast(),
+            std::mem::size_of_val(&v) as nix::libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::other(format!(
+            "setsockopt(TCP_QUICKACK, {on}): {}",
+            io::Error::last_os_error()
+        )));
+    }
+    Ok(())
+}
+
 /// The error is about this process, not the peer: out of fds (ours or the
 /// system's) or kernel memory. The accept loop pauses on it; the health
 /// checks do not count it against a backend.
@@ -249,5 +282,35 @@ mod tests {
             s.nodelay().unwrap(),
             "TCP_NODELAY inherited from the listener"
         );
+    }
+
+    #[test]
+    fn accepted_clients_start_in_interactive_mode() {
+        // Their first ACK waits for our answer to ride on: one segment
+        // less per connection than Linux's quick ACKs of a new connection.
+        let std_l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = std_l.local_addr().unwrap();
+        let l = Listener::from_fd(OwnedFd::from(std_l)).unwrap();
+        let _c = std::net::TcpStream::connect(addr).unwrap();
+        let s = loop {
+            match l.accept() {
+                Ok(s) => break s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                Err(e) => panic!("accept: {e}"),
+            }
+        };
+        let mut v: nix::libc::c_int = -1;
+        let mut len = std::mem::size_of_val(&v) as nix::libc::socklen_t;
+        // SAFETY: TCP_QUICKACK writes one int.
+        let r = unsafe {
+            nix::libc::getsockopt(
+                s.as_raw_fd(),
+                nix::libc::IPPROTO_TCP,
+                nix::libc::TCP_QUICKACK,
+                std::ptr::from_mut(&mut v).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!((r, v), (0, 0), "quick ACKs off, from the listener");
     }
 }
