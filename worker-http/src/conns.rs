@@ -108,7 +108,9 @@ impl Handler for Conns {
                     }
                     c.drive(cx)
                 }),
-                Owner::Pool(slot) => self.pool.on_event(slot, fd),
+                // A writable-only event on a parked connection (its last
+                // request's bytes acknowledged) needs no probe.
+                Owner::Pool(slot) => self.pool.on_event(slot, fd, r || ev.is_write_closed()),
                 Owner::Nobody => {}
             },
         }

@@ -154,7 +154,14 @@ impl Pool {
 
     /// An event on an idle connection: closed by the backend, or bytes
     /// nobody asked for. Either way it cannot carry the next request.
-    pub fn on_event(&mut self, slot: usize, fd: RawFd) {
+    /// `readable`: the event reported input, a hang-up or an error. One
+    /// that did not (the send buffer freed as the last request's bytes
+    /// were acknowledged: the socket is registered edge-triggered for
+    /// both) says nothing about input and costs no probe.
+    pub fn on_event(&mut self, slot: usize, fd: RawFd, readable: bool) {
+        if !readable {
+            return;
+        }
         let Some(i) = self
             .idle
             .get_mut(slot)
@@ -244,13 +251,19 @@ mod tests {
         let fd = fd_of(&mut pool, slot);
         assert_eq!(owners.get(fd), Owner::Pool(slot));
         drop(peers.remove(2));
-        pool.on_event(slot, fd + 1000);
+        pool.on_event(slot, fd + 1000, true);
         assert_eq!(pool.len(), PER_BACKEND - 1, "event for another fd: ignored");
-        pool.on_event(slot, fd);
+        pool.on_event(slot, fd, false);
+        assert_eq!(
+            pool.len(),
+            PER_BACKEND - 1,
+            "a writable-only event: not probed, kept"
+        );
+        pool.on_event(slot, fd, true);
         assert_eq!(pool.len(), PER_BACKEND - 2);
         let live = pool.by_backend[&b][0];
         let fd = fd_of(&mut pool, live);
-        pool.on_event(live, fd);
+        pool.on_event(live, fd, true);
         assert_eq!(pool.len(), PER_BACKEND - 2, "still open: kept");
         let now = Instant::now();
         assert!(pool.sweep(now).is_some_and(|t| t > now));
