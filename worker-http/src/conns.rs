@@ -93,7 +93,9 @@ impl Handler for Conns {
             ev.is_readable() || ev.is_read_closed() || ev.is_error(),
             ev.is_writable() || ev.is_write_closed() || ev.is_error(),
         );
-        let hup = ev.is_read_closed();
+        // Whatever makes a short read prove nothing: a FIN or error queued
+        // behind the data, or urgent data the read stopped at.
+        let hup = ev.is_read_closed() || ev.is_write_closed() || ev.is_error() || ev.is_priority();
         match keys::decode(token) {
             Tok::Client(slot) => self.with_conn(cx, slot, |c, cx| {
                 set(&mut c.cr, r, w);
