@@ -16,6 +16,8 @@
 # Environment: PVX_BIN (default: a release build that keeps its symbols,
 #   target/prof/release/pv-xconnect, built here; the same code as the
 #   stripped one, so the same counts, with function names in the profile).
+#   PVX_PROF_SIZE: bytes of the file served (default 100; 1048576 counts
+#   what a 1 MiB response costs: spliced body, pipes, pool probes).
 set -euo pipefail
 . "$(dirname "$0")/lib/bench.sh"
 N=${1:-2000}
@@ -25,7 +27,7 @@ bench_init prof-http --symbols
 chmod 755 "$work"
 B=$(port)
 mkdir -p "$work/html"
-head -c 100 /dev/zero | tr '\0' 'x' > "$work/html/index.html"
+head -c "${PVX_PROF_SIZE:-100}" /dev/zero | tr '\0' 'x' > "$work/html/index.html"
 cat > "$work/backend.conf" <<CFG
 worker_processes 1;
 daemon off;

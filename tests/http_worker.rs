@@ -424,3 +424,140 @@ fn a_client_that_asked_to_close_is_closed_without_lingering() {
         drop(s);
     }
 }
+
+/// A request head whose bytes arrive around a TCP urgent byte, all in one
+/// segment: `read(2)` stops short at the urgent mark with the rest of the
+/// head queued behind it, and that rest raises no new edge. The worker
+/// must not take that short read as "drained" (the event carried
+/// EPOLLPRI): the request is answered, not left to the head timeout. The
+/// same from a backend: a response head cut by an urgent byte.
+#[test]
+fn a_head_cut_short_by_urgent_data_is_still_read_whole() {
+    use nix::sys::socket::{send, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let b = backend::tcp("127.0.0.1:0");
+    let w = one_route(
+        &b,
+        Limits {
+            head_timeout_ms: 60_000,
+            ..Limits::default()
+        },
+    );
+    let mut s = connect(w.addr);
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // Corked: "GET /api/u HT" + urgent "!" + the rest leave as one
+    // segment, so no read of the worker falls between them.
+    cork(&s, true);
+    send(s.as_raw_fd(), b"GET /api/u HT!", MsgFlags::MSG_OOB).unwrap();
+    s.write_all(b"TP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    cork(&s, false);
+    let mut buf = Vec::new();
+    let r = read_resp(&mut s, &mut buf, false).expect("answered, not stalled");
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert!(r.text().starts_with("GET /u\n"), "{}", r.text());
+    // The connection goes on as before.
+    s.write_all(&get("/api/v")).unwrap();
+    let r = read_resp(&mut s, &mut buf, false).expect("next response");
+    assert!(r.text().starts_with("GET /v\n"), "{}", r.text());
+
+    // A backend whose response head is cut the same way.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = l.local_addr().unwrap();
+    let backend = std::thread::spawn(move || {
+        let mut byte = [0u8; 1];
+        // Health checks connect and close: the request comes on another.
+        let mut c = loop {
+            let (mut c, _) = l.accept().unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                match std::io::Read::read(&mut c, &mut byte) {
+                    Ok(1) => head.push(byte[0]),
+                    _ => break,
+                }
+            }
+            if head.ends_with(b"\r\n\r\n") {
+                break c;
+            }
+        };
+        cork(&c, true);
+        send(
+            c.as_raw_fd(),
+            b"HTTP/1.1 200 OK\r\nCont!",
+            MsgFlags::MSG_OOB,
+        )
+        .unwrap();
+        c.write_all(b"ent-Length: 2\r\n\r\nok").unwrap();
+        cork(&c, false);
+        // Held open until the client has its answer.
+        let _ = std::io::Read::read(&mut c, &mut byte);
+    });
+    let w = Worker::start(config(
+        &[("/", &format!(r#","socket":"{at}""#))],
+        Limits::default(),
+    ));
+    let mut s = connect(w.addr);
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&get("/x")).unwrap();
+    let mut buf = Vec::new();
+    let r = read_resp(&mut s, &mut buf, false).expect("response head read whole");
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (200, &b"ok"[..]),
+        "{}",
+        r.head
+    );
+    drop((s, w));
+    backend.join().unwrap();
+}
+
+/// TCP_CORK on or off: what is written meanwhile leaves as one segment.
+fn cork(s: &std::net::TcpStream, on: bool) {
+    use std::os::fd::AsRawFd;
+    let v: nix::libc::c_int = on.into();
+    // SAFETY: TCP_CORK takes one int, passed by pointer and length.
+    let r = unsafe {
+        nix::libc::setsockopt(
+            s.as_raw_fd(),
+            nix::libc::IPPROTO_TCP,
+            nix::libc::TCP_CORK,
+            (&v as *const nix::libc::c_int).cast(),
+            std::mem::size_of::<nix::libc::c_int>() as nix::libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0, "TCP_CORK");
+}
+
+/// The tunnel trusts a short read on TCP (no read that says EAGAIN) only
+/// while no hang-up or urgent data was reported: bytes and the FIN in one
+/// segment, and bytes around an urgent byte in one segment, all arrive
+/// (each would raise no later edge for what a short read left behind).
+#[test]
+fn a_tunnel_reads_past_a_fin_or_urgent_byte_in_the_same_segment() {
+    use nix::sys::socket::{send, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let b = backend::tcp("127.0.0.1:0");
+    let w = one_route(&b, Limits::default());
+    for urgent in [false, true] {
+        let mut s = connect(w.addr);
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(
+            b"GET /api/upgrade HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        )
+        .unwrap();
+        let mut buf = Vec::new();
+        let r = read_resp(&mut s, &mut buf, false).unwrap();
+        assert_eq!(r.status, 101);
+        cork(&s, true);
+        if urgent {
+            send(s.as_raw_fd(), b"hello !", MsgFlags::MSG_OOB).unwrap();
+        } else {
+            s.write_all(b"hello ").unwrap();
+        }
+        s.write_all(b"tunnel").unwrap();
+        // The FIN joins the corked bytes: one segment.
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut rest = buf;
+        std::io::Read::read_to_end(&mut s, &mut rest).expect("tunnel not stalled");
+        assert_eq!(rest, b"HELLO TUNNELBYE", "urgent {urgent}");
+    }
+}

@@ -110,7 +110,7 @@ const CTL: Token = Token(1);
 /// besides 0 and 1 that is the loop's (no handler's token comes near it).
 pub const HEALTH: Token = Token(usize::MAX - 1);
 /// Timer keys from here up are the loop's own.
-pub const LOOP_KEYS: u64 = u64::MAX - 3;
+pub const LOOP_KEYS: u64 = u64::MAX - 4;
 /// Accepting paused (out of fds) until then.
 const KEY_ACCEPT: u64 = u64::MAX;
 const KEY_DRAIN: u64 = u64::MAX - 1;
@@ -118,6 +118,9 @@ const KEY_DRAIN: u64 = u64::MAX - 1;
 const KEY_SHRINK: u64 = u64::MAX - 2;
 /// The health checker's next check or check timeout.
 const KEY_HEALTH: u64 = u64::MAX - 3;
+/// Spare relay pipes close once none has been in use for a while
+/// (`pipes::IdleSpares`).
+const KEY_PIPES: u64 = u64::MAX - 4;
 
 /// Why `new` is not an update of the running endpoint `old`, if it is
 /// not: the supervisor starts a new worker for another kind, listen
@@ -185,6 +188,7 @@ pub struct Loop<H> {
     stats: Stats,
     drain_until: Option<Instant>,
     after_burst: crate::mem::AfterBurst,
+    spare_pipes: crate::pipes::IdleSpares,
     /// Poll rounds so far, wrapping (`Cx::round`).
     round: NonZeroU32,
     /// L4 health checks of the routes' backends (None: `--health-interval 0`).
@@ -239,6 +243,7 @@ impl<H: Handler> Loop<H> {
             stats: Stats::default(),
             drain_until: None,
             after_burst: crate::mem::AfterBurst::default(),
+            spare_pipes: crate::pipes::IdleSpares::default(),
             round: NonZeroU32::MIN,
             health,
         })
@@ -300,6 +305,7 @@ impl<H: Handler> Loop<H> {
                 match k {
                     KEY_ACCEPT => self.accept(now, false),
                     KEY_DRAIN | KEY_SHRINK => {}
+                    KEY_PIPES => self.spare_pipes.due(now),
                     KEY_HEALTH => {
                         if let Some(h) = self.health.as_mut() {
                             h.on_time(now);
@@ -319,6 +325,9 @@ impl<H: Handler> Loop<H> {
             self.stats.active = self.handler.active() as u64;
             stats_wait = self.ctl.report(now, self.stats);
             self.after_burst(now);
+            if let Some(at) = self.spare_pipes.after_turn(now) {
+                self.timers.add(at, KEY_PIPES);
+            }
             if let Some(until) = self.drain_until {
                 let left = self.handler.active();
                 if left == 0 || now >= until {

@@ -4,12 +4,16 @@
 //! one with bytes left (a direction cut short) is closed, so no byte of
 //! one connection can ever come out of another's pipe.
 //!
-//! Bounds: at most [`SPARES`] spare pipes, and none once no pipe is in
-//! use: a worker whose connections have all ended (or moved no bulk
-//! data) holds no pipe, so its fds come back to their baseline and its
-//! kernel memory to nothing. The spares pay where bulk connections
-//! overlap: each one that would have made a pipe (`pipe2` and
-//! `F_SETPIPE_SZ`) and closed it (two `close`) reuses one instead.
+//! Bounds: at most [`SPARES`] spare pipes, and none once no pipe has been
+//! in use for [`LINGER`]: the loop calls [`close_idle_spares`] then, so a
+//! worker whose bulk flows have ended holds no pipe, its fds come back to
+//! their baseline and its kernel memory to nothing. The spares pay where
+//! bulk flows follow each other or overlap (keep-alive responses one after
+//! another on a connection, or on several): each one that would have made
+//! a pipe (`pipe2` and `F_SETPIPE_SZ`) and closed it (two `close`) reuses
+//! one instead. They outlive the moment no pipe is in use on purpose: a
+//! worker relaying one large response after another has none in use
+//! between two of them.
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
@@ -19,6 +23,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 /// Most spare pipes a worker keeps.
 pub const SPARES: usize = 32;
+/// How long spares outlive the last pipe in use.
+pub const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The two ends of a pipe, and its size as asked for.
 #[derive(Debug)]
@@ -33,6 +39,9 @@ thread_local! {
     // Workers are single-threaded: the spares belong to the process.
     static SPARE: RefCell<Vec<Ends>> = const { RefCell::new(Vec::new()) };
     static IN_USE: Cell<usize> = const { Cell::new(0) };
+    /// Pipes taken so far (wrapping): tells the loop whether any was
+    /// taken since it last looked.
+    static TAKEN: Cell<u64> = const { Cell::new(0) };
 }
 
 /// A pipe one direction holds, and the bytes it holds.
@@ -71,6 +80,7 @@ impl Pipe {
             }
         };
         IN_USE.with(|n| n.set(n.get() + 1));
+        TAKEN.with(|n| n.set(n.get().wrapping_add(1)));
         Ok(Pipe {
             ends: Some(ends),
             queued: 0,
@@ -113,6 +123,58 @@ impl Pipe {
     pub fn spares() -> usize {
         SPARE.with(|s| s.borrow().len())
     }
+
+    /// Pipes taken so far (wrapping; compare two readings for equality).
+    pub fn taken() -> u64 {
+        TAKEN.with(Cell::get)
+    }
+}
+
+/// Close every spare pipe (the loop calls it once none has been in use
+/// for [`LINGER`]).
+pub fn close_idle_spares() {
+    SPARE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.clear();
+        s.shrink_to_fit();
+    });
+}
+
+/// The loop's watch over the spares: once no pipe is in use and none has
+/// been taken for [`LINGER`], the spares are closed.
+#[derive(Debug, Default)]
+pub struct IdleSpares {
+    /// Armed at this reading of [`Pipe::taken`], to fire then.
+    armed: Option<(u64, std::time::Instant)>,
+}
+
+impl IdleSpares {
+    /// After each turn: when to wake to close the spares, if a wake is
+    /// newly needed (spares kept, none in use, no wake pending).
+    pub fn after_turn(&mut self, now: std::time::Instant) -> Option<std::time::Instant> {
+        if self.armed.is_some() || Pipe::in_use() > 0 || Pipe::spares() == 0 {
+            return None;
+        }
+        let at = now + LINGER;
+        self.armed = Some((Pipe::taken(), at));
+        Some(at)
+    }
+
+    /// The wake is due: close the spares if no pipe was taken since it
+    /// was armed and none is in use (otherwise the next idle turn arms it
+    /// again).
+    pub fn due(&mut self, now: std::time::Instant) {
+        let Some((taken, at)) = self.armed else {
+            return;
+        };
+        if now < at {
+            return;
+        }
+        self.armed = None;
+        if taken == Pipe::taken() && Pipe::in_use() == 0 {
+            close_idle_spares();
+        }
+    }
 }
 
 impl Drop for Pipe {
@@ -120,16 +182,10 @@ impl Drop for Pipe {
         let Some(ends) = self.ends.take() else {
             return;
         };
-        let left = IN_USE.with(|n| {
-            n.set(n.get().saturating_sub(1));
-            n.get()
-        });
+        IN_USE.with(|n| n.set(n.get().saturating_sub(1)));
         SPARE.with(|s| {
             let mut s = s.borrow_mut();
-            if left == 0 {
-                // Nothing spliced any more: an idle worker holds no pipe.
-                s.clear();
-            } else if self.queued == 0 && s.len() < SPARES {
+            if self.queued == 0 && s.len() < SPARES {
                 s.push(ends);
             }
             // Otherwise `ends` is dropped here: both fds closed.
@@ -186,11 +242,44 @@ mod tests {
         assert_eq!(Pipe::spares(), 2);
         assert_eq!(Pipe::in_use(), 1);
         drop(keep);
-        assert_eq!(
-            (Pipe::in_use(), Pipe::spares()),
-            (0, 0),
-            "nothing in use: no spare kept"
-        );
+        close_idle_spares();
+        assert_eq!((Pipe::in_use(), Pipe::spares()), (0, 0));
+    }
+
+    #[test]
+    fn spares_outlive_the_last_pipe_in_use_until_the_linger() {
+        // One large response after another: none in use between two of
+        // them, and the second must not make a pipe of its own.
+        let a = Pipe::take(65536).unwrap();
+        let a_id = id(&a);
+        drop(a);
+        assert_eq!((Pipe::in_use(), Pipe::spares()), (0, 1));
+        let b = Pipe::take(65536).unwrap();
+        assert_eq!(id(&b), a_id, "the spare is taken again");
+        drop(b);
+        // The loop's watch: armed once, closes nothing while a pipe was
+        // taken since, closes the spares after a quiet linger.
+        let t0 = std::time::Instant::now();
+        let mut w = IdleSpares::default();
+        let at = w.after_turn(t0).expect("armed: spares kept, none in use");
+        assert_eq!(at, t0 + LINGER);
+        assert_eq!(w.after_turn(t0), None, "armed once");
+        drop(Pipe::take(65536).unwrap());
+        w.due(at);
+        assert_eq!(Pipe::spares(), 1, "taken since: kept");
+        let at = w.after_turn(at).expect("armed again");
+        w.due(at - LINGER / 2);
+        assert_eq!(Pipe::spares(), 1, "not due yet");
+        let held = Pipe::take(65536).unwrap();
+        assert_eq!(w.after_turn(at), None, "a pipe in use: not armed");
+        drop(held);
+        // `armed` still holds the earlier reading; a take happened since.
+        w.due(at);
+        assert_eq!(Pipe::spares(), 1);
+        let at = w.after_turn(at).expect("armed");
+        w.due(at);
+        assert_eq!(Pipe::spares(), 0, "a quiet linger: closed");
+        assert_eq!(w.after_turn(at), None, "nothing to close: not armed");
     }
 
     #[test]
@@ -206,6 +295,7 @@ mod tests {
         let size = fcntl(big.fds().unwrap().1.as_raw_fd(), FcntlArg::F_GETPIPE_SZ).unwrap();
         assert_eq!(size, 131072);
         drop((big, keep));
+        close_idle_spares();
         assert_eq!(Pipe::spares(), 0);
     }
 }

@@ -134,11 +134,15 @@ impl Buf {
     /// Like [`Buf::read_from`], but a read that returns less than it asked
     /// for counts as having drained the socket, saving the `read` that
     /// would only say EAGAIN (as nginx does with EPOLLRDHUP). Safe under
-    /// edge-triggered epoll: bytes arriving later raise a new edge. Not
-    /// when `hup` (the peer's FIN was already reported): its EOF raises no
-    /// new edge, so then the socket is read until EAGAIN or EOF.
+    /// edge-triggered epoll for a TCP socket: bytes arriving later raise a
+    /// new edge. Not when `hup` (a hang-up, an error or urgent data was
+    /// reported: a FIN raises no new edge, and a read stops short at an
+    /// urgent byte with bytes behind it), and never on a unix socket (a
+    /// read stops short after bytes that carried fds): then the socket is
+    /// read until EAGAIN or EOF.
     pub fn read_head(&mut self, src: &Stream, ready: &mut Ready, hup: bool) -> io::Result<Got> {
-        self.read_inner(src, ready, !hup)
+        let trust = !hup && matches!(src, Stream::Tcp(_));
+        self.read_inner(src, ready, trust)
     }
 
     fn read_inner(
@@ -422,12 +426,19 @@ mod tests {
 
     #[test]
     fn short_read_counts_as_drained_unless_hup() {
-        let (a, b) = pair();
-        write_nb(&a, &mut RW.clone(), b"abc").unwrap();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (b, _) = l.accept().unwrap();
+        (&a).write_all(b"abc").unwrap();
+        // Wait for the bytes without reading them.
+        let mut peek = [0u8; 3];
+        while b.peek(&mut peek).unwrap() < 3 {}
+        b.set_nonblocking(true).unwrap();
+        let b = Stream::Tcp(mio::net::TcpStream::from_std(b));
         let mut buf = Buf::new(16);
         let mut ready = RW;
         assert_eq!(buf.read_head(&b, &mut ready, false).unwrap().bytes, 3);
-        assert!(!ready.readable, "short read: drained");
+        assert!(!ready.readable, "short read on TCP: drained");
         drop(a);
         let mut ready = RW;
         let got = buf.read_head(&b, &mut ready, true).unwrap();

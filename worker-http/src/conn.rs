@@ -43,6 +43,13 @@ thread_local! {
     static SINK: std::cell::RefCell<[u8; 4096]> = const { std::cell::RefCell::new([0; 4096]) };
 }
 
+/// Interest in a client or backend socket: `PRIORITY` too, so urgent data
+/// is reported (a read stops short at it with bytes behind, which a
+/// trusted short read would take for an empty socket; see `Buf::read_head`).
+pub fn interest() -> Interest {
+    Interest::READABLE | Interest::WRITABLE | Interest::PRIORITY
+}
+
 /// What a connection needs from the loop while it runs.
 pub struct Ctx<'a> {
     pub now: Instant,
@@ -62,7 +69,9 @@ pub struct Ctx<'a> {
 pub struct BackendConn {
     pub stream: Stream,
     pub ready: Ready,
-    /// The backend's FIN was reported (EPOLLRDHUP).
+    /// A hang-up (the backend's FIN: EPOLLRDHUP), an error or urgent data
+    /// was reported: a short read no longer proves the socket empty
+    /// (`Buf::read_head`), and the connection is not parked.
     pub hup: bool,
 }
 
@@ -96,7 +105,9 @@ pub enum Fail {
 pub struct Conn {
     pub(crate) client: Stream,
     pub(crate) cr: Ready,
-    /// The client's FIN was reported (EPOLLRDHUP).
+    /// A hang-up (the client's FIN: EPOLLRDHUP), an error or urgent data
+    /// was reported: a short read no longer proves the socket empty
+    /// (`Buf::read_head`).
     pub(crate) c_hup: bool,
     pub(crate) ip: Option<IpAddr>,
     /// Client bytes: the request head being read, then what follows it.
@@ -152,11 +163,7 @@ impl Conn {
     }
 
     pub fn register(&mut self, reg: &Registry, token: Token) -> io::Result<()> {
-        reg.register(
-            &mut self.client,
-            token,
-            Interest::READABLE | Interest::WRITABLE,
-        )
+        reg.register(&mut self.client, token, interest())
     }
 
     /// Stop after the current exchange; an idle connection closes now.

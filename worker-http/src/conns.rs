@@ -93,7 +93,9 @@ impl Handler for Conns {
             ev.is_readable() || ev.is_read_closed() || ev.is_error(),
             ev.is_writable() || ev.is_write_closed() || ev.is_error(),
         );
-        let hup = ev.is_read_closed();
+        // Whatever makes a short read prove nothing: a FIN or error queued
+        // behind the data, or urgent data the read stopped at.
+        let hup = ev.is_read_closed() || ev.is_write_closed() || ev.is_error() || ev.is_priority();
         match keys::decode(token) {
             Tok::Client(slot) => self.with_conn(cx, slot, |c, cx| {
                 set(&mut c.cr, r, w);
@@ -108,7 +110,9 @@ impl Handler for Conns {
                     }
                     c.drive(cx)
                 }),
-                Owner::Pool(slot) => self.pool.on_event(slot, fd),
+                // A writable-only event on a parked connection (its last
+                // request's bytes acknowledged) needs no probe.
+                Owner::Pool(slot) => self.pool.on_event(slot, fd, r || ev.is_write_closed()),
                 Owner::Nobody => {}
             },
         }

@@ -7,7 +7,6 @@
 use crate::conn::{BackendConn, Conn, Ctx, Fail, Phase};
 use crate::exchange::Exchange;
 use crate::keys::{self, Owner};
-use mio::Interest;
 use proto::backend::{Dialer, Step};
 use proto::relay::Ready;
 use std::os::fd::AsRawFd;
@@ -69,11 +68,7 @@ impl Conn {
                 let fd = b.stream.as_raw_fd();
                 cx.owners.set(fd, Owner::Conn(cx.slot));
                 cx.registry
-                    .register(
-                        &mut b.stream,
-                        keys::backend(fd),
-                        Interest::READABLE | Interest::WRITABLE,
-                    )
+                    .register(&mut b.stream, keys::backend(fd), crate::conn::interest())
                     .map_err(|e| Fail::Status(502, format!("registering backend socket: {e}")))?;
                 Ok(true)
             }

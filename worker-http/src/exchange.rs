@@ -343,9 +343,7 @@ impl Conn {
                 && ex.bbuf.is_empty()
                 && !ex.req.in_flight()
             {
-                let drained = !b.ready.readable;
-                cx.pool
-                    .put(cx.owners, cx.now, &ex.route.backend, b.stream, drained);
+                cx.pool.put(cx.owners, cx.now, &ex.route.backend, b.stream);
             }
         }
         if ex.persist == Persist::Close || self.wants_close(cx) {

@@ -17,9 +17,11 @@
 //! readiness flags cannot prove a socket empty (an exact-length splice
 //! leaves `readable` set with bytes behind, or clear with bytes arriving):
 //! so a connection is handed out only when a non-blocking `MSG_PEEK` finds
-//! neither a byte nor EOF on it ([`is_quiet`]). It is parked unprobed when
-//! its last read found it drained (bytes that arrive later raise a new
-//! edge, which `on_event` sees), probed first otherwise.
+//! neither a byte nor EOF on it ([`is_quiet`]). That one probe, at
+//! [`Pool::take`], is the check: a connection is parked without one (a
+//! probe then would only say earlier what the probe at take says anyway;
+//! one that holds bytes or EOF when parked is closed when taken, or by
+//! the sweep), so a reused connection costs one probe in all.
 
 use crate::keys::{Owner, Owners};
 use nix::errno::Errno;
@@ -92,23 +94,11 @@ impl Pool {
     }
 
     /// Park a connection whose last response ended exactly where the bytes
-    /// read ended; it is closed instead if the socket holds anything more.
-    /// `drained`: the last read of it found it empty (EAGAIN, or a short
-    /// read), so bytes that came since raise an event, which closes it
-    /// while parked, and [`Pool::take`] looks again anyway: no probe now.
-    /// Otherwise (an exact-length splice stopped at the body's end) it is
-    /// probed. Returns whether it was parked.
-    pub fn put(
-        &mut self,
-        owners: &mut Owners,
-        now: Instant,
-        b: &Backend,
-        s: Stream,
-        drained: bool,
-    ) -> bool {
-        if !drained && !is_quiet(&s) {
-            return false;
-        }
+    /// read ended. Not probed: bytes or EOF on it now (an exact-length
+    /// splice stops at the body's end without looking further) are found
+    /// by the probe of [`Pool::take`], bytes that come later by their event
+    /// (`on_event`) or that probe.
+    pub fn put(&mut self, owners: &mut Owners, now: Instant, b: &Backend, s: Stream) {
         let slots = match self.by_backend.get_mut(b) {
             Some(slots) => slots,
             None => self.by_backend.entry(b.clone()).or_default(),
@@ -125,7 +115,6 @@ impl Pool {
         });
         owners.set(fd, Owner::Pool(slot));
         slots.push(slot);
-        true
     }
 
     fn forget(&mut self, slot: usize) {
@@ -141,7 +130,14 @@ impl Pool {
 
     /// An event on an idle connection: closed by the backend, or bytes
     /// nobody asked for. Either way it cannot carry the next request.
-    pub fn on_event(&mut self, slot: usize, fd: RawFd) {
+    /// `readable`: the event reported input, a hang-up or an error. One
+    /// that did not (the send buffer freed as the last request's bytes
+    /// were acknowledged: the socket is registered edge-triggered for
+    /// both) says nothing about input and costs no probe.
+    pub fn on_event(&mut self, slot: usize, fd: RawFd, readable: bool) {
+        if !readable {
+            return;
+        }
         let Some(i) = self
             .idle
             .get_mut(slot)
@@ -219,7 +215,7 @@ mod tests {
         let mut peers = Vec::new();
         for _ in 0..PER_BACKEND + 2 {
             let (a, p) = UnixStream::pair().unwrap();
-            assert!(pool.put(&mut owners, Instant::now(), &b, Stream::Unix(a), false));
+            pool.put(&mut owners, Instant::now(), &b, Stream::Unix(a));
             peers.push(p);
         }
         assert_eq!(pool.len(), PER_BACKEND);
@@ -231,13 +227,19 @@ mod tests {
         let fd = fd_of(&mut pool, slot);
         assert_eq!(owners.get(fd), Owner::Pool(slot));
         drop(peers.remove(2));
-        pool.on_event(slot, fd + 1000);
+        pool.on_event(slot, fd + 1000, true);
         assert_eq!(pool.len(), PER_BACKEND - 1, "event for another fd: ignored");
-        pool.on_event(slot, fd);
+        pool.on_event(slot, fd, false);
+        assert_eq!(
+            pool.len(),
+            PER_BACKEND - 1,
+            "a writable-only event: not probed, kept"
+        );
+        pool.on_event(slot, fd, true);
         assert_eq!(pool.len(), PER_BACKEND - 2);
         let live = pool.by_backend[&b][0];
         let fd = fd_of(&mut pool, live);
-        pool.on_event(live, fd);
+        pool.on_event(live, fd, true);
         assert_eq!(pool.len(), PER_BACKEND - 2, "still open: kept");
         let now = Instant::now();
         assert!(pool.sweep(now).is_some_and(|t| t > now));
@@ -246,7 +248,7 @@ mod tests {
         assert_eq!(pool.len(), 0, "idle too long: closed");
         for _ in 0..2 {
             let (a, p) = UnixStream::pair().unwrap();
-            assert!(pool.put(&mut owners, Instant::now(), &b, Stream::Unix(a), false));
+            pool.put(&mut owners, Instant::now(), &b, Stream::Unix(a));
             peers.push(p);
         }
         pool.retain(|x| x != &b);
@@ -255,56 +257,33 @@ mod tests {
     }
 
     #[test]
-    fn only_quiet_sockets_are_parked_or_handed_out() {
+    fn only_quiet_sockets_are_handed_out_and_parking_does_not_probe() {
         use std::io::Write;
         let mut owners = Owners::default();
         let mut pool = Pool::default();
         let b: Backend = Backend::Unix("/x".into());
-        let (a, mut p) = UnixStream::pair().unwrap();
-        p.write_all(b"HTTP/1.1 200 OK\r\n").unwrap();
-        assert!(!pool.put(&mut owners, Instant::now(), &b, Stream::Unix(a), false));
-        let (a, p) = UnixStream::pair().unwrap();
-        drop(p);
-        assert!(
-            !pool.put(&mut owners, Instant::now(), &b, Stream::Unix(a), false),
-            "EOF"
-        );
-        assert_eq!(pool.len(), 0);
-        // Bytes that arrive while parked, before their event is handled:
-        // take skips that one and hands out the older, quiet one.
+        // Parked in turn: a quiet one, one at EOF, one holding bytes (that
+        // came after its response, their event not handled yet), and one
+        // holding bytes already when parked (an exact-length splice
+        // stopped before them). Parking probes none of them.
         let (quiet, _q) = UnixStream::pair().unwrap();
         let quiet_fd = quiet.as_raw_fd();
-        assert!(pool.put(&mut owners, Instant::now(), &b, Stream::Unix(quiet), false));
-        let (a, mut p) = UnixStream::pair().unwrap();
-        assert!(pool.put(&mut owners, Instant::now(), &b, Stream::Unix(a), false));
+        pool.put(&mut owners, Instant::now(), &b, Stream::Unix(quiet));
+        let (eof, e) = UnixStream::pair().unwrap();
+        drop(e);
+        pool.put(&mut owners, Instant::now(), &b, Stream::Unix(eof));
+        let (late, mut p) = UnixStream::pair().unwrap();
+        pool.put(&mut owners, Instant::now(), &b, Stream::Unix(late));
         p.write_all(b"POISON").unwrap();
+        let (early, mut p2) = UnixStream::pair().unwrap();
+        p2.write_all(b"HTTP/1.1 200 OK\r\n").unwrap();
+        pool.put(&mut owners, Instant::now(), &b, Stream::Unix(early));
+        assert_eq!(pool.len(), 4, "parked without a probe");
+        // Newest first: the two holding bytes and the one at EOF are
+        // closed by the probe at take, the quiet one is handed out.
         let got = pool.take(&b).map(|s| s.as_raw_fd());
         assert_eq!(got, Some(quiet_fd));
         assert_eq!(pool.len(), 0);
-    }
-
-    #[test]
-    fn a_drained_connection_is_parked_unprobed_and_probed_when_taken() {
-        use std::io::Write;
-        let mut owners = Owners::default();
-        let mut pool = Pool::default();
-        let b: Backend = Backend::Unix("/x".into());
-        // Bytes that came after the last read (their event not handled
-        // yet): parked, since the caller saw the socket drained, but never
-        // handed out.
-        let (a, mut p) = UnixStream::pair().unwrap();
-        p.write_all(b"POISON").unwrap();
-        assert!(pool.put(&mut owners, Instant::now(), &b, Stream::Unix(a), true));
-        let (c, _q) = UnixStream::pair().unwrap();
-        let (d, e) = UnixStream::pair().unwrap();
-        drop(e);
-        assert!(pool.put(&mut owners, Instant::now(), &b, Stream::Unix(c), true));
-        assert!(pool.put(&mut owners, Instant::now(), &b, Stream::Unix(d), true));
-        assert_eq!(pool.len(), 3);
-        // Newest first: the one at EOF is skipped, then the quiet one.
-        assert!(pool.take(&b).is_some());
-        assert_eq!(pool.len(), 1);
-        assert!(pool.take(&b).is_none(), "the one holding bytes is closed");
-        assert_eq!(pool.len(), 0);
+        assert!(pool.take(&b).is_none());
     }
 }

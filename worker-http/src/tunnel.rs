@@ -10,6 +10,7 @@
 use crate::conn::{Conn, Ctx, Fail, Phase};
 use proto::duplex::Duplex;
 use proto::relay::Splice;
+use proto::stream::Stream;
 use std::os::fd::AsFd;
 
 /// The two directions of an upgraded connection.
@@ -45,6 +46,13 @@ impl Conn {
             ex.bbuf.consume(ex.bbuf.bytes().len());
             ex.bbuf.release();
         }
+        // A short read proves a TCP socket empty while no event on it
+        // reported a hang-up, an error or urgent data (`Duplex::
+        // trust_short_reads`): a message each way costs one read, not two.
+        t.relay.trust_short_reads(
+            matches!(self.client, Stream::Tcp(_)) && !self.c_hup,
+            matches!(b.stream, Stream::Tcp(_)) && !b.hup,
+        );
         let p = t.relay.pump(
             self.client.as_fd(),
             &mut self.cr,
