@@ -8,7 +8,7 @@
 //! both directions have.
 
 use crate::conn::{Conn, Ctx, Fail, Phase};
-use proto::duplex::Duplex;
+use proto::duplex::{Duplex, ShortRead};
 use proto::relay::Splice;
 use proto::stream::Stream;
 use std::os::fd::AsFd;
@@ -48,10 +48,17 @@ impl Conn {
         }
         // A short read proves a TCP socket empty while no event on it
         // reported a hang-up, an error or urgent data (`Duplex::
-        // trust_short_reads`): a message each way costs one read, not two.
-        t.relay.trust_short_reads(
-            matches!(self.client, Stream::Tcp(_)) && !self.c_hup,
-            matches!(b.stream, Stream::Tcp(_)) && !b.hup,
+        // short_reads`): a message each way costs one read, not two.
+        let trust = |tcp: bool, hup: bool| {
+            if tcp && !hup {
+                ShortRead::Empty
+            } else {
+                ShortRead::Unknown
+            }
+        };
+        t.relay.short_reads(
+            trust(matches!(self.client, Stream::Tcp(_)), self.c_hup),
+            trust(matches!(b.stream, Stream::Tcp(_)), b.hup),
         );
         let p = t.relay.pump(
             self.client.as_fd(),
