@@ -143,11 +143,13 @@ pvx_link() { # type name front back
 
 # The supervisor on a graph of the given link objects. Sets pvx_pid.
 pvx_start() { # name link...
-  local name=$1 l; shift
+  local name=$1 l flags; shift
+  # Split the extra flags on spaces before IFS becomes the links' comma.
+  read -r -a flags <<< "${PVX_BENCH_FLAGS:-}"
   local IFS=,
   echo "[$*]" > "$work/$name.json"
   "$PVX_BIN" run --graph "$work/$name.json" --status-socket "$work/$name.sock" --log-target stderr \
-    --log-level warn ${PVX_BENCH_FLAGS:-} 2>"$work/$name.log" & pvx_pid=$!; pids+=($!)
+    --log-level warn "${flags[@]}" 2>"$work/$name.log" & pvx_pid=$!; pids+=($!)
   # A link's "target" is where its clients connect (pvx_link's FRONT).
   for l in "$@"; do
     if [[ $l =~ \"target\":\"127\.0\.0\.1:([0-9]+)\" ]]; then cpu_relay[${BASH_REMATCH[1]}]=pvx:$pvx_pid; fi
