@@ -593,3 +593,61 @@ fn ipv6_listener_and_backend() {
     assert!(body.contains("x-forwarded-for: ::1\n"), "{body}");
     assert!(body.contains(&format!("host: [::1]:{port}\n")), "{body}");
 }
+
+#[test]
+fn a_last_response_and_our_fin_reach_the_client_in_one_segment() {
+    // A client that asked to close gets its response and then our FIN:
+    // sent apart they cost it (and the loopback both sides share) a
+    // segment more, and its ACK of the data another.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let bport = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut c = c;
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                // A kept-alive backend: one answer per request head.
+                while let Ok(n) = c.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                    while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        got.drain(..end + 4);
+                        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+                        if c.write_all(answer).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let port = free_port();
+    let backend = format!("127.0.0.1:{bport}");
+    let _sup = start(&[http_link("fin", port, "", &backend, "")], &[]);
+    let ask = || {
+        let mut c = std::net::TcpStream::connect(addr(port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).expect("a response, then EOF");
+        assert!(
+            got.ends_with(b"\r\n\r\nhello"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+        segs_in(&c)
+    };
+    ask();
+    // SYN-ACK, then the response with our FIN: 2 (3 with the FIN apart).
+    // A worker kept off the CPU past the delayed-ACK timer sends that ACK
+    // alone, one more: any one of five connections shows the saving.
+    let seen: Vec<u32> = (0..5).map(|_| ask()).collect();
+    assert!(
+        seen.iter().any(|&n| n <= 2),
+        "segments each client received: {seen:?}"
+    );
+}

@@ -130,27 +130,6 @@ fn urgent_data_does_not_stall_a_spliced_flow() {
     drop(sup);
 }
 
-/// Segments the kernel received on `s` so far (`tcpi_segs_in` of
-/// `TCP_INFO`): exact for this one socket, whatever else the machine does.
-fn segs_in(s: &impl AsRawFd) -> u32 {
-    let mut info = [0u8; 256];
-    let mut len = info.len() as nix::libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `info`.
-    let r = unsafe {
-        nix::libc::getsockopt(
-            s.as_raw_fd(),
-            nix::libc::IPPROTO_TCP,
-            nix::libc::TCP_INFO,
-            info.as_mut_ptr().cast(),
-            &mut len,
-        )
-    };
-    assert_eq!(r, 0, "getsockopt(TCP_INFO)");
-    // struct tcp_info: 8 bytes of u8 fields, 24 u32, 4 u64, segs_out, segs_in.
-    assert!(len >= 144, "tcp_info without tcpi_segs_in");
-    u32::from_ne_bytes(info[140..144].try_into().unwrap())
-}
-
 /// `data`, then our FIN, in one segment (`MSG_MORE` holds the data until
 /// the FIN joins it).
 fn send_with_fin(s: &TcpStream, data: &[u8]) {

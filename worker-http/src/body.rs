@@ -109,6 +109,19 @@ impl Pump {
         self.done
     }
 
+    /// Whether delivering `n` more bytes ends the body (a Content-Length
+    /// or a chunked body whose end is already parsed; never a body that
+    /// ends at the backend's close).
+    pub fn ends_after(&self, n: usize) -> bool {
+        match &self.mode {
+            Mode::Length(rem) => *rem == n as u64,
+            Mode::Close => false,
+            Mode::Chunked {
+                parser, pending, ..
+            } => *pending == n && parser.is_done(),
+        }
+    }
+
     /// Bytes still inside the pipe: not on the source, not yet delivered.
     pub fn in_flight(&self) -> bool {
         self.splice.as_ref().is_some_and(|s| !s.is_idle())

@@ -16,9 +16,11 @@
 //! go back to the allocator, which `proto::mem::give_back_heap` then
 //! returns to the system.
 
+use nix::sys::socket::{sendmsg, MsgFlags};
 use proto::relay::Ready;
 use proto::stream::Stream;
 use std::io::{self, ErrorKind, Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
 
 /// Bytes held for one socket: none (no memory), a full-size buffer while
 /// the loop works on the connection, or between events a right-sized copy
@@ -288,14 +290,20 @@ impl Out {
     /// Send the queued bytes and then up to `extra.len()` bytes of `buf`
     /// (a body's start) in as few `writev` calls as the socket allows.
     /// Returns (queued bytes sent, buffer bytes sent); the buffer bytes are
-    /// consumed from `buf`.
+    /// consumed from `buf`. `last`: these are the connection's last bytes
+    /// and our FIN follows as soon as they are taken (`shutdown` or
+    /// `close` in the same pass): a TCP socket gets them with `MSG_MORE`,
+    /// so the FIN rides on the same segment (one segment less, and the
+    /// client's ACK rides on its own FIN).
     pub fn flush_with(
         &mut self,
         dst: &Stream,
         ready: &mut Ready,
         buf: &mut Buf,
         extra: usize,
+        last: bool,
     ) -> io::Result<(usize, usize)> {
+        let more = last && matches!(dst, Stream::Tcp(_));
         let (mut head, mut body) = (0, 0);
         while ready.writable && (!self.is_empty() || body < extra) {
             let tail = &buf.bytes()[..extra - body];
@@ -303,7 +311,15 @@ impl Out {
                 io::IoSlice::new(&self.data[self.pos..]),
                 io::IoSlice::new(tail),
             ];
-            match (&*dst).write_vectored(&iov) {
+            let sent = if more {
+                // nix names no MSG_MORE; the bit is the kernel's.
+                let flags = MsgFlags::from_bits_retain(nix::libc::MSG_MORE);
+                sendmsg::<()>(dst.as_fd().as_raw_fd(), &iov, &[], flags, None)
+                    .map_err(io::Error::from)
+            } else {
+                (&*dst).write_vectored(&iov)
+            };
+            match sent {
                 Ok(0) => return Err(io::Error::new(ErrorKind::WriteZero, "socket took 0 bytes")),
                 Ok(n) => {
                     let h = n.min(self.data.len() - self.pos);

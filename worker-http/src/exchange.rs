@@ -232,7 +232,7 @@ impl Conn {
                 .map_err(|e| Fail::Status(400, format!("request {e}")))?;
             let (h, n) = ex
                 .head
-                .flush_with(&b.stream, &mut b.ready, &mut self.cbuf, extra)
+                .flush_with(&b.stream, &mut b.ready, &mut self.cbuf, extra, false)
                 .map_err(|e| {
                     Fail::Backend(format!("sending request to {}: {e}", ex.route.backend))
                 })?;
@@ -282,9 +282,16 @@ impl Conn {
                 ),
                 _ => (0, None),
             };
+            // The whole rest of a response after which we close: our FIN
+            // may ride on it (`finish` shuts or closes in this same pass).
+            let last = ex.persist == Persist::Close
+                && !ex.tunnel
+                && pump
+                    .as_ref()
+                    .is_some_and(|p| !p.is_done() && p.ends_after(extra));
             let (h, n) = self
                 .cout
-                .flush_with(&self.client, &mut self.cr, &mut ex.bbuf, extra)
+                .flush_with(&self.client, &mut self.cr, &mut ex.bbuf, extra, last)
                 .map_err(|e| Fail::Abort(format!("writing response: {e}")))?;
             if let Some(p) = pump {
                 p.advance(n);
