@@ -155,16 +155,11 @@ fn sys(what: &str, e: Errno) -> io::Error {
 /// One `write(2)`, retried on EINTR; `more`: `send(MSG_MORE)` (a
 /// non-socket destination falls back to `write`).
 fn write_fd(fd: BorrowedFd<'_>, buf: &[u8], more: bool) -> io::Result<usize> {
-    use nix::sys::socket::{send, MsgFlags};
+    use nix::sys::socket::send;
     let mut more = more;
     loop {
         let r = if more {
-            // nix names no MSG_MORE; the bit is the kernel's.
-            send(
-                fd.as_raw_fd(),
-                buf,
-                MsgFlags::from_bits_retain(nix::libc::MSG_MORE),
-            )
+            send(fd.as_raw_fd(), buf, crate::stream::MSG_MORE)
         } else {
             nix::unistd::write(fd, buf)
         };

@@ -220,6 +220,12 @@ impl Source for Listener {
     }
 }
 
+/// `send`/`sendmsg` flag for a connection's last bytes when our FIN
+/// follows at once: the kernel holds a partial segment so the FIN rides
+/// on it. nix names no `MSG_MORE`; the bit is the kernel's.
+pub const MSG_MORE: nix::sys::socket::MsgFlags =
+    nix::sys::socket::MsgFlags::from_bits_retain(nix::libc::MSG_MORE);
+
 /// `setsockopt(TCP_QUICKACK)`. Off: the socket is put in Linux's
 /// "interactive" mode, where an ACK waits (up to the delayed-ACK timer,
 /// 40 ms at least) for data or a FIN to ride on; on: leave it, and send an

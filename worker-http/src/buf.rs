@@ -16,9 +16,9 @@
 //! go back to the allocator, which `proto::mem::give_back_heap` then
 //! returns to the system.
 
-use nix::sys::socket::{sendmsg, MsgFlags};
+use nix::sys::socket::sendmsg;
 use proto::relay::Ready;
-use proto::stream::Stream;
+use proto::stream::{Stream, MSG_MORE};
 use std::io::{self, ErrorKind, Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
 
@@ -312,9 +312,7 @@ impl Out {
                 io::IoSlice::new(tail),
             ];
             let sent = if more {
-                // nix names no MSG_MORE; the bit is the kernel's.
-                let flags = MsgFlags::from_bits_retain(nix::libc::MSG_MORE);
-                sendmsg::<()>(dst.as_fd().as_raw_fd(), &iov, &[], flags, None)
+                sendmsg::<()>(dst.as_fd().as_raw_fd(), &iov, &[], MSG_MORE, None)
                     .map_err(io::Error::from)
             } else {
                 (&*dst).write_vectored(&iov)
