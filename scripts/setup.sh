@@ -3,6 +3,8 @@
 # only when something is missing (a fresh machine), so repeated runs are fast.
 #   scripts/setup.sh          tools the tests and demo use
 #   scripts/setup.sh --bench  also the peers the benchmarks compare against
+#   scripts/setup.sh --cross  the ARM cross toolchain and emulators
+#                             (scripts/cross.sh, scripts/arm-kernel.sh)
 set -euo pipefail
 
 need=()
@@ -23,13 +25,37 @@ if [ "${1:-}" = "--bench" ]; then
   have valgrind || need+=(valgrind) # callgrind: instruction counts, repeatable on a noisy machine
 fi
 
-if [ ${#need[@]} -gt 0 ]; then
+# Debian's rustc-web and its std for each target, the cross linkers, the
+# targets' glibc (multiarch, so qemu-user finds the loader without -L),
+# qemu-user for unit tests and qemu-system-arm (both ARM machines) for the
+# kernel smoke. rustup cannot fetch a target's std here; Debian ships it.
+foreign=()
+if [ "${1:-}" = "--cross" ]; then
+  for a in arm64 armhf; do
+    dpkg --print-foreign-architectures | grep -qx $a || foreign+=($a)
+  done
+  have /usr/bin/rustc || need+=(rustc-web)
+  have /usr/bin/cargo || need+=(cargo-web)
+  have /usr/bin/cargo-clippy || need+=(rust-web-clippy)
+  [ -d /usr/lib/rustlib/aarch64-unknown-linux-gnu/lib ] || need+=(libstd-rust-web-dev:arm64)
+  [ -d /usr/lib/rustlib/armv7-unknown-linux-gnueabihf/lib ] || need+=(libstd-rust-web-dev:armhf)
+  have aarch64-linux-gnu-gcc   || need+=(gcc-aarch64-linux-gnu)
+  have arm-linux-gnueabihf-gcc || need+=(gcc-arm-linux-gnueabihf)
+  [ -e /usr/lib/aarch64-linux-gnu/libc.so ] || need+=(libc6-dev:arm64)
+  [ -e /usr/lib/arm-linux-gnueabihf/libc.so ] || need+=(libc6-dev:armhf)
+  have qemu-aarch64 || need+=(qemu-user)
+  have qemu-system-aarch64 || need+=(qemu-system-arm)
+  have cpio || need+=(cpio)
+fi
+
+if [ ${#foreign[@]} -gt 0 ] || [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "setup: missing ${need[*]}; run as root or install them" >&2
     exit 1
   fi
   echo "setup: installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  for a in "${foreign[@]}"; do dpkg --add-architecture "$a"; done
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi

@@ -53,7 +53,8 @@ fn server_sockets(port: u16) -> (usize, usize) {
 fn raise_nofile() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
-    let need = (CLIENTS as u64) * 2 + 256;
+    // rlim_t is 32 bits on armv7.
+    let need: nix::sys::resource::rlim_t = (CLIENTS * 2 + 256).try_into().expect("fits rlim_t");
     assert!(hard >= need, "RLIMIT_NOFILE hard limit {hard} < {need}");
     if soft < need {
         setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("setrlimit");

@@ -292,21 +292,22 @@ mod tests {
 
     #[test]
     fn clean_mappings_are_read_only_file_mappings_without_private_pages() {
+        // Addresses of an armv7 process, so the test runs on 32 bits too.
         let smaps = "\
-55d0a0000000-55d0a0045000 r--p 00000000 fe:00 64 /usr/bin/pv-xconnect
+b6000000-b6045000 r--p 00000000 fe:00 64 /usr/bin/pv-xconnect
 Rss:                 172 kB
 Anonymous:             0 kB
-55d0a0045000-55d0a0171000 r-xp 00045000 fe:00 64 /usr/bin/pv-xconnect
+b6045000-b6171000 r-xp 00045000 fe:00 64 /usr/bin/pv-xconnect
 Anonymous:             0 kB
-55d0a0173000-55d0a017a000 r--p 00171000 fe:00 64 /usr/bin/pv-xconnect
+b6173000-b617a000 r--p 00171000 fe:00 64 /usr/bin/pv-xconnect
 Anonymous:            28 kB
-55d0a017a000-55d0a017b000 rw-p 00177000 fe:00 64 /usr/bin/pv-xconnect
+b617a000-b617b000 rw-p 00177000 fe:00 64 /usr/bin/pv-xconnect
 Anonymous:             4 kB
-55d0a1000000-55d0a1020000 rw-p 00000000 00:00 0 [heap]
+b7000000-b7020000 rw-p 00000000 00:00 0 [heap]
 Anonymous:            20 kB
-7f0000000000-7f0000001000 r--p 00000000 00:00 0
+be000000-be001000 r--p 00000000 00:00 0
 Anonymous:             0 kB
-7ffd00000000-7ffd00002000 r-xp 00000000 00:00 0 [vdso]
+bef00000-bef02000 r-xp 00000000 00:00 0 [vdso]
 Anonymous:             0 kB
 ";
         let mut c = Clean::default();
@@ -315,10 +316,7 @@ Anonymous:             0 kB
         }
         assert_eq!(
             c.found,
-            vec![
-                (0x55d0a0000000, 0x55d0a0045000),
-                (0x55d0a0045000, 0x55d0a0171000)
-            ],
+            vec![(0xb6000000, 0xb6045000), (0xb6045000, 0xb6171000)],
             "code and read-only data of the file; not relro, data, heap, anonymous or vdso"
         );
     }

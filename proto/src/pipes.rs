@@ -205,7 +205,8 @@ mod tests {
     /// (device, inode) of a pipe: the same pipe, whatever its fd number.
     fn id(p: &Pipe) -> (u64, u64) {
         let st = nix::sys::stat::fstat(p.fds().unwrap().0.as_raw_fd()).unwrap();
-        (st.st_dev, st.st_ino)
+        // st_ino is 32 bits on armv7 (glibc without _FILE_OFFSET_BITS=64).
+        (st.st_dev, st.st_ino as u64)
     }
 
     fn fill(p: &mut Pipe, bytes: &[u8]) {

@@ -17,7 +17,9 @@
 use mio::Token;
 use std::os::fd::RawFd;
 
-const BACKEND_BIT: usize = 1 << 62;
+// The top bit of a `usize` of any width: 1 << 31 on armv7. Client slots and
+// fds both stay far below it.
+const BACKEND_BIT: usize = 1 << (usize::BITS - 1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tok {
