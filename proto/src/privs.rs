@@ -14,10 +14,17 @@ pub fn keep_only(keep: &[Capability]) -> Result<CapsHashSet, String> {
     let keep: CapsHashSet = keep.iter().copied().collect();
     if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false) {
         for c in caps::all() {
-            if !keep.contains(&c) {
-                caps::drop(None, CapSet::Bounding, c)
-                    .map_err(|e| format!("dropping {c} from the bounding set: {e}"))?;
+            // caps::all() names every capability the crate knows, newer
+            // kernels' included (CAP_PERFMON and CAP_BPF are Linux 5.8,
+            // CAP_CHECKPOINT_RESTORE 5.9). An older kernel answers EINVAL
+            // to PR_CAPBSET_READ and PR_CAPBSET_DROP of one it does not
+            // have: nothing to drop then, and one already out of the set
+            // needs no second drop.
+            if keep.contains(&c) || !caps::has_cap(None, CapSet::Bounding, c).unwrap_or(false) {
+                continue;
             }
+            caps::drop(None, CapSet::Bounding, c)
+                .map_err(|e| format!("dropping {c} from the bounding set: {e}"))?;
         }
     }
     caps::clear(None, CapSet::Ambient).map_err(|e| format!("clearing ambient caps: {e}"))?;

@@ -127,7 +127,7 @@ fn bind_tcp(addr: &SocketAddr) -> Result<OwnedFd, String> {
             // [::]:80 and 0.0.0.0:80 are separate endpoints, as in nginx.
             setsockopt(&fd, sockopt::Ipv6V6Only, &true)
                 .map_err(|e| sys("setsockopt(IPV6_V6ONLY) on", addr, e))?;
-            ipv6_freebind(&fd).map_err(|e| sys("setsockopt(IPV6_FREEBIND) on", addr, e))?;
+            ipv6_freebind(&fd, addr)?;
             bind(fd.as_raw_fd(), &SockaddrIn6::from(*a))
         }
     };
@@ -137,8 +137,11 @@ fn bind_tcp(addr: &SocketAddr) -> Result<OwnedFd, String> {
     Ok(fd)
 }
 
-/// `IPV6_FREEBIND` (Linux 4.15), which nix has no wrapper for.
-fn ipv6_freebind(fd: &OwnedFd) -> nix::Result<()> {
+/// FREEBIND on an IPv6 socket. `IPV6_FREEBIND` is Linux 4.15; an older
+/// kernel does not know it (ENOPROTOOPT), but sets the very same flag
+/// for `IP_FREEBIND` at the IPv4 level on an IPv6 socket, which IPv6's
+/// bind() honours, and later kernels still do.
+fn ipv6_freebind(fd: &OwnedFd, addr: &SocketAddr) -> Result<(), String> {
     use nix::libc::{c_int, c_void, socklen_t};
     let on: c_int = 1;
     // SAFETY: `on` outlives the call and its size is passed with it.
@@ -151,7 +154,17 @@ fn ipv6_freebind(fd: &OwnedFd) -> nix::Result<()> {
             std::mem::size_of::<c_int>() as socklen_t,
         )
     };
-    Errno::result(r).map(drop)
+    match Errno::result(r) {
+        Ok(_) => Ok(()),
+        Err(Errno::ENOPROTOOPT) => setsockopt(fd, sockopt::IpFreebind, &true).map_err(|e| {
+            sys(
+                "setsockopt(IP_FREEBIND) (no IPV6_FREEBIND before Linux 4.15) on",
+                addr,
+                e,
+            )
+        }),
+        Err(e) => Err(sys("setsockopt(IPV6_FREEBIND) on", addr, e)),
+    }
 }
 
 /// Wait until `fd` is readable, at most `within`. A signal (SIGCHLD of a
@@ -228,6 +241,7 @@ fn in_namespace(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddrV6;
 
     /// FREEBIND: an address on no interface (documentation prefixes) binds
     /// now and would be served once it appears.
@@ -237,5 +251,37 @@ mod tests {
         if std::path::Path::new("/proc/net/if_inet6").exists() {
             bind_tcp(&"[2001:db8::1]:0".parse().unwrap()).unwrap();
         }
+    }
+
+    /// The fallback for kernels before 4.15 (no `IPV6_FREEBIND`): the
+    /// IPv4-level option frees an IPv6 bind too, on this kernel as well.
+    #[test]
+    fn the_ipv4_level_freebind_frees_an_ipv6_bind() {
+        if !std::path::Path::new("/proc/net/if_inet6").exists() {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI must have IPv6"
+            );
+            eprintln!("SKIP the_ipv4_level_freebind_frees_an_ipv6_bind: no IPv6 here");
+            return;
+        }
+        let addr: SocketAddrV6 = "[2001:db8::1]:0".parse().unwrap();
+        let bare = || {
+            socket(
+                AddressFamily::Inet6,
+                SockType::Stream,
+                SockFlag::SOCK_CLOEXEC,
+                None,
+            )
+        };
+        let fd = bare().unwrap();
+        assert_eq!(
+            bind(fd.as_raw_fd(), &SockaddrIn6::from(addr)),
+            Err(Errno::EADDRNOTAVAIL),
+            "without FREEBIND an address on no interface does not bind"
+        );
+        let fd = bare().unwrap();
+        setsockopt(&fd, sockopt::IpFreebind, &true).unwrap();
+        bind(fd.as_raw_fd(), &SockaddrIn6::from(addr)).unwrap();
     }
 }

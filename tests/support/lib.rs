@@ -363,10 +363,26 @@ pub fn proc_status(pid: u32, field: &str) -> Option<String> {
         .map(|v| v.trim().to_string())
 }
 
-/// A capability set of PID as a bit mask.
+/// A capability set of PID as a bit mask, of the capabilities the kernel
+/// has ([`kernel_caps`]).
 pub fn cap_mask(pid: u32, set: &str) -> u64 {
     let v = proc_status(pid, set).unwrap_or_else(|| panic!("{set} of pid {pid}"));
-    u64::from_str_radix(&v, 16).expect("hex cap mask")
+    u64::from_str_radix(&v, 16).expect("hex cap mask") & kernel_caps()
+}
+
+/// The capabilities this kernel has, as a mask: those `PR_CAPBSET_READ`
+/// answers for (a kernel answers EINVAL past its last one). On a kernel as
+/// it is, /proc shows no bit past that one anyway; under
+/// scripts/old-kernel.sh, the seccomp filter answers EINVAL for the
+/// capabilities newer than the kernel it stands for, as that kernel would,
+/// but cannot change what /proc shows.
+pub fn kernel_caps() -> u64 {
+    (0..64u64)
+        .filter(|&c| {
+            // SAFETY: PR_CAPBSET_READ only reads the argument.
+            unsafe { nix::libc::prctl(nix::libc::PR_CAPBSET_READ, c as nix::libc::c_ulong) >= 0 }
+        })
+        .fold(0, |m, c| m | 1 << c)
 }
 
 /// Wait until worker PID is past its start-up (init received, stray fds
