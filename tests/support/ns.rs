@@ -78,9 +78,9 @@ impl Netns {
         self.spawn(&["sleep", "3600"])
     }
 
-    /// Start `cmd` inside as process `pid` (`clone3` with `set_tid`), so a
-    /// graph can name a consumer pid before that process and its
-    /// namespace exist. `pid` should come from `free_pid`.
+    /// Start `cmd` inside as process `pid` ([`start_as`]), so a graph can
+    /// name a consumer pid before that process and its namespace exist.
+    /// `pid` should come from `free_pid`.
     pub fn spawn_as(&mut self, pid: u32, cmd: &[&str]) {
         use nix::libc;
         use std::ffi::CString;
@@ -98,32 +98,10 @@ impl Netns {
             .collect();
         let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
         argv.push(std::ptr::null());
-        let tid = [pid as libc::pid_t];
-        // struct clone_args (linux/sched.h), up to `set_tid_size`.
-        let mut ca = [0u64; 11];
-        ca[4] = libc::SIGCHLD as u64; // exit_signal
-        ca[8] = tid.as_ptr() as u64; // set_tid
-        ca[9] = 1; // set_tid_size
-                   // SAFETY: a fork-like clone3 (no CLONE_VM, no new stack); the
-                   // child only calls execv and _exit, which are async-signal-safe.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_clone3,
-                ca.as_mut_ptr(),
-                std::mem::size_of_val(&ca),
-            )
-        };
-        if r == 0 {
-            unsafe {
-                libc::execv(exe.as_ptr(), argv.as_ptr());
-                libc::_exit(127);
-            }
-        }
-        assert!(
-            r == pid as libc::c_long,
-            "clone3 with set_tid {pid}: {}",
-            std::io::Error::last_os_error()
-        );
+        // SAFETY: argv is NULL-terminated and outlives the call, its
+        // strings and exe too.
+        unsafe { start_as(pid, &exe, &argv) }
+            .unwrap_or_else(|e| panic!("starting {cmd:?} as pid {pid}: {e}"));
         self.raw.push(pid);
         let me = format!("net:[{}]", self.inode());
         wait_for(Duration::from_secs(5), "process inside netns", || {
@@ -311,6 +289,73 @@ impl Drop for MountNsProc {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// Fork and exec `exe` with `argv` as process `pid`, which must be free:
+/// `clone3` with `set_tid` (Linux 5.5). Before it (`clone3` unknown,
+/// ENOSYS, or 5.3 and 5.4 without `set_tid`, E2BIG) the way
+/// checkpoint/restore tools did it: set `ns_last_pid` to the pid before
+/// and fork. A process forked in between by someone else (the tools of a
+/// parallel test) takes the pid instead: ours is killed, and we try again
+/// once that one is gone.
+///
+/// # Safety
+/// `argv` is NULL-terminated; it, its strings and `exe` outlive the call.
+/// The child of this (multi-threaded) process only calls execv and _exit.
+unsafe fn start_as(
+    pid: u32,
+    exe: &std::ffi::CStr,
+    argv: &[*const nix::libc::c_char],
+) -> Result<(), String> {
+    use nix::libc;
+    let exec = || -> ! {
+        libc::execv(exe.as_ptr(), argv.as_ptr());
+        libc::_exit(127)
+    };
+    let tid = [pid as libc::pid_t];
+    // struct clone_args (linux/sched.h), up to `set_tid_size`.
+    let mut ca = [0u64; 11];
+    ca[4] = libc::SIGCHLD as u64; // exit_signal
+    ca[8] = tid.as_ptr() as u64; // set_tid
+    ca[9] = 1; // set_tid_size
+    let r = libc::syscall(
+        libc::SYS_clone3,
+        ca.as_mut_ptr(),
+        std::mem::size_of_val(&ca),
+    );
+    if r == 0 {
+        exec();
+    }
+    if r == pid as libc::c_long {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if !matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::E2BIG)) {
+        return Err(format!("clone3 with set_tid: {e}"));
+    }
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())
+            .map_err(|e| format!("writing /proc/sys/kernel/ns_last_pid: {e}"))?;
+        let r = libc::fork();
+        if r == 0 {
+            exec();
+        }
+        if r < 0 {
+            return Err(format!("fork: {}", std::io::Error::last_os_error()));
+        }
+        if r as u32 == pid {
+            return Ok(());
+        }
+        libc::kill(r, libc::SIGKILL);
+        libc::waitpid(r, std::ptr::null_mut(), 0);
+        while Path::new(&format!("/proc/{pid}")).exists() {
+            if std::time::Instant::now() > until {
+                return Err(format!("pid {pid} held by another process for 10 s"));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
