@@ -5,6 +5,8 @@
 #   scripts/setup.sh --bench  also the peers the benchmarks compare against
 #   scripts/setup.sh --cross  the ARM cross toolchain and emulators
 #                             (scripts/cross.sh, scripts/arm-kernel.sh)
+#   scripts/setup.sh --old-kernel  libseccomp's Python binding and strace
+#                             (scripts/old-kernel.sh, scripts/syscalls.sh)
 set -euo pipefail
 
 need=()
@@ -46,6 +48,12 @@ if [ "${1:-}" = "--cross" ]; then
   have qemu-aarch64 || need+=(qemu-user)
   have qemu-system-aarch64 || need+=(qemu-system-arm)
   have cpio || need+=(cpio)
+fi
+
+# Debian's python3 (not a python3 earlier in PATH) has the binding.
+if [ "${1:-}" = "--old-kernel" ]; then
+  /usr/bin/python3 -c 'import seccomp' 2>/dev/null || need+=(python3-seccomp)
+  have strace || need+=(strace)
 fi
 
 if [ ${#foreign[@]} -gt 0 ] || [ ${#need[@]} -gt 0 ]; then
