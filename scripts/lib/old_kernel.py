@@ -29,6 +29,7 @@ command's processes see the privileges they would without us.
 import ctypes
 import errno
 import os
+import signal
 import socket
 import sys
 
@@ -392,6 +393,10 @@ def describe(minimum):
 
 
 def main(argv):
+    # Python ignores SIGPIPE and SIGXFSZ, and exec keeps ignored signals
+    # ignored: the command gets the defaults it would get from a shell.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
     minimum = (4, 9)
     mode = "run"
     while argv and argv[0].startswith("-"):
