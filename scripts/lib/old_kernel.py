@@ -5,7 +5,7 @@ it did not know (of calls it had) with the error it gave for them, then
 the command is exec'd. The filter is inherited by every process the
 command starts, across fork and exec, and cannot be removed.
 
-    scripts/lib/old_kernel.py [--min 4.9] [--] CMD [ARGS...]
+    scripts/lib/old_kernel.py [--min 4.9] [--] CMD [ARGS...]   (--min: 3.17 to 6.16)
     scripts/lib/old_kernel.py [--min 4.9] --check    self-check only
     scripts/lib/old_kernel.py [--min 4.9] --list     what the filter answers
 
@@ -235,8 +235,14 @@ def parse_version(s):
         v = ()
     if len(v) != 2:
         sys.exit(f"old_kernel: --min wants MAJOR.MINOR, got {s!r}")
-    if v < (3, 2):
-        sys.exit("old_kernel: the table starts at Linux 3.2; --min must be 3.2 or later")
+    # Below 3.17 the probes that must still work (getrandom, a sealed
+    # memfd) would not, and pv-xconnect would not either (its memfds).
+    if v < (3, 17):
+        sys.exit("old_kernel: --min must be 3.17 or later (memfd_create, getrandom)")
+    newest = max(e[2] for e in SYSCALLS)
+    if v >= newest:
+        sys.exit(f"old_kernel: nothing in the table is newer than {vstr(v)} "
+                 f"(newest: {vstr(newest)}); the filter would filter nothing")
     return v
 
 
@@ -355,6 +361,8 @@ def probes(minimum):
         ("getrandom(GRND_INSECURE)", (5, 6), lambda: sys_(318, addr, 16, 0x4), errno.EINVAL),
         ("prctl(PR_CAPBSET_READ, CAP_PERFMON)", (5, 8),
          lambda: sys_(157, PR_CAPBSET_READ, 38), errno.EINVAL),
+        # The table's newest, on no file (EBADF where the kernel has it).
+        ("file_getattr", (6, 17), lambda: sys_(468, -1, 0, 0, 0, 0), errno.ENOSYS),
     ]
     return ps + [(w, f, e) for w, v, f, e in newer if v > minimum]
 
