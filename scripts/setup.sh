@@ -5,7 +5,7 @@
 #   scripts/setup.sh --bench  also the peers the benchmarks compare against
 #   scripts/setup.sh --cross  the ARM cross toolchain and emulators
 #                             (scripts/cross.sh, scripts/arm-kernel.sh)
-#   scripts/setup.sh --old-kernel  libseccomp's Python binding and strace
+#   scripts/setup.sh --old-kernel  libseccomp's Python binding, strace, cc
 #                             (scripts/old-kernel.sh, scripts/syscalls.sh)
 set -euo pipefail
 
@@ -54,6 +54,7 @@ fi
 if [ "${1:-}" = "--old-kernel" ]; then
   /usr/bin/python3 -c 'import seccomp' 2>/dev/null || need+=(python3-seccomp)
   have strace || need+=(strace)
+  have cc || need+=(gcc libc6-dev)   # scripts/syscalls.sh builds a wrapper
 fi
 
 if [ ${#foreign[@]} -gt 0 ] || [ ${#need[@]} -gt 0 ]; then
