@@ -19,6 +19,7 @@
 //! - [`log`]: one-line events to syslog or stderr.
 //! - [`text`]: escaping of outside text wherever it is printed or logged.
 //! - [`fnv`]: the hasher of maps keyed by backend.
+//! - [`stat`]: a file's type and size, 32-bit and Y2038 safe (`statx`).
 
 pub mod accept;
 pub mod backend;
@@ -40,6 +41,7 @@ pub mod plan;
 pub mod privs;
 pub mod relay;
 pub mod slab;
+pub mod stat;
 pub mod stream;
 pub mod text;
 pub mod tick;
