@@ -103,9 +103,9 @@ impl Clean {
     /// file mappings of the same range. On a kernel both files describe
     /// the same address space and this keeps them all; under qemu-user 7.2,
     /// smaps is the emulator's own (host addresses, host permissions) while
-    /// maps is the guest's, and dropping a range smaps named would discard
-    /// the relocated pages of a guest library next to it (a SIGSEGV on
-    /// armv7): nothing is trusted that maps does not confirm.
+    /// maps is the guest's, and dropping a range smaps named can discard
+    /// the relocated pages of a guest library next to it (a SIGSEGV under
+    /// qemu-arm): nothing is trusted that maps does not confirm.
     fn confirmed_by(self, listed: &Listed) -> Vec<(usize, usize)> {
         let mut found = self.found;
         found.retain(|r| listed.0.contains(r));
@@ -374,8 +374,8 @@ Anonymous:             0 kB
     /// emulator's mappings: guest addresses plus its guest base, here
     /// 0x1000, and code as r--p) while it makes up /proc/self/maps for the
     /// guest. The smaps range 3f6bd000-3f7c7000 covers the guest's relro
-    /// page of libc at 3f7c6000: dropping it crashed every armv7 process
-    /// under qemu-user. Nothing maps does not confirm is dropped.
+    /// page of libc at 3f7c6000: dropping it crashed this test binary under
+    /// qemu-arm. Nothing maps does not confirm is dropped.
     #[test]
     fn smaps_that_maps_does_not_confirm_is_not_trusted() {
         let smaps = "\
