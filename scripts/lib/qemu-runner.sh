@@ -16,8 +16,9 @@
 #   target's ld.so from there but, because the loader's default multiarch
 #   path (/lib/aarch64-linux-gnu) does not exist under that prefix, libc.so.6
 #   from the host's multiarch libc6:arm64: two glibc builds whose private
-#   _rtld_global layouts differ, and every fork()ed child spins in
-#   glibc's reclaim_stacks. The target's glibc installed multiarch
+#   _rtld_global layouts differ, and a fork()ed child spins in glibc's
+#   reclaim_stacks (aarch64; armhf is mixed the same way and happens to
+#   survive). The target's glibc installed multiarch
 #   (scripts/setup.sh --cross) is found by the loader without any prefix.
 set -euo pipefail
 
