@@ -31,11 +31,14 @@ export RUSTC=/usr/bin/rustc
 export CARGO_TARGET_DIR=target/cross
 up=$(echo "$triple" | tr 'a-z-' 'A-Z_')
 export "CARGO_TARGET_${up}_LINKER=${gnu}-gcc"
-# Tests run under the emulator. The target's glibc is installed multiarch
-# (/lib/${gnu}), where the target's loader looks, so no -L prefix is given:
-# with one (QEMU_LD_PREFIX), qemu resolves every absolute path under it
-# first, /proc/self/... included (docs/DEVICE.md, "Under emulation").
-export "CARGO_TARGET_${up}_RUNNER=${qemu}"
+# Tests run under the emulator, through scripts/lib/qemu-runner.sh: it
+# tells the tests so (PVX_EMULATOR) and drops any QEMU_LD_PREFIX. The
+# target's glibc is installed multiarch (/lib/${gnu}), where the target's
+# loader looks, so no prefix is needed; with one pointing at the cross
+# sysroot, ld.so and libc.so.6 come from two glibc builds and forked
+# children hang (docs/DEVICE-32BIT.md, "Under emulation"). An absolute
+# path: cargo runs tests from each package's directory.
+export "CARGO_TARGET_${up}_RUNNER=$PWD/scripts/lib/qemu-runner.sh ${qemu}"
 
 if [ $# -eq 0 ]; then
   cargo build --release --locked --target "$triple" --bin pv-xconnect

@@ -27,7 +27,7 @@ use nix::sys::socket::{self, MsgFlags};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::io::{IoSlice, Write};
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
 
 /// Largest datagram accepted, checked before anything is parsed.
@@ -454,15 +454,14 @@ pub fn read_blob(blob: OwnedFd, len: usize) -> Result<Vec<u8>, CtlError> {
             "memfd not sealed against changes (seals {seals:?})"
         )));
     }
-    let st =
-        nix::sys::stat::fstat(blob.as_raw_fd()).map_err(|e| CtlError::Sys("fstat(blob)", e))?;
-    if st.st_mode & nix::libc::S_IFMT != nix::libc::S_IFREG {
+    let st = crate::stat::fstat(blob.as_fd()).map_err(|e| CtlError::Sys("statx(blob)", e))?;
+    if st.kind() != nix::libc::S_IFREG {
         return Err(CtlError::Blob("not a regular file".into()));
     }
-    if u64::try_from(st.st_size).ok() != Some(len as u64) {
+    if st.size != len as u64 {
         return Err(CtlError::Blob(format!(
             "memfd holds {} bytes, its header says {len}",
-            st.st_size
+            st.size
         )));
     }
     let f = std::fs::File::from(blob);
@@ -865,6 +864,18 @@ mod tests {
                 |e| matches!(e, CtlError::Blob(m) if m.contains("header says")),
             );
         }
+    }
+
+    /// After 2038-01-19 a fresh memfd's timestamps no longer fit a 32-bit
+    /// time_t: a blob must still be read (an armhf worker used to refuse
+    /// it with EOVERFLOW from glibc's fstat, and so every large config).
+    #[test]
+    fn a_blob_dated_after_2038_is_read() {
+        let body = drain_json();
+        let f = std::fs::File::from(sealed_memfd(&body).unwrap());
+        crate::stat::date_after_2038(&f);
+        let got = read_blob(OwnedFd::from(f), body.len()).expect("a blob dated 2040");
+        assert_eq!(got, body);
     }
 
     #[test]

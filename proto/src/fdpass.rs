@@ -237,6 +237,19 @@ mod tests {
         let mut buf = [0u8; 8];
         // Room for 4 of the 8: the kernel installs 4 and sets MSG_CTRUNC.
         let r = recv_with_room::<4>(b.as_raw_fd(), &mut buf);
+        if let Ok(got) = &r {
+            let why = "qemu-user receives into a host control buffer twice the guest's, so \
+                       the kernel installs all 8 fds and sets no MSG_CTRUNC; qemu copies the 4 \
+                       that fit and leaves 4 open that the guest never sees. Checked instead: \
+                       no more fds than room for, each owned";
+            if crate::emulated(
+                "fdpass::ctrunc_closes_every_fd_that_arrived_and_refuses",
+                why,
+            ) {
+                assert!(got.fds.len() <= 4, "{} fds in room for 4", got.fds.len());
+                return;
+            }
+        }
         assert_eq!(r.err(), Some(RecvError::ControlTruncated { closed: 4 }));
         assert_eq!(
             fds_named("fdpass-ctrunc"),

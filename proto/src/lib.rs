@@ -19,6 +19,7 @@
 //! - [`log`]: one-line events to syslog or stderr.
 //! - [`text`]: escaping of outside text wherever it is printed or logged.
 //! - [`fnv`]: the hasher of maps keyed by backend.
+//! - [`stat`]: a file's type and size, 32-bit and Y2038 safe (`statx`).
 
 pub mod accept;
 pub mod backend;
@@ -40,8 +41,27 @@ pub mod plan;
 pub mod privs;
 pub mod relay;
 pub mod slab;
+pub mod stat;
 pub mod stream;
 pub mod text;
 pub mod tick;
 pub mod timer;
 pub mod worker;
+
+/// Tests whose check an emulator cannot honour ask here whether they run
+/// under one: `scripts/lib/qemu-runner.sh` sets `PVX_EMULATOR` (the
+/// emulator and its version). Each such test says so on stderr, past the
+/// test harness's capture, with the reason, and checks what it still can:
+/// nothing is skipped silently (docs/DEVICE-32BIT.md, "Under emulation").
+#[cfg(test)]
+pub(crate) fn emulated(test: &str, why: &str) -> bool {
+    use std::io::Write;
+    let Ok(emulator) = std::env::var("PVX_EMULATOR") else {
+        return false;
+    };
+    let _ = writeln!(
+        std::io::stderr(),
+        "NOTE {test}: under emulation ({emulator}): {why}"
+    );
+    true
+}

@@ -28,24 +28,54 @@ use std::time::{Duration, Instant};
 fn clean_mappings() -> &'static [(usize, usize)] {
     static MAPS: OnceLock<Vec<(usize, usize)>> = OnceLock::new();
     MAPS.get_or_init(|| {
-        // Line by line: smaps is tens of KiB, which read whole would stay
-        // on the heap's top as a free block, resident.
-        let Ok(f) = std::fs::File::open("/proc/self/smaps") else {
-            return Vec::new();
-        };
-        let mut r = std::io::BufReader::with_capacity(1024, f);
         let mut clean = Clean::default();
-        let mut line = String::new();
-        while matches!(r.read_line(&mut line), Ok(n) if n > 0) {
-            clean.line(&line);
-            line.clear();
+        if !each_line("/proc/self/smaps", |l| clean.line(l)) {
+            return Vec::new();
         }
-        clean.found
+        let mut listed = Listed::default();
+        if !each_line("/proc/self/maps", |l| listed.line(l)) {
+            return Vec::new();
+        }
+        clean.confirmed_by(&listed)
     })
 }
 
+/// Feed `path` to `f` line by line: smaps is tens of KiB, which read whole
+/// would stay on the heap's top as a free block, resident. false: it
+/// could not be opened.
+fn each_line(path: &str, mut f: impl FnMut(&str)) -> bool {
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut r = std::io::BufReader::with_capacity(1024, file);
+    let mut line = String::new();
+    while matches!(r.read_line(&mut line), Ok(n) if n > 0) {
+        f(&line);
+        line.clear();
+    }
+    true
+}
+
+/// A mapping's header line (`start-end perms offset dev inode path`):
+/// its range, and whether it is a read-only private mapping of a file.
+fn mapping(line: &str) -> Option<((usize, usize), bool)> {
+    let mut f = line.split_whitespace();
+    let (a, b) = f.next()?.split_once('-')?;
+    // A field line ("Rss: ...") has no hexadecimal range.
+    let range = (
+        usize::from_str_radix(a, 16).ok()?,
+        usize::from_str_radix(b, 16).ok()?,
+    );
+    let perms = f.next()?;
+    let path = f.nth(3).unwrap_or("");
+    Some((
+        range,
+        matches!(perms, "r--p" | "r-xp") && path.starts_with('/'),
+    ))
+}
+
 /// Reads smaps line by line; `found` holds the clean mappings (see
-/// [`clean_mappings`]).
+/// [`clean_mappings`]) it lists.
 #[derive(Default)]
 struct Clean {
     found: Vec<(usize, usize)>,
@@ -64,18 +94,34 @@ impl Clean {
             }
             return;
         }
-        let mut f = line.split_whitespace();
-        let (Some(range), Some(perms)) = (f.next(), f.next()) else {
-            return;
-        };
-        let Some((a, b)) = range.split_once('-') else {
-            return;
-        };
-        let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) else {
-            return; // a field line ("Rss: ..."), not a mapping
-        };
-        let path = f.nth(3).unwrap_or("");
-        self.cur = (matches!(perms, "r--p" | "r-xp") && path.starts_with('/')).then_some((a, b));
+        if let Some((range, read_only_file)) = mapping(line) {
+            self.cur = read_only_file.then_some(range);
+        }
+    }
+
+    /// The clean mappings that /proc/self/maps lists too, as read-only
+    /// file mappings of the same range. On a kernel both files describe
+    /// the same address space and this keeps them all; under qemu-user 7.2,
+    /// smaps is the emulator's own (host addresses, host permissions) while
+    /// maps is the guest's, and dropping a range smaps named can discard
+    /// the relocated pages of a guest library next to it (a SIGSEGV under
+    /// qemu-arm): nothing is trusted that maps does not confirm.
+    fn confirmed_by(self, listed: &Listed) -> Vec<(usize, usize)> {
+        let mut found = self.found;
+        found.retain(|r| listed.0.contains(r));
+        found
+    }
+}
+
+/// The read-only file mappings /proc/self/maps lists.
+#[derive(Default)]
+struct Listed(Vec<(usize, usize)>);
+
+impl Listed {
+    fn line(&mut self, line: &str) {
+        if let Some((range, true)) = mapping(line) {
+            self.0.push(range);
+        }
     }
 }
 
@@ -137,13 +183,13 @@ const PAGE: usize = 4096;
 fn stack_mapping() -> Option<(usize, usize)> {
     static STACK: OnceLock<Option<(usize, usize)>> = OnceLock::new();
     *STACK.get_or_init(|| {
-        let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-        let line = maps.lines().find(|l| l.ends_with("[stack]"))?;
-        let (a, b) = line.split_whitespace().next()?.split_once('-')?;
-        Some((
-            usize::from_str_radix(a, 16).ok()?,
-            usize::from_str_radix(b, 16).ok()?,
-        ))
+        let mut stack = None;
+        each_line("/proc/self/maps", |l| {
+            if l.trim_end().ends_with("[stack]") {
+                stack = mapping(l).map(|(range, _)| range);
+            }
+        });
+        stack
     })
 }
 
@@ -311,14 +357,44 @@ bef00000-bef02000 r-xp 00000000 00:00 0 [vdso]
 Anonymous:             0 kB
 ";
         let mut c = Clean::default();
+        let mut maps = Listed::default();
         for line in smaps.lines() {
             c.line(line);
+            // The same address space: maps has smaps' header lines.
+            maps.line(line);
         }
         assert_eq!(
-            c.found,
+            c.confirmed_by(&maps),
             vec![(0xb6000000, 0xb6045000), (0xb6045000, 0xb6171000)],
             "code and read-only data of the file; not relro, data, heap, anonymous or vdso"
         );
+    }
+
+    /// qemu-arm 7.2 passes /proc/self/smaps through from the host (the
+    /// emulator's mappings: guest addresses plus its guest base, here
+    /// 0x1000, and code as r--p) while it makes up /proc/self/maps for the
+    /// guest. The smaps range 3f6bd000-3f7c7000 covers the guest's relro
+    /// page of libc at 3f7c6000: dropping it crashed this test binary under
+    /// qemu-arm. Nothing maps does not confirm is dropped.
+    #[test]
+    fn smaps_that_maps_does_not_confirm_is_not_trusted() {
+        let smaps = "\
+3f6bd000-3f7c7000 r--p 00000000 fe:00 770476 /usr/lib/arm-linux-gnueabihf/libc.so.6
+Anonymous:             0 kB
+3f7c7000-3f7c9000 r--p 00109000 fe:00 770476 /usr/lib/arm-linux-gnueabihf/libc.so.6
+Anonymous:             8 kB
+";
+        let maps = "\
+3f6bc000-3f7c6000 r-xp 00000000 fe:00 770476 /usr/lib/arm-linux-gnueabihf/libc.so.6
+3f7c6000-3f7c8000 r--p 00109000 fe:00 770476 /usr/lib/arm-linux-gnueabihf/libc.so.6
+3f7c8000-3f7c9000 rw-p 0010b000 fe:00 770476 /usr/lib/arm-linux-gnueabihf/libc.so.6
+";
+        let mut c = Clean::default();
+        smaps.lines().for_each(|l| c.line(l));
+        assert_eq!(c.found, vec![(0x3f6bd000, 0x3f7c7000)], "clean by smaps");
+        let mut listed = Listed::default();
+        maps.lines().for_each(|l| listed.line(l));
+        assert_eq!(c.confirmed_by(&listed), vec![], "but not a mapping of ours");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! its mount namespace reaches. So the path is walked one component at a
 //! time with directory fds (`openat(O_PATH|O_NOFOLLOW)`, `mkdirat` for a
 //! missing one), a symlink on the way refuses the link, and the socket is
-//! handled relative to its directory fd: `fstatat(AT_SYMLINK_NOFOLLOW)`,
+//! handled relative to its directory fd: `statx(AT_SYMLINK_NOFOLLOW)`,
 //! `unlinkat`, and `bind`/`connect` to the bare name after `fchdir` (a name
 //! without `/` resolves in that directory and nowhere else; bind never
 //! follows a symlink at its last component). The mode comes from the umask
@@ -19,15 +19,16 @@
 //! credentials of a probe connection name the pid that called `listen()`.
 
 use nix::errno::Errno;
-use nix::fcntl::{openat, AtFlags, OFlag};
+use nix::fcntl::{openat, OFlag};
 use nix::sys::socket::{
     bind, connect, getsockopt, listen, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
     UnixAddr,
 };
-use nix::sys::stat::{fstatat, mkdirat, umask, FileStat, Mode, SFlag};
+use nix::sys::stat::{mkdirat, umask, Mode, SFlag};
 use nix::unistd::{fchdir, unlinkat, UnlinkatFlags};
+use proto::stat::FileInfo;
 use std::ffi::OsStr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -67,7 +68,7 @@ pub fn make(path: &Path, ours: &[i32], backlog: i32) -> Result<OwnedFd, String> 
     let shown = path.display();
     match stat_at(&dir, name) {
         Err(Errno::ENOENT) => {}
-        Err(e) => return Err(format!("fstatat {shown}: {e}")),
+        Err(e) => return Err(format!("statx {shown}: {e}")),
         Ok(st) if is(&st, SFlag::S_IFSOCK) => match probe(&dir, name, path)? {
             Existing::Nothing => {}
             Existing::Live(Some(pid)) if ours.contains(&pid) => {
@@ -120,7 +121,7 @@ pub fn remove(path: &Path, made_by: Option<i32>) -> Result<bool, String> {
     match stat_at(&dir, name) {
         Ok(st) if is(&st, SFlag::S_IFSOCK) => {}
         Ok(_) | Err(Errno::ENOENT) => return Ok(false),
-        Err(e) => return Err(format!("fstatat {}: {e}", path.display())),
+        Err(e) => return Err(format!("statx {}: {e}", path.display())),
     }
     match probe(&dir, name, path)? {
         Existing::Stale => {}
@@ -212,12 +213,12 @@ fn open_nofollow(dir: Option<&OwnedFd>, name: &OsStr) -> Result<OwnedFd, Errno> 
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn stat_at(dir: &OwnedFd, name: &OsStr) -> Result<FileStat, Errno> {
-    fstatat(Some(dir.as_raw_fd()), name, AtFlags::AT_SYMLINK_NOFOLLOW)
+fn stat_at(dir: &OwnedFd, name: &OsStr) -> Result<FileInfo, Errno> {
+    proto::stat::stat_at_nofollow(dir.as_fd(), name)
 }
 
-fn is(st: &FileStat, kind: SFlag) -> bool {
-    SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == kind
+fn is(st: &FileInfo, kind: SFlag) -> bool {
+    st.kind() == kind.bits()
 }
 
 fn unlink_at(dir: &OwnedFd, name: &OsStr, path: &Path) -> Result<(), String> {
@@ -343,6 +344,23 @@ mod tests {
         let _keep = std::os::unix::net::UnixDatagram::bind(&dg2).unwrap();
         assert!(make(&dg2, &[], 8).unwrap_err().contains("in use"));
         drop(UnixListener::bind(d.join("unused.sock")).unwrap());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// What is at the socket's name is recognised whatever its dates: on
+    /// armhf, glibc's 32-bit fstatat said EOVERFLOW for a file modified
+    /// after 2038-01-19, which refused every link whose path existed.
+    #[test]
+    fn a_file_dated_after_2038_is_recognised() {
+        let d = scratch("y2038");
+        let p = d.join("x.sock");
+        let f = std::fs::File::create(&p).unwrap();
+        // 2040-01-01T00:00:00Z, past i32::MAX seconds.
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(2_208_988_800);
+        f.set_modified(t).unwrap();
+        let e = make(&p, &[], 8).unwrap_err();
+        assert!(e.contains("exists and is not a socket"), "{e}");
+        assert_eq!(remove(&p, None), Ok(false));
         let _ = std::fs::remove_dir_all(&d);
     }
 }

@@ -563,6 +563,24 @@ mod tests {
         assert!(c.is_done() && !c.in_trailers());
     }
 
+    /// Sizes past 4 GiB are parsed and counted down in u64 on every
+    /// target, never through a 32-bit usize: 0x12A05F200 (5,000,000,000)
+    /// would keep only 705,032,704.
+    #[test]
+    fn sizes_past_4_gib_count_down_in_u64() {
+        assert_eq!(parse_content_length(b"5000000000"), Some(5_000_000_000));
+        let mut c = Chunked::new();
+        assert_eq!(c.feed(b"12A05F200\r\n0123456789"), Ok(21));
+        assert_eq!(c.data_left(), 4_999_999_990);
+        // Exactly a u32's worth, then the rest a truncation would lose.
+        c.skip_data(1 << 32);
+        assert_eq!(c.data_left(), 705_032_694);
+        c.skip_data(705_032_694);
+        assert_eq!(c.data_left(), 0);
+        assert_eq!(c.feed(b"\r\n0\r\n"), Ok(5));
+        assert!(c.in_trailers());
+    }
+
     #[test]
     fn content_length_values() {
         assert_eq!(parse_content_length(b"0"), Some(0));

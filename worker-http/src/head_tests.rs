@@ -570,3 +570,22 @@ fn ip_written_as_display_writes_it() {
         assert_eq!(String::from_utf8(out).unwrap(), ip.to_string());
     }
 }
+
+/// A length past 4 GiB frames a request and a response alike on 32- and
+/// 64-bit targets (u64, never a usize), and is forwarded as sent.
+#[test]
+fn lengths_past_4_gib_frame_requests_and_responses() {
+    let rq = req("PUT /fw HTTP/1.1\r\nHost: a\r\nContent-Length: 5000000000\r\n\r\n").unwrap();
+    assert_eq!(rq.framing, Framing::Length(5_000_000_000));
+    let mut out = Vec::new();
+    match parse_response(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5000000000\r\n\r\n",
+        false,
+        &mut out,
+    ) {
+        Ok(Parsed::Complete(r)) => assert_eq!(r.framing, Framing::Length(5_000_000_000)),
+        other => panic!("response head not parsed: {other:?}"),
+    }
+    let out = String::from_utf8(out).unwrap();
+    assert!(out.contains("Content-Length: 5000000000"), "{out}");
+}
