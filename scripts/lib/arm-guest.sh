@@ -49,18 +49,26 @@ all_running() { [ "$(running)" = "$1" ]; }
 # tcp_echo OUT PORT [nsenter args...]
 tcp_echo() {
 	out=$1 port=$2; shift 2
-	"$@" nc 127.0.0.1 "$port" <$SMOKE/payload >"$out" 2>"$out.err" && [ "$(md5 "$out")" = "$PAYLOAD_MD5" ]
+	"$@" nc 127.0.0.1 "$port" <$SMOKE/payload >"$out" 2>"$out.err"
+	rc=$?
+	[ $rc = 0 ] && [ "$(md5 "$out")" = "$PAYLOAD_MD5" ]
 }
 # GET the blob through an http link: http_get OUT URL [nsenter args...]
 http_get() {
 	out=$1 url=$2; shift 2
-	"$@" wget -q -O "$out" "$url" 2>"$out.err" && [ "$(md5 "$out")" = "$BLOB_MD5" ]
+	"$@" wget -q -O "$out" "$url" 2>"$out.err"
+	rc=$?
+	[ $rc = 0 ] && [ "$(md5 "$out")" = "$BLOB_MD5" ]
 }
 # POST text and read it back from the echo CGI: http_post OUT URL [nsenter...]
 http_post() {
 	out=$1 url=$2; shift 2
-	"$@" wget -q -O "$out" --post-file $SMOKE/post.txt "$url" 2>/dev/null && [ "$(md5 "$out")" = "$POST_MD5" ]
+	"$@" wget -q -O "$out" --post-file $SMOKE/post.txt "$url" 2>"$out.err"
+	rc=$?
+	[ $rc = 0 ] && [ "$(md5 "$out")" = "$POST_MD5" ]
 }
+# What the last of those clients saw, for a FAIL line: why OUT
+why() { echo "client exit $rc, $(wc -c <"$1") bytes back, stderr: $(tr '\n' ' ' <"$1.err")"; }
 
 # --- the world: backends, two consumer containers, the supervisor ---------
 ip link set lo up
@@ -124,7 +132,7 @@ fi
 
 # --- traffic, each link on the host and in a consumer namespace ----------
 conns_7101=0 conns_7201=0
-if tcp_echo $SMOKE/o 7101; then ok tcp-host; else bad tcp-host "echo through 127.0.0.1:7101 differs or failed"; fi
+if tcp_echo $SMOKE/o 7101; then ok tcp-host; else bad tcp-host "echo through 127.0.0.1:7101 differs or failed: $(why $SMOKE/o)"; fi
 conns_7101=1
 if tcp_echo $SMOKE/o 7102 nsenter -t $CN -n; then
 	if nc 127.0.0.1 7102 </dev/null >/dev/null 2>&1; then
@@ -133,12 +141,12 @@ if tcp_echo $SMOKE/o 7102 nsenter -t $CN -n; then
 		ok tcp-netns
 	fi
 else
-	bad tcp-netns "echo through 127.0.0.1:7102 in the consumer's namespace differs or failed"
+	bad tcp-netns "echo through 127.0.0.1:7102 in the consumer's namespace differs or failed: $(why $SMOKE/o)"
 fi
 if http_get $SMOKE/o http://127.0.0.1:7201/api/blob && http_post $SMOKE/o http://127.0.0.1:7201/api/cgi-bin/echo; then
 	ok http-host
 else
-	bad http-host "GET or POST through 127.0.0.1:7201/api differs or failed"
+	bad http-host "GET or POST through 127.0.0.1:7201/api differs or failed: $(why $SMOKE/o)"
 fi
 conns_7201=2
 if http_get $SMOKE/o http://127.0.0.1:7202/api/blob nsenter -t $CN -n &&
@@ -149,19 +157,19 @@ if http_get $SMOKE/o http://127.0.0.1:7202/api/blob nsenter -t $CN -n &&
 		ok http-netns
 	fi
 else
-	bad http-netns "GET or POST through 127.0.0.1:7202/api in the consumer's namespace differs or failed"
+	bad http-netns "GET or POST through 127.0.0.1:7202/api in the consumer's namespace differs or failed: $(why $SMOKE/o)"
 fi
 if [ -S $SMOKE/u.sock ] && tcp_echo $SMOKE/o 7103; then
 	ok unix-host
 else
-	bad unix-host "no socket at $SMOKE/u.sock, or the echo through it differs"
+	bad unix-host "no socket at $SMOKE/u.sock, or the echo through it differs: $(why $SMOKE/o)"
 fi
 if [ -e /srv/c/u.sock ]; then
 	bad unix-mntns "/srv/c/u.sock is in the host's mount namespace"
 elif ! nsenter -t $CM -m test -S /srv/c/u.sock; then
 	bad unix-mntns "no socket at /srv/c/u.sock in the consumer's mount namespace"
 elif ! tcp_echo $SMOKE/o 7104; then
-	bad unix-mntns "echo through /srv/c/u.sock in the consumer's mount namespace differs or failed"
+	bad unix-mntns "echo through /srv/c/u.sock in the consumer's mount namespace differs or failed: $(why $SMOKE/o)"
 else
 	ok unix-mntns
 fi
@@ -189,7 +197,7 @@ client() { # id check-function url-or-port
 		if "$2" $L/out.$id "$3"; then
 			echo ok >$L/rc.$id.$i
 		else
-			echo "client $id round $i: exit $?, $(wc -c <$L/out.$id) bytes, stderr: $(tr '\n' ' ' <$L/out.$id.err)" >$L/rc.$id.$i
+			echo "client $id round $i: $(why $L/out.$id)" >$L/rc.$id.$i
 		fi
 		rm -f $L/busy.$id
 		i=$((i + 1))
@@ -231,7 +239,7 @@ kill_under_load() {
 	good=$(cat $L/rc.* | grep -c '^ok$')
 	new=$(worker_pid "$addr" EXTERNAL)
 	if [ "$probe" != ok ]; then
-		bad "$name" "the connection made right after kill -9 of pid $old failed"
+		bad "$name" "the connection made right after kill -9 of pid $old failed: $(why $L/probe)"
 	elif [ "$total" != $((CLIENTS * ROUNDS)) ] || [ "$good" != "$total" ]; then
 		bad "$name" "$good of $total connections (of $((CLIENTS * ROUNDS))) completed with the right bytes; $(cat $L/rc.* | grep -v '^ok$' | tr '\n' ';')"
 	elif [ -z "$new" ] || [ "$new" = "$old" ]; then
@@ -261,9 +269,9 @@ else
 	if ! wait_until 60 all_running 9 || ! wait_until 30 acked; then
 		bad sighup "the new graph is not applied after 60 s: $(pv-xconnect status 2>&1 | tr '\n' '|')"
 	elif ! http_get $SMOKE/o http://127.0.0.1:7201/v2/blob; then
-		bad sighup "GET /v2/blob through the new route differs or failed"
+		bad sighup "GET /v2/blob through the new route differs or failed: $(why $SMOKE/o)"
 	elif ! tcp_echo $SMOKE/o 7105; then
-		bad sighup "echo through the new tcp link 127.0.0.1:7105 differs or failed"
+		bad sighup "echo through the new tcp link 127.0.0.1:7105 differs or failed: $(why $SMOKE/o)"
 	elif [ "$(worker_pid 127.0.0.1:7201 EXTERNAL)" != "$hpid" ]; then
 		bad sighup "the http worker of 127.0.0.1:7201 changed pid ($hpid -> $(worker_pid 127.0.0.1:7201 EXTERNAL)) for a route update"
 	else
