@@ -54,10 +54,9 @@ candidate() {
 kpkg=$(apt-cache depends "$kmeta:$deb" | awk '/Depends: linux-image-/ {sub(":.*", "", $2); print $2; exit}')
 [ -n "$kpkg" ] || { echo "arm-smoke: $kmeta:$deb depends on no linux-image package (apt-get update?)" >&2; exit 1; }
 
-# Unpack PKG (its candidate version) once into debs/PKG_VERSION; echo the dir.
+# Unpack PKG at VERSION once into debs/PKG_VERSION; echo the dir.
 unpacked() {
-  local pkg=$1 ver dir tmp
-  ver=$(candidate "$pkg")
+  local pkg=$1 ver=$2 dir tmp
   [ -n "$ver" ] && [ "$ver" != "(none)" ] ||
     { echo "arm-smoke: no candidate for $pkg:$deb (apt-get update?)" >&2; return 1; }
   dir=$work/debs/${pkg}_${ver//:/%3a}
@@ -78,8 +77,10 @@ unpacked() {
   fi
   echo "$dir"
 }
-kdir=$(unpacked "$kpkg")
-bbdir=$(unpacked busybox-static)
+kpkgver=$(candidate "$kpkg")
+bbver=$(candidate busybox-static)
+kdir=$(unpacked "$kpkg" "$kpkgver")
+bbdir=$(unpacked busybox-static "$bbver")
 kernel=$(ls "$kdir"/boot/vmlinuz-* | head -1)
 kver=${kernel##*/vmlinuz-}
 
@@ -132,7 +133,7 @@ initrd=$work/initramfs.cpio.gz
 (cd "$root" && find . | cpio -o -H newc -R 0:0 --quiet) | gzip -1 > "$initrd"
 
 log=$work/console.log
-echo "arm-smoke: booting $kpkg ($kver, $(candidate "$kpkg")) with busybox-static $(candidate busybox-static), $exe, -smp $smp"
+echo "arm-smoke: booting $kpkg ($kver, $kpkgver) with busybox-static $bbver, $exe, -smp $smp"
 start=$(date +%s.%N)
 set +e
 timeout --kill-after=10 "$limit" "${qemu[@]}" -m 512 -smp "$smp" -nographic -no-reboot -nic none \
