@@ -121,7 +121,9 @@ graph_a() {
 }
 graph_a >$SMOKE/graph.json
 echo "]" >>$SMOKE/graph.json
-pv-xconnect run --graph $SMOKE/graph.json --log-target stderr 2>$SMOKE/sup.log &
+# debug: a worker says why it ended a direction (a backend's reset, ...);
+# printed only on a failure.
+pv-xconnect run --graph $SMOKE/graph.json --log-target stderr --log-level debug 2>$SMOKE/sup.log &
 SUP=$!
 
 if wait_until 60 all_running 8; then
@@ -315,7 +317,12 @@ fi
 if [ $fail -gt 0 ]; then
 	echo "--- dmesg (tail)"
 	dmesg | tail -n 40
-	echo "--- supervisor log (tail)"
-	tail -n 40 $SMOKE/sup.log
+	# A full accept queue (a backend's, or ours) shows here.
+	echo "--- TCP listen overflows and syncookies"
+	awk '/^TcpExt:/ { if (!h) { split($0, n); h = 1 } else { for (i = 2; i <= NF; i++) if (n[i] ~ /Listen|Syncookies/) printf "%s=%s ", n[i], $i; print "" } }' /proc/net/netstat
+	echo "--- supervisor and worker log: what went wrong"
+	grep -E 'warn|error|ECONN|EPIPE|refus|reset' $SMOKE/sup.log | grep -v 'graph applied' | tail -n 30
+	echo "--- supervisor and worker log (tail, without per-connection lines)"
+	grep -v "connection closed\|health" $SMOKE/sup.log | tail -n 40
 fi
 echo "$pass passed, $fail failed"
