@@ -15,6 +15,7 @@
 # for the whole boot, default 300), PVX_ARM_EXE (an executable already
 # built for that target: skips scripts/cross.sh).
 set -euo pipefail
+shopt -s inherit_errexit   # and inside $(...): a failed unpack stops the run
 cd "$(dirname "$0")/.."
 
 case "${1:-}" in
@@ -67,7 +68,7 @@ unpacked() {
     local debfile
     debfile=$(ls "$tmp"/*.deb 2>/dev/null | head -1)
     [ -n "$debfile" ] || { echo "arm-smoke: apt-get download $pkg:$deb=$ver failed" >&2; rm -rf "$tmp"; return 1; }
-    dpkg-deb -x "$debfile" "$tmp/root"
+    dpkg-deb -x "$debfile" "$tmp/root" || { echo "arm-smoke: dpkg-deb -x $debfile failed" >&2; rm -rf "$tmp"; return 1; }
     mv "$tmp/root" "$dir"
     rm -rf "$tmp"
     # Older versions of the same package go: only today's is reused.
