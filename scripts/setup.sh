@@ -4,7 +4,7 @@
 #   scripts/setup.sh          tools the tests and demo use
 #   scripts/setup.sh --bench  also the peers the benchmarks compare against
 #   scripts/setup.sh --cross  the ARM cross toolchain and emulators
-#                             (scripts/cross.sh, scripts/arm-kernel.sh)
+#                             (scripts/cross.sh, scripts/arm-smoke.sh)
 #   scripts/setup.sh --old-kernel  libseccomp's Python binding, strace, cc
 #                             (scripts/old-kernel.sh, scripts/syscalls.sh)
 set -euo pipefail

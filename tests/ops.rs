@@ -155,6 +155,29 @@ fn status_and_metrics_follow_traffic_and_a_restart() {
     let out = pvx(&["status", "--json", "--status-socket", sock]);
     let v: Value = serde_json::from_slice(&out.stdout).expect("--json prints JSON");
     assert_eq!(v["endpoints"][0]["worker"]["restarts"], 1);
+    // --metrics is /metrics for a shell with no unix-socket HTTP client
+    // (busybox on a device): the same counters, text as served.
+    let out = pvx(&["status", "--metrics", "--status-socket", sock]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("# TYPE pvx_connections_total counter"),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, &format!("pvx_connections_total{{{l}}}")),
+        Some(15)
+    );
+    assert_eq!(
+        metric(&text, &format!("pvx_worker_restarts_total{{{l}}}")),
+        Some(1)
+    );
+    let out = pvx(&["status", "--metrics", "--status-socket", "/nonexistent/s"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no pv-xconnect supervisor answers on"),
+        "{out:?}"
+    );
 
     // One line per event, naming the endpoint and the pid.
     let log = sup.log_text();

@@ -301,8 +301,11 @@ impl State {
                 }
             }
         }
-        let pid = std::process::id();
-        let _ = writeln!(std::io::stderr(), "{}[{pid}]: {body}", self.ident);
+        // One write per line: stderr is unbuffered, so `writeln!` with
+        // arguments is a write per piece, and the supervisor and its
+        // workers share one stderr: their pieces interleaved mid-line.
+        let line = format!("{}[{}]: {body}\n", self.ident, std::process::id());
+        let _ = std::io::stderr().write_all(line.as_bytes());
     }
 }
 

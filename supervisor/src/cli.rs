@@ -7,6 +7,7 @@
 //! a deadline (`Instant + Duration` panics) in the supervisor or a worker.
 
 use crate::policy::BackoffPolicy;
+pub use crate::status_cli::Show;
 use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::ffi::OsString;
@@ -35,7 +36,7 @@ then start over with a fresh count).";
     override_usage = "\
 pv-xconnect [run] [--graph FILE | --ctrl-socket PATH] [OPTIONS]
        pv-xconnect check [--json] FILE
-       pv-xconnect status [--json] [--status-socket PATH]",
+       pv-xconnect status [--json | --metrics] [--status-socket PATH]",
     after_help = AFTER_HELP,
     args_conflicts_with_subcommands = true,
     disable_help_subcommand = true
@@ -74,11 +75,15 @@ enum Sub {
         file: PathBuf,
     },
     /// Show the running supervisor's endpoints, workers and refused links
-    #[command(override_usage = "pv-xconnect status [--json] [--status-socket PATH]")]
+    #[command(override_usage = "pv-xconnect status [--json | --metrics] [--status-socket PATH]")]
     Status {
         /// Print the status document as JSON
         #[arg(long)]
         json: bool,
+        /// Print the Prometheus metrics text (GET /metrics): a device's
+        /// shell has no HTTP client for a unix socket, this is one
+        #[arg(long, conflicts_with = "json", verbatim_doc_comment)]
+        metrics: bool,
         /// Status socket of the supervisor to ask
         #[arg(long, value_name = "PATH", default_value = crate::status_server::DEFAULT_PATH)]
         status_socket: PathBuf,
@@ -206,7 +211,7 @@ pub struct RunArgs {
 pub enum Command {
     Run(Box<RunArgs>),
     Check { file: PathBuf, json: bool },
-    Status { json: bool, socket: PathBuf },
+    Status { show: Show, socket: PathBuf },
 }
 
 /// Parse the whole argv (argv[0] first). `--help` and `--version` come
@@ -226,12 +231,18 @@ where
         Some(Sub::Check { file, json }) => return Ok(Command::Check { file, json }),
         Some(Sub::Status {
             json,
+            metrics,
             status_socket,
         }) => {
+            let show = match (json, metrics) {
+                (true, _) => Show::Json,
+                (_, true) => Show::Metrics,
+                _ => Show::Table,
+            };
             return Ok(Command::Status {
-                json,
+                show,
                 socket: status_socket,
-            })
+            });
         }
     };
     // The one rule between two flags (RestartPolicy::validate says it too,
@@ -354,10 +365,19 @@ mod tests {
         assert_eq!(
             p("status --json --status-socket /tmp/s").unwrap(),
             Command::Status {
-                json: true,
+                show: Show::Json,
                 socket: "/tmp/s".into()
             }
         );
+        assert_eq!(
+            p("status --metrics").unwrap(),
+            Command::Status {
+                show: Show::Metrics,
+                socket: crate::status_server::DEFAULT_PATH.into()
+            }
+        );
+        let e = p("status --json --metrics").unwrap_err();
+        assert_eq!((e.kind(), e.exit_code()), (ErrorKind::ArgumentConflict, 2));
         let e = p("--help").unwrap_err();
         assert_eq!((e.kind(), e.exit_code()), (ErrorKind::DisplayHelp, 0));
         let e = p("--version").unwrap_err();

@@ -88,7 +88,7 @@ pub fn main() -> ExitCode {
     proto::mem::give_back_heap();
     let result = match cmd {
         Command::Check { file, json } => return check::run(&file, json),
-        Command::Status { json, socket } => return status_cli::run(&socket, json),
+        Command::Status { show, socket } => return status_cli::run(&socket, show),
         Command::Run(a) => run(a),
     };
     match result {

@@ -1,5 +1,6 @@
-//! `pv-xconnect status [--json] [--status-socket PATH]`: ask the running
-//! supervisor over its status socket and print a table (or the raw JSON).
+//! `pv-xconnect status [--json | --metrics] [--status-socket PATH]`: ask the
+//! running supervisor over its status socket and print a table (or the raw
+//! JSON, or the Prometheus text of `/metrics`).
 //! The table is read loosely from the JSON (a missing field shows as `-`),
 //! so an older or newer supervisor still gets a useful answer.
 
@@ -39,15 +40,27 @@ pub fn fetch(socket: &Path, path: &str) -> Result<String, String> {
     String::from_utf8(answer.body).map_err(|_| format!("{shown}: answer is not UTF-8"))
 }
 
-pub fn run(socket: &Path, json: bool) -> ExitCode {
-    let body = match fetch(socket, "/status") {
+/// What `status` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Show {
+    Table,
+    Json,
+    Metrics,
+}
+
+pub fn run(socket: &Path, show: Show) -> ExitCode {
+    let path = match show {
+        Show::Metrics => "/metrics",
+        Show::Table | Show::Json => "/status",
+    };
+    let body = match fetch(socket, path) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("pv-xconnect status: {e}");
             return ExitCode::FAILURE;
         }
     };
-    if json {
+    if show != Show::Table {
         print!("{body}");
         return ExitCode::SUCCESS;
     }
