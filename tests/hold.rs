@@ -191,7 +191,11 @@ fn through_outage(
 fn assert_all_held_through(what: &str, res: &[(bool, Duration)]) {
     let failed = res.iter().filter(|(ok, _)| !ok).count();
     let longest = res.iter().map(|(_, d)| *d).max().unwrap_or_default();
-    assert!(res.len() >= 30, "{what}: only {} requests ran", res.len());
+    // A request is started every 100 ms for 2.2 s plus the outage: ~35 on
+    // an idle machine, fewer when the load thread is kept off the CPU.
+    // What matters is that some ran; that some crossed the outage is the
+    // `longest` check below, not a count.
+    assert!(res.len() >= 10, "{what}: only {} requests ran", res.len());
     assert_eq!(
         failed,
         0,
