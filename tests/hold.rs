@@ -12,7 +12,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -176,9 +176,24 @@ fn through_outage(
     up: impl FnOnce(),
 ) -> Vec<(bool, Duration)> {
     let stop = Arc::new(Mutex::new(false));
+    // The provider goes down between requests, never under one: what a
+    // killed provider had accepted (or had in its accept queue) is reset,
+    // by design, and no hold can save a connection its backend took. Each
+    // request holds the gate shared; the stop takes it alone, so it waits
+    // for the requests in flight and new ones wait for it (as
+    // scripts/kill-workers.sh does for a worker).
+    let gate = Arc::new(RwLock::new(()));
+    let g = gate.clone();
+    let one = move || {
+        let _in_flight = g.read().unwrap_or_else(|e| e.into_inner());
+        one()
+    };
     let (out, h) = load(Duration::from_millis(100), stop.clone(), one);
     thread::sleep(Duration::from_millis(700));
-    down();
+    {
+        let _alone = gate.write().unwrap_or_else(|e| e.into_inner());
+        down();
+    }
     thread::sleep(outage);
     up();
     thread::sleep(Duration::from_millis(1500));
