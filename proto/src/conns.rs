@@ -55,14 +55,11 @@ pub struct Sockets {
     pub hung_up: [bool; 2],
     /// Urgent data was reported on (client, backend) (`Duplex::urgent_data`).
     pub urgent: [bool; 2],
-    /// The poll round in which the (client, backend) socket was
-    /// registered, until its first event: events of that round were
-    /// gathered before it existed, so they are not about it. A token is a
-    /// slot's: a connection closed early in a round frees its slot, a
-    /// client accepted later in the round takes it, and the old client's
-    /// events still in the batch (its FIN: a false `hung_up`, whose short
-    /// read then cut an upload) would land on the new one.
-    registered_in: [Option<NonZeroU32>; 2],
+    /// The poll round in which the backend socket was registered, until
+    /// its first event: events of that round were gathered before it
+    /// existed (an fd closed in the round had its token), so they are not
+    /// about it.
+    backend_round: Option<NonZeroU32>,
     /// Bytes moved since the loop last collected them (up, down).
     pub moved: (u64, u64),
     /// When the connection next needs attention from a timer
@@ -98,7 +95,7 @@ impl Sockets {
             ack_owed: false,
             hung_up: [false; 2],
             urgent: [false; 2],
-            registered_in: [None; 2],
+            backend_round: None,
             moved: (0, 0),
             deadline: Some(Tick::from(now)),
             timer_at: None,
@@ -129,11 +126,12 @@ impl Sockets {
     /// Record an event on the client or (`backend`) the backend socket,
     /// gathered in poll round `round`.
     pub fn on_event(&mut self, backend: bool, ev: &Event, round: NonZeroU32) {
-        let i = usize::from(backend);
-        if self.registered_in[i] == Some(round) {
-            return;
+        if backend {
+            if self.backend_round == Some(round) {
+                return;
+            }
+            self.backend_round = None;
         }
-        self.registered_in[i] = None;
         let r = if backend {
             &mut self.backend_ready
         } else {
@@ -321,7 +319,6 @@ impl<C: Connection> Handler for Conns<C> {
             self.close(cx, slot, true);
             return;
         }
-        c.sockets().registered_in[0] = Some(cx.round);
         self.drive(cx, slot);
     }
 
@@ -414,7 +411,7 @@ impl<C: Connection> Conns<C> {
                 Some(false)
             }
             Next::RegisterBackend => {
-                io.registered_in[1] = Some(cx.round);
+                io.backend_round = Some(cx.round);
                 let b = io.backend.as_mut()?;
                 if let Err(e) = cx
                     .registry

@@ -91,7 +91,8 @@ pub struct Cx<'a> {
     pub draining: bool,
     /// This poll round's number, wrapping: a socket registered in a round
     /// gets none of the events gathered for it before (see
-    /// `conns::Sockets::on_event`).
+    /// `conns::Sockets::on_event`; clients need no such care, they are
+    /// accepted after the round's events).
     pub round: NonZeroU32,
     timers: &'a mut Timers,
 }
@@ -285,9 +286,17 @@ impl<H: Handler> Loop<H> {
             }
             let now = Instant::now();
             self.round = self.round.checked_add(1).unwrap_or(NonZeroU32::MIN);
+            // New clients are taken after the whole batch, never in its
+            // middle: a client token is a slot's, a connection closed
+            // earlier in the batch frees its slot, and the rest of the
+            // batch may still hold that old connection's events (its FIN):
+            // given to a client accepted meanwhile, they would mark it hung
+            // up, and its relay would take a short read for its last (an
+            // upload cut, seen in the ARM smoke's kill checks).
+            let mut clients_waiting = false;
             for ev in events.iter() {
                 match ev.token() {
-                    LISTENER => self.accept(now, false),
+                    LISTENER => clients_waiting = true,
                     CTL => {
                         if let Some(code) = self.control(now) {
                             return code;
@@ -300,6 +309,9 @@ impl<H: Handler> Loop<H> {
                     }
                     t => self.handler.event(&mut cx!(self, now), t, ev),
                 }
+            }
+            if clients_waiting {
+                self.accept(now, false);
             }
             while let Some(k) = self.timers.pop_due(now) {
                 match k {
