@@ -83,6 +83,40 @@ fn a_refused_link_exits_1_with_its_reason() {
     assert!(out.contains("1 link(s) refused, 3 skipped"), "{out}");
 }
 
+/// Slips image CI must catch: a type with a stray space is refused, not
+/// skipped as another type, and a role that would add a header line is
+/// refused (printed escaped, so it forges no line of `check`'s own).
+#[test]
+fn a_mistyped_type_and_a_header_in_a_role_exit_1() {
+    let dir = TempDir::new("chk3");
+    let f = dir.path().join("g.json");
+    let mut g = device_graph();
+    let links = g.as_array_mut().unwrap();
+    links.push(json!(
+        {"type":"tcp ","name":"typo","consumer":"EXTERNAL","target":"0.0.0.0:82",
+         "socket":"10.0.3.4:80"}
+    ));
+    links.push(json!(
+        {"type":"http","name":"forged","consumer":"EXTERNAL","target":"0.0.0.0:83/x",
+         "socket":"10.0.3.4:80","role":"any\r\nX-PV-Client: admin"}
+    ));
+    std::fs::write(&f, g.to_string()).unwrap();
+    let (code, out, err) = check(&[], &f);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        out.contains("refused link #5 'typo': link type 'tcp ' must be written 'tcp'"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "refused link #6 'forged': field 'role' holds a control byte (0x0d at byte 3)"
+        ),
+        "{out}"
+    );
+    assert!(!out.contains("\nX-PV-Client"), "{out}");
+    assert!(out.contains("2 link(s) refused, 3 skipped"), "{out}");
+}
+
 #[test]
 fn a_file_that_is_not_a_graph_exits_2() {
     let dir = TempDir::new("chk2");

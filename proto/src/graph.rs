@@ -448,11 +448,12 @@ fn validate(index: usize, item: &Value) -> Verdict {
         Ok("rest") => LinkType::Rest,
         Ok(other) => {
             let ours = ["tcp", "http", "unix", "rest"];
-            // `TCP` is a slip of ours, not another type: refuse it, or
-            // `check` would pass a link that is never made.
-            return match ours.iter().find(|t| t.eq_ignore_ascii_case(other)) {
+            // `TCP` or `tcp ` is a slip of ours, not another type: refuse
+            // it, or `check` would pass a link that is never made.
+            let bare = other.trim_matches(|c: char| c.is_ascii_whitespace());
+            return match ours.iter().find(|t| t.eq_ignore_ascii_case(bare)) {
                 Some(t) => Verdict::Refused(f.refuse(format!(
-                    "link type '{other}' must be written in lower case ('{t}')"
+                    "link type '{other}' must be written '{t}' (lower case, no surrounding spaces)"
                 ))),
                 None => Verdict::Skipped(f.refuse(format!(
                     "unsupported link type '{other}' (supported: tcp, http, unix, rest)"
@@ -463,6 +464,18 @@ fn validate(index: usize, item: &Value) -> Verdict {
     match validate_ours(&f, ty) {
         Ok(link) => Verdict::Link(link),
         Err(r) => Verdict::Refused(r),
+    }
+}
+
+/// `value` may stand in an HTTP header field: no control byte (CR, LF,
+/// NUL, tab, DEL, ...). Says which field and where otherwise.
+fn field_value(key: &str, value: &str) -> Result<(), String> {
+    match value.bytes().position(|b| b.is_ascii_control()) {
+        None => Ok(()),
+        Some(at) => Err(format!(
+            "field '{key}' holds a control byte (0x{:02x} at byte {at}); it is written into HTTP headers",
+            value.as_bytes()[at]
+        )),
     }
 }
 
@@ -547,7 +560,13 @@ fn validate_ours(f: &Fields, ty: LinkType) -> Result<Link, Refusal> {
             ))
         })?),
     };
+    // Written into request heads (X-PV-Role, X-PV-Client) or matched
+    // against one (Host): a CR or LF would let the graph add a header a
+    // backend trusts, so any control byte refuses the link.
+    field_value("role", &role).map_err(|e| f.refuse(e))?;
+    field_value("consumer", &consumer).map_err(|e| f.refuse(e))?;
     if let Some(h) = &host {
+        field_value("host", h).map_err(|e| f.refuse(e))?;
         if h.contains(['/', ' ', ':']) {
             return Err(f.refuse(format!("field 'host': '{h}' is not a host name")));
         }
@@ -714,6 +733,7 @@ mod tests {
                 {"type":"drm","name":"gpu"},
                 {"type":"wayland"},
                 {"type":"TCP","name":"slip","consumer":"c","target":"1.2.3.4:1","socket":"1.2.3.4:2"},
+                {"type":"tcp ","name":"space","consumer":"c","target":"1.2.3.4:1","socket":"1.2.3.4:2"},
                 {"name":"untyped","consumer":"c","target":"1.2.3.4:1","socket":"1.2.3.4:2"},
                 {"type":"","name":"empty"},
                 {"type":7,"name":"number"},
@@ -738,10 +758,17 @@ mod tests {
         assert_eq!(
             refused,
             [
-                (3, "link type 'TCP' must be written in lower case ('tcp')"),
-                (4, "missing field 'type'"),
-                (5, "field 'type' is empty"),
-                (6, "field 'type' must be a string, found a number"),
+                (
+                    3,
+                    "link type 'TCP' must be written 'tcp' (lower case, no surrounding spaces)"
+                ),
+                (
+                    4,
+                    "link type 'tcp ' must be written 'tcp' (lower case, no surrounding spaces)"
+                ),
+                (5, "missing field 'type'"),
+                (6, "field 'type' is empty"),
+                (7, "field 'type' must be a string, found a number"),
             ]
         );
         // `parse` (run) reports both, in graph order.
@@ -753,6 +780,37 @@ mod tests {
         )
         .unwrap();
         assert_eq!(all.iter().map(|r| r.index).collect::<Vec<_>>(), [0, 1]);
+    }
+
+    #[test]
+    fn graph_text_written_into_headers_holds_no_control_byte() {
+        let link = |field: &str, v: &str| {
+            let mut l = serde_json::json!({"type":"http","name":"a","consumer":"c",
+                "target":"127.0.0.1:80/a","socket":"127.0.0.1:81"});
+            l[field] = v.into();
+            one(&serde_json::to_string(&serde_json::json!([l])).unwrap())
+        };
+        let e = link("role", "any\r\nX-PV-Client: admin").unwrap_err();
+        assert_eq!(
+            e.reason,
+            "field 'role' holds a control byte (0x0d at byte 3); it is written into HTTP headers"
+        );
+        assert!(link("consumer", "app\n")
+            .unwrap_err()
+            .reason
+            .contains("'consumer'"));
+        assert!(link("consumer", "a\u{0}b")
+            .unwrap_err()
+            .reason
+            .contains("0x00"));
+        assert!(link("host", "a.example\u{7f}")
+            .unwrap_err()
+            .reason
+            .contains("'host'"));
+        assert!(link("role", "r\tx").is_err());
+        // Spaces and non-ASCII text are field content, not control bytes.
+        assert_eq!(link("role", "read only").unwrap().role, "read only");
+        assert_eq!(link("consumer", "café").unwrap().consumer, "café");
     }
 
     #[test]
