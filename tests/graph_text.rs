@@ -41,15 +41,23 @@ fn assert_no_forgery(text: &str) {
 #[test]
 fn check_escapes_graph_text_and_every_refusal_is_one_line() {
     let g = json!([
-        {"type":"tcp","name":FORGED,"consumer":"EXT\u{7}ERNAL","target":"127.0.0.1:1","socket":"10.0.0.2:80"},
+        {"type":"tcp","name":FORGED,"consumer":"EXTERNAL","target":"127.0.0.1:1","socket":"10.0.0.2:80"},
         {"type":"unix","name":"u\r\nrefused link #9 'forged': x","consumer":"c",
-         "target":"run\nrefused link #9 'forged': rel","socket":"/y.sock"}
+         "target":"run\nrefused link #9 'forged': rel","socket":"/y.sock"},
+        // A consumer is written into X-PV-Client: a control byte refuses it.
+        {"type":"tcp","name":"c\u{7}","consumer":"EXT\u{7}ERNAL","target":"127.0.0.1:2","socket":"10.0.0.2:80"}
     ]);
     let (code, text) = check(&g);
     assert_eq!(code, Some(1), "{text}");
     assert_no_forgery(&text);
     let refused: Vec<&str> = text.lines().filter(|l| l.starts_with("refused")).collect();
-    assert_eq!(refused.len(), 1, "{text}");
+    assert_eq!(refused.len(), 2, "{text}");
+    assert!(
+        refused[1].starts_with(
+            r"refused link #2 'c\x07': field 'consumer' holds a control byte (0x07 at byte 3)"
+        ),
+        "{text}"
+    );
     assert!(
         refused[0].starts_with(r"refused link #1 'u\r\nrefused link #9 'forged': x': field 'target' must be an absolute path, found 'run\nrefused link #9 'forged': rel'"),
         "{text}"
@@ -58,7 +66,6 @@ fn check_escapes_graph_text_and_every_refusal_is_one_line() {
         text.contains(r"link #0 'ok\nrefused link #9 'forged': evil\x1b[2J'"),
         "{text}"
     );
-    assert!(text.contains(r"consumer=EXT\x07ERNAL"), "{text}");
 }
 
 #[test]
@@ -89,14 +96,14 @@ fn status_and_logs_escape_graph_text() {
     let port = free_port();
     let backend = echo_server();
     let g = json!([
-        {"type":"tcp","name":FORGED,"consumer":"EXT\u{0}ERNAL","target":format!("127.0.0.1:{port}"),
+        {"type":"tcp","name":FORGED,"consumer":"EXTERNAL","target":format!("127.0.0.1:{port}"),
          "socket":backend.to_string()},
         {"type":"dbus","name":"bus\nrefused link #9 'forged': x","consumer":"c","target":"x","socket":"y"}
     ]);
     let sup = Supervisor::start(&g.to_string(), &[]);
-    // A consumer name with a NUL byte still gets its worker (the argv shows
-    // it escaped), and the link works.
-    let w = sup.worker_pid(r"consumer=EXT\0ERNAL");
+    // A link whose name would forge lines still gets its worker, and the
+    // link works.
+    let w = sup.worker_pid("consumer=EXTERNAL");
     assert!(w > 0);
     assert_eq!(
         roundtrip(format!("127.0.0.1:{port}").parse().unwrap(), b"hi").unwrap(),
@@ -118,7 +125,6 @@ fn status_and_logs_escape_graph_text() {
         text.contains(r"#1 'bus\nrefused link #9 'forged': x': unsupported link type"),
         "{text}"
     );
-    assert!(text.contains(r"EXT\0ERNAL"), "{text}");
     // JSON keeps the text as it is (serde escapes it for JSON).
     let json = sup.status();
     assert_eq!(
