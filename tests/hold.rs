@@ -614,7 +614,7 @@ fn a_held_client_that_hangs_up_is_let_go_at_once() {
     for p in pids {
         wait_worker_started(p);
     }
-    let base: Vec<usize> = pids.iter().map(|p| fds::fd_count(*p)).collect();
+    let base: Vec<usize> = pids.iter().map(|p| fds::settled_fd_count(*p)).collect();
     // Held: one fd more than before; let go: back to the count before.
     let let_go = |k: usize, address: &str, what: &str| {
         wait_held_exactly(&sup, address, 0);

@@ -198,7 +198,7 @@ fn fds_pass_both_ways_and_none_stays_in_the_worker() {
             .any(|f| f.contains("eventpoll"))
             .then_some(())
     });
-    let base = fd_count(w);
+    let base = pvx_tests::fds::settled_fd_count(w);
 
     let c = UnixStream::connect(&target).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -242,12 +242,16 @@ fn fds_pass_both_ways_and_none_stays_in_the_worker() {
     );
     drop(c);
 
-    wait_for(
-        Duration::from_secs(10),
-        "worker back to its idle fd count",
-        || (fd_count(w) == base).then_some(()),
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while fd_count(w) != base && std::time::Instant::now() < until {
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        fd_count(w),
+        base,
+        "worker back to its idle fd count; its fds now: {:?}",
+        fd_list(w)
     );
-    assert_eq!(fd_count(w), base, "worker fds now: {:?}", fd_list(w));
 }
 
 #[test]

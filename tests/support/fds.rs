@@ -111,3 +111,21 @@ pub fn fd_list(pid: u32) -> Vec<String> {
     v.sort();
     v
 }
+
+/// `pid`'s fd count once it holds still: two samples 50 ms apart agree and
+/// no fd is a file under /proc (an idle worker reads /proc/self/smaps and
+/// maps while it trims its memory; counted then, a baseline is one too
+/// high and never comes back).
+pub fn settled_fd_count(pid: u32) -> usize {
+    crate::wait_for(
+        std::time::Duration::from_secs(10),
+        "the worker's fds to settle",
+        || {
+            let before = fd_list(pid);
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let after = fd_list(pid);
+            (before == after && !after.iter().any(|f| f.contains(" -> /proc/")))
+                .then_some(after.len())
+        },
+    )
+}
