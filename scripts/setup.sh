@@ -7,7 +7,18 @@
 #                             (scripts/cross.sh, scripts/arm-smoke.sh)
 #   scripts/setup.sh --old-kernel  libseccomp's Python binding, strace, cc
 #                             (scripts/old-kernel.sh, scripts/syscalls.sh)
+# Flags combine (.ci/run passes --cross --old-kernel: one apt run).
 set -euo pipefail
+
+bench=0 cross=0 old_kernel=0
+for a in "$@"; do
+  case $a in
+    --bench) bench=1 ;;
+    --cross) cross=1 ;;
+    --old-kernel) old_kernel=1 ;;
+    *) echo "usage: scripts/setup.sh [--bench] [--cross] [--old-kernel]" >&2; exit 2 ;;
+  esac
+done
 
 need=()
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -17,7 +28,7 @@ have kill    || need+=(procps)
 have curl    || need+=(curl)
 have socat   || need+=(socat)
 have python3 || need+=(python3)
-if [ "${1:-}" = "--bench" ]; then
+if [ $bench = 1 ]; then
   have haproxy || need+=(haproxy)
   have nginx   || need+=(nginx-light)
   [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
@@ -32,7 +43,7 @@ fi
 # qemu-user for unit tests and qemu-system-arm (both ARM machines) for the
 # kernel smoke. rustup cannot fetch a target's std here; Debian ships it.
 foreign=()
-if [ "${1:-}" = "--cross" ]; then
+if [ $cross = 1 ]; then
   for a in arm64 armhf; do
     dpkg --print-foreign-architectures | grep -qx $a || foreign+=($a)
   done
@@ -51,7 +62,7 @@ if [ "${1:-}" = "--cross" ]; then
 fi
 
 # Debian's python3 (not a python3 earlier in PATH) has the binding.
-if [ "${1:-}" = "--old-kernel" ]; then
+if [ $old_kernel = 1 ]; then
   /usr/bin/python3 -c 'import seccomp' 2>/dev/null || need+=(python3-seccomp)
   have strace || need+=(strace)
   have cc || need+=(gcc libc6-dev)   # scripts/syscalls.sh builds a wrapper
