@@ -1,4 +1,4 @@
-//! pv-xconnect: the one executable (SPEC §2). Busybox style, it is the
+//! pv-xconnect: the one executable (BEHAVIOUR §2). Busybox style, it is the
 //! supervisor under any name but a worker's; the supervisor execs it again
 //! as `pvx-worker-tcp|http|unix` for each worker (supervisor/src/spawn.rs),
 //! so `ps`, `pidof` and `strace` see the worker names. Only this file knows

@@ -1,4 +1,4 @@
-//! Replicas (SPEC §3 `balance`, §4, §5; issue 12): links of one route that
+//! Replicas (BEHAVIOUR §3 `balance`, §4, §5; issue 12): links of one route that
 //! all carry the same `balance` share its connections, through the real
 //! supervisor and workers. A replica that stops is failed over to, with no
 //! failed request; it takes load again when it comes back; a replica
@@ -223,7 +223,7 @@ fn count(got: &HashMap<String, usize>, tag: &str) -> usize {
     got.get(tag).copied().unwrap_or(0)
 }
 
-/// SPEC §5: two replicas under least-conn share the load; one stops and
+/// BEHAVIOUR §5: two replicas under least-conn share the load; one stops and
 /// no connection fails (the dialer moves to the other), the other takes
 /// all; it comes back and takes load again. `status` shows the pool.
 #[test]
@@ -455,7 +455,7 @@ fn least_conn_counts_open_connections_round_robin_takes_turns() {
 }
 
 /// A replica removed by an update gets no new connections; its open
-/// connection is not cut (SPEC §4: open connections keep their backend).
+/// connection is not cut (BEHAVIOUR §4: open connections keep their backend).
 #[test]
 fn a_removed_replica_drains() {
     let a = Replica::start("A", Speaks::TaggedEcho);

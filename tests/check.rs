@@ -1,4 +1,4 @@
-//! `pv-xconnect check` for a device image's CI (SPEC §6): links of types
+//! `pv-xconnect check` for a device image's CI (BEHAVIOUR §6): links of types
 //! we do not make real are listed as skipped and leave the exit status
 //! alone, a refused link exits 1, a file that is not a graph exits 2;
 //! `--json` prints the plan for tools.

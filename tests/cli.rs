@@ -1,4 +1,4 @@
-//! The command line of the real binary (SPEC §6): every flag refuses an
+//! The command line of the real binary (BEHAVIOUR §6): every flag refuses an
 //! out-of-range or overflowing value with exit status 2 and a message that
 //! names the flag, the value and the range, never a panic; `--help` and
 //! `--version` work.

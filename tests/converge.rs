@@ -1,4 +1,4 @@
-//! The supervisor converges on its own (SPEC §4): an endpoint whose
+//! The supervisor converges on its own (BEHAVIOUR §4): an endpoint whose
 //! listener cannot be made now (port still busy, consumer namespace or
 //! address not there yet) stays pending and is retried on the backoff with
 //! no graph change or SIGHUP; `--backoff-policy` decides what happens after

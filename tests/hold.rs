@@ -566,7 +566,7 @@ fn wait_held_exactly(sup: &Supervisor, address: &str, n: u64) {
 /// half-close), or a FIN from a tcp client that never sent a byte (TCP
 /// cannot tell that close from a half-close, and there is nothing to
 /// deliver). A tcp client that half-closes after sending its bytes is
-/// kept, and served when the provider is back (SPEC §5: half-close is
+/// kept, and served when the provider is back (BEHAVIOUR §5: half-close is
 /// honoured).
 #[test]
 fn a_held_client_that_hangs_up_is_let_go_at_once() {

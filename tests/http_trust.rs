@@ -1,4 +1,4 @@
-//! pvx-worker-http against backends and clients that lie (SPEC §5, issue
+//! pvx-worker-http against backends and clients that lie (BEHAVIOUR §5, issue
 //! 8): no byte of one exchange reaches another client, no identity header
 //! is forged around the head (trailers, underscores, upgrades), and a
 //! request that is not safe to repeat never runs twice.

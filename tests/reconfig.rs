@@ -1,5 +1,5 @@
-//! Live reconfiguration (SPEC §4) and the control-socket graph source
-//! (SPEC §3), through the real supervisor and workers.
+//! Live reconfiguration (BEHAVIOUR §4) and the control-socket graph source
+//! (BEHAVIOUR §3), through the real supervisor and workers.
 
 use pvx_tests::*;
 use std::io::{ErrorKind, Read, Write};

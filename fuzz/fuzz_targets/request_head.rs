@@ -5,7 +5,7 @@
 //! was given; what we forward parses as one complete head of exactly its
 //! own length, with the same method and framing (a backend must frame the
 //! body as we do, or a request is smuggled past us), and exactly one of
-//! each identity header, with our values (SPEC §5: no forged identity).
+//! each identity header, with our values (BEHAVIOUR §5: no forged identity).
 
 #![no_main]
 

@@ -1,4 +1,4 @@
-//! Replicas (SPEC §3 `balance`, §4): which backend of a route's pool a new
+//! Replicas (BEHAVIOUR §3 `balance`, §4): which backend of a route's pool a new
 //! connection (tcp, unix) or a new exchange (http) goes to, and the next
 //! one to try when its connect fails.
 //!

@@ -58,7 +58,7 @@ const BLOB_SEALS: SealFlag = SealFlag::F_SEAL_SHRINK
     .union(SealFlag::F_SEAL_WRITE)
     .union(SealFlag::F_SEAL_SEAL);
 
-/// Timeouts and limits a worker runs with (SPEC §5 defaults).
+/// Timeouts and limits a worker runs with (BEHAVIOUR §5 defaults).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
     pub connect_timeout_ms: u64,

@@ -101,7 +101,7 @@ pub struct Link {
     pub host: Option<String>,
     pub sni: Option<String>,
     pub proxy_protocol: Option<ProxyProtocol>,
-    /// tcp and http: this link is a replica of its route (SPEC §4), its
+    /// tcp and http: this link is a replica of its route (BEHAVIOUR §4), its
     /// connections shared by this policy with the route's other links.
     pub balance: Option<Policy>,
 }
@@ -297,7 +297,7 @@ impl<'a> Fields<'a> {
     }
 }
 
-/// The extension fields (SPEC §3) and the link types they act on. On any
+/// The extension fields (BEHAVIOUR §3) and the link types they act on. On any
 /// other type a field is accepted only when it would change nothing there.
 const EXTENSIONS: &[(&str, &[LinkType])] = &[
     ("strip_prefix", &[LinkType::Http]),
@@ -823,7 +823,7 @@ mod tests {
         assert_eq!(l.name, "t");
     }
 
-    /// SPEC §3: an extension on a link type it does not act on is accepted
+    /// BEHAVIOUR §3: an extension on a link type it does not act on is accepted
     /// when its value would change nothing there, refused when it would.
     #[test]
     fn foreign_extensions_accepted_only_when_harmless() {
@@ -898,7 +898,7 @@ mod tests {
     }
 
     /// `balance` acts on tcp and http; on unix and rest only a value that
-    /// changes nothing is accepted (SPEC §3).
+    /// changes nothing is accepted (BEHAVIOUR §3).
     #[test]
     fn balance_is_read_on_tcp_and_http_and_refused_elsewhere() {
         use serde_json::json;

@@ -135,7 +135,7 @@ pub fn retry_delay(n: u32) -> Duration {
 /// hang-up or an error (nothing is read from a held client, so only the
 /// socket's state can tell). Gone: an error or both directions closed (a
 /// reset; on a unix socket, the peer's close). A FIN alone is a
-/// half-close, which SPEC §5 honours: the client's bytes still go to the
+/// half-close, which BEHAVIOUR §5 honours: the client's bytes still go to the
 /// backend and the answer back, so it stays held; except, for a byte
 /// `tunnel` (the tcp worker), a TCP client that sent nothing at all: TCP
 /// cannot tell its `close()` from `shutdown(SHUT_WR)`, and such a client

@@ -1,5 +1,5 @@
 //! The endpoint plan: validated links grouped into listening endpoints
-//! (SPEC §4). One endpoint = (consumer namespace, listen address); it gets
+//! (BEHAVIOUR §4). One endpoint = (consumer namespace, listen address); it gets
 //! one worker. The plan is what the supervisor reconciles against.
 
 use crate::balance::Policy;
@@ -91,7 +91,7 @@ pub struct Route {
     /// the JSON when None, as from a sender that knows nothing of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub balance: Option<Policy>,
-    /// The route's other links (SPEC §4 replicas: same route, same
+    /// The route's other links (BEHAVIOUR §4 replicas: same route, same
     /// `balance`), in graph order; the fields above are the first link's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replicas: Vec<Replica>,
@@ -381,7 +381,7 @@ fn balance_words(b: Option<Policy>) -> String {
 }
 
 /// Add link `l` as a replica of route `r` (the same route on the same
-/// endpoint, SPEC §4), or say why not. `members`: the (route, backend)
+/// endpoint, BEHAVIOUR §4), or say why not. `members`: the (route, backend)
 /// pairs of the endpoint's pools, so a backend named twice is found in
 /// constant time.
 fn join(
@@ -611,7 +611,7 @@ fn json_len(v: &impl Serialize) -> usize {
 /// to the links that fit it. `held(key)` names the kind and consumer of
 /// the running endpoint at `key`, if any. A link that would take a running
 /// endpoint over (another type, another consumer) is then the one refused,
-/// even if it comes first in the graph (SPEC §4: a refused link never
+/// even if it comes first in the graph (BEHAVIOUR §4: a refused link never
 /// stops a running endpoint). Among equals, graph order decides as in
 /// [`build`].
 pub fn build_preferring(

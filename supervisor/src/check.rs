@@ -1,5 +1,5 @@
 //! `pv-xconnect check [--json] FILE`: validate a graph the way `run` would
-//! and print the endpoint plan, for a device image's CI (SPEC §6).
+//! and print the endpoint plan, for a device image's CI (BEHAVIOUR §6).
 //!
 //! Exit status: 0 when every link is applied or skipped (a type we do not
 //! make real: dbus, drm, wayland, ... which every Pantavisor graph may

@@ -1,4 +1,4 @@
-//! Command line of `pv-xconnect` (clap derive, SPEC §1 and §6).
+//! Command line of `pv-xconnect` (clap derive, BEHAVIOUR §1 and §6).
 //!
 //! Every value is checked here, against a range written in its help, by a
 //! value parser that cannot panic (`cli/values.rs`); a bad one is a clap

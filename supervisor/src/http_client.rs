@@ -1,7 +1,7 @@
 //! The supervisor's one small HTTP/1.x client, for a GET on a unix
 //! socket: the graph from pv-ctrl (`source.rs`, non-blocking, inside the
 //! supervisor loop) and the answer of the status socket (`status_cli.rs`,
-//! blocking with a timeout). The head is parsed by httparse (SPEC §1); the
+//! blocking with a timeout). The head is parsed by httparse (BEHAVIOUR §1); the
 //! body ends at its Content-Length, or at EOF without one (HTTP/1.0);
 //! head and body are bounded, so a runaway peer cannot fill our memory.
 

@@ -1,4 +1,4 @@
-//! Where the graph comes from (SPEC §3):
+//! Where the graph comes from (BEHAVIOUR §3):
 //!
 //! - `--ctrl-socket PATH` (the default, `/run/pantavisor/pv/pv-ctrl`):
 //!   `GET /xconnect-graph` over HTTP/1.0 on Pantavisor's control socket,

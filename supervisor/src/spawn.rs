@@ -3,7 +3,7 @@
 //! shows as `pvx-worker-tcp 0.0.0.0:8080 consumer=EXTERNAL`, then the Init
 //! message with the listening socket attached.
 //!
-//! A worker is this same executable (SPEC §2), exec'd under the worker's
+//! A worker is this same executable (BEHAVIOUR §2), exec'd under the worker's
 //! name (`pvx-worker-tcp`), which picks the worker's code (the binary
 //! target's dispatch on argv[0]). The supervisor opens its own executable
 //! once (`O_PATH`, from `/proc/self/exe`) at start and execs every worker

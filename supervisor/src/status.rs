@@ -1,4 +1,4 @@
-//! What `GET /status` reports (SPEC §6): a snapshot of the supervisor's own
+//! What `GET /status` reports (BEHAVIOUR §6): a snapshot of the supervisor's own
 //! bookkeeping, built on request from what it already holds. Counters are
 //! the ones workers pushed over their control sockets (at most every
 //! 500 ms); building a snapshot never talks to a worker, so a slow or

@@ -1,6 +1,6 @@
 //! Which field names a client may not send through us, in a head or in
 //! chunked trailers: the identity fields the worker sets (providers trust
-//! them because the connection comes from us, SPEC §5), the ones that
+//! them because the connection comes from us, BEHAVIOUR §5), the ones that
 //! frame or route a message, and the hop-by-hop ones.
 //!
 //! Names compare case-insensitively with `_` read as `-`: CGI, PHP, WSGI

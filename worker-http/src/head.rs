@@ -2,7 +2,7 @@
 //! persistence, and write the head that goes on the wire.
 //!
 //! Pure functions over byte slices, so they are unit-tested here and easy
-//! to fuzz. Requests are validated strictly (SPEC §5): anything a backend
+//! to fuzz. Requests are validated strictly (BEHAVIOUR §5): anything a backend
 //! could frame differently from us is refused before it is forwarded.
 
 use crate::fields::{is_identity, HOP_BY_HOP};

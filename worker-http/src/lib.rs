@@ -20,7 +20,7 @@ pub mod route;
 pub mod tunnel;
 
 /// The worker's process: serves one http or rest endpoint and all the
-/// http links (routes) on it (docs/HTTP.md). Runs as `pvx-worker-http
+/// http links (routes) on it (README, "HTTP ingress"). Runs as `pvx-worker-http
 /// 0.0.0.0:80 consumer=EXTERNAL`, started by the supervisor only (fd 3 =
 /// control socket; argv is just for `ps`). The loop is proto's
 /// (`proto::event_loop`); `conns.rs` plugs this worker's connections in.

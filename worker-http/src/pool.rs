@@ -13,7 +13,7 @@
 //! just as a request goes out) is covered by the connection's one retry of
 //! a request safe to repeat.
 //!
-//! No byte of one exchange may reach another client (SPEC §5), and
+//! No byte of one exchange may reach another client (BEHAVIOUR §5), and
 //! readiness flags cannot prove a socket empty (an exact-length splice
 //! leaves `readable` set with bytes behind, or clear with bytes arriving):
 //! so a connection is handed out only when a non-blocking `MSG_PEEK` finds

@@ -1,7 +1,7 @@
 //! The routing table: which link (route) serves a request, chosen by its
 //! `Host` and path, and the path the backend sees.
 //!
-//! Rules (SPEC §3, issue 3):
+//! Rules (BEHAVIOUR §3, issue 3):
 //! - A prefix matches on path-segment boundaries: `/api` matches `/api`,
 //!   `/api/` and `/api/x`, never `/apix`. The prefix `/` matches every path.
 //! - A route with a `host` matches only requests whose `Host` equals it,

@@ -1,4 +1,4 @@
-//! The reconcile (SPEC §4): the plan of a new graph against the running
+//! The reconcile (BEHAVIOUR §4): the plan of a new graph against the running
 //! endpoints, touching only what changed (docs/ARCHITECTURE.md has the
 //! flow). Endpoints that could not be made are tried again on the
 //! backoff (`pending.rs` keeps their record).
@@ -15,7 +15,7 @@ use std::time::Instant;
 
 impl Daemon {
     /// Reconcile the running endpoints with the graph, touching only what
-    /// changed (SPEC §4; docs/ARCHITECTURE.md has the flow):
+    /// changed (BEHAVIOUR §4; docs/ARCHITECTURE.md has the flow):
     ///
     /// - same endpoint, other routes or providers: Update to the live worker;
     /// - endpoint gone: its worker drains, its listener closes;
