@@ -39,6 +39,7 @@
 #                             max-held-1  never --max-held 1
 #                             gone, stall, blackhole  no such backend state
 #                             health      health checks always off
+#                             proxy-rst   no client resets on the proxy_protocol link
 #                             kills, reloads
 #   PVX_CHAOS_KEEP_GOING=1  run every round even after one failed (exit 1 at
 #                           the end if any did)

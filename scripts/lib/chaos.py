@@ -85,6 +85,7 @@ SKIPS = {
     "kills": "no worker kills",
     "reloads": "no reloads",
     "health": "never turn health checks on",
+    "proxy-rst": "no client resets on the proxy_protocol link",
 }
 
 
@@ -382,6 +383,100 @@ class Flaky:
                 return
 
 
+V2_SIG = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+def proxy_source(head):
+    """(the source address a PROXY v1 or v2 header names or None, the
+    header's length, or None while incomplete). 'local' and 'unknown' for
+    headers that name no client."""
+    if head.startswith(V2_SIG[: len(head)]) and len(head) < 16:
+        return None, None
+    if head.startswith(V2_SIG):
+        n = 16 + int.from_bytes(head[14:16], "big")
+        if len(head) < n:
+            return None, None
+        if head[12] & 0x0F == 0:
+            return "local", n
+        if head[13] == 0x11:
+            return socket.inet_ntoa(head[16:20]), n
+        if head[13] == 0x21:
+            return socket.inet_ntop(socket.AF_INET6, head[16:32]), n
+        return "unknown", n
+    i = head.find(b"\r\n")
+    if i < 0:
+        return (None, None) if len(head) < 108 else ("garbage", len(head))
+    parts = head[:i].split(b" ")
+    if len(parts) >= 3 and parts[0] == b"PROXY" and parts[1] in (b"TCP4", b"TCP6"):
+        return parts[2].decode(), i + 2
+    return "unknown", i + 2
+
+
+class ProxyEcho:
+    """A tcp echo behind a link with proxy_protocol v1 or v2: each
+    connection that carries data must come with a header naming its client
+    (127.0.0.1), also when the client reset (issue 18 item 2). A connection
+    with no data (a health check) is only counted."""
+
+    def __init__(self):
+        self.port = int(sl_port())
+        self.ls = socket.socket()
+        self.ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.ls.bind(("127.0.0.1", self.port))
+        self.ls.listen(256)
+        self.lock = threading.Lock()
+        self.seen = {}  # source -> connections with data
+        self.empty = 0  # connections without data (checks)
+        self.bad = []  # (t, source, first bytes)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.ls.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        c.settimeout(60)
+        buf, src, n = b"", None, None
+        try:
+            while src is None:
+                b = c.recv(65536)
+                if not b:
+                    break
+                buf += b
+                src, n = proxy_source(buf)
+            rest = buf[n:] if n else b""
+            while not rest:
+                b = c.recv(65536) if src else b""
+                if not b:
+                    break
+                rest = b
+            with self.lock:
+                if not rest:
+                    self.empty += 1
+                else:
+                    self.seen[src] = self.seen.get(src, 0) + 1
+                    if src != "127.0.0.1":
+                        self.bad.append((now(), src, (buf[:n] if n else buf[:60]) + rest[:8] + b"..."))
+            while rest:
+                c.sendall(rest)
+                rest = c.recv(65536)
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+    def close(self):
+        try:
+            self.ls.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.ls.close()
+
+
 def sl_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -450,8 +545,11 @@ class Probe:
 
 
 class Round(sl.Soak):
-    def __init__(self, a, flags, mode, fl_http, fl_tcp, addrs, skip):
+    def __init__(self, a, flags, mode, fl_http, fl_tcp, addrs, skip, pxy):
         super().__init__(a)
+        self.pxy = pxy
+        self.pxy_ep = sl.Endpoint("proxy", "tcp", addrs["proxy"])
+        self.pxy_judged = 0
         self.flags, self.mode, self.skip = flags, mode, skip
         self.fl_http, self.fl_tcp = fl_http, fl_tcp
         self.ftcp = sl.Endpoint("flaky-tcp", "tcp", addrs["flaky_tcp"])
@@ -466,6 +564,7 @@ class Round(sl.Soak):
         self.idle_cpu = {}  # role -> max share measured while idle
         self.peak = {}  # role -> [rss, fds]
         self.judged = 0
+        self.proxy_counts = {"echoed": 0, "reset": 0, "wrong echo": 0, "error": 0}
         self.want_shape = addrs["want"]
 
     # ---- connections: gated, counted
@@ -496,6 +595,14 @@ class Round(sl.Soak):
 
     # ---- violations
 
+    def cpu_of(self, addr):
+        """' (its worker, pid P: N % CPU over the last S s)', or ''."""
+        for role, h in self.cpu_hist.items():
+            if role.split(" ", 1)[1] == addr and len(h) >= 2 and h[0][1] == h[-1][1]:
+                share = (h[-1][2] - h[0][2]) / HZ / max(0.5, h[-1][0] - h[0][0])
+                return f" (its worker, pid {h[-1][1]}: {share * 100:.0f} % CPU over the last {h[-1][0] - h[0][0]:.0f} s)"
+        return ""
+
     def violate(self, invariant, who, detail):
         with self.lock:
             self.violations.append((now() - self.t_start, invariant, who, detail))
@@ -505,7 +612,7 @@ class Round(sl.Soak):
 
     def run_probes(self, seed, until):
         rnd = random.Random(seed)
-        kinds = ["flaky-http", "flaky-http", "flaky-tcp", "flaky-tcp", "slow-head", "idle-new", "idle-keepalive"]
+        kinds = ["flaky-http", "flaky-http", "flaky-tcp", "flaky-tcp", "slow-head", "idle-new", "idle-keepalive", "proxy"]
         if self.flags["tcp-idle-timeout"]:
             kinds.append("tcp-idle")
         while not self.stop.is_set() and now() < until:
@@ -533,7 +640,7 @@ class Round(sl.Soak):
         p.outcome = outcome
         over = p.over(self, p.t_end)
         if over is not None and over > 0 and not p.reported:
-            self.violate("deadline", f"{p.kind} probe on {p.addr}", self.probe_text(p, p.t_end))
+            self.violate("deadline", f"{p.kind} probe on {p.addr}", self.probe_text(p, p.t_end) + self.cpu_of(p.addr))
 
     def probe_text(self, p, t):
         segs = p.flaky.segments(p.t0, t) if p.flaky else []
@@ -648,6 +755,26 @@ class Round(sl.Soak):
             out = type(e).__name__
         self.finish(c, p, out)
 
+    def probe_proxy(self, rnd):
+        """Through the proxy_protocol link: an echo, or bytes then a reset
+        (SO_LINGER 0) at once or a moment later."""
+        for _ in range(rnd.randint(1, 20)):
+            c = self.conn(self.pxy_ep)
+            data = rnd.randbytes(rnd.randint(1, 300))
+            try:
+                c.send(data)
+                if "proxy-rst" not in self.skip and rnd.random() < 0.8:
+                    if rnd.random() < 0.5:
+                        time.sleep(rnd.uniform(0, 0.01))
+                    c.rst()
+                    self.proxy_counts["reset"] += 1
+                    continue
+                got = c.exact(len(data))
+                self.proxy_counts["echoed" if got == data else "wrong echo"] += 1
+            except (OSError, sl.Fail):
+                self.proxy_counts["error"] += 1
+            c.close()
+
     def probe_tcp_idle(self, rnd):
         c, p = self.start_probe("tcp-idle", self.tcp)
         try:
@@ -670,11 +797,11 @@ class Round(sl.Soak):
         fl.set("up")
 
     def run_idle_phases(self, seed, until):
-        """Every 8-20 s, one endpoint gets no new connection for
+        """Every 5-12 s, one endpoint gets no new connection for
         CPU_WINDOW + CPU_MARGIN + 3 s: its worker must idle."""
         rnd = random.Random(seed)
         eps = (self.tcp, self.http, self.unix, self.ftcp)
-        while not self.stop.wait(rnd.uniform(8, 20)) and now() < until:
+        while not self.stop.wait(rnd.uniform(5, 12)) and now() < until:
             ep = rnd.choice(eps)
             with self.gate:
                 self.paused.add(ep.address)
@@ -716,13 +843,19 @@ class Round(sl.Soak):
                 self.violate("idle-cpu", f"{role} pid {pid}",
                              f"{share * 100:.0f} % CPU over {t - t1:.1f} s with no client connection for "
                              f"{t - self.quiet_since(addr):.1f} s")
+        with self.pxy.lock:
+            bad = self.pxy.bad[self.pxy_judged:]
+            self.pxy_judged += len(bad)
+        for t_bad, src, first in bad[:1]:
+            self.violate("proxy-header", f"tcp {self.pxy_ep.address} (proxy_protocol {self.proxy_version})",
+                         f"the backend got a client's bytes under a header naming {src!r}, not 127.0.0.1: {first!r}")
         with self.lock:
             probes = [p for p in self.probes if p.t_end is None and not p.reported]
             fails = self.failures[self.judged:]
         for p in probes:
             over = p.over(self, t)
             if over is not None and over > 0:
-                self.violate("deadline", f"{p.kind} probe on {p.addr}", self.probe_text(p, t) + ", still open")
+                self.violate("deadline", f"{p.kind} probe on {p.addr}", self.probe_text(p, t) + ", still open" + self.cpu_of(p.addr))
                 p.reported = True
         # A well-behaved failure no kill explains (kills are recorded
         # tens of ms after they happen: judge failures 5 s old).
@@ -784,6 +917,12 @@ class Round(sl.Soak):
             th.join(sl.OP_TIMEOUT + 5)
         for fl in plans:
             fl.set("up")
+        # Quiet: no client at all, so every worker is measured idle once.
+        t_q = now() + CPU_WINDOW + CPU_MARGIN + 1.5
+        while now() < t_q and not self.violations:
+            time.sleep(1)
+            self.sample()
+            self.check()
         t_stop = now()
         cur, bad = {}, []
         if not self.violations:
@@ -845,6 +984,8 @@ class Round(sl.Soak):
             for k, v in sorted(kinds.items())))
         print("  flaky backends: " + "; ".join(
             f"{fl.kind} " + ">".join(st for _, st in plan[:-1]) + f" (served {fl.served})" for fl, plan in self.plans.items()))
+        print(f"  proxy_protocol {self.proxy_version}: clients {self.proxy_counts}; backend saw sources {self.pxy.seen}, "
+              f"{self.pxy.empty} connections without data (health checks)")
         print(f"  kills {len(self.kills)}, reloads {self.reloads} ({self.switches} switched the graph), idle phases {self.idle_phases}")
         for role in sorted(self.peak):
             base = self.base.get(role)
@@ -963,10 +1104,11 @@ def main():
 def one_round(a, r, rseed, flags, mode, per, skip):
     w = os.path.join(a.work, f"round{r}")
     os.makedirs(w)
-    ports = {k: sl_port() for k in ("tcp", "http", "tcp2", "ftcp", "itcp", "ihttp")}
-    fl_http, fl_tcp = Flaky("http"), Flaky("tcp")
+    ports = {k: sl_port() for k in ("tcp", "http", "tcp2", "ftcp", "itcp", "ihttp", "proxy")}
+    fl_http, fl_tcp, pxy = Flaky("http"), Flaky("tcp"), ProxyEcho()
+    pv = random.Random(rseed).choice(("v1", "v2"))
     lo = "127.0.0.1"
-    addrs = {"flaky_tcp": f"{lo}:{ports['ftcp']}", "idle_tcp": f"{lo}:{ports['itcp']}", "idle_http": f"{lo}:{ports['ihttp']}"}
+    addrs = {"proxy": f"{lo}:{ports['proxy']}", "flaky_tcp": f"{lo}:{ports['ftcp']}", "idle_tcp": f"{lo}:{ports['itcp']}", "idle_http": f"{lo}:{ports['ihttp']}"}
     unix = os.path.join(w, "link.sock")
     ga = [
         link("tcp", "echo", f"{lo}:{ports['tcp']}", f"{lo}:{a.be_tcp}"),
@@ -977,33 +1119,35 @@ def one_round(a, r, rseed, flags, mode, per, skip):
         link("tcp", "flaky", addrs["flaky_tcp"], f"{lo}:{fl_tcp.port}"),
         link("tcp", "idle", addrs["idle_tcp"], f"{lo}:{a.be_tcp}"),
         link("http", "idle-f", f"{addrs['idle_http']}/f", f"{lo}:{fl_http.port}"),
+        dict(link("tcp", "proxy", addrs["proxy"], f"{lo}:{pxy.port}"), proxy_protocol=pv),
     ]
     gb = ga + [
         link("http", "web-c", f"{lo}:{ports['http']}/c", f"{lo}:{a.be_http[1]}"),
         link("tcp", "echo-2", f"{lo}:{ports['tcp2']}", f"{lo}:{a.be_tcp}"),
     ]
-    addrs["want"] = {"A": (6, 3), "B": (7, 4)}
+    addrs["want"] = {"A": (7, 3), "B": (8, 4)}
     g, gA, gB = (os.path.join(w, n) for n in ("graph.json", "graph-a.json", "graph-b.json"))
     write_json(gA, ga)
     write_json(gB, gb)
     write_json(g, ga)
     st = os.path.join(w, "status.sock")
-    print(f"\nround {r}: {per:.0f} s, seed {rseed}; flags: {flag_text(flags, mode)}", flush=True)
+    print(f"\nround {r}: {per:.0f} s, seed {rseed}; proxy_protocol {pv}; flags: {flag_text(flags, mode)}", flush=True)
     log = open(os.path.join(w, "pv-xconnect.log"), "w")
     sup = subprocess.Popen([a.bin, "run", "--graph", g, "--status-socket", st, "--log-target", "stderr"] + flag_args(flags),
                            stdout=subprocess.DEVNULL, stderr=log)
     rd = None
     try:
-        if not wait_up(a.bin, st, 6, sup):
+        if not wait_up(a.bin, st, 7, sup):
             log.flush()
             with open(log.name) as f:
                 tail = f.read()[-3000:]
-            return False, [(0, "setup", "supervisor", f"6 running workers did not show in status; its log:\n{tail}")]
+            return False, [(0, "setup", "supervisor", f"7 running workers did not show in status; its log:\n{tail}")]
         ns = argparse.Namespace(
             seed=rseed, status_socket=st, sup_pid=sup.pid, graph=g, graph_a=gA, graph_b=gB,
             tcp=f"{lo}:{ports['tcp']}", http=f"{lo}:{ports['http']}", unix=unix,
             seconds=max(20, per - 12), settle=a.settle, csv=os.path.join(w, "samples.csv"), flood=a.flood)
-        rd = Round(ns, flags, mode, fl_http, fl_tcp, addrs, skip)
+        rd = Round(ns, flags, mode, fl_http, fl_tcp, addrs, skip, pxy)
+        rd.proxy_version = pv
         ok = rd.run()
         rc = stop_supervisor(sup)
         sup = None
@@ -1019,6 +1163,7 @@ def one_round(a, r, rseed, flags, mode, per, skip):
             stop_supervisor(sup)
         fl_http.close()
         fl_tcp.close()
+        pxy.close()
         if rd is not None:
             rd.csv.close()
         log.close()
