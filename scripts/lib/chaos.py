@@ -978,6 +978,9 @@ class Round(sl.Soak):
             if b:
                 k[1] = max(k[1], (p.t_end - p.t_ref) / b)
             o = p.outcome.split(" (")[0]
+            name = {self.http.address: "http", self.tcp.address: "tcp"}.get(p.addr)
+            if name and self.killed(name, p.t0, p.t_end):
+                o += " [worker killed]"
             k[2][o] = k[2].get(o, 0) + 1
         print("  probes: " + "; ".join(
             f"{k} {v[0]} (max {v[1] * 100:.0f} % of bound; " + ", ".join(f"{o} {n}" for o, n in sorted(v[2].items())) + ")"
