@@ -1040,3 +1040,19 @@ fn soak_accounting_classifies_errors_after_the_kills() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("Ran 3 tests"), "{text}");
 }
+
+/// The chaos script's pure parts (scripts/lib/test_chaos.py): every drawn
+/// flag is inside its documented range, a seed draws the same flags and
+/// schedules again, PVX_CHAOS_SKIP leaves things out, the deadline bounds
+/// and the PROXY header reader.
+#[test]
+fn chaos_draws_and_bounds() {
+    let out = Command::new("python3")
+        .args(["-B", "-m", "unittest", "-v"])
+        .arg(pvx_tests::lab::script("lib/test_chaos.py"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("Ran 10 tests"), "{text}");
+}

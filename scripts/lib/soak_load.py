@@ -333,6 +333,10 @@ class Soak:
                 return i
         return None
 
+    def conn(self, ep):
+        """Every client connection is made here (chaos.py tracks them)."""
+        return Conn(ep)
+
     # ---- well-behaved clients
 
     def run_well(self, kind, seed):
@@ -356,7 +360,7 @@ class Soak:
 
     def echo(self, ep, rnd):
         kind = ep.kind
-        c = Conn(ep)
+        c = self.conn(ep)
         try:
             for _ in range(rnd.randint(1, 4)):
                 p = rnd.randbytes(rnd.randint(1, 32 * 1024))
@@ -382,7 +386,7 @@ class Soak:
             raise Fail(f"GET body of {len(body)} bytes (wanted {n}) differs")
 
     def get(self, rnd):
-        c = Conn(self.http)
+        c = self.conn(self.http)
         try:
             k = rnd.randint(2, 10)
             for i in range(k):
@@ -403,7 +407,7 @@ class Soak:
             c.close()
 
     def pipelined(self, rnd):
-        c = Conn(self.http)
+        c = self.conn(self.http)
         try:
             reqs = []
             for _ in range(rnd.randint(2, 8)):
@@ -422,7 +426,7 @@ class Soak:
             c.close()
 
     def chunked(self, rnd):
-        c = Conn(self.http)
+        c = self.conn(self.http)
         try:
             for _ in range(rnd.randint(1, 3)):
                 body = rnd.randbytes(rnd.randint(0, 256 * 1024))
@@ -446,7 +450,7 @@ class Soak:
             c.close()
 
     def websocket(self, rnd):
-        c = Conn(self.http)
+        c = self.conn(self.http)
         try:
             key = base64.b64encode(rnd.randbytes(16)).decode()
             c.send(
@@ -491,7 +495,7 @@ class Soak:
             self.stop.wait(rnd.uniform(0.1, 2))
 
     def slowloris(self, rnd):
-        c = Conn(self.http)
+        c = self.conn(self.http)
         try:
             c.send(b"GET /a/data?n=5&id=slow HTTP/1.1\r\nHost: soak\r\nX-Slow: ")
             secs = rnd.randint(3, 40)
@@ -529,7 +533,7 @@ class Soak:
         conns, t0 = [], now()
         try:
             for _ in range(self.a.flood):
-                c = Conn(ep)
+                c = self.conn(ep)
                 conns.append(c)
                 c.send(b"G")
             self.stop.wait(rnd.uniform(1, 3))
@@ -557,7 +561,7 @@ class Soak:
 
     def half_close(self, rnd, t_conn):
         ep = rnd.choice((self.http, self.http, self.tcp, self.unix))
-        c = Conn(ep)
+        c = self.conn(ep)
         try:
             if ep.kind == "http":
                 c.send(b"GET /b/data?n=100&id=half HTTP/1.1\r\nHost: so")
@@ -571,7 +575,7 @@ class Soak:
 
     def rst(self, rnd, t_conn):
         ep = rnd.choice((self.http, self.http, self.tcp, self.unix))
-        c = Conn(ep)
+        c = self.conn(ep)
         if ep.kind == "http":
             n = rnd.randint(10_000, 500_000)
             c.send(
@@ -586,7 +590,7 @@ class Soak:
         self.bad_done("rst", ep.kind)
 
     def oversized(self, rnd, t_conn):
-        c = Conn(self.http)
+        c = self.conn(self.http)
         try:
             if rnd.random() < 0.5:
                 head = "GET /a/data?n=1&id=big HTTP/1.1\r\nHost: soak\r\nX-Big: " + "b" * 20_000 + "\r\n\r\n"
@@ -611,7 +615,7 @@ class Soak:
 
     def abrupt(self, rnd, t_conn):
         ep = rnd.choice((self.http, self.tcp, self.unix))
-        c = Conn(ep)
+        c = self.conn(ep)
         if rnd.random() < 0.5 and ep.kind == "http":
             c.send(b"POST /a/upload HTTP/1.1\r\nHost: soak\r\nContent-Le")
         elif rnd.random() < 0.5:
@@ -685,10 +689,15 @@ class Soak:
             self.switches += 1
             self.reload("A")
 
+    def want(self, variant):
+        """(endpoints, routes of the http endpoint) that `status` shows once
+        graph `variant` is applied."""
+        return (3, 2) if variant == "A" else (4, 3)
+
     def reload(self, variant):
         os.kill(self.a.sup_pid, signal.SIGHUP)
         self.reloads += 1
-        want_eps, want_routes = (3, 2) if variant == "A" else (4, 3)
+        want_eps, want_routes = self.want(variant)
         deadline = now() + 15
         while now() < deadline:
             try:
