@@ -322,7 +322,14 @@ struct Probe {
     next: Instant,
     /// A check under way: its socket and deadline.
     inflight: Option<(Stream, Instant)>,
+    /// A unix connect of this check found the listen queue full then: it
+    /// is tried again every [`BUSY_RETRY`] until the check's timeout
+    /// (`backend::is_busy`).
+    busy_since: Option<Instant>,
 }
+
+/// How soon a check that found a unix backend busy tries again.
+const BUSY_RETRY: Duration = Duration::from_millis(50);
 
 /// The checks of one worker.
 pub struct Checker {
@@ -370,6 +377,7 @@ impl Checker {
                     proxy: c.proxy,
                     next: next.min(now + self.interval),
                     inflight: None,
+                    busy_since: None,
                 }
             })
             .collect();
@@ -470,10 +478,26 @@ impl Checker {
                 }
                 Err(e) => Err(e),
             },
-            // A unix listener whose backlog is full is there, and busy.
-            Err(e) if e.raw_os_error() == Some(nix::libc::EAGAIN) => Ok(()),
+            // A unix listener whose queue is full is there, and busy: tried
+            // again shortly until the check's timeout, as a real
+            // connection is until its connect timeout; busy all along, it
+            // fails, as a tcp connect to a full accept queue does at its
+            // timeout (`backend::is_busy`).
+            Err(e) if crate::backend::is_busy(&e) => {
+                let since = *p.busy_since.get_or_insert(now);
+                let until = since + self.timeout;
+                if now < until {
+                    p.next = (now + BUSY_RETRY).min(until);
+                    return;
+                }
+                Err(io::Error::other(format!(
+                    "listen queue full (busy) for {} ms",
+                    self.timeout.as_millis()
+                )))
+            }
             Err(e) => Err(e),
         };
+        p.busy_since = None;
         let b = p.backend.clone();
         match outcome {
             Ok(()) => observe(&b, Ok(()), true),
@@ -637,6 +661,69 @@ mod tests {
         }
         std::thread::sleep(Duration::from_millis(50));
         (keep, addr)
+    }
+
+    /// A unix listener whose queue is full (EAGAIN): busy, not down at
+    /// once; tried again within the check's timeout, a failure if still
+    /// busy at its end, up again once there is room.
+    #[test]
+    fn a_busy_unix_backend_fails_a_check_only_when_busy_for_its_timeout() {
+        use nix::sys::socket::*;
+        let path = std::env::temp_dir().join(format!("pvx-busy-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let l = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        let addr = UnixAddr::new(&path).unwrap();
+        bind(l.as_raw_fd(), &addr).unwrap();
+        listen(&l, Backlog::new(0).unwrap()).unwrap();
+        let mut queued = Vec::new();
+        loop {
+            let s = socket(
+                AddressFamily::Unix,
+                SockType::Stream,
+                SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+                None,
+            )
+            .unwrap();
+            match connect(s.as_raw_fd(), &addr) {
+                Ok(()) => queued.push(s),
+                Err(nix::errno::Errno::EAGAIN) => break,
+                Err(e) => panic!("connect: {e}"),
+            }
+        }
+        let b = Backend::Unix(path.clone());
+        let lim = limits();
+        let now = Instant::now();
+        let mut c = Checker::new(&lim, &[Checked::from(b.clone())], now)
+            .unwrap()
+            .unwrap();
+        c.on_time(now);
+        assert_eq!(report()[0].checks, 0, "busy: tried again, not counted");
+        assert_eq!(c.next_wake(), Some(now + BUSY_RETRY));
+        c.on_time(now + Duration::from_millis(250));
+        assert_eq!(report()[0].checks, 0, "still within the timeout");
+        c.on_time(now + Duration::from_millis(500));
+        let r = report();
+        assert_eq!((r[0].checks, r[0].failures), (1, 1), "{r:?}");
+        assert!(r[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("listen queue full")));
+        // Room again (the queue taken): the next check connects.
+        drop(queued);
+        let ours = std::os::unix::net::UnixListener::from(l);
+        ours.set_nonblocking(true).unwrap();
+        while ours.accept().is_ok() {}
+        c.on_time(now + Duration::from_millis(1_500));
+        let r = report();
+        assert_eq!((r[0].checks, r[0].fails_in_row), (2, 0), "{r:?}");
+        track(&[], &lim);
+        let _ = std::fs::remove_file(&path);
     }
 
     /// A real listener, then none: the checker sees it up, then down after
