@@ -194,13 +194,18 @@ impl Sockets {
             }
             Step::Connected => {
                 self.lease = dial.take_lease();
-                // A client whose reset (or, on a unix socket, close) was
-                // reported before its backend connected is gone: nothing of
-                // it is forwarded (its bytes go with it), and the backend
-                // connection closes unused. Asked only when an event said
-                // so (no syscall on the common path). A FIN alone is a
-                // half-close, honoured as everywhere (`hold::client_gone`).
-                if self.troubled[0] && crate::hold::client_gone(&self.client, false) {
+                // A tcp client whose reset was reported before its backend
+                // connected is gone: nothing of it is forwarded (its bytes
+                // go with it), and the backend connection closes unused.
+                // Asked only when an event said so (no syscall on the
+                // common path). A FIN alone is a half-close, honoured as
+                // everywhere (`hold::client_gone`). A unix client has no
+                // reset: its close after writing is its normal end (a
+                // message sent, then gone), so its bytes still go.
+                if self.troubled[0]
+                    && matches!(self.client, Stream::Tcp(_))
+                    && crate::hold::client_gone(&self.client, false)
+                {
                     crate::debug!(
                         "client{} gone before backend {} connected; closing without forwarding",
                         Who(client),
