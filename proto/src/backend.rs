@@ -128,6 +128,24 @@ pub fn is_retryable(e: &io::Error) -> bool {
     )
 }
 
+/// A unix listener whose accept queue is full: a non-blocking connect says
+/// EAGAIN. The provider is there, and busy: the same as a tcp backend
+/// whose full accept queue drops our SYN, which the kernel sends again
+/// until the connect times out. So it is treated the same: tried again
+/// (every [`busy_delay`]) until the connect timeout, not only within the
+/// short retry budget of a refused connect, and a failure (for the health
+/// checks too) only when still busy then; a check does the same within its
+/// own timeout (`health.rs`), so checks and real connections agree.
+pub fn is_busy(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(nix::libc::EAGAIN)
+}
+
+/// Delay before busy retry number `n` (1-based): 25, 50, 100, then every
+/// 200 ms: soon enough to take room as it frees, few enough syscalls.
+pub fn busy_delay(n: u32) -> Duration {
+    Duration::from_millis((25u64 << n.saturating_sub(1).min(3)).min(200))
+}
+
 /// Errors that mean "the provider is not there now" (restarting, its
 /// address not back yet): a connection is held for these.
 pub fn is_absent(e: &io::Error) -> bool {
@@ -294,6 +312,19 @@ impl Dialer {
                 return Dial::Wait;
             }
         } else {
+            if is_busy(e) {
+                if self.attempt == 1 {
+                    crate::debug!(
+                        "backend {} busy (listen queue full): trying again until the connect timeout",
+                        self.target
+                    );
+                }
+                // At the connect timeout, `step` ends it as a connect that
+                // timed out: one failure for the health checks then.
+                let at = Tick::from(now + busy_delay(self.attempt));
+                self.retry_at = Some(at.min(self.give_up_at));
+                return Dial::Wait;
+            }
             if is_retryable(e) {
                 if let Some(d) = retry_delay(self.attempt, limits.connect_retry_ms) {
                     if Tick::from(now + d) < self.give_up_at {
@@ -548,8 +579,12 @@ impl Dialer {
         let Some(next) = self.choice.as_mut().and_then(|c| c.fail_over()) else {
             return false;
         };
-        // One failure of that replica for the health checks.
-        crate::health::observe_failure(&self.target, e, false);
+        // One failure of that replica for the health checks; one that is
+        // busy is only passed over, as a check counts it only when busy
+        // for its whole timeout (`is_busy`).
+        if !is_busy(e) {
+            crate::health::observe_failure(&self.target, e, false);
+        }
         crate::debug!(
             "backend {} failed ({e}); trying replica {next}",
             self.target
@@ -620,6 +655,16 @@ impl Drop for Dialer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn busy_retries_back_off_to_200_ms() {
+        let d: Vec<u64> = (1..7).map(|n| busy_delay(n).as_millis() as u64).collect();
+        assert_eq!(d, vec![25, 50, 100, 200, 200, 200]);
+        assert!(is_busy(&io::Error::from_raw_os_error(nix::libc::EAGAIN)));
+        assert!(!is_busy(&io::Error::from_raw_os_error(
+            nix::libc::ECONNREFUSED
+        )));
+    }
 
     #[test]
     fn retry_is_bounded() {

@@ -14,7 +14,7 @@ use crate::duplex::{Direction, Duplex, Flow, ShortRead};
 use crate::event_loop::{Cx, Handler};
 use crate::relay::Ready;
 use crate::slab::Slab;
-use crate::stream::Stream;
+use crate::stream::{Peer, Stream, Who};
 use crate::tick::Tick;
 use mio::event::Event;
 use mio::{Interest, Token};
@@ -151,12 +151,21 @@ impl Sockets {
     }
 
     /// Drive the backend connect one step (see [`Dialer::step`]).
-    pub fn dial(&mut self, dial: &mut Dialer, now: Instant, limits: &Limits) -> Dialing {
+    /// `client`: its address from `accept4`, for log lines (None: a unix
+    /// client).
+    pub fn dial(
+        &mut self,
+        dial: &mut Dialer,
+        now: Instant,
+        limits: &Limits,
+        client: Option<Peer>,
+    ) -> Dialing {
         // A held client reported a hang-up, an error or a FIN: if it has
         // gone, its slot and fd are freed now, not at the hold's end.
         if self.troubled[0] && dial.is_held() && crate::hold::client_gone(&self.client, true) {
             crate::debug!(
-                "client gone while held for backend {}; closing",
+                "client{} gone while held for backend {}; closing",
+                Who(client),
                 dial.target
             );
             return Dialing::Next(Next::Close { error: false });
@@ -185,6 +194,25 @@ impl Sockets {
             }
             Step::Connected => {
                 self.lease = dial.take_lease();
+                // A tcp client whose reset was reported before its backend
+                // connected is gone: nothing of it is forwarded (its bytes
+                // go with it), and the backend connection closes unused.
+                // Asked only when an event said so (no syscall on the
+                // common path). A FIN alone is a half-close, honoured as
+                // everywhere (`hold::client_gone`). A unix client has no
+                // reset: its close after writing is its normal end (a
+                // message sent, then gone), so its bytes still go.
+                if self.troubled[0]
+                    && matches!(self.client, Stream::Tcp(_))
+                    && crate::hold::client_gone(&self.client, false)
+                {
+                    crate::debug!(
+                        "client{} gone before backend {} connected; closing without forwarding",
+                        Who(client),
+                        dial.target
+                    );
+                    return Dialing::Next(Next::Close { error: false });
+                }
                 if let Some(Stream::Tcp(s)) = &self.backend {
                     let _ = s.set_nodelay(true);
                     self.ack_owed = true;
@@ -192,7 +220,7 @@ impl Sockets {
                 return Dialing::Connected;
             }
             Step::Failed(why) | Step::TimedOut(why) => {
-                crate::warn!("{why}; closing client");
+                crate::warn!("{why}; closing client{}", Who(client));
                 Next::Close { error: true }
             }
         })
@@ -260,7 +288,14 @@ impl Sockets {
 /// A proxied connection as the loop sees it.
 pub trait Connection: Sized {
     /// A connection for a newly accepted client (None: close it at once).
-    fn new(client: Stream, config: &WorkerConfig, now: Instant) -> Option<Self>;
+    /// `peer`: its address as `accept4` returned it (None for a unix
+    /// client), the one its PROXY header and log lines name.
+    fn new(
+        client: Stream,
+        peer: Option<std::net::SocketAddr>,
+        config: &WorkerConfig,
+        now: Instant,
+    ) -> Option<Self>;
     /// Advance as far as readiness allows.
     fn drive(&mut self, now: Instant, config: &WorkerConfig) -> Next;
     /// Its deadline passed (or an earlier timer entry fired).
@@ -300,10 +335,10 @@ impl<C: Connection> Handler for Conns<C> {
         Conns { conns: Slab::new() }
     }
 
-    /// tcp and unix need no address per connection (a PROXY header asks
-    /// for it when written): none is kept.
-    fn accept(&mut self, cx: &mut Cx, client: Stream, _peer: Option<std::net::SocketAddr>) {
-        let Some(c) = C::new(client, cx.config, cx.now) else {
+    /// The connection keeps `peer` as far as it needs it (tcp: its PROXY
+    /// header and log lines; unix clients have none).
+    fn accept(&mut self, cx: &mut Cx, client: Stream, peer: Option<std::net::SocketAddr>) {
+        let Some(c) = C::new(client, peer, cx.config, cx.now) else {
             return;
         };
         let (slot, _) = self.conns.insert(c);

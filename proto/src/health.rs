@@ -1,7 +1,11 @@
 //! L4 health checks, run by each worker for the backends of its own
 //! routes: a TCP connect (or a unix connect) every `--health-interval`,
 //! failed when refused, unreachable or not connected within
-//! `--health-timeout`. `--health-fall` failures in a row mark a backend
+//! `--health-timeout`. A check closes its connection at once; on a link
+//! with `proxy_protocol` it first sends the header of a connection of our
+//! own (v2 LOCAL, v1 `PROXY UNKNOWN`), so a backend that requires one
+//! (nginx `listen ... proxy_protocol`) sees a well-formed connection, not
+//! a broken header, every interval. `--health-fall` failures in a row mark a backend
 //! down, `--health-rise` successes in a row mark it up again; a real
 //! connection the dialer gave up on (refused, unreachable, or its connect
 //! timed out) counts as a failure, one it made as a success.
@@ -24,7 +28,7 @@
 
 use crate::ctl::Limits;
 use crate::fnv::FnvMap;
-use crate::graph::Backend;
+use crate::graph::{Backend, ProxyProtocol};
 use crate::stream::Stream;
 use mio::{Events, Interest, Poll, Token};
 use serde::{Deserialize, Serialize};
@@ -243,26 +247,89 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The distinct backends of `routes`, in order.
-pub fn backends_of(routes: &[crate::plan::Route]) -> Vec<Backend> {
-    let mut v: Vec<Backend> = Vec::new();
-    let mut seen: FnvMap<&Backend, ()> = FnvMap::default();
-    // Every replica of a route is checked on its own.
-    for b in routes.iter().flat_map(|r| r.backends()) {
-        if seen.insert(b, ()).is_none() {
-            v.push(b.clone());
+/// A backend to check, and what its checks send before they close.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    pub backend: Backend,
+    /// The routes to it speak the PROXY protocol: every connection the
+    /// backend gets from us opens with a header, a check's too.
+    pub proxy: Option<ProxyProtocol>,
+}
+
+impl From<Backend> for Checked {
+    fn from(backend: Backend) -> Checked {
+        Checked {
+            backend,
+            proxy: None,
+        }
+    }
+}
+
+/// The distinct backends of `routes`, in order. A backend that several
+/// routes name is sent the header of the first of them that has
+/// `proxy_protocol` (routes that disagree on one backend cannot all be
+/// right for it; a missing header is what such a backend logs as broken).
+pub fn backends_of(routes: &[crate::plan::Route]) -> Vec<Checked> {
+    let mut v: Vec<Checked> = Vec::new();
+    let mut seen: FnvMap<&Backend, usize> = FnvMap::default();
+    // Every replica of a route is checked on its own (replicas agree on
+    // `proxy_protocol`, `plan.rs`).
+    for r in routes {
+        for b in r.backends() {
+            match seen.get(b) {
+                Some(&i) => {
+                    let c: &mut Checked = &mut v[i];
+                    c.proxy = c.proxy.or(r.proxy_protocol);
+                }
+                None => {
+                    seen.insert(b, v.len());
+                    v.push(Checked {
+                        backend: b.clone(),
+                        proxy: r.proxy_protocol,
+                    });
+                }
+            }
         }
     }
     v
 }
 
+/// A check's connection has connected: say what the link promises (the
+/// PROXY header, with `proxy`), then it is closed by the caller. The check
+/// is an L4 one, so only the connect counts: a header that cannot be sent
+/// (the backend reset at once) is logged, not counted.
+fn speak(s: &Stream, backend: &Backend, proxy: Option<ProxyProtocol>) {
+    let Some(v) = proxy else {
+        return;
+    };
+    use std::io::Write;
+    let h = crate::proxy_header::local(v);
+    // A new connection's send buffer takes 16 bytes whole.
+    match (&*s).write(&h) {
+        Ok(n) if n == h.len() => {}
+        Ok(n) => crate::debug!(
+            "health check of {backend}: PROXY header cut short ({n} of {} bytes)",
+            h.len()
+        ),
+        Err(e) => crate::debug!("health check of {backend}: sending the PROXY header: {e}"),
+    }
+}
+
 struct Probe {
     backend: Backend,
+    proxy: Option<ProxyProtocol>,
     /// When the next check starts.
     next: Instant,
     /// A check under way: its socket and deadline.
     inflight: Option<(Stream, Instant)>,
+    /// A unix connect of this check found the listen queue full then: it
+    /// is tried again every [`BUSY_RETRY`] until the check's timeout
+    /// (`backend::is_busy`).
+    busy_since: Option<Instant>,
 }
+
+/// How soon a check that found a unix backend busy tries again.
+const BUSY_RETRY: Duration = Duration::from_millis(50);
 
 /// The checks of one worker.
 pub struct Checker {
@@ -277,7 +344,7 @@ pub struct Checker {
 
 impl Checker {
     /// None with `--health-interval 0`: no checks, nothing allocated.
-    pub fn new(limits: &Limits, backends: &[Backend], now: Instant) -> io::Result<Option<Checker>> {
+    pub fn new(limits: &Limits, backends: &[Checked], now: Instant) -> io::Result<Option<Checker>> {
         if limits.health_interval_ms == 0 {
             track(&[], limits);
             return Ok(None);
@@ -296,23 +363,26 @@ impl Checker {
 
     /// The routes changed: check exactly `backends` from now on (a new one
     /// at once). Checks under way are dropped (their tokens are indices).
-    pub fn set_backends(&mut self, backends: &[Backend], limits: &Limits, now: Instant) {
+    pub fn set_backends(&mut self, backends: &[Checked], limits: &Limits, now: Instant) {
         let old: FnvMap<Backend, Instant> = std::mem::take(&mut self.probes)
             .into_iter()
             .map(|p| (p.backend, p.next))
             .collect();
         self.probes = backends
             .iter()
-            .map(|b| {
-                let next = old.get(b).copied().unwrap_or(now);
+            .map(|c| {
+                let next = old.get(&c.backend).copied().unwrap_or(now);
                 Probe {
-                    backend: b.clone(),
+                    backend: c.backend.clone(),
+                    proxy: c.proxy,
                     next: next.min(now + self.interval),
                     inflight: None,
+                    busy_since: None,
                 }
             })
             .collect();
-        track(backends, limits);
+        let tracked: Vec<Backend> = backends.iter().map(|c| c.backend.clone()).collect();
+        track(&tracked, limits);
         self.armed = None;
     }
 
@@ -341,7 +411,10 @@ impl Checker {
                 };
                 let outcome = match &p.inflight {
                     Some((s, _)) => match s.connect_done() {
-                        Ok(true) => Ok(()),
+                        Ok(true) => {
+                            speak(s, &p.backend, p.proxy);
+                            Ok(())
+                        }
                         Ok(false) => continue,
                         Err(e) => Err(format!("connect: {e}")),
                     },
@@ -386,7 +459,10 @@ impl Checker {
         p.next = now + pace;
         let outcome = match crate::backend::connect(&p.backend) {
             Ok(mut s) => match s.connect_done() {
-                Ok(true) => Ok(()),
+                Ok(true) => {
+                    speak(&s, &p.backend, p.proxy);
+                    Ok(())
+                }
                 Ok(false) => {
                     match self
                         .poll
@@ -402,10 +478,26 @@ impl Checker {
                 }
                 Err(e) => Err(e),
             },
-            // A unix listener whose backlog is full is there, and busy.
-            Err(e) if e.raw_os_error() == Some(nix::libc::EAGAIN) => Ok(()),
+            // A unix listener whose queue is full is there, and busy: tried
+            // again shortly until the check's timeout, as a real
+            // connection is until its connect timeout; busy all along, it
+            // fails, as a tcp connect to a full accept queue does at its
+            // timeout (`backend::is_busy`).
+            Err(e) if crate::backend::is_busy(&e) => {
+                let since = *p.busy_since.get_or_insert(now);
+                let until = since + self.timeout;
+                if now < until {
+                    p.next = (now + BUSY_RETRY).min(until);
+                    return;
+                }
+                Err(io::Error::other(format!(
+                    "listen queue full (busy) for {} ms",
+                    self.timeout.as_millis()
+                )))
+            }
             Err(e) => Err(e),
         };
+        p.busy_since = None;
         let b = p.backend.clone();
         match outcome {
             Ok(()) => observe(&b, Ok(()), true),
@@ -571,6 +663,69 @@ mod tests {
         (keep, addr)
     }
 
+    /// A unix listener whose queue is full (EAGAIN): busy, not down at
+    /// once; tried again within the check's timeout, a failure if still
+    /// busy at its end, up again once there is room.
+    #[test]
+    fn a_busy_unix_backend_fails_a_check_only_when_busy_for_its_timeout() {
+        use nix::sys::socket::*;
+        let path = std::env::temp_dir().join(format!("pvx-busy-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let l = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        let addr = UnixAddr::new(&path).unwrap();
+        bind(l.as_raw_fd(), &addr).unwrap();
+        listen(&l, Backlog::new(0).unwrap()).unwrap();
+        let mut queued = Vec::new();
+        loop {
+            let s = socket(
+                AddressFamily::Unix,
+                SockType::Stream,
+                SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+                None,
+            )
+            .unwrap();
+            match connect(s.as_raw_fd(), &addr) {
+                Ok(()) => queued.push(s),
+                Err(nix::errno::Errno::EAGAIN) => break,
+                Err(e) => panic!("connect: {e}"),
+            }
+        }
+        let b = Backend::Unix(path.clone());
+        let lim = limits();
+        let now = Instant::now();
+        let mut c = Checker::new(&lim, &[Checked::from(b.clone())], now)
+            .unwrap()
+            .unwrap();
+        c.on_time(now);
+        assert_eq!(report()[0].checks, 0, "busy: tried again, not counted");
+        assert_eq!(c.next_wake(), Some(now + BUSY_RETRY));
+        c.on_time(now + Duration::from_millis(250));
+        assert_eq!(report()[0].checks, 0, "still within the timeout");
+        c.on_time(now + Duration::from_millis(500));
+        let r = report();
+        assert_eq!((r[0].checks, r[0].failures), (1, 1), "{r:?}");
+        assert!(r[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("listen queue full")));
+        // Room again (the queue taken): the next check connects.
+        drop(queued);
+        let ours = std::os::unix::net::UnixListener::from(l);
+        ours.set_nonblocking(true).unwrap();
+        while ours.accept().is_ok() {}
+        c.on_time(now + Duration::from_millis(1_500));
+        let r = report();
+        assert_eq!((r[0].checks, r[0].fails_in_row), (2, 0), "{r:?}");
+        track(&[], &lim);
+        let _ = std::fs::remove_file(&path);
+    }
+
     /// A real listener, then none: the checker sees it up, then down after
     /// `fall` checks, with its own epoll and no loop around it.
     #[test]
@@ -579,7 +734,7 @@ mod tests {
         let b = Backend::Tcp(l.local_addr().unwrap());
         let lim = limits();
         let mut now = Instant::now();
-        let mut c = Checker::new(&lim, std::slice::from_ref(&b), now)
+        let mut c = Checker::new(&lim, &[Checked::from(b.clone())], now)
             .unwrap()
             .unwrap();
         assert_eq!(c.next_wake(), Some(now));
@@ -612,7 +767,7 @@ mod tests {
         // timeout, not before.
         let stall = stalled_listener();
         let b = Backend::Tcp(stall.1);
-        let mut c = Checker::new(&lim, std::slice::from_ref(&b), now)
+        let mut c = Checker::new(&lim, &[Checked::from(b.clone())], now)
             .unwrap()
             .unwrap();
         c.on_time(now);
@@ -633,7 +788,9 @@ mod tests {
             health_interval_ms: 0,
             ..lim
         };
-        assert!(Checker::new(&off, &[b], now).unwrap().is_none());
+        assert!(Checker::new(&off, &[Checked::from(b)], now)
+            .unwrap()
+            .is_none());
         assert!(report().is_empty());
     }
 }

@@ -15,6 +15,7 @@
 //!   timers, stats, drain, health checks); [`conns`]: the tcp and unix
 //!   workers' connections plugged into it.
 //! - [`health`]: L4 health checks of each worker's backends.
+//! - [`proxy_header`]: the PROXY protocol header (tcp links, their checks).
 //! - [`hold`]: connections held while their provider comes back.
 //! - [`log`]: one-line events to syslog or stderr.
 //! - [`text`]: escaping of outside text wherever it is printed or logged.
@@ -39,6 +40,7 @@ pub mod mem;
 pub mod pipes;
 pub mod plan;
 pub mod privs;
+pub mod proxy_header;
 pub mod relay;
 pub mod slab;
 pub mod stat;

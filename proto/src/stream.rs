@@ -47,18 +47,81 @@ impl Stream {
         }
     }
 
-    /// Client address for logs and X-Forwarded-For (`None` for unix peers).
-    pub fn peer_ip(&self) -> Option<std::net::SocketAddr> {
-        match self {
-            Stream::Tcp(s) => s.peer_addr().ok(),
-            Stream::Unix(_) => None,
-        }
-    }
-
     pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
         match self {
             Stream::Tcp(s) => s.local_addr().ok(),
             Stream::Unix(_) => None,
+        }
+    }
+}
+
+/// A tcp client's address as `accept4` returned it, kept with its
+/// connection from accept to its last log line and its PROXY header. Never
+/// asked of the socket later: `getpeername` fails once the client has
+/// reset (the PROXY header then said UNKNOWN, and a backend took the
+/// proxy's address for the client's), and it would cost a syscall per
+/// connection.
+///
+/// 19 bytes of alignment 1 (a `SocketAddr` takes 32, `Option` of this one
+/// 19 too), so it fits in room a connection slot already has (worker-tcp
+/// `conn.rs`, the slot size test). An IPv6 address loses its flow info
+/// and scope id, which neither the PROXY header nor a log line needs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Peer {
+    /// IPv4 in the first 4 bytes.
+    ip: [u8; 16],
+    port: [u8; 2],
+    v6: bool,
+}
+
+impl From<std::net::SocketAddr> for Peer {
+    fn from(a: std::net::SocketAddr) -> Peer {
+        let mut ip = [0u8; 16];
+        let v6 = match a.ip() {
+            std::net::IpAddr::V4(v4) => {
+                ip[..4].copy_from_slice(&v4.octets());
+                false
+            }
+            std::net::IpAddr::V6(v6) => {
+                ip = v6.octets();
+                true
+            }
+        };
+        Peer {
+            ip,
+            port: a.port().to_be_bytes(),
+            v6,
+        }
+    }
+}
+
+impl Peer {
+    pub fn addr(&self) -> std::net::SocketAddr {
+        let port = u16::from_be_bytes(self.port);
+        if self.v6 {
+            std::net::SocketAddr::from((self.ip, port))
+        } else {
+            let [a, b, c, d, ..] = self.ip;
+            std::net::SocketAddr::from(([a, b, c, d], port))
+        }
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.addr().fmt(f)
+    }
+}
+
+/// " from <address>" for a log line about a client, "" when it has none
+/// (a unix client).
+pub struct Who(pub Option<Peer>);
+
+impl std::fmt::Display for Who {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(p) => write!(f, " from {p}"),
+            None => Ok(()),
         }
     }
 }
@@ -288,6 +351,33 @@ mod tests {
             s.nodelay().unwrap(),
             "TCP_NODELAY inherited from the listener"
         );
+    }
+
+    #[test]
+    fn a_peer_keeps_what_the_proxy_header_and_logs_need_in_19_bytes() {
+        for a in [
+            "1.2.3.4:5",
+            "[2001:db8::7]:65535",
+            "[::ffff:10.0.0.1]:80",
+            "0.0.0.0:0",
+        ] {
+            let a: std::net::SocketAddr = a.parse().unwrap();
+            let p = Peer::from(a);
+            assert_eq!(p.addr(), a);
+            assert_eq!(p.to_string(), a.to_string());
+        }
+        // A v4-mapped client of a dual-stack listener stays IPv6 (its
+        // listener's address, the PROXY header's other half, is too).
+        let m = Peer::from(
+            "[::ffff:10.0.0.1]:80"
+                .parse::<std::net::SocketAddr>()
+                .unwrap(),
+        );
+        assert!(m.addr().is_ipv6());
+        assert_eq!(std::mem::size_of::<Option<Peer>>(), 19);
+        assert_eq!(std::mem::align_of::<Peer>(), 1);
+        assert_eq!(Who(None).to_string(), "");
+        assert_eq!(Who(Some(m)).to_string(), " from [::ffff:10.0.0.1]:80");
     }
 
     #[test]

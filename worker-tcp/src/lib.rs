@@ -3,14 +3,15 @@
 //! modules, reachable from the fuzz targets in `fuzz/` and unit tests.
 
 pub mod conn;
-pub mod proxy_header;
+/// Lives in proto (the health checks send it too); named here as before.
+pub use proto::proxy_header;
 pub mod sni;
 
 /// The worker's process: runs as `pvx-worker-tcp <listen> consumer=<name>`,
 /// started by the supervisor only (fd 3 = control socket; argv is just for
 /// `ps`). The loop is proto's (`proto::event_loop`, connections plugged in
 /// through `proto::conns`); this crate brings the connection: `conn.rs`
-/// (states), `sni.rs`, `proxy_header.rs`.
+/// (states), `sni.rs`; the PROXY header is `proto::proxy_header`.
 pub fn main() -> ! {
     proto::event_loop::main::<proto::conns::Conns<conn::Conn>>("tcp")
 }

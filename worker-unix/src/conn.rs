@@ -62,7 +62,8 @@ impl Conn {
     }
 
     fn connect(&mut self, now: Instant, limits: &Limits) -> Next {
-        match self.io.dial(&mut self.dial, now, limits) {
+        // A unix client has no address.
+        match self.io.dial(&mut self.dial, now, limits, None) {
             Dialing::Next(next) => next,
             Dialing::Connected => {
                 self.relaying = true;
@@ -105,7 +106,12 @@ impl Conn {
 
 impl Connection for Conn {
     /// A unix endpoint has exactly one route (the plan never groups two).
-    fn new(client: Stream, config: &WorkerConfig, now: Instant) -> Option<Conn> {
+    fn new(
+        client: Stream,
+        _peer: Option<std::net::SocketAddr>,
+        config: &WorkerConfig,
+        now: Instant,
+    ) -> Option<Conn> {
         let route = config.endpoint.routes.first()?;
         Some(Conn::for_route(client, route, &config.limits, now))
     }

@@ -1,8 +1,10 @@
 //! PROXY protocol header (HAProxy's spec, v1 text and v2 binary) that a tcp
 //! link with `proxy_protocol` sends to its backend before any client byte,
-//! so the backend learns the real client address.
+//! so the backend learns the real client address. Here in proto, not in
+//! the tcp worker, because the health checks (`health.rs`) open their
+//! connections to such a backend with it too ([`local`]).
 
-use proto::graph::ProxyProtocol;
+use crate::graph::ProxyProtocol;
 use std::net::SocketAddr;
 
 const V2_SIG: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
@@ -54,6 +56,13 @@ pub fn build(v: ProxyProtocol, src: Option<SocketAddr>, dst: Option<SocketAddr>)
     }
 }
 
+/// The header of a connection the proxy makes on its own behalf (a health
+/// check): v2's LOCAL command, v1's `PROXY UNKNOWN`, which a backend that
+/// requires a header takes as well-formed and serves as a direct one.
+pub fn local(v: ProxyProtocol) -> Vec<u8> {
+    build(v, None, None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,5 +103,10 @@ mod tests {
         );
         assert_eq!(h6.len(), 16 + 36);
         assert_eq!(build(ProxyProtocol::V2, None, None).len(), 16);
+        // A check's header: the LOCAL command (0x20), family UNSPEC, no
+        // address block.
+        let l = local(ProxyProtocol::V2);
+        assert_eq!((&l[..12], &l[12..]), (&V2_SIG[..], &[0x20, 0, 0, 0][..]));
+        assert_eq!(local(ProxyProtocol::V1), b"PROXY UNKNOWN\r\n");
     }
 }
