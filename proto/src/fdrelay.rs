@@ -75,8 +75,8 @@ pub fn held_total() -> usize {
 pub fn held_budget() -> usize {
     use nix::sys::resource::{getrlimit, Resource};
     let soft = getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft);
-    // u64 -> usize: the limit is far below 2^32 on any kernel (sysctl
-    // fs.nr_open is at most 2^30), so saturating is only a formality.
+    // rlim_t (u64, or u32 on 32-bit arm) -> usize: the limit is below
+    // 2^31 on any kernel (fs.nr_open), so saturating is only a formality.
     usize::try_from(soft / 4).unwrap_or(usize::MAX)
 }
 
