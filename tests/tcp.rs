@@ -590,3 +590,139 @@ fn restarted_worker_runs_the_binary_the_supervisor_started_with() {
         "ps and pidof see the worker's name"
     );
 }
+
+/// A ClientHello naming `name`, padded (extension 21) to a record of
+/// `record` bytes in all.
+fn padded_client_hello(name: &str, record: usize) -> Vec<u8> {
+    let plain = client_hello(name);
+    // Padding extension: type, length, zeros; it and the body lengths grow.
+    let pad = record - plain.len() - 4;
+    let mut exts = plain[5 + 4 + 2 + 32 + 7 + 2..].to_vec();
+    exts.extend([0, 21]);
+    exts.extend((pad as u16).to_be_bytes());
+    exts.extend(std::iter::repeat_n(0u8, pad));
+    let mut body = plain[5 + 4..5 + 4 + 2 + 32 + 7].to_vec();
+    body.extend((exts.len() as u16).to_be_bytes());
+    body.extend(exts);
+    let mut hs = vec![1, 0];
+    hs.extend((body.len() as u16).to_be_bytes());
+    hs.extend(body);
+    let mut rec = vec![0x16, 3, 1];
+    rec.extend((hs.len() as u16).to_be_bytes());
+    rec.extend(hs);
+    assert_eq!(rec.len(), record);
+    rec
+}
+
+/// CPU time of `pid` so far, in clock ticks (utime + stime).
+fn cpu_ticks(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let f: Vec<&str> = s[s.rfind(')').unwrap() + 2..].split(' ').collect();
+    // Fields 14 and 15 of stat(5); `f` starts at field 3.
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// `clients` connections each send `hello` (one byte per segment when
+/// `dribble`), then read the backend's answer; the worker's CPU ticks.
+fn sniff_cost(w: u32, port: u16, hello: &[u8], clients: usize, dribble: bool) -> u64 {
+    let before = cpu_ticks(w);
+    let hs: Vec<_> = (0..clients)
+        .map(|_| {
+            let hello = hello.to_vec();
+            thread::spawn(move || {
+                let mut s = TcpStream::connect(listen_addr(port)).unwrap();
+                s.set_nodelay(true).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                if dribble {
+                    // Paced, so that the worker sees (nearly) every byte
+                    // on its own instead of a burst of them.
+                    for b in hello.chunks(1) {
+                        s.write_all(b).unwrap();
+                        thread::sleep(Duration::from_micros(50));
+                    }
+                } else {
+                    s.write_all(&hello).unwrap();
+                }
+                let mut got = String::new();
+                let _ = s.read_to_string(&mut got);
+                got
+            })
+        })
+        .collect();
+    for h in hs {
+        assert_eq!(h.join().unwrap(), "backend-a");
+    }
+    cpu_ticks(w) - before
+}
+
+#[test]
+fn sni_hello_dribbled_a_byte_per_segment_costs_the_worker_little() {
+    let hello = padded_client_hello("a.example", 16 * 1024);
+    let a = named_backend("backend-a", hello.len());
+    let b = named_backend("backend-b", 1);
+    let port = free_port();
+    let g = format!(
+        r#"[{{"type":"tcp","name":"a","consumer":"EXTERNAL","target":"127.0.0.1:{port}","socket":"{a}","sni":"a.example"}},
+            {{"type":"tcp","name":"b","consumer":"EXTERNAL","target":"127.0.0.1:{port}","socket":"{b}","sni":"b.example"}}]"#
+    );
+    let sup = Supervisor::start(&g, &["--health-interval", "0"]);
+    let w = sup.worker_pid("pvx-worker-tcp");
+    wait_worker_started(w);
+    const CLIENTS: usize = 4;
+    let at_once = sniff_cost(w, port, &hello, CLIENTS, false);
+    let dribbled = sniff_cost(w, port, &hello, CLIENTS, true);
+    let hz = 100; // USER_HZ on Linux
+    eprintln!(
+        "{CLIENTS} ClientHellos of {} bytes: worker CPU {} ms sent at once, {} ms one byte \
+         per segment",
+        hello.len(),
+        at_once * 1000 / hz,
+        dribbled * 1000 / hz
+    );
+    // One event per byte is the client's doing, and costs a syscall or two
+    // each; copying and zeroing the whole hello again per byte (~16 KiB x
+    // 16 Ki bytes x 4 clients, gigabytes) is ours.
+    assert!(
+        dribbled * 1000 / hz <= 1000,
+        "the worker spent {} ms of CPU sniffing {CLIENTS} dribbled hellos",
+        dribbled * 1000 / hz
+    );
+}
+
+#[test]
+fn sni_hello_that_never_completes_is_closed_at_the_head_timeout() {
+    let port = free_port();
+    let a = named_backend("backend-a", 1);
+    let g = format!(
+        r#"[{{"type":"tcp","name":"a","consumer":"EXTERNAL","target":"127.0.0.1:{port}","socket":"{a}","sni":"a.example"}}]"#
+    );
+    let sup = Supervisor::start(&g, &["--health-interval", "0", "--head-timeout", "1s"]);
+    sup.worker_pid("pvx-worker-tcp");
+    let hello = padded_client_hello("a.example", 16 * 1024);
+    let mut s = TcpStream::connect(listen_addr(port)).unwrap();
+    s.set_nodelay(true).unwrap();
+    // A byte every 100 ms keeps arriving: the deadline is the whole
+    // hello's, from accept, not one between bytes.
+    let mut closed = false;
+    for b in hello.chunks(1).take(300) {
+        if s.write_all(b).is_err() {
+            closed = true;
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+        let mut x = [0u8; 1];
+        s.set_nonblocking(true).unwrap();
+        let r = s.read(&mut x);
+        s.set_nonblocking(false).unwrap();
+        if matches!(r, Ok(0)) || matches!(&r, Err(e) if e.kind() != std::io::ErrorKind::WouldBlock)
+        {
+            closed = true;
+            break;
+        }
+    }
+    assert!(
+        closed,
+        "a hello dribbled for 30 s was still being waited for"
+    );
+    sup.wait_log("no TLS ClientHello within 1000 ms", 1);
+}

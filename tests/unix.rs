@@ -331,3 +331,280 @@ fn rest_link_across_mount_namespaces_carries_identity_only_from_the_proxy() {
         );
     }
 }
+
+// ------------------------------------------- fds in flight, stalled peers
+
+/// The unix worker's bound on fds passed to a destination that has not
+/// read them yet (`proto::fdrelay::MAX_UNREAD_FDS`), per direction.
+const MAX_UNREAD_FDS: usize = 64;
+
+/// One non-blocking sendmsg of `data` with `fds`; `false` when the socket
+/// is full (EAGAIN), nothing sent.
+fn try_send_fds(s: &UnixStream, data: &[u8], fds: &[std::os::fd::RawFd]) -> bool {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let cmsg = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
+    match sendmsg::<()>(
+        s.as_raw_fd(),
+        &[std::io::IoSlice::new(data)],
+        cmsgs,
+        MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+        None,
+    ) {
+        Ok(n) => {
+            assert_eq!(n, data.len(), "short sendmsg of a 16 KiB message");
+            true
+        }
+        Err(nix::errno::Errno::EAGAIN) => false,
+        Err(e) => panic!("sendmsg with {} fd(s): {e}", fds.len()),
+    }
+}
+
+/// Send `msg` with `fds` up to `max` times, waiting while the socket is
+/// full until the worker stopped taking them (no room for 0.5 s).
+fn send_until_stuck(s: &UnixStream, msg: &[u8], fds: &[std::os::fd::RawFd], max: usize) -> usize {
+    let (mut sent, mut waits) = (0, 0);
+    while sent < max && waits < 25 {
+        if try_send_fds(s, msg, fds) {
+            sent += 1;
+            waits = 0;
+        } else {
+            waits += 1;
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+    sent
+}
+
+/// `ioctl(req)` answering one int: FIONREAD (bytes queued to read) or
+/// TIOCOUTQ (bytes sent the peer has not read).
+fn queued(s: &UnixStream, req: nix::libc::Ioctl) -> usize {
+    let mut n: nix::libc::c_int = 0;
+    // SAFETY: both requests write one int.
+    let r = unsafe { nix::libc::ioctl(s.as_raw_fd(), req, &mut n) };
+    assert!(r >= 0, "ioctl: {}", std::io::Error::last_os_error());
+    n as usize
+}
+
+/// Wait until `f` gives the same value 5 times in a row, 50 ms apart (the
+/// worker has done what it will do), and return it.
+fn settled(what: &str, mut f: impl FnMut() -> usize) -> usize {
+    let mut last = (f(), 0);
+    wait_for(Duration::from_secs(20), what, || {
+        thread::sleep(Duration::from_millis(50));
+        let v = f();
+        last = if v == last.0 { (v, last.1 + 1) } else { (v, 0) };
+        (last.1 >= 5).then_some(v)
+    })
+}
+
+/// A provider that accepts the first `stalled` connections and never reads
+/// them (handing each to the test, which looks at what is queued), then
+/// serves the next: reads 4 bytes and one pipe, writes "pong" into the
+/// pipe and answers "ok".
+fn stalling_provider(path: &Path, stalled: usize) -> std::sync::mpsc::Receiver<UnixStream> {
+    let l = UnixListener::bind(path).expect("bind provider");
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        for (i, c) in l.incoming().flatten().enumerate() {
+            if i < stalled {
+                if tx.send(c).is_err() {
+                    return;
+                }
+                continue;
+            }
+            thread::spawn(move || {
+                c.set_read_timeout(Some(Duration::from_secs(10))).ok();
+                let (bytes, fds) = recv_exact_fds(&c, 4);
+                if bytes == b"ping" && fds.len() == 1 {
+                    let _ = nix::unistd::write(&fds[0], b"pong");
+                    let _ = (&c).write_all(b"ok");
+                }
+            });
+        }
+    });
+    rx
+}
+
+/// The well-behaved client: a pipe's write end to the provider and back
+/// "pong" through it, "ok" on the socket. Err says what went wrong.
+fn pipe_roundtrip(target: &Path) -> Result<(), String> {
+    let c = UnixStream::connect(target).map_err(|e| format!("connect: {e}"))?;
+    c.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    let (pr, pw) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+    send_fds(&c, b"ping", &[pw.as_raw_fd()]);
+    drop(pw);
+    let mut reply = [0u8; 2];
+    (&c).read_exact(&mut reply)
+        .map_err(|e| format!("no answer through the worker: {e}"))?;
+    let mut through = String::new();
+    std::fs::File::from(pr)
+        .read_to_string(&mut through)
+        .map_err(|e| format!("pipe: {e}"))?;
+    if &reply == b"ok" && through == "pong" {
+        Ok(())
+    } else {
+        Err(format!("answer {reply:?}, pipe {through:?}"))
+    }
+}
+
+/// Fds the worker holds beyond its idle set and two sockets per connection.
+fn extra_fds(w: u32, base: usize, conns: usize) -> usize {
+    fd_count(w).saturating_sub(base + 2 * conns)
+}
+
+#[test]
+fn unix_provider_that_never_reads_stops_the_client_and_the_worker_keeps_no_fds() {
+    let dir = TempDir::new("ustall");
+    let prov = dir.path().join("prov.sock");
+    const STALLED: usize = 2;
+    let accepted = stalling_provider(&prov, STALLED);
+    let target = dir.path().join("link.sock");
+    let sup = Supervisor::start(
+        &graph(&[unix_link("stall", 0, &target, &prov, 0)]),
+        &["--health-interval", "0"],
+    );
+    let w = sup.worker_pid("pvx-worker-unix");
+    wait_worker_started(w);
+    let base = fd_count(w);
+
+    // A client sends 16 KiB messages with 253 fds each (one memfd, 253
+    // times) as fast as its socket takes them, to a provider that accepted
+    // and never reads.
+    let memfd = memfd_with(b"x");
+    let many = vec![memfd.as_raw_fd(); 253];
+    let msg = vec![b'm'; 16 * 1024];
+    let mut clients = Vec::new();
+    let mut providers = Vec::new();
+    for i in 0..STALLED {
+        let c = UnixStream::connect(&target).unwrap();
+        providers.push(accepted.recv_timeout(Duration::from_secs(10)).unwrap());
+        let sent = send_until_stuck(&c, &msg, &many, 40);
+        let at_provider = settled("the provider's queue settles", || {
+            queued(&providers[i], nix::libc::FIONREAD)
+        });
+        let held = settled("the worker's fds settle", || extra_fds(w, base, i + 1));
+        eprintln!(
+            "stalled connection {i}: {sent} messages sent, {} reached the provider \
+             ({} fds in flight there), worker holds {held} fd(s) beyond its sockets",
+            at_provider / msg.len(),
+            at_provider / msg.len() * 253
+        );
+        clients.push(c);
+    }
+    let held = extra_fds(w, base, STALLED);
+    for (i, p) in providers.iter().enumerate() {
+        let msgs = queued(p, nix::libc::FIONREAD) / msg.len();
+        // The reading side stopped after MAX_UNREAD_FDS fds: at most the
+        // message that crossed it (fds cannot be split) went through.
+        assert!(
+            msgs * 253 <= MAX_UNREAD_FDS + 253,
+            "connection {i}: {msgs} messages of 253 fds reached a provider that reads nothing"
+        );
+    }
+    assert!(
+        held <= STALLED * MAX_UNREAD_FDS,
+        "the worker holds {held} fds for {STALLED} stalled connections: {:?}",
+        fd_list(w)
+    );
+    // Another connection on the same worker still passes fds.
+    pipe_roundtrip(&target).expect("a well-behaved client beside the stalled ones");
+    drop(clients);
+    drop(providers);
+    wait_for(
+        Duration::from_secs(10),
+        "worker back to its idle fds",
+        || (fd_count(w) == base).then_some(()),
+    );
+}
+
+#[test]
+fn fds_held_for_stalled_providers_never_exhaust_the_worker() {
+    let dir = TempDir::new("uexhaust");
+    let prov = dir.path().join("prov.sock");
+    // Enough stalled connections to fill a 1024-fd table with held fds.
+    const STALLED: usize = 8;
+    let accepted = stalling_provider(&prov, 1 + STALLED);
+    let target = dir.path().join("link.sock");
+    let sup = Supervisor::start(
+        &graph(&[unix_link("exhaust", 0, &target, &prov, 0)]),
+        &["--health-interval", "0"],
+    );
+    let w = sup.worker_pid("pvx-worker-unix");
+    wait_worker_started(w);
+    let base = fd_count(w);
+    // The worker raises its soft limit to the hard one at start; a device
+    // has the kernel's default hard limit, 4096, or less. 1024 keeps the
+    // test short (and the worker's in-flight limit, which the kernel ties
+    // to it, is not what is tested: no fd is in flight below).
+    let limit: usize = 1024;
+    let st = std::process::Command::new("prlimit")
+        .arg(format!("--pid={w}"))
+        .arg(format!("--nofile={limit}:{limit}"))
+        .status()
+        .expect("prlimit");
+    assert!(st.success());
+
+    // How many 16 KiB messages a provider that never reads takes before
+    // the worker's sendmsg says EAGAIN: then the next one is read and held.
+    let msg = vec![b'm'; 16 * 1024];
+    let probe = UnixStream::connect(&target).unwrap();
+    let probe_p = accepted.recv_timeout(Duration::from_secs(10)).unwrap();
+    let sent = send_until_stuck(&probe, &msg, &[], 64);
+    let fit = settled("the probe's provider queue settles", || {
+        queued(&probe_p, nix::libc::FIONREAD)
+    }) / msg.len();
+    eprintln!("probe: {sent} messages sent, {fit} reached the provider");
+    assert!(fit + 2 <= sent, "the worker never stopped: {fit} of {sent}");
+
+    // Each stalled client: `fit` messages with no fd (they reach the
+    // provider and fill it), then one with up to 253 fds, which the worker
+    // reads and cannot pass on. Filled to the limit exactly.
+    let memfd = memfd_with(b"x");
+    let mut conns = vec![(probe, probe_p)];
+    for i in 0..STALLED {
+        // Its two sockets and at least one fd must fit.
+        if limit.saturating_sub(fd_count(w)) < 3 {
+            break;
+        }
+        let c = UnixStream::connect(&target).unwrap();
+        let p = accepted
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the worker accepts a stalled client");
+        for _ in 0..fit {
+            assert!(try_send_fds(&c, &msg, &[]));
+        }
+        settled("the provider's queue settles", || {
+            queued(&p, nix::libc::FIONREAD)
+        });
+        let room = limit.saturating_sub(fd_count(w));
+        let n = room.min(253);
+        let fds = vec![memfd.as_raw_fd(); n];
+        if n > 0 {
+            assert!(try_send_fds(&c, &msg, &fds));
+        }
+        conns.push((c, p));
+        let held = settled("the worker's fds settle", || {
+            extra_fds(w, base, conns.len())
+        });
+        eprintln!(
+            "stalled connection {i}: sent {n} fds after {fit} messages; worker: {} fds of \
+             {limit}, {held} held beyond its sockets",
+            fd_count(w)
+        );
+    }
+    let held = extra_fds(w, base, conns.len());
+    assert!(
+        held <= limit / 4,
+        "the worker holds {held} fds for stalled providers (limit {limit}): {} open",
+        fd_count(w)
+    );
+    // Connections beside the stalled ones still work, fds and all.
+    pipe_roundtrip(&target).expect("a well-behaved client beside the stalled ones");
+    drop(conns);
+    wait_for(
+        Duration::from_secs(10),
+        "worker back to its idle fds",
+        || (fd_count(w) == base).then_some(()),
+    );
+}

@@ -56,6 +56,10 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 pub trait Direction {
     /// A read may be tried now (there is room to hold what it brings).
     fn can_read(&self) -> bool;
+    /// Called once at the start of every transfer: a direction that stopped
+    /// reading for a reason only the destination can lift (fds it has not
+    /// read, [`crate::fdrelay::FdRelay`]) checks it here.
+    fn resume(&mut self, _dst: BorrowedFd<'_>) {}
     /// One read from `src` into what the direction holds; Ok(0) = EOF.
     fn read(&mut self, src: BorrowedFd<'_>) -> io::Result<usize>;
     /// The last read took fewer bytes than it asked for: a TCP source had
@@ -134,6 +138,9 @@ fn transfer_with<D: Direction + ?Sized>(
     shuts: bool,
 ) -> Transfer {
     let mut t = Transfer::default();
+    if read {
+        d.resume(dst);
+    }
     loop {
         let mut progress = false;
         if read && sr.readable && d.can_read() {

@@ -30,6 +30,26 @@ use std::time::{Duration, Instant};
 
 use crate::sni;
 
+thread_local! {
+    /// Where ClientHellos are peeked: one per worker (allocated and zeroed
+    /// once, at the first sniff), not 16 KiB zeroed on the stack per event
+    /// nor a buffer per connection.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; sni::MAX_HELLO]);
+}
+
+/// Bytes waiting in `s` (`FIONREAD`); `usize::MAX` when it cannot say, so
+/// the hello is peeked again rather than never.
+fn queued(s: &Stream) -> usize {
+    let mut n: nix::libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int.
+    let r = unsafe { nix::libc::ioctl(s.as_raw_fd(), nix::libc::FIONREAD, &mut n) };
+    if r < 0 {
+        usize::MAX
+    } else {
+        usize::try_from(n).unwrap_or(0)
+    }
+}
+
 /// `pattern` is a server name, or `*.domain` matching exactly one label.
 fn sni_matches(pattern: &str, name: &str) -> bool {
     match pattern.strip_prefix("*.") {
@@ -51,6 +71,12 @@ pub enum Phase {
         until: Instant,
         /// From `accept4`, for log lines and the PROXY header to come.
         client: Option<Peer>,
+        /// The whole record's length (header included) once its 5-byte
+        /// header has been peeked, else 0: until the socket holds that
+        /// much, an event costs a `FIONREAD`, not a peek of everything
+        /// again (a hello sent a byte per segment would be copied ~16 Ki
+        /// times over).
+        need: u16,
     },
     /// Reaching the backend (with the bounded retry while it restarts).
     Connecting(Connecting),
@@ -114,6 +140,7 @@ impl Conn {
             phase: Phase::Sniffing {
                 until: now + Duration::from_millis(limits.head_timeout_ms),
                 client: peer,
+                need: 0,
             },
         };
         if let [r] = routes {
@@ -174,12 +201,29 @@ impl Conn {
         if !self.io.client_ready.readable {
             return Next::Continue;
         }
-        let mut buf = [0u8; sni::MAX_HELLO];
-        let n = match nix::sys::socket::recv(
-            self.io.client.as_raw_fd(),
-            &mut buf,
-            MsgFlags::MSG_PEEK,
-        ) {
+        let Phase::Sniffing { need, .. } = &mut self.phase else {
+            return Next::Continue;
+        };
+        if *need > 0 && queued(&self.io.client) < usize::from(*need) {
+            // Not the whole record yet: nothing to peek for.
+            self.io.client_ready.readable = false;
+            return Next::Continue;
+        }
+        SCRATCH.with(|scratch| {
+            let mut buf = scratch.borrow_mut();
+            self.sniff_in(&mut buf[..], now, limits, routes)
+        })
+    }
+
+    /// [`Conn::sniff`] with the worker's scratch buffer.
+    fn sniff_in(
+        &mut self,
+        buf: &mut [u8],
+        now: Instant,
+        limits: &Limits,
+        routes: &[Route],
+    ) -> Next {
+        let n = match nix::sys::socket::recv(self.io.client.as_raw_fd(), buf, MsgFlags::MSG_PEEK) {
             Ok(0) => return Next::Close { error: false },
             Ok(n) => n,
             Err(nix::errno::Errno::EAGAIN) => {
@@ -195,6 +239,12 @@ impl Conn {
             sni::Sni::NeedMore if n < buf.len() => {
                 // Everything available was peeked; wait for the next edge.
                 self.io.client_ready.readable = false;
+                if let Phase::Sniffing { need, .. } = &mut self.phase {
+                    // MAX_HELLO fits in u16; a longer record is NotTls.
+                    *need = sni::record_len(&buf[..n])
+                        .and_then(|l| u16::try_from(l).ok())
+                        .unwrap_or(0);
+                }
                 Next::Continue
             }
             sni::Sni::Found(Some(name)) => match routes

@@ -39,6 +39,16 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// The whole record's length (its 5-byte header included) once `buf`
+/// holds a TLS handshake record's header; `None` before that or for any
+/// other bytes.
+pub fn record_len(buf: &[u8]) -> Option<usize> {
+    match buf {
+        [0x16, 3, _, hi, lo, ..] => Some(5 + usize::from(u16::from_be_bytes([*hi, *lo]))),
+        _ => None,
+    }
+}
+
 pub fn parse(buf: &[u8]) -> Sni {
     if buf.len() < 5 {
         return if buf.is_empty() || buf[0] == 0x16 {
