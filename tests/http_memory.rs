@@ -9,7 +9,7 @@ use pvx_tests::http::backend;
 use pvx_tests::http::client::{connect, get, read_resp};
 use pvx_tests::http::direct::{config, Worker};
 use pvx_tests::{proc_status, wait_for};
-use std::io::Write;
+use std::io::{ErrorKind, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -389,4 +389,374 @@ fn chunked_bodies_to_slow_peers_arrive_whole() {
         body.len()
     );
     origin.join().unwrap();
+}
+
+// ---- Issue 18, item 3: what a peer can make the worker buffer. ----
+//
+// Every byte buffered on behalf of a peer is bounded and back-pressured:
+// a backend that streams interim (1xx) heads or an endless trailer
+// section, and a client that streams a body while its request is held,
+// each leave the worker's RSS within a few MiB. RSS is sampled while the
+// flood runs; a run that passes `RSS_GIVE_UP` stops the flood at once,
+// so the old, unbounded code fails without taking the machine's memory.
+
+/// Growth of the worker's RSS the floods below may cause: its buffers
+/// (a head buffer per side, the queue of heads for the client) are tens
+/// of KiB; the rest is allocator and stack slack.
+const FLOOD_BOUND_KIB: u64 = 8 * 1024;
+/// A flood stops here, bound or not, and the test fails.
+const RSS_GIVE_UP_KIB: u64 = 128 * 1024;
+
+/// One interim head, as a provider streaming Early Hints would send it.
+const EARLY_HINTS: &[u8] =
+    b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload; as=style\r\n\r\n";
+
+/// A backend that answers its one connection with `prefix`, then `unit`
+/// over and over until told to stop (or a write fails: the worker closed),
+/// then `tail`. Writes time out so a worker that stops reading stalls it
+/// without blocking it: `stalls` counts the timed-out writes.
+struct Flood {
+    addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stalls: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Flood {
+    fn start(prefix: &[u8], unit: &[u8], tail: &[u8]) -> Flood {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::Arc;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stalls = Arc::new(AtomicU64::new(0));
+        let (st, sl) = (stop.clone(), stalls.clone());
+        let (prefix, unit, tail) = (prefix.to_vec(), unit.repeat(64), tail.to_vec());
+        let thread = std::thread::spawn(move || {
+            let Ok((mut s, _)) = l.accept() else { return 0 };
+            raw_head(&mut s);
+            s.set_write_timeout(Some(Duration::from_millis(50)))
+                .unwrap();
+            let mut sent = 0u64;
+            if s.write_all(&prefix).is_err() {
+                return sent;
+            }
+            // Where in `unit` the next write starts: a write may take part.
+            let mut at = 0;
+            while !st.load(Ordering::SeqCst) {
+                match s.write(&unit[at..]) {
+                    Ok(n) => {
+                        sent += n as u64;
+                        at = (at + n) % unit.len();
+                    }
+                    Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                        sl.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(_) => return sent,
+                }
+            }
+            s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+            let _ = s.write_all(&unit[at..]).and_then(|_| s.write_all(&tail));
+            sent
+        });
+        Flood {
+            addr,
+            stop,
+            stalls,
+            thread: Some(thread),
+        }
+    }
+
+    /// The flood ended by itself: a write failed (the worker closed).
+    fn cut(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| t.is_finished())
+    }
+
+    fn stalls(&self) -> u64 {
+        self.stalls.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Stop flooding (the tail follows); the bytes the flood wrote.
+    fn end(&mut self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.take().map_or(0, |t| t.join().unwrap())
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A worker with one flooding route (`/api`) and one well-behaved one
+/// (`/ok`), health checks off (the flood backend takes one connection).
+fn flood_worker(flood: &Flood, ok: &backend::Backend, limits: Limits) -> Worker {
+    let a = format!(r#","socket":"{}""#, flood.addr);
+    let b = format!(r#","socket":"{}""#, ok.socket());
+    Worker::start(config(
+        &[("/api", &a), ("/ok", &b)],
+        Limits {
+            health_interval_ms: 0,
+            ..limits
+        },
+    ))
+}
+
+/// The worker's RSS after a few ordinary requests (what serving leaves).
+fn resting_rss(w: &Worker) -> u64 {
+    for i in 0..5 {
+        served(w, &format!("/ok/warm{i}"));
+    }
+    kib(w.child.id(), "VmRSS")
+}
+
+/// Sample the worker's RSS every 20 ms while `busy` says so; the peak.
+/// Past `RSS_GIVE_UP_KIB` over `rest` the flood is stopped and the test
+/// fails there.
+fn peak_rss_while(
+    w: &Worker,
+    rest: u64,
+    flood: Option<&Flood>,
+    mut busy: impl FnMut() -> bool,
+) -> u64 {
+    let mut peak = rest;
+    while busy() {
+        let now = kib(w.child.id(), "VmRSS");
+        peak = peak.max(now);
+        if now > rest + RSS_GIVE_UP_KIB {
+            if let Some(f) = flood {
+                f.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            panic!("worker RSS grew from {rest} KiB to {now} KiB under the flood; stopped it");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    peak
+}
+
+/// A provider streams `103 Early Hints` as fast as it can for a few
+/// seconds, then its final response; the client reads everything. Every
+/// interim head reaches the client, then the final response, and the
+/// worker's RSS stays flat: it stops reading the backend while the heads
+/// queued for the client are over a bound, and drops them once sent.
+#[test]
+fn interim_heads_streamed_to_a_reading_client_keep_the_worker_flat() {
+    use std::io::Read;
+    let ok = backend::tcp("127.0.0.1:0");
+    let mut flood = Flood::start(
+        b"",
+        EARLY_HINTS,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone",
+    );
+    let w = flood_worker(&flood, &ok, Limits::default());
+    let rest = resting_rss(&w);
+    let mut c = connect(w.addr);
+    c.write_all(&get("/api/hints")).unwrap();
+    let reader = std::thread::spawn(move || {
+        // Everything, keeping only the count and the last bytes.
+        let (mut total, mut tail) = (0u64, Vec::new());
+        let mut piece = vec![0u8; 1 << 16];
+        while !tail.ends_with(b"\r\n\r\ndone") {
+            match c.read(&mut piece) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    total += n as u64;
+                    tail.extend_from_slice(&piece[..n]);
+                    let cut = tail.len().saturating_sub(4096);
+                    tail.drain(..cut);
+                }
+            }
+        }
+        (total, tail)
+    });
+    let flooding_until = std::time::Instant::now() + Duration::from_secs(3);
+    let peak = peak_rss_while(&w, rest, Some(&flood), || {
+        std::time::Instant::now() < flooding_until
+    });
+    let sent = flood.end();
+    let (got, tail) = reader.join().unwrap();
+    eprintln!(
+        "103 flood to a reading client: backend sent {sent} bytes, client got {got}; \
+         worker RSS resting {rest} KiB, peak {peak} KiB"
+    );
+    assert!(
+        peak <= rest + FLOOD_BOUND_KIB,
+        "worker RSS grew from {rest} KiB to {peak} KiB"
+    );
+    let text = String::from_utf8_lossy(&tail);
+    assert!(
+        text.ends_with("\r\n\r\ndone") && text.contains("HTTP/1.1 200 OK\r\n"),
+        "the final response did not follow the interim heads: {text:.200}"
+    );
+    assert!(
+        got > sent / 2 && text.contains("HTTP/1.1 103 Early Hints\r\n"),
+        "the interim heads were not passed on ({got} of {sent} bytes)"
+    );
+    served(&w, "/ok/after");
+}
+
+/// The same flood to a client that sends its request and never reads:
+/// the worker stops reading the backend (whose writes then stall) and its
+/// RSS stays flat however long the flood lasts.
+#[test]
+fn interim_heads_streamed_to_a_client_that_does_not_read_are_back_pressured() {
+    let ok = backend::tcp("127.0.0.1:0");
+    let mut flood = Flood::start(b"", EARLY_HINTS, b"");
+    let w = flood_worker(&flood, &ok, Limits::default());
+    let rest = resting_rss(&w);
+    let mut c = connect(w.addr);
+    c.write_all(&get("/api/hints")).unwrap();
+    // Until the backend has been held back for a while (a second's worth
+    // of timed-out writes), sampling all along.
+    let peak = peak_rss_while(&w, rest, Some(&flood), || {
+        flood.stalls() < 20 && !flood.cut()
+    });
+    let peak = peak.max(kib(w.child.id(), "VmRSS"));
+    let cut = flood.cut();
+    let sent = flood.end();
+    eprintln!(
+        "103 flood to a client that does not read: backend sent {sent} bytes before it \
+         stalled; worker RSS resting {rest} KiB, peak {peak} KiB"
+    );
+    assert!(
+        peak <= rest + FLOOD_BOUND_KIB,
+        "worker RSS grew from {rest} KiB to {peak} KiB"
+    );
+    assert!(
+        !cut,
+        "the worker closed the flooding backend instead of holding it back"
+    );
+    drop(c);
+    served(&w, "/ok/after");
+}
+
+/// A response whose trailer section never ends, and a request whose
+/// trailer section never ends: each is cut off at the trailer limit
+/// (16 KiB, as a head) with the worker's RSS flat, and the worker goes on
+/// serving.
+#[test]
+fn endless_trailer_sections_are_cut_off_with_the_worker_flat() {
+    let ok = backend::tcp("127.0.0.1:0");
+    let mut flood = Flood::start(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n",
+        b"X-Trailer: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n",
+        b"",
+    );
+    let w = flood_worker(&flood, &ok, Limits::default());
+    let rest = resting_rss(&w);
+    // The response: the client reads what comes; the connection is closed
+    // once the trailers pass the limit (the response had started).
+    let mut c = connect(w.addr);
+    c.write_all(&get("/api/trailers")).unwrap();
+    let reader = std::thread::spawn(move || closed_after_reading(&mut c));
+    let peak = peak_rss_while(&w, rest, Some(&flood), || !reader.is_finished());
+    assert!(reader.join().unwrap(), "the response was not cut off");
+    let sent = flood.end();
+    // The request: the body's one chunk, then trailer lines without end;
+    // the client gets 400 (or the close) and its writes stop.
+    let mut c = connect(w.addr);
+    c.set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    c.write_all(
+        b"POST /ok/up HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n",
+    )
+    .unwrap();
+    let line = [b"X-Trailer: ".as_slice(), &[b'a'; 100], b"\r\n"].concat();
+    let mut wrote = 0usize;
+    let peak2 = peak_rss_while(&w, rest, None, || {
+        match c.write(&line) {
+            Ok(n) => wrote += n,
+            Err(_) => return false,
+        }
+        // Far past any limit without an answer: the bound failed.
+        wrote < 64 << 20
+    });
+    let answer = closed_after_reading(&mut c);
+    eprintln!(
+        "trailer floods: backend sent {sent} bytes, client {wrote}; worker RSS resting \
+         {rest} KiB, peak {} KiB",
+        peak.max(peak2)
+    );
+    assert!(
+        wrote < 64 << 20,
+        "the worker took {wrote} bytes of trailers"
+    );
+    assert!(answer, "the request was not refused");
+    assert!(
+        peak.max(peak2) <= rest + FLOOD_BOUND_KIB,
+        "worker RSS grew from {rest} KiB to {} KiB",
+        peak.max(peak2)
+    );
+    served(&w, "/ok/after");
+}
+
+/// Read until the peer closes (EOF or reset): whether it did.
+fn closed_after_reading(c: &mut TcpStream) -> bool {
+    use std::io::Read;
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut piece = vec![0u8; 1 << 16];
+    loop {
+        match c.read(&mut piece) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// A request held while its provider is away (`--hold-timeout`), whose
+/// client streams its body meanwhile: the worker holds the bytes read
+/// with the head (at most one head buffer) and reads no more until the
+/// backend is there, so the client's writes stall and RSS stays flat.
+#[test]
+fn a_held_request_streaming_its_body_is_back_pressured() {
+    let ok = backend::tcp("127.0.0.1:0");
+    // A port nobody listens on: the dial is refused and the request held.
+    let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gone_addr = gone.local_addr().unwrap();
+    drop(gone);
+    let route = format!(r#","socket":"{gone_addr}""#);
+    let b = format!(r#","socket":"{}""#, ok.socket());
+    let w = Worker::start(config(
+        &[("/api", &route), ("/ok", &b)],
+        Limits {
+            health_interval_ms: 0,
+            hold_timeout_ms: 60_000,
+            ..Limits::default()
+        },
+    ));
+    let rest = resting_rss(&w);
+    let mut c = connect(w.addr);
+    c.set_write_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    c.write_all(b"POST /api/up HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000000\r\n\r\n")
+        .unwrap();
+    let piece = vec![b'x'; 1 << 16];
+    let (mut wrote, mut stalls) = (0usize, 0);
+    let peak = peak_rss_while(&w, rest, None, || {
+        match c.write(&piece) {
+            Ok(n) => wrote += n,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                stalls += 1
+            }
+            Err(e) => panic!("the held client's write failed: {e}"),
+        }
+        stalls < 20 && wrote < 256 << 20
+    });
+    eprintln!(
+        "held request streaming its body: client wrote {wrote} bytes before it stalled; \
+         worker RSS resting {rest} KiB, peak {peak} KiB"
+    );
+    assert!(
+        wrote < 256 << 20,
+        "the worker took {wrote} bytes while holding"
+    );
+    assert!(
+        peak <= rest + FLOOD_BOUND_KIB,
+        "worker RSS grew from {rest} KiB to {peak} KiB"
+    );
+    drop(c);
+    served(&w, "/ok/after");
 }

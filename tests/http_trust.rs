@@ -279,3 +279,41 @@ fn a_101_nobody_asked_for_is_a_502_not_a_tunnel() {
     let head = &b.reqs()[0].head;
     assert!(!head.to_ascii_lowercase().contains("upgrade"), "{head}");
 }
+
+/// `Content_Length` / `Transfer_Encoding` (issue 18): a backend that
+/// reads `_` as `-` (CGI, PHP, WSGI: both spellings are
+/// `HTTP_CONTENT_LENGTH`) would frame the body by the underscore one while
+/// we frame by the real one, and the bytes after our end would be a second
+/// request we never saw. Such a request gets 400 and no byte of it reaches
+/// the backend; other names with `_` are forwarded as before.
+#[test]
+fn framing_fields_spelt_with_underscores_never_reach_the_backend() {
+    let b = scripted::start(|_| Some(scripted::ok(b"ok")));
+    let w = route_to(&b.socket());
+    let smuggled = "GET /api/admin HTTP/1.1\r\nHost: h\r\n\r\n";
+    for raw in [
+        format!(
+            "POST /api/x HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent_Length: {}\r\n\r\nhello{smuggled}",
+            5 + smuggled.len()
+        ),
+        format!("POST /api/x HTTP/1.1\r\nHost: h\r\nContent-Length: 8\r\nTransfer_Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"),
+        format!("GET /api/x HTTP/1.1\r\nHost: h\r\ncontent_length: {}\r\n\r\n{smuggled}", smuggled.len()),
+    ] {
+        let (r, mut s) = exchange(w.addr, raw.as_bytes());
+        assert_eq!(r.status, 400, "{raw:?}: {}", r.head);
+        assert!(closed(&mut s, Duration::from_secs(10)), "{raw:?}: kept open");
+    }
+    assert!(b.reqs().is_empty(), "the backend got {:?}", b.reqs());
+    let (r, _s) = exchange(
+        w.addr,
+        b"GET /api/y HTTP/1.1\r\nHost: h\r\nX_Trace_Id: 7\r\n\r\n",
+    );
+    assert_eq!(r.status, 200, "{}", r.head);
+    let reqs = b.reqs();
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    assert!(
+        reqs[0].head.contains("\r\nX_Trace_Id: 7\r\n"),
+        "{}",
+        reqs[0].head
+    );
+}

@@ -287,6 +287,21 @@ impl Out {
         self.pos = 0;
     }
 
+    /// Bytes queued and not sent yet.
+    pub fn pending(&self) -> usize {
+        self.data.len() - self.pos
+    }
+
+    /// Drop the bytes already sent, keeping the allocation, so a queue
+    /// that is appended to again and again (interim heads) holds only
+    /// what waits. Not for a request head, which `rewind` may replay.
+    pub fn compact(&mut self) {
+        if self.pos > 0 {
+            self.data.drain(..self.pos);
+            self.pos = 0;
+        }
+    }
+
     /// Send the queued bytes and then up to `extra.len()` bytes of `buf`
     /// (a body's start) in as few `writev` calls as the socket allows.
     /// Returns (queued bytes sent, buffer bytes sent); the buffer bytes are
@@ -418,6 +433,25 @@ mod tests {
         buf.consume(n);
         buf.settle();
         assert_eq!(buf.held(), 0);
+    }
+
+    /// A queue appended to again and again (interim heads) keeps only
+    /// what is not sent yet, in the same allocation.
+    #[test]
+    fn compact_drops_what_was_sent() {
+        let (a, b) = pair();
+        let mut out = Out::default();
+        out.buf()
+            .extend_from_slice(b"HTTP/1.1 103 Early Hints\r\n\r\n");
+        assert_eq!(out.flush(&a, &mut RW.clone()).unwrap(), 28);
+        out.buf().extend_from_slice(b"next");
+        assert_eq!(out.pending(), 4);
+        out.compact();
+        assert_eq!((out.pending(), out.data.as_slice()), (4, &b"next"[..]));
+        assert!(out.data.capacity() >= 32, "the allocation stays");
+        out.compact();
+        assert_eq!(out.data, b"next");
+        drop(b);
     }
 
     #[test]

@@ -270,34 +270,43 @@ impl Conn {
         if ex.sent_at.is_none() && ex.request_sent() {
             ex.sent_at = Some(cx.now);
         }
-        progress |= read_response_head(ex, b, &mut self.cout, self.closing || cx.draining)?;
-        if !self.cout.is_empty() {
-            // The response head and the body bytes already read leave together.
-            let (extra, pump) = match &mut ex.resp {
-                Resp::Body(p) => (
-                    p.buffered(&ex.bbuf).map_err(|e| {
-                        Fail::Abort(format!("response from {}: {e}", ex.route.backend))
-                    })?,
-                    Some(p),
-                ),
-                _ => (0, None),
-            };
-            // The whole rest of a response after which we close: our FIN
-            // may ride on it (`finish` shuts or closes in this same pass).
-            let last = ex.persist == Persist::Close
-                && !ex.tunnel
-                && pump
-                    .as_ref()
-                    .is_some_and(|p| !p.is_done() && p.ends_after(extra));
-            let (h, n) = self
-                .cout
-                .flush_with(&self.client, &mut self.cr, &mut ex.bbuf, extra, last)
-                .map_err(|e| Fail::Abort(format!("writing response: {e}")))?;
-            if let Some(p) = pump {
-                p.advance(n);
+        // Interim heads are relayed like a body: on while the client takes
+        // them as fast as they come, and the backend is left unread while
+        // the client is slow (`read_response_head` stops at INTERIM_QUEUE).
+        loop {
+            progress |= read_response_head(ex, b, &mut self.cout, self.closing || cx.draining)?;
+            let queued = !self.cout.is_empty();
+            if queued {
+                // The response head and the body bytes already read leave together.
+                let (extra, pump) = match &mut ex.resp {
+                    Resp::Body(p) => (
+                        p.buffered(&ex.bbuf).map_err(|e| {
+                            Fail::Abort(format!("response from {}: {e}", ex.route.backend))
+                        })?,
+                        Some(p),
+                    ),
+                    _ => (0, None),
+                };
+                // The whole rest of a response after which we close: our FIN
+                // may ride on it (`finish` shuts or closes in this same pass).
+                let last = ex.persist == Persist::Close
+                    && !ex.tunnel
+                    && pump
+                        .as_ref()
+                        .is_some_and(|p| !p.is_done() && p.ends_after(extra));
+                let (h, n) = self
+                    .cout
+                    .flush_with(&self.client, &mut self.cr, &mut ex.bbuf, extra, last)
+                    .map_err(|e| Fail::Abort(format!("writing response: {e}")))?;
+                if let Some(p) = pump {
+                    p.advance(n);
+                }
+                cx.stats.bytes_out += (h + n) as u64;
+                progress |= h + n > 0;
             }
-            cx.stats.bytes_out += (h + n) as u64;
-            progress |= h + n > 0;
+            if !(queued && self.cout.is_empty() && matches!(ex.resp, Resp::Head)) {
+                break;
+            }
         }
         if self.cout.is_empty() {
             if let Resp::Body(p) = &mut ex.resp {
@@ -386,7 +395,18 @@ pub fn replayable(req: &Request) -> bool {
         )
 }
 
-/// Read and parse response heads until the final one (or a 101) is in.
+/// Interim (1xx) heads queued for the client, in bytes, past which no
+/// further head is parsed and the backend is not read until the client
+/// took them: the queue holds at most this plus one head (which is at most
+/// `max_head_bytes` as read, and about as much as written), however many
+/// interim responses a backend sends. No count is capped, as HAProxy caps
+/// none: the response timeout, which interim heads do not reset, ends a
+/// backend that never sends its final head. 4 KiB: several Early Hints,
+/// or a 100 Continue and the final head, still leave in one write.
+const INTERIM_QUEUE: usize = 4096;
+
+/// Read and parse response heads until the final one (or a 101) is in,
+/// or [`INTERIM_QUEUE`] bytes of interim heads wait for the client.
 fn read_response_head(
     ex: &mut Exchange,
     b: &mut BackendConn,
@@ -395,7 +415,15 @@ fn read_response_head(
 ) -> Result<bool, Fail> {
     let mut progress = false;
     while matches!(ex.resp, Resp::Head) {
+        // Back-pressure: heads for a client that is not taking them wait
+        // in the backend's socket, not here (a provider may stream 1xx
+        // heads without end: one queue's worth is all they cost).
+        if cout.pending() >= INTERIM_QUEUE {
+            break;
+        }
         if !ex.bbuf.is_empty() {
+            // Heads already sent go; the allocation stays for the next.
+            cout.compact();
             let mark = cout.buf().len();
             match head::parse_response(ex.bbuf.bytes(), ex.is_head, cout.buf()) {
                 Err(why) => {

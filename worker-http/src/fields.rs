@@ -51,6 +51,15 @@ pub fn is_identity(name: &str) -> bool {
         || CLAIMS.iter().any(|c| same(name.as_bytes(), c))
 }
 
+/// `Content-Length` or `Transfer-Encoding` spelt with `_` for a `-`
+/// (`Content_Length`): a backend that reads `_` as `-` (CGI, PHP, WSGI)
+/// would frame the body by it while we frame by the real one, so a
+/// request with one is refused (`head::parse_request`), never forwarded.
+/// Only names that are not the exact field get here, so a match has a `_`.
+pub fn is_framing_alias(name: &str) -> bool {
+    same(name.as_bytes(), "content-length") || same(name.as_bytes(), "transfer-encoding")
+}
+
 /// A field that must not come from a chunked trailer: identity, framing,
 /// `Host` and hop-by-hop fields (RFC 9110 §6.5.1), with `_` for `-`.
 pub fn forbidden_in_trailers(name: &str) -> bool {
@@ -96,6 +105,22 @@ mod tests {
         }
         for n in ["X-Checksum", "Server-Timing", "Content-Lengths", "Hosts"] {
             assert!(!forbidden_in_trailers(n), "{n}");
+        }
+        for n in [
+            "Content_Length",
+            "content_length",
+            "Transfer_Encoding",
+            "TRANSFER-ENCODING",
+        ] {
+            assert!(is_framing_alias(n), "{n}");
+        }
+        for n in [
+            "Content_Lengths",
+            "Content_Type",
+            "X_Content_Length",
+            "Transfer_Encodin",
+        ] {
+            assert!(!is_framing_alias(n), "{n}");
         }
     }
 }

@@ -5,7 +5,7 @@
 //! to fuzz. Requests are validated strictly (BEHAVIOUR §5): anything a backend
 //! could frame differently from us is refused before it is forwarded.
 
-use crate::fields::{is_identity, HOP_BY_HOP};
+use crate::fields::{is_framing_alias, is_identity, HOP_BY_HOP};
 use crate::framing::{parse_content_length, te_is_chunked, Framing};
 use crate::route::{normalise_host, rewrite_target, Entry};
 use std::borrow::Cow;
@@ -184,6 +184,15 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed<Request>, Reject> {
                 return Err(reject(400, "more than one Host header"));
             }
             host_raw = Some(h.value);
+        } else if is_framing_alias(h.name) {
+            // Neither dropped nor forwarded: a client that sends one means
+            // to smuggle, and a backend that folds `_` to `-` would frame
+            // the body by it (nginx drops every name with `_`; we refuse
+            // only these, so other `_` names still reach their backend).
+            return Err(reject(
+                400,
+                "Content-Length or Transfer-Encoding spelt with '_'",
+            ));
         }
     }
     let framing = match (te_seen, cl) {

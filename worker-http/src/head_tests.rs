@@ -167,6 +167,32 @@ fn ambiguous_framing_is_400() {
     );
 }
 
+/// A framing field spelt with `_` (issue 18): a backend that reads `_`
+/// as `-` (CGI and the like: both are `HTTP_CONTENT_LENGTH`) would frame
+/// the body by it, we by the real one. Refused, whatever else the head
+/// says, in any case; other names with `_` still pass.
+#[test]
+fn framing_fields_spelt_with_underscores_are_400() {
+    for head in [
+        // Beside our framing: the backend sees two lengths or two codings.
+        "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent_Length: 50\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer_Encoding: chunked\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\ncontent_length: 0\r\n\r\n",
+        // Alone: we see no body, the backend one.
+        "GET / HTTP/1.1\r\nHost: a\r\nCONTENT_LENGTH: 43\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: a\r\nTransfer_encoding: chunked\r\n\r\n",
+        "GET / HTTP/1.0\r\nContent_Length: 1\r\n\r\n",
+    ] {
+        let r = req(head).expect_err(head);
+        assert_eq!(r.status, 400, "{head}");
+        assert!(r.why.contains("'_'"), "{head}: {}", r.why);
+    }
+    let kept = "GET / HTTP/1.1\r\nHost: a\r\nX_Trace_Id: 7\r\nContent_Type: t\r\n\r\n";
+    let out = rewritten(kept, &route("/", false), None);
+    assert!(out.contains("\r\nX_Trace_Id: 7\r\n"), "{out}");
+    assert!(out.contains("\r\nContent_Type: t\r\n"), "{out}");
+}
+
 #[test]
 fn request_framing() {
     let r = req("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 7\r\nContent-Length: 7\r\n\r\n")
