@@ -1437,6 +1437,10 @@ def one_round(a, r, rseed, flags, mode, per, skip):
             ok = False
         if not ok:
             os.system(f"grep -v ': info: ' {log.name} | tail -n 15 | sed 's/^/    log: /'")
+            if any(v[1] == "held-fair" for v in rd.violations):
+                # What the worker counted when it refused /r a hold (info lines).
+                os.system(f"grep 'backend {lo}:{fl_fair.port} unreachable and .*not holding' {log.name} | tail -n 3"
+                          " | sed 's/^/    log: /'")
         print(f"round {r}: {'PASS' if ok else 'FAIL'}", flush=True)
         return ok, rd.violations
     finally:
