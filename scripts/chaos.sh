@@ -18,6 +18,12 @@
 #   memory        a worker's RssAnon grows 32 MiB over its baseline
 #   well-behaved  a well-behaved request fails and no kill of its worker
 #                 explains it
+#   held-fair     with --max-held 2 or 4 and a route flooding holds for a
+#                 provider gone for good, a request to another route of the
+#                 same worker, sent while that route holds less than its
+#                 share (max(1, --max-held / 2)) during an outage of its
+#                 provider shorter than the hold, is not held and served;
+#                 likewise after that route's held clients half-closed
 # and at its end when
 #   baseline      RSS (4 MiB), fds (2, checks in flight) and pipes of every
 #                 process are not back at their baseline within 30 s
@@ -40,6 +46,7 @@
 #                             gone, stall, blackhole  no such backend state
 #                             health      health checks always off
 #                             proxy-rst   no client resets on the proxy_protocol link
+#                             held-fair   no dead-route flood beside a restarting route
 #                             kills, reloads
 #   PVX_CHAOS_KEEP_GOING=1  run every round even after one failed (exit 1 at
 #                           the end if any did)

@@ -1043,8 +1043,8 @@ fn soak_accounting_classifies_errors_after_the_kills() {
 
 /// The chaos script's pure parts (scripts/lib/test_chaos.py): every drawn
 /// flag is inside its documented range, a seed draws the same flags and
-/// schedules again, PVX_CHAOS_SKIP leaves things out, the deadline bounds
-/// and the PROXY header reader.
+/// schedules again, PVX_CHAOS_SKIP leaves things out, the deadline bounds,
+/// the held-fair plan and share, and the PROXY header reader.
 #[test]
 fn chaos_draws_and_bounds() {
     let out = Command::new("python3")
@@ -1054,5 +1054,5 @@ fn chaos_draws_and_bounds() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("Ran 10 tests"), "{text}");
+    assert!(text.contains("Ran 14 tests"), "{text}");
 }

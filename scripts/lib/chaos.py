@@ -26,6 +26,9 @@ Graph A (B adds route /c and a second tcp endpoint, as the soak's):
   tcp   TF -> flaky tcp           probes
   tcp   TI -> tcp echo            never used: always idle
   http  HI /f -> flaky http       never used: idle, its health checks run
+  http  HF /dead -> refused port  held-fair: flooded with GET, held until
+           /r -> restarting http  the hold ends; /r's provider goes away
+                                  for outages shorter than the hold
 
 Invariants, checked each second (the round stops at the first violation):
   idle-cpu      a worker whose endpoint had no client connection open for
@@ -37,6 +40,17 @@ Invariants, checked each second (the round stops at the first violation):
                 baseline during the round
   well-behaved  every well-behaved request succeeds unless a kill of its
                 endpoint's worker explains it (soak_load's rule)
+  held-fair     with --max-held 1, 2 or 4 and a hold an outage fits in
+                (held_fair_plan), while /dead is flooded by 4 clients per
+                slot: every GET /r sent into an outage of its provider
+                while /r held fewer than its share (held_share: max(1,
+                --max-held / 2 routes); ours are its only clients, so the
+                count is ours) is held and served 200 once the provider
+                is back; also the fresh one sent after the route's share
+                of held GET /r half-closed (their slots come back). Not
+                asserted with --max-held 1 (the shares do not fit).
+                `status --json` has one held count per worker
+                (.worker.hold), reported, not judged.
 and at the end of each round:
   baseline      after the load stops and the flaky backends are back up,
                 every process returns to its baseline within --settle
@@ -86,7 +100,18 @@ SKIPS = {
     "reloads": "no reloads",
     "health": "never turn health checks on",
     "proxy-rst": "no client resets on the proxy_protocol link",
+    "held-fair": "no held-fair phase (a dead route flooding holds beside a restarting one)",
 }
+# held-fair: the endpoint's two routes (/dead, /r), the --max-held values it
+# runs with, the shortest outage (a request sent 0.05 s into it is held
+# after ~375 ms of retries), the outage a half-close window needs (requests
+# half-closed at 0.6 s, a fresh one at 0.9 s, held from ~1.3 s), and
+# flooding clients per --max-held slot.
+HF_ROUTES = 2
+HF_HELD = (1, 2, 4)
+HF_MIN_OUTAGE_S = 0.6
+HF_HALFCLOSE_S = 1.6
+HF_FLOOD_PER_SLOT = 4
 
 
 # ---------------------------------------------------------------- draws
@@ -177,6 +202,58 @@ def schedule(rnd, kind, seconds, skip=()):
         t += rnd.uniform(2, 10)
     out.append((round(seconds, 2), "up"))
     return out
+
+
+def held_share(max_held, routes=HF_ROUTES):
+    """The held connections a route may count on with `routes` routes
+    holding: max(1, max_held / routes) (issue 18, "Holding is fair")."""
+    return max(1, max_held // max(1, routes))
+
+
+def held_fair_asserted(max_held, routes=HF_ROUTES):
+    """Whether the rule promises the restarting route a slot while the dead
+    one holds its share: only when the shares fit in --max-held (with
+    --max-held 1 the dead route's one slot is the whole worker's)."""
+    return held_share(max_held, routes) * routes <= max_held
+
+
+def held_fair_margin(f):
+    """Seconds an outage must end before the hold does for a held request
+    to be served: a retry (every 500 ms at most) and, with health checks,
+    --health-rise checks 500 ms apart (a down backend is not dialled) plus
+    one check's connect."""
+    m = 0.5
+    if f["health-interval"]:
+        m += f["health-rise"] * 0.5 + 0.1
+    return m
+
+
+def held_fair_plan(rnd, f, skip=()):
+    """The held-fair phase's outage windows of the restarting route's
+    provider, ([(up s before it, outage s, kind, requests)], ""), kind
+    "requests" (that many GET /r, 0.1 s apart, from 0.05 s into the
+    outage) or "half-close" (`requests` GET /r that half-close at 0.6 s,
+    then one fresh GET /r at 0.9 s); or (None, why) when the round's flags
+    leave nothing to measure. Each outage is at least HF_MIN_OUTAGE_S and
+    ends held_fair_margin before the hold does."""
+    if "held-fair" in skip:
+        return None, "skipped"
+    if f["max-held"] not in HF_HELD:
+        return None, f"--max-held {f['max-held']}: a flood cannot fill it"
+    d_max = min(3.0, f["hold-timeout"] / 1000 - held_fair_margin(f))
+    if d_max < HF_MIN_OUTAGE_S:
+        return None, f"--hold-timeout {f['hold-timeout']}ms: no outage of {HF_MIN_OUTAGE_S} s fits in it"
+    share = held_share(f["max-held"])
+    out = []
+    for i in range(rnd.randint(4, 6)):
+        up = round(rnd.uniform(1.0, 2.5), 2)
+        d = round(rnd.uniform(max(HF_MIN_OUTAGE_S, d_max * 0.6), d_max), 2)
+        hc = rnd.random() < 0.3
+        if d >= HF_HALFCLOSE_S and (hc or i == 1):
+            out.append((up, d, "half-close", share))
+        else:
+            out.append((up, d, "requests", rnd.randint(1, share + 1)))
+    return out, ""
 
 
 # ---------------------------------------------------------------- bounds
@@ -545,8 +622,19 @@ class Probe:
 
 
 class Round(sl.Soak):
-    def __init__(self, a, flags, mode, fl_http, fl_tcp, addrs, skip, pxy):
+    def __init__(self, a, flags, mode, fl_http, fl_tcp, addrs, skip, pxy, fl_fair):
         super().__init__(a)
+        # held-fair: an http endpoint of its own (its worker's --max-held
+        # is shared by these two routes only), /dead -> a port bound and
+        # never listening (refused for good), /r -> fl_fair, which goes
+        # away for outages shorter than the hold.
+        self.hf_ep = sl.Endpoint("held-fair", "http", addrs["fair"])
+        self.fl_fair = fl_fair
+        self.hf_plan, self.hf_why = held_fair_plan(random.Random(f"{a.seed}:held-fair"), flags, skip)
+        self.hf_share = held_share(flags["max-held"])
+        self.hf_out = 0  # GET /r sent and not answered (not counting half-closed ones)
+        self.hf = {"dead": {}, "windows": 0, "within": {}, "above": {}, "fresh": {}, "half-closed": {},
+                   "held max": 0, "over_limit": 0, "flooders": 0}
         self.pxy = pxy
         self.pxy_ep = sl.Endpoint("proxy", "tcp", addrs["proxy"])
         self.pxy_judged = 0
@@ -786,6 +874,179 @@ class Round(sl.Soak):
             out = type(e).__name__
         self.finish(c, p, out)
 
+    # ---- held-fair: a dead route flooding holds beside a restarting one
+
+    def hf_status(self):
+        """The held-fair worker's hold counters from `status --json`
+        (.endpoints[].worker.hold: per worker, not per route), or {}."""
+        try:
+            eps, _ = self.workers()
+        except (OSError, RuntimeError, ValueError):
+            return {}
+        return eps.get(self.hf_ep.address, {}).get("worker", {}).get("hold", {}) or {}
+
+    def hf_count(self, what, key):
+        with self.lock:
+            self.hf[what][key] = self.hf[what].get(key, 0) + 1
+
+    def hf_get(self, c, path):
+        c.send(f"GET {path} HTTP/1.1\r\nHost: chaos\r\nConnection: close\r\n\r\n".encode())
+
+    def hf_flood(self, rnd, stop_at):
+        """One client of the dead route: GET /dead again and again, each
+        answered 502 when its hold ends (or at once over the limit)."""
+        bound = probe_bound("held-fair", self.flags, ["gone"])
+        while now() < stop_at and not self.stop.is_set():
+            t0 = now()
+            try:
+                c = self.conn(self.hf_ep)
+            except OSError as e:
+                self.hf_count("dead", type(e).__name__)
+                self.stop.wait(0.2)
+                continue
+            try:
+                c.s.settimeout(bound)
+                self.hf_get(c, f"/dead/x?id={rnd.getrandbits(32):x}")
+                out = str(c.response()[0])
+            except socket.timeout:
+                out = "no answer"
+            except (OSError, sl.Fail) as e:
+                out = type(e).__name__
+            c.close()
+            self.hf_count("dead", out)
+            if now() - t0 > bound:
+                self.violate("deadline", f"held-fair GET /dead on {self.hf_ep.address}",
+                             f"connection open {now() - t0:.1f} s, bound {bound:.1f} s (backend refused for good), outcome {out}")
+            if now() - t0 < 0.3:
+                self.stop.wait(rnd.uniform(0.1, 0.3))
+
+    def hf_request(self, t_out, d, what, t_send):
+        """One GET /r at t_send, during the outage [t_out, t_out + d) of its
+        provider: judged by the rule when it was sent within the route's
+        share (held for /r before it: self.hf_out, ours are its only
+        clients)."""
+        self.stop.wait(max(0, t_send - now()))
+        if self.stop.is_set():
+            return
+        with self.lock:
+            before = self.hf_out
+            self.hf_out += 1
+        c, p = self.start_probe("held-fair", self.hf_ep, self.fl_fair)
+        try:
+            self.hf_get(c, "/r/x")
+            out = self.read_final(c, p)
+        except OSError as e:
+            out = type(e).__name__
+        with self.lock:
+            self.hf_out -= 1
+        waited = now() - p.t0
+        self.finish(c, p, out)
+        within = before < self.hf_share
+        self.hf_count(what if what == "fresh" else ("within" if within else "above"), out)
+        if within and out != "200" and held_fair_asserted(self.flags["max-held"]) and not self.stop.is_set():
+            hs = self.hf_status()
+            with self.lock:
+                dead = dict(self.hf["dead"])
+            self.violate(
+                "held-fair", f"http {self.hf_ep.address} route /r",
+                f"GET /r sent {t_send - t_out:.2f} s into a {d:.2f} s outage of its provider (shorter than --hold-timeout "
+                f"{self.flags['hold-timeout']}ms), with {before} held for /r before it (its share of --max-held "
+                f"{self.flags['max-held']}: {self.hf_share})"
+                + (" after the route's half-closed clients should have given their slots back" if what == "fresh" else "")
+                + f": {out} after {waited:.2f} s, not held until the provider was back; the worker holds "
+                f"{hs.get('held', '?')} (over_limit {hs.get('over_limit', '?')}) while /dead is flooded "
+                f"({self.hf['flooders']} clients, answers so far {dead})")
+
+    def hf_halfclose(self, t_out, n):
+        """n GET /r that half-close (shutdown(SHUT_WR)) 0.6 s into the
+        outage, while held: their slots must come back (issue 18, item 5)."""
+        self.stop.wait(max(0, t_out + 0.05 - now()))
+        cs = []
+        for _ in range(n):
+            try:
+                c = self.conn(self.hf_ep)
+                self.hf_get(c, "/r/x")
+                cs.append(c)
+            except OSError as e:
+                self.hf_count("half-closed", type(e).__name__)
+        with self.lock:
+            self.hf_out += len(cs)
+        self.stop.wait(max(0, t_out + 0.6 - now()))
+        for c in cs:
+            try:
+                c.s.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        with self.lock:
+            self.hf_out -= len(cs)
+        return cs
+
+    def hf_reap(self, cs, until):
+        """What the half-closed clients got (EOF: let go; 200: kept held),
+        then closes them."""
+        for c in cs:
+            c.s.settimeout(max(0.1, until - now()))
+            try:
+                out = "eof" if not c.s.recv(65536) else "answered"
+            except socket.timeout:
+                out = "open"
+            except OSError as e:
+                out = type(e).__name__
+            c.close()
+            self.hf_count("half-closed", out)
+
+    def hf_monitor(self, stop_at):
+        base = self.hf_status().get("over_limit", 0)
+        while now() < stop_at and not self.stop.wait(1):
+            hs = self.hf_status()
+            with self.lock:
+                self.hf["held max"] = max(self.hf["held max"], hs.get("held", 0))
+                self.hf["over_limit"] = max(self.hf["over_limit"], hs.get("over_limit", base) - base)
+
+    def run_held_fair(self, seed, until):
+        """The phase: /dead flooded by HF_FLOOD_PER_SLOT clients per
+        --max-held slot for its whole length; the provider of /r goes away
+        for each planned outage (shorter than the hold), GET /r sent into
+        it; each one sent while /r held fewer than its share must be held
+        and served (200) once the provider is back."""
+        rnd = random.Random(seed)
+        hold = self.flags["hold-timeout"] / 1000
+        if self.stop.wait(rnd.uniform(3, 6)):
+            return
+        need = sum(up + d + 1 for up, d, _, _ in self.hf_plan)
+        flood_end = min(until - hold - 2, now() + 1.5 + need)
+        n = HF_FLOOD_PER_SLOT * self.flags["max-held"]
+        self.hf["flooders"] = n
+        ths = [threading.Thread(target=self.hf_flood, args=(random.Random(seed + 1 + i), flood_end), daemon=True) for i in range(n)]
+        ths.append(threading.Thread(target=self.hf_monitor, args=(flood_end,), daemon=True))
+        for th in ths:
+            th.start()
+        self.stop.wait(1.5)  # the flood fills the slots (held after ~375 ms of retries)
+        for up, d, kind, k in self.hf_plan:
+            if self.stop.wait(up) or now() + d + 1 > flood_end:
+                break
+            t_out = now()
+            self.fl_fair.set("gone")
+            self.hf["windows"] += 1
+            reqs, cs = [], []
+            if kind == "half-close":
+                reqs.append(threading.Thread(target=self.hf_request, args=(t_out, d, "fresh", t_out + 0.9), daemon=True))
+                reqs[0].start()
+                cs = self.hf_halfclose(t_out, k)
+            else:
+                reqs = [threading.Thread(target=self.hf_request, args=(t_out, d, kind, t_out + 0.05 + 0.1 * i), daemon=True)
+                        for i in range(k)]
+                for th in reqs:
+                    th.start()
+            self.stop.wait(max(0, t_out + d - now()))
+            self.fl_fair.set("up")
+            for th in reqs:
+                th.join(hold + 5)
+            self.hf_reap(cs, now() + 1)
+        self.fl_fair.set("up")
+        for th in ths:
+            th.join(hold + self.flags["connect-timeout"] / 1000 + 10)
+
     # ---- the schedule's actors
 
     def run_flaky(self, fl, plan):
@@ -903,6 +1164,8 @@ class Round(sl.Soak):
             control.append(threading.Thread(target=self.run_kills, args=(until,), daemon=True))
         if "reloads" not in self.skip:
             control.append(threading.Thread(target=self.run_reloads, args=(until,), daemon=True))
+        if self.hf_plan:
+            control.append(threading.Thread(target=self.run_held_fair, args=(rs + 95, until), daemon=True))
         self.plans = plans
         for th in threads + control:
             th.start()
@@ -989,6 +1252,15 @@ class Round(sl.Soak):
             f"{fl.kind} " + ">".join(st for _, st in plan[:-1]) + f" (served {fl.served})" for fl, plan in self.plans.items()))
         print(f"  proxy_protocol {self.proxy_version}: clients {self.proxy_counts}; backend saw sources {self.pxy.seen}, "
               f"{self.pxy.empty} connections without data (health checks)")
+        if self.hf_plan:
+            h = self.hf
+            print(f"  held-fair: --max-held {self.flags['max-held']} (a route's share {self.hf_share}"
+                  + ("" if held_fair_asserted(self.flags["max-held"]) else ", not asserted: the shares do not fit")
+                  + f"), /dead flooded by {h['flooders']} clients ({h['dead']}); {h['windows']} outage(s) of /r's provider: "
+                  f"GET /r within its share {h['within']}, above it {h['above']}; half-closed {h['half-closed']}, "
+                  f"then fresh {h['fresh']}; worker held at most {h['held max']}, {h['over_limit']} over the limit")
+        else:
+            print(f"  held-fair: not run ({self.hf_why})")
         print(f"  kills {len(self.kills)}, reloads {self.reloads} ({self.switches} switched the graph), idle phases {self.idle_phases}")
         for role in sorted(self.peak):
             base = self.base.get(role)
@@ -1107,11 +1379,15 @@ def main():
 def one_round(a, r, rseed, flags, mode, per, skip):
     w = os.path.join(a.work, f"round{r}")
     os.makedirs(w)
-    ports = {k: sl_port() for k in ("tcp", "http", "tcp2", "ftcp", "itcp", "ihttp", "proxy")}
-    fl_http, fl_tcp, pxy = Flaky("http"), Flaky("tcp"), ProxyEcho()
+    ports = {k: sl_port() for k in ("tcp", "http", "tcp2", "ftcp", "itcp", "ihttp", "proxy", "fair")}
+    fl_http, fl_tcp, pxy, fl_fair = Flaky("http"), Flaky("tcp"), ProxyEcho(), Flaky("http")
+    # held-fair's dead provider: a port bound and never listening (refused
+    # for good, and no one else can take it during the round).
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
     pv = random.Random(rseed).choice(("v1", "v2"))
     lo = "127.0.0.1"
-    addrs = {"proxy": f"{lo}:{ports['proxy']}", "flaky_tcp": f"{lo}:{ports['ftcp']}", "idle_tcp": f"{lo}:{ports['itcp']}", "idle_http": f"{lo}:{ports['ihttp']}"}
+    addrs = {"fair": f"{lo}:{ports['fair']}", "proxy": f"{lo}:{ports['proxy']}", "flaky_tcp": f"{lo}:{ports['ftcp']}", "idle_tcp": f"{lo}:{ports['itcp']}", "idle_http": f"{lo}:{ports['ihttp']}"}
     unix = os.path.join(w, "link.sock")
     ga = [
         link("tcp", "echo", f"{lo}:{ports['tcp']}", f"{lo}:{a.be_tcp}"),
@@ -1123,12 +1399,14 @@ def one_round(a, r, rseed, flags, mode, per, skip):
         link("tcp", "idle", addrs["idle_tcp"], f"{lo}:{a.be_tcp}"),
         link("http", "idle-f", f"{addrs['idle_http']}/f", f"{lo}:{fl_http.port}"),
         dict(link("tcp", "proxy", addrs["proxy"], f"{lo}:{pxy.port}"), proxy_protocol=pv),
+        link("http", "fair-dead", f"{addrs['fair']}/dead", f"{lo}:{dead.getsockname()[1]}"),
+        link("http", "fair-r", f"{addrs['fair']}/r", f"{lo}:{fl_fair.port}"),
     ]
     gb = ga + [
         link("http", "web-c", f"{lo}:{ports['http']}/c", f"{lo}:{a.be_http[1]}"),
         link("tcp", "echo-2", f"{lo}:{ports['tcp2']}", f"{lo}:{a.be_tcp}"),
     ]
-    addrs["want"] = {"A": (7, 3), "B": (8, 4)}
+    addrs["want"] = {"A": (8, 3), "B": (9, 4)}
     g, gA, gB = (os.path.join(w, n) for n in ("graph.json", "graph-a.json", "graph-b.json"))
     write_json(gA, ga)
     write_json(gB, gb)
@@ -1140,16 +1418,16 @@ def one_round(a, r, rseed, flags, mode, per, skip):
                            stdout=subprocess.DEVNULL, stderr=log)
     rd = None
     try:
-        if not wait_up(a.bin, st, 7, sup):
+        if not wait_up(a.bin, st, 8, sup):
             log.flush()
             with open(log.name) as f:
                 tail = f.read()[-3000:]
-            return False, [(0, "setup", "supervisor", f"7 running workers did not show in status; its log:\n{tail}")]
+            return False, [(0, "setup", "supervisor", f"8 running workers did not show in status; its log:\n{tail}")]
         ns = argparse.Namespace(
             seed=rseed, status_socket=st, sup_pid=sup.pid, graph=g, graph_a=gA, graph_b=gB,
             tcp=f"{lo}:{ports['tcp']}", http=f"{lo}:{ports['http']}", unix=unix,
             seconds=max(20, per - 12), settle=a.settle, csv=os.path.join(w, "samples.csv"), flood=a.flood)
-        rd = Round(ns, flags, mode, fl_http, fl_tcp, addrs, skip, pxy)
+        rd = Round(ns, flags, mode, fl_http, fl_tcp, addrs, skip, pxy, fl_fair)
         rd.proxy_version = pv
         ok = rd.run()
         rc = stop_supervisor(sup)
@@ -1159,6 +1437,10 @@ def one_round(a, r, rseed, flags, mode, per, skip):
             ok = False
         if not ok:
             os.system(f"grep -v ': info: ' {log.name} | tail -n 15 | sed 's/^/    log: /'")
+            if any(v[1] == "held-fair" for v in rd.violations):
+                # What the worker counted when it refused /r a hold (info lines).
+                os.system(f"grep 'backend {lo}:{fl_fair.port} unreachable and .*not holding' {log.name} | tail -n 3"
+                          " | sed 's/^/    log: /'")
         print(f"round {r}: {'PASS' if ok else 'FAIL'}", flush=True)
         return ok, rd.violations
     finally:
@@ -1166,6 +1448,8 @@ def one_round(a, r, rseed, flags, mode, per, skip):
             stop_supervisor(sup)
         fl_http.close()
         fl_tcp.close()
+        fl_fair.close()
+        dead.close()
         pxy.close()
         if rd is not None:
             rd.csv.close()

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The pure parts of scripts/lib/chaos.py: flag draws (in their documented
 ranges, the same for the same seed, PVX_CHAOS_SKIP honoured), schedules,
-the deadline bounds, PROXY header parsing (stdlib unittest; run by
+the deadline bounds, the held-fair plan and share, PROXY header parsing (stdlib unittest; run by
 tests/ops.rs::chaos_draws_and_bounds).
 
     python3 -B -m unittest scripts/lib/test_chaos.py
@@ -96,6 +96,60 @@ class Draws(unittest.TestCase):
         self.assertEqual(args[args.index("--hold-timeout") + 1], "0")
         self.assertEqual(args[args.index("--pipe-size") + 1], "4096")
         self.assertEqual(args[args.index("--connect-timeout") + 1], f"{f['connect-timeout']}ms")
+
+
+class HeldFair(unittest.TestCase):
+    F = {"max-held": 4, "hold-timeout": 6000, "health-interval": 0, "health-rise": 2}
+
+    def plan(self, seed, **kw):
+        return chaos.held_fair_plan(random.Random(seed), dict(self.F, **kw))
+
+    def test_the_share_and_when_it_is_asserted(self):
+        # max(1, max_held / routes holding); promised only when the shares
+        # fit in --max-held (1 slot cannot hold for two routes).
+        self.assertEqual([chaos.held_share(m) for m in (1, 2, 4, 1024)], [1, 1, 2, 512])
+        self.assertEqual([chaos.held_fair_asserted(m) for m in (1, 2, 4)], [False, True, True])
+
+    def test_outages_are_held_and_served_by_the_rule(self):
+        for seed in range(200):
+            f = dict(self.F, **{"max-held": random.Random(seed).choice(chaos.HF_HELD),
+                                "hold-timeout": random.Random(seed).randint(1000, 20_000),
+                                "health-interval": random.Random(seed).choice((0, 500)),
+                                "health-rise": random.Random(seed).randint(1, 3)})
+            plan, why = chaos.held_fair_plan(random.Random(seed), f)
+            if plan is None:
+                self.assertIn("--hold-timeout", why)
+                continue
+            self.assertTrue(4 <= len(plan) <= 6)
+            share = chaos.held_share(f["max-held"])
+            for up, d, kind, n in plan:
+                # Long enough that a request is held (~375 ms of retries
+                # first), ending early enough to be served within the hold.
+                self.assertGreaterEqual(d, chaos.HF_MIN_OUTAGE_S)
+                self.assertLessEqual(d + chaos.held_fair_margin(f), f["hold-timeout"] / 1000)
+                self.assertTrue(1.0 <= up <= 2.5)
+                if kind == "half-close":
+                    self.assertGreaterEqual(d, chaos.HF_HALFCLOSE_S)
+                    self.assertEqual(n, share)  # the route's share, half-closed
+                else:
+                    self.assertTrue(1 <= n <= share + 1)  # one beyond the share
+        kinds = {k for s in range(50) for _, _, k, _ in self.plan(s)[0]}
+        self.assertEqual(kinds, {"requests", "half-close"})
+
+    def test_a_seed_plans_the_same_again(self):
+        self.assertEqual(self.plan(7), self.plan(7))
+
+    def test_not_run_when_nothing_can_be_measured(self):
+        self.assertIsNone(self.plan(1, **{"max-held": 1024})[0])
+        self.assertIsNone(self.plan(1, **{"hold-timeout": 0})[0])
+        self.assertIsNone(self.plan(1, **{"hold-timeout": 1000})[0])
+        # Health checks: a down backend waits --health-rise checks 500 ms
+        # apart, which the outage must leave room for.
+        self.assertIsNotNone(self.plan(1, **{"hold-timeout": 1200})[0])
+        self.assertIsNone(self.plan(1, **{"hold-timeout": 1200, "health-interval": 500, "health-rise": 3})[0])
+        plan, why = chaos.held_fair_plan(random.Random(1), self.F, {"held-fair"})
+        self.assertEqual((plan, why), (None, "skipped"))
+        self.assertIn("held-fair", chaos.SKIPS)
 
 
 class Bounds(unittest.TestCase):
