@@ -481,10 +481,8 @@ impl Dialer {
     ) -> Step {
         let step = self.step_once(net, socket, ready, now, limits);
         debug_assert!(
-            matches!(
-                step,
-                Step::Connected | Step::Failed(_) | Step::TimedOut(_)
-            ) || self.deadline() > now,
+            matches!(step, Step::Connected | Step::Failed(_) | Step::TimedOut(_))
+                || self.deadline() > now,
             "dialer for {} left {step:?} with its deadline {:?} not after now",
             self.target,
             now.saturating_duration_since(self.deadline())
@@ -1091,7 +1089,10 @@ mod tests {
                     assert!(steps < 1_000, "{path} {hold}/{connect}: no end");
                     match d.step_on(&mut Absent(errno), &mut socket, false, t, &limits) {
                         Step::Wait => {
-                            assert!(d.deadline() > t, "{path} {hold}/{connect}: re-armed at {t:?}");
+                            assert!(
+                                d.deadline() > t,
+                                "{path} {hold}/{connect}: re-armed at {t:?}"
+                            );
                             t = d.deadline();
                         }
                         other => break other,
