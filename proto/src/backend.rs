@@ -377,10 +377,24 @@ impl Dialer {
         if now >= until {
             return false;
         }
-        if !crate::hold::admit(limits.max_held) {
+        // Counted under the route's first backend (its share of
+        // --max-held, `crate::hold`): a replica route's pool starts with it.
+        let route_backend = self
+            .choice
+            .as_ref()
+            .and_then(|c| c.pool().first())
+            .unwrap_or(&self.target);
+        let key = crate::hold::share_key(route_backend);
+        let share = match limits.held_share {
+            0 => limits.max_held,
+            n => n,
+        };
+        if !crate::hold::admit(limits.max_held, share, key) {
             crate::info!(
-                "backend {} unreachable and {} connection(s) held already (--max-held): not holding",
+                "backend {} unreachable and {} connection(s) held already ({} for its route; --max-held {}, {share} per route): not holding",
                 self.target,
+                crate::hold::held(),
+                crate::hold::held_for(key),
                 limits.max_held
             );
             return false;
@@ -394,6 +408,7 @@ impl Dialer {
             since: now,
             until,
             tries: 1,
+            key,
         }));
         // A held connection ends at the hold's deadline, whatever the
         // connect timeout (shorter or longer): the hold is the promise
@@ -413,7 +428,7 @@ impl Dialer {
         match self.held.take() {
             Some(h) => {
                 let waited = now.saturating_duration_since(h.since);
-                crate::hold::release(waited, Outcome::Failed);
+                crate::hold::release(h.key, waited, Outcome::Failed);
                 format!("{why}; held {} ms", waited.as_millis())
             }
             None => why,
@@ -591,7 +606,7 @@ impl Dialer {
                 self.target,
                 waited.as_millis()
             );
-            crate::hold::release(waited, Outcome::Connected);
+            crate::hold::release(h.key, waited, Outcome::Connected);
         }
         Step::Connected
     }
@@ -734,7 +749,7 @@ impl Drop for Dialer {
     /// A connection that ends while held (client gone, drain) leaves the book.
     fn drop(&mut self) {
         if let Some(h) = self.held.take() {
-            crate::hold::release(h.since.elapsed(), Outcome::Closed);
+            crate::hold::release(h.key, h.since.elapsed(), Outcome::Closed);
         }
     }
 }

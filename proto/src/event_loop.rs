@@ -224,7 +224,8 @@ macro_rules! cx {
 }
 
 impl<H: Handler> Loop<H> {
-    pub fn new(s: Started) -> io::Result<Loop<H>> {
+    pub fn new(mut s: Started) -> io::Result<Loop<H>> {
+        crate::hold::fit(&mut s.config);
         let poll = Poll::new()?;
         let listener = Listener::from_fd(s.listener)?;
         let acceptor = Acceptor::new(
@@ -453,9 +454,10 @@ impl<H: Handler> Loop<H> {
     fn update(
         &mut self,
         now: Instant,
-        config: WorkerConfig,
+        mut config: WorkerConfig,
         roots: Vec<std::os::fd::OwnedFd>,
     ) -> Option<String> {
+        crate::hold::fit(&mut config);
         if let Some(why) = other_endpoint(&self.config.endpoint, &config.endpoint) {
             return Some(why);
         }
