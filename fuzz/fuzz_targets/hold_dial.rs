@@ -111,7 +111,12 @@ impl World {
     /// The latest a dial started at `start` may live: its connect
     /// deadline, or its hold's when that is later.
     fn bound(&self, start: Instant) -> Instant {
-        start + Duration::from_millis(self.limits.connect_timeout_ms.max(self.limits.hold_timeout_ms))
+        start
+            + Duration::from_millis(
+                self.limits
+                    .connect_timeout_ms
+                    .max(self.limits.hold_timeout_ms),
+            )
     }
 
     fn hold_end(&self, start: Instant) -> Instant {
@@ -128,23 +133,35 @@ impl World {
         };
         let held = s.d.is_held();
         let ready = ready && s.socket.is_some();
-        let step = s.d.step_on(&mut self.net, &mut s.socket, ready, now, &self.limits);
+        let step =
+            s.d.step_on(&mut self.net, &mut s.socket, ready, now, &self.limits);
         let ended = matches!(step, Step::Connected | Step::Failed(_) | Step::TimedOut(_));
         if let Some(b) = bound_at {
             assert!(ended || now < b, "alive past the later deadline: {step:?}");
         }
         if let Some(h) = hold_end {
-            assert!(ended || !held || now < h, "held past the hold deadline: {step:?}");
+            assert!(
+                ended || !held || now < h,
+                "held past the hold deadline: {step:?}"
+            );
         }
         if ended {
             self.slots[i] = None;
         } else {
-            assert!(s.d.deadline() > now, "{step:?} left its deadline not after now");
+            assert!(
+                s.d.deadline() > now,
+                "{step:?} left its deadline not after now"
+            );
         }
     }
 
     fn check(&self) {
-        let held = self.slots.iter().flatten().filter(|s| s.d.is_held()).count() as u64;
+        let held = self
+            .slots
+            .iter()
+            .flatten()
+            .filter(|s| s.d.is_held())
+            .count() as u64;
         assert_eq!(hold::held(), held, "the book counts the dials held");
         assert!(held <= self.limits.max_held as u64, "over --max-held");
         let share = match self.limits.held_share {
@@ -160,7 +177,10 @@ impl World {
             let dl = s.d.deadline();
             assert!(dl <= self.bound(s.start), "a deadline past the dial's end");
             if s.d.is_held() {
-                assert!(dl <= self.hold_end(s.start), "a held deadline past the hold's end");
+                assert!(
+                    dl <= self.hold_end(s.start),
+                    "a held deadline past the hold's end"
+                );
             }
         }
     }
@@ -180,7 +200,11 @@ impl World {
 }
 
 fn run(u: &mut Unstructured) -> Result<()> {
-    let hold_timeout_ms = if u.arbitrary::<bool>()? { 0 } else { ms(u, 10, DAY_MS)? };
+    let hold_timeout_ms = if u.arbitrary::<bool>()? {
+        0
+    } else {
+        ms(u, 10, DAY_MS)?
+    };
     let max_held = if u.arbitrary::<bool>()? {
         u.int_in_range(0..=4usize)?
     } else {
@@ -191,7 +215,11 @@ fn run(u: &mut Unstructured) -> Result<()> {
         hold_timeout_ms,
         max_held,
         // As `hold::fit` sets it for three routes, or unset.
-        held_share: if u.arbitrary::<bool>()? { hold::share(max_held, 3) } else { 0 },
+        held_share: if u.arbitrary::<bool>()? {
+            hold::share(max_held, 3)
+        } else {
+            0
+        },
         health_fall: u.int_in_range(1..=3)?,
         health_rise: u.int_in_range(1..=3)?,
         ..Limits::default()
@@ -220,7 +248,8 @@ fn run(u: &mut Unstructured) -> Result<()> {
                     0 => Dialer::new(backends[0].clone(), w.now, &w.limits),
                     1 => Dialer::new(backends[1].clone(), w.now, &w.limits),
                     _ => {
-                        let c = Choice::at(w.pool.clone(), Policy::RoundRobin, u.int_in_range(0..=1)?);
+                        let c =
+                            Choice::at(w.pool.clone(), Policy::RoundRobin, u.int_in_range(0..=1)?);
                         Dialer::balanced(c, w.now, &w.limits)
                     }
                 };

@@ -67,7 +67,8 @@ fn run(u: &mut Unstructured) -> Result<()> {
             }
             1 => {
                 let step = u.int_in_range(0..=3_000u64)?;
-                now += Duration::from_millis(step) + Duration::from_nanos(u.int_in_range(0..=1u64)?);
+                now +=
+                    Duration::from_millis(step) + Duration::from_nanos(u.int_in_range(0..=1u64)?);
             }
             2 => {
                 // A pass over what is due at `now`; some handlers re-arm.
@@ -82,7 +83,10 @@ fn run(u: &mut Unstructured) -> Result<()> {
                 let mut last: Option<Tick> = None;
                 t.begin_pass(now);
                 while let Some(k) = t.pop_due(now) {
-                    assert!(!added.contains(&k), "popped an entry added in the same pass");
+                    assert!(
+                        !added.contains(&k),
+                        "popped an entry added in the same pass"
+                    );
                     let (at, _) = m.take(k);
                     assert!(at <= Tick::from(now), "popped before its time");
                     assert!(last.is_none_or(|l| l <= at), "popped out of order");
@@ -94,7 +98,10 @@ fn run(u: &mut Unstructured) -> Result<()> {
                     );
                     last = Some(at);
                     popped.push(k);
-                    assert!(popped.len() <= due_before.len(), "more pops than entries due");
+                    assert!(
+                        popped.len() <= due_before.len(),
+                        "more pops than entries due"
+                    );
                     if u.arbitrary::<bool>()? {
                         // Re-arm: anywhere around now, the past included.
                         let at = when(u, now)?;
@@ -114,7 +121,10 @@ fn run(u: &mut Unstructured) -> Result<()> {
                 popped.sort_unstable();
                 let mut want = due_before;
                 want.sort_unstable();
-                assert_eq!(popped, want, "a pass pops exactly what was due when it began");
+                assert_eq!(
+                    popped, want,
+                    "a pass pops exactly what was due when it began"
+                );
                 assert!(
                     m.entries.iter().all(|e| e.0 > Tick::from(now)),
                     "something due is left after the pass"
