@@ -672,3 +672,127 @@ fn a_held_client_that_hangs_up_is_let_go_at_once() {
         (got == (3, 1, 0)).then_some(())
     });
 }
+
+/// Issue 18, item 5: `--max-held` is shared among routes. Four requests
+/// to a route whose provider is gone take that route's share (two of
+/// `--max-held 4` with two routes) and the rest of them fail at once; a
+/// request to the other route, whose provider is merely restarting, is
+/// still held, and served when it is back (on the old single count it
+/// got a `502` at once).
+#[test]
+fn a_dead_route_cannot_take_the_hold_slots_of_a_restarting_one() {
+    let (port, dead, restarting) = (free_port(), free_port(), free_port());
+    let route = |name: &str, prefix: &str, to: u16| {
+        link(
+            "http",
+            name,
+            0,
+            &format!("127.0.0.1:{port}{prefix}"),
+            &format!("127.0.0.1:{to}"),
+            0,
+        )
+    };
+    let g = graph(&[
+        route("fair-dead", "/dead", dead),
+        route("fair-restarting", "/restarting", restarting),
+    ]);
+    let sup = Supervisor::start(
+        &g,
+        &[
+            "--max-held",
+            "4",
+            "--hold-timeout",
+            "60s",
+            "--health-interval",
+            "0",
+        ],
+    );
+    sup.worker_pid("pvx-worker-http");
+    let address = format!("127.0.0.1:{port}");
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    // Kept open: the held ones wait for the 60 s hold.
+    let mut to_dead = Vec::new();
+    for _ in 0..4 {
+        let mut s = connect(addr);
+        s.write_all(&get("/dead/x")).unwrap();
+        to_dead.push(s);
+    }
+    wait_for(
+        Duration::from_secs(20),
+        "the four dead-route requests decided",
+        || {
+            let h = held_status(&sup, &address);
+            (h["held"].as_u64()? + h["over_limit"].as_u64()? == 4).then_some(())
+        },
+    );
+    let h = held_status(&sup, &address);
+    assert_eq!(
+        (h["held"].as_u64(), h["over_limit"].as_u64()),
+        (Some(2), Some(2)),
+        "the dead route holds its share, no more: {h}"
+    );
+    let mut s = connect(addr);
+    s.write_all(&get("/restarting/x")).unwrap();
+    wait_for(
+        Duration::from_secs(20),
+        "the restarting route's request held",
+        || (held_status(&sup, &address)["held"].as_u64()? == 3).then_some(()),
+    );
+    let _back = pvx_tests::http::backend::tcp(&format!("127.0.0.1:{restarting}"));
+    let r = read_resp(&mut s, &mut Vec::new(), false).expect("an answer");
+    assert_eq!(r.status, 200, "the restarting route's request: {}", r.head);
+    let h = held_status(&sup, &address);
+    assert_eq!(h["over_limit"].as_u64(), Some(2), "{h}");
+    drop(to_dead);
+}
+
+/// Issue 18, item 5: a held http client that half-closes (its request
+/// still waiting for a backend) gives its slot and fd back at once, not
+/// at the end of a long hold; a tcp link's client that half-closes after
+/// its bytes stays held (`a_held_client_that_hangs_up_is_let_go_at_once`).
+#[test]
+fn a_held_http_client_that_half_closes_gives_its_slot_back() {
+    let (port, dead) = (free_port(), free_port());
+    let g = graph(&[link(
+        "http",
+        "half-http",
+        0,
+        &format!("127.0.0.1:{port}/"),
+        &format!("127.0.0.1:{dead}"),
+        0,
+    )]);
+    // fds are counted: no health-check socket may come and go.
+    let sup = Supervisor::start(
+        &g,
+        &[
+            "--max-held",
+            "1",
+            "--hold-timeout",
+            "60s",
+            "--health-interval",
+            "0",
+        ],
+    );
+    let pid = sup.worker_pid("pvx-worker-http");
+    wait_worker_started(pid);
+    let base = fds::fd_count(pid);
+    let address = format!("127.0.0.1:{port}");
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.write_all(&get("/held")).unwrap();
+    wait_held_exactly(&sup, &address, 1);
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    wait_held_exactly(&sup, &address, 0);
+    wait_for(Duration::from_secs(20), "the client's fd closed", || {
+        (fds::fd_count(pid) == base).then_some(())
+    });
+    assert!(
+        pvx_tests::http::client::closed(&mut c, Duration::from_secs(10)),
+        "the half-closed client's connection is closed"
+    );
+    // Its slot is free again (--max-held 1): the next request is held.
+    let mut next = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    next.write_all(&get("/next")).unwrap();
+    wait_held_exactly(&sup, &address, 1);
+    let h = held_status(&sup, &address);
+    assert_eq!(h["over_limit"].as_u64(), Some(0), "{h}");
+}

@@ -168,6 +168,32 @@ pub fn retry_delay(attempt: u32, budget_ms: u64) -> Option<Duration> {
     Some(Duration::from_millis(d))
 }
 
+/// What a [`Dialer`] does on the network: connect, and tell a connect
+/// under way from one done. [`Real`] does it; a fuzz target or a test
+/// plays a script instead ([`Dialer::step_on`]).
+pub trait Net {
+    /// Start connecting to `b` ([`connect`]).
+    fn connect(&mut self, b: &Backend) -> io::Result<Stream>;
+    /// The socket of an attempt reported: Ok(true) connected, Ok(false)
+    /// still under way, Err the attempt failed ([`Stream::connect_done`]).
+    fn done(&mut self, s: &Stream) -> io::Result<bool>;
+}
+
+/// The network itself.
+pub struct Real;
+
+impl Net for Real {
+    #[inline]
+    fn connect(&mut self, b: &Backend) -> io::Result<Stream> {
+        connect(b)
+    }
+
+    #[inline]
+    fn done(&mut self, s: &Stream) -> io::Result<bool> {
+        s.connect_done()
+    }
+}
+
 /// One connection's way to its backend: connect, and on a refused
 /// connect retry with [`retry_delay`] until the retry budget or the
 /// connect timeout is spent; then, with `hold_timeout_ms`, hold the
@@ -244,40 +270,66 @@ impl Dialer {
         }
     }
 
-    /// Connect now if an attempt is due.
+    /// Connect now if an attempt is due. Returns [`Dial::Wait`] only with
+    /// the next look in the future ([`Dialer::deadline`] after `now`): a
+    /// failed attempt that leaves a retry due now (the next replica) is
+    /// made here, at once, rather than left to a timer already due.
     pub fn poll(&mut self, now: Instant, limits: &Limits) -> Dial {
-        if self.expired(now) {
-            return Dial::Failed(self.end_hold(
-                now,
-                format!(
-                    "backend {}: connect timed out after {} attempt(s)",
-                    self.target, self.attempt
-                ),
-            ));
-        }
-        match self.retry_at {
-            Some(at) if at <= Tick::from(now) => {}
-            _ => return Dial::Wait,
-        }
-        self.retry_at = None;
-        // Replicas: a new pick after a spent pass, or away from one down.
-        self.aim();
-        if crate::health::is_down(&self.target) {
-            return self.down(now, limits);
-        }
-        match connect(&self.target) {
-            Ok(s) => {
-                self.attempt_started(now, limits);
-                Dial::Socket(s)
+        self.poll_on(&mut Real, now, limits)
+    }
+
+    fn poll_on(&mut self, net: &mut impl Net, now: Instant, limits: &Limits) -> Dial {
+        loop {
+            if self.expired(now) {
+                return Dial::Failed(self.end_hold(
+                    now,
+                    format!(
+                        "backend {}: connect timed out after {} attempt(s)",
+                        self.target, self.attempt
+                    ),
+                ));
             }
-            Err(e) => self.failed(now, limits, &e),
+            if !self.retry_due(now) {
+                return Dial::Wait;
+            }
+            self.retry_at = None;
+            // Replicas: a new pick after a spent pass, or away from one down.
+            self.aim();
+            if crate::health::is_down(&self.target) {
+                return self.down(now, limits);
+            }
+            let e = match net.connect(&self.target) {
+                Ok(s) => {
+                    self.attempt_started(now, limits);
+                    return Dial::Socket(s);
+                }
+                Err(e) => e,
+            };
+            match self.failed(now, limits, &e) {
+                // The next replica, due now: dial it in this call (one
+                // pass over the pool at most: `fail_over` ends a pass).
+                Dial::Wait if self.retry_due(now) => continue,
+                d => return d,
+            }
         }
+    }
+
+    /// Whether an attempt is due at `now`.
+    fn retry_due(&self, now: Instant) -> bool {
+        self.retry_at.is_some_and(|at| at <= Tick::from(now))
     }
 
     /// Health checks say the backend is down: not dialled; held (waiting
     /// for a check to see it up, which wakes it) or the error at once.
     fn down(&mut self, now: Instant, limits: &Limits) -> Dial {
         if let Some(h) = self.held.as_mut() {
+            if now >= h.until {
+                // The hold is over (the connection's deadline is the hold's,
+                // `hold`; this only guards a caller that skipped `expired`):
+                // never a retry at a deadline already past.
+                let why = format!("backend {} is down (health checks)", self.target);
+                return Dial::Failed(self.end_hold(now, why));
+            }
             h.tries += 1;
             self.retry_at = Some(Tick::from(
                 (now + crate::hold::retry_delay(h.tries)).min(h.until),
@@ -356,10 +408,24 @@ impl Dialer {
         if now >= until {
             return false;
         }
-        if !crate::hold::admit(limits.max_held) {
+        // Counted under the route's first backend (its share of
+        // --max-held, `crate::hold`): a replica route's pool starts with it.
+        let route_backend = self
+            .choice
+            .as_ref()
+            .and_then(|c| c.pool().first())
+            .unwrap_or(&self.target);
+        let key = crate::hold::share_key(route_backend);
+        let share = match limits.held_share {
+            0 => limits.max_held,
+            n => n,
+        };
+        if !crate::hold::admit(limits.max_held, share, key) {
             crate::info!(
-                "backend {} unreachable and {} connection(s) held already (--max-held): not holding",
+                "backend {} unreachable and {} connection(s) held already ({} for its route; --max-held {}, {share} per route): not holding",
                 self.target,
+                crate::hold::held(),
+                crate::hold::held_for(key),
                 limits.max_held
             );
             return false;
@@ -373,8 +439,17 @@ impl Dialer {
             since: now,
             until,
             tries: 1,
+            key,
         }));
-        self.give_up_at = self.give_up_at.max(Tick::from(until));
+        // A held connection ends at the hold's deadline, whatever the
+        // connect timeout (shorter or longer): the hold is the promise
+        // made to the client, and the connect timeout bounds an attempt
+        // that is not held. Every retry is armed before it (`min(until)`)
+        // and `expired` ends the connection at it, so no retry is ever
+        // armed at a time already past (issue 18: with the connect
+        // deadline later than the hold's, a dial for a down backend
+        // re-armed at the passed hold deadline for ever).
+        self.give_up_at = Tick::from(until);
         self.retry_at = Some(Tick::from((now + crate::hold::retry_delay(1)).min(until)));
         true
     }
@@ -384,7 +459,7 @@ impl Dialer {
         match self.held.take() {
             Some(h) => {
                 let waited = now.saturating_duration_since(h.since);
-                crate::hold::release(waited, Outcome::Failed);
+                crate::hold::release(h.key, waited, Outcome::Failed);
                 format!("{why}; held {} ms", waited.as_millis())
             }
             None => why,
@@ -426,6 +501,10 @@ impl Dialer {
     /// none); `ready` says its socket reported writable (or an error) since
     /// the last step. A new socket is put in `socket` ([`Step::Register`]);
     /// a failed one is taken out (closing it also takes it out of epoll).
+    ///
+    /// A step that does not end the dial ([`Step::Wait`], [`Step::Pending`],
+    /// [`Step::Register`]) leaves [`Dialer::deadline`] after `now`: the
+    /// caller's timer is never armed at a time already due.
     pub fn step(
         &mut self,
         socket: &mut Option<Stream>,
@@ -433,40 +512,50 @@ impl Dialer {
         now: Instant,
         limits: &Limits,
     ) -> Step {
-        if self.stalled(socket, ready, now) {
-            return Step::Wait;
-        }
+        self.step_on(&mut Real, socket, ready, now, limits)
+    }
+
+    /// [`Dialer::step`] on `net`'s connects (the fuzz target's script;
+    /// [`Real`] otherwise, inlined: no cost on the real path).
+    pub fn step_on(
+        &mut self,
+        net: &mut impl Net,
+        socket: &mut Option<Stream>,
+        ready: bool,
+        now: Instant,
+        limits: &Limits,
+    ) -> Step {
+        let step = self.step_once(net, socket, ready, now, limits);
+        debug_assert!(
+            matches!(step, Step::Connected | Step::Failed(_) | Step::TimedOut(_))
+                || self.deadline() > now,
+            "dialer for {} left {step:?} with its deadline {:?} not after now",
+            self.target,
+            now.saturating_duration_since(self.deadline())
+        );
+        step
+    }
+
+    fn step_once(
+        &mut self,
+        net: &mut impl Net,
+        socket: &mut Option<Stream>,
+        ready: bool,
+        now: Instant,
+        limits: &Limits,
+    ) -> Step {
+        // A stalled replica gave way: the next one is due now, dialled
+        // below.
+        self.stalled(socket, ready, now);
         let in_flight = socket.as_ref().filter(|_| ready);
         let Some(s) = in_flight else {
             if self.expired(now) {
-                if socket.is_none() && self.held.is_some() {
-                    // Held to the end with no attempt under way: the
-                    // backend stayed away (502), no connect timed out.
-                    let why = format!(
-                        "backend {} still unreachable at the hold timeout ({} ms, {} attempt(s))",
-                        self.target, limits.hold_timeout_ms, self.attempt
-                    );
-                    return Step::Failed(self.end_hold(now, why));
-                }
-                if self.held.is_none() {
-                    // A backend that never answers the SYN (its host gone,
-                    // its address black-holed, its accept queue full) is as
-                    // dead as one that refuses: one failure for the health
-                    // checks. A held connection counted its failure when
-                    // the hold began.
-                    let why = format!("not connected within {} ms", limits.connect_timeout_ms);
-                    crate::health::observe(&self.target, Err(why), false);
-                }
-                let why = format!(
-                    "backend {}: connect timed out after {} ms",
-                    self.target, limits.connect_timeout_ms
-                );
-                return Step::TimedOut(self.end_hold(now, why));
+                return self.give_up(socket.is_some(), now, limits);
             }
             if socket.is_some() {
                 return Step::Wait;
             }
-            return match self.poll(now, limits) {
+            return match self.poll_on(net, now, limits) {
                 Dial::Wait => Step::Wait,
                 Dial::Socket(s) => {
                     *socket = Some(s);
@@ -475,17 +564,65 @@ impl Dialer {
                 Dial::Failed(why) => Step::Failed(why),
             };
         };
-        match self.established(s) {
+        match net.done(s) {
+            // Still under way at the deadline: given up now, not left to
+            // a timer already due.
+            Ok(false) if self.expired(now) => self.give_up(true, now, limits),
             Ok(false) => Step::Pending,
             Ok(true) => self.connected(now),
             Err(e) => {
                 *socket = None;
                 match self.failed(now, limits, &e) {
                     Dial::Failed(why) => Step::Failed(why),
+                    // The next replica, due now: dialled at once.
+                    Dial::Wait if self.retry_due(now) => match self.poll_on(net, now, limits) {
+                        Dial::Wait => Step::Wait,
+                        Dial::Socket(s) => {
+                            *socket = Some(s);
+                            Step::Register
+                        }
+                        Dial::Failed(why) => Step::Failed(why),
+                    },
                     _ => Step::Wait,
                 }
             }
         }
+    }
+
+    /// The connection's deadline passed (`expired`): the connect timeout,
+    /// or for a held one the hold's; `under_way`: an attempt was still
+    /// connecting.
+    fn give_up(&mut self, under_way: bool, now: Instant, limits: &Limits) -> Step {
+        if !under_way && self.held.is_some() {
+            // Held to the end with no attempt under way: the
+            // backend stayed away (502), no connect timed out.
+            let why = format!(
+                "backend {} still unreachable at the hold timeout ({} ms, {} attempt(s))",
+                self.target, limits.hold_timeout_ms, self.attempt
+            );
+            return Step::Failed(self.end_hold(now, why));
+        }
+        if self.held.is_none() {
+            // A backend that never answers the SYN (its host gone,
+            // its address black-holed, its accept queue full) is as
+            // dead as one that refuses: one failure for the health
+            // checks. A held connection counted its failure when
+            // the hold began.
+            let why = format!("not connected within {} ms", limits.connect_timeout_ms);
+            crate::health::observe(&self.target, Err(why), false);
+        }
+        let why = if self.held.is_some() {
+            format!(
+                "backend {}: connect under way at the hold timeout ({} ms)",
+                self.target, limits.hold_timeout_ms
+            )
+        } else {
+            format!(
+                "backend {}: connect timed out after {} ms",
+                self.target, limits.connect_timeout_ms
+            )
+        };
+        Step::TimedOut(self.end_hold(now, why))
     }
 
     /// The attempt in flight has connected (found by [`Dialer::step`], or
@@ -500,7 +637,7 @@ impl Dialer {
                 self.target,
                 waited.as_millis()
             );
-            crate::hold::release(waited, Outcome::Connected);
+            crate::hold::release(h.key, waited, Outcome::Connected);
         }
         Step::Connected
     }
@@ -647,7 +784,7 @@ impl Drop for Dialer {
     /// A connection that ends while held (client gone, drain) leaves the book.
     fn drop(&mut self) {
         if let Some(h) = self.held.take() {
-            crate::hold::release(h.since.elapsed(), Outcome::Closed);
+            crate::hold::release(h.key, h.since.elapsed(), Outcome::Closed);
         }
     }
 }
@@ -864,11 +1001,12 @@ mod tests {
         ));
         let share = now + Duration::from_millis(1_000);
         assert_eq!(d.deadline(), share);
-        assert_eq!(d.step(&mut socket, false, share, &limits), Step::Wait);
-        assert!(socket.is_none(), "the stalled attempt was dropped");
-        assert_eq!(d.target, pool[1]);
-        assert_eq!(d.deadline(), share, "the next attempt is due at once");
+        // The stalled attempt is dropped and the next replica dialled in
+        // the same step (not left to a timer already due).
         assert_eq!(d.step(&mut socket, false, share, &limits), Step::Register);
+        assert!(socket.is_some());
+        assert_eq!(d.target, pool[1]);
+        assert!(d.deadline() > share);
         // The last replica of the pass has no one to give way to: it runs
         // to the connect timeout.
         let later = now + Duration::from_millis(1_999);
@@ -959,6 +1097,74 @@ mod tests {
             assert!(t < now + Duration::from_millis(500));
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A network where every connect is refused (ECONNREFUSED) or the
+    /// socket file is missing (ENOENT).
+    struct Absent(i32);
+
+    impl Net for Absent {
+        fn connect(&mut self, _: &Backend) -> io::Result<Stream> {
+            Err(io::Error::from_raw_os_error(self.0))
+        }
+        fn done(&mut self, _: &Stream) -> io::Result<bool> {
+            Err(io::Error::from_raw_os_error(self.0))
+        }
+    }
+
+    /// Issue 18's wedge: every held-dial path (backend down by the health
+    /// checks; refused; socket missing) with the hold shorter and longer
+    /// than the connect timeout. Each step that waits leaves its deadline
+    /// after now, and the dial ends at the hold's deadline, before or
+    /// after the connect timeout alike.
+    #[test]
+    fn a_held_dial_ends_at_its_hold_deadline_whatever_the_connect_timeout() {
+        let b = Backend::Tcp("127.0.0.1:9".parse().unwrap());
+        for (hold, connect) in [(1_000, 10_000), (2_000, 500), (1_000, 1_000)] {
+            let limits = Limits {
+                hold_timeout_ms: hold,
+                connect_timeout_ms: connect,
+                ..Limits::default()
+            };
+            for path in ["down", "refused", "missing"] {
+                crate::health::track(std::slice::from_ref(&b), &limits);
+                if path == "down" {
+                    for _ in 0..limits.health_fall {
+                        crate::health::observe(&b, Err("test".into()), true);
+                    }
+                    assert!(crate::health::is_down(&b));
+                }
+                let errno = if path == "missing" {
+                    nix::libc::ENOENT
+                } else {
+                    nix::libc::ECONNREFUSED
+                };
+                let now = Instant::now();
+                let mut d = Dialer::new(b.clone(), now, &limits);
+                let mut socket = None;
+                let mut t = now;
+                let mut steps = 0;
+                let end = loop {
+                    steps += 1;
+                    assert!(steps < 1_000, "{path} {hold}/{connect}: no end");
+                    match d.step_on(&mut Absent(errno), &mut socket, false, t, &limits) {
+                        Step::Wait => {
+                            assert!(
+                                d.deadline() > t,
+                                "{path} {hold}/{connect}: re-armed at {t:?}"
+                            );
+                            t = d.deadline();
+                        }
+                        other => break other,
+                    }
+                };
+                let what = format!("{path} hold {hold} connect {connect}: {end:?}");
+                assert!(matches!(end, Step::Failed(_)), "{what}");
+                assert_eq!(t, now + Duration::from_millis(hold), "{what}");
+                assert_eq!(crate::hold::held(), 0, "{what}");
+            }
+        }
+        crate::health::track(&[], &Limits::default());
     }
 
     #[test]

@@ -105,6 +105,11 @@ pub struct Limits {
     /// Successes in a row that mark it up again (`--health-rise`).
     #[serde(default = "default_health_rise")]
     pub health_rise: u32,
+    /// Most connections one route's backend may hold
+    /// (`crate::hold::share`): set by the worker from its routes when a
+    /// config arrives (`hold::fit`), never sent. 0: not set, `max_held`.
+    #[serde(skip)]
+    pub held_share: usize,
 }
 
 fn default_health_timeout_ms() -> u64 {
@@ -150,6 +155,7 @@ impl Default for Limits {
             health_timeout_ms: default_health_timeout_ms(),
             health_fall: default_health_fall(),
             health_rise: default_health_rise(),
+            held_share: 0,
         }
     }
 }

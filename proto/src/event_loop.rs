@@ -99,8 +99,18 @@ pub struct Cx<'a> {
 
 impl Cx<'_> {
     /// Call the handler's `timer(key)` at `at` (or later).
+    ///
+    /// A handler called from the timer pass must not arm a deadline at or
+    /// before the pass's `now`: it came due already, and re-arming it
+    /// retries nothing (issue 18's wedge). Debug builds stop there; a
+    /// release build moves it just after `now` (`timer::AFTER_PASS`).
     pub fn wake(&mut self, at: Instant, key: u64) {
         debug_assert!(key < LOOP_KEYS, "timer key {key:#x} is the loop's");
+        debug_assert!(
+            !self.timers.due_in_pass(at),
+            "timer key {key:#x} re-armed at a deadline already due ({:?} before the pass's now)",
+            self.now.saturating_duration_since(at)
+        );
         self.timers.add(at, key);
     }
 }
@@ -214,7 +224,8 @@ macro_rules! cx {
 }
 
 impl<H: Handler> Loop<H> {
-    pub fn new(s: Started) -> io::Result<Loop<H>> {
+    pub fn new(mut s: Started) -> io::Result<Loop<H>> {
+        crate::hold::fit(&mut s.config);
         let poll = Poll::new()?;
         let listener = Listener::from_fd(s.listener)?;
         let acceptor = Acceptor::new(
@@ -313,9 +324,15 @@ impl<H: Handler> Loop<H> {
             if clients_waiting {
                 self.accept(now, false);
             }
+            // One pass over what is due at `now`: what the handlers arm
+            // meanwhile is never due in it (`Timers::begin_pass`), so the
+            // pass ends however they re-arm. Accepting (its pause over)
+            // waits for the pass's end like the listener's events do.
+            self.timers.begin_pass(now);
+            let mut accept_due = false;
             while let Some(k) = self.timers.pop_due(now) {
                 match k {
-                    KEY_ACCEPT => self.accept(now, false),
+                    KEY_ACCEPT => accept_due = true,
                     KEY_DRAIN | KEY_SHRINK => {}
                     KEY_PIPES => self.spare_pipes.due(now),
                     KEY_HEALTH => {
@@ -325,6 +342,10 @@ impl<H: Handler> Loop<H> {
                     }
                     k => self.handler.timer(&mut cx!(self, now), k),
                 }
+            }
+            self.timers.end_pass();
+            if accept_due {
+                self.accept(now, false);
             }
             if crate::hold::take_wake() {
                 self.handler.wake(&mut cx!(self, now));
@@ -433,9 +454,10 @@ impl<H: Handler> Loop<H> {
     fn update(
         &mut self,
         now: Instant,
-        config: WorkerConfig,
+        mut config: WorkerConfig,
         roots: Vec<std::os::fd::OwnedFd>,
     ) -> Option<String> {
+        crate::hold::fit(&mut config);
         if let Some(why) = other_endpoint(&self.config.endpoint, &config.endpoint) {
             return Some(why);
         }

@@ -4,15 +4,33 @@
 //!
 //! An entry is 16 bytes (a [`Tick`] and the key): every open connection
 //! has one or two (its connect deadline, then its idle or linger one).
+//!
+//! Time never runs backwards in a pass over the due entries: the loop pops
+//! them with one fixed `now`, so an entry added during the pass at or
+//! before that `now` would be popped again in the same pass, and a handler
+//! that re-arms at a deadline already past would never let the loop go
+//! (issue 18: a held dial re-armed at its passed hold deadline, 100 % CPU
+//! with no syscall). Between [`Timers::begin_pass`] and
+//! [`Timers::end_pass`] such an entry is moved to just after the pass's
+//! `now` ([`AFTER_PASS`]): each pass pops only entries that were there
+//! before it, and a handler that keeps re-arming costs a wake-up per
+//! millisecond, not the worker.
 
 use crate::tick::Tick;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::{Duration, Instant};
 
+/// How far after a pass's `now` an entry added during the pass at or
+/// before it is put: the poll's resolution (mio rounds a timeout up to
+/// whole milliseconds), so the next pass is a poll away, never this one.
+pub const AFTER_PASS: Duration = Duration::from_millis(1);
+
 #[derive(Default)]
 pub struct Timers {
     heap: BinaryHeap<Reverse<(Tick, u64)>>,
+    /// The `now` of the pass over due entries under way, if one is.
+    pass: Option<Tick>,
 }
 
 impl Timers {
@@ -20,8 +38,32 @@ impl Timers {
         Timers::default()
     }
 
+    /// Call `key` back at `at`; during a pass, never at or before the
+    /// pass's `now` (see the module's notes).
     pub fn add(&mut self, at: Instant, key: u64) {
-        self.heap.push(Reverse((Tick::from(at), key)));
+        let mut at = Tick::from(at);
+        if let Some(now) = self.pass {
+            if at <= now {
+                at = Tick::from(now.instant() + AFTER_PASS);
+            }
+        }
+        self.heap.push(Reverse((at, key)));
+    }
+
+    /// A pass over the entries due at `now` begins: until
+    /// [`Timers::end_pass`], entries added at or before `now` go after it.
+    pub fn begin_pass(&mut self, now: Instant) {
+        self.pass = Some(Tick::from(now));
+    }
+
+    pub fn end_pass(&mut self) {
+        self.pass = None;
+    }
+
+    /// Whether an entry at `at` would be due in the pass under way (a
+    /// handler re-arming a deadline already past: see `Cx::wake`).
+    pub fn due_in_pass(&self, at: Instant) -> bool {
+        self.pass.is_some_and(|now| Tick::from(at) <= now)
     }
 
     /// How long `poll` may sleep: until the earliest deadline, or for ever.
@@ -72,6 +114,33 @@ mod tests {
         assert_eq!(t.pop_due(later), Some(1));
         assert_eq!(t.pop_due(later), Some(2));
         assert_eq!(t.pop_due(later), None);
+    }
+
+    /// An entry added during a pass at or before its `now` is not popped
+    /// in that pass (the wedge of issue 18), but in the next one.
+    #[test]
+    fn a_pass_never_pops_what_it_added_at_or_before_now() {
+        let mut t = Timers::new();
+        let now = Instant::now();
+        t.add(now, 1);
+        t.begin_pass(now);
+        assert!(t.due_in_pass(now) && !t.due_in_pass(now + AFTER_PASS));
+        let mut popped = Vec::new();
+        while let Some(k) = t.pop_due(now) {
+            popped.push(k);
+            if popped.len() > 3 {
+                break;
+            }
+            // A handler that re-arms at the deadline that just passed.
+            t.add(now, k);
+        }
+        t.end_pass();
+        assert_eq!(popped, vec![1]);
+        assert_eq!(t.timeout(now), Some(AFTER_PASS));
+        assert_eq!(t.pop_due(now + AFTER_PASS), Some(1));
+        // Outside a pass a deadline already past is due at once.
+        t.add(now, 2);
+        assert_eq!(t.pop_due(now), Some(2));
     }
 
     #[test]

@@ -34,9 +34,10 @@ impl Conn {
             return Ok(false);
         };
         // A held request whose client reported a hang-up: if the client
-        // has gone (a reset; on a unix socket, a close), the request ends
-        // now, not at the hold's end. A FIN alone is a half-close after
-        // the request: it keeps its answer.
+        // has gone (a reset, a close, or a FIN: one that shuts its side
+        // while its request waits for a backend has given up, see
+        // `proto::hold::client_gone`), the request ends now and its slot
+        // comes back, not at the hold's end.
         if self.c_hup && dial.is_held() && proto::hold::client_gone(&self.client, false) {
             proto::debug!(
                 "client gone while its request was held for {}; closing",
