@@ -199,12 +199,12 @@ impl Sockets {
                 // go with it), and the backend connection closes unused.
                 // Asked only when an event said so (no syscall on the
                 // common path). A FIN alone is a half-close, honoured as
-                // everywhere (`hold::client_gone`). A unix client has no
+                // everywhere (`hold::client_reset`). A unix client has no
                 // reset: its close after writing is its normal end (a
                 // message sent, then gone), so its bytes still go.
                 if self.troubled[0]
                     && matches!(self.client, Stream::Tcp(_))
-                    && crate::hold::client_gone(&self.client, false)
+                    && crate::hold::client_reset(&self.client)
                 {
                     crate::debug!(
                         "client{} gone before backend {} connected; closing without forwarding",

@@ -218,19 +218,8 @@ pub fn retry_delay(n: u32) -> Duration {
 ///   nginx and HAProxy (`abortonclose`) take it too. Half-close stays
 ///   honoured once an exchange is under way.
 pub fn client_gone(client: &Stream, tunnel: bool) -> bool {
-    use nix::libc::{poll, pollfd, POLLERR, POLLHUP, POLLIN, POLLRDHUP};
-    // libc's poll: nix's PollFlags knows no POLLRDHUP, the FIN alone
-    // (POLLIN says bytes or a FIN, not which).
-    let mut pfd = pollfd {
-        fd: client.as_fd().as_raw_fd(),
-        events: POLLIN | POLLRDHUP,
-        revents: 0,
-    };
-    // SAFETY: one pollfd, alive for the call; a zero timeout.
-    if unsafe { poll(&mut pfd, 1, 0) } <= 0 {
-        return false;
-    }
-    let r = pfd.revents;
+    use nix::libc::{POLLERR, POLLHUP, POLLIN, POLLRDHUP};
+    let r = revents(client);
     if r & (POLLERR | POLLHUP) != 0 {
         return true;
     }
@@ -238,6 +227,31 @@ pub fn client_gone(client: &Stream, tunnel: bool) -> bool {
         return r & POLLRDHUP != 0;
     }
     matches!(client, Stream::Tcp(_)) && r & POLLIN != 0 && bytes_waiting(client) == Some(0)
+}
+
+/// Whether a client reset (or failed): an error, or both directions
+/// closed, and nothing else. A FIN alone, with or without bytes before
+/// it, is not a reset: a client may half-close and still wait for the
+/// backend's first words.
+pub fn client_reset(client: &Stream) -> bool {
+    revents(client) & (nix::libc::POLLERR | nix::libc::POLLHUP) != 0
+}
+
+/// The client socket's state now (`poll`, zero timeout): libc's, as
+/// nix's PollFlags knows no POLLRDHUP, the FIN alone (POLLIN says bytes
+/// or a FIN, not which). 0 when nothing is pending or poll fails.
+fn revents(client: &Stream) -> i16 {
+    use nix::libc::{poll, pollfd, POLLIN, POLLRDHUP};
+    let mut pfd = pollfd {
+        fd: client.as_fd().as_raw_fd(),
+        events: POLLIN | POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one pollfd, alive for the call; a zero timeout.
+    if unsafe { poll(&mut pfd, 1, 0) } <= 0 {
+        return 0;
+    }
+    pfd.revents
 }
 
 /// Bytes received on `s` and not read yet (`FIONREAD`).
