@@ -484,8 +484,8 @@ impl<H: Handler> Loop<H> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::graph::Listen;
-    use crate::plan::{EndpointKey, Kind};
+    use crate::plan::EndpointKey;
+    use crate::types::{Kind, Listen};
 
     #[test]
     fn an_update_is_for_the_same_endpoint_only() {

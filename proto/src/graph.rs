@@ -3,83 +3,12 @@
 //! is read as loose JSON values, then each element is validated on its own,
 //! so one bad link is refused by index and name while the rest still apply.
 
-use crate::balance::Policy;
+use crate::types::{Backend, LinkType, Listen, Policy, ProxyProtocol};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-
-/// Link types we make real. Others (dbus, drm, wayland, ...) are reported
-/// as unsupported and skipped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LinkType {
-    Tcp,
-    Http,
-    Unix,
-    Rest,
-}
-
-impl LinkType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LinkType::Tcp => "tcp",
-            LinkType::Http => "http",
-            LinkType::Unix => "unix",
-            LinkType::Rest => "rest",
-        }
-    }
-}
-
-impl fmt::Display for LinkType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Where a provider's service is reached.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Backend {
-    Tcp(SocketAddr),
-    /// Already resolved: `/proc/<provider_pid>/root<path>`, or the plain
-    /// path when the provider is the host.
-    Unix(PathBuf),
-}
-
-impl fmt::Display for Backend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Backend::Tcp(a) => write!(f, "{a}"),
-            Backend::Unix(p) => write!(f, "unix:{}", p.display()),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProxyProtocol {
-    V1,
-    V2,
-}
-
-/// What a link listens on, before grouping into endpoints.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Listen {
-    Tcp(SocketAddr),
-    Unix(PathBuf),
-}
-
-impl fmt::Display for Listen {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Listen::Tcp(a) => write!(f, "{a}"),
-            Listen::Unix(p) => write!(f, "unix:{}", p.display()),
-        }
-    }
-}
 
 /// A validated link.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -26,35 +26,15 @@
 //! [`Checker::on_ready`] and [`Checker::on_time`]: two small hooks per
 //! loop, nothing per connection.
 
-use crate::ctl::Limits;
 use crate::fnv::FnvMap;
-use crate::graph::{Backend, ProxyProtocol};
+use crate::limits::Limits;
 use crate::stream::Stream;
+use crate::types::{Backend, BackendHealth, ProxyProtocol};
 use mio::{Events, Interest, Poll, Token};
-use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-/// One backend's state as a worker reports it (`stats`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BackendHealth {
-    pub backend: String,
-    pub up: bool,
-    /// Checks made.
-    pub checks: u64,
-    /// Failed checks and failed real connections.
-    pub failures: u64,
-    /// Failures since the last success.
-    pub fails_in_row: u32,
-    /// When the last check ended, in milliseconds since the Unix epoch
-    /// (0: none yet).
-    #[serde(default)]
-    pub last_check_ms: u64,
-    #[serde(default)]
-    pub last_error: Option<String>,
-}
 
 #[derive(Debug)]
 struct Entry {

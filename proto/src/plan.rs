@@ -2,54 +2,11 @@
 //! (BEHAVIOUR §4). One endpoint = (consumer namespace, listen address); it gets
 //! one worker. The plan is what the supervisor reconciles against.
 
-use crate::balance::Policy;
-use crate::graph::{Backend, Link, LinkType, Listen, ProxyProtocol, Refusal};
+use crate::graph::{Link, Refusal};
+use crate::types::{Backend, Kind, Listen, Policy, ProxyProtocol};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-
-/// Which worker serves an endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    Tcp,
-    Http,
-    Unix,
-    Rest,
-}
-
-impl Kind {
-    pub fn of(ty: LinkType) -> Kind {
-        match ty {
-            LinkType::Tcp => Kind::Tcp,
-            LinkType::Http => Kind::Http,
-            LinkType::Unix => Kind::Unix,
-            LinkType::Rest => Kind::Rest,
-        }
-    }
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Tcp => "tcp",
-            Kind::Http => "http",
-            Kind::Unix => "unix",
-            Kind::Rest => "rest",
-        }
-    }
-    /// The worker binary that serves this kind (http and rest share one).
-    pub fn worker_binary(self) -> &'static str {
-        match self {
-            Kind::Tcp => "pvx-worker-tcp",
-            Kind::Http | Kind::Rest => "pvx-worker-http",
-            Kind::Unix => "pvx-worker-unix",
-        }
-    }
-}
-
-impl fmt::Display for Kind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// Identity of an endpoint: the consumer's namespace (its init pid, 0 =
 /// the supervisor's own) and the address inside it.
@@ -218,10 +175,11 @@ pub struct Endpoint {
 impl Endpoint {
     /// Provider containers whose root the worker must reach a unix socket
     /// through: every `provider_pid` != 0 of a route with a unix backend,
-    /// sorted, at most [`crate::ctl::MAX_ROOTS`] (the planner refuses links
+    /// sorted, at most [`crate::limits::MAX_ROOTS`] (the planner refuses links
     /// past it; the cut here only guards hand-made endpoints). The supervisor attaches
     /// one O_PATH fd of `/proc/<pid>/root` per entry, in this order, to
-    /// Init and Update (see [`crate::backend`] for why).
+    /// Init and Update (the worker runtime reaches unix sockets in provider
+    /// containers through them; see its backend module for why).
     pub fn root_pids(&self) -> Vec<u32> {
         let mut pids: Vec<u32> = self
             .routes
@@ -232,7 +190,7 @@ impl Endpoint {
             .collect();
         pids.sort_unstable();
         pids.dedup();
-        pids.truncate(crate::ctl::MAX_ROOTS);
+        pids.truncate(crate::limits::MAX_ROOTS);
         pids
     }
 
@@ -525,14 +483,14 @@ pub fn build(links: &[Link], mut refused: Vec<Refusal>) -> Plan {
 }
 
 /// Keep an endpoint within what one control message can carry to its
-/// worker: at most [`crate::ctl::MAX_ROOTS`] provider containers with unix
-/// backends (one root fd each) and at most [`crate::ctl::MAX_CONFIG`]
+/// worker: at most [`crate::limits::MAX_ROOTS`] provider containers with unix
+/// backends (one root fd each) and at most [`crate::limits::MAX_CONFIG`]
 /// bytes of routes. Earlier links win, as for clashes: a link that would
 /// go past either limit is refused with the reason, so `check` and
 /// `status` show it and the worker never misses a route the supervisor
 /// counts as served. None: no route of the endpoint fits.
 fn fit_control_channel(mut ep: Endpoint, refused: &mut Vec<Refusal>) -> Option<Endpoint> {
-    use crate::ctl::{MAX_CONFIG, MAX_ROOTS};
+    use crate::limits::{MAX_CONFIG, MAX_ROOTS};
     let mut roots: Vec<u32> = Vec::new();
     let mut size = 0usize;
     let mut kept = Vec::with_capacity(ep.routes.len());
@@ -679,7 +637,7 @@ mod tests {
 
     #[test]
     fn links_past_the_provider_roots_one_message_carries_are_refused() {
-        use crate::ctl::MAX_ROOTS;
+        use crate::limits::MAX_ROOTS;
         // MAX_ROOTS + 2 providers; a later link to an early provider still fits.
         let mut links: Vec<String> = (0..MAX_ROOTS + 2)
             .map(|i| unix_http_link(i, 100 + i as u32, &format!("l{i}")))
@@ -701,7 +659,7 @@ mod tests {
 
     #[test]
     fn links_past_the_configuration_cap_are_refused() {
-        let huge = "n".repeat(crate::ctl::MAX_CONFIG);
+        let huge = "n".repeat(crate::limits::MAX_CONFIG);
         let p = from_graph(&format!(
             "[{},{},{}]",
             unix_http_link(0, 0, "small"),

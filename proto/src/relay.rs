@@ -37,6 +37,7 @@
 //! one direction alone (http bodies with a known length).
 
 use crate::duplex::{transfer, Direction};
+use crate::limits::{DEFAULT_PIPE_SIZE, MAX_PIPE_SIZE};
 use crate::pipes::Pipe;
 use nix::errno::Errno;
 use nix::fcntl::{splice, SpliceFFlags};
@@ -49,10 +50,6 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// Default pipe size: the kernel's own default on 4 KiB pages.
-pub const DEFAULT_PIPE_SIZE: usize = 64 * 1024;
-/// Largest `--pipe-size` accepted (also bounded by /proc/sys/fs/pipe-max-size).
-pub const MAX_PIPE_SIZE: usize = 1024 * 1024;
 /// The copy buffer's size, and the most one `read` takes.
 pub const COPY_CHUNK: usize = 16 * 1024;
 /// A direction that has read more than this splices from then on. Below
@@ -789,9 +786,9 @@ mod tests {
     #[test]
     fn limits_without_pipe_size_parse_to_the_default() {
         // A configuration from a supervisor that predates `--pipe-size`.
-        let mut v = serde_json::to_value(crate::ctl::Limits::default()).unwrap();
+        let mut v = serde_json::to_value(crate::limits::Limits::default()).unwrap();
         v.as_object_mut().unwrap().remove("pipe_size");
-        let l: crate::ctl::Limits = serde_json::from_value(v).unwrap();
+        let l: crate::limits::Limits = serde_json::from_value(v).unwrap();
         assert_eq!(l.pipe_size, DEFAULT_PIPE_SIZE);
     }
 }

@@ -321,7 +321,7 @@ mod tests {
         assert_eq!(a.reset_window, policy.reset_window);
         assert_eq!(a.max_retries, policy.max_retries);
         assert_eq!(a.backoff_policy, crate::policy::DEFAULT_BACKOFF_POLICY);
-        let limits = proto::ctl::Limits::default();
+        let limits = proto::limits::Limits::default();
         let ms = |d: Duration| d.as_millis() as u64;
         assert_eq!(ms(a.connect_timeout), limits.connect_timeout_ms);
         assert_eq!(ms(a.head_timeout), limits.head_timeout_ms);

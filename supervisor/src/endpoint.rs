@@ -113,7 +113,7 @@ pub struct Running {
     pub stats_base: Stats,
     /// The current worker's health checks, one entry per backend (empty
     /// while checks are off or no worker runs).
-    pub health: Vec<proto::health::BackendHealth>,
+    pub health: Vec<proto::types::BackendHealth>,
     pub last_exit: Option<String>,
 }
 

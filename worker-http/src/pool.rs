@@ -27,9 +27,9 @@ use crate::keys::{Owner, Owners};
 use nix::errno::Errno;
 use nix::sys::socket::{recv, MsgFlags};
 use proto::fnv::FnvMap;
-use proto::graph::Backend;
 use proto::slab::Slab;
 use proto::stream::Stream;
+use proto::types::Backend;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 

@@ -11,8 +11,8 @@ pub(super) const DAY: Duration = Duration::from_secs(24 * 3600);
 /// worker with no pause at all); a shorter timeout fails every request.
 pub(super) const FLOOR: Duration = Duration::from_millis(10);
 
-/// Relay pipe sizes (`--pipe-size`): the relay's own bounds.
-pub use proto::relay::{DEFAULT_PIPE_SIZE, MAX_PIPE_SIZE};
+/// Relay pipe sizes (`--pipe-size`): the bounds the relay applies.
+pub use proto::limits::{DEFAULT_PIPE_SIZE, MAX_PIPE_SIZE};
 
 /// A duration as the user would write it: `10ms`, `1.5s`, `5m`, `24h`.
 pub fn show(d: Duration) -> String {
