@@ -24,8 +24,8 @@
 
 use crate::accept::Acceptor;
 use crate::ctl::{CtlError, Stats, ToWorker, WorkerConfig};
-use crate::health::{self, Checker};
 use crate::plan::Endpoint;
+use crate::prober::{self, Checker};
 use crate::stream::{Listener, Stream};
 use crate::timer::Timers;
 use crate::worker::{Started, WorkerCtl};
@@ -228,7 +228,7 @@ impl<H: Handler> Loop<H> {
             CTL,
             Interest::READABLE,
         )?;
-        let backends = health::backends_of(&s.config.endpoint.routes);
+        let backends = prober::backends_of(&s.config.endpoint.routes);
         let health = Checker::new(&s.config.limits, &backends, Instant::now())?;
         if let Some(h) = &health {
             poll.registry()
@@ -448,7 +448,7 @@ impl<H: Handler> Loop<H> {
             config.endpoint.routes.len()
         );
         if let Some(h) = self.health.as_mut() {
-            let backends = health::backends_of(&config.endpoint.routes);
+            let backends = prober::backends_of(&config.endpoint.routes);
             h.set_backends(&backends, &config.limits, now);
         }
         self.config = config;

@@ -156,7 +156,7 @@ impl Direction for FdRelay {
 mod tests {
     use super::*;
     use crate::duplex::{transfer, Transfer};
-    use crate::relay::{shutdown_write, Ready};
+    use crate::stream::{shutdown_write, Ready};
     use std::io::{Read, Write};
     use std::os::fd::AsFd;
     use std::os::unix::net::UnixStream;

@@ -19,15 +19,16 @@
 //!
 //! The runtime, what only workers run:
 //! - [`worker`]: worker start-up, the worker's control end.
-//! - [`stream`], [`accept`], [`backend`], [`balance`], [`slab`]: the data
-//!   path every worker shares: sockets, reaching a backend.
+//! - [`stream`] (sockets and their readiness), [`accept`], [`backend`],
+//!   [`balance`], [`slab`]: the data path every worker shares.
 //! - [`duplex`]: the one duplex relay (half-close and failure rules) over
 //!   [`relay`] (copy, then splice once a flow is bulk, through [`pipes`])
 //!   and [`fdrelay`] (bytes and fds of a unix link).
 //! - [`event_loop`]: the one worker loop (listener, control messages,
 //!   timers, stats, drain, health checks); [`conns`]: the tcp and unix
 //!   workers' connections plugged into it.
-//! - [`health`]: L4 health checks of each worker's backends.
+//! - [`health`]: each checked backend's state (the table); [`prober`]:
+//!   the L4 checks that fill it.
 //! - [`proxy_header`]: the PROXY protocol header (tcp links, their checks).
 //! - [`hold`]: connections held while their provider comes back.
 //! - [`fnv`]: the hasher of maps keyed by backend.
@@ -51,6 +52,7 @@ pub mod mem;
 pub mod pipes;
 pub mod plan;
 pub mod privs;
+pub mod prober;
 pub mod proxy_header;
 pub mod relay;
 pub mod slab;

@@ -36,9 +36,10 @@
 //! [`Splice`] is a [`Direction`] of [`crate::duplex::Duplex`]; `pump` moves
 //! one direction alone (http bodies with a known length).
 
-use crate::duplex::{transfer, Direction};
+use crate::duplex::{transfer, Direction, Side};
 use crate::limits::{DEFAULT_PIPE_SIZE, MAX_PIPE_SIZE};
 use crate::pipes::Pipe;
+use crate::stream::{shutdown_write, Ready};
 use nix::errno::Errno;
 use nix::fcntl::{splice, SpliceFFlags};
 use std::cell::RefCell;
@@ -93,13 +94,6 @@ pub fn set_pipe_size(bytes: usize) {
 
 pub fn pipe_size() -> usize {
     PIPE_SIZE.load(Ordering::Relaxed)
-}
-
-/// Edge-triggered readiness of one socket, as seen by its connection.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Ready {
-    pub readable: bool,
-    pub writable: bool,
 }
 
 /// What happened in one `pump`.
@@ -505,13 +499,6 @@ impl Direction for Splice {
     }
 }
 
-/// Which end of a relayed direction a syscall failed on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Source,
-    Destination,
-}
-
 /// A failed syscall of a direction, carried inside the `io::Error` that
 /// `pump` returns so callers can tell a reader's fault from a writer's
 /// without reading text.
@@ -539,14 +526,6 @@ impl SpliceError {
 
 fn failed(side: Side, error: io::Error) -> io::Error {
     io::Error::new(error.kind(), SpliceError { side, error })
-}
-
-/// `shutdown(fd, SHUT_WR)`; ENOTCONN (peer already gone) is not an error.
-pub fn shutdown_write(fd: BorrowedFd<'_>) -> io::Result<()> {
-    match nix::sys::socket::shutdown(fd.as_raw_fd(), nix::sys::socket::Shutdown::Write) {
-        Ok(()) | Err(Errno::ENOTCONN) => Ok(()),
-        Err(e) => Err(sys("shutdown(SHUT_WR)", e)),
-    }
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ const RUNTIME: &[&str] = &[
     "proxy_header",
     "slab",
     "fnv",
+    "prober",
 ];
 
 /// proto's modules that every process speaks (a file `x.rs` or a

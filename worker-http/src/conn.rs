@@ -26,7 +26,7 @@ use mio::{Interest, Registry, Token};
 use proto::backend::Dialer;
 use proto::ctl::Stats;
 use proto::limits::Limits;
-use proto::relay::Ready;
+use proto::stream::Ready;
 use proto::stream::Stream;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{IpAddr, Shutdown};
