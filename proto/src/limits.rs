@@ -32,10 +32,48 @@ pub const MAX_ROOTS: usize = MAX_FDS - 2;
 
 // What a worker runs with.
 
-/// Default pipe size: the kernel's own default on 4 KiB pages.
-pub const DEFAULT_PIPE_SIZE: usize = 64 * 1024;
+/// Each flag's default, written once: [`Limits::default`] holds them, and
+/// the command line shows them in `--help` and applies them from here
+/// (`supervisor/src/cli.rs`). Durations as the flags take them; `Limits`
+/// carries milliseconds.
+pub mod default {
+    use std::time::Duration;
+
+    /// `--connect-timeout`.
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    /// `--head-timeout`.
+    pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+    /// `--idle-timeout`.
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    /// `--response-timeout`.
+    pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+    /// `--tcp-idle-timeout` (0: never).
+    pub const TCP_IDLE_TIMEOUT: Duration = Duration::ZERO;
+    /// `--max-conns`.
+    pub const MAX_CONNS: usize = 4096;
+    /// `--pipe-size`: the kernel's own default on 4 KiB pages.
+    pub const PIPE_SIZE: usize = 64 * 1024;
+    /// `--hold-timeout`.
+    pub const HOLD_TIMEOUT: Duration = Duration::from_secs(10);
+    /// `--max-held`.
+    pub const MAX_HELD: usize = 1024;
+    /// `--health-interval`.
+    pub const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+    /// `--health-timeout`.
+    pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+    /// `--health-fall`.
+    pub const HEALTH_FALL: u32 = 2;
+    /// `--health-rise`.
+    pub const HEALTH_RISE: u32 = 1;
+}
+
 /// Largest `--pipe-size` accepted (also bounded by /proc/sys/fs/pipe-max-size).
 pub const MAX_PIPE_SIZE: usize = 1024 * 1024;
+
+/// A duration as `Limits` carries it.
+const fn ms(d: std::time::Duration) -> u64 {
+    d.as_millis() as u64
+}
 
 /// Timeouts and limits a worker runs with (BEHAVIOUR §5 defaults).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,46 +124,53 @@ pub struct Limits {
     pub health_rise: u32,
 }
 
+// A field absent from a sender that does not know it takes the flag's
+// default (`hold_timeout_ms` and `health_interval_ms` take 0 instead: off,
+// as such a sender means).
+
 fn default_health_timeout_ms() -> u64 {
-    2_000
+    ms(default::HEALTH_TIMEOUT)
 }
 
 fn default_health_fall() -> u32 {
-    2
+    default::HEALTH_FALL
 }
 
 fn default_health_rise() -> u32 {
-    1
+    default::HEALTH_RISE
 }
 
 fn default_max_held() -> usize {
-    1024
+    default::MAX_HELD
 }
 
 fn default_response_timeout_ms() -> u64 {
-    30_000
+    ms(default::RESPONSE_TIMEOUT)
 }
 
 fn default_pipe_size() -> usize {
-    DEFAULT_PIPE_SIZE
+    default::PIPE_SIZE
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            connect_timeout_ms: 5_000,
+            connect_timeout_ms: ms(default::CONNECT_TIMEOUT),
+            // No flag: the dialer's own schedule.
             connect_retry_ms: 400,
-            head_timeout_ms: 30_000,
-            idle_timeout_ms: 60_000,
-            tcp_idle_timeout_ms: 0,
+            head_timeout_ms: ms(default::HEAD_TIMEOUT),
+            idle_timeout_ms: ms(default::IDLE_TIMEOUT),
+            tcp_idle_timeout_ms: ms(default::TCP_IDLE_TIMEOUT),
+            // No flag.
             half_close_linger_ms: 60_000,
-            max_conns: 4096,
+            max_conns: default::MAX_CONNS,
+            // No flag.
             max_head_bytes: 16 * 1024,
             response_timeout_ms: default_response_timeout_ms(),
             pipe_size: default_pipe_size(),
-            hold_timeout_ms: 10_000,
+            hold_timeout_ms: ms(default::HOLD_TIMEOUT),
             max_held: default_max_held(),
-            health_interval_ms: 5_000,
+            health_interval_ms: ms(default::HEALTH_INTERVAL),
             health_timeout_ms: default_health_timeout_ms(),
             health_fall: default_health_fall(),
             health_rise: default_health_rise(),

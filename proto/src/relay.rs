@@ -37,7 +37,7 @@
 //! one direction alone (http bodies with a known length).
 
 use crate::duplex::{transfer, Direction, Side};
-use crate::limits::{DEFAULT_PIPE_SIZE, MAX_PIPE_SIZE};
+use crate::limits::{default, MAX_PIPE_SIZE};
 use crate::pipes::Pipe;
 use crate::stream::{shutdown_write, Ready};
 use nix::errno::Errno;
@@ -61,7 +61,7 @@ pub const SPLICE_AFTER: u64 = 64 * 1024;
 /// chunk normally goes out in the same turn it came in).
 pub const SPARE_BUFFERS: usize = 2;
 
-static PIPE_SIZE: AtomicUsize = AtomicUsize::new(DEFAULT_PIPE_SIZE);
+static PIPE_SIZE: AtomicUsize = AtomicUsize::new(default::PIPE_SIZE);
 
 thread_local! {
     static BUFFERS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
@@ -753,12 +753,12 @@ mod tests {
         s.splice_now();
         assert!(s.pipe_fd().is_none(), "no pipe before data");
         moved(&mut s);
-        assert_eq!(size_of(&s), DEFAULT_PIPE_SIZE);
+        assert_eq!(size_of(&s), default::PIPE_SIZE);
         set_pipe_size(128 * 1024);
         let mut t = Splice::new();
         t.splice_now();
         moved(&mut t);
-        set_pipe_size(DEFAULT_PIPE_SIZE);
+        set_pipe_size(default::PIPE_SIZE);
         assert_eq!(size_of(&t), 128 * 1024);
     }
 
@@ -768,6 +768,6 @@ mod tests {
         let mut v = serde_json::to_value(crate::limits::Limits::default()).unwrap();
         v.as_object_mut().unwrap().remove("pipe_size");
         let l: crate::limits::Limits = serde_json::from_value(v).unwrap();
-        assert_eq!(l.pipe_size, DEFAULT_PIPE_SIZE);
+        assert_eq!(l.pipe_size, default::PIPE_SIZE);
     }
 }

@@ -12,7 +12,29 @@ pub(super) const DAY: Duration = Duration::from_secs(24 * 3600);
 pub(super) const FLOOR: Duration = Duration::from_millis(10);
 
 /// Relay pipe sizes (`--pipe-size`): the bounds the relay applies.
-pub use proto::limits::{DEFAULT_PIPE_SIZE, MAX_PIPE_SIZE};
+pub use proto::limits::MAX_PIPE_SIZE;
+/// `--pipe-size`'s default, the workers' own.
+pub const DEFAULT_PIPE_SIZE: usize = proto::limits::default::PIPE_SIZE;
+
+/// A flag's default as clap takes it (`&'static str`), made once from the
+/// figure that holds it (`proto::limits::default`, `RestartPolicy`), so
+/// what `--help` shows and clap applies is that figure, never a copy of
+/// it: `text_once!(show(default::CONNECT_TIMEOUT))`.
+macro_rules! text_once {
+    ($text:expr) => {{
+        static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        TEXT.get_or_init(|| $text).as_str()
+    }};
+}
+pub(super) use text_once;
+
+/// `--backoff-policy`'s value as the user writes it.
+pub(super) fn show_backoff(p: BackoffPolicy) -> String {
+    match p {
+        BackoffPolicy::Never => "never".into(),
+        BackoffPolicy::After(d) => show(d),
+    }
+}
 
 /// A duration as the user would write it: `10ms`, `1.5s`, `5m`, `24h`.
 pub fn show(d: Duration) -> String {
