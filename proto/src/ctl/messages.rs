@@ -88,6 +88,55 @@ pub struct Stats {
     pub held_wait_max_ms: u64,
 }
 
+impl Stats {
+    /// The counts of a worker that came after `self`'s (a restarted one,
+    /// counting from 0 again) added on: totals add up, the gauges
+    /// (`active`, `held`) are `later`'s, the longest wait is the longer.
+    /// Destructured, so a new counter is added here or does not compile.
+    pub fn then(self, later: Stats) -> Stats {
+        let Stats {
+            active: _,
+            total,
+            bytes_in,
+            bytes_out,
+            errors,
+            log_dropped,
+            held: _,
+            held_total,
+            held_connected,
+            held_failed,
+            held_over_limit,
+            held_wait_ms,
+            held_wait_max_ms,
+        } = self;
+        Stats {
+            active: later.active,
+            total: total + later.total,
+            bytes_in: bytes_in + later.bytes_in,
+            bytes_out: bytes_out + later.bytes_out,
+            errors: errors + later.errors,
+            log_dropped: log_dropped + later.log_dropped,
+            held: later.held,
+            held_total: held_total + later.held_total,
+            held_connected: held_connected + later.held_connected,
+            held_failed: held_failed + later.held_failed,
+            held_over_limit: held_over_limit + later.held_over_limit,
+            held_wait_ms: held_wait_ms + later.held_wait_ms,
+            held_wait_max_ms: held_wait_max_ms.max(later.held_wait_max_ms),
+        }
+    }
+
+    /// What outlives the worker that counted it: the totals, with the
+    /// gauges (connections open or held now) at 0.
+    pub fn totals(self) -> Stats {
+        Stats {
+            active: 0,
+            held: 0,
+            ..self
+        }
+    }
+}
+
 /// Worker -> supervisor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "msg", rename_all = "snake_case")]
