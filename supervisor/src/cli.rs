@@ -7,7 +7,7 @@
 //! a deadline (`Instant + Duration` panics) in the supervisor or a worker.
 
 use crate::policy::BackoffPolicy;
-use crate::policy::{RestartPolicy, DEFAULT_BACKOFF_POLICY};
+use crate::policy::{RestartPolicy, DEFAULT_BACKOFF_FACTOR, DEFAULT_BACKOFF_POLICY};
 pub use crate::status_cli::Show;
 use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -16,8 +16,8 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 use values::{
-    backoff_factor, backoff_policy, count, duration_in, page_size, pipe_max, show_backoff,
-    text_once, DAY, FLOOR,
+    backoff_factor, backoff_policy, count, duration_in, page_size, pipe_max, show_backoff, shown,
+    DAY, FLOOR,
 };
 pub use values::{show, DEFAULT_PIPE_SIZE, MAX_PIPE_SIZE};
 
@@ -122,30 +122,30 @@ pub struct RunArgs {
           value_parser = ["error", "warn", "info", "debug"])]
     pub log_level: String,
     /// First restart delay of a crashed worker; 10ms to 24h
-    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = text_once!(show(RestartPolicy::default().retry_delay)),
+    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = shown(show(RestartPolicy::default().retry_delay)),
           value_parser = duration_in(FLOOR, DAY, None))]
     pub retry_delay: Duration,
     /// Each consecutive failure multiplies the delay by F; 1 to 100
-    #[arg(long, allow_hyphen_values = true, value_name = "F", default_value_t = RestartPolicy::default().backoff_factor, value_parser = backoff_factor)]
+    #[arg(long, allow_hyphen_values = true, value_name = "F", default_value = shown(DEFAULT_BACKOFF_FACTOR.to_string()), value_parser = backoff_factor)]
     pub backoff_factor: f64,
     /// Upper bound of the restart delay; 10ms to 24h, not below --retry-delay
-    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = text_once!(show(RestartPolicy::default().max_delay)),
+    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = shown(show(RestartPolicy::default().max_delay)),
           value_parser = duration_in(FLOOR, DAY, None))]
     pub max_delay: Duration,
     /// A worker up this long has its backoff start over; 0 to 24h
     /// (0: every failure counts as a first one)
-    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = text_once!(show(RestartPolicy::default().reset_window)), verbatim_doc_comment,
+    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = shown(show(RestartPolicy::default().reset_window)), verbatim_doc_comment,
           value_parser = duration_in(Duration::ZERO, DAY, None))]
     pub reset_window: Duration,
     /// Failures in a row before --backoff-policy applies; 0 to 1000000
     /// (0: retry for ever)
-    #[arg(long, allow_hyphen_values = true, value_name = "N", default_value_t = RestartPolicy::default().max_retries, verbatim_doc_comment,
+    #[arg(long, allow_hyphen_values = true, value_name = "N", default_value = shown(RestartPolicy::default().max_retries.to_string()), verbatim_doc_comment,
           value_parser = count::<u32>(0, 1_000_000, ""))]
     pub max_retries: u32,
     /// After --max-retries failures in a row: `never` (stay failed until the
     /// graph is applied again) or a DURATION of 10ms to 24h (wait that long,
     /// then start over with a fresh count)
-    #[arg(long, allow_hyphen_values = true, value_name = "never|DURATION", default_value = text_once!(show_backoff(DEFAULT_BACKOFF_POLICY)), verbatim_doc_comment,
+    #[arg(long, allow_hyphen_values = true, value_name = "never|DURATION", default_value = shown(show_backoff(DEFAULT_BACKOFF_POLICY)), verbatim_doc_comment,
           value_parser = backoff_policy)]
     pub backoff_policy: BackoffPolicy,
     /// How long a removed endpoint's connections may finish; 0 to 24h
@@ -153,61 +153,61 @@ pub struct RunArgs {
           value_parser = duration_in(Duration::ZERO, DAY, None))]
     pub drain_timeout: Duration,
     /// Backend connect timeout; 10ms to 24h
-    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = text_once!(show(default::CONNECT_TIMEOUT)),
+    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = shown(show(default::CONNECT_TIMEOUT)),
           value_parser = duration_in(FLOOR, DAY, None))]
     pub connect_timeout: Duration,
     /// http: the whole request head must arrive within D, else 408; 10ms to 24h
-    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = text_once!(show(default::HEAD_TIMEOUT)),
+    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = shown(show(default::HEAD_TIMEOUT)),
           value_parser = duration_in(FLOOR, DAY, None))]
     pub head_timeout: Duration,
     /// http: idle keep-alive connections close after D; 10ms to 24h
-    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = text_once!(show(default::IDLE_TIMEOUT)),
+    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = shown(show(default::IDLE_TIMEOUT)),
           value_parser = duration_in(FLOOR, DAY, None))]
     pub idle_timeout: Duration,
     /// http: a backend must start its response within D, else 504; 10ms to 24h
-    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = text_once!(show(default::RESPONSE_TIMEOUT)),
+    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = shown(show(default::RESPONSE_TIMEOUT)),
           value_parser = duration_in(FLOOR, DAY, None))]
     pub response_timeout: Duration,
     /// tcp: close connections idle this long; 0 (never) or 10ms to 24h
-    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = text_once!(show(default::TCP_IDLE_TIMEOUT)),
+    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = shown(show(default::TCP_IDLE_TIMEOUT)),
           value_parser = duration_in(FLOOR, DAY, Some("never")))]
     pub tcp_idle_timeout: Duration,
     /// Most concurrent connections per worker; 1 to 1000000
-    #[arg(long, allow_hyphen_values = true, value_name = "N", default_value_t = default::MAX_CONNS,
+    #[arg(long, allow_hyphen_values = true, value_name = "N", default_value = shown(default::MAX_CONNS.to_string()),
           value_parser = count::<usize>(1, 1_000_000, ""))]
     pub max_conns: usize,
     /// Size of each relay pipe; a connection holds at most 2, so 2 x BYTES
     /// bounds its kernel memory; a page to 1 MiB (at most fs.pipe-max-size)
-    #[arg(long, allow_hyphen_values = true, value_name = "BYTES", default_value_t = default::PIPE_SIZE, verbatim_doc_comment,
+    #[arg(long, allow_hyphen_values = true, value_name = "BYTES", default_value = shown(default::PIPE_SIZE.to_string()), verbatim_doc_comment,
           value_parser = count::<usize>(page_size(), pipe_max(), " bytes"))]
     pub pipe_size: usize,
     /// Hold a connection whose backend cannot be reached (refused,
     /// unreachable, socket missing) and retry for up to D before the error;
     /// 0 (never: ~375 ms of retries, then refuse or 502) or 10ms to 24h
-    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = text_once!(show(default::HOLD_TIMEOUT)), verbatim_doc_comment,
+    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = shown(show(default::HOLD_TIMEOUT)), verbatim_doc_comment,
           value_parser = duration_in(FLOOR, DAY, Some("never")))]
     pub hold_timeout: Duration,
     /// Most connections one worker holds at once; beyond it, the error at
     /// once; 0 to 1000000
-    #[arg(long, allow_hyphen_values = true, value_name = "N", default_value_t = default::MAX_HELD, verbatim_doc_comment,
+    #[arg(long, allow_hyphen_values = true, value_name = "N", default_value = shown(default::MAX_HELD.to_string()), verbatim_doc_comment,
           value_parser = count::<usize>(0, 1_000_000, ""))]
     pub max_held: usize,
     /// L4 health checks: each backend is checked with a connect every D;
     /// 0 (no checks) or 100ms to 24h
-    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = text_once!(show(default::HEALTH_INTERVAL)), verbatim_doc_comment,
+    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = shown(show(default::HEALTH_INTERVAL)), verbatim_doc_comment,
           value_parser = duration_in(Duration::from_millis(100), DAY, Some("no checks")))]
     pub health_interval: Duration,
     /// A health check not connected within D fails; 10ms to 24h
-    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = text_once!(show(default::HEALTH_TIMEOUT)),
+    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = shown(show(default::HEALTH_TIMEOUT)),
           value_parser = duration_in(FLOOR, DAY, None))]
     pub health_timeout: Duration,
     /// Failures in a row (checks or real connections) that mark a backend
     /// down; 1 to 1000
-    #[arg(long, allow_hyphen_values = true, value_name = "N", default_value_t = default::HEALTH_FALL, verbatim_doc_comment,
+    #[arg(long, allow_hyphen_values = true, value_name = "N", default_value = shown(default::HEALTH_FALL.to_string()), verbatim_doc_comment,
           value_parser = count::<u32>(1, 1000, ""))]
     pub health_fall: u32,
     /// Successful checks in a row that mark a down backend up; 1 to 1000
-    #[arg(long, allow_hyphen_values = true, value_name = "N", default_value_t = default::HEALTH_RISE,
+    #[arg(long, allow_hyphen_values = true, value_name = "N", default_value = shown(default::HEALTH_RISE.to_string()),
           value_parser = count::<u32>(1, 1000, ""))]
     pub health_rise: u32,
 }

@@ -16,17 +16,15 @@ pub use proto::limits::MAX_PIPE_SIZE;
 /// `--pipe-size`'s default, the workers' own.
 pub const DEFAULT_PIPE_SIZE: usize = proto::limits::default::PIPE_SIZE;
 
-/// A flag's default as clap takes it (`&'static str`), made once from the
-/// figure that holds it (`proto::limits::default`, `RestartPolicy`), so
-/// what `--help` shows and clap applies is that figure, never a copy of
-/// it: `text_once!(show(default::CONNECT_TIMEOUT))`.
-macro_rules! text_once {
-    ($text:expr) => {{
-        static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-        TEXT.get_or_init(|| $text).as_str()
-    }};
+/// A flag's default as clap takes it (`&'static str`), from the figure
+/// that holds it (`proto::limits::default`, `RestartPolicy`), so what
+/// `--help` shows and clap applies is that figure, never a copy of it.
+/// The text is made when the command line is built (once per process;
+/// a few bytes each) and kept: one plain function, where a `OnceLock` per
+/// flag cost 7 KiB of the executable.
+pub(super) fn shown(text: String) -> &'static str {
+    text.leak()
 }
-pub(super) use text_once;
 
 /// `--backoff-policy`'s value as the user writes it.
 pub(super) fn show_backoff(p: BackoffPolicy) -> String {
