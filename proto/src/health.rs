@@ -11,9 +11,9 @@
 //! several backends would share the same table). With `--health-interval
 //! 0` the table is empty and every backend counts as up.
 
-use crate::fnv::FnvMap;
 use crate::limits::Limits;
 use crate::types::{Backend, BackendHealth};
+use fnv::FnvHashMap as FnvMap;
 use std::cell::RefCell;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -32,7 +32,7 @@ struct Entry {
 /// The table is one entry per distinct backend of the worker's routes:
 /// a few on most devices, but an http worker may route thousands. Every
 /// dial asks [`is_down`] and every real connect [`observe`]s, so a
-/// backend's entry is found through `index` (FNV, `crate::fnv`) in O(1),
+/// backend's entry is found through `index` (FNV, the `fnv` crate) in O(1),
 /// not by a scan; `entries` keeps the routes' order for `report`.
 #[derive(Debug, Default)]
 struct Table {

@@ -31,7 +31,6 @@
 //!   the L4 checks that fill it.
 //! - [`proxy_header`]: the PROXY protocol header (tcp links, their checks).
 //! - [`hold`]: connections held while their provider comes back.
-//! - [`fnv`]: the hasher of maps keyed by backend.
 
 pub mod accept;
 pub mod backend;
@@ -42,7 +41,6 @@ pub mod duplex;
 pub mod event_loop;
 pub mod fdpass;
 pub mod fdrelay;
-pub mod fnv;
 pub mod graph;
 pub mod health;
 pub mod hold;

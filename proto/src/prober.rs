@@ -26,11 +26,11 @@
 //! [`Checker::on_ready`] and [`Checker::on_time`]: two small hooks per
 //! loop, nothing per connection.
 
-use crate::fnv::FnvMap;
 use crate::health::{is_down, observe, observe_failure, track};
 use crate::limits::Limits;
 use crate::stream::Stream;
 use crate::types::{Backend, ProxyProtocol};
+use fnv::FnvHashMap as FnvMap;
 use mio::{Events, Interest, Poll, Token};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};

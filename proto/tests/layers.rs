@@ -26,7 +26,6 @@ const RUNTIME: &[&str] = &[
     "worker",
     "proxy_header",
     "slab",
-    "fnv",
     "prober",
 ];
 
