@@ -2,7 +2,8 @@
 //! garbage, short, oversized and wrong-fd-count messages, never panics and
 //! keeps serving what it was configured for.
 
-use proto::ctl::{self, Limits, ToWorker, WorkerConfig};
+use proto::ctl::{self, ToWorker, WorkerConfig};
+use proto::limits::{Limits, MAX_MSG};
 use pvx_tests::*;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -177,7 +178,7 @@ fn garbage_after_init_is_ignored_and_the_worker_keeps_serving() {
         &[p.as_raw_fd()],
     )
     .unwrap();
-    ctl::send_raw(ctl.as_fd(), &vec![b' '; ctl::MAX_MSG], &[]).unwrap();
+    ctl::send_raw(ctl.as_fd(), &vec![b' '; MAX_MSG], &[]).unwrap();
     // Blobs that lie: a pipe, and a memfd nobody sealed (its sender could
     // change it after the worker checked it).
     let head = br#"{"msg":"blob","len":2}"#;
@@ -220,8 +221,7 @@ fn garbage_after_init_is_ignored_and_the_worker_keeps_serving() {
 // the same effect (docs/ARCHITECTURE.md, "Update and drain"): all three
 // run proto's one loop.
 
-use proto::graph::{Backend, Listen};
-use proto::plan::Kind;
+use proto::types::{Backend, Kind, Listen};
 use pvx_tests::direct;
 use std::os::unix::net::{UnixListener, UnixStream};
 

@@ -4,7 +4,7 @@
 //! (issue 8, item 7). Also the head paths that memory design touches:
 //! heads trickled in pieces, pipelined requests split across reads.
 
-use proto::ctl::Limits;
+use proto::limits::Limits;
 use pvx_tests::http::backend;
 use pvx_tests::http::client::{connect, get, read_resp};
 use pvx_tests::http::direct::{config, Worker};

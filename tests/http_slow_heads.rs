@@ -7,7 +7,8 @@
 //! (The soak's slowloris clients drip a byte a second for up to 40 s; here
 //! the head timeout is shortened so the same happens in seconds.)
 
-use proto::ctl::{Limits, ToWorker};
+use proto::ctl::ToWorker;
+use proto::limits::Limits;
 use pvx_tests::http::backend;
 use pvx_tests::http::client::{connect, read_resp};
 use pvx_tests::http::direct::{config, Worker};

@@ -3,7 +3,7 @@
 //! is forged around the head (trailers, underscores, upgrades), and a
 //! request that is not safe to repeat never runs twice.
 
-use proto::ctl::Limits;
+use proto::limits::Limits;
 use pvx_tests::http::backend;
 use pvx_tests::http::client::{closed, connect, exchange, get, read_resp};
 use pvx_tests::http::direct::{config, Worker};

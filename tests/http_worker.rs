@@ -3,7 +3,8 @@
 //! bytes, and the control messages (Update, Drain) sent by hand. The
 //! end-to-end suite through pv-xconnect is tests/http.rs.
 
-use proto::ctl::{Limits, ToWorker};
+use proto::ctl::ToWorker;
+use proto::limits::Limits;
 use pvx_tests::http::backend;
 use pvx_tests::http::client::{closed, connect, exchange, get, read_resp};
 use pvx_tests::http::direct::{config, Worker};

@@ -11,7 +11,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use proto::ctl::{self, CtlError, Frame, FromWorker, Message, ToWorker, MAX_FDS, MAX_MSG};
+use proto::ctl::{self, CtlError, Frame, FromWorker, Message, ToWorker};
+use proto::limits::{MAX_FDS, MAX_MSG};
 use std::fmt::Debug;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::OnceLock;

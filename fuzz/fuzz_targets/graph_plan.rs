@@ -12,9 +12,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use proto::ctl::{Limits, ToWorker, WorkerConfig, MAX_FDS};
-use proto::graph::Backend;
-use proto::plan::{self, Kind, Plan};
+use proto::ctl::{ToWorker, WorkerConfig};
+use proto::limits::{Limits, MAX_FDS};
+use proto::plan::{self, Plan};
+use proto::types::{Backend, Kind};
 use std::collections::BTreeSet;
 
 fn check(plan: &Plan, n_items: usize) {
@@ -31,7 +32,7 @@ fn check(plan: &Plan, n_items: usize) {
             assert!(seen.insert(r.link), "link #{} planned twice", r.link);
             assert_eq!(r.consumer, ep.consumer);
             if ep.kind == Kind::Tcp || ep.kind == Kind::Http {
-                assert!(matches!(ep.key.listen, proto::graph::Listen::Tcp(_)));
+                assert!(matches!(ep.key.listen, proto::types::Listen::Tcp(_)));
             }
             for o in &ep.routes[..i] {
                 match ep.kind {

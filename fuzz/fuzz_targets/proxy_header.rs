@@ -11,7 +11,7 @@
 
 use libfuzzer_sys::arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use proto::graph::ProxyProtocol;
+use proto::types::ProxyProtocol;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use worker_tcp::proxy_header::build;
 

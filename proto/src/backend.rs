@@ -14,12 +14,12 @@
 //! provider died can never be reached by mistake.
 
 use crate::balance::{Choice, Lease};
-use crate::ctl::Limits;
-use crate::graph::Backend;
 use crate::hold::{Held, Outcome};
+use crate::limits::Limits;
 use crate::plan::Route;
 use crate::stream::Stream;
 use crate::tick::Tick;
+use crate::types::Backend;
 use mio::net::{TcpStream, UnixStream};
 use std::cell::RefCell;
 use std::io;
@@ -933,7 +933,7 @@ mod tests {
         let live = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let live_addr = Backend::Tcp(live.local_addr().unwrap());
         let pool: std::rc::Rc<[Backend]> = vec![dead_addr.clone(), live_addr.clone()].into();
-        let choice = Choice::at(pool.clone(), crate::balance::Policy::RoundRobin, 0);
+        let choice = Choice::at(pool.clone(), crate::types::Policy::RoundRobin, 0);
         let mut d = Dialer::balanced(choice, now, &limits);
         assert_eq!(d.target, dead_addr);
         let mut socket = None;
@@ -957,7 +957,7 @@ mod tests {
         drop(live);
 
         // Nobody listens: the whole pool fails like one backend.
-        let choice = Choice::at(pool, crate::balance::Policy::LeastConn, 0);
+        let choice = Choice::at(pool, crate::types::Policy::LeastConn, 0);
         let mut d = Dialer::balanced(choice, now, &limits);
         let mut socket = None;
         let mut t = now;
@@ -991,7 +991,7 @@ mod tests {
             Backend::Tcp(live.local_addr().unwrap()),
         ]
         .into();
-        let choice = Choice::at(pool.clone(), crate::balance::Policy::RoundRobin, 0);
+        let choice = Choice::at(pool.clone(), crate::types::Policy::RoundRobin, 0);
         let mut d = Dialer::balanced(choice, now, &limits);
         let mut socket = None;
         // Pretend the first connect is under way and never reports.

@@ -17,45 +17,11 @@
 //! [`usable`]: the place where backends marked down by health checks are
 //! left out.
 
-use crate::graph::Backend;
 use crate::plan::Route;
-use serde::{Deserialize, Serialize};
+use crate::types::{Backend, Policy};
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::fmt;
 use std::rc::Rc;
-
-/// How a route's replicas share its connections (`"balance"` in the graph).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Policy {
-    LeastConn,
-    RoundRobin,
-}
-
-impl Policy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Policy::LeastConn => "least-conn",
-            Policy::RoundRobin => "round-robin",
-        }
-    }
-
-    /// The graph's spelling.
-    pub fn parse(s: &str) -> Option<Policy> {
-        match s {
-            "least-conn" => Some(Policy::LeastConn),
-            "round-robin" => Some(Policy::RoundRobin),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Policy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// Whether `b` may be picked now: not marked down by health checks (one
 /// filter, used by the first pick, fail-over and a held connection's next

@@ -9,12 +9,12 @@
 //! (0 and 1 are the loop's). Timer keys: slot << 32 | generation.
 
 use crate::backend::{Dialer, Step};
-use crate::ctl::{Limits, WorkerConfig};
+use crate::ctl::WorkerConfig;
 use crate::duplex::{Direction, Duplex, Flow, ShortRead};
 use crate::event_loop::{Cx, Handler};
-use crate::relay::Ready;
+use crate::limits::Limits;
 use crate::slab::Slab;
-use crate::stream::{Peer, Stream, Who};
+use crate::stream::{Peer, Ready, Stream, Who};
 use crate::tick::Tick;
 use mio::event::Event;
 use mio::{Interest, Token};

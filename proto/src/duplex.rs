@@ -45,10 +45,17 @@
 //! Readiness is edge-triggered: every step runs until the kernel says
 //! EAGAIN, which clears the matching [`Ready`] flag.
 
-use crate::relay::{shutdown_write, Ready, Side};
+use crate::stream::{shutdown_write, Ready};
 use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
+
+/// Which end of a relayed direction a syscall failed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Source,
+    Destination,
+}
 
 /// One direction's way of moving bytes from a source to a destination.
 /// Calls are single non-blocking syscalls (or a few); `EAGAIN` comes back

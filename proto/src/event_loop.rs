@@ -24,8 +24,8 @@
 
 use crate::accept::Acceptor;
 use crate::ctl::{CtlError, Stats, ToWorker, WorkerConfig};
-use crate::health::{self, Checker};
 use crate::plan::Endpoint;
+use crate::prober::{self, Checker};
 use crate::stream::{Listener, Stream};
 use crate::timer::Timers;
 use crate::worker::{Started, WorkerCtl};
@@ -239,7 +239,7 @@ impl<H: Handler> Loop<H> {
             CTL,
             Interest::READABLE,
         )?;
-        let backends = health::backends_of(&s.config.endpoint.routes);
+        let backends = prober::backends_of(&s.config.endpoint.routes);
         let health = Checker::new(&s.config.limits, &backends, Instant::now())?;
         if let Some(h) = &health {
             poll.registry()
@@ -470,7 +470,7 @@ impl<H: Handler> Loop<H> {
             config.endpoint.routes.len()
         );
         if let Some(h) = self.health.as_mut() {
-            let backends = health::backends_of(&config.endpoint.routes);
+            let backends = prober::backends_of(&config.endpoint.routes);
             h.set_backends(&backends, &config.limits, now);
         }
         self.config = config;
@@ -506,8 +506,8 @@ impl<H: Handler> Loop<H> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::graph::Listen;
-    use crate::plan::{EndpointKey, Kind};
+    use crate::plan::EndpointKey;
+    use crate::types::{Kind, Listen};
 
     #[test]
     fn an_update_is_for_the_same_endpoint_only() {

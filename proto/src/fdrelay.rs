@@ -276,7 +276,7 @@ fn outq(fd: BorrowedFd<'_>) -> i32 {
 mod tests {
     use super::*;
     use crate::duplex::{transfer, Transfer};
-    use crate::relay::{shutdown_write, Ready};
+    use crate::stream::{shutdown_write, Ready};
     use std::io::{Read, Write};
     use std::os::fd::AsFd;
     use std::os::unix::net::UnixStream;

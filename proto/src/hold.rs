@@ -4,7 +4,7 @@
 //! for a few seconds its port refuses, its unix socket is missing, its
 //! address is unreachable. Rather than refuse the client (tcp, unix) or
 //! answer 502 (http), the worker keeps the client connection and the
-//! [`crate::backend::Dialer`] keeps trying, for up to `--hold-timeout`.
+//! `backend::Dialer` keeps trying, for up to `--hold-timeout`.
 //! This module is the worker's book of held connections: the bound
 //! (`--max-held`), the counters reported in `stats`, and the wake-up
 //! asked for when a backend may be back (a route update, a health check

@@ -1,26 +1,36 @@
-//! pv-xconnect's shared vocabulary and worker plumbing.
+//! pv-xconnect's shared vocabulary and worker runtime, two layers in one
+//! crate until they become two (`tests/layers.rs` keeps them apart: the
+//! vocabulary names no runtime module, the supervisor only the vocabulary).
 //!
+//! The vocabulary, what every process speaks:
+//! - [`types`]: the types every crate imports (backend and listen
+//!   addresses, link type, worker kind, balance policy, backend health).
+//! - [`limits`]: every bound two processes agree on: a worker's limits with
+//!   each flag's default, and what one control message carries.
 //! - [`graph`]: the Pantavisor xconnect graph and its validation.
 //! - [`plan`]: links grouped into endpoints (one worker each).
-//! - [`ctl`]: supervisor <-> worker messages.
+//! - [`ctl`]: supervisor <-> worker messages and their channel.
 //! - [`fdpass`]: the one `SCM_RIGHTS` send and receive (control channel, unix relay).
-//! - [`worker`]: worker start-up, the worker's control end.
 //! - [`privs`]: the one capability drop (supervisor and workers).
-//! - [`stream`], [`accept`], [`backend`], [`balance`], [`timer`], [`slab`]: the data path every
-//!   worker shares: sockets, reaching a backend, deadlines.
+//! - [`log`]: one-line events to syslog or stderr.
+//! - [`text`]: escaping of outside text wherever it is printed or logged.
+//! - [`stat`]: a file's type and size, 32-bit and Y2038 safe (`statx`).
+//! - [`mem`], [`timer`], [`tick`]: memory trimming, deadlines, their clock.
+//!
+//! The runtime, what only workers run:
+//! - [`worker`]: worker start-up, the worker's control end.
+//! - [`stream`] (sockets and their readiness), [`accept`], [`backend`],
+//!   [`balance`], [`slab`]: the data path every worker shares.
 //! - [`duplex`]: the one duplex relay (half-close and failure rules) over
 //!   [`relay`] (copy, then splice once a flow is bulk, through [`pipes`])
 //!   and [`fdrelay`] (bytes and fds of a unix link).
 //! - [`event_loop`]: the one worker loop (listener, control messages,
 //!   timers, stats, drain, health checks); [`conns`]: the tcp and unix
 //!   workers' connections plugged into it.
-//! - [`health`]: L4 health checks of each worker's backends.
+//! - [`health`]: each checked backend's state (the table); [`prober`]:
+//!   the L4 checks that fill it.
 //! - [`proxy_header`]: the PROXY protocol header (tcp links, their checks).
 //! - [`hold`]: connections held while their provider comes back.
-//! - [`log`]: one-line events to syslog or stderr.
-//! - [`text`]: escaping of outside text wherever it is printed or logged.
-//! - [`fnv`]: the hasher of maps keyed by backend.
-//! - [`stat`]: a file's type and size, 32-bit and Y2038 safe (`statx`).
 
 pub mod accept;
 pub mod backend;
@@ -31,15 +41,16 @@ pub mod duplex;
 pub mod event_loop;
 pub mod fdpass;
 pub mod fdrelay;
-pub mod fnv;
 pub mod graph;
 pub mod health;
 pub mod hold;
+pub mod limits;
 pub mod log;
 pub mod mem;
 pub mod pipes;
 pub mod plan;
 pub mod privs;
+pub mod prober;
 pub mod proxy_header;
 pub mod relay;
 pub mod slab;
@@ -48,6 +59,7 @@ pub mod stream;
 pub mod text;
 pub mod tick;
 pub mod timer;
+pub mod types;
 pub mod worker;
 
 /// Tests whose check an emulator cannot honour ask here whether they run

@@ -31,7 +31,7 @@ pub const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 struct Ends {
     r: OwnedFd,
     w: OwnedFd,
-    /// At most `relay::MAX_PIPE_SIZE`; small, as every connection has two.
+    /// At most `limits::MAX_PIPE_SIZE`; small, as every connection has two.
     size: u32,
 }
 

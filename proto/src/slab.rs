@@ -1,11 +1,11 @@
-//! Connection storage for a worker loop: slots reused through a free list,
-//! each with a generation so a stale timer or event for a reused slot is
-//! recognised and ignored.
+//! Connection storage for a worker loop: the `slab` crate's slots, reused
+//! through its free list, each with a generation of ours so a stale timer
+//! or event for a reused slot is recognised and ignored.
 
 pub struct Slab<T> {
-    slots: Vec<(u32, Option<T>)>,
-    free: Vec<usize>,
-    len: usize,
+    entries: slab::Slab<T>,
+    /// Generation of each slot, by index; kept while the slot is vacant.
+    gens: Vec<u32>,
     /// Generation of a slot made anew: above every generation a slot
     /// dropped by `shrink` had, so stale keys for it never match.
     fresh: u32,
@@ -14,96 +14,81 @@ pub struct Slab<T> {
 impl<T> Default for Slab<T> {
     fn default() -> Self {
         Slab {
-            slots: Vec::new(),
-            free: Vec::new(),
-            len: 0,
+            entries: slab::Slab::new(),
+            gens: Vec::new(),
             fresh: 0,
         }
     }
 }
 
 impl<T> Slab<T> {
-    /// What one slot takes (an entry and its generation): the memory each
-    /// open connection costs a worker while it idles.
-    pub const SLOT_BYTES: usize = std::mem::size_of::<(u32, Option<T>)>();
+    /// What one slot takes (the crate's entry, shaped as `Result<T,
+    /// usize>`, and its generation): the memory each open connection
+    /// costs a worker while it idles.
+    pub const SLOT_BYTES: usize =
+        std::mem::size_of::<Result<T, usize>>() + std::mem::size_of::<u32>();
 
     pub fn new() -> Slab<T> {
         Slab::default()
     }
 
     pub fn len(&self) -> usize {
-        self.len
+        self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.entries.is_empty()
     }
 
     /// Insert, returning (slot, generation).
     pub fn insert(&mut self, v: T) -> (usize, u32) {
-        self.len += 1;
-        match self.free.pop() {
-            Some(i) => {
-                let s = &mut self.slots[i];
-                s.0 = s.0.wrapping_add(1);
-                s.1 = Some(v);
-                (i, s.0)
-            }
-            None => {
-                self.slots.push((self.fresh, Some(v)));
-                (self.slots.len() - 1, self.fresh)
-            }
+        let i = self.entries.insert(v);
+        match self.gens.get_mut(i) {
+            Some(g) => *g = g.wrapping_add(1),
+            None => self.gens.push(self.fresh),
         }
+        (i, self.gens[i])
     }
 
     pub fn get_mut(&mut self, i: usize) -> Option<&mut T> {
-        self.slots.get_mut(i).and_then(|s| s.1.as_mut())
+        self.entries.get_mut(i)
     }
 
     /// The entry in slot `i` if it is still generation `gen`.
     pub fn get_gen(&mut self, i: usize, gen: u32) -> Option<&mut T> {
-        self.slots
-            .get_mut(i)
-            .filter(|s| s.0 == gen)
-            .and_then(|s| s.1.as_mut())
+        if self.generation(i) != gen {
+            return None;
+        }
+        self.entries.get_mut(i)
     }
 
     pub fn generation(&self, i: usize) -> u32 {
-        self.slots.get(i).map_or(0, |s| s.0)
+        self.gens.get(i).copied().unwrap_or(0)
     }
 
     pub fn remove(&mut self, i: usize) -> Option<T> {
-        let v = self.slots.get_mut(i)?.1.take()?;
-        self.len -= 1;
-        self.free.push(i);
-        Some(v)
+        self.entries.try_remove(i)
     }
 
     /// Whether slot `i` holds an entry of generation `gen`.
     pub fn is_live(&self, i: usize, gen: u32) -> bool {
-        self.slots
-            .get(i)
-            .is_some_and(|s| s.0 == gen && s.1.is_some())
+        self.gens.get(i) == Some(&gen) && self.entries.contains(i)
     }
 
     /// Give back the memory of the free slots at the end (after a burst of
     /// connections). Slots in use keep their index.
     pub fn shrink(&mut self) {
-        while let Some((gen, None)) = self.slots.last() {
-            self.fresh = self.fresh.max(gen.wrapping_add(1));
-            self.slots.pop();
+        self.entries.shrink_to_fit();
+        // The crate dropped the vacant slots past the last one in use.
+        let n = self.entries.iter().next_back().map_or(0, |(i, _)| i + 1);
+        for g in self.gens.drain(n..) {
+            self.fresh = self.fresh.max(g.wrapping_add(1));
         }
-        let n = self.slots.len();
-        self.free.retain(|&i| i < n);
-        self.slots.shrink_to_fit();
-        self.free.shrink_to_fit();
+        self.gens.shrink_to_fit();
     }
 
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (usize, &mut T)> {
-        self.slots
-            .iter_mut()
-            .enumerate()
-            .filter_map(|(i, s)| s.1.as_mut().map(|v| (i, v)))
+        self.entries.iter_mut()
     }
 }
 
@@ -132,7 +117,7 @@ mod tests {
         s.remove(keys[3].0);
         s.remove(keys[2].0);
         s.shrink();
-        assert_eq!(s.slots.len(), 1, "slots 1..3 were free at the end");
+        assert_eq!(s.gens.len(), 1, "slots 1..3 were free at the end");
         assert_eq!(s.len(), 1);
         assert_eq!(s.get_gen(keys[0].0, keys[0].1), Some(&mut 0));
         let again: Vec<_> = (0..3).map(|i| s.insert(10 + i)).collect();

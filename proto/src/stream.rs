@@ -8,6 +8,13 @@ use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
+/// Edge-triggered readiness of one socket, as seen by its connection.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Ready {
+    pub readable: bool,
+    pub writable: bool,
+}
+
 #[derive(Debug)]
 pub enum Stream {
     Tcp(TcpStream),
@@ -313,6 +320,17 @@ pub fn set_quickack(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
         )));
     }
     Ok(())
+}
+
+/// `shutdown(fd, SHUT_WR)`; ENOTCONN (peer already gone) is not an error.
+pub fn shutdown_write(fd: BorrowedFd<'_>) -> io::Result<()> {
+    match nix::sys::socket::shutdown(fd.as_raw_fd(), nix::sys::socket::Shutdown::Write) {
+        Ok(()) | Err(nix::errno::Errno::ENOTCONN) => Ok(()),
+        Err(e) => Err(io::Error::new(
+            io::Error::from(e).kind(),
+            format!("shutdown(SHUT_WR): {e}"),
+        )),
+    }
 }
 
 /// The error is about this process, not the peer: out of fds (ours or the

@@ -4,8 +4,8 @@
 //! capabilities), then report counters and answer control messages.
 
 use crate::ctl::{self, CtlError, FromWorker, Stats, ToWorker, WorkerConfig, WORKER_CTL_FD};
-use crate::graph::Backend;
 use crate::log::{self, Level};
+use crate::types::Backend;
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
@@ -149,7 +149,7 @@ pub fn close_stray_fds(keep: &[RawFd]) -> Result<(), String> {
 /// an fd (see `backend`, "Provider roots"). A tcp worker with tcp
 /// backends keeps nothing.
 pub fn kept_caps(c: &WorkerConfig) -> Vec<caps::Capability> {
-    use crate::plan::Kind;
+    use crate::types::Kind;
     use caps::Capability;
     let mut keep = Vec::new();
     let unix_backend = c

@@ -10,7 +10,8 @@
 
 use crate::status::{self, RouteStatus};
 use proto::graph::Refusal;
-use proto::plan::{Kind, Plan};
+use proto::plan::Plan;
+use proto::types::Kind;
 use serde::Serialize;
 use std::path::Path;
 use std::process::ExitCode;

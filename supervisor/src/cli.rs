@@ -7,13 +7,18 @@
 //! a deadline (`Instant + Duration` panics) in the supervisor or a worker.
 
 use crate::policy::BackoffPolicy;
+use crate::policy::{RestartPolicy, DEFAULT_BACKOFF_FACTOR, DEFAULT_BACKOFF_POLICY};
 pub use crate::status_cli::Show;
 use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use proto::limits::default;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
-use values::{backoff_factor, backoff_policy, count, duration_in, page_size, pipe_max, DAY, FLOOR};
+use values::{
+    backoff_factor, backoff_policy, count, duration_in, page_size, pipe_max, show_backoff, shown,
+    DAY, FLOOR,
+};
 pub use values::{show, DEFAULT_PIPE_SIZE, MAX_PIPE_SIZE};
 
 mod values;
@@ -117,30 +122,30 @@ pub struct RunArgs {
           value_parser = ["error", "warn", "info", "debug"])]
     pub log_level: String,
     /// First restart delay of a crashed worker; 10ms to 24h
-    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = "20ms",
+    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = shown(show(RestartPolicy::default().retry_delay)),
           value_parser = duration_in(FLOOR, DAY, None))]
     pub retry_delay: Duration,
     /// Each consecutive failure multiplies the delay by F; 1 to 100
-    #[arg(long, allow_hyphen_values = true, value_name = "F", default_value = "2", value_parser = backoff_factor)]
+    #[arg(long, allow_hyphen_values = true, value_name = "F", default_value = shown(DEFAULT_BACKOFF_FACTOR.to_string()), value_parser = backoff_factor)]
     pub backoff_factor: f64,
     /// Upper bound of the restart delay; 10ms to 24h, not below --retry-delay
-    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = "30s",
+    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = shown(show(RestartPolicy::default().max_delay)),
           value_parser = duration_in(FLOOR, DAY, None))]
     pub max_delay: Duration,
     /// A worker up this long has its backoff start over; 0 to 24h
     /// (0: every failure counts as a first one)
-    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = "60s", verbatim_doc_comment,
+    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = shown(show(RestartPolicy::default().reset_window)), verbatim_doc_comment,
           value_parser = duration_in(Duration::ZERO, DAY, None))]
     pub reset_window: Duration,
     /// Failures in a row before --backoff-policy applies; 0 to 1000000
     /// (0: retry for ever)
-    #[arg(long, allow_hyphen_values = true, value_name = "N", default_value = "0", verbatim_doc_comment,
+    #[arg(long, allow_hyphen_values = true, value_name = "N", default_value = shown(RestartPolicy::default().max_retries.to_string()), verbatim_doc_comment,
           value_parser = count::<u32>(0, 1_000_000, ""))]
     pub max_retries: u32,
     /// After --max-retries failures in a row: `never` (stay failed until the
     /// graph is applied again) or a DURATION of 10ms to 24h (wait that long,
     /// then start over with a fresh count)
-    #[arg(long, allow_hyphen_values = true, value_name = "never|DURATION", default_value = "5m", verbatim_doc_comment,
+    #[arg(long, allow_hyphen_values = true, value_name = "never|DURATION", default_value = shown(show_backoff(DEFAULT_BACKOFF_POLICY)), verbatim_doc_comment,
           value_parser = backoff_policy)]
     pub backoff_policy: BackoffPolicy,
     /// How long a removed endpoint's connections may finish; 0 to 24h
@@ -148,61 +153,61 @@ pub struct RunArgs {
           value_parser = duration_in(Duration::ZERO, DAY, None))]
     pub drain_timeout: Duration,
     /// Backend connect timeout; 10ms to 24h
-    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = "5s",
+    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = shown(show(default::CONNECT_TIMEOUT)),
           value_parser = duration_in(FLOOR, DAY, None))]
     pub connect_timeout: Duration,
     /// http: the whole request head must arrive within D, else 408; 10ms to 24h
-    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = "30s",
+    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = shown(show(default::HEAD_TIMEOUT)),
           value_parser = duration_in(FLOOR, DAY, None))]
     pub head_timeout: Duration,
     /// http: idle keep-alive connections close after D; 10ms to 24h
-    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = "60s",
+    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = shown(show(default::IDLE_TIMEOUT)),
           value_parser = duration_in(FLOOR, DAY, None))]
     pub idle_timeout: Duration,
     /// http: a backend must start its response within D, else 504; 10ms to 24h
-    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = "30s",
+    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = shown(show(default::RESPONSE_TIMEOUT)),
           value_parser = duration_in(FLOOR, DAY, None))]
     pub response_timeout: Duration,
     /// tcp: close connections idle this long; 0 (never) or 10ms to 24h
-    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = "0s",
+    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = shown(show(default::TCP_IDLE_TIMEOUT)),
           value_parser = duration_in(FLOOR, DAY, Some("never")))]
     pub tcp_idle_timeout: Duration,
     /// Most concurrent connections per worker; 1 to 1000000
-    #[arg(long, allow_hyphen_values = true, value_name = "N", default_value = "4096",
+    #[arg(long, allow_hyphen_values = true, value_name = "N", default_value = shown(default::MAX_CONNS.to_string()),
           value_parser = count::<usize>(1, 1_000_000, ""))]
     pub max_conns: usize,
     /// Size of each relay pipe; a connection holds at most 2, so 2 x BYTES
     /// bounds its kernel memory; a page to 1 MiB (at most fs.pipe-max-size)
-    #[arg(long, allow_hyphen_values = true, value_name = "BYTES", default_value = "65536", verbatim_doc_comment,
+    #[arg(long, allow_hyphen_values = true, value_name = "BYTES", default_value = shown(default::PIPE_SIZE.to_string()), verbatim_doc_comment,
           value_parser = count::<usize>(page_size(), pipe_max(), " bytes"))]
     pub pipe_size: usize,
     /// Hold a connection whose backend cannot be reached (refused,
     /// unreachable, socket missing) and retry for up to D before the error;
     /// 0 (never: ~375 ms of retries, then refuse or 502) or 10ms to 24h
-    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = "10s", verbatim_doc_comment,
+    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = shown(show(default::HOLD_TIMEOUT)), verbatim_doc_comment,
           value_parser = duration_in(FLOOR, DAY, Some("never")))]
     pub hold_timeout: Duration,
     /// Most connections one worker holds at once; beyond it, the error at
     /// once; 0 to 1000000
-    #[arg(long, allow_hyphen_values = true, value_name = "N", default_value = "1024", verbatim_doc_comment,
+    #[arg(long, allow_hyphen_values = true, value_name = "N", default_value = shown(default::MAX_HELD.to_string()), verbatim_doc_comment,
           value_parser = count::<usize>(0, 1_000_000, ""))]
     pub max_held: usize,
     /// L4 health checks: each backend is checked with a connect every D;
     /// 0 (no checks) or 100ms to 24h
-    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = "5s", verbatim_doc_comment,
+    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = shown(show(default::HEALTH_INTERVAL)), verbatim_doc_comment,
           value_parser = duration_in(Duration::from_millis(100), DAY, Some("no checks")))]
     pub health_interval: Duration,
     /// A health check not connected within D fails; 10ms to 24h
-    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = "2s",
+    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = shown(show(default::HEALTH_TIMEOUT)),
           value_parser = duration_in(FLOOR, DAY, None))]
     pub health_timeout: Duration,
     /// Failures in a row (checks or real connections) that mark a backend
     /// down; 1 to 1000
-    #[arg(long, allow_hyphen_values = true, value_name = "N", default_value = "2", verbatim_doc_comment,
+    #[arg(long, allow_hyphen_values = true, value_name = "N", default_value = shown(default::HEALTH_FALL.to_string()), verbatim_doc_comment,
           value_parser = count::<u32>(1, 1000, ""))]
     pub health_fall: u32,
     /// Successful checks in a row that mark a down backend up; 1 to 1000
-    #[arg(long, allow_hyphen_values = true, value_name = "N", default_value = "1",
+    #[arg(long, allow_hyphen_values = true, value_name = "N", default_value = shown(default::HEALTH_RISE.to_string()),
           value_parser = count::<u32>(1, 1000, ""))]
     pub health_rise: u32,
 }
@@ -321,7 +326,7 @@ mod tests {
         assert_eq!(a.reset_window, policy.reset_window);
         assert_eq!(a.max_retries, policy.max_retries);
         assert_eq!(a.backoff_policy, crate::policy::DEFAULT_BACKOFF_POLICY);
-        let limits = proto::ctl::Limits::default();
+        let limits = proto::limits::Limits::default();
         let ms = |d: Duration| d.as_millis() as u64;
         assert_eq!(ms(a.connect_timeout), limits.connect_timeout_ms);
         assert_eq!(ms(a.head_timeout), limits.head_timeout_ms);

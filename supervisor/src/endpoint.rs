@@ -113,7 +113,7 @@ pub struct Running {
     pub stats_base: Stats,
     /// The current worker's health checks, one entry per backend (empty
     /// while checks are off or no worker runs).
-    pub health: Vec<proto::health::BackendHealth>,
+    pub health: Vec<proto::types::BackendHealth>,
     pub last_exit: Option<String>,
 }
 
@@ -171,11 +171,7 @@ impl Running {
         self.worker = None;
         self.applied = None;
         // Connections of the dead worker are gone; keep totals.
-        self.stats_base = Stats {
-            active: 0,
-            held: 0,
-            ..self.stats
-        };
+        self.stats_base = self.stats.totals();
         self.stats = self.stats_base;
         self.health.clear();
         self.state = match policy.after_failure(self.failures, jitter) {
@@ -192,22 +188,7 @@ impl Running {
 
     /// Fold a worker's report (its own totals) into the endpoint's.
     pub fn set_stats(&mut self, s: Stats) {
-        let b = self.stats_base;
-        self.stats = Stats {
-            active: s.active,
-            total: b.total + s.total,
-            bytes_in: b.bytes_in + s.bytes_in,
-            bytes_out: b.bytes_out + s.bytes_out,
-            errors: b.errors + s.errors,
-            log_dropped: b.log_dropped + s.log_dropped,
-            held: s.held,
-            held_total: b.held_total + s.held_total,
-            held_connected: b.held_connected + s.held_connected,
-            held_failed: b.held_failed + s.held_failed,
-            held_over_limit: b.held_over_limit + s.held_over_limit,
-            held_wait_ms: b.held_wait_ms + s.held_wait_ms,
-            held_wait_max_ms: b.held_wait_max_ms.max(s.held_wait_max_ms),
-        };
+        self.stats = self.stats_base.then(s);
     }
 }
 

@@ -7,7 +7,7 @@ use crate::{check, cli, daemon, policy, privileges, source, spawn, status_cli};
 
 use cli::{Command, RunArgs};
 use policy::RestartPolicy;
-use proto::ctl::Limits;
+use proto::limits::Limits;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;

@@ -19,8 +19,8 @@ use nix::sys::socket::{
 };
 use nix::sys::wait::waitpid;
 use nix::unistd::{fork, ForkResult};
-use proto::graph::Listen;
 use proto::plan::EndpointKey;
+use proto::types::Listen;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};

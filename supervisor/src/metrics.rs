@@ -313,7 +313,7 @@ pub fn render(s: &Snapshot) -> String {
 mod tests {
     use super::*;
     use crate::status::{SupervisorInfo, WorkerStatus};
-    use proto::plan::Kind;
+    use proto::types::Kind;
 
     fn ep(address: &str, consumer: &str, pid: Option<i32>) -> EndpointStatus {
         EndpointStatus {

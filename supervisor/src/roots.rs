@@ -13,7 +13,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 /// because the count must match what the worker expects.
 pub fn open_roots(ep: &Endpoint) -> Result<Vec<OwnedFd>, String> {
     let flags = OFlag::O_PATH | OFlag::O_CLOEXEC;
-    // The planner refused every link past ctl::MAX_ROOTS providers, so
+    // The planner refused every link past limits::MAX_ROOTS providers, so
     // this is every provider the endpoint's unix backends live in.
     let pids = ep.root_pids();
     pids.into_iter()

@@ -31,7 +31,7 @@ const FILE_CHECK: Duration = Duration::from_secs(1);
 const CTRL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest graph file read (`--graph`, `check`): a file may carry more
 /// than the control socket (an endpoint's routes may reach
-/// `proto::ctl::MAX_CONFIG`, 16 MiB), but a mistaken path (a log, a disk
+/// `proto::limits::MAX_CONFIG`, 16 MiB), but a mistaken path (a log, a disk
 /// image, `/dev/zero`) must not make the supervisor read it all.
 pub const MAX_FILE: u64 = 32 * 1024 * 1024;
 

@@ -14,7 +14,7 @@
 
 use nix::unistd::Pid;
 use proto::ctl::{self, ToWorker, WorkerConfig, WORKER_CTL_FD};
-use proto::graph::Listen;
+use proto::types::Listen;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};

@@ -10,8 +10,9 @@
 use crate::endpoint::{same_config, Running, State};
 use crate::pending::PendingEndpoint;
 use nix::unistd::Pid;
-use proto::graph::{Backend, Listen, Refusal};
-use proto::plan::{EndpointKey, Kind, Route};
+use proto::graph::Refusal;
+use proto::plan::{EndpointKey, Route};
+use proto::types::{Backend, Kind, Listen};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Instant;

@@ -20,7 +20,8 @@
 
 use crate::buf::{Buf, Out};
 use crate::framing::{ChunkError, Chunked, Framing};
-use proto::relay::{Ready, Splice};
+use proto::relay::Splice;
+use proto::stream::Ready;
 use proto::stream::Stream;
 use std::fmt;
 use std::io;
@@ -51,7 +52,7 @@ impl fmt::Display for BodyError {
 /// (pipe creation, shutdown of the destination) is the destination's.
 fn splice_error(e: io::Error) -> BodyError {
     match proto::relay::SpliceError::side_of(&e) {
-        Some(proto::relay::Side::Source) => BodyError::Src(e),
+        Some(proto::duplex::Side::Source) => BodyError::Src(e),
         _ => BodyError::Dst(e),
     }
 }

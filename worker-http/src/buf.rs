@@ -17,7 +17,7 @@
 //! returns to the system.
 
 use nix::sys::socket::sendmsg;
-use proto::relay::Ready;
+use proto::stream::Ready;
 use proto::stream::{Stream, MSG_MORE};
 use std::io::{self, ErrorKind, Read, Write};
 use std::os::fd::{AsFd, AsRawFd};

@@ -8,7 +8,7 @@ use crate::conn::{BackendConn, Conn, Ctx, Fail, Phase};
 use crate::exchange::Exchange;
 use crate::keys::{self, Owner};
 use proto::backend::{Dialer, Step};
-use proto::relay::Ready;
+use proto::stream::Ready;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 

@@ -17,7 +17,7 @@ use crate::framing::Framing;
 use crate::head::{self, Client, Parsed, Persist, Request, Response};
 use crate::keys::Owner;
 use crate::route::Entry;
-use proto::relay::Ready;
+use proto::stream::Ready;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Instant;

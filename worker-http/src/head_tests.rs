@@ -1,5 +1,5 @@
 use super::*;
-use proto::graph::Backend;
+use proto::types::Backend;
 
 fn req(raw: &str) -> Result<Request, Reject> {
     match parse_request(raw.as_bytes())? {

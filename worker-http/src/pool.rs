@@ -24,12 +24,12 @@
 //! the sweep), so a reused connection costs one probe in all.
 
 use crate::keys::{Owner, Owners};
+use fnv::FnvHashMap as FnvMap;
 use nix::errno::Errno;
 use nix::sys::socket::{recv, MsgFlags};
-use proto::fnv::FnvMap;
-use proto::graph::Backend;
 use proto::slab::Slab;
 use proto::stream::Stream;
+use proto::types::Backend;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
@@ -48,7 +48,7 @@ struct Idle {
 pub struct Pool {
     idle: Slab<Idle>,
     /// Slots per backend, oldest first.
-    /// (FNV: `proto::fnv`.)
+    /// (FNV: the `fnv` crate.)
     by_backend: FnvMap<Backend, Vec<usize>>,
 }
 

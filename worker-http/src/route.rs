@@ -14,9 +14,9 @@
 //! - `strip_prefix` removes the prefix from the path (an empty remainder
 //!   becomes `/`); the query string is kept.
 
-use proto::balance::{Choice, Policy};
-use proto::graph::Backend;
+use proto::balance::Choice;
 use proto::plan::Route;
+use proto::types::{Backend, Policy};
 use std::borrow::Cow;
 use std::rc::Rc;
 

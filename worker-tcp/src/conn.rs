@@ -18,13 +18,14 @@
 use nix::sys::socket::MsgFlags;
 use proto::backend::Dialer;
 use proto::conns::{Connection, Dialing, Next, Sockets};
-use proto::ctl::{Limits, WorkerConfig};
+use proto::ctl::WorkerConfig;
 use proto::duplex::Duplex;
-use proto::graph::{Backend, ProxyProtocol};
+use proto::limits::Limits;
 use proto::plan::Route;
 use proto::proxy_header;
 use proto::relay::Splice;
 use proto::stream::{Peer, Stream, Who};
+use proto::types::{Backend, ProxyProtocol};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 

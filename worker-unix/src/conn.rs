@@ -18,12 +18,13 @@
 
 use proto::backend::Dialer;
 use proto::conns::{Connection, Dialing, Next, Sockets};
-use proto::ctl::{Limits, WorkerConfig};
+use proto::ctl::WorkerConfig;
 use proto::duplex::Duplex;
 use proto::fdrelay::FdRelay;
-use proto::graph::Backend;
+use proto::limits::Limits;
 use proto::plan::Route;
 use proto::stream::Stream;
+use proto::types::Backend;
 use std::time::{Duration, Instant};
 
 pub struct Conn {

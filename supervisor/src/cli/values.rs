@@ -11,8 +11,28 @@ pub(super) const DAY: Duration = Duration::from_secs(24 * 3600);
 /// worker with no pause at all); a shorter timeout fails every request.
 pub(super) const FLOOR: Duration = Duration::from_millis(10);
 
-/// Relay pipe sizes (`--pipe-size`): the relay's own bounds.
-pub use proto::relay::{DEFAULT_PIPE_SIZE, MAX_PIPE_SIZE};
+/// Relay pipe sizes (`--pipe-size`): the bounds the relay applies.
+pub use proto::limits::MAX_PIPE_SIZE;
+/// `--pipe-size`'s default, the workers' own.
+pub const DEFAULT_PIPE_SIZE: usize = proto::limits::default::PIPE_SIZE;
+
+/// A flag's default as clap takes it (`&'static str`), from the figure
+/// that holds it (`proto::limits::default`, `RestartPolicy`), so what
+/// `--help` shows and clap applies is that figure, never a copy of it.
+/// The text is made when the command line is built (once per process;
+/// a few bytes each) and kept: one plain function, where a `OnceLock` per
+/// flag cost 7 KiB of the executable.
+pub(super) fn shown(text: String) -> &'static str {
+    text.leak()
+}
+
+/// `--backoff-policy`'s value as the user writes it.
+pub(super) fn show_backoff(p: BackoffPolicy) -> String {
+    match p {
+        BackoffPolicy::Never => "never".into(),
+        BackoffPolicy::After(d) => show(d),
+    }
+}
 
 /// A duration as the user would write it: `10ms`, `1.5s`, `5m`, `24h`.
 pub fn show(d: Duration) -> String {

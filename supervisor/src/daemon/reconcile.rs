@@ -8,8 +8,9 @@ use crate::endpoint::{same_config, Running, State};
 use crate::listener;
 use crate::pending::PendingEndpoint;
 use crate::policy::jitter;
-use proto::graph::{Link, Listen, Refusal};
+use proto::graph::{Link, Refusal};
 use proto::plan::{self, Endpoint, EndpointKey};
+use proto::types::Listen;
 use std::collections::BTreeMap;
 use std::time::Instant;
 

@@ -1,7 +1,8 @@
 //! Run `pvx-worker-http` without the supervisor (see [`crate::direct`]),
 //! on a loopback listener of its own.
 
-use proto::ctl::{Limits, WorkerConfig};
+use proto::ctl::WorkerConfig;
+use proto::limits::Limits;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsFd;
 
