@@ -61,9 +61,9 @@ thread_local! {
 /// The key a held connection is counted under: its route's first
 /// backend (FNV-1a of its text; two routes whose keys collide would
 /// share one share, which costs fairness between them, nothing else).
-pub fn share_key(route_backend: &crate::graph::Backend) -> u64 {
+pub fn share_key(route_backend: &crate::types::Backend) -> u64 {
     use std::hash::{Hash, Hasher};
-    let mut h = crate::fnv::Fnv::default();
+    let mut h = fnv::FnvHasher::default();
     route_backend.hash(&mut h);
     h.finish()
 }
