@@ -6,7 +6,7 @@
 //! empty. A client that keeps uploading and reads a little later must
 //! still get every byte the backend wrote, then EOF — through the tcp
 //! worker, the unix worker and an http WebSocket tunnel (the one duplex
-//! relay of `proto::duplex` serves all three).
+//! relay of `runtime::duplex` serves all three).
 
 use pvx_tests::*;
 use std::io::{Read, Write};

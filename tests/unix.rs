@@ -335,7 +335,7 @@ fn rest_link_across_mount_namespaces_carries_identity_only_from_the_proxy() {
 // ------------------------------------------- fds in flight, stalled peers
 
 /// The unix worker's bound on fds passed to a destination that has not
-/// read them yet (`proto::fdrelay::MAX_UNREAD_FDS`), per direction.
+/// read them yet (`runtime::fdrelay::MAX_UNREAD_FDS`), per direction.
 const MAX_UNREAD_FDS: usize = 64;
 
 /// One non-blocking sendmsg of `data` with `fds`; `false` when the socket

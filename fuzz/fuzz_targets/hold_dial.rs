@@ -1,4 +1,4 @@
-//! The dial and hold state machine (proto `backend.rs` `Dialer`, the
+//! The dial and hold state machine (runtime `backend.rs` `Dialer`, the
 //! book of `hold.rs`, the health table's down marks) on a scripted
 //! network (`backend::Net`: no real connect), under sequences of clock
 //! steps, timer firings, connect outcomes (refused, socket missing,
@@ -20,12 +20,12 @@
 
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use proto::backend::{Dialer, Net, Step};
-use proto::balance::{Choice, Policy};
+use runtime::backend::{Dialer, Net, Step};
+use runtime::balance::{Choice, Policy};
 use proto::ctl::Limits;
 use proto::graph::Backend;
-use proto::hold;
-use proto::stream::Stream;
+use runtime::hold;
+use runtime::stream::Stream;
 use std::collections::VecDeque;
 use std::io;
 use std::rc::Rc;
@@ -225,7 +225,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
         ..Limits::default()
     };
     let backends: Vec<Backend> = (0..3).map(backend).collect();
-    proto::health::track(&backends, &limits);
+    runtime::health::track(&backends, &limits);
     let pool: Rc<[Backend]> = vec![backends[2].clone(), backends[0].clone()].into();
     let mut w = World {
         now: Instant::now(),
@@ -284,7 +284,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
                 let b = &backends[u.choose_index(3)?];
                 let ok = u.arbitrary::<bool>()?;
                 let outcome = if ok { Ok(()) } else { Err("check".to_string()) };
-                proto::health::observe(b, outcome, true);
+                runtime::health::observe(b, outcome, true);
                 w.wakes(false);
             }
             5 => w.wakes(true),
@@ -337,5 +337,5 @@ fuzz_target!(|data: &[u8]| {
     // Every dial is gone: nothing is held any more, whatever happened.
     assert_eq!(hold::held(), 0, "the hold book did not return to zero");
     let _ = hold::take_wake();
-    proto::health::track(&[], &Limits::default());
+    runtime::health::track(&[], &Limits::default());
 });

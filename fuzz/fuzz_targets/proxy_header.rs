@@ -1,4 +1,4 @@
-//! PROXY protocol headers (`proto/src/proxy_header.rs`), read back by a
+//! PROXY protocol headers (`runtime/src/proxy_header.rs`), read back by a
 //! strict parser of HAProxy's spec (proxy-protocol.txt, v1 §2.1 and v2
 //! §2.2) written here, independent of the writer.
 //!

@@ -109,7 +109,7 @@ pub struct Limits {
     /// it, the error at once.
     #[serde(default = "default_max_held")]
     pub max_held: usize,
-    /// L4 health checks (`proto::health`): every backend checked with a
+    /// L4 health checks (`runtime::health`): every backend checked with a
     /// connect this often (`--health-interval`; 0: no checks). Absent: 0.
     #[serde(default)]
     pub health_interval_ms: u64,

@@ -1,4 +1,4 @@
-//! Provider roots for workers (see `proto::backend`): an O_PATH fd of
+//! Provider roots for workers (see `runtime::backend`): an O_PATH fd of
 //! `/proc/<pid>/root` for every provider container an endpoint reaches a
 //! unix socket in, opened here with the supervisor's privileges and passed
 //! with Init and Update, so workers need no CAP_SYS_PTRACE.

@@ -20,9 +20,9 @@
 
 use crate::buf::{Buf, Out};
 use crate::framing::{ChunkError, Chunked, Framing};
-use proto::relay::Splice;
-use proto::stream::Ready;
-use proto::stream::Stream;
+use runtime::relay::Splice;
+use runtime::stream::Ready;
+use runtime::stream::Stream;
 use std::fmt;
 use std::io;
 use std::os::fd::AsFd;
@@ -51,8 +51,8 @@ impl fmt::Display for BodyError {
 /// proto's relay says which side a splice failed on; anything else
 /// (pipe creation, shutdown of the destination) is the destination's.
 fn splice_error(e: io::Error) -> BodyError {
-    match proto::relay::SpliceError::side_of(&e) {
-        Some(proto::duplex::Side::Source) => BodyError::Src(e),
+    match runtime::relay::SpliceError::side_of(&e) {
+        Some(runtime::duplex::Side::Source) => BodyError::Src(e),
         _ => BodyError::Dst(e),
     }
 }
@@ -197,7 +197,7 @@ impl Pump {
                         let mut s = Splice::new();
                         s.set_limit(Some(left));
                         // Known to be bulk: no copy phase first.
-                        if left > proto::relay::SPLICE_AFTER {
+                        if left > runtime::relay::SPLICE_AFTER {
                             s.splice_now();
                         }
                         s
@@ -336,7 +336,7 @@ impl ChunkedPump<'_> {
                 self.parser.skip_data(left);
                 let sp = self.splice.get_or_insert_with(Splice::new);
                 sp.set_limit(Some(left));
-                if left > proto::relay::SPLICE_AFTER {
+                if left > runtime::relay::SPLICE_AFTER {
                     sp.splice_now();
                 }
                 continue;

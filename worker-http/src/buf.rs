@@ -17,8 +17,8 @@
 //! returns to the system.
 
 use nix::sys::socket::sendmsg;
-use proto::stream::Ready;
-use proto::stream::{Stream, MSG_MORE};
+use runtime::stream::Ready;
+use runtime::stream::{Stream, MSG_MORE};
 use std::io::{self, ErrorKind, Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
 

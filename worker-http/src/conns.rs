@@ -1,5 +1,5 @@
 //! The http worker's connections as they plug into proto's worker loop
-//! (`proto::event_loop`): [`Conns`] is its `Handler`. It holds the client
+//! (`runtime::event_loop`): [`Conns`] is its `Handler`. It holds the client
 //! connections (`conn.rs`), the idle backend pool (`pool.rs`), the owner of
 //! each backend socket (`keys.rs`) and the route table, and maps events and
 //! timers onto them.
@@ -16,10 +16,10 @@ use crate::route::Table;
 use mio::event::Event;
 use mio::Token;
 use proto::ctl::WorkerConfig;
-use proto::event_loop::{Cx, Handler};
-use proto::slab::Slab;
-use proto::stream::Ready;
-use proto::stream::Stream;
+use runtime::event_loop::{Cx, Handler};
+use runtime::slab::Slab;
+use runtime::stream::Ready;
+use runtime::stream::Stream;
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
@@ -163,7 +163,7 @@ impl Handler for Conns {
     }
 
     /// Every request still reaching its backend retries now, at the
-    /// route's backend as the table has it (`proto::hold`).
+    /// route's backend as the table has it (`runtime::hold`).
     fn wake(&mut self, cx: &mut Cx) {
         let slots: Vec<usize> = self.conns.iter_mut().map(|(i, _)| i).collect();
         for slot in slots {

@@ -7,8 +7,8 @@
 use crate::conn::{BackendConn, Conn, Ctx, Fail, Phase};
 use crate::exchange::Exchange;
 use crate::keys::{self, Owner};
-use proto::backend::{Dialer, Step};
-use proto::stream::Ready;
+use runtime::backend::{Dialer, Step};
+use runtime::stream::Ready;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 
@@ -36,9 +36,9 @@ impl Conn {
         // A held request whose client reported a hang-up: if the client
         // has gone (a reset, a close, or a FIN: one that shuts its side
         // while its request waits for a backend has given up, see
-        // `proto::hold::client_gone`), the request ends now and its slot
+        // `runtime::hold::client_gone`), the request ends now and its slot
         // comes back, not at the hold's end.
-        if self.c_hup && dial.is_held() && proto::hold::client_gone(&self.client, false) {
+        if self.c_hup && dial.is_held() && runtime::hold::client_gone(&self.client, false) {
             proto::debug!(
                 "client gone while its request was held for {}; closing",
                 dial.target
@@ -120,7 +120,7 @@ impl Conn {
                 // (a replica added, removed or moved) is a new pick.
                 Some(r) if dial.pool().is_some_and(|p| p[..] == r.pool[..]) => None,
                 Some(r) => {
-                    let c = proto::balance::Choice::new(r.pool.clone(), r.policy);
+                    let c = runtime::balance::Choice::new(r.pool.clone(), r.policy);
                     let b = c.backend().clone();
                     dial.rechoose(c, cx.now);
                     Some(b)

@@ -17,7 +17,7 @@ use crate::framing::Framing;
 use crate::head::{self, Client, Parsed, Persist, Request, Response};
 use crate::keys::Owner;
 use crate::route::Entry;
-use proto::stream::Ready;
+use runtime::stream::Ready;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Instant;
@@ -58,7 +58,7 @@ pub struct Exchange {
     reused: bool,
     /// A route with replicas: the one chosen, counted while the exchange
     /// lasts (least-conn); the dialer borrows it to fail over (`dial.rs`).
-    pub(crate) choice: Option<proto::balance::Choice>,
+    pub(crate) choice: Option<runtime::balance::Choice>,
     retried: bool,
     tunnel: bool,
 }

@@ -12,7 +12,7 @@
 //!
 //! Timer keys: 2-bit kind, 30-bit slot, 32-bit slot generation, so an
 //! entry for a slot that was reused is recognised as stale. Every key is
-//! below `proto::event_loop::LOOP_KEYS` (kind 3 is never used).
+//! below `runtime::event_loop::LOOP_KEYS` (kind 3 is never used).
 
 use mio::Token;
 use std::os::fd::RawFd;
@@ -118,7 +118,7 @@ mod tests {
             gen: u32::MAX,
         })
         .max(timer(Timer::Sweep));
-        assert!(top < proto::event_loop::LOOP_KEYS);
+        assert!(top < runtime::event_loop::LOOP_KEYS);
         let mut o = Owners::default();
         assert_eq!(o.get(7), Owner::Nobody);
         o.set(7, Owner::Pool(3));

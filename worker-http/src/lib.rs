@@ -23,7 +23,7 @@ pub mod tunnel;
 /// http links (routes) on it (README, "HTTP ingress"). Runs as `pvx-worker-http
 /// 0.0.0.0:80 consumer=EXTERNAL`, started by the supervisor only (fd 3 =
 /// control socket; argv is just for `ps`). The loop is proto's
-/// (`proto::event_loop`); `conns.rs` plugs this worker's connections in.
+/// (`runtime::event_loop`); `conns.rs` plugs this worker's connections in.
 pub fn main() -> ! {
-    proto::event_loop::main::<conns::Conns>("http")
+    runtime::event_loop::main::<conns::Conns>("http")
 }

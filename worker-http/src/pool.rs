@@ -27,9 +27,9 @@ use crate::keys::{Owner, Owners};
 use fnv::FnvHashMap as FnvMap;
 use nix::errno::Errno;
 use nix::sys::socket::{recv, MsgFlags};
-use proto::slab::Slab;
-use proto::stream::Stream;
 use proto::types::Backend;
+use runtime::slab::Slab;
+use runtime::stream::Stream;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 

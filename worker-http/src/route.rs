@@ -14,9 +14,9 @@
 //! - `strip_prefix` removes the prefix from the path (an empty remainder
 //!   becomes `/`); the query string is kept.
 
-use proto::balance::Choice;
 use proto::plan::Route;
 use proto::types::{Backend, Policy};
+use runtime::balance::Choice;
 use std::borrow::Cow;
 use std::rc::Rc;
 
@@ -187,7 +187,7 @@ fn entry_of(r: &Route) -> Rc<Entry> {
         consumer: r.consumer.clone(),
         replicas,
     };
-    let replicas = proto::balance::pool_of(r).map(|(pool, policy)| {
+    let replicas = runtime::balance::pool_of(r).map(|(pool, policy)| {
         let entries = pool.iter().map(|b| Rc::new(one(b, None))).collect();
         Rc::new(Replicas {
             pool,

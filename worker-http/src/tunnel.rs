@@ -3,14 +3,14 @@
 //! into user space (the client's after its request head, the backend's
 //! after the 101 head) become the prefix of their direction, so they go
 //! first; then both directions are spliced. An end or a failure of one
-//! direction is handled by `proto::duplex` (half-close passed on, a failed
+//! direction is handled by `runtime::duplex` (half-close passed on, a failed
 //! destination ends only its own direction), and the connection ends when
 //! both directions have.
 
 use crate::conn::{Conn, Ctx, Fail, Phase};
-use proto::duplex::{Duplex, ShortRead};
-use proto::relay::Splice;
-use proto::stream::Stream;
+use runtime::duplex::{Duplex, ShortRead};
+use runtime::relay::Splice;
+use runtime::stream::Stream;
 use std::os::fd::AsFd;
 
 /// The two directions of an upgraded connection.

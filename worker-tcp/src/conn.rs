@@ -3,29 +3,29 @@
 //! ```text
 //!   accept ─(sni routes)─> Sniffing ─(ClientHello names a route)─┐
 //!     └──────────────────────────────────────────────────────────┴─> Connecting ──(connect ok)──> Relaying ──(both ways done)──> closed
-//!                 │  ▲ refused: retry after 25, 50, 100, 200 ms, then held (proto::hold)
+//!                 │  ▲ refused: retry after 25, 50, 100, 200 ms, then held (runtime::hold)
 //!                 │  │ until --hold-timeout; an Update or a health check retries at once
 //!                 └──┘ timeout / other error / hold spent ──> closed (client just closed)
 //! ```
 //! In `Relaying`, the connection is a [`Duplex`] of two [`Splice`]s: EOF
 //! (or a reset) from one side is passed on as `shutdown(SHUT_WR)` of the
 //! other once what was read is delivered, a failed destination ends only
-//! its own direction (`proto::duplex`), and the connection ends when both
+//! its own direction (`runtime::duplex`), and the connection ends when both
 //! directions have. A PROXY protocol header is the up direction's prefix;
 //! the client address in it, and in log lines, is the one `accept4` gave,
-//! kept while sniffing and connecting (`proto::stream::Peer`).
+//! kept while sniffing and connecting (`runtime::stream::Peer`).
 
 use nix::sys::socket::MsgFlags;
-use proto::backend::Dialer;
-use proto::conns::{Connection, Dialing, Next, Sockets};
 use proto::ctl::WorkerConfig;
-use proto::duplex::Duplex;
 use proto::limits::Limits;
 use proto::plan::Route;
-use proto::proxy_header;
-use proto::relay::Splice;
-use proto::stream::{Peer, Stream, Who};
 use proto::types::{Backend, ProxyProtocol};
+use runtime::backend::Dialer;
+use runtime::conns::{Connection, Dialing, Next, Sockets};
+use runtime::duplex::Duplex;
+use runtime::proxy_header;
+use runtime::relay::Splice;
+use runtime::stream::{Peer, Stream, Who};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
@@ -390,7 +390,7 @@ impl Connection for Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::slab::Slab;
+    use runtime::slab::Slab;
     use std::mem::size_of;
 
     /// An idle client connection costs the worker its slab slot and little

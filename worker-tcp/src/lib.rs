@@ -4,14 +4,14 @@
 
 pub mod conn;
 /// Lives in proto (the health checks send it too); named here as before.
-pub use proto::proxy_header;
+pub use runtime::proxy_header;
 pub mod sni;
 
 /// The worker's process: runs as `pvx-worker-tcp <listen> consumer=<name>`,
 /// started by the supervisor only (fd 3 = control socket; argv is just for
-/// `ps`). The loop is proto's (`proto::event_loop`, connections plugged in
-/// through `proto::conns`); this crate brings the connection: `conn.rs`
-/// (states), `sni.rs`; the PROXY header is `proto::proxy_header`.
+/// `ps`). The loop is proto's (`runtime::event_loop`, connections plugged in
+/// through `runtime::conns`); this crate brings the connection: `conn.rs`
+/// (states), `sni.rs`; the PROXY header is `runtime::proxy_header`.
 pub fn main() -> ! {
-    proto::event_loop::main::<proto::conns::Conns<conn::Conn>>("tcp")
+    runtime::event_loop::main::<runtime::conns::Conns<conn::Conn>>("tcp")
 }

@@ -4,27 +4,27 @@
 //! ```text
 //!   accept ──> Connecting ──(connect ok)──> Relaying ──(both ways done)──> closed
 //!                 │  ▲ refused / no socket yet: retry after 25, 50, 100, 200 ms, then
-//!                 │  │ held (proto::hold) until --hold-timeout; an Update (a provider
+//!                 │  │ held (runtime::hold) until --hold-timeout; an Update (a provider
 //!                 │  │ with a new pid) or a health check retries at once, there
 //!                 └──┘ timeout / other error / hold spent ──> closed (client just closed)
 //! ```
 //! In `Relaying`, the connection is a [`Duplex`] of two [`FdRelay`]s:
 //! bytes and the fds sent with them (`SCM_RIGHTS`) go through; an end or
-//! a failure of one direction is handled by `proto::duplex` (EOF passed on
+//! a failure of one direction is handled by `runtime::duplex` (EOF passed on
 //! as half-close, a failed destination ends only its own direction), and
 //! the connection ends when both directions have. A connection with one
 //! direction ended and no traffic for `half_close_linger_ms` is closed; an
 //! open one never idles out (display and bus protocols sit idle for hours).
 
-use proto::backend::Dialer;
-use proto::conns::{Connection, Dialing, Next, Sockets};
 use proto::ctl::WorkerConfig;
-use proto::duplex::Duplex;
-use proto::fdrelay::FdRelay;
 use proto::limits::Limits;
 use proto::plan::Route;
-use proto::stream::Stream;
 use proto::types::Backend;
+use runtime::backend::Dialer;
+use runtime::conns::{Connection, Dialing, Next, Sockets};
+use runtime::duplex::Duplex;
+use runtime::fdrelay::FdRelay;
+use runtime::stream::Stream;
 use std::time::{Duration, Instant};
 
 pub struct Conn {

@@ -9,5 +9,5 @@ pub mod conn;
 /// provider's socket. Runs as `pvx-worker-unix /run/app/display.sock
 /// consumer=app`, started by the supervisor only (fd 3 = control socket).
 pub fn main() -> ! {
-    proto::event_loop::main::<proto::conns::Conns<conn::Conn>>("unix")
+    runtime::event_loop::main::<runtime::conns::Conns<conn::Conn>>("unix")
 }

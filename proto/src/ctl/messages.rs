@@ -63,7 +63,7 @@ pub struct Stats {
     /// that either side may be older.
     #[serde(default)]
     pub log_dropped: u64,
-    /// Connections held now, waiting for their backend (`proto::hold`).
+    /// Connections held now, waiting for their backend (`runtime::hold`).
     /// This and the `held_*` counters below default to 0 so that either
     /// side may be older.
     #[serde(default)]
@@ -145,7 +145,7 @@ pub enum FromWorker {
     Ack { seq: u64, error: Option<String> },
     Stats {
         stats: Stats,
-        /// Each checked backend's state (`proto::health`); absent while
+        /// Each checked backend's state (`runtime::health`); absent while
         /// health checks are off, and from an older worker.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         health: Vec<BackendHealth>,

@@ -3,12 +3,12 @@
 //! configuration, shed what the worker must not hold (stray fds,
 //! capabilities), then report counters and answer control messages.
 
-use crate::ctl::{self, CtlError, FromWorker, Stats, ToWorker, WorkerConfig, WORKER_CTL_FD};
-use crate::log::{self, Level};
-use crate::types::Backend;
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
+use proto::ctl::{self, CtlError, FromWorker, Stats, ToWorker, WorkerConfig, WORKER_CTL_FD};
+use proto::log::{self, Level};
+use proto::types::Backend;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
@@ -102,7 +102,7 @@ pub fn start(kind: &str) -> Result<Started, String> {
         keep.extend(log::raw_fd());
         keep.extend(crate::backend::root_fds());
         close_stray_fds(&keep)?;
-        crate::privs::keep_only(&kept_caps(&config)).map(|_| ())
+        proto::privs::keep_only(&kept_caps(&config)).map(|_| ())
     })();
     ctl.ack(seq, setup.as_ref().err().cloned());
     setup?;
@@ -149,8 +149,8 @@ pub fn close_stray_fds(keep: &[RawFd]) -> Result<(), String> {
 /// an fd (see `backend`, "Provider roots"). A tcp worker with tcp
 /// backends keeps nothing.
 pub fn kept_caps(c: &WorkerConfig) -> Vec<caps::Capability> {
-    use crate::types::Kind;
     use caps::Capability;
+    use proto::types::Kind;
     let mut keep = Vec::new();
     let unix_backend = c
         .endpoint
@@ -192,7 +192,7 @@ impl WorkerCtl {
 
     pub fn ack(&self, seq: u64, error: Option<String>) {
         if let Err(e) = ctl::send(self.fd.as_fd(), &FromWorker::Ack { seq, error }, &[]) {
-            crate::warn!("ack {seq}: {e}");
+            proto::warn!("ack {seq}: {e}");
         }
     }
 
@@ -208,7 +208,7 @@ impl WorkerCtl {
                 Err(CtlError::WouldBlock) => return Ok(None),
                 Err(CtlError::Eof) => return Err(CtlError::Eof),
                 Err(e @ CtlError::Sys(..)) => return Err(e),
-                Err(e) => crate::warn!("ignoring control message: {e}"),
+                Err(e) => proto::warn!("ignoring control message: {e}"),
             }
         }
     }

@@ -11,9 +11,9 @@
 //! several backends would share the same table). With `--health-interval
 //! 0` the table is empty and every backend counts as up.
 
-use crate::limits::Limits;
-use crate::types::{Backend, BackendHealth};
 use fnv::FnvHashMap as FnvMap;
+use proto::limits::Limits;
+use proto::types::{Backend, BackendHealth};
 use std::cell::RefCell;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -108,7 +108,7 @@ pub fn is_down(b: &Backend) -> bool {
 /// and hold what it could still have served once fds were back).
 pub fn observe_failure(b: &Backend, e: &std::io::Error, check: bool) {
     if crate::stream::out_of_resources(e) {
-        crate::debug!("backend {b}: connect failed on our side ({e}); not counted");
+        proto::debug!("backend {b}: connect failed on our side ({e}); not counted");
         return;
     }
     observe(b, Err(format!("connect: {e}")), check);
@@ -142,7 +142,7 @@ pub fn observe(b: &Backend, outcome: Result<(), String>, check: bool) {
                 e.oks_in_row = e.oks_in_row.saturating_add(1);
                 if !e.up && e.oks_in_row >= rise {
                     e.up = true;
-                    crate::info!("backend {b} is up (health check)");
+                    proto::info!("backend {b} is up (health check)");
                     back_up = true;
                     changed = true;
                 }
@@ -154,7 +154,7 @@ pub fn observe(b: &Backend, outcome: Result<(), String>, check: bool) {
                 e.fails_in_row = e.fails_in_row.saturating_add(1);
                 if e.up && e.fails_in_row >= fall {
                     e.up = false;
-                    crate::warn!(
+                    proto::warn!(
                         "backend {b} is down after {} failure(s) in a row: {why}",
                         e.fails_in_row
                     );

@@ -4,7 +4,7 @@
 //! the tcp worker, because the health checks (`health.rs`) open their
 //! connections to such a backend with it too ([`local`]).
 
-use crate::types::ProxyProtocol;
+use proto::types::ProxyProtocol;
 use std::net::SocketAddr;
 
 const V2_SIG: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";

@@ -15,12 +15,12 @@
 
 use crate::balance::{Choice, Lease};
 use crate::hold::{Held, Outcome};
-use crate::limits::Limits;
-use crate::plan::Route;
 use crate::stream::Stream;
-use crate::tick::Tick;
-use crate::types::Backend;
 use mio::net::{TcpStream, UnixStream};
+use proto::limits::Limits;
+use proto::plan::Route;
+use proto::tick::Tick;
+use proto::types::Backend;
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -366,7 +366,7 @@ impl Dialer {
         } else {
             if is_busy(e) {
                 if self.attempt == 1 {
-                    crate::debug!(
+                    proto::debug!(
                         "backend {} busy (listen queue full): trying again until the connect timeout",
                         self.target
                     );
@@ -421,7 +421,7 @@ impl Dialer {
             n => n,
         };
         if !crate::hold::admit(limits.max_held, share, key) {
-            crate::info!(
+            proto::info!(
                 "backend {} unreachable and {} connection(s) held already ({} for its route; --max-held {}, {share} per route): not holding",
                 self.target,
                 crate::hold::held(),
@@ -430,7 +430,7 @@ impl Dialer {
             );
             return false;
         }
-        crate::debug!(
+        proto::debug!(
             "backend {} unreachable: holding the connection for up to {} ms",
             self.target,
             until.saturating_duration_since(now).as_millis()
@@ -486,7 +486,7 @@ impl Dialer {
         self.choice = None;
         self.attempt_until = None;
         if &self.target != to {
-            crate::debug!("backend {} moved to {to}: dialling there", self.target);
+            proto::debug!("backend {} moved to {to}: dialling there", self.target);
             self.target = to.clone();
             self.wake(now);
         }
@@ -632,7 +632,7 @@ impl Dialer {
         crate::health::observe(&self.target, Ok(()), false);
         if let Some(h) = self.held.take() {
             let waited = now.saturating_duration_since(h.since);
-            crate::debug!(
+            proto::debug!(
                 "backend {} reached after holding {} ms",
                 self.target,
                 waited.as_millis()
@@ -722,7 +722,7 @@ impl Dialer {
         if !is_busy(e) {
             crate::health::observe_failure(&self.target, e, false);
         }
-        crate::debug!(
+        proto::debug!(
             "backend {} failed ({e}); trying replica {next}",
             self.target
         );
@@ -755,7 +755,7 @@ impl Dialer {
     /// Aim at a new choice among replicas (an update changed the pool), at
     /// once.
     pub fn rechoose(&mut self, c: Choice, now: Instant) {
-        crate::debug!("replicas changed: dialling {} now", c.backend());
+        proto::debug!("replicas changed: dialling {} now", c.backend());
         self.target = c.backend().clone();
         self.choice = Some(Box::new(c));
         self.attempt_until = None;
@@ -838,7 +838,7 @@ mod tests {
         let pid = 999_999_999u32;
         set_roots(&[pid], vec![fd]);
         assert_eq!(root_fds().len(), 1);
-        let b = Backend::Unix(crate::graph::provider_path(pid, "/run/b.sock"));
+        let b = Backend::Unix(proto::graph::provider_path(pid, "/run/b.sock"));
         let s = connect(&b).expect("connect through root fd");
         assert!(s.connect_done().unwrap());
         drop(l);
@@ -852,7 +852,7 @@ mod tests {
             sub.as_raw_fd()
         ))
         .unwrap();
-        let b = Backend::Unix(crate::graph::provider_path(pid, &format!("/{long}/b.sock")));
+        let b = Backend::Unix(proto::graph::provider_path(pid, &format!("/{long}/b.sock")));
         let s = connect(&b).expect("connect through root fd, long path");
         assert!(s.connect_done().unwrap());
         drop(l);
@@ -933,7 +933,7 @@ mod tests {
         let live = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let live_addr = Backend::Tcp(live.local_addr().unwrap());
         let pool: std::rc::Rc<[Backend]> = vec![dead_addr.clone(), live_addr.clone()].into();
-        let choice = Choice::at(pool.clone(), crate::types::Policy::RoundRobin, 0);
+        let choice = Choice::at(pool.clone(), proto::types::Policy::RoundRobin, 0);
         let mut d = Dialer::balanced(choice, now, &limits);
         assert_eq!(d.target, dead_addr);
         let mut socket = None;
@@ -957,7 +957,7 @@ mod tests {
         drop(live);
 
         // Nobody listens: the whole pool fails like one backend.
-        let choice = Choice::at(pool, crate::types::Policy::LeastConn, 0);
+        let choice = Choice::at(pool, proto::types::Policy::LeastConn, 0);
         let mut d = Dialer::balanced(choice, now, &limits);
         let mut socket = None;
         let mut t = now;
@@ -991,7 +991,7 @@ mod tests {
             Backend::Tcp(live.local_addr().unwrap()),
         ]
         .into();
-        let choice = Choice::at(pool.clone(), crate::types::Policy::RoundRobin, 0);
+        let choice = Choice::at(pool.clone(), proto::types::Policy::RoundRobin, 0);
         let mut d = Dialer::balanced(choice, now, &limits);
         let mut socket = None;
         // Pretend the first connect is under way and never reports.

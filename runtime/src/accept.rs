@@ -78,7 +78,7 @@ impl Acceptor {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     if crate::stream::out_of_resources(&e) {
-                        crate::warn!(
+                        proto::warn!(
                             "accept: {e}; pausing accepts for {} ms",
                             EMFILE_PAUSE.as_millis()
                         );
@@ -86,7 +86,7 @@ impl Acceptor {
                         return;
                     }
                     // ECONNABORTED and the like concern one client only.
-                    crate::debug!("accept: {e}");
+                    proto::debug!("accept: {e}");
                 }
             }
         }

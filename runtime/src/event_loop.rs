@@ -23,15 +23,15 @@
 //!   later drain only brings the deadline forward.
 
 use crate::accept::Acceptor;
-use crate::ctl::{CtlError, Stats, ToWorker, WorkerConfig};
-use crate::plan::Endpoint;
 use crate::prober::{self, Checker};
 use crate::stream::{Listener, Stream};
-use crate::timer::Timers;
 use crate::worker::{Started, WorkerCtl};
 use mio::event::Event;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
+use proto::ctl::{CtlError, Stats, ToWorker, WorkerConfig};
+use proto::plan::Endpoint;
+use proto::timer::Timers;
 use std::io;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -154,8 +154,8 @@ pub fn other_endpoint(old: &Endpoint, new: &Endpoint) -> Option<String> {
     if new.consumer != old.consumer {
         return Some(format!(
             "an update cannot change the consumer ({} to {})",
-            crate::text::escape(&old.consumer),
-            crate::text::escape(&new.consumer)
+            proto::text::escape(&old.consumer),
+            proto::text::escape(&new.consumer)
         ));
     }
     None
@@ -172,7 +172,7 @@ pub fn main<H: Handler>(kind: &str) -> ! {
         }
     };
     let ep = &started.config.endpoint;
-    crate::info!(
+    proto::info!(
         "serving {} endpoint {} for {} with {} route(s)",
         ep.kind,
         ep.key,
@@ -182,11 +182,11 @@ pub fn main<H: Handler>(kind: &str) -> ! {
     let worker = match Loop::<H>::new(started) {
         Ok(w) => w,
         Err(e) => {
-            crate::error!("cannot start event loop: {e}");
+            proto::error!("cannot start event loop: {e}");
             std::process::exit(1);
         }
     };
-    crate::mem::trim_code();
+    proto::mem::trim_code();
     std::process::exit(worker.run())
 }
 
@@ -198,7 +198,7 @@ pub struct Loop<H> {
     timers: Timers,
     stats: Stats,
     drain_until: Option<Instant>,
-    after_burst: crate::mem::AfterBurst,
+    after_burst: proto::mem::AfterBurst,
     spare_pipes: crate::pipes::IdleSpares,
     /// Poll rounds so far, wrapping (`Cx::round`).
     round: NonZeroU32,
@@ -254,7 +254,7 @@ impl<H: Handler> Loop<H> {
             timers: Timers::new(),
             stats: Stats::default(),
             drain_until: None,
-            after_burst: crate::mem::AfterBurst::default(),
+            after_burst: proto::mem::AfterBurst::default(),
             spare_pipes: crate::pipes::IdleSpares::default(),
             round: NonZeroU32::MIN,
             health,
@@ -269,7 +269,7 @@ impl<H: Handler> Loop<H> {
         // An idle worker still wakes (health checks, stats, updates) and
         // maps code back each time; dropped again once quiet (README,
         // "Measured": idle PSS). Never while it serves.
-        let mut idle = crate::mem::IdleTrim::default();
+        let mut idle = proto::mem::IdleTrim::default();
         let mut seen_total = self.stats.total;
         loop {
             let now = Instant::now();
@@ -292,7 +292,7 @@ impl<H: Handler> Loop<H> {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                crate::error!("epoll_wait: {e}");
+                proto::error!("epoll_wait: {e}");
                 return 1;
             }
             let now = Instant::now();
@@ -367,7 +367,7 @@ impl<H: Handler> Loop<H> {
                     if left > 0 {
                         self.handler.cut(&mut cx!(self, now));
                     }
-                    crate::info!("drained ({left} connection(s) cut at the deadline); exiting");
+                    proto::info!("drained ({left} connection(s) cut at the deadline); exiting");
                     return 0;
                 }
             }
@@ -405,15 +405,15 @@ impl<H: Handler> Loop<H> {
         if self.after_burst.due(now, live) {
             // Reading /proc/self/statm is only worth it for the debug line.
             let log = ::log::log_enabled!(::log::Level::Debug);
-            let before = if log { crate::mem::resident_kib() } else { 0 };
+            let before = if log { proto::mem::resident_kib() } else { 0 };
             self.handler.shrink();
             let h = &self.handler;
             self.timers.shrink(|k| k >= LOOP_KEYS || h.timer_live(k));
-            crate::mem::give_back_heap();
+            proto::mem::give_back_heap();
             if log {
-                crate::debug!(
+                proto::debug!(
                     "burst over ({live} connection(s) left): resident {before} KiB -> {} KiB",
-                    crate::mem::resident_kib()
+                    proto::mem::resident_kib()
                 );
             }
         }
@@ -425,17 +425,17 @@ impl<H: Handler> Loop<H> {
             match self.ctl.recv() {
                 Ok(None) => return None,
                 Err(CtlError::Eof) => {
-                    crate::info!("supervisor gone (control socket closed); exiting");
+                    proto::info!("supervisor gone (control socket closed); exiting");
                     return Some(0);
                 }
                 Err(e) => {
-                    crate::error!("control socket: {e}; exiting");
+                    proto::error!("control socket: {e}; exiting");
                     return Some(1);
                 }
                 Ok(Some((ToWorker::Update { seq, config }, roots))) => {
                     let err = self.update(now, config, roots);
                     if let Some(why) = &err {
-                        crate::warn!("update refused: {why}; keeping the running config");
+                        proto::warn!("update refused: {why}; keeping the running config");
                     }
                     self.ctl.ack(seq, err);
                 }
@@ -465,7 +465,7 @@ impl<H: Handler> Loop<H> {
             return Some(why);
         }
         crate::backend::set_roots(&config.endpoint.root_pids(), roots);
-        crate::info!(
+        proto::info!(
             "routes updated: {} route(s); open connections keep theirs",
             config.endpoint.routes.len()
         );
@@ -494,7 +494,7 @@ impl<H: Handler> Loop<H> {
         self.drain_until = Some(until);
         self.timers.add(until, KEY_DRAIN);
         self.accept(now, true);
-        crate::info!(
+        proto::info!(
             "draining {} connection(s), deadline {} ms",
             self.handler.active(),
             within.as_millis()
@@ -506,8 +506,8 @@ impl<H: Handler> Loop<H> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::EndpointKey;
-    use crate::types::{Kind, Listen};
+    use proto::plan::EndpointKey;
+    use proto::types::{Kind, Listen};
 
     #[test]
     fn an_update_is_for_the_same_endpoint_only() {

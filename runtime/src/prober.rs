@@ -27,11 +27,11 @@
 //! loop, nothing per connection.
 
 use crate::health::{is_down, observe, observe_failure, track};
-use crate::limits::Limits;
 use crate::stream::Stream;
-use crate::types::{Backend, ProxyProtocol};
 use fnv::FnvHashMap as FnvMap;
 use mio::{Events, Interest, Poll, Token};
+use proto::limits::Limits;
+use proto::types::{Backend, ProxyProtocol};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
@@ -58,7 +58,7 @@ impl From<Backend> for Checked {
 /// routes name is sent the header of the first of them that has
 /// `proxy_protocol` (routes that disagree on one backend cannot all be
 /// right for it; a missing header is what such a backend logs as broken).
-pub fn backends_of(routes: &[crate::plan::Route]) -> Vec<Checked> {
+pub fn backends_of(routes: &[proto::plan::Route]) -> Vec<Checked> {
     let mut v: Vec<Checked> = Vec::new();
     let mut seen: FnvMap<&Backend, usize> = FnvMap::default();
     // Every replica of a route is checked on its own (replicas agree on
@@ -96,11 +96,11 @@ fn speak(s: &Stream, backend: &Backend, proxy: Option<ProxyProtocol>) {
     // A new connection's send buffer takes 16 bytes whole.
     match (&*s).write(&h) {
         Ok(n) if n == h.len() => {}
-        Ok(n) => crate::debug!(
+        Ok(n) => proto::debug!(
             "health check of {backend}: PROXY header cut short ({n} of {} bytes)",
             h.len()
         ),
-        Err(e) => crate::debug!("health check of {backend}: sending the PROXY header: {e}"),
+        Err(e) => proto::debug!("health check of {backend}: sending the PROXY header: {e}"),
     }
 }
 

@@ -37,11 +37,11 @@
 //! one direction alone (http bodies with a known length).
 
 use crate::duplex::{transfer, Direction, Side};
-use crate::limits::{default, MAX_PIPE_SIZE};
 use crate::pipes::Pipe;
 use crate::stream::{shutdown_write, Ready};
 use nix::errno::Errno;
 use nix::fcntl::{splice, SpliceFFlags};
+use proto::limits::{default, MAX_PIPE_SIZE};
 use std::cell::RefCell;
 use std::io;
 #[cfg(test)]
@@ -299,7 +299,7 @@ impl Splice {
     /// splice(2) said EINVAL: these fds cannot be spliced.
     fn fall_back(&mut self, which: &str) {
         if !self.copying {
-            crate::debug!("splice {which} refused (EINVAL); copying through a buffer instead");
+            proto::debug!("splice {which} refused (EINVAL); copying through a buffer instead");
             self.copying = true;
         }
     }
@@ -484,7 +484,7 @@ impl Direction for Splice {
 
     fn urgent_seen(&mut self) {
         if !self.copying {
-            crate::debug!("urgent data from the source; copying instead of splicing from now on");
+            proto::debug!("urgent data from the source; copying instead of splicing from now on");
             // What the pipe holds still goes out first (`unpipe`).
             self.copying = true;
         }

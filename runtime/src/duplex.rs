@@ -405,7 +405,7 @@ fn step<D: Direction>(
             *flow = Flow::Flushing;
         }
         if let Some((Side::Source, e)) = &t.fault {
-            crate::debug!(
+            proto::debug!(
                 "{}: {e}; delivering what was read, then passing on the end",
                 what()
             );
@@ -415,7 +415,7 @@ fn step<D: Direction>(
             bytes += t.bytes;
         }
         if let Some((Side::Destination, e)) = &t.fault {
-            crate::debug!(
+            proto::debug!(
                 "{}: {e}; dropping {} byte(s) held for it, ending this direction only",
                 what(),
                 d.held()
@@ -429,7 +429,7 @@ fn step<D: Direction>(
             // nothing unread turns it into a reset): no `shutdown` call.
             if other != Flow::Ended {
                 if let Err(e) = shutdown_write(dst) {
-                    crate::debug!("{}: {e}", what());
+                    proto::debug!("{}: {e}", what());
                 }
             }
             // Frees the pipe or buffer now, not when the connection ends.

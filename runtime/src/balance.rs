@@ -17,8 +17,8 @@
 //! [`usable`]: the place where backends marked down by health checks are
 //! left out.
 
-use crate::plan::Route;
-use crate::types::{Backend, Policy};
+use proto::plan::Route;
+use proto::types::{Backend, Policy};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;

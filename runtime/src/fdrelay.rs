@@ -3,7 +3,7 @@
 //! [`crate::duplex::Duplex`].
 //!
 //! `splice(2)` cannot carry `SCM_RIGHTS`, so this direction uses
-//! `recvmsg`/`sendmsg` (through [`crate::fdpass`]) and a user-space buffer
+//! `recvmsg`/`sendmsg` (through [`proto::fdpass`]) and a user-space buffer
 //! of [`CHUNK`] bytes. The buffer exists only while bytes are in flight:
 //! it is allocated for a read and freed once the source has nothing more,
 //! so an idle connection holds no buffer.
@@ -36,8 +36,8 @@
 //!   connections need for their sockets.
 
 use crate::duplex::Direction;
-use crate::fdpass;
 use nix::errno::Errno;
+use proto::fdpass;
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -194,7 +194,7 @@ impl Direction for FdRelay {
         self.sent = 0;
         if !fds.is_empty() && !self.dst_takes_fds {
             self.fds_dropped += fds.len() as u64;
-            crate::debug!(
+            proto::debug!(
                 "dropping {} fd(s): the backend is not a unix socket",
                 fds.len()
             );

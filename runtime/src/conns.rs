@@ -9,15 +9,15 @@
 //! (0 and 1 are the loop's). Timer keys: slot << 32 | generation.
 
 use crate::backend::{Dialer, Step};
-use crate::ctl::WorkerConfig;
 use crate::duplex::{Direction, Duplex, Flow, ShortRead};
 use crate::event_loop::{Cx, Handler};
-use crate::limits::Limits;
 use crate::slab::Slab;
 use crate::stream::{Peer, Ready, Stream, Who};
-use crate::tick::Tick;
 use mio::event::Event;
 use mio::{Interest, Token};
+use proto::ctl::WorkerConfig;
+use proto::limits::Limits;
+use proto::tick::Tick;
 use std::num::NonZeroU32;
 use std::os::fd::AsFd;
 use std::time::Instant;
@@ -163,7 +163,7 @@ impl Sockets {
         // A held client reported a hang-up, an error or a FIN: if it has
         // gone, its slot and fd are freed now, not at the hold's end.
         if self.troubled[0] && dial.is_held() && crate::hold::client_gone(&self.client, true) {
-            crate::debug!(
+            proto::debug!(
                 "client{} gone while held for backend {}; closing",
                 Who(client),
                 dial.target
@@ -206,7 +206,7 @@ impl Sockets {
                     && matches!(self.client, Stream::Tcp(_))
                     && crate::hold::client_reset(&self.client)
                 {
-                    crate::debug!(
+                    proto::debug!(
                         "client{} gone before backend {} connected; closing without forwarding",
                         Who(client),
                         dial.target
@@ -220,7 +220,7 @@ impl Sockets {
                 return Dialing::Connected;
             }
             Step::Failed(why) | Step::TimedOut(why) => {
-                crate::warn!("{why}; closing client{}", Who(client));
+                proto::warn!("{why}; closing client{}", Who(client));
                 Next::Close { error: true }
             }
         })
@@ -350,7 +350,7 @@ impl<C: Connection> Handler for Conns<C> {
             Token(2 + 2 * slot),
             conn_interest(),
         ) {
-            crate::warn!("register client: {e}");
+            proto::warn!("register client: {e}");
             self.close(cx, slot, true);
             return;
         }
@@ -452,7 +452,7 @@ impl<C: Connection> Conns<C> {
                     .registry
                     .register(b, Token(3 + 2 * slot), conn_interest())
                 {
-                    crate::warn!("register backend: {e}");
+                    proto::warn!("register backend: {e}");
                     self.close(cx, slot, true);
                     return Some(false);
                 }
@@ -469,7 +469,7 @@ impl<C: Connection> Conns<C> {
         // Closing the fds removes them from epoll; no deregister needed.
         if self.conns.remove(slot).is_some() {
             cx.stats.errors += u64::from(error);
-            crate::debug!(
+            proto::debug!(
                 "connection closed{} ({} open)",
                 if error { " on an error" } else { "" },
                 self.conns.len()

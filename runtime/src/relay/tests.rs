@@ -235,8 +235,8 @@ fn pipes_take_the_configured_size() {
 #[test]
 fn limits_without_pipe_size_parse_to_the_default() {
     // A configuration from a supervisor that predates `--pipe-size`.
-    let mut v = serde_json::to_value(crate::limits::Limits::default()).unwrap();
+    let mut v = serde_json::to_value(proto::limits::Limits::default()).unwrap();
     v.as_object_mut().unwrap().remove("pipe_size");
-    let l: crate::limits::Limits = serde_json::from_value(v).unwrap();
+    let l: proto::limits::Limits = serde_json::from_value(v).unwrap();
     assert_eq!(l.pipe_size, default::PIPE_SIZE);
 }

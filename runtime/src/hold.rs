@@ -29,8 +29,8 @@
 //!
 //! Workers are single-threaded; the book belongs to the process.
 
-use crate::ctl::Stats;
 use crate::stream::Stream;
+use proto::ctl::Stats;
 use std::cell::RefCell;
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
@@ -61,7 +61,7 @@ thread_local! {
 /// The key a held connection is counted under: its route's first
 /// backend (FNV-1a of its text; two routes whose keys collide would
 /// share one share, which costs fairness between them, nothing else).
-pub fn share_key(route_backend: &crate::types::Backend) -> u64 {
+pub fn share_key(route_backend: &proto::types::Backend) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = fnv::FnvHasher::default();
     route_backend.hash(&mut h);
@@ -77,13 +77,13 @@ pub fn share(max_held: usize, backends: usize) -> usize {
 /// Set `config.limits.held_share` from its routes: the worker loop does
 /// it to every config it takes (Init, Update), so the handlers and their
 /// dialers read it with the other limits.
-pub fn fit(config: &mut crate::ctl::WorkerConfig) {
+pub fn fit(config: &mut proto::ctl::WorkerConfig) {
     let n = routes_sharing(&config.endpoint.routes);
     config.limits.held_share = share(config.limits.max_held, n);
 }
 
 /// The distinct first backends among `routes` ([`share`]'s count).
-pub fn routes_sharing(routes: &[crate::plan::Route]) -> usize {
+pub fn routes_sharing(routes: &[proto::plan::Route]) -> usize {
     let mut keys: Vec<u64> = routes.iter().map(|r| share_key(&r.backend)).collect();
     keys.sort_unstable();
     keys.dedup();
