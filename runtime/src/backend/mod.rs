@@ -1,0 +1,20 @@
+//! Reaching a backend: a non-blocking connect to `IP:PORT` or to a unix
+//! socket inside the provider's root, and the short retry while a provider
+//! container restarts (connect refused, socket file not there yet).
+//!
+//! - `roots.rs`: the provider roots (the fd table unix backends in
+//!   containers are reached through).
+//! - `connect.rs`: the connect calls, what their errors mean, the delays
+//!   between retries.
+//! - `dialer.rs`: [`Dialer`], one connection's way to its backend (retry,
+//!   hold; its replicas in `dialer/replicas.rs`).
+
+mod connect;
+mod dialer;
+mod roots;
+#[cfg(test)]
+mod tests;
+
+pub use connect::{busy_delay, connect, is_absent, is_busy, is_retryable, retry_delay};
+pub use dialer::{Dial, Dialer, Net, Real, Step};
+pub use roots::{root_fds, set_roots, split_provider_path};
