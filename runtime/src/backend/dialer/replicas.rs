@@ -54,7 +54,12 @@ impl Dialer {
     /// way to the next replica (true; the socket is dropped and the next
     /// attempt is due now), or, with none left this pass, let it run to
     /// the connect timeout.
-    pub(super) fn stalled(&mut self, socket: &mut Option<Stream>, ready: bool, now: Instant) -> bool {
+    pub(super) fn stalled(
+        &mut self,
+        socket: &mut Option<Stream>,
+        ready: bool,
+        now: Instant,
+    ) -> bool {
         match self.attempt_until {
             Some(t) if Tick::from(now) >= t => self.attempt_until = None,
             _ => return false,
