@@ -36,66 +36,32 @@
 //! [`Splice`] is a [`Direction`] of [`crate::duplex::Duplex`]; `pump` moves
 //! one direction alone (http bodies with a known length).
 
-use crate::duplex::{transfer, Direction, Side};
+use crate::duplex::{transfer, Direction};
 use crate::pipes::Pipe;
 use crate::stream::{shutdown_write, Ready};
 use nix::errno::Errno;
 use nix::fcntl::{splice, SpliceFFlags};
-use proto::limits::{default, MAX_PIPE_SIZE};
-use std::cell::RefCell;
 use std::io;
 #[cfg(test)]
 use std::net::Shutdown;
+use std::os::fd::BorrowedFd;
 #[cfg(test)]
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::fd::{AsRawFd, BorrowedFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// The copy buffer's size, and the most one `read` takes.
-pub const COPY_CHUNK: usize = 16 * 1024;
+mod copy;
+mod error;
+mod pipe_size;
+
+use copy::{give_buffer, read_fd, sys, take_buffer, write_fd, Chunk};
+pub use copy::{COPY_CHUNK, SPARE_BUFFERS};
+use error::failed;
+pub use error::SpliceError;
+pub use pipe_size::{pipe_size, set_pipe_size};
+
 /// A direction that has read more than this splices from then on. Below
 /// it a flow costs two syscalls per chunk and no pipe; above it, copying
 /// would cost more CPU than the pipe costs syscalls.
 pub const SPLICE_AFTER: u64 = 64 * 1024;
-/// Copy buffers a worker keeps between uses (one is the usual need: a
-/// chunk normally goes out in the same turn it came in).
-pub const SPARE_BUFFERS: usize = 2;
-
-static PIPE_SIZE: AtomicUsize = AtomicUsize::new(default::PIPE_SIZE);
-
-thread_local! {
-    static BUFFERS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
-}
-
-/// A [`COPY_CHUNK`] buffer, spare or new.
-fn take_buffer() -> Vec<u8> {
-    BUFFERS
-        .with(|b| b.borrow_mut().pop())
-        .unwrap_or_else(|| vec![0u8; COPY_CHUNK])
-}
-
-/// Keep a buffer for the next read (a prefix of another size is dropped).
-fn give_buffer(buf: Vec<u8>) {
-    if buf.len() == COPY_CHUNK {
-        BUFFERS.with(|b| {
-            let mut b = b.borrow_mut();
-            if b.len() < SPARE_BUFFERS {
-                b.push(buf);
-            }
-        });
-    }
-}
-
-/// Size of the pipes made from now on (a worker sets it once at start from
-/// its `Limits`). The kernel rounds it up to a power of two pages.
-pub fn set_pipe_size(bytes: usize) {
-    PIPE_SIZE.store(bytes.clamp(1, MAX_PIPE_SIZE), Ordering::Relaxed);
-}
-
-pub fn pipe_size() -> usize {
-    PIPE_SIZE.load(Ordering::Relaxed)
-}
-
 /// What happened in one `pump`.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Moved {
@@ -103,14 +69,6 @@ pub struct Moved {
     pub bytes: u64,
     /// The source reached EOF during this pump.
     pub eof: bool,
-}
-
-/// User-space bytes waiting for the destination: `buf[sent..end]`.
-#[derive(Debug)]
-struct Chunk {
-    buf: Vec<u8>,
-    sent: usize,
-    end: usize,
 }
 
 /// `Splice::left` of a direction without a limit.
@@ -137,41 +95,6 @@ pub struct Splice {
     pub src_done: bool,
     /// Destination's write side has been shut down. For `pump`.
     pub dst_shut: bool,
-}
-
-fn sys(what: &str, e: Errno) -> io::Error {
-    io::Error::new(io::Error::from(e).kind(), format!("{what}: {e}"))
-}
-
-/// One `write(2)`, retried on EINTR; `more`: `send(MSG_MORE)` (a
-/// non-socket destination falls back to `write`).
-fn write_fd(fd: BorrowedFd<'_>, buf: &[u8], more: bool) -> io::Result<usize> {
-    use nix::sys::socket::send;
-    let mut more = more;
-    loop {
-        let r = if more {
-            send(fd.as_raw_fd(), buf, crate::stream::MSG_MORE)
-        } else {
-            nix::unistd::write(fd, buf)
-        };
-        match r {
-            Err(Errno::EINTR) => continue,
-            Err(Errno::ENOTSOCK) if more => more = false,
-            Err(e) => return Err(sys("write to destination", e)),
-            Ok(n) => return Ok(n),
-        }
-    }
-}
-
-/// One `read(2)`, retried on EINTR.
-fn read_fd(fd: BorrowedFd<'_>, buf: &mut [u8], what: &str) -> io::Result<usize> {
-    loop {
-        match nix::unistd::read(fd.as_raw_fd(), buf) {
-            Err(Errno::EINTR) => continue,
-            Err(e) => return Err(sys(what, e)),
-            Ok(n) => return Ok(n),
-        }
-    }
 }
 
 impl Default for Splice {
@@ -497,35 +420,6 @@ impl Direction for Splice {
             give_buffer(c.buf);
         }
     }
-}
-
-/// A failed syscall of a direction, carried inside the `io::Error` that
-/// `pump` returns so callers can tell a reader's fault from a writer's
-/// without reading text.
-#[derive(Debug)]
-pub struct SpliceError {
-    pub side: Side,
-    pub error: io::Error,
-}
-
-impl std::fmt::Display for SpliceError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The error names its syscall ("splice to destination: EPIPE").
-        write!(f, "{}", self.error)
-    }
-}
-
-impl std::error::Error for SpliceError {}
-
-impl SpliceError {
-    /// The side an error from [`Splice::pump`] failed on, if it was a splice.
-    pub fn side_of(e: &io::Error) -> Option<Side> {
-        e.get_ref()?.downcast_ref::<SpliceError>().map(|s| s.side)
-    }
-}
-
-fn failed(side: Side, error: io::Error) -> io::Error {
-    io::Error::new(error.kind(), SpliceError { side, error })
 }
 
 #[cfg(test)]

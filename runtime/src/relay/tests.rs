@@ -2,7 +2,10 @@
 //! switch to splicing, errors that say their side.
 
 use super::*;
+use crate::duplex::Side;
+use proto::limits::default;
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 
 #[test]

@@ -1,0 +1,80 @@
+//! The copy half of a direction: the user-space chunk, the worker's spare
+//! copy buffers, and the `read`/`write` calls (also those of a pipe's
+//! fallback).
+
+use nix::errno::Errno;
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+/// The copy buffer's size, and the most one `read` takes.
+pub const COPY_CHUNK: usize = 16 * 1024;
+/// Copy buffers a worker keeps between uses (one is the usual need: a
+/// chunk normally goes out in the same turn it came in).
+pub const SPARE_BUFFERS: usize = 2;
+
+thread_local! {
+    static BUFFERS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A [`COPY_CHUNK`] buffer, spare or new.
+pub(super) fn take_buffer() -> Vec<u8> {
+    BUFFERS
+        .with(|b| b.borrow_mut().pop())
+        .unwrap_or_else(|| vec![0u8; COPY_CHUNK])
+}
+
+/// Keep a buffer for the next read (a prefix of another size is dropped).
+pub(super) fn give_buffer(buf: Vec<u8>) {
+    if buf.len() == COPY_CHUNK {
+        BUFFERS.with(|b| {
+            let mut b = b.borrow_mut();
+            if b.len() < SPARE_BUFFERS {
+                b.push(buf);
+            }
+        });
+    }
+}
+
+/// User-space bytes waiting for the destination: `buf[sent..end]`.
+#[derive(Debug)]
+pub(super) struct Chunk {
+    pub(super) buf: Vec<u8>,
+    pub(super) sent: usize,
+    pub(super) end: usize,
+}
+
+pub(super) fn sys(what: &str, e: Errno) -> io::Error {
+    io::Error::new(io::Error::from(e).kind(), format!("{what}: {e}"))
+}
+
+/// One `write(2)`, retried on EINTR; `more`: `send(MSG_MORE)` (a
+/// non-socket destination falls back to `write`).
+pub(super) fn write_fd(fd: BorrowedFd<'_>, buf: &[u8], more: bool) -> io::Result<usize> {
+    use nix::sys::socket::send;
+    let mut more = more;
+    loop {
+        let r = if more {
+            send(fd.as_raw_fd(), buf, crate::stream::MSG_MORE)
+        } else {
+            nix::unistd::write(fd, buf)
+        };
+        match r {
+            Err(Errno::EINTR) => continue,
+            Err(Errno::ENOTSOCK) if more => more = false,
+            Err(e) => return Err(sys("write to destination", e)),
+            Ok(n) => return Ok(n),
+        }
+    }
+}
+
+/// One `read(2)`, retried on EINTR.
+pub(super) fn read_fd(fd: BorrowedFd<'_>, buf: &mut [u8], what: &str) -> io::Result<usize> {
+    loop {
+        match nix::unistd::read(fd.as_raw_fd(), buf) {
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(sys(what, e)),
+            Ok(n) => return Ok(n),
+        }
+    }
+}
