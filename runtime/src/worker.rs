@@ -68,7 +68,7 @@ pub fn start(kind: &str) -> Result<Started, String> {
             "{ident}: no configuration from the supervisor within 10 s"
         ));
     }
-    let (msg, mut fds) = ctl::recv::<ToWorker>(ctl.as_fd()).map_err(|e| format!("{ident}: {e}"))?;
+    let (msg, mut fds) = ctl::recv_to_worker(ctl.as_fd()).map_err(|e| format!("{ident}: {e}"))?;
     let (seq, config) = match msg {
         ToWorker::Init { seq, config } => (seq, config),
         other => {
@@ -191,7 +191,8 @@ impl WorkerCtl {
     }
 
     pub fn ack(&self, seq: u64, error: Option<String>) {
-        if let Err(e) = ctl::send(self.fd.as_fd(), &FromWorker::Ack { seq, error }, &[]) {
+        if let Err(e) = ctl::send_from_worker(self.fd.as_fd(), &FromWorker::Ack { seq, error }, &[])
+        {
             proto::warn!("ack {seq}: {e}");
         }
     }
@@ -203,7 +204,7 @@ impl WorkerCtl {
     /// skipped; it never ends the worker.
     pub fn recv(&self) -> Result<Option<(ToWorker, Vec<OwnedFd>)>, CtlError> {
         loop {
-            match ctl::recv::<ToWorker>(self.fd.as_fd()) {
+            match ctl::recv_to_worker(self.fd.as_fd()) {
                 Ok(m) => return Ok(Some(m)),
                 Err(CtlError::WouldBlock) => return Ok(None),
                 Err(CtlError::Eof) => return Err(CtlError::Eof),
@@ -232,7 +233,7 @@ impl WorkerCtl {
             stats,
             health: crate::health::report(),
         };
-        match ctl::send(self.fd.as_fd(), &msg, &[]) {
+        match ctl::send_from_worker(self.fd.as_fd(), &msg, &[]) {
             Ok(()) => {
                 self.sent = stats;
                 self.sent_health = health;

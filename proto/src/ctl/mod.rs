@@ -32,7 +32,10 @@ pub mod messages;
 mod tests;
 
 pub use blob::{read_blob, sealed_memfd};
-pub use channel::{recv, recv_raw, send, send_blob, send_raw, socketpair, WORKER_CTL_FD};
+pub use channel::{
+    recv, recv_raw, recv_to_worker, send, send_blob, send_from_worker, send_raw, socketpair,
+    WORKER_CTL_FD,
+};
 pub use codec::{decode, decode_frame, Frame};
 pub use error::CtlError;
 pub use messages::{FromWorker, Message, Stats, ToWorker, WorkerConfig};
