@@ -20,10 +20,10 @@
 
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
+use proto::limits::Limits;
+use proto::types::{Backend, Policy};
 use runtime::backend::{Dialer, Net, Step};
-use runtime::balance::{Choice, Policy};
-use proto::ctl::Limits;
-use proto::graph::Backend;
+use runtime::balance::Choice;
 use runtime::hold;
 use runtime::stream::Stream;
 use std::collections::VecDeque;
