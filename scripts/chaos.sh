@@ -53,6 +53,10 @@
 #   PVX_CHAOS_KEEP_GOING=1  run every round even after one failed (exit 1 at
 #                           the end if any did)
 #   PVX_CHAOS_KEEP=1        keep the scratch directory
+#   PVX_CHAOS_LOG_LEVEL=L   the workers' --log-level (debug: every hold
+#                           begun and ended); each log line stamped with
+#                           the driver's clock, held-fair's requests and
+#                           outages traced beside them
 #   PVX_CHAOS_FLOOD=N       connections per soak flood burst (default 300)
 #   PVX_BIN_DIR             the directory of a pv-xconnect to use instead of
 #                           building release

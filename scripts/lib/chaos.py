@@ -88,6 +88,8 @@ def trace(msg):
     if TRACE[0] is not None:
         with TRACE_LOCK:
             TRACE[0].write(f"{now():.3f} chaos: {msg}\n")
+
+
 HZ = os.sysconf("SC_CLK_TCK")
 ROUND_S = 100  # a round's length, about
 CPU_WINDOW = 3.0
