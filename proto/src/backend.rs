@@ -177,6 +177,13 @@ pub trait Net {
     /// The socket of an attempt reported: Ok(true) connected, Ok(false)
     /// still under way, Err the attempt failed ([`Stream::connect_done`]).
     fn done(&mut self, s: &Stream) -> io::Result<bool>;
+    /// Asked when a hold would begin, and only then: whether the client
+    /// the dial is for has gone already, so it is not held at all
+    /// ([`Step::Gone`]). No for [`Real`]: a worker asks through
+    /// [`ClientGone`] once its client reported a hang-up.
+    fn client_gone(&mut self) -> bool {
+        false
+    }
 }
 
 /// The network itself.
@@ -191,6 +198,32 @@ impl Net for Real {
     #[inline]
     fn done(&mut self, s: &Stream) -> io::Result<bool> {
         s.connect_done()
+    }
+}
+
+/// The network, for a client that reported a hang-up (an event said FIN,
+/// reset or error) before its connection was held: if a hold begins, the
+/// client is asked first ([`crate::hold::client_gone`], `tunnel` as
+/// there), and one that has gone is let go ([`Step::Gone`]) rather than
+/// admitted into the book, where it would keep a route's slot until its
+/// first held retry asked (issue 18, item 5). A client that reported
+/// nothing dials on [`Real`]: no syscall added to the common path.
+pub struct ClientGone<'a> {
+    pub client: &'a Stream,
+    pub tunnel: bool,
+}
+
+impl Net for ClientGone<'_> {
+    fn connect(&mut self, b: &Backend) -> io::Result<Stream> {
+        connect(b)
+    }
+
+    fn done(&mut self, s: &Stream) -> io::Result<bool> {
+        s.connect_done()
+    }
+
+    fn client_gone(&mut self) -> bool {
+        crate::hold::client_gone(self.client, self.tunnel)
     }
 }
 
@@ -235,6 +268,9 @@ pub enum Dial {
     Socket(Stream),
     /// Give up; the text says why (for the log).
     Failed(String),
+    /// The client went away before a hold began ([`Net::client_gone`]):
+    /// not held; close it.
+    Gone,
 }
 
 /// What [`Dialer::step`] found.
@@ -254,6 +290,18 @@ pub enum Step {
     Failed(String),
     /// The connect timeout passed.
     TimedOut(String),
+    /// The connection would be held, and its client has gone already
+    /// ([`Net::client_gone`]): not held, nothing counted; close it.
+    Gone,
+}
+
+/// What [`Dialer::hold`] decided.
+enum Hold {
+    Held,
+    /// Not held (holding off, the hold over, no room): the error.
+    No,
+    /// The client has gone: not held, no error owed.
+    Gone,
 }
 
 impl Dialer {
@@ -296,7 +344,7 @@ impl Dialer {
             // Replicas: a new pick after a spent pass, or away from one down.
             self.aim();
             if crate::health::is_down(&self.target) {
-                return self.down(now, limits);
+                return self.down(net, now, limits);
             }
             let e = match net.connect(&self.target) {
                 Ok(s) => {
@@ -305,7 +353,7 @@ impl Dialer {
                 }
                 Err(e) => e,
             };
-            match self.failed(now, limits, &e) {
+            match self.failed_on(net, now, limits, &e) {
                 // The next replica, due now: dial it in this call (one
                 // pass over the pool at most: `fail_over` ends a pass).
                 Dial::Wait if self.retry_due(now) => continue,
@@ -321,7 +369,7 @@ impl Dialer {
 
     /// Health checks say the backend is down: not dialled; held (waiting
     /// for a check to see it up, which wakes it) or the error at once.
-    fn down(&mut self, now: Instant, limits: &Limits) -> Dial {
+    fn down(&mut self, net: &mut impl Net, now: Instant, limits: &Limits) -> Dial {
         if let Some(h) = self.held.as_mut() {
             if now >= h.until {
                 // The hold is over (the connection's deadline is the hold's,
@@ -336,8 +384,10 @@ impl Dialer {
             ));
             return Dial::Wait;
         }
-        if self.hold(now, limits) {
-            return Dial::Wait;
+        match self.hold(net, now, limits) {
+            Hold::Held => return Dial::Wait,
+            Hold::Gone => return Dial::Gone,
+            Hold::No => {}
         }
         let why = format!("backend {} is down (health checks)", self.target);
         Dial::Failed(self.end_hold(now, why))
@@ -351,6 +401,16 @@ impl Dialer {
 
     /// An attempt failed with `e`: schedule a retry (Wait), hold, or give up.
     pub fn failed(&mut self, now: Instant, limits: &Limits, e: &io::Error) -> Dial {
+        self.failed_on(&mut Real, now, limits, e)
+    }
+
+    fn failed_on(
+        &mut self,
+        net: &mut impl Net,
+        now: Instant,
+        limits: &Limits,
+        e: &io::Error,
+    ) -> Dial {
         if self.fail_over(now, e) {
             return Dial::Wait;
         }
@@ -388,8 +448,12 @@ impl Dialer {
             // The connection as a whole failed to connect: one failure for
             // the health checks (not one per retry).
             crate::health::observe_failure(&self.target, e, false);
-            if is_absent(e) && self.hold(now, limits) {
-                return Dial::Wait;
+            if is_absent(e) {
+                match self.hold(net, now, limits) {
+                    Hold::Held => return Dial::Wait,
+                    Hold::Gone => return Dial::Gone,
+                    Hold::No => {}
+                }
             }
         }
         let why = format!(
@@ -399,14 +463,23 @@ impl Dialer {
         Dial::Failed(self.end_hold(now, why))
     }
 
-    /// Start holding, if holding is on and the worker has room.
-    fn hold(&mut self, now: Instant, limits: &Limits) -> bool {
+    /// Start holding, if holding is on, the worker has room and the
+    /// client is still there (asked of `net` only now: a client gone
+    /// before its hold began never takes a slot).
+    fn hold(&mut self, net: &mut impl Net, now: Instant, limits: &Limits) -> Hold {
         if limits.hold_timeout_ms == 0 {
-            return false;
+            return Hold::No;
         }
         let until = self.started.instant() + Duration::from_millis(limits.hold_timeout_ms);
         if now >= until {
-            return false;
+            return Hold::No;
+        }
+        if net.client_gone() {
+            crate::debug!(
+                "backend {} unreachable and the client gone already: not holding",
+                self.target
+            );
+            return Hold::Gone;
         }
         // Counted under the route's first backend (its share of
         // --max-held, `crate::hold`): a replica route's pool starts with it.
@@ -428,7 +501,7 @@ impl Dialer {
                 crate::hold::held_for(key),
                 limits.max_held
             );
-            return false;
+            return Hold::No;
         }
         crate::debug!(
             "backend {} unreachable: holding the connection for up to {} ms",
@@ -451,7 +524,7 @@ impl Dialer {
         // re-armed at the passed hold deadline for ever).
         self.give_up_at = Tick::from(until);
         self.retry_at = Some(Tick::from((now + crate::hold::retry_delay(1)).min(until)));
-        true
+        Hold::Held
     }
 
     /// The hold (if any) ends in failure; `why` gains how long it waited.
@@ -527,8 +600,10 @@ impl Dialer {
     ) -> Step {
         let step = self.step_once(net, socket, ready, now, limits);
         debug_assert!(
-            matches!(step, Step::Connected | Step::Failed(_) | Step::TimedOut(_))
-                || self.deadline() > now,
+            matches!(
+                step,
+                Step::Connected | Step::Failed(_) | Step::TimedOut(_) | Step::Gone
+            ) || self.deadline() > now,
             "dialer for {} left {step:?} with its deadline {:?} not after now",
             self.target,
             now.saturating_duration_since(self.deadline())
@@ -562,6 +637,7 @@ impl Dialer {
                     Step::Register
                 }
                 Dial::Failed(why) => Step::Failed(why),
+                Dial::Gone => Step::Gone,
             };
         };
         match net.done(s) {
@@ -572,8 +648,9 @@ impl Dialer {
             Ok(true) => self.connected(now),
             Err(e) => {
                 *socket = None;
-                match self.failed(now, limits, &e) {
+                match self.failed_on(net, now, limits, &e) {
                     Dial::Failed(why) => Step::Failed(why),
+                    Dial::Gone => Step::Gone,
                     // The next replica, due now: dialled at once.
                     Dial::Wait if self.retry_due(now) => match self.poll_on(net, now, limits) {
                         Dial::Wait => Step::Wait,
@@ -582,6 +659,7 @@ impl Dialer {
                             Step::Register
                         }
                         Dial::Failed(why) => Step::Failed(why),
+                        Dial::Gone => Step::Gone,
                     },
                     _ => Step::Wait,
                 }
@@ -886,6 +964,7 @@ mod tests {
                     break;
                 }
                 Dial::Socket(_) => panic!("nothing listens there"),
+                Dial::Gone => panic!("no client is asked on the real network"),
             }
         }
         assert_eq!(waits, 3);
@@ -1163,6 +1242,72 @@ mod tests {
                 assert_eq!(t, now + Duration::from_millis(hold), "{what}");
                 assert_eq!(crate::hold::held(), 0, "{what}");
             }
+        }
+        crate::health::track(&[], &Limits::default());
+    }
+
+    /// [`Absent`], for a client that hung up before its hold: asked how
+    /// often it was asked whether it has gone.
+    struct AbsentGone(i32, u32);
+
+    impl Net for AbsentGone {
+        fn connect(&mut self, b: &Backend) -> io::Result<Stream> {
+            Absent(self.0).connect(b)
+        }
+        fn done(&mut self, s: &Stream) -> io::Result<bool> {
+            Absent(self.0).done(s)
+        }
+        fn client_gone(&mut self) -> bool {
+            self.1 += 1;
+            true
+        }
+    }
+
+    /// Issue 18, item 5: a client gone before its hold began (down by the
+    /// health checks; refused; socket missing) is asked once, when the
+    /// hold would begin, not during the short retry, and never admitted:
+    /// the book neither holds nor counts it.
+    #[test]
+    fn a_client_gone_before_its_hold_is_never_admitted() {
+        let b = Backend::Tcp("127.0.0.1:9".parse().unwrap());
+        let limits = Limits {
+            hold_timeout_ms: 10_000,
+            ..Limits::default()
+        };
+        for path in ["down", "refused", "missing"] {
+            crate::health::track(std::slice::from_ref(&b), &limits);
+            if path == "down" {
+                for _ in 0..limits.health_fall {
+                    crate::health::observe(&b, Err("test".into()), true);
+                }
+            }
+            let errno = if path == "missing" {
+                nix::libc::ENOENT
+            } else {
+                nix::libc::ECONNREFUSED
+            };
+            let mut stats = crate::ctl::Stats::default();
+            crate::hold::fill(&mut stats);
+            let total = stats.held_total;
+            let now = Instant::now();
+            let mut d = Dialer::new(b.clone(), now, &limits);
+            let mut net = AbsentGone(errno, 0);
+            let (mut socket, mut t, mut steps) = (None, now, 0);
+            let end = loop {
+                steps += 1;
+                assert!(steps < 100, "{path}: no end");
+                match d.step_on(&mut net, &mut socket, false, t, &limits) {
+                    Step::Wait => {
+                        assert_eq!(net.1, 0, "{path}: asked before the hold");
+                        t = d.deadline();
+                    }
+                    other => break other,
+                }
+            };
+            assert_eq!((end, net.1), (Step::Gone, 1), "{path}");
+            assert!(!d.is_held(), "{path}");
+            crate::hold::fill(&mut stats);
+            assert_eq!((stats.held, stats.held_total), (0, total), "{path}");
         }
         crate::health::track(&[], &Limits::default());
     }

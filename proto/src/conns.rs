@@ -176,6 +176,14 @@ impl Sockets {
         let known = ready && self.backend.is_some() && !self.troubled[1];
         let step = if known {
             dial.connected(now)
+        } else if self.troubled[0] {
+            // A hang-up reported before any hold: should one begin, the
+            // client is asked first, and not held if gone.
+            let mut net = crate::backend::ClientGone {
+                client: &self.client,
+                tunnel: true,
+            };
+            dial.step_on(&mut net, &mut self.backend, ready, now, limits)
         } else {
             dial.step(&mut self.backend, ready, now, limits)
         };
@@ -222,6 +230,14 @@ impl Sockets {
             Step::Failed(why) | Step::TimedOut(why) => {
                 crate::warn!("{why}; closing client{}", Who(client));
                 Next::Close { error: true }
+            }
+            Step::Gone => {
+                crate::debug!(
+                    "client{} gone before backend {} was reached; closing, not holding",
+                    Who(client),
+                    dial.target
+                );
+                Next::Close { error: false }
             }
         })
     }

@@ -51,7 +51,18 @@ impl Conn {
             None => (None, (Ready::default(), false)),
         };
         let ready = kept.0.writable || kept.0.readable;
-        let step = dial.step(&mut socket, ready, cx.now, cx.limits);
+        let step = if self.c_hup {
+            // A hang-up reported before any hold: should one begin, the
+            // client is asked first, and not held if gone (no syscall
+            // otherwise).
+            let mut net = proto::backend::ClientGone {
+                client: &self.client,
+                tunnel: false,
+            };
+            dial.step_on(&mut net, &mut socket, ready, cx.now, cx.limits)
+        } else {
+            dial.step(&mut socket, ready, cx.now, cx.limits)
+        };
         // The same socket keeps what the loop recorded for it; a new one,
         // or one still connecting after it reported, starts afresh.
         let (ready, hup) = match step {
@@ -80,6 +91,14 @@ impl Conn {
             }
             Step::Failed(why) => Err(Fail::Status(502, why)),
             Step::TimedOut(why) => Err(Fail::Status(504, why)),
+            Step::Gone => {
+                proto::debug!(
+                    "client gone before its request was held for {}; closing",
+                    dial.target
+                );
+                self.phase = Phase::Done;
+                Ok(false)
+            }
         }
     }
 
