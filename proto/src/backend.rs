@@ -180,50 +180,46 @@ pub trait Net {
     /// Asked when a hold would begin, and only then: whether the client
     /// the dial is for has gone already, so it is not held at all
     /// ([`Step::Gone`]). No for [`Real`]: a worker asks through
-    /// [`ClientGone`] once its client reported a hang-up.
+    /// [`Real`] with `hung_up` once its client reported a hang-up.
     fn client_gone(&mut self) -> bool {
         false
     }
 }
 
-/// The network itself.
-pub struct Real;
+/// The network itself. `hung_up`: the client the dial is for, when an
+/// event said it hung up (FIN, reset or error) before its connection was
+/// held, with `tunnel` as [`crate::hold::client_gone`] takes it: if a
+/// hold begins, the client is asked first, and one that has gone is let
+/// go ([`Step::Gone`]) rather than admitted into the book, where it
+/// would keep a route's slot until its first held retry asked (issue 18,
+/// item 5). None (a client that reported nothing): no syscall added to
+/// the common path. One type for both, so the dialer's code is there
+/// once in the executable (a second `Net` type doubled it: +13 KiB).
+pub struct Real<'a> {
+    pub hung_up: Option<(&'a Stream, bool)>,
+}
 
-impl Net for Real {
+impl Real<'_> {
+    /// For a client that reported nothing.
+    pub fn quiet() -> Real<'static> {
+        Real { hung_up: None }
+    }
+}
+
+impl Net for Real<'_> {
     #[inline]
     fn connect(&mut self, b: &Backend) -> io::Result<Stream> {
         connect(b)
     }
 
     #[inline]
-    fn done(&mut self, s: &Stream) -> io::Result<bool> {
-        s.connect_done()
-    }
-}
-
-/// The network, for a client that reported a hang-up (an event said FIN,
-/// reset or error) before its connection was held: if a hold begins, the
-/// client is asked first ([`crate::hold::client_gone`], `tunnel` as
-/// there), and one that has gone is let go ([`Step::Gone`]) rather than
-/// admitted into the book, where it would keep a route's slot until its
-/// first held retry asked (issue 18, item 5). A client that reported
-/// nothing dials on [`Real`]: no syscall added to the common path.
-pub struct ClientGone<'a> {
-    pub client: &'a Stream,
-    pub tunnel: bool,
-}
-
-impl Net for ClientGone<'_> {
-    fn connect(&mut self, b: &Backend) -> io::Result<Stream> {
-        connect(b)
-    }
-
     fn done(&mut self, s: &Stream) -> io::Result<bool> {
         s.connect_done()
     }
 
     fn client_gone(&mut self) -> bool {
-        crate::hold::client_gone(self.client, self.tunnel)
+        self.hung_up
+            .is_some_and(|(client, tunnel)| crate::hold::client_gone(client, tunnel))
     }
 }
 
@@ -323,10 +319,10 @@ impl Dialer {
     /// failed attempt that leaves a retry due now (the next replica) is
     /// made here, at once, rather than left to a timer already due.
     pub fn poll(&mut self, now: Instant, limits: &Limits) -> Dial {
-        self.poll_on(&mut Real, now, limits)
+        self.poll_on(&mut Real::quiet(), now, limits)
     }
 
-    fn poll_on(&mut self, net: &mut impl Net, now: Instant, limits: &Limits) -> Dial {
+    fn poll_on(&mut self, net: &mut dyn Net, now: Instant, limits: &Limits) -> Dial {
         loop {
             if self.expired(now) {
                 return Dial::Failed(self.end_hold(
@@ -369,7 +365,7 @@ impl Dialer {
 
     /// Health checks say the backend is down: not dialled; held (waiting
     /// for a check to see it up, which wakes it) or the error at once.
-    fn down(&mut self, net: &mut impl Net, now: Instant, limits: &Limits) -> Dial {
+    fn down(&mut self, net: &mut dyn Net, now: Instant, limits: &Limits) -> Dial {
         if let Some(h) = self.held.as_mut() {
             if now >= h.until {
                 // The hold is over (the connection's deadline is the hold's,
@@ -401,12 +397,12 @@ impl Dialer {
 
     /// An attempt failed with `e`: schedule a retry (Wait), hold, or give up.
     pub fn failed(&mut self, now: Instant, limits: &Limits, e: &io::Error) -> Dial {
-        self.failed_on(&mut Real, now, limits, e)
+        self.failed_on(&mut Real::quiet(), now, limits, e)
     }
 
     fn failed_on(
         &mut self,
-        net: &mut impl Net,
+        net: &mut dyn Net,
         now: Instant,
         limits: &Limits,
         e: &io::Error,
@@ -466,7 +462,7 @@ impl Dialer {
     /// Start holding, if holding is on, the worker has room and the
     /// client is still there (asked of `net` only now: a client gone
     /// before its hold began never takes a slot).
-    fn hold(&mut self, net: &mut impl Net, now: Instant, limits: &Limits) -> Hold {
+    fn hold(&mut self, net: &mut dyn Net, now: Instant, limits: &Limits) -> Hold {
         if limits.hold_timeout_ms == 0 {
             return Hold::No;
         }
@@ -585,14 +581,17 @@ impl Dialer {
         now: Instant,
         limits: &Limits,
     ) -> Step {
-        self.step_on(&mut Real, socket, ready, now, limits)
+        self.step_on(&mut Real::quiet(), socket, ready, now, limits)
     }
 
     /// [`Dialer::step`] on `net`'s connects (the fuzz target's script;
-    /// [`Real`] otherwise, inlined: no cost on the real path).
+    /// [`Real`] otherwise). A `dyn Net`: the dialer is compiled once, in
+    /// proto, whoever calls it (generic, worker-http's opt-level 3 built
+    /// a second copy: +8 KiB of executable); one indirect call per
+    /// connect costs nothing beside the syscall.
     pub fn step_on(
         &mut self,
-        net: &mut impl Net,
+        net: &mut dyn Net,
         socket: &mut Option<Stream>,
         ready: bool,
         now: Instant,
@@ -613,7 +612,7 @@ impl Dialer {
 
     fn step_once(
         &mut self,
-        net: &mut impl Net,
+        net: &mut dyn Net,
         socket: &mut Option<Stream>,
         ready: bool,
         now: Instant,

@@ -176,16 +176,14 @@ impl Sockets {
         let known = ready && self.backend.is_some() && !self.troubled[1];
         let step = if known {
             dial.connected(now)
-        } else if self.troubled[0] {
+        } else {
             // A hang-up reported before any hold: should one begin, the
-            // client is asked first, and not held if gone.
-            let mut net = crate::backend::ClientGone {
-                client: &self.client,
-                tunnel: true,
+            // client is asked first, and not held if gone. One call site
+            // either way: the dialer is inlined here once.
+            let mut net = crate::backend::Real {
+                hung_up: self.troubled[0].then_some((&self.client, true)),
             };
             dial.step_on(&mut net, &mut self.backend, ready, now, limits)
-        } else {
-            dial.step(&mut self.backend, ready, now, limits)
         };
         Dialing::Next(match step {
             Step::Wait => Next::Continue,

@@ -51,18 +51,13 @@ impl Conn {
             None => (None, (Ready::default(), false)),
         };
         let ready = kept.0.writable || kept.0.readable;
-        let step = if self.c_hup {
-            // A hang-up reported before any hold: should one begin, the
-            // client is asked first, and not held if gone (no syscall
-            // otherwise).
-            let mut net = proto::backend::ClientGone {
-                client: &self.client,
-                tunnel: false,
-            };
-            dial.step_on(&mut net, &mut socket, ready, cx.now, cx.limits)
-        } else {
-            dial.step(&mut socket, ready, cx.now, cx.limits)
+        // A hang-up reported before any hold: should one begin, the client
+        // is asked first, and not held if gone (no syscall otherwise). One
+        // call site either way: the dialer is inlined here once.
+        let mut net = proto::backend::Real {
+            hung_up: self.c_hup.then_some((&self.client, false)),
         };
+        let step = dial.step_on(&mut net, &mut socket, ready, cx.now, cx.limits);
         // The same socket keeps what the loop recorded for it; a new one,
         // or one still connecting after it reported, starts afresh.
         let (ready, hup) = match step {
