@@ -19,11 +19,13 @@
 #   well-behaved  a well-behaved request fails and no kill of its worker
 #                 explains it
 #   held-fair     with --max-held 2 or 4 and a route flooding holds for a
-#                 provider gone for good, a request to another route of the
-#                 same worker, sent while that route holds less than its
-#                 share (max(1, --max-held / 2)) during an outage of its
-#                 provider shorter than the hold, is not held and served;
-#                 likewise after that route's held clients half-closed
+#                 provider gone for good, fewer of the requests sent to
+#                 another route of the same worker during an outage of its
+#                 provider shorter than the hold are held and served than
+#                 that route's free share (max(1, --max-held / 2), less
+#                 those held already; which ones is not promised); or the
+#                 request sent after that route's held clients half-closed
+#                 is not held and served
 # and at its end when
 #   baseline      RSS (4 MiB), fds (2, checks in flight) and pipes of every
 #                 process are not back at their baseline within 30 s
@@ -51,6 +53,10 @@
 #   PVX_CHAOS_KEEP_GOING=1  run every round even after one failed (exit 1 at
 #                           the end if any did)
 #   PVX_CHAOS_KEEP=1        keep the scratch directory
+#   PVX_CHAOS_LOG_LEVEL=L   the workers' --log-level (debug: every hold
+#                           begun and ended); each log line stamped with
+#                           the driver's clock, held-fair's requests and
+#                           outages traced beside them
 #   PVX_CHAOS_FLOOD=N       connections per soak flood burst (default 300)
 #   PVX_BIN_DIR             the directory of a pv-xconnect to use instead of
 #                           building release

@@ -796,3 +796,86 @@ fn a_held_http_client_that_half_closes_gives_its_slot_back() {
     let h = held_status(&sup, &address);
     assert_eq!(h["over_limit"].as_u64(), Some(0), "{h}");
 }
+
+/// Issue 18, item 5 (chaos held-fair): a client that hangs up while its
+/// connection is still in the short retry, before any hold began, is
+/// never admitted into the hold book. Its hang-up was reported then, but
+/// nothing is asked of a client that is not held; when the hold would
+/// begin, the worker asks (only then, and only because a hang-up was
+/// reported) and lets it go instead of holding it, so it never takes a
+/// route's slot from a client that is still there, not even until the
+/// first held retry. Gone as for a held client (`hold::client_gone`): an
+/// http client that half-closed after its request, a tcp client that
+/// closed without a byte, one that reset. Counted: no hold begun.
+#[test]
+fn a_client_gone_before_its_hold_begins_is_never_held() {
+    use pvx_tests::http::client::closed;
+    let (tcp_port, http_port, dead) = (free_port(), free_port(), free_port());
+    let g = graph(&[
+        link(
+            "tcp",
+            "early-tcp",
+            0,
+            &format!("127.0.0.1:{tcp_port}"),
+            &format!("127.0.0.1:{dead}"),
+            0,
+        ),
+        link(
+            "http",
+            "early-http",
+            0,
+            &format!("127.0.0.1:{http_port}/"),
+            &format!("127.0.0.1:{dead}"),
+            0,
+        ),
+    ]);
+    // No health checks: each connection runs its short retry (refused,
+    // ~375 ms) before it would be held, and the hang-up comes within it.
+    let sup = Supervisor::start(&g, &["--hold-timeout", "60s", "--health-interval", "0"]);
+    sup.worker_pid("pvx-worker-tcp");
+    sup.worker_pid("pvx-worker-http");
+    let (tcp, http) = (
+        format!("127.0.0.1:{tcp_port}"),
+        format!("127.0.0.1:{http_port}"),
+    );
+    // The worker's report once it took `n` connections and has none open:
+    // the hold counters of that same report are final for them.
+    let settled = |address: &str, n: u64| {
+        wait_for(
+            Duration::from_secs(20),
+            "connections taken and ended",
+            || {
+                let w = sup.endpoint_status(address)?["worker"].clone();
+                (w["total"].as_u64()? >= n && w["active"].as_u64()? == 0).then_some(w)
+            },
+        )
+    };
+    let never_held = |address: &str, what: &str, n: u64| {
+        let w = settled(address, n);
+        assert_eq!(
+            (w["hold"]["total"].as_u64(), w["hold"]["held"].as_u64()),
+            (Some(0), Some(0)),
+            "{what}: gone before its hold began, yet held: {w}"
+        );
+    };
+
+    // http: the request, then a half-close, both before the hold.
+    let mut c = TcpStream::connect(("127.0.0.1", http_port)).unwrap();
+    c.write_all(&get("/early")).unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(
+        closed(&mut c, Duration::from_secs(20)),
+        "the half-closed client's connection is closed"
+    );
+    never_held(&http, "http client half-closed after its request", 1);
+
+    // tcp: closed without a byte (gone: nothing to deliver).
+    drop(TcpStream::connect(("127.0.0.1", tcp_port)).unwrap());
+    never_held(&tcp, "tcp client closed without a byte", 1);
+
+    // tcp: a byte, then a reset.
+    let mut c = TcpStream::connect(("127.0.0.1", tcp_port)).unwrap();
+    c.write_all(b"x").unwrap();
+    close_with_reset(c);
+    never_held(&tcp, "tcp client reset", 2);
+}

@@ -4,7 +4,8 @@
 //! steps, timer firings, connect outcomes (refused, socket missing,
 //! unreachable, denied, under way then connected, failed or never done),
 //! health checks marking backends down and up (which wakes held
-//! dials), wake-ups, retargets and clients that go away; limits drawn
+//! dials), wake-ups, retargets and clients that go away (held, or
+//! before a hold began: `Net::client_gone`); limits drawn
 //! within their documented ranges (`--connect-timeout` 10ms–24h,
 //! `--hold-timeout` 0 or 10ms–24h, `--max-held` 0–1000000 and its share
 //! per route).
@@ -48,6 +49,8 @@ struct Script {
     connects: VecDeque<Connect>,
     /// What an attempt under way says when its socket reports.
     dones: VecDeque<io::Result<bool>>,
+    /// Whether the client is gone when a hold would begin.
+    gone: bool,
 }
 
 fn err(errno: i32) -> io::Error {
@@ -70,6 +73,10 @@ impl Net for Script {
 
     fn done(&mut self, _: &Stream) -> io::Result<bool> {
         self.dones.pop_front().unwrap_or(Ok(false))
+    }
+
+    fn client_gone(&mut self) -> bool {
+        self.gone
     }
 }
 
@@ -135,7 +142,14 @@ impl World {
         let ready = ready && s.socket.is_some();
         let step =
             s.d.step_on(&mut self.net, &mut s.socket, ready, now, &self.limits);
-        let ended = matches!(step, Step::Connected | Step::Failed(_) | Step::TimedOut(_));
+        let ended = matches!(
+            step,
+            Step::Connected | Step::Failed(_) | Step::TimedOut(_) | Step::Gone
+        );
+        assert!(
+            !matches!(step, Step::Gone) || (self.net.gone && !s.d.is_held()),
+            "let go as gone: the script said so, and not held"
+        );
         if let Some(b) = bound_at {
             assert!(ended || now < b, "alive past the later deadline: {step:?}");
         }
@@ -302,12 +316,18 @@ fn run(u: &mut Unstructured) -> Result<()> {
                 w.slots[i] = None;
             }
             8 => {
-                let c = match u.int_in_range(0..=4u8)? {
+                let c = match u.int_in_range(0..=5u8)? {
                     0 => Connect::Refused,
                     1 => Connect::Missing,
                     2 => Connect::Unreachable,
                     3 => Connect::Denied,
-                    _ => Connect::Started,
+                    4 => Connect::Started,
+                    _ => {
+                        // Clients from now on gone (or back) when a hold
+                        // would begin: never admitted then.
+                        w.net.gone = !w.net.gone;
+                        continue;
+                    }
                 };
                 if w.net.connects.len() < 64 {
                     w.net.connects.push_back(c);

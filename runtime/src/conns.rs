@@ -177,7 +177,13 @@ impl Sockets {
         let step = if known {
             dial.connected(now)
         } else {
-            dial.step(&mut self.backend, ready, now, limits)
+            // A hang-up reported before any hold: should one begin, the
+            // client is asked first, and not held if gone. One call site
+            // either way: the dialer is inlined here once.
+            let mut net = crate::backend::Real {
+                hung_up: self.troubled[0].then_some((&self.client, true)),
+            };
+            dial.step_on(&mut net, &mut self.backend, ready, now, limits)
         };
         Dialing::Next(match step {
             Step::Wait => Next::Continue,
@@ -222,6 +228,14 @@ impl Sockets {
             Step::Failed(why) | Step::TimedOut(why) => {
                 proto::warn!("{why}; closing client{}", Who(client));
                 Next::Close { error: true }
+            }
+            Step::Gone => {
+                proto::debug!(
+                    "client{} gone before backend {} was reached; closing, not holding",
+                    Who(client),
+                    dial.target
+                );
+                Next::Close { error: false }
             }
         })
     }

@@ -15,7 +15,9 @@
 //! slot and a timer entry; nothing is read from the client meanwhile (its
 //! bytes wait in the kernel, under TCP flow control), no pipe, no buffer.
 //! A held client that hangs up is let go when its socket says so
-//! ([`client_gone`]), not when its hold ends.
+//! ([`client_gone`]), not when its hold ends; one that hung up before its
+//! hold began is asked when it would begin, and never admitted
+//! ([`crate::backend::Real`] with `hung_up`).
 //!
 //! ## Fair shares of `--max-held`
 //! One dead route must not take every slot from a route whose provider
@@ -202,7 +204,9 @@ pub fn retry_delay(n: u32) -> Duration {
 
 /// Whether a held client has gone away (its slot comes back), asked when
 /// its socket reported a hang-up or an error (nothing is read from a
-/// held client, so only the socket's state can tell). Gone: an error or
+/// held client, so only the socket's state can tell), and when a hold
+/// would begin for a client that reported one before (then it is not
+/// held at all: [`crate::backend::Real`] with `hung_up`). Gone: an error or
 /// both directions closed (a reset; on a unix socket, the peer's close),
 /// and a FIN that ends the client's side before its request could be
 /// sent (issue 18, item 5):

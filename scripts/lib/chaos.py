@@ -42,13 +42,15 @@ Invariants, checked each second (the round stops at the first violation):
                 endpoint's worker explains it (soak_load's rule)
   held-fair     with --max-held 1, 2 or 4 and a hold an outage fits in
                 (held_fair_plan), while /dead is flooded by 4 clients per
-                slot: every GET /r sent into an outage of its provider
-                while /r held fewer than its share (held_share: max(1,
-                --max-held / 2 routes); ours are its only clients, so the
-                count is ours) is held and served 200 once the provider
-                is back; also the fresh one sent after the route's share
-                of held GET /r half-closed (their slots come back). Not
-                asserted with --max-held 1 (the shares do not fit).
+                slot: of the GET /r sent into an outage of its provider,
+                as many as /r's free share (held_share: max(1, --max-held
+                / 2 routes), less ours unanswered; ours are its only
+                clients) are held and served 200 once the provider is
+                back (held_fair_owed: which ones is not promised, so each
+                outage is judged as a whole); also the fresh one sent
+                after the route's share of held GET /r half-closed (their
+                slots come back). Not asserted with --max-held 1 (the
+                shares do not fit).
                 `status --json` has one held count per worker
                 (.worker.hold), reported, not judged.
 and at the end of each round:
@@ -76,6 +78,18 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import soak_load as sl  # noqa: E402
 
 now = time.monotonic
+# PVX_CHAOS_LOG_LEVEL set: the round's log, stamped lines written under TRACE_LOCK.
+TRACE = [None]
+TRACE_LOCK = threading.Lock()
+
+
+def trace(msg):
+    """A line in the round's log, stamped as the worker's (with PVX_CHAOS_LOG_LEVEL)."""
+    if TRACE[0] is not None:
+        with TRACE_LOCK:
+            TRACE[0].write(f"{now():.3f} chaos: {msg}\n")
+
+
 HZ = os.sysconf("SC_CLK_TCK")
 ROUND_S = 100  # a round's length, about
 CPU_WINDOW = 3.0
@@ -215,6 +229,20 @@ def held_fair_asserted(max_held, routes=HF_ROUTES):
     one holds its share: only when the shares fit in --max-held (with
     --max-held 1 the dead route's one slot is the whole worker's)."""
     return held_share(max_held, routes) * routes <= max_held
+
+
+def held_fair_owed(k, share, before=0):
+    """How many of `k` GET /r sent together into one outage, with `before`
+    of ours unanswered at its start, the rule promises held and served:
+    the route's free share, min(k, share - before). Which ones is not
+    promised, so a window is judged as a whole, not each request by its
+    place in the sending order: a request is held when its short retries
+    end, or at once when the health checks have marked the provider down
+    meanwhile, so a request sent later can take the route's last slot
+    while an earlier one is still retrying (seed 30: the 0.25 s request
+    held at once when the checks said down, the 0.15 s one refused at the
+    end of its retries, the route's 2 slots full)."""
+    return max(0, min(k, share - before))
 
 
 def held_fair_margin(f):
@@ -633,7 +661,7 @@ class Round(sl.Soak):
         self.hf_plan, self.hf_why = held_fair_plan(random.Random(f"{a.seed}:held-fair"), flags, skip)
         self.hf_share = held_share(flags["max-held"])
         self.hf_out = 0  # GET /r sent and not answered (not counting half-closed ones)
-        self.hf = {"dead": {}, "windows": 0, "within": {}, "above": {}, "fresh": {}, "half-closed": {},
+        self.hf = {"dead": {}, "windows": 0, "requests": {}, "owed": 0, "served": 0, "fresh": {}, "half-closed": {},
                    "held max": 0, "over_limit": 0, "flooders": 0}
         self.pxy = pxy
         self.pxy_ep = sl.Endpoint("proxy", "tcp", addrs["proxy"])
@@ -920,11 +948,13 @@ class Round(sl.Soak):
             if now() - t0 < 0.3:
                 self.stop.wait(rnd.uniform(0.1, 0.3))
 
-    def hf_request(self, t_out, d, what, t_send):
+    def hf_request(self, t_out, d, what, t_send, got=None):
         """One GET /r at t_send, during the outage [t_out, t_out + d) of its
-        provider: judged by the rule when it was sent within the route's
-        share (held for /r before it: self.hf_out, ours are its only
-        clients)."""
+        provider. `got`: a window's list, its outcome appended there and
+        the window judged as a whole (hf_judge); None (the fresh request
+        after half-closes, the only one of ours then): judged by the rule
+        when it was sent within the route's share (held for /r before it:
+        self.hf_out, ours are its only clients)."""
         self.stop.wait(max(0, t_send - now()))
         if self.stop.is_set():
             return
@@ -932,6 +962,7 @@ class Round(sl.Soak):
             before = self.hf_out
             self.hf_out += 1
         c, p = self.start_probe("held-fair", self.hf_ep, self.fl_fair)
+        trace(f"hf {what} GET /r sent {t_send - t_out:.2f} s into the outage, {before} before it")
         try:
             self.hf_get(c, "/r/x")
             out = self.read_final(c, p)
@@ -939,10 +970,16 @@ class Round(sl.Soak):
             out = type(e).__name__
         with self.lock:
             self.hf_out -= 1
+        trace(f"hf {what} GET /r sent {t_send - t_out:.2f} s into the outage: {out}")
         waited = now() - p.t0
         self.finish(c, p, out)
+        if got is not None:
+            with self.lock:
+                got.append((t_send - t_out, out, waited))
+            self.hf_count("requests", out)
+            return
         within = before < self.hf_share
-        self.hf_count(what if what == "fresh" else ("within" if within else "above"), out)
+        self.hf_count(what, out)
         if within and out != "200" and held_fair_asserted(self.flags["max-held"]) and not self.stop.is_set():
             hs = self.hf_status()
             with self.lock:
@@ -956,6 +993,31 @@ class Round(sl.Soak):
                 + f": {out} after {waited:.2f} s, not held until the provider was back; the worker holds "
                 f"{hs.get('held', '?')} (over_limit {hs.get('over_limit', '?')}) while /dead is flooded "
                 f"({self.hf['flooders']} clients, answers so far {dead})")
+
+    def hf_judge(self, t_out, d, k, before, got):
+        """A window of `k` GET /r (outcomes `got`, one per request that
+        ended): at least held_fair_owed of them held and served (200)."""
+        owed = held_fair_owed(k, self.hf_share, before)
+        with self.lock:
+            outs = sorted(got)
+            self.hf["owed"] += owed
+            self.hf["served"] += min(owed, sum(o == "200" for _, o, _ in outs))
+        served = sum(o == "200" for _, o, _ in outs)
+        trace(f"hf window: {served} of {k} served, {owed} owed")
+        if served >= owed or not held_fair_asserted(self.flags["max-held"]) or self.stop.is_set():
+            return
+        hs = self.hf_status()
+        with self.lock:
+            dead = dict(self.hf["dead"])
+        each = ", ".join(f"{o} after {w:.2f} s (sent at {t:.2f} s)" for t, o, w in outs)
+        self.violate(
+            "held-fair", f"http {self.hf_ep.address} route /r",
+            f"{k} GET /r sent into a {d:.2f} s outage of its provider (shorter than --hold-timeout "
+            f"{self.flags['hold-timeout']}ms), with {before} held for /r before them (its share of --max-held "
+            f"{self.flags['max-held']}: {self.hf_share}): {served} held and served, {owed} owed ({each}"
+            + (f"; {k - len(outs)} without an outcome" if len(outs) < k else "")
+            + f"); the worker holds {hs.get('held', '?')} (over_limit {hs.get('over_limit', '?')}) while /dead is "
+            f"flooded ({self.hf['flooders']} clients, answers so far {dead})")
 
     def hf_halfclose(self, t_out, n):
         """n GET /r that half-close (shutdown(SHUT_WR)) 0.6 s into the
@@ -971,7 +1033,9 @@ class Round(sl.Soak):
                 self.hf_count("half-closed", type(e).__name__)
         with self.lock:
             self.hf_out += len(cs)
+        trace(f"hf {len(cs)} GET /r to half-close sent")
         self.stop.wait(max(0, t_out + 0.6 - now()))
+        trace(f"hf {len(cs)} GET /r half-closed")
         for c in cs:
             try:
                 c.s.shutdown(socket.SHUT_WR)
@@ -993,6 +1057,7 @@ class Round(sl.Soak):
             except OSError as e:
                 out = type(e).__name__
             c.close()
+            trace(f"hf half-closed GET /r: {out}")
             self.hf_count("half-closed", out)
 
     def hf_monitor(self, stop_at):
@@ -1007,8 +1072,8 @@ class Round(sl.Soak):
         """The phase: /dead flooded by HF_FLOOD_PER_SLOT clients per
         --max-held slot for its whole length; the provider of /r goes away
         for each planned outage (shorter than the hold), GET /r sent into
-        it; each one sent while /r held fewer than its share must be held
-        and served (200) once the provider is back."""
+        it; as many of them as /r's free share (held_fair_owed) must be
+        held and served (200) once the provider is back."""
         rnd = random.Random(seed)
         hold = self.flags["hold-timeout"] / 1000
         if self.stop.wait(rnd.uniform(3, 6)):
@@ -1027,6 +1092,7 @@ class Round(sl.Soak):
                 break
             t_out = now()
             self.fl_fair.set("gone")
+            trace(f"hf outage of {d:.2f} s ({kind}, {k}) of port {self.fl_fair.port}")
             self.hf["windows"] += 1
             reqs, cs = [], []
             if kind == "half-close":
@@ -1034,14 +1100,20 @@ class Round(sl.Soak):
                 reqs[0].start()
                 cs = self.hf_halfclose(t_out, k)
             else:
-                reqs = [threading.Thread(target=self.hf_request, args=(t_out, d, kind, t_out + 0.05 + 0.1 * i), daemon=True)
-                        for i in range(k)]
+                with self.lock:
+                    before = self.hf_out
+                got = []
+                reqs = [threading.Thread(target=self.hf_request, args=(t_out, d, kind, t_out + 0.05 + 0.1 * i, got),
+                                         daemon=True) for i in range(k)]
                 for th in reqs:
                     th.start()
             self.stop.wait(max(0, t_out + d - now()))
             self.fl_fair.set("up")
+            trace("hf outage over")
             for th in reqs:
                 th.join(hold + 5)
+            if kind != "half-close":
+                self.hf_judge(t_out, d, k, before, got)
             self.hf_reap(cs, now() + 1)
         self.fl_fair.set("up")
         for th in ths:
@@ -1257,7 +1329,8 @@ class Round(sl.Soak):
             print(f"  held-fair: --max-held {self.flags['max-held']} (a route's share {self.hf_share}"
                   + ("" if held_fair_asserted(self.flags["max-held"]) else ", not asserted: the shares do not fit")
                   + f"), /dead flooded by {h['flooders']} clients ({h['dead']}); {h['windows']} outage(s) of /r's provider: "
-                  f"GET /r within its share {h['within']}, above it {h['above']}; half-closed {h['half-closed']}, "
+                  f"GET /r {h['requests']} ({h['served']} of the {h['owed']} their share promised held and served); "
+                  f"half-closed {h['half-closed']}, "
                   f"then fresh {h['fresh']}; worker held at most {h['held max']}, {h['over_limit']} over the limit")
         else:
             print(f"  held-fair: not run ({self.hf_why})")
@@ -1414,8 +1487,21 @@ def one_round(a, r, rseed, flags, mode, per, skip):
     st = os.path.join(w, "status.sock")
     print(f"\nround {r}: {per:.0f} s, seed {rseed}; proxy_protocol {pv}; flags: {flag_text(flags, mode)}", flush=True)
     log = open(os.path.join(w, "pv-xconnect.log"), "w")
-    sup = subprocess.Popen([a.bin, "run", "--graph", g, "--status-socket", st, "--log-target", "stderr"] + flag_args(flags),
-                           stdout=subprocess.DEVNULL, stderr=log)
+    # PVX_CHAOS_LOG_LEVEL=debug: the supervisor's and workers' log level
+    # (round*/pv-xconnect.log, with PVX_CHAOS_KEEP=1), to correlate a failure.
+    lvl = os.environ.get("PVX_CHAOS_LOG_LEVEL")
+    sup = subprocess.Popen([a.bin, "run", "--graph", g, "--status-socket", st, "--log-target", "stderr"]
+                           + (["--log-level", lvl] if lvl else []) + flag_args(flags),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE if lvl else log)
+    if lvl:
+        # Each line stamped with the driver's clock (now()), as trace()'s.
+        TRACE[0] = log
+
+        def stamp(src=sup.stderr):
+            for line in iter(src.readline, b""):
+                with TRACE_LOCK:
+                    log.write(f"{now():.3f} {line.decode(errors='replace')}")
+        threading.Thread(target=stamp, daemon=True).start()
     rd = None
     try:
         if not wait_up(a.bin, st, 8, sup):
@@ -1453,6 +1539,8 @@ def one_round(a, r, rseed, flags, mode, per, skip):
         pxy.close()
         if rd is not None:
             rd.csv.close()
+        with TRACE_LOCK:
+            TRACE[0] = None
         log.close()
 
 

@@ -136,6 +136,15 @@ class HeldFair(unittest.TestCase):
         kinds = {k for s in range(50) for _, _, k, _ in self.plan(s)[0]}
         self.assertEqual(kinds, {"requests", "half-close"})
 
+    def test_a_window_is_owed_its_free_share_in_any_order(self):
+        # k requests into one outage: the route's free share of them is
+        # owed, whichever ones (a later one may be held before an earlier
+        # one still retrying, once the checks say down).
+        self.assertEqual([chaos.held_fair_owed(k, 2) for k in (1, 2, 3)], [1, 2, 2])
+        self.assertEqual(chaos.held_fair_owed(3, 2, before=1), 1)
+        self.assertEqual(chaos.held_fair_owed(3, 2, before=2), 0)
+        self.assertEqual(chaos.held_fair_owed(2, 1, before=3), 0)
+
     def test_a_seed_plans_the_same_again(self):
         self.assertEqual(self.plan(7), self.plan(7))
 

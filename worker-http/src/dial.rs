@@ -51,7 +51,13 @@ impl Conn {
             None => (None, (Ready::default(), false)),
         };
         let ready = kept.0.writable || kept.0.readable;
-        let step = dial.step(&mut socket, ready, cx.now, cx.limits);
+        // A hang-up reported before any hold: should one begin, the client
+        // is asked first, and not held if gone (no syscall otherwise). One
+        // call site either way: the dialer is inlined here once.
+        let mut net = runtime::backend::Real {
+            hung_up: self.c_hup.then_some((&self.client, false)),
+        };
+        let step = dial.step_on(&mut net, &mut socket, ready, cx.now, cx.limits);
         // The same socket keeps what the loop recorded for it; a new one,
         // or one still connecting after it reported, starts afresh.
         let (ready, hup) = match step {
@@ -80,6 +86,14 @@ impl Conn {
             }
             Step::Failed(why) => Err(Fail::Status(502, why)),
             Step::TimedOut(why) => Err(Fail::Status(504, why)),
+            Step::Gone => {
+                proto::debug!(
+                    "client gone before its request was held for {}; closing",
+                    dial.target
+                );
+                self.phase = Phase::Done;
+                Ok(false)
+            }
         }
     }
 

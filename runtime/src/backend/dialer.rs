@@ -23,12 +23,36 @@ pub trait Net {
     /// The socket of an attempt reported: Ok(true) connected, Ok(false)
     /// still under way, Err the attempt failed ([`Stream::connect_done`]).
     fn done(&mut self, s: &Stream) -> io::Result<bool>;
+    /// Asked when a hold would begin, and only then: whether the client
+    /// the dial is for has gone already, so it is not held at all
+    /// ([`Step::Gone`]). No for [`Real`]: a worker asks through
+    /// [`Real`] with `hung_up` once its client reported a hang-up.
+    fn client_gone(&mut self) -> bool {
+        false
+    }
 }
 
-/// The network itself.
-pub struct Real;
+/// The network itself. `hung_up`: the client the dial is for, when an
+/// event said it hung up (FIN, reset or error) before its connection was
+/// held, with `tunnel` as [`crate::hold::client_gone`] takes it: if a
+/// hold begins, the client is asked first, and one that has gone is let
+/// go ([`Step::Gone`]) rather than admitted into the book, where it
+/// would keep a route's slot until its first held retry asked (issue 18,
+/// item 5). None (a client that reported nothing): no syscall added to
+/// the common path. One type for both, so the dialer's code is there
+/// once in the executable (a second `Net` type doubled it: +13 KiB).
+pub struct Real<'a> {
+    pub hung_up: Option<(&'a Stream, bool)>,
+}
 
-impl Net for Real {
+impl Real<'_> {
+    /// For a client that reported nothing.
+    pub fn quiet() -> Real<'static> {
+        Real { hung_up: None }
+    }
+}
+
+impl Net for Real<'_> {
     #[inline]
     fn connect(&mut self, b: &Backend) -> io::Result<Stream> {
         connect(b)
@@ -37,6 +61,11 @@ impl Net for Real {
     #[inline]
     fn done(&mut self, s: &Stream) -> io::Result<bool> {
         s.connect_done()
+    }
+
+    fn client_gone(&mut self) -> bool {
+        self.hung_up
+            .is_some_and(|(client, tunnel)| crate::hold::client_gone(client, tunnel))
     }
 }
 
@@ -81,6 +110,9 @@ pub enum Dial {
     Socket(Stream),
     /// Give up; the text says why (for the log).
     Failed(String),
+    /// The client went away before a hold began ([`Net::client_gone`]):
+    /// not held; close it.
+    Gone,
 }
 
 /// What [`Dialer::step`] found.
@@ -100,6 +132,18 @@ pub enum Step {
     Failed(String),
     /// The connect timeout passed.
     TimedOut(String),
+    /// The connection would be held, and its client has gone already
+    /// ([`Net::client_gone`]): not held, nothing counted; close it.
+    Gone,
+}
+
+/// What [`Dialer::hold`] decided.
+enum Hold {
+    Held,
+    /// Not held (holding off, the hold over, no room): the error.
+    No,
+    /// The client has gone: not held, no error owed.
+    Gone,
 }
 
 impl Dialer {
@@ -121,10 +165,10 @@ impl Dialer {
     /// failed attempt that leaves a retry due now (the next replica) is
     /// made here, at once, rather than left to a timer already due.
     pub fn poll(&mut self, now: Instant, limits: &Limits) -> Dial {
-        self.poll_on(&mut Real, now, limits)
+        self.poll_on(&mut Real::quiet(), now, limits)
     }
 
-    fn poll_on(&mut self, net: &mut impl Net, now: Instant, limits: &Limits) -> Dial {
+    fn poll_on(&mut self, net: &mut dyn Net, now: Instant, limits: &Limits) -> Dial {
         loop {
             if self.expired(now) {
                 return Dial::Failed(self.end_hold(
@@ -142,7 +186,7 @@ impl Dialer {
             // Replicas: a new pick after a spent pass, or away from one down.
             self.aim();
             if crate::health::is_down(&self.target) {
-                return self.down(now, limits);
+                return self.down(net, now, limits);
             }
             let e = match net.connect(&self.target) {
                 Ok(s) => {
@@ -151,7 +195,7 @@ impl Dialer {
                 }
                 Err(e) => e,
             };
-            match self.failed(now, limits, &e) {
+            match self.failed_on(net, now, limits, &e) {
                 // The next replica, due now: dial it in this call (one
                 // pass over the pool at most: `fail_over` ends a pass).
                 Dial::Wait if self.retry_due(now) => continue,
@@ -167,7 +211,7 @@ impl Dialer {
 
     /// Health checks say the backend is down: not dialled; held (waiting
     /// for a check to see it up, which wakes it) or the error at once.
-    fn down(&mut self, now: Instant, limits: &Limits) -> Dial {
+    fn down(&mut self, net: &mut dyn Net, now: Instant, limits: &Limits) -> Dial {
         if let Some(h) = self.held.as_mut() {
             if now >= h.until {
                 // The hold is over (the connection's deadline is the hold's,
@@ -182,8 +226,10 @@ impl Dialer {
             ));
             return Dial::Wait;
         }
-        if self.hold(now, limits) {
-            return Dial::Wait;
+        match self.hold(net, now, limits) {
+            Hold::Held => return Dial::Wait,
+            Hold::Gone => return Dial::Gone,
+            Hold::No => {}
         }
         let why = format!("backend {} is down (health checks)", self.target);
         Dial::Failed(self.end_hold(now, why))
@@ -197,6 +243,16 @@ impl Dialer {
 
     /// An attempt failed with `e`: schedule a retry (Wait), hold, or give up.
     pub fn failed(&mut self, now: Instant, limits: &Limits, e: &io::Error) -> Dial {
+        self.failed_on(&mut Real::quiet(), now, limits, e)
+    }
+
+    fn failed_on(
+        &mut self,
+        net: &mut dyn Net,
+        now: Instant,
+        limits: &Limits,
+        e: &io::Error,
+    ) -> Dial {
         if self.fail_over(now, e) {
             return Dial::Wait;
         }
@@ -234,8 +290,12 @@ impl Dialer {
             // The connection as a whole failed to connect: one failure for
             // the health checks (not one per retry).
             crate::health::observe_failure(&self.target, e, false);
-            if is_absent(e) && self.hold(now, limits) {
-                return Dial::Wait;
+            if is_absent(e) {
+                match self.hold(net, now, limits) {
+                    Hold::Held => return Dial::Wait,
+                    Hold::Gone => return Dial::Gone,
+                    Hold::No => {}
+                }
             }
         }
         let why = format!(
@@ -245,14 +305,23 @@ impl Dialer {
         Dial::Failed(self.end_hold(now, why))
     }
 
-    /// Start holding, if holding is on and the worker has room.
-    fn hold(&mut self, now: Instant, limits: &Limits) -> bool {
+    /// Start holding, if holding is on, the worker has room and the
+    /// client is still there (asked of `net` only now: a client gone
+    /// before its hold began never takes a slot).
+    fn hold(&mut self, net: &mut dyn Net, now: Instant, limits: &Limits) -> Hold {
         if limits.hold_timeout_ms == 0 {
-            return false;
+            return Hold::No;
         }
         let until = self.started.instant() + Duration::from_millis(limits.hold_timeout_ms);
         if now >= until {
-            return false;
+            return Hold::No;
+        }
+        if net.client_gone() {
+            proto::debug!(
+                "backend {} unreachable and the client gone already: not holding",
+                self.target
+            );
+            return Hold::Gone;
         }
         // Counted under the route's first backend (its share of
         // --max-held, `crate::hold`): a replica route's pool starts with it.
@@ -274,7 +343,7 @@ impl Dialer {
                 crate::hold::held_for(key),
                 limits.max_held
             );
-            return false;
+            return Hold::No;
         }
         proto::debug!(
             "backend {} unreachable: holding the connection for up to {} ms",
@@ -297,7 +366,7 @@ impl Dialer {
         // re-armed at the passed hold deadline for ever).
         self.give_up_at = Tick::from(until);
         self.retry_at = Some(Tick::from((now + crate::hold::retry_delay(1)).min(until)));
-        true
+        Hold::Held
     }
 
     /// The hold (if any) ends in failure; `why` gains how long it waited.
@@ -358,14 +427,17 @@ impl Dialer {
         now: Instant,
         limits: &Limits,
     ) -> Step {
-        self.step_on(&mut Real, socket, ready, now, limits)
+        self.step_on(&mut Real::quiet(), socket, ready, now, limits)
     }
 
     /// [`Dialer::step`] on `net`'s connects (the fuzz target's script;
-    /// [`Real`] otherwise, inlined: no cost on the real path).
+    /// [`Real`] otherwise). A `dyn Net`: the dialer is compiled once, in
+    /// proto, whoever calls it (generic, worker-http's opt-level 3 built
+    /// a second copy: +8 KiB of executable); one indirect call per
+    /// connect costs nothing beside the syscall.
     pub fn step_on(
         &mut self,
-        net: &mut impl Net,
+        net: &mut dyn Net,
         socket: &mut Option<Stream>,
         ready: bool,
         now: Instant,
@@ -373,8 +445,10 @@ impl Dialer {
     ) -> Step {
         let step = self.step_once(net, socket, ready, now, limits);
         debug_assert!(
-            matches!(step, Step::Connected | Step::Failed(_) | Step::TimedOut(_))
-                || self.deadline() > now,
+            matches!(
+                step,
+                Step::Connected | Step::Failed(_) | Step::TimedOut(_) | Step::Gone
+            ) || self.deadline() > now,
             "dialer for {} left {step:?} with its deadline {:?} not after now",
             self.target,
             now.saturating_duration_since(self.deadline())
@@ -384,7 +458,7 @@ impl Dialer {
 
     fn step_once(
         &mut self,
-        net: &mut impl Net,
+        net: &mut dyn Net,
         socket: &mut Option<Stream>,
         ready: bool,
         now: Instant,
@@ -408,6 +482,7 @@ impl Dialer {
                     Step::Register
                 }
                 Dial::Failed(why) => Step::Failed(why),
+                Dial::Gone => Step::Gone,
             };
         };
         match net.done(s) {
@@ -418,8 +493,9 @@ impl Dialer {
             Ok(true) => self.connected(now),
             Err(e) => {
                 *socket = None;
-                match self.failed(now, limits, &e) {
+                match self.failed_on(net, now, limits, &e) {
                     Dial::Failed(why) => Step::Failed(why),
+                    Dial::Gone => Step::Gone,
                     // The next replica, due now: dialled at once.
                     Dial::Wait if self.retry_due(now) => match self.poll_on(net, now, limits) {
                         Dial::Wait => Step::Wait,
@@ -428,6 +504,7 @@ impl Dialer {
                             Step::Register
                         }
                         Dial::Failed(why) => Step::Failed(why),
+                        Dial::Gone => Step::Gone,
                     },
                     _ => Step::Wait,
                 }

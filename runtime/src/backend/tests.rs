@@ -101,6 +101,7 @@ fn dialer_retries_refused_then_gives_up() {
                 break;
             }
             Dial::Socket(_) => panic!("nothing listens there"),
+            Dial::Gone => panic!("no client is asked on the real network"),
         }
     }
     assert_eq!(waits, 3);
@@ -378,6 +379,72 @@ fn a_held_dial_ends_at_its_hold_deadline_whatever_the_connect_timeout() {
             assert_eq!(t, now + Duration::from_millis(hold), "{what}");
             assert_eq!(crate::hold::held(), 0, "{what}");
         }
+    }
+    crate::health::track(&[], &Limits::default());
+}
+
+/// [`Absent`], for a client that hung up before its hold: asked how
+/// often it was asked whether it has gone.
+struct AbsentGone(i32, u32);
+
+impl Net for AbsentGone {
+    fn connect(&mut self, b: &Backend) -> io::Result<Stream> {
+        Absent(self.0).connect(b)
+    }
+    fn done(&mut self, s: &Stream) -> io::Result<bool> {
+        Absent(self.0).done(s)
+    }
+    fn client_gone(&mut self) -> bool {
+        self.1 += 1;
+        true
+    }
+}
+
+/// Issue 18, item 5: a client gone before its hold began (down by the
+/// health checks; refused; socket missing) is asked once, when the
+/// hold would begin, not during the short retry, and never admitted:
+/// the book neither holds nor counts it.
+#[test]
+fn a_client_gone_before_its_hold_is_never_admitted() {
+    let b = Backend::Tcp("127.0.0.1:9".parse().unwrap());
+    let limits = Limits {
+        hold_timeout_ms: 10_000,
+        ..Limits::default()
+    };
+    for path in ["down", "refused", "missing"] {
+        crate::health::track(std::slice::from_ref(&b), &limits);
+        if path == "down" {
+            for _ in 0..limits.health_fall {
+                crate::health::observe(&b, Err("test".into()), true);
+            }
+        }
+        let errno = if path == "missing" {
+            nix::libc::ENOENT
+        } else {
+            nix::libc::ECONNREFUSED
+        };
+        let mut stats = proto::ctl::Stats::default();
+        crate::hold::fill(&mut stats);
+        let total = stats.held_total;
+        let now = Instant::now();
+        let mut d = Dialer::new(b.clone(), now, &limits);
+        let mut net = AbsentGone(errno, 0);
+        let (mut socket, mut t, mut steps) = (None, now, 0);
+        let end = loop {
+            steps += 1;
+            assert!(steps < 100, "{path}: no end");
+            match d.step_on(&mut net, &mut socket, false, t, &limits) {
+                Step::Wait => {
+                    assert_eq!(net.1, 0, "{path}: asked before the hold");
+                    t = d.deadline();
+                }
+                other => break other,
+            }
+        };
+        assert_eq!((end, net.1), (Step::Gone, 1), "{path}");
+        assert!(!d.is_held(), "{path}");
+        crate::hold::fill(&mut stats);
+        assert_eq!((stats.held, stats.held_total), (0, total), "{path}");
     }
     crate::health::track(&[], &Limits::default());
 }
