@@ -70,16 +70,8 @@ SEED=${PVX_CHAOS_SEED:-$((RANDOM * 32768 + RANDOM))}
 [[ $SEED =~ ^[0-9]+$ ]] || { echo "chaos: PVX_CHAOS_SEED must be a number" >&2; exit 2; }
 echo "chaos: seed $SEED (rerun: PVX_CHAOS_SEED=$SEED${PVX_CHAOS_SKIP:+ PVX_CHAOS_SKIP=$PVX_CHAOS_SKIP} scripts/chaos.sh $MINUTES)"
 scripts/setup.sh
-if [[ -n ${PVX_BIN_DIR:-} ]]; then
-	BIN=$PVX_BIN_DIR
-else
-	echo "chaos: cargo build --release (a no-op when target/release is fresh)"
-	cargo build --release -q
-	BIN=target/release
-fi
-[[ -x $BIN/pv-xconnect ]] || { echo "chaos: no $BIN/pv-xconnect" >&2; exit 2; }
-
 . scripts/lib/common.sh
+release_bin chaos
 scratch chaos
 run=""
 # shellcheck disable=SC2329 # called by the EXIT trap

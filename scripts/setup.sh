@@ -73,7 +73,7 @@ if [ ${#foreign[@]} -gt 0 ] || [ ${#need[@]} -gt 0 ]; then
     echo "setup: missing ${need[*]}; run as root or install them" >&2
     exit 1
   fi
-  echo "setup: installing ${need[*]}"
+  echo "setup: installing ${need[*]:-nothing new}${foreign[*]:+; adding architectures ${foreign[*]}}"
   export DEBIAN_FRONTEND=noninteractive
   for a in "${foreign[@]}"; do dpkg --add-architecture "$a"; done
   apt-get update -qq

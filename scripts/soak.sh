@@ -34,16 +34,8 @@ cd "$(dirname "$0")/.."
 MINUTES=${1:-10}
 [[ $MINUTES =~ ^[0-9]+(\.[0-9]+)?$ ]] || { echo "usage: $0 [MINUTES]" >&2; exit 2; }
 scripts/setup.sh
-if [[ -n ${PVX_BIN_DIR:-} ]]; then
-	BIN=$PVX_BIN_DIR
-else
-	echo "soak: cargo build --release (a no-op when target/release is fresh)"
-	cargo build --release -q
-	BIN=target/release
-fi
-[[ -x $BIN/pv-xconnect ]] || { echo "soak: no $BIN/pv-xconnect" >&2; exit 2; }
-
 . scripts/lib/common.sh
+release_bin soak
 scratch soak
 # Not in pids: once reaped below, their pids must not be signalled again.
 sup=""

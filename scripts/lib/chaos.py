@@ -1261,13 +1261,7 @@ class Round(sl.Soak):
         t_stop = now()
         cur, bad = {}, []
         if not self.violations:
-            deadline = t_stop + a.settle
-            while True:
-                cur = self.sample()
-                bad = self.resource_problems(cur)
-                if not bad or now() >= deadline:
-                    break
-                time.sleep(1)
+            cur, bad = self.settle(t_stop + a.settle)
             for b in bad:
                 self.violate("baseline", b.split(":")[0], b.split(": ", 1)[1] + f" {now() - t_stop:.0f} s after the load stopped")
         self.cur = cur

@@ -799,14 +799,7 @@ class Soak:
             th.join(OP_TIMEOUT + 5)
         t_stop = now()
 
-        # Settle: every process back at its baseline.
-        deadline = t_stop + a.settle
-        while True:
-            cur = self.sample()
-            bad = self.resource_problems(cur)
-            if not bad or now() >= deadline:
-                break
-            time.sleep(1)
+        cur, bad = self.settle(t_stop + a.settle)
         settled = now() - t_stop
         return self.report(cur, bad, settled)
 
@@ -827,6 +820,16 @@ class Soak:
             if role not in self.base:
                 out.append(f"{role}: still there")
         return out
+
+    def settle(self, deadline):
+        """Sample each second until every process is back at its baseline
+        or `deadline` passes: (the last sample, what is still off)."""
+        while True:
+            cur = self.sample()
+            bad = self.resource_problems(cur)
+            if not bad or now() >= deadline:
+                return cur, bad
+            time.sleep(1)
 
     def report(self, cur, res_bad, settled):
         a = self.a
