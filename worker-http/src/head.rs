@@ -551,5 +551,4 @@ pub fn end_response(status: u16, persist: Persist, out: &mut Vec<u8>) {
 }
 
 #[cfg(test)]
-#[path = "head_tests.rs"]
 mod tests;
