@@ -159,6 +159,7 @@ fn garbage_after_init_is_ignored_and_the_worker_keeps_serving() {
         limits: Limits::default(),
         log_target: "stderr".into(),
         log_level: "debug".into(),
+        access_log: Default::default(),
     };
     let l = TcpListener::bind(("127.0.0.1", port)).unwrap();
     let (mut child, ctl) = start_worker();
@@ -303,6 +304,7 @@ impl Ep {
             limits: Limits::default(),
             log_target: "stderr".into(),
             log_level: "warn".into(),
+            access_log: Default::default(),
         };
         let name = format!("pvx-worker-{kind}");
         let w = direct::Worker::start(&name, "by-hand", cfg.clone(), listener.as_fd());

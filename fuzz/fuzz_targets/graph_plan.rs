@@ -65,6 +65,7 @@ fn check(plan: &Plan, n_items: usize) {
             limits: Limits::default(),
             log_target: "stderr".into(),
             log_level: "info".into(),
+            access_log: Default::default(),
         };
         let msg = ToWorker::Init { seq: 1, config };
         assert!(msg.fds() <= MAX_FDS);

@@ -24,9 +24,17 @@
 //!   connect again once per line; a line that still cannot be sent goes to
 //!   stderr and is counted too.
 //!
+//! Access lines (`--access-log`, one per request or connection, built by
+//! the worker runtime) take their own way out, [`access`]: a sink of
+//! their own (syslog through a socket of its own, or stderr), whatever
+//! `--log-level` says, written as they come (already escaped, each value
+//! one word), with the same non-blocking send and the same count of
+//! dropped lines. Off, nothing is opened and nothing is written.
+//!
 //! `PVX_SYSLOG_PATH` (environment, for tests and unusual systems) replaces
 //! `/dev/log` as the syslog socket; workers inherit it from the supervisor.
 
+use serde::{Deserialize, Serialize};
 use std::fmt::Arguments;
 use std::io::{ErrorKind, Write};
 use std::os::fd::{AsRawFd, RawFd};
@@ -104,6 +112,30 @@ struct State {
     ident: String,
     context: Option<String>,
     sink: Sink,
+    /// Where access lines go; None: `--access-log off`.
+    access: Option<Sink>,
+}
+
+/// Where access lines go (`--access-log`): off by default, a device's
+/// flash and syslog are precious.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLog {
+    #[default]
+    Off,
+    Syslog,
+    Stderr,
+}
+
+impl AccessLog {
+    pub fn parse(s: &str) -> Option<AccessLog> {
+        match s {
+            "off" => Some(AccessLog::Off),
+            "syslog" => Some(AccessLog::Syslog),
+            "stderr" => Some(AccessLog::Stderr),
+            _ => None,
+        }
+    }
 }
 
 // Processes here are single-threaded: the lock is never contended; the
@@ -183,11 +215,15 @@ pub fn init(ident: &str, target: &str, level: Level) -> &'static str {
     };
     {
         let mut st = state();
-        let context = st.as_mut().and_then(|old| old.context.take());
+        let (context, access) = match st.as_mut() {
+            Some(old) => (old.context.take(), old.access.take()),
+            None => (None, None),
+        };
         *st = Some(State {
             ident: ident.to_string(),
             context,
             sink,
+            access,
         });
     }
     // Only the first call installs the logger; later ones change the state.
@@ -203,16 +239,73 @@ pub fn set_context(context: Option<String>) {
     }
 }
 
-/// The syslog socket's fd, if logging goes to syslog: a worker that closes
-/// stray fds must keep it.
-pub fn raw_fd() -> Option<RawFd> {
-    match state().as_ref()?.sink {
-        Sink::Syslog(ref l) => match l.backend {
-            LoggerBackend::Unix(ref s) => Some(s.as_raw_fd()),
-            _ => None,
-        },
-        Sink::Stderr => None,
+/// Send access lines to `to` from now on (after [`init`]). A syslog that
+/// cannot be reached now sends them to stderr, as the other lines.
+/// Returns what is used (`off`, `syslog` or `stderr`).
+pub fn init_access(to: AccessLog) -> &'static str {
+    let mut st = state();
+    let Some(st) = st.as_mut() else {
+        return "off";
+    };
+    st.access = match to {
+        AccessLog::Off => None,
+        AccessLog::Stderr => Some(Sink::Stderr),
+        AccessLog::Syslog => Some(match connect_syslog(&st.ident) {
+            Ok(s) => Sink::Syslog(s),
+            Err(_) => Sink::Stderr,
+        }),
+    };
+    match st.access {
+        None => "off",
+        Some(Sink::Stderr) => "stderr",
+        Some(Sink::Syslog(_)) => "syslog",
     }
+}
+
+/// One access line: `line` is written as it is, after `access: `
+/// (severity info on syslog). Never blocks; a line syslog cannot take now
+/// is dropped and counted ([`dropped`]). Nothing when access lines are off.
+pub fn access(line: &str) {
+    let mut st = state();
+    let Some(State {
+        ident,
+        access: Some(sink),
+        ..
+    }) = st.as_mut()
+    else {
+        return;
+    };
+    let body = format!("access: {line}");
+    if let Sink::Syslog(l) = sink {
+        match send_syslog(l, ident, Level::Info, &body) {
+            Sent::Yes => return,
+            Sent::Full | Sent::Gone => {
+                DROPPED.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+    to_stderr(ident, &body);
+}
+
+/// The syslog sockets' fds (log lines, access lines), where they go to
+/// syslog: a worker that closes stray fds must keep them.
+pub fn raw_fds() -> Vec<RawFd> {
+    let st = state();
+    let Some(st) = st.as_ref() else {
+        return Vec::new();
+    };
+    [Some(&st.sink), st.access.as_ref()]
+        .into_iter()
+        .flatten()
+        .filter_map(|s| match s {
+            Sink::Syslog(l) => match l.backend {
+                LoggerBackend::Unix(ref s) => Some(s.as_raw_fd()),
+                _ => None,
+            },
+            Sink::Stderr => None,
+        })
+        .collect()
 }
 
 /// Lines syslog did not take since the process started (its socket was
@@ -301,12 +394,16 @@ impl State {
                 }
             }
         }
-        // One write per line: stderr is unbuffered, so `writeln!` with
-        // arguments is a write per piece, and the supervisor and its
-        // workers share one stderr: their pieces interleaved mid-line.
-        let line = format!("{}[{}]: {body}\n", self.ident, std::process::id());
-        let _ = std::io::stderr().write_all(line.as_bytes());
+        to_stderr(&self.ident, &body);
     }
+}
+
+/// One write per line: stderr is unbuffered, so `writeln!` with
+/// arguments is a write per piece, and the supervisor and its workers
+/// share one stderr: their pieces interleaved mid-line.
+fn to_stderr(ident: &str, body: &str) {
+    let line = format!("{ident}[{}]: {body}\n", std::process::id());
+    let _ = std::io::stderr().write_all(line.as_bytes());
 }
 
 /// The `log` crate's record building (`__private_api::log`, generic over
@@ -332,92 +429,4 @@ macro_rules! info { ($($a:tt)*) => { $crate::log::facade::info!($($a)*) } }
 macro_rules! debug { ($($a:tt)*) => { $crate::log::facade::debug!($($a)*) } }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The header the crate writes, with its timestamp cut out:
-    /// `<PRI>Mmm dd hh:mm:ss rest` -> `<PRI>rest`.
-    fn untimed(line: &str) -> String {
-        let (pri, rest) = line.split_at(line.find('>').unwrap() + 1);
-        let b = rest.as_bytes();
-        assert!(
-            b.len() > 16 && b[3] == b' ' && b[6] == b' ' && b[9] == b':' && b[12] == b':',
-            "no RFC 3164 timestamp: {line}"
-        );
-        assert_eq!(b[15], b' ', "{line}");
-        format!("{pri}{}", &rest[16..])
-    }
-
-    fn pair(ident: &str) -> (Syslog, UnixDatagram) {
-        let (a, b) = UnixDatagram::pair().unwrap();
-        a.set_nonblocking(true).unwrap();
-        (syslog_logger(a, ident), b)
-    }
-
-    fn recv(b: &UnixDatagram) -> String {
-        let mut buf = [0u8; 4096];
-        let n = b.recv(&mut buf).unwrap();
-        String::from_utf8(buf[..n].to_vec()).unwrap()
-    }
-
-    #[test]
-    fn syslog_line_is_rfc3164_with_daemon_priority_ident_and_pid() {
-        let (mut l, rx) = pair("pvx-worker-tcp");
-        let pid = std::process::id();
-        let b = body(
-            Level::Warn,
-            Some("endpoint 0.0.0.0:80 (host)"),
-            "backend 10.0.0.2:80 unreachable",
-        );
-        assert_eq!(send_syslog(&mut l, "x", Level::Warn, &b), Sent::Yes);
-        // daemon (3) * 8 + warning (4) = 28
-        assert_eq!(
-            untimed(&recv(&rx)),
-            format!("<28>pvx-worker-tcp[{pid}]: warn: endpoint 0.0.0.0:80 (host): backend 10.0.0.2:80 unreachable")
-        );
-        for (level, pri) in [(Level::Info, 30), (Level::Error, 27), (Level::Debug, 31)] {
-            send_syslog(&mut l, "x", level, &body(level, None, "x"));
-            let line = untimed(&recv(&rx));
-            assert!(
-                line.starts_with(&format!("<{pri}>pvx-worker-tcp[")),
-                "{line}"
-            );
-        }
-    }
-
-    /// A syslog that stops reading: sending never blocks, lines are
-    /// reported full (to be dropped and counted).
-    #[test]
-    fn full_syslog_socket_drops_without_blocking() {
-        let (mut l, _rx) = pair("x");
-        let b = body(Level::Info, None, &"y".repeat(900));
-        let mut full = 0;
-        for _ in 0..2000 {
-            match send_syslog(&mut l, "x", Level::Info, &b) {
-                Sent::Full => full += 1,
-                Sent::Yes => {}
-                Sent::Gone => panic!("a full socket is not a gone one"),
-            }
-        }
-        assert!(full > 0);
-    }
-
-    #[test]
-    fn one_event_is_one_line_and_bounded() {
-        let l = body(Level::Info, Some("e\u{1b}[2J"), "a\nb\r\nc\td\u{7f}");
-        assert_eq!(l, r"info: e\x1b[2J: a\nb\r\nc\td\x7f");
-        let long = "é".repeat(MAX_MSG);
-        let l = body(Level::Info, None, &long);
-        assert!(l.ends_with("..."));
-        assert!(l.len() <= MAX_MSG + 16, "{}", l.len());
-    }
-
-    #[test]
-    fn levels_parse() {
-        assert_eq!(Level::parse("WARNING"), Some(Level::Warn));
-        assert_eq!(Level::parse("err"), Some(Level::Error));
-        assert_eq!(Level::parse("trace"), None);
-        assert!(Level::Error < Level::Debug);
-        assert!(Level::Error.filter() < Level::Debug.filter());
-    }
-}
+mod tests;

@@ -43,11 +43,30 @@ impl fmt::Display for Escaped<'_> {
 /// not fit is cut at a character (never inside an escape) and `...`
 /// appended. Returns false when something was cut.
 pub fn push_escaped(out: &mut String, s: &str, max: usize) -> bool {
+    push(out, s, max, false)
+}
+
+/// [`push_escaped`] for a value of a `key=value` line (the access log):
+/// a space is escaped too (`\x20`), so a value is one word and a line
+/// splits on spaces whatever its values hold. Empty shows as `-`.
+pub fn push_word(out: &mut String, s: &str, max: usize) -> bool {
+    if s.is_empty() {
+        out.push('-');
+        return true;
+    }
+    push(out, s, max, true)
+}
+
+fn push(out: &mut String, s: &str, max: usize, word: bool) -> bool {
     let mut used = 0usize;
     let mut one = String::new();
     for c in s.chars() {
         one.clear();
-        let _ = write_char(&mut one, c);
+        if word && c == ' ' {
+            one.push_str("\\x20");
+        } else {
+            let _ = write_char(&mut one, c);
+        }
         if used + one.len() > max {
             out.push_str("...");
             return false;
@@ -117,5 +136,18 @@ mod tests {
         let mut out = String::new();
         assert!(push_escaped(&mut out, "ab\n", 4));
         assert_eq!(out, r"ab\n");
+    }
+
+    #[test]
+    fn a_word_has_no_space_and_is_never_empty() {
+        let mut out = String::new();
+        assert!(push_word(&mut out, "GET /a b\n", 64));
+        assert_eq!(out, r"GET\x20/a\x20b\n");
+        let mut out = String::new();
+        push_word(&mut out, "", 64);
+        assert_eq!(out, "-");
+        let mut out = String::new();
+        assert!(!push_word(&mut out, "a b", 4));
+        assert_eq!(out, "a...");
     }
 }

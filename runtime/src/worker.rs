@@ -89,6 +89,7 @@ pub fn start(kind: &str) -> Result<Started, String> {
         &config.log_target,
         Level::parse(&config.log_level).unwrap_or(Level::Info),
     );
+    log::init_access(config.access_log);
     // Every line this worker writes names its endpoint.
     log::set_context(Some(format!("endpoint {}", config.endpoint.key)));
     crate::relay::set_pipe_size(config.limits.pipe_size);
@@ -99,7 +100,7 @@ pub fn start(kind: &str) -> Result<Started, String> {
         // The syslog socket was opened above, on purpose: keep it too; and
         // the provider roots that came with init.
         let mut keep = vec![ctl.fd.as_raw_fd(), listener.as_raw_fd()];
-        keep.extend(log::raw_fd());
+        keep.extend(log::raw_fds());
         keep.extend(crate::backend::root_fds());
         close_stray_fds(&keep)?;
         proto::privs::keep_only(&kept_caps(&config)).map(|_| ())
@@ -232,6 +233,7 @@ impl WorkerCtl {
         let msg = FromWorker::Stats {
             stats,
             health: crate::health::report(),
+            routes: Vec::new(),
         };
         match ctl::send_from_worker(self.fd.as_fd(), &msg, &[]) {
             Ok(()) => {

@@ -23,6 +23,10 @@ pub use values::{show, DEFAULT_PIPE_SIZE, MAX_PIPE_SIZE};
 
 mod values;
 
+fn access_log(s: &str) -> Result<proto::log::AccessLog, String> {
+    proto::log::AccessLog::parse(s).ok_or_else(|| "one of off, syslog, stderr".to_string())
+}
+
 const AFTER_HELP: &str = "\
 Durations: 250ms, 5s, 1.5s, 2m, 1h; a bare number is seconds.
 A value out of its range, or not a value of its kind, is refused with exit status 2.
@@ -121,6 +125,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "L", default_value = "info",
           value_parser = ["error", "warn", "info", "debug"])]
     pub log_level: String,
+    /// A line per http request, and per tcp or unix connection, when it
+    /// ends: off, syslog or stderr (README, "Access log")
+    #[arg(long, value_name = "T", default_value = "off", verbatim_doc_comment,
+          value_parser = access_log)]
+    pub access_log: proto::log::AccessLog,
     /// First restart delay of a crashed worker; 10ms to 24h
     #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = shown(show(RestartPolicy::default().retry_delay)),
           value_parser = duration_in(FLOOR, DAY, None))]

@@ -53,6 +53,8 @@ pub struct Options {
     pub drain: Duration,
     pub log_target: String,
     pub log_level: String,
+    /// `--access-log`, passed on to every worker.
+    pub access_log: proto::log::AccessLog,
     /// Where to serve `GET /status` and `/metrics`; None: nowhere.
     pub status_socket: Option<PathBuf>,
 }

@@ -114,6 +114,8 @@ pub struct Running {
     /// The current worker's health checks, one entry per backend (empty
     /// while checks are off or no worker runs).
     pub health: Vec<proto::types::BackendHealth>,
+    /// Per-route counters, over all its workers.
+    pub route_counts: crate::route_counts::RouteCounts,
     pub last_exit: Option<String>,
 }
 
@@ -140,6 +142,7 @@ impl Running {
             stats: Stats::default(),
             stats_base: Stats::default(),
             health: Vec::new(),
+            route_counts: Default::default(),
             last_exit: None,
         }
     }
@@ -174,6 +177,7 @@ impl Running {
         self.stats_base = self.stats.totals();
         self.stats = self.stats_base;
         self.health.clear();
+        self.route_counts.worker_gone();
         self.state = match policy.after_failure(self.failures, jitter) {
             Next::Retry(delay) => State::Backoff {
                 until: now + delay,

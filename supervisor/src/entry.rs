@@ -66,6 +66,7 @@ fn run(a: Box<RunArgs>) -> Result<(), String> {
         drain: a.drain_timeout,
         log_target: target.to_string(),
         log_level: a.log_level,
+        access_log: a.access_log,
         status_socket: Some(a.status_socket),
     };
     proto::info!(

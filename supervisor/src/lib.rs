@@ -14,6 +14,7 @@ pub mod pending;
 pub mod policy;
 pub mod privileges;
 pub mod roots;
+pub mod route_counts;
 pub mod sockfile;
 pub mod source;
 pub mod spawn;

@@ -63,6 +63,9 @@ pub struct EndpointStatus {
     /// last reported them. Absent while checks are off.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub backends: Vec<BackendStatus>,
+    /// Per-route counters over all its workers (README, "Metrics"), by
+    /// link name; a route that has seen nothing yet is absent.
+    pub route_counters: Vec<proto::ctl::RouteStats>,
 }
 
 /// One backend's health as the worker checks it.
@@ -340,6 +343,7 @@ fn pending(key: &EndpointKey, p: &PendingEndpoint, now: Instant) -> EndpointStat
         }),
         retries: p.retries,
         backends: Vec::new(),
+        route_counters: Vec::new(),
         worker: WorkerStatus {
             binary: p.ep.kind.worker_binary(),
             pid: None,
@@ -388,6 +392,7 @@ impl Snapshot {
                     retries: r.retries,
                     worker: worker(r, now),
                     backends: backends(r),
+                    route_counters: r.route_counts.totals(),
                 };
                 (key, st)
             })

@@ -2,6 +2,7 @@
 //! the configuration a worker serves, the counters it reports. The shapes
 //! only; how they travel is the rest of `ctl`.
 
+use crate::ctl::route_stats::RouteStats;
 use crate::limits::{Limits, MAX_BLOB};
 use crate::plan::Endpoint;
 use crate::types::{BackendHealth, Kind};
@@ -15,6 +16,10 @@ pub struct WorkerConfig {
     /// `syslog` or `stderr`.
     pub log_target: String,
     pub log_level: String,
+    /// `--access-log`: where the worker writes a line per request or
+    /// connection. Off when absent.
+    #[serde(default)]
+    pub access_log: crate::log::AccessLog,
 }
 
 impl WorkerConfig {
@@ -137,6 +142,11 @@ impl Stats {
     }
 }
 
+/// Most routes in one stats report: a few hundred bytes of JSON each, so
+/// a report stays far below `FromWorker::MAX_BODY` however many routes
+/// changed.
+pub const MAX_ROUTE_STATS: usize = 1000;
+
 /// Worker -> supervisor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "msg", rename_all = "snake_case")]
@@ -149,6 +159,11 @@ pub enum FromWorker {
         /// health checks are off, and from an older worker.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         health: Vec<BackendHealth>,
+        /// The routes whose counters changed since the last report, each
+        /// whole (counted since the worker started), at most
+        /// [`MAX_ROUTE_STATS`]: the rest go in the next report.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        routes: Vec<RouteStats>,
     },
 }
 

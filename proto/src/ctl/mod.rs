@@ -20,7 +20,8 @@
 //!
 //! One job per file: [`messages`] (what travels), `codec` (datagram
 //! bytes <-> a message, pure), `blob` (the sealed memfd a large message
-//! travels in), `channel` (the socket: send, receive, the pair), `error`.
+//! travels in), `channel` (the socket: send, receive, the pair), `error`,
+//! [`route_stats`] (what a worker counts per route).
 //! Their items are this module's: `proto::ctl::send`, `proto::ctl::ToWorker`.
 
 mod blob;
@@ -28,6 +29,7 @@ mod channel;
 mod codec;
 mod error;
 pub mod messages;
+pub mod route_stats;
 #[cfg(test)]
 mod tests;
 
@@ -38,4 +40,5 @@ pub use channel::{
 };
 pub use codec::{decode, decode_frame, Frame};
 pub use error::CtlError;
-pub use messages::{FromWorker, Message, Stats, ToWorker, WorkerConfig};
+pub use messages::{FromWorker, Message, Stats, ToWorker, WorkerConfig, MAX_ROUTE_STATS};
+pub use route_stats::{End, RouteStats, DURATION_BUCKETS_MS};

@@ -30,7 +30,7 @@ fn hold_and_health_fields_default_when_absent() {
     let old =
         r#"{"msg":"stats","stats":{"active":1,"total":2,"bytes_in":3,"bytes_out":4,"errors":0}}"#;
     match serde_json::from_str::<FromWorker>(old).unwrap() {
-        FromWorker::Stats { stats, health } => {
+        FromWorker::Stats { stats, health, .. } => {
             assert_eq!((stats.total, stats.held, stats.held_total), (2, 0, 0));
             assert!(health.is_empty());
         }
@@ -40,6 +40,7 @@ fn hold_and_health_fields_default_when_absent() {
     let msg = FromWorker::Stats {
         stats: Stats::default(),
         health: Vec::new(),
+        routes: Vec::new(),
     };
     assert!(!serde_json::to_string(&msg).unwrap().contains("health"));
 }
@@ -59,6 +60,7 @@ fn roundtrip_with_fd() {
         limits: Limits::default(),
         log_target: "stderr".into(),
         log_level: "info".into(),
+        access_log: Default::default(),
     };
     let m = ToWorker::Init {
         seq: 1,
@@ -163,6 +165,7 @@ fn config_with_routes(n: usize, name_len: usize) -> WorkerConfig {
         limits: Limits::default(),
         log_target: "stderr".into(),
         log_level: "info".into(),
+        access_log: Default::default(),
     }
 }
 

@@ -107,13 +107,26 @@ impl Daemon {
         };
         let Some(w) = w else { return };
         let mut stats = None;
+        // Each report names the routes that changed since the one before:
+        // all of them count, not only the last.
+        let mut routes = Vec::new();
         // The configuration the worker acknowledged last, if any; and the
         // last one it answered, applied or refused.
         let mut applied = None;
         let mut answered = None;
         loop {
             match ctl::recv::<FromWorker>(w.ctl.as_fd()) {
-                Ok((FromWorker::Stats { stats: s, health }, _)) => stats = Some((s, health)),
+                Ok((
+                    FromWorker::Stats {
+                        stats: s,
+                        health,
+                        routes: r,
+                    },
+                    _,
+                )) => {
+                    stats = Some((s, health));
+                    routes.extend(r);
+                }
                 Ok((FromWorker::Ack { seq, error }, _)) => {
                     let Some(i) = w.pending.iter().position(|p| p.seq == seq) else {
                         proto::debug!(
@@ -161,6 +174,7 @@ impl Daemon {
                     r.set_stats(s);
                     r.health = health;
                 }
+                r.route_counts.report(routes);
                 if applied.is_some() {
                     r.applied = applied;
                 }

@@ -26,6 +26,7 @@ impl Daemon {
             limits: self.opts.limits.clone(),
             log_target: self.opts.log_target.clone(),
             log_level: self.opts.log_level.clone(),
+            access_log: self.opts.access_log,
         }
     }
 

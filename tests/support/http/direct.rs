@@ -43,6 +43,7 @@ pub fn config(links: &[(&str, &str)], limits: Limits) -> WorkerConfig {
         limits,
         log_target: "stderr".into(),
         log_level: std::env::var("PVX_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        access_log: Default::default(),
     }
 }
 
