@@ -18,6 +18,7 @@
 //! - [`hold`]: connections held while their provider comes back.
 
 pub mod accept;
+pub mod access;
 pub mod backend;
 pub mod balance;
 pub mod conns;
@@ -30,6 +31,7 @@ pub mod pipes;
 pub mod prober;
 pub mod proxy_header;
 pub mod relay;
+pub mod route_book;
 pub mod slab;
 pub mod stream;
 pub mod worker;
