@@ -28,6 +28,9 @@ have kill    || need+=(procps)
 have curl    || need+=(curl)
 have socat   || need+=(socat)
 have python3 || need+=(python3)
+# promtool checks /metrics in the tests (tests/ops.rs); Debian ships it
+# in the prometheus package (the server is installed, never started here).
+have promtool || need+=(prometheus)
 if [ $bench = 1 ]; then
   have haproxy || need+=(haproxy)
   have nginx   || need+=(nginx-light)
