@@ -107,7 +107,8 @@ pub struct RunArgs {
     /// Read the graph from FILE (re-read on SIGHUP and when it changes)
     #[arg(long, value_name = "FILE", conflicts_with = "ctrl_socket")]
     pub graph: Option<PathBuf>,
-    // No default_value: it would conflict with --graph.
+    // The default is applied where the source is chosen (entry.rs), and
+    // shown here from the same constant.
     #[arg(long, value_name = "PATH", help = format!(
         "Read the graph from Pantavisor's control socket, GET /xconnect-graph\n\
          (the default source) [default: {DEFAULT_CTRL_SOCKET}]"))]
