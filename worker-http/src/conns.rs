@@ -89,30 +89,27 @@ impl Handler for Conns {
     }
 
     fn event(&mut self, cx: &mut Cx, token: Token, ev: &Event) {
-        let (r, w) = (
-            ev.is_readable() || ev.is_read_closed() || ev.is_error(),
-            ev.is_writable() || ev.is_write_closed() || ev.is_error(),
-        );
-        // Whatever makes a short read prove nothing: a FIN or error queued
-        // behind the data, or urgent data the read stopped at.
-        let hup = ev.is_read_closed() || ev.is_write_closed() || ev.is_error() || ev.is_priority();
+        let hup = runtime::stream::troubled(ev);
         match keys::decode(token) {
             Tok::Client(slot) => self.with_conn(cx, slot, |c, cx| {
-                set(&mut c.cr, r, w);
+                c.cr.add(ev);
                 c.c_hup |= hup;
                 c.drive(cx)
             }),
             Tok::Backend(fd) => match self.owners.get(fd) {
                 Owner::Conn(slot) => self.with_conn(cx, slot, |c, cx| {
                     if let Some(b) = c.backend.as_mut().filter(|b| b.stream.as_raw_fd() == fd) {
-                        set(&mut b.ready, r, w);
+                        b.ready.add(ev);
                         b.hup |= hup;
                     }
                     c.drive(cx)
                 }),
                 // A writable-only event on a parked connection (its last
                 // request's bytes acknowledged) needs no probe.
-                Owner::Pool(slot) => self.pool.on_event(slot, fd, r || ev.is_write_closed()),
+                Owner::Pool(slot) => {
+                    let probe = Ready::of(ev).readable || ev.is_write_closed();
+                    self.pool.on_event(slot, fd, probe)
+                }
                 Owner::Nobody => {}
             },
         }
@@ -250,9 +247,4 @@ impl Conns {
             self.conns.remove(slot);
         }
     }
-}
-
-fn set(r: &mut Ready, readable: bool, writable: bool) {
-    r.readable |= readable;
-    r.writable |= writable;
 }
