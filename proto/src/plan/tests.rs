@@ -71,7 +71,7 @@ fn links_past_the_configuration_cap_are_refused() {
     let names: Vec<&str> = p.endpoints[0]
         .routes
         .iter()
-        .map(|r| r.name.as_str())
+        .map(|r| r.via.name.as_str())
         .collect();
     assert_eq!(names, ["small", "after"]);
     assert_eq!(p.refused.len(), 1);
@@ -186,7 +186,7 @@ fn links_of_one_route_with_the_same_balance_are_its_replicas() {
     assert!(p.refused.is_empty(), "{:?}", p.refused);
     let r = &p.endpoints[0].routes;
     assert_eq!(r.len(), 1);
-    assert_eq!(r[0].balance, Some(Policy::LeastConn));
+    assert_eq!(r[0].via.balance, Some(Policy::LeastConn));
     let backends: Vec<String> = r[0].backends().map(|b| b.to_string()).collect();
     assert_eq!(
         backends,
@@ -225,7 +225,7 @@ fn links_of_one_route_with_the_same_balance_are_its_replicas() {
     let names: Vec<(&str, usize)> = p.endpoints[0]
         .routes
         .iter()
-        .map(|r| (r.name.as_str(), r.replicas.len()))
+        .map(|r| (r.via.name.as_str(), r.replicas.len()))
         .collect();
     assert_eq!(names, [("a1", 1), ("b", 0), ("h1", 1)]);
 
