@@ -35,16 +35,17 @@ pub struct Conns {
 
 fn log_routes(c: &WorkerConfig) {
     for r in &c.endpoint.routes {
-        let host = r
+        let v = &r.via;
+        let host = v
             .host
             .as_deref()
             .map(|h| format!(" host {h}"))
             .unwrap_or_default();
         proto::info!(
             "route '{}': {}{host}{} -> {}",
-            r.name,
-            r.prefix,
-            if r.strip_prefix { " (stripped)" } else { "" },
+            v.name,
+            v.prefix,
+            if v.strip_prefix { " (stripped)" } else { "" },
             r.pool_text()
         );
     }

@@ -145,7 +145,7 @@ impl Conn {
             },
         };
         if let [r] = routes {
-            if r.sni.is_none() {
+            if r.via.sni.is_none() {
                 c.route_to(r, now, limits);
             }
         }
@@ -156,8 +156,8 @@ impl Conn {
         // One backend, or one of the route's replicas by its policy.
         self.phase = Phase::Connecting(Connecting {
             dial: Dialer::for_route(r, now, limits),
-            sni: r.sni.clone(),
-            proxy_protocol: r.proxy_protocol,
+            sni: r.via.sni.clone(),
+            proxy_protocol: r.via.proxy_protocol,
             client: self.client(),
         });
     }
@@ -188,10 +188,10 @@ impl Conn {
         let Phase::Connecting(c) = &mut self.phase else {
             return false;
         };
-        if let Some(r) = routes.iter().find(|r| r.sni == c.sni) {
+        if let Some(r) = routes.iter().find(|r| r.via.sni == c.sni) {
             // One backend moved, or the route's replicas changed.
             c.dial.retarget_route(r, now);
-            c.proxy_protocol = r.proxy_protocol;
+            c.proxy_protocol = r.via.proxy_protocol;
         }
         c.dial.wake(now);
         true
@@ -250,7 +250,7 @@ impl Conn {
             }
             sni::Sni::Found(Some(name)) => match routes
                 .iter()
-                .find(|r| r.sni.as_deref().is_some_and(|s| sni_matches(s, &name)))
+                .find(|r| r.via.sni.as_deref().is_some_and(|s| sni_matches(s, &name)))
             {
                 Some(r) => {
                     self.route_to(r, now, limits);

@@ -19,7 +19,7 @@ impl Dialer {
     pub fn for_route(r: &Route, now: Instant, limits: &Limits) -> Dialer {
         match Choice::for_route(r) {
             Some(c) => Dialer::balanced(c, now, limits),
-            None => Dialer::new(r.backend.clone(), now, limits),
+            None => Dialer::new(r.via.backend.clone(), now, limits),
         }
     }
 
@@ -114,7 +114,7 @@ impl Dialer {
                 }
                 self.rechoose(Choice::new(pool, policy), now);
             }
-            None => self.retarget(&r.backend, now),
+            None => self.retarget(&r.via.backend, now),
         }
     }
 
