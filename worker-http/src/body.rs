@@ -18,7 +18,7 @@
 //! Backpressure: nothing is read while the buffer or pipe still holds
 //! bytes the destination has not taken.
 
-use crate::buf::{Buf, Out};
+use crate::buf::{Buf, Out, Spares};
 use crate::framing::{ChunkError, Chunked, Framing};
 use runtime::relay::Splice;
 use runtime::stream::Ready;
@@ -168,6 +168,7 @@ impl Pump {
     }
 
     /// Move what can be moved now; returns the bytes delivered to `dst`.
+    /// `spares`: where a chunked body's read takes its buffer.
     pub fn pump(
         &mut self,
         src: &Stream,
@@ -175,6 +176,7 @@ impl Pump {
         buf: &mut Buf,
         dst: &Stream,
         dr: &mut Ready,
+        spares: &mut Spares,
     ) -> Result<u64, BodyError> {
         if self.done {
             return Ok(0);
@@ -242,7 +244,7 @@ impl Pump {
                     trailers,
                     splice: &mut self.splice,
                 };
-                let (moved, done) = c.pump(src, sr, buf, dst, dr)?;
+                let (moved, done) = c.pump(src, sr, buf, dst, dr, spares)?;
                 self.done = done;
                 moved
             }
@@ -280,6 +282,7 @@ impl ChunkedPump<'_> {
         buf: &mut Buf,
         dst: &Stream,
         dr: &mut Ready,
+        spares: &mut Spares,
     ) -> Result<(u64, bool), BodyError> {
         let mut moved = 0u64;
         loop {
@@ -344,7 +347,7 @@ impl ChunkedPump<'_> {
             if !sr.readable {
                 return Ok((moved, false));
             }
-            let got = buf.read_from(src, sr).map_err(BodyError::Src)?;
+            let got = buf.read_from(src, sr, spares).map_err(BodyError::Src)?;
             if got.bytes == 0 {
                 if got.eof {
                     return Err(premature());

@@ -26,6 +26,7 @@ fn run_with(
     wire: &[u8],
     close: bool,
 ) -> (Vec<u8>, Vec<u8>) {
+    let mut sp = Spares::default();
     let (src_w, src) = pair();
     let (dst, dst_r) = pair();
     write_nb(&src_w, &mut RW.clone(), wire).unwrap();
@@ -36,15 +37,16 @@ fn run_with(
     // Pre-load the buffer the way the head parser leaves it.
     let (pw, pr) = pair();
     write_nb(&pw, &mut RW.clone(), pre).unwrap();
-    buf.read_from(&pr, &mut RW.clone()).unwrap();
+    buf.read_from(&pr, &mut RW.clone(), &mut sp).unwrap();
     let mut p = Pump::new(framing);
     let (mut sr, mut dr) = (RW, RW);
     let mut out = Vec::new();
     let mut sink = Buf::new(1 << 16);
     for _ in 0..1000 {
-        p.pump(&src, &mut sr, &mut buf, &dst, &mut dr).unwrap();
+        p.pump(&src, &mut sr, &mut buf, &dst, &mut dr, &mut sp)
+            .unwrap();
         let mut r = RW;
-        sink.read_from(&dst_r, &mut r).unwrap();
+        sink.read_from(&dst_r, &mut r, &mut sp).unwrap();
         out.extend_from_slice(sink.bytes());
         sink.consume(sink.len());
         sr.readable = true;
@@ -56,7 +58,7 @@ fn run_with(
     assert!(p.is_done());
     let mut rest = buf.bytes().to_vec();
     let mut tail = Buf::new(1 << 16);
-    let _ = tail.read_from(&src, &mut RW.clone());
+    let _ = tail.read_from(&src, &mut RW.clone(), &mut sp);
     rest.extend_from_slice(tail.bytes());
     (out, rest)
 }
@@ -77,6 +79,7 @@ fn length_uses_buffer_then_socket_and_stops_at_limit() {
 #[test]
 fn a_body_past_4_gib_counts_down_in_u64() {
     const LEN: u64 = 5_000_000_000;
+    let mut sp = Spares::default();
     let head = b"PUT /fw HTTP/1.1\r\nHost: a\r\nContent-Length: 5000000000\r\n\r\n";
     let framing = match crate::head::parse_request(head) {
         Ok(crate::head::Parsed::Complete(r)) => r.framing,
@@ -88,7 +91,7 @@ fn a_body_past_4_gib_counts_down_in_u64() {
     let mut buf = Buf::new(8);
     let (pw, pr) = pair();
     write_nb(&pw, &mut RW.clone(), b"01234567").unwrap();
-    buf.read_from(&pr, &mut RW.clone()).unwrap();
+    buf.read_from(&pr, &mut RW.clone(), &mut sp).unwrap();
     let mut p = Pump::new(framing);
     assert_eq!(p.buffered(&buf).unwrap(), 8);
     assert!(!p.ends_after(8));
@@ -98,9 +101,14 @@ fn a_body_past_4_gib_counts_down_in_u64() {
     let mut moved = 0u64;
     let mut sink = Buf::new(1 << 16);
     for _ in 0..1000 {
-        moved += p.pump(&src, &mut sr, &mut buf, &dst, &mut dr).unwrap();
+        moved += p
+            .pump(&src, &mut sr, &mut buf, &dst, &mut dr, &mut sp)
+            .unwrap();
         let mut r = RW;
-        while sink.read_from(&dst_r, &mut r).is_ok_and(|g| g.bytes > 0) {
+        while sink
+            .read_from(&dst_r, &mut r, &mut sp)
+            .is_ok_and(|g| g.bytes > 0)
+        {
             sink.consume(sink.len());
         }
         if sent < wire.len() {
@@ -150,7 +158,7 @@ fn chunked_trailers_are_filtered_and_must_fit_the_buffer() {
     let mut buf = Buf::new(8);
     let mut e = Ok(0);
     for _ in 0..10 {
-        e = p.pump(&src, &mut RW.clone(), &mut buf, &dst, &mut RW.clone());
+        e = pump_ready(&mut p, &src, &mut buf, &dst);
         if e.is_err() {
             break;
         }
@@ -166,6 +174,7 @@ fn chunked_trailers_are_filtered_and_must_fit_the_buffer() {
 /// the buffer, and what follows the body stays on the socket.
 #[test]
 fn long_chunk_data_is_spliced_and_framing_still_parsed() {
+    let mut sp = Spares::default();
     let mut wire = Vec::new();
     for (i, len) in [300_000usize, 5, 70_000, 16_384, 16_385]
         .into_iter()
@@ -205,9 +214,11 @@ fn long_chunk_data_is_spliced_and_framing_still_parsed() {
     let give_up = std::time::Instant::now() + std::time::Duration::from_secs(120);
     while !p.is_done() && std::time::Instant::now() < give_up {
         let (mut sr, mut dr) = (RW, RW);
-        let moved = p.pump(&src, &mut sr, &mut buf, &dst, &mut dr).unwrap();
+        let moved = p
+            .pump(&src, &mut sr, &mut buf, &dst, &mut dr, &mut sp)
+            .unwrap();
         spliced |= p.splice.is_some();
-        sink.read_from(&dst_r, &mut RW.clone()).unwrap();
+        sink.read_from(&dst_r, &mut RW.clone(), &mut sp).unwrap();
         out.extend_from_slice(sink.bytes());
         sink.consume(sink.len());
         if moved == 0 {
@@ -218,7 +229,12 @@ fn long_chunk_data_is_spliced_and_framing_still_parsed() {
     // next write fails instead of waiting for a reader for ever.
     assert!(p.is_done(), "the body did not end");
     let _w = feeder.join().unwrap();
-    while sink.read_from(&dst_r, &mut RW.clone()).unwrap().bytes > 0 {
+    while sink
+        .read_from(&dst_r, &mut RW.clone(), &mut sp)
+        .unwrap()
+        .bytes
+        > 0
+    {
         out.extend_from_slice(sink.bytes());
         sink.consume(sink.len());
     }
@@ -235,7 +251,7 @@ fn long_chunk_data_is_spliced_and_framing_still_parsed() {
     );
     let mut rest = buf.bytes().to_vec();
     let mut tail = Buf::new(64);
-    let _ = tail.read_from(&src, &mut RW.clone());
+    let _ = tail.read_from(&src, &mut RW.clone(), &mut sp);
     rest.extend_from_slice(tail.bytes());
     assert_eq!(rest, b"NEXT");
 }
@@ -246,6 +262,12 @@ fn close_runs_to_eof() {
     assert_eq!(out, b"abcdefghijklmnop");
 }
 
+/// One pass of `p` from `src` to `dst`, both sides ready.
+fn pump_ready(p: &mut Pump, src: &Stream, buf: &mut Buf, dst: &Stream) -> Result<u64, BodyError> {
+    let mut sp = Spares::default();
+    p.pump(src, &mut RW.clone(), buf, dst, &mut RW.clone(), &mut sp)
+}
+
 #[test]
 fn premature_eof_and_bad_chunk_are_errors() {
     let (w, src) = pair();
@@ -254,13 +276,13 @@ fn premature_eof_and_bad_chunk_are_errors() {
     drop(w);
     let mut p = Pump::new(Framing::Length(10));
     let mut buf = Buf::new(8);
-    let e = p.pump(&src, &mut RW.clone(), &mut buf, &dst, &mut RW.clone());
+    let e = pump_ready(&mut p, &src, &mut buf, &dst);
     assert!(matches!(e, Err(BodyError::Src(_))), "{e:?}");
 
     let (w, src) = pair();
     write_nb(&w, &mut RW.clone(), b"zz\r\n").unwrap();
     let mut p = Pump::new(Framing::Chunked);
-    let e = p.pump(&src, &mut RW.clone(), &mut buf, &dst, &mut RW.clone());
+    let e = pump_ready(&mut p, &src, &mut buf, &dst);
     assert!(matches!(e, Err(BodyError::Framing(_))), "{e:?}");
 
     let (w, src) = pair();
@@ -268,6 +290,6 @@ fn premature_eof_and_bad_chunk_are_errors() {
     drop(w);
     let mut p = Pump::new(Framing::Chunked);
     let mut buf = Buf::new(8);
-    let e = p.pump(&src, &mut RW.clone(), &mut buf, &dst, &mut RW.clone());
+    let e = pump_ready(&mut p, &src, &mut buf, &dst);
     assert!(matches!(e, Err(BodyError::Src(_))), "{e:?}");
 }
