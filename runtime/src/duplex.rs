@@ -61,6 +61,11 @@ pub enum Side {
 /// Calls are single non-blocking syscalls (or a few); `EAGAIN` comes back
 /// as `ErrorKind::WouldBlock`. Errors carry their syscall and side.
 pub trait Direction {
+    /// What the worker lends a direction for its reads and writes, owned by
+    /// the loop: the pipes and copy buffers of a splice
+    /// ([`crate::relay::Spares`]), the count of fds held of an fd relay
+    /// ([`crate::fdrelay::FdsHeld`]).
+    type Lent;
     /// A read may be tried now (there is room to hold what it brings).
     fn can_read(&self) -> bool;
     /// Called once at the start of every transfer: a direction that stopped
@@ -68,7 +73,7 @@ pub trait Direction {
     /// read, [`crate::fdrelay::FdRelay`]) checks it here.
     fn resume(&mut self, _dst: BorrowedFd<'_>) {}
     /// One read from `src` into what the direction holds; Ok(0) = EOF.
-    fn read(&mut self, src: BorrowedFd<'_>) -> io::Result<usize>;
+    fn read(&mut self, src: BorrowedFd<'_>, lent: &mut Self::Lent) -> io::Result<usize>;
     /// The last read took fewer bytes than it asked for: a TCP source had
     /// nothing more queued (see [`Duplex::short_reads`]).
     fn read_was_short(&self) -> bool {
@@ -77,17 +82,18 @@ pub trait Direction {
     /// Bytes read and not yet written.
     fn held(&self) -> usize;
     /// One write of held bytes to `dst`; returns how many it took.
-    fn write(&mut self, dst: BorrowedFd<'_>) -> io::Result<usize>;
+    fn write(&mut self, dst: BorrowedFd<'_>, lent: &mut Self::Lent) -> io::Result<usize>;
     /// [`Direction::write`] of the source's last bytes, when `dst` is shut
     /// (or closed) as soon as they are all taken: a TCP destination may
     /// hold back a partial segment (`MSG_MORE`) so that the FIN rides on
     /// it, one segment instead of two (the peer's ACK of the data then
     /// also rides on its own FIN or answer).
-    fn write_last(&mut self, dst: BorrowedFd<'_>) -> io::Result<usize> {
-        self.write(dst)
+    fn write_last(&mut self, dst: BorrowedFd<'_>, lent: &mut Self::Lent) -> io::Result<usize> {
+        self.write(dst, lent)
     }
-    /// Drop (and free) everything held: its destination cannot take it.
-    fn discard(&mut self);
+    /// Drop (and free, or give back to `lent`) everything held: its
+    /// destination cannot take it, or it is all delivered.
+    fn discard(&mut self, lent: &mut Self::Lent);
     /// The source reported urgent (TCP out-of-band) data. `splice(2)`
     /// stops at an urgent byte and says EAGAIN from then on; `read(2)`
     /// steps over it.
@@ -129,8 +135,10 @@ pub fn transfer<D: Direction + ?Sized>(
     dst: BorrowedFd<'_>,
     dr: &mut Ready,
     read: bool,
+    lent: &mut D::Lent,
 ) -> Transfer {
-    transfer_with(d, (src, sr, ShortRead::Unknown), (dst, dr), read, false)
+    let (from, to) = ((src, sr, ShortRead::Unknown), (dst, dr));
+    transfer_with(d, from, to, read, false, lent)
 }
 
 /// [`transfer`]; `short`: what a short read proves about the source;
@@ -143,6 +151,7 @@ fn transfer_with<D: Direction + ?Sized>(
     (dst, dr): (BorrowedFd<'_>, &mut Ready),
     mut read: bool,
     shuts: bool,
+    lent: &mut D::Lent,
 ) -> Transfer {
     let mut t = Transfer::default();
     if read {
@@ -151,7 +160,7 @@ fn transfer_with<D: Direction + ?Sized>(
     loop {
         let mut progress = false;
         if read && sr.readable && d.can_read() {
-            match d.read(src) {
+            match d.read(src, lent) {
                 Ok(0) => {
                     t.eof = true;
                     read = false;
@@ -184,9 +193,9 @@ fn transfer_with<D: Direction + ?Sized>(
         }
         if d.held() > 0 && dr.writable {
             let w = if shuts && !read {
-                d.write_last(dst)
+                d.write_last(dst, lent)
             } else {
-                d.write(dst)
+                d.write(dst, lent)
             };
             match w {
                 Ok(n) => {
@@ -294,8 +303,8 @@ impl<D: Direction> Duplex<D> {
         self.short = [client, backend];
     }
 
-    /// Move both directions as far as readiness allows. `peer` names the
-    /// backend in log lines.
+    /// Move both directions as far as readiness allows, with what the
+    /// worker lends them. `peer` names the backend in log lines.
     pub fn pump(
         &mut self,
         client: BorrowedFd<'_>,
@@ -303,6 +312,7 @@ impl<D: Direction> Duplex<D> {
         backend: BorrowedFd<'_>,
         br: &mut Ready,
         peer: &dyn fmt::Display,
+        lent: &mut D::Lent,
     ) -> Pumped {
         let [up_flow, down_flow] = &mut self.flow;
         let (up, c1) = step(
@@ -311,6 +321,7 @@ impl<D: Direction> Duplex<D> {
             (client, &mut *cr, self.short[0]),
             (backend, &mut *br),
             &|| format!("client -> {peer}"),
+            lent,
         );
         let (down, c2) = step(
             &mut self.down,
@@ -318,6 +329,7 @@ impl<D: Direction> Duplex<D> {
             (backend, br, self.short[1]),
             (client, cr),
             &|| format!("{peer} -> client"),
+            lent,
         );
         let c3 = self.stop_draining(client, backend);
         Pumped {
@@ -394,12 +406,13 @@ fn step<D: Direction>(
     (src, sr, short): (BorrowedFd<'_>, &mut Ready, ShortRead),
     (dst, dr): (BorrowedFd<'_>, &mut Ready),
     what: &dyn Fn() -> String,
+    lent: &mut D::Lent,
 ) -> (u64, bool) {
     let before = *flow;
     let mut bytes = 0;
     if matches!(*flow, Flow::Open | Flow::Flushing) {
         let open = *flow == Flow::Open;
-        let mut t = transfer_with(d, (src, &mut *sr, short), (dst, &mut *dr), open, true);
+        let mut t = transfer_with(d, (src, &mut *sr, short), (dst, &mut *dr), open, true, lent);
         bytes += t.bytes;
         if t.eof {
             *flow = Flow::Flushing;
@@ -411,7 +424,14 @@ fn step<D: Direction>(
             );
             *flow = Flow::Flushing;
             // The transfer stopped at the error: write out what is held.
-            t = transfer_with(d, (src, &mut *sr, short), (dst, &mut *dr), false, true);
+            t = transfer_with(
+                d,
+                (src, &mut *sr, short),
+                (dst, &mut *dr),
+                false,
+                true,
+                lent,
+            );
             bytes += t.bytes;
         }
         if let Some((Side::Destination, e)) = &t.fault {
@@ -420,7 +440,7 @@ fn step<D: Direction>(
                 what(),
                 d.held()
             );
-            d.discard();
+            d.discard(lent);
             *flow = Flow::Draining;
         }
         if *flow == Flow::Flushing && d.held() == 0 {
@@ -433,7 +453,7 @@ fn step<D: Direction>(
                 }
             }
             // Frees the pipe or buffer now, not when the connection ends.
-            d.discard();
+            d.discard(lent);
             *flow = Flow::Ended;
         }
     }

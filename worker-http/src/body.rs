@@ -20,7 +20,7 @@
 
 use crate::buf::{Buf, Out};
 use crate::framing::{ChunkError, Chunked, Framing};
-use runtime::relay::Splice;
+use runtime::relay::{Spares, Splice};
 use runtime::stream::Ready;
 use runtime::stream::Stream;
 use std::fmt;
@@ -167,7 +167,8 @@ impl Pump {
         }
     }
 
-    /// Move what can be moved now; returns the bytes delivered to `dst`.
+    /// Move what can be moved now (`spares`: the worker's pipes and
+    /// buffers); returns the bytes delivered to `dst`.
     pub fn pump(
         &mut self,
         src: &Stream,
@@ -175,6 +176,7 @@ impl Pump {
         buf: &mut Buf,
         dst: &Stream,
         dr: &mut Ready,
+        spares: &mut Spares,
     ) -> Result<u64, BodyError> {
         if self.done {
             return Ok(0);
@@ -203,7 +205,7 @@ impl Pump {
                         s
                     });
                     let m = sp
-                        .pump(src.as_fd(), sr, dst.as_fd(), dr, false)
+                        .pump(src.as_fd(), sr, dst.as_fd(), dr, false, spares)
                         .map_err(splice_error)?;
                     *rem -= m.bytes;
                     moved += m.bytes;
@@ -225,7 +227,7 @@ impl Pump {
                 }
                 let sp = self.splice.get_or_insert_with(Splice::new);
                 moved += sp
-                    .pump(src.as_fd(), sr, dst.as_fd(), dr, false)
+                    .pump(src.as_fd(), sr, dst.as_fd(), dr, false, spares)
                     .map_err(splice_error)?
                     .bytes;
                 self.done = sp.finished();
@@ -242,7 +244,7 @@ impl Pump {
                     trailers,
                     splice: &mut self.splice,
                 };
-                let (moved, done) = c.pump(src, sr, buf, dst, dr)?;
+                let (moved, done) = c.pump(src, sr, buf, dst, dr, spares)?;
                 self.done = done;
                 moved
             }
@@ -280,12 +282,13 @@ impl ChunkedPump<'_> {
         buf: &mut Buf,
         dst: &Stream,
         dr: &mut Ready,
+        spares: &mut Spares,
     ) -> Result<(u64, bool), BodyError> {
         let mut moved = 0u64;
         loop {
             if let Some(sp) = self.splice.as_mut().filter(|s| !s.finished()) {
                 let m = sp
-                    .pump(src.as_fd(), sr, dst.as_fd(), dr, false)
+                    .pump(src.as_fd(), sr, dst.as_fd(), dr, false, spares)
                     .map_err(splice_error)?;
                 moved += m.bytes;
                 if m.eof {

@@ -64,6 +64,10 @@ pub struct Ctx<'a> {
     pub owners: &'a mut Owners,
     /// This connection's slot, recorded as the owner of its backend socket.
     pub slot: usize,
+    /// The backends' side (dialer, replicas), lent by the loop.
+    pub reach: &'a mut runtime::backend::Reach,
+    /// The relays' pipes and copy buffers, lent by the loop.
+    pub spares: &'a mut runtime::relay::Spares,
 }
 
 /// The backend side of a connection.

@@ -237,6 +237,8 @@ impl Conns {
             draining: cx.draining,
             owners: &mut self.owners,
             slot,
+            reach: &mut *cx.reach,
+            spares: &mut *cx.spares,
         };
         if f(conn, &mut ctx) {
             conn.settle();

@@ -164,7 +164,7 @@ impl Conn {
         );
         self.cbuf.consume(req.len);
         // One replica's entry when the route has replicas.
-        let (route, choice) = crate::route::Table::pick(route);
+        let (route, choice) = crate::route::Table::pick(route, cx.reach);
         let route = &route;
         let addr = route.backend.clone();
         self.ex = Some(Box::new(Exchange {
@@ -250,6 +250,7 @@ impl Conn {
                 &mut self.cbuf,
                 &b.stream,
                 &mut b.ready,
+                cx.spares,
             ) {
                 Ok(n) => {
                     cx.stats.bytes_in += n;
@@ -317,6 +318,7 @@ impl Conn {
                         &mut ex.bbuf,
                         &self.client,
                         &mut self.cr,
+                        cx.spares,
                     )
                     .map_err(|e| Fail::Abort(format!("response from {}: {e}", ex.route.backend)))?;
                 cx.stats.bytes_out += n;

@@ -1,6 +1,7 @@
 use super::*;
 use crate::buf::write_nb;
 use mio::net::UnixStream;
+use runtime::relay::Spares;
 
 const RW: Ready = Ready {
     readable: true,
@@ -42,7 +43,15 @@ fn run_with(
     let mut out = Vec::new();
     let mut sink = Buf::new(1 << 16);
     for _ in 0..1000 {
-        p.pump(&src, &mut sr, &mut buf, &dst, &mut dr).unwrap();
+        p.pump(
+            &src,
+            &mut sr,
+            &mut buf,
+            &dst,
+            &mut dr,
+            &mut Spares::default(),
+        )
+        .unwrap();
         let mut r = RW;
         sink.read_from(&dst_r, &mut r).unwrap();
         out.extend_from_slice(sink.bytes());
@@ -98,7 +107,16 @@ fn a_body_past_4_gib_counts_down_in_u64() {
     let mut moved = 0u64;
     let mut sink = Buf::new(1 << 16);
     for _ in 0..1000 {
-        moved += p.pump(&src, &mut sr, &mut buf, &dst, &mut dr).unwrap();
+        moved += p
+            .pump(
+                &src,
+                &mut sr,
+                &mut buf,
+                &dst,
+                &mut dr,
+                &mut Spares::default(),
+            )
+            .unwrap();
         let mut r = RW;
         while sink.read_from(&dst_r, &mut r).is_ok_and(|g| g.bytes > 0) {
             sink.consume(sink.len());
@@ -150,7 +168,14 @@ fn chunked_trailers_are_filtered_and_must_fit_the_buffer() {
     let mut buf = Buf::new(8);
     let mut e = Ok(0);
     for _ in 0..10 {
-        e = p.pump(&src, &mut RW.clone(), &mut buf, &dst, &mut RW.clone());
+        e = p.pump(
+            &src,
+            &mut RW.clone(),
+            &mut buf,
+            &dst,
+            &mut RW.clone(),
+            &mut Spares::default(),
+        );
         if e.is_err() {
             break;
         }
@@ -205,7 +230,16 @@ fn long_chunk_data_is_spliced_and_framing_still_parsed() {
     let give_up = std::time::Instant::now() + std::time::Duration::from_secs(120);
     while !p.is_done() && std::time::Instant::now() < give_up {
         let (mut sr, mut dr) = (RW, RW);
-        let moved = p.pump(&src, &mut sr, &mut buf, &dst, &mut dr).unwrap();
+        let moved = p
+            .pump(
+                &src,
+                &mut sr,
+                &mut buf,
+                &dst,
+                &mut dr,
+                &mut Spares::default(),
+            )
+            .unwrap();
         spliced |= p.splice.is_some();
         sink.read_from(&dst_r, &mut RW.clone()).unwrap();
         out.extend_from_slice(sink.bytes());
@@ -254,13 +288,27 @@ fn premature_eof_and_bad_chunk_are_errors() {
     drop(w);
     let mut p = Pump::new(Framing::Length(10));
     let mut buf = Buf::new(8);
-    let e = p.pump(&src, &mut RW.clone(), &mut buf, &dst, &mut RW.clone());
+    let e = p.pump(
+        &src,
+        &mut RW.clone(),
+        &mut buf,
+        &dst,
+        &mut RW.clone(),
+        &mut Spares::default(),
+    );
     assert!(matches!(e, Err(BodyError::Src(_))), "{e:?}");
 
     let (w, src) = pair();
     write_nb(&w, &mut RW.clone(), b"zz\r\n").unwrap();
     let mut p = Pump::new(Framing::Chunked);
-    let e = p.pump(&src, &mut RW.clone(), &mut buf, &dst, &mut RW.clone());
+    let e = p.pump(
+        &src,
+        &mut RW.clone(),
+        &mut buf,
+        &dst,
+        &mut RW.clone(),
+        &mut Spares::default(),
+    );
     assert!(matches!(e, Err(BodyError::Framing(_))), "{e:?}");
 
     let (w, src) = pair();
@@ -268,6 +316,13 @@ fn premature_eof_and_bad_chunk_are_errors() {
     drop(w);
     let mut p = Pump::new(Framing::Chunked);
     let mut buf = Buf::new(8);
-    let e = p.pump(&src, &mut RW.clone(), &mut buf, &dst, &mut RW.clone());
+    let e = p.pump(
+        &src,
+        &mut RW.clone(),
+        &mut buf,
+        &dst,
+        &mut RW.clone(),
+        &mut Spares::default(),
+    );
     assert!(matches!(e, Err(BodyError::Src(_))), "{e:?}");
 }
