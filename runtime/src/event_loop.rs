@@ -10,9 +10,9 @@
 //! The loop owns what the handlers change beyond their connections and
 //! lends it with every call ([`Cx`]): the backends' side
 //! ([`crate::backend::Reach`]: provider roots, health table, hold book,
-//! replicas' book), the relays' pipes and copy buffers
-//! ([`crate::relay::Spares`], sized by `--pipe-size` from Init and every
-//! Update) and the count of fds the unix relays hold. A wake-up for held
+//! replicas' book) and the data path's [`crate::stock::Stock`] (the relay
+//! pipes, sized by `--pipe-size` from Init and every Update, copy
+//! buffers, a scratch area, the count of fds in flight). A wake-up for held
 //! connections (a backend back up) is a flag in the hold book the loop
 //! acts on once a turn; nothing reaches around the loop.
 //!
@@ -33,9 +33,8 @@
 
 use crate::accept::Acceptor;
 use crate::backend::Reach;
-use crate::fdrelay::FdsHeld;
 use crate::prober::{self, Checker};
-use crate::relay::Spares;
+use crate::stock::Stock;
 use crate::stream::Listener;
 use crate::worker::{Started, WorkerCtl};
 use mio::unix::SourceFd;
@@ -48,7 +47,7 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 mod handler;
-pub use handler::{Cx, Handler, Scratch};
+pub use handler::{Cx, Handler};
 
 const LISTENER: Token = Token(0);
 const CTL: Token = Token(1);
@@ -112,12 +111,8 @@ pub struct Loop<H> {
     checker: Option<Checker>,
     /// Lent to the handler (`Cx`): the backends' side.
     reach: Reach,
-    /// Lent to the handler: the relays' pipes and copy buffers.
-    spares: Spares,
-    /// Lent to the handler: the fds the unix relays hold.
-    fds: FdsHeld,
-    /// Lent to the handler: a scratch area for one call.
-    scratch: Scratch,
+    /// Lent to the handler: the data path's stock.
+    stock: Stock,
     handler: H,
 }
 
@@ -133,9 +128,7 @@ macro_rules! cx {
             draining: $l.drain_until.is_some(),
             round: $l.round,
             reach: &mut $l.reach,
-            spares: &mut $l.spares,
-            fds: &mut $l.fds,
-            scratch: &mut $l.scratch,
+            stock: &mut $l.stock,
             timers: &mut $l.timers,
         }
     };
@@ -169,8 +162,8 @@ impl<H: Handler> Loop<H> {
             poll.registry()
                 .register(&mut SourceFd(&h.fd()), HEALTH, Interest::READABLE)?;
         }
-        let mut spares = Spares::default();
-        spares.pipes.resize(limits.pipe_size);
+        let mut stock = Stock::default();
+        stock.pipes.resize(limits.pipe_size);
         Ok(Loop {
             poll,
             acceptor,
@@ -184,9 +177,7 @@ impl<H: Handler> Loop<H> {
             round: NonZeroU32::MIN,
             checker,
             reach,
-            spares,
-            fds: FdsHeld::default(),
-            scratch: Scratch::default(),
+            stock,
         })
     }
 
@@ -263,7 +254,7 @@ impl<H: Handler> Loop<H> {
                 match k {
                     KEY_ACCEPT => accept_due = true,
                     KEY_DRAIN | KEY_SHRINK => {}
-                    KEY_PIPES => self.spares.pipes.due(now),
+                    KEY_PIPES => self.stock.pipes.due(now),
                     KEY_HEALTH => {
                         if let Some(h) = self.checker.as_mut() {
                             h.on_time(now, &mut self.reach);
@@ -289,7 +280,7 @@ impl<H: Handler> Loop<H> {
             self.stats.active = self.handler.active() as u64;
             stats_wait = self.ctl.report(now, self.stats, &mut self.reach);
             self.after_burst(now);
-            if let Some(at) = self.spares.pipes.after_turn(now) {
+            if let Some(at) = self.stock.pipes.after_turn(now) {
                 self.timers.add(at, KEY_PIPES);
             }
             if let Some(until) = self.drain_until {

@@ -30,13 +30,14 @@
 //!   (`recvmsg` cannot take part of its fds) is then in flight.
 //! - per worker, [`held_budget`]: a destination that cannot take the
 //!   chunk we hold for it leaves its fds in our fd table. When the fds so
-//!   held by all connections ([`FdsHeld`], owned by the worker loop and
-//!   lent to every pump) pass a quarter of the worker's fd limit, the
+//!   held by all connections (counted in the worker's [`Stock`], lent to
+//!   every pump) pass a quarter of the worker's fd limit, the
 //!   direction that cannot deliver is failed (its fds closed, its source
 //!   drained), so stalled peers can never exhaust the fds that other
 //!   connections need for their sockets.
 
 use crate::duplex::Direction;
+use crate::stock::Stock;
 use nix::errno::Errno;
 use proto::fdpass;
 use std::io::{self, IoSlice};
@@ -59,21 +60,8 @@ pub const MAX_UNREAD_FDS: usize = 64;
 /// counted.
 const EMPTY_OUTQ: i32 = 128;
 
-/// The fds a worker's relays hold (read, and not yet taken by their
-/// destination). Each fd held carries a share of it (an `Rc`), so an fd
-/// closed wherever its relay is dropped (its connection closed, no count
-/// at hand) leaves the count by itself.
-#[derive(Debug, Default)]
-pub struct FdsHeld(Rc<()>);
-
-impl FdsHeld {
-    /// Fds held now by all relays.
-    pub fn count(&self) -> usize {
-        Rc::strong_count(&self.0) - 1
-    }
-}
-
-/// An fd a relay holds, counted in its worker's [`FdsHeld`].
+/// An fd a relay holds, counted in its worker's [`Stock::fds_held`]
+/// until dropped.
 #[derive(Debug)]
 struct HeldFd {
     fd: OwnedFd,
@@ -134,11 +122,11 @@ impl FdRelay {
         self.unread_fds
     }
 
-    fn hold_fds(&mut self, fds: Vec<OwnedFd>, held: &FdsHeld) {
+    fn hold_fds(&mut self, fds: Vec<OwnedFd>, stock: &Stock) {
         self.fds.clear();
         self.fds.extend(fds.into_iter().map(|fd| HeldFd {
             fd,
-            _counted: held.0.clone(),
+            _counted: stock.count_fd(),
         }));
     }
 
@@ -160,8 +148,6 @@ impl FdRelay {
 }
 
 impl Direction for FdRelay {
-    type Lent = FdsHeld;
-
     fn can_read(&self) -> bool {
         self.len == 0 && self.unread_fds < MAX_UNREAD_FDS
     }
@@ -176,7 +162,7 @@ impl Direction for FdRelay {
         }
     }
 
-    fn read(&mut self, src: BorrowedFd<'_>, held: &mut FdsHeld) -> io::Result<usize> {
+    fn read(&mut self, src: BorrowedFd<'_>, stock: &mut Stock) -> io::Result<usize> {
         if self.buf.is_empty() {
             self.buf = vec![0u8; CHUNK];
         }
@@ -208,7 +194,7 @@ impl Direction for FdRelay {
                 fds.len()
             );
         } else if !fds.is_empty() {
-            self.hold_fds(fds, held);
+            self.hold_fds(fds, stock);
         }
         Ok(n)
     }
@@ -217,19 +203,19 @@ impl Direction for FdRelay {
         self.len - self.sent
     }
 
-    fn write(&mut self, dst: BorrowedFd<'_>, held: &mut FdsHeld) -> io::Result<usize> {
+    fn write(&mut self, dst: BorrowedFd<'_>, stock: &mut Stock) -> io::Result<usize> {
         let iov = [IoSlice::new(&self.buf[self.sent..self.len])];
         let raw: Vec<RawFd> = self.fds.iter().map(|f| f.fd.as_raw_fd()).collect();
         let n = match fdpass::send_with_fds(dst.as_raw_fd(), &iov, &raw) {
             Ok(n) => n,
-            Err(Errno::EAGAIN) if !raw.is_empty() && held.count() > held_budget() => {
+            Err(Errno::EAGAIN) if !raw.is_empty() && stock.fds_held() > held_budget() => {
                 // Only here, where a destination leaves fds in our table,
                 // can stalled peers add up to the whole fd limit.
                 return Err(io::Error::other(format!(
                     "sendmsg to destination: it takes nothing while the worker holds {} fd(s) \
                      for such destinations (at most {}, a quarter of its fd limit); closing \
                      the {} held for it",
-                    held.count(),
+                    stock.fds_held(),
                     held_budget(),
                     raw.len()
                 )));
@@ -251,7 +237,7 @@ impl Direction for FdRelay {
         Ok(n)
     }
 
-    fn discard(&mut self, _: &mut FdsHeld) {
+    fn discard(&mut self, _: &mut Stock) {
         self.release();
         self.drop_fds();
     }

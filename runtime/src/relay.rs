@@ -8,15 +8,15 @@
 //! `splice` calls, more than the copy it saves on a few hundred bytes.
 //!
 //! Buffers hold bytes only while they are in flight: a read takes a
-//! [`COPY_CHUNK`] buffer from the worker's [`Spares`] (at most
-//! [`SPARE_BUFFERS`] kept) and gives it back as soon as its bytes are
+//! [`COPY_CHUNK`] buffer from the worker's [`Stock`] (at most
+//! [`crate::stock::SPARE_BUFFERS`] kept) and gives it back as soon as its bytes are
 //! written, so an idle connection holds none. One chunk at a time: the
 //! source is read again only once the chunk went out, which is the
 //! backpressure (a slow reader leaves the bytes in the kernel's socket
 //! buffers, not in ours).
 //!
 //! Pipes come from the worker's spares ([`crate::pipes`], lent with the
-//! copy buffers as [`Spares`] to every call that may take or give back
+//! copy buffers in its [`Stock`] to every call that may take or give back
 //! one) and go back there empty; a pipe with bytes left is closed. The
 //! pipe is the buffer of a spliced direction: when the destination is slow
 //! the pipe fills, the source is no longer read, and TCP flow control
@@ -51,13 +51,11 @@ use std::os::fd::{AsFd, OwnedFd};
 
 mod copy;
 mod error;
-mod spares;
 
+use crate::stock::{Stock, COPY_CHUNK};
 use copy::{read_fd, sys, write_fd, Chunk};
-pub use copy::{COPY_CHUNK, SPARE_BUFFERS};
 use error::failed;
 pub use error::SpliceError;
-pub use spares::Spares;
 
 /// A direction that has read more than this splices from then on. Below
 /// it a flow costs two syscalls per chunk and no pipe; above it, copying
@@ -207,8 +205,8 @@ impl Splice {
 
     /// Its connection closes with the direction under way: the pipe goes
     /// back to the spares if empty (closed otherwise), as at its end.
-    pub fn release(&mut self, spares: &mut Spares) {
-        self.give_back_pipe(&mut spares.pipes);
+    pub fn release(&mut self, stock: &mut Stock) {
+        self.give_back_pipe(&mut stock.pipes);
     }
 
     /// The pipe goes back to `pipes` (a spare if empty).
@@ -242,19 +240,19 @@ impl Splice {
         }
     }
 
-    fn read_copy(&mut self, src: BorrowedFd<'_>, spares: &mut Spares) -> io::Result<usize> {
+    fn read_copy(&mut self, src: BorrowedFd<'_>, stock: &mut Stock) -> io::Result<usize> {
         let want = self.want(COPY_CHUNK);
-        let mut buf = spares.take_buffer();
+        let mut buf = stock.take_buffer();
         let n = match read_fd(src, &mut buf[..want], "read from source") {
             Ok(n) => n,
             Err(e) => {
-                spares.give_buffer(buf);
+                stock.give_buffer(buf);
                 return Err(e);
             }
         };
         self.short = n > 0 && n < want;
         if n == 0 {
-            spares.give_buffer(buf);
+            stock.give_buffer(buf);
         } else {
             self.copy = Some(Box::new(Chunk {
                 buf,
@@ -268,15 +266,15 @@ impl Splice {
 
     /// Copy fallback with bytes still in the pipe: take a chunk of them
     /// into the (empty) buffer, so the order holds.
-    fn unpipe(&mut self, spares: &mut Spares) -> io::Result<()> {
-        let mut buf = spares.take_buffer();
+    fn unpipe(&mut self, stock: &mut Stock) -> io::Result<()> {
+        let mut buf = stock.take_buffer();
         let want = self.in_pipe().min(COPY_CHUNK);
-        let pipe = self.pipe(&mut spares.pipes)?;
+        let pipe = self.pipe(&mut stock.pipes)?;
         let (pr, _) = pipe.fds();
         let n = match read_fd(pr, &mut buf[..want], "read from pipe") {
             Ok(n) => n,
             Err(e) => {
-                spares.give_buffer(buf);
+                stock.give_buffer(buf);
                 return Err(e);
             }
         };
@@ -300,10 +298,10 @@ impl Splice {
         dst: BorrowedFd<'_>,
         dst_ready: &mut Ready,
         shut_on_eof: bool,
-        spares: &mut Spares,
+        stock: &mut Stock,
     ) -> io::Result<Moved> {
         let read = !self.src_done;
-        let t = transfer(self, src, src_ready, dst, dst_ready, read, spares);
+        let t = transfer(self, src, src_ready, dst, dst_ready, read, stock);
         if t.eof || self.left == 0 {
             self.src_done = true;
         }
@@ -316,7 +314,7 @@ impl Splice {
         }
         if self.finished() {
             // Nothing more will pass: the pipe goes back now.
-            self.give_back_pipe(&mut spares.pipes);
+            self.give_back_pipe(&mut stock.pipes);
         }
         Ok(Moved {
             bytes: t.bytes,
@@ -327,13 +325,13 @@ impl Splice {
     /// One write of held bytes; `last`: they end the stream and the
     /// destination is shut right after (`Direction::write_last`): `MORE`
     /// keeps a partial TCP segment queued for the FIN to join.
-    fn put(&mut self, dst: BorrowedFd<'_>, last: bool, spares: &mut Spares) -> io::Result<usize> {
+    fn put(&mut self, dst: BorrowedFd<'_>, last: bool, stock: &mut Stock) -> io::Result<usize> {
         if self.copy.is_none() && self.in_pipe() > 0 && !self.copying {
             let mut flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
             if last {
                 flags |= SpliceFFlags::SPLICE_F_MORE;
             }
-            let pipe = self.pipe(&mut spares.pipes)?;
+            let pipe = self.pipe(&mut stock.pipes)?;
             let queued = pipe.queued();
             let (pr, _) = pipe.fds();
             match splice(pr, None, dst, None, queued, flags) {
@@ -349,7 +347,7 @@ impl Splice {
             if self.in_pipe() == 0 {
                 return Ok(0);
             }
-            self.unpipe(spares)?;
+            self.unpipe(stock)?;
         }
         let Some(c) = self.copy.as_mut() else {
             return Ok(0);
@@ -359,7 +357,7 @@ impl Splice {
         if c.sent == c.end {
             // Nothing in flight here: the buffer goes back.
             if let Some(c) = self.copy.take() {
-                spares.give_buffer(c.buf);
+                stock.give_buffer(c.buf);
             }
         }
         Ok(n)
@@ -367,8 +365,6 @@ impl Splice {
 }
 
 impl Direction for Splice {
-    type Lent = Spares;
-
     fn can_read(&self) -> bool {
         if self.left == 0 {
             return false;
@@ -380,14 +376,14 @@ impl Direction for Splice {
         self.pipe.as_ref().is_none_or(|p| p.queued() < p.size())
     }
 
-    fn read(&mut self, src: BorrowedFd<'_>, spares: &mut Spares) -> io::Result<usize> {
+    fn read(&mut self, src: BorrowedFd<'_>, stock: &mut Stock) -> io::Result<usize> {
         if !self.is_splicing() {
-            return self.read_copy(src, spares);
+            return self.read_copy(src, stock);
         }
         self.short = false;
         let left = self.left;
         let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
-        let pipe = self.pipe(&mut spares.pipes)?;
+        let pipe = self.pipe(&mut stock.pipes)?;
         let want = want(pipe.size() - pipe.queued(), left);
         let (_, pw) = pipe.fds();
         match splice(src, None, pw, None, want, flags) {
@@ -402,7 +398,7 @@ impl Direction for Splice {
                     // Read again once what is held has gone out.
                     return Err(io::Error::from(io::ErrorKind::WouldBlock));
                 }
-                self.read_copy(src, spares)
+                self.read_copy(src, stock)
             }
             Err(e) => Err(sys("splice from source", e)),
         }
@@ -416,12 +412,12 @@ impl Direction for Splice {
         self.copy_left() + self.in_pipe()
     }
 
-    fn write(&mut self, dst: BorrowedFd<'_>, spares: &mut Spares) -> io::Result<usize> {
-        self.put(dst, false, spares)
+    fn write(&mut self, dst: BorrowedFd<'_>, stock: &mut Stock) -> io::Result<usize> {
+        self.put(dst, false, stock)
     }
 
-    fn write_last(&mut self, dst: BorrowedFd<'_>, spares: &mut Spares) -> io::Result<usize> {
-        self.put(dst, true, spares)
+    fn write_last(&mut self, dst: BorrowedFd<'_>, stock: &mut Stock) -> io::Result<usize> {
+        self.put(dst, true, stock)
     }
 
     fn urgent_seen(&mut self) {
@@ -432,11 +428,11 @@ impl Direction for Splice {
         }
     }
 
-    fn discard(&mut self, spares: &mut Spares) {
+    fn discard(&mut self, stock: &mut Stock) {
         // A pipe with bytes left is closed, never reused.
-        self.give_back_pipe(&mut spares.pipes);
+        self.give_back_pipe(&mut stock.pipes);
         if let Some(c) = self.copy.take() {
-            spares.give_buffer(c.buf);
+            stock.give_buffer(c.buf);
         }
     }
 }

@@ -20,7 +20,8 @@
 
 use crate::buf::{Buf, Out};
 use crate::framing::{ChunkError, Chunked, Framing};
-use runtime::relay::{Spares, Splice};
+use runtime::relay::Splice;
+use runtime::stock::Stock;
 use runtime::stream::Ready;
 use runtime::stream::Stream;
 use std::fmt;
@@ -167,7 +168,7 @@ impl Pump {
         }
     }
 
-    /// Move what can be moved now (`spares`: the worker's pipes and
+    /// Move what can be moved now (`stock`: the worker's pipes and
     /// buffers); returns the bytes delivered to `dst`.
     pub fn pump(
         &mut self,
@@ -176,7 +177,7 @@ impl Pump {
         buf: &mut Buf,
         dst: &Stream,
         dr: &mut Ready,
-        spares: &mut Spares,
+        stock: &mut Stock,
     ) -> Result<u64, BodyError> {
         if self.done {
             return Ok(0);
@@ -205,7 +206,7 @@ impl Pump {
                         s
                     });
                     let m = sp
-                        .pump(src.as_fd(), sr, dst.as_fd(), dr, false, spares)
+                        .pump(src.as_fd(), sr, dst.as_fd(), dr, false, stock)
                         .map_err(splice_error)?;
                     *rem -= m.bytes;
                     moved += m.bytes;
@@ -227,7 +228,7 @@ impl Pump {
                 }
                 let sp = self.splice.get_or_insert_with(Splice::new);
                 moved += sp
-                    .pump(src.as_fd(), sr, dst.as_fd(), dr, false, spares)
+                    .pump(src.as_fd(), sr, dst.as_fd(), dr, false, stock)
                     .map_err(splice_error)?
                     .bytes;
                 self.done = sp.finished();
@@ -244,7 +245,7 @@ impl Pump {
                     trailers,
                     splice: &mut self.splice,
                 };
-                let (moved, done) = c.pump(src, sr, buf, dst, dr, spares)?;
+                let (moved, done) = c.pump(src, sr, buf, dst, dr, stock)?;
                 self.done = done;
                 moved
             }
@@ -282,13 +283,13 @@ impl ChunkedPump<'_> {
         buf: &mut Buf,
         dst: &Stream,
         dr: &mut Ready,
-        spares: &mut Spares,
+        stock: &mut Stock,
     ) -> Result<(u64, bool), BodyError> {
         let mut moved = 0u64;
         loop {
             if let Some(sp) = self.splice.as_mut().filter(|s| !s.finished()) {
                 let m = sp
-                    .pump(src.as_fd(), sr, dst.as_fd(), dr, false, spares)
+                    .pump(src.as_fd(), sr, dst.as_fd(), dr, false, stock)
                     .map_err(splice_error)?;
                 moved += m.bytes;
                 if m.eof {

@@ -67,7 +67,7 @@ pub struct Ctx<'a> {
     /// The backends' side (dialer, replicas), lent by the loop.
     pub reach: &'a mut runtime::backend::Reach,
     /// The relays' pipes and copy buffers, lent by the loop.
-    pub spares: &'a mut runtime::relay::Spares,
+    pub stock: &'a mut runtime::stock::Stock,
 }
 
 /// The backend side of a connection.

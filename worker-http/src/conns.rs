@@ -238,7 +238,7 @@ impl Conns {
             owners: &mut self.owners,
             slot,
             reach: &mut *cx.reach,
-            spares: &mut *cx.spares,
+            stock: &mut *cx.stock,
         };
         if f(conn, &mut ctx) {
             conn.settle();

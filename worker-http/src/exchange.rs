@@ -250,7 +250,7 @@ impl Conn {
                 &mut self.cbuf,
                 &b.stream,
                 &mut b.ready,
-                cx.spares,
+                cx.stock,
             ) {
                 Ok(n) => {
                     cx.stats.bytes_in += n;
@@ -318,7 +318,7 @@ impl Conn {
                         &mut ex.bbuf,
                         &self.client,
                         &mut self.cr,
-                        cx.spares,
+                        cx.stock,
                     )
                     .map_err(|e| Fail::Abort(format!("response from {}: {e}", ex.route.backend)))?;
                 cx.stats.bytes_out += n;

@@ -66,7 +66,7 @@ impl Conn {
             b.stream.as_fd(),
             &mut b.ready,
             &ex.route.backend,
-            cx.spares,
+            cx.stock,
         );
         cx.stats.bytes_in += p.up;
         cx.stats.bytes_out += p.down;

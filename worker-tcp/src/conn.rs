@@ -199,7 +199,7 @@ impl Conn {
             self.io.client_ready.readable = false;
             return Next::Continue;
         }
-        let name = match self.peek_hello(cx.scratch.get(sni::MAX_HELLO)) {
+        let name = match self.peek_hello(cx.stock.scratch(sni::MAX_HELLO)) {
             Ok(name) => name,
             Err(next) => return next,
         };
@@ -223,7 +223,7 @@ impl Conn {
         }
     }
 
-    /// Peek at what the client sent into `buf` (the loop's scratch): the
+    /// Peek at what the client sent into `buf` (the stock's scratch): the
     /// server name of a whole ClientHello, or what to do meanwhile.
     fn peek_hello(&mut self, buf: &mut [u8]) -> Result<String, Next> {
         let n = match nix::sys::socket::recv(self.io.client.as_raw_fd(), buf, MsgFlags::MSG_PEEK) {
@@ -308,7 +308,7 @@ impl Conn {
             return Next::Continue;
         };
         let peer = Shown(Some(&r.target));
-        self.io.relay(&mut r.relay, cx.spares, &peer, cx.now)
+        self.io.relay(&mut r.relay, cx.stock, &peer, cx.now)
     }
 
     /// A timer fired: retry a connect, or time the connection out.
@@ -370,8 +370,8 @@ impl Connection for Conn {
     /// an empty one is a spare for the next bulk flow.
     fn close(&mut self, cx: &mut Cx) {
         if let Phase::Relaying(r) = &mut self.phase {
-            r.relay.up.release(cx.spares);
-            r.relay.down.release(cx.spares);
+            r.relay.up.release(cx.stock);
+            r.relay.down.release(cx.stock);
         }
     }
 }

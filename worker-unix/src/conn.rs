@@ -78,7 +78,7 @@ impl Conn {
 
     fn relay(&mut self, cx: &mut Cx) -> Next {
         self.io
-            .relay(&mut self.relay, cx.fds, &self.dial.target, cx.now)
+            .relay(&mut self.relay, cx.stock, &self.dial.target, cx.now)
     }
 
     /// A timer fired: retry or give up a connect, or end a lingering

@@ -7,6 +7,7 @@
 use super::Next;
 use crate::backend::{Dialer, Reach, Real, Step};
 use crate::duplex::{Direction, Duplex, Flow, ShortRead};
+use crate::stock::Stock;
 use crate::stream::{Peer, Ready, Stream, Who};
 use mio::event::Event;
 use proto::limits::Limits;
@@ -239,13 +240,12 @@ impl Sockets {
     }
 
     /// Relay both ways as far as readiness allows once connected (tcp and
-    /// unix alike), with what the loop lends the directions (`lent`: pipes
-    /// and buffers, or the count of fds held): count the bytes, note
+    /// unix alike), with the worker's stock: count the bytes, note
     /// activity ([`Sockets::touch`]), close when both directions ended.
     pub fn relay<D: Direction>(
         &mut self,
         relay: &mut Duplex<D>,
-        lent: &mut D::Lent,
+        stock: &mut Stock,
         peer: &dyn std::fmt::Display,
         now: Instant,
     ) -> Next {
@@ -263,7 +263,7 @@ impl Sockets {
             b.as_fd(),
             &mut self.backend_ready,
             peer,
-            lent,
+            stock,
         );
         if std::mem::take(&mut self.ack_owed) && p.up == 0 && relay.flows().0 == Flow::Open {
             // Nothing went to the backend (a server that speaks first, a

@@ -1,6 +1,8 @@
 use super::*;
 use crate::fdrelay::FdRelay;
-use crate::relay::{Spares, Splice};
+use crate::relay::Splice;
+use crate::stock::Stock;
+use std::io;
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
@@ -20,10 +22,10 @@ fn ready() -> Ready {
     }
 }
 
-struct Rig<D: Direction> {
+struct Rig<D> {
     relay: Duplex<D>,
     /// What the worker would lend the relay.
-    lent: D::Lent,
+    stock: Stock,
     client_peer: UnixStream,
     client: UnixStream,
     backend: UnixStream,
@@ -32,16 +34,13 @@ struct Rig<D: Direction> {
     client_eof: bool,
 }
 
-impl<D: Direction> Rig<D>
-where
-    D::Lent: Default,
-{
+impl<D: Direction> Rig<D> {
     fn new(relay: Duplex<D>) -> Rig<D> {
         let (client_peer, client) = pair();
         let (backend_peer, backend) = pair();
         Rig {
             relay,
-            lent: D::Lent::default(),
+            stock: Stock::default(),
             client_peer,
             client,
             backend,
@@ -60,7 +59,7 @@ where
             self.backend.as_fd(),
             &mut br,
             &"backend",
-            &mut self.lent,
+            &mut self.stock,
         )
     }
 
@@ -83,10 +82,7 @@ where
 /// The backend peer writes as much as its socket takes, then closes
 /// with our upload unread: our reads get the data, then ECONNRESET;
 /// our writes get EPIPE.
-fn backend_answers_and_resets<D: Direction>(rig: &mut Rig<D>) -> Vec<u8>
-where
-    D::Lent: Default,
-{
+fn backend_answers_and_resets<D: Direction>(rig: &mut Rig<D>) -> Vec<u8> {
     let mut answer = Vec::new();
     let block: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
     while let Ok(n) = rig.backend_peer.write(&block) {
@@ -97,10 +93,7 @@ where
     answer
 }
 
-fn reset_keeps_the_other_direction<D: Direction>(relay: Duplex<D>)
-where
-    D::Lent: Default,
-{
+fn reset_keeps_the_other_direction<D: Direction>(relay: Duplex<D>) {
     let mut rig = Rig::new(relay);
     rig.client_peer
         .write_all(b"upload the backend never reads")
@@ -250,7 +243,7 @@ fn both_ways(n: usize) -> (Vec<u8>, Vec<u8>, bool) {
         got_up.extend_from_slice(&buf[..k]);
     }
     assert!(backend_eof && rig.client_eof, "both peers see the end");
-    assert_eq!(rig.lent.pipes.in_use(), 0, "no pipe held after the end");
+    assert_eq!(rig.stock.pipes.in_use(), 0, "no pipe held after the end");
     (got_up, std::mem::take(&mut rig.got), pipes)
 }
 
@@ -308,14 +301,12 @@ fn a_direction_splices_only_past_the_threshold() {
 struct Counted(Splice, usize);
 
 impl Direction for Counted {
-    type Lent = Spares;
-
     fn can_read(&self) -> bool {
         self.0.can_read()
     }
-    fn read(&mut self, src: BorrowedFd<'_>, spares: &mut Spares) -> io::Result<usize> {
+    fn read(&mut self, src: BorrowedFd<'_>, stock: &mut Stock) -> io::Result<usize> {
         self.1 += 1;
-        self.0.read(src, spares)
+        self.0.read(src, stock)
     }
     fn read_was_short(&self) -> bool {
         self.0.read_was_short()
@@ -323,14 +314,14 @@ impl Direction for Counted {
     fn held(&self) -> usize {
         self.0.held()
     }
-    fn write(&mut self, dst: BorrowedFd<'_>, spares: &mut Spares) -> io::Result<usize> {
-        self.0.write(dst, spares)
+    fn write(&mut self, dst: BorrowedFd<'_>, stock: &mut Stock) -> io::Result<usize> {
+        self.0.write(dst, stock)
     }
-    fn write_last(&mut self, dst: BorrowedFd<'_>, spares: &mut Spares) -> io::Result<usize> {
-        self.0.write_last(dst, spares)
+    fn write_last(&mut self, dst: BorrowedFd<'_>, stock: &mut Stock) -> io::Result<usize> {
+        self.0.write_last(dst, stock)
     }
-    fn discard(&mut self, spares: &mut Spares) {
-        self.0.discard(spares)
+    fn discard(&mut self, stock: &mut Stock) {
+        self.0.discard(stock)
     }
 }
 
@@ -352,7 +343,7 @@ fn a_trusted_short_read_ends_the_reading_without_eagain() {
             rig.backend.as_fd(),
             &mut br,
             &"backend",
-            &mut rig.lent,
+            &mut rig.stock,
         );
         assert_eq!(p.up, 7);
         assert!(!cr.readable, "nothing more to read, either way");

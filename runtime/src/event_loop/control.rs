@@ -83,7 +83,7 @@ impl<H: Handler> Loop<H> {
             return Some(why);
         }
         self.reach.roots.set(&config.endpoint.root_pids(), roots);
-        self.spares.pipes.resize(config.limits.pipe_size);
+        self.stock.pipes.resize(config.limits.pipe_size);
         proto::info!(
             "routes updated: {} route(s); open connections keep theirs",
             config.endpoint.routes.len()

@@ -4,8 +4,7 @@
 
 use super::LOOP_KEYS;
 use crate::backend::Reach;
-use crate::fdrelay::FdsHeld;
-use crate::relay::Spares;
+use crate::stock::Stock;
 use crate::stream::Stream;
 use mio::event::Event;
 use mio::{Registry, Token};
@@ -18,7 +17,7 @@ use std::time::Instant;
 /// What a worker plugs into the loop: its connections. Every call gets a
 /// [`Cx`] with the time of this loop turn, the poll's registry, the timer
 /// heap, the counters, the running configuration and what dialling and
-/// relaying change (backends, pipes and buffers, fds in flight).
+/// relaying change (the backends' side, the data path's stock).
 pub trait Handler: Sized {
     /// The handler for the endpoint of the first config (Init).
     fn new(config: &WorkerConfig) -> Self;
@@ -75,30 +74,10 @@ pub struct Cx<'a> {
     /// The backends' side: provider roots, health table, hold book,
     /// replicas' book (what dialers and checks change).
     pub reach: &'a mut Reach,
-    /// The splice relays' pipes (`--pipe-size`) and copy buffers.
-    pub spares: &'a mut Spares,
-    /// The fds the unix relays hold in flight.
-    pub fds: &'a mut FdsHeld,
-    /// A scratch area for the length of one call (tcp peeks ClientHellos
-    /// into it).
-    pub scratch: &'a mut Scratch,
+    /// The data path's stock: the relays' pipes (`--pipe-size`) and copy
+    /// buffers, a scratch area for one call, the fds in flight.
+    pub stock: &'a mut Stock,
     pub(super) timers: &'a mut Timers,
-}
-
-/// Bytes a handler may use for the length of one call, owned by the loop
-/// so that none is zeroed per call nor kept per connection: grown (and
-/// zeroed) at its first use, what it holds means nothing to the next call.
-#[derive(Debug, Default)]
-pub struct Scratch(Vec<u8>);
-
-impl Scratch {
-    /// `len` bytes of it.
-    pub fn get(&mut self, len: usize) -> &mut [u8] {
-        if self.0.len() < len {
-            self.0.resize(len, 0);
-        }
-        &mut self.0[..len]
-    }
 }
 
 impl Cx<'_> {

@@ -20,7 +20,7 @@ fn pump(
         b.as_fd(),
         br,
         true,
-        &mut FdsHeld::default(),
+        &mut crate::stock::Stock::default(),
     );
     assert!(t.fault.is_none(), "{:?}", t.fault);
     if t.eof {

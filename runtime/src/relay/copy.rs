@@ -1,16 +1,10 @@
 //! The copy half of a direction: the user-space chunk and the
 //! `read`/`write` calls (also those of a pipe's fallback); its buffers
-//! come from the worker's [`super::Spares`].
+//! come from the worker's [`crate::stock::Stock`].
 
 use nix::errno::Errno;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
-
-/// The copy buffer's size, and the most one `read` takes.
-pub const COPY_CHUNK: usize = 16 * 1024;
-/// Copy buffers a worker keeps between uses (one is the usual need: a
-/// chunk normally goes out in the same turn it came in).
-pub const SPARE_BUFFERS: usize = 2;
 
 /// User-space bytes waiting for the destination: `buf[sent..end]`.
 #[derive(Debug)]

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::duplex::Side;
+use crate::stock::Stock;
 use proto::limits::default;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -10,7 +11,7 @@ use std::os::unix::net::UnixStream;
 
 #[test]
 fn moves_bytes_and_half_closes() {
-    let mut spares = Spares::default();
+    let mut stock = Stock::default();
     let (mut a_out, a_in) = UnixStream::pair().unwrap();
     let (b_in, mut b_out) = UnixStream::pair().unwrap();
     a_in.set_nonblocking(true).unwrap();
@@ -48,7 +49,7 @@ fn moves_bytes_and_half_closes() {
             b_in.as_fd(),
             &mut dr,
             true,
-            &mut spares,
+            &mut stock,
         )
         .unwrap();
         let mut buf = [0u8; 65536];
@@ -66,7 +67,7 @@ fn moves_bytes_and_half_closes() {
 
 #[test]
 fn limit_stops_at_length() {
-    let mut spares = Spares::default();
+    let mut stock = Stock::default();
     let (mut a_out, a_in) = UnixStream::pair().unwrap();
     let (b_in, mut b_out) = UnixStream::pair().unwrap();
     a_in.set_nonblocking(true).unwrap();
@@ -89,7 +90,7 @@ fn limit_stops_at_length() {
         b_in.as_fd(),
         &mut dr,
         false,
-        &mut spares,
+        &mut stock,
     )
     .unwrap();
     assert!(s.finished());
@@ -104,7 +105,7 @@ fn limit_stops_at_length() {
 
 #[test]
 fn errors_say_which_side_failed() {
-    let mut spares = Spares::default();
+    let mut stock = Stock::default();
     let (a_out, a_in) = UnixStream::pair().unwrap();
     let (b_in, b_out) = UnixStream::pair().unwrap();
     a_in.set_nonblocking(true).unwrap();
@@ -130,7 +131,7 @@ fn errors_say_which_side_failed() {
             b_in.as_fd(),
             &mut dr,
             false,
-            &mut spares,
+            &mut stock,
         )
         .unwrap_err();
     assert_eq!(SpliceError::side_of(&e), Some(Side::Destination));
@@ -146,7 +147,7 @@ fn errors_say_which_side_failed() {
             b_in.as_fd(),
             &mut ready(),
             false,
-            &mut spares,
+            &mut stock,
         )
         .unwrap_err();
     assert_eq!(SpliceError::side_of(&e), Some(Side::Destination));
@@ -162,7 +163,7 @@ fn ready() -> Ready {
 
 #[test]
 fn eventfd_source_is_refused_by_splice_and_copied() {
-    let mut spares = Spares::default();
+    let mut stock = Stock::default();
     // An eventfd has no splice_read: splice(2) says EINVAL (checked on
     // Linux 6.18), a read gives its 8-byte counter.
     // SAFETY: eventfd returns a new fd we own, or -1.
@@ -181,7 +182,7 @@ fn eventfd_source_is_refused_by_splice_and_copied() {
             b_in.as_fd(),
             &mut dr,
             false,
-            &mut spares,
+            &mut stock,
         )
         .unwrap();
     assert!(s.is_copying(), "fell back to read/write");
@@ -195,7 +196,7 @@ fn eventfd_source_is_refused_by_splice_and_copied() {
 
 #[test]
 fn append_only_destination_is_refused_by_splice_and_written() {
-    let mut spares = Spares::default();
+    let mut stock = Stock::default();
     // splice(2) into an O_APPEND file says EINVAL; the bytes already in
     // the pipe and the prefix must still arrive, in order.
     let path = std::env::temp_dir().join(format!("pvx-append-{}", std::process::id()));
@@ -223,7 +224,7 @@ fn append_only_destination_is_refused_by_splice_and_written() {
         file.as_fd(),
         &mut dr,
         false,
-        &mut spares,
+        &mut stock,
     )
     .unwrap();
     assert!(s.is_copying());
@@ -237,7 +238,7 @@ fn append_only_destination_is_refused_by_splice_and_written() {
             file.as_fd(),
             &mut dr,
             false,
-            &mut spares,
+            &mut stock,
         )
         .unwrap();
     assert!(m.eof && s.finished());
@@ -248,7 +249,7 @@ fn append_only_destination_is_refused_by_splice_and_written() {
 
 #[test]
 fn pipes_take_the_configured_size() {
-    let mut spares = Spares::default();
+    let mut stock = Stock::default();
     let size_of = |s: &Splice| {
         nix::fcntl::fcntl(
             s.pipe_fd().expect("pipe made").as_raw_fd(),
@@ -256,7 +257,7 @@ fn pipes_take_the_configured_size() {
         )
         .unwrap() as usize
     };
-    let moved = |s: &mut Splice, spares: &mut Spares| {
+    let moved = |s: &mut Splice, stock: &mut Stock| {
         let (mut a_out, a_in) = UnixStream::pair().unwrap();
         let (b_in, _b_out) = UnixStream::pair().unwrap();
         a_in.set_nonblocking(true).unwrap();
@@ -268,19 +269,19 @@ fn pipes_take_the_configured_size() {
             b_in.as_fd(),
             &mut ready(),
             false,
-            spares,
+            stock,
         )
         .unwrap();
     };
     let mut s = Splice::new();
     s.splice_now();
     assert!(s.pipe_fd().is_none(), "no pipe before data");
-    moved(&mut s, &mut spares);
+    moved(&mut s, &mut stock);
     assert_eq!(size_of(&s), default::PIPE_SIZE);
-    spares.pipes.resize(128 * 1024);
+    stock.pipes.resize(128 * 1024);
     let mut t = Splice::new();
     t.splice_now();
-    moved(&mut t, &mut spares);
+    moved(&mut t, &mut stock);
     assert_eq!(size_of(&t), 128 * 1024);
 }
 

@@ -1,7 +1,7 @@
 use super::*;
 use crate::buf::write_nb;
 use mio::net::UnixStream;
-use runtime::relay::Spares;
+use runtime::stock::Stock;
 
 const RW: Ready = Ready {
     readable: true,
@@ -49,7 +49,7 @@ fn run_with(
             &mut buf,
             &dst,
             &mut dr,
-            &mut Spares::default(),
+            &mut Stock::default(),
         )
         .unwrap();
         let mut r = RW;
@@ -114,7 +114,7 @@ fn a_body_past_4_gib_counts_down_in_u64() {
                 &mut buf,
                 &dst,
                 &mut dr,
-                &mut Spares::default(),
+                &mut Stock::default(),
             )
             .unwrap();
         let mut r = RW;
@@ -174,7 +174,7 @@ fn chunked_trailers_are_filtered_and_must_fit_the_buffer() {
             &mut buf,
             &dst,
             &mut RW.clone(),
-            &mut Spares::default(),
+            &mut Stock::default(),
         );
         if e.is_err() {
             break;
@@ -237,7 +237,7 @@ fn long_chunk_data_is_spliced_and_framing_still_parsed() {
                 &mut buf,
                 &dst,
                 &mut dr,
-                &mut Spares::default(),
+                &mut Stock::default(),
             )
             .unwrap();
         spliced |= p.splice.is_some();
@@ -294,7 +294,7 @@ fn premature_eof_and_bad_chunk_are_errors() {
         &mut buf,
         &dst,
         &mut RW.clone(),
-        &mut Spares::default(),
+        &mut Stock::default(),
     );
     assert!(matches!(e, Err(BodyError::Src(_))), "{e:?}");
 
@@ -307,7 +307,7 @@ fn premature_eof_and_bad_chunk_are_errors() {
         &mut buf,
         &dst,
         &mut RW.clone(),
-        &mut Spares::default(),
+        &mut Stock::default(),
     );
     assert!(matches!(e, Err(BodyError::Framing(_))), "{e:?}");
 
@@ -322,7 +322,7 @@ fn premature_eof_and_bad_chunk_are_errors() {
         &mut buf,
         &dst,
         &mut RW.clone(),
-        &mut Spares::default(),
+        &mut Stock::default(),
     );
     assert!(matches!(e, Err(BodyError::Src(_))), "{e:?}");
 }
