@@ -64,7 +64,7 @@ const KEY_SHRINK: u64 = u64::MAX - 2;
 /// The health checker's next check or check timeout.
 const KEY_HEALTH: u64 = u64::MAX - 3;
 /// Spare relay pipes close once none has been in use for a while
-/// (`pipes::IdleSpares`).
+/// (`Pipes::after_turn`, `Pipes::due`).
 const KEY_PIPES: u64 = u64::MAX - 4;
 
 /// Start-up, the loop, and the exit status: a worker's whole `main`.

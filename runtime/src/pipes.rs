@@ -1,6 +1,6 @@
 //! A worker's relay pipes and the spare ones it keeps (HAProxy's pipe
 //! pool): [`Pipes`], owned by the worker loop and lent to the relays
-//! (`relay::Spares`). A spliced direction takes a pipe with
+//! (in its `stock::Stock`). A spliced direction takes a pipe with
 //! [`Pipes::take`] and gives it back with [`Pipes::give_back`] when its
 //! flow ends. Only an empty pipe goes back to the spares; one with bytes
 //! left (a direction cut short) is closed, so no byte of one connection can
