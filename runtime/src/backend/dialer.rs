@@ -31,16 +31,16 @@ pub use net::{Net, Real};
 /// and at once on [`Dialer::wake`], until the hold timeout.
 ///
 /// ```text
-///            wake, retarget (now)
-///              ┌──────┐
-///              v      │
-/// new ──> Due(at) ──(at passed: poll)──> connect ─ Ok ──> UnderWay: the caller registers
-///           ^  ^                            │              the socket, waits writable
-///           │  └── failed(): retry later, ──┘                  │           │
-///           │      or hold (Due at the                         │ connected └─> Connected
-///           │      hold's pace)                                │
-///           └───────────── the attempt failed ─────────────────┘
-///   give up (retries spent, hold over or refused, timed out) ──> Over: Failed / TimedOut / Gone
+///           wake, retarget: due now
+///               ┌──┐
+///               v  │
+/// new ──> Due(at) ─┴──(at: connect)──> UnderWay ──(writable: connected)──> Connected
+///           ^   │ refused, absent          │ failed, or stalled past
+///           │   │                          │ its replica's share
+///           └───┴── a retry later, the ────┘
+///                   next replica now, or
+///                   held (the hold's pace)
+/// expired; retries spent and not held; client gone ──> Over: Failed / TimedOut / Gone
 /// ```
 #[derive(Debug)]
 pub struct Dialer {
@@ -82,7 +82,7 @@ pub enum Dial {
     /// Nothing until [`Dialer::deadline`].
     Wait,
     /// A socket whose connect is under way: register it for writable,
-    /// then ask [`Dialer::established`].
+    /// then step on.
     Socket(Stream),
     /// Give up; the text says why (for the log).
     Failed(String),
@@ -152,6 +152,7 @@ impl Dialer {
             if !self.retry_due(now) {
                 return Dial::Wait;
             }
+            // Nothing is due until this attempt says what comes next.
             self.attempt = Attempt::Over;
             // Replicas: a new pick after a spent pass, or away from one down.
             self.aim(reach);
@@ -179,23 +180,7 @@ impl Dialer {
         matches!(self.attempt, Attempt::Due(at) if at <= Tick::from(now))
     }
 
-    /// The socket from [`Dial::Socket`] became writable. Ok(true): connected.
-    /// Ok(false): still in progress. Err: the attempt failed; call `failed`.
-    pub fn established(&self, s: &Stream) -> io::Result<bool> {
-        s.connect_done()
-    }
-
     /// An attempt failed with `e`: schedule a retry (Wait), hold, or give up.
-    pub fn failed(
-        &mut self,
-        reach: &mut Reach,
-        now: Instant,
-        limits: &Limits,
-        e: &io::Error,
-    ) -> Dial {
-        self.failed_on(&mut Real::quiet(), reach, now, limits, e)
-    }
-
     fn failed_on(
         &mut self,
         net: &mut dyn Net,
