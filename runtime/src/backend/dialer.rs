@@ -76,6 +76,16 @@ enum Attempt {
     Over,
 }
 
+/// What one call into a [`Dialer`] works with, handed down its steps as
+/// one: the network, the backends' side the loop lends, the time and the
+/// limits.
+struct Call<'a> {
+    net: &'a mut dyn Net,
+    reach: &'a mut Reach,
+    now: Instant,
+    limits: &'a Limits,
+}
+
 /// What [`Dialer::poll`] asks of its caller.
 #[derive(Debug)]
 pub enum Dial {
@@ -131,45 +141,45 @@ impl Dialer {
     /// failed attempt that leaves a retry due now (the next replica) is
     /// made here, at once, rather than left to a timer already due.
     pub fn poll(&mut self, reach: &mut Reach, now: Instant, limits: &Limits) -> Dial {
-        self.poll_on(&mut Real::quiet(), reach, now, limits)
+        let net = &mut Real::quiet();
+        self.poll_on(&mut Call {
+            net,
+            reach,
+            now,
+            limits,
+        })
     }
 
-    fn poll_on(
-        &mut self,
-        net: &mut dyn Net,
-        reach: &mut Reach,
-        now: Instant,
-        limits: &Limits,
-    ) -> Dial {
+    fn poll_on(&mut self, c: &mut Call) -> Dial {
         loop {
-            if self.expired(now) {
+            if self.expired(c.now) {
                 let why = format!(
                     "backend {}: connect timed out after {} attempt(s)",
                     self.target, self.failures
                 );
-                return Dial::Failed(self.end_hold(reach, now, why));
+                return Dial::Failed(self.end_hold(c.reach, c.now, why));
             }
-            if !self.retry_due(now) {
+            if !self.retry_due(c.now) {
                 return Dial::Wait;
             }
             // Nothing is due until this attempt says what comes next.
             self.attempt = Attempt::Over;
             // Replicas: a new pick after a spent pass, or away from one down.
-            self.aim(reach);
-            if reach.health.is_down(&self.target) {
-                return self.down(net, reach, now, limits);
+            self.aim(c.reach);
+            if c.reach.health.is_down(&self.target) {
+                return self.down(c);
             }
-            let e = match net.connect(&self.target, &reach.roots) {
+            let e = match c.net.connect(&self.target, &c.reach.roots) {
                 Ok(s) => {
-                    self.attempt_started(now, limits);
+                    self.attempt_started(c.now, c.limits);
                     return Dial::Socket(s);
                 }
                 Err(e) => e,
             };
-            match self.failed_on(net, reach, now, limits, &e) {
+            match self.failed_on(c, &e) {
                 // The next replica, due now: dial it in this call (one
                 // pass over the pool at most: `fail_over` ends a pass).
-                Dial::Wait if self.retry_due(now) => continue,
+                Dial::Wait if self.retry_due(c.now) => continue,
                 d => return d,
             }
         }
@@ -181,15 +191,9 @@ impl Dialer {
     }
 
     /// An attempt failed with `e`: schedule a retry (Wait), hold, or give up.
-    fn failed_on(
-        &mut self,
-        net: &mut dyn Net,
-        reach: &mut Reach,
-        now: Instant,
-        limits: &Limits,
-        e: &io::Error,
-    ) -> Dial {
-        if self.fail_over(reach, now, e) {
+    fn failed_on(&mut self, c: &mut Call, e: &io::Error) -> Dial {
+        let now = c.now;
+        if self.fail_over(c.reach, now, e) {
             return Dial::Wait;
         }
         self.failures += 1;
@@ -212,7 +216,7 @@ impl Dialer {
                 return Dial::Wait;
             }
             if is_retryable(e) {
-                if let Some(d) = retry_delay(self.failures, limits.connect_retry_ms) {
+                if let Some(d) = retry_delay(self.failures, c.limits.connect_retry_ms) {
                     if Tick::from(now + d) < self.give_up_at {
                         self.attempt = Attempt::Due(Tick::from(now + d));
                         return Dial::Wait;
@@ -221,9 +225,9 @@ impl Dialer {
             }
             // The connection as a whole failed to connect: one failure for
             // the health checks (not one per retry).
-            reach.health.observe_failure(&self.target, e, false);
+            c.reach.health.observe_failure(&self.target, e, false);
             if is_absent(e) {
-                match self.hold(net, reach, now, limits) {
+                match self.hold(c) {
                     Hold::Held => return Dial::Wait,
                     Hold::Gone => return Dial::Gone,
                     Hold::No => {}
@@ -234,7 +238,7 @@ impl Dialer {
             "backend {} unreachable: {e} (after {} attempt(s))",
             self.target, self.failures
         );
-        Dial::Failed(self.end_hold(reach, now, why))
+        Dial::Failed(self.end_hold(c.reach, now, why))
     }
 
     /// A backend may be back (route update, health check): retry now
@@ -296,7 +300,13 @@ impl Dialer {
         now: Instant,
         limits: &Limits,
     ) -> Step {
-        let step = self.step_once(net, reach, socket, ready, now, limits);
+        let c = &mut Call {
+            net,
+            reach,
+            now,
+            limits,
+        };
+        let step = self.step_once(c, socket, ready);
         debug_assert!(
             matches!(
                 step,
@@ -309,41 +319,33 @@ impl Dialer {
         step
     }
 
-    fn step_once(
-        &mut self,
-        net: &mut dyn Net,
-        reach: &mut Reach,
-        socket: &mut Option<Stream>,
-        ready: bool,
-        now: Instant,
-        limits: &Limits,
-    ) -> Step {
+    fn step_once(&mut self, c: &mut Call, socket: &mut Option<Stream>, ready: bool) -> Step {
         // A stalled replica gave way: the next one is due now, dialled
         // below.
-        self.stalled(reach, socket, ready, now);
+        self.stalled(c.reach, socket, ready, c.now);
         let in_flight = socket.as_ref().filter(|_| ready);
         let Some(s) = in_flight else {
-            if self.expired(now) {
-                return self.give_up(reach, socket.is_some(), now, limits);
+            if self.expired(c.now) {
+                return self.give_up(c, socket.is_some());
             }
             if socket.is_some() {
                 return Step::Wait;
             }
-            return self.dial(net, reach, socket, now, limits);
+            return self.dial(c, socket);
         };
-        match net.done(s) {
+        match c.net.done(s) {
             // Still under way at the deadline: given up now, not left to
             // a timer already due.
-            Ok(false) if self.expired(now) => self.give_up(reach, true, now, limits),
+            Ok(false) if self.expired(c.now) => self.give_up(c, true),
             Ok(false) => Step::Pending,
-            Ok(true) => self.connected(reach, now),
+            Ok(true) => self.connected(c.reach, c.now),
             Err(e) => {
                 *socket = None;
-                match self.failed_on(net, reach, now, limits, &e) {
+                match self.failed_on(c, &e) {
                     Dial::Failed(why) => Step::Failed(why),
                     Dial::Gone => Step::Gone,
                     // The next replica, due now: dialled at once.
-                    Dial::Wait if self.retry_due(now) => self.dial(net, reach, socket, now, limits),
+                    Dial::Wait if self.retry_due(c.now) => self.dial(c, socket),
                     _ => Step::Wait,
                 }
             }
@@ -351,15 +353,8 @@ impl Dialer {
     }
 
     /// [`Dialer::poll_on`] as a step: a new socket goes into `socket`.
-    fn dial(
-        &mut self,
-        net: &mut dyn Net,
-        reach: &mut Reach,
-        socket: &mut Option<Stream>,
-        now: Instant,
-        limits: &Limits,
-    ) -> Step {
-        match self.poll_on(net, reach, now, limits) {
+    fn dial(&mut self, c: &mut Call, socket: &mut Option<Stream>) -> Step {
+        match self.poll_on(c) {
             Dial::Wait => Step::Wait,
             Dial::Socket(s) => {
                 *socket = Some(s);
@@ -373,13 +368,8 @@ impl Dialer {
     /// The connection's deadline passed (`expired`): the connect timeout,
     /// or for a held one the hold's; `under_way`: an attempt was still
     /// connecting.
-    fn give_up(
-        &mut self,
-        reach: &mut Reach,
-        under_way: bool,
-        now: Instant,
-        limits: &Limits,
-    ) -> Step {
+    fn give_up(&mut self, c: &mut Call, under_way: bool) -> Step {
+        let (now, limits) = (c.now, c.limits);
         self.attempt = Attempt::Over;
         if !under_way && self.held.is_some() {
             // Held to the end with no attempt under way: the
@@ -388,7 +378,7 @@ impl Dialer {
                 "backend {} still unreachable at the hold timeout ({} ms, {} attempt(s))",
                 self.target, limits.hold_timeout_ms, self.failures
             );
-            return Step::Failed(self.end_hold(reach, now, why));
+            return Step::Failed(self.end_hold(c.reach, now, why));
         }
         if self.held.is_none() {
             // A backend that never answers the SYN (its host gone,
@@ -397,7 +387,7 @@ impl Dialer {
             // checks. A held connection counted its failure when
             // the hold began.
             let why = format!("not connected within {} ms", limits.connect_timeout_ms);
-            reach.observe(&self.target, Err(why), false);
+            c.reach.observe(&self.target, Err(why), false);
         }
         let why = if self.held.is_some() {
             format!(
@@ -410,7 +400,7 @@ impl Dialer {
                 self.target, limits.connect_timeout_ms
             )
         };
-        Step::TimedOut(self.end_hold(reach, now, why))
+        Step::TimedOut(self.end_hold(c.reach, now, why))
     }
 
     /// The attempt in flight has connected (found by [`Dialer::step`], or

@@ -27,6 +27,7 @@ fn run_with(
     wire: &[u8],
     close: bool,
 ) -> (Vec<u8>, Vec<u8>) {
+    let mut st = Stock::default();
     let (src_w, src) = pair();
     let (dst, dst_r) = pair();
     write_nb(&src_w, &mut RW.clone(), wire).unwrap();
@@ -43,15 +44,8 @@ fn run_with(
     let mut out = Vec::new();
     let mut sink = Buf::new(1 << 16);
     for _ in 0..1000 {
-        p.pump(
-            &src,
-            &mut sr,
-            &mut buf,
-            &dst,
-            &mut dr,
-            &mut Stock::default(),
-        )
-        .unwrap();
+        p.pump(&src, &mut sr, &mut buf, &dst, &mut dr, &mut st)
+            .unwrap();
         let mut r = RW;
         sink.read_from(&dst_r, &mut r).unwrap();
         out.extend_from_slice(sink.bytes());
@@ -85,6 +79,7 @@ fn length_uses_buffer_then_socket_and_stops_at_limit() {
 /// request. Framed from a real head, part buffered, part spliced.
 #[test]
 fn a_body_past_4_gib_counts_down_in_u64() {
+    let mut st = Stock::default();
     const LEN: u64 = 5_000_000_000;
     let head = b"PUT /fw HTTP/1.1\r\nHost: a\r\nContent-Length: 5000000000\r\n\r\n";
     let framing = match crate::head::parse_request(head) {
@@ -108,14 +103,7 @@ fn a_body_past_4_gib_counts_down_in_u64() {
     let mut sink = Buf::new(1 << 16);
     for _ in 0..1000 {
         moved += p
-            .pump(
-                &src,
-                &mut sr,
-                &mut buf,
-                &dst,
-                &mut dr,
-                &mut Stock::default(),
-            )
+            .pump(&src, &mut sr, &mut buf, &dst, &mut dr, &mut st)
             .unwrap();
         let mut r = RW;
         while sink.read_from(&dst_r, &mut r).is_ok_and(|g| g.bytes > 0) {
@@ -154,6 +142,7 @@ fn chunked_passes_through_and_leaves_next_message() {
 
 #[test]
 fn chunked_trailers_are_filtered_and_must_fit_the_buffer() {
+    let mut st = Stock::default();
     let wire = b"3\r\nabc\r\n0\r\nX-PV-Role: admin\r\nX-Ok: 1\r\n\r\nNEXT";
     let (out, rest) = run_with(64, Framing::Chunked, b"", wire, false);
     assert_eq!(out, b"3\r\nabc\r\n0\r\nX-Ok: 1\r\n\r\n");
@@ -174,7 +163,7 @@ fn chunked_trailers_are_filtered_and_must_fit_the_buffer() {
             &mut buf,
             &dst,
             &mut RW.clone(),
-            &mut Stock::default(),
+            &mut st,
         );
         if e.is_err() {
             break;
@@ -191,6 +180,7 @@ fn chunked_trailers_are_filtered_and_must_fit_the_buffer() {
 /// the buffer, and what follows the body stays on the socket.
 #[test]
 fn long_chunk_data_is_spliced_and_framing_still_parsed() {
+    let mut st = Stock::default();
     let mut wire = Vec::new();
     for (i, len) in [300_000usize, 5, 70_000, 16_384, 16_385]
         .into_iter()
@@ -231,14 +221,7 @@ fn long_chunk_data_is_spliced_and_framing_still_parsed() {
     while !p.is_done() && std::time::Instant::now() < give_up {
         let (mut sr, mut dr) = (RW, RW);
         let moved = p
-            .pump(
-                &src,
-                &mut sr,
-                &mut buf,
-                &dst,
-                &mut dr,
-                &mut Stock::default(),
-            )
+            .pump(&src, &mut sr, &mut buf, &dst, &mut dr, &mut st)
             .unwrap();
         spliced |= p.splice.is_some();
         sink.read_from(&dst_r, &mut RW.clone()).unwrap();
@@ -282,33 +265,23 @@ fn close_runs_to_eof() {
 
 #[test]
 fn premature_eof_and_bad_chunk_are_errors() {
+    let mut st = Stock::default();
     let (w, src) = pair();
     let (dst, _r) = pair();
+    let mut pump = |p: &mut Pump, src: &Stream, buf: &mut Buf| {
+        p.pump(src, &mut RW.clone(), buf, &dst, &mut RW.clone(), &mut st)
+    };
     write_nb(&w, &mut RW.clone(), b"abc").unwrap();
     drop(w);
     let mut p = Pump::new(Framing::Length(10));
     let mut buf = Buf::new(8);
-    let e = p.pump(
-        &src,
-        &mut RW.clone(),
-        &mut buf,
-        &dst,
-        &mut RW.clone(),
-        &mut Stock::default(),
-    );
+    let e = pump(&mut p, &src, &mut buf);
     assert!(matches!(e, Err(BodyError::Src(_))), "{e:?}");
 
     let (w, src) = pair();
     write_nb(&w, &mut RW.clone(), b"zz\r\n").unwrap();
     let mut p = Pump::new(Framing::Chunked);
-    let e = p.pump(
-        &src,
-        &mut RW.clone(),
-        &mut buf,
-        &dst,
-        &mut RW.clone(),
-        &mut Stock::default(),
-    );
+    let e = pump(&mut p, &src, &mut buf);
     assert!(matches!(e, Err(BodyError::Framing(_))), "{e:?}");
 
     let (w, src) = pair();
@@ -316,13 +289,6 @@ fn premature_eof_and_bad_chunk_are_errors() {
     drop(w);
     let mut p = Pump::new(Framing::Chunked);
     let mut buf = Buf::new(8);
-    let e = p.pump(
-        &src,
-        &mut RW.clone(),
-        &mut buf,
-        &dst,
-        &mut RW.clone(),
-        &mut Stock::default(),
-    );
+    let e = pump(&mut p, &src, &mut buf);
     assert!(matches!(e, Err(BodyError::Src(_))), "{e:?}");
 }

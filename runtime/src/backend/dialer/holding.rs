@@ -5,9 +5,8 @@
 //! timeout, within the worker's `--max-held` and its route's share.
 
 use super::super::Reach;
-use super::{Attempt, Dial, Dialer, Net};
+use super::{Attempt, Call, Dial, Dialer};
 use crate::hold::{self, Held, Outcome};
-use proto::limits::Limits;
 use proto::tick::Tick;
 use std::time::{Duration, Instant};
 
@@ -43,42 +42,30 @@ impl Dialer {
 
     /// Health checks say the backend is down: not dialled; held (waiting
     /// for a check to see it up, which wakes it) or the error at once.
-    pub(super) fn down(
-        &mut self,
-        net: &mut dyn Net,
-        reach: &mut Reach,
-        now: Instant,
-        limits: &Limits,
-    ) -> Dial {
+    pub(super) fn down(&mut self, c: &mut Call) -> Dial {
         if self.held.is_some() {
-            if self.retry_held(now) {
+            if self.retry_held(c.now) {
                 return Dial::Wait;
             }
             // The hold is over (the connection's deadline is the hold's,
             // `hold`; this only guards a caller that skipped `expired`):
             // never a retry at a deadline already past.
-            let why = format!("backend {} is down (health checks)", self.target);
-            return Dial::Failed(self.end_hold(reach, now, why));
-        }
-        match self.hold(net, reach, now, limits) {
-            Hold::Held => return Dial::Wait,
-            Hold::Gone => return Dial::Gone,
-            Hold::No => {}
+        } else {
+            match self.hold(c) {
+                Hold::Held => return Dial::Wait,
+                Hold::Gone => return Dial::Gone,
+                Hold::No => {}
+            }
         }
         let why = format!("backend {} is down (health checks)", self.target);
-        Dial::Failed(self.end_hold(reach, now, why))
+        Dial::Failed(self.end_hold(c.reach, c.now, why))
     }
 
     /// Start holding, if holding is on, the worker has room and the
     /// client is still there (asked of `net` only now: a client gone
     /// before its hold began never takes a slot).
-    pub(super) fn hold(
-        &mut self,
-        net: &mut dyn Net,
-        reach: &mut Reach,
-        now: Instant,
-        limits: &Limits,
-    ) -> Hold {
+    pub(super) fn hold(&mut self, c: &mut Call) -> Hold {
+        let (now, limits, reach) = (c.now, c.limits, &mut *c.reach);
         if limits.hold_timeout_ms == 0 {
             return Hold::No;
         }
@@ -86,7 +73,7 @@ impl Dialer {
         if now >= until {
             return Hold::No;
         }
-        if net.client_gone() {
+        if c.net.client_gone() {
             proto::debug!(
                 "backend {} unreachable and the client gone already: not holding",
                 self.target
