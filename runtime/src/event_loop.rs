@@ -32,7 +32,7 @@
 //!   later drain only brings the deadline forward.
 
 use crate::accept::Acceptor;
-use crate::backend::Reach;
+use crate::backend::{Reach, Roots};
 use crate::prober::{self, Checker};
 use crate::stock::Stock;
 use crate::stream::Listener;
@@ -138,6 +138,28 @@ macro_rules! cx {
 mod control;
 pub use control::other_endpoint;
 
+/// What the loop lends its handler as Init has it (the backends' side,
+/// the data path's stock), and the checks that fill the health table: the
+/// same for every kind of worker, so compiled once, not per handler.
+#[inline(never)]
+fn lent(
+    config: &WorkerConfig,
+    roots: Roots,
+    poll: &Poll,
+) -> io::Result<(Option<Checker>, Reach, Stock)> {
+    let mut reach = Reach::new(roots);
+    let backends = prober::backends_of(&config.endpoint.routes);
+    let limits = &config.limits;
+    let checker = Checker::new(limits, &backends, Instant::now(), &mut reach.health)?;
+    if let Some(h) = &checker {
+        poll.registry()
+            .register(&mut SourceFd(&h.fd()), HEALTH, Interest::READABLE)?;
+    }
+    let mut stock = Stock::default();
+    stock.pipes.resize(limits.pipe_size);
+    Ok((checker, reach, stock))
+}
+
 impl<H: Handler> Loop<H> {
     pub fn new(mut s: Started) -> io::Result<Loop<H>> {
         crate::hold::fit(&mut s.config);
@@ -154,16 +176,7 @@ impl<H: Handler> Loop<H> {
             CTL,
             Interest::READABLE,
         )?;
-        let mut reach = Reach::new(s.roots);
-        let backends = prober::backends_of(&s.config.endpoint.routes);
-        let limits = &s.config.limits;
-        let checker = Checker::new(limits, &backends, Instant::now(), &mut reach.health)?;
-        if let Some(h) = &checker {
-            poll.registry()
-                .register(&mut SourceFd(&h.fd()), HEALTH, Interest::READABLE)?;
-        }
-        let mut stock = Stock::default();
-        stock.pipes.resize(limits.pipe_size);
+        let (checker, reach, stock) = lent(&s.config, s.roots, &poll)?;
         Ok(Loop {
             poll,
             acceptor,
