@@ -18,19 +18,7 @@ use proto::ctl::WorkerConfig;
 use proto::tick::Tick;
 
 mod sockets;
-pub use sockets::{Dialing, Sockets};
-
-/// What the loop must do after driving a connection.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Next {
-    Continue,
-    /// Close both sides. `error`: count it as a failed connection.
-    Close {
-        error: bool,
-    },
-    /// A new backend socket exists and must be registered.
-    RegisterBackend,
-}
+pub use sockets::{Dialing, Next, Sockets};
 
 /// A proxied connection as the loop sees it. Each call gets the loop's
 /// [`Cx`]: the time, the running configuration, and what dialling and

@@ -136,7 +136,6 @@ macro_rules! cx {
 
 // After `cx!`, which it uses.
 mod control;
-pub use control::other_endpoint;
 
 /// What the loop lends its handler as Init has it (the backends' side,
 /// the data path's stock), and the checks that fill the health table: the

@@ -7,11 +7,10 @@
 //! it does on the network goes through [`Net`] (`dialer/net.rs`).
 
 use super::connect::{busy_delay, is_absent, is_busy, is_retryable, retry_delay};
-use super::Reach;
+use super::reach::Reach;
 use crate::balance::Choice;
 use crate::hold::Held;
 use crate::stream::Stream;
-use holding::Hold;
 use proto::limits::Limits;
 use proto::tick::Tick;
 use proto::types::Backend;
@@ -84,6 +83,15 @@ struct Call<'a> {
     reach: &'a mut Reach,
     now: Instant,
     limits: &'a Limits,
+}
+
+/// What [`Dialer::hold`] decided.
+enum Hold {
+    Held,
+    /// Not held (holding off, the hold over, no room): the error.
+    No,
+    /// The client has gone: not held, no error owed.
+    Gone,
 }
 
 /// What [`Dialer::poll`] asks of its caller.

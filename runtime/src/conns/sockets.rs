@@ -4,7 +4,6 @@
 //! shares, with the two steps that read it, dialling the backend
 //! ([`Sockets::dial`]) and relaying ([`Sockets::relay`]).
 
-use super::Next;
 use crate::backend::{Dialer, Reach, Real, Step};
 use crate::duplex::{Direction, Duplex, Flow, ShortRead};
 use crate::stock::Stock;
@@ -15,6 +14,18 @@ use proto::tick::Tick;
 use std::num::NonZeroU32;
 use std::os::fd::AsFd;
 use std::time::Instant;
+
+/// What the loop must do after driving a connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    Continue,
+    /// Close both sides. `error`: count it as a failed connection.
+    Close {
+        error: bool,
+    },
+    /// A new backend socket exists and must be registered.
+    RegisterBackend,
+}
 
 /// The two sockets of a proxied connection and what the loop keeps for
 /// it; every [`Connection`] has one. Kept small: thousands of idle

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 /// address or consumer, so such a config is never applied in place. (The
 /// key's `consumer_pid` may change: a consumer restarted in the network
 /// namespace the listener is in keeps socket and worker.)
-pub fn other_endpoint(old: &Endpoint, new: &Endpoint) -> Option<String> {
+fn other_endpoint(old: &Endpoint, new: &Endpoint) -> Option<String> {
     if new.kind != old.kind {
         return Some(format!(
             "an update cannot change the endpoint's kind ({} to {})",

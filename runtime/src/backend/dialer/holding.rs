@@ -4,20 +4,11 @@
 //! marked down is held, retried at the hold's pace, until the hold
 //! timeout, within the worker's `--max-held` and its route's share.
 
-use super::super::Reach;
-use super::{Attempt, Call, Dial, Dialer};
+use super::super::reach::Reach;
+use super::{Attempt, Call, Dial, Dialer, Hold};
 use crate::hold::{self, Held, Outcome};
 use proto::tick::Tick;
 use std::time::{Duration, Instant};
-
-/// What [`Dialer::hold`] decided.
-pub(super) enum Hold {
-    Held,
-    /// Not held (holding off, the hold over, no room): the error.
-    No,
-    /// The client has gone: not held, no error owed.
-    Gone,
-}
 
 impl Dialer {
     /// Whether the connection is held now.

@@ -2,7 +2,7 @@
 //! so it reads the [`Dialer`]'s fields, which stay private there).
 
 use super::super::connect::is_busy;
-use super::super::Reach;
+use super::super::reach::Reach;
 use super::{Attempt, Dialer};
 use crate::balance::{Choice, Lease};
 use crate::stream::Stream;
