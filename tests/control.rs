@@ -422,8 +422,8 @@ fn every_kind_refuses_an_update_for_another_endpoint_and_keeps_what_it_had() {
         // Refused with a provider root attached.
         let mut with_root = other_kind;
         let r = &mut with_root.endpoint.routes[0];
-        r.provider_pid = std::process::id();
-        r.backend = Backend::Unix(proto::graph::provider_path(r.provider_pid, "/x.sock"));
+        r.via.provider_pid = std::process::id();
+        r.via.backend = Backend::Unix(proto::graph::provider_path(r.via.provider_pid, "/x.sock"));
         assert_eq!(with_root.endpoint.root_pids().len(), 1);
         let err = ep.w.send_with(
             |seq| ToWorker::Update {

@@ -149,3 +149,164 @@ fn workers_depend_on_runtime() {
         );
     }
 }
+
+/// A module path inside a crate's `src/` (`["backend", "dialer"]`) of
+/// file `f`: `lib.rs`, `main.rs` and `mod.rs` are their directory's.
+fn module_of(src: &Path, f: &Path) -> Vec<String> {
+    let rel = f.strip_prefix(src).unwrap().with_extension("");
+    let mut m: Vec<String> = rel
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    if m.last()
+        .is_some_and(|l| ["lib", "main", "mod"].contains(&l.as_str()))
+    {
+        m.pop();
+    }
+    m
+}
+
+/// Production text of a source: no test module, no comment line.
+fn production(f: &Path) -> String {
+    if f.file_name().is_some_and(|n| n == "tests.rs") {
+        return String::new();
+    }
+    let text = std::fs::read_to_string(f).unwrap();
+    let text = match text.find("#[cfg(test)]\nmod tests {") {
+        Some(i) => &text[..i],
+        None => &text[..],
+    };
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The module paths `text` (of module `me`) names: `crate::a::b`,
+/// `crate::{a, b}`, `super::x` (a sibling of `me`).
+fn named(me: &[String], text: &str) -> Vec<Vec<String>> {
+    let ident = |s: &str| -> String {
+        s.chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let mut out = Vec::new();
+    for (i, _) in text.match_indices("crate::") {
+        if text[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_') {
+            continue; // `pvx_crate::`, not ours
+        }
+        let rest = &text[i + "crate::".len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            let group = &group[..group.find('}').unwrap_or(group.len())];
+            for part in group.split(',') {
+                let p = ident(part.trim());
+                if !p.is_empty() {
+                    out.push(vec![p]);
+                }
+            }
+        } else {
+            let p = ident(rest);
+            if !p.is_empty() {
+                out.push(vec![p]);
+            }
+        }
+    }
+    for (i, _) in text.match_indices("super::") {
+        if text[..i].ends_with("super::") {
+            continue; // inside a `super::super::` chain, read from its start
+        }
+        let mut rest = &text[i..];
+        let mut up = 0;
+        while let Some(r) = rest.strip_prefix("super::") {
+            rest = r;
+            up += 1;
+        }
+        let p = ident(rest);
+        if !p.is_empty() && up <= me.len() {
+            let mut path = me[..me.len() - up].to_vec();
+            path.push(p);
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// Import circles among sibling modules of the crate at `src`: for each
+/// reference from module `a` to module `b`, an edge between the two
+/// siblings under their closest common parent (a child using its parent's
+/// items is no circle: the parent owns it). Returns each circle found.
+fn import_circles(src: &Path) -> Vec<Vec<String>> {
+    use std::collections::{BTreeMap, BTreeSet};
+    let mut edges: BTreeMap<Vec<String>, BTreeSet<Vec<String>>> = BTreeMap::new();
+    for f in sources(src) {
+        let me = module_of(src, &f);
+        for to in named(&me, &production(&f)) {
+            let k = me.iter().zip(&to).take_while(|(a, b)| a == b).count();
+            if k < me.len() && k < to.len() {
+                edges
+                    .entry(me[..=k].to_vec())
+                    .or_default()
+                    .insert(to[..=k].to_vec());
+            }
+        }
+    }
+    // A circle: a node that reaches itself.
+    let mut circles = Vec::new();
+    for start in edges.keys() {
+        let mut seen = BTreeSet::new();
+        let mut todo: Vec<Vec<Vec<String>>> = vec![vec![start.clone()]];
+        while let Some(path) = todo.pop() {
+            let last = path.last().unwrap();
+            for next in edges.get(last).into_iter().flatten() {
+                if next == start {
+                    let names = path.iter().map(|m| m.join("::")).collect();
+                    circles.push(names);
+                } else if seen.insert(next.clone()) {
+                    let mut p = path.clone();
+                    p.push(next.clone());
+                    todo.push(p);
+                }
+            }
+        }
+    }
+    circles
+}
+
+/// No module of any crate imports a sibling that imports it back,
+/// directly or around a longer circle (issue 19): each crate's modules
+/// read as a tree of layers, leaf vocabulary at the bottom.
+#[test]
+fn no_import_circle_in_any_crate() {
+    let mut found = Vec::new();
+    for krate in [
+        "proto",
+        "runtime",
+        "supervisor",
+        "worker-tcp",
+        "worker-unix",
+        "worker-http",
+    ] {
+        let src = root().join(krate).join("src");
+        assert!(src.is_dir(), "{krate}: no src");
+        for c in import_circles(&src) {
+            found.push(format!("{krate}: {}", c.join(" -> ")));
+        }
+    }
+    assert!(found.is_empty(), "import circles:\n{}", found.join("\n"));
+}
+
+/// The circle finder finds one (so a pass above means something).
+#[test]
+fn the_circle_finder_sees_a_circle() {
+    let dir = std::env::temp_dir().join(format!("pvx-layers-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("a")).unwrap();
+    std::fs::write(dir.join("lib.rs"), "mod a; mod b;\n").unwrap();
+    std::fs::write(dir.join("a/mod.rs"), "use crate::b::X;\nmod c;\n").unwrap();
+    std::fs::write(dir.join("a/c.rs"), "use super::super::b;\nuse super::Y;\n").unwrap();
+    std::fs::write(dir.join("b.rs"), "// crate::a is prose\nfn f() {}\n").unwrap();
+    assert!(import_circles(&dir).is_empty());
+    std::fs::write(dir.join("b.rs"), "use crate::{a::Y, other};\n").unwrap();
+    let found = import_circles(&dir);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(found.iter().any(|c| c == &["a", "b"]), "{found:?}");
+}

@@ -30,28 +30,30 @@ fn check(plan: &Plan, n_items: usize) {
         assert!(!ep.routes.is_empty(), "endpoint {} without routes", ep.key);
         for (i, r) in ep.routes.iter().enumerate() {
             assert!(seen.insert(r.link), "link #{} planned twice", r.link);
-            assert_eq!(r.consumer, ep.consumer);
+            assert_eq!(r.via.consumer, ep.consumer);
             if ep.kind == Kind::Tcp || ep.kind == Kind::Http {
                 assert!(matches!(ep.key.listen, proto::types::Listen::Tcp(_)));
             }
             for o in &ep.routes[..i] {
                 match ep.kind {
                     Kind::Http => assert!(
-                        !(o.prefix == r.prefix && o.host == r.host),
+                        !(o.via.prefix == r.via.prefix && o.via.host == r.via.host),
                         "links #{} and #{} share prefix and host",
                         o.link,
                         r.link
                     ),
-                    Kind::Tcp => assert!(r.sni.is_some() && o.sni.is_some() && o.sni != r.sni),
+                    Kind::Tcp => assert!(
+                        r.via.sni.is_some() && o.via.sni.is_some() && o.via.sni != r.via.sni
+                    ),
                     Kind::Unix | Kind::Rest => {}
                 }
             }
-            if let (Backend::Unix(p), 0) = (&r.backend, r.provider_pid) {
+            if let (Backend::Unix(p), 0) = (&r.via.backend, r.via.provider_pid) {
                 assert!(p.is_absolute(), "relative unix backend {}", p.display());
             }
             // Replicas: links of the route, each planned once, a pool only
             // with a policy, no backend twice in a pool.
-            assert!(r.replicas.is_empty() || r.balance.is_some());
+            assert!(r.replicas.is_empty() || r.via.balance.is_some());
             let mut pool = BTreeSet::new();
             for b in r.backends() {
                 assert!(pool.insert(b.to_string()), "backend {b} twice in a pool");

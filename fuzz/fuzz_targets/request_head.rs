@@ -1,5 +1,6 @@
-//! Request heads (worker-http `head.rs`): parse, then write the head the
-//! backend gets, then read that head back as a backend would.
+//! Request heads (worker-http `head/request.rs`, `head/forward.rs`):
+//! parse, then write the head the backend gets, then read that head back
+//! as a backend would.
 //!
 //! Invariants: no panic; a complete head never claims more bytes than it
 //! was given; what we forward parses as one complete head of exactly its
@@ -11,7 +12,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use std::net::IpAddr;
-use worker_http::head::{parse_request, write_request, Client, Parsed, MAX_HEADERS};
+use worker_http::fields::MAX_HEADERS;
+use worker_http::head::{parse_request, write_request, Client, Parsed};
 use worker_http::route::Table;
 
 const ROLE: &str = "fuzz-role";

@@ -1,5 +1,6 @@
-//! Response heads (worker-http `head.rs`): parse a backend's head, then
-//! finish the head the client gets and read it back as a client would.
+//! Response heads (worker-http `head/response.rs`): parse a backend's
+//! head, then finish the head the client gets and read it back as a
+//! client would.
 //!
 //! Invariants: no panic; a complete head never claims more bytes than it
 //! was given; what the client gets is one complete head of exactly its own
@@ -11,7 +12,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use worker_http::head::{end_response, parse_response, Parsed, Persist, MAX_HEADERS};
+use worker_http::fields::MAX_HEADERS;
+use worker_http::head::{end_response, parse_response, Parsed, Persist};
 
 fuzz_target!(|data: &[u8]| {
     // The request method and our persistence vary with the input's length.

@@ -121,7 +121,7 @@ impl Lease {
 /// first, then its replicas', in graph order) and the policy. None for a
 /// route with one backend.
 pub fn pool_of(r: &Route) -> Option<(Rc<[Backend]>, Policy)> {
-    let policy = r.balance?;
+    let policy = r.via.balance?;
     if r.replicas.is_empty() {
         return None;
     }

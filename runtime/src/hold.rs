@@ -106,7 +106,7 @@ pub fn fit(config: &mut proto::ctl::WorkerConfig) {
 
 /// The distinct first backends among `routes` ([`share`]'s count).
 pub fn routes_sharing(routes: &[proto::plan::Route]) -> usize {
-    let mut keys: Vec<u64> = routes.iter().map(|r| share_key(&r.backend)).collect();
+    let mut keys: Vec<u64> = routes.iter().map(|r| share_key(&r.via.backend)).collect();
     keys.sort_unstable();
     keys.dedup();
     keys.len()

@@ -71,13 +71,13 @@ pub fn backends_of(routes: &[proto::plan::Route]) -> Vec<Checked> {
             match seen.get(b) {
                 Some(&i) => {
                     let c: &mut Checked = &mut v[i];
-                    c.proxy = c.proxy.or(r.proxy_protocol);
+                    c.proxy = c.proxy.or(r.via.proxy_protocol);
                 }
                 None => {
                     seen.insert(b, v.len());
                     v.push(Checked {
                         backend: b.clone(),
-                        proxy: r.proxy_protocol,
+                        proxy: r.via.proxy_protocol,
                     });
                 }
             }

@@ -1,7 +1,7 @@
 //! A connected stream socket of either family, so workers handle tcp and
 //! unix clients and backends with one code path.
 
-use mio::event::Source;
+use mio::event::{Event, Source};
 use mio::net::{TcpStream, UnixStream};
 use mio::{Interest, Registry, Token};
 use std::io::{self, Read, Write};
@@ -13,6 +13,33 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 pub struct Ready {
     pub readable: bool,
     pub writable: bool,
+}
+
+impl Ready {
+    /// What an event makes ready. A hang-up or an error counts as both:
+    /// only the read or the write that returns it (0 bytes, or the error)
+    /// tells the connection, and edge-triggered polling will not report
+    /// it again, so a side left waiting for an event would wait for ever.
+    pub fn of(ev: &Event) -> Ready {
+        Ready {
+            readable: ev.is_readable() || ev.is_read_closed() || ev.is_error(),
+            writable: ev.is_writable() || ev.is_write_closed() || ev.is_error(),
+        }
+    }
+
+    /// Take in an event: readiness stays until an I/O call finds the
+    /// socket would block, whatever later events say.
+    pub fn add(&mut self, ev: &Event) {
+        let now = Ready::of(ev);
+        self.readable |= now.readable;
+        self.writable |= now.writable;
+    }
+}
+
+/// Whether an event makes a short read prove nothing: a FIN or an error
+/// may be queued behind the data, or the read stopped at urgent data.
+pub fn troubled(ev: &Event) -> bool {
+    ev.is_read_closed() || ev.is_write_closed() || ev.is_error() || ev.is_priority()
 }
 
 #[derive(Debug)]

@@ -110,24 +110,24 @@ fn print_text(plan: &Plan) {
             if ep.kind == Kind::Http {
                 extra.push_str(&format!(
                     " prefix={} strip_prefix={}",
-                    r.prefix, r.strip_prefix
+                    r.via.prefix, r.via.strip_prefix
                 ));
-                if let Some(h) = &r.host {
+                if let Some(h) = &r.via.host {
                     extra.push_str(&format!(" host={h}"));
                 }
             }
-            if let Some(s) = &r.sni {
+            if let Some(s) = &r.via.sni {
                 extra.push_str(&format!(" sni={s}"));
             }
-            if let Some(p) = &r.proxy_protocol {
+            if let Some(p) = &r.via.proxy_protocol {
                 extra.push_str(&format!(" proxy_protocol={p:?}"));
             }
-            if let Some(b) = r.balance {
+            if let Some(b) = r.via.balance {
                 extra.push_str(&format!(" balance={b}"));
             }
             line(format!(
                 "  link #{} '{}' role={} -> {}{extra}",
-                r.link, r.name, r.role, r.backend
+                r.link, r.via.name, r.via.role, r.via.backend
             ));
             // The pool: the route's other links, each with its backend.
             for x in &r.replicas {

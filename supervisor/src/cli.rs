@@ -1,26 +1,30 @@
 //! Command line of `pv-xconnect` (clap derive, BEHAVIOUR §1 and §6).
 //!
-//! Every value is checked here, against a range written in its help, by a
-//! value parser that cannot panic (`cli/values.rs`); a bad one is a clap
-//! error (exit 2) naming the flag, the value and the range. Nothing past
-//! this module sees a value it would have to refuse, or one that overflows
-//! a deadline (`Instant + Duration` panics) in the supervisor or a worker.
+//! Every value is checked here, against the range its help shows
+//! (`cli/ranges.rs`), by a value parser that cannot panic
+//! (`cli/values.rs`); a bad one is a clap error (exit 2) naming the flag,
+//! the value and the range. Nothing past this module sees a value it would
+//! have to refuse, or one that overflows a deadline (`Instant + Duration`
+//! panics) in the supervisor or a worker.
 
+use crate::daemon::DEFAULT_DRAIN;
 use crate::policy::BackoffPolicy;
 use crate::policy::{RestartPolicy, DEFAULT_BACKOFF_FACTOR, DEFAULT_BACKOFF_POLICY};
+use crate::source::{DEFAULT_CTRL_SOCKET, DEFAULT_POLL_INTERVAL};
 pub use crate::status_cli::Show;
 use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use proto::limits::default;
+use proto::limits::{default, MAX_PIPE_SIZE};
+use ranges::{
+    show, CONNS, COUNT, DELAY, FACTOR, HEALTH_COUNT, HEALTH_INTERVAL, POLL, TIMEOUT_OR_NEVER,
+    WINDOW,
+};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
-use values::{
-    backoff_factor, backoff_policy, count, duration_in, page_size, pipe_max, show_backoff, shown,
-    DAY, FLOOR,
-};
-pub use values::{show, DEFAULT_PIPE_SIZE, MAX_PIPE_SIZE};
+use values::{backoff_factor, backoff_policy, count, duration_in, pipe_sizes, show_backoff, shown};
 
+mod ranges;
 mod values;
 
 const AFTER_HELP: &str = "\
@@ -95,19 +99,24 @@ enum Sub {
     },
 }
 
-/// Options of `run`.
+/// Options of `run`. A ranged flag's help names its range (`ranges.rs`)
+/// and its value parser checks against that same constant; a default is
+/// shown from the figure clap applies.
 #[derive(Args, Debug, Clone, PartialEq)]
 pub struct RunArgs {
     /// Read the graph from FILE (re-read on SIGHUP and when it changes)
     #[arg(long, value_name = "FILE", conflicts_with = "ctrl_socket")]
     pub graph: Option<PathBuf>,
-    /// Read the graph from Pantavisor's control socket, GET /xconnect-graph
-    /// (the default source) [default: /run/pantavisor/pv/pv-ctrl]
-    #[arg(long, value_name = "PATH", verbatim_doc_comment)]
+    // The default is applied where the source is chosen (entry.rs), and
+    // shown here from the same constant.
+    #[arg(long, value_name = "PATH", help = format!(
+        "Read the graph from Pantavisor's control socket, GET /xconnect-graph\n\
+         (the default source) [default: {DEFAULT_CTRL_SOCKET}]"))]
     pub ctrl_socket: Option<PathBuf>,
-    /// Control socket poll interval; 100ms to 24h
-    #[arg(long, allow_hyphen_values = true, value_name = "SECS", default_value = "5s",
-          value_parser = duration_in(Duration::from_millis(100), DAY, None))]
+    #[arg(long, allow_hyphen_values = true, value_name = "SECS",
+          default_value = shown(show(DEFAULT_POLL_INTERVAL)),
+          help = format!("Control socket poll interval; {POLL}"),
+          value_parser = duration_in(POLL))]
     pub poll_interval: Duration,
     /// Status socket (mode 0600)
     #[arg(long, value_name = "PATH", default_value = crate::status_server::DEFAULT_PATH)]
@@ -121,94 +130,116 @@ pub struct RunArgs {
     #[arg(long, value_name = "L", default_value = "info",
           value_parser = ["error", "warn", "info", "debug"])]
     pub log_level: String,
-    /// First restart delay of a crashed worker; 10ms to 24h
-    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = shown(show(RestartPolicy::default().retry_delay)),
-          value_parser = duration_in(FLOOR, DAY, None))]
+    #[arg(long, allow_hyphen_values = true, value_name = "D",
+          default_value = shown(show(RestartPolicy::default().retry_delay)),
+          help = format!("First restart delay of a crashed worker; {DELAY}"),
+          value_parser = duration_in(DELAY))]
     pub retry_delay: Duration,
-    /// Each consecutive failure multiplies the delay by F; 1 to 100
-    #[arg(long, allow_hyphen_values = true, value_name = "F", default_value = shown(DEFAULT_BACKOFF_FACTOR.to_string()), value_parser = backoff_factor)]
+    #[arg(long, allow_hyphen_values = true, value_name = "F",
+          default_value = shown(DEFAULT_BACKOFF_FACTOR.to_string()),
+          help = format!("Each consecutive failure multiplies the delay by F; {FACTOR}"),
+          value_parser = backoff_factor)]
     pub backoff_factor: f64,
-    /// Upper bound of the restart delay; 10ms to 24h, not below --retry-delay
-    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = shown(show(RestartPolicy::default().max_delay)),
-          value_parser = duration_in(FLOOR, DAY, None))]
+    #[arg(long, allow_hyphen_values = true, value_name = "D",
+          default_value = shown(show(RestartPolicy::default().max_delay)),
+          help = format!("Upper bound of the restart delay; {DELAY}, not below --retry-delay"),
+          value_parser = duration_in(DELAY))]
     pub max_delay: Duration,
-    /// A worker up this long has its backoff start over; 0 to 24h
-    /// (0: every failure counts as a first one)
-    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = shown(show(RestartPolicy::default().reset_window)), verbatim_doc_comment,
-          value_parser = duration_in(Duration::ZERO, DAY, None))]
+    #[arg(long, allow_hyphen_values = true, value_name = "D",
+          default_value = shown(show(RestartPolicy::default().reset_window)),
+          help = format!("A worker up this long has its backoff start over; {WINDOW}\n\
+                          (0: every failure counts as a first one)"),
+          value_parser = duration_in(WINDOW))]
     pub reset_window: Duration,
-    /// Failures in a row before --backoff-policy applies; 0 to 1000000
-    /// (0: retry for ever)
-    #[arg(long, allow_hyphen_values = true, value_name = "N", default_value = shown(RestartPolicy::default().max_retries.to_string()), verbatim_doc_comment,
-          value_parser = count::<u32>(0, 1_000_000, ""))]
+    #[arg(long, allow_hyphen_values = true, value_name = "N",
+          default_value = shown(RestartPolicy::default().max_retries.to_string()),
+          help = format!("Failures in a row before --backoff-policy applies; {COUNT}\n\
+                          (0: retry for ever)"),
+          value_parser = count::<u32>(COUNT, ""))]
     pub max_retries: u32,
-    /// After --max-retries failures in a row: `never` (stay failed until the
-    /// graph is applied again) or a DURATION of 10ms to 24h (wait that long,
-    /// then start over with a fresh count)
-    #[arg(long, allow_hyphen_values = true, value_name = "never|DURATION", default_value = shown(show_backoff(DEFAULT_BACKOFF_POLICY)), verbatim_doc_comment,
-          value_parser = backoff_policy)]
+    #[arg(long, allow_hyphen_values = true, value_name = "never|DURATION",
+          default_value = shown(show_backoff(DEFAULT_BACKOFF_POLICY)),
+          help = format!("After --max-retries failures in a row: `never` (stay failed until the\n\
+                          graph is applied again) or a DURATION of {DELAY} (wait that long,\n\
+                          then start over with a fresh count)"),
+          value_parser = backoff_policy(DELAY))]
     pub backoff_policy: BackoffPolicy,
-    /// How long a removed endpoint's connections may finish; 0 to 24h
-    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = "10s",
-          value_parser = duration_in(Duration::ZERO, DAY, None))]
+    #[arg(long, allow_hyphen_values = true, value_name = "D",
+          default_value = shown(show(DEFAULT_DRAIN)),
+          help = format!("How long a removed endpoint's connections may finish; {WINDOW}"),
+          value_parser = duration_in(WINDOW))]
     pub drain_timeout: Duration,
-    /// Backend connect timeout; 10ms to 24h
-    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = shown(show(default::CONNECT_TIMEOUT)),
-          value_parser = duration_in(FLOOR, DAY, None))]
+    #[arg(long, allow_hyphen_values = true, value_name = "D",
+          default_value = shown(show(default::CONNECT_TIMEOUT)),
+          help = format!("Backend connect timeout; {DELAY}"),
+          value_parser = duration_in(DELAY))]
     pub connect_timeout: Duration,
-    /// http: the whole request head must arrive within D, else 408; 10ms to 24h
-    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = shown(show(default::HEAD_TIMEOUT)),
-          value_parser = duration_in(FLOOR, DAY, None))]
+    #[arg(long, allow_hyphen_values = true, value_name = "D",
+          default_value = shown(show(default::HEAD_TIMEOUT)),
+          help = format!("http: the whole request head must arrive within D, else 408; {DELAY}"),
+          value_parser = duration_in(DELAY))]
     pub head_timeout: Duration,
-    /// http: idle keep-alive connections close after D; 10ms to 24h
-    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = shown(show(default::IDLE_TIMEOUT)),
-          value_parser = duration_in(FLOOR, DAY, None))]
+    #[arg(long, allow_hyphen_values = true, value_name = "D",
+          default_value = shown(show(default::IDLE_TIMEOUT)),
+          help = format!("http: idle keep-alive connections close after D; {DELAY}"),
+          value_parser = duration_in(DELAY))]
     pub idle_timeout: Duration,
-    /// http: a backend must start its response within D, else 504; 10ms to 24h
-    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = shown(show(default::RESPONSE_TIMEOUT)),
-          value_parser = duration_in(FLOOR, DAY, None))]
+    #[arg(long, allow_hyphen_values = true, value_name = "D",
+          default_value = shown(show(default::RESPONSE_TIMEOUT)),
+          help = format!("http: a backend must start its response within D, else 504; {DELAY}"),
+          value_parser = duration_in(DELAY))]
     pub response_timeout: Duration,
-    /// tcp: close connections idle this long; 0 (never) or 10ms to 24h
-    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = shown(show(default::TCP_IDLE_TIMEOUT)),
-          value_parser = duration_in(FLOOR, DAY, Some("never")))]
+    #[arg(long, allow_hyphen_values = true, value_name = "D",
+          default_value = shown(show(default::TCP_IDLE_TIMEOUT)),
+          help = format!("tcp: close connections idle this long; {TIMEOUT_OR_NEVER}"),
+          value_parser = duration_in(TIMEOUT_OR_NEVER))]
     pub tcp_idle_timeout: Duration,
-    /// Most concurrent connections per worker; 1 to 1000000
-    #[arg(long, allow_hyphen_values = true, value_name = "N", default_value = shown(default::MAX_CONNS.to_string()),
-          value_parser = count::<usize>(1, 1_000_000, ""))]
+    #[arg(long, allow_hyphen_values = true, value_name = "N",
+          default_value = shown(default::MAX_CONNS.to_string()),
+          help = format!("Most concurrent connections per worker; {CONNS}"),
+          value_parser = count::<usize>(CONNS, ""))]
     pub max_conns: usize,
-    /// Size of each relay pipe; a connection holds at most 2, so 2 x BYTES
-    /// bounds its kernel memory; a page to 1 MiB (at most fs.pipe-max-size)
-    #[arg(long, allow_hyphen_values = true, value_name = "BYTES", default_value = shown(default::PIPE_SIZE.to_string()), verbatim_doc_comment,
-          value_parser = count::<usize>(page_size(), pipe_max(), " bytes"))]
+    #[arg(long, allow_hyphen_values = true, value_name = "BYTES",
+          default_value = shown(default::PIPE_SIZE.to_string()),
+          help = format!("Size of each relay pipe; a connection holds at most 2, so 2 x BYTES\n\
+                          bounds its kernel memory; a page to {} MiB (at most fs.pipe-max-size)",
+                         MAX_PIPE_SIZE >> 20),
+          value_parser = count::<usize>(pipe_sizes(), " bytes"))]
     pub pipe_size: usize,
-    /// Hold a connection whose backend cannot be reached (refused,
-    /// unreachable, socket missing) and retry for up to D before the error;
-    /// 0 (never: ~375 ms of retries, then refuse or 502) or 10ms to 24h
-    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = shown(show(default::HOLD_TIMEOUT)), verbatim_doc_comment,
-          value_parser = duration_in(FLOOR, DAY, Some("never")))]
+    #[arg(long, allow_hyphen_values = true, value_name = "D",
+          default_value = shown(show(default::HOLD_TIMEOUT)),
+          help = format!("Hold a connection whose backend cannot be reached (refused,\n\
+                          unreachable, socket missing) and retry for up to D before the error;\n\
+                          {}", TIMEOUT_OR_NEVER.noted(": ~375 ms of retries, then refuse or 502")),
+          value_parser = duration_in(TIMEOUT_OR_NEVER))]
     pub hold_timeout: Duration,
-    /// Most connections one worker holds at once; beyond it, the error at
-    /// once; 0 to 1000000
-    #[arg(long, allow_hyphen_values = true, value_name = "N", default_value = shown(default::MAX_HELD.to_string()), verbatim_doc_comment,
-          value_parser = count::<usize>(0, 1_000_000, ""))]
+    #[arg(long, allow_hyphen_values = true, value_name = "N",
+          default_value = shown(default::MAX_HELD.to_string()),
+          help = format!("Most connections one worker holds at once; beyond it, the error at\n\
+                          once; {COUNT}"),
+          value_parser = count::<usize>(COUNT, ""))]
     pub max_held: usize,
-    /// L4 health checks: each backend is checked with a connect every D;
-    /// 0 (no checks) or 100ms to 24h
-    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = shown(show(default::HEALTH_INTERVAL)), verbatim_doc_comment,
-          value_parser = duration_in(Duration::from_millis(100), DAY, Some("no checks")))]
+    #[arg(long, allow_hyphen_values = true, value_name = "D",
+          default_value = shown(show(default::HEALTH_INTERVAL)),
+          help = format!("L4 health checks: each backend is checked with a connect every D;\n\
+                          {HEALTH_INTERVAL}"),
+          value_parser = duration_in(HEALTH_INTERVAL))]
     pub health_interval: Duration,
-    /// A health check not connected within D fails; 10ms to 24h
-    #[arg(long, allow_hyphen_values = true, value_name = "D", default_value = shown(show(default::HEALTH_TIMEOUT)),
-          value_parser = duration_in(FLOOR, DAY, None))]
+    #[arg(long, allow_hyphen_values = true, value_name = "D",
+          default_value = shown(show(default::HEALTH_TIMEOUT)),
+          help = format!("A health check not connected within D fails; {DELAY}"),
+          value_parser = duration_in(DELAY))]
     pub health_timeout: Duration,
-    /// Failures in a row (checks or real connections) that mark a backend
-    /// down; 1 to 1000
-    #[arg(long, allow_hyphen_values = true, value_name = "N", default_value = shown(default::HEALTH_FALL.to_string()), verbatim_doc_comment,
-          value_parser = count::<u32>(1, 1000, ""))]
+    #[arg(long, allow_hyphen_values = true, value_name = "N",
+          default_value = shown(default::HEALTH_FALL.to_string()),
+          help = format!("Failures in a row (checks or real connections) that mark a backend\n\
+                          down; {HEALTH_COUNT}"),
+          value_parser = count::<u32>(HEALTH_COUNT, ""))]
     pub health_fall: u32,
-    /// Successful checks in a row that mark a down backend up; 1 to 1000
-    #[arg(long, allow_hyphen_values = true, value_name = "N", default_value = shown(default::HEALTH_RISE.to_string()),
-          value_parser = count::<u32>(1, 1000, ""))]
+    #[arg(long, allow_hyphen_values = true, value_name = "N",
+          default_value = shown(default::HEALTH_RISE.to_string()),
+          help = format!("Successful checks in a row that mark a down backend up; {HEALTH_COUNT}"),
+          value_parser = count::<u32>(HEALTH_COUNT, ""))]
     pub health_rise: u32,
 }
 

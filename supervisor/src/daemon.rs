@@ -45,6 +45,9 @@ const DRAIN_KILL: u64 = 1 << 62;
 const ACK_CHECK: u64 = 1 << 61;
 const SHUTDOWN: u64 = u64::MAX;
 
+/// `--drain-timeout`'s default.
+pub const DEFAULT_DRAIN: Duration = Duration::from_secs(10);
+
 pub struct Options {
     pub source: source::Source,
     pub binary: spawn::Binary,

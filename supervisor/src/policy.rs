@@ -20,13 +20,17 @@ pub enum BackoffPolicy {
     After(std::time::Duration),
 }
 
+/// `--backoff-factor`'s default. Whole, so the command line shows it
+/// without linking float formatting (8 KiB of the executable).
+pub const DEFAULT_BACKOFF_FACTOR: u32 = 2;
+/// The factors taken (`--backoff-factor`, [`RestartPolicy::validate`]),
+/// whole for the same reason.
+pub const MIN_BACKOFF_FACTOR: u32 = 1;
+pub const MAX_BACKOFF_FACTOR: u32 = 100;
 /// The default `backoff_policy`: a device nobody watches must come back
 /// by itself, so a given-up endpoint starts over after five minutes
 /// (Pantavisor's own default, `reboot`, is not ours to take). It matters
 /// only when `max_retries` is set: 0 retries for ever.
-/// `--backoff-factor`'s default. Whole, so the command line shows it
-/// without linking float formatting (8 KiB of the executable).
-pub const DEFAULT_BACKOFF_FACTOR: u32 = 2;
 pub const DEFAULT_BACKOFF_POLICY: BackoffPolicy = BackoffPolicy::After(Duration::from_secs(300));
 
 #[derive(Debug, Clone, PartialEq)]
@@ -62,9 +66,10 @@ impl Default for RestartPolicy {
 
 impl RestartPolicy {
     pub fn validate(&self) -> Result<(), String> {
-        if !(self.backoff_factor >= 1.0 && self.backoff_factor <= 100.0) {
+        let (min, max) = (MIN_BACKOFF_FACTOR, MAX_BACKOFF_FACTOR);
+        if !(self.backoff_factor >= f64::from(min) && self.backoff_factor <= f64::from(max)) {
             return Err(format!(
-                "backoff factor must be between 1 and 100, got {}",
+                "backoff factor must be between {min} and {max}, got {}",
                 self.backoff_factor
             ));
         }

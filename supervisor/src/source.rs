@@ -22,6 +22,8 @@ mod exchange;
 
 /// Pantavisor's control socket.
 pub const DEFAULT_CTRL_SOCKET: &str = "/run/pantavisor/pv/pv-ctrl";
+/// `--poll-interval`'s default: how often the control socket is asked.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(5);
 /// The supervisor loop's token for the control-socket exchange in flight.
 pub const TOKEN: Token = Token(2);
 const FILE_CHECK: Duration = Duration::from_secs(1);

@@ -247,27 +247,28 @@ pub fn namespace(key: &EndpointKey) -> String {
 /// A route as status (and `check --json`) shows it.
 pub fn route(kind: Kind, r: &Route) -> RouteStatus {
     let http = matches!(kind, Kind::Http);
+    let v = &r.via;
     RouteStatus {
         link: r.link,
-        name: r.name.clone(),
-        provider: r.provider.clone(),
-        role: r.role.clone(),
-        backend: backend_text(&r.backend),
-        prefix: http.then(|| r.prefix.clone()),
-        strip_prefix: http.then_some(r.strip_prefix),
-        host: r.host.clone(),
-        sni: r.sni.clone(),
-        proxy_protocol: r
+        name: v.name.clone(),
+        provider: v.provider.clone(),
+        role: v.role.clone(),
+        backend: backend_text(&v.backend),
+        prefix: http.then(|| v.prefix.clone()),
+        strip_prefix: http.then_some(v.strip_prefix),
+        host: v.host.clone(),
+        sni: v.sni.clone(),
+        proxy_protocol: v
             .proxy_protocol
             .map(|p| format!("{p:?}").to_ascii_lowercase()),
-        balance: r.balance.map(|p| p.as_str().to_string()),
-        replicas: match r.balance {
+        balance: v.balance.map(|p| p.as_str().to_string()),
+        replicas: match v.balance {
             None => Vec::new(),
             Some(_) => std::iter::once(ReplicaStatus {
                 link: r.link,
-                name: r.name.clone(),
-                provider: r.provider.clone(),
-                backend: backend_text(&r.backend),
+                name: v.name.clone(),
+                provider: v.provider.clone(),
+                backend: backend_text(&v.backend),
             })
             .chain(r.replicas.iter().map(|x| ReplicaStatus {
                 link: x.link,

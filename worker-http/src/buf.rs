@@ -4,7 +4,8 @@
 //!
 //! MEMORY: a connection owns no full-size buffer between events. A read
 //! takes a full-size (`max_head_bytes`) buffer from the worker's spare
-//! list — in a busy worker the same one or two, warm in cache, act as the
+//! list ([`Spares`], owned by the worker's handler and lent to every call
+//! that may take or give back a buffer) — in a busy worker the same one or two, warm in cache, act as the
 //! loop's scratch. When the loop is done with the connection for this
 //! event, [`Buf::settle`] hands the buffer back: nothing left in it (a
 //! whole head parsed, a chunk written out), the buffer goes back as it is;
@@ -14,7 +15,10 @@
 //! keeps it. So an idle or trickling client costs the bytes it sent, not
 //! 16 KiB, and the spare list is bounded ([`SPARES`]): a burst's buffers
 //! go back to the allocator, which `proto::mem::give_back_heap` then
-//! returns to the system.
+//! returns to the system. A buffer's owner that goes away gives its
+//! buffer back first ([`Buf::give_back`]): a `Drop` could not reach the
+//! list, and a full-size buffer freed would be allocated and zeroed again
+//! by the next read.
 
 use nix::sys::socket::sendmsg;
 use runtime::stream::Ready;
@@ -82,44 +86,48 @@ impl Buf {
     }
 
     /// Give the memory back when nothing is buffered.
-    pub fn release(&mut self) {
+    pub fn release(&mut self, spares: &mut Spares) {
         if self.is_empty() {
             self.start = 0;
             self.end = 0;
-            self.give_back();
+            self.give_back(spares);
         }
     }
 
     /// The loop is done with this connection for now: keep no full-size
     /// buffer that is not worth keeping (see the module comment).
-    pub fn settle(&mut self) {
+    pub fn settle(&mut self, spares: &mut Spares) {
         if self.data.len() != self.cap || self.cap == 0 {
             return;
         }
         if self.is_empty() {
-            self.release();
+            self.release(spares);
         } else if self.len() <= self.cap / 2 {
             let small = self.bytes().to_vec();
             self.end = small.len();
             self.start = 0;
-            give_spare(std::mem::replace(&mut self.data, small));
+            spares.give(std::mem::replace(&mut self.data, small));
         }
     }
 
-    fn give_back(&mut self) {
+    /// Let go of the memory, whatever it holds: a full-size buffer goes
+    /// back to `spares`. For an owner about to drop the buffer.
+    pub fn give_back(&mut self, spares: &mut Spares) {
         let v = std::mem::take(&mut self.data);
+        self.start = 0;
+        self.end = 0;
         if v.len() == self.cap && self.cap > 0 {
-            give_spare(v);
+            spares.give(v);
         }
     }
 
     /// Before a read: a full-size buffer, holding what was held, at its
     /// start.
-    fn enlarge(&mut self) {
+    fn enlarge(&mut self, spares: &mut Spares) {
         if self.data.len() == self.cap {
             return;
         }
-        let mut big = take_spare(self.cap);
+        let mut big = spares.take(self.cap);
         let n = self.len();
         big[..n].copy_from_slice(self.bytes());
         self.data = big;
@@ -129,8 +137,13 @@ impl Buf {
 
     /// Read until the source would block, reaches EOF, or the buffer is
     /// full (then `ready.readable` stays set: there may be more).
-    pub fn read_from(&mut self, src: &Stream, ready: &mut Ready) -> io::Result<Got> {
-        self.read_inner(src, ready, false)
+    pub fn read_from(
+        &mut self,
+        src: &Stream,
+        ready: &mut Ready,
+        spares: &mut Spares,
+    ) -> io::Result<Got> {
+        self.read_inner(src, ready, false, spares)
     }
 
     /// Like [`Buf::read_from`], but a read that returns less than it asked
@@ -142,9 +155,15 @@ impl Buf {
     /// urgent byte with bytes behind it), and never on a unix socket (a
     /// read stops short after bytes that carried fds): then the socket is
     /// read until EAGAIN or EOF.
-    pub fn read_head(&mut self, src: &Stream, ready: &mut Ready, hup: bool) -> io::Result<Got> {
+    pub fn read_head(
+        &mut self,
+        src: &Stream,
+        ready: &mut Ready,
+        hup: bool,
+        spares: &mut Spares,
+    ) -> io::Result<Got> {
         let trust = !hup && matches!(src, Stream::Tcp(_));
-        self.read_inner(src, ready, trust)
+        self.read_inner(src, ready, trust, spares)
     }
 
     fn read_inner(
@@ -152,12 +171,13 @@ impl Buf {
         src: &Stream,
         ready: &mut Ready,
         short_drains: bool,
+        spares: &mut Spares,
     ) -> io::Result<Got> {
         let mut got = Got::default();
         if !ready.readable || self.is_full() {
             return Ok(got);
         }
-        self.enlarge();
+        self.enlarge(spares);
         loop {
             if self.end == self.cap && self.start > 0 {
                 self.data.copy_within(self.start..self.end, 0);
@@ -205,42 +225,31 @@ impl Buf {
 /// and after a burst the rest go back to the allocator.
 pub const SPARES: usize = 16;
 
-thread_local! {
-    static SPARE: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
-}
+/// The worker's full-size buffers not in use (at most [`SPARES`]): one
+/// list per worker, owned by its handler (`conns.rs`), so a read takes a
+/// buffer some connection gave back rather than a new one.
+#[derive(Debug, Default)]
+pub struct Spares(Vec<Vec<u8>>);
 
-fn take_spare(cap: usize) -> Vec<u8> {
-    SPARE
-        .with(|s| {
-            let mut s = s.borrow_mut();
-            let i = s.iter().rposition(|v| v.len() == cap)?;
-            Some(s.swap_remove(i))
-        })
-        .unwrap_or_else(|| vec![0; cap])
-}
-
-fn give_spare(v: Vec<u8>) {
-    SPARE.with(|s| {
-        let mut s = s.borrow_mut();
-        if s.len() < SPARES {
-            s.push(v);
+impl Spares {
+    fn take(&mut self, cap: usize) -> Vec<u8> {
+        match self.0.iter().rposition(|v| v.len() == cap) {
+            Some(i) => self.0.swap_remove(i),
+            None => vec![0; cap],
         }
-    });
-}
+    }
 
-/// Keep at most `n` spare buffers (after a burst, before the heap is
-/// trimmed).
-pub fn trim_spares(n: usize) {
-    SPARE.with(|s| {
-        let mut s = s.borrow_mut();
-        s.truncate(n);
-        s.shrink_to_fit();
-    });
-}
+    fn give(&mut self, v: Vec<u8>) {
+        if self.0.len() < SPARES {
+            self.0.push(v);
+        }
+    }
 
-impl Drop for Buf {
-    fn drop(&mut self) {
-        self.give_back();
+    /// Keep at most `n` spare buffers (after a burst, before the heap is
+    /// trimmed).
+    pub fn trim(&mut self, n: usize) {
+        self.0.truncate(n);
+        self.0.shrink_to_fit();
     }
 }
 

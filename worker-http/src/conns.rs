@@ -1,15 +1,21 @@
 //! The http worker's connections as they plug into proto's worker loop
 //! (`runtime::event_loop`): [`Conns`] is its `Handler`. It holds the client
-//! connections (`conn.rs`), the idle backend pool (`pool.rs`), the owner of
+//! connections (`conn/`), the idle backend pool (`pool.rs`), the owner of
 //! each backend socket (`keys.rs`) and the route table, and maps events and
 //! timers onto them.
 //!
 //! Edge-triggered throughout: an event only sets a readiness flag; the
 //! connection then runs until its sockets would block (`Conn::drive`).
-//! Each connection keeps at most one live timer entry (`Conn::armed`); an
+//! Each connection keeps at most one live timer entry (`Conn::rearm`); an
 //! entry that fires early (the deadline moved later) just re-arms.
+//!
+//! What the worker's connections share is owned here and lent to each
+//! connection through its `Ctx` (built in one place, `with_conn`): the
+//! pool, the route table, the owners of backend sockets, the spare
+//! buffers (`buf.rs`) and the sink a lingering close reads into.
 
-use crate::conn::{Conn, Ctx};
+use crate::buf::Spares;
+use crate::conn::{Conn, Ctx, Sink};
 use crate::keys::{self, Owner, Owners, Timer, Tok};
 use crate::pool::Pool;
 use crate::route::Table;
@@ -18,9 +24,7 @@ use mio::Token;
 use proto::ctl::WorkerConfig;
 use runtime::event_loop::{Cx, Handler};
 use runtime::slab::Slab;
-use runtime::stream::Ready;
-use runtime::stream::Stream;
-use std::os::fd::AsRawFd;
+use runtime::stream::{Ready, Stream};
 use std::time::Instant;
 
 pub struct Conns {
@@ -31,20 +35,23 @@ pub struct Conns {
     owners: Owners,
     /// When the idle pool is next swept.
     pool_sweep: Option<Instant>,
+    spares: Spares,
+    sink: Sink,
 }
 
 fn log_routes(c: &WorkerConfig) {
     for r in &c.endpoint.routes {
-        let host = r
+        let v = &r.via;
+        let host = v
             .host
             .as_deref()
             .map(|h| format!(" host {h}"))
             .unwrap_or_default();
         proto::info!(
             "route '{}': {}{host}{} -> {}",
-            r.name,
-            r.prefix,
-            if r.strip_prefix { " (stripped)" } else { "" },
+            v.name,
+            v.prefix,
+            if v.strip_prefix { " (stripped)" } else { "" },
             r.pool_text()
         );
     }
@@ -59,6 +66,8 @@ impl Handler for Conns {
             routes: Table::new(&config.endpoint.routes),
             owners: Owners::default(),
             pool_sweep: None,
+            spares: Spares::default(),
+            sink: Sink::default(),
         }
     }
 
@@ -76,8 +85,7 @@ impl Handler for Conns {
         };
         match c.register(cx.registry, keys::client(slot)) {
             Ok(()) => {
-                if let Some(d) = c.deadline(limits) {
-                    c.armed = Some(d);
+                if let Some(d) = c.rearm(limits) {
                     cx.wake(d, keys::timer(Timer::Conn { slot, gen }));
                 }
             }
@@ -89,30 +97,23 @@ impl Handler for Conns {
     }
 
     fn event(&mut self, cx: &mut Cx, token: Token, ev: &Event) {
-        let (r, w) = (
-            ev.is_readable() || ev.is_read_closed() || ev.is_error(),
-            ev.is_writable() || ev.is_write_closed() || ev.is_error(),
-        );
-        // Whatever makes a short read prove nothing: a FIN or error queued
-        // behind the data, or urgent data the read stopped at.
-        let hup = ev.is_read_closed() || ev.is_write_closed() || ev.is_error() || ev.is_priority();
+        let hup = runtime::stream::troubled(ev);
         match keys::decode(token) {
             Tok::Client(slot) => self.with_conn(cx, slot, |c, cx| {
-                set(&mut c.cr, r, w);
-                c.c_hup |= hup;
+                c.client_ready(ev, hup);
                 c.drive(cx)
             }),
             Tok::Backend(fd) => match self.owners.get(fd) {
                 Owner::Conn(slot) => self.with_conn(cx, slot, |c, cx| {
-                    if let Some(b) = c.backend.as_mut().filter(|b| b.stream.as_raw_fd() == fd) {
-                        set(&mut b.ready, r, w);
-                        b.hup |= hup;
-                    }
+                    c.backend_ready(fd, ev, hup);
                     c.drive(cx)
                 }),
                 // A writable-only event on a parked connection (its last
                 // request's bytes acknowledged) needs no probe.
-                Owner::Pool(slot) => self.pool.on_event(slot, fd, r || ev.is_write_closed()),
+                Owner::Pool(slot) => {
+                    let probe = Ready::of(ev).readable || ev.is_write_closed();
+                    self.pool.on_event(slot, fd, probe)
+                }
                 Owner::Nobody => {}
             },
         }
@@ -124,13 +125,7 @@ impl Handler for Conns {
                 if self.conns.get_gen(slot, gen).is_none() {
                     return;
                 }
-                let now = cx.now;
-                self.with_conn(cx, slot, |c, cx| {
-                    if c.armed.is_some_and(|a| a <= now) {
-                        c.armed = None;
-                    }
-                    c.on_timer(cx)
-                });
+                self.with_conn(cx, slot, Conn::on_timer);
             }
             // Acted on in `turn`.
             Timer::Sweep => {}
@@ -177,7 +172,7 @@ impl Handler for Conns {
     fn cut(&mut self, _cx: &mut Cx) {
         let mut n = 0;
         for (_, c) in self.conns.iter_mut() {
-            n += usize::from(c.cut());
+            n += usize::from(c.cut(&mut self.sink));
         }
         if n > 0 {
             proto::info!("{n} request(s) in progress (head unfinished or backend not reached) at the drain deadline answered 503");
@@ -206,7 +201,7 @@ impl Handler for Conns {
     /// What a burst made the worker grow: slots and spare buffers.
     fn shrink(&mut self) {
         self.conns.shrink();
-        crate::buf::trim_spares(2);
+        self.spares.trim(2);
     }
 
     fn timer_live(&self, k: u64) -> bool {
@@ -237,24 +232,26 @@ impl Conns {
             draining: cx.draining,
             owners: &mut self.owners,
             slot,
+            spares: &mut self.spares,
+            sink: &mut self.sink,
             reach: &mut *cx.reach,
             stock: &mut *cx.stock,
         };
         if f(conn, &mut ctx) {
-            conn.settle();
-            if let Some(d) = conn.deadline(limits) {
-                if conn.armed.is_none_or(|a| d < a) {
-                    conn.armed = Some(d);
-                    cx.wake(d, keys::timer(Timer::Conn { slot, gen }));
-                }
+            conn.settle(ctx.spares);
+            if let Some(d) = conn.rearm(limits) {
+                cx.wake(d, keys::timer(Timer::Conn { slot, gen }));
             }
         } else {
-            self.conns.remove(slot);
+            self.end(slot);
         }
     }
-}
 
-fn set(r: &mut Ready, readable: bool, writable: bool) {
-    r.readable |= readable;
-    r.writable |= writable;
+    /// The connection in `slot` finished: its buffers go back to the
+    /// spares, then it goes (one copy of its drop for every `with_conn`).
+    fn end(&mut self, slot: usize) {
+        if let Some(mut c) = self.conns.remove(slot) {
+            c.give_back(&mut self.spares);
+        }
+    }
 }

@@ -1,5 +1,6 @@
-//! Which field names a client may not send through us, in a head or in
-//! chunked trailers: the identity fields the worker sets (providers trust
+//! Field lines: how many a head or a trailer section may have, and which
+//! names a client may not send through us, in a head or in chunked
+//! trailers: the identity fields the worker sets (providers trust
 //! them because the connection comes from us, BEHAVIOUR §5), the ones that
 //! frame or route a message, and the hop-by-hop ones.
 //!
@@ -7,6 +8,12 @@
 //! (and nginx with `underscores_in_headers`) turn both `X-PV-Role` and
 //! `X_PV_Role` into `HTTP_X_PV_ROLE`, so a client could otherwise forge one
 //! beside ours.
+
+/// Most header lines accepted in one head (HAProxy allows 101), and most
+/// we forward: a head leaves room for the lines we add to it, so what the
+/// other side gets passes the same limit (Python's http.client, for one,
+/// refuses more than 100). A trailer section has the same bound.
+pub const MAX_HEADERS: usize = 100;
 
 /// Headers a proxy never forwards (RFC 9110 §7.6.1), besides the ones the
 /// `Connection` header names. `Upgrade` is re-added for WebSocket upgrade

@@ -10,8 +10,7 @@
 //! hex digits only (no sign, no `0x`, no overflow), every line ends in CRLF
 //! (no bare LF), and data is followed by exactly CRLF.
 
-use crate::fields::forbidden_in_trailers;
-use crate::head::MAX_HEADERS;
+use crate::fields::{forbidden_in_trailers, MAX_HEADERS};
 use std::fmt;
 
 /// How a message body is delimited.

@@ -8,16 +8,13 @@ pub mod body;
 pub mod buf;
 pub mod conn;
 pub mod conns;
-pub mod dial;
 pub mod errors;
-pub mod exchange;
 pub mod fields;
 pub mod framing;
 pub mod head;
 pub mod keys;
 pub mod pool;
 pub mod route;
-pub mod tunnel;
 
 /// The worker's process: serves one http or rest endpoint and all the
 /// http links (routes) on it (README, "HTTP ingress"). Runs as `pvx-worker-http

@@ -179,13 +179,13 @@ impl Table {
 /// A route's entry, with one entry per replica when it has replicas.
 fn entry_of(r: &Route) -> Rc<Entry> {
     let one = |backend: &Backend, replicas| Entry {
-        name: r.name.clone(),
-        prefix: r.prefix.clone(),
-        host: r.host.clone(),
-        strip_prefix: r.strip_prefix,
+        name: r.via.name.clone(),
+        prefix: r.via.prefix.clone(),
+        host: r.via.host.clone(),
+        strip_prefix: r.via.strip_prefix,
         backend: backend.clone(),
-        role: r.role.clone(),
-        consumer: r.consumer.clone(),
+        role: r.via.role.clone(),
+        consumer: r.via.consumer.clone(),
         replicas,
     };
     let replicas = runtime::balance::pool_of(r).map(|(pool, policy)| {
@@ -196,7 +196,7 @@ fn entry_of(r: &Route) -> Rc<Entry> {
             entries,
         })
     });
-    Rc::new(one(&r.backend, replicas))
+    Rc::new(one(&r.via.backend, replicas))
 }
 
 #[cfg(test)]

@@ -133,7 +133,7 @@ impl Conn {
             },
         };
         if let [r] = &config.endpoint.routes[..] {
-            if r.sni.is_none() {
+            if r.via.sni.is_none() {
                 c.route_to(r, cx);
             }
         }
@@ -144,8 +144,8 @@ impl Conn {
         // One backend, or one of the route's replicas by its policy.
         self.phase = Phase::Connecting(Connecting {
             dial: Dialer::for_route(r, cx.reach, cx.now, &cx.config.limits),
-            sni: r.sni.clone(),
-            proxy_protocol: r.proxy_protocol,
+            sni: r.via.sni.clone(),
+            proxy_protocol: r.via.proxy_protocol,
             client: self.client(),
         });
     }
@@ -177,10 +177,10 @@ impl Conn {
             return false;
         };
         let routes = &cx.config.endpoint.routes;
-        if let Some(r) = routes.iter().find(|r| r.sni == c.sni) {
+        if let Some(r) = routes.iter().find(|r| r.via.sni == c.sni) {
             // One backend moved, or the route's replicas changed.
             c.dial.retarget_route(r, cx.reach, cx.now);
-            c.proxy_protocol = r.proxy_protocol;
+            c.proxy_protocol = r.via.proxy_protocol;
         }
         c.dial.wake(cx.now);
         true
@@ -207,7 +207,7 @@ impl Conn {
         let routes = &config.endpoint.routes;
         match routes
             .iter()
-            .find(|r| r.sni.as_deref().is_some_and(|s| sni_matches(s, &name)))
+            .find(|r| r.via.sni.as_deref().is_some_and(|s| sni_matches(s, &name)))
         {
             Some(r) => {
                 self.route_to(r, cx);

@@ -38,10 +38,10 @@ pub struct Conn {
 impl Conn {
     fn for_route(client: Stream, route: &Route, limits: &Limits, now: Instant) -> Conn {
         // fds can only travel on to a unix socket; a tcp provider gets bytes.
-        let to_unix = matches!(route.backend, Backend::Unix(_));
+        let to_unix = matches!(route.via.backend, Backend::Unix(_));
         Conn {
             io: Sockets::new(client, now),
-            dial: Dialer::new(route.backend.clone(), now, limits),
+            dial: Dialer::new(route.via.backend.clone(), now, limits),
             relaying: false,
             relay: Duplex::new(FdRelay::new(to_unix), FdRelay::new(true)),
         }
@@ -132,11 +132,11 @@ impl Connection for Conn {
         }
         let now = cx.now;
         if let Some(r) = cx.config.endpoint.routes.first() {
-            if r.backend != self.dial.target {
-                let to_unix = matches!(r.backend, Backend::Unix(_));
+            if r.via.backend != self.dial.target {
+                let to_unix = matches!(r.via.backend, Backend::Unix(_));
                 self.relay = Duplex::new(FdRelay::new(to_unix), FdRelay::new(true));
             }
-            self.dial.retarget(&r.backend, now);
+            self.dial.retarget(&r.via.backend, now);
         }
         self.dial.wake(now);
         true

@@ -21,28 +21,40 @@ use std::fmt;
 pub use validate::{parse_addr, provider_path, SUN_PATH_MAX};
 use validate::{validate, Verdict};
 
-/// A validated link.
+/// A validated link: where it listens (its endpoint) and what it routes
+/// by there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Link {
     pub index: usize,
     pub ty: LinkType,
+    pub consumer_pid: u32,
+    pub interface: String,
+    pub listen: Listen,
+    pub via: Via,
+}
+
+/// What a link routes by: the part of it its route carries to the worker
+/// (`proto::plan::Route`), written once for both. Equal `Via`s route
+/// alike wherever the link sat in the graph.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Via {
     pub name: String,
     pub consumer: String,
-    pub consumer_pid: u32,
     pub provider: String,
     pub provider_pid: u32,
     pub role: String,
-    pub interface: String,
-    pub listen: Listen,
+    pub backend: Backend,
     /// http only: normalised path prefix (`/` when the target has none).
     pub prefix: String,
-    pub backend: Backend,
     pub strip_prefix: bool,
     pub host: Option<String>,
     pub sni: Option<String>,
     pub proxy_protocol: Option<ProxyProtocol>,
     /// tcp and http: this link is a replica of its route (BEHAVIOUR §4), its
     /// connections shared by this policy with the route's other links.
+    /// Absent in the JSON when None, as from a sender that knows nothing
+    /// of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub balance: Option<Policy>,
 }
 

@@ -22,7 +22,7 @@ fn reads_pantavisor_tcp_link() {
     .unwrap();
     assert_eq!(l.ty, LinkType::Tcp);
     assert_eq!(l.listen, Listen::Tcp("0.0.0.0:8080".parse().unwrap()));
-    assert_eq!(l.backend, Backend::Tcp("10.0.3.2:80".parse().unwrap()));
+    assert_eq!(l.via.backend, Backend::Tcp("10.0.3.2:80".parse().unwrap()));
 }
 
 #[test]
@@ -32,7 +32,10 @@ fn unix_backend_resolves_through_provider_root() {
         "provider_pid":42,"target":"/run/x.sock","socket":"/run/y.sock"}]"#,
     )
     .unwrap();
-    assert_eq!(l.backend, Backend::Unix("/proc/42/root/run/y.sock".into()));
+    assert_eq!(
+        l.via.backend,
+        Backend::Unix("/proc/42/root/run/y.sock".into())
+    );
     assert_eq!(l.listen, Listen::Unix("/run/x.sock".into()));
 }
 
@@ -43,8 +46,8 @@ fn http_prefix_and_ipv6() {
         "socket":"[fd00:213::2]:8080"}]"#,
     )
     .unwrap();
-    assert_eq!(l.prefix, "/api/v1");
-    assert!(l.strip_prefix);
+    assert_eq!(l.via.prefix, "/api/v1");
+    assert!(l.via.strip_prefix);
     assert_eq!(l.listen, Listen::Tcp("[::1]:80".parse().unwrap()));
 }
 
@@ -216,8 +219,8 @@ fn graph_text_written_into_headers_holds_no_control_byte() {
         .contains("'host'"));
     assert!(link("role", "r\tx").is_err());
     // Spaces and non-ASCII text are field content, not control bytes.
-    assert_eq!(link("role", "read only").unwrap().role, "read only");
-    assert_eq!(link("consumer", "café").unwrap().consumer, "café");
+    assert_eq!(link("role", "read only").unwrap().via.role, "read only");
+    assert_eq!(link("consumer", "café").unwrap().via.consumer, "café");
 }
 
 #[test]
@@ -227,7 +230,7 @@ fn unknown_fields_are_ignored() {
         "future_field":{"x":[1,2]},"weight":5,"sni_fallback":"yes"}]"#,
     )
     .unwrap();
-    assert_eq!(l.name, "t");
+    assert_eq!(l.via.name, "t");
 }
 
 /// BEHAVIOUR §3: an extension on a link type it does not act on is accepted
@@ -322,15 +325,15 @@ fn balance_is_read_on_tcp_and_http_and_refused_elsewhere() {
     };
     for ty in ["tcp", "http"] {
         assert_eq!(
-            link(ty, json!("least-conn")).unwrap().balance,
+            link(ty, json!("least-conn")).unwrap().via.balance,
             Some(Policy::LeastConn)
         );
         assert_eq!(
-            link(ty, json!("round-robin")).unwrap().balance,
+            link(ty, json!("round-robin")).unwrap().via.balance,
             Some(Policy::RoundRobin)
         );
         for v in [json!(null), json!(""), json!(false)] {
-            assert_eq!(link(ty, v).unwrap().balance, None);
+            assert_eq!(link(ty, v).unwrap().via.balance, None);
         }
         let e = link(ty, json!("random")).unwrap_err();
         assert_eq!(
@@ -341,7 +344,7 @@ fn balance_is_read_on_tcp_and_http_and_refused_elsewhere() {
     }
     for ty in ["unix", "rest"] {
         for v in [json!(null), json!(""), json!(false)] {
-            assert_eq!(link(ty, v).unwrap().balance, None);
+            assert_eq!(link(ty, v).unwrap().via.balance, None);
         }
         let e = link(ty, json!("least-conn")).unwrap_err();
         assert_eq!(
@@ -364,10 +367,10 @@ fn empty_text_extensions_mean_none() {
         )
     };
     for v in [json!(null), json!(""), json!(false)] {
-        assert_eq!(http(v.clone()).unwrap().host, None, "{v}");
+        assert_eq!(http(v.clone()).unwrap().via.host, None, "{v}");
     }
     assert_eq!(
-        http(json!("A.example")).unwrap().host.as_deref(),
+        http(json!("A.example")).unwrap().via.host.as_deref(),
         Some("a.example")
     );
     assert!(http(json!(7))
@@ -385,15 +388,18 @@ fn empty_text_extensions_mean_none() {
         one(&json!([l]).to_string())
     };
     for v in [json!(null), json!(""), json!(false)] {
-        assert_eq!(tcp("sni", v.clone()).unwrap().sni, None, "{v}");
+        assert_eq!(tcp("sni", v.clone()).unwrap().via.sni, None, "{v}");
         assert_eq!(
-            tcp("proxy_protocol", v.clone()).unwrap().proxy_protocol,
+            tcp("proxy_protocol", v.clone()).unwrap().via.proxy_protocol,
             None,
             "{v}"
         );
     }
     assert_eq!(
-        tcp("proxy_protocol", json!("v2")).unwrap().proxy_protocol,
+        tcp("proxy_protocol", json!("v2"))
+            .unwrap()
+            .via
+            .proxy_protocol,
         Some(ProxyProtocol::V2)
     );
     assert!(tcp("proxy_protocol", json!("v3")).is_err());

@@ -3,7 +3,7 @@
 //! `run` can use them, text bound for HTTP headers.
 
 use super::fields::{json_kind, Fields};
-use super::{Link, Refusal};
+use super::{Link, Refusal, Via};
 use crate::types::{Backend, LinkType, Listen, Policy, ProxyProtocol};
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -258,20 +258,22 @@ fn validate_ours(f: &Fields, ty: LinkType) -> Result<Link, Refusal> {
     Ok(Link {
         index,
         ty,
-        name,
-        consumer,
         consumer_pid,
-        provider,
-        provider_pid,
-        role,
         interface,
         listen,
-        prefix,
-        backend,
-        strip_prefix: strip_prefix.unwrap_or(true),
-        host,
-        sni,
-        proxy_protocol,
-        balance,
+        via: Via {
+            name,
+            consumer,
+            provider,
+            provider_pid,
+            role,
+            backend,
+            prefix,
+            strip_prefix: strip_prefix.unwrap_or(true),
+            host,
+            sni,
+            proxy_protocol,
+            balance,
+        },
     })
 }

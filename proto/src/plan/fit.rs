@@ -57,7 +57,7 @@ pub(super) fn fit_control_channel(
                 }));
                 refused.push(Refusal {
                     index: r.link,
-                    name: r.name.clone(),
+                    name: r.via.name.clone(),
                     reason,
                 });
             }

@@ -5,25 +5,14 @@
 
 use super::fit::fit_control_channel;
 use super::records::{Endpoint, EndpointKey, Plan, Replica, Route};
-use crate::graph::{Link, Refusal};
+use crate::graph::{Link, Refusal, Via};
 use crate::types::{Backend, Kind, Policy};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 fn route_of(l: &Link) -> Route {
     Route {
         link: l.index,
-        name: l.name.clone(),
-        consumer: l.consumer.clone(),
-        provider: l.provider.clone(),
-        provider_pid: l.provider_pid,
-        role: l.role.clone(),
-        backend: l.backend.clone(),
-        prefix: l.prefix.clone(),
-        strip_prefix: l.strip_prefix,
-        host: l.host.clone(),
-        sni: l.sni.clone(),
-        proxy_protocol: l.proxy_protocol,
-        balance: l.balance,
+        via: l.via.clone(),
         replicas: Vec::new(),
     }
 }
@@ -32,10 +21,10 @@ fn route_of(l: &Link) -> Route {
 /// the sni on tcp (the prefix is always `/` there).
 type Selector = (String, Option<String>);
 
-fn selector(kind: Kind, prefix: &str, host: &Option<String>, sni: &Option<String>) -> Selector {
+fn selector(kind: Kind, v: &Via) -> Selector {
     match kind {
-        Kind::Http => (prefix.to_string(), host.clone()),
-        _ => (String::new(), sni.clone()),
+        Kind::Http => (v.prefix.clone(), v.host.clone()),
+        _ => (String::new(), v.sni.clone()),
     }
 }
 
@@ -47,7 +36,7 @@ fn clash(ep: &Endpoint, taken: &HashMap<Selector, usize>, l: &Link) -> Option<St
     let holder = &ep.routes[0];
     let held = format!(
         "endpoint {} is held by link #{} '{}'",
-        ep.key, holder.link, holder.name
+        ep.key, holder.link, holder.via.name
     );
     let kind = Kind::of(l.ty);
     if ep.kind != kind {
@@ -56,37 +45,37 @@ fn clash(ep: &Endpoint, taken: &HashMap<Selector, usize>, l: &Link) -> Option<St
             ep.kind, kind
         ));
     }
-    if ep.consumer != l.consumer {
+    if ep.consumer != l.via.consumer {
         return Some(format!(
             "{held} for consumer '{}', this link is for '{}'",
-            ep.consumer, l.consumer
+            ep.consumer, l.via.consumer
         ));
     }
     match kind {
         Kind::Http => taken
-            .get(&selector(kind, &l.prefix, &l.host, &l.sni))
+            .get(&selector(kind, &l.via))
             .map(|&i| &ep.routes[i])
             .map(|r| {
                 format!(
                     "link #{} '{}' already routes prefix '{}' on {}",
-                    r.link, r.name, r.prefix, ep.key
+                    r.link, r.via.name, r.via.prefix, ep.key
                 )
             }),
         // Several tcp links may share an address only when each has its
         // own TLS server name to route on.
         Kind::Tcp => {
-            if l.sni.is_none() || taken.contains_key(&(String::new(), None)) {
+            if l.via.sni.is_none() || taken.contains_key(&(String::new(), None)) {
                 Some(format!(
                     "{held}; tcp links share an address only when each has a distinct 'sni'"
                 ))
             } else {
-                let sel = selector(kind, &l.prefix, &l.host, &l.sni);
+                let sel = selector(kind, &l.via);
                 taken.get(&sel).map(|&i| &ep.routes[i]).map(|r| {
                     format!(
                         "link #{} '{}' already has sni '{}' on {}",
                         r.link,
-                        r.name,
-                        l.sni.as_deref().unwrap_or(""),
+                        r.via.name,
+                        l.via.sni.as_deref().unwrap_or(""),
                         ep.key
                     )
                 })
@@ -99,9 +88,9 @@ fn clash(ep: &Endpoint, taken: &HashMap<Selector, usize>, l: &Link) -> Option<St
 /// What a route is on its endpoint, for messages: `prefix '/a' host 'h'`,
 /// `sni 'a.example'`, or `the address` (a tcp route without sni).
 fn route_words(kind: Kind, r: &Route) -> String {
-    match (kind, &r.host, &r.sni) {
-        (Kind::Http, Some(h), _) => format!("prefix '{}' host '{h}'", r.prefix),
-        (Kind::Http, None, _) => format!("prefix '{}'", r.prefix),
+    match (kind, &r.via.host, &r.via.sni) {
+        (Kind::Http, Some(h), _) => format!("prefix '{}' host '{h}'", r.via.prefix),
+        (Kind::Http, None, _) => format!("prefix '{}'", r.via.prefix),
         (_, _, Some(sni)) => format!("sni '{sni}'"),
         _ => "the address".to_string(),
     }
@@ -128,12 +117,14 @@ fn join(
     let holder = format!(
         "link #{} '{}' routes {} on {key}",
         r.link,
-        r.name,
+        r.via.name,
         route_words(kind, r)
     );
-    if r.balance != l.balance {
-        let (theirs, ours) = (balance_words(r.balance), balance_words(l.balance));
-        return Err(if r.balance.is_none() {
+    // The route's first link, and this one.
+    let (first, this) = (&r.via, &l.via);
+    if first.balance != this.balance {
+        let (theirs, ours) = (balance_words(first.balance), balance_words(this.balance));
+        return Err(if first.balance.is_none() {
             // Today's duplicate, with the way out.
             format!(
                 "{holder} already (with {theirs}); links of one route are replicas only when every one has the same 'balance', this link has {ours}"
@@ -151,39 +142,43 @@ fn join(
             )
         })
     };
-    let differs = agree("role", format!("'{}'", r.role), format!("'{}'", l.role))
-        .or_else(|| {
-            agree(
-                "strip_prefix",
-                r.strip_prefix.to_string(),
-                l.strip_prefix.to_string(),
-            )
-        })
-        .or_else(|| {
-            agree(
-                "proxy_protocol",
-                format!("{:?}", r.proxy_protocol),
-                format!("{:?}", l.proxy_protocol),
-            )
-        });
+    let differs = agree(
+        "role",
+        format!("'{}'", first.role),
+        format!("'{}'", this.role),
+    )
+    .or_else(|| {
+        agree(
+            "strip_prefix",
+            first.strip_prefix.to_string(),
+            this.strip_prefix.to_string(),
+        )
+    })
+    .or_else(|| {
+        agree(
+            "proxy_protocol",
+            format!("{:?}", first.proxy_protocol),
+            format!("{:?}", this.proxy_protocol),
+        )
+    });
     if let Some(why) = differs {
         return Err(why);
     }
-    if members.is_empty() || !members.contains(&(i, r.backend.clone())) {
-        members.insert((i, r.backend.clone()));
+    if members.is_empty() || !members.contains(&(i, first.backend.clone())) {
+        members.insert((i, first.backend.clone()));
     }
-    if !members.insert((i, l.backend.clone())) {
+    if !members.insert((i, this.backend.clone())) {
         return Err(format!(
             "{holder} and already balances to backend {} there",
-            l.backend
+            this.backend
         ));
     }
     r.replicas.push(Replica {
         link: l.index,
-        name: l.name.clone(),
-        provider: l.provider.clone(),
-        provider_pid: l.provider_pid,
-        backend: l.backend.clone(),
+        name: l.via.name.clone(),
+        provider: l.via.provider.clone(),
+        provider_pid: l.via.provider_pid,
+        backend: l.via.backend.clone(),
     });
     Ok(())
 }
@@ -207,13 +202,13 @@ pub fn build(links: &[Link], mut refused: Vec<Refusal>) -> Plan {
             listen: l.listen.clone(),
         };
         let kind = Kind::of(l.ty);
-        let sel = selector(kind, &l.prefix, &l.host, &l.sni);
+        let sel = selector(kind, &l.via);
         match eps.get_mut(&key) {
             None => {
                 let ep = Endpoint {
                     key: key.clone(),
                     kind,
-                    consumer: l.consumer.clone(),
+                    consumer: l.via.consumer.clone(),
                     routes: vec![route_of(l)],
                 };
                 eps.insert(key, (ep, HashMap::from([(sel, 0)]), HashSet::new()));
@@ -221,10 +216,10 @@ pub fn build(links: &[Link], mut refused: Vec<Refusal>) -> Plan {
             Some((ep, taken, members)) => {
                 // The same route of the same kind and consumer: replicas
                 // when either side asks for them (`join` refuses a mix).
-                let same = (ep.kind == kind && ep.consumer == l.consumer)
+                let same = (ep.kind == kind && ep.consumer == l.via.consumer)
                     .then(|| taken.get(&sel).copied())
                     .flatten()
-                    .filter(|&i| ep.routes[i].balance.is_some() || l.balance.is_some());
+                    .filter(|&i| ep.routes[i].via.balance.is_some() || l.via.balance.is_some());
                 let outcome = match same {
                     Some(i) => join(kind, &ep.key, (i, &mut ep.routes[i]), l, members),
                     None => match clash(ep, taken, l) {
@@ -239,7 +234,7 @@ pub fn build(links: &[Link], mut refused: Vec<Refusal>) -> Plan {
                 if let Err(reason) = outcome {
                     refused.push(Refusal {
                         index: l.index,
-                        name: l.name.clone(),
+                        name: l.via.name.clone(),
                         reason,
                     });
                 }
@@ -275,7 +270,8 @@ pub fn build_preferring(
             consumer_pid: l.consumer_pid,
             listen: l.listen.clone(),
         };
-        held(&key).is_none_or(|(kind, consumer)| kind == Kind::of(l.ty) && consumer == l.consumer)
+        held(&key)
+            .is_none_or(|(kind, consumer)| kind == Kind::of(l.ty) && consumer == l.via.consumer)
     };
     // Stable: links that fit keep their order, then the rest keep theirs.
     let (mut ordered, rest): (Vec<Link>, Vec<Link>) = links.iter().cloned().partition(fits);

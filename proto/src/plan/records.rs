@@ -2,8 +2,8 @@
 //! (a link as a worker sees it, with its replicas). What the supervisor
 //! reconciles and sends, and every worker serves.
 
-use crate::graph::Refusal;
-use crate::types::{Backend, Kind, Listen, Policy, ProxyProtocol};
+use crate::graph::{Refusal, Via};
+use crate::types::{Backend, Kind, Listen};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fmt;
@@ -31,25 +31,11 @@ impl fmt::Display for EndpointKey {
 pub struct Route {
     /// Index of the link in the graph it came from (for messages only).
     pub link: usize,
-    pub name: String,
-    pub consumer: String,
-    pub provider: String,
-    pub provider_pid: u32,
-    pub role: String,
-    pub backend: Backend,
-    /// http: normalised path prefix.
-    pub prefix: String,
-    pub strip_prefix: bool,
-    pub host: Option<String>,
-    pub sni: Option<String>,
-    pub proxy_protocol: Option<ProxyProtocol>,
-    /// The link's `balance`: how connections are shared among the route's
-    /// backends (its own `backend`, then each of `replicas`). Absent in
-    /// the JSON when None, as from a sender that knows nothing of it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub balance: Option<Policy>,
+    /// The first link's; its `balance` shares connections among the
+    /// route's backends: its own `backend`, then each of `replicas`.
+    pub via: Via,
     /// The route's other links (BEHAVIOUR §4 replicas: same route, same
-    /// `balance`), in graph order; the fields above are the first link's.
+    /// `balance`), in graph order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replicas: Vec<Replica>,
 }
@@ -68,99 +54,59 @@ pub struct Replica {
 /// A replica's content apart from its graph position.
 type ReplicaContent<'a> = (&'a str, &'a str, u32, &'a Backend);
 
+impl Replica {
+    fn content(&self) -> ReplicaContent<'_> {
+        let Replica {
+            link: _,
+            name,
+            provider,
+            provider_pid,
+            backend,
+        } = self;
+        (name, provider, *provider_pid, backend)
+    }
+}
+
 impl Route {
-    /// Equal apart from where the link sat in the graph array.
+    /// Equal apart from where the links sat in the graph array.
     pub fn same_as(&self, other: &Route) -> bool {
         self.content() == other.content()
     }
 
     /// Every backend of the route: its own, then its replicas'.
     pub fn backends(&self) -> impl Iterator<Item = &Backend> {
-        std::iter::once(&self.backend).chain(self.replicas.iter().map(|r| &r.backend))
+        std::iter::once(&self.via.backend).chain(self.replicas.iter().map(|r| &r.backend))
     }
 
     /// (provider_pid, backend) of every link of the route.
     pub(super) fn providers(&self) -> impl Iterator<Item = (u32, &Backend)> {
-        std::iter::once((self.provider_pid, &self.backend))
+        std::iter::once((self.via.provider_pid, &self.via.backend))
             .chain(self.replicas.iter().map(|r| (r.provider_pid, &r.backend)))
     }
 
     /// The backends as a line: `A`, or `A, B (least-conn)`.
     pub fn pool_text(&self) -> String {
         if self.replicas.is_empty() {
-            return self.backend.to_string();
+            return self.via.backend.to_string();
         }
         let all: Vec<String> = self.backends().map(|b| b.to_string()).collect();
-        match self.balance {
+        match self.via.balance {
             Some(p) => format!("{} ({p})", all.join(", ")),
             None => all.join(", "),
         }
     }
 
-    /// Every field but `link`, by reference: what `same_as` compares,
-    /// hashable (a destructuring, so a new field cannot be forgotten).
-    #[allow(clippy::type_complexity)]
-    fn content(
-        &self,
-    ) -> (
-        &str,
-        &str,
-        &str,
-        u32,
-        &str,
-        &Backend,
-        &str,
-        bool,
-        &Option<String>,
-        &Option<String>,
-        &Option<ProxyProtocol>,
-        // Nested: tuples past 12 fields are neither Eq nor Hash.
-        (Option<Policy>, Vec<ReplicaContent<'_>>),
-    ) {
+    /// Everything but the graph positions, by reference: what `same_as`
+    /// compares, hashable (destructurings, so a new field cannot be
+    /// forgotten).
+    fn content(&self) -> (&Via, Vec<ReplicaContent<'_>>) {
         let Route {
             link: _,
-            name,
-            consumer,
-            provider,
-            provider_pid,
-            role,
-            backend,
-            prefix,
-            strip_prefix,
-            host,
-            sni,
-            proxy_protocol,
-            balance,
+            via,
             replicas,
         } = self;
-        (
-            name,
-            consumer,
-            provider,
-            *provider_pid,
-            role,
-            backend,
-            prefix,
-            *strip_prefix,
-            host,
-            sni,
-            proxy_protocol,
-            (
-                *balance,
-                // Empty (no allocation) unless the route has replicas.
-                replicas
-                    .iter()
-                    .map(|r| {
-                        (
-                            r.name.as_str(),
-                            r.provider.as_str(),
-                            r.provider_pid,
-                            &r.backend,
-                        )
-                    })
-                    .collect(),
-            ),
-        )
+        // Empty (no allocation) unless the route has replicas.
+        (via, replicas.iter().map(Replica::content).collect())
     }
 }
 

@@ -71,7 +71,7 @@ fn links_past_the_configuration_cap_are_refused() {
     let names: Vec<&str> = p.endpoints[0]
         .routes
         .iter()
-        .map(|r| r.name.as_str())
+        .map(|r| r.via.name.as_str())
         .collect();
     assert_eq!(names, ["small", "after"]);
     assert_eq!(p.refused.len(), 1);
@@ -186,7 +186,7 @@ fn links_of_one_route_with_the_same_balance_are_its_replicas() {
     assert!(p.refused.is_empty(), "{:?}", p.refused);
     let r = &p.endpoints[0].routes;
     assert_eq!(r.len(), 1);
-    assert_eq!(r[0].balance, Some(Policy::LeastConn));
+    assert_eq!(r[0].via.balance, Some(Policy::LeastConn));
     let backends: Vec<String> = r[0].backends().map(|b| b.to_string()).collect();
     assert_eq!(
         backends,
@@ -225,7 +225,7 @@ fn links_of_one_route_with_the_same_balance_are_its_replicas() {
     let names: Vec<(&str, usize)> = p.endpoints[0]
         .routes
         .iter()
-        .map(|r| (r.name.as_str(), r.replicas.len()))
+        .map(|r| (r.via.name.as_str(), r.replicas.len()))
         .collect();
     assert_eq!(names, [("a1", 1), ("b", 0), ("h1", 1)]);
 
@@ -370,21 +370,21 @@ fn replicas_are_planned_in_linear_time() {
     assert!(t.elapsed() < std::time::Duration::from_secs(60));
 }
 
-/// Old senders' routes (no `balance`, no `replicas`) still read; the
-/// JSON of a route without replicas is what it was.
+/// A route without replicas carries neither `balance` nor `replicas` in
+/// its JSON, and reads back without them.
 #[test]
 fn routes_without_replicas_keep_their_json() {
     let p = plan(&[tcp("a", "127.0.0.1:1", "")]);
     let j = serde_json::to_value(&p.endpoints[0].routes[0]).unwrap();
     assert!(
-        j.get("balance").is_none() && j.get("replicas").is_none(),
+        j["via"].get("balance").is_none() && j.get("replicas").is_none(),
         "{j}"
     );
     let back: Route = serde_json::from_value(j).unwrap();
     assert_eq!(back, p.endpoints[0].routes[0]);
     let p = plan(&[tcp("a", "127.0.0.1:1", LC), tcp("b", "127.0.0.1:2", LC)]);
     let j = serde_json::to_value(&p.endpoints[0].routes[0]).unwrap();
-    assert_eq!(j["balance"], "least-conn");
+    assert_eq!(j["via"]["balance"], "least-conn");
     assert_eq!(j["replicas"][0]["backend"]["tcp"], "127.0.0.1:2");
     let back: Route = serde_json::from_value(j).unwrap();
     assert_eq!(back, p.endpoints[0].routes[0]);

@@ -130,9 +130,8 @@ impl Sockets {
         } else {
             &mut self.client_ready
         };
-        r.readable |= ev.is_readable() || ev.is_read_closed() || ev.is_error();
-        r.writable |= ev.is_writable() || ev.is_write_closed() || ev.is_error();
-        if ev.is_read_closed() || ev.is_write_closed() || ev.is_error() || ev.is_priority() {
+        r.add(ev);
+        if crate::stream::troubled(ev) {
             self.troubled[usize::from(backend)] = true;
         }
         if ev.is_priority() {

@@ -1,3 +1,4 @@
+use super::ranges::{DAY, FLOOR};
 use super::*;
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -66,7 +67,7 @@ fn defaults() {
     assert_eq!(ms(a.tcp_idle_timeout), limits.tcp_idle_timeout_ms);
     assert_eq!(a.max_conns, limits.max_conns);
     assert_eq!(a.drain_timeout, Duration::from_secs(10));
-    assert_eq!(a.pipe_size, DEFAULT_PIPE_SIZE);
+    assert_eq!(a.pipe_size, default::PIPE_SIZE);
     assert_eq!(ms(a.hold_timeout), limits.hold_timeout_ms);
     assert_eq!(a.max_held, limits.max_held);
     assert_eq!(run("--hold-timeout 0").hold_timeout, Duration::ZERO);
@@ -207,4 +208,75 @@ fn help_shows_defaults_ranges_and_the_duration_format() {
     ] {
         assert!(help.contains(want), "{want} missing from:\n{help}");
     }
+}
+
+/// `MIN to MAX` as a help states it (after `0 (...) or ` when 0 is taken
+/// too), and whether 0 is taken besides.
+fn stated(help: &str) -> Option<(&str, &str, bool)> {
+    let bound = |s: &str| crate::policy::parse_duration(s).is_ok();
+    help.match_indices(" to ").find_map(|(i, _)| {
+        let before = &help[..i];
+        let min = before.rsplit([' ', '\n']).next()?;
+        let max = help[i + 4..].split([' ', ',', '\n']).next()?;
+        let zero = before[..before.len() - min.len()].ends_with(") or ");
+        (bound(min) && bound(max)).then_some((min, max, zero))
+    })
+}
+
+/// For every ranged flag the range its help states is the one its parser
+/// takes: both bounds taken, a value just past either refused with an
+/// error naming the flag and the range as the help shows it, and 0 taken
+/// exactly when the help says what it means. (`--pipe-size`'s range is the
+/// host's, stated in words: `values::tests::pipe_size_range`.)
+#[test]
+fn help_states_the_range_the_parser_takes() {
+    let cmd = Cli::command();
+    let mut checked = Vec::new();
+    for arg in cmd.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        let flag = format!("--{long}");
+        let names = arg.get_value_names().unwrap_or_default();
+        let path = names.iter().any(|n| ["FILE", "PATH"].contains(&n.as_str()));
+        let words = !arg.get_possible_values().is_empty();
+        if !arg.get_action().takes_values() || path || words || flag == "--pipe-size" {
+            continue;
+        }
+        let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+        let (min, max, zero) =
+            stated(&help).unwrap_or_else(|| panic!("{flag}: no range in its help: {help}"));
+        let range = format!("{min} to {max}");
+        // The one rule between two flags stays out of the way.
+        let others = ["--retry-delay=10ms", "--max-delay=24h"]
+            .into_iter()
+            .filter(|o| !o.starts_with(&flag))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let with = |v: &str| format!("{others} {flag}={v}");
+        let (below, above) = if max.bytes().all(|b| b.is_ascii_digit()) {
+            let (lo, hi): (u64, u64) = (min.parse().unwrap(), max.parse().unwrap());
+            (
+                lo.checked_sub(1).map(|n| n.to_string()),
+                (hi + 1).to_string(),
+            )
+        } else {
+            let ms = |s| crate::policy::parse_duration(s).unwrap().as_millis();
+            let (lo, hi) = (ms(min), ms(max));
+            (
+                lo.checked_sub(1).map(|n| format!("{n}ms")),
+                format!("{}ms", hi + 1),
+            )
+        };
+        for v in [min, max] {
+            run(&with(v));
+        }
+        for v in below.iter().chain([&above]) {
+            let e = err(&with(v));
+            assert!(e.contains(&flag) && e.contains(&range), "{flag}={v}: {e}");
+        }
+        if min != "0" {
+            assert_eq!(p(&with("0")).is_ok(), zero, "{flag}=0 against {help}");
+        }
+        checked.push(flag);
+    }
+    assert!(checked.len() >= 20, "{checked:?}");
 }

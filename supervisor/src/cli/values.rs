@@ -1,20 +1,11 @@
-//! The value parsers of the command line: each flag's value is checked
-//! against the range its help states, by a function that cannot panic,
-//! and refused with a message that names that range.
+//! The value parsers of the command line: each checks a flag's value
+//! against its range (`ranges.rs`) by a function that cannot panic, and
+//! refuses it with a message that names that range.
 
+use super::ranges::{show, Span, FACTOR};
 use crate::policy::{parse_duration, BackoffPolicy};
+use proto::limits::{default, MAX_PIPE_SIZE};
 use std::time::Duration;
-
-pub(super) const DAY: Duration = Duration::from_secs(24 * 3600);
-/// The shortest delay or timeout we take. A shorter restart delay is a
-/// crash loop (`--retry-delay 0` with `--max-delay 0` restarted a dying
-/// worker with no pause at all); a shorter timeout fails every request.
-pub(super) const FLOOR: Duration = Duration::from_millis(10);
-
-/// Relay pipe sizes (`--pipe-size`): the bounds the relay applies.
-pub use proto::limits::MAX_PIPE_SIZE;
-/// `--pipe-size`'s default, the workers' own.
-pub const DEFAULT_PIPE_SIZE: usize = proto::limits::default::PIPE_SIZE;
 
 /// A flag's default as clap takes it (`&'static str`), from the figure
 /// that holds it (`proto::limits::default`, `RestartPolicy`), so what
@@ -34,45 +25,16 @@ pub(super) fn show_backoff(p: BackoffPolicy) -> String {
     }
 }
 
-/// A duration as the user would write it: `10ms`, `1.5s`, `5m`, `24h`.
-pub fn show(d: Duration) -> String {
-    let (s, ns) = (d.as_secs(), d.subsec_nanos());
-    if d.is_zero() {
-        "0".into()
-    } else if ns == 0 && s % 3600 == 0 {
-        format!("{}h", s / 3600)
-    } else if ns == 0 && s % 60 == 0 {
-        format!("{}m", s / 60)
-    } else if ns % 1_000_000 == 0 && s == 0 {
-        format!("{}ms", ns / 1_000_000)
-    } else if d >= Duration::from_secs(1) || ns % 1_000_000 == 0 {
-        format!("{}s", d.as_secs_f64())
-    } else {
-        format!("{d:?}")
-    }
-}
-
-fn range_text(min: Duration, max: Duration, zero: Option<&str>) -> String {
-    match zero {
-        Some(z) => format!("0 ({z}) or {} to {}", show(min), show(max)),
-        None => format!("{} to {}", show(min), show(max)),
-    }
-}
-
-/// A value parser for a duration in `min..=max`; with `zero`, 0 is also
-/// taken and means what `zero` says.
+/// A value parser for a duration in `span`.
 pub(super) fn duration_in(
-    min: Duration,
-    max: Duration,
-    zero: Option<&'static str>,
+    span: Span<Duration>,
 ) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
     move |v| {
-        let range = range_text(min, max, zero);
-        let d = parse_duration(v).map_err(|e| format!("{e} (the range is {range})"))?;
-        if (zero.is_some() && d.is_zero()) || (min..=max).contains(&d) {
+        let d = parse_duration(v).map_err(|e| format!("{e} (the range is {span})"))?;
+        if span.contains(d) {
             Ok(d)
         } else {
-            Err(format!("out of range: {} (the range is {range})", show(d)))
+            Err(format!("out of range: {} (the range is {span})", show(d)))
         }
     }
 }
@@ -81,37 +43,39 @@ pub(super) fn backoff_factor(v: &str) -> Result<f64, String> {
     let f: f64 = v
         .trim()
         .parse()
-        .map_err(|_| format!("'{v}' is not a number (the range is 1 to 100)"))?;
+        .map_err(|_| format!("'{v}' is not a number (the range is {FACTOR})"))?;
     // NaN fails both comparisons, so it is refused here too.
-    if (1.0..=100.0).contains(&f) {
+    if (FACTOR.min as f64..=FACTOR.max as f64).contains(&f) {
         Ok(f)
     } else {
-        Err(format!("out of range: {v} (the range is 1 to 100)"))
+        Err(format!("out of range: {v} (the range is {FACTOR})"))
     }
 }
 
-/// `never`, or a duration of 10ms to 24h.
-pub(super) fn backoff_policy(v: &str) -> Result<BackoffPolicy, String> {
-    if v.trim() == "never" {
-        return Ok(BackoffPolicy::Never);
-    }
-    let range = range_text(FLOOR, DAY, None);
-    let d = parse_duration(v).map_err(|e| format!("{e} (give `never` or {range})"))?;
-    if (FLOOR..=DAY).contains(&d) {
-        Ok(BackoffPolicy::After(d))
-    } else {
-        Err(format!(
-            "out of range: {} (give `never` or {range})",
-            show(d)
-        ))
+/// `never`, or a duration in `span`.
+pub(super) fn backoff_policy(
+    span: Span<Duration>,
+) -> impl Fn(&str) -> Result<BackoffPolicy, String> + Clone + Send + Sync + 'static {
+    move |v| {
+        if v.trim() == "never" {
+            return Ok(BackoffPolicy::Never);
+        }
+        let d = parse_duration(v).map_err(|e| format!("{e} (give `never` or {span})"))?;
+        if span.contains(d) {
+            Ok(BackoffPolicy::After(d))
+        } else {
+            Err(format!(
+                "out of range: {} (give `never` or {span})",
+                show(d)
+            ))
+        }
     }
 }
 
-/// A value parser for a whole number in `min..=max` (`unit` follows the
-/// range in messages).
+/// A value parser for a whole number in `span` (`unit` follows the range
+/// in messages).
 pub(super) fn count<T>(
-    min: u64,
-    max: u64,
+    span: Span<u64>,
     unit: &'static str,
 ) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static
 where
@@ -119,7 +83,7 @@ where
 {
     move |v| {
         let s = v.trim();
-        let range = format!("the range is {min} to {max}{unit}");
+        let range = format!("the range is {span}{unit}");
         let n: u64 = match s.parse() {
             Ok(n) => n,
             Err(_) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
@@ -127,40 +91,43 @@ where
             }
             Err(_) => return Err(format!("'{v}' is not a whole number ({range})")),
         };
-        if !(min..=max).contains(&n) {
+        if !span.contains(n) {
             return Err(format!("{n} is out of range ({range})"));
         }
         T::try_from(n).map_err(|_| format!("{n} is out of range ({range})"))
     }
 }
 
-pub(super) fn page_size() -> u64 {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+/// `--pipe-size`'s range: a page to [`MAX_PIPE_SIZE`], and no more than an
+/// unprivileged process may ask for (`/proc/sys/fs/pipe-max-size`;
+/// workers run without CAP_SYS_RESOURCE), but never below the default, so
+/// that a host with a small pipe-max-size still starts with no flag given.
+/// Known only at run time: `--help` says it in words (cli.rs), a refusal
+/// in bytes.
+pub(super) fn pipe_sizes() -> Span<u64> {
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
         .ok()
         .flatten()
         .and_then(|p| u64::try_from(p).ok())
-        .unwrap_or(4096)
-}
-
-/// The largest `--pipe-size`: 1 MiB, and no more than an unprivileged
-/// process may ask for (`/proc/sys/fs/pipe-max-size`; workers run without
-/// CAP_SYS_RESOURCE), but never below the default, so that a host with a
-/// small pipe-max-size still starts with no flag given.
-pub(super) fn pipe_max() -> u64 {
+        .unwrap_or(4096);
     let max = MAX_PIPE_SIZE as u64;
-    std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+    let max = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
         .ok()
         .and_then(|s| s.trim().parse::<u64>().ok())
         .map_or(max, |m| m.min(max))
-        .max(DEFAULT_PIPE_SIZE as u64)
+        .max(default::PIPE_SIZE as u64);
+    Span {
+        min: page,
+        max,
+        zero: None,
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::ranges::{COUNT, DELAY};
     use super::super::tests::{err, run};
     use super::*;
-
-    const MS: Duration = Duration::from_millis(1);
 
     #[test]
     fn backoff_factor_range() {
@@ -175,6 +142,7 @@ mod tests {
 
     #[test]
     fn backoff_policy_values() {
+        let backoff_policy = backoff_policy(DELAY);
         assert_eq!(backoff_policy("never"), Ok(BackoffPolicy::Never));
         assert_eq!(
             backoff_policy("2s"),
@@ -196,7 +164,7 @@ mod tests {
 
     #[test]
     fn counts_have_ranges_and_never_overflow() {
-        let c = count::<u32>(0, 1_000_000, "");
+        let c = count::<u32>(COUNT, "");
         assert_eq!(c("0"), Ok(0));
         assert_eq!(c("1000000"), Ok(1_000_000));
         assert!(c("1000001").unwrap_err().contains("0 to 1000000"));
@@ -219,23 +187,12 @@ mod tests {
 
     #[test]
     fn pipe_size_range() {
-        let page = page_size();
+        let Span { min: page, max, .. } = pipe_sizes();
         assert_eq!(run(&format!("--pipe-size {page}")).pipe_size as u64, page);
         let e = err(&format!("--pipe-size {}", page - 1));
         assert!(e.contains("--pipe-size") && e.contains(" bytes"), "{e}");
         let e = err(&format!("--pipe-size {}", MAX_PIPE_SIZE + 1));
         assert!(e.contains("--pipe-size"), "{e}");
-        assert!(pipe_max() >= DEFAULT_PIPE_SIZE as u64 && pipe_max() <= MAX_PIPE_SIZE as u64);
-    }
-
-    #[test]
-    fn show_durations() {
-        assert_eq!(show(FLOOR), "10ms");
-        assert_eq!(show(DAY), "24h");
-        assert_eq!(show(Duration::from_secs(300)), "5m");
-        assert_eq!(show(Duration::from_millis(1500)), "1.5s");
-        assert_eq!(show(Duration::from_secs(2)), "2s");
-        assert_eq!(show(Duration::ZERO), "0");
-        assert_eq!(show(MS / 2), "500µs");
+        assert!(max >= default::PIPE_SIZE as u64 && max <= MAX_PIPE_SIZE as u64);
     }
 }

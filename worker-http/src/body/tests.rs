@@ -1,12 +1,25 @@
 use super::*;
 use crate::buf::write_nb;
 use mio::net::UnixStream;
-use runtime::stock::Stock;
 
 const RW: Ready = Ready {
     readable: true,
     writable: true,
 };
+
+/// What a worker lends a pump, owned by the test: spare buffers and a
+/// stock.
+#[derive(Default)]
+struct Owned(Spares, Stock);
+
+impl Owned {
+    fn lent(&mut self) -> Lent<'_> {
+        Lent {
+            spares: &mut self.0,
+            stock: &mut self.1,
+        }
+    }
+}
 
 fn pair() -> (Stream, Stream) {
     let (a, b) = UnixStream::pair().unwrap();
@@ -27,7 +40,7 @@ fn run_with(
     wire: &[u8],
     close: bool,
 ) -> (Vec<u8>, Vec<u8>) {
-    let mut st = Stock::default();
+    let mut sp = Owned::default();
     let (src_w, src) = pair();
     let (dst, dst_r) = pair();
     write_nb(&src_w, &mut RW.clone(), wire).unwrap();
@@ -38,16 +51,16 @@ fn run_with(
     // Pre-load the buffer the way the head parser leaves it.
     let (pw, pr) = pair();
     write_nb(&pw, &mut RW.clone(), pre).unwrap();
-    buf.read_from(&pr, &mut RW.clone()).unwrap();
+    buf.read_from(&pr, &mut RW.clone(), &mut sp.0).unwrap();
     let mut p = Pump::new(framing);
     let (mut sr, mut dr) = (RW, RW);
     let mut out = Vec::new();
     let mut sink = Buf::new(1 << 16);
     for _ in 0..1000 {
-        p.pump(&src, &mut sr, &mut buf, &dst, &mut dr, &mut st)
+        p.pump(&src, &mut sr, &mut buf, &dst, &mut dr, &mut sp.lent())
             .unwrap();
         let mut r = RW;
-        sink.read_from(&dst_r, &mut r).unwrap();
+        sink.read_from(&dst_r, &mut r, &mut sp.0).unwrap();
         out.extend_from_slice(sink.bytes());
         sink.consume(sink.len());
         sr.readable = true;
@@ -59,7 +72,7 @@ fn run_with(
     assert!(p.is_done());
     let mut rest = buf.bytes().to_vec();
     let mut tail = Buf::new(1 << 16);
-    let _ = tail.read_from(&src, &mut RW.clone());
+    let _ = tail.read_from(&src, &mut RW.clone(), &mut sp.0);
     rest.extend_from_slice(tail.bytes());
     (out, rest)
 }
@@ -79,8 +92,8 @@ fn length_uses_buffer_then_socket_and_stops_at_limit() {
 /// request. Framed from a real head, part buffered, part spliced.
 #[test]
 fn a_body_past_4_gib_counts_down_in_u64() {
-    let mut st = Stock::default();
     const LEN: u64 = 5_000_000_000;
+    let mut sp = Owned::default();
     let head = b"PUT /fw HTTP/1.1\r\nHost: a\r\nContent-Length: 5000000000\r\n\r\n";
     let framing = match crate::head::parse_request(head) {
         Ok(crate::head::Parsed::Complete(r)) => r.framing,
@@ -92,7 +105,7 @@ fn a_body_past_4_gib_counts_down_in_u64() {
     let mut buf = Buf::new(8);
     let (pw, pr) = pair();
     write_nb(&pw, &mut RW.clone(), b"01234567").unwrap();
-    buf.read_from(&pr, &mut RW.clone()).unwrap();
+    buf.read_from(&pr, &mut RW.clone(), &mut sp.0).unwrap();
     let mut p = Pump::new(framing);
     assert_eq!(p.buffered(&buf).unwrap(), 8);
     assert!(!p.ends_after(8));
@@ -103,10 +116,13 @@ fn a_body_past_4_gib_counts_down_in_u64() {
     let mut sink = Buf::new(1 << 16);
     for _ in 0..1000 {
         moved += p
-            .pump(&src, &mut sr, &mut buf, &dst, &mut dr, &mut st)
+            .pump(&src, &mut sr, &mut buf, &dst, &mut dr, &mut sp.lent())
             .unwrap();
         let mut r = RW;
-        while sink.read_from(&dst_r, &mut r).is_ok_and(|g| g.bytes > 0) {
+        while sink
+            .read_from(&dst_r, &mut r, &mut sp.0)
+            .is_ok_and(|g| g.bytes > 0)
+        {
             sink.consume(sink.len());
         }
         if sent < wire.len() {
@@ -142,7 +158,6 @@ fn chunked_passes_through_and_leaves_next_message() {
 
 #[test]
 fn chunked_trailers_are_filtered_and_must_fit_the_buffer() {
-    let mut st = Stock::default();
     let wire = b"3\r\nabc\r\n0\r\nX-PV-Role: admin\r\nX-Ok: 1\r\n\r\nNEXT";
     let (out, rest) = run_with(64, Framing::Chunked, b"", wire, false);
     assert_eq!(out, b"3\r\nabc\r\n0\r\nX-Ok: 1\r\n\r\n");
@@ -157,14 +172,7 @@ fn chunked_trailers_are_filtered_and_must_fit_the_buffer() {
     let mut buf = Buf::new(8);
     let mut e = Ok(0);
     for _ in 0..10 {
-        e = p.pump(
-            &src,
-            &mut RW.clone(),
-            &mut buf,
-            &dst,
-            &mut RW.clone(),
-            &mut st,
-        );
+        e = pump_ready(&mut p, &src, &mut buf, &dst);
         if e.is_err() {
             break;
         }
@@ -180,7 +188,7 @@ fn chunked_trailers_are_filtered_and_must_fit_the_buffer() {
 /// the buffer, and what follows the body stays on the socket.
 #[test]
 fn long_chunk_data_is_spliced_and_framing_still_parsed() {
-    let mut st = Stock::default();
+    let mut sp = Owned::default();
     let mut wire = Vec::new();
     for (i, len) in [300_000usize, 5, 70_000, 16_384, 16_385]
         .into_iter()
@@ -221,10 +229,10 @@ fn long_chunk_data_is_spliced_and_framing_still_parsed() {
     while !p.is_done() && std::time::Instant::now() < give_up {
         let (mut sr, mut dr) = (RW, RW);
         let moved = p
-            .pump(&src, &mut sr, &mut buf, &dst, &mut dr, &mut st)
+            .pump(&src, &mut sr, &mut buf, &dst, &mut dr, &mut sp.lent())
             .unwrap();
         spliced |= p.splice.is_some();
-        sink.read_from(&dst_r, &mut RW.clone()).unwrap();
+        sink.read_from(&dst_r, &mut RW.clone(), &mut sp.0).unwrap();
         out.extend_from_slice(sink.bytes());
         sink.consume(sink.len());
         if moved == 0 {
@@ -235,7 +243,12 @@ fn long_chunk_data_is_spliced_and_framing_still_parsed() {
     // next write fails instead of waiting for a reader for ever.
     assert!(p.is_done(), "the body did not end");
     let _w = feeder.join().unwrap();
-    while sink.read_from(&dst_r, &mut RW.clone()).unwrap().bytes > 0 {
+    while sink
+        .read_from(&dst_r, &mut RW.clone(), &mut sp.0)
+        .unwrap()
+        .bytes
+        > 0
+    {
         out.extend_from_slice(sink.bytes());
         sink.consume(sink.len());
     }
@@ -252,7 +265,7 @@ fn long_chunk_data_is_spliced_and_framing_still_parsed() {
     );
     let mut rest = buf.bytes().to_vec();
     let mut tail = Buf::new(64);
-    let _ = tail.read_from(&src, &mut RW.clone());
+    let _ = tail.read_from(&src, &mut RW.clone(), &mut sp.0);
     rest.extend_from_slice(tail.bytes());
     assert_eq!(rest, b"NEXT");
 }
@@ -263,25 +276,34 @@ fn close_runs_to_eof() {
     assert_eq!(out, b"abcdefghijklmnop");
 }
 
+/// One pass of `p` from `src` to `dst`, both sides ready.
+fn pump_ready(p: &mut Pump, src: &Stream, buf: &mut Buf, dst: &Stream) -> Result<u64, BodyError> {
+    let mut sp = Owned::default();
+    p.pump(
+        src,
+        &mut RW.clone(),
+        buf,
+        dst,
+        &mut RW.clone(),
+        &mut sp.lent(),
+    )
+}
+
 #[test]
 fn premature_eof_and_bad_chunk_are_errors() {
-    let mut st = Stock::default();
     let (w, src) = pair();
     let (dst, _r) = pair();
-    let mut pump = |p: &mut Pump, src: &Stream, buf: &mut Buf| {
-        p.pump(src, &mut RW.clone(), buf, &dst, &mut RW.clone(), &mut st)
-    };
     write_nb(&w, &mut RW.clone(), b"abc").unwrap();
     drop(w);
     let mut p = Pump::new(Framing::Length(10));
     let mut buf = Buf::new(8);
-    let e = pump(&mut p, &src, &mut buf);
+    let e = pump_ready(&mut p, &src, &mut buf, &dst);
     assert!(matches!(e, Err(BodyError::Src(_))), "{e:?}");
 
     let (w, src) = pair();
     write_nb(&w, &mut RW.clone(), b"zz\r\n").unwrap();
     let mut p = Pump::new(Framing::Chunked);
-    let e = pump(&mut p, &src, &mut buf);
+    let e = pump_ready(&mut p, &src, &mut buf, &dst);
     assert!(matches!(e, Err(BodyError::Framing(_))), "{e:?}");
 
     let (w, src) = pair();
@@ -289,6 +311,6 @@ fn premature_eof_and_bad_chunk_are_errors() {
     drop(w);
     let mut p = Pump::new(Framing::Chunked);
     let mut buf = Buf::new(8);
-    let e = pump(&mut p, &src, &mut buf);
+    let e = pump_ready(&mut p, &src, &mut buf, &dst);
     assert!(matches!(e, Err(BodyError::Src(_))), "{e:?}");
 }

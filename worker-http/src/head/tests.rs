@@ -1,5 +1,10 @@
+use super::forward::write_ip;
 use super::*;
+use crate::fields::MAX_HEADERS;
+use crate::framing::Framing;
+use crate::route::Entry;
 use proto::types::Backend;
+use std::net::IpAddr;
 
 fn req(raw: &str) -> Result<Request, Reject> {
     match parse_request(raw.as_bytes())? {

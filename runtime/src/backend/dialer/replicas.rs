@@ -20,7 +20,7 @@ impl Dialer {
     pub fn for_route(r: &Route, reach: &mut Reach, now: Instant, limits: &Limits) -> Dialer {
         match crate::balance::pool_of(r) {
             Some((pool, policy)) => Dialer::balanced(reach.choose(pool, policy), now, limits),
-            None => Dialer::new(r.backend.clone(), now, limits),
+            None => Dialer::new(r.via.backend.clone(), now, limits),
         }
     }
 
@@ -128,7 +128,7 @@ impl Dialer {
                 }
                 self.rechoose(reach.choose(pool, policy), now);
             }
-            None => self.retarget(&r.backend, now),
+            None => self.retarget(&r.via.backend, now),
         }
     }
 

@@ -1,11 +1,11 @@
-//! Reaching a request's backend with proto's [`Dialer`] (connect, the
-//! short retry while a provider restarts, the connect timeout): this file
-//! only registers the dialer's socket under the http worker's token scheme
-//! and maps its outcome to a status. A pooled connection skips all of this
-//! (see `Conn::start_exchange`).
+//! The Connecting phase: reaching a request's backend with runtime's
+//! [`Dialer`] (connect, the short retry while a provider restarts, the
+//! connect timeout): this file only registers the dialer's socket under
+//! the http worker's token scheme and maps its outcome to a status. A
+//! pooled connection skips all of this (see `Conn::start_exchange`).
 
-use crate::conn::{BackendConn, Conn, Ctx, Fail, Phase};
-use crate::exchange::Exchange;
+use super::exchange::Exchange;
+use super::{interest, BackendConn, Conn, Ctx, Fail, Phase};
 use crate::keys::{self, Owner};
 use runtime::backend::{Dialer, Step};
 use runtime::stream::Ready;
@@ -15,22 +15,27 @@ use std::rc::Rc;
 impl Conn {
     /// Connect (again) to the exchange's backend, with a new dialer (and
     /// so a new connect timeout).
-    pub(crate) fn start_connect(&mut self, cx: &mut Ctx) -> Result<(), Fail> {
-        let Some(ex) = self.ex.as_mut() else {
-            return Err(Fail::Abort("connect without a request".into()));
-        };
+    pub(super) fn start_connect(
+        &mut self,
+        cx: &mut Ctx,
+        mut ex: Box<Exchange>,
+    ) -> Result<(), Fail> {
         // Replicas: the dialer takes the exchange's choice to fail over.
         let dial = match ex.choice.take() {
             Some(c) => Dialer::balanced(c, cx.now, cx.limits),
             None => Dialer::new(ex.route.backend.clone(), cx.now, cx.limits),
         };
-        self.backend = None;
-        self.phase = Phase::Connecting(Box::new(dial));
+        let next = Phase::Connecting {
+            ex,
+            dial: Box::new(dial),
+            socket: None,
+        };
+        self.enter(next, cx.spares);
         self.connecting(cx).map(|_| ())
     }
 
-    pub(crate) fn connecting(&mut self, cx: &mut Ctx) -> Result<bool, Fail> {
-        let Phase::Connecting(dial) = &mut self.phase else {
+    pub(super) fn connecting(&mut self, cx: &mut Ctx) -> Result<bool, Fail> {
+        let Phase::Connecting { ex, dial, socket } = &mut self.phase else {
             return Ok(false);
         };
         // A held request whose client reported a hang-up: if the client
@@ -43,10 +48,10 @@ impl Conn {
                 "client gone while its request was held for {}; closing",
                 dial.target
             );
-            self.phase = Phase::Done;
+            self.enter(Phase::Done, cx.spares);
             return Ok(false);
         }
-        let (mut socket, kept) = match self.backend.take() {
+        let (mut stream, kept) = match socket.take() {
             Some(b) => (Some(b.stream), (b.ready, b.hup)),
             None => (None, (Ready::default(), false)),
         };
@@ -57,7 +62,7 @@ impl Conn {
         let mut net = runtime::backend::Real {
             hung_up: self.c_hup.then_some((&self.client, false)),
         };
-        let step = dial.step_on(&mut net, cx.reach, &mut socket, ready, cx.now, cx.limits);
+        let step = dial.step_on(&mut net, cx.reach, &mut stream, ready, cx.now, cx.limits);
         // The same socket keeps what the loop recorded for it; a new one,
         // or one still connecting after it reported, starts afresh.
         let (ready, hup) = match step {
@@ -65,24 +70,23 @@ impl Conn {
             Step::Pending => (Ready::default(), kept.1),
             _ => kept,
         };
-        self.backend = socket.map(|stream| BackendConn { stream, ready, hup });
+        *socket = stream.map(|stream| BackendConn { stream, ready, hup });
         match step {
             Step::Wait | Step::Pending => Ok(false),
             Step::Register => {
-                let Some(b) = self.backend.as_mut() else {
+                let Some(b) = socket.as_mut() else {
                     return Err(Fail::Abort("dialer gave no socket".into()));
                 };
                 let fd = b.stream.as_raw_fd();
                 cx.owners.set(fd, Owner::Conn(cx.slot));
                 cx.registry
-                    .register(&mut b.stream, keys::backend(fd), crate::conn::interest())
+                    .register(&mut b.stream, keys::backend(fd), interest())
                     .map_err(|e| Fail::Status(502, format!("registering backend socket: {e}")))?;
                 Ok(true)
             }
             Step::Connected => {
-                Conn::keep_choice(self.ex.as_deref_mut(), cx, dial);
-                self.phase = Phase::Exchange;
-                Ok(true)
+                keep_choice(ex, cx, dial);
+                self.connected()
             }
             Step::Failed(why) => Err(Fail::Status(502, why)),
             Step::TimedOut(why) => Err(Fail::Status(504, why)),
@@ -91,39 +95,35 @@ impl Conn {
                     "client gone before its request was held for {}; closing",
                     dial.target
                 );
-                self.phase = Phase::Done;
+                self.enter(Phase::Done, cx.spares);
                 Ok(false)
             }
         }
     }
 
-    /// Connected through a route with replicas: the exchange keeps the
-    /// choice (its count) and, after a fail-over, the entry of the replica
-    /// reached (the connection is pooled under that backend).
-    fn keep_choice(ex: Option<&mut Exchange>, cx: &Ctx, dial: &mut Dialer) {
-        let (Some(ex), Some(c)) = (ex, dial.take_choice()) else {
-            return;
-        };
-        if ex.route.backend != *c.backend() {
-            ex.route = match cx.routes.replica(c.pool(), c.index()) {
-                Some(e) => e,
-                // An update replaced the table meanwhile: the same route,
-                // aimed where the connection went (it is pooled there).
-                None => {
-                    let mut e = (*ex.route).clone();
-                    e.backend = c.backend().clone();
-                    Rc::new(e)
-                }
-            };
+    /// The backend is reached: on to the Exchange phase, with its socket.
+    fn connected(&mut self) -> Result<bool, Fail> {
+        match std::mem::replace(&mut self.phase, Phase::Done) {
+            Phase::Connecting {
+                ex,
+                socket: Some(backend),
+                ..
+            } => {
+                self.phase = Phase::Exchange { ex, backend };
+                Ok(true)
+            }
+            other => {
+                self.phase = other;
+                Err(Fail::Abort("connected without a socket".into()))
+            }
         }
-        ex.choice = Some(c);
     }
 
     /// Still connecting (held, or in the short retry): dial the route's
     /// backend as the table has it now (an Update moved the provider), at
     /// once. true: it was connecting, drive it.
-    pub(crate) fn wake(&mut self, cx: &mut Ctx) -> bool {
-        let (Phase::Connecting(dial), Some(ex)) = (&mut self.phase, self.ex.as_mut()) else {
+    pub fn wake(&mut self, cx: &mut Ctx) -> bool {
+        let Phase::Connecting { ex, dial, .. } = &mut self.phase else {
             return false;
         };
         if let Some(now) = cx.routes.same_route(&ex.route) {
@@ -154,4 +154,26 @@ impl Conn {
         dial.wake(cx.now);
         true
     }
+}
+
+/// Connected through a route with replicas: the exchange keeps the
+/// choice (its count) and, after a fail-over, the entry of the replica
+/// reached (the connection is pooled under that backend).
+fn keep_choice(ex: &mut Exchange, cx: &Ctx, dial: &mut Dialer) {
+    let Some(c) = dial.take_choice() else {
+        return;
+    };
+    if ex.route.backend != *c.backend() {
+        ex.route = match cx.routes.replica(c.pool(), c.index()) {
+            Some(e) => e,
+            // An update replaced the table meanwhile: the same route,
+            // aimed where the connection went (it is pooled there).
+            None => {
+                let mut e = (*ex.route).clone();
+                e.backend = c.backend().clone();
+                Rc::new(e)
+            }
+        };
+    }
+    ex.choice = Some(c);
 }
