@@ -106,6 +106,14 @@ impl RouteBook {
         !self.retired.is_empty() || self.dirty.iter().any(|&d| d)
     }
 
+    /// A report that could not be sent: what it carried goes in the next
+    /// one, before anything counted since (which is newer).
+    pub fn unsent(&mut self, report: Vec<RouteStats>) {
+        let mut r = report;
+        r.append(&mut self.retired);
+        self.retired = r;
+    }
+
     /// What the next report carries: the changed entries, whole, at most
     /// [`MAX_ROUTE_STATS`]; those are no longer changed.
     pub fn report(&mut self) -> Vec<RouteStats> {
