@@ -1,5 +1,6 @@
 //! The dial and hold state machine (runtime `backend.rs` `Dialer`, the
-//! book of `hold.rs`, the health table's down marks) on a scripted
+//! book of `hold.rs`, the health table's down marks, lent as a `Reach`
+//! as the worker loop lends them) on a scripted
 //! network (`backend::Net`: no real connect), under sequences of clock
 //! steps, timer firings, connect outcomes (refused, socket missing,
 //! unreachable, denied, under way then connected, failed or never done),
@@ -23,7 +24,7 @@ use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use proto::limits::Limits;
 use proto::types::{Backend, Policy};
-use runtime::backend::{Dialer, Net, Step};
+use runtime::backend::{Dialer, Net, Reach, Roots, Step};
 use runtime::balance::Choice;
 use runtime::hold;
 use runtime::stream::Stream;
@@ -58,7 +59,7 @@ fn err(errno: i32) -> io::Error {
 }
 
 impl Net for Script {
-    fn connect(&mut self, _: &Backend) -> io::Result<Stream> {
+    fn connect(&mut self, _: &Backend, _: &Roots) -> io::Result<Stream> {
         use nix::libc::*;
         match self.connects.pop_front().unwrap_or(Connect::Refused) {
             Connect::Refused => Err(err(ECONNREFUSED)),
@@ -103,10 +104,12 @@ fn ms(u: &mut Unstructured, lo: u64, hi: u64) -> Result<u64> {
 
 const DAY_MS: u64 = 24 * 3600 * 1000;
 
-struct World {
+struct World<'a> {
     now: Instant,
     limits: Limits,
     net: Script,
+    /// What the worker loop owns and lends the dialers.
+    reach: &'a mut Reach,
     slots: Vec<Option<Slot>>,
     /// The route of each first backend's share key: backends 0, 1, and
     /// the replica pool [2, 0] (counted under 2).
@@ -114,7 +117,7 @@ struct World {
     pool: Rc<[Backend]>,
 }
 
-impl World {
+impl World<'_> {
     /// The latest a dial started at `start` may live: its connect
     /// deadline, or its hold's when that is later.
     fn bound(&self, start: Instant) -> Instant {
@@ -140,8 +143,14 @@ impl World {
         };
         let held = s.d.is_held();
         let ready = ready && s.socket.is_some();
-        let step =
-            s.d.step_on(&mut self.net, &mut s.socket, ready, now, &self.limits);
+        let step = s.d.step_on(
+            &mut self.net,
+            &mut self.reach,
+            &mut s.socket,
+            ready,
+            now,
+            &self.limits,
+        );
         let ended = matches!(
             step,
             Step::Connected | Step::Failed(_) | Step::TimedOut(_) | Step::Gone
@@ -176,14 +185,15 @@ impl World {
             .flatten()
             .filter(|s| s.d.is_held())
             .count() as u64;
-        assert_eq!(hold::held(), held, "the book counts the dials held");
+        let book = &self.reach.held;
+        assert_eq!(book.held(), held, "the book counts the dials held");
         assert!(held <= self.limits.max_held as u64, "over --max-held");
         let share = match self.limits.held_share {
             0 => self.limits.max_held,
             n => n,
         };
         for k in self.keys {
-            assert!(hold::held_for(k) <= share as u64, "over a route's share");
+            assert!(book.held_for(k) <= share as u64, "over a route's share");
         }
         for s in self.slots.iter().flatten() {
             // (Due or past due is fine here: the clock may have moved
@@ -200,9 +210,9 @@ impl World {
     }
 
     /// What the loop does once a turn: a health check saw a backend back
-    /// (`hold::wake_all`): every dial still connecting retries now.
+    /// (the hold book's wake-up): every dial still connecting retries now.
     fn wakes(&mut self, forced: bool) {
-        if hold::take_wake() || forced {
+        if self.reach.held.take_wake() || forced {
             for i in 0..self.slots.len() {
                 if let Some(s) = self.slots[i].as_mut() {
                     s.d.wake(self.now);
@@ -213,7 +223,9 @@ impl World {
     }
 }
 
-fn run(u: &mut Unstructured) -> Result<()> {
+/// Plays the script; `reach` is the worker's, kept by the caller to check
+/// once every dial is gone.
+fn run(u: &mut Unstructured, reach: &mut Reach) -> Result<()> {
     let hold_timeout_ms = if u.arbitrary::<bool>()? {
         0
     } else {
@@ -239,13 +251,14 @@ fn run(u: &mut Unstructured) -> Result<()> {
         ..Limits::default()
     };
     let backends: Vec<Backend> = (0..3).map(backend).collect();
-    runtime::health::track(&backends, &limits);
+    reach.health.track(&backends, &limits);
     let pool: Rc<[Backend]> = vec![backends[2].clone(), backends[0].clone()].into();
     let mut w = World {
         now: Instant::now(),
         keys: [0, 1, 2].map(|i| hold::share_key(&backends[i])),
         limits,
         net: Script::default(),
+        reach,
         slots: (0..4).map(|_| None).collect(),
         pool,
     };
@@ -262,8 +275,9 @@ fn run(u: &mut Unstructured) -> Result<()> {
                     0 => Dialer::new(backends[0].clone(), w.now, &w.limits),
                     1 => Dialer::new(backends[1].clone(), w.now, &w.limits),
                     _ => {
+                        let i = u.int_in_range(0..=1)?;
                         let c =
-                            Choice::at(w.pool.clone(), Policy::RoundRobin, u.int_in_range(0..=1)?);
+                            Choice::at(w.pool.clone(), Policy::RoundRobin, i, &mut w.reach.balance);
                         Dialer::balanced(c, w.now, &w.limits)
                     }
                 };
@@ -298,7 +312,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
                 let b = &backends[u.choose_index(3)?];
                 let ok = u.arbitrary::<bool>()?;
                 let outcome = if ok { Ok(()) } else { Err("check".to_string()) };
-                runtime::health::observe(b, outcome, true);
+                w.reach.observe(b, outcome, true);
                 w.wakes(false);
             }
             5 => w.wakes(true),
@@ -353,9 +367,9 @@ fn run(u: &mut Unstructured) -> Result<()> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let _ = run(&mut Unstructured::new(data));
+    let mut reach = Reach::default();
+    let _ = run(&mut Unstructured::new(data), &mut reach);
     // Every dial is gone: nothing is held any more, whatever happened.
-    assert_eq!(hold::held(), 0, "the hold book did not return to zero");
-    let _ = hold::take_wake();
-    runtime::health::track(&[], &Limits::default());
+    let book = &reach.held;
+    assert_eq!(book.held(), 0, "the hold book did not return to zero");
 });

@@ -2,9 +2,9 @@
 //! connection (tcp, unix) or a new exchange (http) goes to, and the next
 //! one to try when its connect fails.
 //!
-//! Per worker, so per endpoint: the worker is single-threaded, and the
-//! book ([`Book`]: open connections per backend, a round-robin turn per
-//! pool) is a thread-local like the provider roots in `backend.rs`.
+//! Per worker, so per endpoint: the worker loop owns the [`Book`] (open
+//! connections per backend, a round-robin turn per pool; in
+//! `backend::Reach`) and lends it to whoever picks.
 //!
 //! - `round-robin`: the pool's backends in turn.
 //! - `least-conn`: the backend with the fewest connections open from this
@@ -12,151 +12,108 @@
 //!   closes; an http exchange holds one while it uses its backend
 //!   connection); ties go round-robin, so an idle pool alternates.
 //!
+//! A lease is a share of its backend's count (an `Rc` the book keeps one
+//! of: [`Rc::strong_count`] less the book's own is the count), so a
+//! connection dropped wherever it ends (no book at hand there) stops
+//! counting by itself.
+//!
 //! A route with one backend never gets here: no lease, no lookup, no
 //! cost. Which backends may be picked at all is one function,
 //! [`usable`]: the place where backends marked down by health checks are
 //! left out.
 
+use crate::health;
 use proto::plan::Route;
 use proto::types::{Backend, Policy};
-use std::cell::RefCell;
 // Keyed by configured backends, as the health table: FNV (Cargo.toml), and
 // no second copy of SipHash's code for `Backend` in this crate (-2.4 KiB of
 // the executable against std's `HashMap`, issue 19).
-use fnv::FnvHashMap as HashMap;
+use fnv::{FnvHashMap as HashMap, FnvHashSet as HashSet};
 use std::rc::Rc;
 
 /// Whether `b` may be picked now: not marked down by health checks (one
 /// filter, used by the first pick, fail-over and a held connection's next
 /// attempt alike). When no backend of a pool is usable, the pick ignores
 /// this (the dialer then holds, as for a route with one backend down).
-fn usable(b: &Backend) -> bool {
-    !crate::health::is_down(b)
+fn usable(b: &Backend, health: &health::Table) -> bool {
+    !health.is_down(b)
 }
 
 /// The most round-robin turns kept; past it they start over (a turn is
 /// only a fairness hint, and pools come and go with updates).
 const MAX_TURNS: usize = 1024;
 
-#[derive(Default)]
-struct Book {
-    /// Connections open from this worker, per backend (absent: none).
-    open: HashMap<Backend, u32>,
+/// The worker's picks: the connections open per backend and the turn of
+/// each pool.
+#[derive(Debug, Default)]
+pub struct Book {
+    /// The book's share of each backend a lease was taken for: its leases
+    /// hold the others ([`Book::open`]).
+    open: HashSet<Rc<Backend>>,
     /// Where the next round-robin turn starts, per pool.
     turn: HashMap<Box<[Backend]>, usize>,
 }
 
-thread_local! {
-    // Workers are single-threaded; the book belongs to the process.
-    static BOOK: RefCell<Book> = RefCell::new(Book::default());
-}
-
-/// Connections open to `b` from this worker (counted by [`Lease`]s).
-pub fn open(b: &Backend) -> u32 {
-    BOOK.with(|k| k.borrow().open.get(b).copied().unwrap_or(0))
-}
-
-/// Pick a backend of `pool` by `policy`: its index.
-pub fn pick(pool: &[Backend], policy: Policy) -> usize {
-    let n = pool.len();
-    if n < 2 {
-        return 0;
+impl Book {
+    /// Connections open to `b` from this worker (counted by [`Lease`]s).
+    pub fn open(&self, b: &Backend) -> u32 {
+        self.open
+            .get(b)
+            .map_or(0, |share| (Rc::strong_count(share) - 1) as u32)
     }
-    BOOK.with(|k| {
-        let mut k = k.borrow_mut();
-        let start = k.turn.get(pool).copied().unwrap_or(0) % n;
+
+    /// Pick a backend of `pool` by `policy`: its index.
+    pub fn pick(&mut self, pool: &[Backend], policy: Policy, health: &health::Table) -> usize {
+        let n = pool.len();
+        if n < 2 {
+            return 0;
+        }
+        let start = self.turn.get(pool).copied().unwrap_or(0) % n;
         let ring = (0..n).map(|i| (start + i) % n);
-        let any_usable = ring.clone().any(|i| usable(&pool[i]));
-        let mut candidates = ring.filter(|&i| !any_usable || usable(&pool[i]));
+        let any_usable = ring.clone().any(|i| usable(&pool[i], health));
+        let mut candidates = ring.filter(|&i| !any_usable || usable(&pool[i], health));
         let chosen = match policy {
             Policy::RoundRobin => candidates.next(),
             // The first of the least loaded in ring order: ties rotate.
-            Policy::LeastConn => {
-                candidates.min_by_key(|&i| k.open.get(&pool[i]).copied().unwrap_or(0))
-            }
+            Policy::LeastConn => candidates.min_by_key(|&i| self.open(&pool[i])),
         }
         .unwrap_or(start);
-        match k.turn.get_mut(pool) {
+        match self.turn.get_mut(pool) {
             Some(t) => *t = chosen + 1,
             None => {
-                if k.turn.len() >= MAX_TURNS {
-                    k.turn.clear();
+                if self.turn.len() >= MAX_TURNS {
+                    self.turn.clear();
                 }
-                k.turn.insert(pool.into(), chosen + 1);
+                self.turn.insert(pool.into(), chosen + 1);
             }
         }
         chosen
-    })
+    }
+
+    /// Count one more connection open to `b`, until the lease is dropped.
+    fn lease(&mut self, b: &Backend) -> Lease {
+        if let Some(share) = self.open.get(b) {
+            return Lease(share.clone());
+        }
+        if self.open.len() == self.open.capacity() {
+            // Before the set grows: backends no lease counts any more go.
+            self.open.retain(|share| Rc::strong_count(share) > 1);
+        }
+        let share = Rc::new(b.clone());
+        self.open.insert(share.clone());
+        Lease(share)
+    }
 }
 
-/// One connection counted against one backend of a pool, from the pick
-/// until it is dropped (what least-conn compares).
+/// One connection counted against one backend, from the pick until it is
+/// dropped (what least-conn compares). One pointer: an idle tcp
+/// connection keeps its lease.
 #[derive(Debug)]
-pub struct Lease {
-    pool: Rc<[Backend]>,
-    /// u32, not usize: an idle connection keeps its lease, and 8 bytes
-    /// of each count (a pool is a route's few replicas).
-    index: u32,
-    /// Counted in the book (false only in passing, see [`Choice::attempt`]).
-    counted: bool,
-}
+pub struct Lease(Rc<Backend>);
 
 impl Lease {
-    fn new(pool: Rc<[Backend]>, index: usize) -> Lease {
-        BOOK.with(|k| {
-            let mut k = k.borrow_mut();
-            match k.open.get_mut(&pool[index]) {
-                Some(n) => *n += 1,
-                None => {
-                    k.open.insert(pool[index].clone(), 1);
-                }
-            }
-        });
-        Lease {
-            pool,
-            index: narrow(index),
-            counted: true,
-        }
-    }
-
-    fn uncounted(pool: Rc<[Backend]>, index: usize) -> Lease {
-        Lease {
-            pool,
-            index: narrow(index),
-            counted: false,
-        }
-    }
-
     pub fn backend(&self) -> &Backend {
-        &self.pool[self.index()]
-    }
-
-    fn index(&self) -> usize {
-        self.index as usize
-    }
-}
-
-/// A pool index as a lease keeps it (pools are far smaller than u32).
-fn narrow(index: usize) -> u32 {
-    u32::try_from(index).unwrap_or(u32::MAX)
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        if !self.counted {
-            return;
-        }
-        let b = &self.pool[self.index()];
-        // try_with: a lease dropped while the thread exits finds no book.
-        let _ = BOOK.try_with(|k| {
-            let mut k = k.borrow_mut();
-            if let Some(n) = k.open.get_mut(b) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    k.open.remove(b);
-                }
-            }
-        });
+        &self.0
     }
 }
 
@@ -178,52 +135,62 @@ pub fn pool_of(r: &Route) -> Option<(Rc<[Backend]>, Policy)> {
 #[derive(Debug)]
 pub struct Choice {
     policy: Policy,
+    pool: Rc<[Backend]>,
+    /// The backend aimed at.
+    index: usize,
     /// Where this pass began.
     first: usize,
     /// Every backend of the pass failed: the next attempt picks anew.
     spent: bool,
-    lease: Lease,
+    /// Counts this connection against `pool[index]` (None only in passing,
+    /// see [`Choice::attempt`]).
+    lease: Option<Lease>,
 }
 
 impl Choice {
     /// Pick a backend of `pool` by `policy`.
-    pub fn new(pool: Rc<[Backend]>, policy: Policy) -> Choice {
-        let i = pick(&pool, policy);
-        Choice::at(pool, policy, i)
+    pub fn new(
+        pool: Rc<[Backend]>,
+        policy: Policy,
+        book: &mut Book,
+        health: &health::Table,
+    ) -> Choice {
+        let i = book.pick(&pool, policy, health);
+        Choice::at(pool, policy, i, book)
     }
 
     /// A choice already made: backend `index` of `pool`.
-    pub fn at(pool: Rc<[Backend]>, policy: Policy, index: usize) -> Choice {
+    pub fn at(pool: Rc<[Backend]>, policy: Policy, index: usize, book: &mut Book) -> Choice {
         let index = index.min(pool.len().saturating_sub(1));
+        let lease = Some(book.lease(&pool[index]));
         Choice {
             policy,
+            pool,
+            index,
             first: index,
             spent: false,
-            lease: Lease::new(pool, index),
+            lease,
         }
     }
 
-    /// A route's choice, or None when it has one backend.
-    pub fn for_route(r: &Route) -> Option<Choice> {
-        pool_of(r).map(|(pool, policy)| Choice::new(pool, policy))
-    }
-
     pub fn backend(&self) -> &Backend {
-        self.lease.backend()
+        &self.pool[self.index]
     }
 
     pub fn index(&self) -> usize {
-        self.lease.index()
+        self.index
     }
 
     pub fn pool(&self) -> &Rc<[Backend]> {
-        &self.lease.pool
+        &self.pool
     }
 
-    fn aim(&mut self, i: usize) {
-        if i != self.lease.index() {
-            let pool = self.lease.pool.clone();
-            self.lease = Lease::new(pool, i);
+    fn aim(&mut self, i: usize, book: &mut Book) {
+        if i != self.index || self.lease.is_none() {
+            // Let go first: the lease moves to the new backend.
+            self.lease = None;
+            self.index = i;
+            self.lease = Some(book.lease(&self.pool[i]));
         }
     }
 
@@ -231,17 +198,17 @@ impl Choice {
     /// pass has not tried, or None when the pass is over (the caller then
     /// fails or retries as for one backend; its next attempt starts a new
     /// pass, see [`Choice::attempt`]).
-    pub fn fail_over(&mut self) -> Option<&Backend> {
-        let n = self.lease.pool.len();
-        let mut i = self.lease.index();
+    pub fn fail_over(&mut self, book: &mut Book, health: &health::Table) -> Option<&Backend> {
+        let n = self.pool.len();
+        let mut i = self.index;
         loop {
             i = (i + 1) % n;
             if i == self.first {
                 self.spent = true;
                 return None;
             }
-            if usable(&self.lease.pool[i]) {
-                self.aim(i);
+            if usable(&self.pool[i], health) {
+                self.aim(i, book);
                 return Some(self.backend());
             }
         }
@@ -250,28 +217,23 @@ impl Choice {
     /// Before an attempt: after a spent pass, or when the backend aimed at
     /// is no longer [`usable`] (a later attempt of a held connection), pick
     /// anew (Some: the new backend aimed at, which may be the same one).
-    pub fn attempt(&mut self) -> Option<&Backend> {
-        if !self.spent && usable(self.backend()) {
+    pub fn attempt(&mut self, book: &mut Book, health: &health::Table) -> Option<&Backend> {
+        if !self.spent && usable(self.backend(), health) {
             return None;
         }
         self.spent = false;
         // Let go first: this connection's own count must not weigh on
         // the pick.
-        let pool = self.lease.pool.clone();
-        let index = self.lease.index();
-        drop(std::mem::replace(
-            &mut self.lease,
-            Lease::uncounted(pool.clone(), index),
-        ));
-        let i = pick(&pool, self.policy);
+        self.lease = None;
+        let i = book.pick(&self.pool, self.policy, health);
         self.first = i;
-        self.lease = Lease::new(pool, i);
+        self.aim(i, book);
         Some(self.backend())
     }
 
     /// The lease alone, for a connection that is through (it counts until
     /// the connection closes).
-    pub fn into_lease(self) -> Lease {
+    pub fn into_lease(self) -> Option<Lease> {
         self.lease
     }
 }
@@ -289,69 +251,72 @@ mod tests {
 
     #[test]
     fn round_robin_takes_turns() {
+        let (mut k, h) = (Book::default(), health::Table::default());
         let p = pool(&[1001, 1002, 1003]);
-        let got: Vec<usize> = (0..7).map(|_| pick(&p, Policy::RoundRobin)).collect();
+        let got: Vec<usize> = (0..7).map(|_| k.pick(&p, Policy::RoundRobin, &h)).collect();
         assert_eq!(got, [0, 1, 2, 0, 1, 2, 0]);
         // Another pool has its own turn.
         let q = pool(&[1001, 1002]);
-        assert_eq!(pick(&q, Policy::RoundRobin), 0);
-        assert_eq!(pick(&p, Policy::RoundRobin), 1);
+        assert_eq!(k.pick(&q, Policy::RoundRobin, &h), 0);
+        assert_eq!(k.pick(&p, Policy::RoundRobin, &h), 1);
     }
 
     #[test]
     fn least_conn_goes_to_the_fewest_open_and_ties_rotate() {
+        let (mut k, h) = (Book::default(), health::Table::default());
         let p = pool(&[2001, 2002, 2003]);
         // Idle pool: ties, so in turn.
-        let a = Choice::new(p.clone(), Policy::LeastConn);
-        let b = Choice::new(p.clone(), Policy::LeastConn);
-        let c = Choice::new(p.clone(), Policy::LeastConn);
+        let a = Choice::new(p.clone(), Policy::LeastConn, &mut k, &h);
+        let b = Choice::new(p.clone(), Policy::LeastConn, &mut k, &h);
+        let c = Choice::new(p.clone(), Policy::LeastConn, &mut k, &h);
         assert_eq!([a.index(), b.index(), c.index()], [0, 1, 2]);
-        assert_eq!(open(&p[0]), 1);
+        assert_eq!(k.open(&p[0]), 1);
         // One closes: the next goes there, whatever the turn.
         drop(b);
-        assert_eq!(open(&p[1]), 0);
-        let d = Choice::new(p.clone(), Policy::LeastConn);
+        assert_eq!(k.open(&p[1]), 0);
+        let d = Choice::new(p.clone(), Policy::LeastConn, &mut k, &h);
         assert_eq!(d.index(), 1);
         // A lease outlives its choice.
-        let la = a.into_lease();
-        assert_eq!(open(&p[0]), 1);
+        let la = a.into_lease().expect("leased");
+        assert_eq!(k.open(&p[0]), 1);
         drop(la);
-        assert_eq!(open(&p[0]), 0);
-        let e = Choice::new(p.clone(), Policy::LeastConn);
+        assert_eq!(k.open(&p[0]), 0);
+        let e = Choice::new(p.clone(), Policy::LeastConn, &mut k, &h);
         assert_eq!(e.index(), 0);
         drop((c, d, e));
-        assert!((0..3).all(|i| open(&p[i]) == 0));
+        assert!((0..3).all(|i| k.open(&p[i]) == 0));
         // Round-robin does not look at the load.
-        let x = Choice::new(p.clone(), Policy::RoundRobin);
-        let y = Choice::new(p.clone(), Policy::RoundRobin);
+        let x = Choice::new(p.clone(), Policy::RoundRobin, &mut k, &h);
+        let y = Choice::new(p.clone(), Policy::RoundRobin, &mut k, &h);
         drop(y);
-        let z = Choice::new(p.clone(), Policy::RoundRobin);
+        let z = Choice::new(p.clone(), Policy::RoundRobin, &mut k, &h);
         assert_ne!(z.index(), 1, "round-robin moved on");
         drop((x, z));
     }
 
     #[test]
     fn fail_over_makes_one_pass_then_picks_anew() {
+        let (mut k, h) = (Book::default(), health::Table::default());
         let p = pool(&[3001, 3002, 3003]);
-        let mut c = Choice::at(p.clone(), Policy::RoundRobin, 1);
-        assert_eq!(open(&p[1]), 1);
-        assert_eq!(c.attempt(), None, "nothing failed yet");
-        assert_eq!(c.fail_over(), Some(&p[2]));
-        assert_eq!((open(&p[1]), open(&p[2])), (0, 1), "the lease moved");
-        assert_eq!(c.fail_over(), Some(&p[0]));
-        assert_eq!(c.fail_over(), None, "back where the pass began");
+        let mut c = Choice::at(p.clone(), Policy::RoundRobin, 1, &mut k);
+        assert_eq!(k.open(&p[1]), 1);
+        assert_eq!(c.attempt(&mut k, &h), None, "nothing failed yet");
+        assert_eq!(c.fail_over(&mut k, &h), Some(&p[2]));
+        assert_eq!((k.open(&p[1]), k.open(&p[2])), (0, 1), "the lease moved");
+        assert_eq!(c.fail_over(&mut k, &h), Some(&p[0]));
+        assert_eq!(c.fail_over(&mut k, &h), None, "back where the pass began");
         // The next attempt starts a new pass from a new pick.
-        let b = c.attempt().cloned();
+        let b = c.attempt(&mut k, &h).cloned();
         assert!(b.is_some());
-        assert_eq!(c.attempt(), None);
+        assert_eq!(c.attempt(&mut k, &h), None);
         let start = c.index();
         let mut seen = vec![start];
-        while let Some(b) = c.fail_over().cloned() {
+        while let Some(b) = c.fail_over(&mut k, &h).cloned() {
             seen.push(p.iter().position(|x| *x == b).unwrap());
         }
         seen.sort_unstable();
         assert_eq!(seen, [0, 1, 2], "each once per pass");
         drop(c);
-        assert!((0..3).all(|i| open(&p[i]) == 0));
+        assert!((0..3).all(|i| k.open(&p[i]) == 0));
     }
 }

@@ -7,6 +7,15 @@
 //! tcp and unix plug in `conns::Conns` (one client, one backend each); the
 //! http worker its client connections and backend pool.
 //!
+//! The loop owns what the handlers change beyond their connections and
+//! lends it with every call ([`Cx`]): the backends' side
+//! ([`crate::backend::Reach`]: provider roots, health table, hold book,
+//! replicas' book) and the data path's [`crate::stock::Stock`] (the relay
+//! pipes, sized by `--pipe-size` from Init and every Update, copy
+//! buffers, a scratch area, the count of fds in flight). A wake-up for held
+//! connections (a backend back up) is a flag in the hold book the loop
+//! acts on once a turn; nothing reaches around the loop.
+//!
 //! Tokens: 0 = listener, 1 = control socket; every other token is the
 //! handler's. Timer keys: at or above [`LOOP_KEYS`] the loop's; below, the
 //! handler's.
@@ -23,13 +32,14 @@
 //!   later drain only brings the deadline forward.
 
 use crate::accept::Acceptor;
+use crate::backend::{Reach, Roots};
 use crate::prober::{self, Checker};
+use crate::stock::Stock;
 use crate::stream::Listener;
 use crate::worker::{Started, WorkerCtl};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use proto::ctl::{CtlError, Stats, ToWorker, WorkerConfig};
-use proto::plan::Endpoint;
+use proto::ctl::{Stats, WorkerConfig};
 use proto::timer::Timers;
 use std::io;
 use std::num::NonZeroU32;
@@ -54,36 +64,8 @@ const KEY_SHRINK: u64 = u64::MAX - 2;
 /// The health checker's next check or check timeout.
 const KEY_HEALTH: u64 = u64::MAX - 3;
 /// Spare relay pipes close once none has been in use for a while
-/// (`pipes::IdleSpares`).
+/// (`Pipes::after_turn`, `Pipes::due`).
 const KEY_PIPES: u64 = u64::MAX - 4;
-
-/// Why `new` is not an update of the running endpoint `old`, if it is
-/// not: the supervisor starts a new worker for another kind, listen
-/// address or consumer, so such a config is never applied in place. (The
-/// key's `consumer_pid` may change: a consumer restarted in the network
-/// namespace the listener is in keeps socket and worker.)
-pub fn other_endpoint(old: &Endpoint, new: &Endpoint) -> Option<String> {
-    if new.kind != old.kind {
-        return Some(format!(
-            "an update cannot change the endpoint's kind ({} to {})",
-            old.kind, new.kind
-        ));
-    }
-    if new.key.listen != old.key.listen {
-        return Some(format!(
-            "an update cannot change the listen address ({} to {})",
-            old.key.listen, new.key.listen
-        ));
-    }
-    if new.consumer != old.consumer {
-        return Some(format!(
-            "an update cannot change the consumer ({} to {})",
-            proto::text::escape(&old.consumer),
-            proto::text::escape(&new.consumer)
-        ));
-    }
-    None
-}
 
 /// Start-up, the loop, and the exit status: a worker's whole `main`.
 /// `kind` names it in logs (`pvx-worker-<kind>`).
@@ -123,11 +105,14 @@ pub struct Loop<H> {
     stats: Stats,
     drain_until: Option<Instant>,
     after_burst: proto::mem::AfterBurst,
-    spare_pipes: crate::pipes::IdleSpares,
     /// Poll rounds so far, wrapping (`Cx::round`).
     round: NonZeroU32,
     /// L4 health checks of the routes' backends (None: `--health-interval 0`).
-    health: Option<Checker>,
+    checker: Option<Checker>,
+    /// Lent to the handler (`Cx`): the backends' side.
+    reach: Reach,
+    /// Lent to the handler: the data path's stock.
+    stock: Stock,
     handler: H,
 }
 
@@ -135,16 +120,43 @@ pub struct Loop<H> {
 /// `handler` free to borrow beside it.
 macro_rules! cx {
     ($l:expr, $now:expr) => {
-        Cx {
+        $crate::event_loop::Cx {
             now: $now,
             registry: $l.poll.registry(),
             stats: &mut $l.stats,
             config: &$l.config,
             draining: $l.drain_until.is_some(),
             round: $l.round,
+            reach: &mut $l.reach,
+            stock: &mut $l.stock,
             timers: &mut $l.timers,
         }
     };
+}
+
+// After `cx!`, which it uses.
+mod control;
+
+/// What the loop lends its handler as Init has it (the backends' side,
+/// the data path's stock), and the checks that fill the health table: the
+/// same for every kind of worker, so compiled once, not per handler.
+#[inline(never)]
+fn lent(
+    config: &WorkerConfig,
+    roots: Roots,
+    poll: &Poll,
+) -> io::Result<(Option<Checker>, Reach, Stock)> {
+    let mut reach = Reach::new(roots);
+    let backends = prober::backends_of(&config.endpoint.routes);
+    let limits = &config.limits;
+    let checker = Checker::new(limits, &backends, Instant::now(), &mut reach.health)?;
+    if let Some(h) = &checker {
+        poll.registry()
+            .register(&mut SourceFd(&h.fd()), HEALTH, Interest::READABLE)?;
+    }
+    let mut stock = Stock::default();
+    stock.pipes.resize(limits.pipe_size);
+    Ok((checker, reach, stock))
 }
 
 impl<H: Handler> Loop<H> {
@@ -163,12 +175,7 @@ impl<H: Handler> Loop<H> {
             CTL,
             Interest::READABLE,
         )?;
-        let backends = prober::backends_of(&s.config.endpoint.routes);
-        let health = Checker::new(&s.config.limits, &backends, Instant::now())?;
-        if let Some(h) = &health {
-            poll.registry()
-                .register(&mut SourceFd(&h.fd()), HEALTH, Interest::READABLE)?;
-        }
+        let (checker, reach, stock) = lent(&s.config, s.roots, &poll)?;
         Ok(Loop {
             poll,
             acceptor,
@@ -179,9 +186,10 @@ impl<H: Handler> Loop<H> {
             stats: Stats::default(),
             drain_until: None,
             after_burst: proto::mem::AfterBurst::default(),
-            spare_pipes: crate::pipes::IdleSpares::default(),
             round: NonZeroU32::MIN,
-            health,
+            checker,
+            reach,
+            stock,
         })
     }
 
@@ -197,7 +205,7 @@ impl<H: Handler> Loop<H> {
         let mut seen_total = self.stats.total;
         loop {
             let now = Instant::now();
-            if let Some(at) = self.health.as_mut().and_then(|h| h.arm()) {
+            if let Some(at) = self.checker.as_mut().and_then(|h| h.arm()) {
                 self.timers.add(at, KEY_HEALTH);
             }
             let timeout = match (self.timers.timeout(now), stats_wait) {
@@ -238,8 +246,8 @@ impl<H: Handler> Loop<H> {
                         }
                     }
                     HEALTH => {
-                        if let Some(h) = self.health.as_mut() {
-                            h.on_ready();
+                        if let Some(h) = self.checker.as_mut() {
+                            h.on_ready(&mut self.reach);
                         }
                     }
                     t => self.handler.event(&mut cx!(self, now), t, ev),
@@ -258,10 +266,10 @@ impl<H: Handler> Loop<H> {
                 match k {
                     KEY_ACCEPT => accept_due = true,
                     KEY_DRAIN | KEY_SHRINK => {}
-                    KEY_PIPES => self.spare_pipes.due(now),
+                    KEY_PIPES => self.stock.pipes.due(now),
                     KEY_HEALTH => {
-                        if let Some(h) = self.health.as_mut() {
-                            h.on_time(now);
+                        if let Some(h) = self.checker.as_mut() {
+                            h.on_time(now, &mut self.reach);
                         }
                     }
                     k => self.handler.timer(&mut cx!(self, now), k),
@@ -271,7 +279,9 @@ impl<H: Handler> Loop<H> {
             if accept_due {
                 self.accept(now, false);
             }
-            if crate::hold::take_wake() {
+            // A backend came back up (a check, a real connection): every
+            // held connection retries now.
+            if self.reach.held.take_wake() {
                 self.handler.wake(&mut cx!(self, now));
             }
             self.handler.turn(&mut cx!(self, now));
@@ -280,9 +290,9 @@ impl<H: Handler> Loop<H> {
                 self.accept(now, false);
             }
             self.stats.active = self.handler.active() as u64;
-            stats_wait = self.ctl.report(now, self.stats);
+            stats_wait = self.ctl.report(now, self.stats, &mut self.reach);
             self.after_burst(now);
-            if let Some(at) = self.spare_pipes.after_turn(now) {
+            if let Some(at) = self.stock.pipes.after_turn(now) {
                 self.timers.add(at, KEY_PIPES);
             }
             if let Some(until) = self.drain_until {
@@ -341,120 +351,5 @@ impl<H: Handler> Loop<H> {
                 );
             }
         }
-    }
-
-    /// Handle control messages. Some(status): exit with it.
-    fn control(&mut self, now: Instant) -> Option<i32> {
-        loop {
-            match self.ctl.recv() {
-                Ok(None) => return None,
-                Err(CtlError::Eof) => {
-                    proto::info!("supervisor gone (control socket closed); exiting");
-                    return Some(0);
-                }
-                Err(e) => {
-                    proto::error!("control socket: {e}; exiting");
-                    return Some(1);
-                }
-                Ok(Some((ToWorker::Update { seq, config }, roots))) => {
-                    let err = self.update(now, config, roots);
-                    if let Some(why) = &err {
-                        proto::warn!("update refused: {why}; keeping the running config");
-                    }
-                    self.ctl.ack(seq, err);
-                }
-                Ok(Some((ToWorker::Drain { seq, deadline_ms }, _))) => {
-                    self.drain(now, Duration::from_millis(deadline_ms));
-                    self.ctl.ack(seq, None);
-                }
-                Ok(Some((ToWorker::Init { seq, .. }, _))) => {
-                    self.ctl.ack(seq, Some("already initialised".into()))
-                }
-            }
-        }
-    }
-
-    /// Apply an update, or say why not (then nothing changed).
-    fn update(
-        &mut self,
-        now: Instant,
-        mut config: WorkerConfig,
-        roots: Vec<std::os::fd::OwnedFd>,
-    ) -> Option<String> {
-        crate::hold::fit(&mut config);
-        if let Some(why) = other_endpoint(&self.config.endpoint, &config.endpoint) {
-            return Some(why);
-        }
-        if let Err(why) = self.handler.update(&mut cx!(self, now), &config) {
-            return Some(why);
-        }
-        crate::backend::set_roots(&config.endpoint.root_pids(), roots);
-        proto::info!(
-            "routes updated: {} route(s); open connections keep theirs",
-            config.endpoint.routes.len()
-        );
-        if let Some(h) = self.health.as_mut() {
-            let backends = prober::backends_of(&config.endpoint.routes);
-            h.set_backends(&backends, &config.limits, now);
-        }
-        self.config = config;
-        // Held connections go to their route's backend now.
-        self.handler.wake(&mut cx!(self, now));
-        None
-    }
-
-    /// Accept what is queued, close the listener, let connections finish;
-    /// `run` exits when none is left or at the deadline. A later drain only
-    /// brings the deadline forward.
-    fn drain(&mut self, now: Instant, within: Duration) {
-        let until = now + within;
-        if let Some(was) = self.drain_until {
-            if until < was {
-                self.drain_until = Some(until);
-                self.timers.add(until, KEY_DRAIN);
-            }
-            return;
-        }
-        self.drain_until = Some(until);
-        self.timers.add(until, KEY_DRAIN);
-        self.accept(now, true);
-        proto::info!(
-            "draining {} connection(s), deadline {} ms",
-            self.handler.active(),
-            within.as_millis()
-        );
-        self.handler.drain(&mut cx!(self, now));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proto::plan::EndpointKey;
-    use proto::types::{Kind, Listen};
-
-    #[test]
-    fn an_update_is_for_the_same_endpoint_only() {
-        let old = Endpoint {
-            key: EndpointKey {
-                consumer_pid: 7,
-                listen: Listen::Tcp("127.0.0.1:80".parse().unwrap()),
-            },
-            kind: Kind::Http,
-            consumer: "app".into(),
-            routes: Vec::new(),
-        };
-        let mut same = old.clone();
-        same.key.consumer_pid = 8;
-        assert_eq!(other_endpoint(&old, &same), None, "consumer restarted");
-        let mut e = old.clone();
-        e.kind = Kind::Rest;
-        assert!(other_endpoint(&old, &e).is_some_and(|w| w.contains("kind (http to rest)")));
-        let mut e = old.clone();
-        e.key.listen = Listen::Tcp("127.0.0.1:81".parse().unwrap());
-        assert!(other_endpoint(&old, &e).is_some_and(|w| w.contains("listen address")));
-        let mut e = old.clone();
-        e.consumer = "other\n".into();
-        assert!(other_endpoint(&old, &e).is_some_and(|w| w.contains("consumer (app to other\\n)")));
     }
 }

@@ -30,17 +30,19 @@
 //!   (`recvmsg` cannot take part of its fds) is then in flight.
 //! - per worker, [`held_budget`]: a destination that cannot take the
 //!   chunk we hold for it leaves its fds in our fd table. When the fds so
-//!   held by all connections pass a quarter of the worker's fd limit, the
+//!   held by all connections (counted in the worker's [`Stock`], lent to
+//!   every pump) pass a quarter of the worker's fd limit, the
 //!   direction that cannot deliver is failed (its fds closed, its source
 //!   drained), so stalled peers can never exhaust the fds that other
 //!   connections need for their sockets.
 
 use crate::duplex::Direction;
+use crate::stock::Stock;
 use nix::errno::Errno;
 use proto::fdpass;
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::rc::Rc;
 
 /// Bytes moved by one read, and the buffer's size while in flight.
 pub const CHUNK: usize = 16 * 1024;
@@ -58,14 +60,12 @@ pub const MAX_UNREAD_FDS: usize = 64;
 /// counted.
 const EMPTY_OUTQ: i32 = 128;
 
-/// Fds held in this process by every [`FdRelay`] (read, and not yet taken
-/// by their destination). Atomic only because unit tests run in threads;
-/// a worker is single-threaded.
-static HELD: AtomicUsize = AtomicUsize::new(0);
-
-/// Fds held in this process by all relays (see [`HELD`]).
-pub fn held_total() -> usize {
-    HELD.load(Ordering::Relaxed)
+/// An fd a relay holds, counted in its worker's [`Stock::fds_held`]
+/// until dropped.
+#[derive(Debug)]
+struct HeldFd {
+    fd: OwnedFd,
+    _counted: Rc<()>,
 }
 
 /// The most fds all relays of this process may hold for destinations that
@@ -88,8 +88,7 @@ pub struct FdRelay {
     len: usize,
     sent: usize,
     /// Fds that arrived with the chunk; they go with its first sendmsg.
-    /// Changed only through `hold_fds` / `drop_fds`, which keep [`HELD`].
-    fds: Vec<OwnedFd>,
+    fds: Vec<HeldFd>,
     /// Fds passed since the destination was last seen to have read all we
     /// sent it; at [`MAX_UNREAD_FDS`] the source is not read.
     unread_fds: usize,
@@ -106,9 +105,10 @@ fn sys(what: &str, e: Errno) -> io::Error {
 
 impl FdRelay {
     pub fn new(dst_takes_fds: bool) -> FdRelay {
-        let mut r = FdRelay::default();
-        r.dst_takes_fds = dst_takes_fds;
-        r
+        FdRelay {
+            dst_takes_fds,
+            ..FdRelay::default()
+        }
     }
 
     /// Bytes (and fds) held for the destination.
@@ -122,15 +122,16 @@ impl FdRelay {
         self.unread_fds
     }
 
-    fn hold_fds(&mut self, fds: Vec<OwnedFd>) {
-        self.drop_fds();
-        HELD.fetch_add(fds.len(), Ordering::Relaxed);
-        self.fds = fds;
+    fn hold_fds(&mut self, fds: Vec<OwnedFd>, stock: &Stock) {
+        self.fds.clear();
+        self.fds.extend(fds.into_iter().map(|fd| HeldFd {
+            fd,
+            _counted: stock.count_fd(),
+        }));
     }
 
     /// Close (or forget, once sent) the fds held.
     fn drop_fds(&mut self) {
-        HELD.fetch_sub(self.fds.len(), Ordering::Relaxed);
         self.fds.clear();
     }
 
@@ -143,12 +144,6 @@ impl FdRelay {
         self.buf = Vec::new();
         self.len = 0;
         self.sent = 0;
-    }
-}
-
-impl Drop for FdRelay {
-    fn drop(&mut self) {
-        self.drop_fds();
     }
 }
 
@@ -167,7 +162,7 @@ impl Direction for FdRelay {
         }
     }
 
-    fn read(&mut self, src: BorrowedFd<'_>) -> io::Result<usize> {
+    fn read(&mut self, src: BorrowedFd<'_>, stock: &mut Stock) -> io::Result<usize> {
         if self.buf.is_empty() {
             self.buf = vec![0u8; CHUNK];
         }
@@ -199,7 +194,7 @@ impl Direction for FdRelay {
                 fds.len()
             );
         } else if !fds.is_empty() {
-            self.hold_fds(fds);
+            self.hold_fds(fds, stock);
         }
         Ok(n)
     }
@@ -208,19 +203,19 @@ impl Direction for FdRelay {
         self.len - self.sent
     }
 
-    fn write(&mut self, dst: BorrowedFd<'_>) -> io::Result<usize> {
+    fn write(&mut self, dst: BorrowedFd<'_>, stock: &mut Stock) -> io::Result<usize> {
         let iov = [IoSlice::new(&self.buf[self.sent..self.len])];
-        let raw: Vec<RawFd> = self.fds.iter().map(|f| f.as_raw_fd()).collect();
+        let raw: Vec<RawFd> = self.fds.iter().map(|f| f.fd.as_raw_fd()).collect();
         let n = match fdpass::send_with_fds(dst.as_raw_fd(), &iov, &raw) {
             Ok(n) => n,
-            Err(Errno::EAGAIN) if !raw.is_empty() && held_total() > held_budget() => {
+            Err(Errno::EAGAIN) if !raw.is_empty() && stock.fds_held() > held_budget() => {
                 // Only here, where a destination leaves fds in our table,
                 // can stalled peers add up to the whole fd limit.
                 return Err(io::Error::other(format!(
                     "sendmsg to destination: it takes nothing while the worker holds {} fd(s) \
                      for such destinations (at most {}, a quarter of its fd limit); closing \
                      the {} held for it",
-                    held_total(),
+                    stock.fds_held(),
                     held_budget(),
                     raw.len()
                 )));
@@ -242,7 +237,7 @@ impl Direction for FdRelay {
         Ok(n)
     }
 
-    fn discard(&mut self) {
+    fn discard(&mut self, _: &mut Stock) {
         self.release();
         self.drop_fds();
     }

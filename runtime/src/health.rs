@@ -1,20 +1,21 @@
 //! The health table: each checked backend's state, up or down, in one
-//! place per worker. The dialer asks it ([`is_down`]) and tells it what
-//! real connections met ([`observe`]); balancing leaves down backends out;
-//! the prober (`prober.rs`, the checks themselves) fills it; the
-//! worker reports it ([`report`]). `--health-fall` failures in a row mark a
-//! backend down, `--health-rise` successes in a row mark it up again, and
-//! a backend coming back up wakes every held connection at once
-//! (`hold::wake_all`).
+//! place per worker. The dialer asks it ([`Table::is_down`]) and tells it
+//! what real connections met ([`Table::observe`]); balancing leaves down
+//! backends out; the prober (`prober.rs`, the checks themselves) fills it;
+//! the worker reports it ([`Table::report`]). `--health-fall` failures in a
+//! row mark a backend down, `--health-rise` successes in a row mark it up
+//! again, and a backend coming back up wakes every held connection at once:
+//! `observe` says so, and `backend::Reach` asks the hold book for the
+//! wake-up.
 //!
 //! The state is kept per backend (a route names a backend; a route with
 //! several backends would share the same table). With `--health-interval
-//! 0` the table is empty and every backend counts as up.
+//! 0` the table is empty and every backend counts as up. The worker loop
+//! owns the table (in `backend::Reach`) and lends it with each call.
 
 use fnv::FnvHashMap as FnvMap;
 use proto::limits::Limits;
 use proto::types::{Backend, BackendHealth};
-use std::cell::RefCell;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(Debug)]
@@ -31,11 +32,12 @@ struct Entry {
 
 /// The table is one entry per distinct backend of the worker's routes:
 /// a few on most devices, but an http worker may route thousands. Every
-/// dial asks [`is_down`] and every real connect [`observe`]s, so a
+/// dial asks [`Table::is_down`] and every real connect
+/// [`Table::observe`]s, so a
 /// backend's entry is found through `index` (FNV, the `fnv` crate) in O(1),
 /// not by a scan; `entries` keeps the routes' order for `report`.
 #[derive(Debug, Default)]
-struct Table {
+pub struct Table {
     entries: Vec<Entry>,
     /// Position of each backend's entry in `entries`.
     index: FnvMap<Backend, usize>,
@@ -45,22 +47,17 @@ struct Table {
     version: u64,
 }
 
-thread_local! {
-    // Workers are single-threaded; the table belongs to the process.
-    static TABLE: RefCell<Table> = RefCell::new(Table::default());
-}
-
-/// Track exactly `backends` (state kept for those already tracked; a new
-/// one starts up). Empty: nothing tracked. The checker's; public for the
-/// tests and fuzz targets that mark backends down without sockets.
-pub fn track(backends: &[Backend], limits: &Limits) {
-    TABLE.with(|t| {
-        let mut t = t.borrow_mut();
-        t.version += 1;
-        t.fall = limits.health_fall.max(1);
-        t.rise = limits.health_rise.max(1);
-        let old_index = std::mem::take(&mut t.index);
-        let mut old: Vec<Option<Entry>> = std::mem::take(&mut t.entries)
+impl Table {
+    /// Track exactly `backends` (state kept for those already tracked; a
+    /// new one starts up). Empty: nothing tracked. The checker's; public
+    /// for the tests and fuzz targets that mark backends down without
+    /// sockets.
+    pub fn track(&mut self, backends: &[Backend], limits: &Limits) {
+        self.version += 1;
+        self.fall = limits.health_fall.max(1);
+        self.rise = limits.health_rise.max(1);
+        let old_index = std::mem::take(&mut self.index);
+        let mut old: Vec<Option<Entry>> = std::mem::take(&mut self.entries)
             .into_iter()
             .map(Some)
             .collect();
@@ -88,47 +85,47 @@ pub fn track(backends: &[Backend], limits: &Limits) {
                 },
             });
         }
-        t.entries = entries;
-        t.index = index;
-    })
-}
-
-/// Whether checks marked `b` down (never, when `b` is not checked).
-pub fn is_down(b: &Backend) -> bool {
-    TABLE.with(|t| {
-        let t = t.borrow();
-        !t.entries.is_empty() && t.index.get(b).is_some_and(|&i| !t.entries[i].up)
-    })
-}
-
-/// A failed connect to `b` (a check, or a real connection): one failure,
-/// unless it failed on our side, out of fds or memory
-/// ([`crate::stream::out_of_resources`]): that says nothing of the
-/// backend (a worker out of fds would otherwise mark every backend down,
-/// and hold what it could still have served once fds were back).
-pub fn observe_failure(b: &Backend, e: &std::io::Error, check: bool) {
-    if crate::stream::out_of_resources(e) {
-        proto::debug!("backend {b}: connect failed on our side ({e}); not counted");
-        return;
+        self.entries = entries;
+        self.index = index;
     }
-    observe(b, Err(format!("connect: {e}")), check);
-}
 
-/// Count one outcome for `b`: a check (`check`) or a real connection.
-pub fn observe(b: &Backend, outcome: Result<(), String>, check: bool) {
-    let back_up = TABLE.with(|t| {
-        let mut t = t.borrow_mut();
-        if t.entries.is_empty() {
+    /// Whether checks marked `b` down (never, when `b` is not checked).
+    pub fn is_down(&self, b: &Backend) -> bool {
+        !self.entries.is_empty() && self.index.get(b).is_some_and(|&i| !self.entries[i].up)
+    }
+
+    /// A failed connect to `b` (a check, or a real connection): one
+    /// failure, unless it failed on our side, out of fds or memory
+    /// ([`crate::stream::out_of_resources`]): that says nothing of the
+    /// backend (a worker out of fds would otherwise mark every backend
+    /// down, and hold what it could still have served once fds were
+    /// back). Never brings a backend up: nothing to wake.
+    pub fn observe_failure(&mut self, b: &Backend, e: &std::io::Error, check: bool) {
+        if crate::stream::out_of_resources(e) {
+            proto::debug!("backend {b}: connect failed on our side ({e}); not counted");
+            return;
+        }
+        // A failure never brings a backend up: nothing to wake.
+        let _ = self.observe(b, Err(format!("connect: {e}")), check);
+    }
+
+    /// Count one outcome for `b`: a check (`check`) or a real connection.
+    /// true: `b` has just come back up, so held connections should retry
+    /// now (the caller asks the hold book for it).
+    #[must_use = "a backend back up wakes held connections"]
+    pub fn observe(&mut self, b: &Backend, outcome: Result<(), String>, check: bool) -> bool {
+        if self.entries.is_empty() {
             return false;
         }
-        let (fall, rise) = (t.fall, t.rise);
-        let Some(&i) = t.index.get(b) else {
+        let (fall, rise) = (self.fall, self.rise);
+        let Some(&i) = self.index.get(b) else {
             return false;
         };
-        let e = &mut t.entries[i];
+        let e = &mut self.entries[i];
         // What `report` shows changes with a check, a failure, the end of
         // a run of failures or a state change; a real connection to a
-        // backend that is up changes none of it, and must not make every stats report carry the table.
+        // backend that is up changes none of it, and must not make every
+        // stats report carry the table.
         let mut changed = check;
         let mut back_up = false;
         if check {
@@ -163,31 +160,20 @@ pub fn observe(b: &Backend, outcome: Result<(), String>, check: bool) {
             }
         }
         if changed {
-            t.version += 1;
+            self.version += 1;
         }
         back_up
-    });
-    if back_up {
-        crate::hold::wake_all();
     }
-}
 
-/// Changes with every change of the table (see `WorkerCtl::report`).
-pub fn version() -> u64 {
-    TABLE.with(|t| t.borrow().version)
-}
+    /// Changes with every change of the table (see `WorkerCtl::report`).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
 
-/// Most backends a `stats` report describes: a few hundred KiB of JSON,
-/// well within what the supervisor takes from a worker (1 MiB). Checks
-/// and the down state apply to every backend; only the report stops here.
-pub const MAX_REPORTED: usize = 1024;
-
-/// The state of every checked backend (the first [`MAX_REPORTED`]), for
-/// `stats`.
-pub fn report() -> Vec<BackendHealth> {
-    TABLE.with(|t| {
-        t.borrow()
-            .entries
+    /// The state of every checked backend (the first [`MAX_REPORTED`]),
+    /// for `stats`.
+    pub fn report(&self) -> Vec<BackendHealth> {
+        self.entries
             .iter()
             .take(MAX_REPORTED)
             .map(|e| BackendHealth {
@@ -200,8 +186,13 @@ pub fn report() -> Vec<BackendHealth> {
                 last_error: e.last_error.clone(),
             })
             .collect()
-    })
+    }
 }
+
+/// Most backends a `stats` report describes: a few hundred KiB of JSON,
+/// well within what the supervisor takes from a worker (1 MiB). Checks
+/// and the down state apply to every backend; only the report stops here.
+pub const MAX_REPORTED: usize = 1024;
 
 fn unix_ms() -> u64 {
     SystemTime::now()
@@ -224,8 +215,9 @@ mod tests {
     }
     #[test]
     fn our_own_fd_or_memory_shortage_is_no_failure_of_the_backend() {
+        let mut t = Table::default();
         let b = Backend::Tcp("127.0.0.1:11".parse().unwrap());
-        track(std::slice::from_ref(&b), &limits());
+        t.track(std::slice::from_ref(&b), &limits());
         for errno in [
             nix::libc::EMFILE,
             nix::libc::ENFILE,
@@ -233,39 +225,40 @@ mod tests {
             nix::libc::ENOMEM,
         ] {
             let e = std::io::Error::from_raw_os_error(errno);
-            observe_failure(&b, &e, true);
-            observe_failure(&b, &e, false);
+            t.observe_failure(&b, &e, true);
+            t.observe_failure(&b, &e, false);
         }
         assert!(
-            !is_down(&b),
+            !t.is_down(&b),
             "out of fds or memory says nothing of the backend"
         );
         let refused = std::io::Error::from_raw_os_error(nix::libc::ECONNREFUSED);
-        observe_failure(&b, &refused, true);
-        observe_failure(&b, &refused, false);
-        assert!(is_down(&b), "a refusal does");
+        t.observe_failure(&b, &refused, true);
+        t.observe_failure(&b, &refused, false);
+        assert!(t.is_down(&b), "a refusal does");
     }
 
     #[test]
     fn fall_and_rise() {
         let b = Backend::Tcp("127.0.0.1:9".parse().unwrap());
         let other = Backend::Tcp("127.0.0.1:10".parse().unwrap());
-        track(std::slice::from_ref(&b), &limits());
-        assert!(!is_down(&b));
-        observe(&b, Err("refused".into()), true);
-        assert!(!is_down(&b), "one failure is not down (fall 2)");
-        observe(&b, Err("refused".into()), false);
-        assert!(is_down(&b), "a real connection counts too");
-        assert!(!is_down(&other), "untracked backends are never down");
-        observe(&b, Ok(()), true);
-        assert!(!is_down(&b), "rise 1");
-        let r = report();
+        let mut t = Table::default();
+        t.track(std::slice::from_ref(&b), &limits());
+        assert!(!t.is_down(&b));
+        assert!(!t.observe(&b, Err("refused".into()), true));
+        assert!(!t.is_down(&b), "one failure is not down (fall 2)");
+        assert!(!t.observe(&b, Err("refused".into()), false));
+        assert!(t.is_down(&b), "a real connection counts too");
+        assert!(!t.is_down(&other), "untracked backends are never down");
+        assert!(t.observe(&b, Ok(()), true), "back up: held ones wake");
+        assert!(!t.is_down(&b), "rise 1");
+        let r = t.report();
         assert_eq!(r.len(), 1);
         assert_eq!((r[0].checks, r[0].failures, r[0].fails_in_row), (2, 2, 0));
         assert!(r[0].up && r[0].last_check_ms > 0);
         assert_eq!(r[0].last_error.as_deref(), Some("refused"));
-        track(&[], &limits());
-        assert!(report().is_empty());
+        t.track(&[], &limits());
+        assert!(t.report().is_empty());
     }
 
     /// Thousands of backends (an http worker with many routes): each is
@@ -280,36 +273,36 @@ mod tests {
                 Backend::Tcp(std::net::SocketAddr::from((ip, 1000 + (i % 7) as u16)))
             })
             .collect();
-        track(&bs, &lim);
+        let mut t = Table::default();
+        t.track(&bs, &lim);
         for b in bs.iter().step_by(3) {
-            observe(b, Err("refused".into()), true);
-            observe(b, Err("refused".into()), false);
+            let _ = t.observe(b, Err("refused".into()), true);
+            let _ = t.observe(b, Err("refused".into()), false);
         }
         for (i, b) in bs.iter().enumerate() {
-            assert_eq!(is_down(b), i.is_multiple_of(3), "{b}");
+            assert_eq!(t.is_down(b), i.is_multiple_of(3), "{b}");
         }
         // Every other one, the other way round, and a new one named twice.
         let fresh = Backend::Unix("/run/pvx-fresh.sock".into());
         let mut again: Vec<Backend> = bs.iter().rev().step_by(2).cloned().collect();
         again.push(fresh.clone());
         again.push(fresh.clone());
-        track(&again, &lim);
-        let r = report();
+        t.track(&again, &lim);
+        let r = t.report();
         assert_eq!(r.len(), MAX_REPORTED);
         for (e, b) in r.iter().zip(&again) {
             assert_eq!(e.backend, b.to_string());
         }
         for (i, b) in bs.iter().enumerate() {
             let kept = (bs.len() - 1 - i).is_multiple_of(2);
-            assert_eq!(is_down(b), kept && i.is_multiple_of(3), "{b}");
+            assert_eq!(t.is_down(b), kept && i.is_multiple_of(3), "{b}");
         }
-        assert!(!is_down(&fresh), "a new backend starts up");
-        observe(&fresh, Err("refused".into()), false);
-        observe(&fresh, Err("refused".into()), false);
-        assert!(is_down(&fresh), "tracked once: both failures counted");
-        let all = TABLE.with(|t| t.borrow().entries.len());
-        assert_eq!(all, again.len() - 1);
-        track(&[], &lim);
-        assert!(!is_down(&bs[0]));
+        assert!(!t.is_down(&fresh), "a new backend starts up");
+        let _ = t.observe(&fresh, Err("refused".into()), false);
+        let _ = t.observe(&fresh, Err("refused".into()), false);
+        assert!(t.is_down(&fresh), "tracked once: both failures counted");
+        assert_eq!(t.entries.len(), again.len() - 1);
+        t.track(&[], &lim);
+        assert!(!t.is_down(&bs[0]));
     }
 }

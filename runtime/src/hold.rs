@@ -29,36 +29,56 @@
 //! worker's total stays at most `--max-held`. Static, so an integrator
 //! can predict it: `--max-held 4` with two routes holds two for each.
 //!
-//! Workers are single-threaded; the book belongs to the process.
+//! The worker loop owns the [`Book`] (in `backend::Reach`) and lends it
+//! to the dialers; a dialer that holds keeps a [`Ticket`] in its
+//! [`Held`] record. A connection may end while held wherever its owner
+//! drops it (its client gone, the drain's deadline), with no book at
+//! hand: the book sees the ticket gone ([`Rc::strong_count`]) and counts
+//! that hold as closed the next time it is asked.
 
 use crate::stream::Stream;
 use proto::ctl::Stats;
-use std::cell::RefCell;
 use std::os::fd::{AsFd, AsRawFd};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Default, Clone)]
-struct Book {
-    held: u64,
+/// The worker's held connections and their counters (`stats`).
+#[derive(Debug, Default)]
+pub struct Book {
     total: u64,
     connected: u64,
     failed: u64,
     over_limit: u64,
     wait_ms: u64,
     wait_max_ms: u64,
-    /// Held connections should be retried now (see [`wake_all`]).
+    /// Held connections should be retried now (see [`Book::wake_all`]).
     wake: bool,
-    /// Held now per share key ([`share_key`]), only keys with some held:
-    /// a few entries (the routes with a provider away), searched in line.
-    per_key: Vec<(u64, u32)>,
+    /// The connections held (or whose ticket was dropped since the book
+    /// last settled): at most `--max-held`, searched in line.
+    held: Vec<Entry>,
 }
 
-thread_local! {
-    static BOOK: RefCell<Book> = const { RefCell::new(Book {
-        held: 0, total: 0, connected: 0, failed: 0, over_limit: 0,
-        wait_ms: 0, wait_max_ms: 0, wake: false, per_key: Vec::new(),
-    }) };
+#[derive(Debug)]
+struct Entry {
+    /// What it is counted under ([`share_key`]).
+    key: u64,
+    since: Instant,
+    /// The book's end of the connection's [`Ticket`].
+    ticket: Rc<()>,
 }
+
+impl Entry {
+    /// Its dialer still holds its ticket.
+    fn live(&self) -> bool {
+        Rc::strong_count(&self.ticket) > 1
+    }
+}
+
+/// A held connection's place in the [`Book`], kept by its dialer until
+/// [`Book::release`]; dropped instead, the hold counts as
+/// [`Outcome::Closed`].
+#[derive(Debug)]
+pub struct Ticket(Rc<()>);
 
 /// The key a held connection is counted under: its route's first
 /// backend (FNV-1a of its text; two routes whose keys collide would
@@ -99,99 +119,107 @@ pub enum Outcome {
     Connected,
     /// The hold timeout passed: the client got the error.
     Failed,
-    /// The connection ended otherwise (client gone, drain deadline).
+    /// The connection ended otherwise (client gone, drain deadline): its
+    /// ticket was dropped.
     Closed,
 }
 
-/// Take one more held connection under `key`, unless `max` are held
-/// already in all or `share` under `key` ([`share`]): that one is counted
-/// as over the limit and gets its error at once.
-pub fn admit(max: usize, share: usize, key: u64) -> bool {
-    BOOK.with(|b| {
-        let mut b = b.borrow_mut();
-        let mine = b.per_key.iter().position(|(k, _)| *k == key);
-        let n = mine.map_or(0, |i| b.per_key[i].1);
-        if b.held >= max as u64 || n as usize >= share {
-            b.over_limit += 1;
-            return false;
+impl Book {
+    /// Take one more held connection under `key` at `now`, unless `max`
+    /// are held already in all or `share` under `key` ([`share`]): that
+    /// one is counted as over the limit and gets its error at once.
+    pub fn admit(&mut self, max: usize, share: usize, key: u64, now: Instant) -> Option<Ticket> {
+        self.settle(now);
+        let mine = self.held.iter().filter(|e| e.key == key).count();
+        if self.held.len() >= max || mine >= share {
+            self.over_limit += 1;
+            return None;
         }
-        match mine {
-            Some(i) => b.per_key[i].1 += 1,
-            None => b.per_key.push((key, 1)),
-        }
-        b.held += 1;
-        b.total += 1;
-        true
-    })
-}
+        let ticket = Rc::new(());
+        self.held.push(Entry {
+            key,
+            since: now,
+            ticket: ticket.clone(),
+        });
+        self.total += 1;
+        Some(Ticket(ticket))
+    }
 
-/// A held connection (admitted under `key`) stops waiting after `waited`.
-pub fn release(key: u64, waited: Duration, how: Outcome) {
-    BOOK.with(|b| {
-        let mut b = b.borrow_mut();
-        b.held = b.held.saturating_sub(1);
-        if let Some(i) = b.per_key.iter().position(|(k, _)| *k == key) {
-            b.per_key[i].1 -= 1;
-            if b.per_key[i].1 == 0 {
-                b.per_key.swap_remove(i);
+    /// A held connection stops waiting at `now`: how long it waited.
+    pub fn release(&mut self, t: Ticket, now: Instant, how: Outcome) -> Duration {
+        match self.held.iter().position(|e| Rc::ptr_eq(&e.ticket, &t.0)) {
+            Some(i) => {
+                let e = self.held.swap_remove(i);
+                self.count(now.saturating_duration_since(e.since), how)
             }
+            None => Duration::ZERO,
         }
+    }
+
+    fn count(&mut self, waited: Duration, how: Outcome) -> Duration {
         match how {
-            Outcome::Connected => b.connected += 1,
-            Outcome::Failed => b.failed += 1,
+            Outcome::Connected => self.connected += 1,
+            Outcome::Failed => self.failed += 1,
             Outcome::Closed => {}
         }
         let ms = waited.as_millis().min(u64::MAX as u128) as u64;
-        b.wait_ms = b.wait_ms.saturating_add(ms);
-        b.wait_max_ms = b.wait_max_ms.max(ms);
-    })
-}
+        self.wait_ms = self.wait_ms.saturating_add(ms);
+        self.wait_max_ms = self.wait_max_ms.max(ms);
+        waited
+    }
 
-/// Connections held now.
-pub fn held() -> u64 {
-    BOOK.with(|b| b.borrow().held)
-}
-
-/// Connections held now under `key` ([`share_key`]).
-pub fn held_for(key: u64) -> u64 {
-    BOOK.with(|b| {
-        let b = b.borrow();
-        b.per_key
-            .iter()
-            .find(|(k, _)| *k == key)
-            .map_or(0, |(_, n)| u64::from(*n))
-    })
-}
-
-/// Ask the loop to retry every held connection now: a backend may be back.
-/// Only recorded while something is held.
-pub fn wake_all() {
-    BOOK.with(|b| {
-        let mut b = b.borrow_mut();
-        if b.held > 0 {
-            b.wake = true;
+    /// Count the holds whose ticket was dropped (their connection ended
+    /// while held) as closed at `now`.
+    fn settle(&mut self, now: Instant) {
+        let mut i = 0;
+        while i < self.held.len() {
+            if self.held[i].live() {
+                i += 1;
+                continue;
+            }
+            let e = self.held.swap_remove(i);
+            self.count(now.saturating_duration_since(e.since), Outcome::Closed);
         }
-    })
-}
+    }
 
-/// Whether a wake-up was asked for since the last call (the loop then
-/// calls `Dialer::wake` on its held connections).
-pub fn take_wake() -> bool {
-    BOOK.with(|b| std::mem::take(&mut b.borrow_mut().wake))
-}
+    /// Connections held now.
+    pub fn held(&self) -> u64 {
+        self.held.iter().filter(|e| e.live()).count() as u64
+    }
 
-/// Copy the counters into a stats report.
-pub fn fill(s: &mut Stats) {
-    BOOK.with(|b| {
-        let b = b.borrow();
-        s.held = b.held;
-        s.held_total = b.total;
-        s.held_connected = b.connected;
-        s.held_failed = b.failed;
-        s.held_over_limit = b.over_limit;
-        s.held_wait_ms = b.wait_ms;
-        s.held_wait_max_ms = b.wait_max_ms;
-    })
+    /// Connections held now under `key` ([`share_key`]).
+    pub fn held_for(&self, key: u64) -> u64 {
+        self.held
+            .iter()
+            .filter(|e| e.key == key && e.live())
+            .count() as u64
+    }
+
+    /// Ask the loop to retry every held connection now: a backend may be
+    /// back. Only recorded while something is held.
+    pub fn wake_all(&mut self) {
+        if self.held() > 0 {
+            self.wake = true;
+        }
+    }
+
+    /// Whether a wake-up was asked for since the last call (the loop then
+    /// calls `Dialer::wake` on its held connections).
+    pub fn take_wake(&mut self) -> bool {
+        std::mem::take(&mut self.wake)
+    }
+
+    /// Copy the counters into a stats report at `now`.
+    pub fn fill(&mut self, now: Instant, s: &mut Stats) {
+        self.settle(now);
+        s.held = self.held.len() as u64;
+        s.held_total = self.total;
+        s.held_connected = self.connected;
+        s.held_failed = self.failed;
+        s.held_over_limit = self.over_limit;
+        s.held_wait_ms = self.wait_ms;
+        s.held_wait_max_ms = self.wait_max_ms;
+    }
 }
 
 /// Delay before held retry number `n` (1-based): 100, 200, 400 ms, then
@@ -270,129 +298,12 @@ fn bytes_waiting(s: &Stream) -> Option<usize> {
 /// A held connection's record, kept by its dialer.
 #[derive(Debug)]
 pub struct Held {
-    pub since: Instant,
     pub until: Instant,
     /// Retries made while held.
     pub tries: u32,
-    /// What it is counted under ([`share_key`]), to release it there.
-    pub key: u64,
+    /// Its place in the book, to release it there.
+    pub ticket: Ticket,
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Loopback delivers at once; this only rides out a slow machine.
-    fn eventually(f: impl Fn() -> bool) -> bool {
-        (0..200).any(|_| {
-            let done = f();
-            if !done {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            done
-        })
-    }
-
-    /// What the kernel tells of a held client that closed, half-closed
-    /// or reset, on unix and tcp sockets.
-    #[test]
-    fn a_client_gone_is_told_from_a_half_closed_one() {
-        use std::io::Write;
-        use std::net::Shutdown;
-        // unix: a half-close is kept, a close is gone (both kinds alike).
-        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
-        let ours = Stream::Unix(mio::net::UnixStream::from_std(a));
-        assert!(!client_gone(&ours, true), "nothing happened");
-        assert!(!client_gone(&ours, false), "nothing happened");
-        b.shutdown(Shutdown::Write).unwrap();
-        assert!(!client_gone(&ours, true), "half-closed");
-        assert!(client_gone(&ours, false), "half-closed, http: gone");
-        drop(b);
-        assert!(client_gone(&ours, true) && client_gone(&ours, false));
-
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let pair = || {
-            let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-            let s = l.accept().unwrap().0;
-            (c, Stream::Tcp(mio::net::TcpStream::from_std(s)))
-        };
-        // tcp: bytes, then a FIN: a half-close after a request, kept.
-        let (mut c, ours) = pair();
-        c.write_all(b"request").unwrap();
-        c.shutdown(Shutdown::Write).unwrap();
-        assert!(eventually(|| bytes_waiting(&ours) == Some(7)));
-        assert!(!client_gone(&ours, true), "a tunnel's half-close is kept");
-        assert!(client_gone(&ours, false), "http: a FIN while held is gone");
-        // A FIN with no byte sent: gone for a tunnel and for http.
-        let (c, ours) = pair();
-        drop(c);
-        assert!(eventually(|| client_gone(&ours, true)));
-        assert!(client_gone(&ours, false));
-        // Bytes and no FIN: kept by both.
-        let (mut c, ours) = pair();
-        c.write_all(b"GET").unwrap();
-        assert!(eventually(|| bytes_waiting(&ours) == Some(3)));
-        assert!(!client_gone(&ours, true) && !client_gone(&ours, false));
-        drop(c);
-        // A reset: gone.
-        let (c, ours) = pair();
-        let linger = nix::libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
-        nix::sys::socket::setsockopt(&c, nix::sys::socket::sockopt::Linger, &linger).unwrap();
-        drop(c);
-        assert!(eventually(|| client_gone(&ours, false)));
-    }
-
-    #[test]
-    fn bounded_and_counted() {
-        let mut s = Stats::default();
-        assert!(admit(2, 2, 7));
-        assert!(admit(2, 2, 7));
-        assert!(!admit(2, 2, 7));
-        wake_all();
-        assert!(take_wake());
-        assert!(!take_wake());
-        release(7, Duration::from_millis(300), Outcome::Connected);
-        release(7, Duration::from_millis(100), Outcome::Failed);
-        fill(&mut s);
-        assert_eq!(
-            (s.held, s.held_total, s.held_connected, s.held_failed),
-            (0, 2, 1, 1)
-        );
-        assert_eq!(
-            (s.held_over_limit, s.held_wait_ms, s.held_wait_max_ms),
-            (1, 400, 300)
-        );
-        // Nothing held: no wake-up is recorded.
-        wake_all();
-        assert!(!take_wake());
-        let d: Vec<u64> = (1..6).map(|n| retry_delay(n).as_millis() as u64).collect();
-        assert_eq!(d, vec![100, 200, 400, 500, 500]);
-    }
-
-    /// Each key holds its share at most; a key's slots come back when its
-    /// connections are released; the total bound stays.
-    #[test]
-    fn each_route_holds_its_share() {
-        assert_eq!(
-            (share(4, 2), share(4, 3), share(1, 2), share(0, 0)),
-            (2, 1, 1, 1)
-        );
-        let (dead, restarting) = (1, 2);
-        let sh = share(4, 2);
-        assert!(admit(4, sh, dead) && admit(4, sh, dead));
-        assert!(!admit(4, sh, dead), "the dead route's share is full");
-        assert!(admit(4, sh, restarting), "the other route still holds");
-        assert_eq!((held_for(dead), held_for(restarting), held()), (2, 1, 3));
-        release(dead, Duration::ZERO, Outcome::Failed);
-        assert!(admit(4, sh, dead));
-        assert!(admit(4, sh, restarting));
-        assert!(!admit(4, 4, 3), "the total bound");
-        for k in [dead, dead, restarting, restarting] {
-            release(k, Duration::ZERO, Outcome::Closed);
-        }
-        assert_eq!((held(), held_for(dead), held_for(restarting)), (0, 0, 0));
-    }
-}
+mod tests;

@@ -16,6 +16,8 @@
 //!   the L4 checks that fill it.
 //! - [`proxy_header`]: the PROXY protocol header (tcp links, their checks).
 //! - [`hold`]: connections held while their provider comes back.
+//! - [`stock`]: what the loop lends the data path (pipes, copy buffers,
+//!   a scratch area, the count of fds in flight).
 
 pub mod accept;
 pub mod backend;
@@ -31,5 +33,6 @@ pub mod prober;
 pub mod proxy_header;
 pub mod relay;
 pub mod slab;
+pub mod stock;
 pub mod stream;
 pub mod worker;

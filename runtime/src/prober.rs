@@ -10,23 +10,26 @@
 //! connection the dialer gave up on (refused, unreachable, or its connect
 //! timed out) counts as a failure, one it made as a success.
 //!
-//! A down backend is not dialled (`backend::Dialer` asks `health::is_down`): the
-//! connection is held (`crate::hold`) as if the backend had refused, and a
-//! check that sees it up again wakes every held connection at once
-//! (`hold::wake_all`). While connections are held and a backend is down,
+//! A down backend is not dialled (`backend::Dialer` asks the health table):
+//! the connection is held (`crate::hold`) as if the backend had refused,
+//! and a check that sees it up again wakes every held connection at once
+//! (`Reach::observe`). While connections are held and a backend is down,
 //! it is checked at the hold's retry pace (every 500 ms at most) rather
 //! than every interval, so they are released as soon as it is back.
 //!
-//! The state the checks find is the health table's (`crate::health`).
-//! With `--health-interval 0` there is no checker, no socket, no timer
-//! and an empty table.
+//! The state the checks find is the health table's (`crate::health`),
+//! which the loop lends with each call ([`Reach`], with the provider roots
+//! checks connect through and the hold book they wake). With
+//! `--health-interval 0` there is no checker, no socket, no timer and an
+//! empty table.
 //!
 //! The checker owns an epoll instance of its own for its sockets; the
 //! worker loop registers that one fd (readable) and a timer, and calls
 //! [`Checker::on_ready`] and [`Checker::on_time`]: two small hooks per
 //! loop, nothing per connection.
 
-use crate::health::{is_down, observe, observe_failure, track};
+use crate::backend::Reach;
+use crate::health;
 use crate::stream::Stream;
 use fnv::FnvHashMap as FnvMap;
 use mio::{Events, Interest, Poll, Token};
@@ -133,9 +136,15 @@ pub struct Checker {
 
 impl Checker {
     /// None with `--health-interval 0`: no checks, nothing allocated.
-    pub fn new(limits: &Limits, backends: &[Checked], now: Instant) -> io::Result<Option<Checker>> {
+    /// `table` tracks the backends checked (none without checks).
+    pub fn new(
+        limits: &Limits,
+        backends: &[Checked],
+        now: Instant,
+        table: &mut health::Table,
+    ) -> io::Result<Option<Checker>> {
         if limits.health_interval_ms == 0 {
-            track(&[], limits);
+            table.track(&[], limits);
             return Ok(None);
         }
         let mut c = Checker {
@@ -146,13 +155,19 @@ impl Checker {
             probes: Vec::new(),
             armed: None,
         };
-        c.set_backends(backends, limits, now);
+        c.set_backends(backends, limits, now, table);
         Ok(Some(c))
     }
 
     /// The routes changed: check exactly `backends` from now on (a new one
     /// at once). Checks under way are dropped (their tokens are indices).
-    pub fn set_backends(&mut self, backends: &[Checked], limits: &Limits, now: Instant) {
+    pub fn set_backends(
+        &mut self,
+        backends: &[Checked],
+        limits: &Limits,
+        now: Instant,
+        table: &mut health::Table,
+    ) {
         let old: FnvMap<Backend, Instant> = std::mem::take(&mut self.probes)
             .into_iter()
             .map(|p| (p.backend, p.next))
@@ -171,7 +186,7 @@ impl Checker {
             })
             .collect();
         let tracked: Vec<Backend> = backends.iter().map(|c| c.backend.clone()).collect();
-        track(&tracked, limits);
+        table.track(&tracked, limits);
         self.armed = None;
     }
 
@@ -181,7 +196,7 @@ impl Checker {
     }
 
     /// Its fd was readable: collect what the checks under way found.
-    pub fn on_ready(&mut self) {
+    pub fn on_ready(&mut self, reach: &mut Reach) {
         loop {
             if self
                 .poll
@@ -210,13 +225,13 @@ impl Checker {
                     None => continue,
                 };
                 p.inflight = None;
-                observe(&p.backend, outcome, true);
+                reach.observe(&p.backend, outcome, true);
             }
         }
     }
 
     /// Start the checks that are due, fail those past their timeout.
-    pub fn on_time(&mut self, now: Instant) {
+    pub fn on_time(&mut self, now: Instant, reach: &mut Reach) {
         if self.armed.is_some_and(|a| a <= now) {
             self.armed = None;
         }
@@ -226,27 +241,27 @@ impl Checker {
                 if *until <= now {
                     p.inflight = None;
                     let why = format!("not connected within {} ms", self.timeout.as_millis());
-                    observe(&p.backend.clone(), Err(why), true);
+                    reach.observe(&p.backend, Err(why), true);
                 }
                 continue;
             }
             if p.next <= now {
-                self.start(i, now);
+                self.start(i, now, reach);
             }
         }
     }
 
-    fn start(&mut self, i: usize, now: Instant) {
-        let held = crate::hold::held() > 0;
+    fn start(&mut self, i: usize, now: Instant, reach: &mut Reach) {
+        let held = reach.held.held() > 0;
         let p = &mut self.probes[i];
         // Held connections wait for a down backend: look again soon.
-        let pace = if held && is_down(&p.backend) {
+        let pace = if held && reach.health.is_down(&p.backend) {
             self.interval.min(Duration::from_millis(500))
         } else {
             self.interval
         };
         p.next = now + pace;
-        let outcome = match crate::backend::connect(&p.backend) {
+        let outcome = match crate::backend::connect(&p.backend, &reach.roots) {
             Ok(mut s) => match s.connect_done() {
                 Ok(true) => {
                     speak(&s, &p.backend, p.proxy);
@@ -287,10 +302,9 @@ impl Checker {
             Err(e) => Err(e),
         };
         p.busy_since = None;
-        let b = p.backend.clone();
         match outcome {
-            Ok(()) => observe(&b, Ok(()), true),
-            Err(e) => observe_failure(&b, &e, true),
+            Ok(()) => reach.observe(&p.backend, Ok(()), true),
+            Err(e) => reach.health.observe_failure(&p.backend, &e, true),
         }
     }
 

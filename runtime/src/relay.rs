@@ -8,20 +8,21 @@
 //! `splice` calls, more than the copy it saves on a few hundred bytes.
 //!
 //! Buffers hold bytes only while they are in flight: a read takes a
-//! [`COPY_CHUNK`] buffer from the worker's spares (at most
-//! [`SPARE_BUFFERS`] kept) and gives it back as soon as its bytes are
+//! [`COPY_CHUNK`] buffer from the worker's [`Stock`] (at most
+//! [`crate::stock::SPARE_BUFFERS`] kept) and gives it back as soon as its bytes are
 //! written, so an idle connection holds none. One chunk at a time: the
 //! source is read again only once the chunk went out, which is the
 //! backpressure (a slow reader leaves the bytes in the kernel's socket
 //! buffers, not in ours).
 //!
-//! Pipes come from the worker's spares ([`crate::pipes`]) and go back
-//! there empty; a pipe with bytes left is closed. The pipe is the buffer
-//! of a spliced direction: when the destination is slow the pipe fills,
-//! the source is no longer read, and TCP flow control pushes back on the
-//! sender. Its size is [`set_pipe_size`] (`--pipe-size`, 64 KiB by
-//! default): 2 pipes × that size is the kernel memory one connection can
-//! hold.
+//! Pipes come from the worker's spares ([`crate::pipes`], lent with the
+//! copy buffers in its [`Stock`] to every call that may take or give back
+//! one) and go back there empty; a pipe with bytes left is closed. The
+//! pipe is the buffer of a spliced direction: when the destination is slow
+//! the pipe fills, the source is no longer read, and TCP flow control
+//! pushes back on the sender. Its size is `--pipe-size` (64 KiB by
+//! default, `Pipes::resize`): 2 pipes × that size is the kernel memory one
+//! connection can hold.
 //!
 //! Where `splice` is refused (`EINVAL`: an fd type without splice support,
 //! e.g. an `O_APPEND` file as destination or an eventfd as source), the
@@ -37,7 +38,7 @@
 //! one direction alone (http bodies with a known length).
 
 use crate::duplex::{transfer, Direction};
-use crate::pipes::Pipe;
+use crate::pipes::{Pipe, Pipes};
 use crate::stream::{shutdown_write, Ready};
 use nix::errno::Errno;
 use nix::fcntl::{splice, SpliceFFlags};
@@ -50,13 +51,11 @@ use std::os::fd::{AsFd, OwnedFd};
 
 mod copy;
 mod error;
-mod pipe_size;
 
-use copy::{give_buffer, read_fd, sys, take_buffer, write_fd, Chunk};
-pub use copy::{COPY_CHUNK, SPARE_BUFFERS};
+use crate::stock::{Stock, COPY_CHUNK};
+use copy::{read_fd, sys, write_fd, Chunk};
 use error::failed;
 pub use error::SpliceError;
-pub use pipe_size::{pipe_size, set_pipe_size};
 
 /// A direction that has read more than this splices from then on. Below
 /// it a flow costs two syscalls per chunk and no pipe; above it, copying
@@ -73,6 +72,11 @@ pub struct Moved {
 
 /// `Splice::left` of a direction without a limit.
 const NO_LIMIT: u64 = u64::MAX;
+
+/// Most bytes a read may take with `room` to hold them and `left` to read.
+fn want(room: usize, left: u64) -> usize {
+    room.min(usize::try_from(left).unwrap_or(usize::MAX))
+}
 
 /// One direction: copy first, then a pipe (see the module docs); the
 /// user-space chunk (a prefix, copied bytes) always goes out first.
@@ -180,10 +184,7 @@ impl Splice {
 
     /// The pipe's read end, if the direction holds one (tests check it).
     pub fn pipe_fd(&self) -> Option<BorrowedFd<'_>> {
-        self.pipe
-            .as_ref()
-            .and_then(|p| p.fds().ok())
-            .map(|(r, _)| r)
+        self.pipe.as_ref().map(|p| p.fds().0)
     }
 
     fn copy_left(&self) -> usize {
@@ -194,18 +195,30 @@ impl Splice {
         self.pipe.as_ref().map_or(0, Pipe::queued)
     }
 
-    fn pipe(&mut self) -> io::Result<&mut Pipe> {
-        if self.pipe.is_none() {
-            self.pipe = Some(Pipe::take(pipe_size())?);
+    /// The direction's pipe, taken from `pipes` at its first use.
+    fn pipe(&mut self, pipes: &mut Pipes) -> io::Result<&mut Pipe> {
+        match &mut self.pipe {
+            Some(p) => Ok(p),
+            none => Ok(none.insert(pipes.take()?)),
         }
-        self.pipe
-            .as_mut()
-            .ok_or_else(|| io::Error::other("pipe just taken is gone"))
+    }
+
+    /// Its connection closes with the direction under way: the pipe goes
+    /// back to the spares if empty (closed otherwise), as at its end.
+    pub fn release(&mut self, stock: &mut Stock) {
+        self.give_back_pipe(&mut stock.pipes);
+    }
+
+    /// The pipe goes back to `pipes` (a spare if empty).
+    fn give_back_pipe(&mut self, pipes: &mut Pipes) {
+        if let Some(p) = self.pipe.take() {
+            pipes.give_back(p);
+        }
     }
 
     /// Most bytes the next read may take.
     fn want(&self, room: usize) -> usize {
-        room.min(usize::try_from(self.left).unwrap_or(usize::MAX))
+        want(room, self.left)
     }
 
     fn took(&mut self, n: usize) {
@@ -227,19 +240,19 @@ impl Splice {
         }
     }
 
-    fn read_copy(&mut self, src: BorrowedFd<'_>) -> io::Result<usize> {
+    fn read_copy(&mut self, src: BorrowedFd<'_>, stock: &mut Stock) -> io::Result<usize> {
         let want = self.want(COPY_CHUNK);
-        let mut buf = take_buffer();
+        let mut buf = stock.take_buffer();
         let n = match read_fd(src, &mut buf[..want], "read from source") {
             Ok(n) => n,
             Err(e) => {
-                give_buffer(buf);
+                stock.give_buffer(buf);
                 return Err(e);
             }
         };
         self.short = n > 0 && n < want;
         if n == 0 {
-            give_buffer(buf);
+            stock.give_buffer(buf);
         } else {
             self.copy = Some(Box::new(Chunk {
                 buf,
@@ -253,15 +266,15 @@ impl Splice {
 
     /// Copy fallback with bytes still in the pipe: take a chunk of them
     /// into the (empty) buffer, so the order holds.
-    fn unpipe(&mut self) -> io::Result<()> {
-        let mut buf = take_buffer();
+    fn unpipe(&mut self, stock: &mut Stock) -> io::Result<()> {
+        let mut buf = stock.take_buffer();
         let want = self.in_pipe().min(COPY_CHUNK);
-        let pipe = self.pipe()?;
-        let (pr, _) = pipe.fds()?;
+        let pipe = self.pipe(&mut stock.pipes)?;
+        let (pr, _) = pipe.fds();
         let n = match read_fd(pr, &mut buf[..want], "read from pipe") {
             Ok(n) => n,
             Err(e) => {
-                give_buffer(buf);
+                stock.give_buffer(buf);
                 return Err(e);
             }
         };
@@ -285,9 +298,10 @@ impl Splice {
         dst: BorrowedFd<'_>,
         dst_ready: &mut Ready,
         shut_on_eof: bool,
+        stock: &mut Stock,
     ) -> io::Result<Moved> {
         let read = !self.src_done;
-        let t = transfer(self, src, src_ready, dst, dst_ready, read);
+        let t = transfer(self, src, src_ready, dst, dst_ready, read, stock);
         if t.eof || self.left == 0 {
             self.src_done = true;
         }
@@ -300,7 +314,7 @@ impl Splice {
         }
         if self.finished() {
             // Nothing more will pass: the pipe goes back now.
-            self.pipe = None;
+            self.give_back_pipe(&mut stock.pipes);
         }
         Ok(Moved {
             bytes: t.bytes,
@@ -311,15 +325,15 @@ impl Splice {
     /// One write of held bytes; `last`: they end the stream and the
     /// destination is shut right after (`Direction::write_last`): `MORE`
     /// keeps a partial TCP segment queued for the FIN to join.
-    fn put(&mut self, dst: BorrowedFd<'_>, last: bool) -> io::Result<usize> {
+    fn put(&mut self, dst: BorrowedFd<'_>, last: bool, stock: &mut Stock) -> io::Result<usize> {
         if self.copy.is_none() && self.in_pipe() > 0 && !self.copying {
             let mut flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
             if last {
                 flags |= SpliceFFlags::SPLICE_F_MORE;
             }
-            let pipe = self.pipe()?;
+            let pipe = self.pipe(&mut stock.pipes)?;
             let queued = pipe.queued();
-            let (pr, _) = pipe.fds()?;
+            let (pr, _) = pipe.fds();
             match splice(pr, None, dst, None, queued, flags) {
                 Ok(n) => {
                     pipe.drained(n);
@@ -333,7 +347,7 @@ impl Splice {
             if self.in_pipe() == 0 {
                 return Ok(0);
             }
-            self.unpipe()?;
+            self.unpipe(stock)?;
         }
         let Some(c) = self.copy.as_mut() else {
             return Ok(0);
@@ -343,7 +357,7 @@ impl Splice {
         if c.sent == c.end {
             // Nothing in flight here: the buffer goes back.
             if let Some(c) = self.copy.take() {
-                give_buffer(c.buf);
+                stock.give_buffer(c.buf);
             }
         }
         Ok(n)
@@ -359,18 +373,19 @@ impl Direction for Splice {
             // One chunk at a time, after whatever the pipe still holds.
             return self.held() == 0;
         }
-        self.in_pipe() < pipe_size()
+        self.pipe.as_ref().is_none_or(|p| p.queued() < p.size())
     }
 
-    fn read(&mut self, src: BorrowedFd<'_>) -> io::Result<usize> {
+    fn read(&mut self, src: BorrowedFd<'_>, stock: &mut Stock) -> io::Result<usize> {
         if !self.is_splicing() {
-            return self.read_copy(src);
+            return self.read_copy(src, stock);
         }
         self.short = false;
-        let want = self.want(pipe_size() - self.in_pipe());
+        let left = self.left;
         let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
-        let pipe = self.pipe()?;
-        let (_, pw) = pipe.fds()?;
+        let pipe = self.pipe(&mut stock.pipes)?;
+        let want = want(pipe.size() - pipe.queued(), left);
+        let (_, pw) = pipe.fds();
         match splice(src, None, pw, None, want, flags) {
             Ok(n) => {
                 pipe.filled(n);
@@ -383,7 +398,7 @@ impl Direction for Splice {
                     // Read again once what is held has gone out.
                     return Err(io::Error::from(io::ErrorKind::WouldBlock));
                 }
-                self.read_copy(src)
+                self.read_copy(src, stock)
             }
             Err(e) => Err(sys("splice from source", e)),
         }
@@ -397,12 +412,12 @@ impl Direction for Splice {
         self.copy_left() + self.in_pipe()
     }
 
-    fn write(&mut self, dst: BorrowedFd<'_>) -> io::Result<usize> {
-        self.put(dst, false)
+    fn write(&mut self, dst: BorrowedFd<'_>, stock: &mut Stock) -> io::Result<usize> {
+        self.put(dst, false, stock)
     }
 
-    fn write_last(&mut self, dst: BorrowedFd<'_>) -> io::Result<usize> {
-        self.put(dst, true)
+    fn write_last(&mut self, dst: BorrowedFd<'_>, stock: &mut Stock) -> io::Result<usize> {
+        self.put(dst, true, stock)
     }
 
     fn urgent_seen(&mut self) {
@@ -413,11 +428,11 @@ impl Direction for Splice {
         }
     }
 
-    fn discard(&mut self) {
-        // A pipe with bytes left is closed by its drop, never reused.
-        self.pipe = None;
+    fn discard(&mut self, stock: &mut Stock) {
+        // A pipe with bytes left is closed, never reused.
+        self.give_back_pipe(&mut stock.pipes);
         if let Some(c) = self.copy.take() {
-            give_buffer(c.buf);
+            stock.give_buffer(c.buf);
         }
     }
 }

@@ -1,8 +1,11 @@
 //! Worker start-up and its side of the control channel, shared by every
-//! worker binary: take fd 3 from the supervisor, receive the listener and
-//! configuration, shed what the worker must not hold (stray fds,
-//! capabilities), then report counters and answer control messages.
+//! worker binary: take fd 3 from the supervisor, receive the listener,
+//! provider roots and configuration, shed what the worker must not hold
+//! (stray fds, capabilities), then report counters and answer control
+//! messages. What start-up receives goes to the loop ([`Started`]), which
+//! owns it from then on.
 
+use crate::backend::{Reach, Roots};
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
@@ -15,6 +18,8 @@ use std::time::{Duration, Instant};
 pub struct Started {
     pub ctl: WorkerCtl,
     pub listener: OwnedFd,
+    /// The provider roots that came with Init.
+    pub roots: Roots,
     pub config: WorkerConfig,
 }
 
@@ -82,7 +87,7 @@ pub fn start(kind: &str) -> Result<Started, String> {
     }
     // The listener first, then one provider root per root_pids() entry.
     let listener = fds.remove(0);
-    crate::backend::set_roots(&config.endpoint.root_pids(), fds);
+    let roots = Roots::new(&config.endpoint.root_pids(), fds);
 
     log::init(
         &ident,
@@ -91,7 +96,6 @@ pub fn start(kind: &str) -> Result<Started, String> {
     );
     // Every line this worker writes names its endpoint.
     log::set_context(Some(format!("endpoint {}", config.endpoint.key)));
-    crate::relay::set_pipe_size(config.limits.pipe_size);
     let ctl = WorkerCtl::new(ctl);
 
     let setup = (|| -> Result<(), String> {
@@ -100,7 +104,7 @@ pub fn start(kind: &str) -> Result<Started, String> {
         // the provider roots that came with init.
         let mut keep = vec![ctl.fd.as_raw_fd(), listener.as_raw_fd()];
         keep.extend(log::raw_fd());
-        keep.extend(crate::backend::root_fds());
+        keep.extend(roots.fds());
         close_stray_fds(&keep)?;
         proto::privs::keep_only(&kept_caps(&config)).map(|_| ())
     })();
@@ -109,6 +113,7 @@ pub fn start(kind: &str) -> Result<Started, String> {
     Ok(Started {
         ctl,
         listener,
+        roots,
         config,
     })
 }
@@ -169,7 +174,7 @@ pub struct WorkerCtl {
     pub fd: OwnedFd,
     last_stats: Option<Instant>,
     sent: Stats,
-    /// `health::version()` of the last report sent.
+    /// The health table's version in the last report sent.
     sent_health: u64,
 }
 
@@ -214,12 +219,18 @@ impl WorkerCtl {
         }
     }
 
-    /// Send `stats` if they changed and the interval has passed. Returns
-    /// how long until a report may be sent, when one is still pending.
-    pub fn report(&mut self, now: Instant, mut stats: Stats) -> Option<Duration> {
+    /// Send `stats`, with the hold counters and the health table of
+    /// `reach`, if they changed and the interval has passed. Returns how
+    /// long until a report may be sent, when one is still pending.
+    pub fn report(
+        &mut self,
+        now: Instant,
+        mut stats: Stats,
+        reach: &mut Reach,
+    ) -> Option<Duration> {
         stats.log_dropped = log::dropped();
-        crate::hold::fill(&mut stats);
-        let health = crate::health::version();
+        reach.held.fill(now, &mut stats);
+        let health = reach.health.version();
         if stats == self.sent && health == self.sent_health {
             return None;
         }
@@ -231,7 +242,7 @@ impl WorkerCtl {
         }
         let msg = FromWorker::Stats {
             stats,
-            health: crate::health::report(),
+            health: reach.health.report(),
         };
         match ctl::send_from_worker(self.fd.as_fd(), &msg, &[]) {
             Ok(()) => {

@@ -21,6 +21,7 @@
 use crate::buf::{Buf, Out, Spares};
 use crate::framing::{ChunkError, Chunked, Framing};
 use runtime::relay::Splice;
+use runtime::stock::Stock;
 use runtime::stream::Ready;
 use runtime::stream::Stream;
 use std::fmt;
@@ -168,7 +169,8 @@ impl Pump {
     }
 
     /// Move what can be moved now; returns the bytes delivered to `dst`.
-    /// `spares`: where a chunked body's read takes its buffer.
+    /// `lent`: where a chunked body's read takes its buffer, and the pipes
+    /// of a splice.
     pub fn pump(
         &mut self,
         src: &Stream,
@@ -176,7 +178,7 @@ impl Pump {
         buf: &mut Buf,
         dst: &Stream,
         dr: &mut Ready,
-        spares: &mut Spares,
+        lent: &mut Lent,
     ) -> Result<u64, BodyError> {
         if self.done {
             return Ok(0);
@@ -205,7 +207,7 @@ impl Pump {
                         s
                     });
                     let m = sp
-                        .pump(src.as_fd(), sr, dst.as_fd(), dr, false)
+                        .pump(src.as_fd(), sr, dst.as_fd(), dr, false, lent.stock)
                         .map_err(splice_error)?;
                     *rem -= m.bytes;
                     moved += m.bytes;
@@ -227,7 +229,7 @@ impl Pump {
                 }
                 let sp = self.splice.get_or_insert_with(Splice::new);
                 moved += sp
-                    .pump(src.as_fd(), sr, dst.as_fd(), dr, false)
+                    .pump(src.as_fd(), sr, dst.as_fd(), dr, false, lent.stock)
                     .map_err(splice_error)?
                     .bytes;
                 self.done = sp.finished();
@@ -244,7 +246,7 @@ impl Pump {
                     trailers,
                     splice: &mut self.splice,
                 };
-                let (moved, done) = c.pump(src, sr, buf, dst, dr, spares)?;
+                let (moved, done) = c.pump(src, sr, buf, dst, dr, lent)?;
                 self.done = done;
                 moved
             }
@@ -257,6 +259,14 @@ impl Pump {
 /// it is still on the socket (more than one read into the buffer takes);
 /// shorter data, and every size line, CRLF and trailer, through the buffer.
 const SPLICE_FROM: u64 = 16 * 1024;
+
+/// What a body's pump borrows from its worker for one call: the handler's
+/// spare buffers (a chunked body's reads) and the loop's stock (the pipes
+/// of a splice).
+pub struct Lent<'a> {
+    pub spares: &'a mut Spares,
+    pub stock: &'a mut Stock,
+}
 
 /// A chunked body's state, borrowed from its [`Pump`] for one `pump`.
 struct ChunkedPump<'a> {
@@ -282,13 +292,13 @@ impl ChunkedPump<'_> {
         buf: &mut Buf,
         dst: &Stream,
         dr: &mut Ready,
-        spares: &mut Spares,
+        lent: &mut Lent,
     ) -> Result<(u64, bool), BodyError> {
         let mut moved = 0u64;
         loop {
             if let Some(sp) = self.splice.as_mut().filter(|s| !s.finished()) {
                 let m = sp
-                    .pump(src.as_fd(), sr, dst.as_fd(), dr, false)
+                    .pump(src.as_fd(), sr, dst.as_fd(), dr, false, lent.stock)
                     .map_err(splice_error)?;
                 moved += m.bytes;
                 if m.eof {
@@ -347,7 +357,9 @@ impl ChunkedPump<'_> {
             if !sr.readable {
                 return Ok((moved, false));
             }
-            let got = buf.read_from(src, sr, spares).map_err(BodyError::Src)?;
+            let got = buf
+                .read_from(src, sr, lent.spares)
+                .map_err(BodyError::Src)?;
             if got.bytes == 0 {
                 if got.eof {
                     return Err(premature());

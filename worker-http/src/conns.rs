@@ -234,6 +234,8 @@ impl Conns {
             slot,
             spares: &mut self.spares,
             sink: &mut self.sink,
+            reach: &mut *cx.reach,
+            stock: &mut *cx.stock,
         };
         if f(conn, &mut ctx) {
             conn.settle(ctx.spares);

@@ -16,6 +16,7 @@
 
 use proto::plan::Route;
 use proto::types::{Backend, Policy};
+use runtime::backend::Reach;
 use runtime::balance::Choice;
 use std::borrow::Cow;
 use std::rc::Rc;
@@ -120,11 +121,11 @@ impl Table {
     /// The backend for an exchange on route `e`: `e` itself, or for a
     /// route with replicas the entry of the replica its policy picks, with
     /// the choice (which keeps it counted, and says where to fail over).
-    pub fn pick(e: &Rc<Entry>) -> (Rc<Entry>, Option<Choice>) {
+    pub fn pick(e: &Rc<Entry>, reach: &mut Reach) -> (Rc<Entry>, Option<Choice>) {
         let Some(r) = e.replicas.as_ref() else {
             return (e.clone(), None);
         };
-        let c = Choice::new(r.pool.clone(), r.policy);
+        let c = reach.choose(r.pool.clone(), r.policy);
         let chosen = r.entries.get(c.index()).unwrap_or(e).clone();
         (chosen, Some(c))
     }
@@ -324,14 +325,15 @@ mod tests {
         let t = Table::new(&p.endpoints[0].routes);
         assert_eq!(t.len(), 1);
         let e = t.lookup(None, "/a/x").unwrap();
+        let mut reach = Reach::default();
         let got: Vec<String> = (0..4)
-            .map(|_| Table::pick(e).0.backend.to_string())
+            .map(|_| Table::pick(e, &mut reach).0.backend.to_string())
             .collect();
         assert_eq!(
             got,
             ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:1", "127.0.0.1:2"]
         );
-        let (chosen, c) = Table::pick(e);
+        let (chosen, c) = Table::pick(e, &mut reach);
         let c = c.unwrap();
         assert_eq!(&chosen.backend, c.backend());
         let other = t.replica(c.pool(), 1 - c.index()).unwrap();

@@ -16,13 +16,13 @@
 //! kept while sniffing and connecting (`runtime::stream::Peer`).
 
 use nix::sys::socket::MsgFlags;
-use proto::ctl::WorkerConfig;
 use proto::limits::Limits;
 use proto::plan::Route;
 use proto::types::{Backend, ProxyProtocol};
 use runtime::backend::Dialer;
 use runtime::conns::{Connection, Dialing, Next, Sockets};
 use runtime::duplex::Duplex;
+use runtime::event_loop::Cx;
 use runtime::proxy_header;
 use runtime::relay::Splice;
 use runtime::stream::{Peer, Stream, Who};
@@ -30,13 +30,6 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use crate::sni;
-
-thread_local! {
-    /// Where ClientHellos are peeked: one per worker (allocated and zeroed
-    /// once, at the first sniff), not 16 KiB zeroed on the stack per event
-    /// nor a buffer per connection.
-    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; sni::MAX_HELLO]);
-}
 
 /// Bytes waiting in `s` (`FIONREAD`); `usize::MAX` when it cannot say, so
 /// the hello is peeked again rather than never.
@@ -129,33 +122,28 @@ pub struct Conn {
 impl Conn {
     /// With one route without sni the backend is known at once; otherwise
     /// the ClientHello picks it.
-    fn for_routes(
-        client: Stream,
-        peer: Option<Peer>,
-        routes: &[Route],
-        limits: &Limits,
-        now: Instant,
-    ) -> Conn {
+    fn for_routes(client: Stream, peer: Option<Peer>, cx: &mut Cx) -> Conn {
+        let config = cx.config;
         let mut c = Conn {
-            io: Sockets::new(client, now),
+            io: Sockets::new(client, cx.now),
             phase: Phase::Sniffing {
-                until: now + Duration::from_millis(limits.head_timeout_ms),
+                until: cx.now + Duration::from_millis(config.limits.head_timeout_ms),
                 client: peer,
                 need: 0,
             },
         };
-        if let [r] = routes {
+        if let [r] = &config.endpoint.routes[..] {
             if r.via.sni.is_none() {
-                c.route_to(r, now, limits);
+                c.route_to(r, cx);
             }
         }
         c
     }
 
-    fn route_to(&mut self, r: &Route, now: Instant, limits: &Limits) {
+    fn route_to(&mut self, r: &Route, cx: &mut Cx) {
         // One backend, or one of the route's replicas by its policy.
         self.phase = Phase::Connecting(Connecting {
-            dial: Dialer::for_route(r, now, limits),
+            dial: Dialer::for_route(r, cx.reach, cx.now, &cx.config.limits),
             sni: r.via.sni.clone(),
             proxy_protocol: r.via.proxy_protocol,
             client: self.client(),
@@ -182,23 +170,24 @@ impl Conn {
         })
     }
 
-    /// Still connecting: dial the route's backend as `routes` has it now,
-    /// at once.
-    fn wake(&mut self, now: Instant, routes: &[Route]) -> bool {
+    /// Still connecting: dial the route's backend as the configuration
+    /// has it now, at once.
+    fn wake(&mut self, cx: &mut Cx) -> bool {
         let Phase::Connecting(c) = &mut self.phase else {
             return false;
         };
+        let routes = &cx.config.endpoint.routes;
         if let Some(r) = routes.iter().find(|r| r.via.sni == c.sni) {
             // One backend moved, or the route's replicas changed.
-            c.dial.retarget_route(r, now);
+            c.dial.retarget_route(r, cx.reach, cx.now);
             c.proxy_protocol = r.via.proxy_protocol;
         }
-        c.dial.wake(now);
+        c.dial.wake(cx.now);
         true
     }
 
     /// Peek at the ClientHello and pick the route whose sni it names.
-    fn sniff(&mut self, now: Instant, limits: &Limits, routes: &[Route]) -> Next {
+    fn sniff(&mut self, cx: &mut Cx) -> Next {
         if !self.io.client_ready.readable {
             return Next::Continue;
         }
@@ -210,30 +199,43 @@ impl Conn {
             self.io.client_ready.readable = false;
             return Next::Continue;
         }
-        SCRATCH.with(|scratch| {
-            let mut buf = scratch.borrow_mut();
-            self.sniff_in(&mut buf[..], now, limits, routes)
-        })
+        let name = match self.peek_hello(cx.stock.scratch(sni::MAX_HELLO)) {
+            Ok(name) => name,
+            Err(next) => return next,
+        };
+        let config = cx.config;
+        let routes = &config.endpoint.routes;
+        match routes
+            .iter()
+            .find(|r| r.via.sni.as_deref().is_some_and(|s| sni_matches(s, &name)))
+        {
+            Some(r) => {
+                self.route_to(r, cx);
+                self.drive_connect(cx)
+            }
+            None => {
+                proto::info!(
+                    "no tcp route for TLS server name '{name}'; closing client{}",
+                    Who(self.client())
+                );
+                Next::Close { error: true }
+            }
+        }
     }
 
-    /// [`Conn::sniff`] with the worker's scratch buffer.
-    fn sniff_in(
-        &mut self,
-        buf: &mut [u8],
-        now: Instant,
-        limits: &Limits,
-        routes: &[Route],
-    ) -> Next {
+    /// Peek at what the client sent into `buf` (the stock's scratch): the
+    /// server name of a whole ClientHello, or what to do meanwhile.
+    fn peek_hello(&mut self, buf: &mut [u8]) -> Result<String, Next> {
         let n = match nix::sys::socket::recv(self.io.client.as_raw_fd(), buf, MsgFlags::MSG_PEEK) {
-            Ok(0) => return Next::Close { error: false },
+            Ok(0) => return Err(Next::Close { error: false }),
             Ok(n) => n,
             Err(nix::errno::Errno::EAGAIN) => {
                 self.io.client_ready.readable = false;
-                return Next::Continue;
+                return Err(Next::Continue);
             }
             Err(e) => {
                 proto::debug!("recv(MSG_PEEK) from client{}: {e}", Who(self.client()));
-                return Next::Close { error: false };
+                return Err(Next::Close { error: false });
             }
         };
         match sni::parse(&buf[..n]) {
@@ -246,50 +248,39 @@ impl Conn {
                         .and_then(|l| u16::try_from(l).ok())
                         .unwrap_or(0);
                 }
-                Next::Continue
+                Err(Next::Continue)
             }
-            sni::Sni::Found(Some(name)) => match routes
-                .iter()
-                .find(|r| r.via.sni.as_deref().is_some_and(|s| sni_matches(s, &name)))
-            {
-                Some(r) => {
-                    self.route_to(r, now, limits);
-                    self.drive_connect(now, limits)
-                }
-                None => {
-                    proto::info!(
-                        "no tcp route for TLS server name '{name}'; closing client{}",
-                        Who(self.client())
-                    );
-                    Next::Close { error: true }
-                }
-            },
+            sni::Sni::Found(Some(name)) => Ok(name),
             _ => {
                 proto::info!(
                     "client{} did not open with a TLS ClientHello naming a server; closing",
                     Who(self.client())
                 );
-                Next::Close { error: true }
+                Err(Next::Close { error: true })
             }
         }
     }
 
     /// Advance the connection as far as readiness allows.
-    fn advance(&mut self, now: Instant, limits: &Limits, routes: &[Route]) -> Next {
+    fn advance(&mut self, cx: &mut Cx) -> Next {
         let next = match self.phase {
-            Phase::Sniffing { .. } => self.sniff(now, limits, routes),
-            Phase::Connecting(_) => self.drive_connect(now, limits),
-            Phase::Relaying(_) => self.relay(now),
+            Phase::Sniffing { .. } => self.sniff(cx),
+            Phase::Connecting(_) => self.drive_connect(cx),
+            Phase::Relaying(_) => self.relay(cx),
         };
-        self.io.set_deadline(self.next_deadline(limits));
+        self.io.set_deadline(self.next_deadline(&cx.config.limits));
         next
     }
 
-    fn drive_connect(&mut self, now: Instant, limits: &Limits) -> Next {
+    fn drive_connect(&mut self, cx: &mut Cx) -> Next {
         let Phase::Connecting(c) = &mut self.phase else {
             return Next::Continue;
         };
-        match self.io.dial(&mut c.dial, now, limits, c.client) {
+        let limits = &cx.config.limits;
+        match self
+            .io
+            .dial(&mut c.dial, cx.reach, cx.now, limits, c.client)
+        {
             Dialing::Next(next) => next,
             Dialing::Connected => {
                 let mut relay = Duplex::<Splice>::default();
@@ -306,34 +297,35 @@ impl Conn {
                 // The backend reached (a replica may have failed over).
                 let target = c.dial.target.clone();
                 self.phase = Phase::Relaying(Relaying { relay, target });
-                self.io.touch(now);
-                self.relay(now)
+                self.io.touch(cx.now);
+                self.relay(cx)
             }
         }
     }
 
-    fn relay(&mut self, now: Instant) -> Next {
+    fn relay(&mut self, cx: &mut Cx) -> Next {
         let Phase::Relaying(r) = &mut self.phase else {
             return Next::Continue;
         };
-        self.io.relay(&mut r.relay, &Shown(Some(&r.target)), now)
+        let peer = Shown(Some(&r.target));
+        self.io.relay(&mut r.relay, cx.stock, &peer, cx.now)
     }
 
     /// A timer fired: retry a connect, or time the connection out.
-    fn expire(&mut self, now: Instant, limits: &Limits, routes: &[Route]) -> Next {
-        if !self.io.due(now) {
+    fn expire(&mut self, cx: &mut Cx) -> Next {
+        if !self.io.due(cx.now) {
             return Next::Continue;
         }
         match &self.phase {
             Phase::Sniffing { client, .. } => {
                 proto::info!(
                     "no TLS ClientHello within {} ms; closing client{}",
-                    limits.head_timeout_ms,
+                    cx.config.limits.head_timeout_ms,
                     Who(*client)
                 );
                 Next::Close { error: true }
             }
-            Phase::Connecting(_) => self.advance(now, limits, routes),
+            Phase::Connecting(_) => self.advance(cx),
             Phase::Relaying(_) => {
                 proto::debug!("closing idle connection to {}", self.target());
                 Next::Close { error: false }
@@ -362,28 +354,25 @@ impl Connection for Conn {
     fn sockets(&mut self) -> &mut Sockets {
         &mut self.io
     }
-    fn new(
-        client: Stream,
-        peer: Option<std::net::SocketAddr>,
-        config: &WorkerConfig,
-        now: Instant,
-    ) -> Option<Conn> {
-        Some(Conn::for_routes(
-            client,
-            peer.map(Peer::from),
-            &config.endpoint.routes,
-            &config.limits,
-            now,
-        ))
+    fn new(client: Stream, peer: Option<std::net::SocketAddr>, cx: &mut Cx) -> Option<Conn> {
+        Some(Conn::for_routes(client, peer.map(Peer::from), cx))
     }
-    fn drive(&mut self, now: Instant, config: &WorkerConfig) -> Next {
-        self.advance(now, &config.limits, &config.endpoint.routes)
+    fn drive(&mut self, cx: &mut Cx) -> Next {
+        self.advance(cx)
     }
-    fn on_timer(&mut self, now: Instant, config: &WorkerConfig) -> Next {
-        self.expire(now, &config.limits, &config.endpoint.routes)
+    fn on_timer(&mut self, cx: &mut Cx) -> Next {
+        self.expire(cx)
     }
-    fn wake(&mut self, now: Instant, config: &WorkerConfig) -> bool {
-        Conn::wake(self, now, &config.endpoint.routes)
+    fn wake(&mut self, cx: &mut Cx) -> bool {
+        Conn::wake(self, cx)
+    }
+    /// A relay cut short (idle, a drain's deadline) gives its pipes back:
+    /// an empty one is a spare for the next bulk flow.
+    fn close(&mut self, cx: &mut Cx) {
+        if let Phase::Relaying(r) = &mut self.phase {
+            r.relay.up.release(cx.stock);
+            r.relay.down.release(cx.stock);
+        }
     }
 }
 

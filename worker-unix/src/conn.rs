@@ -23,6 +23,7 @@ use proto::types::Backend;
 use runtime::backend::Dialer;
 use runtime::conns::{Connection, Dialing, Next, Sockets};
 use runtime::duplex::Duplex;
+use runtime::event_loop::Cx;
 use runtime::fdrelay::FdRelay;
 use runtime::stream::Stream;
 use std::time::{Duration, Instant};
@@ -52,45 +53,47 @@ impl Conn {
     }
 
     /// Advance the connection as far as readiness allows.
-    fn advance(&mut self, now: Instant, limits: &Limits) -> Next {
+    fn advance(&mut self, cx: &mut Cx) -> Next {
         let next = if self.relaying {
-            self.relay(now)
+            self.relay(cx)
         } else {
-            self.connect(now, limits)
+            self.connect(cx)
         };
-        self.io.set_deadline(self.next_deadline(limits));
+        self.io.set_deadline(self.next_deadline(&cx.config.limits));
         next
     }
 
-    fn connect(&mut self, now: Instant, limits: &Limits) -> Next {
+    fn connect(&mut self, cx: &mut Cx) -> Next {
         // A unix client has no address.
-        match self.io.dial(&mut self.dial, now, limits, None) {
+        let limits = &cx.config.limits;
+        match self.io.dial(&mut self.dial, cx.reach, cx.now, limits, None) {
             Dialing::Next(next) => next,
             Dialing::Connected => {
                 self.relaying = true;
-                self.io.touch(now);
-                self.relay(now)
+                self.io.touch(cx.now);
+                self.relay(cx)
             }
         }
     }
 
-    fn relay(&mut self, now: Instant) -> Next {
-        self.io.relay(&mut self.relay, &self.dial.target, now)
+    fn relay(&mut self, cx: &mut Cx) -> Next {
+        self.io
+            .relay(&mut self.relay, cx.stock, &self.dial.target, cx.now)
     }
 
     /// A timer fired: retry or give up a connect, or end a lingering
     /// half-closed connection.
-    fn expire(&mut self, now: Instant, limits: &Limits) -> Next {
-        if !self.io.due(now) {
+    fn expire(&mut self, cx: &mut Cx) -> Next {
+        if !self.io.due(cx.now) {
             return Next::Continue;
         }
         if !self.relaying {
-            return self.advance(now, limits);
+            return self.advance(cx);
         }
         proto::debug!(
             "closing half-closed connection to {} idle for {} ms",
             self.dial.target,
-            limits.half_close_linger_ms
+            cx.config.limits.half_close_linger_ms
         );
         Next::Close { error: false }
     }
@@ -107,31 +110,28 @@ impl Conn {
 
 impl Connection for Conn {
     /// A unix endpoint has exactly one route (the plan never groups two).
-    fn new(
-        client: Stream,
-        _peer: Option<std::net::SocketAddr>,
-        config: &WorkerConfig,
-        now: Instant,
-    ) -> Option<Conn> {
+    fn new(client: Stream, _peer: Option<std::net::SocketAddr>, cx: &mut Cx) -> Option<Conn> {
+        let config = cx.config;
         let route = config.endpoint.routes.first()?;
-        Some(Conn::for_route(client, route, &config.limits, now))
+        Some(Conn::for_route(client, route, &config.limits, cx.now))
     }
-    fn drive(&mut self, now: Instant, config: &WorkerConfig) -> Next {
-        self.advance(now, &config.limits)
+    fn drive(&mut self, cx: &mut Cx) -> Next {
+        self.advance(cx)
     }
-    fn on_timer(&mut self, now: Instant, config: &WorkerConfig) -> Next {
-        self.expire(now, &config.limits)
+    fn on_timer(&mut self, cx: &mut Cx) -> Next {
+        self.expire(cx)
     }
     fn sockets(&mut self) -> &mut Sockets {
         &mut self.io
     }
     /// Still connecting: the one route's provider as the Update has it
     /// (a restarted provider has a new pid, so a new root), at once.
-    fn wake(&mut self, now: Instant, config: &WorkerConfig) -> bool {
+    fn wake(&mut self, cx: &mut Cx) -> bool {
         if self.relaying {
             return false;
         }
-        if let Some(r) = config.endpoint.routes.first() {
+        let now = cx.now;
+        if let Some(r) = cx.config.endpoint.routes.first() {
             if r.via.backend != self.dial.target {
                 let to_unix = matches!(r.via.backend, Backend::Unix(_));
                 self.relay = Duplex::new(FdRelay::new(to_unix), FdRelay::new(true));

@@ -1,8 +1,8 @@
 //! The connect calls: a non-blocking connect to `IP:PORT` or to a unix
-//! socket (through its provider's root, `roots.rs`), what their errors
+//! socket (through its provider's root, [`Roots`]), what their errors
 //! mean (retry, busy, absent) and the delays between retries.
 
-use super::roots::through_root;
+use super::roots::Roots;
 use crate::stream::Stream;
 use mio::net::{TcpStream, UnixStream};
 use proto::types::Backend;
@@ -14,8 +14,8 @@ use std::time::Duration;
 /// Longest `sun_path` the kernel takes, without the terminating NUL.
 const SUN_PATH_MAX: usize = 107;
 
-fn connect_unix(path: &Path) -> io::Result<UnixStream> {
-    let root = through_root(path);
+fn connect_unix(path: &Path, roots: &Roots) -> io::Result<UnixStream> {
+    let root = roots.through(path);
     let Some((fd, inner)) = root else {
         return UnixStream::connect(path);
     };
@@ -34,11 +34,12 @@ fn connect_unix(path: &Path) -> io::Result<UnixStream> {
 
 /// Start connecting. A tcp connect is usually still in progress on return
 /// (wait for writable, then [`Stream::connect_done`]); a unix connect has
-/// already succeeded or failed.
-pub fn connect(b: &Backend) -> io::Result<Stream> {
+/// already succeeded or failed. A unix backend in a provider container
+/// is reached through its root in `roots`.
+pub fn connect(b: &Backend, roots: &Roots) -> io::Result<Stream> {
     match b {
         Backend::Tcp(addr) => connect_tcp(*addr).map(Stream::Tcp),
-        Backend::Unix(path) => connect_unix(path).map(Stream::Unix),
+        Backend::Unix(path) => connect_unix(path, roots).map(Stream::Unix),
     }
 }
 

@@ -10,26 +10,42 @@
 //! goes through `/proc/self/fd/<fd><path>`, which needs no privilege. A
 //! side benefit: a provider pid reused by an unrelated process after the
 //! provider died can never be reached by mistake.
+//!
+//! The worker loop owns its [`Roots`] (in `backend::Reach`): taken from
+//! Init, replaced by an applied Update, lent to every connect.
 
-use std::cell::RefCell;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
-thread_local! {
-    // Workers are single-threaded; the roots belong to the process.
-    static ROOTS: RefCell<Vec<(u32, OwnedFd)>> = const { RefCell::new(Vec::new()) };
-}
+/// The provider roots held now: `(pid, root fd)`.
+#[derive(Debug, Default)]
+pub struct Roots(Vec<(u32, OwnedFd)>);
 
-/// Replace the provider roots (`pids[i]` is reached through `fds[i]`).
-/// The previous fds are closed.
-pub fn set_roots(pids: &[u32], fds: Vec<OwnedFd>) {
-    let roots: Vec<(u32, OwnedFd)> = pids.iter().copied().zip(fds).collect();
-    ROOTS.with(|r| *r.borrow_mut() = roots);
-}
+impl Roots {
+    /// `pids[i]` is reached through `fds[i]`.
+    pub fn new(pids: &[u32], fds: Vec<OwnedFd>) -> Roots {
+        Roots(pids.iter().copied().zip(fds).collect())
+    }
 
-/// The fds of the provider roots held now (kept across start-up clean-up).
-pub fn root_fds() -> Vec<RawFd> {
-    ROOTS.with(|r| r.borrow().iter().map(|(_, fd)| fd.as_raw_fd()).collect())
+    /// Replace the roots (an applied Update); the previous fds are closed.
+    pub fn set(&mut self, pids: &[u32], fds: Vec<OwnedFd>) {
+        *self = Roots::new(pids, fds);
+    }
+
+    /// The fds of the roots (kept across start-up clean-up).
+    pub fn fds(&self) -> Vec<RawFd> {
+        self.0.iter().map(|(_, fd)| fd.as_raw_fd()).collect()
+    }
+
+    /// The root `path` lies in, if it is a provider path whose root is
+    /// held: that root's fd and the path inside it.
+    pub(super) fn through(&self, path: &Path) -> Option<(RawFd, String)> {
+        let (pid, inner) = split_provider_path(path)?;
+        self.0
+            .iter()
+            .find(|(p, _)| *p == pid)
+            .map(|(_, fd)| (fd.as_raw_fd(), inner.to_string()))
+    }
 }
 
 /// Split `/proc/<pid>/root/inner` into (pid, `/inner`).
@@ -41,17 +57,4 @@ pub fn split_provider_path(path: &Path) -> Option<(u32, &str)> {
         return None;
     }
     Some((pid.parse().ok()?, inner))
-}
-
-/// The root `path` lies in, if it is a provider path whose root is held:
-/// that root's fd and the path inside it.
-pub(super) fn through_root(path: &Path) -> Option<(RawFd, String)> {
-    split_provider_path(path).and_then(|(pid, inner)| {
-        ROOTS.with(|r| {
-            r.borrow()
-                .iter()
-                .find(|(p, _)| *p == pid)
-                .map(|(_, fd)| (fd.as_raw_fd(), inner.to_string()))
-        })
-    })
 }

@@ -53,10 +53,10 @@ fn connects_through_a_root_fd() {
     let l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
     let fd: OwnedFd = std::fs::File::open(&dir).unwrap().into();
     let pid = 999_999_999u32;
-    set_roots(&[pid], vec![fd]);
-    assert_eq!(root_fds().len(), 1);
+    let mut roots = Roots::new(&[pid], vec![fd]);
+    assert_eq!(roots.fds().len(), 1);
     let b = Backend::Unix(proto::graph::provider_path(pid, "/run/b.sock"));
-    let s = connect(&b).expect("connect through root fd");
+    let s = connect(&b, &roots).expect("connect through root fd");
     assert!(s.connect_done().unwrap());
     drop(l);
 
@@ -68,16 +68,17 @@ fn connects_through_a_root_fd() {
         std::os::unix::net::UnixListener::bind(format!("/proc/self/fd/{}/b.sock", sub.as_raw_fd()))
             .unwrap();
     let b = Backend::Unix(proto::graph::provider_path(pid, &format!("/{long}/b.sock")));
-    let s = connect(&b).expect("connect through root fd, long path");
+    let s = connect(&b, &roots).expect("connect through root fd, long path");
     assert!(s.connect_done().unwrap());
     drop(l);
-    set_roots(&[], Vec::new());
-    assert!(root_fds().is_empty());
+    roots.set(&[], Vec::new());
+    assert!(roots.fds().is_empty());
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn dialer_retries_refused_then_gives_up() {
+    let mut r = Reach::default();
     let limits = Limits {
         hold_timeout_ms: 0,
         ..Limits::default()
@@ -88,13 +89,13 @@ fn dialer_retries_refused_then_gives_up() {
         now,
         &limits,
     );
-    assert!(matches!(d.poll(now, &limits), Dial::Wait));
+    assert!(matches!(d.poll(&mut r, now, &limits), Dial::Wait));
     assert_eq!(d.deadline(), now + Duration::from_millis(25));
     let mut t;
     let mut waits = 0;
     loop {
         t = d.deadline();
-        match d.poll(t, &limits) {
+        match d.poll(&mut r, t, &limits) {
             Dial::Wait => waits += 1,
             Dial::Failed(m) => {
                 assert!(m.contains("unreachable"), "{m}");
@@ -110,16 +111,20 @@ fn dialer_retries_refused_then_gives_up() {
 
 #[test]
 fn step_registers_connects_and_times_out() {
+    let mut r = Reach::default();
     let limits = Limits::default();
     let now = Instant::now();
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let mut d = Dialer::new(Backend::Tcp(l.local_addr().unwrap()), now, &limits);
     let mut socket = None;
-    assert_eq!(d.step(&mut socket, false, now, &limits), Step::Register);
+    assert_eq!(
+        d.step(&mut r, &mut socket, false, now, &limits),
+        Step::Register
+    );
     assert!(socket.is_some());
     let mut step = Step::Pending;
     for _ in 0..1000 {
-        step = d.step(&mut socket, true, now, &limits);
+        step = d.step(&mut r, &mut socket, true, now, &limits);
         if step != Step::Pending {
             break;
         }
@@ -129,7 +134,7 @@ fn step_registers_connects_and_times_out() {
     // A socket that never reports is given up at the connect timeout.
     let late = now + Duration::from_millis(limits.connect_timeout_ms);
     assert!(matches!(
-        d.step(&mut socket, false, late, &limits),
+        d.step(&mut r, &mut socket, false, late, &limits),
         Step::TimedOut(_)
     ));
 }
@@ -138,6 +143,7 @@ fn step_registers_connects_and_times_out() {
 /// every replica fails as one backend would (retried, then given up).
 #[test]
 fn a_failed_replica_fails_over_to_the_next() {
+    let mut r = Reach::default();
     let limits = Limits {
         hold_timeout_ms: 0,
         ..Limits::default()
@@ -149,11 +155,16 @@ fn a_failed_replica_fails_over_to_the_next() {
     let live = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let live_addr = Backend::Tcp(live.local_addr().unwrap());
     let pool: std::rc::Rc<[Backend]> = vec![dead_addr.clone(), live_addr.clone()].into();
-    let choice = Choice::at(pool.clone(), proto::types::Policy::RoundRobin, 0);
+    let choice = Choice::at(
+        pool.clone(),
+        proto::types::Policy::RoundRobin,
+        0,
+        &mut r.balance,
+    );
     let mut d = Dialer::balanced(choice, now, &limits);
     assert_eq!(d.target, dead_addr);
     let mut socket = None;
-    let mut step = d.step(&mut socket, false, now, &limits);
+    let mut step = d.step(&mut r, &mut socket, false, now, &limits);
     for _ in 0..1000 {
         match step {
             Step::Connected | Step::Failed(_) | Step::TimedOut(_) => break,
@@ -161,25 +172,25 @@ fn a_failed_replica_fails_over_to_the_next() {
             _ => {}
         }
         let ready = socket.is_some();
-        step = d.step(&mut socket, ready, now, &limits);
+        step = d.step(&mut r, &mut socket, ready, now, &limits);
     }
     assert_eq!(step, Step::Connected);
     assert_eq!(d.target, live_addr);
     let lease = d.take_lease().expect("a lease");
     assert_eq!(lease.backend(), &live_addr);
-    assert_eq!(crate::balance::open(&live_addr), 1);
-    assert_eq!(crate::balance::open(&dead_addr), 0);
+    assert_eq!(r.balance.open(&live_addr), 1);
+    assert_eq!(r.balance.open(&dead_addr), 0);
     drop(lease);
     drop(live);
 
     // Nobody listens: the whole pool fails like one backend.
-    let choice = Choice::at(pool, proto::types::Policy::LeastConn, 0);
+    let choice = Choice::at(pool, proto::types::Policy::LeastConn, 0, &mut r.balance);
     let mut d = Dialer::balanced(choice, now, &limits);
     let mut socket = None;
     let mut t = now;
     let end = loop {
         let ready = socket.is_some();
-        match d.step(&mut socket, ready, t, &limits) {
+        match d.step(&mut r, &mut socket, ready, t, &limits) {
             Step::Wait => t = d.deadline(),
             Step::Register | Step::Pending => std::thread::sleep(Duration::from_millis(1)),
             other => break other,
@@ -196,6 +207,7 @@ fn a_failed_replica_fails_over_to_the_next() {
 /// gives way to the next after its share of the connect timeout.
 #[test]
 fn a_stalled_replica_gives_way_after_its_share() {
+    let mut r = Reach::default();
     let limits = Limits {
         connect_timeout_ms: 2_000,
         ..Limits::default()
@@ -207,11 +219,19 @@ fn a_stalled_replica_gives_way_after_its_share() {
         Backend::Tcp(live.local_addr().unwrap()),
     ]
     .into();
-    let choice = Choice::at(pool.clone(), proto::types::Policy::RoundRobin, 0);
+    let choice = Choice::at(
+        pool.clone(),
+        proto::types::Policy::RoundRobin,
+        0,
+        &mut r.balance,
+    );
     let mut d = Dialer::balanced(choice, now, &limits);
     let mut socket = None;
     // Pretend the first connect is under way and never reports.
-    assert_eq!(d.step(&mut socket, false, now, &limits), Step::Register);
+    assert_eq!(
+        d.step(&mut r, &mut socket, false, now, &limits),
+        Step::Register
+    );
     socket = Some(crate::stream::Stream::Tcp(
         mio::net::TcpStream::connect(live.local_addr().unwrap()).unwrap(),
     ));
@@ -219,17 +239,24 @@ fn a_stalled_replica_gives_way_after_its_share() {
     assert_eq!(d.deadline(), share);
     // The stalled attempt is dropped and the next replica dialled in
     // the same step (not left to a timer already due).
-    assert_eq!(d.step(&mut socket, false, share, &limits), Step::Register);
+    assert_eq!(
+        d.step(&mut r, &mut socket, false, share, &limits),
+        Step::Register
+    );
     assert!(socket.is_some());
     assert_eq!(d.target, pool[1]);
     assert!(d.deadline() > share);
     // The last replica of the pass has no one to give way to: it runs
     // to the connect timeout.
     let later = now + Duration::from_millis(1_999);
-    assert_eq!(d.step(&mut socket, false, later, &limits), Step::Wait);
+    assert_eq!(
+        d.step(&mut r, &mut socket, false, later, &limits),
+        Step::Wait
+    );
     assert!(socket.is_some());
     assert!(matches!(
         d.step(
+            &mut r,
             &mut socket,
             false,
             now + Duration::from_millis(2_000),
@@ -244,6 +271,7 @@ fn a_stalled_replica_gives_way_after_its_share() {
 /// runs out fails (502), not a timeout (504).
 #[test]
 fn a_held_connect_waits_for_the_backend() {
+    let mut r = Reach::default();
     let limits = Limits {
         hold_timeout_ms: 2_000,
         ..Limits::default()
@@ -257,19 +285,25 @@ fn a_held_connect_waits_for_the_backend() {
     let mut socket = None;
     let mut t = now;
     while !d.is_held() {
-        assert_eq!(d.step(&mut socket, false, t, &limits), Step::Wait);
+        assert_eq!(d.step(&mut r, &mut socket, false, t, &limits), Step::Wait);
         t = d.deadline();
     }
     assert!(t < now + Duration::from_millis(500));
-    assert_eq!(crate::hold::held(), 1);
+    assert_eq!(r.held.held(), 1);
     // The provider is back; a wake-up retries at once, not at the
     // next scheduled retry.
     let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
     d.wake(t);
     assert_eq!(d.deadline(), t);
-    assert_eq!(d.step(&mut socket, false, t, &limits), Step::Register);
-    assert_eq!(d.step(&mut socket, true, t, &limits), Step::Connected);
-    assert_eq!(crate::hold::held(), 0);
+    assert_eq!(
+        d.step(&mut r, &mut socket, false, t, &limits),
+        Step::Register
+    );
+    assert_eq!(
+        d.step(&mut r, &mut socket, true, t, &limits),
+        Step::Connected
+    );
+    assert_eq!(r.held.held(), 0);
     drop(l);
     drop(socket.take());
 
@@ -278,7 +312,7 @@ fn a_held_connect_waits_for_the_backend() {
     let mut d = Dialer::new(Backend::Unix(path.clone()), now, &limits);
     let mut t = now;
     let end = loop {
-        match d.step(&mut socket, false, t, &limits) {
+        match d.step(&mut r, &mut socket, false, t, &limits) {
             Step::Wait => t = d.deadline(),
             other => break other,
         }
@@ -288,7 +322,7 @@ fn a_held_connect_waits_for_the_backend() {
         "{end:?}"
     );
     assert_eq!(t, now + Duration::from_millis(2_000));
-    assert_eq!(crate::hold::held(), 0);
+    assert_eq!(r.held.held(), 0);
 
     // Not held with --hold-timeout 0, nor beyond --max-held.
     for limits in [
@@ -304,7 +338,7 @@ fn a_held_connect_waits_for_the_backend() {
         let mut d = Dialer::new(Backend::Unix(path.clone()), now, &limits);
         let mut t = now;
         let end = loop {
-            match d.step(&mut socket, false, t, &limits) {
+            match d.step(&mut r, &mut socket, false, t, &limits) {
                 Step::Wait => t = d.deadline(),
                 other => break other,
             }
@@ -320,7 +354,7 @@ fn a_held_connect_waits_for_the_backend() {
 struct Absent(i32);
 
 impl Net for Absent {
-    fn connect(&mut self, _: &Backend) -> io::Result<Stream> {
+    fn connect(&mut self, _: &Backend, _: &Roots) -> io::Result<Stream> {
         Err(io::Error::from_raw_os_error(self.0))
     }
     fn done(&mut self, _: &Stream) -> io::Result<bool> {
@@ -335,6 +369,7 @@ impl Net for Absent {
 /// after the connect timeout alike.
 #[test]
 fn a_held_dial_ends_at_its_hold_deadline_whatever_the_connect_timeout() {
+    let mut r = Reach::default();
     let b = Backend::Tcp("127.0.0.1:9".parse().unwrap());
     for (hold, connect) in [(1_000, 10_000), (2_000, 500), (1_000, 1_000)] {
         let limits = Limits {
@@ -343,12 +378,12 @@ fn a_held_dial_ends_at_its_hold_deadline_whatever_the_connect_timeout() {
             ..Limits::default()
         };
         for path in ["down", "refused", "missing"] {
-            crate::health::track(std::slice::from_ref(&b), &limits);
+            r.health.track(std::slice::from_ref(&b), &limits);
             if path == "down" {
                 for _ in 0..limits.health_fall {
-                    crate::health::observe(&b, Err("test".into()), true);
+                    r.observe(&b, Err("test".into()), true);
                 }
-                assert!(crate::health::is_down(&b));
+                assert!(r.health.is_down(&b));
             }
             let errno = if path == "missing" {
                 nix::libc::ENOENT
@@ -363,7 +398,7 @@ fn a_held_dial_ends_at_its_hold_deadline_whatever_the_connect_timeout() {
             let end = loop {
                 steps += 1;
                 assert!(steps < 1_000, "{path} {hold}/{connect}: no end");
-                match d.step_on(&mut Absent(errno), &mut socket, false, t, &limits) {
+                match d.step_on(&mut Absent(errno), &mut r, &mut socket, false, t, &limits) {
                     Step::Wait => {
                         assert!(
                             d.deadline() > t,
@@ -377,10 +412,9 @@ fn a_held_dial_ends_at_its_hold_deadline_whatever_the_connect_timeout() {
             let what = format!("{path} hold {hold} connect {connect}: {end:?}");
             assert!(matches!(end, Step::Failed(_)), "{what}");
             assert_eq!(t, now + Duration::from_millis(hold), "{what}");
-            assert_eq!(crate::hold::held(), 0, "{what}");
+            assert_eq!(r.held.held(), 0, "{what}");
         }
     }
-    crate::health::track(&[], &Limits::default());
 }
 
 /// [`Absent`], for a client that hung up before its hold: asked how
@@ -388,8 +422,8 @@ fn a_held_dial_ends_at_its_hold_deadline_whatever_the_connect_timeout() {
 struct AbsentGone(i32, u32);
 
 impl Net for AbsentGone {
-    fn connect(&mut self, b: &Backend) -> io::Result<Stream> {
-        Absent(self.0).connect(b)
+    fn connect(&mut self, b: &Backend, roots: &Roots) -> io::Result<Stream> {
+        Absent(self.0).connect(b, roots)
     }
     fn done(&mut self, s: &Stream) -> io::Result<bool> {
         Absent(self.0).done(s)
@@ -406,16 +440,17 @@ impl Net for AbsentGone {
 /// the book neither holds nor counts it.
 #[test]
 fn a_client_gone_before_its_hold_is_never_admitted() {
+    let mut r = Reach::default();
     let b = Backend::Tcp("127.0.0.1:9".parse().unwrap());
     let limits = Limits {
         hold_timeout_ms: 10_000,
         ..Limits::default()
     };
     for path in ["down", "refused", "missing"] {
-        crate::health::track(std::slice::from_ref(&b), &limits);
+        r.health.track(std::slice::from_ref(&b), &limits);
         if path == "down" {
             for _ in 0..limits.health_fall {
-                crate::health::observe(&b, Err("test".into()), true);
+                r.observe(&b, Err("test".into()), true);
             }
         }
         let errno = if path == "missing" {
@@ -424,7 +459,7 @@ fn a_client_gone_before_its_hold_is_never_admitted() {
             nix::libc::ECONNREFUSED
         };
         let mut stats = proto::ctl::Stats::default();
-        crate::hold::fill(&mut stats);
+        r.held.fill(Instant::now(), &mut stats);
         let total = stats.held_total;
         let now = Instant::now();
         let mut d = Dialer::new(b.clone(), now, &limits);
@@ -433,7 +468,7 @@ fn a_client_gone_before_its_hold_is_never_admitted() {
         let end = loop {
             steps += 1;
             assert!(steps < 100, "{path}: no end");
-            match d.step_on(&mut net, &mut socket, false, t, &limits) {
+            match d.step_on(&mut net, &mut r, &mut socket, false, t, &limits) {
                 Step::Wait => {
                     assert_eq!(net.1, 0, "{path}: asked before the hold");
                     t = d.deadline();
@@ -443,14 +478,14 @@ fn a_client_gone_before_its_hold_is_never_admitted() {
         };
         assert_eq!((end, net.1), (Step::Gone, 1), "{path}");
         assert!(!d.is_held(), "{path}");
-        crate::hold::fill(&mut stats);
+        r.held.fill(Instant::now(), &mut stats);
         assert_eq!((stats.held, stats.held_total), (0, total), "{path}");
     }
-    crate::health::track(&[], &Limits::default());
 }
 
 #[test]
 fn unix_connect_to_missing_socket_is_retryable() {
-    let e = connect(&Backend::Unix("/nonexistent/pvx-test.sock".into())).unwrap_err();
+    let b = Backend::Unix("/nonexistent/pvx-test.sock".into());
+    let e = connect(&b, &Roots::default()).unwrap_err();
     assert!(is_retryable(&e));
 }

@@ -1,6 +1,8 @@
 use super::*;
 use crate::fdrelay::FdRelay;
 use crate::relay::Splice;
+use crate::stock::Stock;
+use std::io;
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
@@ -22,6 +24,8 @@ fn ready() -> Ready {
 
 struct Rig<D> {
     relay: Duplex<D>,
+    /// What the worker would lend the relay.
+    stock: Stock,
     client_peer: UnixStream,
     client: UnixStream,
     backend: UnixStream,
@@ -36,6 +40,7 @@ impl<D: Direction> Rig<D> {
         let (backend_peer, backend) = pair();
         Rig {
             relay,
+            stock: Stock::default(),
             client_peer,
             client,
             backend,
@@ -54,6 +59,7 @@ impl<D: Direction> Rig<D> {
             self.backend.as_fd(),
             &mut br,
             &"backend",
+            &mut self.stock,
         )
     }
 
@@ -237,11 +243,7 @@ fn both_ways(n: usize) -> (Vec<u8>, Vec<u8>, bool) {
         got_up.extend_from_slice(&buf[..k]);
     }
     assert!(backend_eof && rig.client_eof, "both peers see the end");
-    assert_eq!(
-        crate::pipes::Pipe::in_use(),
-        0,
-        "no pipe held after the end"
-    );
+    assert_eq!(rig.stock.pipes.in_use(), 0, "no pipe held after the end");
     (got_up, std::mem::take(&mut rig.got), pipes)
 }
 
@@ -302,9 +304,9 @@ impl Direction for Counted {
     fn can_read(&self) -> bool {
         self.0.can_read()
     }
-    fn read(&mut self, src: BorrowedFd<'_>) -> io::Result<usize> {
+    fn read(&mut self, src: BorrowedFd<'_>, stock: &mut Stock) -> io::Result<usize> {
         self.1 += 1;
-        self.0.read(src)
+        self.0.read(src, stock)
     }
     fn read_was_short(&self) -> bool {
         self.0.read_was_short()
@@ -312,14 +314,14 @@ impl Direction for Counted {
     fn held(&self) -> usize {
         self.0.held()
     }
-    fn write(&mut self, dst: BorrowedFd<'_>) -> io::Result<usize> {
-        self.0.write(dst)
+    fn write(&mut self, dst: BorrowedFd<'_>, stock: &mut Stock) -> io::Result<usize> {
+        self.0.write(dst, stock)
     }
-    fn write_last(&mut self, dst: BorrowedFd<'_>) -> io::Result<usize> {
-        self.0.write_last(dst)
+    fn write_last(&mut self, dst: BorrowedFd<'_>, stock: &mut Stock) -> io::Result<usize> {
+        self.0.write_last(dst, stock)
     }
-    fn discard(&mut self) {
-        self.0.discard()
+    fn discard(&mut self, stock: &mut Stock) {
+        self.0.discard(stock)
     }
 }
 
@@ -341,6 +343,7 @@ fn a_trusted_short_read_ends_the_reading_without_eagain() {
             rig.backend.as_fd(),
             &mut br,
             &"backend",
+            &mut rig.stock,
         );
         assert_eq!(p.up, 7);
         assert!(!cr.readable, "nothing more to read, either way");

@@ -1,7 +1,10 @@
 //! What a worker plugs into the loop ([`Handler`]: its connections) and
-//! what the loop lends it for each call ([`Cx`]).
+//! what the loop lends it for each call ([`Cx`]): all a handler may
+//! change beyond its own connections arrives there, as an argument.
 
 use super::LOOP_KEYS;
+use crate::backend::Reach;
+use crate::stock::Stock;
 use crate::stream::Stream;
 use mio::event::Event;
 use mio::{Registry, Token};
@@ -13,7 +16,8 @@ use std::time::Instant;
 
 /// What a worker plugs into the loop: its connections. Every call gets a
 /// [`Cx`] with the time of this loop turn, the poll's registry, the timer
-/// heap, the counters and the running configuration.
+/// heap, the counters, the running configuration and what dialling and
+/// relaying change (the backends' side, the data path's stock).
 pub trait Handler: Sized {
     /// The handler for the endpoint of the first config (Init).
     fn new(config: &WorkerConfig) -> Self;
@@ -43,9 +47,9 @@ pub trait Handler: Sized {
     /// End of each loop turn: the handler's own housekeeping.
     fn turn(&mut self, _cx: &mut Cx) {}
     /// A backend may be back (an applied update, a health check saw one
-    /// come up, `crate::hold`): every connection still reaching its
-    /// backend retargets to its route's backend in `cx.config` and
-    /// retries now.
+    /// come up: the hold book's wake-up, `crate::hold`): every connection
+    /// still reaching its backend retargets to its route's backend in
+    /// `cx.config` and retries now.
     fn wake(&mut self, _cx: &mut Cx) {}
     /// After a burst of connections: give back what it made us grow.
     fn shrink(&mut self) {}
@@ -67,6 +71,12 @@ pub struct Cx<'a> {
     /// `conns::Sockets::on_event`; clients need no such care, they are
     /// accepted after the round's events).
     pub round: NonZeroU32,
+    /// The backends' side: provider roots, health table, hold book,
+    /// replicas' book (what dialers and checks change).
+    pub reach: &'a mut Reach,
+    /// The data path's stock: the relays' pipes (`--pipe-size`) and copy
+    /// buffers, a scratch area for one call, the fds in flight.
+    pub stock: &'a mut Stock,
     pub(super) timers: &'a mut Timers,
 }
 

@@ -13,7 +13,15 @@ fn pump(
     b: &UnixStream,
     br: &mut Ready,
 ) -> Transfer {
-    let t = transfer(r, a.as_fd(), ar, b.as_fd(), br, true);
+    let t = transfer(
+        r,
+        a.as_fd(),
+        ar,
+        b.as_fd(),
+        br,
+        true,
+        &mut crate::stock::Stock::default(),
+    );
     assert!(t.fault.is_none(), "{:?}", t.fault);
     if t.eof {
         shutdown_write(b.as_fd()).unwrap();

@@ -2,7 +2,6 @@
 //! unix backend, checks off.
 
 use super::*;
-use crate::health::report;
 
 fn limits() -> Limits {
     Limits {
@@ -51,6 +50,7 @@ fn stalled_listener() -> (Vec<std::os::fd::OwnedFd>, std::net::SocketAddr) {
 /// busy at its end, up again once there is room.
 #[test]
 fn a_busy_unix_backend_fails_a_check_only_when_busy_for_its_timeout() {
+    let mut reach = Reach::default();
     use nix::sys::socket::*;
     let path = std::env::temp_dir().join(format!("pvx-busy-{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&path);
@@ -82,16 +82,24 @@ fn a_busy_unix_backend_fails_a_check_only_when_busy_for_its_timeout() {
     let b = Backend::Unix(path.clone());
     let lim = limits();
     let now = Instant::now();
-    let mut c = Checker::new(&lim, &[Checked::from(b.clone())], now)
+    let mut c = Checker::new(&lim, &[Checked::from(b.clone())], now, &mut reach.health)
         .unwrap()
         .unwrap();
-    c.on_time(now);
-    assert_eq!(report()[0].checks, 0, "busy: tried again, not counted");
+    c.on_time(now, &mut reach);
+    assert_eq!(
+        reach.health.report()[0].checks,
+        0,
+        "busy: tried again, not counted"
+    );
     assert_eq!(c.next_wake(), Some(now + BUSY_RETRY));
-    c.on_time(now + Duration::from_millis(250));
-    assert_eq!(report()[0].checks, 0, "still within the timeout");
-    c.on_time(now + Duration::from_millis(500));
-    let r = report();
+    c.on_time(now + Duration::from_millis(250), &mut reach);
+    assert_eq!(
+        reach.health.report()[0].checks,
+        0,
+        "still within the timeout"
+    );
+    c.on_time(now + Duration::from_millis(500), &mut reach);
+    let r = reach.health.report();
     assert_eq!((r[0].checks, r[0].failures), (1, 1), "{r:?}");
     assert!(r[0]
         .last_error
@@ -102,10 +110,9 @@ fn a_busy_unix_backend_fails_a_check_only_when_busy_for_its_timeout() {
     let ours = std::os::unix::net::UnixListener::from(l);
     ours.set_nonblocking(true).unwrap();
     while ours.accept().is_ok() {}
-    c.on_time(now + Duration::from_millis(1_500));
-    let r = report();
+    c.on_time(now + Duration::from_millis(1_500), &mut reach);
+    let r = reach.health.report();
     assert_eq!((r[0].checks, r[0].fails_in_row), (2, 0), "{r:?}");
-    track(&[], &lim);
     let _ = std::fs::remove_file(&path);
 }
 
@@ -113,66 +120,67 @@ fn a_busy_unix_backend_fails_a_check_only_when_busy_for_its_timeout() {
 /// `fall` checks, with its own epoll and no loop around it.
 #[test]
 fn checker_sees_a_backend_go_down() {
+    let mut reach = Reach::default();
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let b = Backend::Tcp(l.local_addr().unwrap());
     let lim = limits();
     let mut now = Instant::now();
-    let mut c = Checker::new(&lim, &[Checked::from(b.clone())], now)
+    let mut c = Checker::new(&lim, &[Checked::from(b.clone())], now, &mut reach.health)
         .unwrap()
         .unwrap();
     assert_eq!(c.next_wake(), Some(now));
-    let run = |c: &mut Checker, now: Instant| {
-        c.on_time(now);
+    let run = |c: &mut Checker, reach: &mut Reach, now: Instant| {
+        c.on_time(now, reach);
         for _ in 0..200 {
-            c.on_ready();
+            c.on_ready(reach);
             if c.probes[0].inflight.is_none() {
                 break;
             }
             std::thread::sleep(Duration::from_millis(5));
         }
     };
-    run(&mut c, now);
-    assert_eq!(report()[0].checks, 1);
-    assert!(report()[0].up);
+    run(&mut c, &mut reach, now);
+    assert_eq!(reach.health.report()[0].checks, 1);
+    assert!(reach.health.report()[0].up);
     drop(l);
     for _ in 0..2 {
         now += Duration::from_millis(1_000);
-        run(&mut c, now);
+        run(&mut c, &mut reach, now);
     }
-    let r = report();
+    let r = reach.health.report();
     assert_eq!(r[0].checks, 3);
     assert!(!r[0].up, "{r:?}");
-    assert!(is_down(&b));
-    track(&[], &lim);
+    assert!(reach.health.is_down(&b));
 
     // A peer that stalls: a listener whose accept queue is full drops
     // the SYN, so the connect never completes; the check fails at its
     // timeout, not before.
     let stall = stalled_listener();
     let b = Backend::Tcp(stall.1);
-    let mut c = Checker::new(&lim, &[Checked::from(b.clone())], now)
+    let mut c = Checker::new(&lim, &[Checked::from(b.clone())], now, &mut reach.health)
         .unwrap()
         .unwrap();
-    c.on_time(now);
-    c.on_ready();
-    assert_eq!(report()[0].checks, 0, "still connecting");
-    c.on_time(now + Duration::from_millis(500));
-    let r = report();
+    c.on_time(now, &mut reach);
+    c.on_ready(&mut reach);
+    assert_eq!(reach.health.report()[0].checks, 0, "still connecting");
+    c.on_time(now + Duration::from_millis(500), &mut reach);
+    let r = reach.health.report();
     assert_eq!((r[0].checks, r[0].failures), (1, 1), "{r:?}");
     assert!(r[0]
         .last_error
         .as_deref()
         .unwrap()
         .contains("within 500 ms"));
-    track(&[], &lim);
     drop(stall);
     // Off: nothing at all.
     let off = Limits {
         health_interval_ms: 0,
         ..lim
     };
-    assert!(Checker::new(&off, &[Checked::from(b)], now)
-        .unwrap()
-        .is_none());
-    assert!(report().is_empty());
+    assert!(
+        Checker::new(&off, &[Checked::from(b)], now, &mut reach.health)
+            .unwrap()
+            .is_none()
+    );
+    assert!(reach.health.report().is_empty());
 }

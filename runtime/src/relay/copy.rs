@@ -1,40 +1,10 @@
-//! The copy half of a direction: the user-space chunk, the worker's spare
-//! copy buffers, and the `read`/`write` calls (also those of a pipe's
-//! fallback).
+//! The copy half of a direction: the user-space chunk and the
+//! `read`/`write` calls (also those of a pipe's fallback); its buffers
+//! come from the worker's [`crate::stock::Stock`].
 
 use nix::errno::Errno;
-use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
-
-/// The copy buffer's size, and the most one `read` takes.
-pub const COPY_CHUNK: usize = 16 * 1024;
-/// Copy buffers a worker keeps between uses (one is the usual need: a
-/// chunk normally goes out in the same turn it came in).
-pub const SPARE_BUFFERS: usize = 2;
-
-thread_local! {
-    static BUFFERS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
-}
-
-/// A [`COPY_CHUNK`] buffer, spare or new.
-pub(super) fn take_buffer() -> Vec<u8> {
-    BUFFERS
-        .with(|b| b.borrow_mut().pop())
-        .unwrap_or_else(|| vec![0u8; COPY_CHUNK])
-}
-
-/// Keep a buffer for the next read (a prefix of another size is dropped).
-pub(super) fn give_buffer(buf: Vec<u8>) {
-    if buf.len() == COPY_CHUNK {
-        BUFFERS.with(|b| {
-            let mut b = b.borrow_mut();
-            if b.len() < SPARE_BUFFERS {
-                b.push(buf);
-            }
-        });
-    }
-}
 
 /// User-space bytes waiting for the destination: `buf[sent..end]`.
 #[derive(Debug)]

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::duplex::Side;
+use crate::stock::Stock;
 use proto::limits::default;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -10,6 +11,7 @@ use std::os::unix::net::UnixStream;
 
 #[test]
 fn moves_bytes_and_half_closes() {
+    let mut st = Stock::default();
     let (mut a_out, a_in) = UnixStream::pair().unwrap();
     let (b_in, mut b_out) = UnixStream::pair().unwrap();
     a_in.set_nonblocking(true).unwrap();
@@ -41,7 +43,7 @@ fn moves_bytes_and_half_closes() {
         }
         sr.readable = true;
         dr.writable = true;
-        s.pump(a_in.as_fd(), &mut sr, b_in.as_fd(), &mut dr, true)
+        s.pump(a_in.as_fd(), &mut sr, b_in.as_fd(), &mut dr, true, &mut st)
             .unwrap();
         let mut buf = [0u8; 65536];
         while let Ok(n) = b_out.read(&mut buf) {
@@ -58,6 +60,7 @@ fn moves_bytes_and_half_closes() {
 
 #[test]
 fn limit_stops_at_length() {
+    let mut st = Stock::default();
     let (mut a_out, a_in) = UnixStream::pair().unwrap();
     let (b_in, mut b_out) = UnixStream::pair().unwrap();
     a_in.set_nonblocking(true).unwrap();
@@ -74,7 +77,7 @@ fn limit_stops_at_length() {
             writable: true,
         },
     );
-    s.pump(a_in.as_fd(), &mut sr, b_in.as_fd(), &mut dr, false)
+    s.pump(a_in.as_fd(), &mut sr, b_in.as_fd(), &mut dr, false, &mut st)
         .unwrap();
     assert!(s.finished());
     drop(b_in);
@@ -88,6 +91,7 @@ fn limit_stops_at_length() {
 
 #[test]
 fn errors_say_which_side_failed() {
+    let mut st = Stock::default();
     let (a_out, a_in) = UnixStream::pair().unwrap();
     let (b_in, b_out) = UnixStream::pair().unwrap();
     a_in.set_nonblocking(true).unwrap();
@@ -107,7 +111,7 @@ fn errors_say_which_side_failed() {
         },
     );
     let e = s
-        .pump(a_in.as_fd(), &mut sr, b_in.as_fd(), &mut dr, false)
+        .pump(a_in.as_fd(), &mut sr, b_in.as_fd(), &mut dr, false, &mut st)
         .unwrap_err();
     assert_eq!(SpliceError::side_of(&e), Some(Side::Destination));
     assert!(e.to_string().starts_with("splice to destination"), "{e}");
@@ -122,6 +126,7 @@ fn errors_say_which_side_failed() {
             b_in.as_fd(),
             &mut ready(),
             false,
+            &mut st,
         )
         .unwrap_err();
     assert_eq!(SpliceError::side_of(&e), Some(Side::Destination));
@@ -137,6 +142,7 @@ fn ready() -> Ready {
 
 #[test]
 fn eventfd_source_is_refused_by_splice_and_copied() {
+    let mut st = Stock::default();
     // An eventfd has no splice_read: splice(2) says EINVAL (checked on
     // Linux 6.18), a read gives its 8-byte counter.
     // SAFETY: eventfd returns a new fd we own, or -1.
@@ -149,7 +155,7 @@ fn eventfd_source_is_refused_by_splice_and_copied() {
     s.splice_now();
     let (mut sr, mut dr) = (ready(), ready());
     let m = s
-        .pump(efd.as_fd(), &mut sr, b_in.as_fd(), &mut dr, false)
+        .pump(efd.as_fd(), &mut sr, b_in.as_fd(), &mut dr, false, &mut st)
         .unwrap();
     assert!(s.is_copying(), "fell back to read/write");
     assert_eq!(m.bytes, 8);
@@ -162,6 +168,7 @@ fn eventfd_source_is_refused_by_splice_and_copied() {
 
 #[test]
 fn append_only_destination_is_refused_by_splice_and_written() {
+    let mut st = Stock::default();
     // splice(2) into an O_APPEND file says EINVAL; the bytes already in
     // the pipe and the prefix must still arrive, in order.
     let path = std::env::temp_dir().join(format!("pvx-append-{}", std::process::id()));
@@ -183,14 +190,14 @@ fn append_only_destination_is_refused_by_splice_and_written() {
     s.splice_now();
     s.prefix(b"HDR:".to_vec());
     let (mut sr, mut dr) = (ready(), ready());
-    s.pump(a_in.as_fd(), &mut sr, file.as_fd(), &mut dr, false)
+    s.pump(a_in.as_fd(), &mut sr, file.as_fd(), &mut dr, false, &mut st)
         .unwrap();
     assert!(s.is_copying());
     a_out.write_all(b"world").unwrap();
     a_out.shutdown(Shutdown::Write).unwrap();
     sr.readable = true;
     let m = s
-        .pump(a_in.as_fd(), &mut sr, file.as_fd(), &mut dr, false)
+        .pump(a_in.as_fd(), &mut sr, file.as_fd(), &mut dr, false, &mut st)
         .unwrap();
     assert!(m.eof && s.finished());
     let text = std::fs::read_to_string(&path).unwrap();
@@ -200,6 +207,7 @@ fn append_only_destination_is_refused_by_splice_and_written() {
 
 #[test]
 fn pipes_take_the_configured_size() {
+    let mut st = Stock::default();
     let size_of = |s: &Splice| {
         nix::fcntl::fcntl(
             s.pipe_fd().expect("pipe made").as_raw_fd(),
@@ -207,7 +215,7 @@ fn pipes_take_the_configured_size() {
         )
         .unwrap() as usize
     };
-    let moved = |s: &mut Splice| {
+    let moved = |s: &mut Splice, st: &mut Stock| {
         let (mut a_out, a_in) = UnixStream::pair().unwrap();
         let (b_in, _b_out) = UnixStream::pair().unwrap();
         a_in.set_nonblocking(true).unwrap();
@@ -219,19 +227,19 @@ fn pipes_take_the_configured_size() {
             b_in.as_fd(),
             &mut ready(),
             false,
+            st,
         )
         .unwrap();
     };
     let mut s = Splice::new();
     s.splice_now();
     assert!(s.pipe_fd().is_none(), "no pipe before data");
-    moved(&mut s);
+    moved(&mut s, &mut st);
     assert_eq!(size_of(&s), default::PIPE_SIZE);
-    set_pipe_size(128 * 1024);
+    st.pipes.resize(128 * 1024);
     let mut t = Splice::new();
     t.splice_now();
-    moved(&mut t);
-    set_pipe_size(default::PIPE_SIZE);
+    moved(&mut t, &mut st);
     assert_eq!(size_of(&t), 128 * 1024);
 }
 

@@ -7,6 +7,20 @@ const RW: Ready = Ready {
     writable: true,
 };
 
+/// What a worker lends a pump, owned by the test: spare buffers and a
+/// stock.
+#[derive(Default)]
+struct Owned(Spares, Stock);
+
+impl Owned {
+    fn lent(&mut self) -> Lent<'_> {
+        Lent {
+            spares: &mut self.0,
+            stock: &mut self.1,
+        }
+    }
+}
+
 fn pair() -> (Stream, Stream) {
     let (a, b) = UnixStream::pair().unwrap();
     (Stream::Unix(a), Stream::Unix(b))
@@ -26,7 +40,7 @@ fn run_with(
     wire: &[u8],
     close: bool,
 ) -> (Vec<u8>, Vec<u8>) {
-    let mut sp = Spares::default();
+    let mut sp = Owned::default();
     let (src_w, src) = pair();
     let (dst, dst_r) = pair();
     write_nb(&src_w, &mut RW.clone(), wire).unwrap();
@@ -37,16 +51,16 @@ fn run_with(
     // Pre-load the buffer the way the head parser leaves it.
     let (pw, pr) = pair();
     write_nb(&pw, &mut RW.clone(), pre).unwrap();
-    buf.read_from(&pr, &mut RW.clone(), &mut sp).unwrap();
+    buf.read_from(&pr, &mut RW.clone(), &mut sp.0).unwrap();
     let mut p = Pump::new(framing);
     let (mut sr, mut dr) = (RW, RW);
     let mut out = Vec::new();
     let mut sink = Buf::new(1 << 16);
     for _ in 0..1000 {
-        p.pump(&src, &mut sr, &mut buf, &dst, &mut dr, &mut sp)
+        p.pump(&src, &mut sr, &mut buf, &dst, &mut dr, &mut sp.lent())
             .unwrap();
         let mut r = RW;
-        sink.read_from(&dst_r, &mut r, &mut sp).unwrap();
+        sink.read_from(&dst_r, &mut r, &mut sp.0).unwrap();
         out.extend_from_slice(sink.bytes());
         sink.consume(sink.len());
         sr.readable = true;
@@ -58,7 +72,7 @@ fn run_with(
     assert!(p.is_done());
     let mut rest = buf.bytes().to_vec();
     let mut tail = Buf::new(1 << 16);
-    let _ = tail.read_from(&src, &mut RW.clone(), &mut sp);
+    let _ = tail.read_from(&src, &mut RW.clone(), &mut sp.0);
     rest.extend_from_slice(tail.bytes());
     (out, rest)
 }
@@ -79,7 +93,7 @@ fn length_uses_buffer_then_socket_and_stops_at_limit() {
 #[test]
 fn a_body_past_4_gib_counts_down_in_u64() {
     const LEN: u64 = 5_000_000_000;
-    let mut sp = Spares::default();
+    let mut sp = Owned::default();
     let head = b"PUT /fw HTTP/1.1\r\nHost: a\r\nContent-Length: 5000000000\r\n\r\n";
     let framing = match crate::head::parse_request(head) {
         Ok(crate::head::Parsed::Complete(r)) => r.framing,
@@ -91,7 +105,7 @@ fn a_body_past_4_gib_counts_down_in_u64() {
     let mut buf = Buf::new(8);
     let (pw, pr) = pair();
     write_nb(&pw, &mut RW.clone(), b"01234567").unwrap();
-    buf.read_from(&pr, &mut RW.clone(), &mut sp).unwrap();
+    buf.read_from(&pr, &mut RW.clone(), &mut sp.0).unwrap();
     let mut p = Pump::new(framing);
     assert_eq!(p.buffered(&buf).unwrap(), 8);
     assert!(!p.ends_after(8));
@@ -102,11 +116,11 @@ fn a_body_past_4_gib_counts_down_in_u64() {
     let mut sink = Buf::new(1 << 16);
     for _ in 0..1000 {
         moved += p
-            .pump(&src, &mut sr, &mut buf, &dst, &mut dr, &mut sp)
+            .pump(&src, &mut sr, &mut buf, &dst, &mut dr, &mut sp.lent())
             .unwrap();
         let mut r = RW;
         while sink
-            .read_from(&dst_r, &mut r, &mut sp)
+            .read_from(&dst_r, &mut r, &mut sp.0)
             .is_ok_and(|g| g.bytes > 0)
         {
             sink.consume(sink.len());
@@ -174,7 +188,7 @@ fn chunked_trailers_are_filtered_and_must_fit_the_buffer() {
 /// the buffer, and what follows the body stays on the socket.
 #[test]
 fn long_chunk_data_is_spliced_and_framing_still_parsed() {
-    let mut sp = Spares::default();
+    let mut sp = Owned::default();
     let mut wire = Vec::new();
     for (i, len) in [300_000usize, 5, 70_000, 16_384, 16_385]
         .into_iter()
@@ -215,10 +229,10 @@ fn long_chunk_data_is_spliced_and_framing_still_parsed() {
     while !p.is_done() && std::time::Instant::now() < give_up {
         let (mut sr, mut dr) = (RW, RW);
         let moved = p
-            .pump(&src, &mut sr, &mut buf, &dst, &mut dr, &mut sp)
+            .pump(&src, &mut sr, &mut buf, &dst, &mut dr, &mut sp.lent())
             .unwrap();
         spliced |= p.splice.is_some();
-        sink.read_from(&dst_r, &mut RW.clone(), &mut sp).unwrap();
+        sink.read_from(&dst_r, &mut RW.clone(), &mut sp.0).unwrap();
         out.extend_from_slice(sink.bytes());
         sink.consume(sink.len());
         if moved == 0 {
@@ -230,7 +244,7 @@ fn long_chunk_data_is_spliced_and_framing_still_parsed() {
     assert!(p.is_done(), "the body did not end");
     let _w = feeder.join().unwrap();
     while sink
-        .read_from(&dst_r, &mut RW.clone(), &mut sp)
+        .read_from(&dst_r, &mut RW.clone(), &mut sp.0)
         .unwrap()
         .bytes
         > 0
@@ -251,7 +265,7 @@ fn long_chunk_data_is_spliced_and_framing_still_parsed() {
     );
     let mut rest = buf.bytes().to_vec();
     let mut tail = Buf::new(64);
-    let _ = tail.read_from(&src, &mut RW.clone(), &mut sp);
+    let _ = tail.read_from(&src, &mut RW.clone(), &mut sp.0);
     rest.extend_from_slice(tail.bytes());
     assert_eq!(rest, b"NEXT");
 }
@@ -264,8 +278,15 @@ fn close_runs_to_eof() {
 
 /// One pass of `p` from `src` to `dst`, both sides ready.
 fn pump_ready(p: &mut Pump, src: &Stream, buf: &mut Buf, dst: &Stream) -> Result<u64, BodyError> {
-    let mut sp = Spares::default();
-    p.pump(src, &mut RW.clone(), buf, dst, &mut RW.clone(), &mut sp)
+    let mut sp = Owned::default();
+    p.pump(
+        src,
+        &mut RW.clone(),
+        buf,
+        dst,
+        &mut RW.clone(),
+        &mut sp.lent(),
+    )
 }
 
 #[test]

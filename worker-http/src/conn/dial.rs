@@ -62,7 +62,7 @@ impl Conn {
         let mut net = runtime::backend::Real {
             hung_up: self.c_hup.then_some((&self.client, false)),
         };
-        let step = dial.step_on(&mut net, &mut stream, ready, cx.now, cx.limits);
+        let step = dial.step_on(&mut net, cx.reach, &mut stream, ready, cx.now, cx.limits);
         // The same socket keeps what the loop recorded for it; a new one,
         // or one still connecting after it reported, starts afresh.
         let (ready, hup) = match step {
@@ -134,7 +134,7 @@ impl Conn {
                 // (a replica added, removed or moved) is a new pick.
                 Some(r) if dial.pool().is_some_and(|p| p[..] == r.pool[..]) => None,
                 Some(r) => {
-                    let c = runtime::balance::Choice::new(r.pool.clone(), r.policy);
+                    let c = cx.reach.choose(r.pool.clone(), r.policy);
                     let b = c.backend().clone();
                     dial.rechoose(c, cx.now);
                     Some(b)

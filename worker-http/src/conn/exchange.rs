@@ -128,7 +128,7 @@ impl Conn {
         );
         self.cbuf.consume(req.len);
         // One replica's entry when the route has replicas.
-        let (route, choice) = crate::route::Table::pick(route);
+        let (route, choice) = crate::route::Table::pick(route, cx.reach);
         let mut ex = Box::new(Exchange {
             route,
             is_head: req.method == "HEAD",

@@ -80,6 +80,20 @@ pub struct Ctx<'a> {
     pub spares: &'a mut Spares,
     /// Where a lingering close reads what it discards.
     pub sink: &'a mut Sink,
+    /// The backends' side (dialer, replicas), lent by the loop.
+    pub reach: &'a mut runtime::backend::Reach,
+    /// The relays' pipes and copy buffers, lent by the loop.
+    pub stock: &'a mut runtime::stock::Stock,
+}
+
+impl Ctx<'_> {
+    /// What a body's pump borrows for one call.
+    pub fn lent(&mut self) -> crate::body::Lent<'_> {
+        crate::body::Lent {
+            spares: self.spares,
+            stock: self.stock,
+        }
+    }
 }
 
 /// The backend side of a connection.

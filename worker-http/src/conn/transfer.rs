@@ -45,7 +45,7 @@ impl Conn {
                 &mut self.cbuf,
                 &b.stream,
                 &mut b.ready,
-                cx.spares,
+                &mut cx.lent(),
             ) {
                 Ok(n) => {
                     cx.stats.bytes_in += n;
@@ -119,7 +119,7 @@ impl Conn {
                         &mut ex.bbuf,
                         &self.client,
                         &mut self.cr,
-                        cx.spares,
+                        &mut cx.lent(),
                     )
                     .map_err(|e| Fail::Abort(format!("response from {}: {e}", ex.route.backend)))?;
                 cx.stats.bytes_out += n;

@@ -89,6 +89,7 @@ impl Conn {
             b.stream.as_fd(),
             &mut b.ready,
             &t.route.backend,
+            cx.stock,
         );
         cx.stats.bytes_in += p.up;
         cx.stats.bytes_out += p.down;

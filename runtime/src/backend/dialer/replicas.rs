@@ -2,7 +2,8 @@
 //! so it reads the [`Dialer`]'s fields, which stay private there).
 
 use super::super::connect::is_busy;
-use super::Dialer;
+use super::super::reach::Reach;
+use super::{Attempt, Dialer};
 use crate::balance::{Choice, Lease};
 use crate::stream::Stream;
 use proto::limits::Limits;
@@ -16,9 +17,9 @@ use std::time::{Duration, Instant};
 impl Dialer {
     /// A dialer for `r`: its one backend, or a backend of its pool picked
     /// by its `balance` policy.
-    pub fn for_route(r: &Route, now: Instant, limits: &Limits) -> Dialer {
-        match Choice::for_route(r) {
-            Some(c) => Dialer::balanced(c, now, limits),
+    pub fn for_route(r: &Route, reach: &mut Reach, now: Instant, limits: &Limits) -> Dialer {
+        match crate::balance::pool_of(r) {
+            Some((pool, policy)) => Dialer::balanced(reach.choose(pool, policy), now, limits),
             None => Dialer::new(r.via.backend.clone(), now, limits),
         }
     }
@@ -32,8 +33,9 @@ impl Dialer {
 
     /// Before an attempt: after a pass over every replica failed, a new
     /// pick.
-    pub(super) fn aim(&mut self) {
-        if let Some(b) = self.choice.as_mut().and_then(|c| c.attempt()) {
+    pub(super) fn aim(&mut self, reach: &mut Reach) {
+        let pick = self.choice.as_mut();
+        if let Some(b) = pick.and_then(|c| c.attempt(&mut reach.balance, &reach.health)) {
             self.target = b.clone();
         }
     }
@@ -43,11 +45,19 @@ impl Dialer {
     /// whose connects hang (its address black-holed, its accept queue
     /// full) costs a connection part of the timeout, not all of it.
     pub(super) fn attempt_started(&mut self, now: Instant, limits: &Limits) {
-        let Some(n) = self.choice.as_ref().map(|c| c.pool().len()) else {
-            return;
-        };
-        let share = limits.connect_timeout_ms / n.max(1) as u64;
-        self.attempt_until = Some(Tick::from(now + Duration::from_millis(share)));
+        let gives_way = self.choice.as_ref().map(|c| {
+            let share = limits.connect_timeout_ms / c.pool().len().max(1) as u64;
+            Tick::from(now + Duration::from_millis(share))
+        });
+        self.attempt = Attempt::UnderWay { gives_way };
+    }
+
+    /// The attempt under way (if any) runs to the connect timeout: no
+    /// replica to give way to any more.
+    pub(super) fn no_giving_way(&mut self) {
+        if let Attempt::UnderWay { .. } = self.attempt {
+            self.attempt = Attempt::UnderWay { gives_way: None };
+        }
     }
 
     /// The attempt in `socket` has not connected within its share: give
@@ -56,19 +66,22 @@ impl Dialer {
     /// the connect timeout.
     pub(super) fn stalled(
         &mut self,
+        reach: &mut Reach,
         socket: &mut Option<Stream>,
         ready: bool,
         now: Instant,
     ) -> bool {
-        match self.attempt_until {
-            Some(t) if Tick::from(now) >= t => self.attempt_until = None,
+        match self.attempt {
+            Attempt::UnderWay { gives_way: Some(t) } if Tick::from(now) >= t => {
+                self.no_giving_way()
+            }
             _ => return false,
         }
         if ready || socket.is_none() {
             return false;
         }
         let e = io::Error::from_raw_os_error(nix::libc::ETIMEDOUT);
-        if !self.fail_over(now, &e) {
+        if !self.fail_over(reach, now, &e) {
             return false;
         }
         *socket = None;
@@ -78,22 +91,23 @@ impl Dialer {
     /// The connect to `target` failed: the next replica this pass has not
     /// tried, at once. false: none left (or no replicas), go on as for
     /// one backend.
-    pub(super) fn fail_over(&mut self, now: Instant, e: &io::Error) -> bool {
-        let Some(next) = self.choice.as_mut().and_then(|c| c.fail_over()) else {
+    pub(super) fn fail_over(&mut self, reach: &mut Reach, now: Instant, e: &io::Error) -> bool {
+        let choice = self.choice.as_mut();
+        let Some(next) = choice.and_then(|c| c.fail_over(&mut reach.balance, &reach.health)) else {
             return false;
         };
         // One failure of that replica for the health checks; one that is
         // busy is only passed over, as a check counts it only when busy
         // for its whole timeout (`is_busy`).
         if !is_busy(e) {
-            crate::health::observe_failure(&self.target, e, false);
+            reach.health.observe_failure(&self.target, e, false);
         }
         proto::debug!(
             "backend {} failed ({e}); trying replica {next}",
             self.target
         );
         self.target = next.clone();
-        self.retry_at = Some(Tick::from(now));
+        self.attempt = Attempt::Due(Tick::from(now));
         true
     }
 
@@ -102,7 +116,7 @@ impl Dialer {
     /// route's pool is the same and takes a new one when it changed (a
     /// replica added, removed or moved); a route with one backend is
     /// [`Dialer::retarget`].
-    pub fn retarget_route(&mut self, r: &Route, now: Instant) {
+    pub fn retarget_route(&mut self, r: &Route, reach: &mut Reach, now: Instant) {
         match crate::balance::pool_of(r) {
             Some((pool, policy)) => {
                 if self
@@ -112,7 +126,7 @@ impl Dialer {
                 {
                     return;
                 }
-                self.rechoose(Choice::new(pool, policy), now);
+                self.rechoose(reach.choose(pool, policy), now);
             }
             None => self.retarget(&r.via.backend, now),
         }
@@ -124,7 +138,7 @@ impl Dialer {
         proto::debug!("replicas changed: dialling {} now", c.backend());
         self.target = c.backend().clone();
         self.choice = Some(Box::new(c));
-        self.attempt_until = None;
+        self.no_giving_way();
         self.wake(now);
     }
 
@@ -142,6 +156,6 @@ impl Dialer {
     /// What counts this connection against its replica (least-conn), to
     /// keep until the connection closes.
     pub fn take_lease(&mut self) -> Option<Lease> {
-        self.choice.take().map(|c| c.into_lease())
+        self.choice.take().and_then(|c| c.into_lease())
     }
 }
