@@ -37,7 +37,7 @@ pub const KEEP: [(Capability, &str); 7] = [
     ),
     (
         Capability::CAP_SYS_PTRACE,
-        "open /proc/<pid>/ns/* of containers with more caps than ours; workers with unix backends under /proc/<pid>/root need it after exec",
+        "open /proc/<pid>/ns/* and the provider roots /proc/<pid>/root of containers with more caps than ours (workers get the roots as fds)",
     ),
     (
         Capability::CAP_NET_BIND_SERVICE,
