@@ -219,8 +219,8 @@ fn garbage_after_init_is_ignored_and_the_worker_keeps_serving() {
 // ----------------------------------------- one meaning of update and drain
 //
 // The same control messages, sent by hand to a worker of each kind, have
-// the same effect (docs/ARCHITECTURE.md, "Update and drain"): all three
-// run proto's one loop.
+// the same effect (the rules: runtime/src/event_loop.rs): all three run
+// runtime's one loop.
 
 use proto::types::{Backend, Kind, Listen};
 use pvx_tests::direct;

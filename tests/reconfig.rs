@@ -116,9 +116,9 @@ impl Busy {
 
 #[test]
 fn removed_endpoint_drains_then_refuses() {
-    // The same drain for every kind (docs/ARCHITECTURE.md, "Update and
-    // drain"): the worker stops accepting, its busy connection finishes,
-    // then it exits 0; the endpoint next to it never notices.
+    // The same drain for every kind (runtime/src/event_loop.rs): the
+    // worker stops accepting, its busy connection finishes, then it exits
+    // 0; the endpoint next to it never notices.
     for kind in ["tcp", "http", "unix"] {
         let dir = TempDir::new(&format!("drain-{kind}"));
         let backend = echo_server();

@@ -8,6 +8,11 @@
 //!
 //! Tokens: 2 + 2*slot = a connection's client, 3 + 2*slot = its backend
 //! (0 and 1 are the loop's). Timer keys: slot << 32 | generation.
+//!
+//! Both sockets are registered once, edge-triggered, for read, write and
+//! priority; their readiness flags live in `Sockets` and are cleared on
+//! EAGAIN (or a short read that proves the socket empty), so no event
+//! costs an `epoll_ctl`: a short connection makes two `ADD`s in all.
 
 use crate::event_loop::{Cx, Handler};
 use crate::slab::Slab;

@@ -20,16 +20,20 @@
 //! handler's. Timer keys: at or above [`LOOP_KEYS`] the loop's; below, the
 //! handler's.
 //!
-//! One meaning of update and drain for every kind (docs/ARCHITECTURE.md,
-//! "Update and drain"):
+//! One meaning of update and drain for every kind (what a client sees:
+//! README, "What a reconfiguration touches"; `tests/control.rs` checks
+//! every kind alike):
 //! - Update: a config for another endpoint (kind, listen address or
 //!   consumer differ; the supervisor starts a new worker for those) is
 //!   refused with an error ack, as is one the handler refuses; the worker
 //!   keeps what it had, provider roots included. An applied one reaches
 //!   new connections; open ones keep their routes.
 //! - Drain: accept what is queued, close the listener, let the handler
-//!   finish its connections, exit when none is left or at the deadline. A
-//!   later drain only brings the deadline forward.
+//!   finish its connections, each at its own end (a tcp or unix relay once
+//!   both sides closed, an http connection at its next request boundary),
+//!   exit when none is left or at the deadline, where the handler's `cut`
+//!   has the last word (http answers `503` to a request that reached no
+//!   backend). A later drain only brings the deadline forward.
 
 use crate::accept::Acceptor;
 use crate::backend::{Reach, Roots};

@@ -1,7 +1,7 @@
 //! PROXY protocol header (HAProxy's spec, v1 text and v2 binary) that a tcp
 //! link with `proxy_protocol` sends to its backend before any client byte,
-//! so the backend learns the real client address. Here in proto, not in
-//! the tcp worker, because the health checks (`health.rs`) open their
+//! so the backend learns the real client address. Here in runtime, not in
+//! the tcp worker, because the health checks (`prober.rs`) open their
 //! connections to such a backend with it too ([`local`]).
 
 use proto::types::ProxyProtocol;

@@ -1,5 +1,21 @@
 //! A connected stream socket of either family, so workers handle tcp and
 //! unix clients and backends with one code path.
+//!
+//! Segments per connection (issue 11): on loopback the sender pays for the
+//! receiver's TCP work too, so every segment a short connection causes is
+//! CPU of ours. Each of these saves one, and its place says how:
+//! - a direction's last bytes and the FIN after them leave as one segment
+//!   ([`MSG_MORE`]; `Direction::write_last`, `relay.rs`; the http worker's
+//!   `Out::flush_with` for a response after which it closes);
+//! - accepted clients delay their ACKs (`TCP_QUICKACK` off on the listener,
+//!   [`Listener::from_fd`], inherited by every accepted socket: HAProxy's
+//!   tcp-smart-accept), so the ACK of a request rides on its answer;
+//! - a tcp backend's handshake ACK waits for our first bytes
+//!   (`backend/connect.rs`: HAProxy's tcp-smart-connect), sent at once by
+//!   the first relay pass that has nothing for it (`conns/sockets.rs`).
+//!
+//! `tests/tcp_short.rs` and `tests/http.rs` count them (`TCP_INFO`);
+//! `scripts/bench-syscalls.sh` measures them (README, "Measured").
 
 use mio::event::{Event, Source};
 use mio::net::{TcpStream, UnixStream};

@@ -29,11 +29,16 @@ REQ_KEEP = b"GET " + PATH + b" HTTP/1.1\r\nHost: bench\r\n\r\n"
 
 
 def config(listen, backend_port):
+    # A route is its link's position and the link's routing fields (`via`,
+    # proto::graph::Via), as the supervisor sends it.
     route = {
-        "link": 0, "name": "bench", "consumer": "EXTERNAL", "provider": "p",
-        "provider_pid": 0, "role": "any",
-        "backend": {"tcp": f"127.0.0.1:{backend_port}"}, "prefix": "/",
-        "strip_prefix": True, "host": None, "sni": None, "proxy_protocol": None,
+        "link": 0,
+        "via": {
+            "name": "bench", "consumer": "EXTERNAL", "provider": "p",
+            "provider_pid": 0, "role": "any",
+            "backend": {"tcp": f"127.0.0.1:{backend_port}"}, "prefix": "/",
+            "strip_prefix": True, "host": None, "sni": None, "proxy_protocol": None,
+        },
     }
     return {
         "endpoint": {

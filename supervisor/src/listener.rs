@@ -46,7 +46,9 @@ pub fn create(key: &EndpointKey, ours: &[i32]) -> Result<OwnedFd, String> {
 
 /// Inode of the namespace an endpoint's listener is made in: the network
 /// namespace of `pid` for tcp, its mount namespace for unix (0: our own).
-/// It names the namespace while that exists.
+/// It names the namespace while that exists; a tcp listener keeps its
+/// network namespace alive, so while the endpoint runs no other network
+/// namespace can take that inode.
 pub fn ns_inode(key: &EndpointKey) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
     let kind = match key.listen {

@@ -1,7 +1,27 @@
 //! The supervisor's own capabilities: it keeps what creating listeners in
 //! other containers and starting workers needs, and drops the rest from
 //! every set (bounding included, so nothing it execs can get more back).
-//! See docs/ARCHITECTURE.md, "Privileges", for the reasoning per cap.
+//!
+//! Kept ([`KEEP`]), in bounding, permitted and effective alike (`CapEff =
+//! CapPrm = CapBnd = 0x2c050a`; inheritable and ambient empty,
+//! `no_new_privs` set; `tests/ops.rs` reads them from `/proc/<pid>/status`):
+//! - `CAP_SYS_ADMIN` and `CAP_SYS_CHROOT`: `setns()` into a consumer's
+//!   network or mount namespace, in the forked helper of `listener.rs`;
+//! - `CAP_SYS_PTRACE`: opening `/proc/<pid>/ns/*` and `/proc/<pid>/root`
+//!   (the provider roots, `roots.rs`) of a container process with more
+//!   capabilities than ours is a ptrace-mode access. Workers no longer
+//!   need it: they get the roots as fds;
+//! - `CAP_NET_BIND_SERVICE`: listeners below port 1024 (http on :80);
+//! - `CAP_DAC_OVERRIDE`: the consumer's socket directory and file,
+//!   whoever owns the path; a worker reaching a provider's socket keeps it
+//!   after exec (`runtime::worker::kept_caps`);
+//! - `CAP_FOWNER`: replacing a stale socket another user left in a sticky
+//!   directory (`/tmp`);
+//! - `CAP_SETPCAP`: each worker shrinks its own bounding set after exec.
+//!
+//! Not kept: `CAP_KILL` (workers run as our uid: signalling them needs
+//! none), `CAP_NET_ADMIN`, `CAP_NET_RAW`, `CAP_SYS_RESOURCE` (workers raise
+//! `RLIMIT_NOFILE` only up to the hard limit), and everything else.
 
 use caps::Capability;
 
@@ -17,7 +37,7 @@ pub const KEEP: [(Capability, &str); 7] = [
     ),
     (
         Capability::CAP_SYS_PTRACE,
-        "open /proc/<pid>/ns/* of containers with more caps than ours; workers with unix backends under /proc/<pid>/root need it after exec",
+        "open /proc/<pid>/ns/* and the provider roots /proc/<pid>/root of containers with more caps than ours (workers get the roots as fds)",
     ),
     (
         Capability::CAP_NET_BIND_SERVICE,

@@ -11,6 +11,14 @@
 //! update therefore does not change what a restarted worker runs behind
 //! the supervisor's back: a supervisor runs the workers it started with
 //! until it is itself restarted.
+//!
+//! What a worker inherits: fd 3 only (`dup2`ed here), then its listener and
+//! provider roots with Init (and roots with each Update). Every other fd
+//! the supervisor opens is close-on-exec (`SOCK_CLOEXEC`,
+//! `MSG_CMSG_CLOEXEC`, `EPOLL_CLOEXEC`, std's defaults), and what it
+//! inherited from its own parent is made so at start
+//! (`privileges::seal_inherited_fds`); the worker closes whatever else it
+//! finds (`runtime::worker::close_stray_fds`).
 
 use nix::unistd::Pid;
 use proto::ctl::{self, ToWorker, WorkerConfig, WORKER_CTL_FD};

@@ -3,7 +3,7 @@
 //! front of `buf` and go first.
 //!
 //! - Content-Length and read-until-close bodies: the buffered part by
-//!   write(2), then `splice(2)` through a pipe (proto's relay) with the
+//!   write(2), then `splice(2)` through a pipe (runtime's relay) with the
 //!   exact byte limit, so a pipelined next request is never read.
 //! - Chunked bodies: read into the fixed buffer, scanned by the chunked
 //!   parser to find the end, chunks written out unchanged; the rest of a
@@ -49,7 +49,7 @@ impl fmt::Display for BodyError {
     }
 }
 
-/// proto's relay says which side a splice failed on; anything else
+/// runtime's relay says which side a splice failed on; anything else
 /// (pipe creation, shutdown of the destination) is the destination's.
 fn splice_error(e: io::Error) -> BodyError {
     match runtime::relay::SpliceError::side_of(&e) {

@@ -1,4 +1,4 @@
-//! The http worker's connections as they plug into proto's worker loop
+//! The http worker's connections as they plug into runtime's worker loop
 //! (`runtime::event_loop`): [`Conns`] is its `Handler`. It holds the client
 //! connections (`conn/`), the idle backend pool (`pool.rs`), the owner of
 //! each backend socket (`keys.rs`) and the route table, and maps events and

@@ -1,7 +1,7 @@
 //! mio tokens and timer keys: which socket an event is for, and which
 //! deadline a timer entry belongs to.
 //!
-//! Tokens (0 and 1 are proto's loop's: listener, control socket):
+//! Tokens (0 and 1 are runtime's loop's: listener, control socket):
 //! `2 + slot` for a client socket. A backend socket's token is its fd
 //! (with the top bit set), registered once for the socket's life: it moves
 //! between a connection and the idle pool by updating [`Owners`], with no

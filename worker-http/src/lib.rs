@@ -19,7 +19,7 @@ pub mod route;
 /// The worker's process: serves one http or rest endpoint and all the
 /// http links (routes) on it (README, "HTTP ingress"). Runs as `pvx-worker-http
 /// 0.0.0.0:80 consumer=EXTERNAL`, started by the supervisor only (fd 3 =
-/// control socket; argv is just for `ps`). The loop is proto's
+/// control socket; argv is just for `ps`). The loop is runtime's
 /// (`runtime::event_loop`); `conns.rs` plugs this worker's connections in.
 pub fn main() -> ! {
     runtime::event_loop::main::<conns::Conns>("http")

@@ -3,13 +3,13 @@
 //! modules, reachable from the fuzz targets in `fuzz/` and unit tests.
 
 pub mod conn;
-/// Lives in proto (the health checks send it too); named here as before.
+/// Lives in runtime (the health checks send it too); named here as before.
 pub use runtime::proxy_header;
 pub mod sni;
 
 /// The worker's process: runs as `pvx-worker-tcp <listen> consumer=<name>`,
 /// started by the supervisor only (fd 3 = control socket; argv is just for
-/// `ps`). The loop is proto's (`runtime::event_loop`, connections plugged in
+/// `ps`). The loop is runtime's (`runtime::event_loop`, connections plugged in
 /// through `runtime::conns`); this crate brings the connection: `conn.rs`
 /// (states), `sni.rs`; the PROXY header is `runtime::proxy_header`.
 pub fn main() -> ! {

@@ -1,5 +1,5 @@
 //! The reconcile (BEHAVIOUR §4): the plan of a new graph against the running
-//! endpoints, touching only what changed (docs/ARCHITECTURE.md has the
+//! endpoints, touching only what changed ([`Daemon::apply`] has the
 //! flow). Endpoints that could not be made are tried again on the
 //! backoff (`pending.rs` keeps their record).
 
@@ -16,16 +16,19 @@ use std::time::Instant;
 
 impl Daemon {
     /// Reconcile the running endpoints with the graph, touching only what
-    /// changed (BEHAVIOUR §4; docs/ARCHITECTURE.md has the flow):
+    /// changed (BEHAVIOUR §4):
     ///
-    /// - same endpoint, other routes or providers: Update to the live worker;
+    /// - same endpoint, other routes or providers: Update to the live worker
+    ///   (also when unchanged but the worker has not acked the last one);
     /// - endpoint gone: its worker drains, its listener closes;
     /// - new endpoint: listener made in the consumer's namespace, worker started;
     /// - same address, other kind or consumer: the worker is replaced on the
     ///   same listening socket;
     /// - new consumer pid: a new endpoint in the new namespace, unless the
     ///   new pid lives in the very network namespace the tcp listener is in
-    ///   (a container sharing the host network), where it is the same socket.
+    ///   (a container sharing the host network), where it is the same socket;
+    /// - a worker given up (`--max-retries`): restarted with a fresh count;
+    /// - a pending endpoint: tried now; one no longer in the graph is dropped.
     pub fn apply(&mut self, links: &[Link], refused: Vec<Refusal>) {
         let plan = plan::build_preferring(links, refused, |k| {
             self.endpoints

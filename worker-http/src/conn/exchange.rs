@@ -5,6 +5,14 @@
 //! to the pool, then the next request or the close). Moving its bytes is
 //! `transfer.rs`; its response heads, `response.rs`; after a `101` the
 //! connection is a tunnel (`tunnel.rs`).
+//!
+//! Only a request safe to repeat ([`replayable`]) goes on a pooled
+//! connection, and only such a request is ever sent a second time (once,
+//! after its connection closed without a response byte); any other gets a
+//! new connection and is never sent twice. Stricter than HAProxy's
+//! `http-reuse safe` (which keeps only a client's first request off reused
+//! connections): a non-idempotent request never meets a stale connection,
+//! at the price of one connect to a local backend.
 
 use super::{BackendConn, Conn, Ctx, Fail, Phase};
 use crate::body::Pump;

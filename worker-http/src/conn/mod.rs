@@ -13,7 +13,8 @@
 //! ```
 //! `drive` runs the machine until no socket can make progress (edge-
 //! triggered readiness requires it); the event loop calls it after every
-//! event and timer for this connection.
+//! event and timer for this connection. One exchange at a time: pipelined
+//! requests wait in the client buffer, so answers go out in order.
 //!
 //! The children, by phase: `read_head.rs` (ReadHead), `exchange.rs` (an
 //! exchange's data, how it starts and ends), `dial.rs` (Connecting),
