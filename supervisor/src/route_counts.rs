@@ -4,55 +4,58 @@
 //! never goes back when a worker is restarted.
 
 use proto::ctl::RouteStats;
-use std::collections::BTreeMap;
 
-/// Keyed by the route's first link's name (the `link` label).
+/// Each sorted by link name (the `link` label), one entry per route:
+/// found by binary search. (Vectors rather than maps: the supervisor is
+/// built for size, and a map of a new value type builds its own code.)
 #[derive(Debug, Default)]
 pub struct RouteCounts {
     /// What the endpoint's earlier workers counted.
-    base: BTreeMap<String, RouteStats>,
+    base: Vec<RouteStats>,
     /// The current worker's last report of each route.
-    now: BTreeMap<String, RouteStats>,
+    now: Vec<RouteStats>,
+}
+
+/// Put `r` in `into` (sorted by link): replace the entry of its route, or
+/// add to it (`add`: the sum of both).
+fn put(into: &mut Vec<RouteStats>, r: RouteStats, add: bool) {
+    match into.binary_search_by(|e| e.link.as_str().cmp(&r.link)) {
+        Ok(i) if add => into[i] = into[i].then(&r),
+        Ok(i) => into[i] = r,
+        Err(i) => into.insert(i, r),
+    }
 }
 
 impl RouteCounts {
     /// A worker's report: each entry replaces that route's last one.
     pub fn report(&mut self, routes: Vec<RouteStats>) {
         for r in routes {
-            self.now.insert(r.link.clone(), r);
+            put(&mut self.now, r, false);
         }
     }
 
     /// The current worker is gone: what it counted stays.
     pub fn worker_gone(&mut self) {
-        for (link, r) in std::mem::take(&mut self.now) {
-            let sum = match self.base.get(&link) {
-                Some(b) => b.then(&r),
-                None => r,
-            };
-            self.base.insert(link, sum);
+        for r in std::mem::take(&mut self.now) {
+            put(&mut self.base, r, true);
         }
     }
 
-    /// Forget routes the graph no longer has (`links`: the endpoint's
-    /// route names now), so the series stay bounded by the graph.
-    pub fn keep_only<'a>(&mut self, links: impl Iterator<Item = &'a str>) {
-        let keep: std::collections::BTreeSet<&str> = links.collect();
-        self.base.retain(|l, _| keep.contains(l.as_str()));
-        self.now.retain(|l, _| keep.contains(l.as_str()));
+    /// Forget routes the graph no longer has (`has`: whether the
+    /// endpoint still has a route of that name), so the series stay
+    /// bounded by the graph.
+    pub fn keep_only(&mut self, has: impl Fn(&str) -> bool) {
+        self.base.retain(|r| has(&r.link));
+        self.now.retain(|r| has(&r.link));
     }
 
     /// Every route's counters over all workers, by link name.
     pub fn totals(&self) -> Vec<RouteStats> {
         let mut all = self.base.clone();
-        for (link, r) in &self.now {
-            let sum = match all.get(link) {
-                Some(b) => b.then(r),
-                None => r.clone(),
-            };
-            all.insert(link.clone(), sum);
+        for r in &self.now {
+            put(&mut all, r.clone(), true);
         }
-        all.into_values().collect()
+        all
     }
 }
 
@@ -85,7 +88,7 @@ mod tests {
         );
         assert_eq!(t[0].status[1], 5);
         assert_eq!((t[1].link.as_str(), t[1].total()), ("b", 1));
-        c.keep_only(["b"].into_iter());
+        c.keep_only(|l| l == "b");
         assert_eq!(c.totals().len(), 1);
     }
 }

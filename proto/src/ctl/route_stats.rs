@@ -60,13 +60,20 @@ impl End {
 pub const DURATION_BUCKETS_MS: [u64; 11] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000];
 
 /// One route's counters.
+///
+/// On the control channel it travels as `{"link": NAME, "n": "N N ..."}`,
+/// its numbers as one line of text in field order: stats messages are an
+/// internally tagged enum, which serde buffers through its `Content`
+/// type, and there each array length and each element type builds a
+/// deserializer of its own (+7.8 KiB of the executable for these arrays);
+/// a string costs nothing more, and stays readable in `strace -s`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "Wire", try_from = "Wire")]
 pub struct RouteStats {
     /// The route's first link's name.
     pub link: String,
     /// http: responses sent by status class, 1xx to 5xx (a request
-    /// answered by us, 404 or 502, counts too). Empty for tcp and unix.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    /// answered by us, 404 or 502, counts too). Zero for tcp and unix.
     pub status: [u64; 5],
     /// Requests (http) or connections (tcp, unix) by how they ended, in
     /// [`End::ALL`]'s order.
@@ -81,8 +88,54 @@ pub struct RouteStats {
     pub duration_ms: u64,
 }
 
-fn is_zero(a: &[u64; 5]) -> bool {
-    a.iter().all(|&n| n == 0)
+/// How many numbers a [`RouteStats`] is on the wire.
+const NUMBERS: usize = 5 + 7 + 2 + 12 + 1;
+
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    link: String,
+    n: String,
+}
+
+impl From<RouteStats> for Wire {
+    fn from(r: RouteStats) -> Wire {
+        use std::fmt::Write;
+        let mut n = String::with_capacity(NUMBERS * 4);
+        for (i, v) in r.numbers().enumerate() {
+            let _ = write!(n, "{}{v}", if i == 0 { "" } else { " " });
+        }
+        Wire { link: r.link, n }
+    }
+}
+
+impl TryFrom<Wire> for RouteStats {
+    type Error = String;
+
+    fn try_from(w: Wire) -> Result<RouteStats, String> {
+        let mut v = [0u64; NUMBERS];
+        let mut words = w.n.split(' ');
+        for slot in v.iter_mut() {
+            *slot = words.next().and_then(|x| x.parse().ok()).ok_or_else(|| {
+                format!(
+                    "route {:?}: counters {:?} are not {NUMBERS} numbers",
+                    w.link, w.n
+                )
+            })?;
+        }
+        if words.next().is_some() {
+            return Err(format!("route {:?}: more than {NUMBERS} counters", w.link));
+        }
+        let mut r = RouteStats::new(&w.link);
+        let (status, rest) = v.split_at(5);
+        let (ends, rest) = rest.split_at(7);
+        r.status.copy_from_slice(status);
+        r.ends.copy_from_slice(ends);
+        r.bytes_in = rest[0];
+        r.bytes_out = rest[1];
+        r.duration.copy_from_slice(&rest[2..14]);
+        r.duration_ms = rest[14];
+        Ok(r)
+    }
 }
 
 impl RouteStats {
@@ -107,6 +160,17 @@ impl RouteStats {
             .unwrap_or(DURATION_BUCKETS_MS.len());
         self.duration[bucket] += 1;
         self.duration_ms = self.duration_ms.saturating_add(duration_ms);
+    }
+
+    /// Every number, in field order (the wire's).
+    fn numbers(&self) -> impl Iterator<Item = u64> + '_ {
+        self.status
+            .iter()
+            .chain(&self.ends)
+            .chain([&self.bytes_in, &self.bytes_out])
+            .chain(&self.duration)
+            .chain([&self.duration_ms])
+            .copied()
     }
 
     /// Requests or connections counted.
@@ -136,5 +200,32 @@ impl RouteStats {
             duration: std::array::from_fn(|i| duration[i] + later.duration[i]),
             duration_ms: duration_ms.saturating_add(later.duration_ms),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_travel_as_one_line_of_numbers() {
+        let mut r = RouteStats::new("a \"b\"");
+        r.count(Some(201), End::Complete, 7);
+        r.count(None, End::ClientGone, 20_000);
+        (r.bytes_in, r.bytes_out) = (10, u64::MAX);
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(
+            json.contains(r#""n":"0 1 0 0 0 1 1 0 0 0 0 0 10 18446744073709551615 0 1 0"#),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<RouteStats>(&json).unwrap(), r);
+        for bad in [r#"{"link":"x","n":"1 2"}"#, r#"{"link":"x","n":"-1"}"#] {
+            let e = serde_json::from_str::<RouteStats>(bad)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("route \"x\""), "{e}");
+        }
+        let long = format!(r#"{{"link":"x","n":"{}"}}"#, ["0"; NUMBERS + 1].join(" "));
+        assert!(serde_json::from_str::<RouteStats>(&long).is_err());
     }
 }

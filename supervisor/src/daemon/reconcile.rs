@@ -82,7 +82,7 @@ impl Daemon {
             }
             let changed = !same_config(&r.ep, &ep);
             r.route_counts
-                .keep_only(ep.routes.iter().map(|r| r.via.name.as_str()));
+                .keep_only(|l| ep.routes.iter().any(|x| x.via.name == l));
             r.ep = ep;
             if matches!(r.state, State::Failed { .. }) {
                 // Re-applying the graph gives a given-up endpoint a new chance.

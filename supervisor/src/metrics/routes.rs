@@ -8,7 +8,6 @@ use super::{escape, labels};
 use crate::status::EndpointStatus;
 use proto::ctl::{End, RouteStats, DURATION_BUCKETS_MS};
 use proto::types::Kind;
-use std::fmt::Write;
 
 /// Every route of every endpoint, with its labels.
 fn rows<'a>(
@@ -23,8 +22,31 @@ fn rows<'a>(
 }
 
 fn head(out: &mut String, name: &str, ty: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {ty}");
+    for (what, text) in [("HELP", help), ("TYPE", ty)] {
+        out.push_str("# ");
+        out.push_str(what);
+        out.push(' ');
+        out.push_str(name);
+        out.push(' ');
+        out.push_str(text);
+        out.push('\n');
+    }
+}
+
+/// One sample: `name{labels,extra} value` (`extra` may be empty). Not
+/// generic and not inlined: every sample of these families is this call.
+#[inline(never)]
+fn sample(out: &mut String, name: &str, labels: &str, extra: &str, value: &str) {
+    out.push_str(name);
+    out.push('{');
+    out.push_str(labels);
+    if !extra.is_empty() {
+        out.push(',');
+        out.push_str(extra);
+    }
+    out.push_str("} ");
+    out.push_str(value);
+    out.push('\n');
 }
 
 pub(super) fn render(out: &mut String, eps: &[EndpointStatus]) {
@@ -38,12 +60,9 @@ pub(super) fn render(out: &mut String, eps: &[EndpointStatus]) {
         eps.iter()
             .filter(|e| matches!(e.kind, Kind::Http | Kind::Rest)),
     ) {
-        for (i, n) in r.status.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "pvx_route_responses_total{{{l},class=\"{}xx\"}} {n}",
-                i + 1
-            );
+        for (class, n) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().zip(r.status) {
+            let extra = format!("class=\"{class}\"");
+            sample(out, "pvx_route_responses_total", &l, &extra, &n.to_string());
         }
     }
     head(
@@ -54,11 +73,8 @@ pub(super) fn render(out: &mut String, eps: &[EndpointStatus]) {
     );
     for (l, r) in rows(eps.iter()) {
         for (end, n) in End::ALL.iter().zip(r.ends) {
-            let _ = writeln!(
-                out,
-                "pvx_route_ends_total{{{l},end=\"{}\"}} {n}",
-                end.as_str()
-            );
+            let extra = format!("end=\"{}\"", end.as_str());
+            sample(out, "pvx_route_ends_total", &l, &extra, &n.to_string());
         }
     }
     head(
@@ -68,43 +84,35 @@ pub(super) fn render(out: &mut String, eps: &[EndpointStatus]) {
         "Bytes of the route's requests or connections: in = client to backend, out = backend to client.",
     );
     for (l, r) in rows(eps.iter()) {
-        let _ = writeln!(
-            out,
-            "pvx_route_bytes_total{{{l},direction=\"in\"}} {}",
-            r.bytes_in
-        );
-        let _ = writeln!(
-            out,
-            "pvx_route_bytes_total{{{l},direction=\"out\"}} {}",
-            r.bytes_out
-        );
+        for (dir, n) in [("in", r.bytes_in), ("out", r.bytes_out)] {
+            let extra = format!("direction=\"{dir}\"");
+            sample(out, "pvx_route_bytes_total", &l, &extra, &n.to_string());
+        }
     }
+    let h = "pvx_route_duration_seconds";
     head(
         out,
-        "pvx_route_duration_seconds",
+        h,
         "histogram",
         "How long the route's requests (http: from the head's first byte to the response's end) or connections (tcp, unix) took.",
     );
     for (l, r) in rows(eps.iter()) {
         let mut below = 0u64;
-        for (bound, n) in DURATION_BUCKETS_MS.iter().zip(r.duration) {
+        let bounds = DURATION_BUCKETS_MS.iter().map(|&b| super::seconds(b));
+        for (bound, n) in bounds.chain(["+Inf".to_string()]).zip(r.duration) {
             below += n;
-            let _ = writeln!(
+            let extra = format!("le=\"{bound}\"");
+            sample(
                 out,
-                "pvx_route_duration_seconds_bucket{{{l},le=\"{}\"}} {below}",
-                super::seconds(*bound)
+                "pvx_route_duration_seconds_bucket",
+                &l,
+                &extra,
+                &below.to_string(),
             );
         }
-        let _ = writeln!(
-            out,
-            "pvx_route_duration_seconds_bucket{{{l},le=\"+Inf\"}} {}",
-            r.total()
-        );
-        let _ = writeln!(
-            out,
-            "pvx_route_duration_seconds_sum{{{l}}} {}",
-            super::seconds(r.duration_ms)
-        );
-        let _ = writeln!(out, "pvx_route_duration_seconds_count{{{l}}} {}", r.total());
+        let sum = super::seconds(r.duration_ms);
+        sample(out, "pvx_route_duration_seconds_sum", &l, "", &sum);
+        let count = r.total().to_string();
+        sample(out, "pvx_route_duration_seconds_count", &l, "", &count);
     }
 }
