@@ -167,12 +167,22 @@ impl Table {
     /// The route for a request. `host`: the normalised `Host` (see
     /// [`normalise_host`]); `path`: the request path without the query.
     pub fn lookup(&self, host: Option<&str>, path: &str) -> Option<&Rc<Entry>> {
+        self.find(host, path).map(|(_, e)| e)
+    }
+
+    /// [`Table::lookup`], with the route's position in the config's
+    /// routes (the table's entries are theirs, in their order): the
+    /// route's counters are kept by it (`runtime::route_book`).
+    pub fn find(&self, host: Option<&str>, path: &str) -> Option<(usize, &Rc<Entry>)> {
         self.entries
             .iter()
-            .filter(|e| prefix_matches(&e.prefix, path))
-            .filter_map(|e| host_rank(e.host.as_deref(), host).map(|r| (r, e.prefix.len(), e)))
-            .max_by_key(|(rank, len, _)| (*rank, *len))
-            .map(|(_, _, e)| e)
+            .enumerate()
+            .filter(|(_, e)| prefix_matches(&e.prefix, path))
+            .filter_map(|(i, e)| {
+                host_rank(e.host.as_deref(), host).map(|r| (r, e.prefix.len(), i, e))
+            })
+            .max_by_key(|(rank, len, _, _)| (*rank, *len))
+            .map(|(_, _, i, e)| (i, e))
     }
 }
 

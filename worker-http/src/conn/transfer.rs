@@ -6,10 +6,20 @@
 //! read in `response.rs`.
 
 use super::exchange::Resp;
+use super::record::Cause;
 use super::response::read_response_head;
 use super::{Conn, Ctx, Fail, Phase};
 use crate::body::BodyError;
 use crate::head::Persist;
+
+/// Why a response body stopped: which side failed.
+fn response_cause(e: &BodyError) -> Cause {
+    match e {
+        BodyError::Src(_) => Cause::BackendClosed,
+        BodyError::Dst(_) => Cause::ClientGone,
+        BodyError::Framing(_) => Cause::BadResponse,
+    }
+}
 
 impl Conn {
     /// One pass of the Exchange phase: request head and body out, then
@@ -24,7 +34,7 @@ impl Conn {
             let extra = ex
                 .req
                 .buffered(&self.cbuf)
-                .map_err(|e| Fail::Status(400, format!("request {e}")))?;
+                .map_err(|e| Fail::Status(400, Cause::BadBody, format!("request {e}")))?;
             let (h, n) = ex
                 .head
                 .flush_with(&b.stream, &mut b.ready, &mut self.cbuf, extra, false)
@@ -36,6 +46,8 @@ impl Conn {
                 ex.replayable = false;
             }
             cx.stats.bytes_in += (h + n) as u64;
+            // The head was counted as the client sent it.
+            ex.rec.bytes_in += n as u64;
             progress |= h + n > 0;
         }
         if ex.head.is_empty() && !ex.req.is_done() && !ex.req_broken {
@@ -49,6 +61,7 @@ impl Conn {
             ) {
                 Ok(n) => {
                     cx.stats.bytes_in += n;
+                    ex.rec.bytes_in += n;
                     progress |= n > 0;
                 }
                 Err(BodyError::Dst(e)) => {
@@ -57,9 +70,11 @@ impl Conn {
                     ex.req_broken = true;
                     progress = true;
                 }
-                Err(e @ BodyError::Src(_)) => return Err(Fail::Abort(format!("request {e}"))),
+                Err(e @ BodyError::Src(_)) => {
+                    return Err(Fail::Abort(Cause::ClientGone, format!("request {e}")))
+                }
                 Err(e @ BodyError::Framing(_)) => {
-                    return Err(Fail::Status(400, format!("request {e}")))
+                    return Err(Fail::Status(400, Cause::BadBody, format!("request {e}")))
                 }
             }
         }
@@ -77,13 +92,17 @@ impl Conn {
                 self.closing || cx.draining,
                 cx.spares,
             )?;
+            if ex.resp_bytes {
+                ex.rec.waited(ex.sent_at, cx.now, true);
+            }
             let queued = !self.cout.is_empty();
             if queued {
                 // The response head and the body bytes already read leave together.
                 let (extra, pump) = match &mut ex.resp {
                     Resp::Body(p) => (
                         p.buffered(&ex.bbuf).map_err(|e| {
-                            Fail::Abort(format!("response from {}: {e}", ex.route.backend))
+                            let why = format!("response from {}: {e}", ex.route.backend);
+                            Fail::Abort(Cause::BadResponse, why)
                         })?,
                         Some(p),
                     ),
@@ -99,11 +118,14 @@ impl Conn {
                 let (h, n) = self
                     .cout
                     .flush_with(&self.client, &mut self.cr, &mut ex.bbuf, extra, last)
-                    .map_err(|e| Fail::Abort(format!("writing response: {e}")))?;
+                    .map_err(|e| {
+                        Fail::Abort(Cause::ClientGone, format!("writing response: {e}"))
+                    })?;
                 if let Some(p) = pump {
                     p.advance(n);
                 }
                 cx.stats.bytes_out += (h + n) as u64;
+                ex.rec.bytes_out += (h + n) as u64;
                 progress |= h + n > 0;
             }
             if !(queued && self.cout.is_empty() && matches!(ex.resp, Resp::Head)) {
@@ -121,8 +143,12 @@ impl Conn {
                         &mut self.cr,
                         &mut cx.lent(),
                     )
-                    .map_err(|e| Fail::Abort(format!("response from {}: {e}", ex.route.backend)))?;
+                    .map_err(|e| {
+                        let why = format!("response from {}: {e}", ex.route.backend);
+                        Fail::Abort(response_cause(&e), why)
+                    })?;
                 cx.stats.bytes_out += n;
+                ex.rec.bytes_out += n;
                 progress |= n > 0;
                 if p.is_done() {
                     ex.resp = Resp::Done;

@@ -1,0 +1,329 @@
+//! What a request is written down as when it ends (issue 20): its route's
+//! counters (`runtime::route_book`, always) and its access line
+//! (`--access-log`, README "Access log", http lines). A request keeps its
+//! [`Record`] from its head to its end, through its exchange and, after a
+//! `101`, its tunnel; every place a request ends calls [`Conn::ended`]
+//! once, with the [`Cause`] when it did not end served.
+//!
+//! The times are the loop's (`Ctx::now`), taken where the request moves
+//! on anyway: no clock is read for them. A request refused before any
+//! route (a bad or oversized head, a head timeout, no route) has no
+//! record of its own: one is made at its end from what its head holds.
+
+use super::{Conn, Phase};
+use crate::route::Entry;
+use proto::ctl::End;
+use runtime::access::{MAX_PATH, MAX_VALUE};
+use runtime::ledger::Ledger;
+use runtime::route_book::RouteRef;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// Why a request did not end served: the access line's `reason=`, and
+/// the `end=` (and the route's `end` label) it counts under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Cause {
+    /// The request head is malformed (400).
+    BadRequest,
+    /// The request body's chunked framing is malformed (400).
+    BadBody,
+    /// No route for the request's host and path (404).
+    NoRoute,
+    /// The request head exceeds `--max-head-bytes` (431).
+    HeadTooLarge,
+    /// The request head did not arrive within `--head-timeout` (408).
+    HeadTimeout,
+    /// The request body stalled for the idle timeout (408).
+    BodyTimeout,
+    /// No connection to the backend: refused, absent, down, the hold
+    /// over (502).
+    Unreachable,
+    /// The connect did not complete within `--connect-timeout`, or was
+    /// still under way at the hold's end (504).
+    ConnectTimeout,
+    /// No response head within `--response-timeout` (504).
+    ResponseTimeout,
+    /// The backend closed or reset before or during its response (502
+    /// when nothing was sent yet).
+    BackendClosed,
+    /// The backend's response cannot be relayed: a malformed or too large
+    /// head, a `101` not asked for, a malformed chunked body (502 when
+    /// nothing was sent yet).
+    BadResponse,
+    /// The client closed or reset before its response was out.
+    ClientGone,
+    /// No bytes either way for the idle timeout, once the response had
+    /// begun (or in a tunnel).
+    IdleTimeout,
+    /// A drain's deadline cut it (503 when nothing was sent yet).
+    Drained,
+}
+
+impl Cause {
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Cause::BadRequest => "bad_request",
+            Cause::BadBody => "bad_body",
+            Cause::NoRoute => "no_route",
+            Cause::HeadTooLarge => "head_too_large",
+            Cause::HeadTimeout => "head_timeout",
+            Cause::BodyTimeout => "body_timeout",
+            Cause::Unreachable => "backend_unreachable",
+            Cause::ConnectTimeout => "connect_timeout",
+            Cause::ResponseTimeout => "response_timeout",
+            Cause::BackendClosed => "backend_closed",
+            Cause::BadResponse => "bad_response",
+            Cause::ClientGone => "client_gone",
+            Cause::IdleTimeout => "idle_timeout",
+            Cause::Drained => "drained",
+        }
+    }
+
+    pub(super) fn end(self) -> End {
+        match self {
+            Cause::BadRequest | Cause::BadBody | Cause::NoRoute | Cause::HeadTooLarge => {
+                End::Refused
+            }
+            Cause::HeadTimeout
+            | Cause::BodyTimeout
+            | Cause::ConnectTimeout
+            | Cause::ResponseTimeout
+            | Cause::IdleTimeout => End::Timeout,
+            Cause::Unreachable => End::BackendFailed,
+            Cause::BackendClosed | Cause::BadResponse => End::BackendReset,
+            Cause::ClientGone => End::ClientGone,
+            Cause::Drained => End::Drained,
+        }
+    }
+}
+
+/// One request's story so far: what its line and its route's counters
+/// say when it ends. Kept in the (boxed) exchange, then its tunnel: an
+/// idle connection carries none.
+pub(super) struct Record {
+    /// The route it counts under; None: refused before any route.
+    route: Option<RouteRef>,
+    /// The request head's first byte was read then.
+    start: Instant,
+    /// Bytes from the client: its request head as it sent it, and the
+    /// body (after a `101`, the tunnel's bytes too).
+    pub(super) bytes_in: u64,
+    /// Bytes to the client: response heads as we wrote them, the body, an
+    /// answer of ours (after a `101`, the tunnel's bytes too).
+    pub(super) bytes_out: u64,
+    /// The status of the last response head queued for the client.
+    pub(super) status: Option<u16>,
+    /// A dial is under way since then.
+    dial_since: Option<Instant>,
+    /// Time spent dialling (held time included), all dials summed.
+    connect: Duration,
+    /// The dial is held since then.
+    held_since: Option<Instant>,
+    held: Duration,
+    /// Time from the whole request sent to the response's first byte.
+    wait: Duration,
+    /// The response's first byte came: `wait` is final.
+    waited: bool,
+    /// The method and target as the client sent them (the query kept);
+    /// empty unless the access log is on (they cost nothing when off:
+    /// moved out of the parsed head, which had them anyway).
+    method: String,
+    target: String,
+}
+
+impl Record {
+    /// A request routed to `route` whose head began at `start`, `head`
+    /// bytes long; `what`: its method and target, kept when the line is on.
+    pub(super) fn new(
+        route: RouteRef,
+        start: Instant,
+        head: usize,
+        what: Option<(String, String)>,
+    ) -> Record {
+        let (method, target) = what.unwrap_or_default();
+        Record {
+            route: Some(route),
+            bytes_in: head as u64,
+            method,
+            target,
+            ..Record::bare(start)
+        }
+    }
+
+    fn bare(start: Instant) -> Record {
+        Record {
+            route: None,
+            start,
+            bytes_in: 0,
+            bytes_out: 0,
+            status: None,
+            dial_since: None,
+            connect: Duration::ZERO,
+            held_since: None,
+            held: Duration::ZERO,
+            wait: Duration::ZERO,
+            waited: false,
+            method: String::new(),
+            target: String::new(),
+        }
+    }
+
+    /// A dial begins (the first, or one after a retry).
+    pub(super) fn dialling(&mut self, now: Instant) {
+        self.dial_since.get_or_insert(now);
+    }
+
+    /// The dial reached its backend, or ended without.
+    pub(super) fn dialled(&mut self, now: Instant) {
+        if let Some(t) = self.dial_since.take() {
+            self.connect += now.saturating_duration_since(t);
+        }
+    }
+
+    /// After a dial's step: whether it is held now (a hold begins or ends
+    /// inside the step, at the step's `now`).
+    pub(super) fn held(&mut self, held: bool, now: Instant) {
+        match (held, self.held_since) {
+            (true, None) => self.held_since = Some(now),
+            (false, Some(t)) => {
+                self.held += now.saturating_duration_since(t);
+                self.held_since = None;
+            }
+            _ => {}
+        }
+    }
+
+    /// The wait for a response since `sent_at` ends at `now`: the
+    /// response's first byte (`first`), or the attempt or the request is
+    /// over.
+    pub(super) fn waited(&mut self, sent_at: Option<Instant>, now: Instant, first: bool) {
+        if self.waited {
+            return;
+        }
+        if let Some(s) = sent_at {
+            self.wait += now.saturating_duration_since(s);
+        }
+        self.waited = first;
+    }
+
+    /// The request ends at `now`: what was still running stops.
+    fn close(&mut self, sent_at: Option<Instant>, now: Instant) {
+        self.held(false, now);
+        self.dialled(now);
+        self.waited(sent_at, now, true);
+    }
+}
+
+/// A request's method and target from the start of its head as the
+/// client sent it (a refused request's: no parsed head is kept). Only
+/// what the line shows is looked at.
+fn request_line(head: &[u8]) -> (String, String) {
+    let line = &head[..head.len().min(MAX_PATH + MAX_VALUE + 2)];
+    let line = line
+        .split(|&b| b == b'\r' || b == b'\n')
+        .next()
+        .unwrap_or(&[]);
+    let mut words = line.split(|&b| b == b' ').filter(|w| !w.is_empty());
+    let mut word = || String::from_utf8_lossy(words.next().unwrap_or(&[])).into_owned();
+    let method = word();
+    (method, word())
+}
+
+impl Conn {
+    /// The request in progress ends at `now`: its route's counters and,
+    /// when on, its access line. `answered`: an answer of ours (its status
+    /// and length) was queued for it now; `cause`: why it did not end
+    /// served (None: it did). Nothing when no request is in progress.
+    pub(super) fn ended(
+        &mut self,
+        ledger: &mut Ledger,
+        now: Instant,
+        answered: Option<(u16, usize)>,
+        cause: Option<Cause>,
+    ) {
+        let mut refused;
+        let (rec, route, sent_at) = match &mut self.phase {
+            Phase::Connecting { ex, .. } | Phase::Exchange { ex, .. } => {
+                (&mut ex.rec, Some(&*ex.route), ex.sent_at)
+            }
+            Phase::Tunnel(t) => (&mut t.rec, Some(&*t.route), None),
+            // A head begun and refused (or cut) before any route.
+            Phase::ReadHead { head_since, .. } if !self.cbuf.is_empty() => {
+                refused = Record::bare(head_since.unwrap_or(now));
+                let head = self.cbuf.bytes();
+                refused.bytes_in = head.len() as u64;
+                if ledger.line.on() {
+                    (refused.method, refused.target) = request_line(head);
+                }
+                (&mut refused, None, None)
+            }
+            _ => return,
+        };
+        if let Some((status, len)) = answered {
+            rec.status = Some(status);
+            rec.bytes_out += len as u64;
+        }
+        rec.close(sent_at, now);
+        let end = cause.map_or(End::Complete, Cause::end);
+        let ms = millis(now.saturating_duration_since(rec.start));
+        if let (Some(r), Some(e)) = (rec.route, route) {
+            let bytes = (rec.bytes_in, rec.bytes_out);
+            ledger
+                .routes
+                .count(r, || e.name.as_str(), rec.status, end, bytes, ms);
+        }
+        if !ledger.line.on() {
+            return;
+        }
+        let client = self.ip.map(|ip| SocketAddr::new(ip, self.port));
+        write_line(ledger, rec, route, client, ms, end, cause);
+    }
+}
+
+/// The access line of a request that ended (README "Access log": the
+/// fields, in this order).
+fn write_line(
+    ledger: &mut Ledger,
+    rec: &Record,
+    route: Option<&Entry>,
+    client: Option<SocketAddr>,
+    ms: u64,
+    end: End,
+    cause: Option<Cause>,
+) {
+    let l =
+        ledger
+            .line
+            .start("http")
+            .text("link", route.map_or("", |e| e.name.as_str()), MAX_VALUE);
+    match &client {
+        Some(c) => l.shown("client", c as &dyn std::fmt::Display),
+        None => l.text("client", "", MAX_VALUE),
+    };
+    l.text("method", &rec.method, MAX_VALUE)
+        .text("path", &rec.target, MAX_PATH);
+    match rec.status {
+        Some(s) => l.num("status", u64::from(s)),
+        None => l.text("status", "", MAX_VALUE),
+    };
+    l.num("in", rec.bytes_in)
+        .num("out", rec.bytes_out)
+        .num("ms", ms)
+        .ms("held_ms", rec.held)
+        .ms("connect_ms", rec.connect)
+        .ms("wait_ms", rec.wait);
+    match route {
+        Some(e) => l.shown("backend", &e.backend as &dyn std::fmt::Display),
+        None => l.text("backend", "", MAX_VALUE),
+    };
+    l.text("end", end.as_str(), MAX_VALUE);
+    if let Some(c) = cause {
+        l.text("reason", c.as_str(), MAX_VALUE);
+    }
+    l.write();
+}
+
+/// Whole milliseconds (a request longer than u64 ms is not one we see).
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
