@@ -51,19 +51,23 @@ impl Conn {
             progress |= h + n > 0;
         }
         if ex.head.is_empty() && !ex.req.is_done() && !ex.req_broken {
-            match ex.req.pump(
+            // Counted whatever the call ends with: a client that hangs up
+            // mid-body sent what was delivered before.
+            let before = ex.req.delivered();
+            let r = ex.req.pump(
                 &self.client,
                 &mut self.cr,
                 &mut self.cbuf,
                 &b.stream,
                 &mut b.ready,
                 &mut cx.lent(),
-            ) {
-                Ok(n) => {
-                    cx.stats.bytes_in += n;
-                    ex.rec.bytes_in += n;
-                    progress |= n > 0;
-                }
+            );
+            let n = ex.req.delivered() - before;
+            cx.stats.bytes_in += n;
+            ex.rec.bytes_in += n;
+            progress |= n > 0;
+            match r {
+                Ok(_) => {}
                 Err(BodyError::Dst(e)) => {
                     // Perhaps the backend answered early and closed: read on.
                     proto::debug!("{} stopped taking the request body: {e}", ex.route.backend);
@@ -134,22 +138,23 @@ impl Conn {
         }
         if self.cout.is_empty() {
             if let Resp::Body(p) = &mut ex.resp {
-                let n = p
-                    .pump(
-                        &b.stream,
-                        &mut b.ready,
-                        &mut ex.bbuf,
-                        &self.client,
-                        &mut self.cr,
-                        &mut cx.lent(),
-                    )
-                    .map_err(|e| {
-                        let why = format!("response from {}: {e}", ex.route.backend);
-                        Fail::Abort(response_cause(&e), why)
-                    })?;
+                let before = p.delivered();
+                let r = p.pump(
+                    &b.stream,
+                    &mut b.ready,
+                    &mut ex.bbuf,
+                    &self.client,
+                    &mut self.cr,
+                    &mut cx.lent(),
+                );
+                let n = p.delivered() - before;
                 cx.stats.bytes_out += n;
                 ex.rec.bytes_out += n;
                 progress |= n > 0;
+                r.map_err(|e| {
+                    let why = format!("response from {}: {e}", ex.route.backend);
+                    Fail::Abort(response_cause(&e), why)
+                })?;
                 if p.is_done() {
                     ex.resp = Resp::Done;
                     progress = true;
