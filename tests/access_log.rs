@@ -288,9 +288,9 @@ fn check_counters(status: &Value, metrics: &str, address: &str, link: &str, line
 }
 
 /// A 201 with a query and a byte the line escapes, a 404 without a route,
-/// a request held until its backend comes up, a client that hangs up in
-/// the middle of its body: one line each, every field as the test made
-/// it, and the routes' counters the sum of their lines.
+/// a client that hangs up in the middle of its body, an upgrade, a request
+/// held until its backend comes up: one line each, every field as the
+/// test made it, and the routes' counters the sum of their lines.
 #[test]
 fn each_http_request_writes_one_line_and_counts_under_its_route() {
     let api = backend::tcp("127.0.0.1:0");
@@ -376,6 +376,33 @@ fn each_http_request_writes_one_line_and_counts_under_its_route() {
     assert_eq!(num(&l, "out"), 0);
     assert_eq!(field(&l, "end"), "client_gone");
 
+    // An upgrade: its line comes when its tunnel ends, with the tunnel's
+    // bytes.
+    let head =
+        "GET /api/upgrade HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
+    let mut c = connect(to);
+    let pup = c.local_addr().unwrap().port();
+    c.write_all(head.as_bytes()).unwrap();
+    let mut buf = Vec::new();
+    let r = read_resp(&mut c, &mut buf, false).expect("the 101");
+    assert_eq!(r.status, 101);
+    c.write_all(b"frame").unwrap();
+    let mut echoed = [0u8; 5];
+    c.read_exact(&mut echoed).unwrap();
+    assert_eq!(&echoed, b"FRAME");
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest).unwrap();
+    assert_eq!(rest, b"BYE");
+    let l = line_of(&sup, pup);
+    check_shape(&l, None);
+    assert_eq!(field(&l, "link"), "api");
+    assert_eq!(field(&l, "path"), "/api/upgrade");
+    assert_eq!(field(&l, "status"), "101");
+    assert_eq!(num(&l, "in"), (head.len() + 5) as u64);
+    assert_eq!(num(&l, "out"), (r.head.len() + 5 + 3) as u64);
+    assert_eq!(field(&l, "end"), "complete");
+
     // Held until its backend comes up, then served.
     let req = b"GET /late/x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
     let held = thread::spawn(move || send(to, req));
@@ -402,13 +429,13 @@ fn each_http_request_writes_one_line_and_counts_under_its_route() {
     // The counters: one route's lines add up to its counters; the 404
     // counts under no route. They arrive with the worker's next report.
     let lines = access_lines(&sup);
-    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert_eq!(lines.len(), 5, "{lines:?}");
     let of =
         |link: &str| -> Vec<&Line> { lines.iter().filter(|l| field(l, "link") == link).collect() };
     let status = wait_for(Duration::from_secs(10), "the counters reported", || {
         let s = status_json(&sup);
         let n = |link| route_counters(&s, &address, link).map_or(0, |r| sum(&r["ends"]));
-        (n("api") == 2 && n("late") == 1).then_some(s)
+        (n("api") == 3 && n("late") == 1).then_some(s)
     });
     let (_, metrics) = sup.http_status("/metrics");
     promtool_check(&metrics);
@@ -488,4 +515,69 @@ fn a_syslog_never_read_drops_lines_and_holds_no_request() {
     let dropped = e["worker"]["log_dropped"].as_u64().expect("log_dropped");
     assert!(dropped > 0, "no line dropped of {n}: {e}");
     assert!(!sup.log_text().contains("access: "), "lines went to stderr");
+}
+
+/// Requests refused before any route: each has its line, with no link,
+/// what could be read of its method and path, our answer and the reason;
+/// no route counts them.
+#[test]
+fn requests_refused_before_a_route_are_logged_with_the_reason() {
+    let api = backend::tcp("127.0.0.1:0");
+    let port = free_port();
+    let address = format!("127.0.0.1:{port}");
+    let sup = Supervisor::start(
+        &graph(&[http_link("api", port, "/api", &api.socket())]),
+        &["--access-log", "stderr", "--head-timeout", "300ms"],
+    );
+    sup.worker_pid("pvx-worker-http");
+    let to = SocketAddr::from(([127, 0, 0, 1], port));
+    let refused = |req: &[u8], status: u16, method: &str, path: &str, reason: &str| {
+        let (p, got) = send(to, req);
+        assert_eq!(status_of(&got), status, "{}", String::from_utf8_lossy(&got));
+        let l = line_of(&sup, p);
+        check_shape(&l, Some(reason));
+        assert_eq!(field(&l, "link"), "-");
+        assert_eq!(field(&l, "method"), method);
+        assert_eq!(field(&l, "path"), path);
+        assert_eq!(field(&l, "status"), status.to_string());
+        assert_eq!(num(&l, "out"), got.len() as u64);
+        assert_eq!(field(&l, "backend"), "-");
+        l
+    };
+    // 400: a header name with a space.
+    let req = b"GET /api/x?y HTTP/1.1\r\nHost: t\r\nBad Header: 1\r\n\r\n";
+    let l = refused(req, 400, "GET", "/api/x?y", "bad_request");
+    assert_eq!(num(&l, "in"), req.len() as u64);
+    assert_eq!(field(&l, "end"), "refused");
+    // 408: the head never ends.
+    let req = b"GET /api/slow HTTP/1.1\r\nHost: t\r\n";
+    let l = refused(req, 408, "GET", "/api/slow", "head_timeout");
+    assert_eq!(num(&l, "in"), req.len() as u64);
+    assert_eq!(field(&l, "end"), "timeout");
+    // 431: a head past the limit (16 KiB); what was read of it counts.
+    let mut req = b"GET /api/big HTTP/1.1\r\nHost: t\r\nX-Big: ".to_vec();
+    req.resize(20_000, b'a');
+    let l = refused(&req, 431, "GET", "/api/big", "head_too_large");
+    assert!(num(&l, "in") <= req.len() as u64, "{l:?}");
+    assert_eq!(field(&l, "end"), "refused");
+    assert_eq!(access_lines(&sup).len(), 3);
+    assert!(api.heads().is_empty());
+    // One request routed after them: once it is counted, the route has
+    // counted it alone (a report carries all counted before it).
+    let (_, got) = send(
+        to,
+        b"GET /api/echo HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status_of(&got), 200);
+    let r = wait_for(
+        Duration::from_secs(10),
+        "the routed request counted",
+        || route_counters(&status_json(&sup), &address, "api").filter(|r| sum(&r["ends"]) > 0),
+    );
+    assert_eq!(
+        (sum(&r["ends"]), r["ends"][0].as_u64()),
+        (1, Some(1)),
+        "{r}"
+    );
+    assert_eq!(sum(&r["status"]), 1, "{r}");
 }
