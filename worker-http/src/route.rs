@@ -36,6 +36,9 @@ pub struct Entry {
     /// its own `backend` (and no `replicas`), so an exchange's entry says
     /// where its backend connection goes.
     pub replicas: Option<Rc<Replicas>>,
+    /// The route's position among the config's routes: its counters
+    /// are kept by it (`runtime::route_book`).
+    pub index: usize,
 }
 
 /// The replicas of one route (see [`Entry::replicas`]).
@@ -114,7 +117,7 @@ pub fn rewrite_target<'a>(target: &'a str, prefix: &str, strip: bool) -> Cow<'a,
 
 impl Table {
     pub fn new(routes: &[Route]) -> Table {
-        let entries = routes.iter().map(entry_of).collect();
+        let entries = routes.iter().enumerate().map(entry_of).collect();
         Table { entries }
     }
 
@@ -167,27 +170,18 @@ impl Table {
     /// The route for a request. `host`: the normalised `Host` (see
     /// [`normalise_host`]); `path`: the request path without the query.
     pub fn lookup(&self, host: Option<&str>, path: &str) -> Option<&Rc<Entry>> {
-        self.find(host, path).map(|(_, e)| e)
-    }
-
-    /// [`Table::lookup`], with the route's position in the config's
-    /// routes (the table's entries are theirs, in their order): the
-    /// route's counters are kept by it (`runtime::route_book`).
-    pub fn find(&self, host: Option<&str>, path: &str) -> Option<(usize, &Rc<Entry>)> {
         self.entries
             .iter()
-            .enumerate()
-            .filter(|(_, e)| prefix_matches(&e.prefix, path))
-            .filter_map(|(i, e)| {
-                host_rank(e.host.as_deref(), host).map(|r| (r, e.prefix.len(), i, e))
-            })
-            .max_by_key(|(rank, len, _, _)| (*rank, *len))
-            .map(|(_, _, i, e)| (i, e))
+            .filter(|e| prefix_matches(&e.prefix, path))
+            .filter_map(|e| host_rank(e.host.as_deref(), host).map(|r| (r, e.prefix.len(), e)))
+            .max_by_key(|(rank, len, _)| (*rank, *len))
+            .map(|(_, _, e)| e)
     }
 }
 
-/// A route's entry, with one entry per replica when it has replicas.
-fn entry_of(r: &Route) -> Rc<Entry> {
+/// Route `index`'s entry, with one entry per replica when it has
+/// replicas.
+fn entry_of((index, r): (usize, &Route)) -> Rc<Entry> {
     let one = |backend: &Backend, replicas| Entry {
         name: r.via.name.clone(),
         prefix: r.via.prefix.clone(),
@@ -197,6 +191,7 @@ fn entry_of(r: &Route) -> Rc<Entry> {
         role: r.via.role.clone(),
         consumer: r.via.consumer.clone(),
         replicas,
+        index,
     };
     let replicas = runtime::balance::pool_of(r).map(|(pool, policy)| {
         let entries = pool.iter().map(|b| Rc::new(one(b, None))).collect();
@@ -223,6 +218,7 @@ mod tests {
             role: "any".into(),
             consumer: "EXTERNAL".into(),
             replicas: None,
+            index: 0,
         }
     }
 

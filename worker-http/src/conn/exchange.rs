@@ -111,7 +111,7 @@ impl Conn {
         mut req: Request,
         since: Instant,
     ) -> Result<(), Fail> {
-        let Some((index, route)) = cx.routes.find(req.host.as_deref(), req.path()) else {
+        let Some(route) = cx.routes.lookup(req.host.as_deref(), req.path()) else {
             return Err(Fail::Status(
                 404,
                 Cause::NoRoute,
@@ -142,7 +142,7 @@ impl Conn {
                 std::mem::take(&mut req.target),
             )
         });
-        let rec = Record::new(cx.ledger.routes.route(index), since, req.len, what);
+        let rec = Record::new(cx.ledger.routes.route(route.index), since, req.len, what);
         let mut ex = Box::new(Exchange {
             route,
             is_head,

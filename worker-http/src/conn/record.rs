@@ -13,7 +13,7 @@
 use super::{Conn, Phase};
 use crate::route::Entry;
 use proto::ctl::End;
-use runtime::access::{MAX_PATH, MAX_VALUE};
+use runtime::access::{AccessLine, MAX_PATH, MAX_VALUE};
 use runtime::ledger::Ledger;
 use runtime::route_book::RouteRef;
 use std::net::SocketAddr;
@@ -131,6 +131,9 @@ pub(super) struct Record {
     target: String,
 }
 
+/// The time keeping below is not inlined: each is called from a few of
+/// the connection's steps, and a call costs less than its copies (the
+/// http worker is built for speed, opt-level 3).
 impl Record {
     /// A request routed to `route` whose head began at `start`, `head`
     /// bytes long; `what`: its method and target, kept when the line is on.
@@ -169,11 +172,13 @@ impl Record {
     }
 
     /// A dial begins (the first, or one after a retry).
+    #[inline(never)]
     pub(super) fn dialling(&mut self, now: Instant) {
         self.dial_since.get_or_insert(now);
     }
 
     /// The dial reached its backend, or ended without.
+    #[inline(never)]
     pub(super) fn dialled(&mut self, now: Instant) {
         if let Some(t) = self.dial_since.take() {
             self.connect += now.saturating_duration_since(t);
@@ -182,6 +187,7 @@ impl Record {
 
     /// After a dial's step: whether it is held now (a hold begins or ends
     /// inside the step, at the step's `now`).
+    #[inline(never)]
     pub(super) fn held(&mut self, held: bool, now: Instant) {
         match (held, self.held_since) {
             (true, None) => self.held_since = Some(now),
@@ -196,6 +202,7 @@ impl Record {
     /// The wait for a response since `sent_at` ends at `now`: the
     /// response's first byte (`first`), or the attempt or the request is
     /// over.
+    #[inline(never)]
     pub(super) fn waited(&mut self, sent_at: Option<Instant>, now: Instant, first: bool) {
         if self.waited {
             return;
@@ -207,6 +214,7 @@ impl Record {
     }
 
     /// The request ends at `now`: what was still running stops.
+    #[inline(never)]
     fn close(&mut self, sent_at: Option<Instant>, now: Instant) {
         self.held(false, now);
         self.dialled(now);
@@ -234,6 +242,8 @@ impl Conn {
     /// when on, its access line. `answered`: an answer of ours (its status
     /// and length) was queued for it now; `cause`: why it did not end
     /// served (None: it did). Nothing when no request is in progress.
+    /// Compiled once: it is called from every place a request ends.
+    #[inline(never)]
     pub(super) fn ended(
         &mut self,
         ledger: &mut Ledger,
@@ -280,8 +290,28 @@ impl Conn {
     }
 }
 
-/// The access line of a request that ended (README "Access log": the
-/// fields, in this order).
+/// The fields of an http access line, in their order (README "Access
+/// log", http lines); `reason` only for a request that did not end
+/// served. One string, not an array of them: an array of `&str` costs a
+/// relocation and 16 bytes of writable data per key in the executable.
+const KEYS: &str =
+    "link client method path status in out ms held_ms connect_ms wait_ms backend end reason";
+
+/// A field's value on an access line.
+enum Value<'a> {
+    /// Text, cut at [`MAX_VALUE`] bytes; empty shows as `-`.
+    Text(&'a str),
+    /// The path, cut at [`MAX_PATH`] bytes.
+    Path(&'a str),
+    Num(u64),
+    /// An address or a backend, printed.
+    Shown(&'a dyn std::fmt::Display),
+}
+
+/// The access line of a request that ended. The values are a table, so
+/// each kind is written in one place ([`put`]): the line's code is
+/// compiled once, small.
+#[inline(never)]
 fn write_line(
     ledger: &mut Ledger,
     rec: &Record,
@@ -291,39 +321,52 @@ fn write_line(
     end: End,
     cause: Option<Cause>,
 ) {
-    let l =
-        ledger
-            .line
-            .start("http")
-            .text("link", route.map_or("", |e| e.name.as_str()), MAX_VALUE);
-    match &client {
-        Some(c) => l.shown("client", c as &dyn std::fmt::Display),
-        None => l.text("client", "", MAX_VALUE),
-    };
-    l.text("method", &rec.method, MAX_VALUE)
-        .text("path", &rec.target, MAX_PATH);
-    match rec.status {
-        Some(s) => l.num("status", u64::from(s)),
-        None => l.text("status", "", MAX_VALUE),
-    };
-    l.num("in", rec.bytes_in)
-        .num("out", rec.bytes_out)
-        .num("ms", ms)
-        .ms("held_ms", rec.held)
-        .ms("connect_ms", rec.connect)
-        .ms("wait_ms", rec.wait);
-    match route {
-        Some(e) => l.shown("backend", &e.backend as &dyn std::fmt::Display),
-        None => l.text("backend", "", MAX_VALUE),
-    };
-    l.text("end", end.as_str(), MAX_VALUE);
-    if let Some(c) = cause {
-        l.text("reason", c.as_str(), MAX_VALUE);
+    use Value::{Num, Path, Shown, Text};
+    let none = || Text("");
+    let client = client.as_ref();
+    let values: [Value; 14] = [
+        Text(route.map_or("", |e| e.name.as_str())),
+        client.map_or_else(none, |c| Shown(c)),
+        Text(&rec.method),
+        Path(&rec.target),
+        rec.status.map_or_else(none, |s| Num(u64::from(s))),
+        Num(rec.bytes_in),
+        Num(rec.bytes_out),
+        Num(ms),
+        Num(millis(rec.held)),
+        Num(millis(rec.connect)),
+        Num(millis(rec.wait)),
+        route.map_or_else(none, |e| Shown(&e.backend)),
+        Text(end.as_str()),
+        Text(cause.map_or("", Cause::as_str)),
+    ];
+    let n = values.len() - usize::from(cause.is_none());
+    put(ledger.line.start("http"), &values[..n]);
+}
+
+/// Write `values` under their [`KEYS`] on the line, then the line out. A
+/// loop over a slice: not unrolled (as over the array), not inlined
+/// into its caller.
+#[inline(never)]
+fn put(l: &mut AccessLine, values: &[Value]) {
+    let mut rest = KEYS;
+    for v in values {
+        // The next key (`str::split` would cost 1 KiB of executable).
+        let n = rest.bytes().position(|b| b == b' ').unwrap_or(rest.len());
+        let (key, tail) = rest.split_at(n);
+        rest = tail.get(1..).unwrap_or("");
+        match *v {
+            Value::Text(t) => l.text(key, t, MAX_VALUE),
+            Value::Path(t) => l.text(key, t, MAX_PATH),
+            Value::Num(n) => l.num(key, n),
+            Value::Shown(d) => l.shown(key, d),
+        };
     }
     l.write();
 }
 
 /// Whole milliseconds (a request longer than u64 ms is not one we see).
+#[inline(never)]
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
