@@ -142,7 +142,8 @@ impl Conn {
                 std::mem::take(&mut req.target),
             )
         });
-        let rec = Record::new(cx.ledger.routes.route(route.index), since, req.len, what);
+        let r = Some(cx.ledger.routes.route(route.index));
+        let rec = Record::new(r, since, req.len, what);
         let mut ex = Box::new(Exchange {
             route,
             is_head,

@@ -97,7 +97,7 @@ impl Cause {
     }
 }
 
-/// One request's story so far: what its line and its route's counters
+/// One request's story so far: what its route's counters and its line
 /// say when it ends. Kept in the (boxed) exchange, then its tunnel: an
 /// idle connection carries none.
 pub(super) struct Record {
@@ -113,6 +113,20 @@ pub(super) struct Record {
     pub(super) bytes_out: u64,
     /// The status of the last response head queued for the client.
     pub(super) status: Option<u16>,
+    /// What only the access line shows: kept while the log is on, boxed
+    /// so that with the log off (the default) a request costs neither its
+    /// room nor its time keeping, only the branch that finds it absent.
+    detail: Option<Box<Detail>>,
+}
+
+/// What only a request's access line shows: its method and target, the
+/// times it spent held, dialling and waiting.
+#[derive(Default)]
+struct Detail {
+    /// The method and target as the client sent them (the query kept):
+    /// moved out of the parsed head, which had them anyway.
+    method: String,
+    target: String,
     /// A dial is under way since then.
     dial_since: Option<Instant>,
     /// Time spent dialling (held time included), all dials summed.
@@ -124,71 +138,79 @@ pub(super) struct Record {
     wait: Duration,
     /// The response's first byte came: `wait` is final.
     waited: bool,
-    /// The method and target as the client sent them (the query kept);
-    /// empty unless the access log is on (they cost nothing when off:
-    /// moved out of the parsed head, which had them anyway).
-    method: String,
-    target: String,
 }
 
-/// The time keeping below is not inlined: each is called from a few of
-/// the connection's steps, and a call costs less than its copies (the
-/// http worker is built for speed, opt-level 3).
 impl Record {
-    /// A request routed to `route` whose head began at `start`, `head`
-    /// bytes long; `what`: its method and target, kept when the line is on.
+    /// A request whose head began at `start`, `head` bytes long, routed
+    /// to `route` (None: refused before any route); `what`: its method and
+    /// target, when the line is on.
     pub(super) fn new(
-        route: RouteRef,
+        route: Option<RouteRef>,
         start: Instant,
         head: usize,
         what: Option<(String, String)>,
     ) -> Record {
-        let (method, target) = what.unwrap_or_default();
         Record {
-            route: Some(route),
-            bytes_in: head as u64,
-            method,
-            target,
-            ..Record::bare(start)
-        }
-    }
-
-    fn bare(start: Instant) -> Record {
-        Record {
-            route: None,
+            route,
             start,
-            bytes_in: 0,
+            bytes_in: head as u64,
             bytes_out: 0,
             status: None,
-            dial_since: None,
-            connect: Duration::ZERO,
-            held_since: None,
-            held: Duration::ZERO,
-            wait: Duration::ZERO,
-            waited: false,
-            method: String::new(),
-            target: String::new(),
+            detail: what.map(|(method, target)| {
+                Box::new(Detail {
+                    method,
+                    target,
+                    ..Detail::default()
+                })
+            }),
         }
     }
 
     /// A dial begins (the first, or one after a retry).
-    #[inline(never)]
     pub(super) fn dialling(&mut self, now: Instant) {
-        self.dial_since.get_or_insert(now);
+        if let Some(d) = self.detail.as_deref_mut() {
+            d.dial_since.get_or_insert(now);
+        }
     }
 
     /// The dial reached its backend, or ended without.
-    #[inline(never)]
     pub(super) fn dialled(&mut self, now: Instant) {
-        if let Some(t) = self.dial_since.take() {
-            self.connect += now.saturating_duration_since(t);
+        if let Some(d) = self.detail.as_deref_mut() {
+            d.dialled(now);
         }
     }
 
     /// After a dial's step: whether it is held now (a hold begins or ends
     /// inside the step, at the step's `now`).
-    #[inline(never)]
     pub(super) fn held(&mut self, held: bool, now: Instant) {
+        if let Some(d) = self.detail.as_deref_mut() {
+            d.held(held, now);
+        }
+    }
+
+    /// The wait for a response since `sent_at` ends at `now`: the
+    /// response's first byte (`first`), or the attempt or the request is
+    /// over.
+    pub(super) fn waited(&mut self, sent_at: Option<Instant>, now: Instant, first: bool) {
+        if let Some(d) = self.detail.as_deref_mut().filter(|d| !d.waited) {
+            d.waited(sent_at, now, first);
+        }
+    }
+}
+
+/// The time keeping, not inlined: each is called from a few of the
+/// connection's steps, and a call costs less than its copies (the http
+/// worker is built for speed, opt-level 3).
+impl Detail {
+    #[inline(never)]
+    fn dialled(&mut self, now: Instant) {
+        if let Some(t) = self.dial_since.take() {
+            self.connect += now.saturating_duration_since(t);
+        }
+    }
+
+    #[inline(never)]
+    fn held(&mut self, held: bool, now: Instant) {
         match (held, self.held_since) {
             (true, None) => self.held_since = Some(now),
             (false, Some(t)) => {
@@ -199,11 +221,8 @@ impl Record {
         }
     }
 
-    /// The wait for a response since `sent_at` ends at `now`: the
-    /// response's first byte (`first`), or the attempt or the request is
-    /// over.
     #[inline(never)]
-    pub(super) fn waited(&mut self, sent_at: Option<Instant>, now: Instant, first: bool) {
+    fn waited(&mut self, sent_at: Option<Instant>, now: Instant, first: bool) {
         if self.waited {
             return;
         }
@@ -214,7 +233,6 @@ impl Record {
     }
 
     /// The request ends at `now`: what was still running stops.
-    #[inline(never)]
     fn close(&mut self, sent_at: Option<Instant>, now: Instant) {
         self.held(false, now);
         self.dialled(now);
@@ -259,12 +277,10 @@ impl Conn {
             Phase::Tunnel(t) => (&mut t.rec, Some(&*t.route), None),
             // A head begun and refused (or cut) before any route.
             Phase::ReadHead { head_since, .. } if !self.cbuf.is_empty() => {
-                refused = Record::bare(head_since.unwrap_or(now));
                 let head = self.cbuf.bytes();
-                refused.bytes_in = head.len() as u64;
-                if ledger.line.on() {
-                    (refused.method, refused.target) = request_line(head);
-                }
+                let what = ledger.line.on().then(|| request_line(head));
+                let start = head_since.unwrap_or(now);
+                refused = Record::new(None, start, head.len(), what);
                 (&mut refused, None, None)
             }
             _ => return,
@@ -273,7 +289,9 @@ impl Conn {
             rec.status = Some(status);
             rec.bytes_out += len as u64;
         }
-        rec.close(sent_at, now);
+        if let Some(d) = rec.detail.as_deref_mut() {
+            d.close(sent_at, now);
+        }
         let end = cause.map_or(End::Complete, Cause::end);
         let ms = millis(now.saturating_duration_since(rec.start));
         if let (Some(r), Some(e)) = (rec.route, route) {
@@ -324,18 +342,22 @@ fn write_line(
     use Value::{Num, Path, Shown, Text};
     let none = || Text("");
     let client = client.as_ref();
+    // Kept from the request's start while the log is on (it always is
+    // by now: the log is set when the worker starts).
+    let absent = Detail::default();
+    let d = rec.detail.as_deref().unwrap_or(&absent);
     let values: [Value; 14] = [
         Text(route.map_or("", |e| e.name.as_str())),
         client.map_or_else(none, |c| Shown(c)),
-        Text(&rec.method),
-        Path(&rec.target),
+        Text(&d.method),
+        Path(&d.target),
         rec.status.map_or_else(none, |s| Num(u64::from(s))),
         Num(rec.bytes_in),
         Num(rec.bytes_out),
         Num(ms),
-        Num(millis(rec.held)),
-        Num(millis(rec.connect)),
-        Num(millis(rec.wait)),
+        Num(millis(d.held)),
+        Num(millis(d.connect)),
+        Num(millis(d.wait)),
         route.map_or_else(none, |e| Shown(&e.backend)),
         Text(end.as_str()),
         Text(cause.map_or("", Cause::as_str)),

@@ -23,7 +23,8 @@ fn a_refused_heads_method_and_target_are_its_first_words() {
 fn times_add_up_across_holds_and_retries() {
     let t0 = Instant::now();
     let at = |ms| t0 + Duration::from_millis(ms);
-    let mut r = Record::bare(t0);
+    let what = Some(("GET".to_string(), "/".to_string()));
+    let mut r = Record::new(None, t0, 10, what.clone());
     // Dial at 10, held 20..70, connected at 80; a retry dials 100..110.
     r.dialling(at(10));
     r.held(false, at(15));
@@ -37,19 +38,26 @@ fn times_add_up_across_holds_and_retries() {
     r.dialled(at(110));
     // Sent again at 120, first byte at 150; nothing more counts after.
     r.waited(Some(at(120)), at(150), true);
-    r.close(Some(at(120)), at(200));
-    assert_eq!(r.connect, Duration::from_millis(80));
-    assert_eq!(r.held, Duration::from_millis(50));
-    assert_eq!(r.wait, Duration::from_millis(35));
+    let d = r.detail.as_deref_mut().expect("kept while the log is on");
+    d.close(Some(at(120)), at(200));
+    assert_eq!(d.connect, Duration::from_millis(80));
+    assert_eq!(d.held, Duration::from_millis(50));
+    assert_eq!(d.wait, Duration::from_millis(35));
     // A request that ends while held: the hold and the dial end with it.
-    let mut r = Record::bare(t0);
+    let mut r = Record::new(None, t0, 10, what);
     r.dialling(at(0));
     r.held(true, at(5));
-    r.close(None, at(40));
+    let d = r.detail.as_deref_mut().expect("kept while the log is on");
+    d.close(None, at(40));
     assert_eq!(
-        (r.held, r.connect),
+        (d.held, d.connect),
         (Duration::from_millis(35), Duration::from_millis(40))
     );
+    // The log off: nothing kept, nothing to keep time for.
+    let mut r = Record::new(None, t0, 10, None);
+    r.dialling(at(0));
+    r.held(true, at(5));
+    assert!(r.detail.is_none());
 }
 
 #[test]
