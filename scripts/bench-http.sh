@@ -19,6 +19,8 @@
 #   PVX_BENCH_ALSO="--access-log stderr"    (a second pv-xconnect, with
 #     these flags added, measured in the same runs as target pvx-also:
 #     the cost of a flag, interleaved, so the machine's noise hits both)
+#   PVX_BENCH_ALSO_BIN=path   (pvx-also runs this executable instead: two
+#     builds side by side; PVX_BENCH_ALSO may then be empty, or a space)
 #   PVX_BENCH_TARGETS="direct pv-xconnect pvx-also"   (only these targets;
 #     default: all; direct stays first, the others' ratio is to it)
 set -euo pipefail
@@ -38,8 +40,9 @@ pvx_start pvx "$(pvx_link http bench "$P_PVX" "$B")"
 nginx_proxy proxy http "$P_NGX" "$B"
 haproxy_proxy ha http "$P_HA" "$B"
 all=(direct="$B" pv-xconnect="$P_PVX" haproxy="$P_HA" nginx="$P_NGX")
-if [ -n "${PVX_BENCH_ALSO:-}" ]; then
-  PVX_BENCH_FLAGS="${PVX_BENCH_FLAGS:-} $PVX_BENCH_ALSO" pvx_start pvx-also "$(pvx_link http bench "$P_ALSO" "$B")"
+if [ -n "${PVX_BENCH_ALSO:-}${PVX_BENCH_ALSO_BIN:-}" ]; then
+  PVX_BIN=${PVX_BENCH_ALSO_BIN:-$PVX_BIN} PVX_BENCH_FLAGS="${PVX_BENCH_FLAGS:-} ${PVX_BENCH_ALSO:-}" \
+    pvx_start pvx-also "$(pvx_link http bench "$P_ALSO" "$B")"
   all+=(pvx-also="$P_ALSO")
 fi
 targets=()

@@ -13,6 +13,7 @@
 use super::{Conn, Phase};
 use crate::route::Entry;
 use proto::ctl::End;
+use proto::types::Backend;
 use runtime::access::{AccessLine, MAX_PATH, MAX_VALUE};
 use runtime::ledger::Ledger;
 use runtime::route_book::RouteRef;
@@ -322,7 +323,9 @@ enum Value<'a> {
     /// The path, cut at [`MAX_PATH`] bytes.
     Path(&'a str),
     Num(u64),
-    /// An address or a backend, printed.
+    /// A client's or a backend's address.
+    Addr(&'a SocketAddr),
+    /// Another backend (a unix socket's path), printed.
     Shown(&'a dyn std::fmt::Display),
 }
 
@@ -339,7 +342,7 @@ fn write_line(
     end: End,
     cause: Option<Cause>,
 ) {
-    use Value::{Num, Path, Shown, Text};
+    use Value::{Addr, Num, Path, Shown, Text};
     let none = || Text("");
     let client = client.as_ref();
     // Kept from the request's start while the log is on (it always is
@@ -348,7 +351,7 @@ fn write_line(
     let d = rec.detail.as_deref().unwrap_or(&absent);
     let values: [Value; 14] = [
         Text(route.map_or("", |e| e.name.as_str())),
-        client.map_or_else(none, |c| Shown(c)),
+        client.map_or_else(none, Addr),
         Text(&d.method),
         Path(&d.target),
         rec.status.map_or_else(none, |s| Num(u64::from(s))),
@@ -358,7 +361,10 @@ fn write_line(
         Num(millis(d.held)),
         Num(millis(d.connect)),
         Num(millis(d.wait)),
-        route.map_or_else(none, |e| Shown(&e.backend)),
+        route.map_or_else(none, |e| match &e.backend {
+            Backend::Tcp(a) => Addr(a),
+            b => Shown(b),
+        }),
         Text(end.as_str()),
         Text(cause.map_or("", Cause::as_str)),
     ];
@@ -381,6 +387,7 @@ fn put(l: &mut AccessLine, values: &[Value]) {
             Value::Text(t) => l.text(key, t, MAX_VALUE),
             Value::Path(t) => l.text(key, t, MAX_PATH),
             Value::Num(n) => l.num(key, n),
+            Value::Addr(a) => l.addr(key, a),
             Value::Shown(d) => l.shown(key, d),
         };
     }
