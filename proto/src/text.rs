@@ -59,7 +59,9 @@ pub fn push_word(out: &mut String, s: &str, max: usize) -> bool {
 
 /// `n` in decimal, its digits written straight into `out` (`write!` goes
 /// through the formatting machinery: some 200 instructions a number, for
-/// each of an access line's numbers).
+/// each of an access line's numbers). Not inlined: an access line has a
+/// dozen numbers, each call site would carry a copy.
+#[inline(never)]
 pub fn push_num(out: &mut String, mut n: u64) {
     let mut d = [0u8; 20];
     let mut i = d.len();

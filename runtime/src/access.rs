@@ -67,6 +67,9 @@ impl AccessLine {
 
     /// `key=value` for a value we print ourselves (an address, a backend):
     /// escaped all the same, as a unix path may hold anything.
+    /// Not inlined: called from several places of a line, each would
+    /// carry its copy of the formatting.
+    #[inline(never)]
     pub fn shown(&mut self, key: &str, value: impl std::fmt::Display) -> &mut AccessLine {
         self.key(key);
         let at = self.buf.len();
@@ -92,7 +95,8 @@ impl AccessLine {
     /// IPv6 one as `[v6]:port` through it.
     pub fn addr(&mut self, key: &str, a: &SocketAddr) -> &mut AccessLine {
         let SocketAddr::V4(v4) = a else {
-            return self.shown(key, a);
+            // `shown` as every caller has it (one copy of the generic).
+            return self.shown(key, a as &dyn std::fmt::Display);
         };
         self.key(key);
         for (i, o) in v4.ip().octets().into_iter().enumerate() {
