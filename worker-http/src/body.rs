@@ -196,28 +196,16 @@ impl Pump {
         if self.done {
             return Ok(0);
         }
+        // What is delivered is added to `delivered` as it goes, so an
+        // error leaves it counted.
         let before = self.delivered;
-        let r = self.pump_counted(src, sr, buf, dst, dr, lent);
-        r.map(|()| self.delivered - before)
-    }
-
-    /// [`Pump::pump`], adding what it delivers to `delivered` as it goes.
-    fn pump_counted(
-        &mut self,
-        src: &Stream,
-        sr: &mut Ready,
-        buf: &mut Buf,
-        dst: &Stream,
-        dr: &mut Ready,
-        lent: &mut Lent,
-    ) -> Result<(), BodyError> {
         match &mut self.mode {
             Mode::Length(rem) => {
                 // Buffered bytes first, never more than the body holds.
                 while *rem > 0 && !buf.is_empty() {
                     let n = buf.write_to(dst, dr, *rem).map_err(BodyError::Dst)? as u64;
                     if n == 0 {
-                        return Ok(());
+                        return Ok(self.delivered - before);
                     }
                     *rem -= n;
                     self.delivered += n;
@@ -248,7 +236,7 @@ impl Pump {
                 while !buf.is_empty() {
                     let n = buf.write_to(dst, dr, u64::MAX).map_err(BodyError::Dst)?;
                     if n == 0 {
-                        return Ok(());
+                        return Ok(self.delivered - before);
                     }
                     self.delivered += n as u64;
                 }
@@ -274,7 +262,7 @@ impl Pump {
                 self.done = c.pump(src, sr, buf, dst, dr, lent)?;
             }
         }
-        Ok(())
+        Ok(self.delivered - before)
     }
 }
 
