@@ -287,6 +287,32 @@ fn check_counters(status: &Value, metrics: &str, address: &str, link: &str, line
     assert_eq!((secs * 1000.0).round() as u64, ms);
 }
 
+/// One endpoint with one route, `api` (prefix `/api`), to a test origin
+/// server; `flags` for the supervisor. Returns what the test talks to.
+struct OneRoute {
+    api: backend::Backend,
+    sup: Supervisor,
+    /// The endpoint's address, as `status` names it.
+    address: String,
+    to: SocketAddr,
+}
+
+fn one_route(flags: &[&str]) -> OneRoute {
+    let api = backend::tcp("127.0.0.1:0");
+    let port = free_port();
+    let sup = Supervisor::start(
+        &graph(&[http_link("api", port, "/api", &api.socket())]),
+        flags,
+    );
+    sup.worker_pid("pvx-worker-http");
+    OneRoute {
+        api,
+        sup,
+        address: format!("127.0.0.1:{port}"),
+        to: SocketAddr::from(([127, 0, 0, 1], port)),
+    }
+}
+
 /// A 201 with a query and a byte the line escapes, a 404 without a route,
 /// a client that hangs up in the middle of its body, an upgrade, a request
 /// held until its backend comes up: one line each, every field as the
@@ -451,15 +477,13 @@ fn each_http_request_writes_one_line_and_counts_under_its_route() {
 /// counters count them all the same.
 #[test]
 fn no_line_without_the_flag() {
-    let api = backend::tcp("127.0.0.1:0");
-    let port = free_port();
-    let address = format!("127.0.0.1:{port}");
-    let sup = Supervisor::start(
-        &graph(&[http_link("api", port, "/api", &api.socket())]),
-        &[],
-    );
-    sup.worker_pid("pvx-worker-http");
-    let to = SocketAddr::from(([127, 0, 0, 1], port));
+    // `_api`, not `..`: the backend stops when dropped.
+    let OneRoute {
+        api: _api,
+        sup,
+        address,
+        to,
+    } = one_route(&[]);
     let (_, got) = send(
         to,
         b"GET /api/created HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
@@ -486,15 +510,14 @@ fn a_syslog_never_read_drops_lines_and_holds_no_request() {
     let _never_read =
         std::os::unix::net::UnixDatagram::bind(&path).expect("bind the syslog socket");
     std::env::set_var("PVX_SYSLOG_PATH", &path);
-    let api = backend::tcp("127.0.0.1:0");
-    let port = free_port();
-    let address = format!("127.0.0.1:{port}");
-    let sup = Supervisor::start(
-        &graph(&[http_link("api", port, "/api", &api.socket())]),
-        &["--access-log", "syslog"],
-    );
-    sup.worker_pid("pvx-worker-http");
-    let mut c = connect(SocketAddr::from(([127, 0, 0, 1], port)));
+    // `_api`, not `..`: the backend stops when dropped.
+    let OneRoute {
+        api: _api,
+        sup,
+        address,
+        to,
+    } = one_route(&["--access-log", "syslog"]);
+    let mut c = connect(to);
     let mut buf = Vec::new();
     let n = 2000;
     for i in 0..n {
@@ -522,15 +545,12 @@ fn a_syslog_never_read_drops_lines_and_holds_no_request() {
 /// no route counts them.
 #[test]
 fn requests_refused_before_a_route_are_logged_with_the_reason() {
-    let api = backend::tcp("127.0.0.1:0");
-    let port = free_port();
-    let address = format!("127.0.0.1:{port}");
-    let sup = Supervisor::start(
-        &graph(&[http_link("api", port, "/api", &api.socket())]),
-        &["--access-log", "stderr", "--head-timeout", "300ms"],
-    );
-    sup.worker_pid("pvx-worker-http");
-    let to = SocketAddr::from(([127, 0, 0, 1], port));
+    let OneRoute {
+        api,
+        sup,
+        address,
+        to,
+    } = one_route(&["--access-log", "stderr", "--head-timeout", "300ms"]);
     let refused = |req: &[u8], status: u16, method: &str, path: &str, reason: &str| {
         let (p, got) = send(to, req);
         assert_eq!(status_of(&got), status, "{}", String::from_utf8_lossy(&got));
