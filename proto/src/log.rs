@@ -288,7 +288,11 @@ pub fn access(line: &str) {
     // What `to_stderr` writes, built in one allocation of the right size
     // without the formatting machinery: a line per request, it cost some
     // 2,000 instructions through two `format!`s (callgrind).
-    let pid = std::process::id();
+    // Asked once: `getpid` is a syscall each time (glibc keeps no copy),
+    // a second one per request. Only workers write access lines, and a
+    // worker neither forks nor is forked from after its first line.
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let pid = *PID.get_or_init(std::process::id);
     let mut out = String::with_capacity(ident.len() + line.len() + 32);
     out.push_str(ident);
     out.push('[');
