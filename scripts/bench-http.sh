@@ -14,6 +14,15 @@
 # (scripts/lib/bench.sh side_by_side).
 #   scripts/bench-http.sh [RUNS] [SECONDS] [keepalive|1mib|close ...]
 #   PVX_BIN=path/to/pv-xconnect (default: target/release, built here)
+#   PVX_BENCH_FLAGS="--access-log stderr"   (extra supervisor flags; its
+#     stderr, access lines included, goes to a file in the scratch dir)
+#   PVX_BENCH_ALSO="--access-log stderr"    (a second pv-xconnect, with
+#     these flags added, measured in the same runs as target pvx-also:
+#     the cost of a flag, interleaved, so the machine's noise hits both)
+#   PVX_BENCH_ALSO_BIN=path   (pvx-also runs this executable instead: two
+#     builds side by side; PVX_BENCH_ALSO may then be empty, or a space)
+#   PVX_BENCH_TARGETS="direct pv-xconnect pvx-also"   (only these targets;
+#     default: all; direct stays first, the others' ratio is to it)
 set -euo pipefail
 . "$(dirname "$0")/lib/bench.sh"
 RUNS=${1:-5}
@@ -25,17 +34,26 @@ bench_files
 
 # The backend: its own nginx process, so every proxy below is one more
 # process in the path, as pv-xconnect is.
-B=$(port); P_PVX=$(port); P_NGX=$(port); P_HA=$(port)
+B=$(port); P_PVX=$(port); P_NGX=$(port); P_HA=$(port); P_ALSO=$(port)
 nginx_backend backend "$B"
 pvx_start pvx "$(pvx_link http bench "$P_PVX" "$B")"
 nginx_proxy proxy http "$P_NGX" "$B"
 haproxy_proxy ha http "$P_HA" "$B"
-for p in $B $P_PVX $P_NGX $P_HA; do wait_http "$p" 100; done
+all=(direct="$B" pv-xconnect="$P_PVX" haproxy="$P_HA" nginx="$P_NGX")
+if [ -n "${PVX_BENCH_ALSO:-}${PVX_BENCH_ALSO_BIN:-}" ]; then
+  PVX_BIN=${PVX_BENCH_ALSO_BIN:-$PVX_BIN} PVX_BENCH_FLAGS="${PVX_BENCH_FLAGS:-} ${PVX_BENCH_ALSO:-}" \
+    pvx_start pvx-also "$(pvx_link http bench "$P_ALSO" "$B")"
+  all+=(pvx-also="$P_ALSO")
+fi
+targets=()
+for t in "${all[@]}"; do
+  [[ " ${PVX_BENCH_TARGETS:-${all[*]%%=*}} " == *" ${t%%=*} "* ]] && targets+=("$t")
+done
+for t in "${targets[@]}"; do wait_http "${t#*=}" 100; done
 
 keepalive() { wrk_run "$1" 100 "$SECS" -c50; }
 mib() { wrk_run "$1" 1m "$SECS" -c50; }
 close() { wrk_run "$1" 100 "$SECS" -c20 -H 'Connection: close'; }
-targets=(direct="$B" pv-xconnect="$P_PVX" haproxy="$P_HA" nginx="$P_NGX")
 for s in $SCENARIOS; do
   case $s in
     keepalive) side_by_side "HTTP keep-alive, 100 B file, wrk -t1 -c50, ${SECS} s" req/s keepalive "${targets[@]}" ;;

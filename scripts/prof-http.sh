@@ -18,6 +18,8 @@
 #   stripped one, so the same counts, with function names in the profile).
 #   PVX_PROF_SIZE: bytes of the file served (default 100; 1048576 counts
 #   what a 1 MiB response costs: spliced body, pipes, pool probes).
+#   PVX_PROF_ACCESS_LOG=stderr: the worker writes an access line per
+#   request (to /dev/null: scripts/lib/http_worker.py), what a line costs.
 set -euo pipefail
 . "$(dirname "$0")/lib/bench.sh"
 N=${1:-2000}

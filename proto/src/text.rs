@@ -57,7 +57,38 @@ pub fn push_word(out: &mut String, s: &str, max: usize) -> bool {
     push(out, s, max, true)
 }
 
+/// `n` in decimal, its digits written straight into `out` (`write!` goes
+/// through the formatting machinery: some 200 instructions a number, for
+/// each of an access line's numbers). Not inlined: an access line has a
+/// dozen numbers, each call site would carry a copy.
+#[inline(never)]
+pub fn push_num(out: &mut String, mut n: u64) {
+    let mut d = [0u8; 20];
+    let mut i = d.len();
+    loop {
+        i -= 1;
+        d[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // ASCII digits: always UTF-8.
+    if let Ok(digits) = std::str::from_utf8(&d[i..]) {
+        out.push_str(digits);
+    }
+}
+
 fn push(out: &mut String, s: &str, max: usize, word: bool) -> bool {
+    // Most values are printable ASCII that fits (paths, names, addresses,
+    // an access line's every field): copied as they are, not a character
+    // at a time through an escape of its own (which cost an access line
+    // some 2,000 instructions, measured with callgrind).
+    let plain = |b: u8| (b.is_ascii_graphic() && b != b'\\') || (b == b' ' && !word);
+    if s.len() <= max && s.bytes().all(plain) {
+        out.push_str(s);
+        return true;
+    }
     let mut used = 0usize;
     let mut one = String::new();
     for c in s.chars() {
@@ -126,6 +157,29 @@ mod tests {
         let all: String = (0u32..0x3000).filter_map(char::from_u32).collect();
         let e = escape(&all);
         assert!(!e.chars().any(|c| c.is_control() || reorders(c)));
+    }
+
+    #[test]
+    fn numbers_are_their_decimal_digits() {
+        let mut out = String::new();
+        for n in [0, 7, 10, 4096, u64::MAX] {
+            push_num(&mut out, n);
+            out.push(' ');
+        }
+        assert_eq!(out, "0 7 10 4096 18446744073709551615 ");
+    }
+
+    #[test]
+    fn plain_words_are_copied_and_the_rest_escaped_alike() {
+        let word = |s: &str, max| {
+            let mut out = String::new();
+            let whole = push_word(&mut out, s, max);
+            (out, whole)
+        };
+        assert_eq!(word("/api/x?a=%20", 64), ("/api/x?a=%20".into(), true));
+        assert_eq!(word("abc", 2), ("ab...".into(), false));
+        assert_eq!(word("a b\\", 64), (r"a\x20b\\".into(), true));
+        assert_eq!(word("\u{7f}é", 64), (r"\x7fé".into(), true));
     }
 
     #[test]

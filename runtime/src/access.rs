@@ -15,6 +15,7 @@
 
 use proto::log::AccessLog;
 use std::fmt::Write;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 /// Longest request path (query included) written; longer ones are cut
@@ -66,6 +67,9 @@ impl AccessLine {
 
     /// `key=value` for a value we print ourselves (an address, a backend):
     /// escaped all the same, as a unix path may hold anything.
+    /// Not inlined: called from several places of a line, each would
+    /// carry its copy of the formatting.
+    #[inline(never)]
     pub fn shown(&mut self, key: &str, value: impl std::fmt::Display) -> &mut AccessLine {
         self.key(key);
         let at = self.buf.len();
@@ -82,7 +86,27 @@ impl AccessLine {
 
     pub fn num(&mut self, key: &str, n: u64) -> &mut AccessLine {
         self.key(key);
-        let _ = write!(self.buf, "{n}");
+        proto::text::push_num(&mut self.buf, n);
+        self
+    }
+
+    /// `key=ip:port`: an IPv4 address written digit by digit (through
+    /// `Display` it cost some 1,500 instructions a line, callgrind), an
+    /// IPv6 one as `[v6]:port` through it.
+    pub fn addr(&mut self, key: &str, a: &SocketAddr) -> &mut AccessLine {
+        let SocketAddr::V4(v4) = a else {
+            // `shown` as every caller has it (one copy of the generic).
+            return self.shown(key, a as &dyn std::fmt::Display);
+        };
+        self.key(key);
+        for (i, o) in v4.ip().octets().into_iter().enumerate() {
+            if i > 0 {
+                self.buf.push('.');
+            }
+            proto::text::push_num(&mut self.buf, u64::from(o));
+        }
+        self.buf.push(':');
+        proto::text::push_num(&mut self.buf, u64::from(v4.port()));
         self
     }
 
@@ -122,6 +146,15 @@ mod tests {
         assert_eq!(
             l.as_str(),
             r"kind=http link=my\x20api client=10.0.0.1:5000 method=GET path=/a?b=c\x20d\n\x1b status=201 ms=2 backend=/run/x\x20y.sock reason=-"
+        );
+        l.start("tcp")
+            .num("zero", 0)
+            .num("max", u64::MAX)
+            .addr("v4", &"10.20.30.4:65535".parse().unwrap())
+            .addr("v6", &"[::1]:80".parse().unwrap());
+        assert_eq!(
+            l.as_str(),
+            "kind=tcp zero=0 max=18446744073709551615 v4=10.20.30.4:65535 v6=[::1]:80"
         );
         let long = "/".repeat(1000);
         l.start("http").text("path", &long, MAX_PATH);

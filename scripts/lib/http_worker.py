@@ -13,7 +13,9 @@ MODE: close  - a new connection per request (`Connection: close`)
                before and during, in KiB
 BIN is the pv-xconnect executable; it runs under the name pvx-worker-http
 (a symlink next to it in a scratch directory). PVX_PROF_PATH: the path
-requested (default /index.html).
+requested (default /index.html). PVX_PROF_ACCESS_LOG: the worker's
+--access-log (off, the default, stderr or syslog); when on, the worker's
+stderr goes to /dev/null (a write per line, as to a file, and no flood).
 """
 import json
 import os
@@ -24,6 +26,7 @@ import tempfile
 import time
 
 PATH = os.environ.get("PVX_PROF_PATH", "/index.html").encode()
+ACCESS_LOG = os.environ.get("PVX_PROF_ACCESS_LOG", "off")
 REQ_CLOSE = b"GET " + PATH + b" HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
 REQ_KEEP = b"GET " + PATH + b" HTTP/1.1\r\nHost: bench\r\n\r\n"
 
@@ -52,7 +55,7 @@ def config(listen, backend_port):
             "max_conns": 65536, "max_head_bytes": 16384,
             "response_timeout_ms": 30000, "pipe_size": 65536,
         },
-        "log_target": "stderr", "log_level": "warn",
+        "log_target": "stderr", "log_level": "warn", "access_log": ACCESS_LOG,
     }
 
 
@@ -102,8 +105,9 @@ def main():
     def fd3():
         os.dup2(wrk.fileno(), 3)
 
+    stderr = subprocess.DEVNULL if ACCESS_LOG != "off" else None
     child = subprocess.Popen(wrapper + [name, listen], preexec_fn=fd3, close_fds=False,
-                             stdin=subprocess.DEVNULL)
+                             stdin=subprocess.DEVNULL, stderr=stderr)
     wrk.close()
     msg = json.dumps({"msg": "init", "seq": 1, "config": config(listen, backend_port)}).encode()
     socket.send_fds(sup, [msg], [lis.fileno()])

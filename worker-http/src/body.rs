@@ -83,6 +83,10 @@ pub struct Pump {
     mode: Mode,
     splice: Option<Splice>,
     done: bool,
+    /// Body bytes delivered so far, with those a call moved before it
+    /// failed (a client that hangs up mid-body: what it sent before that
+    /// was delivered, and counts).
+    delivered: u64,
 }
 
 impl Pump {
@@ -104,7 +108,14 @@ impl Pump {
             mode,
             splice: None,
             done,
+            delivered: 0,
         }
+    }
+
+    /// Body bytes delivered to the destination so far ([`Pump::advance`]d
+    /// and pumped), including those of a call that returned an error.
+    pub fn delivered(&self) -> u64 {
+        self.delivered
     }
 
     pub fn is_done(&self) -> bool {
@@ -153,6 +164,7 @@ impl Pump {
     /// `n` of the bytes [`Pump::buffered`] offered were written (and
     /// consumed from the buffer by the caller).
     pub fn advance(&mut self, n: usize) {
+        self.delivered += n as u64;
         match &mut self.mode {
             Mode::Length(rem) => {
                 *rem -= n as u64;
@@ -168,7 +180,8 @@ impl Pump {
         }
     }
 
-    /// Move what can be moved now; returns the bytes delivered to `dst`.
+    /// Move what can be moved now; returns the bytes delivered to `dst`
+    /// (those moved before an error are in [`Pump::delivered`]).
     /// `lent`: where a chunked body's read takes its buffer, and the pipes
     /// of a splice.
     pub fn pump(
@@ -183,17 +196,19 @@ impl Pump {
         if self.done {
             return Ok(0);
         }
-        let moved = match &mut self.mode {
+        // What is delivered is added to `delivered` as it goes, so an
+        // error leaves it counted.
+        let before = self.delivered;
+        match &mut self.mode {
             Mode::Length(rem) => {
-                let mut moved = 0u64;
                 // Buffered bytes first, never more than the body holds.
                 while *rem > 0 && !buf.is_empty() {
                     let n = buf.write_to(dst, dr, *rem).map_err(BodyError::Dst)? as u64;
                     if n == 0 {
-                        return Ok(moved);
+                        return Ok(self.delivered - before);
                     }
                     *rem -= n;
-                    moved += n;
+                    self.delivered += n;
                 }
                 if *rem > 0 {
                     let left = *rem;
@@ -210,30 +225,27 @@ impl Pump {
                         .pump(src.as_fd(), sr, dst.as_fd(), dr, false, lent.stock)
                         .map_err(splice_error)?;
                     *rem -= m.bytes;
-                    moved += m.bytes;
+                    self.delivered += m.bytes;
                     if m.eof {
                         return Err(premature());
                     }
                 }
                 self.done = *rem == 0;
-                moved
             }
             Mode::Close => {
-                let mut moved = 0u64;
                 while !buf.is_empty() {
                     let n = buf.write_to(dst, dr, u64::MAX).map_err(BodyError::Dst)?;
                     if n == 0 {
-                        return Ok(moved);
+                        return Ok(self.delivered - before);
                     }
-                    moved += n as u64;
+                    self.delivered += n as u64;
                 }
                 let sp = self.splice.get_or_insert_with(Splice::new);
-                moved += sp
+                self.delivered += sp
                     .pump(src.as_fd(), sr, dst.as_fd(), dr, false, lent.stock)
                     .map_err(splice_error)?
                     .bytes;
                 self.done = sp.finished();
-                moved
             }
             Mode::Chunked {
                 parser,
@@ -245,13 +257,12 @@ impl Pump {
                     pending,
                     trailers,
                     splice: &mut self.splice,
+                    delivered: &mut self.delivered,
                 };
-                let (moved, done) = c.pump(src, sr, buf, dst, dr, lent)?;
-                self.done = done;
-                moved
+                self.done = c.pump(src, sr, buf, dst, dr, lent)?;
             }
-        };
-        Ok(moved)
+        }
+        Ok(self.delivered - before)
     }
 }
 
@@ -277,6 +288,8 @@ struct ChunkedPump<'a> {
     /// The payload of long chunks: its limit is the chunk's data left, so
     /// it never reads a size line or the next message.
     splice: &'a mut Option<Splice>,
+    /// The pump's count of bytes delivered, added to as they go.
+    delivered: &'a mut u64,
 }
 
 impl ChunkedPump<'_> {
@@ -284,7 +297,8 @@ impl ChunkedPump<'_> {
     /// the front of `buf`), scan more, read or splice more, until blocked
     /// or the body ended. The trailer section waits in `buf` until it is
     /// whole, then leaves, filtered, through `trailers`. The pipe is empty
-    /// whenever the buffer is read into, so bytes leave in order.
+    /// whenever the buffer is read into, so bytes leave in order. What it
+    /// delivers is added to `delivered`; returns whether the body ended.
     fn pump(
         &mut self,
         src: &Stream,
@@ -293,19 +307,18 @@ impl ChunkedPump<'_> {
         dst: &Stream,
         dr: &mut Ready,
         lent: &mut Lent,
-    ) -> Result<(u64, bool), BodyError> {
-        let mut moved = 0u64;
+    ) -> Result<bool, BodyError> {
         loop {
             if let Some(sp) = self.splice.as_mut().filter(|s| !s.finished()) {
                 let m = sp
                     .pump(src.as_fd(), sr, dst.as_fd(), dr, false, lent.stock)
                     .map_err(splice_error)?;
-                moved += m.bytes;
+                *self.delivered += m.bytes;
                 if m.eof {
                     return Err(premature());
                 }
                 if !sp.finished() {
-                    return Ok((moved, false));
+                    return Ok(false);
                 }
             }
             if *self.pending > 0 {
@@ -313,19 +326,19 @@ impl ChunkedPump<'_> {
                     .write_to(dst, dr, *self.pending as u64)
                     .map_err(BodyError::Dst)?;
                 *self.pending -= n;
-                moved += n as u64;
+                *self.delivered += n as u64;
                 if *self.pending > 0 {
-                    return Ok((moved, false));
+                    return Ok(false);
                 }
             }
             if !self.trailers.is_empty() {
-                moved += self.trailers.flush(dst, dr).map_err(BodyError::Dst)? as u64;
+                *self.delivered += self.trailers.flush(dst, dr).map_err(BodyError::Dst)? as u64;
                 if !self.trailers.is_empty() {
-                    return Ok((moved, false));
+                    return Ok(false);
                 }
             }
             if self.parser.is_done() {
-                return Ok((moved, true));
+                return Ok(true);
             }
             if self.parser.in_trailers() {
                 let section = self
@@ -355,7 +368,7 @@ impl ChunkedPump<'_> {
                 continue;
             }
             if !sr.readable {
-                return Ok((moved, false));
+                return Ok(false);
             }
             let got = buf
                 .read_from(src, sr, lent.spares)
@@ -364,7 +377,7 @@ impl ChunkedPump<'_> {
                 if got.eof {
                     return Err(premature());
                 }
-                return Ok((moved, false));
+                return Ok(false);
             }
         }
     }

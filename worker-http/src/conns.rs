@@ -169,10 +169,10 @@ impl Handler for Conns {
     /// The drain's deadline: a client still sending a request head gets
     /// `503` (none of its request reached a backend, and the endpoint is
     /// going away); a silent close would look like a lost connection.
-    fn cut(&mut self, _cx: &mut Cx) {
+    fn cut(&mut self, cx: &mut Cx) {
         let mut n = 0;
         for (_, c) in self.conns.iter_mut() {
-            n += usize::from(c.cut(&mut self.sink));
+            n += usize::from(c.cut(&mut self.sink, cx.ledger, cx.now));
         }
         if n > 0 {
             proto::info!("{n} request(s) in progress (head unfinished or backend not reached) at the drain deadline answered 503");
@@ -236,6 +236,7 @@ impl Conns {
             sink: &mut self.sink,
             reach: &mut *cx.reach,
             stock: &mut *cx.stock,
+            ledger: &mut *cx.ledger,
         };
         if f(conn, &mut ctx) {
             conn.settle(ctx.spares);

@@ -36,6 +36,9 @@ pub struct Entry {
     /// its own `backend` (and no `replicas`), so an exchange's entry says
     /// where its backend connection goes.
     pub replicas: Option<Rc<Replicas>>,
+    /// The route's position among the config's routes: its counters
+    /// are kept by it (`runtime::route_book`).
+    pub index: usize,
 }
 
 /// The replicas of one route (see [`Entry::replicas`]).
@@ -114,7 +117,7 @@ pub fn rewrite_target<'a>(target: &'a str, prefix: &str, strip: bool) -> Cow<'a,
 
 impl Table {
     pub fn new(routes: &[Route]) -> Table {
-        let entries = routes.iter().map(entry_of).collect();
+        let entries = routes.iter().enumerate().map(entry_of).collect();
         Table { entries }
     }
 
@@ -176,8 +179,9 @@ impl Table {
     }
 }
 
-/// A route's entry, with one entry per replica when it has replicas.
-fn entry_of(r: &Route) -> Rc<Entry> {
+/// Route `index`'s entry, with one entry per replica when it has
+/// replicas.
+fn entry_of((index, r): (usize, &Route)) -> Rc<Entry> {
     let one = |backend: &Backend, replicas| Entry {
         name: r.via.name.clone(),
         prefix: r.via.prefix.clone(),
@@ -187,6 +191,7 @@ fn entry_of(r: &Route) -> Rc<Entry> {
         role: r.via.role.clone(),
         consumer: r.via.consumer.clone(),
         replicas,
+        index,
     };
     let replicas = runtime::balance::pool_of(r).map(|(pool, policy)| {
         let entries = pool.iter().map(|b| Rc::new(one(b, None))).collect();
@@ -213,6 +218,7 @@ mod tests {
             role: "any".into(),
             consumer: "EXTERNAL".into(),
             replicas: None,
+            index: 0,
         }
     }
 

@@ -7,7 +7,8 @@
 //! - `/echo...` (and anything unknown): 200, body = method, target and
 //!   headers, one per line, plus `body-len` and `body-hash` of the request
 //!   body.
-//! - `/created`: 201 with `X-Custom: yes` and a chunked body of 3 chunks.
+//! - `/created` (any query): 201 with `X-Custom: yes` and a chunked body
+//!   of 3 chunks.
 //! - `/big/N`: 200 with N bytes of `pattern(N, 7)`, Content-Length.
 //! - `/slow/MS`: waits MS milliseconds, then answers like `/echo`.
 //! - `/silent`: reads the request and never answers.
@@ -303,7 +304,7 @@ fn serve<C: Conn>(c: C, seen: Arc<Seen>) -> std::io::Result<()> {
         }
         let body = read_body(&mut r, &req)?;
         let path = req.target.clone();
-        if path == "/created" {
+        if path == "/created" || path.starts_with("/created?") {
             w.write_all(
                 b"HTTP/1.1 201 Created\r\nX-Custom: yes\r\nTransfer-Encoding: chunked\r\n\r\n\
                   5\r\nfirst\r\n6\r\nsecond\r\n5\r\nthird\r\n0\r\n\r\n",

@@ -299,6 +299,8 @@ fn premature_eof_and_bad_chunk_are_errors() {
     let mut buf = Buf::new(8);
     let e = pump_ready(&mut p, &src, &mut buf, &dst);
     assert!(matches!(e, Err(BodyError::Src(_))), "{e:?}");
+    // What came before the early end was delivered, and counts.
+    assert_eq!(p.delivered(), 3);
 
     let (w, src) = pair();
     write_nb(&w, &mut RW.clone(), b"zz\r\n").unwrap();
@@ -313,4 +315,6 @@ fn premature_eof_and_bad_chunk_are_errors() {
     let mut buf = Buf::new(8);
     let e = pump_ready(&mut p, &src, &mut buf, &dst);
     assert!(matches!(e, Err(BodyError::Src(_))), "{e:?}");
+    // The size line and the data before the end, as forwarded.
+    assert_eq!(p.delivered(), 5);
 }

@@ -4,8 +4,10 @@
 //! send a reset that can destroy the response before the client reads
 //! it), and the `503` a request still waiting gets at a drain's deadline.
 
+use super::record::Cause;
 use super::{Conn, Phase};
 use crate::errors;
+use runtime::ledger::Ledger;
 use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;
 use std::time::{Duration, Instant};
@@ -78,18 +80,26 @@ impl Conn {
     /// The worker exits now (a drain's deadline): a request head in
     /// progress, or a request still reaching its backend (held while a
     /// provider is away), gets `503`, written once without waiting: none
-    /// of it reached a backend. Whether it did.
-    pub fn cut(&mut self, sink: &mut Sink) -> bool {
+    /// of it reached a backend. Whether it did. Every request in progress
+    /// is written down as drained (`ledger`, at `now`).
+    pub fn cut(&mut self, sink: &mut Sink, ledger: &mut Ledger, now: Instant) -> bool {
         let waiting = match self.phase {
             Phase::ReadHead { .. } => !self.cbuf.is_empty(),
             Phase::Connecting { .. } => true,
             _ => false,
         };
         if !waiting {
+            // Cut with its response under way (or a tunnel): as it is.
+            self.ended(ledger, now, None, Some(Cause::Drained));
             return false;
         }
-        let head_only = self.cbuf.bytes().starts_with(b"HEAD ");
-        let _ = (&self.client).write(&errors::response(503, head_only));
+        let head_only = match &self.phase {
+            Phase::Connecting { ex, .. } => ex.is_head,
+            _ => self.cbuf.bytes().starts_with(b"HEAD "),
+        };
+        let answer = errors::response(503, head_only);
+        let _ = (&self.client).write(&answer);
+        self.ended(ledger, now, Some((503, answer.len())), Some(Cause::Drained));
         let _ = self.client.shutdown(Shutdown::Write);
         // Input left unread turns the close into a reset, which can
         // destroy the answer before the client reads it.

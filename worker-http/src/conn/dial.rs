@@ -5,6 +5,7 @@
 //! pooled connection skips all of this (see `Conn::start_exchange`).
 
 use super::exchange::Exchange;
+use super::record::Cause;
 use super::{interest, BackendConn, Conn, Ctx, Fail, Phase};
 use crate::keys::{self, Owner};
 use runtime::backend::{Dialer, Step};
@@ -25,6 +26,7 @@ impl Conn {
             Some(c) => Dialer::balanced(c, cx.now, cx.limits),
             None => Dialer::new(ex.route.backend.clone(), cx.now, cx.limits),
         };
+        ex.rec.dialling(cx.now);
         let next = Phase::Connecting {
             ex,
             dial: Box::new(dial),
@@ -48,6 +50,7 @@ impl Conn {
                 "client gone while its request was held for {}; closing",
                 dial.target
             );
+            self.ended(cx.ledger, cx.now, None, Some(Cause::ClientGone));
             self.enter(Phase::Done, cx.spares);
             return Ok(false);
         }
@@ -63,6 +66,8 @@ impl Conn {
             hung_up: self.c_hup.then_some((&self.client, false)),
         };
         let step = dial.step_on(&mut net, cx.reach, &mut stream, ready, cx.now, cx.limits);
+        // A hold begins or ends inside a step, at its `now`.
+        ex.rec.held(dial.is_held(), cx.now);
         // The same socket keeps what the loop recorded for it; a new one,
         // or one still connecting after it reported, starts afresh.
         let (ready, hup) = match step {
@@ -75,26 +80,34 @@ impl Conn {
             Step::Wait | Step::Pending => Ok(false),
             Step::Register => {
                 let Some(b) = socket.as_mut() else {
-                    return Err(Fail::Abort("dialer gave no socket".into()));
+                    return Err(Fail::Abort(
+                        Cause::Unreachable,
+                        "dialer gave no socket".into(),
+                    ));
                 };
                 let fd = b.stream.as_raw_fd();
                 cx.owners.set(fd, Owner::Conn(cx.slot));
                 cx.registry
                     .register(&mut b.stream, keys::backend(fd), interest())
-                    .map_err(|e| Fail::Status(502, format!("registering backend socket: {e}")))?;
+                    .map_err(|e| {
+                        let why = format!("registering backend socket: {e}");
+                        Fail::Status(502, Cause::Unreachable, why)
+                    })?;
                 Ok(true)
             }
             Step::Connected => {
+                ex.rec.dialled(cx.now);
                 keep_choice(ex, cx, dial);
                 self.connected()
             }
-            Step::Failed(why) => Err(Fail::Status(502, why)),
-            Step::TimedOut(why) => Err(Fail::Status(504, why)),
+            Step::Failed(why) => Err(Fail::Status(502, Cause::Unreachable, why)),
+            Step::TimedOut(why) => Err(Fail::Status(504, Cause::ConnectTimeout, why)),
             Step::Gone => {
                 proto::debug!(
                     "client gone before its request was held for {}; closing",
                     dial.target
                 );
+                self.ended(cx.ledger, cx.now, None, Some(Cause::ClientGone));
                 self.enter(Phase::Done, cx.spares);
                 Ok(false)
             }
@@ -114,7 +127,10 @@ impl Conn {
             }
             other => {
                 self.phase = other;
-                Err(Fail::Abort("connected without a socket".into()))
+                Err(Fail::Abort(
+                    Cause::Unreachable,
+                    "connected without a socket".into(),
+                ))
             }
         }
     }

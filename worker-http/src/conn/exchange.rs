@@ -14,6 +14,7 @@
 //! connections): a non-idempotent request never meets a stale connection,
 //! at the price of one connect to a local backend.
 
+use super::record::{Cause, Record};
 use super::{BackendConn, Conn, Ctx, Fail, Phase};
 use crate::body::Pump;
 use crate::buf::{Buf, Out};
@@ -69,6 +70,8 @@ pub(super) struct Exchange {
     pub(super) tunnel: bool,
     /// Bytes last moved either way then (the idle timeout's start).
     pub(super) last_active: Instant,
+    /// What the request is written down with when it ends.
+    pub(super) rec: Record,
 }
 
 impl Exchange {
@@ -93,11 +96,13 @@ impl Exchange {
         (self.reused || holding) && !self.retried && self.replayable && !self.resp_bytes
     }
 
-    /// Start over on a new backend connection.
-    pub(super) fn rewind(&mut self) {
+    /// Start over on a new backend connection (at `now`: the wait for the
+    /// failed one's answer ends).
+    pub(super) fn rewind(&mut self, now: Instant) {
         self.retried = true;
         self.reused = false;
         self.head.rewind();
+        self.rec.waited(self.sent_at, now, false);
         self.sent_at = None;
     }
 
@@ -107,10 +112,17 @@ impl Exchange {
 }
 
 impl Conn {
-    pub(super) fn start_exchange(&mut self, cx: &mut Ctx, req: Request) -> Result<(), Fail> {
+    /// `since`: the request head's first byte came then.
+    pub(super) fn start_exchange(
+        &mut self,
+        cx: &mut Ctx,
+        mut req: Request,
+        since: Instant,
+    ) -> Result<(), Fail> {
         let Some(route) = cx.routes.lookup(req.host.as_deref(), req.path()) else {
             return Err(Fail::Status(
                 404,
+                Cause::NoRoute,
                 format!(
                     "no route for host {:?} path {}",
                     req.host.as_deref().unwrap_or(""),
@@ -129,12 +141,23 @@ impl Conn {
         self.cbuf.consume(req.len);
         // One replica's entry when the route has replicas.
         let (route, choice) = crate::route::Table::pick(route, cx.reach);
+        let is_head = req.method == "HEAD";
+        let replayable = replayable(&req);
+        // The line's method and target: the parsed head's own, moved.
+        let what = cx.ledger.line.on().then(|| {
+            (
+                std::mem::take(&mut req.method),
+                std::mem::take(&mut req.target),
+            )
+        });
+        let r = Some(cx.ledger.routes.route(route.index));
+        let rec = Record::new(r, since, req.len, what);
         let mut ex = Box::new(Exchange {
             route,
-            is_head: req.method == "HEAD",
+            is_head,
             head: head_out,
             req: Pump::new(req.framing),
-            replayable: replayable(&req),
+            replayable,
             req_broken: false,
             sent_at: None,
             upgrade: req.upgrade.is_some(),
@@ -151,6 +174,7 @@ impl Conn {
             retried: false,
             tunnel: false,
             last_active: cx.now,
+            rec,
         });
         // A request that must not run twice never goes on a reused
         // connection: were that one stale, the request could neither be
@@ -183,6 +207,7 @@ impl Conn {
     /// The response is out: park the backend connection if it is clean,
     /// then wait for the next request or close.
     pub(super) fn finish(&mut self, cx: &mut Ctx) {
+        self.ended(cx.ledger, cx.now, None, None);
         let Some((mut ex, b)) = self.take_exchanging() else {
             return;
         };

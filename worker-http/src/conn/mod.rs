@@ -20,12 +20,15 @@
 //! exchange's data, how it starts and ends), `dial.rs` (Connecting),
 //! `transfer.rs` and `response.rs` (Exchange), `tunnel.rs` (Tunnel),
 //! `closing.rs` (Closing, and the 503 at a drain's deadline); `timers.rs`
-//! holds the deadlines of every phase and what their passing does.
+//! holds the deadlines of every phase and what their passing does;
+//! `record.rs` writes a request down when it ends (its route's counters,
+//! its access line), called once from wherever it ends.
 
 mod closing;
 mod dial;
 mod exchange;
 mod read_head;
+mod record;
 mod response;
 mod timers;
 mod transfer;
@@ -46,6 +49,7 @@ use mio::event::Event;
 use mio::{Interest, Registry, Token};
 use proto::ctl::Stats;
 use proto::limits::Limits;
+use record::Cause;
 use runtime::backend::Dialer;
 use runtime::stream::{Ready, Stream};
 use std::io;
@@ -84,6 +88,8 @@ pub struct Ctx<'a> {
     pub reach: &'a mut runtime::backend::Reach,
     /// The relays' pipes and copy buffers, lent by the loop.
     pub stock: &'a mut runtime::stock::Stock,
+    /// Where a request that ends is written down (`record.rs`).
+    pub ledger: &'a mut runtime::ledger::Ledger,
 }
 
 impl Ctx<'_> {
@@ -143,16 +149,17 @@ enum Phase {
     Done,
 }
 
-/// How a step failed, and so what the client gets.
+/// How a step failed, and so what the client gets; the [`Cause`] is what
+/// the request is written down with.
 #[derive(Debug)]
 enum Fail {
     /// Answer with this status, unless a response already started; close.
-    Status(u16, String),
+    Status(u16, Cause, String),
     /// The backend failed before any response byte: retry once if the
     /// connection was a pooled one and the request can be replayed, else 502.
     Backend(String),
     /// Close now; the client gets what it got so far.
-    Abort(String),
+    Abort(Cause, String),
 }
 
 pub struct Conn {
@@ -165,6 +172,8 @@ pub struct Conn {
     /// Close after the current exchange (drain).
     closing: bool,
     ip: Option<IpAddr>,
+    /// The client's port (access lines; in the slot's padding).
+    port: u16,
     /// Client bytes: the request head being read, then what follows it.
     cbuf: Buf,
     /// Bytes queued for the client: response heads, a canned error.
@@ -192,6 +201,7 @@ impl Conn {
             c_hup: false,
             closing: false,
             ip: peer.map(|a| a.ip()),
+            port: peer.map_or(0, |a| a.port()),
             cbuf: Buf::new(max_head),
             cout: Out::default(),
             phase: Phase::ReadHead {
@@ -304,16 +314,16 @@ impl Conn {
                         "backend connection failed before answering ({why}); retrying on a new one"
                     );
                     if let Some(mut ex) = self.take_exchange() {
-                        ex.rewind();
+                        ex.rewind(cx.now);
                         if let Err(f) = self.start_connect(cx, ex) {
                             self.fail(cx, f);
                         }
                     }
                     return;
                 }
-                self.fail(cx, Fail::Status(502, why));
+                self.fail(cx, Fail::Status(502, Cause::BackendClosed, why));
             }
-            Fail::Status(status, why) => {
+            Fail::Status(status, cause, why) => {
                 cx.stats.errors += 1;
                 let ex = self.exchange();
                 let route = ex.map_or("-", |e| e.route.name.as_str());
@@ -326,6 +336,7 @@ impl Conn {
                 let responded =
                     ex.is_some_and(|ex| ex.responded()) || matches!(self.phase, Phase::Tunnel(_));
                 if responded {
+                    self.ended(cx.ledger, cx.now, None, Some(cause));
                     self.enter(Phase::Done, cx.spares);
                     return;
                 }
@@ -336,14 +347,16 @@ impl Conn {
                     None => self.cbuf.bytes().starts_with(b"HEAD "),
                 };
                 self.cout.clear();
-                self.cout
-                    .buf()
-                    .extend_from_slice(&errors::response(status, head_only));
+                let answer = errors::response(status, head_only);
+                self.cout.buf().extend_from_slice(&answer);
+                let answered = Some((status, answer.len()));
+                self.ended(cx.ledger, cx.now, answered, Some(cause));
                 self.enter(Phase::closing(cx.now), cx.spares);
             }
-            Fail::Abort(why) => {
+            Fail::Abort(cause, why) => {
                 cx.stats.errors += 1;
                 proto::debug!("closing connection from {}: {why}", self.peer());
+                self.ended(cx.ledger, cx.now, None, Some(cause));
                 self.enter(Phase::Done, cx.spares);
             }
         }

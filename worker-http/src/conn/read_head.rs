@@ -2,6 +2,7 @@
 //! connection, the next on a kept-alive one), read it, and hand it to an
 //! exchange (`exchange.rs`), or close when nothing more will come.
 
+use super::record::Cause;
 use super::{Conn, Ctx, Fail, Phase};
 use crate::head::{self, Parsed};
 
@@ -15,16 +16,23 @@ impl Conn {
         };
         let first = *first;
         if !self.cbuf.is_empty() {
-            head_since.get_or_insert(cx.now);
+            let since = *head_since.get_or_insert(cx.now);
             match head::parse_request(self.cbuf.bytes()) {
-                Err(r) => return Err(Fail::Status(r.status, r.why.to_string())),
+                Err(r) => {
+                    let cause = match r.status {
+                        431 => Cause::HeadTooLarge,
+                        _ => Cause::BadRequest,
+                    };
+                    return Err(Fail::Status(r.status, cause, r.why.to_string()));
+                }
                 Ok(Parsed::Complete(req)) => {
-                    self.start_exchange(cx, req)?;
+                    self.start_exchange(cx, req, since)?;
                     return Ok(true);
                 }
                 Ok(Parsed::Partial) if self.cbuf.is_full() => {
                     return Err(Fail::Status(
                         431,
+                        Cause::HeadTooLarge,
                         format!("request head over {} bytes", cx.limits.max_head_bytes),
                     ))
                 }
@@ -42,13 +50,14 @@ impl Conn {
         let got = self
             .cbuf
             .read_head(&self.client, &mut self.cr, self.c_hup, cx.spares)
-            .map_err(|e| Fail::Abort(format!("reading request head: {e}")))?;
+            .map_err(|e| Fail::Abort(Cause::ClientGone, format!("reading request head: {e}")))?;
         if got.bytes > 0 {
             return Ok(true);
         }
         if got.eof {
             if !self.cbuf.is_empty() {
                 return Err(Fail::Abort(
+                    Cause::ClientGone,
                     "client closed in the middle of a request head".into(),
                 ));
             }

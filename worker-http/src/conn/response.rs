@@ -5,6 +5,7 @@
 //! output (`cout`), ended by `head::end_response`.
 
 use super::exchange::{Exchange, Resp};
+use super::record::Cause;
 use super::{BackendConn, Fail};
 use crate::body::Pump;
 use crate::buf::{Out, Spares};
@@ -46,13 +47,17 @@ pub(super) fn read_response_head(
                 Err(why) => {
                     return Err(Fail::Status(
                         502,
+                        Cause::BadResponse,
                         format!("{why} from {}", ex.route.backend),
                     ))
                 }
                 Ok(Parsed::Complete(resp)) => {
                     ex.bbuf.consume(resp.len);
                     match ex.on_head(&resp, closing)? {
-                        Some(persist) => head::end_response(resp.status, persist, cout.buf()),
+                        Some(persist) => {
+                            ex.rec.status = Some(resp.status);
+                            head::end_response(resp.status, persist, cout.buf())
+                        }
                         // Not for this client: take back what parse_response wrote.
                         None => cout.buf().truncate(mark),
                     }
@@ -62,6 +67,7 @@ pub(super) fn read_response_head(
                 Ok(Parsed::Partial) if ex.bbuf.is_full() => {
                     return Err(Fail::Status(
                         502,
+                        Cause::BadResponse,
                         format!("response head from {} too large", ex.route.backend),
                     ))
                 }
@@ -101,6 +107,7 @@ impl Exchange {
             if !self.upgrade {
                 return Err(Fail::Status(
                     502,
+                    Cause::BadResponse,
                     format!(
                         "101 from {} to a request that did not ask to upgrade",
                         self.route.backend

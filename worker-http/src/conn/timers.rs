@@ -6,6 +6,7 @@
 //! that fires early (the deadline moved later) just re-arms.
 
 use super::closing::LINGER;
+use super::record::Cause;
 use super::{Conn, Ctx, Fail, Phase};
 use proto::limits::Limits;
 use std::time::{Duration, Instant};
@@ -69,6 +70,7 @@ impl Conn {
                     ..
                 } => Some(Fail::Status(
                     408,
+                    Cause::HeadTimeout,
                     "request head not complete in time".into(),
                 )),
                 Phase::ReadHead { .. } => {
@@ -78,16 +80,25 @@ impl Conn {
                 // A retry is due, or the timeout passed: the dialer knows.
                 Phase::Connecting { .. } => None,
                 // The request body stalled (the client stopped sending).
-                Phase::Exchange { ex, .. } if !ex.responded() && !ex.request_sent() => Some(
-                    Fail::Status(408, "request body stalled for the idle timeout".into()),
-                ),
-                Phase::Exchange { ex, .. } if !ex.responded() => {
-                    Some(Fail::Status(504, "backend did not answer in time".into()))
+                Phase::Exchange { ex, .. } if !ex.responded() && !ex.request_sent() => {
+                    Some(Fail::Status(
+                        408,
+                        Cause::BodyTimeout,
+                        "request body stalled for the idle timeout".into(),
+                    ))
                 }
+                Phase::Exchange { ex, .. } if !ex.responded() => Some(Fail::Status(
+                    504,
+                    Cause::ResponseTimeout,
+                    "backend did not answer in time".into(),
+                )),
                 Phase::Exchange { .. } => Some(Fail::Abort(
+                    Cause::IdleTimeout,
                     "no traffic on the exchange for the idle timeout".into(),
                 )),
                 Phase::Tunnel(_) | Phase::Closing { .. } | Phase::Done => {
+                    // A tunnel idle (or half-closed) too long ends its request.
+                    self.ended(cx.ledger, cx.now, None, Some(Cause::IdleTimeout));
                     self.enter(Phase::Done, cx.spares);
                     None
                 }

@@ -6,10 +6,20 @@
 //! read in `response.rs`.
 
 use super::exchange::Resp;
+use super::record::Cause;
 use super::response::read_response_head;
 use super::{Conn, Ctx, Fail, Phase};
 use crate::body::BodyError;
 use crate::head::Persist;
+
+/// Why a response body stopped: which side failed.
+fn response_cause(e: &BodyError) -> Cause {
+    match e {
+        BodyError::Src(_) => Cause::BackendClosed,
+        BodyError::Dst(_) => Cause::ClientGone,
+        BodyError::Framing(_) => Cause::BadResponse,
+    }
+}
 
 impl Conn {
     /// One pass of the Exchange phase: request head and body out, then
@@ -24,7 +34,7 @@ impl Conn {
             let extra = ex
                 .req
                 .buffered(&self.cbuf)
-                .map_err(|e| Fail::Status(400, format!("request {e}")))?;
+                .map_err(|e| Fail::Status(400, Cause::BadBody, format!("request {e}")))?;
             let (h, n) = ex
                 .head
                 .flush_with(&b.stream, &mut b.ready, &mut self.cbuf, extra, false)
@@ -36,30 +46,39 @@ impl Conn {
                 ex.replayable = false;
             }
             cx.stats.bytes_in += (h + n) as u64;
+            // The head was counted as the client sent it.
+            ex.rec.bytes_in += n as u64;
             progress |= h + n > 0;
         }
         if ex.head.is_empty() && !ex.req.is_done() && !ex.req_broken {
-            match ex.req.pump(
+            // Counted whatever the call ends with: a client that hangs up
+            // mid-body sent what was delivered before.
+            let before = ex.req.delivered();
+            let r = ex.req.pump(
                 &self.client,
                 &mut self.cr,
                 &mut self.cbuf,
                 &b.stream,
                 &mut b.ready,
                 &mut cx.lent(),
-            ) {
-                Ok(n) => {
-                    cx.stats.bytes_in += n;
-                    progress |= n > 0;
-                }
+            );
+            let n = ex.req.delivered() - before;
+            cx.stats.bytes_in += n;
+            ex.rec.bytes_in += n;
+            progress |= n > 0;
+            match r {
+                Ok(_) => {}
                 Err(BodyError::Dst(e)) => {
                     // Perhaps the backend answered early and closed: read on.
                     proto::debug!("{} stopped taking the request body: {e}", ex.route.backend);
                     ex.req_broken = true;
                     progress = true;
                 }
-                Err(e @ BodyError::Src(_)) => return Err(Fail::Abort(format!("request {e}"))),
+                Err(e @ BodyError::Src(_)) => {
+                    return Err(Fail::Abort(Cause::ClientGone, format!("request {e}")))
+                }
                 Err(e @ BodyError::Framing(_)) => {
-                    return Err(Fail::Status(400, format!("request {e}")))
+                    return Err(Fail::Status(400, Cause::BadBody, format!("request {e}")))
                 }
             }
         }
@@ -77,13 +96,17 @@ impl Conn {
                 self.closing || cx.draining,
                 cx.spares,
             )?;
+            if ex.resp_bytes {
+                ex.rec.waited(ex.sent_at, cx.now, true);
+            }
             let queued = !self.cout.is_empty();
             if queued {
                 // The response head and the body bytes already read leave together.
                 let (extra, pump) = match &mut ex.resp {
                     Resp::Body(p) => (
                         p.buffered(&ex.bbuf).map_err(|e| {
-                            Fail::Abort(format!("response from {}: {e}", ex.route.backend))
+                            let why = format!("response from {}: {e}", ex.route.backend);
+                            Fail::Abort(Cause::BadResponse, why)
                         })?,
                         Some(p),
                     ),
@@ -99,11 +122,14 @@ impl Conn {
                 let (h, n) = self
                     .cout
                     .flush_with(&self.client, &mut self.cr, &mut ex.bbuf, extra, last)
-                    .map_err(|e| Fail::Abort(format!("writing response: {e}")))?;
+                    .map_err(|e| {
+                        Fail::Abort(Cause::ClientGone, format!("writing response: {e}"))
+                    })?;
                 if let Some(p) = pump {
                     p.advance(n);
                 }
                 cx.stats.bytes_out += (h + n) as u64;
+                ex.rec.bytes_out += (h + n) as u64;
                 progress |= h + n > 0;
             }
             if !(queued && self.cout.is_empty() && matches!(ex.resp, Resp::Head)) {
@@ -112,18 +138,23 @@ impl Conn {
         }
         if self.cout.is_empty() {
             if let Resp::Body(p) = &mut ex.resp {
-                let n = p
-                    .pump(
-                        &b.stream,
-                        &mut b.ready,
-                        &mut ex.bbuf,
-                        &self.client,
-                        &mut self.cr,
-                        &mut cx.lent(),
-                    )
-                    .map_err(|e| Fail::Abort(format!("response from {}: {e}", ex.route.backend)))?;
+                let before = p.delivered();
+                let r = p.pump(
+                    &b.stream,
+                    &mut b.ready,
+                    &mut ex.bbuf,
+                    &self.client,
+                    &mut self.cr,
+                    &mut cx.lent(),
+                );
+                let n = p.delivered() - before;
                 cx.stats.bytes_out += n;
+                ex.rec.bytes_out += n;
                 progress |= n > 0;
+                r.map_err(|e| {
+                    let why = format!("response from {}: {e}", ex.route.backend);
+                    Fail::Abort(response_cause(&e), why)
+                })?;
                 if p.is_done() {
                     ex.resp = Resp::Done;
                     progress = true;

@@ -8,6 +8,7 @@
 //! ends when both directions have.
 
 use super::exchange::Exchange;
+use super::record::Record;
 use super::{BackendConn, Conn, Ctx, Phase};
 use crate::route::Entry;
 use runtime::duplex::{Duplex, ShortRead};
@@ -18,11 +19,13 @@ use std::rc::Rc;
 use std::time::Instant;
 
 /// What a tunnel keeps of its exchange: the backend connection, the route
-/// (for log lines) and a replica's choice (counted while the tunnel lasts).
+/// (for log lines), a replica's choice (counted while the tunnel lasts)
+/// and the request's record (the tunnel's end is the request's).
 pub(super) struct Tunnel {
     relay: Duplex<Splice>,
     pub(super) backend: BackendConn,
-    route: Rc<Entry>,
+    pub(super) route: Rc<Entry>,
+    pub(super) rec: Record,
     _choice: Option<runtime::balance::Choice>,
     /// Bytes last moved either way then (the idle timeout's start).
     pub(super) last_active: Instant,
@@ -52,12 +55,14 @@ impl Conn {
             route,
             choice,
             last_active,
+            rec,
             ..
         } = *ex;
         self.phase = Phase::Tunnel(Box::new(Tunnel {
             relay,
             backend,
             route,
+            rec,
             _choice: choice,
             last_active,
         }));
@@ -93,7 +98,10 @@ impl Conn {
         );
         cx.stats.bytes_in += p.up;
         cx.stats.bytes_out += p.down;
+        t.rec.bytes_in += p.up;
+        t.rec.bytes_out += p.down;
         if t.relay.done() {
+            self.ended(cx.ledger, cx.now, None, None);
             self.phase = Phase::Done;
             return false;
         }

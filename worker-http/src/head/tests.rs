@@ -27,6 +27,7 @@ fn route(prefix: &str, strip: bool) -> Entry {
         role: "admin".into(),
         consumer: "EXTERNAL".into(),
         replicas: None,
+        index: 0,
     }
 }
 
