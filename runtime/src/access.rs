@@ -80,9 +80,24 @@ impl AccessLine {
         self
     }
 
+    /// `key=n` in decimal, without the formatting machinery (a line has
+    /// several numbers, and this is its cost per request or connection).
     pub fn num(&mut self, key: &str, n: u64) -> &mut AccessLine {
         self.key(key);
-        let _ = write!(self.buf, "{n}");
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        let mut n = n;
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        for &d in &digits[at..] {
+            self.buf.push(char::from(d));
+        }
         self
     }
 
@@ -117,11 +132,13 @@ mod tests {
             .text("path", "/a?b=c d\n\x1b", MAX_PATH)
             .num("status", 201)
             .ms("ms", Duration::from_micros(2500))
+            .num("in", 0)
+            .num("out", u64::MAX)
             .shown("backend", "/run/x y.sock")
             .text("reason", "", MAX_VALUE);
         assert_eq!(
             l.as_str(),
-            r"kind=http link=my\x20api client=10.0.0.1:5000 method=GET path=/a?b=c\x20d\n\x1b status=201 ms=2 backend=/run/x\x20y.sock reason=-"
+            r"kind=http link=my\x20api client=10.0.0.1:5000 method=GET path=/a?b=c\x20d\n\x1b status=201 ms=2 in=0 out=18446744073709551615 backend=/run/x\x20y.sock reason=-"
         );
         let long = "/".repeat(1000);
         l.start("http").text("path", &long, MAX_PATH);
