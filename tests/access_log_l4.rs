@@ -16,6 +16,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+/// A tcp link of the host (consumer EXTERNAL) listening on 127.0.0.1:`port`.
+fn tcp_link(name: &str, port: u16, backend: &str) -> String {
+    link("tcp", name, 0, &format!("127.0.0.1:{port}"), backend, 0)
+}
+
 /// One access line: its `key=value` pairs, in order.
 type Line = Vec<(String, String)>;
 
@@ -180,22 +185,8 @@ fn tcp_connections_each_leave_one_line_and_their_counts() {
     let dead = free_port(); // nothing listens there
     let (ok_port, down_port) = (free_port(), free_port());
     let g = graph(&[
-        link(
-            "tcp",
-            "tcpok",
-            0,
-            &format!("127.0.0.1:{ok_port}"),
-            &backend.to_string(),
-            0,
-        ),
-        link(
-            "tcp",
-            "tcpdown",
-            0,
-            &format!("127.0.0.1:{down_port}"),
-            &format!("127.0.0.1:{dead}"),
-            0,
-        ),
+        tcp_link("tcpok", ok_port, &backend.to_string()),
+        tcp_link("tcpdown", down_port, &format!("127.0.0.1:{dead}")),
     ]);
     // Not held: the dead backend fails after the connect retries.
     let sup = Supervisor::start(&g, &["--access-log", "stderr", "--hold-timeout", "0"]);
@@ -342,14 +333,7 @@ fn a_unix_connection_passing_fds_names_its_client_by_pid_and_uid() {
 fn off_by_default_counts_but_writes_no_line() {
     let backend = echo_server();
     let port = free_port();
-    let g = graph(&[link(
-        "tcp",
-        "quiet",
-        0,
-        &format!("127.0.0.1:{port}"),
-        &backend.to_string(),
-        0,
-    )]);
+    let g = graph(&[tcp_link("quiet", port, &backend.to_string())]);
     let sup = Supervisor::start(&g, &[]);
     sup.worker_pid("pvx-worker-tcp");
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -364,14 +348,7 @@ fn off_by_default_counts_but_writes_no_line() {
 fn a_client_that_resets_mid_stream_is_written_as_gone() {
     let backend = echo_server();
     let port = free_port();
-    let g = graph(&[link(
-        "tcp",
-        "rst",
-        0,
-        &format!("127.0.0.1:{port}"),
-        &backend.to_string(),
-        0,
-    )]);
+    let g = graph(&[tcp_link("rst", port, &backend.to_string())]);
     let sup = Supervisor::start(&g, &["--access-log", "stderr"]);
     sup.worker_pid("pvx-worker-tcp");
     let mut s = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).unwrap();
@@ -395,25 +372,8 @@ fn a_client_that_resets_mid_stream_is_written_as_gone() {
 fn a_connection_cut_at_the_drain_deadline_is_written_as_drained() {
     let backend = echo_server();
     let (port, other) = (free_port(), free_port());
-    let keep = link(
-        "tcp",
-        "stays",
-        0,
-        &format!("127.0.0.1:{other}"),
-        &backend.to_string(),
-        0,
-    );
-    let g = graph(&[
-        link(
-            "tcp",
-            "leaves",
-            0,
-            &format!("127.0.0.1:{port}"),
-            &backend.to_string(),
-            0,
-        ),
-        keep.clone(),
-    ]);
+    let keep = tcp_link("stays", other, &backend.to_string());
+    let g = graph(&[tcp_link("leaves", port, &backend.to_string()), keep.clone()]);
     let sup = Supervisor::start(&g, &["--access-log", "stderr", "--drain-timeout", "300ms"]);
     sup.worker_pid(&format!("127.0.0.1:{port}"));
     let mut s = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).unwrap();
@@ -441,15 +401,13 @@ fn a_syslog_that_never_reads_costs_lines_not_traffic() {
     let syslog = UnixDatagram::bind(&syslog_path).unwrap();
     let backend = echo_server();
     let port = free_port();
-    let g = graph(&[link(
-        "tcp",
-        "busy",
-        0,
-        &format!("127.0.0.1:{port}"),
-        &backend.to_string(),
-        0,
-    )]);
-    let sup = supervisor_with_syslog(&g, &syslog_path);
+    let g = graph(&[tcp_link("busy", port, &backend.to_string())]);
+    // Its own lines still go to stderr (the helper's `--log-target`).
+    let sup = Supervisor::start_env(
+        &g,
+        &["--access-log", "syslog"],
+        &[("PVX_SYSLOG_PATH", &syslog_path)],
+    );
     sup.worker_pid("pvx-worker-tcp");
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     const N: u64 = 200;
@@ -488,37 +446,4 @@ fn a_syslog_that_never_reads_costs_lines_not_traffic() {
     );
     assert_eq!(metric, dropped as f64);
     assert_eq!(sup.count_log("access: "), 0);
-}
-
-/// [`Supervisor::start`] with `--access-log syslog` and its syslog at
-/// `syslog` (`PVX_SYSLOG_PATH`, for this supervisor only); its own lines
-/// still go to stderr.
-fn supervisor_with_syslog(graph: &str, syslog: &Path) -> Supervisor {
-    let dir = TempDir::new("alsup");
-    let graph_path = dir.path().join("graph.json");
-    std::fs::write(&graph_path, graph).unwrap();
-    let log = dir.path().join("supervisor.log");
-    let status_socket = dir.path().join("status.sock");
-    let child = Command::new(bin_dir().join("pv-xconnect"))
-        .arg("run")
-        .arg("--graph")
-        .arg(&graph_path)
-        .args(["--log-target", "stderr", "--log-level", "debug"])
-        .args(["--access-log", "syslog", "--status-socket"])
-        .arg(&status_socket)
-        .env("PVX_SYSLOG_PATH", syslog)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("spawn pv-xconnect");
-    let s = Supervisor {
-        child,
-        dir,
-        graph: graph_path,
-        log,
-        status_socket,
-    };
-    s.wait_log("graph applied", 1);
-    s
 }
