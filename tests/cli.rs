@@ -114,6 +114,7 @@ fn every_flag_refuses_bad_values_with_exit_2_naming_flag_value_and_range() {
         ("--health-rise", "1001", "1 to 1000"),
         ("--log-target", "file", "auto, syslog, stderr"),
         ("--log-level", "trace", "error, warn, info, debug"),
+        ("--access-log", "file", "off, syslog, stderr"),
     ];
     // Every flag of `run` that takes a value other than a path is in the
     // table: a flag added later cannot skip its range.
