@@ -84,6 +84,8 @@ impl AccessLine {
         self
     }
 
+    /// `key=n` in decimal, without the formatting machinery (a line has
+    /// several numbers, and this is its cost per request or connection).
     pub fn num(&mut self, key: &str, n: u64) -> &mut AccessLine {
         self.key(key);
         proto::text::push_num(&mut self.buf, n);
@@ -141,11 +143,13 @@ mod tests {
             .text("path", "/a?b=c d\n\x1b", MAX_PATH)
             .num("status", 201)
             .ms("ms", Duration::from_micros(2500))
+            .num("in", 0)
+            .num("out", u64::MAX)
             .shown("backend", "/run/x y.sock")
             .text("reason", "", MAX_VALUE);
         assert_eq!(
             l.as_str(),
-            r"kind=http link=my\x20api client=10.0.0.1:5000 method=GET path=/a?b=c\x20d\n\x1b status=201 ms=2 backend=/run/x\x20y.sock reason=-"
+            r"kind=http link=my\x20api client=10.0.0.1:5000 method=GET path=/a?b=c\x20d\n\x1b status=201 ms=2 in=0 out=18446744073709551615 backend=/run/x\x20y.sock reason=-"
         );
         l.start("tcp")
             .num("zero", 0)

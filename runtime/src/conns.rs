@@ -6,6 +6,11 @@
 //! flags and its timer state. A connection gets the loop's [`Cx`] with
 //! every call: the backends, pipes and buffers it may use arrive there.
 //!
+//! A connection ends in one place, [`Conns`]' `close`, whatever ended it
+//! (both sides done, a failure, a timeout, the drain's deadline): there
+//! its route's counters and its access line are written (`conns/ended.rs`),
+//! from what [`Sockets`] keeps and the [`Facts`] only the connection knows.
+//!
 //! Tokens: 2 + 2*slot = a connection's client, 3 + 2*slot = its backend
 //! (0 and 1 are the loop's). Timer keys: slot << 32 | generation.
 //!
@@ -19,11 +24,13 @@ use crate::slab::Slab;
 use crate::stream::Stream;
 use mio::event::Event;
 use mio::{Interest, Token};
-use proto::ctl::WorkerConfig;
+use proto::ctl::{End, WorkerConfig};
 use proto::tick::Tick;
 
+mod ended;
 mod sockets;
-pub use sockets::{Dialing, Next, Sockets};
+pub use ended::Facts;
+pub use sockets::{Dialing, Ending, Next, Sockets};
 
 /// A proxied connection as the loop sees it. Each call gets the loop's
 /// [`Cx`]: the time, the running configuration, and what dialling and
@@ -38,6 +45,8 @@ pub trait Connection: Sized {
     /// Its deadline passed (or an earlier timer entry fired).
     fn on_timer(&mut self, cx: &mut Cx) -> Next;
     fn sockets(&mut self) -> &mut Sockets;
+    /// What its access line names that only it knows (read as it closes).
+    fn facts(&self) -> Facts<'_>;
     /// A backend may be back (an Update, a health check saw it up): a
     /// connection still reaching its backend retargets to its route's
     /// backend in `cx.config` and retries at once (`Dialer::retarget`,
@@ -91,7 +100,7 @@ impl<C: Connection> Handler for Conns<C> {
             conn_interest(),
         ) {
             proto::warn!("register client: {e}");
-            self.close(cx, slot, true);
+            self.close(cx, slot, Ending::failed(End::Refused, "register_failed"));
             return;
         }
         self.drive(cx, slot);
@@ -133,14 +142,30 @@ impl<C: Connection> Handler for Conns<C> {
         }
     }
 
+    /// Also after every applied update: each connection's route is
+    /// renewed first (found again by name, `RouteBook::renew`), so a
+    /// connection counts under its route however long it lives.
     fn wake(&mut self, cx: &mut Cx) {
         let woken: Vec<usize> = self
             .conns
             .iter_mut()
-            .filter_map(|(slot, c)| c.wake(cx).then_some(slot))
+            .filter_map(|(slot, c)| {
+                let io = c.sockets();
+                io.route = cx.ledger.routes.renew(io.route);
+                c.wake(cx).then_some(slot)
+            })
             .collect();
         for slot in woken {
             self.drive(cx, slot);
+        }
+    }
+
+    /// The drain's deadline: every connection still open ends now, each
+    /// written down as drained (the worker exits next).
+    fn cut(&mut self, cx: &mut Cx) {
+        // Every slot: a vacant one is no connection, `close` passes it.
+        for slot in 0..self.conns.slots() {
+            self.close(cx, slot, Ending::quiet(End::Drained, "drain_deadline"));
         }
     }
 
@@ -172,9 +197,6 @@ impl<C: Connection> Conns<C> {
         let gen = self.conns.generation(slot);
         let c = self.conns.get_mut(slot)?;
         let io = c.sockets();
-        let (up, down) = std::mem::take(&mut io.moved);
-        cx.stats.bytes_in += up;
-        cx.stats.bytes_out += down;
         match next {
             Next::Continue => {
                 if let Some(d) = io.deadline {
@@ -193,28 +215,35 @@ impl<C: Connection> Conns<C> {
                     .register(b, Token(3 + 2 * slot), conn_interest())
                 {
                     proto::warn!("register backend: {e}");
-                    self.close(cx, slot, true);
+                    let ending = Ending::failed(End::BackendFailed, "register_failed");
+                    self.close(cx, slot, ending);
                     return Some(false);
                 }
                 Some(true)
             }
-            Next::Close { error } => {
-                self.close(cx, slot, error);
+            Next::Close(ending) => {
+                self.close(cx, slot, ending);
                 Some(false)
             }
         }
     }
 
-    fn close(&mut self, cx: &mut Cx, slot: usize, error: bool) {
-        if let Some(c) = self.conns.get_mut(slot) {
-            c.close(cx);
-        }
+    /// The one place a connection ends: its pipes go back, its route's
+    /// counters and its access line are written, its sockets close. Not
+    /// inlined into its callers (the drain's cut among them).
+    #[inline(never)]
+    fn close(&mut self, cx: &mut Cx, slot: usize, ending: Ending) {
+        let Some(c) = self.conns.get_mut(slot) else {
+            return;
+        };
+        c.close(cx);
+        ended::write_down(cx, &c.facts(), ending);
         // Closing the fds removes them from epoll; no deregister needed.
         if self.conns.remove(slot).is_some() {
-            cx.stats.errors += u64::from(error);
+            cx.stats.errors += u64::from(ending.error);
             proto::debug!(
                 "connection closed{} ({} open)",
-                if error { " on an error" } else { "" },
+                if ending.error { " on an error" } else { "" },
                 self.conns.len()
             );
         }

@@ -44,10 +44,16 @@
 //!
 //! Readiness is edge-triggered: every step runs until the kernel says
 //! EAGAIN, which clears the matching [`Ready`] flag.
+//!
+//! The first failure either direction saw is kept ([`Duplex::fault`]):
+//! which socket, and what the kernel said. A connection's access line and
+//! its route's counters say by it how the connection ended (a client or a
+//! backend that reset it, or both closing normally).
 
 use crate::stock::Stock;
 use crate::stream::{shutdown_write, Ready};
 use std::fmt;
+use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use transfer::{transfer_with, would_block};
 
@@ -64,6 +70,49 @@ pub enum Flow {
     /// The destination failed: read the source and throw it away.
     Draining,
     Ended,
+}
+
+/// The first failure of a relayed connection: on its backend's socket
+/// (else its client's), and what the kernel said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fault {
+    pub backend: bool,
+    pub cause: Cause,
+}
+
+/// What a failed read or write on a relayed socket said, in the access
+/// log's words (`reason=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// `ECONNRESET`: the peer reset the connection.
+    Reset,
+    /// `EPIPE`: written after the peer closed.
+    BrokenPipe,
+    /// `ETIMEDOUT`: the kernel gave up on the peer (retransmissions).
+    TimedOut,
+    Other,
+}
+
+impl Cause {
+    /// Not inlined at each of its two callers in every kind of relay.
+    #[inline(never)]
+    fn of(e: &io::Error) -> Cause {
+        match e.kind() {
+            io::ErrorKind::ConnectionReset => Cause::Reset,
+            io::ErrorKind::BrokenPipe => Cause::BrokenPipe,
+            io::ErrorKind::TimedOut => Cause::TimedOut,
+            _ => Cause::Other,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Reset => "reset",
+            Cause::BrokenPipe => "broken_pipe",
+            Cause::TimedOut => "timed_out",
+            Cause::Other => "error",
+        }
+    }
 }
 
 /// What one [`Duplex::pump`] did.
@@ -92,6 +141,8 @@ pub struct Duplex<D> {
     flow: [Flow; 2],
     /// Per source (client, backend): what a short read proves.
     short: [ShortRead; 2],
+    /// The first failure (in the room alignment left: no byte more).
+    fault: Option<Fault>,
 }
 
 impl<D: Direction> Duplex<D> {
@@ -101,6 +152,7 @@ impl<D: Direction> Duplex<D> {
             down,
             flow: [Flow::Open; 2],
             short: [ShortRead::Unknown; 2],
+            fault: None,
         }
     }
 
@@ -140,7 +192,7 @@ impl<D: Direction> Duplex<D> {
         stock: &mut Stock,
     ) -> Pumped {
         let [up_flow, down_flow] = &mut self.flow;
-        let (up, c1) = step(
+        let (up, c1, f1) = step(
             &mut self.up,
             (up_flow, *down_flow),
             (client, &mut *cr, self.short[0]),
@@ -148,7 +200,7 @@ impl<D: Direction> Duplex<D> {
             &|| format!("client -> {peer}"),
             stock,
         );
-        let (down, c2) = step(
+        let (down, c2, f2) = step(
             &mut self.down,
             (down_flow, *up_flow),
             (backend, br, self.short[1]),
@@ -156,6 +208,14 @@ impl<D: Direction> Duplex<D> {
             &|| format!("{peer} -> client"),
             stock,
         );
+        // Up reads the client and writes the backend; down the reverse.
+        let on_backend = |side| side == Side::Destination;
+        let first = f1
+            .map(|(side, cause)| (on_backend(side), cause))
+            .or(f2.map(|(side, cause)| (!on_backend(side), cause)));
+        if self.fault.is_none() {
+            self.fault = first.map(|(backend, cause)| Fault { backend, cause });
+        }
         let c3 = self.stop_draining(client, backend);
         Pumped {
             up,
@@ -207,6 +267,12 @@ impl<D: Direction> Duplex<D> {
     pub fn flows(&self) -> (Flow, Flow) {
         (self.flow[0], self.flow[1])
     }
+
+    /// The first failure a direction saw, if any: None when both sides
+    /// ended normally (so far).
+    pub fn fault(&self) -> Option<Fault> {
+        self.fault
+    }
 }
 
 /// Bytes we wrote on `fd` that its peer has not taken yet (`SIOCOUTQ`:
@@ -223,8 +289,9 @@ fn unsent(fd: BorrowedFd<'_>) -> i32 {
 }
 
 /// One direction's turn: transfer, then apply the end rules. Returns the
-/// bytes delivered and whether its flow changed. `other`: the other
-/// direction's flow; `short`: what a short read from `src` proves.
+/// bytes delivered, whether its flow changed, and its first failure.
+/// `other`: the other direction's flow; `short`: what a short read from
+/// `src` proves.
 fn step<D: Direction>(
     d: &mut D,
     (flow, other): (&mut Flow, Flow),
@@ -232,9 +299,10 @@ fn step<D: Direction>(
     (dst, dr): (BorrowedFd<'_>, &mut Ready),
     what: &dyn Fn() -> String,
     stock: &mut Stock,
-) -> (u64, bool) {
+) -> (u64, bool, Option<(Side, Cause)>) {
     let before = *flow;
     let mut bytes = 0;
+    let mut failed = None;
     if matches!(*flow, Flow::Open | Flow::Flushing) {
         let open = *flow == Flow::Open;
         let mut t = transfer_with(
@@ -250,6 +318,7 @@ fn step<D: Direction>(
             *flow = Flow::Flushing;
         }
         if let Some((Side::Source, e)) = &t.fault {
+            failed = Some((Side::Source, Cause::of(e)));
             proto::debug!(
                 "{}: {e}; delivering what was read, then passing on the end",
                 what()
@@ -267,6 +336,7 @@ fn step<D: Direction>(
             bytes += t.bytes;
         }
         if let Some((Side::Destination, e)) = &t.fault {
+            failed = failed.or(Some((Side::Destination, Cause::of(e))));
             proto::debug!(
                 "{}: {e}; dropping {} byte(s) held for it, ending this direction only",
                 what(),
@@ -302,7 +372,7 @@ fn step<D: Direction>(
             }
         }
     }
-    (bytes, *flow != before)
+    (bytes, *flow != before, failed)
 }
 
 #[cfg(test)]

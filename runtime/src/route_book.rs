@@ -8,7 +8,10 @@
 //! started under and the book's generation then ([`RouteRef`]): an update
 //! bumps the generation, and a connection from before it is counted under
 //! its route's name, found again (or not counted, its route gone: what it
-//! counted before stays with the supervisor).
+//! counted before stays with the supervisor). A connection that lives
+//! across updates (tcp, unix) has its reference renewed right after each
+//! one instead ([`RouteBook::renew`]): the book remembers where each route
+//! of the previous config went, by name, for that.
 
 use proto::ctl::{End, RouteStats, MAX_ROUTE_STATS};
 
@@ -19,6 +22,15 @@ pub struct RouteRef {
     generation: u32,
 }
 
+impl RouteRef {
+    /// No route (a tcp client no sni route matched, a route an update
+    /// removed): counted nowhere, its access line says `link=-`.
+    pub const NONE: RouteRef = RouteRef {
+        index: u32::MAX,
+        generation: 0,
+    };
+}
+
 #[derive(Debug, Default)]
 pub struct RouteBook {
     entries: Vec<RouteStats>,
@@ -27,6 +39,9 @@ pub struct RouteBook {
     /// Entries of routes an update removed, with counts not reported yet.
     retired: Vec<RouteStats>,
     generation: u32,
+    /// Where each route of the previous generation went (its index now,
+    /// `u32::MAX`: gone), for [`RouteBook::renew`].
+    moved: Vec<u32>,
 }
 
 impl RouteBook {
@@ -40,22 +55,60 @@ impl RouteBook {
     /// The routes of an applied update: entries kept by name, new routes
     /// start at 0, removed ones are reported once more if they changed.
     pub fn update<'a>(&mut self, routes: impl Iterator<Item = &'a str>) {
-        let mut old: Vec<(RouteStats, bool)> = std::mem::take(&mut self.entries)
+        // Each old entry with whether it changed and where it was.
+        let mut old: Vec<(RouteStats, bool, usize)> = std::mem::take(&mut self.entries)
             .into_iter()
             .zip(std::mem::take(&mut self.dirty))
+            .enumerate()
+            .map(|(i, (e, d))| (e, d, i))
             .collect();
+        self.moved = vec![u32::MAX; old.len()];
         for name in routes {
-            let kept = old.iter().position(|(e, _)| e.link == name);
-            let (e, d) = match kept {
-                Some(i) => old.swap_remove(i),
+            let (e, d) = match old.iter().position(|(e, ..)| e.link == name) {
+                Some(i) => {
+                    let (e, d, was) = old.swap_remove(i);
+                    self.moved[was] = u32::try_from(self.entries.len()).unwrap_or(u32::MAX);
+                    (e, d)
+                }
                 None => (RouteStats::new(name), false),
             };
             self.entries.push(e);
             self.dirty.push(d);
         }
         self.retired
-            .extend(old.into_iter().filter(|(_, d)| *d).map(|(e, _)| e));
+            .extend(old.into_iter().filter(|(_, d, _)| *d).map(|(e, ..)| e));
         self.generation = self.generation.wrapping_add(1);
+    }
+
+    /// `r` as the current config has it: the same route found by name
+    /// after the last update, or [`RouteRef::NONE`] when it is gone (or
+    /// `r` is older than the last update: a caller renews its references
+    /// after every update, as the tcp and unix workers do on the wake-up
+    /// that follows one).
+    pub fn renew(&self, r: RouteRef) -> RouteRef {
+        if r.generation == self.generation || r == RouteRef::NONE {
+            return r;
+        }
+        let moved = (r.generation.wrapping_add(1) == self.generation)
+            .then(|| usize::try_from(r.index).ok())
+            .flatten()
+            .and_then(|i| self.moved.get(i));
+        match moved {
+            Some(&index) if index != u32::MAX => RouteRef {
+                index,
+                generation: self.generation,
+            },
+            _ => RouteRef::NONE,
+        }
+    }
+
+    /// The name (link) of the route `r` names, if current.
+    pub fn name(&self, r: RouteRef) -> Option<&str> {
+        if r.generation != self.generation {
+            return None;
+        }
+        let e = self.entries.get(usize::try_from(r.index).ok()?)?;
+        Some(&e.link)
     }
 
     /// The reference of route `index` of the current config.
@@ -159,5 +212,29 @@ mod tests {
         let c = b.route(0);
         b.count(c, || "c", None, End::Timeout, (5, 5), 9);
         assert_eq!(b.report()[0].link, "c");
+    }
+
+    #[test]
+    fn a_renewed_reference_follows_its_route_by_name() {
+        let mut b = RouteBook::new(["a", "b", "c"].into_iter());
+        let (a, bb, c) = (b.route(0), b.route(1), b.route(2));
+        assert_eq!(b.name(c), Some("c"));
+        b.update(["c", "d", "a"].into_iter());
+        // Stale before renewal: no name (the caller renews first).
+        assert_eq!(b.name(a), None);
+        let (a, bb, c) = (b.renew(a), b.renew(bb), b.renew(c));
+        assert_eq!((b.name(a), b.name(c)), (Some("a"), Some("c")));
+        assert_eq!(bb, RouteRef::NONE, "b is gone");
+        assert_eq!(b.name(bb), None);
+        // Renewed, a reference counts under its route with no name asked.
+        b.count(a, || unreachable!(), None, End::Complete, (1, 1), 1);
+        b.count(bb, || "b", None, End::Complete, (1, 1), 1);
+        let r = b.report();
+        assert_eq!((r.len(), r[0].link.as_str()), (1, "a"));
+        // Two updates without a renewal between: too old to follow.
+        b.update(["a"].into_iter());
+        b.update(["a"].into_iter());
+        assert_eq!(b.renew(c), RouteRef::NONE);
+        assert_eq!(b.renew(b.route(0)), b.route(0));
     }
 }

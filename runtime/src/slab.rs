@@ -87,6 +87,11 @@ impl<T> Slab<T> {
         self.gens.shrink_to_fit();
     }
 
+    /// Every slot index in use is below this (vacant ones may be too).
+    pub fn slots(&self) -> usize {
+        self.gens.len()
+    }
+
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (usize, &mut T)> {
         self.entries.iter_mut()
     }
@@ -117,7 +122,7 @@ mod tests {
         s.remove(keys[3].0);
         s.remove(keys[2].0);
         s.shrink();
-        assert_eq!(s.gens.len(), 1, "slots 1..3 were free at the end");
+        assert_eq!(s.slots(), 1, "slots 1..3 were free at the end");
         assert_eq!(s.len(), 1);
         assert_eq!(s.get_gen(keys[0].0, keys[0].1), Some(&mut 0));
         let again: Vec<_> = (0..3).map(|i| s.insert(10 + i)).collect();

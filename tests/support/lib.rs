@@ -135,6 +135,12 @@ impl Supervisor {
     /// Start on `graph` (JSON text) with extra flags; waits until the graph
     /// has been applied once.
     pub fn start(graph: &str, extra: &[&str]) -> Supervisor {
+        Supervisor::start_env(graph, extra, &[])
+    }
+
+    /// [`Supervisor::start`] with `env` added to its environment (and its
+    /// workers'), for this supervisor only: `PVX_SYSLOG_PATH`.
+    pub fn start_env(graph: &str, extra: &[&str], env: &[(&str, &Path)]) -> Supervisor {
         let dir = TempDir::new("sup");
         let graph_path = dir.path().join("graph.json");
         std::fs::write(&graph_path, graph).expect("write graph");
@@ -144,7 +150,7 @@ impl Supervisor {
             dir,
             graph_path,
             &source,
-            extra,
+            (extra, env),
         )
     }
 
@@ -155,7 +161,7 @@ impl Supervisor {
         let graph_path = dir.path().join("graph.json");
         std::fs::write(&graph_path, graph).expect("write graph");
         let source = ["--graph".to_string(), graph_path.display().to_string()];
-        Supervisor::launch(binary, dir, graph_path, &source, extra)
+        Supervisor::launch(binary, dir, graph_path, &source, (extra, &[]))
     }
 
     /// Start reading the graph from the control socket at `ctrl`; waits
@@ -169,16 +175,17 @@ impl Supervisor {
             dir,
             graph_path,
             &source,
-            extra,
+            (extra, &[]),
         )
     }
 
+    /// `args`: the extra flags, and what to add to its environment.
     fn launch(
         binary: &Path,
         dir: TempDir,
         graph_path: PathBuf,
         source: &[String],
-        extra: &[&str],
+        (extra, env): (&[&str], &[(&str, &Path)]),
     ) -> Supervisor {
         let log = dir.path().join("supervisor.log");
         let logf = std::fs::File::create(&log).expect("log file");
@@ -194,6 +201,9 @@ impl Supervisor {
             .args(["--log-target", "stderr", "--log-level", "debug"]);
         if !extra.contains(&"--status-socket") {
             cmd.arg("--status-socket").arg(&status_socket);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
         }
         let child = cmd
             .args(extra)

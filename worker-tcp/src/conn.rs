@@ -12,19 +12,22 @@
 //! other once what was read is delivered, a failed destination ends only
 //! its own direction (`runtime::duplex`), and the connection ends when both
 //! directions have. A PROXY protocol header is the up direction's prefix;
-//! the client address in it, and in log lines, is the one `accept4` gave,
-//! kept while sniffing and connecting (`runtime::stream::Peer`).
+//! the client address in it, in log lines and in its access line, is the
+//! one `accept4` gave, kept for the connection's life
+//! (`runtime::stream::Peer`).
 
 use nix::sys::socket::MsgFlags;
+use proto::ctl::End;
 use proto::limits::Limits;
 use proto::plan::Route;
 use proto::types::{Backend, ProxyProtocol};
 use runtime::backend::Dialer;
-use runtime::conns::{Connection, Dialing, Next, Sockets};
+use runtime::conns::{Connection, Dialing, Ending, Facts, Next, Sockets};
 use runtime::duplex::Duplex;
 use runtime::event_loop::Cx;
 use runtime::proxy_header;
 use runtime::relay::Splice;
+use runtime::route_book::RouteRef;
 use runtime::stream::{Peer, Stream, Who};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -63,8 +66,6 @@ pub enum Phase {
     /// Several routes share the address: peek the TLS ClientHello first.
     Sniffing {
         until: Instant,
-        /// From `accept4`, for log lines and the PROXY header to come.
-        client: Option<Peer>,
         /// The whole record's length (header included) once its 5-byte
         /// header has been peeked, else 0: until the socket holds that
         /// much, an event costs a `FIONREAD`, not a peek of everything
@@ -85,11 +86,6 @@ pub struct Connecting {
     /// to find it again after an Update.
     sni: Option<String>,
     proxy_protocol: Option<ProxyProtocol>,
-    /// From `accept4`: what the PROXY header names, never asked of the
-    /// socket (a client that has reset has no peer any more). 19 bytes of
-    /// alignment 1, in room `Connecting` had beside relaying's (see the
-    /// size tests below).
-    client: Option<Peer>,
 }
 
 /// A connected connection.
@@ -113,10 +109,14 @@ impl std::fmt::Display for Shown<'_> {
 }
 
 /// One slot of the worker's slab per open connection: small, since an idle
-/// one keeps it (see the size test below; README "Measured").
+/// one keeps it (see the size test in `conn/tests.rs`; README "Measured").
 pub struct Conn {
     io: Sockets,
     pub phase: Phase,
+    /// From `accept4`: what the PROXY header, log lines and the access
+    /// line name, never asked of the socket (a client that has reset has
+    /// no peer any more). 19 bytes of alignment 1.
+    client: Option<Peer>,
 }
 
 impl Conn {
@@ -125,40 +125,31 @@ impl Conn {
     fn for_routes(client: Stream, peer: Option<Peer>, cx: &mut Cx) -> Conn {
         let config = cx.config;
         let mut c = Conn {
-            io: Sockets::new(client, cx.now),
+            io: Sockets::new(client, cx.now, RouteRef::NONE),
             phase: Phase::Sniffing {
                 until: cx.now + Duration::from_millis(config.limits.head_timeout_ms),
-                client: peer,
                 need: 0,
             },
+            client: peer,
         };
         if let [r] = &config.endpoint.routes[..] {
             if r.via.sni.is_none() {
-                c.route_to(r, cx);
+                c.route_to(0, r, cx);
             }
         }
         c
     }
 
-    fn route_to(&mut self, r: &Route, cx: &mut Cx) {
+    /// Route `r`, the config's route `index`, is the connection's: it
+    /// counts under it, and dials its backend.
+    fn route_to(&mut self, index: usize, r: &Route, cx: &mut Cx) {
+        self.io.route = cx.ledger.routes.route(index);
         // One backend, or one of the route's replicas by its policy.
         self.phase = Phase::Connecting(Connecting {
             dial: Dialer::for_route(r, cx.reach, cx.now, &cx.config.limits),
             sni: r.via.sni.clone(),
             proxy_protocol: r.via.proxy_protocol,
-            client: self.client(),
         });
-    }
-
-    /// The client's address from `accept4`, while sniffing or connecting
-    /// (once relaying, log lines name the backend only and the header has
-    /// gone out).
-    fn client(&self) -> Option<Peer> {
-        match &self.phase {
-            Phase::Sniffing { client, .. } => *client,
-            Phase::Connecting(c) => c.client,
-            Phase::Relaying(_) => None,
-        }
     }
 
     /// The backend chosen (aimed at, or reached), for log lines.
@@ -207,18 +198,18 @@ impl Conn {
         let routes = &config.endpoint.routes;
         match routes
             .iter()
-            .find(|r| r.via.sni.as_deref().is_some_and(|s| sni_matches(s, &name)))
+            .position(|r| r.via.sni.as_deref().is_some_and(|s| sni_matches(s, &name)))
         {
-            Some(r) => {
-                self.route_to(r, cx);
+            Some(i) => {
+                self.route_to(i, &routes[i], cx);
                 self.drive_connect(cx)
             }
             None => {
                 proto::info!(
                     "no tcp route for TLS server name '{name}'; closing client{}",
-                    Who(self.client())
+                    Who(self.client)
                 );
-                Next::Close { error: true }
+                Next::Close(Ending::failed(End::Refused, "no_sni_route"))
             }
         }
     }
@@ -226,16 +217,17 @@ impl Conn {
     /// Peek at what the client sent into `buf` (the stock's scratch): the
     /// server name of a whole ClientHello, or what to do meanwhile.
     fn peek_hello(&mut self, buf: &mut [u8]) -> Result<String, Next> {
+        let gone = Next::Close(Ending::quiet(End::ClientGone, "closed_before_hello"));
         let n = match nix::sys::socket::recv(self.io.client.as_raw_fd(), buf, MsgFlags::MSG_PEEK) {
-            Ok(0) => return Err(Next::Close { error: false }),
+            Ok(0) => return Err(gone),
             Ok(n) => n,
             Err(nix::errno::Errno::EAGAIN) => {
                 self.io.client_ready.readable = false;
                 return Err(Next::Continue);
             }
             Err(e) => {
-                proto::debug!("recv(MSG_PEEK) from client{}: {e}", Who(self.client()));
-                return Err(Next::Close { error: false });
+                proto::debug!("recv(MSG_PEEK) from client{}: {e}", Who(self.client));
+                return Err(gone);
             }
         };
         match sni::parse(&buf[..n]) {
@@ -254,9 +246,9 @@ impl Conn {
             _ => {
                 proto::info!(
                     "client{} did not open with a TLS ClientHello naming a server; closing",
-                    Who(self.client())
+                    Who(self.client)
                 );
-                Err(Next::Close { error: true })
+                Err(Next::Close(Ending::failed(End::Refused, "not_tls")))
             }
         }
     }
@@ -279,7 +271,7 @@ impl Conn {
         let limits = &cx.config.limits;
         match self
             .io
-            .dial(&mut c.dial, cx.reach, cx.now, limits, c.client)
+            .dial(&mut c.dial, cx.reach, cx.now, limits, self.client)
         {
             Dialing::Next(next) => next,
             Dialing::Connected => {
@@ -290,7 +282,7 @@ impl Conn {
                     // reset (getsockname; getpeername is what fails).
                     relay.up.prefix(proxy_header::build(
                         v,
-                        c.client.map(|p| p.addr()),
+                        self.client.map(|p| p.addr()),
                         self.io.client.local_addr(),
                     ));
                 }
@@ -308,7 +300,7 @@ impl Conn {
             return Next::Continue;
         };
         let peer = Shown(Some(&r.target));
-        self.io.relay(&mut r.relay, cx.stock, &peer, cx.now)
+        self.io.relay(&mut r.relay, &peer, cx)
     }
 
     /// A timer fired: retry a connect, or time the connection out.
@@ -317,18 +309,25 @@ impl Conn {
             return Next::Continue;
         }
         match &self.phase {
-            Phase::Sniffing { client, .. } => {
+            Phase::Sniffing { .. } => {
                 proto::info!(
                     "no TLS ClientHello within {} ms; closing client{}",
                     cx.config.limits.head_timeout_ms,
-                    Who(*client)
+                    Who(self.client)
                 );
-                Next::Close { error: true }
+                Next::Close(Ending::failed(End::Timeout, "hello_timeout"))
             }
             Phase::Connecting(_) => self.advance(cx),
-            Phase::Relaying(_) => {
+            Phase::Relaying(r) => {
                 proto::debug!("closing idle connection to {}", self.target());
-                Next::Close { error: false }
+                // Half-closed and quiet past the linger, or idle past
+                // --tcp-idle-timeout.
+                let why = if r.relay.lingering() {
+                    "half_close_linger"
+                } else {
+                    "idle_timeout"
+                };
+                Next::Close(Ending::quiet(End::Timeout, why))
             }
         }
     }
@@ -354,6 +353,14 @@ impl Connection for Conn {
     fn sockets(&mut self) -> &mut Sockets {
         &mut self.io
     }
+    fn facts(&self) -> Facts<'_> {
+        Facts {
+            io: &self.io,
+            client: self.client,
+            backend: self.target().0,
+            fds: None,
+        }
+    }
     fn new(client: Stream, peer: Option<std::net::SocketAddr>, cx: &mut Cx) -> Option<Conn> {
         Some(Conn::for_routes(client, peer.map(Peer::from), cx))
     }
@@ -377,33 +384,4 @@ impl Connection for Conn {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use runtime::slab::Slab;
-    use std::mem::size_of;
-
-    /// An idle client connection costs the worker its slab slot and little
-    /// else (README "Measured": at most 0.5 KiB of user memory per idle
-    /// connection, with its timer entry and the allocator's share), so the
-    /// slot must stay small: what connecting needs and what relaying needs
-    /// share the room ([`Phase`]), what only some connections need (a hold,
-    /// replicas) is boxed apart, and times are 8-byte `Tick`s. It was 320
-    /// bytes. The client's address from `accept4` (19 bytes, alignment 1)
-    /// lives in `Connecting`'s spare room: 248 before and after it.
-    #[test]
-    fn an_idle_connection_slot_stays_small() {
-        // A release build's `Stream` is a tag and an fd; mio's debug builds
-        // (these tests) add a selector id to each of the two sockets.
-        let debug_only = 2 * (size_of::<Stream>() - 8);
-        let slot = Slab::<Conn>::SLOT_BYTES - debug_only;
-        assert!(slot <= 248, "a connection slot takes {slot} bytes");
-    }
-
-    /// Connecting shares its room with relaying, so it must not be the
-    /// larger one: every idle (relaying) connection would pay for it.
-    #[test]
-    fn connecting_fits_in_the_room_of_relaying() {
-        let (c, r) = (size_of::<Connecting>(), size_of::<Relaying>());
-        assert!(c <= r, "connecting takes {c} bytes, relaying {r}");
-    }
-}
+mod tests;

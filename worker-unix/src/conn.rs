@@ -15,16 +15,19 @@
 //! the connection ends when both directions have. A connection with one
 //! direction ended and no traffic for `half_close_linger_ms` is closed; an
 //! open one never idles out (display and bus protocols sit idle for hours).
+//! Its access line names the client by the pid and uid the kernel gives
+//! (`SO_PEERCRED`, asked only for a line) and counts the fds passed.
 
-use proto::ctl::WorkerConfig;
+use proto::ctl::{End, WorkerConfig};
 use proto::limits::Limits;
 use proto::plan::Route;
 use proto::types::Backend;
 use runtime::backend::Dialer;
-use runtime::conns::{Connection, Dialing, Next, Sockets};
+use runtime::conns::{Connection, Dialing, Ending, Facts, Next, Sockets};
 use runtime::duplex::Duplex;
 use runtime::event_loop::Cx;
 use runtime::fdrelay::FdRelay;
+use runtime::route_book::RouteRef;
 use runtime::stream::Stream;
 use std::time::{Duration, Instant};
 
@@ -36,11 +39,18 @@ pub struct Conn {
 }
 
 impl Conn {
-    fn for_route(client: Stream, route: &Route, limits: &Limits, now: Instant) -> Conn {
+    /// `at`: the route's reference (it counts under it).
+    fn for_route(
+        client: Stream,
+        route: &Route,
+        at: RouteRef,
+        limits: &Limits,
+        now: Instant,
+    ) -> Conn {
         // fds can only travel on to a unix socket; a tcp provider gets bytes.
         let to_unix = matches!(route.via.backend, Backend::Unix(_));
         Conn {
-            io: Sockets::new(client, now),
+            io: Sockets::new(client, now, at),
             dial: Dialer::new(route.via.backend.clone(), now, limits),
             relaying: false,
             relay: Duplex::new(FdRelay::new(to_unix), FdRelay::new(true)),
@@ -77,8 +87,7 @@ impl Conn {
     }
 
     fn relay(&mut self, cx: &mut Cx) -> Next {
-        self.io
-            .relay(&mut self.relay, cx.stock, &self.dial.target, cx.now)
+        self.io.relay(&mut self.relay, &self.dial.target, cx)
     }
 
     /// A timer fired: retry or give up a connect, or end a lingering
@@ -95,7 +104,7 @@ impl Conn {
             self.dial.target,
             cx.config.limits.half_close_linger_ms
         );
-        Next::Close { error: false }
+        Next::Close(Ending::quiet(End::Timeout, "half_close_linger"))
     }
 
     fn next_deadline(&self, limits: &Limits) -> Option<Instant> {
@@ -113,7 +122,8 @@ impl Connection for Conn {
     fn new(client: Stream, _peer: Option<std::net::SocketAddr>, cx: &mut Cx) -> Option<Conn> {
         let config = cx.config;
         let route = config.endpoint.routes.first()?;
-        Some(Conn::for_route(client, route, &config.limits, cx.now))
+        let at = cx.ledger.routes.route(0);
+        Some(Conn::for_route(client, route, at, &config.limits, cx.now))
     }
     fn drive(&mut self, cx: &mut Cx) -> Next {
         self.advance(cx)
@@ -123,6 +133,14 @@ impl Connection for Conn {
     }
     fn sockets(&mut self) -> &mut Sockets {
         &mut self.io
+    }
+    fn facts(&self) -> Facts<'_> {
+        Facts {
+            io: &self.io,
+            client: None,
+            backend: Some(&self.dial.target),
+            fds: Some((self.relay.up.fds_passed, self.relay.down.fds_passed)),
+        }
     }
     /// Still connecting: the one route's provider as the Update has it
     /// (a restarted provider has a new pid, so a new root), at once.

@@ -2,13 +2,17 @@
 //! their readiness as events reported it, and what the loop keeps for it
 //! (its timer state, the bytes moved): the part every such connection
 //! shares, with the two steps that read it, dialling the backend
-//! ([`Sockets::dial`]) and relaying ([`Sockets::relay`]).
+//! ([`Sockets::dial`]) and relaying ([`Sockets::relay`]), and what every
+//! such connection's end is written down with (its start, its route, the
+//! bytes it moved; [`Ending`]: how it ended).
 
 use crate::backend::{Dialer, Reach, Real, Step};
-use crate::duplex::{Direction, Duplex, Flow, ShortRead};
-use crate::stock::Stock;
+use crate::duplex::{Direction, Duplex, Fault, Flow, ShortRead};
+use crate::event_loop::Cx;
+use crate::route_book::RouteRef;
 use crate::stream::{Peer, Ready, Stream, Who};
 use mio::event::Event;
+use proto::ctl::End;
 use proto::limits::Limits;
 use proto::tick::Tick;
 use std::num::NonZeroU32;
@@ -19,12 +23,63 @@ use std::time::Instant;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Next {
     Continue,
-    /// Close both sides. `error`: count it as a failed connection.
-    Close {
-        error: bool,
-    },
+    /// Close both sides, ended as it says.
+    Close(Ending),
     /// A new backend socket exists and must be registered.
     RegisterBackend,
+}
+
+/// How a connection ended: its route's `end` count and its access line's
+/// `end=` and `reason=` (README, "Access log"), and whether the worker's
+/// `errors` counter counts it (a failure of ours or of its backend, not a
+/// client that went away or an idle connection closed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ending {
+    pub end: End,
+    /// One word, for `reason=` (none when complete): a fixed set,
+    /// documented in the README, so a line never allocates for it.
+    pub why: &'static str,
+    pub error: bool,
+}
+
+impl Ending {
+    /// Both directions ended normally.
+    pub const COMPLETE: Ending = Ending {
+        end: End::Complete,
+        why: "",
+        error: false,
+    };
+
+    /// Not counted as a failed connection.
+    pub fn quiet(end: End, why: &'static str) -> Ending {
+        Ending {
+            end,
+            why,
+            error: false,
+        }
+    }
+
+    /// A relay that is done: the side that failed first is how it ended
+    /// (a client that reset, or would not take the answer, went away; a
+    /// backend that did reset); neither, both closed normally. Not inlined
+    /// into each kind of relay.
+    #[inline(never)]
+    pub fn of(fault: Option<Fault>) -> Ending {
+        match fault {
+            None => Ending::COMPLETE,
+            Some(f) if f.backend => Ending::quiet(End::BackendReset, f.cause.as_str()),
+            Some(f) => Ending::quiet(End::ClientGone, f.cause.as_str()),
+        }
+    }
+
+    /// Counted as a failed connection (stats `errors`).
+    pub fn failed(end: End, why: &'static str) -> Ending {
+        Ending {
+            end,
+            why,
+            error: true,
+        }
+    }
 }
 
 /// The two sockets of a proxied connection and what the loop keeps for
@@ -53,8 +108,14 @@ pub struct Sockets {
     /// existed (an fd closed in the round had its token), so they are not
     /// about it.
     pub(super) backend_round: Option<NonZeroU32>,
-    /// Bytes moved since the loop last collected them (up, down).
+    /// Bytes delivered so far (up: client to backend, down: back).
     pub moved: (u64, u64),
+    /// When the client was accepted: its access line's `ms=` and its
+    /// route's duration count from it.
+    pub started: Tick,
+    /// The route it counts under ([`RouteRef::NONE`] until one is chosen,
+    /// or when none matched).
+    pub route: RouteRef,
     /// When the connection next needs attention from a timer
     /// ([`Sockets::set_deadline`]).
     pub(super) deadline: Option<Tick>,
@@ -78,7 +139,9 @@ pub enum Dialing {
 }
 
 impl Sockets {
-    pub fn new(client: Stream, now: Instant) -> Sockets {
+    /// A connection accepted at `now`, for `route` (the config's route it
+    /// was given, `RouteRef::NONE` while sni picks it).
+    pub fn new(client: Stream, now: Instant, route: RouteRef) -> Sockets {
         Sockets {
             client,
             client_ready: Ready::default(),
@@ -90,6 +153,8 @@ impl Sockets {
             urgent: [false; 2],
             backend_round: None,
             moved: (0, 0),
+            started: Tick::from(now),
+            route,
             deadline: Some(Tick::from(now)),
             timer_at: None,
             last_activity: Tick::from(now),
@@ -161,7 +226,8 @@ impl Sockets {
                 Who(client),
                 dial.target
             );
-            return Dialing::Next(Next::Close { error: false });
+            let gone = Ending::quiet(End::ClientGone, "gone_while_held");
+            return Dialing::Next(Next::Close(gone));
         }
         let ready = self.backend_ready.writable;
         // Writable with no error or hang-up reported: the connect has
@@ -210,7 +276,8 @@ impl Sockets {
                         Who(client),
                         dial.target
                     );
-                    return Dialing::Next(Next::Close { error: false });
+                    let gone = Ending::quiet(End::ClientGone, "reset_before_connect");
+                    return Dialing::Next(Next::Close(gone));
                 }
                 if let Some(Stream::Tcp(s)) = &self.backend {
                     let _ = s.set_nodelay(true);
@@ -218,9 +285,13 @@ impl Sockets {
                 }
                 return Dialing::Connected;
             }
-            Step::Failed(why) | Step::TimedOut(why) => {
+            Step::Failed(why) => {
                 proto::warn!("{why}; closing client{}", Who(client));
-                Next::Close { error: true }
+                Next::Close(Ending::failed(End::BackendFailed, "unreachable"))
+            }
+            Step::TimedOut(why) => {
+                proto::warn!("{why}; closing client{}", Who(client));
+                Next::Close(Ending::failed(End::Timeout, "connect_timeout"))
             }
             Step::Gone => {
                 proto::debug!(
@@ -228,7 +299,7 @@ impl Sockets {
                     Who(client),
                     dial.target
                 );
-                Next::Close { error: false }
+                Next::Close(Ending::quiet(End::ClientGone, "gone_before_hold"))
             }
         })
     }
@@ -250,17 +321,17 @@ impl Sockets {
     }
 
     /// Relay both ways as far as readiness allows once connected (tcp and
-    /// unix alike), with the worker's stock: count the bytes, note
-    /// activity ([`Sockets::touch`]), close when both directions ended.
+    /// unix alike), with the worker's stock: count the bytes (the
+    /// connection's and the worker's), note activity ([`Sockets::touch`]),
+    /// close when both directions ended, as the first failure says.
     pub fn relay<D: Direction>(
         &mut self,
         relay: &mut Duplex<D>,
-        stock: &mut Stock,
         peer: &dyn std::fmt::Display,
-        now: Instant,
+        cx: &mut Cx,
     ) -> Next {
         let Some(b) = self.backend.as_ref() else {
-            return Next::Close { error: true };
+            return Next::Close(Ending::failed(End::BackendFailed, "no_backend"));
         };
         relay.short_reads(
             self.short_read(0, matches!(self.client, Stream::Tcp(_))),
@@ -273,7 +344,7 @@ impl Sockets {
             b.as_fd(),
             &mut self.backend_ready,
             peer,
-            stock,
+            cx.stock,
         );
         if std::mem::take(&mut self.ack_owed) && p.up == 0 && relay.flows().0 == Flow::Open {
             // Nothing went to the backend (a server that speaks first, a
@@ -282,12 +353,14 @@ impl Sockets {
             let _ = crate::stream::set_quickack(b.as_fd(), true);
         }
         if p.active() {
-            self.touch(now);
+            self.touch(cx.now);
         }
         self.moved.0 += p.up;
         self.moved.1 += p.down;
+        cx.stats.bytes_in += p.up;
+        cx.stats.bytes_out += p.down;
         if relay.done() {
-            Next::Close { error: false }
+            Next::Close(Ending::of(relay.fault()))
         } else {
             Next::Continue
         }

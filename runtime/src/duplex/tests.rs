@@ -119,6 +119,10 @@ fn reset_keeps_the_other_direction<D: Direction>(relay: Duplex<D>) {
     rig.client_peer.shutdown(std::net::Shutdown::Write).unwrap();
     rig.pump();
     assert!(rig.relay.done(), "{:?}", rig.relay.flows());
+    // Its end is the backend's: a reset read, or a write it refused.
+    let f = rig.relay.fault().expect("the backend's failure is kept");
+    assert!(f.backend, "{f:?}");
+    assert!(matches!(f.cause, Cause::Reset | Cause::BrokenPipe), "{f:?}");
 }
 
 #[test]
@@ -156,6 +160,7 @@ fn half_close_passes_on_and_both_ends_close_the_connection() {
     rig.client = pair().1;
     rig.client_reads();
     assert_eq!((rig.got.as_slice(), rig.client_eof), (&b"answer"[..], true));
+    assert_eq!(rig.relay.fault(), None, "both ends closed normally");
 }
 
 #[test]
@@ -179,6 +184,8 @@ fn a_client_gone_mid_answer_ends_the_answer_only() {
     rig.backend_peer.write_all(b" and the rest").unwrap();
     let p = rig.pump();
     assert!(p.changed && rig.relay.done(), "{:?}", rig.relay.flows());
+    let f = rig.relay.fault().expect("the client's failure is kept");
+    assert!(!f.backend, "{f:?}");
 }
 
 fn pattern(n: usize, seed: u8) -> Vec<u8> {
