@@ -202,16 +202,10 @@ fn sum(v: &Value) -> u64 {
         .map_or(0, |a| a.iter().filter_map(Value::as_u64).sum())
 }
 
-/// `ends` in `proto::ctl::End::ALL`'s order.
-const ENDS: [&str; 7] = [
-    "complete",
-    "client_gone",
-    "backend_reset",
-    "backend_failed",
-    "timeout",
-    "drained",
-    "refused",
-];
+/// `ends` in `proto::ctl::End::ALL`'s order, as the lines and labels say them.
+fn ends() -> [&'static str; 7] {
+    proto::ctl::End::ALL.map(proto::ctl::End::as_str)
+}
 
 /// What the lines of one route add up to, and what its counters must say
 /// (in `status --json` and on `/metrics`).
@@ -227,7 +221,7 @@ fn check_counters(status: &Value, metrics: &str, address: &str, link: &str, line
     assert_eq!(r["bytes_out"], bytes_out, "{r}");
     assert_eq!(r["duration_ms"], ms, "{r}");
     assert_eq!(sum(&r["duration"]), n, "{r}");
-    for (i, end) in ENDS.iter().enumerate() {
+    for (i, end) in ends().iter().enumerate() {
         let want = lines.iter().filter(|l| field(l, "end") == *end).count() as u64;
         assert_eq!(r["ends"][i], want, "{end} of {r}");
     }
@@ -257,7 +251,7 @@ fn check_counters(status: &Value, metrics: &str, address: &str, link: &str, line
         );
         assert_eq!(got, want as f64, "{class}xx");
     }
-    for (i, end) in ENDS.iter().enumerate() {
+    for (i, end) in ends().iter().enumerate() {
         let e = format!("end=\"{end}\"");
         let got = sample(
             metrics,

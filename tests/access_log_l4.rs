@@ -122,15 +122,7 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 /// `link`'s series: every `end` but `ended` is 0, `ended` is 1; the bytes
 /// each way; one duration in the histogram.
 fn one_connection_in_metrics(text: &str, link: &str, ended: &str, bytes: (u64, u64)) {
-    for end in [
-        "complete",
-        "client_gone",
-        "backend_reset",
-        "backend_failed",
-        "timeout",
-        "drained",
-        "refused",
-    ] {
+    for end in proto::ctl::End::ALL.map(proto::ctl::End::as_str) {
         let want = if end == ended { 1.0 } else { 0.0 };
         let got = sample(
             text,
