@@ -54,7 +54,7 @@ pub(super) fn render(out: &mut String, eps: &[EndpointStatus]) {
         out,
         "pvx_route_responses_total",
         "counter",
-        "http responses sent to clients, by status class (ours too: 404 without a route, 502, 504).",
+        "http responses sent to clients, by status class (ours too: 502, 504, 408; a request no route took counts under none).",
     );
     for (l, r) in rows(
         eps.iter()
