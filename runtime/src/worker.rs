@@ -10,7 +10,9 @@ use crate::route_book::RouteBook;
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
-use proto::ctl::{self, CtlError, FromWorker, Stats, ToWorker, WorkerConfig, WORKER_CTL_FD};
+use proto::ctl::{
+    self, CtlError, FromWorker, RouteWire, Stats, ToWorker, WorkerConfig, WORKER_CTL_FD,
+};
 use proto::log::{self, Level};
 use proto::types::Backend;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -244,10 +246,11 @@ impl WorkerCtl {
                 return Some(due - now);
             }
         }
+        let counted = routes.report();
         let msg = FromWorker::Stats {
             stats,
             health: reach.health.report(),
-            routes: routes.report(),
+            routes: counted.iter().map(RouteWire::from).collect(),
         };
         match ctl::send_from_worker(self.fd.as_fd(), &msg, &[]) {
             Ok(()) => {
@@ -257,9 +260,7 @@ impl WorkerCtl {
                 None
             }
             Err(_) => {
-                if let FromWorker::Stats { routes: r, .. } = msg {
-                    routes.unsent(r);
-                }
+                routes.unsent(counted);
                 Some(STATS_INTERVAL)
             }
         }

@@ -2,7 +2,7 @@
 //! the configuration a worker serves, the counters it reports. The shapes
 //! only; how they travel is the rest of `ctl`.
 
-use crate::ctl::route_stats::RouteStats;
+use crate::ctl::route_stats::RouteWire;
 use crate::limits::{Limits, MAX_BLOB};
 use crate::plan::Endpoint;
 use crate::types::{BackendHealth, Kind};
@@ -163,7 +163,7 @@ pub enum FromWorker {
         /// whole (counted since the worker started), at most
         /// [`MAX_ROUTE_STATS`]: the rest go in the next report.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        routes: Vec<RouteStats>,
+        routes: Vec<RouteWire>,
     },
 }
 

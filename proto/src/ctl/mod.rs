@@ -41,4 +41,4 @@ pub use channel::{
 pub use codec::{decode, decode_frame, Frame};
 pub use error::CtlError;
 pub use messages::{FromWorker, Message, Stats, ToWorker, WorkerConfig, MAX_ROUTE_STATS};
-pub use route_stats::{End, RouteStats, DURATION_BUCKETS_MS};
+pub use route_stats::{End, RouteStats, RouteWire, DURATION_BUCKETS_MS};

@@ -125,7 +125,15 @@ impl Daemon {
                     _,
                 )) => {
                     stats = Some((s, health));
-                    routes.extend(r);
+                    for wire in r {
+                        match proto::ctl::RouteStats::try_from(wire) {
+                            Ok(c) => routes.push(c),
+                            Err(e) => proto::warn!(
+                                "endpoint {key}: worker pid {}: counters ignored: {e}",
+                                w.pid
+                            ),
+                        }
+                    }
                 }
                 Ok((FromWorker::Ack { seq, error }, _)) => {
                     let Some(i) = w.pending.iter().position(|p| p.seq == seq) else {
