@@ -35,7 +35,7 @@
 //! `/dev/log` as the syslog socket; workers inherit it from the supervisor.
 
 use serde::{Deserialize, Serialize};
-use std::fmt::Arguments;
+use std::fmt::{Arguments, Write as _};
 use std::io::{ErrorKind, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
@@ -110,6 +110,9 @@ enum Sink {
 
 struct State {
     ident: String,
+    /// This process's, taken at `init`: an access line to stderr names
+    /// it without a `getpid` per line.
+    pid: u32,
     context: Option<String>,
     sink: Sink,
     /// Where access lines go; None: `--access-log off`.
@@ -221,6 +224,7 @@ pub fn init(ident: &str, target: &str, level: Level) -> &'static str {
         };
         *st = Some(State {
             ident: ident.to_string(),
+            pid: std::process::id(),
             context,
             sink,
             access,
@@ -269,14 +273,15 @@ pub fn access(line: &str) {
     let mut st = state();
     let Some(State {
         ident,
+        pid,
         access: Some(sink),
         ..
     }) = st.as_mut()
     else {
         return;
     };
-    let body = format!("access: {line}");
     if let Sink::Syslog(l) = sink {
+        let body = format!("access: {line}");
         match send_syslog(l, ident, Level::Info, &body) {
             Sent::Yes => return,
             Sent::Full | Sent::Gone => {
@@ -285,7 +290,14 @@ pub fn access(line: &str) {
             }
         }
     }
-    to_stderr(ident, &body);
+    // As `to_stderr` writes a line, built in one buffer of the right size
+    // (one allocation, not two `format!`s growing theirs: a line per
+    // request or connection).
+    let mut out = String::with_capacity(ident.len() + line.len() + 24);
+    let _ = write!(out, "{ident}[{pid}]: access: ");
+    out.push_str(line);
+    out.push('\n');
+    let _ = std::io::stderr().write_all(out.as_bytes());
 }
 
 /// The syslog sockets' fds (log lines, access lines), where they go to

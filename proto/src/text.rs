@@ -58,6 +58,13 @@ pub fn push_word(out: &mut String, s: &str, max: usize) -> bool {
 }
 
 fn push(out: &mut String, s: &str, max: usize, word: bool) -> bool {
+    // Printable ASCII that fits, the common case (an access line has
+    // several such values per request): as it is, not a char at a time.
+    let plain = |b: u8| (b' '..0x7f).contains(&b) && b != b'\\' && !(word && b == b' ');
+    if s.len() <= max && s.bytes().all(plain) {
+        out.push_str(s);
+        return true;
+    }
     let mut used = 0usize;
     let mut one = String::new();
     for c in s.chars() {
@@ -126,6 +133,15 @@ mod tests {
         let all: String = (0u32..0x3000).filter_map(char::from_u32).collect();
         let e = escape(&all);
         assert!(!e.chars().any(|c| c.is_control() || reorders(c)));
+    }
+
+    #[test]
+    fn plain_text_is_kept_as_it_is_and_words_still_escape_spaces() {
+        let mut out = String::new();
+        assert!(push_word(&mut out, "GET", 3));
+        assert!(!push_word(&mut out, " /a b", 6));
+        assert!(push_escaped(&mut out, " /a b", 5));
+        assert_eq!(out, r"GET\x20/a... /a b");
     }
 
     #[test]

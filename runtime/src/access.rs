@@ -15,6 +15,7 @@
 
 use proto::log::AccessLog;
 use std::fmt::Write;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 /// Longest request path (query included) written; longer ones are cut
@@ -84,9 +85,33 @@ impl AccessLine {
     /// several numbers, and this is its cost per request or connection).
     pub fn num(&mut self, key: &str, n: u64) -> &mut AccessLine {
         self.key(key);
+        self.digits(n);
+        self
+    }
+
+    /// `key=ip:port`: an IPv4 address written digit by digit (the
+    /// formatting machinery's `SocketAddr` costs ~1,300 instructions, a
+    /// tenth of a short connection's); IPv6 as `Display` shows it
+    /// (`[::1]:80`).
+    pub fn addr(&mut self, key: &str, a: SocketAddr) -> &mut AccessLine {
+        let SocketAddr::V4(v4) = a else {
+            return self.shown(key, &a as &dyn std::fmt::Display);
+        };
+        self.key(key);
+        for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+            if i > 0 {
+                self.buf.push('.');
+            }
+            self.digits(u64::from(octet));
+        }
+        self.buf.push(':');
+        self.digits(u64::from(v4.port()));
+        self
+    }
+
+    fn digits(&mut self, mut n: u64) {
         let mut digits = [0u8; 20];
         let mut at = digits.len();
-        let mut n = n;
         loop {
             at -= 1;
             digits[at] = b'0' + (n % 10) as u8;
@@ -98,7 +123,6 @@ impl AccessLine {
         for &d in &digits[at..] {
             self.buf.push(char::from(d));
         }
-        self
     }
 
     /// A duration in whole milliseconds.
@@ -139,6 +163,14 @@ mod tests {
         assert_eq!(
             l.as_str(),
             r"kind=http link=my\x20api client=10.0.0.1:5000 method=GET path=/a?b=c\x20d\n\x1b status=201 ms=2 in=0 out=18446744073709551615 backend=/run/x\x20y.sock reason=-"
+        );
+        l.start("tcp")
+            .addr("client", "10.0.0.1:5000".parse().unwrap())
+            .addr("backend", "[::1]:80".parse().unwrap())
+            .addr("any", "0.0.0.0:0".parse().unwrap());
+        assert_eq!(
+            l.as_str(),
+            "kind=tcp client=10.0.0.1:5000 backend=[::1]:80 any=0.0.0.0:0"
         );
         let long = "/".repeat(1000);
         l.start("http").text("path", &long, MAX_PATH);

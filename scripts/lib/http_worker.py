@@ -15,13 +15,13 @@ BIN is the pv-xconnect executable; it runs under the name pvx-worker-http
 (a symlink next to it in a scratch directory). PVX_PROF_PATH: the path
 requested (default /index.html).
 """
-import json
 import os
 import socket
-import subprocess
 import sys
-import tempfile
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from alone import Alone  # noqa: E402
 
 PATH = os.environ.get("PVX_PROF_PATH", "/index.html").encode()
 REQ_CLOSE = b"GET " + PATH + b" HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
@@ -29,12 +29,13 @@ REQ_KEEP = b"GET " + PATH + b" HTTP/1.1\r\nHost: bench\r\n\r\n"
 
 
 def config(listen, backend_port):
-    route = {
-        "link": 0, "name": "bench", "consumer": "EXTERNAL", "provider": "p",
+    via = {
+        "name": "bench", "consumer": "EXTERNAL", "provider": "p",
         "provider_pid": 0, "role": "any",
         "backend": {"tcp": f"127.0.0.1:{backend_port}"}, "prefix": "/",
         "strip_prefix": True, "host": None, "sni": None, "proxy_protocol": None,
     }
+    route = {"link": 0, "via": via}
     return {
         "endpoint": {
             "key": {"consumer_pid": 0, "listen": {"tcp": listen}},
@@ -85,29 +86,8 @@ def rss_anon(pid):
 def main():
     binary, backend_port, reqs, mode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     wrapper = sys.argv[5:]
-    scratch = tempfile.mkdtemp(prefix="pvx-http-worker.")
-    name = os.path.join(scratch, "pvx-worker-http")
-    os.symlink(os.path.abspath(binary), name)
-    lis = socket.socket()
-    lis.bind(("127.0.0.1", 0))
-    lis.listen(4096)
-    listen = "127.0.0.1:%d" % lis.getsockname()[1]
-    sup, wrk = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-
-    def fd3():
-        os.dup2(wrk.fileno(), 3)
-
-    child = subprocess.Popen(wrapper + [name, listen], preexec_fn=fd3, close_fds=False,
-                             stdin=subprocess.DEVNULL)
-    wrk.close()
-    msg = json.dumps({"msg": "init", "seq": 1, "config": config(listen, backend_port)}).encode()
-    socket.send_fds(sup, [msg], [lis.fileno()])
-    lis.close()
-    sup.settimeout(60)
-    ack = json.loads(sup.recv(65536))
-    if ack.get("msg") != "ack" or ack.get("error") is not None:
-        raise SystemExit(f"worker refused init: {ack}")
-    addr = ("127.0.0.1", int(listen.rsplit(":", 1)[1]))
+    w = Alone(binary, "http", lambda listen: config(listen, backend_port), wrapper)
+    addr = w.addr
     if mode == "close":
         for _ in range(reqs):
             s = socket.create_connection(addr)
@@ -124,7 +104,7 @@ def main():
             buf = read_response(s, buf)
         s.close()
     elif mode == "idle":
-        pid = child.pid
+        pid = w.pid
         before = rss_anon(pid)
         held = []
         for _ in range(reqs):
@@ -146,12 +126,7 @@ def main():
               flush=True)
         for s in held + fresh:
             s.close()
-    sup.close()
-    code = child.wait(timeout=120)
-    os.unlink(name)
-    os.rmdir(scratch)
-    if code != 0:
-        raise SystemExit(f"worker exited {code}")
+    w.stop()
 
 
 main()
