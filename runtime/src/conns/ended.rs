@@ -52,7 +52,7 @@ pub(super) fn write_down(cx: &mut Cx, f: &Facts, ending: Ending) {
     line.start(if unix { "unix" } else { "tcp" });
     line.text("link", routes.name(io.route).unwrap_or(""), MAX_VALUE);
     match (f.client, &io.client) {
-        (Some(p), _) => line.shown("client", &p as &dyn Display),
+        (Some(p), _) => line.addr("client", &p.addr()),
         // Credentials the kernel took when the client connected: still
         // there after it closed.
         (None, Stream::Unix(s)) => {
@@ -70,6 +70,7 @@ pub(super) fn write_down(cx: &mut Cx, f: &Facts, ending: Ending) {
         (None, Stream::Tcp(_)) => line.text("client", "", MAX_VALUE),
     };
     match f.backend {
+        Some(Backend::Tcp(a)) => line.addr("backend", a),
         Some(b) => line.shown("backend", b as &dyn Display),
         None => line.text("backend", "", MAX_VALUE),
     };
