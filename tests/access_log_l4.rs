@@ -385,6 +385,125 @@ fn a_connection_cut_at_the_drain_deadline_is_written_as_drained() {
     assert!(matches!(r, Ok(0)) || r.is_err(), "cut, got {r:?}");
 }
 
+/// One echo through `port`, both sides closing normally.
+fn echo_once(port: u16) {
+    let mut s = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"ping").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).unwrap();
+    assert_eq!(back, b"ping");
+}
+
+/// A connection through `port`, echoed once and left open.
+fn open_connection(port: u16) -> TcpStream {
+    let mut s = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"x").unwrap();
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).unwrap();
+    s
+}
+
+/// The connection a draining worker cuts at its deadline is counted after
+/// the worker's last regular report: only the report it sends as it exits
+/// carries it, and the supervisor reads it before it reaps the worker (its
+/// log line sums the routes' counts it then holds).
+#[test]
+fn a_drained_worker_reports_its_last_connections_as_it_exits() {
+    let backend = echo_server();
+    let (port, other) = (free_port(), free_port());
+    let keep = tcp_link("stays", other, &backend.to_string());
+    let g = graph(&[tcp_link("leaves", port, &backend.to_string()), keep.clone()]);
+    let sup = Supervisor::start(&g, &["--access-log", "stderr", "--drain-timeout", "300ms"]);
+    let address = format!("127.0.0.1:{port}");
+    let pid = sup.worker_pid(&address);
+    echo_once(port);
+    route_counters(&sup, &address, "leaves", 1);
+    let _open = open_connection(port);
+    sup.reload(&graph(&[keep]));
+    let lines = wait_lines(&sup, "tcp", 2);
+    assert_eq!(field(&lines[1], "end"), "drained");
+    sup.wait_log(
+        &format!(
+            "draining worker pid {pid} exited with status 0; its routes counted 2 request(s) or connection(s) in all, gone with the endpoint"
+        ),
+        1,
+    );
+}
+
+/// A link removed while a connection is open and added back while its old
+/// worker drains: `/metrics` shows the draining worker's series meanwhile,
+/// then one series for the endpoint (never two samples of the same
+/// labels), and what the old worker counted up to its exit stays in it.
+#[test]
+fn an_endpoint_back_in_the_graph_keeps_what_its_draining_worker_counted() {
+    let backend = echo_server();
+    let (port, other) = (free_port(), free_port());
+    let keep = tcp_link("stays", other, &backend.to_string());
+    let g = graph(&[tcp_link("back", port, &backend.to_string()), keep.clone()]);
+    // A long deadline: the client, not the clock, ends the drain.
+    let sup = Supervisor::start(&g, &["--drain-timeout", "60s"]);
+    let address = format!("127.0.0.1:{port}");
+    let old = sup.worker_pid(&address);
+    echo_once(port);
+    route_counters(&sup, &address, "back", 1);
+    let mut open = open_connection(port);
+
+    sup.reload(&graph(&[keep]));
+    sup.wait_log("stopped accepting, finishing its connections", 1);
+    let text = checked_metrics(&sup);
+    let ends = |text: &str, end: &str| {
+        sample(
+            text,
+            "pvx_route_ends_total",
+            &[
+                ("endpoint", address.as_str()),
+                ("link", "back"),
+                ("end", end),
+            ],
+        )
+    };
+    assert_eq!(ends(&text, "complete"), 1.0, "the draining worker's series");
+    let d = &sup.status()["draining"][0];
+    assert_eq!(
+        (d["pid"].as_u64(), d["consumer"].as_str()),
+        (Some(old as u64), Some("EXTERNAL")),
+        "{d}"
+    );
+
+    sup.reload(&g);
+    let new = wait_for(Duration::from_secs(10), "the endpoint's new worker", || {
+        sup.workers()
+            .into_iter()
+            .find(|(p, a)| *p != old && a.contains(&address))
+            .map(|(p, _)| p)
+    });
+    assert_ne!(new, old);
+    echo_once(port);
+    route_counters(&sup, &address, "back", 1);
+    // Both workers' counts, one sample.
+    let text = checked_metrics(&sup);
+    assert_eq!(ends(&text, "complete"), 2.0);
+
+    // The old worker's last connection ends; it exits, and its count stays.
+    open.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    open.read_to_end(&mut rest).unwrap();
+    sup.wait_log(
+        &format!("draining worker pid {old} exited with status 0; its routes counted 2 request(s) or connection(s) in all, kept"),
+        1,
+    );
+    let text = checked_metrics(&sup);
+    assert_eq!(ends(&text, "complete"), 3.0);
+    assert!(sup.status()["draining"]
+        .as_array()
+        .is_some_and(|d| d.is_empty()));
+    let r = route_counters(&sup, &address, "back", 3);
+    assert_eq!(r["ends"], serde_json::json!([3, 0, 0, 0, 0, 0, 0]), "{r}");
+}
+
 #[test]
 fn a_syslog_that_never_reads_costs_lines_not_traffic() {
     let dir = TempDir::new("alsys");

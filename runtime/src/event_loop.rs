@@ -312,6 +312,9 @@ impl<H: Handler> Loop<H> {
                     if left > 0 {
                         self.handler.cut(&mut cx!(self, now));
                     }
+                    self.stats.active = self.handler.active() as u64;
+                    self.ctl
+                        .report_last(now, self.stats, &mut self.reach, &mut self.ledger.routes);
                     proto::info!("drained ({left} connection(s) cut at the deadline); exiting");
                     return 0;
                 }

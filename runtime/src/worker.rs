@@ -223,6 +223,21 @@ impl WorkerCtl {
         }
     }
 
+    /// The report a worker sends as it exits (its drain is over): whatever
+    /// changed since the last one, at once, whatever the interval. What its
+    /// last connections counted (those cut at the deadline too) would be
+    /// lost otherwise. A socket that will not take it loses it.
+    pub fn report_last(
+        &mut self,
+        now: Instant,
+        stats: Stats,
+        reach: &mut Reach,
+        routes: &mut RouteBook,
+    ) {
+        self.last_stats = None;
+        self.report(now, stats, reach, routes);
+    }
+
     /// Send `stats`, with the hold counters and the health table of
     /// `reach` and the routes' counters that changed, if anything changed
     /// and the interval has passed. Returns how long until a report may be

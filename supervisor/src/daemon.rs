@@ -15,7 +15,7 @@
 //!                              (start, reap, restart, drain)             (update, ack, stats)
 //! ```
 
-use crate::endpoint::{Running, State, WorkerProc};
+use crate::endpoint::{Draining, Running, State};
 use crate::pending::PendingEndpoint;
 use crate::policy::RestartPolicy;
 use crate::status_server::{self, StatusServer};
@@ -66,11 +66,6 @@ struct Flags {
     chld: Arc<AtomicBool>,
     hup: Arc<AtomicBool>,
     term: Arc<AtomicBool>,
-}
-
-struct Draining {
-    worker: WorkerProc,
-    key: EndpointKey,
 }
 
 pub struct Daemon {
@@ -236,13 +231,7 @@ impl Daemon {
             &self.refused,
         );
         srv.on_event(self.poll.registry(), t, || {
-            status::Snapshot::build(
-                started,
-                endpoints,
-                pending,
-                draining.iter().map(|d| (&d.key, d.worker.pid)),
-                refused,
-            )
+            status::Snapshot::build(started, endpoints, pending, draining, refused)
         });
     }
 

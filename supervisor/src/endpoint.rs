@@ -1,10 +1,12 @@
 //! One running endpoint as the supervisor tracks it: its plan entry, the
-//! supervisor's own copy of the listener, and its current worker process.
+//! supervisor's own copy of the listener, and its current worker process;
+//! and a worker whose endpoint went, finishing its connections.
 
 use crate::policy::{Next, RestartPolicy};
 use nix::unistd::Pid;
 use proto::ctl::Stats;
-use proto::plan::Endpoint;
+use proto::plan::{Endpoint, EndpointKey};
+use proto::types::Kind;
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
@@ -193,6 +195,37 @@ impl Running {
     /// Fold a worker's report (its own totals) into the endpoint's.
     pub fn set_stats(&mut self, s: Stats) {
         self.stats = self.stats_base.then(s);
+    }
+}
+
+/// A worker whose endpoint was removed or replaced, finishing its
+/// connections by `--drain-timeout`. It takes the endpoint's labels and
+/// per-route counters along: what it counts while it drains, up to its
+/// last report as it exits, is still added (README, "Per-route metrics").
+pub struct Draining {
+    pub worker: WorkerProc,
+    pub key: EndpointKey,
+    pub kind: Kind,
+    pub consumer: String,
+    pub route_counts: crate::route_counts::RouteCounts,
+}
+
+impl Draining {
+    /// `w`, the worker of `r` (taken out of it), starts draining.
+    pub fn of(w: WorkerProc, key: &EndpointKey, r: &mut Running) -> Draining {
+        Draining {
+            worker: w,
+            key: key.clone(),
+            kind: r.ep.kind,
+            consumer: r.ep.consumer.clone(),
+            route_counts: std::mem::take(&mut r.route_counts),
+        }
+    }
+
+    /// The same series as `r`'s on `/metrics` (same endpoint, kind and
+    /// consumer): an endpoint removed and added back while this drains.
+    pub fn same_series(&self, r: &Running) -> bool {
+        self.key == r.ep.key && self.kind == r.ep.kind && self.consumer == r.ep.consumer
     }
 }
 

@@ -17,12 +17,18 @@ fn escape(v: &str) -> String {
 }
 
 fn labels(e: &EndpointStatus) -> String {
+    labels_of(&e.address, &e.namespace, e.kind, &e.consumer)
+}
+
+/// An endpoint's labels: what identifies it (the series of a draining
+/// worker carry its endpoint's).
+fn labels_of(address: &str, namespace: &str, kind: proto::types::Kind, consumer: &str) -> String {
     format!(
         r#"endpoint="{}",namespace="{}",kind="{}",consumer="{}""#,
-        escape(&e.address),
-        escape(&e.namespace),
-        e.kind,
-        escape(&e.consumer)
+        escape(address),
+        escape(namespace),
+        kind,
+        escape(consumer)
     )
 }
 
@@ -273,7 +279,7 @@ pub fn render(s: &Snapshot) -> String {
     );
     hold(&mut out, eps);
     health(&mut out, eps);
-    routes::render(&mut out, eps);
+    routes::render(&mut out, eps, &s.draining);
     plain(
         &mut out,
         "pvx_endpoints",

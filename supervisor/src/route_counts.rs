@@ -41,6 +41,17 @@ impl RouteCounts {
         }
     }
 
+    /// Add what an earlier set of workers counted (`gone`, after its
+    /// `worker_gone`): a drained worker of the same series. Only the
+    /// routes `has` keeps, so the series stay bounded by the graph.
+    pub fn add_gone(&mut self, gone: RouteCounts, has: impl Fn(&str) -> bool) {
+        for r in gone.base.into_iter().chain(gone.now) {
+            if has(&r.link) {
+                put(&mut self.base, r, true);
+            }
+        }
+    }
+
     /// Forget routes the graph no longer has (`has`: whether the
     /// endpoint still has a route of that name), so the series stay
     /// bounded by the graph.
@@ -90,5 +101,23 @@ mod tests {
         assert_eq!((t[1].link.as_str(), t[1].total()), ("b", 1));
         c.keep_only(|l| l == "b");
         assert_eq!(c.totals().len(), 1);
+    }
+
+    #[test]
+    fn a_drained_workers_counts_join_the_endpoint_back_in_the_graph_for_its_routes() {
+        let mut drained = RouteCounts::default();
+        drained.report(vec![counted("a", 2), counted("gone", 4)]);
+        drained.worker_gone();
+        drained.report(vec![counted("a", 3)]);
+        drained.worker_gone();
+        let mut back = RouteCounts::default();
+        back.report(vec![counted("a", 1)]);
+        back.add_gone(drained, |l| l == "a");
+        let t = back.totals();
+        assert_eq!(t.len(), 1, "{t:?}");
+        assert_eq!((t[0].link.as_str(), t[0].total()), ("a", 6));
+        // Its own worker's next report still replaces only its own part.
+        back.report(vec![counted("a", 2)]);
+        assert_eq!(back.totals()[0].total(), 7);
     }
 }

@@ -7,9 +7,8 @@
 //! The same snapshot feeds `/metrics` (metrics.rs) and the table of
 //! `pv-xconnect status` (status_cli.rs reads the JSON back, loosely).
 
-use crate::endpoint::{same_config, Running, State};
+use crate::endpoint::{same_config, Draining, Running, State};
 use crate::pending::PendingEndpoint;
-use nix::unistd::Pid;
 use proto::graph::Refusal;
 use proto::plan::{EndpointKey, Route};
 use proto::types::{Backend, Kind, Listen};
@@ -226,11 +225,20 @@ impl HoldStatus {
     }
 }
 
+/// A worker whose endpoint was removed or replaced, finishing its
+/// connections; `/metrics` shows its per-route counters under its
+/// endpoint's labels until it exits (summed with the endpoint's own when
+/// the graph has the same one again).
 #[derive(Debug, Serialize)]
 pub struct DrainingStatus {
     pub address: String,
     pub namespace: String,
+    pub kind: Kind,
+    pub consumer: String,
     pub pid: i32,
+    /// Its endpoint's per-route counters, as in `EndpointStatus`, with
+    /// what it counted while draining.
+    pub route_counters: Vec<proto::ctl::RouteStats>,
 }
 
 pub fn address(l: &Listen) -> String {
@@ -372,7 +380,7 @@ impl Snapshot {
         started: Instant,
         endpoints: &BTreeMap<EndpointKey, Running>,
         pending_eps: &BTreeMap<EndpointKey, PendingEndpoint>,
-        draining: impl Iterator<Item = (&'a EndpointKey, Pid)>,
+        draining: &[Draining],
         refused: &[Refusal],
     ) -> Snapshot {
         let now = Instant::now();
@@ -409,10 +417,14 @@ impl Snapshot {
             },
             endpoints: all.into_iter().map(|(_, e)| e).collect(),
             draining: draining
-                .map(|(key, pid)| DrainingStatus {
-                    address: address(&key.listen),
-                    namespace: namespace(key),
-                    pid: pid.as_raw(),
+                .iter()
+                .map(|d| DrainingStatus {
+                    address: address(&d.key.listen),
+                    namespace: namespace(&d.key),
+                    kind: d.kind,
+                    consumer: d.consumer.clone(),
+                    pid: d.worker.pid.as_raw(),
+                    route_counters: d.route_counts.totals(),
                 })
                 .collect(),
             refused: refused.to_vec(),

@@ -11,6 +11,24 @@ use proto::plan::EndpointKey;
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
+/// A stats report's endpoint counters and backends' health.
+type Report = (proto::ctl::Stats, Vec<proto::types::BackendHealth>);
+/// The per-route counters of the reports read in one go: each report
+/// names the routes that changed since the one before, so all of them
+/// count, not only the last.
+type Routes = Vec<proto::ctl::RouteStats>;
+
+/// What one read of a worker's control socket brought.
+struct Heard {
+    /// The last stats report's.
+    stats: Option<Report>,
+    routes: Routes,
+    /// The configuration the worker acknowledged last, if any; and the
+    /// last one it answered, applied or refused.
+    applied: Option<proto::plan::Endpoint>,
+    answered: Option<proto::plan::Endpoint>,
+}
+
 /// An update the worker's socket did not take is offered again after this.
 const UPDATE_RETRY: Duration = Duration::from_secs(1);
 /// A configuration not acknowledged within this is sent again (an update;
@@ -93,27 +111,84 @@ impl Daemon {
         }
     }
 
+    /// A worker's control socket is readable: its answers and reports.
     pub(super) fn on_worker_ctl(&mut self, token: usize) {
+        let Some((key, heard)) = self.hear(token) else {
+            return;
+        };
+        let Heard {
+            stats,
+            routes,
+            applied,
+            answered,
+        } = heard;
+        self.count(&key, token, stats, routes);
+        if let Some(r) = self.endpoints.get_mut(&key) {
+            if r.worker.as_ref().is_some_and(|w| w.token == token) {
+                if applied.is_some() {
+                    r.applied = applied;
+                }
+                // The graph moved on while that configuration was on its
+                // way (push_update waited): send the newest now. One the
+                // worker refused as it is waits for the next apply.
+                let newer = answered.is_some_and(|a| !same_config(&a, &r.ep));
+                if newer && r.state == State::Running && !r.in_sync() {
+                    self.push_update(&key);
+                }
+            }
+        }
+    }
+
+    /// A worker exited: the reports it sent before are still in its
+    /// socket when the SIGCHLD comes first (a drained worker's last one is
+    /// sent right before it exits); they count. Its answers no longer
+    /// matter.
+    pub(super) fn hear_last(&mut self, token: usize) {
+        if let Some((key, heard)) = self.hear(token) {
+            self.count(&key, token, heard.stats, heard.routes);
+        }
+    }
+
+    /// Add a report to the endpoint of the worker `token`, or to the
+    /// draining worker it is.
+    fn count(&mut self, key: &EndpointKey, token: usize, stats: Option<Report>, routes: Routes) {
+        if let Some(r) = self.endpoints.get_mut(key) {
+            if r.worker.as_ref().is_some_and(|w| w.token == token) {
+                if let Some((s, health)) = stats {
+                    r.set_stats(s);
+                    r.health = health;
+                }
+                r.route_counts.report(routes);
+                return;
+            }
+        }
+        // Its endpoint went: only the per-route counters travel with a
+        // draining worker (its endpoint's other series went with it).
+        if let Some(d) = self.draining.iter_mut().find(|d| d.worker.token == token) {
+            d.route_counts.report(routes);
+        }
+    }
+
+    /// Read what the worker `token` sent: its endpoint's key and the
+    /// messages, in order. None: no such worker.
+    fn hear(&mut self, token: usize) -> Option<(EndpointKey, Heard)> {
         let (key, w) = match self
             .endpoints
             .iter_mut()
             .find(|(_, r)| r.worker.as_ref().is_some_and(|w| w.token == token))
         {
-            Some((k, r)) => (k.clone(), r.worker.as_mut()),
-            None => match self.draining.iter_mut().find(|d| d.worker.token == token) {
-                Some(d) => (d.key.clone(), Some(&mut d.worker)),
-                None => return,
-            },
+            Some((k, r)) => (k.clone(), r.worker.as_mut()?),
+            None => {
+                let d = self.draining.iter_mut().find(|d| d.worker.token == token)?;
+                (d.key.clone(), &mut d.worker)
+            }
         };
-        let Some(w) = w else { return };
-        let mut stats = None;
-        // Each report names the routes that changed since the one before:
-        // all of them count, not only the last.
-        let mut routes = Vec::new();
-        // The configuration the worker acknowledged last, if any; and the
-        // last one it answered, applied or refused.
-        let mut applied = None;
-        let mut answered = None;
+        let mut heard = Heard {
+            stats: None,
+            routes: Vec::new(),
+            applied: None,
+            answered: None,
+        };
         loop {
             match ctl::recv::<FromWorker>(w.ctl.as_fd()) {
                 Ok((
@@ -124,10 +199,10 @@ impl Daemon {
                     },
                     _,
                 )) => {
-                    stats = Some((s, health));
+                    heard.stats = Some((s, health));
                     for wire in r {
                         match proto::ctl::RouteStats::try_from(wire) {
-                            Ok(c) => routes.push(c),
+                            Ok(c) => heard.routes.push(c),
                             Err(e) => proto::warn!(
                                 "endpoint {key}: worker pid {}: counters ignored: {e}",
                                 w.pid
@@ -145,7 +220,7 @@ impl Daemon {
                     };
                     let p = w.pending.remove(i);
                     if p.config.is_some() {
-                        answered.clone_from(&p.config);
+                        heard.answered.clone_from(&p.config);
                         w.answered(Instant::now());
                     }
                     match error {
@@ -160,7 +235,7 @@ impl Daemon {
                         ),
                         None => {
                             proto::info!("endpoint {key}: worker pid {} applied {}", w.pid, p.what);
-                            applied = p.config.or(applied);
+                            heard.applied = p.config.or(heard.applied);
                         }
                     }
                 }
@@ -176,25 +251,7 @@ impl Daemon {
                 Err(e) => proto::warn!("endpoint {key}: worker pid {}: {e}", w.pid),
             }
         }
-        if let Some(r) = self.endpoints.get_mut(&key) {
-            if r.worker.as_ref().is_some_and(|w| w.token == token) {
-                if let Some((s, health)) = stats {
-                    r.set_stats(s);
-                    r.health = health;
-                }
-                r.route_counts.report(routes);
-                if applied.is_some() {
-                    r.applied = applied;
-                }
-                // The graph moved on while that configuration was on its
-                // way (push_update waited): send the newest now. One the
-                // worker refused as it is waits for the next apply.
-                let newer = answered.is_some_and(|a| !same_config(&a, &r.ep));
-                if newer && r.state == State::Running && !r.in_sync() {
-                    self.push_update(&key);
-                }
-            }
-        }
+        Some((key, heard))
     }
 
     /// An answer check (`ACK_CHECK`): a worker that owes an answer for

@@ -3,8 +3,8 @@
 //! `policy.rs`, and drained when their endpoint goes.
 
 use super::control::ACK_TIMEOUT;
-use super::{Daemon, Draining, ACK_CHECK, DRAIN_KILL};
-use crate::endpoint::{describe_exit, Pending, State, WorkerProc};
+use super::{Daemon, ACK_CHECK, DRAIN_KILL};
+use crate::endpoint::{describe_exit, Draining, Pending, State, WorkerProc};
 use crate::policy::jitter;
 use crate::spawn;
 use mio::unix::SourceFd;
@@ -113,7 +113,8 @@ impl Daemon {
 
     /// Tell a worker to stop accepting and finish its connections by the
     /// drain deadline; it is killed if it is still there a second later.
-    pub(super) fn drain_worker(&mut self, key: &EndpointKey, mut w: WorkerProc) {
+    pub(super) fn drain_worker(&mut self, mut d: Draining) {
+        let (key, w) = (&d.key, &mut d.worker);
         self.seq += 1;
         let seq = self.seq;
         let deadline_ms = self.opts.drain.as_millis() as u64;
@@ -141,10 +142,7 @@ impl Daemon {
             Instant::now() + self.opts.drain + Duration::from_secs(1),
             DRAIN_KILL | w.pid.as_raw() as u64,
         );
-        self.draining.push(Draining {
-            worker: w,
-            key: key.clone(),
-        });
+        self.draining.push(d);
     }
 
     /// Collect every exited child; restart what should run.
@@ -157,14 +155,22 @@ impl Daemon {
             let Some(pid) = st.pid() else { continue };
             let how = describe_exit(st);
             if let Some(i) = self.draining.iter().position(|d| d.worker.pid == pid) {
+                self.hear_last(self.draining[i].worker.token);
                 let d = self.draining.swap_remove(i);
                 let _ = self
                     .poll
                     .registry()
                     .deregister(&mut SourceFd(&d.worker.ctl.as_raw_fd()));
-                proto::info!("endpoint {}: draining worker pid {pid} {how}", d.key);
+                self.drained(d, &how);
                 continue;
             }
+            let token = self
+                .endpoints
+                .values()
+                .find_map(|r| r.worker.as_ref().filter(|w| w.pid == pid))
+                .map(|w| w.token);
+            let Some(token) = token else { continue };
+            self.hear_last(token);
             let Some((key, r)) = self
                 .endpoints
                 .iter_mut()
@@ -185,5 +191,29 @@ impl Daemon {
             let st = r.on_exit(&self.opts.policy, Instant::now(), jitter());
             self.schedule(&key, st, Some(pid));
         }
+    }
+
+    /// A draining worker exited. What its endpoint counted per route,
+    /// and it up to its last report, goes to the endpoint of the same
+    /// series if the graph has it again (so its counters never go back),
+    /// for the routes it still has; otherwise it goes with its endpoint.
+    fn drained(&mut self, mut d: Draining, how: &str) {
+        d.route_counts.worker_gone();
+        let counted: u64 = d.route_counts.totals().iter().map(|r| r.total()).sum();
+        let again = self.endpoints.get_mut(&d.key).filter(|r| d.same_series(r));
+        let whose = match again {
+            Some(r) => {
+                let routes = &r.ep.routes;
+                r.route_counts
+                    .add_gone(d.route_counts, |l| routes.iter().any(|x| x.via.name == l));
+                "kept: the endpoint is back in the graph"
+            }
+            None => "gone with the endpoint",
+        };
+        proto::info!(
+            "endpoint {}: draining worker pid {} {how}; its routes counted {counted} request(s) or connection(s) in all, {whose}",
+            d.key,
+            d.worker.pid
+        );
     }
 }

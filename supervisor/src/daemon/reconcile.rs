@@ -4,7 +4,7 @@
 //! backoff (`pending.rs` keeps their record).
 
 use super::Daemon;
-use crate::endpoint::{same_config, Running, State};
+use crate::endpoint::{same_config, Draining, Running, State};
 use crate::listener;
 use crate::pending::PendingEndpoint;
 use crate::policy::jitter;
@@ -143,7 +143,7 @@ impl Daemon {
             ep.consumer
         );
         if let Some(w) = old.worker.take() {
-            self.drain_worker(key, w);
+            self.drain_worker(Draining::of(w, key, &mut old));
         }
         let id = self.next_id;
         self.next_id += 1;
@@ -187,7 +187,7 @@ impl Daemon {
 
     /// Stop an endpoint: its worker drains, its listener closes now.
     pub(super) fn remove(&mut self, key: &EndpointKey, why: &str) {
-        let Some(r) = self.endpoints.remove(key) else {
+        let Some(mut r) = self.endpoints.remove(key) else {
             return;
         };
         proto::info!("endpoint {key}: removing ({why})");
@@ -195,11 +195,11 @@ impl Daemon {
             Listen::Unix(_) => crate::sockfile::listen_pid(&r.listener),
             Listen::Tcp(_) => None,
         };
-        if let Some(w) = r.worker {
+        if let Some(w) = r.worker.take() {
             if let Some(p) = made_by {
                 self.retired_unix.push((w.pid, p));
             }
-            self.drain_worker(key, w);
+            self.drain_worker(Draining::of(w, key, &mut r));
         }
         // Our copy of the listener goes now; the worker closes its own as
         // it starts draining. A unix socket file goes too, so new clients

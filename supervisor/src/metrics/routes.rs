@@ -4,21 +4,38 @@
 //! (`proto::ctl::RouteStats`). The `link` label is the route's first
 //! link's name, from the graph: no label comes from a client.
 
-use super::{escape, labels};
-use crate::status::EndpointStatus;
+use super::{escape, labels, labels_of};
+use crate::status::{DrainingStatus, EndpointStatus};
 use proto::ctl::{End, RouteStats, DURATION_BUCKETS_MS};
 use proto::types::Kind;
 
-/// Every route of every endpoint, with its labels.
-fn rows<'a>(
-    eps: impl Iterator<Item = &'a EndpointStatus>,
-) -> impl Iterator<Item = (String, &'a RouteStats)> {
-    eps.flat_map(|e| {
+/// One route's series: its labels, its endpoint's kind, its counters.
+type Row = (String, Kind, RouteStats);
+
+/// Every route of every endpoint, with its labels; then those of the
+/// draining workers, each added to the row of the same labels if there
+/// is one (an endpoint removed and added back while its old worker
+/// drains: one series, never two samples of the same labels).
+fn rows(eps: &[EndpointStatus], draining: &[DrainingStatus]) -> Vec<Row> {
+    let with_link = |l: &str, r: &RouteStats| format!("{l},link=\"{}\"", escape(&r.link));
+    let mut rows: Vec<Row> = Vec::new();
+    for e in eps {
         let l = labels(e);
-        e.route_counters
-            .iter()
-            .map(move |r| (format!("{l},link=\"{}\"", escape(&r.link)), r))
-    })
+        for r in &e.route_counters {
+            rows.push((with_link(&l, r), e.kind, r.clone()));
+        }
+    }
+    for d in draining {
+        let l = labels_of(&d.address, &d.namespace, d.kind, &d.consumer);
+        for r in &d.route_counters {
+            let key = with_link(&l, r);
+            match rows.iter_mut().find(|row| row.0 == key) {
+                Some(row) => row.2 = row.2.then(r),
+                None => rows.push((key, d.kind, r.clone())),
+            }
+        }
+    }
+    rows
 }
 
 fn head(out: &mut String, name: &str, ty: &str, help: &str) {
@@ -49,17 +66,18 @@ fn sample(out: &mut String, name: &str, labels: &str, extra: &str, value: &str) 
     out.push('\n');
 }
 
-pub(super) fn render(out: &mut String, eps: &[EndpointStatus]) {
+pub(super) fn render(out: &mut String, eps: &[EndpointStatus], draining: &[DrainingStatus]) {
+    let rows = rows(eps, draining);
     head(
         out,
         "pvx_route_responses_total",
         "counter",
         "http responses sent to clients, by status class (ours too: 502, 504, 408; a request no route took counts under none).",
     );
-    for (l, r) in rows(
-        eps.iter()
-            .filter(|e| matches!(e.kind, Kind::Http | Kind::Rest)),
-    ) {
+    let http = rows
+        .iter()
+        .filter(|(_, kind, _)| matches!(kind, Kind::Http | Kind::Rest));
+    for (l, _, r) in http {
         for (class, n) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().zip(r.status) {
             let extra = format!("class=\"{class}\"");
             sample(out, "pvx_route_responses_total", &l, &extra, &n.to_string());
@@ -71,7 +89,7 @@ pub(super) fn render(out: &mut String, eps: &[EndpointStatus]) {
         "counter",
         "Requests (http) or connections (tcp, unix) of the route, by how they ended.",
     );
-    for (l, r) in rows(eps.iter()) {
+    for (l, _, r) in &rows {
         for (end, n) in End::ALL.iter().zip(r.ends) {
             let extra = format!("end=\"{}\"", end.as_str());
             sample(out, "pvx_route_ends_total", &l, &extra, &n.to_string());
@@ -83,7 +101,7 @@ pub(super) fn render(out: &mut String, eps: &[EndpointStatus]) {
         "counter",
         "Bytes of the route's requests or connections: in = client to backend, out = backend to client.",
     );
-    for (l, r) in rows(eps.iter()) {
+    for (l, _, r) in &rows {
         for (dir, n) in [("in", r.bytes_in), ("out", r.bytes_out)] {
             let extra = format!("direction=\"{dir}\"");
             sample(out, "pvx_route_bytes_total", &l, &extra, &n.to_string());
@@ -96,7 +114,7 @@ pub(super) fn render(out: &mut String, eps: &[EndpointStatus]) {
         "histogram",
         "How long the route's requests (http: from the head's first byte to the response's end) or connections (tcp, unix) took.",
     );
-    for (l, r) in rows(eps.iter()) {
+    for (l, _, r) in &rows {
         let mut below = 0u64;
         let bounds = DURATION_BUCKETS_MS.iter().map(|&b| super::seconds(b));
         for (bound, n) in bounds.chain(["+Inf".to_string()]).zip(r.duration) {

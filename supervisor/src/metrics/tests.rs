@@ -160,3 +160,61 @@ fn route_series_count_what_the_workers_reported() {
     }
     families_are_declared(&m);
 }
+
+/// A draining worker's route counters: summed into the endpoint of the
+/// same labels (removed and added back while it drains), their own series
+/// otherwise; never two samples of one label set.
+#[test]
+fn a_draining_workers_routes_are_one_series_with_the_endpoint_of_its_labels() {
+    use crate::status::DrainingStatus;
+    use proto::ctl::{End, RouteStats};
+    let counted = |link: &str, n: u64| {
+        let mut r = RouteStats::new(link);
+        for _ in 0..n {
+            r.count(None, End::Complete, 3);
+        }
+        r
+    };
+    let mut e = ep("127.0.0.1:80", "EXTERNAL", Some(3));
+    e.route_counters = vec![counted("a", 2)];
+    let drain = |address: &str, consumer: &str, n: u64| DrainingStatus {
+        address: address.into(),
+        namespace: "host".into(),
+        kind: Kind::Tcp,
+        consumer: consumer.into(),
+        pid: 9,
+        route_counters: vec![counted("a", n)],
+    };
+    let s = Snapshot {
+        supervisor: SupervisorInfo {
+            pid: 1,
+            version: "0",
+            uptime_s: 5,
+            log_dropped: 0,
+        },
+        endpoints: vec![e],
+        draining: vec![
+            drain("127.0.0.1:80", "EXTERNAL", 5),
+            drain("127.0.0.1:80", "other", 7),
+            drain("127.0.0.1:81", "EXTERNAL", 11),
+            drain("127.0.0.1:81", "EXTERNAL", 13),
+        ],
+        refused: vec![],
+    };
+    let m = render(&s);
+    let complete = |address: &str, consumer: &str| {
+        let l = format!(
+            r#"endpoint="{address}",namespace="host",kind="tcp",consumer="{consumer}",link="a",end="complete""#
+        );
+        let found: Vec<&str> = m
+            .lines()
+            .filter_map(|x| x.strip_prefix(&format!("pvx_route_ends_total{{{l}}} ")))
+            .collect();
+        assert_eq!(found.len(), 1, "one sample of {l}\n{m}");
+        found[0].to_string()
+    };
+    assert_eq!(complete("127.0.0.1:80", "EXTERNAL"), "7");
+    assert_eq!(complete("127.0.0.1:80", "other"), "7");
+    assert_eq!(complete("127.0.0.1:81", "EXTERNAL"), "24");
+    families_are_declared(&m);
+}

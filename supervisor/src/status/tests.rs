@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::endpoint::{Pending, WorkerProc};
+use nix::unistd::Pid;
 use proto::ctl::Stats;
 use std::time::Duration;
 
@@ -65,7 +66,7 @@ fn snapshot_reports_workers_backoff_and_refusals() {
         name: "bad".into(),
         reason: "missing field 'socket'".into(),
     }];
-    let s = Snapshot::build(now, &eps, &BTreeMap::new(), std::iter::empty(), &refused);
+    let s = Snapshot::build(now, &eps, &BTreeMap::new(), &[], &refused);
     let v: serde_json::Value = serde_json::from_slice(&s.to_json()).unwrap();
     let e = &v["endpoints"];
     assert_eq!(e[0]["kind"], "tcp");
@@ -114,13 +115,7 @@ fn routes_are_shown_as_served_only_once_the_worker_acked_them() {
     // the update has not been acked (or could not be sent).
     r.applied = Some(r.ep.clone());
     r.ep = proto::plan::from_graph(two).unwrap().endpoints.remove(0);
-    let s = Snapshot::build(
-        Instant::now(),
-        &eps,
-        &BTreeMap::new(),
-        std::iter::empty(),
-        &[],
-    );
+    let s = Snapshot::build(Instant::now(), &eps, &BTreeMap::new(), &[], &[]);
     let v: serde_json::Value = serde_json::from_slice(&s.to_json()).unwrap();
     let e = &v["endpoints"][0];
     assert_eq!(e["routes"].as_array().unwrap().len(), 1, "{e}");
@@ -128,13 +123,7 @@ fn routes_are_shown_as_served_only_once_the_worker_acked_them() {
     // Acked: served, nothing pending.
     let r = eps.values_mut().next().unwrap();
     r.applied = Some(r.ep.clone());
-    let s = Snapshot::build(
-        Instant::now(),
-        &eps,
-        &BTreeMap::new(),
-        std::iter::empty(),
-        &[],
-    );
+    let s = Snapshot::build(Instant::now(), &eps, &BTreeMap::new(), &[], &[]);
     let v: serde_json::Value = serde_json::from_slice(&s.to_json()).unwrap();
     let e = &v["endpoints"][0];
     assert_eq!(e["routes"].as_array().unwrap().len(), 2, "{e}");
@@ -162,10 +151,8 @@ fn a_pending_endpoint_shows_its_reason_and_next_try_in_key_order() {
     );
     let mut pend = BTreeMap::new();
     pend.insert(key.clone(), p);
-    let v: serde_json::Value = serde_json::from_slice(
-        &Snapshot::build(now, &eps, &pend, std::iter::empty(), &[]).to_json(),
-    )
-    .unwrap();
+    let v: serde_json::Value =
+        serde_json::from_slice(&Snapshot::build(now, &eps, &pend, &[], &[]).to_json()).unwrap();
     let e = &v["endpoints"];
     // 127.0.0.1:81 sorts before :82, pending or not.
     assert_eq!(e[0]["address"], "127.0.0.1:81", "{v}");
@@ -189,10 +176,8 @@ fn a_pending_endpoint_shows_its_reason_and_next_try_in_key_order() {
         0.0,
     );
     pend.insert(key, p);
-    let v: serde_json::Value = serde_json::from_slice(
-        &Snapshot::build(now, &eps, &pend, std::iter::empty(), &[]).to_json(),
-    )
-    .unwrap();
+    let v: serde_json::Value =
+        serde_json::from_slice(&Snapshot::build(now, &eps, &pend, &[], &[]).to_json()).unwrap();
     let e = &v["endpoints"][0];
     assert_eq!(e["worker"]["state"], "failed");
     assert_eq!(e["pending"]["given_up"], true);
