@@ -80,7 +80,7 @@ pub(super) fn render(out: &mut String, eps: &[EndpointStatus], draining: &[Drain
     for (l, _, r) in http {
         for (class, n) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().zip(r.status) {
             let extra = format!("class=\"{class}\"");
-            sample(out, "pvx_route_responses_total", &l, &extra, &n.to_string());
+            sample(out, "pvx_route_responses_total", l, &extra, &n.to_string());
         }
     }
     head(
@@ -92,7 +92,7 @@ pub(super) fn render(out: &mut String, eps: &[EndpointStatus], draining: &[Drain
     for (l, _, r) in &rows {
         for (end, n) in End::ALL.iter().zip(r.ends) {
             let extra = format!("end=\"{}\"", end.as_str());
-            sample(out, "pvx_route_ends_total", &l, &extra, &n.to_string());
+            sample(out, "pvx_route_ends_total", l, &extra, &n.to_string());
         }
     }
     head(
@@ -104,7 +104,7 @@ pub(super) fn render(out: &mut String, eps: &[EndpointStatus], draining: &[Drain
     for (l, _, r) in &rows {
         for (dir, n) in [("in", r.bytes_in), ("out", r.bytes_out)] {
             let extra = format!("direction=\"{dir}\"");
-            sample(out, "pvx_route_bytes_total", &l, &extra, &n.to_string());
+            sample(out, "pvx_route_bytes_total", l, &extra, &n.to_string());
         }
     }
     let h = "pvx_route_duration_seconds";
@@ -123,14 +123,14 @@ pub(super) fn render(out: &mut String, eps: &[EndpointStatus], draining: &[Drain
             sample(
                 out,
                 "pvx_route_duration_seconds_bucket",
-                &l,
+                l,
                 &extra,
                 &below.to_string(),
             );
         }
         let sum = super::seconds(r.duration_ms);
-        sample(out, "pvx_route_duration_seconds_sum", &l, "", &sum);
+        sample(out, "pvx_route_duration_seconds_sum", l, "", &sum);
         let count = r.total().to_string();
-        sample(out, "pvx_route_duration_seconds_count", &l, "", &count);
+        sample(out, "pvx_route_duration_seconds_count", l, "", &count);
     }
 }
