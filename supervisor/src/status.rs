@@ -376,7 +376,7 @@ fn pending(key: &EndpointKey, p: &PendingEndpoint, now: Instant) -> EndpointStat
 }
 
 impl Snapshot {
-    pub fn build<'a>(
+    pub fn build(
         started: Instant,
         endpoints: &BTreeMap<EndpointKey, Running>,
         pending_eps: &BTreeMap<EndpointKey, PendingEndpoint>,
