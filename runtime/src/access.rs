@@ -66,7 +66,7 @@ impl AccessLine {
     }
 
     /// `key=value` for a value we print ourselves (an address, a backend):
-    /// escaped all the same, as a unix path may hold anything.
+    /// escaped and bounded all the same, as a unix path may hold anything.
     /// Not inlined: called from several places of a line, each would
     /// carry its copy of the formatting.
     #[inline(never)]
@@ -74,9 +74,11 @@ impl AccessLine {
         self.key(key);
         let at = self.buf.len();
         let _ = write!(self.buf, "{value}");
-        if self.buf[at..]
-            .bytes()
-            .any(|b| b <= b' ' || b == b'\\' || b >= 0x7f)
+        // Bounded as any value: a unix path of the graph may be longer.
+        if self.buf.len() - at > MAX_VALUE
+            || self.buf[at..]
+                .bytes()
+                .any(|b| b <= b' ' || b == b'\\' || b >= 0x7f)
         {
             let raw = self.buf.split_off(at);
             proto::text::push_word(&mut self.buf, &raw, MAX_VALUE);
@@ -163,6 +165,11 @@ mod tests {
         let long = "/".repeat(1000);
         l.start("http").text("path", &long, MAX_PATH);
         assert_eq!(l.as_str().len(), "kind=http path=".len() + MAX_PATH + 3);
+        // A long path we print ourselves is bounded as well (found by the
+        // access_line fuzz target).
+        l.start("unix")
+            .shown("backend", format_args!("unix:{long}"));
+        assert_eq!(l.as_str().len(), "kind=unix backend=".len() + MAX_VALUE + 3);
         assert!(!AccessLine::new(AccessLog::Off).on());
     }
 }

@@ -98,6 +98,8 @@ impl Stats {
     /// counting from 0 again) added on: totals add up, the gauges
     /// (`active`, `held`) are `later`'s, the longest wait is the longer.
     /// Destructured, so a new counter is added here or does not compile.
+    /// Saturating, as `RouteStats::then`: a worker's numbers must not
+    /// stop the supervisor.
     pub fn then(self, later: Stats) -> Stats {
         let Stats {
             active: _,
@@ -116,17 +118,17 @@ impl Stats {
         } = self;
         Stats {
             active: later.active,
-            total: total + later.total,
-            bytes_in: bytes_in + later.bytes_in,
-            bytes_out: bytes_out + later.bytes_out,
-            errors: errors + later.errors,
-            log_dropped: log_dropped + later.log_dropped,
+            total: total.saturating_add(later.total),
+            bytes_in: bytes_in.saturating_add(later.bytes_in),
+            bytes_out: bytes_out.saturating_add(later.bytes_out),
+            errors: errors.saturating_add(later.errors),
+            log_dropped: log_dropped.saturating_add(later.log_dropped),
             held: later.held,
-            held_total: held_total + later.held_total,
-            held_connected: held_connected + later.held_connected,
-            held_failed: held_failed + later.held_failed,
-            held_over_limit: held_over_limit + later.held_over_limit,
-            held_wait_ms: held_wait_ms + later.held_wait_ms,
+            held_total: held_total.saturating_add(later.held_total),
+            held_connected: held_connected.saturating_add(later.held_connected),
+            held_failed: held_failed.saturating_add(later.held_failed),
+            held_over_limit: held_over_limit.saturating_add(later.held_over_limit),
+            held_wait_ms: held_wait_ms.saturating_add(later.held_wait_ms),
             held_wait_max_ms: held_wait_max_ms.max(later.held_wait_max_ms),
         }
     }

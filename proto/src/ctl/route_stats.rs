@@ -178,12 +178,14 @@ impl RouteStats {
 
     /// Requests or connections counted.
     pub fn total(&self) -> u64 {
-        self.ends.iter().sum()
+        self.ends.iter().fold(0, |a, &n| a.saturating_add(n))
     }
 
     /// The counts of a later worker of the same endpoint (a restarted one,
     /// counting from 0 again) added on. Destructured, so a new counter is
-    /// added here or does not compile.
+    /// added here or does not compile. Saturating: the numbers come from a
+    /// worker, the process that reads clients' bytes, and a wrong one
+    /// must not stop the supervisor.
     pub fn then(&self, later: &RouteStats) -> RouteStats {
         let RouteStats {
             link,
@@ -196,11 +198,11 @@ impl RouteStats {
         } = self;
         RouteStats {
             link: link.clone(),
-            status: std::array::from_fn(|i| status[i] + later.status[i]),
-            ends: std::array::from_fn(|i| ends[i] + later.ends[i]),
-            bytes_in: bytes_in + later.bytes_in,
-            bytes_out: bytes_out + later.bytes_out,
-            duration: std::array::from_fn(|i| duration[i] + later.duration[i]),
+            status: std::array::from_fn(|i| status[i].saturating_add(later.status[i])),
+            ends: std::array::from_fn(|i| ends[i].saturating_add(later.ends[i])),
+            bytes_in: bytes_in.saturating_add(later.bytes_in),
+            bytes_out: bytes_out.saturating_add(later.bytes_out),
+            duration: std::array::from_fn(|i| duration[i].saturating_add(later.duration[i])),
             duration_ms: duration_ms.saturating_add(later.duration_ms),
         }
     }

@@ -118,7 +118,7 @@ pub(super) fn render(out: &mut String, eps: &[EndpointStatus], draining: &[Drain
         let mut below = 0u64;
         let bounds = DURATION_BUCKETS_MS.iter().map(|&b| super::seconds(b));
         for (bound, n) in bounds.chain(["+Inf".to_string()]).zip(r.duration) {
-            below += n;
+            below = below.saturating_add(n);
             let extra = format!("le=\"{bound}\"");
             sample(
                 out,
