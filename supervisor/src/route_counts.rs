@@ -4,6 +4,16 @@
 //! never goes back when a worker is restarted.
 
 use proto::ctl::RouteStats;
+use proto::plan::Route;
+
+/// The link names of `routes`, sorted: a route's counters are kept when
+/// its name is there (a binary search, so pruning stays linear-ish on an
+/// endpoint with thousands of routes).
+fn names(routes: &[Route]) -> Vec<&str> {
+    let mut n: Vec<&str> = routes.iter().map(|r| r.via.name.as_str()).collect();
+    n.sort_unstable();
+    n
+}
 
 /// Each sorted by link name (the `link` label), one entry per route:
 /// found by binary search. (Vectors rather than maps: the supervisor is
@@ -42,22 +52,24 @@ impl RouteCounts {
     }
 
     /// Add what an earlier set of workers counted (`gone`, after its
-    /// `worker_gone`): a drained worker of the same series. Only the
-    /// routes `has` keeps, so the series stay bounded by the graph.
-    pub fn add_gone(&mut self, gone: RouteCounts, has: impl Fn(&str) -> bool) {
+    /// `worker_gone`): a drained worker of the same series. Only for the
+    /// endpoint's `routes`, so the series stay bounded by the graph.
+    pub fn add_gone(&mut self, gone: RouteCounts, routes: &[Route]) {
+        let names = names(routes);
         for r in gone.base.into_iter().chain(gone.now) {
-            if has(&r.link) {
+            if names.binary_search(&r.link.as_str()).is_ok() {
                 put(&mut self.base, r, true);
             }
         }
     }
 
-    /// Forget routes the graph no longer has (`has`: whether the
-    /// endpoint still has a route of that name), so the series stay
-    /// bounded by the graph.
-    pub fn keep_only(&mut self, has: impl Fn(&str) -> bool) {
-        self.base.retain(|r| has(&r.link));
-        self.now.retain(|r| has(&r.link));
+    /// Forget routes the graph no longer has (the endpoint's `routes`
+    /// now), so the series stay bounded by the graph.
+    pub fn keep_only(&mut self, routes: &[Route]) {
+        let names = names(routes);
+        let has = |r: &RouteStats| names.binary_search(&r.link.as_str()).is_ok();
+        self.base.retain(has);
+        self.now.retain(has);
     }
 
     /// Every route's counters over all workers, by link name.
@@ -74,6 +86,21 @@ impl RouteCounts {
 mod tests {
     use super::*;
     use proto::ctl::End;
+
+    /// One http endpoint's routes, named `names` (a path prefix each).
+    fn routes(names: &[&str]) -> Vec<Route> {
+        let links: Vec<String> = names
+            .iter()
+            .map(|n| {
+                format!(
+                    r#"{{"type":"http","name":"{n}","consumer":"EXTERNAL","role":"r","target":"0.0.0.0:80/{n}/","socket":"127.0.0.1:1"}}"#
+                )
+            })
+            .collect();
+        let plan = proto::plan::from_graph(&format!("[{}]", links.join(","))).unwrap();
+        assert!(plan.refused.is_empty(), "{:?}", plan.refused);
+        plan.endpoints[0].routes.clone()
+    }
 
     fn counted(link: &str, n: u64) -> RouteStats {
         let mut r = RouteStats::new(link);
@@ -99,7 +126,7 @@ mod tests {
         );
         assert_eq!(t[0].status[1], 5);
         assert_eq!((t[1].link.as_str(), t[1].total()), ("b", 1));
-        c.keep_only(|l| l == "b");
+        c.keep_only(&routes(&["b"]));
         assert_eq!(c.totals().len(), 1);
     }
 
@@ -112,7 +139,7 @@ mod tests {
         drained.worker_gone();
         let mut back = RouteCounts::default();
         back.report(vec![counted("a", 1)]);
-        back.add_gone(drained, |l| l == "a");
+        back.add_gone(drained, &routes(&["a", "other"]));
         let t = back.totals();
         assert_eq!(t.len(), 1, "{t:?}");
         assert_eq!((t[0].link.as_str(), t[0].total()), ("a", 6));

@@ -203,9 +203,7 @@ impl Daemon {
         let again = self.endpoints.get_mut(&d.key).filter(|r| d.same_series(r));
         let whose = match again {
             Some(r) => {
-                let routes = &r.ep.routes;
-                r.route_counts
-                    .add_gone(d.route_counts, |l| routes.iter().any(|x| x.via.name == l));
+                r.route_counts.add_gone(d.route_counts, &r.ep.routes);
                 "kept: the endpoint is back in the graph"
             }
             None => "gone with the endpoint",

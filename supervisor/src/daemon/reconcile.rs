@@ -81,8 +81,7 @@ impl Daemon {
                 continue;
             }
             let changed = !same_config(&r.ep, &ep);
-            r.route_counts
-                .keep_only(|l| ep.routes.iter().any(|x| x.via.name == l));
+            r.route_counts.keep_only(&ep.routes);
             r.ep = ep;
             if matches!(r.state, State::Failed { .. }) {
                 // Re-applying the graph gives a given-up endpoint a new chance.
