@@ -77,6 +77,13 @@ pub(super) fn at(buf: &[u8], s: Span) -> &[u8] {
 
 /// Parse a request head at the start of `buf`. `Err` carries the status to
 /// answer with (400, 431).
+// Out of line, as `parse_response` is: inlined into the connection's
+// step loop (`Conn::drive`), the `Request` it returns was kept as some
+// twenty loose values carried from one pass of the loop to the next and
+// copied between stack slots on each, some 150 instructions a kept-alive
+// request (`scripts/prof-http.sh`, issue 20); returned through memory, it
+// costs a call.
+#[inline(never)]
 pub fn parse_request(buf: &[u8]) -> Result<Parsed<Request>, Reject> {
     // Uninitialised slots: no 3 KiB memset per parse attempt.
     let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
