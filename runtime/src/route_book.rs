@@ -170,8 +170,10 @@ impl RouteBook {
     /// What the next report carries: the changed entries, whole, at most
     /// [`MAX_ROUTE_STATS`]; those are no longer changed.
     pub fn report(&mut self) -> Vec<RouteStats> {
-        let mut out: Vec<RouteStats> = self.retired.drain(..).collect();
-        out.truncate(MAX_ROUTE_STATS);
+        // What does not fit waits for the next report (`changed` stays
+        // true while some is left), never dropped.
+        let first = self.retired.len().min(MAX_ROUTE_STATS);
+        let mut out: Vec<RouteStats> = self.retired.drain(..first).collect();
         for (e, d) in self.entries.iter().zip(self.dirty.iter_mut()) {
             if out.len() >= MAX_ROUTE_STATS {
                 break;
@@ -236,5 +238,39 @@ mod tests {
         b.update(["a"].into_iter());
         assert_eq!(b.renew(c), RouteRef::NONE);
         assert_eq!(b.renew(b.route(0)), b.route(0));
+    }
+
+    #[test]
+    fn an_unsent_report_goes_in_the_next_whole_and_first() {
+        let names: Vec<String> = (0..MAX_ROUTE_STATS + 5).map(|i| format!("r{i}")).collect();
+        let mut b = RouteBook::new(names.iter().map(String::as_str));
+        for i in 0..names.len() {
+            let r = b.route(i);
+            b.count(r, || unreachable!(), Some(200), End::Complete, (1, 1), 1);
+        }
+        let first = b.report();
+        assert_eq!(first.len(), MAX_ROUTE_STATS);
+        // The send failed: it all comes again, before what is newer; an
+        // update then retires the last five routes (counted, unreported).
+        b.unsent(first);
+        b.update(names[..MAX_ROUTE_STATS].iter().map(String::as_str));
+        let r0 = b.route(0);
+        b.count(r0, || unreachable!(), Some(200), End::Complete, (1, 1), 1);
+        let mut seen = Vec::new();
+        while b.changed() {
+            let r = b.report();
+            assert!(!r.is_empty() && r.len() <= MAX_ROUTE_STATS);
+            seen.extend(r);
+        }
+        // Every route reported; r0's last report is its newest count.
+        for n in &names {
+            assert!(seen.iter().any(|r| &r.link == n), "{n} lost");
+        }
+        let last_r0 = seen
+            .iter()
+            .rev()
+            .find(|r| r.link == "r0")
+            .map(|r| r.total());
+        assert_eq!(last_r0, Some(2));
     }
 }
