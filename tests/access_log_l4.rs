@@ -360,31 +360,6 @@ fn a_client_that_resets_mid_stream_is_written_as_gone() {
     assert_eq!(r["ends"], serde_json::json!([0, 1, 0, 0, 0, 0, 0]), "{r}");
 }
 
-#[test]
-fn a_connection_cut_at_the_drain_deadline_is_written_as_drained() {
-    let backend = echo_server();
-    let (port, other) = (free_port(), free_port());
-    let keep = tcp_link("stays", other, &backend.to_string());
-    let g = graph(&[tcp_link("leaves", port, &backend.to_string()), keep.clone()]);
-    let sup = Supervisor::start(&g, &["--access-log", "stderr", "--drain-timeout", "300ms"]);
-    sup.worker_pid(&format!("127.0.0.1:{port}"));
-    let mut s = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"x").unwrap();
-    let mut b = [0u8; 1];
-    s.read_exact(&mut b).unwrap();
-    // The link goes: its worker drains, and at the deadline cuts the
-    // connection still open.
-    sup.reload(&graph(&[keep]));
-    let lines = wait_lines(&sup, "tcp", 1);
-    let l = line_of(&lines, "leaves");
-    assert_eq!((field(l, "in"), field(l, "out")), ("1", "1"));
-    assert_eq!(field(l, "end"), "drained");
-    assert_eq!(field(l, "reason"), "drain_deadline");
-    let r = s.read(&mut b);
-    assert!(matches!(r, Ok(0)) || r.is_err(), "cut, got {r:?}");
-}
-
 /// One echo through `port`, both sides closing normally.
 fn echo_once(port: u16) {
     let mut s = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).unwrap();
@@ -406,12 +381,13 @@ fn open_connection(port: u16) -> TcpStream {
     s
 }
 
-/// The connection a draining worker cuts at its deadline is counted after
-/// the worker's last regular report: only the report it sends as it exits
-/// carries it, and the supervisor reads it before it reaps the worker (its
-/// log line sums the routes' counts it then holds).
+/// A connection still open at the drain deadline is cut and written as
+/// drained. It is counted after the worker's last regular report: only
+/// the report it sends as it exits carries it, and the supervisor reads
+/// that before it reaps the worker (its log line sums the routes' counts
+/// it then holds).
 #[test]
-fn a_drained_worker_reports_its_last_connections_as_it_exits() {
+fn a_connection_cut_at_the_drain_deadline_is_written_and_counted_as_drained() {
     let backend = echo_server();
     let (port, other) = (free_port(), free_port());
     let keep = tcp_link("stays", other, &backend.to_string());
@@ -421,10 +397,18 @@ fn a_drained_worker_reports_its_last_connections_as_it_exits() {
     let pid = sup.worker_pid(&address);
     echo_once(port);
     route_counters(&sup, &address, "leaves", 1);
-    let _open = open_connection(port);
+    let mut s = open_connection(port);
+    // The link goes: its worker drains, and at the deadline cuts the
+    // connection still open.
     sup.reload(&graph(&[keep]));
     let lines = wait_lines(&sup, "tcp", 2);
-    assert_eq!(field(&lines[1], "end"), "drained");
+    let l = &lines[1];
+    assert_eq!(field(l, "link"), "leaves");
+    assert_eq!((field(l, "in"), field(l, "out")), ("1", "1"));
+    assert_eq!(field(l, "end"), "drained");
+    assert_eq!(field(l, "reason"), "drain_deadline");
+    let r = s.read(&mut [0u8; 1]);
+    assert!(matches!(r, Ok(0)) || r.is_err(), "cut, got {r:?}");
     sup.wait_log(
         &format!(
             "draining worker pid {pid} exited with status 0; its routes counted 2 request(s) or connection(s) in all, gone with the endpoint"

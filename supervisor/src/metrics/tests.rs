@@ -112,6 +112,24 @@ fn families_are_declared(m: &str) {
     }
 }
 
+/// A snapshot of `endpoints` and `draining` workers, nothing else.
+fn routes_only(
+    endpoints: Vec<EndpointStatus>,
+    draining: Vec<crate::status::DrainingStatus>,
+) -> Snapshot {
+    Snapshot {
+        supervisor: SupervisorInfo {
+            pid: 1,
+            version: "0",
+            uptime_s: 5,
+            log_dropped: 0,
+        },
+        endpoints,
+        draining,
+        refused: vec![],
+    }
+}
+
 #[test]
 fn route_series_count_what_the_workers_reported() {
     use proto::ctl::{End, RouteStats};
@@ -124,18 +142,7 @@ fn route_series_count_what_the_workers_reported() {
     api.count(None, End::ClientGone, 12);
     (api.bytes_in, api.bytes_out) = (300, 4000);
     e.route_counters = vec![api];
-    let s = Snapshot {
-        supervisor: SupervisorInfo {
-            pid: 1,
-            version: "0",
-            uptime_s: 5,
-            log_dropped: 0,
-        },
-        endpoints: vec![e],
-        draining: vec![],
-        refused: vec![],
-    };
-    let m = render(&s);
+    let m = render(&routes_only(vec![e], vec![]));
     let l = r#"endpoint="0.0.0.0:80",namespace="host",kind="http",consumer="EXTERNAL",link="api \"v1\"""#;
     for want in [
         format!("pvx_route_responses_total{{{l},class=\"2xx\"}} 1"),
@@ -185,23 +192,13 @@ fn a_draining_workers_routes_are_one_series_with_the_endpoint_of_its_labels() {
         pid: 9,
         route_counters: vec![counted("a", n)],
     };
-    let s = Snapshot {
-        supervisor: SupervisorInfo {
-            pid: 1,
-            version: "0",
-            uptime_s: 5,
-            log_dropped: 0,
-        },
-        endpoints: vec![e],
-        draining: vec![
-            drain("127.0.0.1:80", "EXTERNAL", 5),
-            drain("127.0.0.1:80", "other", 7),
-            drain("127.0.0.1:81", "EXTERNAL", 11),
-            drain("127.0.0.1:81", "EXTERNAL", 13),
-        ],
-        refused: vec![],
-    };
-    let m = render(&s);
+    let draining = vec![
+        drain("127.0.0.1:80", "EXTERNAL", 5),
+        drain("127.0.0.1:80", "other", 7),
+        drain("127.0.0.1:81", "EXTERNAL", 11),
+        drain("127.0.0.1:81", "EXTERNAL", 13),
+    ];
+    let m = render(&routes_only(vec![e], draining));
     let complete = |address: &str, consumer: &str| {
         let l = format!(
             r#"endpoint="{address}",namespace="host",kind="tcp",consumer="{consumer}",link="a",end="complete""#
