@@ -199,7 +199,11 @@ impl Daemon {
     /// for the routes it still has; otherwise it goes with its endpoint.
     fn drained(&mut self, mut d: Draining, how: &str) {
         d.route_counts.worker_gone();
-        let counted: u64 = d.route_counts.totals().iter().map(|r| r.total()).sum();
+        let counted = d
+            .route_counts
+            .totals()
+            .iter()
+            .fold(0u64, |n, r| n.saturating_add(r.total()));
         let again = self.endpoints.get_mut(&d.key).filter(|r| d.same_series(r));
         let whose = match again {
             Some(r) => {
