@@ -8,13 +8,14 @@
 //! up to those lines; `off` (the default) writes none, and a syslog that
 //! is never read drops lines (counted) instead of holding requests back.
 
+use pvx_tests::access::{access_lines, field, promtool_check, sample, Line};
 use pvx_tests::http::backend;
 use pvx_tests::http::client::{connect, get, read_resp};
 use pvx_tests::*;
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::thread;
 use std::time::Duration;
 
@@ -43,34 +44,6 @@ const HTTP_KEYS: [&str; 14] = [
     "backend",
     "end",
 ];
-
-/// One access line as its `key=value` pairs, in order.
-type Line = Vec<(String, String)>;
-
-/// The access lines in the log so far.
-fn access_lines(sup: &Supervisor) -> Vec<Line> {
-    sup.log_text()
-        .lines()
-        .filter_map(|l| l.split_once(": access: "))
-        .map(|(_, rest)| {
-            rest.split(' ')
-                .map(|kv| {
-                    let (k, v) = kv
-                        .split_once('=')
-                        .unwrap_or_else(|| panic!("{kv:?} is no key=value in {rest:?}"));
-                    (k.to_string(), v.to_string())
-                })
-                .collect()
-        })
-        .collect()
-}
-
-fn field<'a>(l: &'a Line, key: &str) -> &'a str {
-    l.iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
-        .unwrap_or_else(|| panic!("no {key} in {l:?}"))
-}
 
 fn num(l: &Line, key: &str) -> u64 {
     field(l, key)
@@ -129,48 +102,6 @@ fn send(addr: SocketAddr, req: &[u8]) -> (u16, Vec<u8>) {
 
 fn status_of(raw: &[u8]) -> u16 {
     split_http(raw).0
-}
-
-/// Samples of `/metrics` text named `name` whose labels include all of
-/// `labels` (`link="api"`), as numbers.
-fn samples(m: &str, name: &str, labels: &[&str]) -> Vec<f64> {
-    m.lines()
-        .filter_map(|l| l.strip_prefix(name)?.strip_prefix('{'))
-        .filter_map(|l| l.split_once("} "))
-        .filter(|(ls, _)| labels.iter().all(|want| ls.split(',').any(|x| x == *want)))
-        .map(|(_, v)| v.trim().parse().expect("a sample's value"))
-        .collect()
-}
-
-/// The one sample of `name` with `labels`.
-fn sample(m: &str, name: &str, labels: &[&str]) -> f64 {
-    let s = samples(m, name, labels);
-    assert_eq!(s.len(), 1, "{name} {labels:?} in\n{m}");
-    s[0]
-}
-
-/// `promtool check metrics` on `text`: clean, or the test fails with what
-/// it said.
-fn promtool_check(text: &str) {
-    let mut p = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run promtool (scripts/setup.sh installs it)");
-    p.stdin
-        .take()
-        .expect("promtool's stdin")
-        .write_all(text.as_bytes())
-        .expect("write /metrics to promtool");
-    let out = p.wait_with_output().expect("promtool's verdict");
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// `pv-xconnect status --json`, as a user runs it.
@@ -236,48 +167,44 @@ fn check_counters(status: &Value, metrics: &str, address: &str, link: &str, line
         assert_eq!(shown, want, "{class}xx of {r}");
     }
     // The same on /metrics.
-    let ep = format!("endpoint=\"{address}\"");
-    let lk = format!("link=\"{link}\"");
-    let labels = [ep.as_str(), lk.as_str()];
+    let at = [("endpoint", address), ("link", link)];
     for class in 1..=5u64 {
-        let c = format!("class=\"{class}xx\"");
+        let c = format!("{class}xx");
         let want = r["status"]
             .get(class as usize - 1)
             .map_or(0, |v| v.as_u64().unwrap_or(0));
         let got = sample(
             metrics,
             "pvx_route_responses_total",
-            &[ep.as_str(), lk.as_str(), &c],
+            &[at[0], at[1], ("class", &c)],
         );
         assert_eq!(got, want as f64, "{class}xx");
     }
     for (i, end) in ends().iter().enumerate() {
-        let e = format!("end=\"{end}\"");
         let got = sample(
             metrics,
             "pvx_route_ends_total",
-            &[ep.as_str(), lk.as_str(), &e],
+            &[at[0], at[1], ("end", end)],
         );
         assert_eq!(Some(got as u64), r["ends"][i].as_u64(), "{end}");
     }
-    let dir = |d: &str| {
-        let d = format!("direction=\"{d}\"");
+    let dir = |d| {
         sample(
             metrics,
             "pvx_route_bytes_total",
-            &[ep.as_str(), lk.as_str(), &d],
+            &[at[0], at[1], ("direction", d)],
         ) as u64
     };
     assert_eq!((dir("in"), dir("out")), (bytes_in, bytes_out));
-    let count = sample(metrics, "pvx_route_duration_seconds_count", &labels);
+    let count = sample(metrics, "pvx_route_duration_seconds_count", &at);
     assert_eq!(count, n as f64);
     let inf = sample(
         metrics,
         "pvx_route_duration_seconds_bucket",
-        &[ep.as_str(), lk.as_str(), "le=\"+Inf\""],
+        &[at[0], at[1], ("le", "+Inf")],
     );
     assert_eq!(inf, n as f64);
-    let secs = sample(metrics, "pvx_route_duration_seconds_sum", &labels);
+    let secs = sample(metrics, "pvx_route_duration_seconds_sum", &at);
     assert_eq!((secs * 1000.0).round() as u64, ms);
 }
 

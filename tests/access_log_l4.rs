@@ -6,14 +6,13 @@
 //! default) writes nothing; a syslog that never reads costs lines, never
 //! traffic.
 
+use pvx_tests::access::{access_lines, checked_metrics, field, sample, Line};
 use pvx_tests::fds::{memfd_with, recv_exact_fds, send_fds};
 use pvx_tests::*;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// A tcp link of the host (consumer EXTERNAL) listening on 127.0.0.1:`port`.
@@ -21,22 +20,10 @@ fn tcp_link(name: &str, port: u16, backend: &str) -> String {
     link("tcp", name, 0, &format!("127.0.0.1:{port}"), backend, 0)
 }
 
-/// One access line: its `key=value` pairs, in order.
-type Line = Vec<(String, String)>;
-
 /// The access lines of `kind` in the supervisor's stderr so far.
-fn access_lines(sup: &Supervisor, kind: &str) -> Vec<Line> {
-    sup.log_text()
-        .lines()
-        .filter_map(|l| l.split_once("access: ").map(|(_, rest)| rest))
-        .map(|rest| {
-            rest.split(' ')
-                .map(|kv| {
-                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                    (k.to_string(), v.to_string())
-                })
-                .collect::<Line>()
-        })
+fn of_kind(sup: &Supervisor, kind: &str) -> Vec<Line> {
+    access_lines(sup)
+        .into_iter()
         .filter(|l| l.first().is_some_and(|(k, v)| k == "kind" && v == kind))
         .collect()
 }
@@ -47,7 +34,7 @@ fn wait_lines(sup: &Supervisor, kind: &str, n: usize) -> Vec<Line> {
         Duration::from_secs(10),
         &format!("{n} access line(s) of kind {kind}"),
         || {
-            let lines = access_lines(sup, kind);
+            let lines = of_kind(sup, kind);
             (lines.len() >= n).then_some(lines)
         },
     )
@@ -57,66 +44,11 @@ fn keys(l: &Line) -> Vec<&str> {
     l.iter().map(|(k, _)| k.as_str()).collect()
 }
 
-fn field<'a>(l: &'a Line, key: &str) -> &'a str {
-    l.iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
-        .unwrap_or_else(|| panic!("no {key}= in {l:?}"))
-}
-
 /// The line of `link` among `lines` (exactly one).
 fn line_of<'a>(lines: &'a [Line], link: &str) -> &'a Line {
     let of: Vec<&Line> = lines.iter().filter(|l| field(l, "link") == link).collect();
     assert_eq!(of.len(), 1, "one line for link {link}: {lines:?}");
     of[0]
-}
-
-/// `/metrics`, after checking it with `promtool check metrics`.
-fn checked_metrics(sup: &Supervisor) -> String {
-    let (code, text) = sup.http_status("/metrics");
-    assert_eq!(code, 200, "{text}");
-    let promtool = Path::new("/usr/bin/promtool");
-    assert!(
-        promtool.exists(),
-        "promtool missing: scripts/setup.sh installs it (Debian's prometheus)"
-    );
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run promtool");
-    child
-        .stdin
-        .take()
-        .expect("promtool stdin")
-        .write_all(text.as_bytes())
-        .expect("metrics to promtool");
-    let out = child.wait_with_output().expect("promtool output");
-    assert!(
-        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text
-}
-
-/// The value of the one sample of `name` whose labels include `labels`.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let found: Vec<f64> = text
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse().ok())
-        .collect();
-    assert_eq!(found.len(), 1, "one sample {name} {labels:?} in:\n{text}");
-    found[0]
 }
 
 /// `link`'s series: every `end` but `ended` is 0, `ended` is 1; the bytes
@@ -240,7 +172,7 @@ fn tcp_connections_each_leave_one_line_and_their_counts() {
     one_connection_in_metrics(&text, "tcpok", "complete", (1000, 1000));
     one_connection_in_metrics(&text, "tcpdown", "backend_failed", (0, 0));
     // Everything was counted, and nothing more was written.
-    assert_eq!(access_lines(&sup, "tcp").len(), 2);
+    assert_eq!(of_kind(&sup, "tcp").len(), 2);
 }
 
 #[test]
@@ -318,7 +250,7 @@ fn a_unix_connection_passing_fds_names_its_client_by_pid_and_uid() {
     );
     let text = checked_metrics(&sup);
     one_connection_in_metrics(&text, "ufd", "complete", (3, 3));
-    assert_eq!(access_lines(&sup, "unix").len(), 1);
+    assert_eq!(of_kind(&sup, "unix").len(), 1);
 }
 
 #[test]

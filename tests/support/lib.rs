@@ -12,6 +12,7 @@ use std::sync::Once;
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod access;
 pub mod ctrl;
 pub mod direct;
 pub mod fds;
